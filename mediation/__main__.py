@@ -1,0 +1,3 @@
+from mediation.cli.main import main
+
+raise SystemExit(main())

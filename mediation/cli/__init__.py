@@ -1,0 +1,1 @@
+"""The ``mediate`` command and its subcommands."""

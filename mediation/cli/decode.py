@@ -1,0 +1,9 @@
+"""`mediate` subcommands: decode (being built)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Nothing yet."""

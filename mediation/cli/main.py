@@ -1,0 +1,57 @@
+"""``mediate``: the command line of the mediation server.
+
+Each subcommand lives in its own module with a ``register(subparsers)``
+function; handlers import what they need when they run, so ``mediate
+--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mediation import __version__
+from mediation.cli.common import fail
+from mediation.errors import UsageError
+
+# One module per area; each registers its own subcommands.
+COMMAND_MODULES = (
+    "mediation.cli.decode",
+    "mediation.cli.warrants",
+    "mediation.cli.log",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mediate",
+        description="Lawful-intercept mediation (CALEA, ATIS T1.IAS style).",
+    )
+    parser.add_argument("--version", action="version", version=f"mediate {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "func", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except UsageError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""The data directory convention.
+
+Every command that touches stored state takes ``--data-dir DIR``; without
+it, the ``MEDIATION_DATA_DIR`` environment variable; without that, the
+default below. Nothing inside it is ever named after a case identity or a
+target: only opaque warrant handles.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "MEDIATION_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """``/var/lib/mediation`` for root (a server), else the XDG data home."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/mediation")
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "mediation"
+
+
+def resolve_data_dir(arg: str | os.PathLike[str] | None) -> Path:
+    """The data directory chosen by the flag, the environment or the default."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    return default_data_dir()

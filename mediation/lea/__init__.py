@@ -1,0 +1,1 @@
+"""lea (being built)."""

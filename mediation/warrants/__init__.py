@@ -1,0 +1,1 @@
+"""warrants (being built)."""
