@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "mediation.cli.decode",
     "mediation.cli.warrants",
     "mediation.cli.log",
+    "mediation.cli.serve",
 )
 
 
