@@ -47,6 +47,10 @@ class Value(Choice):
     def octets(cls, data: bytes) -> Value:
         return cls("octets", data)
 
+    @classmethod
+    def numeric(cls, digits: str) -> Value:
+        return cls("numeric", digits)
+
 
 class Allocation(enum.Enum):
     """How an address was allocated (``IPAddress.allocationMethod``)."""
@@ -238,9 +242,10 @@ class CCAddress:
     @classmethod
     def from_asn1(cls, value: dict) -> CCAddress:
         alt, packed = value["leaIPAddress"]
-        if len(packed) not in (4, 16):
+        size = {"ipV4": 4, "ipV6": 16}.get(alt)
+        if size is None or len(packed) != size:
             raise PDUError(f"leaIPAddress: {alt} address of {len(packed)} octets")
-        address = IPv4(packed) if len(packed) == 4 else IPv6(packed)
+        address = IPv4(packed) if size == 4 else IPv6(packed)
         return cls(lea_ip=address, lea_port=value["leaPortNumber"])
 
 
@@ -278,7 +283,7 @@ class CmIIMessage:
 
     def __post_init__(self) -> None:
         check_visible("caseId", self.case_id, 1, 25)
-        check_visible("iAPSystemId", self.iap_system_id, 0, None)
+        check_visible("iAPSystemId", self.iap_system_id, 1, None)
         object.__setattr__(self, "timestamp", utc(self.timestamp, "timestamp"))
 
 
