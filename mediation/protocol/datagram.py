@@ -1,0 +1,325 @@
+"""Real-time delivery over UDP: one envelope per datagram, loss counted by reports.
+
+The server's :class:`DatagramSender` (one per stream and agency endpoint)
+turns log records into datagrams and reads the agency's receiver reports
+into a loss figure. The agency's :class:`DatagramReceiver` accepts the
+datagrams, tracks every stream's sequence numbers, and once per interval
+writes one report per stream that fits one datagram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+from mediation import pdu
+from mediation.protocol.envelope import LogRecord, decode_message, encode_message, record_envelope
+from mediation.protocol.errors import ProtocolError
+from mediation.protocol.events import (
+    CheckpointReceived,
+    EndpointResponsive,
+    EndpointSilent,
+    EnvelopeReceived,
+    Event,
+    GapDetected,
+    LossCount,
+    ReportReceived,
+    UnknownMessage,
+)
+from mediation.protocol.gaps import SequenceTracker
+from mediation.protocol.keepalive import UtcNow, system_utc_now
+
+REPORT_INTERVAL = 1.0
+SILENT_AFTER = 3  # report intervals without a report
+# 1400 octets stays under a 1500-octet Ethernet MTU with IPv6, UDP and
+# an IPsec or GRE header or two: a report is never fragmented.
+MAX_REPORT_OCTETS = 1400
+MAX_UDP_PAYLOAD = 65507
+
+# Worst cases, so the range budget needs no trial encoding: a SequenceRange
+# is at most 2 + 2 * (2 + 9) octets; everything else in a report (stream
+# with a 32-character handle, time, counts, headers) is under 128.
+_RANGE_OCTETS = 24
+_REPORT_OVERHEAD = 128
+
+
+def parse_datagram(data: bytes) -> pdu.DeliveryMessage:
+    """Decode one datagram (one whole message), e.g. to route a report by its stream.
+
+    Raises:
+        ProtocolError: not exactly one valid DeliveryMessage.
+    """
+    return decode_message(data)
+
+
+class DatagramSender:
+    """The server's side of one stream to one UDP endpoint."""
+
+    def __init__(
+        self,
+        stream: pdu.StreamId,
+        *,
+        report_interval: float = REPORT_INTERVAL,
+        silent_after: int = SILENT_AFTER,
+    ) -> None:
+        """Args:
+        stream: the warrant stream this sender delivers.
+        report_interval: seconds between the receiver's reports.
+        silent_after: missed report intervals before the endpoint is silent.
+        """
+        self.stream = stream
+        self.report_interval = report_interval
+        self.silent_after = silent_after
+        self.first_sent: int | None = None
+        self.next_sequence: int | None = None
+        self.silent = False
+        self.last_report_at: float | None = None
+        self._clock_from: float | None = None  # first send, then each report
+        self._last_report: pdu.ReceiverReport | None = None
+
+    def envelope(self, record: LogRecord, now: float) -> bytes:
+        """The datagram carrying one log record (a :class:`LogRecord`).
+
+        Raises:
+            ValueError: the record is not the next in sequence, or too big
+            for one datagram.
+        """
+        seq = record.seq
+        if self.next_sequence is not None and seq != self.next_sequence:
+            raise ValueError(f"record {seq} sent, {self.next_sequence} was next")
+        data = record_envelope(self.stream, record, redelivered=False)
+        if len(data) > MAX_UDP_PAYLOAD:
+            raise ValueError(f"envelope of {len(data)} octets does not fit a UDP datagram")
+        if self.first_sent is None:
+            self.first_sent = seq
+            self._clock_from = now
+        self.next_sequence = seq + 1
+        return data
+
+    def receive_datagram(self, data: bytes, now: float) -> list[Event]:
+        """A datagram from the endpoint: a receiver report.
+
+        Raises:
+            ProtocolError: not a valid report for this stream (drop it).
+        """
+        message = parse_datagram(data)
+        if isinstance(message, pdu.UnknownDeliveryMessage):
+            return [UnknownMessage(message.tag, message.raw)]
+        if not isinstance(message, pdu.ReceiverReport):
+            raise ProtocolError(f"unexpected {type(message).__name__} from a UDP endpoint")
+        return self.receive_report(message, now)
+
+    def receive_report(self, report: pdu.ReceiverReport, now: float) -> list[Event]:
+        """Apply a decoded receiver report.
+
+        Returns:
+            ``EndpointResponsive`` if the endpoint had been silent, then
+            ``ReportReceived`` unless the report is older than one already
+            applied (UDP may reorder them).
+
+        Raises:
+            ProtocolError: another stream's report, or counts that contradict
+            each other.
+        """
+        if report.stream != self.stream:
+            raise ProtocolError(f"receiverReport for {report.stream} reached {self.stream}")
+        _check_report(report)
+        events: list[Event] = []
+        self.last_report_at = now
+        self._clock_from = now
+        if self.silent:
+            self.silent = False
+            events.append(EndpointResponsive(self.stream))
+        last = self._last_report
+        if (
+            last is not None
+            and report.report_time < last.report_time
+            and report.received_count < last.received_count
+        ):
+            return events  # a late, older report: alive, but no news
+        self._last_report = report
+        events.append(ReportReceived(report, self.loss))
+        return events
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` may change state; None: nothing to wait for."""
+        if self.silent or self._clock_from is None:
+            return None
+        return self._clock_from + self.silent_after * self.report_interval
+
+    def tick(self, now: float) -> list[Event]:
+        """Notice a silent endpoint.
+
+        Returns:
+            ``[EndpointSilent]`` once, when the deadline passes.
+        """
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return []
+        self.silent = True
+        return [EndpointSilent(self.stream, self.last_report_at)]
+
+    @property
+    def loss(self) -> LossCount:
+        """The loss figure over the sent range, from the latest report.
+
+        Recomputed from the latest report rather than accumulated, so a
+        datagram that arrives late (reordered) or is fetched by retrieval
+        stops counting as lost in the next report.
+        """
+        report = self._last_report
+        if self.first_sent is None or self.next_sequence is None:
+            return LossCount()
+        first, last_sent = self.first_sent, self.next_sequence - 1
+        sent = last_sent - first + 1
+        if report is None or report.highest_sequence is None:
+            return LossCount(sent=sent, unreported=sent)
+        high = report.highest_sequence
+        top = min(high, last_sent)
+        if top < first:
+            return LossCount(sent=sent, unreported=sent)
+        listed_in = sum(_overlap(r, first, top) for r in report.missing)
+        listed_all = sum(len(r) for r in report.missing)
+        omitted = high + 1 - report.received_count - listed_all
+        # Left-out ranges lie somewhere in [0, high] outside the listed ones;
+        # bound how many can fall inside [first, top].
+        free_in = top - first + 1 - listed_in
+        free_out = (high + 1 - listed_all) - free_in
+        upper = listed_in + min(omitted, free_in)
+        lower = listed_in + max(0, omitted - free_out)
+        return LossCount(
+            sent=sent,
+            received=top - first + 1 - upper,
+            lost=upper,
+            unreported=last_sent - top,
+            exact=upper == lower,
+        )
+
+
+def _overlap(r: pdu.SequenceRange, first: int, last: int) -> int:
+    return max(0, min(r.last, last) - max(r.first, first) + 1)
+
+
+def _check_report(report: pdu.ReceiverReport) -> None:
+    """Counts and ranges must agree, or the loss figure would be nonsense."""
+    high = report.highest_sequence
+    if high is None:
+        if report.received_count or report.missing:
+            raise ProtocolError("receiverReport without highestSequence counts envelopes")
+        return
+    if not 1 <= report.received_count <= high + 1:
+        raise ProtocolError(
+            f"receiverReport: receivedCount {report.received_count} impossible "
+            f"with highestSequence {high}"
+        )
+    previous = -1
+    for r in report.missing:
+        if r.first <= previous or r.last >= high:
+            raise ProtocolError("receiverReport: missing ranges overlap, are unsorted or too high")
+        previous = r.last + 1  # adjacent ranges would be one range
+    listed = sum(len(r) for r in report.missing)
+    if listed > high + 1 - report.received_count:
+        raise ProtocolError("receiverReport: more missing listed than receivedCount allows")
+    if not report.missing_omitted and listed != high + 1 - report.received_count:
+        raise ProtocolError("receiverReport: missing ranges disagree with receivedCount")
+
+
+class DatagramReceiver:
+    """The agency's side of UDP delivery: every stream arriving on one socket."""
+
+    def __init__(
+        self,
+        *,
+        streams: Container[pdu.StreamId] | None = None,
+        report_interval: float = REPORT_INTERVAL,
+        max_report_octets: int = MAX_REPORT_OCTETS,
+        utc_now: UtcNow = system_utc_now,
+    ) -> None:
+        """Args:
+        streams: the streams accepted; None accepts any.
+        report_interval: seconds between reports.
+        max_report_octets: the largest report datagram.
+        utc_now: the wall clock for ``reportTime``.
+        """
+        self._accept = streams
+        self.report_interval = report_interval
+        self._max_ranges = (max_report_octets - _REPORT_OVERHEAD) // _RANGE_OCTETS
+        if self._max_ranges < 1:
+            raise ValueError(f"{max_report_octets} octets cannot hold a report")
+        self._utc_now = utc_now
+        self.trackers: dict[pdu.StreamId, SequenceTracker] = {}
+        self._next_report: float | None = None
+
+    def tracker(self, stream: pdu.StreamId) -> SequenceTracker:
+        """The stream's tracker, made empty on first use."""
+        if stream not in self.trackers:
+            self.trackers[stream] = SequenceTracker()
+        return self.trackers[stream]
+
+    def receive_datagram(self, data: bytes, now: float) -> list[Event]:
+        """One datagram from the server.
+
+        Returns:
+            ``GapDetected`` (if it jumps past the highest so far) then
+            ``EnvelopeReceived``; or ``CheckpointReceived``; or
+            ``UnknownMessage`` for a later version's message.
+
+        Raises:
+            ProtocolError: malformed, not a delivery datagram, or for a
+            stream not accepted. Concerns this datagram only.
+        """
+        message = parse_datagram(data)
+        if isinstance(message, pdu.Envelope):
+            return self._envelope(message, now)
+        if isinstance(message, pdu.ChainCheckpoint):
+            return [CheckpointReceived(message)]
+        if isinstance(message, pdu.UnknownDeliveryMessage):
+            return [UnknownMessage(message.tag, message.raw)]
+        raise ProtocolError(f"unexpected {type(message).__name__} in a delivery datagram")
+
+    def _envelope(self, envelope: pdu.Envelope, now: float) -> list[Event]:
+        stream = envelope.stream
+        if self._accept is not None and stream not in self._accept:
+            raise ProtocolError(f"envelope for {stream}, not delivered to this receiver")
+        tracker = self.tracker(stream)
+        seq = envelope.sequence_number
+        events: list[Event] = []
+        expected = 0 if tracker.highest is None else tracker.highest + 1
+        if seq > expected:
+            events.append(GapDetected(stream, expected, seq - 1))
+        new = tracker.add(seq)
+        events.append(EnvelopeReceived(envelope, duplicate=not new))
+        if self._next_report is None:
+            self._next_report = now + self.report_interval
+        return events
+
+    def next_deadline(self) -> float | None:
+        """When the next reports are due; None before any stream is known."""
+        return self._next_report
+
+    def report_due(self, now: float) -> bool:
+        """Whether :meth:`make_reports` should be called now."""
+        return self._next_report is not None and now >= self._next_report
+
+    def make_reports(self, now: float) -> list[bytes]:
+        """One report datagram per known stream, and schedule the next round.
+
+        Each report lists at most as many missing ranges as fit the size
+        limit (the lowest and the newest) and says how many it left out.
+        """
+        if not self.trackers:
+            return []
+        self._next_report = now + self.report_interval
+        report_time = self._utc_now()
+        out = []
+        for stream, tracker in self.trackers.items():
+            ranges, omitted = tracker.missing_sample(self._max_ranges)
+            report = pdu.ReceiverReport(
+                stream=stream,
+                report_time=report_time,
+                received_count=tracker.received_count,
+                missing=tuple(pdu.SequenceRange(a, b) for a, b in ranges),
+                highest_sequence=tracker.highest,
+                missing_omitted=omitted or None,
+            )
+            out.append(encode_message(report))
+        return out

@@ -1,0 +1,174 @@
+"""The one place delivery messages become octets and octets become messages.
+
+Everything the machines send or receive passes through :func:`envelope_bytes`,
+:func:`encode_message` and :func:`decode_message`, so the hot-path codec
+(``mediation.pdu.fast``) can replace the reference codec here alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from typing import Protocol
+
+from mediation import pdu
+from mediation.pdu.convert import from_asn1
+from mediation.pdu.errors import PDUError
+from mediation.pdu.schema import compiled
+from mediation.protocol.errors import ProtocolError
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class ContentKind(enum.Enum):
+    """What a log record carries: the EnvelopeContent alternative."""
+
+    CMII = "cmII"
+    CMCC = "cmCC"
+    NOTICE = "notice"
+
+
+def content_kind(kind: object) -> ContentKind:
+    """A content kind from any of its spellings.
+
+    Accepts this enum, its ASN.1 name (``"cmII"``, ``"cmCC"``, ``"notice"``),
+    or any enum member named ``CMII``/``CMCC``/``NOTICE`` (the evidence
+    log's one-byte ``mediation.log.format.ContentKind``), so log records
+    need no conversion on the hot path.
+
+    Raises:
+        ValueError: none of those.
+    """
+    if isinstance(kind, ContentKind):
+        return kind
+    if isinstance(kind, str):
+        return ContentKind(kind)
+    name = getattr(kind, "name", None)
+    if isinstance(kind, enum.Enum) and name in ContentKind.__members__:
+        return ContentKind[name]
+    raise ValueError(f"{kind!r} is not a content kind")
+
+
+class LogRecord(Protocol):
+    """What the evidence log stores per record, and all an envelope is built from.
+
+    The field names are those of ``mediation.log.format.LogRecord``, so the
+    log's records are passed as they are.
+    """
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def received_us(self) -> int: ...
+    @property
+    def kind(self) -> object: ...
+    @property
+    def clock(self) -> pdu.ClockStatus | None: ...
+    @property
+    def payload(self) -> bytes: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredRecord:
+    """A plain :class:`LogRecord`, for tests and for owners without the log's type.
+
+    Attributes:
+        seq: the record's sequence number in its stream.
+        received_us: when the server stored it, microseconds since 1970 UTC.
+        kind: the content alternative (see :func:`content_kind`).
+        clock: whether the server's clock was synchronised, None if not known.
+        payload: the DER of the content on its own (an ``IasProtocol``, an
+            ``IAS-CC-APDU`` or a ``CompletenessNotice``).
+    """
+
+    seq: int
+    received_us: int
+    kind: ContentKind
+    clock: pdu.ClockStatus | None
+    payload: bytes
+
+
+def envelope_bytes(
+    stream: pdu.StreamId,
+    seq: int,
+    received: int,
+    kind: object,
+    clock: pdu.ClockStatus | None,
+    content_der: bytes,
+    redelivered: bool,
+) -> bytes:
+    """The DeliveryMessage (pduEnvelope) octets for one log record.
+
+    Slow but obviously correct: decodes the content and encodes a whole
+    :class:`mediation.pdu.Envelope`. To be swapped for
+    ``mediation.pdu.fast.encode_envelope_raw``, which splices the DER.
+
+    Args:
+        stream: the warrant stream.
+        seq: the sequence number.
+        received: the log's receive time, microseconds since 1970 UTC.
+        kind: ``cmII``, ``cmCC`` or ``notice``, in any spelling :func:`content_kind` takes.
+        clock: the clock status recorded with it, None to leave it out.
+        content_der: the content's own DER.
+        redelivered: True when this envelope was sent before.
+
+    Raises:
+        ValueError: the record is not a valid envelope (a broken log, not a peer).
+    """
+    try:
+        kind = content_kind(kind)
+        if kind is ContentKind.NOTICE:
+            value = compiled().decode("CompletenessNotice", content_der)
+            content = from_asn1(pdu.CompletenessNotice, value)
+        else:
+            content = pdu.decode(content_der)
+            expected = pdu.CmIIMessage if kind is ContentKind.CMII else pdu.CCApdu
+            if not isinstance(content, expected):
+                raise PDUError(f"content is a {type(content).__name__}, not {kind.value}")
+        mediation_time = _EPOCH + dt.timedelta(microseconds=received)
+        envelope = pdu.Envelope(stream, seq, mediation_time, content, clock, redelivered)
+        return pdu.encode(envelope)
+    except PDUError as exc:
+        raise ValueError(f"record {seq} of {stream}: {exc}") from None
+    except Exception as exc:  # asn1tools raises several unrelated types
+        raise ValueError(f"record {seq} of {stream}: cannot build an envelope: {exc}") from None
+
+
+def record_envelope(stream: pdu.StreamId, record: LogRecord, redelivered: bool) -> bytes:
+    """:func:`envelope_bytes` for a :class:`LogRecord`."""
+    return envelope_bytes(
+        stream,
+        record.seq,
+        record.received_us,
+        record.kind,
+        record.clock,
+        record.payload,
+        redelivered,
+    )
+
+
+def encode_message(message: pdu.DeliveryMessage) -> bytes:
+    """Octets of a delivery message we built (never fails for a valid record)."""
+    return pdu.encode(message)
+
+
+def decode_message(data: bytes) -> pdu.DeliveryMessage:
+    """Decode one complete delivery message from the peer.
+
+    Returns:
+        The record; a later version's alternative comes back as
+        :class:`mediation.pdu.UnknownDeliveryMessage`.
+
+    Raises:
+        ProtocolError: not a valid DeliveryMessage (the PDU error's text).
+    """
+    # The reference decoder passes any unknown tag off as a later version's
+    # alternative; only context tags can be one.
+    if not data or data[0] & 0xC0 != 0x80:
+        first = f"octet 0x{data[0]:02x}" if data else "empty data"
+        raise ProtocolError(f"malformed delivery message: {first} cannot start one")
+    try:
+        return pdu.decode_delivery(bytes(data))
+    except PDUError as exc:
+        raise ProtocolError(f"malformed delivery message: {exc}") from None

@@ -1,0 +1,145 @@
+"""Cutting a TLS/TCP byte stream into whole DeliveryMessages.
+
+BER is self-delimiting, so the stream needs no extra framing: the tag and
+length octets at the front of each message say where it ends. The buffer
+learns a message's length as soon as its header (at most 11 octets) is in,
+refuses an oversize or malformed one at once, before its body arrives,
+and hands out only whole messages.
+"""
+
+from __future__ import annotations
+
+from mediation.protocol.errors import ProtocolError
+
+# Precedents for a per-message ceiling: NATS max_payload and Kafka's
+# message.max.bytes default to 1 MB, gRPC's receive limit to 4 MiB. Our
+# largest legitimate message is an envelope carrying a CC packet of at most
+# 64 KiB plus a few hundred octets of headers; 1 MiB leaves ample room and
+# caps what a hostile or broken peer can make us buffer per connection.
+MAX_MESSAGE = 1024 * 1024
+
+# A high-tag-number form with more continuation octets than this names a
+# tag beyond 2**28: no DeliveryMessage alternative will ever have one.
+_MAX_TAG_OCTETS = 5
+_MAX_LENGTH_OCTETS = 4
+
+
+class MessageBuffer:
+    """A receive buffer that yields complete BER DeliveryMessages.
+
+    Feed it chunks as they come off the socket (any split, even one octet
+    at a time) and take whole messages out with :meth:`next_message`.
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        """Args:
+        max_message: the largest message accepted, header included.
+        """
+        self._buf = bytearray()
+        self._start = 0  # where the next unread message begins in _buf
+        self._max = max_message
+        self._error: ProtocolError | None = None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received octets.
+
+        Raises:
+            ProtocolError: the stream was already found broken.
+        """
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+
+    def next_message(self) -> bytes | None:
+        """The next complete message, or None until more octets arrive.
+
+        Raises:
+            ProtocolError: the next message does not start with a context
+            tag (a DeliveryMessage alternative), has an
+            indefinite, non-minimal or oversize length. The buffer stays
+            broken: every later call raises the same error.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            end = self._message_end()
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        if end is None:
+            return None
+        message = bytes(self._buf[self._start : end])
+        self._start = end
+        # Compact only when the consumed part dominates: amortised O(1) per octet.
+        if self._start > len(self._buf) // 2:
+            del self._buf[: self._start]
+            self._start = 0
+        return message
+
+    def messages(self) -> list[bytes]:
+        """Every complete message buffered now (see :meth:`next_message`)."""
+        out = []
+        while (message := self.next_message()) is not None:
+            out.append(message)
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Octets held that do not yet make a whole message."""
+        return len(self._buf) - self._start
+
+    def check_closed_cleanly(self) -> None:
+        """Call when the peer closes: a half message left over is an error.
+
+        Raises:
+            ProtocolError: the stream ended inside a message.
+        """
+        if self.pending:
+            raise ProtocolError(f"connection closed inside a message ({self.pending} octets)")
+
+    def _message_end(self) -> int | None:
+        """Offset just past the next message, None if not all of it is here yet."""
+        buf, pos, end = self._buf, self._start, len(self._buf)
+        if pos >= end:
+            return None
+        tag = buf[pos]
+        # Every DeliveryMessage alternative has a context tag. Later versions
+        # may add primitive ones too (an implicitly tagged INTEGER, say),
+        # which must still frame so they can be skipped.
+        if tag & 0xC0 != 0x80:
+            raise ProtocolError(
+                f"octet 0x{tag:02x} cannot start a delivery message (expected a context tag)"
+            )
+        pos += 1
+        if tag & 0x1F == 0x1F:  # high tag number form: skip continuation octets
+            while True:
+                if pos >= end:
+                    return None
+                more = buf[pos] & 0x80
+                pos += 1
+                if not more:
+                    break
+                if pos - self._start > _MAX_TAG_OCTETS:
+                    raise ProtocolError("tag number too large")
+        if pos >= end:
+            return None
+        first = buf[pos]
+        pos += 1
+        if first < 0x80:
+            length = first
+        elif first == 0x80:
+            raise ProtocolError("indefinite length is not accepted on a delivery stream")
+        else:
+            count = first & 0x7F
+            if count > _MAX_LENGTH_OCTETS:
+                raise ProtocolError(f"length of {count} octets is too large")
+            if pos + count > end:
+                return None
+            length = int.from_bytes(buf[pos : pos + count], "big")
+            if buf[pos] == 0 or length < 0x80:
+                raise ProtocolError("length is not in its shortest form (not DER)")
+            pos += count
+        total = pos - self._start + length
+        if total > self._max:
+            raise ProtocolError(f"message of {total} octets exceeds the {self._max}-octet limit")
+        return pos + length if pos + length <= end else None

@@ -1,0 +1,322 @@
+"""Delivery that loses nothing: envelopes on a TLS/TCP stream, acknowledged.
+
+The server connects out to the agency. :class:`StreamSender` streams each
+stream's envelopes back to back, at most ``window`` unacknowledged per
+stream, and after a reconnect resumes from the first unacknowledged one,
+marking what an earlier connection already carried as redelivered. The
+agency's :class:`StreamReceiver` takes them in order, flags duplicates, and
+acknowledges cumulatively. Both sides send and answer keepalives, and the
+same connection carries replay requests (see ``retrieval``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Mapping, MutableMapping
+
+from mediation import pdu
+from mediation.protocol.connection import StreamConnection
+from mediation.protocol.envelope import LogRecord, encode_message, record_envelope
+from mediation.protocol.errors import ProtocolError
+from mediation.protocol.events import (
+    AckReceived,
+    CheckpointReceived,
+    EnvelopeReceived,
+    Event,
+    Range,
+)
+from mediation.protocol.framing import MAX_MESSAGE
+from mediation.protocol.gaps import SequenceTracker
+from mediation.protocol.keepalive import (
+    KEEPALIVE_INTERVAL,
+    KEEPALIVE_TIMEOUT,
+    UtcNow,
+    system_utc_now,
+)
+from mediation.protocol.retrieval import RetrievalClient, RetrievalServer
+
+# 1024 full-size CC envelopes (~1.5 KB) are ~1.5 MB in flight, about the
+# bandwidth-delay product of a 100 Mbit/s path at 100 ms RTT, so acks do
+# not throttle a long link; and a resume repeats at most one window.
+WINDOW = 1024
+# Acknowledge every 64 envelopes or 200 ms: at most 1/16 of the window
+# waits on an ack, and an idle-ish stream is confirmed promptly.
+ACK_EVERY = 64
+ACK_DELAY = 0.2
+
+
+class StreamSender(StreamConnection):
+    """The server's end of the connection to one agency endpoint."""
+
+    def __init__(
+        self,
+        positions: Mapping[pdu.StreamId, int],
+        *,
+        sent_before: Mapping[pdu.StreamId, int] | None = None,
+        window: int = WINDOW,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        max_message: int = MAX_MESSAGE,
+        utc_now: UtcNow = system_utc_now,
+    ) -> None:
+        """Args:
+        positions: every stream delivered on this connection, with its
+            first unacknowledged sequence number (the log's delivery cursor).
+        sent_before: per stream, one past the highest sequence number an
+            earlier connection (or process) may have sent; those are
+            marked redelivered when sent again, and the agency may
+            acknowledge up to there. Default: nothing beyond ``positions``.
+        window: the most unacknowledged envelopes in flight per stream.
+        keepalive_interval: seconds of silence from the peer before a keepalive.
+        keepalive_timeout: seconds to wait for its answer.
+        max_message: the largest message accepted from the peer.
+        utc_now: the wall clock for the time fields we send.
+        """
+        super().__init__(
+            keepalive_interval=keepalive_interval,
+            keepalive_timeout=keepalive_timeout,
+            max_message=max_message,
+            utc_now=utc_now,
+        )
+        if window < 1:
+            raise ValueError("the window must hold at least one envelope")
+        self.window = window
+        self._acked = dict(positions)
+        self._next = dict(positions)
+        self._sent_high = {s: max(p, (sent_before or {}).get(s, p)) for s, p in positions.items()}
+        self.retrieval = RetrievalServer(self._acked.keys())
+
+    def resume(self, now: float, from_seq: Mapping[pdu.StreamId, int] | None = None) -> None:
+        """Start a connection (the first one too): send from the first unacknowledged.
+
+        Args:
+            now: the owner's monotonic clock.
+            from_seq: per stream, where to start if not from what this
+                machine saw acknowledged (e.g. the log's durable cursor).
+        """
+        self._start(now)
+        self.retrieval = RetrievalServer(self._acked.keys())  # requests die with connections
+        for stream, seq in (from_seq or {}).items():
+            self._stream(stream)
+            self._acked[stream] = seq
+            self._sent_high[stream] = max(self._sent_high[stream], seq)
+        self._next = dict(self._acked)
+
+    @property
+    def streams(self) -> list[pdu.StreamId]:
+        """The streams this connection delivers."""
+        return list(self._acked)
+
+    def acked(self, stream: pdu.StreamId) -> int:
+        """The first sequence number of ``stream`` not acknowledged."""
+        return self._acked[self._stream(stream)]
+
+    def next_sequence(self, stream: pdu.StreamId) -> int:
+        """The sequence number :meth:`send` takes next for ``stream``."""
+        return self._next[self._stream(stream)]
+
+    def window_room(self, stream: pdu.StreamId) -> int:
+        """How many more envelopes of ``stream`` may be sent before an ack."""
+        stream = self._stream(stream)
+        return self.window - (self._next[stream] - self._acked[stream])
+
+    def send(self, stream: pdu.StreamId, record: LogRecord) -> bytes:
+        """The envelope of the next record of ``stream``.
+
+        Raises:
+            ValueError: no connection, not the next sequence number, or the
+            window is full (wait for an :class:`AckReceived`).
+        """
+        self._require_connection()
+        stream = self._stream(stream)
+        seq = self._next[stream]
+        if record.seq != seq:
+            raise ValueError(f"record {record.seq} of {stream} sent, {seq} is next")
+        if self.window_room(stream) <= 0:
+            raise ValueError(f"window of {self.window} envelopes of {stream} is full")
+        data = record_envelope(stream, record, redelivered=seq < self._sent_high[stream])
+        self._next[stream] = seq + 1
+        self._sent_high[stream] = max(self._sent_high[stream], seq + 1)
+        return data
+
+    def checkpoint(self, checkpoint: pdu.ChainCheckpoint) -> bytes:
+        """The octets of a signed chain checkpoint for one of our streams."""
+        self._stream(checkpoint.stream)
+        return encode_message(checkpoint)
+
+    def replay_envelope(self, request_id: int, record: LogRecord) -> bytes:
+        """See :meth:`RetrievalServer.envelope`."""
+        return self.retrieval.envelope(request_id, record)
+
+    def finish_replay(
+        self,
+        request_id: int,
+        delivered: int | None = None,
+        unavailable: Iterable[Range] = (),
+        reason: str | None = None,
+    ) -> bytes:
+        """See :meth:`RetrievalServer.finish`."""
+        return self.retrieval.finish(request_id, delivered, unavailable, reason)
+
+    def _stream(self, stream: pdu.StreamId) -> pdu.StreamId:
+        if stream not in self._acked:
+            raise ValueError(f"{stream} is not delivered on this connection")
+        return stream
+
+    def _handle(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
+        if isinstance(message, pdu.Acknowledgement):
+            return [self._ack(message)]
+        if isinstance(message, pdu.ReplayRequest):
+            return [self.retrieval.handle_request(message)]
+        raise ProtocolError(f"unexpected {type(message).__name__} from the agency")
+
+    def _ack(self, ack: pdu.Acknowledgement) -> AckReceived:
+        stream, value = ack.stream, ack.next_expected
+        if stream not in self._acked:
+            raise ProtocolError(f"acknowledgement for {stream}, not delivered here")
+        acked, ceiling = self._acked[stream], self._sent_high[stream]
+        if value < acked:
+            raise ProtocolError(f"acknowledgement of {stream} goes back from {acked} to {value}")
+        if value > ceiling:
+            raise ProtocolError(
+                f"acknowledgement of {stream} up to {value}, only up to {ceiling} was sent"
+            )
+        self._acked[stream] = value
+        # The agency already holds what an earlier connection carried: skip it.
+        self._next[stream] = max(self._next[stream], value)
+        return AckReceived(stream, value, value - acked)
+
+
+class StreamReceiver(StreamConnection):
+    """The agency's end: takes envelopes in order and acknowledges them."""
+
+    def __init__(
+        self,
+        positions: Mapping[pdu.StreamId, int] | None = None,
+        *,
+        trackers: MutableMapping[pdu.StreamId, SequenceTracker] | None = None,
+        streams: Container[pdu.StreamId] | None = None,
+        ack_every: int = ACK_EVERY,
+        ack_delay: float = ACK_DELAY,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        max_message: int = MAX_MESSAGE,
+        utc_now: UtcNow = system_utc_now,
+    ) -> None:
+        """Args:
+        positions: per stream, the first sequence number not yet stored
+            (everything below is). Streams not given start wherever their
+            first envelope does.
+        trackers: per-stream trackers to share (e.g. with a
+            ``DatagramReceiver``); a stream given in ``positions`` but not
+            here gets one holding ``0..position-1``.
+        streams: the streams accepted; None accepts any.
+        ack_every: acknowledge after this many envelopes...
+        ack_delay: ...or this many seconds after the first unacknowledged.
+        keepalive_interval: seconds of silence from the peer before a keepalive.
+        keepalive_timeout: seconds to wait for its answer.
+        max_message: the largest message accepted from the peer.
+        utc_now: the wall clock for the time fields we send.
+        """
+        super().__init__(
+            keepalive_interval=keepalive_interval,
+            keepalive_timeout=keepalive_timeout,
+            max_message=max_message,
+            utc_now=utc_now,
+        )
+        self._accept = streams
+        self.ack_every = ack_every
+        self.ack_delay = ack_delay
+        self._position: dict[pdu.StreamId, int] = dict(positions or {})
+        self.retrieval = RetrievalClient(trackers)
+        for stream, position in self._position.items():
+            if stream not in self.retrieval.trackers and position > 0:
+                self.retrieval.tracker(stream).add_range(0, position - 1)
+        self._dirty: set[pdu.StreamId] = set()
+        self._unacked = 0
+        self._ack_at: float | None = None
+
+    def connection_made(self, now: float) -> None:
+        """Start a connection: acknowledge every known position at once.
+
+        Those first acks tell the server where to resume, so it need not
+        send again what is already stored.
+        """
+        self._start(now)
+        self.retrieval.connection_lost()
+        self._dirty = set(self._position)
+        self._flush_acks()
+
+    def connection_lost(self) -> None:
+        """The transport is gone; open replay requests die with it."""
+        super().connection_lost()
+        self.retrieval.connection_lost()
+
+    def position(self, stream: pdu.StreamId) -> int | None:
+        """The next sequence number expected live on ``stream``; None if unknown."""
+        return self._position.get(stream)
+
+    def tracker(self, stream: pdu.StreamId) -> SequenceTracker:
+        """Everything held of ``stream``, live and retrieved."""
+        return self.retrieval.tracker(stream)
+
+    def request_missing(self, stream: pdu.StreamId, below: int | None = None) -> list[bytes]:
+        """See :meth:`RetrievalClient.request_missing`."""
+        self._require_connection()
+        return self.retrieval.request_missing(stream, below)
+
+    def _handle(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
+        if isinstance(message, pdu.Envelope):
+            if self._accept is not None and message.stream not in self._accept:
+                raise ProtocolError(f"envelope for {message.stream}, not delivered here")
+            if self.retrieval.claims(message):
+                return [self.retrieval.handle_envelope(message)]
+            return [self._live(message, now)]
+        if isinstance(message, pdu.ReplayResult):
+            return [self.retrieval.handle_result(message)]
+        if isinstance(message, pdu.ChainCheckpoint):
+            return [CheckpointReceived(message)]
+        raise ProtocolError(f"unexpected {type(message).__name__} from the server")
+
+    def _live(self, envelope: pdu.Envelope, now: float) -> EnvelopeReceived:
+        stream, seq = envelope.stream, envelope.sequence_number
+        position = self._position.setdefault(stream, seq)
+        if seq > position:
+            raise ProtocolError(
+                f"envelope {seq} of {stream} skips from {position}: a stream loses nothing"
+            )
+        if seq == position:
+            self._position[stream] = seq + 1
+            duplicate = not self.tracker(stream).add(seq)
+        else:
+            duplicate = True
+        self._dirty.add(stream)
+        self._unacked += 1
+        if self._unacked >= self.ack_every:
+            self._flush_acks()
+        elif self._ack_at is None:
+            self._ack_at = now + self.ack_delay
+        return EnvelopeReceived(envelope, duplicate)
+
+    def _flush_acks(self) -> None:
+        for stream in sorted(self._dirty, key=str):
+            ack = pdu.Acknowledgement(stream, self._position[stream])
+            self._out += encode_message(ack)
+        self._dirty.clear()
+        self._unacked = 0
+        self._ack_at = None
+
+    def _before_answer(self, now: float) -> None:
+        self._flush_acks()
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has something to do (an ack or a keepalive)."""
+        deadline = super().next_deadline()
+        if deadline is None or self._ack_at is None:
+            return deadline
+        return min(deadline, self._ack_at)
+
+    def tick(self, now: float) -> list[Event]:
+        """Send acks whose delay is up, and run the keepalive timers."""
+        if self._connected and self._ack_at is not None and now >= self._ack_at:
+            self._flush_acks()
+        return super().tick(now)
