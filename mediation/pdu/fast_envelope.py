@@ -1,0 +1,203 @@
+"""Framing of the DeliveryMessage ``pduEnvelope`` for the hot path.
+
+Internals of :mod:`mediation.pdu.fast`: the envelope's header fields are
+written and read here; the content TLV is handed over as bytes (or as the
+offsets of its contents). The encoding of a stream's identifier never
+changes, so it is cached both ways, like the CC correlation information.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from mediation.pdu.delivery import MAX_SEQUENCE, ClockStatus, StreamId, StreamKind
+from mediation.pdu.errors import PDUError
+from mediation.pdu.fast_cc import CACHE_LIMIT
+from mediation.pdu.fast_der import (
+    expect,
+    generalized_time,
+    integer,
+    length,
+    read_boolean,
+    read_integer,
+    read_time,
+    skip,
+    tlv,
+)
+
+CMII = "cmII"
+CMCC = "cmCC"
+NOTICE = "notice"
+CONTENT_KINDS = (CMII, CMCC, NOTICE)
+
+# EnvelopeContent alternatives: implicit tags on SEQUENCEs, so constructed.
+KIND_TAG = {CMII: 0xA0, CMCC: 0xA1, NOTICE: 0xA2}
+TAG_KIND = {tag: kind for kind, tag in KIND_TAG.items()}
+# The first tag inside each kind's SEQUENCE: IasProtocol starts with its
+# OBJECT IDENTIFIER, IAS-CC-APDU with [0] or [1], CompletenessNotice with
+# event [0]. Checked so that a swapped kind is refused, not stored.
+FIRST_TAGS = {CMII: (0x06,), CMCC: (0xA0, 0x81), NOTICE: (0x80,)}
+
+# ENUMERATED values from Mediation-Delivery.asn, as whole TLVs.
+_KIND_TLV = {StreamKind.CMII: b"\x81\x01\x00", StreamKind.CMCC: b"\x81\x01\x01"}
+_KIND_OF = {0: StreamKind.CMII, 1: StreamKind.CMCC}
+_CLOCK_TLV = {
+    None: b"",
+    ClockStatus.SYNCHRONISED: b"\x83\x01\x00",
+    ClockStatus.UNSYNCHRONISED: b"\x83\x01\x01",
+    ClockStatus.UNKNOWN: b"\x83\x01\x02",
+}
+_CLOCK_OF = {0: ClockStatus.SYNCHRONISED, 1: ClockStatus.UNSYNCHRONISED, 2: ClockStatus.UNKNOWN}
+_REDELIVERED_TLV = b"\x84\x01\xff"  # DER TRUE; FALSE is left out, as the reference does
+
+
+# What read_envelope returns (a plain tuple: this is the hot path).
+EnvelopeFields = tuple[StreamId, int, dt.datetime, ClockStatus | None, bool, str, int, int, int]
+
+_STREAM_BYTES: dict[StreamId, bytes] = {}
+_STREAM_RECORDS: dict[bytes, StreamId] = {}
+
+
+def _stream_tlv(stream: StreamId) -> bytes:
+    cached = _STREAM_BYTES.get(stream)
+    if cached is None:
+        body = tlv(b"\x80", stream.warrant_handle.encode("ascii")) + _KIND_TLV[stream.kind]
+        cached = tlv(b"\xa0", body)
+        if len(_STREAM_BYTES) >= CACHE_LIMIT:
+            _STREAM_BYTES.clear()
+        _STREAM_BYTES[stream] = cached
+    return cached
+
+
+def frame(
+    stream: StreamId,
+    sequence_number: int,
+    mediation_time: dt.datetime,
+    clock_status: ClockStatus | None,
+    redelivered: bool,
+    content_head: bytes,
+    content_rest: bytes | memoryview,
+) -> bytes:
+    """The DeliveryMessage pduEnvelope around one content TLV.
+
+    Args:
+        stream: the warrant stream.
+        sequence_number: its sequence number (range checked by the caller).
+        mediation_time: an aware datetime.
+        clock_status: the server clock's state, or None.
+        redelivered: written as TRUE, or left out.
+        content_head: the content TLV's tag and length octets.
+        content_rest: its contents (kept apart so a large payload is copied once).
+
+    Returns:
+        The encoding, starting with ``0xA0``.
+
+    Raises:
+        Unsupported: a value of an unexpected Python type.
+        KeyError, AttributeError: likewise (the caller falls back on any).
+    """
+    sequence = integer(sequence_number)
+    time = generalized_time(mediation_time)
+    content_length = len(content_head) + len(content_rest)
+    head = b"".join(
+        (
+            _stream_tlv(stream),
+            b"\x81",
+            length(len(sequence)),
+            sequence,
+            b"\x82",
+            length(len(time)),
+            time,
+            _CLOCK_TLV[clock_status],
+            _REDELIVERED_TLV if redelivered else b"",
+            b"\xa5",
+            length(content_length),
+            content_head,
+        )
+    )
+    # One copy of the (possibly large) content, at the very end.
+    return b"\xa0" + length(len(head) + len(content_rest)) + head + content_rest
+
+
+# Decoding ----------------------------------------------------------------------
+
+
+def _skip_extensions(data: bytes, pos: int, end: int, last_root_tag: int, what: str) -> None:
+    """Skip the fields a later version added after the root ones (extension marker)."""
+    while pos < end:
+        tag = data[pos]
+        if tag & 0xC0 == 0x80 and tag & 0x1F <= last_root_tag:
+            raise PDUError(f"{what}: field [{tag & 0x1F}] out of order or repeated", pos)
+        pos = skip(data, pos, end)
+
+
+def _read_stream(data: bytes, pos: int, end: int) -> StreamId:
+    start, stop = expect(data, pos, end, 0x80, "stream.warrantHandle")
+    try:
+        handle = data[start:stop].decode("ascii")
+    except UnicodeError:
+        raise PDUError("stream.warrantHandle: not a VisibleString", start) from None
+    start, at = expect(data, stop, end, 0x81, "stream.kind")
+    kind = _KIND_OF.get(read_integer(data, start, at, "stream.kind"))
+    if kind is None:
+        raise PDUError("StreamKind: value unknown to this version", start)
+    _skip_extensions(data, at, end, 1, "stream")
+    try:
+        return StreamId(handle, kind)
+    except PDUError as exc:
+        raise PDUError(exc.message, pos) from None
+
+
+def read_envelope(data: bytes) -> EnvelopeFields:
+    """Read a pduEnvelope's header fields and find its content.
+
+    Args:
+        data: the whole DeliveryMessage.
+
+    Returns:
+        ``(stream, sequence_number, mediation_time, clock_status,
+        redelivered, content_kind, content_tag_offset, contents_start,
+        contents_stop)``: the last three locate the content alternative's
+        TLV and its contents inside ``data``.
+
+    Raises:
+        PDUError: anything not strict DER of the envelope, with its offset.
+    """
+    size = len(data)
+    if size < 2 or data[0] != 0xA0:
+        raise PDUError("not a DeliveryMessage pduEnvelope (tag 0xa0)", 0)
+    pos, end = expect(data, 0, size, 0xA0, "pduEnvelope")
+    if end != size:
+        raise PDUError(f"pduEnvelope: {size - end} bytes after the PDU", end)
+    start, pos = expect(data, pos, end, 0xA0, "stream")
+    raw = data[start:pos]
+    stream = _STREAM_RECORDS.get(raw)
+    if stream is None:
+        stream = _read_stream(data, start, pos)
+        if len(_STREAM_RECORDS) >= CACHE_LIMIT:
+            _STREAM_RECORDS.clear()
+        _STREAM_RECORDS[raw] = stream
+    start, pos = expect(data, pos, end, 0x81, "sequenceNumber")
+    sequence = read_integer(data, start, pos, "sequenceNumber")
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise PDUError(f"sequenceNumber: {sequence} is out of range", start)
+    start, pos = expect(data, pos, end, 0x82, "mediationTime")
+    time = read_time(data, start, pos, "mediationTime")
+    clock = None
+    if pos < end and data[pos] == 0x83:
+        start, pos = expect(data, pos, end, 0x83, "clockStatus")
+        # Extensible: a later version's status reads as "not given", as in the reference.
+        clock = _CLOCK_OF.get(read_integer(data, start, pos, "clockStatus"))
+    redelivered = False
+    if pos < end and data[pos] == 0x84:
+        start, pos = expect(data, pos, end, 0x84, "redelivered")
+        redelivered = read_boolean(data, start, pos, "redelivered")
+    content, stop = expect(data, pos, end, 0xA5, "content")
+    _skip_extensions(data, stop, end, 5, "pduEnvelope")
+    kind = TAG_KIND.get(data[content]) if content < stop else None
+    if kind is None:
+        raise PDUError("content: an alternative unknown to this version", content)
+    start, inner_stop = expect(data, content, stop, data[content], kind)
+    if inner_stop != stop:
+        raise PDUError("content: more than one value in an explicit tag", inner_stop)
+    return stream, sequence, time, clock, redelivered, kind, content, start, stop
