@@ -346,15 +346,15 @@ CONTENT_STRATEGIES = {
 def envelopes(content_kind: str | None = None) -> st.SearchStrategy[P.Envelope]:
     """Envelopes of one content kind (``"cmII"``, ``"cmCC"``, ``"notice"``) or any."""
     if content_kind is None:
-        contents = st.one_of(*CONTENT_STRATEGIES.values())
-    else:
-        contents = CONTENT_STRATEGIES[content_kind]
+        return st.one_of(*(envelopes(kind) for kind in CONTENT_STRATEGIES))
+    # CmCC streams carry content; CmII streams carry CmII and notices.
+    stream_kind = P.StreamKind.CMCC if content_kind == "cmCC" else P.StreamKind.CMII
     return st.builds(
         P.Envelope,
-        stream=stream_ids,
+        stream=st.builds(P.StreamId, warrant_handle=visible(1, 32), kind=st.just(stream_kind)),
         sequence_number=sequence_numbers,
         mediation_time=times,
-        content=contents,
+        content=CONTENT_STRATEGIES[content_kind],
         clock_status=_optional(st.sampled_from(P.ClockStatus)),
         redelivered=st.booleans(),
     )

@@ -30,7 +30,7 @@ from mediation.protocol.envelope import record_envelope
 @functools.cache
 def datagram(seq: int, stream: P.StreamId = CMCC) -> bytes:
     """The datagram of ``seq``, made once (the reference codec is slow)."""
-    return record_envelope(stream, record(seq), redelivered=False)
+    return record_envelope(stream, record(seq, stream=stream), redelivered=False)
 
 
 def report(

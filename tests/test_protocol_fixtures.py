@@ -35,8 +35,15 @@ def notice_der() -> bytes:
     return compiled().encode("CompletenessNotice", to_asn1(notice))
 
 
-def record(seq: int, kind: ContentKind = ContentKind.CMCC, payload: int = 20) -> StoredRecord:
-    """A log record of sequence ``seq`` (CC content unless told otherwise)."""
+def record(
+    seq: int,
+    kind: ContentKind = ContentKind.CMCC,
+    payload: int = 20,
+    stream: P.StreamId | None = None,
+) -> StoredRecord:
+    """A log record of sequence ``seq``: CC content, or a notice for a CmII stream."""
+    if stream is not None and stream.kind is P.StreamKind.CMII and kind is ContentKind.CMCC:
+        kind = ContentKind.NOTICE
     der = notice_der() if kind is ContentKind.NOTICE else cc_der(payload)
     return StoredRecord(seq, T_US + seq, kind, P.ClockStatus.SYNCHRONISED, der)
 

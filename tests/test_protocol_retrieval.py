@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_protocol_fixtures import CMCC, CMII, OTHER, T, messages, record, utc_now
+from test_protocol_fixtures import CMCC, CMII, OTHER, T, cc_der, messages, record, utc_now
 
 from mediation import pdu as P
 from mediation.protocol import (
@@ -179,5 +179,5 @@ def test_retrieved_envelope_already_held_is_a_duplicate() -> None:
     tracker = tracker_with(3)
     client = RetrievalClient({CMCC: tracker})
     client.request(CMCC, [(0, 3)])
-    envelope = P.Envelope(CMCC, 3, T, P.CompletenessNotice(P.CompletenessEvent.TAP_LOST, T))
+    envelope = P.Envelope(CMCC, 3, T, P.decode(cc_der()))
     assert client.handle_envelope(envelope).duplicate

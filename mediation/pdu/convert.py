@@ -64,7 +64,12 @@ def utc(value: dt.datetime, field: str = "time") -> dt.datetime:
         raise PDUError(f"{field}: must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None:
         raise PDUError(f"{field}: must be timezone-aware (UTC)")
-    return value.astimezone(UTC)
+    value = value.astimezone(UTC)
+    if value.year < 1000:
+        # GeneralizedTime has four-digit years; asn1tools writes earlier
+        # years unpadded and neither decoder reads them back.
+        raise PDUError(f"{field}: year {value.year} cannot be encoded (1000 to 9999)")
+    return value
 
 
 def _asn1_name(field: dataclasses.Field) -> str:

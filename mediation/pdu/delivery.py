@@ -89,6 +89,8 @@ class CompletenessNotice:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "event_time", utc(self.event_time, "eventTime"))
+        if self.lost_count is not None:
+            check_range("lostCount", self.lost_count, MAX_SEQUENCE)
         for name in ("period_start", "period_end"):
             value = getattr(self, name)
             if value is not None:
@@ -116,6 +118,13 @@ class Envelope:
         object.__setattr__(self, "mediation_time", utc(self.mediation_time, "mediationTime"))
         if not isinstance(self.content, CmIIMessage | CCApdu | CompletenessNotice):
             raise PDUError(f"content: cannot carry a {type(self.content).__name__}")
+        # A CmCC stream carries content only; CmII streams carry CmII and the
+        # completeness notices. A mix-up would put PDUs in the wrong sequence.
+        if (self.stream.kind is StreamKind.CMCC) != isinstance(self.content, CCApdu):
+            raise PDUError(
+                f"content: a {type(self.content).__name__} cannot ride in a "
+                f"{self.stream.kind.value} stream"
+            )
 
     def to_asn1(self) -> dict:
         if isinstance(self.content, CmIIMessage):
@@ -234,6 +243,10 @@ class ReceiverReport:
         object.__setattr__(self, "report_time", utc(self.report_time, "reportTime"))
         check_range("receivedCount", self.received_count, MAX_SEQUENCE)
         object.__setattr__(self, "missing", tuple(self.missing))
+        if self.highest_sequence is not None:
+            check_range("highestSequence", self.highest_sequence, MAX_SEQUENCE)
+        if self.missing_omitted is not None:
+            check_range("missingOmitted", self.missing_omitted, MAX_SEQUENCE)
 
 
 @dataclasses.dataclass(frozen=True)
