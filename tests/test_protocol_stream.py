@@ -250,7 +250,12 @@ def test_later_messages_are_skipped_and_checkpoints_surface() -> None:
     ]
     assert tx.receive_data(later, 0.0) == [UnknownMessage(15, later)]
     with pytest.raises(ProtocolError, match="not delivered here"):
-        rx.receive_data(P.encode(P.Envelope(OTHER, 0, T, P.CompletenessNotice(P.CompletenessEvent.TAP_RESTORED, T))), 0.0)
+        rx.receive_data(
+            P.encode(
+                P.Envelope(OTHER, 0, T, P.CompletenessNotice(P.CompletenessEvent.TAP_RESTORED, T))
+            ),
+            0.0,
+        )
 
 
 def test_two_streams_have_their_own_windows_and_acks() -> None:
