@@ -1,0 +1,178 @@
+"""Evidence log throughput against a bare write + fdatasync loop, in the same run.
+
+    python bench/log.py [--records N] [--size BYTES] [--dir DIR] [--rounds R] [--sweep]
+
+1. Appends ``--records`` records of ``--size`` bytes to a fresh log with
+   the default group commit (``await stream.append`` flat out, then waits
+   for the last to be durable), noting how many records each fdatasync
+   covered.
+2. On the same filesystem, a bare loop of ``os.write`` + ``os.fdatasync``
+   with exactly those batch sizes.
+3. Prints records/s of each and the ratio (goal: log >= 60 % of bare), best
+   of ``--rounds`` alternating rounds, since the machine is shared.
+4. Reads the records back through a cursor from memory (goal: >= 500,000
+   records/s), in batches and one at a time.
+
+``--sweep`` also tries other commit sizes and intervals, and measures the
+append-to-durable latency of a paced stream (1000 records/s) for each
+interval: the figures behind the defaults in ``mediation/log/config.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mediation.log import ContentKind, EvidenceLog, LogConfig
+from mediation.pdu import ClockStatus, StreamKind
+
+HANDLE = "w-bench1"
+
+
+async def log_run(
+    base: Path, records: int, size: int, config: LogConfig
+) -> tuple[float, list[int]]:
+    """Records/s of appends until the last is durable, and the batch sizes."""
+    directory = Path(tempfile.mkdtemp(dir=base))
+    payload = os.urandom(size)
+    try:
+        async with EvidenceLog.open(directory, config) as log:
+            stream = await log.stream(HANDLE, StreamKind.CMCC)
+            append = stream.append
+            kind, clock = ContentKind.CMCC, ClockStatus.SYNCHRONISED
+            start = time.perf_counter()
+            for _ in range(records):
+                appended = await append(payload, kind, clock)
+            await appended.durable()
+            elapsed = time.perf_counter() - start
+            return records / elapsed, list(stream.stats.batch_sizes)
+    finally:
+        shutil.rmtree(directory)
+
+
+def bare_run(base: Path, batches: list[int], size: int) -> float:
+    """Records/s of os.write + os.fdatasync with the given batch sizes."""
+    fd, name = tempfile.mkstemp(dir=base)
+    buffer = os.urandom(size) * max(batches)
+    try:
+        start = time.perf_counter()
+        for n in batches:
+            os.write(fd, memoryview(buffer)[: n * size])
+            os.fdatasync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return sum(batches) / elapsed
+
+
+async def read_rates(base: Path, records: int, size: int) -> tuple[float, float]:
+    """Cursor reads from memory: records/s in batches of 4096, and one by one."""
+    directory = Path(tempfile.mkdtemp(dir=base))
+    config = LogConfig(ring_bytes=records * (size + 200), max_pending_bytes=1 << 30)
+    try:
+        async with EvidenceLog.open(directory, config) as log:
+            stream = await log.stream(HANDLE, StreamKind.CMCC)
+            payload = os.urandom(size)
+            for _ in range(records):
+                appended = await stream.append(payload, ContentKind.CMCC)
+            await appended.durable()
+            cursor, got = stream.cursor(0), 0
+            start = time.perf_counter()
+            while got < records:
+                got += len(await cursor.read(4096))
+            batched = records / (time.perf_counter() - start)
+            cursor, got = stream.cursor(0), 0
+            start = time.perf_counter()
+            async for _record in cursor:
+                got += 1
+                if got == records:
+                    break
+            single = records / (time.perf_counter() - start)
+            return batched, single
+    finally:
+        shutil.rmtree(directory)
+
+
+async def latency(base: Path, config: LogConfig, rate: int, seconds: float) -> tuple[float, float]:
+    """Append-to-durable latency (p50, p99, ms) of a stream paced at ``rate``/s."""
+    directory = Path(tempfile.mkdtemp(dir=base))
+    waits: list[float] = []
+    try:
+        async with EvidenceLog.open(directory, config) as log, trio.open_nursery() as nursery:
+            stream = await log.stream(HANDLE, StreamKind.CMII)
+
+            async def measure(appended: object, t0: float) -> None:
+                await appended.durable()  # type: ignore[attr-defined]
+                waits.append(time.perf_counter() - t0)
+
+            for i in range(int(rate * seconds)):
+                await trio.sleep_until(trio.current_time() + 1 / rate) if i else None
+                t0 = time.perf_counter()
+                nursery.start_soon(measure, stream.append_nowait(b"x" * 200, ContentKind.CMII), t0)
+    finally:
+        shutil.rmtree(directory)
+    waits.sort()
+    return waits[len(waits) // 2] * 1000, waits[int(len(waits) * 0.99)] * 1000
+
+
+async def sweep(base: Path, records: int, size: int) -> None:
+    print("commit sweep (records/s of the log, bare loop on the same batches):")
+    for n in (64, 128, 256, 512, 1024):
+        rate, batches = await log_run(base, records, size, LogConfig(commit_records=n))
+        bare = bare_run(base, batches, size)
+        print(
+            f"  N={n:5d}: log {rate:9.0f}  bare {bare:9.0f}  ratio {rate / bare:5.2f}  "
+            f"median batch {statistics.median(batches):6.0f}"
+        )
+    print("latency at 1000 records/s (append to durable, ms):")
+    for t in (0.0005, 0.001, 0.002, 0.005, 0.010):
+        p50, p99 = await latency(base, LogConfig(commit_interval=t), 1000, 2.0)
+        print(f"  T={t * 1000:4.1f} ms: p50 {p50:6.2f}  p99 {p99:6.2f}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="filesystem to test (default: cwd)")
+    parser.add_argument("--sweep", action="store_true")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-log-", dir=args.dir or Path.cwd()))
+    try:
+        logs, bares, all_batches = [], [], []
+        for _ in range(args.rounds):
+            rate, batches = await log_run(base, args.records, args.size, LogConfig())
+            logs.append(rate)
+            bares.append(bare_run(base, batches, args.size))
+            all_batches.extend(batches)
+        log_best, bare_best = max(logs), max(bares)
+        print(f"records of {args.size} bytes, {args.records} per round, best of {args.rounds}")
+        print(f"group commit: median {statistics.median(all_batches):.0f} records per fdatasync")
+        print(f"log:  {log_best:10.0f} records/s")
+        print(f"bare: {bare_best:10.0f} records/s (os.write + fdatasync, same batch sizes)")
+        print(f"ratio: {log_best / bare_best:.2f} (goal >= 0.60)")
+        batched, single = await read_rates(base, min(args.records, 100_000), args.size)
+        print(
+            f"cursor from memory: {batched:10.0f} records/s in batches, "
+            f"{single:10.0f} records/s one by one (goal >= 500000)"
+        )
+        if args.sweep:
+            await sweep(base, args.records, args.size)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    trio.run(main)

@@ -1,0 +1,169 @@
+"""The evidence log of a data directory: every warrant stream, their flushers, retention."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from mediation.log import format as F
+from mediation.log.config import LogConfig
+from mediation.log.errors import LogError
+from mediation.log.keys import LogSigner, load_or_create_signer
+from mediation.log.recovery import recover_stream
+from mediation.log.retention import RetentionResult, remove_segments
+from mediation.log.stream import StreamLog
+from mediation.pdu import StreamId, StreamKind
+
+LOG_DIR = "log"
+LOCK = ".lock"
+
+
+def stream_dir(data_dir: Path, handle: str, kind: StreamKind) -> Path:
+    """``DATA_DIR/log/<handle>/<cmii|cmcc>``: opaque handles only.
+
+    Raises:
+        ValueError: the handle is not safe as a directory name.
+    """
+    return Path(data_dir) / LOG_DIR / F.check_handle(handle) / F.STREAM_DIRS[kind]
+
+
+def _lock(directory: Path) -> int:
+    """Take the stream's writer lock (one writer per stream, across processes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogError(f"{directory}: stream is open in another process") from None
+    return fd
+
+
+class EvidenceLog:
+    """All streams of one data directory. Make it with ``EvidenceLog.open``."""
+
+    def __init__(
+        self, data_dir: Path, config: LogConfig, signer: LogSigner, nursery: trio.Nursery
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = config
+        self.signer = signer
+        self._nursery = nursery
+        self._streams: dict[StreamId, StreamLog] = {}
+        self._locks: dict[StreamId, int] = {}
+        self._opening: dict[StreamId, trio.Event] = {}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, data_dir: Path | str, config: LogConfig | None = None
+    ) -> AsyncIterator[EvidenceLog]:
+        """Open the log; on leaving, every stream is checkpointed, flushed and closed.
+
+        Raises:
+            LogError: the signing key is unusable.
+        """
+        signer = await trio.to_thread.run_sync(load_or_create_signer, Path(data_dir))
+        async with trio.open_nursery() as nursery:
+            log = cls(Path(data_dir), config or LogConfig(), signer, nursery)
+            try:
+                yield log
+            finally:
+                await log.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def stream(self, handle: str, kind: StreamKind) -> StreamLog:
+        """The stream's log, opened (and recovered) on first use.
+
+        Raises:
+            ValueError: the handle is not a safe opaque handle.
+            LogError: another process has the stream open.
+            LogCorrupted: the stream cannot be recovered automatically.
+        """
+        key = StreamId(F.check_handle(handle), kind)
+        while key in self._opening:
+            await self._opening[key].wait()
+        if key in self._streams:
+            return self._streams[key]
+        self._opening[key] = trio.Event()
+        try:
+            directory = stream_dir(self.data_dir, handle, kind)
+            lock = await trio.to_thread.run_sync(_lock, directory)
+            try:
+                recovered = await trio.to_thread.run_sync(
+                    recover_stream, directory, key, self.config.index_interval
+                )
+                stream = StreamLog(key, directory, self.config, self.signer, recovered)
+                await self._nursery.start(stream.run)
+            except BaseException:
+                os.close(lock)
+                raise
+            self._streams[key], self._locks[key] = stream, lock
+            return stream
+        finally:
+            self._opening.pop(key).set()
+
+    @property
+    def streams(self) -> list[StreamLog]:
+        """The streams open now."""
+        return list(self._streams.values())
+
+    async def close_stream(self, handle: str, kind: StreamKind) -> None:
+        """Checkpoint, flush and close one stream (nothing if it is not open)."""
+        key = StreamId(handle, kind)
+        stream = self._streams.pop(key, None)
+        if stream is not None:
+            try:
+                await stream.aclose()
+            finally:
+                os.close(self._locks.pop(key))
+
+    async def apply_retention(
+        self, handle: str, now: dt.datetime, retention_until: dt.datetime
+    ) -> list[RetentionResult]:
+        """Remove a warrant's segments once ``now`` is past ``retention_until``.
+
+        Both streams are closed first; each removed segment is journalled
+        (signed) before it is deleted. Sequence numbers are never reused if
+        the streams are opened again.
+
+        Returns:
+            What was removed, per stream directory that exists; empty while the
+            retention period runs.
+        """
+        if now < retention_until:
+            return []
+        results = []
+        for kind in StreamKind:
+            directory = stream_dir(self.data_dir, handle, kind)
+            if not directory.is_dir():
+                continue
+            await self.close_stream(handle, kind)
+            results.append(
+                await trio.to_thread.run_sync(
+                    self._remove, directory, StreamId(handle, kind), retention_until
+                )
+            )
+        return results
+
+    def _remove(self, directory: Path, stream: StreamId, until: dt.datetime) -> RetentionResult:
+        lock = _lock(directory)
+        try:
+            recover_stream(directory, stream, self.config.index_interval)
+            return remove_segments(
+                directory, stream, self.signer, until, self.config.index_interval
+            )
+        finally:
+            os.close(lock)
+
+    async def aclose(self) -> None:
+        """Close every stream (shielded: completes even when cancelled)."""
+        with trio.CancelScope(shield=True):
+            for key in list(self._streams):
+                await self.close_stream(key.warrant_handle, key.kind)

@@ -1,0 +1,164 @@
+"""Reopening a stream after a crash: find the durable end, cut a torn tail.
+
+Only the last segment can be torn: a segment is fdatasynced whole before
+the next one is created. Its frames are checked one by one (length, CRC,
+next sequence number); from the first that fails, the rest of the file is
+a torn tail. It is never served and never silently dropped: the bytes are
+moved to ``quarantine/``, the cut is recorded in ``recovery.jsonl`` and
+reported to the caller, and the sequence continues after the last good
+record. A record reported durable was fdatasynced, so it is before the cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+from mediation.log import format as F
+from mediation.log.errors import LogCorrupted
+from mediation.log.journal import RECOVERY, append_entry, now_iso
+from mediation.log.retention import removed_prefix
+from mediation.log.segments import fsync_dir, list_segments, scan_segment
+from mediation.pdu import StreamId
+
+QUARANTINE = "quarantine"
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TornTail:
+    """A cut made at reopening."""
+
+    segment: str
+    offset: int
+    bytes: int
+    first_seq: int  # the sequence number the torn bytes would have started with
+    reason: str
+    quarantine: str  # where the bytes were kept, relative to the stream directory
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovered:
+    """Where a reopened stream stands."""
+
+    next_seq: int
+    chain: bytes
+    first_seq: int  # lowest sequence number still stored
+    segments: tuple[tuple[int, Path], ...]
+    active_first: int | None  # None: no segment yet (new, or all removed)
+    active_size: int
+    active_index: tuple[tuple[int, int], ...]
+    since_checkpoint: int  # records after the last checkpoint
+    torn: tuple[TornTail, ...]
+
+
+def _quarantine(
+    directory: Path, label: str, path: Path, offset: int, first_seq: int, reason: str
+) -> TornTail:
+    """Move ``path``'s bytes from ``offset`` on aside and cut them off."""
+    qdir = directory / QUARANTINE
+    qdir.mkdir(exist_ok=True)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read()
+    target = qdir / f"{path.name}.{offset}.{time.time_ns()}.torn"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, tail)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(qdir)
+    torn = TornTail(path.name, offset, len(tail), first_seq, reason, f"{QUARANTINE}/{target.name}")
+    append_entry(
+        directory / RECOVERY,
+        {"event": "torn-tail-cut", "time": now_iso(), **dataclasses.asdict(torn)},
+    )
+    if offset == 0:
+        path.unlink()
+    else:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(directory)
+    logger.warning(
+        "%s: torn tail cut at %s byte %d (%d bytes, from sequence %d): %s",
+        label,
+        path.name,
+        offset,
+        len(tail),
+        first_seq,
+        reason,
+    )
+    return torn
+
+
+def _finish_retention(directory: Path, removed_through: int) -> list[tuple[int, Path]]:
+    """Delete segments the retention journal already records as removed.
+
+    A crash between journalling a removal and deleting the file leaves them.
+    """
+    segments = list_segments(directory)
+    for _start, path in [s for s in segments if s[0] < removed_through]:
+        path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            path.with_suffix(F.INDEX_SUFFIX).unlink()
+    return [s for s in segments if s[0] >= removed_through]
+
+
+def recover_stream(directory: Path, stream: StreamId, index_interval: int) -> Recovered:
+    """Open a stream directory for writing, creating it, cutting a torn tail.
+
+    Raises:
+        LogCorrupted: a segment belongs to another stream, or a damaged file
+            is not explainable as a crash (a large segment with a bad header).
+        OSError: the directory cannot be read or written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    label = F.stream_label(stream)
+    prefix = removed_prefix(directory, stream)
+    if prefix.fault:
+        raise LogCorrupted(f"{F.stream_label(stream)}: {prefix.fault}")
+    segments = _finish_retention(directory, prefix.next_seq)
+    torn: list[TornTail] = []
+    while segments:
+        start, path = segments[-1]
+        try:
+            scan = scan_segment(path, index_interval)
+        except ValueError as exc:
+            if path.stat().st_size > F.HEADER_SIZE + F.FRAME_SIZE:
+                raise LogCorrupted(f"{F.stream_label(stream)}: {path.name}: {exc}") from None
+            torn.append(_quarantine(directory, label, path, 0, start, f"unfinished segment: {exc}"))
+            segments.pop()
+            continue
+        if scan.header.stream != stream or scan.header.first_seq != start:
+            raise LogCorrupted(f"{F.stream_label(stream)}: {path.name} belongs elsewhere")
+        if scan.fault:
+            torn.append(
+                _quarantine(directory, label, path, scan.good_end, scan.next_seq, scan.fault)
+            )
+        since = scan.since_checkpoint
+        if scan.records == 0 and len(segments) > 1:
+            # Killed just after a roll: the tail to sign may end the previous segment.
+            since = scan_segment(segments[-2][1], index_interval).since_checkpoint
+        return Recovered(
+            scan.next_seq,
+            scan.chain,
+            segments[0][0],
+            tuple(segments),
+            start,
+            scan.good_end,
+            tuple(scan.index),
+            since,
+            tuple(torn),
+        )
+    return Recovered(
+        prefix.next_seq, prefix.chain, prefix.next_seq, (), None, 0, (), 0, tuple(torn)
+    )

@@ -1,0 +1,206 @@
+"""Segment files: writing in batches, scanning, reading ranges, the sparse index.
+
+Plain blocking file I/O: the stream runs these in a worker thread, and the
+verifier and recovery call them directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+from mediation.log import format as F
+from mediation.log.errors import LogCorrupted
+from mediation.pdu import StreamId
+
+INDEX_MAGIC = b"MLOGIDX1"
+INDEX_ENTRY = struct.Struct(">QQ")
+
+
+class Chunk:
+    """Frames bound for one segment, made durable by one fdatasync.
+
+    Built by the stream in the event loop; once ``sealed`` it is handed to
+    the writer thread and never changed again.
+    """
+
+    __slots__ = (
+        "checkpoints",
+        "data",
+        "index",
+        "last_seq",
+        "new_segment",
+        "prev_chain",
+        "records",
+        "sealed",
+        "segment",
+    )
+
+    def __init__(self, segment: int, new_segment: bool, prev_chain: bytes) -> None:
+        self.segment = segment  # first sequence number of the target segment
+        self.new_segment = new_segment  # the writer creates the file first
+        self.prev_chain = prev_chain  # for the new segment's header
+        self.data = bytearray()
+        self.index: list[tuple[int, int]] = []  # (seq, offset in segment)
+        self.last_seq = -1  # last data record in the chunk; -1: checkpoints only
+        self.records = 0
+        self.checkpoints: list[F.Checkpoint] = []
+        self.sealed = False
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """The segment files of a stream directory, by first sequence number."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            name = entry.name
+            if name.endswith(F.SEGMENT_SUFFIX) and len(name) == 24 and name[:20].isdigit():
+                found.append((int(name[:20]), Path(entry.path)))
+    found.sort()
+    return found
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_index(path: Path, entries: Iterable[tuple[int, int]]) -> None:
+    """Write a sparse index (a hint for readers: never trusted by verification)."""
+    body = b"".join(INDEX_ENTRY.pack(seq, off) for seq, off in entries)
+    data = INDEX_MAGIC + body + struct.pack(">I", zlib.crc32(body))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def load_index(path: Path) -> list[tuple[int, int]] | None:
+    """A saved sparse index, or None when missing or damaged."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    body = data[len(INDEX_MAGIC) : -4]
+    if (
+        not data.startswith(INDEX_MAGIC)
+        or len(body) % INDEX_ENTRY.size
+        or struct.unpack(">I", data[-4:])[0] != zlib.crc32(body)
+    ):
+        return None
+    return [tuple(e) for e in INDEX_ENTRY.iter_unpack(body)]  # type: ignore[misc]
+
+
+class SegmentScan(NamedTuple):
+    """What a full scan of one segment found."""
+
+    header: F.SegmentHeader
+    records: int
+    next_seq: int  # one past the last good data record
+    chain: bytes  # chain value after the last good data record
+    good_end: int  # offset just past the last good frame
+    size: int  # file size
+    fault: str | None  # why scanning stopped before ``size``; None: clean
+    since_checkpoint: int  # good data records after the last checkpoint
+    index: list[tuple[int, int]]
+
+
+def scan_segment(path: Path, index_interval: int) -> SegmentScan:
+    """Check every frame of a segment, as recovery does for the active one.
+
+    Stops at the first frame that is cut short, fails its CRC, or does not
+    carry the next sequence number; ``good_end`` is where it stopped.
+
+    Raises:
+        ValueError: the segment header itself is bad (see ``decode_header``).
+        OSError: the file cannot be read.
+    """
+    data = path.read_bytes()
+    header = F.decode_header(data)
+    seq, chain, offset = header.first_seq, header.prev_chain, F.HEADER_SIZE
+    records = since = 0
+    index: list[tuple[int, int]] = []
+    fault = None
+    while offset < len(data):
+        try:
+            body, stop = F.read_frame(data, offset)
+        except F.FrameError as exc:
+            fault = exc.reason
+            break
+        kind = body[0]
+        if kind == F.TYPE_DATA and len(body) >= F.META_SIZE and F.body_seq(body) == seq:
+            if seq % index_interval == 0:
+                index.append((seq, offset))
+            chain = F.chain_next(chain, body)
+            seq, records, since = seq + 1, records + 1, since + 1
+        elif kind == F.TYPE_CHECKPOINT and len(body) == F.CHECKPOINT.size:
+            since = 0
+        else:
+            fault = f"unexpected record (type {kind}, sequence {F.body_seq(body)})"
+            break
+        offset = stop
+    return SegmentScan(header, records, seq, chain, offset, len(data), fault, since, index)
+
+
+class DiskRead(NamedTuple):
+    items: list  # LogRecord and (if asked) Checkpoint, in file order
+    offset: int  # where the next read of this segment continues
+    next_seq: int
+    at_end: bool  # the segment has nothing more (up to the bound)
+
+
+def read_range(
+    path: Path,
+    stream: StreamId,
+    offset: int,
+    start_seq: int,
+    end_seq: int,
+    max_records: int,
+    checkpoints_after: int | None,
+) -> DiskRead:
+    """Records ``start_seq..end_seq`` (at most ``max_records``) from a segment.
+
+    ``offset`` is a frame boundary at or before ``start_seq`` (from the
+    sparse index). Unless ``checkpoints_after`` is None, checkpoints met on
+    the way that cover a sequence number in ``checkpoints_after+1..end_seq``
+    are included.
+
+    Raises:
+        LogCorrupted: a frame fails its check below ``end_seq`` (durable data).
+    """
+    items: list = []
+    seq = start_seq
+    with open(path, "rb", buffering=1 << 20) as f:
+        f.seek(offset)
+        while len(items) < max_records:
+            head = f.read(F.FRAME_SIZE)
+            if len(head) < F.FRAME_SIZE:
+                return DiskRead(items, offset, seq, True)
+            length, crc = F.FRAME.unpack(head)
+            body = f.read(length) if 0 < length <= F.MAX_BODY else b""
+            if len(body) != length or zlib.crc32(body) != crc:
+                if seq > end_seq:
+                    return DiskRead(items, offset, seq, True)
+                raise LogCorrupted(
+                    f"{F.stream_label(stream)}: {path.name} byte {offset}: bad frame"
+                )
+            if body[0] == F.TYPE_DATA:
+                rec_seq = F.body_seq(memoryview(body))
+                if rec_seq > end_seq:
+                    return DiskRead(items, offset, seq, True)
+                if rec_seq >= start_seq:
+                    items.append(F.decode_data(memoryview(body)))
+                    seq = rec_seq + 1
+            elif checkpoints_after is not None and body[0] == F.TYPE_CHECKPOINT:
+                cp = F.decode_checkpoint(memoryview(body), stream)
+                if checkpoints_after < cp.last_seq <= end_seq:
+                    items.append(cp)
+            offset += F.FRAME_SIZE + length
+    return DiskRead(items, offset, seq, False)

@@ -1,0 +1,407 @@
+"""One warrant stream's log: append, group commit, checkpoints, storage state.
+
+Appends run in the event loop and never touch the disk: a record is framed,
+chained and put in the open chunk, and kept in the in-memory ring for
+readers. A chunk goes to the stream's writer thread when it holds
+``commit_records`` records (N) or its oldest is ``commit_interval`` old (T,
+the stream's timer task sees to that); the thread writes and fdatasyncs it,
+with anything else queued meanwhile. When a chunk is durable, its records
+become visible to cursors and its appenders' ``durable()`` waits return.
+Readers never see a record before it is on disk, so a sequence number once
+delivered can never be reused.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import math
+import time
+import zlib
+from pathlib import Path
+
+import trio
+
+from mediation.log import format as F
+from mediation.log.config import LogConfig
+from mediation.log.cursor import RING_OVERHEAD, ReadSide
+from mediation.log.errors import LogClosed, LogError, StorageUnavailable
+from mediation.log.keys import LogSigner
+from mediation.log.recovery import Recovered
+from mediation.log.segments import Chunk
+from mediation.log.state import Appended, StorageState, StreamStats
+from mediation.log.writer import SegmentWriter, WriterThread
+from mediation.pdu import ClockStatus, StreamId, StreamKind
+
+_ALLOWED = {
+    StreamKind.CMII: frozenset({F.ContentKind.CMII, F.ContentKind.NOTICE}),
+    StreamKind.CMCC: frozenset({F.ContentKind.CMCC}),
+}
+_sha256 = hashlib.sha256
+_crc32 = zlib.crc32
+_pack_meta = F.DATA_META.pack
+_pack_frame = F.FRAME.pack
+_META_SIZE = F.META_SIZE
+_FRAME_META = F.FRAME_SIZE + F.META_SIZE
+_CLOCK_CODES = F.CLOCK_CODES
+_Record = F.LogRecord
+_new_tuple = tuple.__new__  # builds a LogRecord without NamedTuple's Python __new__
+_time_ns = time.time_ns
+_current_time = trio.current_time
+logger = logging.getLogger(__name__)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class StreamLog(ReadSide):
+    """The log of one warrant stream (see the package docstring for the API)."""
+
+    def __init__(
+        self,
+        stream: StreamId,
+        directory: Path,
+        config: LogConfig,
+        signer: LogSigner,
+        recovered: Recovered,
+    ) -> None:
+        super().__init__(stream, directory, config, recovered)
+        self.label = F.stream_label(stream)
+        self._cfg = config
+        self._max_pending = config.max_pending_bytes
+        self._max_payload = config.max_payload_bytes
+        self._segment_bytes = config.segment_bytes
+        self._index_interval = config.index_interval
+        self._commit_records = config.commit_records
+        self._checkpoint_records = config.checkpoint_records
+        self._signer = signer
+        self._allowed = _ALLOWED[stream.kind]
+        writer = SegmentWriter(
+            directory,
+            stream,
+            recovered.active_first,
+            recovered.active_size,
+            list(recovered.active_index),
+        )
+        self._thread = WriterThread(
+            writer,
+            config.retry_interval,
+            self.label,
+            self._written,
+            self._write_failed,
+            self._write_restored,
+        )
+        self._torn = recovered.torn
+        self._next_seq = recovered.next_seq
+        self._opened_at = recovered.next_seq
+        self._chain = recovered.chain
+        self._seg_first = recovered.active_first  # None: the next record starts a segment
+        self._seg_bytes = recovered.active_size
+        self._chunks: list[Chunk] = []
+        self._queued_records = 0  # data records in chunks not yet handed to the writer
+        self._queued_since = 0.0  # when the oldest of them was appended
+        self._pending_bytes = 0  # appended, not yet durable
+        self._since_checkpoint = recovered.since_checkpoint
+        # At most one checkpoint per interval, and no record unsigned for
+        # longer; a recovered unsigned tail gets its checkpoint at once.
+        self._checkpoint_at = (
+            -math.inf
+            if recovered.since_checkpoint
+            else trio.current_time() + config.checkpoint_interval
+        )
+        self._batches: collections.deque[int] = collections.deque(maxlen=100_000)
+        self._state = StorageState(True, dt.datetime.now(dt.UTC))
+        self._wakeup = trio.Event()
+        self._state_event = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self._closing = False  # set by aclose: no more appends
+        self._accepting = True  # healthy and not closing
+
+    # -- appending -------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next append gets."""
+        return self._next_seq
+
+    @property
+    def state(self) -> StorageState:
+        return self._state
+
+    def append_nowait(
+        self,
+        payload: bytes,
+        kind: F.ContentKind,
+        clock: ClockStatus = ClockStatus.UNKNOWN,
+        received: int | dt.datetime | None = None,
+    ) -> Appended:
+        """Append a record now, without waiting; it is durable later.
+
+        Args:
+            payload: the content PDU's DER, stored as is.
+            kind: CMII or NOTICE in a CmII stream, CMCC in a CmCC stream.
+            clock: the clock status when the PDU was received.
+            received: receive time, as microseconds since the epoch or an
+                aware datetime; None: now.
+
+        Returns:
+            The record's sequence number, with a way to await durability.
+
+        Raises:
+            StorageUnavailable: storing fails now; the record is refused
+                (counted in ``state.refused``) and gets no sequence number.
+            trio.WouldBlock: ``max_pending_bytes`` are waiting for the disk.
+            LogClosed: the stream is closed.
+            LogError: wrong content kind for the stream, or payload too large.
+        """
+        n = len(payload)
+        if not self._accepting or self._pending_bytes >= self._max_pending:
+            self._refuse()
+        if kind not in self._allowed or n > self._max_payload:
+            raise LogError(f"{self.label}: refused {kind!r} record of {n} bytes")
+        if received is None:
+            received = _time_ns() // 1000
+        elif received.__class__ is not int:
+            received = F.to_us(received)  # type: ignore[arg-type]
+        # The hot path: 4.2 µs a record of 1500 bytes here, 1.6 µs of it
+        # SHA-256 and CRC-32. Module-level aliases, cached settings, no calls
+        # into helpers: each saved call is about 0.1 µs.
+        seq = self._next_seq
+        meta = _pack_meta(1, seq, received, kind, _CLOCK_CODES[clock])
+        size = _FRAME_META + n
+        chunks = self._chunks
+        chunk = chunks[-1] if chunks else None
+        if chunk is None or chunk.sealed or self._seg_bytes + size > self._segment_bytes:
+            chunk = self._chunk_for(size)
+        if seq % self._index_interval == 0:
+            chunk.index.append((seq, self._seg_bytes))
+        data = chunk.data
+        data += _pack_frame(_META_SIZE + n, _crc32(payload, _crc32(meta)))
+        data += meta
+        data += payload
+        h = _sha256(self._chain)
+        h.update(meta)
+        h.update(payload)
+        self._chain = h.digest()
+        chunk.last_seq = seq
+        chunk.records += 1
+        self._next_seq = seq + 1
+        self._seg_bytes += size
+        self._pending_bytes += size
+        self._ring.append(_new_tuple(_Record, (seq, received, kind, clock, payload)))
+        self._ring_bytes += n + RING_OVERHEAD
+        if self._ring_bytes > self._ring_limit:
+            self._ring_trim()
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self._checkpoint_records:
+            self._add_checkpoint()
+        queued = self._queued_records = self._queued_records + 1
+        if queued == 1:
+            self._queued_since = _current_time()
+            self._wakeup.set()
+        elif queued >= self._commit_records:
+            self._submit()
+        return Appended(self, seq)
+
+    def _refuse(self) -> None:
+        """Raise why no record can be appended now (the slow path of append)."""
+        if self._closing:
+            raise LogClosed(f"{self.label}: closed")
+        if not self._state.healthy:
+            self._state = dataclasses.replace(self._state, refused=self._state.refused + 1)
+            raise StorageUnavailable(self.label, self._state.since, self._state.reason or "")
+        raise trio.WouldBlock
+
+    async def append(
+        self,
+        payload: bytes,
+        kind: F.ContentKind,
+        clock: ClockStatus = ClockStatus.UNKNOWN,
+        received: int | dt.datetime | None = None,
+    ) -> Appended:
+        """Append a record, waiting only if the disk is behind by ``max_pending_bytes``.
+
+        It yields to other tasks once per batch of ``commit_records`` (a full
+        trio checkpoint costs 3 µs here, about as much as the append itself),
+        so completions are handled while a producer appends flat out.
+
+        Raises:
+            StorageUnavailable, LogClosed, LogError: as ``append_nowait``.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self._pending_bytes >= self._cfg.max_pending_bytes and self._state.healthy:
+            await self._durable_event.wait()
+        appended = self.append_nowait(payload, kind, clock, received)
+        if self._queued_records == 0:  # a batch just went to the writer: let others run
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return appended
+
+    async def wait_state_change(self, seen: StorageState) -> StorageState:
+        """Return the storage state once it differs from ``seen`` in health."""
+        while self._state.healthy == seen.healthy:
+            await self._state_event.wait()
+        return self._state
+
+    @property
+    def stats(self) -> StreamStats:
+        return StreamStats(
+            self._next_seq - self._opened_at,
+            self._thread.syncs,
+            self._durable_seq,
+            tuple(self._batches),
+            self._torn,
+        )
+
+    # -- building chunks and checkpoints ----------------------------------
+
+    def _chunk_for(self, size: int) -> Chunk:
+        """The chunk a new data record of ``size`` bytes goes into (maybe a new segment)."""
+        seq = self._next_seq
+        roll = self._seg_first is None or (
+            self._seg_bytes + size > self._segment_bytes and seq > self._seg_first
+        )
+        if roll:
+            self._seg_first, self._seg_bytes = seq, F.HEADER_SIZE
+            chunk = Chunk(seq, True, self._chain)
+            self._chunks.append(chunk)
+            return chunk
+        return self._open_chunk()
+
+    def _open_chunk(self) -> Chunk:
+        if self._chunks and not self._chunks[-1].sealed:
+            return self._chunks[-1]
+        assert self._seg_first is not None
+        chunk = Chunk(self._seg_first, False, b"")
+        self._chunks.append(chunk)
+        return chunk
+
+    def _add_checkpoint(self) -> None:
+        """Sign the chain after the last appended record and queue the checkpoint."""
+        last, now = self._next_seq - 1, _now_us()
+        message = F.checkpoint_message(self.id, last, now, self._chain)
+        cp = F.Checkpoint(
+            self.id, last, now, self._chain, self._signer.key_id, self._signer.sign(message)
+        )
+        frame = F.encode_checkpoint(cp)
+        chunk = self._open_chunk()
+        chunk.data += frame
+        chunk.checkpoints.append(cp)
+        self._seg_bytes += len(frame)
+        self._pending_bytes += len(frame)
+        self._since_checkpoint = 0
+        self._checkpoint_at = trio.current_time() + self._cfg.checkpoint_interval
+        if self._queued_records == 0:
+            self._queued_since = trio.current_time()
+        self._wakeup.set()
+
+    # -- handing chunks to the writer thread and hearing back ----------------
+
+    def _submit(self) -> None:
+        """Seal every open chunk and queue it for writing, in order."""
+        for chunk in self._chunks:
+            if not chunk.sealed:
+                chunk.sealed = True
+                self._thread.submit(chunk)
+        self._queued_records = 0
+
+    def _written(self, chunks: list[Chunk]) -> None:
+        """From the writer thread: these chunks (the oldest outstanding) are durable."""
+        records = 0
+        for chunk in chunks:
+            if not self._chunks or self._chunks[0] is not chunk:
+                return  # cannot happen: chunks are written in order
+            self._chunks.pop(0)
+            self._pending_bytes -= len(chunk.data)
+            records += chunk.records
+            self._publish(chunk)
+        self._batches.append(records)
+
+    def _write_failed(self, exc: Exception) -> None:
+        reason = getattr(exc, "strerror", None) or repr(exc)
+        self._set_state(StorageState(False, dt.datetime.now(dt.UTC), reason))
+        logger.error("%s: unable to store: %s", self.label, reason)
+
+    def _write_restored(self) -> None:
+        self._set_state(StorageState(True, dt.datetime.now(dt.UTC), None, self._state.refused))
+        logger.warning("%s: storing again", self.label)
+
+    def _set_state(self, state: StorageState) -> None:
+        self._state = state
+        self._accepting = state.healthy and not self._closing
+        self._state_event.set()
+        self._state_event = trio.Event()
+        self._wakeup.set()
+        self._wake_readers()
+
+    # -- the timer task ----------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Submit batches whose time is up, checkpoint, save cursors; until closed."""
+        with trio.CancelScope() as self._scope:
+            task_status.started()
+            while not self._closing:
+                await self._wait_for_deadline()
+                await self._persist_cursors_if_due()
+
+    async def _wait_for_deadline(self) -> None:
+        """Sleep until queued records are T old, a checkpoint or a cursor save is due."""
+        cfg = self._cfg
+        while True:
+            now = trio.current_time()
+            deadline = self.cursors.due_at(cfg.cursor_persist_interval)
+            if self._queued_records or (self._chunks and not self._chunks[-1].sealed):
+                if now >= self._queued_since + cfg.commit_interval:
+                    self._submit()
+                    continue
+                deadline = min(deadline, self._queued_since + cfg.commit_interval)
+            if self._since_checkpoint and self._state.healthy:
+                if now >= self._checkpoint_at:
+                    self._add_checkpoint()
+                    continue
+                deadline = min(deadline, self._checkpoint_at)
+            if now >= deadline:
+                return
+            with trio.move_on_at(deadline):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    async def _persist_cursors_if_due(self) -> None:
+        if self.cursors.due_at(self._cfg.cursor_persist_interval) <= trio.current_time():
+            await self.persist_cursors()
+
+    async def persist_cursors(self) -> None:
+        """Write named cursor positions now (atomic replace, fsynced)."""
+        data = self.cursors.snapshot()
+        if data is None:
+            return
+        try:
+            await trio.to_thread.run_sync(self.cursors.write, data, abandon_on_cancel=False)
+        except OSError:
+            self.cursors.retry_later()  # a full disk: acks are kept in memory meanwhile
+
+    async def aclose(self) -> None:
+        """Checkpoint, store what is queued, save cursors, stop. Idempotent.
+
+        Shielded: closing completes even inside a cancelled scope. Records not
+        stored because storing fails were never reported durable.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._accepting = False
+        with trio.CancelScope(shield=True):
+            if self._since_checkpoint and self._state.healthy:
+                self._add_checkpoint()
+            self._submit()
+            while self._chunks and self._state.healthy:
+                await self._durable_event.wait()
+            await self._thread.stop()
+            await self.persist_cursors()
+        self._closed = True  # readers and durable() waiters stop waiting
+        if self._scope is not None:
+            self._scope.cancel()
+        self._wake_readers()

@@ -1,0 +1,270 @@
+"""Verification of a stream from its files alone: no trio, no server state.
+
+Walks the retention journal, then every segment and frame in order,
+recomputing the hash chain and checking every checkpoint's chain value
+and Ed25519 signature. The first problem is reported with the first
+sequence number it makes untrustworthy:
+
+- a changed bit: the frame's CRC fails at that record; if the CRC was
+  forged too, the next checkpoint's chain value differs, and the fault
+  names the first record after the last good checkpoint;
+- a deleted, inserted, duplicated or reordered record: its sequence number
+  is not the next one;
+- a deleted or inserted segment: the next segment does not start where the
+  last ended, or its starting chain value does not match;
+- a truncated record: the frame is cut short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from mediation.log import format as F
+from mediation.log.journal import RECOVERY, RETENTION, read_entries
+from mediation.log.keys import key_id, verify_signature
+from mediation.log.retention import removed_prefix
+from mediation.log.segments import list_segments
+from mediation.pdu import StreamId
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """The first problem found in a stream."""
+
+    seq: int  # the first sequence number that cannot be trusted
+    reason: str
+    segment: str | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        where = f" ({self.segment} byte {self.offset})" if self.segment else ""
+        return f"sequence {self.seq}: {self.reason}{where}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamReport:
+    """What verification of one stream found."""
+
+    stream: str  # handle/kind
+    records: int
+    first_seq: int | None
+    last_seq: int | None
+    first_time: dt.datetime | None
+    last_time: dt.datetime | None
+    checkpoints: int
+    removed: int  # records removed by retention (0..removed-1), journalled and signed
+    unsigned: int  # records after the last checkpoint (not yet signed)
+    torn_cut: int  # torn tails cut by recovery, per recovery.jsonl
+    fault: Fault | None
+
+    @property
+    def ok(self) -> bool:
+        return self.fault is None
+
+    def line(self) -> str:
+        """One line for ``mediate log verify``."""
+        parts = [f"{self.records} records"]
+        if self.first_seq is not None:
+            parts[0] += f" {self.first_seq}..{self.last_seq}"
+            parts.append(f"{_stamp(self.first_time)} .. {_stamp(self.last_time)}")
+        parts.append(f"{self.checkpoints} checkpoints")
+        if self.removed:
+            parts.append(f"0..{self.removed - 1} removed by retention")
+        if self.unsigned:
+            parts.append(f"{self.unsigned} after the last checkpoint")
+        if self.torn_cut:
+            parts.append(f"{self.torn_cut} torn tail(s) cut at recovery")
+        parts.append("ok" if self.fault is None else f"FAULT at {self.fault}")
+        return f"{self.stream}: " + ", ".join(parts)
+
+
+def _stamp(when: dt.datetime | None) -> str:
+    return "-" if when is None else when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _Verifier:
+    def __init__(self, directory: Path, stream: StreamId, public: Ed25519PublicKey) -> None:
+        self.directory = directory
+        self.stream = stream
+        self.public = public
+        self.key_id = key_id(public)
+        prefix = removed_prefix(directory, stream, public)
+        self.removed = prefix.next_seq
+        self.expected, self.chain = prefix.next_seq, prefix.chain
+        self.signed_through = prefix.next_seq - 1  # last record a signature covers
+        self.fault = Fault(prefix.next_seq, prefix.fault) if prefix.fault else None
+        self.records = self.checkpoints = 0
+        self.first_us: int | None = None
+        self.last_us: int | None = None
+
+    def run(self) -> StreamReport:
+        segments = [s for s in list_segments(self.directory) if s[0] >= self.removed]
+        for i, (first, path) in enumerate(segments):
+            if self.fault or not self._segment(first, path, last=i == len(segments) - 1):
+                break
+        try:
+            torn = len(read_entries(self.directory / RECOVERY))
+        except ValueError:
+            torn = 0
+        count = self.records
+        return StreamReport(
+            F.stream_label(self.stream),
+            count,
+            self.expected - count if count else None,
+            self.expected - 1 if count else None,
+            None if self.first_us is None else F.from_us(self.first_us),
+            None if self.last_us is None else F.from_us(self.last_us),
+            self.checkpoints,
+            self.removed,
+            self.expected - 1 - self.signed_through,
+            torn,
+            self.fault,
+        )
+
+    def _fail(
+        self, seq: int, reason: str, segment: str | None = None, offset: int | None = None
+    ) -> bool:
+        self.fault = Fault(seq, reason, segment, offset)
+        return False
+
+    def _header_fault(self, first: int, data: bytes) -> tuple[int, str] | None:
+        """Why a segment's header does not continue the stream, if it does not."""
+        try:
+            header = F.decode_header(data)
+        except ValueError as exc:
+            return self.expected, str(exc)
+        if header.stream != self.stream:
+            return self.expected, f"segment of another stream ({header.stream})"
+        if header.first_seq != first:
+            return self.expected, f"file name says {first}, header {header.first_seq} (renamed)"
+        if first > self.expected:
+            return self.expected, f"records {self.expected}..{first - 1} missing (segment removed)"
+        if first < self.expected:
+            return first, f"segment starts at {first}, but {self.expected} comes next (inserted)"
+        if header.prev_chain != self.chain:
+            return first, "starting chain value does not follow from the records before"
+        return None
+
+    def _segment(self, first: int, path: Path, last: bool) -> bool:
+        data = path.read_bytes()
+        fault = self._header_fault(first, data)
+        if fault is not None:
+            return self._fail(fault[0], fault[1], path.name, 0)
+        offset = F.HEADER_SIZE
+        while offset < len(data):
+            try:
+                body, stop = F.read_frame(data, offset)
+            except F.FrameError as exc:
+                note = " (a torn tail: recovery cuts it)" if exc.torn and last else ""
+                return self._fail(self.expected, exc.reason + note, path.name, offset)
+            if body[0] == F.TYPE_DATA:
+                ok = self._data(body, path.name, offset)
+            elif body[0] == F.TYPE_CHECKPOINT:
+                ok = self._checkpoint(body, path.name, offset)
+            else:
+                ok = self._fail(self.expected, f"unknown record type {body[0]}", path.name, offset)
+            if not ok:
+                return False
+            offset = stop
+        return True
+
+    def _data(self, body: memoryview, segment: str, offset: int) -> bool:
+        try:
+            record = F.decode_data(body[: F.META_SIZE])
+        except ValueError as exc:
+            return self._fail(self.expected, str(exc), segment, offset)
+        seq = record.seq
+        if seq != self.expected:
+            if seq > self.expected:
+                why = f"missing: the next record is {seq} (deleted or reordered)"
+            else:
+                why = f"found record {seq} again (duplicated, inserted or reordered)"
+            return self._fail(self.expected, why, segment, offset)
+        self.chain = F.chain_next(self.chain, body)
+        if self.first_us is None:
+            self.first_us = record.received_us
+        self.last_us = record.received_us
+        self.expected += 1
+        self.records += 1
+        return True
+
+    def _checkpoint(self, body: memoryview, segment: str, offset: int) -> bool:
+        suspect = self.signed_through + 1
+        try:
+            cp = F.decode_checkpoint(body, self.stream)
+        except ValueError as exc:
+            return self._fail(suspect, str(exc), segment, offset)
+        if cp.last_seq != self.expected - 1:
+            return self._fail(
+                min(suspect, cp.last_seq + 1),
+                f"checkpoint for {cp.last_seq} follows record {self.expected - 1}",
+                segment,
+                offset,
+            )
+        if cp.key_id != self.key_id:
+            return self._fail(
+                suspect,
+                f"checkpoint signed by another key ({cp.key_id.hex()[:16]})",
+                segment,
+                offset,
+            )
+        if not verify_signature(self.public, cp.signature, cp.message()):
+            return self._fail(suspect, "checkpoint signature does not verify", segment, offset)
+        if cp.chain != self.chain:
+            return self._fail(
+                suspect,
+                f"chain value differs at the checkpoint for {cp.last_seq}: "
+                f"a record in {suspect}..{cp.last_seq} was altered",
+                segment,
+                offset,
+            )
+        self.signed_through = cp.last_seq
+        self.checkpoints += 1
+        return True
+
+
+def verify_stream(
+    directory: Path, public: Ed25519PublicKey, stream: StreamId | None = None
+) -> StreamReport:
+    """Verify one stream directory (``.../log/<handle>/<cmii|cmcc>``).
+
+    Args:
+        stream: which stream the files must belong to; by default taken from
+            the directory names.
+
+    Raises:
+        ValueError: the directory names are not a handle and a stream kind
+            and ``stream`` was not given.
+        OSError: a file cannot be read.
+    """
+    directory = Path(directory)
+    if stream is None:
+        if directory.name not in F.DIR_KINDS:
+            raise ValueError(f"{directory}: not a stream directory (cmii or cmcc)")
+        stream = StreamId(F.check_handle(directory.parent.name), F.DIR_KINDS[directory.name])
+    return _Verifier(directory, stream, public).run()
+
+
+def find_streams(path: Path) -> list[Path]:
+    """The stream directories in a data, log, warrant or stream directory."""
+    path = Path(path)
+    if path.name in F.DIR_KINDS and (list_segments(path) or (path / RETENTION).exists()):
+        return [path]
+    if (path / "log").is_dir():
+        path = path / "log"
+    kinds = [path / name for name in sorted(F.DIR_KINDS) if (path / name).is_dir()]
+    if kinds:
+        return kinds
+    found = []
+    for handle in sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []:
+        found.extend(handle / name for name in sorted(F.DIR_KINDS) if (handle / name).is_dir())
+    return found
+
+
+def verify_path(path: Path, public: Ed25519PublicKey) -> list[StreamReport]:
+    """Verify every stream found under ``path`` (see ``find_streams``)."""
+    return [verify_stream(directory, public) for directory in find_streams(path)]

@@ -1,0 +1,115 @@
+"""A full disk: a clear error, an "unable to store" state, and storing resumes.
+
+Runs on a 1 MiB tmpfs mounted for the test (needs root); it is grown with
+``mount -o remount`` to give the space back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from mediation import pdu as P
+from mediation.log import (
+    Appended,
+    ContentKind,
+    EvidenceLog,
+    LogConfig,
+    StorageUnavailable,
+    StreamLog,
+    load_public_key,
+    verify_stream,
+)
+from mediation.log.keys import public_key_path
+
+HANDLE = "w-d15cf1"
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    point = tmp_path / "disk"
+    point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = _mount("-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(point))
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False, timeout=30)
+
+
+async def _durable_or_refused(stream: StreamLog, appended: Appended) -> bool:
+    """True once ``appended`` is durable; False if storing failed first."""
+    result = False
+    seen = stream.state
+    if not seen.healthy:
+        return False
+    async with trio.open_nursery() as nursery:
+
+        async def durable() -> None:
+            nonlocal result
+            await appended.durable()
+            result = True
+            nursery.cancel_scope.cancel()
+
+        async def failed() -> None:
+            await stream.wait_state_change(seen)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(durable)
+        nursery.start_soon(failed)
+    return result
+
+
+async def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk: Path) -> None:
+    config = LogConfig(commit_records=8, retry_interval=0.05, segment_bytes=256 * 1024)
+    payload = os.urandom(1000)
+    accepted: list[Appended] = []
+    async with EvidenceLog.open(small_disk, config) as log:
+        stream = await log.stream(HANDLE, P.StreamKind.CMCC)
+        with trio.fail_after(30):
+            while stream.state.healthy:
+                accepted.append(await stream.append(payload, ContentKind.CMCC))
+                if len(accepted) % 8 == 0 and not await _durable_or_refused(stream, accepted[-1]):
+                    break
+        state = stream.state
+        assert not state.healthy and state.reason == "No space left on device"
+        assert len(accepted) > 500  # most of the megabyte was used
+        with pytest.raises(StorageUnavailable) as refused:
+            stream.append_nowait(payload, ContentKind.CMCC)
+        message = str(refused.value)
+        assert message.startswith(f"{HANDLE}/cmcc: unable to store since ")
+        assert message.endswith("No space left on device")
+        with pytest.raises(StorageUnavailable):
+            await stream.append(payload, ContentKind.CMCC)
+        assert stream.state.refused == 2
+        # Space comes back: the writer retries by itself and the stream is healthy again.
+        grown = _mount("-o", "remount,size=8m", str(small_disk))
+        assert grown.returncode == 0, grown.stderr
+        with trio.fail_after(30):
+            restored = await stream.wait_state_change(state)
+            assert restored.healthy and restored.refused == 2  # for the completeness notice
+            await accepted[-1].durable()  # every accepted record was stored after all
+            after = await stream.append(b"after", ContentKind.CMCC)
+            await after.durable()
+        assert after.seq == len(accepted)  # refused records took no sequence numbers
+        records = []
+        cursor = stream.cursor(0)
+        while len(records) < len(accepted) + 1:
+            records.extend(await cursor.read(256))
+        assert [r.payload for r in records] == [payload] * len(accepted) + [b"after"]
+    report = verify_stream(
+        small_disk / "log" / HANDLE / "cmcc", load_public_key(public_key_path(small_disk))
+    )
+    assert report.ok and report.records == len(accepted) + 1
