@@ -25,6 +25,60 @@ DELIVERY = "DeliveryMessage"
 Record = CmIIMessage | CCApdu | dlv.DeliveryMessage
 
 
+# No OBJECT IDENTIFIER this schema carries comes near this many octets.
+MAX_OID_LENGTH = 64
+
+
+def _guard_asn1tools() -> None:
+    """Close the ways asn1tools 0.169 hangs on hostile input (found by tests/test_fuzz.py).
+
+    Its DER SEQUENCE OF / SET OF loop (``der.ArrayType.decode_content``)
+    ignores the element decoder's tag-mismatch result, which leaves the
+    offset where it was: one wrong tag inside, say, ``signalingMsg`` or
+    ``ranges`` spins forever appending to a list until the machine runs out
+    of memory (upstream eerimoq/asn1tools PR #200). The replacement is the
+    same loop with the check the BER codec already makes; an element that
+    runs past the end of its SEQUENCE OF is refused rather than read across.
+    """
+    from asn1tools.codecs import ber, der
+
+    if getattr(der.ArrayType.decode_content, "_mediation_guarded", False):
+        return
+
+    def decode_content(self: Any, data: Any, offset: int, length: int) -> tuple[list, int]:
+        decoded = []
+        end = offset + length
+        while offset < end:
+            element, after = self.element_type.decode(data, offset)
+            ber.check_decode_error(self.element_type, element, data, offset)
+            if after <= offset or after > end:
+                raise ber.DecodeError("element does not fit its SEQUENCE OF", offset)
+            decoded.append(element)
+            offset = after
+        return decoded, offset
+
+    decode_content._mediation_guarded = True  # type: ignore[attr-defined]
+    der.ArrayType.decode_content = decode_content
+
+    # Its OBJECT IDENTIFIER decoder shifts one growing integer per content
+    # byte: quadratic, so a 1 MB run of continuation bytes takes minutes. It
+    # also reads on past the content while the continuation bit is set, so
+    # the last content octet must end a subidentifier.
+    oid_decode = ber.ObjectIdentifier.decode_content
+
+    def decode_oid(self: Any, data: Any, offset: int, length: int) -> tuple[str, int]:
+        if length > MAX_OID_LENGTH:
+            raise ber.DecodeError(f"OBJECT IDENTIFIER of {length} octets is too long", offset)
+        if length == 0 or data[offset + length - 1] & 0x80:
+            raise ber.DecodeError("OBJECT IDENTIFIER ends inside a subidentifier", offset)
+        return oid_decode(self, data, offset, length)
+
+    ber.ObjectIdentifier.decode_content = decode_oid
+
+
+_guard_asn1tools()
+
+
 def _asn1_encode(type_name: str, value: Any) -> bytes:
     try:
         return compiled().encode(type_name, value)
@@ -77,9 +131,16 @@ def _without_brackets(text: str) -> str:
     return "".join(out)
 
 
+_MESSAGE_LIMIT = 200
+
+
 def _describe(type_name: str, exc: Exception) -> str:
     """One short line: the type, the path of fields asn1tools was in, and what was wrong."""
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    # asn1tools quotes whole offending values: a 100 kB one made the regex
+    # below (quadratic on a long run of word characters) take half a minute.
+    if len(message) > _MESSAGE_LIMIT:
+        message = message[:_MESSAGE_LIMIT] + "..."
     message = re.sub(r"\w+\((\S*?), \) ", r"\1 ", _without_brackets(message))
     location = getattr(exc, "location", None) or []  # innermost first
     names = [getattr(item, "name", "") for item in reversed(location)]

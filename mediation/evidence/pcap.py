@@ -1,0 +1,434 @@
+"""Classic pcap files: a reader, a writer, and UDP datagrams out of captured frames.
+
+Dependency-free (``struct`` only), so the evidence path needs neither libpcap
+nor scapy. The format (the "classic" one, not pcapng) is a 24-byte file
+header then records of a 16-byte header and the captured bytes::
+
+    magic u32 | version 2.4 | thiszone i32 | sigfigs u32 | snaplen u32 | linktype u32
+    seconds u32 | fraction u32 | captured length u32 | original length u32 | data
+
+The magic tells the byte order and whether the fraction counts microseconds
+(``0xa1b2c3d4``) or nanoseconds (``0xa1b23c4d``). tcpdump, tshark and
+Wireshark read both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ipaddress
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+MAGIC_USEC = 0xA1B2C3D4
+MAGIC_NSEC = 0xA1B23C4D
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+
+DEFAULT_SNAPLEN = 262144
+# A record claiming more than this is a corrupt file, not a packet: refusing
+# it keeps a flipped length byte from allocating gigabytes.
+MAX_RECORD = 16 * 1024 * 1024
+
+_FILE_HEADER = "IHHiIII"
+_RECORD_HEADER = "IIII"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+# The four ways a classic pcap file can start -> (byte order, nanoseconds).
+_MAGICS: dict[bytes, tuple[str, bool]] = {
+    struct.pack(order + "I", magic): (order, magic == MAGIC_NSEC)
+    for order in "<>"
+    for magic in (MAGIC_USEC, MAGIC_NSEC)
+}
+
+
+class PcapError(ValueError):
+    """A file is not a readable classic pcap file; ``offset`` is where it went wrong."""
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        self.message = message
+        self.offset = offset
+        super().__init__(message if offset is None else f"{message} (at byte {offset})")
+
+
+def is_pcap(prefix: bytes) -> bool:
+    """Whether ``prefix`` (the first 4 or more bytes of a file) is a classic pcap magic."""
+    return bytes(prefix[:4]) in _MAGICS
+
+
+def _time_ns(when: dt.datetime | int) -> int:
+    """Nanoseconds since the epoch; exact for datetimes (no float rounding)."""
+    if isinstance(when, dt.datetime):
+        if when.tzinfo is None:
+            raise ValueError("capture time must be timezone-aware (UTC)")
+        delta = when - _EPOCH
+        return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    if isinstance(when, int) and not isinstance(when, bool):
+        return when
+    raise TypeError(
+        f"capture time must be a datetime or int nanoseconds, not {type(when).__name__}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Packet:
+    """One record: its number in the file (from 1), capture time and bytes."""
+
+    number: int
+    time_ns: int
+    data: bytes
+    orig_len: int
+    offset: int  # of ``data`` in the file, so errors can name a byte
+
+    @property
+    def time(self) -> dt.datetime:
+        """Capture time in UTC, to the microsecond."""
+        return _EPOCH + dt.timedelta(microseconds=self.time_ns // 1000)
+
+
+class PcapReader:
+    """Reads records one at a time from a binary stream; iterate it for :class:`Packet`.
+
+    Raises:
+        PcapError: at construction for a bad file header, while iterating for
+        a truncated or corrupt record.
+    """
+
+    def __init__(self, stream: BinaryIO, *, owns_stream: bool = False) -> None:
+        self._stream = stream
+        self._owns = owns_stream
+        header = stream.read(24)
+        if header[:4] == PCAPNG_MAGIC:
+            raise PcapError("pcapng is not supported; convert with: editcap -F pcap IN OUT", 0)
+        if len(header) < 4 or not is_pcap(header):
+            raise PcapError("not a pcap file (bad magic number)", 0)
+        if len(header) < 24:
+            raise PcapError("truncated pcap file header", len(header))
+        self.byte_order, self.nanosecond = _MAGICS[header[:4]]
+        _magic, major, minor, _zone, _sigfigs, snaplen, linktype = struct.unpack(
+            self.byte_order + _FILE_HEADER, header
+        )
+        if major != 2:
+            raise PcapError(f"pcap version {major}.{minor} is not supported", 4)
+        self.version = (major, minor)
+        self.snaplen = snaplen
+        # The upper bits carry FCS information, not the link type.
+        self.linktype = linktype & 0xFFFF
+        self._offset = 24
+        self._number = 0
+        self._record = struct.Struct(self.byte_order + _RECORD_HEADER)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> PcapReader:
+        """Open a file by path; the reader closes it."""
+        stream = open(path, "rb")  # noqa: SIM115 (closed by close())
+        try:
+            return cls(stream, owns_stream=True)
+        except BaseException:
+            stream.close()
+            raise
+
+    def __iter__(self) -> Iterator[Packet]:
+        scale = 1 if self.nanosecond else 1000
+        while True:
+            header = self._stream.read(16)
+            if not header:
+                return
+            if len(header) < 16:
+                raise PcapError("truncated packet record header", self._offset)
+            seconds, fraction, incl_len, orig_len = self._record.unpack(header)
+            if incl_len > MAX_RECORD:
+                raise PcapError(f"packet record claims {incl_len} bytes", self._offset + 8)
+            data = self._stream.read(incl_len)
+            if len(data) < incl_len:
+                raise PcapError(
+                    f"truncated packet: {incl_len} bytes announced, {len(data)} present",
+                    self._offset,
+                )
+            self._number += 1
+            time_ns = seconds * 1_000_000_000 + fraction * scale
+            packet = Packet(self._number, time_ns, data, orig_len, self._offset + 16)
+            self._offset += 16 + incl_len
+            yield packet
+
+    def close(self) -> None:
+        if self._owns:
+            self._stream.close()
+
+    def __enter__(self) -> PcapReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PcapWriter:
+    """Writes a classic pcap file; use it as a context manager so it is flushed and closed.
+
+    Args:
+        stream: where to write; left open by :meth:`close` (the caller owns it)
+            unless the writer was made by :meth:`open`.
+        linktype: what the frames are (``LINKTYPE_ETHERNET``, ``LINKTYPE_RAW``, ...).
+        nanosecond: nanosecond time stamps (``0xa1b23c4d``) instead of microseconds.
+        snaplen: longer frames are cut to this many bytes; their original
+            length is kept in the record.
+        byte_order: ``"<"`` little-endian (what most tools write) or ``">"``.
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        *,
+        linktype: int = LINKTYPE_ETHERNET,
+        nanosecond: bool = False,
+        snaplen: int = DEFAULT_SNAPLEN,
+        byte_order: Literal["<", ">"] = "<",
+        owns_stream: bool = False,
+    ) -> None:
+        if not 0 <= linktype <= 0xFFFF:
+            raise ValueError(f"link type {linktype} is out of range")
+        if not 0 < snaplen <= MAX_RECORD:
+            raise ValueError(f"snaplen {snaplen} is out of range")
+        if byte_order not in ("<", ">"):
+            raise ValueError("byte_order must be '<' or '>'")
+        self._stream = stream
+        self._owns = owns_stream
+        self._closed = False
+        self.linktype = linktype
+        self.nanosecond = nanosecond
+        self.snaplen = snaplen
+        self._record = struct.Struct(byte_order + _RECORD_HEADER)
+        magic = MAGIC_NSEC if nanosecond else MAGIC_USEC
+        stream.write(struct.pack(byte_order + _FILE_HEADER, magic, 2, 4, 0, 0, snaplen, linktype))
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, overwrite: bool = False, **options: object
+    ) -> PcapWriter:
+        """Create the file at ``path`` (refusing to replace one unless ``overwrite``)."""
+        stream = open(path, "wb" if overwrite else "xb")  # noqa: SIM115 (closed by close())
+        try:
+            return cls(stream, owns_stream=True, **options)  # type: ignore[arg-type]
+        except BaseException:
+            stream.close()
+            Path(path).unlink(missing_ok=True)
+            raise
+
+    def write(self, data: bytes, when: dt.datetime | int, orig_len: int | None = None) -> None:
+        """Append one frame captured at ``when`` (aware datetime, or int ns since the epoch).
+
+        Microsecond files keep whole microseconds (the rest is dropped, not rounded,
+        so a packet never moves later than it was seen).
+        """
+        if self._closed:
+            raise ValueError("write to a closed pcap writer")
+        time_ns = _time_ns(when)
+        seconds, rest = divmod(time_ns, 1_000_000_000)
+        if not 0 <= seconds <= 0xFFFFFFFF:
+            raise ValueError("capture time is outside what pcap can hold (1970 to 2106)")
+        fraction = rest if self.nanosecond else rest // 1000
+        kept = bytes(data[: self.snaplen])
+        original = len(data) if orig_len is None else orig_len
+        if original < len(kept) or original > 0xFFFFFFFF:
+            raise ValueError(f"original length {original} is not possible for this frame")
+        self._stream.write(self._record.pack(seconds, fraction, len(kept), original) + kept)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def sync(self) -> None:
+        """Flush and ask the kernel to put the bytes on disk (for evidence files)."""
+        self.flush()
+        fileno = getattr(self._stream, "fileno", None)
+        if fileno is not None:
+            os.fsync(fileno())
+
+    def close(self) -> None:
+        """Flush, and close the file if this writer opened it. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stream.flush()
+        finally:
+            if self._owns:
+                self._stream.close()
+
+    def __enter__(self) -> PcapWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# UDP datagrams out of frames ------------------------------------------------
+
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
+_ETH_IPV4 = 0x0800
+_ETH_IPV6 = 0x86DD
+_UDP = 17
+# IPv6 extension headers a UDP datagram may sit behind: hop-by-hop, routing,
+# fragment, destination options, authentication.
+_IPV6_EXTENSIONS = (0, 43, 44, 60, 51)
+_IPV6_FRAGMENT, _IPV6_AH = 44, 51
+
+# Link types :func:`udp_datagram` reads.
+UDP_LINKTYPES = frozenset((1, 101, 113, 228, 229, 276))
+
+
+class SkippedFrame(ValueError):
+    """A frame that holds no readable UDP datagram; the message says why.
+
+    ``fragment`` is true for an IP fragment after the first (no UDP header:
+    fragments are not reassembled).
+    """
+
+    def __init__(self, message: str, *, fragment: bool = False) -> None:
+        self.fragment = fragment
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class UdpDatagram:
+    """A UDP datagram found in a frame. Unpacks as ``src, sport, dst, dport, payload``.
+
+    ``offset`` is where the payload starts in the frame. ``truncated`` says the
+    frame held less than the UDP header announced (a first IP fragment, or a
+    capture cut at the snap length).
+    """
+
+    src: IPAddr
+    sport: int
+    dst: IPAddr
+    dport: int
+    payload: bytes
+    offset: int = 0
+    truncated: bool = False
+
+    def __iter__(self) -> Iterator[object]:
+        return iter((self.src, self.sport, self.dst, self.dport, self.payload))
+
+
+def udp_datagram(frame: bytes, linktype: int) -> UdpDatagram:
+    """The UDP datagram in one captured frame.
+
+    Understands Ethernet (with any number of 802.1Q / 802.1ad VLAN tags),
+    Linux cooked captures (SLL and SLL2) and raw IPv4/IPv6. IPv4 fragments
+    after the first carry no UDP header and are not reassembled.
+
+    Raises:
+        SkippedFrame: not IP, not UDP, a later fragment, or cut short.
+    """
+    if linktype == LINKTYPE_ETHERNET:
+        ethertype, at = _ethertype(frame, 12)
+    elif linktype == LINKTYPE_LINUX_SLL:
+        ethertype, at = _ethertype(frame, 14)
+    elif linktype == LINKTYPE_LINUX_SLL2:
+        if len(frame) < 20:
+            raise SkippedFrame("truncated SLL2 header")
+        ethertype, at = _ethertype(frame[:2] + frame[20:], 0)
+        at += 18
+    elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        if not frame:
+            raise SkippedFrame("empty frame")
+        ethertype, at = {4: _ETH_IPV4, 6: _ETH_IPV6}.get(frame[0] >> 4, 0), 0
+    else:
+        raise SkippedFrame(f"link type {linktype} is not supported")
+    if ethertype == _ETH_IPV4:
+        return _ipv4(frame, at)
+    if ethertype == _ETH_IPV6:
+        return _ipv6(frame, at)
+    raise SkippedFrame(f"not IP (type 0x{ethertype:04x})")
+
+
+def _ethertype(frame: bytes, at: int) -> tuple[int, int]:
+    """The protocol type at ``at`` after any VLAN tags, and where its payload starts."""
+    if len(frame) < at + 2:
+        raise SkippedFrame("truncated link-layer header")
+    ethertype = int.from_bytes(frame[at : at + 2], "big")
+    at += 2
+    while ethertype in _VLAN_TYPES:
+        if len(frame) < at + 4:
+            raise SkippedFrame("truncated VLAN tag")
+        ethertype = int.from_bytes(frame[at + 2 : at + 4], "big")
+        at += 4
+    return ethertype, at
+
+
+def _ipv4(frame: bytes, at: int) -> UdpDatagram:
+    if len(frame) < at + 20 or frame[at] >> 4 != 4:
+        raise SkippedFrame("truncated or bad IPv4 header")
+    header_len = (frame[at] & 0x0F) * 4
+    total = int.from_bytes(frame[at + 2 : at + 4], "big")
+    if header_len < 20 or total < header_len or len(frame) < at + header_len:
+        raise SkippedFrame("bad IPv4 header length")
+    flags_fragment = int.from_bytes(frame[at + 6 : at + 8], "big")
+    fragment_offset = (flags_fragment & 0x1FFF) * 8
+    if frame[at + 9] != _UDP:
+        raise SkippedFrame(f"not UDP (IP protocol {frame[at + 9]})")
+    if fragment_offset:
+        message = f"IPv4 fragment at offset {fragment_offset}: not reassembled"
+        raise SkippedFrame(message, fragment=True)
+    src = ipaddress.IPv4Address(frame[at + 12 : at + 16])
+    dst = ipaddress.IPv4Address(frame[at + 16 : at + 20])
+    end = min(len(frame), at + total)
+    return _udp(frame, at + header_len, end, src, dst, cut=end < at + total)
+
+
+def _ipv6(frame: bytes, at: int) -> UdpDatagram:
+    if len(frame) < at + 40 or frame[at] >> 4 != 6:
+        raise SkippedFrame("truncated or bad IPv6 header")
+    payload_len = int.from_bytes(frame[at + 4 : at + 6], "big")
+    next_header = frame[at + 6]
+    src = ipaddress.IPv6Address(frame[at + 8 : at + 24])
+    dst = ipaddress.IPv6Address(frame[at + 24 : at + 40])
+    full_end = at + 40 + payload_len
+    end = min(len(frame), full_end)
+    pos = at + 40
+    for _ in range(8):  # a handful of extension headers at most; no loops on junk
+        if next_header == _UDP:
+            return _udp(frame, pos, end, src, dst, cut=end < full_end)
+        if next_header not in _IPV6_EXTENSIONS:
+            raise SkippedFrame(f"not UDP (IPv6 next header {next_header})")
+        if pos + 8 > end:
+            raise SkippedFrame("truncated IPv6 extension header")
+        if next_header == _IPV6_FRAGMENT:
+            offset = int.from_bytes(frame[pos + 2 : pos + 4], "big") & 0xFFF8
+            if offset:
+                message = f"IPv6 fragment at offset {offset}: not reassembled"
+                raise SkippedFrame(message, fragment=True)
+            size = 8
+        elif next_header == _IPV6_AH:
+            size = (frame[pos + 1] + 2) * 4
+        else:
+            size = (frame[pos + 1] + 1) * 8
+        next_header = frame[pos]
+        pos += size
+    raise SkippedFrame("too many IPv6 extension headers")
+
+
+def _udp(frame: bytes, at: int, end: int, src: IPAddr, dst: IPAddr, cut: bool) -> UdpDatagram:
+    if end < at + 8:
+        raise SkippedFrame("truncated UDP header")
+    sport = int.from_bytes(frame[at : at + 2], "big")
+    dport = int.from_bytes(frame[at + 2 : at + 4], "big")
+    length = int.from_bytes(frame[at + 4 : at + 6], "big")
+    if length == 0 and src.version == 6:
+        length = end - at  # a jumbogram says its length elsewhere
+    if length < 8:
+        raise SkippedFrame(f"bad UDP length {length}")
+    payload_end = min(end, at + length)
+    payload = bytes(frame[at + 8 : payload_end])
+    truncated = cut or payload_end < at + length
+    return UdpDatagram(src, sport, dst, dport, payload, at + 8, truncated)

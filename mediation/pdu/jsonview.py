@@ -1,0 +1,181 @@
+"""Records as JSON-able dicts, for people reading PDUs (``mediate decode``).
+
+Keys are the ASN.1 component names; each PDU (and each record an envelope
+carries) says its ASN.1 name under ``"type"``. Times are ISO 8601 UTC with
+microseconds and ``Z``, octets are hex, addresses are text, enumerations are
+their ASN.1 names, and a CHOICE is ``{"alternative": value}``. Optional
+components that are absent are left out. A CC payload that is an IPv4 or
+IPv6 packet also gets a short ``"packet"`` summary.
+
+No I/O, and no dependency beyond the records: the output is the content
+itself, so nothing here is ever logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import ipaddress
+from typing import Any
+
+from mediation.pdu import delivery as dlv
+from mediation.pdu.cmcc import CCApdu
+from mediation.pdu.cmii import CmIIMessage
+from mediation.pdu.convert import Choice
+
+# Record fields that carry no ``asn1`` metadata, and their ASN.1 names.
+_ASN1_NAMES = {
+    "allocation": "allocationMethod",
+    "ipv6_flow_label": "iPv6FlowLabel",
+    "prefix_len": "prefixLen",
+    "part_of_multiple_login": "partOfMultipleLogin",
+}
+
+# JSON readers commonly hold numbers as doubles; past 64 bits even Python's
+# json may refuse one (int-to-text digit limit), so bigger ones become hex.
+_INT_LIMIT = 2**64
+
+_PROTOCOL_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6"}
+_PORTED = (6, 17, 132)  # TCP, UDP, SCTP: ports are the first four bytes
+_IPV6_EXTENSIONS = (0, 43, 60)  # hop-by-hop, routing, destination options
+
+
+def type_name(record: Any) -> str:
+    """The ASN.1 name of a record's PDU type or alternative."""
+    if isinstance(record, CmIIMessage):
+        return record.ALTERNATIVE or "IasProtocol"
+    if isinstance(record, CCApdu):
+        return "IAS-CC-APDU"
+    if isinstance(record, dlv.UnknownDeliveryMessage):
+        return "unknownDeliveryMessage"
+    if isinstance(record, dlv.CompletenessNotice):
+        return "CompletenessNotice"
+    name = dlv.ALTERNATIVE_OF.get(type(record))
+    if name is None:
+        raise TypeError(f"not a PDU record: {type(record).__name__}")
+    return name
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    """A PDU record as a dict that ``json.dumps`` takes as it is."""
+    out: dict[str, Any] = {"type": type_name(record)}
+    out.update(_fields(record))
+    if isinstance(record, CCApdu):
+        out["payload"] = out.pop("payload")  # the long one last, as in the ASN.1
+        summary = packet_summary(record.payload)
+        if summary is not None:
+            out["packet"] = summary
+    return out
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if value is None:
+            continue  # an absent OPTIONAL component
+        name = field.metadata.get("asn1") or _ASN1_NAMES.get(field.name, field.name)
+        out[name] = _value(value)
+    return out
+
+
+def _value(value: Any) -> Any:
+    """One component; records inside records (envelope content) keep their type."""
+    if isinstance(value, CmIIMessage | CCApdu | dlv.CompletenessNotice):
+        return to_json(value)
+    if isinstance(value, Choice):
+        return {value.alternative: _value(value.value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields(value)
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, int):
+        return value if -_INT_LIMIT < value < _INT_LIMIT else hex(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, dt.datetime):
+        return iso_time(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_value(item) for item in value]
+    raise TypeError(f"no JSON form for {type(value).__name__}")
+
+
+def iso_time(value: dt.datetime) -> str:
+    """``2026-11-23T00:11:00.500000Z``: UTC, always with microseconds."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: its time zone is unknown")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def packet_summary(payload: bytes) -> dict[str, Any] | None:
+    """Version, protocol, addresses, ports and length of an IP packet; ``None`` if not one.
+
+    A summary for a person, not a dissector: it reads the fixed headers and,
+    for TCP, UDP and SCTP, the two ports. IPv4 fragments after the first
+    have no ports.
+    """
+    if not payload:
+        return None
+    version = payload[0] >> 4
+    if version == 4:
+        return _ipv4_summary(payload)
+    if version == 6:
+        return _ipv6_summary(payload)
+    return None
+
+
+def _ipv4_summary(packet: bytes) -> dict[str, Any] | None:
+    header_len = (packet[0] & 0x0F) * 4
+    total = int.from_bytes(packet[2:4], "big") if len(packet) >= 4 else 0
+    if len(packet) < 20 or header_len < 20 or total < header_len:
+        return None  # not an IPv4 header, whatever its first nibble says
+    protocol = packet[9]
+    out = _summary(4, protocol, packet[12:16], packet[16:20], total, len(packet))
+    fragment = int.from_bytes(packet[6:8], "big")
+    offset = (fragment & 0x1FFF) * 8
+    if fragment & 0x2000 or offset:
+        out["fragmentOffset"] = offset
+    if offset == 0:
+        _ports(out, packet, header_len)
+    return out
+
+
+def _ipv6_summary(packet: bytes) -> dict[str, Any] | None:
+    if len(packet) < 40:
+        return None
+    protocol = packet[6]
+    pos = 40
+    # Step over the extension headers that say their own length in 8-octet units.
+    while protocol in _IPV6_EXTENSIONS and pos + 8 <= len(packet):
+        protocol, pos = packet[pos], pos + (packet[pos + 1] + 1) * 8
+    total = 40 + int.from_bytes(packet[4:6], "big")
+    out = _summary(6, protocol, packet[8:24], packet[24:40], total, len(packet))
+    if protocol not in _IPV6_EXTENSIONS:
+        _ports(out, packet, pos)
+    return out
+
+
+def _summary(
+    version: int, protocol: int, src: bytes, dst: bytes, total: int, captured: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"ipVersion": version, "protocol": protocol}
+    name = _PROTOCOL_NAMES.get(protocol)
+    if name is not None:
+        out["protocolName"] = name
+    out["src"] = str(ipaddress.ip_address(src))
+    out["dst"] = str(ipaddress.ip_address(dst))
+    out["length"] = total
+    if captured != total:
+        out["captured"] = captured
+    return out
+
+
+def _ports(out: dict[str, Any], packet: bytes, at: int) -> None:
+    if out["protocol"] in _PORTED and len(packet) >= at + 4:
+        out["srcPort"] = int.from_bytes(packet[at : at + 2], "big")
+        out["dstPort"] = int.from_bytes(packet[at + 2 : at + 4], "big")
