@@ -1,1 +1,61 @@
-"""tap (being built)."""
+"""The tap's core: parse frames, pick the target's, follow DHCP, build T1.IAS PDUs.
+
+No capture here yet (AF_PACKET and BPF come later); :func:`replay_pcap`
+drives the same code from a capture file. See docs/tap.md.
+
+Public surface::
+
+    parse_frame(frame, linktype) -> ParsedFrame        never raises
+    TargetMatcher(targets).match(parsed, interface) -> Direction | None
+    parse_dhcp(payload) -> DhcpMessage | None           DhcpFollower: leases of target MACs
+    PDUBuilder(case_id, iap_system_id, content_level, correlation)
+        .packet(frame, parsed, direction, when) -> [TapPDU]   .access_event(event) -> TapPDU
+    Tap.for_warrant(warrant).process(frame, when) -> [TapPDU]
+    replay_pcap(path, warrants) -> iterator of ReplayItem(handle, kind, der, time)
+"""
+
+from mediation.tap.builder import (
+    SESSION_MESSAGES,
+    FixedCorrelation,
+    FlowCorrelation,
+    PDUBuilder,
+    TapPDU,
+)
+from mediation.tap.dhcp import (
+    AccessEvent,
+    DhcpFollower,
+    DhcpMessage,
+    EndReason,
+    Lease,
+    LeaseChange,
+    MessageType,
+    parse_dhcp,
+)
+from mediation.tap.packet import ParsedFrame, parse_frame
+from mediation.tap.replay import ReplayItem, Tap, TapCounters, replay_frames, replay_pcap
+from mediation.tap.targets import Direction, TargetMatcher
+
+__all__ = [
+    "SESSION_MESSAGES",
+    "AccessEvent",
+    "DhcpFollower",
+    "DhcpMessage",
+    "Direction",
+    "EndReason",
+    "FixedCorrelation",
+    "FlowCorrelation",
+    "Lease",
+    "LeaseChange",
+    "MessageType",
+    "PDUBuilder",
+    "ParsedFrame",
+    "ReplayItem",
+    "Tap",
+    "TapCounters",
+    "TapPDU",
+    "TargetMatcher",
+    "parse_dhcp",
+    "parse_frame",
+    "replay_frames",
+    "replay_pcap",
+]

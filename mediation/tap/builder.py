@@ -1,0 +1,360 @@
+"""Matched frames and lease changes into T1.IAS PDUs, encoded for the evidence log.
+
+For every target IP packet a CmII data-Header-Report; when the warrant
+allows full content, also a CmCC ``IAS-CC-APDU`` carrying the IP packet
+(from its IP header on). The two carry the same content identifier, so the
+agency can tie each CC packet to its header report and flow.
+
+Decisions (docs/tap.md says the same for agencies and carriers):
+
+- A *flow* is the 5-tuple seen from the subject: protocol, subject address
+  and port, peer address and port. Both directions of a TCP connection are
+  one flow. ``streamID`` is the flow's number (an integer from 1, in order
+  of first packet), the content identifier is per flow too, and CC
+  sequence numbers count from 1 per content identifier.
+- Flow state is an LRU of ``max_flows`` entries; a flow evicted and seen
+  again is a new flow with a new number (never a reused one).
+- A matched frame without an IP packet (ARP, a frame too broken to read an
+  address) never goes into CC, whose payload is defined as an IP packet and
+  could not be told apart from one. It is reported as CmII
+  access-Signaling-Message-Report, type ``other``: its link-layer header as
+  text, plus the frame in hex when the warrant allows full content.
+- Lease changes map to session messages in one place, :data:`SESSION_MESSAGES`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+
+from mediation.pdu import (
+    AccessSignalingMessageReport,
+    Allocation,
+    CCApdu,
+    CCDeliveryHeader,
+    CmIIMessage,
+    ContentIdentifier,
+    CorrelationInfo,
+    HeaderReport,
+    HeaderSet,
+    InterceptedSignalingMessage,
+    IPAddress,
+    PacketDirection,
+    SessionAlreadyEstablished,
+    SessionEnd,
+    SessionStart,
+    SignalingMessageType,
+    Value,
+    encode,
+)
+from mediation.pdu.convert import check_visible
+from mediation.pdu.fast import CMCC, CMII, encode_cc
+from mediation.tap.dhcp import AccessEvent, Lease, LeaseChange
+from mediation.tap.header_report import HeaderReportTemplate
+from mediation.tap.packet import ParsedFrame, format_mac
+from mediation.tap.targets import FROM_SUBJECT, TO_SUBJECT, Direction
+from mediation.warrants.model import ContentLevel
+
+DEFAULT_MAX_FLOWS = 65536
+
+# The one place lease changes become CmII (see docs/tap.md, "Access events").
+SESSION_MESSAGES: dict[LeaseChange, type[CmIIMessage]] = {
+    LeaseChange.STARTED: SessionStart,
+    LeaseChange.ALREADY_ESTABLISHED: SessionAlreadyEstablished,
+    LeaseChange.ENDED: SessionEnd,
+}
+
+_PACKET_DIRECTION = {
+    Direction.FROM_SUBJECT: PacketDirection.FROM_SUBJECT,
+    Direction.TO_SUBJECT: PacketDirection.TO_SUBJECT,
+    Direction.UNKNOWN: None,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TapPDU:
+    """One encoded PDU, as the evidence log takes it."""
+
+    kind: str  # "cmII" or "cmCC" (mediation.pdu.fast.CMII / CMCC)
+    der: bytes
+    time: dt.datetime  # capture time (or lease expiry time)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowCorrelation:
+    """One correlation ID per flow: ``epoch`` (4 octets) then the flow number (8).
+
+    The epoch keeps identifiers unique across tap restarts, which start
+    numbering flows from 1 again: give each run a different one (the
+    tap's start time in seconds, say).
+    """
+
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.epoch <= 0xFFFFFFFF:
+            raise ValueError("correlation epoch must fit in 4 octets")
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedCorrelation:
+    """One correlation ID for everything, assigned by the agency.
+
+    The ``content-id`` of the classic taps (seed white paper, ``tap -x``).
+    Flows are still told apart by ``streamID``; CC sequence numbers then
+    run across all flows.
+    """
+
+    content_id: bytes
+
+    def __post_init__(self) -> None:
+        if not self.content_id:
+            raise ValueError("a fixed content identifier must not be empty")
+
+
+CorrelationScheme = FlowCorrelation | FixedCorrelation
+
+
+class _Counter:
+    """A CC sequence, per content identifier (shared by flows under a fixed one)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _Flow:
+    """What a flow's PDUs share: built once, at its first packet."""
+
+    __slots__ = ("content_identifier", "counter", "info", "number", "templates")
+
+    def __init__(
+        self, number: int, cid: ContentIdentifier, info: CorrelationInfo | None, counter: _Counter
+    ) -> None:
+        self.number = number
+        self.content_identifier = cid
+        self.info = info
+        self.counter = counter
+        # (packet goes subject -> peer?, subject address learned?) -> template
+        self.templates: dict[tuple[bool, bool], HeaderReportTemplate] = {}
+
+
+class PDUBuilder:
+    """Turns one warrant's matched frames and lease changes into encoded PDUs.
+
+    Args:
+        case_id: the case identity (1 to 25 visible characters). It goes
+            into the PDUs and nowhere else: never log it.
+        iap_system_id: the intercept access point's identity; at most 15
+            characters when CC is built (``CC-IAPSystemIdentity``).
+        content_level: ``HEADERS`` (CmII only) or ``FULL`` (CmII and CmCC).
+        correlation: how content identifiers are chosen.
+        max_flows: flows kept; the least recently seen is forgotten first.
+
+    Raises:
+        PDUError: a case or IAP identity the PDUs cannot carry.
+    """
+
+    def __init__(
+        self,
+        case_id: str,
+        iap_system_id: str,
+        content_level: ContentLevel,
+        correlation: CorrelationScheme | None = None,
+        *,
+        max_flows: int = DEFAULT_MAX_FLOWS,
+    ) -> None:
+        check_visible("caseId", case_id, 1, 25)
+        check_visible("iAPSystemId", iap_system_id, 1, None)
+        self.full = content_level is ContentLevel.FULL
+        if self.full:
+            check_visible("iapId", iap_system_id, 1, 15)
+        if max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+        self.case_id = case_id
+        self.iap_system_id = iap_system_id
+        self.correlation = correlation or FlowCorrelation()
+        self.max_flows = max_flows
+        self.flows_started = 0
+        self.flows_evicted = 0
+        self._flows: collections.OrderedDict[tuple, _Flow] = collections.OrderedDict()
+        self._fixed_counter = _Counter()
+
+    # Packets -------------------------------------------------------------------
+
+    def packet(
+        self,
+        frame: bytes,
+        parsed: ParsedFrame,
+        direction: Direction,
+        when: dt.datetime,
+        *,
+        subject_learned: bool = False,
+    ) -> list[TapPDU]:
+        """The PDUs of one matched frame.
+
+        Args:
+            frame: the captured octets.
+            parsed: ``parse_frame(frame)``.
+            direction: from the matcher.
+            when: capture time, an aware datetime (UTC), to the microsecond.
+            subject_learned: the subject's address was leased by DHCP as
+                followed, so its ``allocationMethod`` is ``dynamic``.
+
+        Returns:
+            A header report, then the CC APDU for a full-content warrant; for
+            a frame without a readable IP packet, one signalling report.
+
+        Raises:
+            ValueError: ``when`` is naive.
+        """
+        if when.utcoffset() is None:
+            raise ValueError("capture time must be timezone-aware (UTC)")
+        if parsed.src_raw is None or parsed.dst_raw is None:
+            return [self._link_report(frame, parsed, direction, when)]
+        flow, forward = self._flow(parsed, direction)
+        template = flow.templates.get((forward, subject_learned))
+        if template is None:
+            template = self._template(flow, parsed, direction, subject_learned, when)
+            flow.templates[forward, subject_learned] = template
+        out = [TapPDU(CMII, template.render(when), when)]
+        if self.full:
+            flow.counter.value += 1
+            header = CCDeliveryHeader(
+                flow.info, when, _PACKET_DIRECTION[direction], flow.counter.value
+            )
+            apdu = CCApdu(parsed.ip_packet(frame), header)
+            out.append(TapPDU(CMCC, encode_cc(apdu), when))
+        return out
+
+    def _flow(self, parsed: ParsedFrame, direction: Direction) -> tuple[_Flow, bool]:
+        """The frame's flow (made if new) and whether it goes subject -> peer."""
+        src = (parsed.src_raw, -1 if parsed.src_port is None else parsed.src_port)
+        dst = (parsed.dst_raw, -1 if parsed.dst_port is None else parsed.dst_port)
+        if direction is FROM_SUBJECT:
+            forward = True
+        elif direction is TO_SUBJECT:
+            forward = False
+        else:  # no subject side known: order the endpoints so both ways meet
+            forward = src <= dst  # type: ignore[operator]
+        key = (parsed.protocol, *src, *dst) if forward else (parsed.protocol, *dst, *src)
+        flows = self._flows
+        flow = flows.get(key)
+        if flow is not None:
+            flows.move_to_end(key)
+            return flow, forward
+        if len(flows) >= self.max_flows:
+            flows.popitem(last=False)
+            self.flows_evicted += 1
+        self.flows_started += 1
+        flow = self._new_flow(self.flows_started)
+        flows[key] = flow
+        return flow, forward
+
+    def _new_flow(self, number: int) -> _Flow:
+        scheme = self.correlation
+        if isinstance(scheme, FixedCorrelation):
+            cid_octets, counter = scheme.content_id, self._fixed_counter
+        else:
+            cid_octets = scheme.epoch.to_bytes(4, "big") + number.to_bytes(8, "big")
+            counter = _Counter()
+        cid = ContentIdentifier.correlation(cid_octets)
+        info = CorrelationInfo(cid, self.case_id, self.iap_system_id) if self.full else None
+        return _Flow(number, cid, info, counter)
+
+    def _template(
+        self,
+        flow: _Flow,
+        parsed: ParsedFrame,
+        direction: Direction,
+        subject_learned: bool,
+        when: dt.datetime,
+    ) -> HeaderReportTemplate:
+        """The flow's header report for this direction, with a hole for the time."""
+        subject = Allocation.DYNAMIC if subject_learned else Allocation.UNKNOWN
+        if direction is FROM_SUBJECT:
+            src_alloc, dst_alloc = subject, Allocation.NOT_APPLICABLE
+        elif direction is TO_SUBJECT:
+            src_alloc, dst_alloc = Allocation.NOT_APPLICABLE, subject
+        else:
+            src_alloc = dst_alloc = Allocation.UNKNOWN
+        sport, dport = parsed.src_port, parsed.dst_port
+        header_set = HeaderSet(
+            stream_id=Value.integer(flow.number),
+            source_ip=IPAddress(parsed.src_ip, src_alloc),  # type: ignore[arg-type]
+            destination_ip=IPAddress(parsed.dst_ip, dst_alloc),  # type: ignore[arg-type]
+            source_port=None if sport is None else str(sport),
+            destination_port=None if dport is None else str(dport),
+        )
+        report = HeaderReport(
+            case_id=self.case_id,
+            iap_system_id=self.iap_system_id,
+            timestamp=when,
+            content_identifier=flow.content_identifier,
+            header_set=header_set,
+        )
+        return HeaderReportTemplate(report)
+
+    def _link_report(
+        self, frame: bytes, parsed: ParsedFrame, direction: Direction, when: dt.datetime
+    ) -> TapPDU:
+        """A matched frame with no IP packet, as a signalling report (never CC)."""
+        parts = ["link-layer frame"]
+        if parsed.src_mac is not None:
+            parts.append(f"src={format_mac(parsed.src_mac)}")
+        if parsed.dst_mac is not None:
+            parts.append(f"dst={format_mac(parsed.dst_mac)}")
+        parts.extend(f"vlan={vlan}" for vlan in parsed.vlans)
+        parts += [f"ethertype=0x{parsed.ethertype:04x}", f"length={parsed.length}"]
+        parts.append(f"direction={direction.value}")
+        if parsed.problem:
+            parts.append(f"problem={parsed.problem.replace(' ', '-')}")
+        if self.full:
+            parts.append(f"octets={frame.hex()}")
+        message = InterceptedSignalingMessage(SignalingMessageType.OTHER, " ".join(parts))
+        report = AccessSignalingMessageReport(
+            case_id=self.case_id,
+            iap_system_id=self.iap_system_id,
+            timestamp=when,
+            signaling_msg=(message,),
+        )
+        return TapPDU(CMII, encode(report), when)
+
+    # Lease changes ---------------------------------------------------------------
+
+    def access_event(self, event: AccessEvent) -> TapPDU:
+        """The CmII message for one lease change (see :data:`SESSION_MESSAGES`)."""
+        lease = event.lease
+        message_class = SESSION_MESSAGES[event.change]
+        fields = {
+            "case_id": self.case_id,
+            "iap_system_id": self.iap_system_id,
+            "timestamp": event.when,
+            "subscriber_identity": Value.text(format_mac(lease.mac)),
+            "packet_data_session_id": Value.integer(lease.session),
+            "ip_address": IPAddress(lease.address, Allocation.DYNAMIC, prefix_len=lease.prefix_len),
+        }
+        if event.change is LeaseChange.ENDED:
+            assert event.reason is not None
+            fields["reason_for_termination"] = Value.text(event.reason.value)
+        else:
+            fields["access_session_characteristics"] = Value.text(_lease_text(lease))
+        message = message_class(**fields)
+        return TapPDU(CMII, encode(message), event.when)
+
+    def __len__(self) -> int:
+        """Flows currently remembered."""
+        return len(self._flows)
+
+
+def _lease_text(lease: Lease) -> str:
+    """``dhcp lease-time=3600 server=192.0.2.1``: what the ACK said of the lease."""
+    parts = ["dhcp"]
+    if lease.lease_time is not None:
+        infinite = lease.lease_time == 0xFFFFFFFF
+        parts.append("lease-time=infinite" if infinite else f"lease-time={lease.lease_time}")
+    if lease.server_id is not None:
+        parts.append(f"server={lease.server_id}")
+    return " ".join(parts)
