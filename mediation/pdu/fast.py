@@ -38,11 +38,12 @@ from mediation.pdu.delivery import (
     Envelope,
     EnvelopeContent,
     StreamId,
+    StreamKind,
     check_range,
 )
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import cc_contents, read_cc
-from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length, skip
+from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length, skip, trusted
 from mediation.pdu.fast_envelope import (
     CMCC,
     CMII,
@@ -258,6 +259,16 @@ def _reference_content(kind: str, der: bytes, base: int) -> EnvelopeContent:
         raise PDUError(exc.message, base + (exc.offset or 0)) from None
 
 
+_ENVELOPE_FIELDS = (
+    "stream",
+    "sequence_number",
+    "mediation_time",
+    "content",
+    "clock_status",
+    "redelivered",
+)
+
+
 def decode_envelope(data: Buffer) -> Envelope:
     """Decode one DeliveryMessage ``pduEnvelope`` (exactly, no trailing bytes).
 
@@ -275,11 +286,16 @@ def decode_envelope(data: Buffer) -> Envelope:
         if data.__class__ is not bytes:
             data = as_bytes(data)
         stream, sequence, time, clock, redelivered, kind, content, start, stop = read_envelope(data)
+        if (kind == CMCC) != (stream.kind is StreamKind.CMCC):
+            raise PDUError(f"content: {kind} cannot ride in a {stream.kind.value} stream", content)
         if kind == CMCC:
             record: EnvelopeContent = read_cc(data, start, stop)
         else:
             record = _reference_content(kind, b"\x30" + data[content + 1 : stop], content)
-        return Envelope(stream, sequence, time, record, clock, redelivered)
+        # read_envelope checked the range, the time (aware UTC) and, above, the
+        # stream kind: everything Envelope.__post_init__ would check again.
+        values = (stream, sequence, time, record, clock, redelivered)
+        return trusted(Envelope, _ENVELOPE_FIELDS, values)
     except PDUError as exc:
         if exc.offset is None:
             raise PDUError(exc.message, 0) from None

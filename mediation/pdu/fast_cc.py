@@ -23,6 +23,7 @@ from mediation.pdu.fast_der import (
     read_integer,
     read_time,
     tlv,
+    trusted,
 )
 
 # Bounded caches: one entry per live stream; cleared whole when full, which
@@ -204,7 +205,11 @@ def _header(data: bytes, pos: int, end: int) -> CCDeliveryHeader:
         sequence = read_integer(data, start, pos, "sequenceNumber")
     if pos != end:
         raise PDUError("ccDeliveryHeader: unexpected field", pos)
-    return CCDeliveryHeader(info, time_stamp, direction, sequence)
+    # read_time gives aware UTC: all CCDeliveryHeader.__post_init__ would check.
+    return trusted(CCDeliveryHeader, _HEADER_FIELDS, (info, time_stamp, direction, sequence))
+
+
+_HEADER_FIELDS = ("correlation_info", "time_stamp", "packet_direction", "sequence_number")
 
 
 def read_cc(data: bytes, pos: int, end: int) -> CCApdu:
