@@ -1,0 +1,316 @@
+"""`mediate receive`: the agency's receiver (UDP, TLS, retrieval) and its certificate.
+
+Registered as a command module (``mediation.cli.receive`` in
+``COMMAND_MODULES``). The guide is docs/agency.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mediation.cli.common import fail
+
+if TYPE_CHECKING:
+    from mediation.lea.receiver import Receiver, ReceiverConfig, RunResult
+    from mediation.lea.retrieve import FetchRange
+    from mediation.lea.tls import TrustSettings
+
+    ViewTask = Callable[[Receiver], Awaitable[None]]
+
+DESCRIPTION = """\
+Receive a warrant's streams from the mediation server: over UDP (--udp),
+over TLS with acknowledgements (--tls; the server connects to us), or
+both. Missing sequence numbers are fetched from the server's log by
+themselves with --retrieve-from; --fetch asks for explicit ranges and
+exits. Writes per warrant handle, under --out: the envelopes as received
+(cmii.raw, cmcc.raw), the CC packets as a pcap (cmcc.pcap), the CmII as
+JSON lines (cmii.jsonl), gaps.json, and a .sha256 for each file.
+"""
+
+EPILOG = """\
+subcommands:
+  make-cert --out DIR [--name NAME]   create the agency's certificate and key
+  fingerprint FILE                    print a certificate's SHA-256
+
+Ends on SIGINT/SIGTERM, --duration or --until-idle; files are closed and
+hashed either way, and a summary is printed. See docs/agency.md.
+"""
+
+DEFAULT_OUT = "intercepts"
+_FETCH = re.compile(r"([^/\s]+)/(cmii|cmcc):(\d+)(?:-(\d+))?", re.IGNORECASE)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``mediate receive`` and its ``make-cert`` and ``fingerprint`` subcommands."""
+    parser = subparsers.add_parser(
+        "receive",
+        help="the agency's receiver: UDP/TLS delivery, retrieval, evidence files",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=cmd_receive)
+    add = parser.add_argument
+    add("--udp", metavar="HOST:PORT", help="listen for UDP delivery")
+    add("--tls", metavar="HOST:PORT", help="accept the server's TLS connections (mutual TLS)")
+    add("--cert", metavar="FILE", help="the agency's certificate (PEM), see make-cert")
+    add("--key", metavar="FILE", help="its private key (PEM)")
+    add("--server-ca", metavar="FILE", help="the mediation server's CA (the carrier's ca.pem)")
+    add("--server-fingerprint", metavar="SHA256", help="pin the server's certificate")
+    add("--retrieve-from", metavar="HOST:PORT", help="the server's retrieval address")
+    add(
+        "--fetch",
+        metavar="HANDLE/KIND:FIRST-LAST",
+        action="append",
+        default=[],
+        help="fetch this range and exit (repeatable; KIND cmii or cmcc)",
+    )
+    add("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output directory ({DEFAULT_OUT})")
+    add(
+        "--handle",
+        metavar="HANDLE",
+        action="append",
+        help="store only this warrant's streams (repeatable; default: any)",
+    )
+    add("--duration", metavar="SECONDS", help="stop after this long")
+    add(
+        "--until-idle",
+        metavar="SECONDS",
+        help="stop after this long with nothing received (from the first envelope on)",
+    )
+    add("--sort", action="store_true", help="at exit, rewrite cmcc.pcap in sequence order")
+    add("-q", "--quiet", action="store_true", help="no live view; warnings only")
+
+    sub = parser.add_subparsers(dest="receive_command", metavar="SUBCOMMAND")
+    cert = sub.add_parser("make-cert", help="create the agency's certificate and key")
+    cert.add_argument("--out", dest="cert_out", metavar="DIR", required=True)
+    cert.add_argument("--name", metavar="NAME", help="the certificate's common name")
+    cert.set_defaults(func=cmd_make_cert)
+    show = sub.add_parser("fingerprint", help="print a PEM certificate's SHA-256")
+    show.add_argument("file", metavar="FILE")
+    show.set_defaults(func=cmd_fingerprint)
+
+
+def cmd_make_cert(args: argparse.Namespace) -> int:
+    from mediation.errors import UsageError
+    from mediation.lea.tls import DEFAULT_NAME, make_agency_certificate
+
+    name = args.name or DEFAULT_NAME
+    if not re.fullmatch(r"[ -~]{1,64}", name):
+        raise UsageError("--name", "must be 1 to 64 printable ASCII characters")
+    made = make_agency_certificate(Path(args.cert_out), name)
+    print(f"certificate: {made.cert_path}")
+    print(f"private key: {made.key_path} (mode 0600; keep it on this machine)")
+    print(f"sha256: {made.fingerprint}")
+    print(
+        "give the carrier the line above, for: "
+        f"mediate agency add NAME --tls HOST:PORT --fingerprint {made.fingerprint}"
+    )
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from mediation.lea.tls import fingerprint_pem_file
+
+    print(fingerprint_pem_file(Path(args.file), "FILE"))
+    return 0
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    import trio
+
+    from mediation.lea.receiver import Receiver
+    from mediation.lea.view import LiveView, ViewLogHandler, summary
+
+    config = config_from_args(args)
+    view = LiveView(sys.stderr, tty=sys.stderr.isatty() and not args.quiet)
+    handler = ViewLogHandler(view)
+    handler.setFormatter(logging.Formatter("mediate receive: %(message)s"))
+    logger = logging.getLogger("mediation.lea")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.propagate = False
+    receiver = Receiver(config)
+    extra = () if args.quiet else (view.run,)
+    try:
+        result = trio.run(_run, receiver, extra)
+    except OSError as exc:  # the disk, most likely: the files were closed on the way out
+        return fail(f"--out: {exc.strerror or exc} ({exc.filename or config.out_dir})", 1)
+    finally:
+        logger.removeHandler(handler)
+    for line in summary(receiver.state, result):
+        print(line)
+    if result.failed:
+        return fail(result.failed, 1)
+    return 0
+
+
+async def _run(receiver: Receiver, extra: tuple[ViewTask, ...]) -> RunResult:
+    from mediation.errors import UsageError
+    from mediation.lea.rawfile import RawFileError
+
+    try:
+        return await receiver.run(extra=extra, signals=True)
+    except RawFileError as exc:
+        raise UsageError("--out", f"{exc}; move the file away to start afresh") from None
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one real error inside nested groups (trio wraps every task's error)."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
+    """Check the options and build the run's configuration.
+
+    Raises:
+        UsageError: naming the first option that is wrong.
+    """
+    from mediation.errors import UsageError
+    from mediation.lea.receiver import ReceiverConfig
+    from mediation.lea.tls import live_server_context, retrieval_client_context
+    from mediation.warrants.validate import parse_host_port
+
+    if not (args.udp or args.tls or args.fetch):
+        raise UsageError("--udp/--tls/--fetch", "give at least one way to receive")
+    if args.fetch and (args.udp or args.tls):
+        raise UsageError("--fetch", "fetches and exits: not with --udp or --tls")
+    handles = _handles(args.handle)
+    fetch = tuple(_fetch_range(text, handles) for text in args.fetch)
+    if fetch and not args.retrieve_from:
+        raise UsageError("--fetch", "needs --retrieve-from HOST:PORT")
+    udp = _listen_address(args.udp, "--udp") if args.udp else None
+    tls = _listen_address(args.tls, "--tls") if args.tls else None
+    retrieve = args.retrieve_from and parse_host_port(args.retrieve_from, "--retrieve-from")
+    duration = _seconds(args.duration, "--duration")
+    until_idle = _seconds(args.until_idle, "--until-idle")
+    trust = _trust(args, needed=bool(tls or retrieve))
+    return ReceiverConfig(
+        out_dir=_out_dir(args.out),
+        udp=udp,
+        tls=tls,
+        tls_context=live_server_context(trust) if tls and trust else None,
+        retrieve_from=retrieve or None,
+        retrieval_context=retrieval_client_context(trust) if retrieve and trust else None,
+        server_fingerprint=trust.server_fingerprint if trust else None,
+        handles=handles,
+        fetch=fetch,
+        duration=duration,
+        until_idle=until_idle,
+        sort=args.sort,
+    )
+
+
+def _listen_address(text: str, field: str) -> tuple[str, int]:
+    """HOST:PORT to listen on; port 0 picks a free one (the "listening:" line says which)."""
+    from mediation.warrants.validate import parse_host_port
+
+    zero = re.search(r":0+$", text.strip()) is not None
+    host, port = parse_host_port(re.sub(r":0+$", ":1", text.strip()), field)
+    return host, 0 if zero else port
+
+
+def _trust(args: argparse.Namespace, *, needed: bool) -> TrustSettings | None:
+    """The certificate options, checked: needed exactly for --tls and --retrieve-from."""
+    from mediation.errors import UsageError
+    from mediation.lea.tls import TrustSettings
+    from mediation.warrants.validate import parse_fingerprint
+
+    pin = args.server_fingerprint and parse_fingerprint(
+        args.server_fingerprint, "--server-fingerprint"
+    )
+    given = [
+        (name, value)
+        for name, value in (
+            ("--cert", args.cert),
+            ("--key", args.key),
+            ("--server-ca", args.server_ca),
+            ("--server-fingerprint", pin),
+        )
+        if value
+    ]
+    if not needed:
+        if given:
+            raise UsageError(given[0][0], "only with --tls or --retrieve-from")
+        return None
+    for option, value in (("--cert", args.cert), ("--key", args.key)):
+        if not value:
+            raise UsageError(option, "needed with --tls and --retrieve-from")
+    ca = Path(args.server_ca) if args.server_ca else None
+    return TrustSettings(Path(args.cert), Path(args.key), ca, pin or None)
+
+
+def _handles(values: list[str] | None) -> frozenset[str] | None:
+    from mediation.errors import UsageError
+    from mediation.lea.outputs import safe_handle
+
+    if not values:
+        return None
+    for value in values:
+        if not safe_handle(value):
+            raise UsageError("--handle", f"{value!r} is not a warrant handle (like w-3f9a1c)")
+    return frozenset(values)
+
+
+def _fetch_range(text: str, handles: frozenset[str] | None) -> FetchRange:
+    from mediation import pdu
+    from mediation.errors import UsageError
+    from mediation.lea.outputs import safe_handle
+    from mediation.lea.retrieve import FetchRange
+    from mediation.pdu.delivery import MAX_SEQUENCE
+
+    match = _FETCH.fullmatch(text.strip())
+    if not match or not safe_handle(match.group(1)):
+        raise UsageError("--fetch", f"{text!r} is not HANDLE/KIND:FIRST-LAST (w-3f9a1c/cmcc:0-99)")
+    handle, kind_text, first_text, last_text = match.groups()
+    first = int(first_text)
+    last = int(last_text) if last_text is not None else first
+    if not first <= last <= MAX_SEQUENCE:
+        raise UsageError("--fetch", f"{text!r}: need FIRST <= LAST <= {MAX_SEQUENCE}")
+    if handles is not None and handle not in handles:
+        raise UsageError("--fetch", f"{handle} is not among the --handle options")
+    kind = pdu.StreamKind.CMII if kind_text.lower() == "cmii" else pdu.StreamKind.CMCC
+    return FetchRange(pdu.StreamId(handle, kind), first, last)
+
+
+def _seconds(text: str | None, field: str) -> float | None:
+    from mediation.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 10**9:
+        raise UsageError(field, f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _out_dir(text: str) -> Path:
+    from mediation.errors import UsageError
+
+    path = Path(text)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError("--out", f"cannot create {path}: {exc.strerror or exc}") from None
+    if not path.is_dir():
+        raise UsageError("--out", f"{path} is not a directory")
+    return path

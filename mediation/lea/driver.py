@@ -1,0 +1,169 @@
+"""One stream connection (live TLS delivery or retrieval) driven by trio tasks.
+
+The shape of docs/delivery-protocol.md "Driving the machines": a reader
+feeds ``receive_data`` and stores every new envelope, a timer task runs
+``tick`` at ``next_deadline``, and every write goes through one lock.
+What the machine sends by itself may hold acknowledgements, so it goes out
+only after :meth:`ReceiverState.make_durable`: an ack means "on disk".
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from mediation.lea.state import ReceiverState
+from mediation.protocol import (
+    CheckpointReceived,
+    EnvelopeReceived,
+    Event,
+    MessageBuffer,
+    PeerTimedOut,
+    ProtocolError,
+    StreamReceiver,
+)
+
+log = logging.getLogger("mediation.lea")
+
+RECEIVE_SIZE = 65536
+_ENVELOPE_TAG, _CHECKPOINT_TAG = 0xA0, 0xA7  # [0] and [7], constructed
+
+
+class RawCapture:
+    """Frames the same octets as the machine, keeping envelopes and checkpoints as received.
+
+    Each envelope or checkpoint message yields exactly one event, in
+    order, so the n-th ``EnvelopeReceived`` is the n-th envelope message.
+    Re-encoding the record instead would drop any extension fields of a
+    later version: the raw file must hold what arrived.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = MessageBuffer()
+        self._queues: dict[int, collections.deque[bytes]] = {
+            _ENVELOPE_TAG: collections.deque(),
+            _CHECKPOINT_TAG: collections.deque(),
+        }
+
+    def feed(self, data: bytes) -> None:
+        """Octets the machine accepted (after its ``receive_data`` returned)."""
+        self._buffer.feed(data)
+        for message in self._buffer.messages():
+            queue = self._queues.get(message[0])
+            if queue is not None:
+                queue.append(message)
+
+    def take(self, event: Event) -> bytes:
+        """The octets behind an ``EnvelopeReceived`` or ``CheckpointReceived``."""
+        if isinstance(event, EnvelopeReceived):
+            return self._queues[_ENVELOPE_TAG].popleft()
+        if isinstance(event, CheckpointReceived):
+            return self._queues[_CHECKPOINT_TAG].popleft()
+        raise ValueError(f"{type(event).__name__} has no octets of its own")
+
+
+class StreamDriver:
+    """Runs one :class:`StreamReceiver` over one connected trio stream until it ends."""
+
+    def __init__(
+        self,
+        machine: StreamReceiver,
+        stream: trio.abc.Stream,
+        state: ReceiverState,
+        transport: str,
+        *,
+        on_events: Callable[[list[Event]], Awaitable[None]] | None = None,
+    ) -> None:
+        """Args:
+        machine: a receiver whose connection has been started.
+        stream: the connected (TLS) stream.
+        state: where envelopes are stored.
+        transport: ``tls`` or ``retrieval``, for the counters.
+        on_events: called after each batch is stored (e.g. to notice
+            that a fetch is complete).
+        """
+        self.machine = machine
+        self.stream = stream
+        self.state = state
+        self.transport = transport
+        self._on_events = on_events
+        self._capture = RawCapture()
+        self._lock = trio.Lock()
+        self._changed = trio.Event()
+        self.ended_by: str | None = None  # the first reason the connection ended
+
+    async def send(self, data: bytes) -> None:
+        """Write octets we asked the machine for (requests): under the one lock."""
+        if data:
+            async with self._lock:
+                await self.stream.send_all(data)
+
+    async def _send_machine_output(self) -> None:
+        data = self.machine.data_to_send()
+        if data:
+            await self.state.make_durable()  # it may hold acks: "stored" means on disk
+            await self.send(data)
+
+    async def run(self, *extra: Callable[[StreamDriver], Awaitable[None]]) -> None:
+        """Run until the peer closes, breaks the protocol, times out or the stream fails.
+
+        Args:
+            extra: further tasks (each given this driver) that end with the
+                connection, e.g. the retrieval requester.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                scope = nursery.cancel_scope
+                nursery.start_soon(self._guarded, self._timers, scope)
+                for task in extra:
+                    nursery.start_soon(self._guarded, functools.partial(task, self), scope)
+                await self._guarded(self._reader, scope)
+        finally:
+            self.machine.connection_lost()
+            await trio.aclose_forcefully(self.stream)
+
+    async def _guarded(self, task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+        """Run one task of the connection; whatever ends it ends the connection."""
+        try:
+            await task()
+        except ProtocolError as exc:
+            self.state.counters.protocol_errors += 1
+            self.end(f"protocol error: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.end(f"connection lost: {exc or type(exc).__name__}")
+        self.end("closed by peer")
+        scope.cancel()
+
+    def end(self, reason: str) -> None:
+        """Record why the connection ends (the first reason wins)."""
+        if self.ended_by is None:
+            self.ended_by = reason
+
+    async def _reader(self) -> None:
+        while self.machine.connected:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            now = trio.current_time()
+            events = self.machine.receive_data(data, now)
+            self._capture.feed(data)
+            self.state.on_events(events, self._capture.take, self.transport, now)
+            if self._on_events is not None:
+                await self._on_events(events)
+            await self._send_machine_output()
+            self._changed.set()
+
+    async def _timers(self) -> None:
+        while (deadline := self.machine.next_deadline()) is not None:
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            events = self.machine.tick(trio.current_time())
+            await self._send_machine_output()
+            if any(isinstance(e, PeerTimedOut) for e in events):
+                self.end("peer timed out (no keepalive answer)")
+                return

@@ -1,0 +1,152 @@
+"""Evidence files: appended, hashed as they are written, made durable on demand.
+
+Every output file is opened for appending (a restarted receiver adds to
+what an earlier run wrote) and hashed as it grows, so its SHA-256 is ready
+the moment it is closed, however large it is. The hash file next to it is
+in ``sha256sum`` form (``HEX  NAME``), so ``sha256sum -c`` checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from mediation.evidence.pcap import PcapError, PcapReader
+
+_CHUNK = 1 << 20
+
+
+class HashedFile:
+    """An append-only binary file that keeps the SHA-256 of its whole content.
+
+    Implements the ``write``/``flush``/``fileno`` a :class:`PcapWriter` needs.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Open ``path`` for appending (mode 0600), hashing what it holds already."""
+        self.path = path
+        self._hash = hashlib.sha256()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file = os.fdopen(fd, "a+b")
+        self._file.seek(0)
+        while chunk := self._file.read(_CHUNK):
+            self._hash.update(chunk)
+        self.size = self._file.tell()
+        self.dirty = False  # written since the last sync
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        """Append ``data`` (buffered; :meth:`flush` hands it to the kernel)."""
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        self.dirty = True
+        return len(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def hexdigest(self) -> str:
+        """SHA-256 of everything in the file, as written so far."""
+        return self._hash.hexdigest()
+
+    def begin_sync(self) -> int:
+        """Flush, mark clean, and return the descriptor to fsync (e.g. in a thread).
+
+        Writes after this call mark the file dirty again, so a later sync covers them.
+        """
+        self._file.flush()
+        self.dirty = False
+        return self._file.fileno()
+
+    def sync(self) -> None:
+        """Flush and fsync: what was written survives a power cut."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.dirty = False
+
+    def close(self, *, hash_file: bool = True) -> str:
+        """Sync, close, and (unless told not to) write ``NAME.sha256`` next to the file.
+
+        Returns:
+            The hex digest. Safe to call twice.
+        """
+        if not self.closed:
+            self.sync()
+            self._file.close()
+            self.closed = True
+            if hash_file:
+                write_sha256(self.path, self.hexdigest())
+        return self.hexdigest()
+
+
+def write_sha256(path: Path, digest: str) -> Path:
+    """Write ``PATH.sha256``: one ``sha256sum`` line naming the file relative to its directory."""
+    target = path.with_name(path.name + ".sha256")
+    write_atomic(target, f"{digest}  {path.name}\n".encode("ascii"))
+    return target
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so a reader sees the old or the new file, never half."""
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
+
+
+# Torn tails -------------------------------------------------------------------
+# A receiver killed mid-write may leave half a record at the end of a file.
+# Nothing in it was acknowledged (acks wait for fsync), so cutting it off
+# loses nothing, and the next run's appends stay readable.
+
+
+def cut_torn_pcap(path: Path) -> int:
+    """Cut a half-written last record off a pcap file; returns the octets cut.
+
+    A file too short for its header is emptied (the writer writes a new one).
+
+    Raises:
+        PcapError: the file is not a pcap file at all, or is corrupt before its end.
+    """
+    size = path.stat().st_size
+    if size < 24:
+        return _truncate(path, 0, size)
+    good = 24
+    with PcapReader.open(path) as reader:
+        try:
+            for packet in reader:
+                good = packet.offset + len(packet.data)
+        except PcapError as exc:
+            if exc.offset is None or "truncated" not in exc.message:
+                raise
+    return _truncate(path, good, size)
+
+
+def cut_torn_lines(path: Path) -> int:
+    """Cut a half-written last line off a JSON-lines file; returns the octets cut."""
+    data = path.read_bytes()
+    good = data.rfind(b"\n") + 1
+    return _truncate(path, good, len(data))
+
+
+def _truncate(path: Path, good: int, size: int) -> int:
+    if good < size:
+        os.truncate(path, good)
+    return size - good

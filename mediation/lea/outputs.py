@@ -1,0 +1,299 @@
+"""What the receiver writes, per warrant: ``DIR/<handle>/...``.
+
+| file | content |
+|---|---|
+| ``cmcc.raw``, ``cmii.raw`` | the envelopes of each stream exactly as received, back to back |
+| ``cmcc.pcap`` | each CC packet (an IP packet) with its capture time; link type raw IP |
+| ``cmii.jsonl`` | one JSON object per CmII PDU or completeness notice, with its envelope |
+| ``checkpoints.raw`` | the server's signed hash-chain checkpoints, as received |
+| ``gaps.json`` | per stream: held, missing, retrieved, unavailable with reasons |
+| ``NAME.sha256`` | ``sha256sum`` line for each of the above, written when it is closed |
+
+Files are named by the warrant handle, never by case identity or target:
+those appear only inside the content (the evidence itself). Envelopes are
+written in arrival order; every record carries its sequence number, and
+``sort_pcap`` rewrites the pcap in sequence order at exit (``--sort``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from mediation import pdu
+from mediation.evidence.pcap import LINKTYPE_RAW, PcapError, PcapWriter
+from mediation.lea import rawfile
+from mediation.lea.files import (
+    HashedFile,
+    cut_torn_lines,
+    cut_torn_pcap,
+    write_atomic,
+    write_sha256,
+)
+from mediation.pdu import fast
+from mediation.pdu.jsonview import iso_time, to_json
+
+PCAP_FILE = "cmcc.pcap"
+JSONL_FILE = "cmii.jsonl"
+CHECKPOINT_FILE = "checkpoints.raw"
+GAPS_FILE = "gaps.json"
+NOT_IP_LISTED = 1000  # sequence numbers of non-IP payloads listed in gaps.json
+
+# Handles are opaque and short (``w-3f9a1c``). Anything else could climb
+# out of the output directory, so it is refused before a file is named.
+_PAIR = re.compile(r"\[\s+(\d+),\s+(\d+)\s+\]")
+_HANDLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+
+
+def safe_handle(handle: str) -> bool:
+    """Whether a warrant handle can name a directory (letters, digits, ``._-``)."""
+    return _HANDLE.fullmatch(handle) is not None
+
+
+def raw_name(kind: pdu.StreamKind) -> str:
+    """``cmii.raw`` or ``cmcc.raw``."""
+    return f"{kind.value.lower()}.raw"
+
+
+def is_ip_packet(payload: bytes) -> bool:
+    """An IPv4 or IPv6 packet, judged by its version and minimal header."""
+    if len(payload) >= 20 and payload[0] >> 4 == 4:
+        return payload[0] & 0x0F >= 5
+    return len(payload) >= 40 and payload[0] >> 4 == 6
+
+
+def capture_time(envelope: pdu.Envelope) -> dt.datetime:
+    """The CC header's timeStamp (capture), else the envelope's mediationTime."""
+    content = envelope.content
+    if isinstance(content, pdu.CCApdu) and content.header and content.header.time_stamp:
+        return content.header.time_stamp
+    return envelope.mediation_time
+
+
+class _AppendHeader:
+    """Lets a :class:`PcapWriter` append to an existing file: its header must match.
+
+    The writer always writes a file header first; for a file that has one,
+    that write is checked against it and dropped.
+    """
+
+    def __init__(self, target: HashedFile) -> None:
+        self._target = target
+        self._existing = target.size > 0
+
+    def write(self, data: bytes) -> int:
+        if self._existing:
+            self._existing = False
+            with self._target.path.open("rb") as handle:
+                if handle.read(len(data)) != data:
+                    raise ValueError(f"{self._target.path} is a pcap of another format")
+            return len(data)
+        return self._target.write(data)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+
+class CaseOutputs:
+    """The files of one warrant handle, opened when first needed, appended to."""
+
+    def __init__(self, out_dir: Path, handle: str) -> None:
+        """Create ``out_dir/handle`` (mode 0700) if needed.
+
+        Raises:
+            ValueError: the handle cannot name a directory.
+        """
+        if not safe_handle(handle):
+            raise ValueError(f"warrant handle {handle!r} cannot name a directory")
+        self.handle = handle
+        self.dir = out_dir / handle
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._raw: dict[pdu.StreamKind, HashedFile] = {}
+        self._pcap_file: HashedFile | None = None
+        self._pcap: PcapWriter | None = None
+        self._pcap_refused: str | None = None
+        self._jsonl: HashedFile | None = None
+        self._checkpoints: HashedFile | None = None
+        self.not_ip = 0
+        self.not_ip_sequences: list[int] = []
+        self.torn: dict[str, int] = {}  # file -> octets cut off at start
+        self.unviewable: list[dict[str, object]] = []  # kept in cmcc.raw/cmii.raw only
+        self.unviewable_count = 0
+        self._last_cc: int | None = None
+        self.cc_in_order = True
+        self.digests: dict[str, str] = {}
+
+    def resume(self) -> dict[pdu.StreamKind, list[int]]:
+        """Read back what an earlier run wrote: the sequence numbers held per stream.
+
+        Cuts torn tails (half records a killed run left; never acknowledged)
+        so appends stay readable, and notes them in :attr:`torn`.
+
+        Raises:
+            rawfile.RawFileError: a raw file or the pcap is corrupt before its end.
+        """
+        held: dict[pdu.StreamKind, list[int]] = {}
+        for kind in pdu.StreamKind:
+            path = self.dir / raw_name(kind)
+            if not path.exists():
+                continue
+            messages, torn = rawfile.scan(path)
+            if torn:
+                self._cut(path, messages[-1].offset + messages[-1].length if messages else 0)
+            held[kind] = [m.sequence for m in messages if m.sequence is not None]
+            if kind is pdu.StreamKind.CMCC and held[kind]:
+                self._last_cc = held[kind][-1]
+                self.cc_in_order = held[kind] == sorted(held[kind])
+        for name, cut in ((PCAP_FILE, cut_torn_pcap), (JSONL_FILE, cut_torn_lines)):
+            path = self.dir / name
+            try:
+                octets = cut(path) if path.exists() else 0
+            except PcapError as exc:
+                raise rawfile.RawFileError(f"{path}: {exc}") from None
+            if octets:
+                self.torn[name] = octets
+        return held
+
+    def _cut(self, path: Path, good: int) -> None:
+        self.torn[path.name] = path.stat().st_size - good
+        os.truncate(path, good)
+
+    def store(
+        self, envelope: pdu.Envelope, raw: bytes, *, retrieved: bool, at: dt.datetime
+    ) -> None:
+        """Write one new envelope: raw, then the pcap record or the JSON line.
+
+        Args:
+            envelope: the decoded envelope.
+            raw: its octets exactly as received.
+            retrieved: it came by retrieval (the JSON line says so).
+            at: when it arrived (wall clock, UTC).
+        """
+        self._raw_file(envelope.stream.kind).write(raw)  # first: the evidence itself
+        content = envelope.content
+        try:
+            if isinstance(content, pdu.CCApdu):
+                self._packet(envelope, content)
+                return
+            line = to_json(envelope)
+        except (TypeError, ValueError) as exc:
+            # A view that cannot be made must not stop the receiver: the raw
+            # file holds the envelope; the gap report says what is missing.
+            self.unviewable_count += 1
+            if len(self.unviewable) < NOT_IP_LISTED:
+                self.unviewable.append({"sequence": envelope.sequence_number, "why": str(exc)})
+            return
+        line["retrieved"] = retrieved
+        line["receivedTime"] = iso_time(at)
+        self._jsonl_file().write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+
+    def _packet(self, envelope: pdu.Envelope, apdu: pdu.CCApdu) -> None:
+        seq = envelope.sequence_number
+        if self._last_cc is not None and seq < self._last_cc:
+            self.cc_in_order = False
+        self._last_cc = seq if self._last_cc is None else max(seq, self._last_cc)
+        if not is_ip_packet(apdu.payload):
+            # The raw file keeps it; a pcap of raw IP must not hold garbage.
+            self.not_ip += 1
+            if len(self.not_ip_sequences) < NOT_IP_LISTED:
+                self.not_ip_sequences.append(seq)
+            return
+        self._pcap_writer().write(apdu.payload, capture_time(envelope))
+
+    def store_checkpoint(self, raw: bytes) -> None:
+        """Keep a signed checkpoint as received (for verifying the hash chain later)."""
+        if self._checkpoints is None:
+            self._checkpoints = HashedFile(self.dir / CHECKPOINT_FILE)
+        self._checkpoints.write(raw)
+
+    def _raw_file(self, kind: pdu.StreamKind) -> HashedFile:
+        if kind not in self._raw:
+            self._raw[kind] = HashedFile(self.dir / raw_name(kind))
+        return self._raw[kind]
+
+    def _jsonl_file(self) -> HashedFile:
+        if self._jsonl is None:
+            self._jsonl = HashedFile(self.dir / JSONL_FILE)
+        return self._jsonl
+
+    def _pcap_writer(self) -> PcapWriter:
+        if self._pcap is None:
+            if self._pcap_refused is not None:
+                raise ValueError(self._pcap_refused)
+            target = HashedFile(self.dir / PCAP_FILE)
+            try:
+                self._pcap = PcapWriter(_AppendHeader(target), linktype=LINKTYPE_RAW)  # type: ignore[arg-type]
+            except ValueError as exc:  # an existing pcap of another format: leave it be
+                target.close(hash_file=False)
+                self._pcap_refused = str(exc)
+                raise
+            self._pcap_file = target
+        return self._pcap
+
+    @property
+    def files(self) -> list[HashedFile]:
+        """The open files, raw first (the primary evidence)."""
+        extra = (self._pcap_file, self._jsonl, self._checkpoints)
+        return [*self._raw.values(), *(f for f in extra if f is not None)]
+
+    def flush(self) -> None:
+        """Hand everything buffered to the kernel (survives a crash of this process)."""
+        for handle in self.files:
+            handle.flush()
+
+    def write_gaps(self, report: dict[str, Any], *, final: bool = False) -> None:
+        """Replace ``gaps.json`` (atomically); with ``final``, write its ``.sha256`` too."""
+        path = self.dir / GAPS_FILE
+        # One line per [first, last] pair: a long list of gaps stays readable.
+        text = _PAIR.sub(r"[\1, \2]", json.dumps(report, indent=2))
+        data = text.encode() + b"\n"
+        write_atomic(path, data)
+        if final:
+            self.digests[GAPS_FILE] = hashlib.sha256(data).hexdigest()
+            write_sha256(path, self.digests[GAPS_FILE])
+
+    def close(self, *, sort: bool = False) -> dict[str, str]:
+        """Close every file and write its ``.sha256``; with ``sort``, reorder the pcap first.
+
+        Returns:
+            File name -> SHA-256 hex of every file closed (gaps.json is
+            added by :meth:`write_gaps`).
+        """
+        if self._pcap is not None:
+            self._pcap.close()
+        for handle in self.files:
+            self.digests[handle.path.name] = handle.close()
+        raw_cc = self.dir / raw_name(pdu.StreamKind.CMCC)
+        if sort and not self.cc_in_order and raw_cc.exists():
+            self.digests[PCAP_FILE] = sort_pcap(raw_cc, self.dir / PCAP_FILE)
+        return dict(self.digests)
+
+
+def sort_pcap(raw_path: Path, pcap_path: Path) -> str:
+    """Rewrite the pcap from the raw CC file, in sequence order; returns its SHA-256.
+
+    The raw file is the evidence as received; the pcap is a view of it, so
+    rebuilding it loses nothing and also restores any packet a killed run
+    wrote to the raw file but not yet to the pcap.
+    """
+    messages, _torn = rawfile.scan(raw_path)
+    ordered = sorted((m for m in messages if m.sequence is not None), key=lambda m: m.sequence)
+    temp = pcap_path.with_name(f".{pcap_path.name}.sorting")
+    temp.unlink(missing_ok=True)
+    target = HashedFile(temp)
+    writer = PcapWriter(target, linktype=LINKTYPE_RAW)  # type: ignore[arg-type]
+    for data in rawfile.read_in_order(raw_path, ordered):
+        envelope = fast.decode_envelope(data)
+        content = envelope.content
+        if isinstance(content, pdu.CCApdu) and is_ip_packet(content.payload):
+            writer.write(content.payload, capture_time(envelope))
+    writer.close()
+    digest = target.close(hash_file=False)  # the hash file names the final name
+    os.replace(temp, pcap_path)
+    write_sha256(pcap_path, digest)
+    return digest

@@ -1,0 +1,312 @@
+"""``mediate receive`` as one trio nursery: listeners, retrieval, housekeeping.
+
+Tasks, all children of :meth:`Receiver.run`:
+
+- the UDP listener feeds a :class:`DatagramReceiver` and stores envelopes;
+  its reporter sends each stream's receiver report every interval to the
+  address that stream's envelopes come from;
+- the TLS acceptor takes the mediation server's connections (mutual TLS)
+  and drives a :class:`StreamReceiver` on each;
+- the :class:`Retriever` fetches the gaps from the server's log
+  (``--retrieve-from``), or :func:`fetch` asks for explicit ranges once;
+- housekeeping flushes the files, fsyncs them, and rewrites each
+  ``gaps.json``; the view redraws; the stop conditions end the run.
+
+Whatever ends the run (signal, ``--duration``, ``--until-idle``, a fetch
+done), the files are closed, hashed and the gap reports written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from mediation.errors import UsageError
+from mediation.lea import udp
+from mediation.lea.driver import StreamDriver
+from mediation.lea.retrieve import ConnectError, FetchRange, Retriever, fetch
+from mediation.lea.state import ReceiverState
+from mediation.lea.tls import PeerRefused, check_pin, failure_reason
+from mediation.lea.udp import UdpDelivery
+from mediation.protocol import StreamReceiver
+from mediation.protocol.datagram import REPORT_INTERVAL
+
+log = logging.getLogger("mediation.lea")
+
+Address = tuple[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceiverConfig:
+    """Everything one run needs; the CLI builds it from the options."""
+
+    out_dir: Path
+    udp: Address | None = None
+    tls: Address | None = None
+    tls_context: ssl.SSLContext | None = None  # live listener (TLS server)
+    retrieve_from: Address | None = None
+    retrieval_context: ssl.SSLContext | None = None  # retrieval (TLS client)
+    server_fingerprint: str | None = None
+    handles: frozenset[str] | None = None
+    fetch: tuple[FetchRange, ...] = ()
+    duration: float | None = None
+    until_idle: float | None = None
+    sort: bool = False
+    report_interval: float = REPORT_INTERVAL
+    retrieval_interval: float = 1.0
+    settle: float = 2.0
+    flush_interval: float = 0.5
+    sync_interval: float = 5.0
+    gaps_interval: float = 10.0
+    handshake_timeout: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """The addresses actually listened on (port 0 picks a free one)."""
+
+    udp: Address | None = None
+    tls: Address | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """How a run ended, and the SHA-256 of every file it closed, per handle.
+
+    ``failed`` says why the run could not do its job (a fetch that could
+    not connect); None when it did.
+    """
+
+    reason: str
+    digests: dict[str, dict[str, str]]
+    failed: str | None = None
+
+
+class Receiver:
+    """One run of the agency's receiver over one output directory."""
+
+    def __init__(self, config: ReceiverConfig, state: ReceiverState | None = None) -> None:
+        self.config = config
+        self.state = state or ReceiverState(config.out_dir, handles=config.handles)
+        self.retriever: Retriever | None = None
+        self.started_at: float | None = None
+        self._scope = trio.CancelScope()
+        self._reason = "stopped"
+        self.failed: str | None = None  # why the run could not do its job
+
+    def stop(self, reason: str = "stopped") -> None:
+        """End the run (from any task); the files are closed on the way out."""
+        self._reason = reason
+        self._scope.cancel()
+
+    async def run(
+        self,
+        *,
+        extra: tuple[Callable[[Receiver], Awaitable[None]], ...] = (),
+        signals: bool = False,
+        task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
+    ) -> RunResult:
+        """Listen, store and fetch until stopped; then close every file.
+
+        Args:
+            extra: further tasks (the live view), each given the receiver.
+            signals: stop cleanly on SIGINT and SIGTERM.
+            task_status: reports the bound addresses once listening.
+
+        Raises:
+            UsageError: an address cannot be listened on.
+        """
+        resumed = self.state.resume()
+        if resumed:
+            log.info("resumed: %d envelopes already stored in %s", resumed, self.config.out_dir)
+        udp_sock, tls_listeners, bound = await self._bind()
+        self.started_at = trio.current_time()
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._start_tasks(nursery, udp_sock, tls_listeners, extra, signals)
+                    task_status.started(bound)
+        finally:
+            if udp_sock is not None:
+                udp_sock.close()
+            try:
+                digests = self.state.close(sort=self.config.sort)  # first: the evidence
+            finally:
+                for listener in tls_listeners:
+                    await trio.aclose_forcefully(listener)
+        return RunResult(self._reason, digests, self.failed)
+
+    def _start_tasks(
+        self,
+        nursery: trio.Nursery,
+        udp_sock: trio.socket.SocketType | None,
+        tls_listeners: list[trio.SSLListener[trio.SocketStream]],
+        extra: tuple[Callable[[Receiver], Awaitable[None]], ...],
+        signals: bool,
+    ) -> None:
+        config = self.config
+        if udp_sock is not None:
+            delivery = UdpDelivery(udp_sock, self.state, config.report_interval)
+            nursery.start_soon(delivery.reader)
+            nursery.start_soon(delivery.reporter)
+        if tls_listeners:
+            nursery.start_soon(trio.serve_listeners, self._live_connection, tls_listeners)
+        if config.retrieve_from and config.retrieval_context and not config.fetch:
+            self.retriever = Retriever(
+                self.state,
+                config.retrieve_from,
+                config.retrieval_context,
+                config.server_fingerprint,
+                interval=config.retrieval_interval,
+                settle=config.settle,
+                handshake_timeout=config.handshake_timeout,
+            )
+            nursery.start_soon(self.retriever.run)
+        if config.fetch:
+            nursery.start_soon(self._fetch)
+        nursery.start_soon(self._housekeeping)
+        if config.duration is not None:
+            nursery.start_soon(self._stop_after, config.duration)
+        if config.until_idle is not None:
+            nursery.start_soon(self._stop_when_idle, config.until_idle)
+        if signals:
+            nursery.start_soon(self._watch_signals)
+        for task in extra:
+            nursery.start_soon(task, self)
+
+    async def _bind(
+        self,
+    ) -> tuple[trio.socket.SocketType | None, list[trio.SSLListener[trio.SocketStream]], Bound]:
+        udp_sock, udp_bound, listeners, tls_bound = None, None, [], None
+        config = self.config
+        if config.udp is not None:
+            udp_sock, udp_bound = await udp.bind(*config.udp)
+            log.info("listening: udp %s", _text(udp_bound))
+        if config.tls is not None:
+            assert config.tls_context is not None, "--tls needs its TLS context"
+            host, port = config.tls
+            try:
+                tcp = await trio.open_tcp_listeners(port, host=host)
+            except OSError as exc:
+                if udp_sock is not None:
+                    udp_sock.close()
+                reason = f"cannot listen on {host}:{port}: {exc.strerror}"
+                raise UsageError("--tls", reason) from None
+            tls_bound = tcp[0].socket.getsockname()[:2]
+            listeners = [
+                trio.SSLListener(t, config.tls_context, https_compatible=False) for t in tcp
+            ]
+            log.info("listening: tls %s", _text(tls_bound))
+        return udp_sock, listeners, Bound(udp_bound, tls_bound)
+
+    # TLS -------------------------------------------------------------------
+
+    async def _live_connection(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        peer = _peer(stream)
+        try:
+            with trio.fail_after(self.config.handshake_timeout):
+                await stream.do_handshake()
+            check_pin(stream.getpeercert(binary_form=True), self.config.server_fingerprint)
+        except (trio.BrokenResourceError, trio.TooSlowError, PeerRefused) as exc:
+            self.state.counters.refused_connections += 1
+            why = "no handshake in time" if isinstance(exc, trio.TooSlowError) else None
+            log.warning("tls: refused %s: %s", peer, why or failure_reason(exc))
+            await trio.aclose_forcefully(stream)
+            return
+        log.info("tls: connection from %s", peer)
+        # No positions: opening acks would name streams this connection
+        # may not carry. The server resumes from its first unacknowledged;
+        # what we hold already is flagged duplicate by the shared trackers.
+        machine = StreamReceiver(trackers=self.state.trackers, streams=self.state.accepted)
+        machine.connection_made(trio.current_time())
+        driver = StreamDriver(machine, stream, self.state, "tls")
+        await driver.run()
+        ended = driver.ended_by or "closed"
+        level = logging.INFO if ended.startswith(("closed", "connection lost")) else logging.WARNING
+        log.log(level, "tls: connection from %s ended: %s", peer, ended)
+
+    # Retrieval, housekeeping, stopping ---------------------------------------
+
+    async def _fetch(self) -> None:
+        config = self.config
+        assert config.retrieve_from and config.retrieval_context
+        try:
+            results = await fetch(
+                self.state,
+                config.retrieve_from,
+                config.retrieval_context,
+                config.server_fingerprint,
+                list(config.fetch),
+                handshake_timeout=config.handshake_timeout,
+            )
+        except ConnectError as exc:
+            self.failed = f"--retrieve-from: {_text(config.retrieve_from)}: {exc}"
+            self.stop("fetch failed")
+            return
+        missing = sum(r.still_missing for r in results)
+        self.stop("fetch complete" + (f"; {missing} not delivered" if missing else ""))
+
+    async def _housekeeping(self) -> None:
+        """Flush often (a crash loses nothing written), fsync and report less often."""
+        config = self.config
+        now = trio.current_time()
+        next_sync, next_gaps = now + config.sync_interval, now + config.gaps_interval
+        while True:
+            await trio.sleep(config.flush_interval)
+            self.state.flush()
+            now = trio.current_time()
+            if now >= next_sync:
+                await self.state.make_durable()
+                next_sync = now + config.sync_interval
+            if now >= next_gaps:
+                self.state.write_gap_reports()
+                next_gaps = now + config.gaps_interval
+
+    async def _stop_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.stop(f"--duration {seconds:g} s reached")
+
+    async def _stop_when_idle(self, seconds: float) -> None:
+        """Stop once, after the first envelope, nothing has arrived for ``seconds``.
+
+        Waiting for the first one has no limit (``--duration`` gives one),
+        and an open retrieval request keeps the run going.
+        """
+        while True:
+            last = self.state.last_arrival
+            if last is None:
+                await trio.sleep(min(seconds, 0.1))
+                continue
+            await trio.sleep_until(last + seconds)
+            if self.state.last_arrival != last:
+                continue  # something arrived meanwhile
+            if self.retriever and self.retriever.open_requests:
+                await trio.sleep(min(seconds, 0.1))
+                continue
+            self.stop(f"--until-idle: nothing for {seconds:g} s")
+            return
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for signum in received:
+                self.stop(f"{signal.Signals(signum).name} received")
+                return
+
+
+def _peer(stream: trio.SSLStream[trio.SocketStream]) -> str:
+    try:
+        host, port = stream.transport_stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return _text((host, port))
+
+
+def _text(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,257 @@
+"""What every transport of the receiver shares: trackers, counters, output files.
+
+UDP, live TLS connections and retrieval connections all feed their
+machines' events to one :class:`ReceiverState`. It owns the per-stream
+:class:`SequenceTracker` dict that the machines share (so a datagram that
+turns up late, a redelivered TLS envelope and a retrieved one are all
+recognised as the same sequence number), stores each new envelope, and
+counts everything the live view and the gap report show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import trio
+
+from mediation import pdu
+from mediation.lea.files import HashedFile
+from mediation.lea.outputs import GAPS_FILE, CaseOutputs, safe_handle
+from mediation.lea.report import StreamStats, case_report, unavailable_from_report
+from mediation.protocol import (
+    CheckpointReceived,
+    EnvelopeReceived,
+    Event,
+    GapDetected,
+    ReplayFinished,
+    SequenceTracker,
+    UnknownMessage,
+)
+from mediation.protocol.keepalive import UtcNow, system_utc_now
+
+log = logging.getLogger("mediation.lea")
+
+StreamPair = tuple[SequenceTracker, StreamStats]
+
+RawFor = Callable[[Event], bytes]
+"""The octets, exactly as received, of the message behind an event."""
+
+
+class AcceptedStreams:
+    """The streams this receiver stores: safe handles, and only the chosen ones if any.
+
+    Given to the machines as their ``streams``: anything else is a protocol
+    error there (a UDP datagram is dropped, a TLS connection closed).
+    """
+
+    def __init__(self, handles: Iterable[str] | None = None) -> None:
+        self.handles = None if handles is None else frozenset(handles)
+
+    def __contains__(self, stream: object) -> bool:
+        if not isinstance(stream, pdu.StreamId) or not safe_handle(stream.warrant_handle):
+            return False
+        return self.handles is None or stream.warrant_handle in self.handles
+
+
+@dataclasses.dataclass
+class Counters:
+    """Things that went wrong, for the view and the summary (never fatal)."""
+
+    bad_datagrams: int = 0
+    refused_connections: int = 0
+    protocol_errors: int = 0
+    unknown_messages: int = 0
+
+
+class ReceiverState:
+    """Trackers, counters and outputs of one ``mediate receive`` run."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        handles: Iterable[str] | None = None,
+        utc_now: UtcNow = system_utc_now,
+    ) -> None:
+        self.out_dir = out_dir
+        self.accepted = AcceptedStreams(handles)
+        self.trackers: dict[pdu.StreamId, SequenceTracker] = {}
+        self.stats: dict[pdu.StreamId, StreamStats] = {}
+        self.cases: dict[str, CaseOutputs] = {}
+        self.counters = Counters()
+        self.last_arrival: float | None = None  # trio clock
+        self.utc_now = utc_now
+        self._sync_lock = trio.Lock()
+
+    def tracker(self, stream: pdu.StreamId) -> SequenceTracker:
+        if stream not in self.trackers:
+            self.trackers[stream] = SequenceTracker()
+        return self.trackers[stream]
+
+    def stream_stats(self, stream: pdu.StreamId) -> StreamStats:
+        if stream not in self.stats:
+            self.stats[stream] = StreamStats()
+        return self.stats[stream]
+
+    def case(self, handle: str) -> CaseOutputs:
+        if handle not in self.cases:
+            self.cases[handle] = CaseOutputs(self.out_dir, handle)
+        return self.cases[handle]
+
+    def resume(self) -> int:
+        """Learn what earlier runs stored in ``out_dir``, so it is neither stored nor fetched again.
+
+        Returns:
+            How many envelopes were found.
+
+        Raises:
+            rawfile.RawFileError: a raw file is corrupt before its end.
+        """
+        found = 0
+        if not self.out_dir.is_dir():
+            return 0
+        for directory in sorted(self.out_dir.iterdir()):
+            if not directory.is_dir() or not safe_handle(directory.name):
+                continue
+            if self.accepted.handles is not None and directory.name not in self.accepted.handles:
+                continue
+            case = self.case(directory.name)
+            for kind, sequences in case.resume().items():
+                stream = pdu.StreamId(directory.name, kind)
+                tracker = self.tracker(stream)
+                for seq in sequences:
+                    tracker.add(seq)
+                self.stream_stats(stream).resumed = len(sequences)
+                found += len(sequences)
+            self._restore_unavailable(directory)
+        return found
+
+    def _restore_unavailable(self, directory: Path) -> None:
+        try:
+            report = json.loads((directory / GAPS_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        for kind, ranges in unavailable_from_report(report).items():
+            try:
+                stream = pdu.StreamId(directory.name, pdu.StreamKind(kind))
+            except ValueError:
+                continue
+            for first, last, reason in ranges:
+                self.tracker(stream).mark_unavailable(first, last, reason)
+
+    def on_events(self, events: list[Event], raw_for: RawFor, transport: str, now: float) -> None:
+        """Store and count what a machine reported.
+
+        Args:
+            events: as returned by the machine, in order.
+            raw_for: the octets of an envelope's or checkpoint's message.
+            transport: ``udp``, ``tls`` or ``retrieval``, for the counters.
+            now: the trio clock.
+        """
+        for event in events:
+            if isinstance(event, EnvelopeReceived):
+                self._envelope(event, raw_for(event), transport, now)
+            elif isinstance(event, CheckpointReceived):
+                self.case(event.checkpoint.stream.warrant_handle).store_checkpoint(raw_for(event))
+            elif isinstance(event, GapDetected):
+                self.stream_stats(event.stream).gaps_opened += 1
+            elif isinstance(event, ReplayFinished):
+                self._replay_finished(event)
+            elif isinstance(event, UnknownMessage):
+                self.counters.unknown_messages += 1
+
+    def _envelope(self, event: EnvelopeReceived, raw: bytes, transport: str, now: float) -> None:
+        envelope = event.envelope
+        stats = self.stream_stats(envelope.stream)
+        stats.transports.add(transport)
+        stats.last_sequence = envelope.sequence_number
+        self.last_arrival = now
+        if event.duplicate:
+            stats.duplicates += 1
+            return
+        case = self.case(envelope.stream.warrant_handle)
+        case.store(envelope, raw, retrieved=event.retrieved, at=self.utc_now())
+        if event.retrieved:
+            stats.retrieved += 1
+        else:
+            stats.received += 1
+        stats.redelivered += envelope.redelivered
+        stats.octets += len(raw)
+
+    def _replay_finished(self, event: ReplayFinished) -> None:
+        for first, last in event.unavailable:
+            log.warning(
+                "retrieval: %s %d..%d unavailable: %s", event.stream, first, last, event.reason
+            )
+        if event.still_missing:
+            log.info(
+                "retrieval: %s: %d asked for still missing; asking again later",
+                event.stream,
+                event.still_missing,
+            )
+
+    def flush(self) -> None:
+        """Hand everything written to the kernel (survives a crash of this process)."""
+        for case in self.cases.values():
+            case.flush()
+
+    async def make_durable(self) -> None:
+        """Flush and fsync every file written since the last time.
+
+        Serialised: a caller that finds a sync under way waits for it, so
+        when this returns, everything written before the call is on disk.
+        An acknowledgement is sent only after this (it means "stored").
+        """
+        async with self._sync_lock:
+            dirty = [f for f in self._files() if f.dirty]
+            if not dirty:
+                return
+            fds = [f.begin_sync() for f in dirty]
+            await trio.to_thread.run_sync(_fsync_all, fds)
+
+    def _files(self) -> list[HashedFile]:
+        return [f for case in self.cases.values() for f in case.files]
+
+    def case_streams(self, handle: str) -> dict[pdu.StreamKind, StreamPair]:
+        return {
+            stream.kind: (tracker, self.stream_stats(stream))
+            for stream, tracker in self.trackers.items()
+            if stream.warrant_handle == handle
+        }
+
+    def write_gap_reports(self, *, final: bool = False) -> None:
+        """Write every handle's ``gaps.json`` (with ``final``, its ``.sha256`` too)."""
+        now = self.utc_now()
+        for handle, case in self.cases.items():
+            notes = {"notIpPackets": {"count": case.not_ip, "sequences": case.not_ip_sequences}}
+            if case.torn:
+                notes["tornTailsCut"] = dict(case.torn)
+            if case.unviewable_count:
+                notes["notInPcapOrJson"] = {
+                    "count": case.unviewable_count,
+                    "envelopes": case.unviewable,
+                }
+            report = case_report(handle, self.case_streams(handle), notes, now, final=final)
+            case.write_gaps(report, final=final)
+
+    def close(self, *, sort: bool = False) -> dict[str, dict[str, str]]:
+        """Close every file, write the hashes and the final gap reports.
+
+        Returns:
+            Per handle, file name -> SHA-256 of every file written.
+        """
+        digests = {handle: case.close(sort=sort) for handle, case in self.cases.items()}
+        self.write_gap_reports(final=True)
+        for handle, case in self.cases.items():
+            digests[handle] = dict(case.digests)
+        return digests
+
+
+def _fsync_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.fsync(fd)
