@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "mediation.cli.log",
     "mediation.cli.serve",
     "mediation.cli.receive",
+    "mediation.cli.status",
 )
 
 

@@ -1,37 +1,62 @@
 """`mediate serve`: run the mediation server in the foreground.
 
-For now it keeps the warrant table current and answers the control socket
-(``DATA_DIR/run/control.sock``); ingest and delivery options will join here.
-Logs go to stderr and name warrants by handle only.
+It keeps the warrant table current, stores every PDU in the evidence log,
+delivers each warrant's streams to its agency's endpoints (UDP and TLS),
+answers retrieval and the control socket (``DATA_DIR/run/control.sock``).
+Configuration: ``--config FILE`` (TOML, every key optional; see
+``mediation/server/config.py`` and docs/operator.md), else
+``$MEDIATION_CONFIG``, else the defaults. Logs go to stderr and name
+warrants by handle only; on a terminal a status line is redrawn each second.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mediation.cli.warrants import registry_for, subcommand
+
+if TYPE_CHECKING:
+    from mediation.server.status import StatusReporter
+
+CONFIG_ENV = "MEDIATION_CONFIG"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    if args.config:
+        return Path(args.config)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from mediation.cli.common import data_dir
+    from mediation.datadir import ENV_VAR
     from mediation.errors import UsageError
     from mediation.server.app import MediationServer
+    from mediation.server.config import load_config
     from mediation.server.control import ControlError
     from mediation.warrants.access import KeyNeed
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    config = load_config(_config_path(args))
+    if config.data_dir is not None and not args.data_dir and not os.environ.get(ENV_VAR):
+        args.data_dir = str(config.data_dir)  # the flag and the environment win over the file
+    tty = sys.stderr.isatty()
+    holder: list[MediationServer] = []
+    _configure_logging(args.verbose, tty, lambda: holder[0].reporter if holder else None)
     with registry_for(args, KeyNeed.REQUIRED, lock=False) as registry:
         key = registry.key
     assert key is not None
-    server = MediationServer(data_dir(args), key)
+    server = MediationServer(data_dir(args), key, config=config, tty=tty)
+    holder.append(server)
     try:
         trio.run(server.run)
     except ControlError as exc:
@@ -39,8 +64,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logging(
+    verbose: bool, tty: bool, reporter: Callable[[], StatusReporter | None]
+) -> None:
+    """Plain lines on stderr; on a terminal, lines that do not collide with the status line."""
+    from mediation.server.status import StatusLineHandler
+
+    handler: logging.Handler = (
+        StatusLineHandler(reporter, sys.stderr) if tty else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subcommand(
         subparsers, "serve", "run the mediation server (foreground; SIGTERM stops it)", cmd_serve
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML configuration (default: ${CONFIG_ENV}, else built-in defaults)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

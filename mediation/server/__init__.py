@@ -1,10 +1,19 @@
-"""The trio service: the warrant table, the control socket, and (later) ingest and delivery.
+"""The trio service: warrant table, ingest, delivery to agencies, retrieval, control socket.
 
 Public surface::
 
-    MediationServer(data_dir, key).run()      the whole service (``app.py``)
-    WarrantTable, TableChange                 warrants and their states (``warrant_table.py``)
-    serve_control / request / socket_path     the control socket (``control.py``)
+    MediationServer(data_dir, key, config=...).run()  the whole service (``app.py``)
+      .ingest(handle, "cmII"|"cmCC", der, captured)   store a PDU -> Appended | None
+      .notice(handle, event, **fields)                a completeness notice -> sequence
+      .tap_lost / .tap_restored / .upstream_gap       what tap links report
+      .delivery_rows()                                per warrant stream and endpoint
+    ServerConfig, load_config                         the TOML configuration (``config.py``)
+    WarrantTable, TableChange                         warrants and states (``warrant_table.py``)
+    serve_control / request / socket_path             the control socket (``control.py``)
 
-Import the submodules directly; this package imports nothing heavy itself.
+Inside: ``ingest`` and ``notices`` (into the log), ``delivery`` with
+``delivery_udp`` and ``delivery_tls`` (one worker per agency endpoint),
+``link`` (a TLS connection driving the stream machine), ``retrieval``,
+``tls`` (identity and contexts), ``status``. Import the submodules
+directly; this package imports nothing heavy itself.
 """

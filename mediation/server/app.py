@@ -1,18 +1,21 @@
 """``mediate serve``: the running server, as one trio nursery.
 
-Today it keeps the warrant table current and answers the control socket;
-ingest (tap listeners) and delivery (LEA workers) will be further tasks in
-the same nursery, driven by :class:`~mediation.server.warrant_table.TableChange`
-(see :meth:`MediationServer.on_change`).
-
 Tasks, all children of :meth:`MediationServer.run`:
 
 - the control socket (``reload``, ``status``);
 - the window ticker: each second re-checks every warrant's window, so
-  start and end happen on time;
+  start and end happen on time (and their notices are appended);
 - the registry poller: each second reloads if the registry's change
   counter moved without anyone telling us (a CLI that could not reach us);
-- the signal watcher: SIGTERM or SIGINT cancels everything, cleanly.
+- delivery: one worker per agency endpoint, one cursor task per warrant
+  stream (``delivery``), and the retrieval listener (``retrieval``);
+- watchers: each stream's storage state, the kernel clock, held notices;
+- the status line (a terminal) or status log lines (anything else);
+- the signal watcher: SIGTERM or SIGINT cancels everything; the evidence
+  log is checkpointed, flushed and closed on the way out.
+
+Ingest is in-process (:meth:`MediationServer.ingest`): tap links, the demo
+and the tests call it. Everything logged names warrants by handle.
 """
 
 from __future__ import annotations
@@ -27,10 +30,20 @@ from typing import Any
 
 import trio
 
+from mediation.clock import ClockReading, read_clock
+from mediation.log import Appended, EvidenceLog, LogError, StreamLog
+from mediation.pdu import StreamId
+from mediation.server.config import ServerConfig
 from mediation.server.control import ControlError, ControlSocket, socket_path
+from mediation.server.delivery import DeliveryManager
+from mediation.server.ingest import ClockCache, Ingest
+from mediation.server.notices import Notices
+from mediation.server.retrieval import RetrievalService
+from mediation.server.status import StatusReporter, StatusRow
+from mediation.server.tls import AgencyTrust, IdentityFiles, ensure_identity
 from mediation.server.warrant_table import TableChange, WarrantTable
 from mediation.warrants.keys import RegistryKey
-from mediation.warrants.model import format_time, utc_now
+from mediation.warrants.model import WarrantState, format_time, utc_now
 from mediation.warrants.registry import load_snapshot, read_generation
 
 log = logging.getLogger("mediation.server")
@@ -38,49 +51,227 @@ TICK_SECONDS = 1.0
 Clock = Callable[[], dt.datetime]
 
 
-class MediationServer:
-    """Owns the warrant table and the tasks that keep it current."""
+class NotRunning(RuntimeError):
+    """Ingest or a notice was asked of a server that is not running (yet)."""
 
-    def __init__(self, data_dir: Path, key: RegistryKey, clock: Clock = utc_now) -> None:
+
+class MediationServer:
+    """Owns the warrant table, the evidence log, ingest and delivery."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        key: RegistryKey,
+        clock: Clock = utc_now,
+        config: ServerConfig | None = None,
+        clock_reader: Callable[[], ClockReading] = read_clock,
+        tty: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self.table = WarrantTable()
+        self.config = config or ServerConfig()
         self._key = key
         self._clock = clock
+        self._clock_reader = clock_reader
+        self._tty = tty
         self._reload_lock = trio.Lock()
         self.started = clock()
         self.taps_connected: set[str] = set()
+        self._owners: dict[str, str] = {}  # warrant handle -> agency handle, ever seen
+        self._watched: set[StreamId] = set()
+        self._nursery: trio.Nursery | None = None
+        self.intake: Ingest | None = None
+        self.notices: Notices | None = None
+        self.delivery: DeliveryManager | None = None
+        self.retrieval: RetrievalService | None = None
+        self.reporter: StatusReporter | None = None
+        self.trust: AgencyTrust | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled or signalled; reports started once the socket listens."""
-        await self.reload()
+        """Serve until cancelled or signalled; reports started once everything listens."""
         control = await ControlSocket.bind(socket_path(self.data_dir))
         try:
-            async with trio.open_nursery() as nursery:
+            identity = await trio.to_thread.run_sync(
+                ensure_identity, self.data_dir, self._key, self.config.tls.server_names, utc_now()
+            )
+            trust = self.trust = AgencyTrust(identity)
+            async with (
+                EvidenceLog.open(self.data_dir, self.config.log) as evidence,
+                trio.open_nursery() as nursery,
+            ):
+                self._nursery = nursery
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                self._build(evidence, identity, trust, nursery)
+                await self.reload(at_start=True)
                 await nursery.start(control.serve, self.handle_request)
-                nursery.start_soon(self._tick_windows)
-                nursery.start_soon(self._poll_registry)
+                await self._start_tasks(nursery)
                 count, active = len(self.table.states()), len(self.table.active())
                 log.info(
                     "serving: warrants loaded %d, active %d; control socket ready", count, active
                 )
                 task_status.started()
         finally:
+            self._nursery = None
             control.close()
         log.info("stopped")
 
-    async def reload(self) -> TableChange:
+    def _build(
+        self,
+        evidence: EvidenceLog,
+        identity: IdentityFiles,
+        trust: AgencyTrust,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.intake = Ingest(evidence, self.table, ClockCache(self._clock_reader))
+        self.notices = Notices(self.intake, self.table)
+        self.delivery = DeliveryManager(
+            nursery, self.config.delivery, identity, trust, self._key.derive("endpoint-id")
+        )
+        self.intake.on_held = self.delivery.deliver_from_memory
+
+    async def _start_tasks(self, nursery: trio.Nursery) -> None:
+        assert self.intake is not None and self.notices is not None
+        address = self.config.retrieval.address()
+        if address is not None and self.trust is not None:
+            self.retrieval = RetrievalService(
+                address, self.trust, self.streams_of_agency, self.config.delivery
+            )
+            await nursery.start(self.retrieval.run)
+        nursery.start_soon(self._tick_windows)
+        nursery.start_soon(self._poll_registry)
+        nursery.start_soon(self.intake.run_flusher)
+        nursery.start_soon(self.notices.watch_clock, self.config.clock.check_interval)
+        self.reporter = StatusReporter(
+            self.delivery_rows,
+            interval=self.config.status.interval,
+            log_interval=self.config.status.log_interval,
+            tty=self._tty,
+        )
+        nursery.start_soon(self.reporter.run)
+
+    # The warrant table ----------------------------------------------------------
+
+    async def reload(self, at_start: bool = False) -> TableChange:
         """Read the registry again and apply it; one reload at a time."""
         async with self._reload_lock:
             snapshot = await trio.to_thread.run_sync(load_snapshot, self.data_dir, self._key)
             change = self.table.apply(snapshot, self._clock())
-            self.on_change(change)
+            await self.on_change(change, at_start)
             return change
 
-    def on_change(self, change: TableChange) -> None:
-        """Log what changed. Ingest and delivery will start and stop streams here."""
+    async def on_change(
+        self, change: TableChange, at_start: bool = False, full: bool = True
+    ) -> None:
+        """Log what changed; open streams, update delivery, append the notices.
+
+        ``full`` False (the window ticker) skips the work when nothing
+        changed; a reload always does it, since agencies' endpoints are not
+        part of a :class:`TableChange`.
+
+        Order matters: streams are opened and delivery updated (which fixes
+        each new UDP stream's starting position) before the warrantActive
+        notice is appended, so every endpoint gets it.
+        """
         for line in change.log_lines(self.table.states()):
             log.info("%s", line)
+        if self.intake is None or self.delivery is None or self.notices is None:
+            return
+        if not (change or full):
+            return  # a tick that changed nothing
+        if self.trust is not None:
+            self.trust.update(self.table.agencies.values())
+        for handle in self.table.states():
+            await self._open_streams(handle, at_start)
+        self._watch_new_streams()
+        self.delivery.sync(self._owners, self.table, self.intake.streams)
+        for handle in change.activated:
+            self.notices.warrant_active(handle, at_start=at_start)
+        for handle in change.deactivated:
+            self.notices.warrant_inactive(handle)
+        if at_start:
+            self.notices.clock_changed(self.intake.clock.refresh())
+
+    async def _open_streams(self, handle: str, at_start: bool) -> None:
+        """Open an active warrant's streams (at start-up, an expired one's that exist)."""
+        assert self.intake is not None
+        warrant = self.table.warrant(handle)
+        assert warrant is not None
+        self._owners[handle] = warrant.agency
+        state = self.table.state(handle)
+        try:
+            if state is WarrantState.ACTIVE:
+                await self.intake.open_streams(warrant)
+            elif at_start and state is WarrantState.EXPIRED:
+                await self.intake.open_streams(warrant, create=False)  # deliver what is left
+        except LogError as exc:  # one damaged stream must not stop the others
+            log.error("%s: cannot open its log streams: %s", handle, exc)
+
+    def _watch_new_streams(self) -> None:
+        assert self.intake is not None and self.notices is not None
+        for sid, stream in self.intake.streams.items():
+            if sid not in self._watched and self._nursery is not None:
+                self._watched.add(sid)
+                self._nursery.start_soon(self.notices.watch_storage, sid.warrant_handle, stream)
+
+    def streams_of_agency(self, agency: str) -> dict[StreamId, StreamLog]:
+        """Every open stream of the agency's warrants (what retrieval may serve it)."""
+        streams = self.intake.streams if self.intake is not None else {}
+        return {
+            sid: s for sid, s in streams.items() if self._owners.get(sid.warrant_handle) == agency
+        }
+
+    # Ingest and notices: what tap links call ------------------------------------
+
+    async def ingest(
+        self, handle: str, kind: str, der: bytes, captured: dt.datetime | None = None
+    ) -> Appended | None:
+        """Store one PDU of warrant ``handle`` (``kind`` "cmII" or "cmCC").
+
+        Returns:
+            The log's receipt (``await appended.durable()``); None when the
+            PDU is refused: unknown or inactive warrant, a content level
+            without that stream, malformed, or the log cannot store. Each
+            refusal is counted (``status`` op, ``ingest`` counters).
+
+        Raises:
+            NotRunning: the server has not started.
+        """
+        return await self._intake().ingest(handle, kind, der, captured)
+
+    def notice(self, handle: str, event: str, **fields: Any) -> int | None:
+        """Append a completeness notice (see :meth:`Notices.notice`)."""
+        return self._notices().notice(handle, event, **fields)
+
+    def tap_lost(self, tap_name: str) -> None:
+        self._notices().tap_lost(tap_name)
+
+    def tap_restored(self, tap_name: str) -> None:
+        self._notices().tap_restored(tap_name)
+
+    def upstream_gap(
+        self,
+        handle: str,
+        lost_count: int,
+        period_start: dt.datetime,
+        period_end: dt.datetime,
+        source: str,
+    ) -> None:
+        self._notices().upstream_gap(handle, lost_count, period_start, period_end, source)
+
+    def _intake(self) -> Ingest:
+        if self.intake is None:
+            raise NotRunning("the server is not running")
+        return self.intake
+
+    def _notices(self) -> Notices:
+        if self.notices is None:
+            raise NotRunning("the server is not running")
+        return self.notices
+
+    # Status -------------------------------------------------------------------------
+
+    def delivery_rows(self) -> list[StatusRow]:
+        return self.delivery.rows() if self.delivery is not None else []
 
     async def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer one control request (see ``control.py`` for the protocol)."""
@@ -93,13 +284,32 @@ class MediationServer:
         raise ControlError(f"unknown op {op!r} (allowed: reload, status)")
 
     def _status(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "pid": os.getpid(),
             "started": format_time(self.started),
             "generation": self.table.generation,
             "warrants": self.table.statuses(),
             "taps_connected": sorted(self.taps_connected),
+            "delivery": [row.to_json() for row in self.delivery_rows()],
         }
+        if self.intake is not None:
+            out["ingest"] = self.intake.counters.to_json()
+            out["clock"] = self.intake.clock.reading.status.value
+            out["storage"] = {
+                str(sid): "ok" if s.state.healthy else f"unable to store: {s.state.reason}"
+                for sid, s in self.intake.streams.items()
+            }
+        if self.retrieval is not None:
+            listening = self.retrieval.listening
+            out["retrieval"] = {
+                "listening": f"{listening[0]}:{listening[1]}" if listening else None,
+                "error": self.retrieval.error,
+                "connections": self.retrieval.connections,
+                "refused": self.retrieval.refused,
+            }
+        return out
+
+    # Timers -------------------------------------------------------------------------
 
     async def _tick_windows(self) -> None:
         """Each second, re-check every window: warrants start and end on time.
@@ -109,7 +319,8 @@ class MediationServer:
         """
         while True:
             await trio.sleep(TICK_SECONDS)
-            self.on_change(self.table.tick(self._clock()))
+            async with self._reload_lock:
+                await self.on_change(self.table.tick(self._clock()), full=False)
 
     async def _poll_registry(self) -> None:
         """Each second, reload if the registry changed and nobody told us."""

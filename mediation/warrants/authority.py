@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import ipaddress
 import os
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -66,7 +68,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 class TapAuthority:
-    """The CA that signs tap certificates (and, later, the server's own)."""
+    """The CA that signs tap certificates and the server's own (:meth:`issue_server`)."""
 
     def __init__(
         self, certificate: x509.Certificate, private_key: ec.EllipticCurvePrivateKey
@@ -152,6 +154,69 @@ class TapAuthority:
             hmac_key=os.urandom(HMAC_KEY_BYTES),
             server=server,
         )
+
+    def issue_server(self, names: Sequence[str], now: dt.datetime) -> ServerIdentity:
+        """The server's TLS identity: one certificate for both of its TLS roles.
+
+        It is a client when it connects out to an agency endpoint and a server
+        when an agency connects to retrieval, so it carries both extended key
+        usages. ``names`` (host names, IP literals) go into subjectAltName for
+        agencies that also check the host name; the CN is a random label,
+        never case data.
+        """
+        server_key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(f"mediation server {os.urandom(4).hex()}"))
+            .issuer_name(self.certificate.subject)
+            .public_key(server_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=TAP_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if names:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(_subject_names(names)), critical=False
+            )
+        cert = builder.sign(self._key, hashes.SHA256())
+        key_pem = server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode("ascii")
+        return ServerIdentity(
+            cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), key_pem
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerIdentity:
+    """The mediation server's own TLS certificate and key (PEM), issued by this CA."""
+
+    certificate_pem: str
+    private_key_pem: str
+
+    @property
+    def fingerprint(self) -> str:
+        return certificate_fingerprint(self.certificate_pem)
+
+
+def _subject_names(names: Sequence[str]) -> list[x509.GeneralName]:
+    """SAN entries: IP literals as iPAddress, everything else as dNSName."""
+    out: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
 
 
 def _ca_usage() -> x509.KeyUsage:

@@ -1,0 +1,363 @@
+"""Delivery from the evidence log to agencies on loopback, against a bare sendto loop.
+
+    python bench/delivery.py [--records N] [--size BYTES] [--rounds R] [--dir DIR]
+
+1. Fills one CmCC stream of a fresh log with ``--records`` CC PDUs of
+   ``--size`` bytes (the DER of a real IAS-CC-APDU).
+2. UDP: the server's delivery worker sends the whole stream from the log
+   to a receiver in another process (one envelope per datagram, through
+   ``DatagramSender``); then, in the same run, a bare Python loop reads
+   the same records through a cursor and calls ``sendto`` on each
+   payload. Rates are measured at the receiver (first to last datagram);
+   a round counts only if nothing was lost.
+3. TLS: the server's TLS worker connects out to a receiver in another
+   process (mutual TLS, pinned fingerprint), which frames the envelopes,
+   checks their sequence numbers and acknowledges; rate = records / time
+   from the first to the last envelope.
+4. Resume: the TLS receiver cuts the connection (no TLS close) halfway
+   through; the time from the cut to the first envelope of the next
+   connection.
+
+Best of ``--rounds`` alternating rounds (the machine is shared). Goals:
+UDP >= 50,000 PDUs/s and >= 50 % of the bare loop; TLS >= 50,000 PDUs/s;
+resume within 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mediation import pdu as P
+from mediation.log import ContentKind, EvidenceLog, StreamLog
+from mediation.server.config import DeliveryConfig
+from mediation.server.delivery_tls import TlsWorker
+from mediation.server.delivery_udp import UdpWorker
+from mediation.server.status import EndpointRef
+from mediation.server.tls import AgencyTrust, ensure_identity, fingerprint_of_pem
+from mediation.warrants.authority import TapAuthority
+from mediation.warrants.keys import RegistryKey
+from mediation.warrants.model import Endpoint, Stream
+from mediation.warrants.registry import WarrantRegistry
+
+HANDLE = "w-bench1"
+HOST = "127.0.0.1"
+SID = P.StreamId(HANDLE, P.StreamKind.CMCC)
+RCVBUF = 64 * 1024 * 1024
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; past rmem_max, for root
+
+
+def cc_record(size: int) -> bytes:
+    """An IAS-CC-APDU of about ``size`` bytes."""
+    info = P.CorrelationInfo(P.ContentIdentifier.correlation(b"\x01"), "CASE-BENCH", "IAP-1")
+    header = P.CCDeliveryHeader(info, dt.datetime.now(dt.UTC), P.PacketDirection.TO_SUBJECT, 9)
+    small = P.encode(P.CCApdu(payload=b"\x45", header=header))
+    return P.encode(P.CCApdu(payload=b"\x45" + bytes(max(1, size - len(small) - 3)), header=header))
+
+
+# Receivers, each in its own process ------------------------------------------------
+
+
+def udp_receiver(conn) -> None:
+    """Count datagrams per round; report (count, first arrival, last arrival)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    sock.bind((HOST, 0))
+    conn.send(sock.getsockname()[1])
+    buffer = bytearray(65536)
+    while (expected := conn.recv()) is not None:
+        sock.settimeout(None)
+        sock.recv_into(buffer)
+        first = last = time.perf_counter()
+        count = 1
+        sock.settimeout(0.5)
+        recv_into = sock.recv_into
+        try:
+            while count < expected:
+                recv_into(buffer)
+                count += 1
+            last = time.perf_counter()
+        except TimeoutError:
+            pass  # the rest was lost
+        conn.send((count, first, last))
+
+
+def _frames(data: bytearray, pos: int):
+    """(tag, contents start, end) of each whole BER message from ``pos``."""
+    size = len(data)
+    while pos + 2 <= size:
+        first = data[pos + 1]
+        if first < 0x80:
+            start, length = pos + 2, first
+        else:
+            k = first & 0x7F
+            if pos + 2 + k > size:
+                return
+            start, length = pos + 2 + k, int.from_bytes(data[pos + 2 : pos + 2 + k], "big")
+        end = start + length
+        if end > size:
+            return
+        yield data[pos], start, end
+        pos = end
+
+
+def _envelope_seq(data: bytearray, start: int) -> int:
+    """The sequenceNumber of an envelope whose contents start at ``start``."""
+    pos = start + 2 + data[start + 1]  # skip the stream identifier (short form: < 128 octets)
+    return int.from_bytes(data[pos + 2 : pos + 2 + data[pos + 1]], "big")
+
+
+def tls_receiver(conn, cert: str, key: str, server_ca: str) -> None:
+    """Accept the server's connections; per round take ``n`` envelopes in order.
+
+    A round is (n, cut_at): after ``cut_at`` envelopes the connection is
+    dropped once without closing TLS. Reports (first, last, cut, resumed, duplicates).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=server_ca)
+    listener = socket.create_server((HOST, 0))
+    conn.send(listener.getsockname()[1])
+    while (job := conn.recv()) is not None:
+        n, cut_at = job
+        state = {"position": 0, "first": None, "cut": None, "resumed": None, "dups": 0}
+        while state["position"] < n:
+            raw, _ = listener.accept()
+            with context.wrap_socket(raw, server_side=True) as tls:
+                _serve_tls(tls, state, n, cut_at)
+        conn.send((state["first"], state["last"], state["cut"], state["resumed"], state["dups"]))
+
+
+def _serve_tls(tls: ssl.SSLSocket, state: dict, n: int, cut_at: int) -> None:
+    if state["position"]:
+        tls.sendall(P.encode(P.Acknowledgement(SID, state["position"])))  # where to resume
+    buffer = bytearray()
+    while state["position"] < n:
+        chunk = tls.recv(262144)
+        if not chunk:
+            return
+        buffer += chunk
+        consumed = 0
+        for tag, start, end in _frames(buffer, 0):
+            consumed = end
+            if tag == 0xA0:
+                seq = _envelope_seq(buffer, start)
+                if seq == state["position"]:
+                    state["position"] += 1
+                    now = time.perf_counter()
+                    state["first"] = state["first"] or now
+                    state["last"] = now
+                    if state["cut"] is not None and state["resumed"] is None:
+                        state["resumed"] = now
+                else:
+                    state["dups"] += 1
+            elif tag == 0xA1:  # a keepalive: answer it (echo id and time)
+                ask = P.decode_delivery(bytes(buffer[start - 2 : end]))
+                tls.sendall(P.encode(P.KeepaliveAnswer(ask.keepalive_id, ask.sent_time)))
+        del buffer[:consumed]
+        tls.sendall(P.encode(P.Acknowledgement(SID, state["position"])))
+        if state["cut"] is None and cut_at and state["position"] >= cut_at:
+            state["cut"] = time.perf_counter()
+            tls.shutdown(socket.SHUT_RDWR)  # the connection dies; TLS is never closed
+            return
+
+
+# The sending side, in trio ----------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, base: Path, records: int, size: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(dir=base))
+        self.records = records
+        self.size = size
+        self.key = RegistryKey.generate()
+        now = dt.datetime.now(dt.UTC)
+        with WarrantRegistry.initialise(self.dir, self.key, None, now):
+            TapAuthority.create(self.dir / "ca", self.key, now)
+        self.identity = ensure_identity(self.dir, self.key, ("localhost",), now)
+        self.agency = _agency_cert(self.dir / "agency")
+
+    async def fill(self, stream: StreamLog) -> None:
+        der = cc_record(self.size)
+        for _ in range(self.records):
+            appended = await stream.append(der, ContentKind.CMCC, P.ClockStatus.SYNCHRONISED)
+        await appended.durable()
+
+    async def udp_worker(self, stream: StreamLog, port: int, conn) -> tuple[int, float]:
+        endpoint = Endpoint("udp", HOST, port, (Stream.CMCC,))
+        worker = UdpWorker(EndpointRef("a-bench", 1, "udp", "udp"), endpoint, DeliveryConfig())
+        worker.set_streams({SID: stream}, start_at={SID: 0})
+        async with trio.open_nursery() as nursery:
+            conn.send(self.records)
+            await nursery.start(worker.run)
+            result = await trio.to_thread.run_sync(conn.recv)
+            nursery.cancel_scope.cancel()
+        return _rate(result)
+
+    async def udp_bare(self, stream: StreamLog, port: int, conn) -> tuple[int, float]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        address, sendto = (HOST, port), sock.sendto
+        conn.send(self.records)
+        cursor, sent = stream.cursor(0), 0
+        while sent < self.records:
+            for record in await cursor.read(1024):
+                sendto(record.payload, address)
+            sent = cursor.position
+        result = await trio.to_thread.run_sync(conn.recv)
+        sock.close()
+        return _rate(result)
+
+    async def tls(self, stream: StreamLog, port: int, conn, run: int, cut: bool):
+        endpoint = Endpoint("tls", HOST, port, (Stream.CMCC,), fingerprint=self.agency[2])
+        ref = EndpointRef("a-bench", 2, "tls", f"run{run}")  # a fresh saved position
+        worker = TlsWorker(
+            ref, endpoint, DeliveryConfig(), self.identity, AgencyTrust(self.identity)
+        )
+        worker.set_streams({SID: stream})
+        async with trio.open_nursery() as nursery:
+            conn.send((self.records, self.records // 2 if cut else 0))
+            await nursery.start(worker.run)
+            first, last, cut_at, resumed, _dups = await trio.to_thread.run_sync(conn.recv)
+            nursery.cancel_scope.cancel()
+        rate = self.records / (last - first)
+        return rate, (resumed - cut_at) if cut else None
+
+
+def _rate(result: tuple[int, float, float]) -> tuple[int, float]:
+    count, first, last = result
+    return count, count / (last - first) if last > first else 0.0
+
+
+def _agency_cert(directory: Path) -> tuple[str, str, str]:
+    """A self-signed receiver certificate: (cert file, key file, fingerprint)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench agency")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    (directory / "agency.pem").write_text(pem)
+    (directory / "agency.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(directory / "agency.pem"), str(directory / "agency.key"), fingerprint_of_pem(pem)
+
+
+async def run_bench(bench: Bench, rounds: int, udp, tls) -> dict[str, list]:
+    """Every measurement, ``rounds`` times, alternating."""
+    udp_conn, udp_port = udp
+    tls_conn, tls_port = tls
+    results: dict[str, list] = {"udp": [], "bare": [], "tls": [], "resume": []}
+    async with EvidenceLog.open(bench.dir) as log:
+        stream = await log.stream(HANDLE, P.StreamKind.CMCC)
+        started = time.perf_counter()
+        await bench.fill(stream)
+        print(f"filled the log in {time.perf_counter() - started:.1f} s", flush=True)
+        for run in range(rounds):
+            results["udp"].append(await bench.udp_worker(stream, udp_port, udp_conn))
+            results["bare"].append(await bench.udp_bare(stream, udp_port, udp_conn))
+            rate, _ = await bench.tls(stream, tls_port, tls_conn, 2 * run, cut=False)
+            results["tls"].append(rate)
+            _, resume = await bench.tls(stream, tls_port, tls_conn, 2 * run + 1, cut=True)
+            results["resume"].append(resume)
+    return results
+
+
+def _best(rounds: list[tuple[int, float]], expected: int) -> tuple[float, int]:
+    """The best lossless rate, and the most lost in any round."""
+    lossless = [rate for count, rate in rounds if count == expected]
+    worst = max(expected - count for count, _rate in rounds)
+    return (max(lossless) if lossless else 0.0), worst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    base = args.dir or Path(tempfile.gettempdir())
+    bench = Bench(base, args.records, args.size)
+    spawn = mp.get_context("spawn")
+    udp_parent, udp_child = spawn.Pipe()
+    tls_parent, tls_child = spawn.Pipe()
+    cert, key, _fingerprint = bench.agency
+    server_ca = str(bench.dir / "ca" / "ca.pem")
+    processes = [
+        spawn.Process(target=udp_receiver, args=(udp_child,), daemon=True),
+        spawn.Process(target=tls_receiver, args=(tls_child, cert, key, server_ca), daemon=True),
+    ]
+    for process in processes:
+        process.start()
+    try:
+        udp, tls = (udp_parent, udp_parent.recv()), (tls_parent, tls_parent.recv())
+        print(
+            f"delivery: {args.records:,} CC PDUs of {args.size} bytes from the log, loopback, "
+            f"best of {args.rounds} rounds ({os.cpu_count()} CPUs)",
+            flush=True,
+        )
+        results = trio.run(run_bench, bench, args.rounds, udp, tls)
+    finally:
+        for conn in (udp_parent, tls_parent):
+            conn.send(None)
+        for process in processes:
+            process.join(timeout=5)
+        shutil.rmtree(bench.dir, ignore_errors=True)
+    return report(results, args.records)
+
+
+def report(results: dict[str, list], records: int) -> int:
+    udp, udp_lost = _best(results["udp"], records)
+    bare, bare_lost = _best(results["bare"], records)
+    tls = max(results["tls"])
+    resume = min(results["resume"])
+    ratio = udp / bare if bare else 0.0
+    print(f"UDP  worker     {udp:>10,.0f} PDUs/s with zero loss (most lost in a round: {udp_lost})")
+    print(f"UDP  bare loop  {bare:>10,.0f} PDUs/s (sendto of each payload; most lost: {bare_lost})")
+    print(f"UDP  ratio      {ratio:>10.2f}  (goal: >= 0.50 and >= 50,000 PDUs/s)")
+    print(f"TLS  worker     {tls:>10,.0f} PDUs/s, in order, acknowledged (goal: >= 50,000)")
+    print(f"TLS  resume     {resume:>10.3f} s from a cut to the next envelope (goal: < 1 s)")
+    met = udp >= 50_000 and ratio >= 0.5 and tls >= 50_000 and resume < 1.0
+    print("goals: met" if met else "goals: NOT met")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""`mediate status`: what a running server is delivering, per warrant stream and endpoint.
+
+Asks the server over its control socket (``DATA_DIR/run/control.sock``;
+run it as the server's user). Needs no registry key: it shows handles,
+endpoint numbers and transports, counters and states, never an address
+(``mediate agency show`` says which endpoint is which, with the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from mediation.cli.common import add_data_dir
+
+HEADERS = (
+    "HANDLE",
+    "STREAM",
+    "AGENCY",
+    "ENDPOINT",
+    "APPENDED",
+    "DELIVERED",
+    "ACKED",
+    "LOST",
+    "BACKLOG",
+    "STATE",
+    "ERROR",
+)
+
+
+def _row(row: dict[str, Any]) -> list[Any]:
+    lost = row.get("lost")
+    if lost is not None and not row.get("exact", True):
+        lost = f"<={lost}"
+    return [
+        row["handle"],
+        row["stream"],
+        row["agency"],
+        f"{row['transport']}#{row['endpoint']}",
+        row["appended"],
+        row["delivered"],
+        row.get("acknowledged"),
+        lost,
+        row["backlog"],
+        row["state"],
+        row.get("last_error"),
+    ]
+
+
+def _summary(status: dict[str, Any]) -> list[str]:
+    lines = [f"server: pid {status.get('pid')}, since {status.get('started')}"]
+    ingest = status.get("ingest")
+    if ingest:
+        refused = {k: v for k, v in ingest.items() if k not in ("accepted", "notices") and v}
+        text = ", ".join(f"{k} {v}" for k, v in refused.items()) or "none"
+        lines.append(
+            f"ingest: accepted {ingest['accepted']}, notices {ingest['notices']}; refused: {text}"
+        )
+    if status.get("clock"):
+        lines.append(f"clock: {status['clock']}")
+    retrieval = status.get("retrieval")
+    if retrieval:
+        where = retrieval.get("listening") or f"off ({retrieval.get('error')})"
+        lines.append(
+            f"retrieval: {where}; connections {retrieval['connections']}, "
+            f"refused {retrieval['refused']}"
+        )
+    bad = {k: v for k, v in (status.get("storage") or {}).items() if v != "ok"}
+    lines += [f"storage: {k}: {v}" for k, v in sorted(bad.items())]
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mediation.cli.common import data_dir
+    from mediation.cli.warrants import print_table
+    from mediation.errors import UsageError
+    from mediation.server.control import ask
+
+    response, why_not = ask(data_dir(args), "status")
+    if response is None:
+        raise UsageError("status", (why_not or "no answer").removeprefix("server: ").split(";")[0])
+    if args.json:
+        print(json.dumps(response, indent=2, sort_keys=True))
+        return 0
+    for line in _summary(response):
+        print(line)
+    rows = response.get("delivery") or []
+    if not rows:
+        print("delivery: nothing (no active warrant with an agency endpoint)")
+        return 0
+    print_table(HEADERS, [_row(r) for r in rows])
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    summary = "what a running server delivers, per warrant stream and agency endpoint"
+    p = subparsers.add_parser("status", help=summary, description=summary)
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true", help="the server's whole answer as JSON")
+    p.set_defaults(func=cmd_status)

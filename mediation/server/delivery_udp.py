@@ -1,0 +1,283 @@
+"""Real-time delivery over UDP to one agency endpoint: sent as stored, loss counted.
+
+One UDP socket per endpoint, connected to its address: envelopes go out
+from it, and the agency's receiver reports come back to it (the agency
+answers the datagrams' source address; a connected socket takes datagrams
+from that address only). Per stream, a task is a cursor into the log that
+starts at the stream's end when delivery starts (UDP is real time; the
+history is what retrieval is for) and sends each record as one datagram
+through the stream's :class:`DatagramSender`. Reports are routed to their
+stream's sender, which turns them into the loss figure; an endpoint with
+no report for ``silent_after`` intervals is *silent*.
+
+The hot loop does one trio checkpoint per batch of records, not per
+datagram: the socket is non-blocking and only a full send buffer waits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import math
+import socket
+
+import trio
+
+from mediation import pdu
+from mediation.log import LogRecord, RecordsUnavailable, StreamLog
+from mediation.pdu import StreamId
+from mediation.protocol import (
+    DatagramSender,
+    EndpointResponsive,
+    EndpointSilent,
+    ProtocolError,
+    ReportReceived,
+    parse_datagram,
+)
+from mediation.protocol.envelope import record_envelope
+from mediation.server.config import DeliveryConfig
+from mediation.server.link import backoff_delays
+from mediation.server.status import EndpointRef, StatusRow
+from mediation.warrants.model import Endpoint
+
+log = logging.getLogger("mediation.server.delivery")
+# Bursts of a batch of full-size envelopes should not wait on the socket.
+SEND_BUFFER = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class _UdpStream:
+    sid: StreamId
+    log: StreamLog
+    sender: DatagramSender
+    start: int
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    oversize: int = 0
+
+
+class UdpWorker:
+    """Delivery to one UDP endpoint of one agency."""
+
+    transport = "udp"
+
+    def __init__(self, ref: EndpointRef, endpoint: Endpoint, config: DeliveryConfig) -> None:
+        self.ref = ref
+        self.endpoint = endpoint
+        self.config = config
+        self._streams: dict[StreamId, _UdpStream] = {}
+        self._sock: socket.socket | None = None
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self.state = "waiting"
+        self.last_error: str | None = None
+        self.send_errors = 0
+        self.bad_datagrams = 0
+
+    def set_streams(
+        self, streams: dict[StreamId, StreamLog], start_at: dict[StreamId, int] | None = None
+    ) -> None:
+        """Deliver exactly these streams.
+
+        Args:
+            streams: the streams, with their logs.
+            start_at: where a new stream starts; default its current end
+                (real time: the history is what retrieval is for).
+        """
+        for sid in list(self._streams):
+            if sid not in streams:
+                self._streams.pop(sid).scope.cancel()
+        for sid, stream in streams.items():
+            if sid not in self._streams:
+                sender = DatagramSender(
+                    sid,
+                    report_interval=self.config.report_interval,
+                    silent_after=self.config.silent_after,
+                )
+                # The position is taken now, not when the task first runs: a
+                # notice appended right after this call must not be skipped.
+                start = (start_at or {}).get(sid, stream.next_seq)
+                state = _UdpStream(sid, stream, sender, start)
+                self._streams[sid] = state
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._deliver, state)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the socket, deliver every stream, read reports; until cancelled."""
+        task_status.started()
+        self._sock = await self._open()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for state in self._streams.values():
+                    nursery.start_soon(self._deliver, state)
+                nursery.start_soon(self._reports)
+                nursery.start_soon(self._silence)
+        finally:
+            self._nursery = None
+            self._sock.close()
+
+    async def _open(self) -> socket.socket:
+        """A socket connected to the endpoint; retries while the name does not resolve."""
+        delays = backoff_delays(self.config.reconnect_min, self.config.reconnect_max)
+        while True:
+            try:
+                infos = await trio.socket.getaddrinfo(
+                    self.endpoint.host, self.endpoint.port, type=socket.SOCK_DGRAM
+                )
+                family, kind, proto, _name, address = infos[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+                sock.connect(address)
+                return sock
+            except OSError as exc:
+                self._error(exc)
+            await trio.sleep(delays(False))
+
+    async def _deliver(self, state: _UdpStream) -> None:
+        with state.scope:
+            cursor = state.log.cursor(state.start)
+            while True:
+                try:
+                    records = await cursor.read(self.config.batch)
+                except RecordsUnavailable as exc:  # retention overtook us: go on from there
+                    cursor.seek(exc.first_available)
+                    continue
+                first = state.sender.first_sent is None
+                await self._send_batch(state, records)
+                if first:
+                    self._wake.set()  # the silence clock starts with the first envelope
+
+    async def _send_batch(self, state: _UdpStream, records: list) -> None:
+        sock = self._sock
+        assert sock is not None
+        envelope, send = state.sender.envelope, sock.send
+        now = trio.current_time()
+        for record in records:
+            try:
+                data = envelope(record, now)
+            except ValueError:
+                self._oversize(state, record)
+                continue
+            while True:
+                try:
+                    send(data)
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError as exc:  # e.g. ECONNREFUSED from an earlier datagram
+                    self._error(exc)
+                    break
+
+    def _oversize(self, state: _UdpStream, record: LogRecord) -> None:
+        """A record whose envelope does not fit a datagram: skipped, fetch it by retrieval."""
+        state.oversize += 1
+        sender = state.sender
+        if sender.first_sent is None:
+            sender.first_sent = record.seq
+        sender.next_sequence = record.seq + 1
+        log.warning("%s: %s %d too large for UDP", self.ref.label, state.sid, record.seq)
+
+    def _error(self, exc: OSError) -> None:
+        self.send_errors += 1
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        if name != self.last_error:
+            log.warning("%s: %s", self.ref.label, name)
+        self.last_error = name
+
+    async def _reports(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # ICMP unreachable, reported on the next call
+                    self._error(exc)
+                    continue
+                self._report(data, trio.current_time())
+
+    def _report(self, data: bytes, now: float) -> None:
+        try:
+            message = parse_datagram(data)
+            if isinstance(message, pdu.UnknownDeliveryMessage):
+                return
+            if not isinstance(message, pdu.ReceiverReport):
+                raise ProtocolError(f"unexpected {type(message).__name__}")
+            state = self._streams.get(message.stream)
+            if state is None:
+                raise ProtocolError(f"report for {message.stream}, not delivered here")
+            events = state.sender.receive_report(message, now)
+        except ProtocolError as exc:
+            self.bad_datagrams += 1
+            log.debug("%s: datagram dropped: %s", self.ref.label, exc)
+            return
+        for event in events:
+            if isinstance(event, EndpointResponsive):
+                log.info("%s: reports again for %s", self.ref.label, event.stream)
+            elif isinstance(event, ReportReceived):
+                self.state = "receiving"
+        self._wake.set()
+
+    async def _silence(self) -> None:
+        while True:
+            deadlines = [
+                d for s in self._streams.values() if (d := s.sender.next_deadline()) is not None
+            ]
+            with trio.move_on_at(min(deadlines, default=math.inf)):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            now = trio.current_time()
+            for state in list(self._streams.values()):
+                for event in state.sender.tick(now):
+                    if isinstance(event, EndpointSilent):
+                        log.warning(
+                            "%s: silent (no receiver report for %s)", self.ref.label, event.stream
+                        )
+            if any(s.sender.silent for s in self._streams.values()):
+                self.state = "silent"
+
+    def deliver_from_memory(self, sid: StreamId, record: LogRecord) -> None:
+        """A held notice, sent at once (out of order is normal on UDP).
+
+        It bypasses the stream's sender: its loss figure counts the copy
+        that comes from the log later, when storage returns.
+        """
+        if sid not in self._streams or self._sock is None:
+            return
+        try:
+            self._sock.send(record_envelope(sid, record, redelivered=False))
+        except OSError as exc:
+            self._error(exc)
+
+    def rows(self) -> list[StatusRow]:
+        out = []
+        for sid, state in self._streams.items():
+            sender = state.sender
+            delivered = state.start if sender.next_sequence is None else sender.next_sequence
+            appended = state.log.next_seq
+            loss = sender.loss
+            out.append(
+                StatusRow(
+                    handle=sid.warrant_handle,
+                    stream=sid.kind.value,
+                    endpoint=self.ref,
+                    appended=appended,
+                    delivered=delivered,
+                    acknowledged=None,
+                    lost=loss.lost,
+                    backlog=max(0, appended - delivered),
+                    state="silent" if sender.silent else self.state,
+                    last_error=self.last_error,
+                    exact=loss.exact,
+                )
+            )
+        return out
+
+    def loss(self, sid: StreamId) -> object:
+        """The stream's :class:`LossCount` (tests and the status op)."""
+        return self._streams[sid].sender.loss

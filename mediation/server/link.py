@@ -1,0 +1,235 @@
+"""One TLS connection to an agency, driving a :class:`StreamSender`.
+
+The thin trio loops of docs/delivery-protocol.md ("Driving the machines"),
+shared by live TLS delivery (``delivery_tls``) and retrieval
+(``retrieval``):
+
+- **reader**: ``receive_some`` -> ``receive_data`` -> handle the events
+  (acks to the owner, replay requests to :meth:`Link.replay`) -> send
+  ``data_to_send()`` -> wake the timer task;
+- **timers**: sleep until ``next_deadline()`` or until woken, ``tick``,
+  send what it queued; a keepalive unanswered ends the link;
+- every write is one run of whole messages under one lock (an SSLStream
+  allows one ``send_all`` at a time, and messages must not interleave).
+
+Whatever ends the link (the peer closing, a reset, a protocol error, a
+timeout) is returned as one short reason for logs and the status, never
+an address.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+
+import trio
+
+from mediation.log import LogClosed, RecordsUnavailable, StreamLog
+from mediation.pdu import StreamId
+from mediation.protocol import (
+    AckReceived,
+    PeerTimedOut,
+    ProtocolError,
+    ReplayWanted,
+    StreamSender,
+)
+from mediation.protocol.events import Range
+
+log = logging.getLogger("mediation.server.delivery")
+AckHandler = Callable[[AckReceived], None]
+
+
+class LinkClosed(Exception):
+    """The link ended; ``str()`` is the reason (no addresses)."""
+
+
+class Link:
+    """A live connection: the stream, its machine, one write lock."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        sender: StreamSender,
+        logs: Mapping[StreamId, StreamLog],
+        label: str,
+        *,
+        batch: int = 256,
+        on_ack: AckHandler | None = None,
+    ) -> None:
+        self.stream = stream
+        self.sender = sender
+        self.logs = logs
+        self.label = label
+        self.batch = batch
+        self._on_ack = on_ack
+        self._lock = trio.Lock()
+        self._changed = trio.Event()
+        self.acked: dict[StreamId, trio.Event] = {sid: trio.Event() for sid in sender.streams}
+        self.replays = 0
+        self._nursery: trio.Nursery | None = None
+
+    async def write(self, data: bytes) -> None:
+        """Send whole messages (nothing if empty); one writer at a time."""
+        if not data:
+            return
+        async with self._lock:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise LinkClosed("connection lost") from None
+
+    def write_soon(self, data: bytes) -> None:
+        """Write from synchronous code: a task of this link sends ``data`` next."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._write_or_end, data)
+
+    async def _write_or_end(self, data: bytes) -> None:
+        try:
+            await self.write(data)
+        except LinkClosed:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+
+    async def run(self, *tasks: Callable[[Link], Awaitable[None]]) -> str:
+        """Run the reader, the timers and ``tasks`` until any of them ends the link.
+
+        Returns:
+            Why it ended: "closed by the agency", "connection lost",
+            "keepalive unanswered", "protocol error: ...".
+        """
+        reason = "closed"
+        async with trio.open_nursery() as nursery:
+
+            async def guarded(task: Callable[[Link], Awaitable[None]]) -> None:
+                nonlocal reason
+                try:
+                    await task(self)
+                except LinkClosed as exc:
+                    reason = str(exc)
+                except LogClosed:
+                    reason = "server stopping"
+                nursery.cancel_scope.cancel()
+
+            self._nursery = nursery
+            for task in (Link._reader, Link._timers, *tasks):
+                nursery.start_soon(guarded, task)
+        return reason
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise LinkClosed("connection lost") from None
+            if not data:
+                raise LinkClosed("closed by the agency")
+            now = trio.current_time()
+            try:
+                events = self.sender.receive_data(data, now)
+            except ProtocolError as exc:
+                # The message names streams by handle only; it is the agency's mistake.
+                log.warning("%s: protocol error: %s", self.label, exc)
+                raise LinkClosed(f"protocol error: {exc}") from None
+            for event in events:
+                if isinstance(event, AckReceived):
+                    self._ack(event)
+                elif isinstance(event, ReplayWanted) and self._nursery is not None:
+                    self._nursery.start_soon(self._replay_guarded, event)
+            await self.write(self.sender.data_to_send())
+            self._changed.set()
+
+    def _ack(self, event: AckReceived) -> None:
+        if self._on_ack is not None:
+            self._on_ack(event)
+        waiter = self.acked.get(event.stream)
+        if waiter is not None:
+            waiter.set()
+            self.acked[event.stream] = trio.Event()
+
+    async def _timers(self) -> None:
+        while (deadline := self.sender.next_deadline()) is not None:
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            now = trio.current_time()
+            events = self.sender.tick(now)
+            await self.write(self.sender.data_to_send())
+            if any(isinstance(e, PeerTimedOut) for e in events):
+                raise LinkClosed("keepalive unanswered")
+        raise LinkClosed("connection finished")
+
+    async def wait_ack(self, stream: StreamId) -> None:
+        """Return at the next acknowledgement of ``stream``."""
+        await self.acked[stream].wait()
+
+    async def _replay_guarded(self, wanted: ReplayWanted) -> None:
+        try:
+            await self.replay(wanted)
+        except LinkClosed:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+
+    async def replay(self, wanted: ReplayWanted) -> None:
+        """Answer one replay request from the log: its envelopes, then the result."""
+        self.replays += 1
+        stream = self.logs[wanted.stream]
+        unavailable: list[Range] = []
+        reasons: set[str] = set()
+        for first, last in wanted.ranges:
+            low, high = stream.first_seq, stream.durable_seq
+            if first < low:
+                unavailable.append((first, min(last, low - 1)))
+                reasons.add("past retention")
+            if last > high:
+                unavailable.append((max(first, high + 1), last))
+                reasons.add("not stored")
+            start, stop = max(first, low), min(last, high)
+            if start <= stop:
+                gone = await self._replay_range(wanted.request_id, stream, start, stop)
+                if gone is not None:
+                    unavailable.append(gone)
+                    reasons.add("past retention")
+        reason = ", ".join(sorted(reasons)) or None
+        await self.write(self.sender.finish_replay(wanted.request_id, None, unavailable, reason))
+
+    async def _replay_range(
+        self, request_id: int, stream: StreamLog, start: int, stop: int
+    ) -> Range | None:
+        """Send ``start..stop`` (all durable); the part retention removed meanwhile, if any."""
+        cursor = stream.cursor(start)
+        position = start
+        while position <= stop:
+            try:
+                records = await cursor.read(min(self.batch, stop - position + 1))
+            except RecordsUnavailable:
+                return (position, stop)
+            out = []
+            for record in records:
+                if record.seq > stop:
+                    break
+                out.append(self.sender.replay_envelope(request_id, record))
+                position = record.seq + 1
+            await self.write(b"".join(out))
+        return None
+
+
+async def close_quietly(stream: trio.abc.AsyncResource) -> None:
+    """Close without waiting on a peer that may be gone (no TLS close_notify wait)."""
+    with trio.CancelScope(shield=True):
+        await trio.aclose_forcefully(stream)
+
+
+def backoff_delays(first: float, cap: float) -> Callable[[bool], float]:
+    """A doubling delay: call with True after a good connection to start over."""
+    delay = first
+
+    def next_delay(reset: bool) -> float:
+        nonlocal delay
+        if reset:
+            delay = first
+        current = delay
+        delay = min(cap, delay * 2) if math.isfinite(delay) else cap
+        return current
+
+    return next_delay

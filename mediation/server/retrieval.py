@@ -1,0 +1,129 @@
+"""Retrieval: an agency connects over TLS and fetches the ranges it missed.
+
+The server listens (``[retrieval] listen``, default ``127.0.0.1:37001``)
+with its own identity and *requires* a client certificate: the agency
+presents its receiver's certificate, which must chain to a CA registered
+for one of the agency's TLS endpoints, or be pinned by fingerprint (see
+``tls.AgencyTrust``). The certificate is mapped to exactly one agency; a
+certificate that maps to none or to several gets nothing.
+
+The connection is a stream connection that only replays: a
+:class:`StreamSender` over that agency's streams and nothing else, so a
+``replayRequest`` for any other warrant is a protocol error and the
+connection is closed without a byte of the other warrant (logged by
+handle). Each request is answered from the log by cursor seek, every
+envelope marked ``redelivered``, then a ``replayResult`` naming the
+ranges that cannot be sent (past retention, or not stored).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from mediation.log import StreamLog
+from mediation.pdu import StreamId
+from mediation.protocol import StreamSender
+from mediation.server.config import DeliveryConfig
+from mediation.server.link import Link, close_quietly
+from mediation.server.tls import AgencyTrust
+
+log = logging.getLogger("mediation.server.retrieval")
+HANDSHAKE_TIMEOUT = 10.0
+StreamsOf = Callable[[str], dict[StreamId, StreamLog]]
+
+
+class RetrievalService:
+    """The TLS listener for replay requests."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        trust: AgencyTrust,
+        streams_of: StreamsOf,
+        config: DeliveryConfig,
+    ) -> None:
+        self._address = address
+        self._trust = trust
+        self._streams_of = streams_of
+        self.config = config
+        self.listening: tuple[str, int] | None = None
+        self.error: str | None = None
+        self.connections = 0
+        self.refused = 0
+        self.replays = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled.
+
+        A listen address that cannot be bound is logged and reported in the
+        status, and the server carries on without retrieval: live delivery
+        does not depend on it.
+        """
+        host, port = self._address
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            self.error = exc.strerror or type(exc).__name__
+            log.error(
+                "retrieval: cannot listen on %s:%d: %s; retrieval is off", host, port, self.error
+            )
+            task_status.started()
+            return
+        sockname = listeners[0].socket.getsockname()
+        self.listening = (sockname[0], sockname[1])
+        log.info(
+            "retrieval: listening on %s:%d (TLS, client certificate required)", *self.listening
+        )
+        task_status.started()
+        await trio.serve_listeners(self._serve, listeners)
+
+    async def _serve(self, tcp: trio.SocketStream) -> None:
+        stream = trio.SSLStream(tcp, self._trust.context(), server_side=True)
+        try:
+            agency = await self._identify(stream)
+            if agency is not None:
+                await self._replay_for(agency, stream)
+        finally:
+            await close_quietly(stream)
+
+    async def _identify(self, stream: trio.SSLStream) -> str | None:
+        """The agency whose certificate the client presented, or None (refused)."""
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError):
+            return self._refuse("no acceptable certificate")
+        der = stream.getpeercert(binary_form=True)
+        owners = self._trust.agencies_for(der) if der else []
+        if len(owners) != 1:
+            why = "certificate of several agencies" if owners else "certificate of no agency"
+            return self._refuse(why)
+        return owners[0]
+
+    def _refuse(self, why: str) -> None:
+        self.refused += 1
+        log.warning("retrieval: client refused (%s)", why)
+        return None
+
+    async def _replay_for(self, agency: str, stream: trio.SSLStream) -> None:
+        streams = self._streams_of(agency)
+        self.connections += 1
+        # Positions at the end of what is stored: nothing is sent live here,
+        # and an agency's acks up to there are accepted (and ignored).
+        positions = {sid: s.durable_seq + 1 for sid, s in streams.items()}
+        sender = StreamSender(
+            positions,
+            sent_before=positions,
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_timeout=self.config.keepalive_timeout,
+        )
+        sender.resume(trio.current_time())
+        label = f"retrieval for agency {agency}"
+        log.info("%s: connected (%d streams)", label, len(streams))
+        link = Link(stream, sender, streams, label, batch=self.config.batch)
+        reason = await link.run()
+        self.replays += link.replays
+        log.info("%s: %d requests answered; ended (%s)", label, link.replays, reason)
