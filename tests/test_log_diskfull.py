@@ -7,12 +7,12 @@ Runs on a 1 MiB tmpfs mounted for the test (needs root); it is grown with
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
+from tmpfs_support import mount, small_tmpfs
 
 from mediation import pdu as P
 from mediation.log import (
@@ -30,23 +30,10 @@ from mediation.log.keys import public_key_path
 HANDLE = "w-d15cf1"
 
 
-def _mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    point = tmp_path / "disk"
-    point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = _mount("-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(point))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "1m") as point:
         yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=False, timeout=30)
 
 
 async def _durable_or_refused(stream: StreamLog, appended: Appended) -> bool:
@@ -95,7 +82,7 @@ async def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk: P
             await stream.append(payload, ContentKind.CMCC)
         assert stream.state.refused == 2
         # Space comes back: the writer retries by itself and the stream is healthy again.
-        grown = _mount("-o", "remount,size=8m", str(small_disk))
+        grown = mount("-o", "remount,size=8m", str(small_disk))
         assert grown.returncode == 0, grown.stderr
         with trio.fail_after(30):
             restored = await stream.wait_state_change(state)

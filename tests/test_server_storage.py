@@ -6,8 +6,6 @@ Runs the server's data directory on a small tmpfs mounted for the test
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 import trio
 from delivery_agency import UdpAgency
 from delivery_support import Site, cc_pdu, fast_config, udp_endpoint, wait_until
+from tmpfs_support import mount, small_tmpfs
 
 from mediation import pdu as P
 from mediation.log import ContentKind, LogConfig, LogRecord, StreamLog
@@ -24,23 +23,10 @@ from mediation.server.config import ServerConfig
 E = P.CompletenessEvent
 
 
-def _mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    point = tmp_path / "disk"
-    point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = _mount("-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(point))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "2m") as point:
         yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=False, timeout=30)
 
 
 def notices(envelopes: list[P.Envelope]) -> list[P.Envelope]:
@@ -112,7 +98,7 @@ async def test_storage_unavailable_reaches_the_agency_and_the_log_keeps_its_numb
             early = next(n for n in notices(udp.envelopes) if "cmII" in (n.content.detail or ""))
             assert server.intake.counters.unable_to_store == refused
 
-            grown = _mount("-o", "remount,size=64m", str(small_disk))
+            grown = mount("-o", "remount,size=64m", str(small_disk))
             assert grown.returncode == 0, grown.stderr
             await wait_until(lambda: all(s.state.healthy for s in server.intake.streams.values()))
             await wait_until(lambda: server.intake.held(warrant.handle) == 0)
