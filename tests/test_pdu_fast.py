@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 
 from mediation import pdu as P
 from mediation.pdu import codec, fast, fast_cc, fast_envelope
-from mediation.pdu.convert import to_asn1
-from mediation.pdu.schema import compiled
+from mediation.pdu.codec import encode_notice
 
 KINDS = ["cmII", "cmCC", "notice"]
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -43,7 +42,7 @@ def no_fallback() -> Iterator[None]:
 def reference_content_der(content: object) -> bytes:
     """The reference codec's standalone DER of an envelope's content."""
     if isinstance(content, P.CompletenessNotice):
-        return compiled().encode("CompletenessNotice", to_asn1(content))
+        return encode_notice(content)
     return P.encode(content)
 
 

@@ -6,8 +6,7 @@ import datetime as dt
 import functools
 
 from mediation import pdu as P
-from mediation.pdu.convert import to_asn1
-from mediation.pdu.schema import compiled
+from mediation.pdu.codec import encode_notice
 from mediation.protocol import ContentKind, StoredRecord
 
 T = dt.datetime(2026, 11, 23, 0, 11, 0, 500000, tzinfo=dt.UTC)
@@ -32,7 +31,7 @@ def cc_der(payload: int = 20) -> bytes:
 @functools.cache
 def notice_der() -> bytes:
     notice = P.CompletenessNotice(P.CompletenessEvent.TAP_LOST, T, source="tap-1")
-    return compiled().encode("CompletenessNotice", to_asn1(notice))
+    return encode_notice(notice)
 
 
 def record(

@@ -51,7 +51,9 @@ from mediation.pdu.codec import (
     decode_cc,
     decode_cmii,
     decode_delivery,
+    decode_notice,
     encode,
+    encode_notice,
     iter_pdus,
     kind_of,
 )
@@ -136,7 +138,9 @@ __all__ = [
     "decode_cc",
     "decode_cmii",
     "decode_delivery",
+    "decode_notice",
     "encode",
+    "encode_notice",
     "iter_pdus",
     "kind_of",
 ]

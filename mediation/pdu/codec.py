@@ -176,6 +176,23 @@ def decode_delivery(data: bytes) -> dlv.DeliveryMessage:
     return _typed(from_asn1, dlv.DELIVERY_ALTERNATIVES[alternative], inner)
 
 
+NOTICE = "CompletenessNotice"
+
+
+def encode_notice(notice: dlv.CompletenessNotice) -> bytes:
+    """DER of a standalone ``CompletenessNotice``, as the evidence log stores it.
+
+    Raises:
+        PDUError: the record breaks a constraint of the schema.
+    """
+    return _asn1_encode(NOTICE, to_asn1(notice))
+
+
+def decode_notice(data: bytes) -> dlv.CompletenessNotice:
+    """Decode one standalone ``CompletenessNotice`` (exactly, no trailing bytes)."""
+    return _typed(from_asn1, dlv.CompletenessNotice, _asn1_decode(NOTICE, data))
+
+
 def kind_of(data: bytes) -> str:
     """Which top-level type a PDU is, from its first tags.
 

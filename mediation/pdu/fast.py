@@ -30,7 +30,7 @@ from typing import NamedTuple
 from mediation.pdu import codec
 from mediation.pdu.cmcc import CCApdu
 from mediation.pdu.cmii import CmIIMessage
-from mediation.pdu.convert import from_asn1, to_asn1, utc
+from mediation.pdu.convert import utc
 from mediation.pdu.delivery import (
     MAX_SEQUENCE,
     ClockStatus,
@@ -142,7 +142,7 @@ def encode_content(content: EnvelopeContent) -> tuple[str, bytes]:
     if isinstance(content, CmIIMessage):
         return CMII, codec.encode(content)
     if isinstance(content, CompletenessNotice):
-        return NOTICE, codec._asn1_encode("CompletenessNotice", to_asn1(content))
+        return NOTICE, codec.encode_notice(content)
     raise PDUError(f"content: cannot carry a {type(content).__name__}")
 
 
@@ -253,8 +253,7 @@ def _reference_content(kind: str, der: bytes, base: int) -> EnvelopeContent:
     try:
         if kind == CMII:
             return codec.decode_cmii(der)
-        value = codec._asn1_decode("CompletenessNotice", der)
-        return codec._typed(from_asn1, CompletenessNotice, value)
+        return codec.decode_notice(der)
     except PDUError as exc:
         raise PDUError(exc.message, base + (exc.offset or 0)) from None
 
