@@ -130,11 +130,13 @@ async def test_server_starts_and_ends_windows_on_its_clock(
     states = []
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
-        for _ in range(12):
+        for second in range(12):
             response = await ask(path, {"op": "status"})
             assert response is not None
             states.append(response["warrants"][warrant.handle]["state"])
             mock_clock.jump(1)  # one second passes, exactly; the server ticks
-            await trio.testing.wait_all_tasks_blocked()
+            # Wait for that tick to have applied, not merely for trio to look idle:
+            # opening or closing streams runs in threads, which count as blocked.
+            await server.wait_ticks(second + 1)
         nursery.cancel_scope.cancel()
     assert states == ["pending"] * 5 + ["active"] * 5 + ["expired"] * 2

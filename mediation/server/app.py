@@ -75,6 +75,8 @@ class MediationServer:
         self._clock_reader = clock_reader
         self._tty = tty
         self._reload_lock = trio.Lock()
+        self.ticks = 0  # window checks completed, for whoever must wait on one
+        self._ticked = trio.Event()
         self.started = clock()
         self.taps_connected: set[str] = set()
         self._owners: dict[str, str] = {}  # warrant handle -> agency handle, ever seen
@@ -321,6 +323,14 @@ class MediationServer:
             await trio.sleep(TICK_SECONDS)
             async with self._reload_lock:
                 await self.on_change(self.table.tick(self._clock()), full=False)
+            self.ticks += 1
+            self._ticked.set()
+            self._ticked = trio.Event()
+
+    async def wait_ticks(self, count: int) -> None:
+        """Return once ``count`` window checks have completed (and applied)."""
+        while self.ticks < count:
+            await self._ticked.wait()
 
     async def _poll_registry(self) -> None:
         """Each second, reload if the registry changed and nobody told us."""
