@@ -8,13 +8,14 @@ pduEnvelope (the per-packet PDU), measures PDUs/s of:
 - the reference codec, :mod:`mediation.pdu.codec` (records <-> bytes
   through asn1tools' ``der`` codec), against the hot path,
   :mod:`mediation.pdu.fast`, for encode and for decode;
-- for information, asn1tools alone on the plain dicts it takes and gives
-  (no records), which is what the reference codec spends most time in.
+- asn1tools alone on the plain dicts it takes and gives (no records),
+  which is what the reference codec spends most time in.
 
-Each figure is the best of ``--rounds`` rounds, the two codecs alternating
+Each figure is the best of ``--rounds`` rounds, the codecs alternating
 within a round, since the machine is shared. Every PDU is checked
-byte-identical between the codecs first. Exits 1 if a hot/reference ratio
-is below 5.
+byte-identical between the codecs first. Exits 1 if the hot path is below
+5 times either of them (the goal: at least 5 times asn1tools, for encode
+and for decode).
 """
 
 from __future__ import annotations
@@ -138,17 +139,20 @@ def main() -> int:
         for op, rates in (("encode", encode), ("decode", decode)):
             ratio = rates["hot"] / rates["ref"]
             bare_ratio = rates["hot"] / rates["bare"]
-            flag = "" if ratio >= MIN_RATIO else "  <-- below 5x"
+            flag = "" if min(ratio, bare_ratio) >= MIN_RATIO else "  <-- below 5x"
             print(
                 f"{size:>7} {op:<6} {rates['ref']:>16,.0f} {rates['hot']:>15,.0f} "
                 f"{ratio:>6.1f}x   {rates['bare']:>15,.0f} {bare_ratio:>5.1f}x{flag}"
             )
-            if ratio < MIN_RATIO:
-                failures.append(f"{op} of {size}-byte payloads: {ratio:.1f}x")
+            if min(ratio, bare_ratio) < MIN_RATIO:
+                failures.append(f"{op} of {size}-byte payloads: {ratio:.1f}x, {bare_ratio:.1f}x")
     if failures:
-        print(f"FAIL: hot path below {MIN_RATIO:.0f}x the reference codec: " + "; ".join(failures))
+        print(f"FAIL: hot path below {MIN_RATIO:.0f}x: " + "; ".join(failures))
         return 1
-    print(f"OK: hot path at least {MIN_RATIO:.0f}x the reference codec for encode and decode")
+    print(
+        f"OK: hot path at least {MIN_RATIO:.0f}x the reference codec and asn1tools alone, "
+        "for encode and decode"
+    )
     return 0
 
 

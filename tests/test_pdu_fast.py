@@ -110,6 +110,10 @@ def test_decode_cc_equals_reference(apdu: P.CCApdu) -> None:
     data = P.encode(apdu)
     decoded = fast.decode_cc(data)
     assert decoded == P.decode(data) == apdu
+    # Built without __init__: exactly the fields __init__ would have set.
+    assert vars(decoded).keys() == vars(apdu).keys()
+    if apdu.header is not None:
+        assert vars(decoded.header) == vars(apdu.header)
     assert type(decoded.payload) is bytes
     assert fast.decode_cc(bytearray(data)) == decoded
     assert fast.decode_cc(memoryview(data)) == decoded
@@ -123,6 +127,7 @@ def test_decode_envelope_equals_reference(kind: str) -> None:
         encoded = P.encode(envelope)
         decoded = fast.decode_envelope(encoded)
         assert decoded == P.decode(encoded) == envelope
+        assert vars(decoded).keys() == vars(envelope).keys()  # built without __init__
         assert type(decoded.content) is type(envelope.content)
         assert fast.decode(encoded) == decoded
 

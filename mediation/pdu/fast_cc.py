@@ -23,7 +23,6 @@ from mediation.pdu.fast_der import (
     read_integer,
     read_time,
     tlv,
-    trusted,
 )
 
 # Bounded caches: one entry per live stream; cleared whole when full, which
@@ -71,9 +70,18 @@ def content_identifier_tlv(cid: ContentIdentifier) -> bytes:
     raise Unsupported
 
 
+# The last correlation information encoded, checked by identity first (a tap
+# reuses one record per stream, and hashing it costs 0.17 us).
+_LAST_INFO: list = [None, b""]
+
+
 def _info_tlv(info: CorrelationInfo) -> bytes:
+    last = _LAST_INFO
+    if info is last[0]:
+        return last[1]
     cached = _INFO_BYTES.get(info)
     if cached is not None:
+        last[0], last[1] = info, cached
         return cached
     body = b""
     if info.case_id is not None:
@@ -86,6 +94,7 @@ def _info_tlv(info: CorrelationInfo) -> bytes:
     if len(_INFO_BYTES) >= CACHE_LIMIT:
         _INFO_BYTES.clear()
     _INFO_BYTES[info] = encoded
+    last[0], last[1] = info, encoded
     return encoded
 
 
@@ -175,7 +184,13 @@ def _correlation_info(data: bytes, pos: int, end: int) -> CorrelationInfo:
 
 
 def _header(data: bytes, pos: int, end: int) -> CCDeliveryHeader:
-    start, stop = expect(data, pos, end, 0xA0, "correlationInfo")
+    # Fields are read inline when they have the expected tag and a short-form
+    # length that fits, as in fast_envelope.read_envelope; else by expect().
+    if end - pos > 1 and data[pos] == 0xA0 and (n := data[pos + 1]) < 0x80 and pos + 2 + n <= end:
+        start = pos + 2
+        stop = start + n
+    else:
+        start, stop = expect(data, pos, end, 0xA0, "correlationInfo")
     raw = data[start:stop]
     info = _INFO_RECORDS.get(raw)
     if info is None:
@@ -193,23 +208,41 @@ def _header(data: bytes, pos: int, end: int) -> CCDeliveryHeader:
     pos = stop
     time_stamp = direction = sequence = None
     if pos < end and data[pos] == 0x81:
-        start, pos = expect(data, pos, end, 0x81, "timeStamp")
+        if end - pos > 1 and (n := data[pos + 1]) < 0x80 and pos + 2 + n <= end:
+            start = pos + 2
+            pos = start + n
+        else:
+            start, pos = expect(data, pos, end, 0x81, "timeStamp")
         time_stamp = read_time(data, start, pos, "timeStamp")
     if pos < end and data[pos] == 0x82:
-        start, pos = expect(data, pos, end, 0x82, "packetDirection")
-        direction = _DIRECTION_OF.get(read_integer(data, start, pos, "packetDirection"))
+        if end - pos > 2 and data[pos + 1] == 1:
+            start = pos + 2
+            pos += 3
+            direction = _DIRECTION_OF.get(data[start])
+        else:
+            start, pos = expect(data, pos, end, 0x82, "packetDirection")
+            direction = _DIRECTION_OF.get(read_integer(data, start, pos, "packetDirection"))
         if direction is None:
             raise PDUError("packetDirection: unknown value", start)
     if pos < end and data[pos] == 0x83:
-        start, pos = expect(data, pos, end, 0x83, "sequenceNumber")
+        if end - pos > 1 and (n := data[pos + 1]) < 0x80 and pos + 2 + n <= end:
+            start = pos + 2
+            pos = start + n
+        else:
+            start, pos = expect(data, pos, end, 0x83, "sequenceNumber")
         sequence = read_integer(data, start, pos, "sequenceNumber")
     if pos != end:
         raise PDUError("ccDeliveryHeader: unexpected field", pos)
     # read_time gives aware UTC: all CCDeliveryHeader.__post_init__ would check.
-    return trusted(CCDeliveryHeader, _HEADER_FIELDS, (info, time_stamp, direction, sequence))
-
-
-_HEADER_FIELDS = ("correlation_info", "time_stamp", "packet_direction", "sequence_number")
+    # Built without __post_init__ (see fast.decode_envelope): every field is
+    # already checked.
+    header = _NEW(CCDeliveryHeader)
+    fields = header.__dict__
+    fields["correlation_info"] = info
+    fields["time_stamp"] = time_stamp
+    fields["packet_direction"] = direction
+    fields["sequence_number"] = sequence
+    return header
 
 
 def read_cc(data: bytes, pos: int, end: int) -> CCApdu:
@@ -228,9 +261,21 @@ def read_cc(data: bytes, pos: int, end: int) -> CCApdu:
     """
     header = None
     if pos < end and data[pos] == 0xA0:
-        start, pos = expect(data, pos, end, 0xA0, "ccDeliveryHeader")
+        if end - pos > 1 and (n := data[pos + 1]) < 0x80 and pos + 2 + n <= end:
+            start = pos + 2
+            pos = start + n
+        else:
+            start, pos = expect(data, pos, end, 0xA0, "ccDeliveryHeader")
         header = _header(data, start, pos)
     start, stop = expect(data, pos, end, 0x81, "payload")
     if stop != end:
         raise PDUError("IAS-CC-APDU: unexpected data after the payload", stop)
-    return CCApdu(data[start:stop], header)
+    # The payload is bytes and the header checked: all CCApdu.__post_init__ would do.
+    apdu = _NEW(CCApdu)
+    fields = apdu.__dict__
+    fields["payload"] = data[start:stop]
+    fields["header"] = header
+    return apdu
+
+
+_NEW = object.__new__

@@ -342,7 +342,11 @@ def read_time(data: bytes, start: int, stop: int, what: str) -> dt.datetime:
     n = stop - start
     if n < 15 or n > 22 or data[stop - 1] != 0x5A:
         raise PDUError(f"{what}: not a DER GeneralizedTime", start)
-    year, month, day, hour, minute, second = _seconds(data[start : start + 14], start, what)
+    digits = data[start : start + 14]
+    parts = _SECONDS.get(digits)  # _seconds()'s cache, looked up inline (hot path)
+    if parts is None:
+        parts = _seconds(digits, start, what)
+    year, month, day, hour, minute, second = parts
     if n == 15:
         return dt.datetime(year, month, day, hour, minute, second, 0, UTC)
     fraction = data[start + 15 : stop - 1]
@@ -372,20 +376,3 @@ def read_boolean(data: bytes, start: int, stop: int, what: str) -> bool:
         raise PDUError(f"{what}: not a DER BOOLEAN", start)
     return data[start] == 0xFF
 
-
-_NEW = object.__new__
-
-
-def trusted(cls: type, fields: tuple[str, ...], values: tuple) -> object:
-    """Build a frozen record without its ``__post_init__`` checks.
-
-    Only for values a reader here has already checked against every
-    invariant the record's ``__post_init__`` enforces (ranges, aware UTC
-    times, stream kind): the checks cost about 1.2 us of a 7 us envelope
-    decode, measured, and would only repeat the reader's work.
-    """
-    record = _NEW(cls)
-    # Records are plain (not slotted) frozen dataclasses: filling the
-    # instance dict is what their generated __init__ does, minus the checks.
-    record.__dict__.update(zip(fields, values, strict=True))
-    return record

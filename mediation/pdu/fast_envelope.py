@@ -14,6 +14,7 @@ from mediation.pdu.delivery import MAX_SEQUENCE, ClockStatus, StreamId, StreamKi
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import CACHE_LIMIT
 from mediation.pdu.fast_der import (
+    _LENGTHS,
     expect,
     generalized_time,
     integer,
@@ -58,7 +59,15 @@ _STREAM_BYTES: dict[StreamId, bytes] = {}
 _STREAM_RECORDS: dict[bytes, StreamId] = {}
 
 
+# The last stream encoded, checked by identity first: a sender encodes one
+# stream's envelopes in a row, and hashing a StreamId costs 0.15 us.
+_LAST_STREAM: list = [None, b""]
+
+
 def _stream_tlv(stream: StreamId) -> bytes:
+    last = _LAST_STREAM
+    if stream is last[0]:
+        return last[1]
     cached = _STREAM_BYTES.get(stream)
     if cached is None:
         body = tlv(b"\x80", stream.warrant_handle.encode("ascii")) + _KIND_TLV[stream.kind]
@@ -66,6 +75,7 @@ def _stream_tlv(stream: StreamId) -> bytes:
         if len(_STREAM_BYTES) >= CACHE_LIMIT:
             _STREAM_BYTES.clear()
         _STREAM_BYTES[stream] = cached
+    last[0], last[1] = stream, cached
     return cached
 
 
@@ -103,10 +113,10 @@ def frame(
         (
             _stream_tlv(stream),
             b"\x81",
-            length(len(sequence)),
+            _LENGTHS[len(sequence)],  # both short: no length() call
             sequence,
             b"\x82",
-            length(len(time)),
+            _LENGTHS[len(time)],
             time,
             _CLOCK_TLV[clock_status],
             _REDELIVERED_TLV if redelivered else b"",
@@ -169,7 +179,15 @@ def read_envelope(data: bytes) -> EnvelopeFields:
     pos, end = expect(data, 0, size, 0xA0, "pduEnvelope")
     if end != size:
         raise PDUError(f"pduEnvelope: {size - end} bytes after the PDU", end)
-    start, pos = expect(data, pos, end, 0xA0, "stream")
+    # Each field below is read inline when it has its expected tag and a
+    # short-form length that fits (a sufficient condition for it to be
+    # valid); anything else goes through expect(), which names the fault.
+    # A call costs about 0.2 us here, and a decode makes thirteen.
+    if end - pos > 1 and data[pos] == 0xA0 and (n := data[pos + 1]) < 0x80 and pos + 2 + n <= end:
+        start = pos + 2
+        pos = start + n
+    else:
+        start, pos = expect(data, pos, end, 0xA0, "stream")
     raw = data[start:pos]
     stream = _STREAM_RECORDS.get(raw)
     if stream is None:
@@ -177,23 +195,37 @@ def read_envelope(data: bytes) -> EnvelopeFields:
         if len(_STREAM_RECORDS) >= CACHE_LIMIT:
             _STREAM_RECORDS.clear()
         _STREAM_RECORDS[raw] = stream
-    start, pos = expect(data, pos, end, 0x81, "sequenceNumber")
+    if end - pos > 1 and data[pos] == 0x81 and (n := data[pos + 1]) < 0x80 and pos + 2 + n <= end:
+        start = pos + 2
+        pos = start + n
+    else:
+        start, pos = expect(data, pos, end, 0x81, "sequenceNumber")
     sequence = read_integer(data, start, pos, "sequenceNumber")
     if not 0 <= sequence <= MAX_SEQUENCE:
         raise PDUError(f"sequenceNumber: {sequence} is out of range", start)
-    start, pos = expect(data, pos, end, 0x82, "mediationTime")
+    if end - pos > 1 and data[pos] == 0x82 and (n := data[pos + 1]) < 0x80 and pos + 2 + n <= end:
+        start = pos + 2
+        pos = start + n
+    else:
+        start, pos = expect(data, pos, end, 0x82, "mediationTime")
     time = read_time(data, start, pos, "mediationTime")
     clock = None
     if pos < end and data[pos] == 0x83:
-        start, pos = expect(data, pos, end, 0x83, "clockStatus")
+        if end - pos > 2 and data[pos + 1] == 1 and data[pos + 2] < 0x80:
+            value = data[pos + 2]
+            pos += 3
+        else:
+            start, pos = expect(data, pos, end, 0x83, "clockStatus")
+            value = read_integer(data, start, pos, "clockStatus")
         # Extensible: a later version's status reads as "not given", as in the reference.
-        clock = _CLOCK_OF.get(read_integer(data, start, pos, "clockStatus"))
+        clock = _CLOCK_OF.get(value)
     redelivered = False
     if pos < end and data[pos] == 0x84:
         start, pos = expect(data, pos, end, 0x84, "redelivered")
         redelivered = read_boolean(data, start, pos, "redelivered")
     content, stop = expect(data, pos, end, 0xA5, "content")
-    _skip_extensions(data, stop, end, 5, "pduEnvelope")
+    if stop != end:
+        _skip_extensions(data, stop, end, 5, "pduEnvelope")
     kind = TAG_KIND.get(data[content]) if content < stop else None
     if kind is None:
         raise PDUError("content: an alternative unknown to this version", content)
