@@ -10,7 +10,13 @@
    with exactly those batch sizes.
 3. Prints records/s of each and the ratio (goal: log >= 60 % of bare), best
    of ``--rounds`` alternating rounds, since the machine is shared.
-4. Reads the records back through a cursor from memory (goal: >= 500,000
+4. For scale, on the same batches: the floor of any log in Python that
+   keeps the issue's hash chain, a loop that only copies each record into
+   the batch and chains it (SHA-256 over the previous value and the
+   record), then writes and syncs; and the ceiling the chain alone sets,
+   bare / (bare + chain step), for a log that hashes on the core it writes
+   from.
+5. Reads the records back through a cursor from memory (goal: >= 500,000
    records/s), in batches and one at a time.
 
 ``--sweep`` also tries other commit sizes and intervals, and measures the
@@ -21,6 +27,7 @@ interval: the figures behind the defaults in ``mediation/log/config.py``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import statistics
@@ -74,6 +81,44 @@ def bare_run(base: Path, batches: list[int], size: int) -> float:
         os.close(fd)
         os.unlink(name)
     return sum(batches) / elapsed
+
+
+def floor_run(base: Path, batches: list[int], size: int) -> float:
+    """Records/s of a loop that only copies and chains each record, then writes and syncs."""
+    fd, name = tempfile.mkstemp(dir=base)
+    payload, meta, sha256 = os.urandom(size), bytes(24), hashlib.sha256
+    chain = bytes(32)
+    try:
+        start = time.perf_counter()
+        for n in batches:
+            batch = bytearray()
+            for _ in range(n):
+                batch += meta
+                batch += payload
+                h = sha256(chain)
+                h.update(meta)
+                h.update(payload)
+                chain = h.digest()
+            os.write(fd, batch)
+            os.fdatasync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return sum(batches) / elapsed
+
+
+def chain_step_us(size: int, count: int = 50_000) -> float:
+    """Microseconds of one chain step alone: SHA-256 over the previous value and a record."""
+    payload, meta, sha256 = os.urandom(size), bytes(24), hashlib.sha256
+    chain = bytes(32)
+    start = time.perf_counter()
+    for _ in range(count):
+        h = sha256(chain)
+        h.update(meta)
+        h.update(payload)
+        chain = h.digest()
+    return (time.perf_counter() - start) / count * 1e6
 
 
 async def read_rates(base: Path, records: int, size: int) -> tuple[float, float]:
@@ -151,18 +196,30 @@ async def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-log-", dir=args.dir or Path.cwd()))
     try:
-        logs, bares, all_batches = [], [], []
+        logs, bares, floors, all_batches = [], [], [], []
         for _ in range(args.rounds):
             rate, batches = await log_run(base, args.records, args.size, LogConfig())
             logs.append(rate)
             bares.append(bare_run(base, batches, args.size))
+            floors.append(floor_run(base, batches, args.size))
             all_batches.extend(batches)
-        log_best, bare_best = max(logs), max(bares)
+        log_best, bare_best, floor_best = max(logs), max(bares), max(floors)
+        chain_us = min(chain_step_us(args.size) for _ in range(args.rounds))
+        bare_us = 1e6 / bare_best
         print(f"records of {args.size} bytes, {args.records} per round, best of {args.rounds}")
         print(f"group commit: median {statistics.median(all_batches):.0f} records per fdatasync")
         print(f"log:  {log_best:10.0f} records/s")
         print(f"bare: {bare_best:10.0f} records/s (os.write + fdatasync, same batch sizes)")
         print(f"ratio: {log_best / bare_best:.2f} (goal >= 0.60)")
+        print(
+            f"floor: {floor_best:10.0f} records/s, ratio {floor_best / bare_best:.2f} "
+            "(a loop that only copies and chains each record, same batches)"
+        )
+        print(
+            f"chain step alone: {chain_us:.2f} us a record against the bare loop's "
+            f"{bare_us:.2f} us: ceiling {bare_us / (bare_us + chain_us):.2f} for a log "
+            "that hashes each record on the core it writes from"
+        )
         batched, single = await read_rates(base, min(args.records, 100_000), args.size)
         print(
             f"cursor from memory: {batched:10.0f} records/s in batches, "
