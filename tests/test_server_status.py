@@ -148,7 +148,11 @@ async def test_status_op_and_mediate_status(tmp_path: Path) -> None:
 
 def test_mediate_status_without_a_server(tmp_path: Path) -> None:
     code, message = run_status(tmp_path)
-    assert code == 2 and message == "status: not running"
+    assert code == 2
+    assert message == (
+        f"status: no server is running on {tmp_path} "
+        f"(start one with: mediate serve --data-dir {tmp_path})"
+    )
 
 
 def test_serve_delivers_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -77,9 +77,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mediation.errors import UsageError
     from mediation.server.control import ask
 
-    response, why_not = ask(data_dir(args), "status")
+    directory = data_dir(args)
+    response, why_not = ask(directory, "status")
     if response is None:
-        raise UsageError("status", (why_not or "no answer").removeprefix("server: ").split(";")[0])
+        reason = (why_not or "no answer").removeprefix("server: ").split(";")[0]
+        if reason == "not running":
+            reason = (
+                f"no server is running on {directory} "
+                f"(start one with: mediate serve --data-dir {directory})"
+            )
+        raise UsageError("status", reason)
     if args.json:
         print(json.dumps(response, indent=2, sort_keys=True))
         return 0
