@@ -21,6 +21,7 @@ from delivery_support import HOST, Cert
 
 from mediation import pdu as P
 from mediation.protocol import (
+    CheckpointReceived,
     DatagramReceiver,
     EnvelopeReceived,
     ReplayFinished,
@@ -38,6 +39,7 @@ class UdpAgency:
         self.drop = drop
         self.dropped: dict[P.StreamId, set[int]] = {}
         self.envelopes: list[P.Envelope] = []
+        self.checkpoints: list[P.ChainCheckpoint] = []
         self.reports_sent = 0
         self.sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
         self._peer: object = None
@@ -60,6 +62,8 @@ class UdpAgency:
                 for event in self.receiver.receive_datagram(data, trio.current_time()):
                     if isinstance(event, EnvelopeReceived):
                         self.envelopes.append(event.envelope)
+                    elif isinstance(event, CheckpointReceived):
+                        self.checkpoints.append(event.checkpoint)
                 self._heard.set()
 
     async def _reports(self) -> None:
@@ -92,6 +96,7 @@ class TlsAgency:
         self.receiver = StreamReceiver()
         self.stored: dict[P.StreamId, list[int]] = {}
         self.contents: dict[P.StreamId, list[P.Envelope]] = {}
+        self.checkpoints: list[P.ChainCheckpoint] = []
         self.duplicates = 0
         self.unmarked_duplicates = 0
         self.total = 0
@@ -131,6 +136,9 @@ class TlsAgency:
 
     def take(self, event: object) -> None:
         """Store what is new; count what came twice (and whether the server marked it)."""
+        if isinstance(event, CheckpointReceived):
+            self.checkpoints.append(event.checkpoint)
+            return
         if not isinstance(event, EnvelopeReceived):
             return
         self.total += 1

@@ -113,6 +113,8 @@ def test_unknown_checkpoint_and_unexpected_datagrams() -> None:
     only = DatagramReceiver(streams={CMII})
     with pytest.raises(ProtocolError, match="not delivered to this receiver"):
         only.receive_datagram(datagram(0), 0.0)
+    with pytest.raises(ProtocolError, match=r"checkpoint for .* not delivered to this receiver"):
+        only.receive_datagram(P.encode(checkpoint), 0.0)  # another stream's: not stored
     # A bad datagram spoils nothing: the next good one is taken.
     assert isinstance(receiver.receive_datagram(datagram(0), 0.0)[-1], EnvelopeReceived)
 
@@ -245,3 +247,12 @@ def test_sender_takes_only_reports() -> None:
     with pytest.raises(ProtocolError, match="unexpected Envelope"):
         sender.receive_datagram(datagram(0), 0.0)
     assert sender.receive_datagram(b"\xaf\x01\x00", 0.0) == [UnknownMessage(15, b"\xaf\x01\x00")]
+
+
+def test_sender_sends_checkpoints_of_its_own_stream_only() -> None:
+    sender = DatagramSender(CMCC)
+    checkpoint = P.ChainCheckpoint(CMCC, 9, bytes(32), T, b"s" * 64, b"k" * 32)
+    assert messages(sender.checkpoint(checkpoint)) == [checkpoint]
+    assert sender.next_sequence is None  # no sequence number taken
+    with pytest.raises(ValueError, match="checkpoint of"):
+        sender.checkpoint(P.ChainCheckpoint(CMII, 9, bytes(32), T, b"s" * 64, b"k" * 32))

@@ -249,6 +249,9 @@ def test_later_messages_are_skipped_and_checkpoints_surface() -> None:
         CheckpointReceived(checkpoint),
     ]
     assert tx.receive_data(later, 0.0) == [UnknownMessage(15, later)]
+    other = P.ChainCheckpoint(OTHER, 9, bytes(32), T, b"s" * 64, b"k" * 32)
+    with pytest.raises(ProtocolError, match=r"checkpoint for .* not delivered here"):
+        receiver(streams={CMCC}).receive_data(P.encode(other), 0.0)
     with pytest.raises(ProtocolError, match="not delivered here"):
         rx.receive_data(
             P.encode(

@@ -375,4 +375,3 @@ def read_boolean(data: bytes, start: int, stop: int, what: str) -> bool:
     if stop - start != 1 or data[start] not in (0x00, 0xFF):
         raise PDUError(f"{what}: not a DER BOOLEAN", start)
     return data[start] == 0xFF
-

@@ -95,6 +95,19 @@ class DatagramSender:
         self.next_sequence = seq + 1
         return data
 
+    def checkpoint(self, checkpoint: pdu.ChainCheckpoint) -> bytes:
+        """The datagram carrying a signed chain checkpoint of this stream.
+
+        Sent after the envelope of the last record it covers; it takes no
+        sequence number, and a lost one is only a later checkpoint's wait.
+
+        Raises:
+            ValueError: the checkpoint is of another stream.
+        """
+        if checkpoint.stream != self.stream:
+            raise ValueError(f"checkpoint of {checkpoint.stream} on the sender of {self.stream}")
+        return encode_message(checkpoint)
+
     def receive_datagram(self, data: bytes, now: float) -> list[Event]:
         """A datagram from the endpoint: a receiver report.
 
@@ -271,6 +284,10 @@ class DatagramReceiver:
         if isinstance(message, pdu.Envelope):
             return self._envelope(message, now)
         if isinstance(message, pdu.ChainCheckpoint):
+            if self._accept is not None and message.stream not in self._accept:
+                raise ProtocolError(
+                    f"checkpoint for {message.stream}, not delivered to this receiver"
+                )
             return [CheckpointReceived(message)]
         if isinstance(message, pdu.UnknownDeliveryMessage):
             return [UnknownMessage(message.tag, message.raw)]

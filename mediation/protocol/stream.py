@@ -274,6 +274,8 @@ class StreamReceiver(StreamConnection):
         if isinstance(message, pdu.ReplayResult):
             return [self.retrieval.handle_result(message)]
         if isinstance(message, pdu.ChainCheckpoint):
+            if self._accept is not None and message.stream not in self._accept:
+                raise ProtocolError(f"checkpoint for {message.stream}, not delivered here")
             return [CheckpointReceived(message)]
         raise ProtocolError(f"unexpected {type(message).__name__} from the server")
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from mediation.log import Cursor, LogRecord, RecordsUnavailable, StreamLog
+from mediation.log import Checkpoint, Cursor, LogRecord, RecordsUnavailable, StreamLog
 from mediation.pdu import StreamId
 from mediation.protocol import AckReceived, StreamSender
 from mediation.server.config import DeliveryConfig
@@ -99,7 +99,9 @@ class TlsWorker:
         self._changed.set()
 
     def _open_stream(self, sid: StreamId, stream: StreamLog) -> _TlsStream:
-        cursor = stream.named_cursor(self.ref.cursor_name, default_start=stream.first_seq)
+        cursor = stream.named_cursor(
+            self.ref.cursor_name, default_start=stream.first_seq, checkpoints=True
+        )
         start = max(cursor.position, stream.first_seq)
         # Resumed from a saved position: whatever follows it in the log may
         # have gone out from an earlier process, so it is marked redelivered.
@@ -253,6 +255,11 @@ class TlsWorker:
             # Asked once per batch: each machine call hashes the StreamId a few times.
             room, expected, send = sender.window_room(sid), sender.next_sequence(sid), sender.send
             for record in records:
+                if record.__class__ is Checkpoint:
+                    # After the last record it covers; outside the window (not acknowledged).
+                    if record.last_seq < expected:
+                        out.append(sender.checkpoint(record.to_pdu()))
+                    continue
                 if record.seq != expected or room <= 0:
                     break
                 out.append(send(sid, record))

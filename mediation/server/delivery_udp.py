@@ -25,7 +25,7 @@ import socket
 import trio
 
 from mediation import pdu
-from mediation.log import LogRecord, RecordsUnavailable, StreamLog
+from mediation.log import Checkpoint, LogRecord, RecordsUnavailable, StreamLog
 from mediation.pdu import StreamId
 from mediation.protocol import (
     DatagramSender,
@@ -54,6 +54,7 @@ class _UdpStream:
     start: int
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     oversize: int = 0
+    checkpoints: int = 0  # signed checkpoints sent
 
 
 class UdpWorker:
@@ -137,7 +138,8 @@ class UdpWorker:
 
     async def _deliver(self, state: _UdpStream) -> None:
         with state.scope:
-            cursor = state.log.cursor(state.start)
+            # Checkpoints too: the agency can check what it holds against them.
+            cursor = state.log.cursor(state.start, checkpoints=True)
             while True:
                 try:
                     records = await cursor.read(self.config.batch)
@@ -155,11 +157,15 @@ class UdpWorker:
         envelope, send = state.sender.envelope, sock.send
         now = trio.current_time()
         for record in records:
-            try:
-                data = envelope(record, now)
-            except ValueError:
-                self._oversize(state, record)
-                continue
+            if record.__class__ is Checkpoint:
+                data = state.sender.checkpoint(record.to_pdu())
+                state.checkpoints += 1
+            else:
+                try:
+                    data = envelope(record, now)
+                except ValueError:
+                    self._oversize(state, record)
+                    continue
             while True:
                 try:
                     send(data)
