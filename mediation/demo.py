@@ -13,7 +13,8 @@ What a carrier, the mediation server and an agency each do, in order:
    core as if captured now, and every PDU is stored, then delivered;
 6. the agency's files are checked the way a court would: tcpdump reads
    the content, sha256sum checks the hashes, ``mediate log verify``
-   checks the server's evidence log.
+   checks the server's evidence log, and ``mediate receive verify``
+   checks what the agency holds against the server's signed checkpoints.
 
 Everything happens under ``demo-data/`` (wiped at the start). Until tap
 links exist (a later issue), the server runs inside this process so the
@@ -158,6 +159,7 @@ async def serve_and_replay(env: dict[str, str], ports: dict[str, int], handle: s
             flush=True,
         )
         await _until_delivered(server, stored)
+        await _until_signed(server)
         await trio.to_thread.run_sync(lambda: mediate("status", env=env))
         receiver_done = trio.Event()
         nursery.start_soon(_wait_for_receiver, receiver_done)
@@ -186,6 +188,24 @@ async def _until_delivered(server: object, stored: int, limit: float = 20.0) -> 
                 for row in rows
             )
             if rows and done >= stored:
+                return
+            await trio.sleep(0.1)
+
+
+async def _until_signed(server: object, limit: float = 5.0) -> None:
+    """Wait (bounded) until a signed checkpoint covers each stream's last record.
+
+    The log signs at least once a second; delivery sends each checkpoint
+    right after the records it covers, so the agency can check them all.
+    """
+    with trio.move_on_after(limit):
+        while True:
+            logs = list(server.intake.streams.values())  # type: ignore[attr-defined]
+            if all(
+                log.latest_checkpoint is not None
+                and log.latest_checkpoint.last_seq >= log.durable_seq
+                for log in logs
+            ):
                 return
             await trio.sleep(0.1)
 
@@ -235,6 +255,10 @@ def check_outputs(env: dict[str, str], handle: str) -> None:
         )
         print("  " + done.stdout.strip().replace("\n", "\n  "))
     mediate("log", "verify", env=env)
+    # The carrier hands the agency its log key; the agency checks what it holds.
+    key_file = WORK / "agency" / "log-signing.pub"
+    key_file.write_text(mediate("log", "key", env=env))
+    mediate("receive", "verify", str(case_dir.parent), "--log-key", str(key_file), env=env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,3 +63,8 @@ def test_demo_delivers_the_whole_intercept(tmp_path: Path) -> None:
     for sums in case_dir.glob("*.sha256"):
         subprocess.run(["sha256sum", "-c", sums.name], cwd=case_dir, check=True)
     assert "ok" in done.stdout.split("mediate log verify")[-1]
+    # The agency's own check against the checkpoints the server sent in-band.
+    verified = done.stdout.split("$ mediate receive verify")[-1]
+    for stream in ("cmii", "cmcc"):
+        assert f"{case_dir.name}/{stream}: " in verified
+    assert verified.count("ok: all verified") == 2, verified

@@ -17,10 +17,20 @@ checkpoints, ok or the first bad sequence number); exits 1 on any fault.
 """
 
 
+KEY_HELP = """\
+Print the server's log-signing public key (PEM) and its key id. Agencies
+check what they receive with it (`mediate receive verify --log-key FILE`),
+and auditors the log itself (`mediate log verify --public-key FILE`). It is
+public: send it with the warrant's delivery details.
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``mediate log`` and its subcommands."""
     parser = subparsers.add_parser(
-        "log", help="the evidence log: verify it", description="Evidence log tools."
+        "log",
+        help="the evidence log: verify it, print its public key",
+        description="Evidence log tools.",
     )
     commands = parser.add_subparsers(dest="log_command", metavar="SUBCOMMAND")
     verify = commands.add_parser(
@@ -40,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: keys/log-signing.ed25519.pub in the data directory)",
     )
     verify.set_defaults(func=run_verify)
+    key = commands.add_parser(
+        "key",
+        help="print the log-signing public key, for agencies and auditors",
+        description=KEY_HELP,
+    )
+    add_data_dir(key)
+    key.set_defaults(func=run_key)
     parser.set_defaults(func=lambda args: _usage(parser))
 
 
@@ -97,3 +114,28 @@ def run_verify(args: argparse.Namespace) -> int:
         print(report.line())
         faults += not report.ok
     return 1 if faults else 0
+
+
+def run_key(args: argparse.Namespace) -> int:
+    """Print the public key PEM on stdout and its key id on stderr.
+
+    Raises:
+        UsageError: the data directory has no log key yet.
+    """
+    from mediation.log.errors import LogError
+    from mediation.log.keys import key_id, load_public_key, public_key_path
+
+    path = public_key_path(data_dir(args))
+    if not path.is_file():
+        raise UsageError(
+            "--data-dir", f"no log key at {path}; the server makes it when it first stores"
+        )
+    try:
+        public = load_public_key(path)
+    except LogError as exc:
+        raise UsageError("--data-dir", str(exc)) from None
+    text = path.read_text()
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+    print(f"key id (sha256 of the raw key): {key_id(public).hex()}", file=sys.stderr)
+    return 0

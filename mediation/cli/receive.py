@@ -37,12 +37,24 @@ EPILOG = """\
 subcommands:
   make-cert --out DIR [--name NAME]   create the agency's certificate and key
   fingerprint FILE                    print a certificate's SHA-256
+  verify [DIR] --log-key FILE         check what was received against the
+                                      server's signed checkpoints
 
 Ends on SIGINT/SIGTERM, --duration or --until-idle; files are closed and
 hashed either way, and a summary is printed. See docs/agency.md.
 """
 
 DEFAULT_OUT = "intercepts"
+
+VERIFY_HELP = """\
+Check the envelopes received (cmii.raw, cmcc.raw) against the signed
+hash-chain checkpoints the server sent with them (checkpoints.raw): each
+checkpoint's Ed25519 signature, then the chain rebuilt from the envelopes.
+A match proves every record up to it is exactly what the server stored,
+none left out, added or reordered. Prints one line per warrant stream;
+exits 1 on any fault. The key is the carrier's keys/log-signing.ed25519.pub
+(`mediate log key` prints it).
+"""
 _FETCH = re.compile(r"([^/\s]+)/(cmii|cmcc):(\d+)(?:-(\d+))?", re.IGNORECASE)
 
 
@@ -95,6 +107,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = sub.add_parser("fingerprint", help="print a PEM certificate's SHA-256")
     show.add_argument("file", metavar="FILE")
     show.set_defaults(func=cmd_fingerprint)
+    verify = sub.add_parser(
+        "verify",
+        help="check what was received against the server's signed checkpoints",
+        description=VERIFY_HELP,
+    )
+    verify.add_argument(
+        "dir",
+        nargs="?",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"the receiver's --out directory, or one warrant's (default: {DEFAULT_OUT})",
+    )
+    verify.add_argument(
+        "--log-key",
+        metavar="FILE",
+        required=True,
+        help="the mediation server's log-signing public key (PEM), from the carrier",
+    )
+    verify.set_defaults(func=cmd_verify)
 
 
 def cmd_make_cert(args: argparse.Namespace) -> int:
@@ -120,6 +151,28 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 
     print(fingerprint_pem_file(Path(args.file), "FILE"))
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mediation.errors import UsageError
+    from mediation.lea.verify import VerifyError, check_output
+    from mediation.log.errors import LogError
+    from mediation.log.keys import load_public_key
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise UsageError("DIR", f"{directory}: not a directory (the receiver's --out)")
+    try:
+        public = load_public_key(Path(args.log_key))
+    except LogError as exc:
+        raise UsageError("--log-key", f"{exc}; ask the carrier for `mediate log key`") from None
+    try:
+        checks = check_output(directory, public)
+    except VerifyError as exc:
+        raise UsageError("DIR", str(exc)) from None
+    for check in checks:
+        print(check.line())
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
