@@ -42,12 +42,13 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mediation import pdu as P
+from mediation.lea.tls import make_agency_certificate
 from mediation.log import ContentKind, EvidenceLog, StreamLog
 from mediation.server.config import DeliveryConfig
 from mediation.server.delivery_tls import TlsWorker
 from mediation.server.delivery_udp import UdpWorker
 from mediation.server.status import EndpointRef
-from mediation.server.tls import AgencyTrust, ensure_identity, fingerprint_of_pem
+from mediation.server.tls import AgencyTrust, ensure_identity
 from mediation.warrants.authority import TapAuthority
 from mediation.warrants.keys import RegistryKey
 from mediation.warrants.model import Endpoint, Stream
@@ -192,7 +193,7 @@ class Bench:
         with WarrantRegistry.initialise(self.dir, self.key, None, now):
             TapAuthority.create(self.dir / "ca", self.key, now)
         self.identity = ensure_identity(self.dir, self.key, ("localhost",), now)
-        self.agency = _agency_cert(self.dir / "agency")
+        self.agency = make_agency_certificate(self.dir / "agency", "bench agency")
 
     async def fill(self, stream: StreamLog) -> None:
         der = cc_record(self.size)
@@ -226,7 +227,7 @@ class Bench:
         return _rate(result)
 
     async def tls(self, stream: StreamLog, port: int, conn, run: int, cut: bool):
-        endpoint = Endpoint("tls", HOST, port, (Stream.CMCC,), fingerprint=self.agency[2])
+        endpoint = Endpoint("tls", HOST, port, (Stream.CMCC,), fingerprint=self.agency.fingerprint)
         ref = EndpointRef("a-bench", 2, "tls", f"run{run}")  # a fresh saved position
         worker = TlsWorker(
             ref, endpoint, DeliveryConfig(), self.identity, AgencyTrust(self.identity)
@@ -244,39 +245,6 @@ class Bench:
 def _rate(result: tuple[int, float, float]) -> tuple[int, float]:
     count, first, last = result
     return count, count / (last - first) if last > first else 0.0
-
-
-def _agency_cert(directory: Path) -> tuple[str, str, str]:
-    """A self-signed receiver certificate: (cert file, key file, fingerprint)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench agency")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    (directory / "agency.pem").write_text(pem)
-    (directory / "agency.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(directory / "agency.pem"), str(directory / "agency.key"), fingerprint_of_pem(pem)
 
 
 async def run_bench(bench: Bench, rounds: int, udp, tls) -> dict[str, list]:
@@ -318,7 +286,7 @@ def main() -> int:
     spawn = mp.get_context("spawn")
     udp_parent, udp_child = spawn.Pipe()
     tls_parent, tls_child = spawn.Pipe()
-    cert, key, _fingerprint = bench.agency
+    cert, key = str(bench.agency.cert_path), str(bench.agency.key_path)
     server_ca = str(bench.dir / "ca" / "ca.pem")
     processes = [
         spawn.Process(target=udp_receiver, args=(udp_child,), daemon=True),

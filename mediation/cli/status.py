@@ -75,18 +75,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mediation.cli.common import data_dir
     from mediation.cli.warrants import print_table
     from mediation.errors import UsageError
-    from mediation.server.control import ask
+    from mediation.server.control import ControlError, request, socket_path
 
     directory = data_dir(args)
-    response, why_not = ask(directory, "status")
+    try:
+        response = request(socket_path(directory), {"op": "status"})
+    except ControlError as exc:
+        raise UsageError("status", str(exc)) from None
     if response is None:
-        reason = (why_not or "no answer").removeprefix("server: ").split(";")[0]
-        if reason == "not running":
-            reason = (
-                f"no server is running on {directory} "
-                f"(start one with: mediate serve --data-dir {directory})"
-            )
-        raise UsageError("status", reason)
+        raise UsageError(
+            "status",
+            f"no server is running on {directory} "
+            f"(start one with: mediate serve --data-dir {directory})",
+        )
+    if not response.get("ok"):
+        raise UsageError("status", f"refused: {response.get('error')}")
     if args.json:
         print(json.dumps(response, indent=2, sort_keys=True))
         return 0

@@ -18,6 +18,7 @@ checkpoint, and the records in between are reported as not checkable.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -28,8 +29,7 @@ from mediation.lea.outputs import CHECKPOINT_FILE, raw_name, safe_handle
 from mediation.log import format as F
 from mediation.log.keys import key_id, verify_signature
 from mediation.pdu import PDUError, StreamId, StreamKind, fast
-
-_KINDS = {"cmII": F.ContentKind.CMII, "cmCC": F.ContentKind.CMCC, "notice": F.ContentKind.NOTICE}
+from mediation.protocol.envelope import content_kind
 
 Range = tuple[int, int]
 
@@ -94,14 +94,14 @@ def body_of(data: bytes) -> tuple[StreamId, int, bytes]:
     split = fast.split_envelope(data)
     if split.clock_status is None:
         raise PDUError("clockStatus: missing, so the log record cannot be rebuilt")
-    meta = F.DATA_META.pack(
-        F.TYPE_DATA,
+    record = F.LogRecord(
         split.sequence_number,
         F.to_us(split.mediation_time),
-        _KINDS[split.content_kind],
-        F.CLOCK_CODES[split.clock_status],
+        F.ContentKind[content_kind(split.content_kind).name],
+        split.clock_status,
+        split.content_der,
     )
-    return split.stream, split.sequence_number, meta + split.content_der
+    return split.stream, split.sequence_number, F.data_body(record)
 
 
 def _held(path: Path, stream: StreamId, check: StreamCheck) -> dict[int, rawfile.RawMessage]:
@@ -120,7 +120,7 @@ def _held(path: Path, stream: StreamId, check: StreamCheck) -> dict[int, rawfile
             raise VerifyError(f"{path}: byte {message.offset}: {exc}") from None
         if their_stream != stream:
             raise VerifyError(f"{path}: byte {message.offset}: an envelope of another stream")
-        digest = F.chain_next(b"", body)  # SHA-256 of the body: duplicates must agree
+        digest = hashlib.sha256(body).digest()  # duplicates must agree
         if seq in held:
             if digests[seq] != digest and check.fault is None:
                 check.fault = f"sequence {seq} was received twice with different content"

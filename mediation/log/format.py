@@ -253,12 +253,17 @@ def decode_header(data: bytes | memoryview) -> SegmentHeader:
     return SegmentHeader(stream, first, prev)
 
 
-def encode_data(record: LogRecord) -> bytes:
-    """The whole frame of a data record (the append path inlines this)."""
+def data_body(record: LogRecord) -> bytes:
+    """A data record's body: what the frame's CRC and the hash chain cover."""
     meta = DATA_META.pack(
         TYPE_DATA, record.seq, record.received_us, record.kind, CLOCK_CODES[record.clock]
     )
-    body = meta + record.payload
+    return meta + record.payload
+
+
+def encode_data(record: LogRecord) -> bytes:
+    """The whole frame of a data record (the append path inlines this)."""
+    body = data_body(record)
     return FRAME.pack(len(body), zlib.crc32(body)) + body
 
 

@@ -54,7 +54,6 @@ class _UdpStream:
     start: int
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     oversize: int = 0
-    checkpoints: int = 0  # signed checkpoints sent
 
 
 class UdpWorker:
@@ -159,7 +158,6 @@ class UdpWorker:
         for record in records:
             if record.__class__ is Checkpoint:
                 data = state.sender.checkpoint(record.to_pdu())
-                state.checkpoints += 1
             else:
                 try:
                     data = envelope(record, now)
