@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections import deque
 from pathlib import Path
 
 import trio
 
+from mediation.durable import write_atomic
 from mediation.log import format as F
 from mediation.log.config import LogConfig
 from mediation.log.errors import LogClosed, LogCorrupted, LogError, RecordsUnavailable
 from mediation.log.index import SegmentTable
 from mediation.log.recovery import Recovered
-from mediation.log.segments import Chunk, fsync_dir, read_range
+from mediation.log.segments import Chunk, read_range
 from mediation.pdu import StreamId
 
 CURSORS = "cursors.json"
@@ -70,15 +70,7 @@ class CursorStore:
 
     def write(self, data: str) -> None:
         """Write a snapshot: temp file, fsync, rename, fsync the directory (blocking)."""
-        tmp = self._path.with_name(CURSORS + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            os.write(fd, data.encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._path)
-        fsync_dir(self._path.parent)
+        write_atomic(self._path, data.encode("ascii"), 0o640)
 
     def retry_later(self) -> None:
         if self._dirty_since == math.inf:

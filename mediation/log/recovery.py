@@ -18,11 +18,12 @@ import os
 import time
 from pathlib import Path
 
+from mediation.durable import fsync_dir
 from mediation.log import format as F
 from mediation.log.errors import LogCorrupted
 from mediation.log.journal import RECOVERY, append_entry, now_iso
 from mediation.log.retention import removed_prefix
-from mediation.log.segments import fsync_dir, list_segments, scan_segment
+from mediation.log.segments import list_segments, scan_segment
 from mediation.pdu import StreamId
 
 QUARANTINE = "quarantine"

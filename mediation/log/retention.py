@@ -18,11 +18,12 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from mediation.durable import fsync_dir
 from mediation.log import format as F
 from mediation.log.errors import LogCorrupted
 from mediation.log.journal import RETENTION, append_entry, now_iso, read_entries
 from mediation.log.keys import LogSigner, verify_signature
-from mediation.log.segments import fsync_dir, list_segments, scan_segment
+from mediation.log.segments import list_segments, scan_segment
 from mediation.pdu import StreamId
 
 # The default retention: five years after the warrant ends.

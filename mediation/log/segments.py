@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from mediation.durable import write_atomic
 from mediation.log import format as F
 from mediation.log.errors import LogCorrupted
 from mediation.pdu import StreamId
@@ -65,21 +66,11 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_index(path: Path, entries: Iterable[tuple[int, int]]) -> None:
     """Write a sparse index (a hint for readers: never trusted by verification)."""
     body = b"".join(INDEX_ENTRY.pack(seq, off) for seq, off in entries)
     data = INDEX_MAGIC + body + struct.pack(">I", zlib.crc32(body))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o640)
 
 
 def load_index(path: Path) -> list[tuple[int, int]] | None:

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import trio
 
+from mediation.durable import fsync_dir
 from mediation.log import format as F
-from mediation.log.segments import Chunk, fsync_dir, save_index
+from mediation.log.segments import Chunk, save_index
 from mediation.pdu import StreamId
 
 logger = logging.getLogger(__name__)
