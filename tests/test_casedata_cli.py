@@ -167,6 +167,29 @@ def test_a_bad_answer_is_named_as_the_prompt(
     assert carrier.files() == before
 
 
+def test_a_real_terminal_is_asked(carrier: Carrier) -> None:
+    """A real process on a pseudo-terminal: the answers reach it, never its arguments."""
+    import pty
+
+    main_fd, term_fd = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mediation", "add", "-q", "--end", "2999-01-01"],
+            env={**os.environ, **carrier.env},
+            stdin=term_fd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        os.write(main_fd, f"{CASE}\n{AGENCY}\n{TARGET_V4}\n\nfull\n".encode())
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(main_fd)
+        os.close(term_fd)
+    assert proc.returncode == 0, err
+    assert b"case id: " in err and b"warning" not in err
+    assert _shown(carrier, out.decode().strip())["targets"] == [TARGET_V4]
+
+
 def test_without_a_terminal_nothing_is_asked(carrier: Carrier) -> None:
     run = carrier("add", "--agency", AGENCY, "--target", TARGET_V4, "--content", "full")
     assert "--case-id: required" in error_line(run)  # stdin is not a terminal here
@@ -295,6 +318,8 @@ REPEATS = [
     (["list", "--data-dir", "/tmp/a", "--data-dir", "/tmp/b"], "--data-dir: given more"),
     (["list", "--key-file", "/tmp/a", "--key-file", "/tmp/b"], "--key-file: given more"),
     (["agency", "remove", AGENCY, "--endpoint", "1", "--endpoint", "2"], "--endpoint: given"),
+    (["receive", "--udp", "127.0.0.1:1", "--udp", "127.0.0.1:2"], "--udp: given more than once"),
+    (["receive", "--out", "a", "--out", "b"], "--out: given more than once"),
 ]
 
 
@@ -307,3 +332,11 @@ def test_an_option_meant_once_is_refused_when_repeated(
     run = carrier(*argv)
     assert run.code == 2 and expected in error_line(run)
     assert carrier.files() == before
+
+
+def test_an_option_with_a_default_may_still_be_given_once() -> None:
+    """The default is not an occurrence: ``--out DIR`` once is fine, and replaces it."""
+    from mediation.cli.main import build_parser
+
+    assert build_parser().parse_args(["receive", "--out", "elsewhere"]).out == "elsewhere"
+    assert build_parser().parse_args(["list", "--data-dir", "/tmp/d"]).data_dir == "/tmp/d"

@@ -52,8 +52,10 @@ class Once(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        if getattr(namespace, self.dest, None) is not None:
+        given = namespace.__dict__.setdefault("_given_once", set())  # defaults are not given
+        if self.dest in given:
             raise SystemExit(fail(f"{option_string}: given more than once; {self.hint}"))
+        given.add(self.dest)
         setattr(namespace, self.dest, values)
 
 
