@@ -83,6 +83,11 @@ def test_add_from_stdin(carrier: Carrier, monkeypatch: pytest.MonkeyPatch) -> No
     assert _shown(carrier, run.out.splitlines()[0])["case_id"] == CASE
 
 
+def test_a_byte_order_mark_is_not_an_error(carrier: Carrier) -> None:
+    run = carrier("add", "--from", _write(carrier, b"\xef\xbb\xbf" + CASE_FILE.encode()))
+    assert run.code == 0 and run.err == "", run.err
+
+
 def test_modify_from_a_file(carrier: Carrier) -> None:
     handle = carrier.add()
     changes = (

@@ -75,6 +75,7 @@ class CaseInput:
         self.in_file: set[str] = set()  # keys whose values came from the case file
 
     def set(self, field: Field, value: Any, name: str) -> None:
+        """Record ``field``'s value and how it was given (``--case-id``, ``FILE: case-id``)."""
         self._values[field.key] = value
         self._names[field.key] = name
         if name != field.option:
@@ -150,7 +151,7 @@ def read_case_file(path: str) -> tuple[dict[str, Any], str]:
     if len(raw) > FILE_LIMIT:
         raise UsageError(label, f"larger than {FILE_LIMIT // 1024} KiB; a case file is a few lines")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (some Windows editors) is fine
     except UnicodeDecodeError:
         raise UsageError(label, "not UTF-8 text; save the case file as UTF-8") from None
     try:
