@@ -19,7 +19,11 @@ from mediation.errors import UsageError
 # One module per area; each registers its own subcommands.
 COMMAND_MODULES = (
     "mediation.cli.decode",
+    "mediation.cli.init",
     "mediation.cli.warrants",
+    "mediation.cli.agency",
+    "mediation.cli.tap",
+    "mediation.cli.audit",
     "mediation.cli.log",
     "mediation.cli.serve",
     "mediation.cli.receive",

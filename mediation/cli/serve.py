@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mediation.cli.warrants import registry_for, subcommand
+from mediation.cli.registry import registry_for, subcommand
 
 if TYPE_CHECKING:
     from mediation.server.status import StatusReporter

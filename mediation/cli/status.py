@@ -72,8 +72,7 @@ def _summary(status: dict[str, Any]) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mediation.cli.common import data_dir
-    from mediation.cli.warrants import print_table
+    from mediation.cli.common import data_dir, print_table
     from mediation.errors import UsageError
     from mediation.server.control import ControlError, request, socket_path
 

@@ -1,6 +1,6 @@
 """`mediate tap register|list|revoke`: the taps (routers) allowed to feed the server.
 
-Registered by :func:`mediation.cli.warrants.register`.
+Registered by ``main.py``.
 """
 
 from __future__ import annotations
@@ -8,13 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mediation.cli.warrants import (
-    print_table,
-    registry_for,
-    report_to_server,
-    server_request,
-    subcommand,
-)
+from mediation.cli.common import print_table
+from mediation.cli.registry import registry_for, report_to_server, server_request, subcommand
 
 
 def cmd_tap_register(args: argparse.Namespace) -> int:
