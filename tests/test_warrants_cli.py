@@ -158,7 +158,7 @@ def test_agency_and_tap_commands(carrier: Carrier) -> None:
     bundle = read_bundle(bundle_path)
     cert = x509.load_pem_x509_certificate(bundle.certificate_pem.encode())
     ca_cert = x509.load_pem_x509_certificate(bundle.ca_pem.encode())
-    assert cert.subject.rfc4514_string() == "CN=edge-1"
+    assert cert.subject.rfc4514_string() == "CN=edge-1,OU=mediation-tap"
     assert isinstance(ca_cert.public_key(), ec.EllipticCurvePublicKey)
     cert.verify_directly_issued_by(ca_cert)
     assert len(bundle.hmac_key) == 32 and bundle.server == "SET-ME:5556"

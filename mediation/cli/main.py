@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "mediation.cli.warrants",
     "mediation.cli.log",
     "mediation.cli.serve",
+    "mediation.cli.pki",
     "mediation.cli.receive",
     "mediation.cli.status",
 )

@@ -19,7 +19,6 @@ from mediation.warrants.audit import AuditEvent
 from mediation.warrants.authority import (
     TapAuthority,
     TapCredentials,
-    certificate_fingerprint,
     write_bundle,
 )
 from mediation.warrants.model import (
@@ -252,7 +251,7 @@ def register_tap(
         raise UsageError("--out", f"{out.parent} is not a directory")
     credentials = authority.issue_tap(name, now, server)
     write_bundle(out, credentials)
-    fingerprint = certificate_fingerprint(credentials.certificate_pem)
+    fingerprint = credentials.fingerprint
     tap = Tap(name, now, fingerprint, credentials.serial, None, credentials.hmac_key)
     try:
         registry.save_tap(tap, AuditEvent("tap register", f"tap:{name}"))
