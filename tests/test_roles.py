@@ -39,13 +39,14 @@ from test_warrants_support import Carrier
 
 from mediation import pdu as P
 from mediation.cli.main import main
+from mediation.cli.status import _summary as status_summary
 from mediation.errors import UsageError
 from mediation.lea.retrieve import ConnectError, connect
 from mediation.lea.tls import ServerCheck, TrustSettings, live_server_context
 from mediation.lea.tls import retrieval_client_context as client_context
-from mediation.pki import Role, check_role, fingerprint, fingerprint_pem, issued_by
+from mediation.pki import Role, RoleRefused, check_role, fingerprint, fingerprint_pem, issued_by
 from mediation.protocol import SequenceTracker, StreamSender
-from mediation.server.tls import ensure_identity
+from mediation.server.tls import check_tap_peer, ensure_identity
 from mediation.warrants.authority import ServerAuthority, TapAuthority
 from mediation.warrants.keys import RegistryKey
 
@@ -311,3 +312,41 @@ def test_mediate_server_ca_prints_it_and_makes_it_in_an_old_data_directory(
     run = carrier("server-ca")
     assert run.code == 0 and run.out == server_ca.read_text()
     assert "created the server CA" in run.err and "restart `mediate serve`" in run.err
+
+
+def test_the_tap_listener_check_takes_only_this_servers_taps(tmp_path: Path, pki: Pki) -> None:
+    data, key, now = tmp_path / "data", RegistryKey.generate(), dt.datetime.now(dt.UTC)
+    tap_ca = TapAuthority.create(data / "ca", key, now)
+    identity = ensure_identity(data, key, (), now)
+    tap = tap_ca.issue_tap("TAP-TEST-2", now)
+    accepted = check_tap_peer(certificate_der(tap.certificate_pem), identity)
+    assert fingerprint(accepted) == tap.fingerprint
+    others = {
+        "a mediation-server certificate, not mediation-tap": identity.certificate.read_text(),
+        "no role marked, not mediation-tap": pki.agency_cert.read_text(),
+        "not issued by the mediation-tap CA": pki.tap_cert.read_text(),  # another carrier's tap
+    }
+    for reason, pem in others.items():
+        with pytest.raises(RoleRefused, match=reason):
+            check_tap_peer(certificate_der(pem), identity)
+    with pytest.raises(RoleRefused, match="no certificate presented"):
+        check_tap_peer(None, identity)
+
+
+def certificate_der(pem: str) -> bytes:
+    return x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
+
+
+def test_mediate_status_shows_retrieval_refusals_by_reason() -> None:
+    retrieval = {
+        "listening": "127.0.0.1:37001",
+        "error": None,
+        "connections": 2,
+        "refused": 201,
+        "refused_by_reason": {"no acceptable certificate": 200, TAP_AS_SERVER: 1},
+    }
+    [line] = status_summary({"pid": 1, "retrieval": retrieval})[1:]
+    assert line == (
+        "retrieval: 127.0.0.1:37001; connections 2, refused 201 "
+        f"(no acceptable certificate 200, {TAP_AS_SERVER} 1)"
+    )

@@ -71,19 +71,21 @@ log = logging.getLogger("mediation.server.tls")
 
 @dataclasses.dataclass(frozen=True)
 class IdentityFiles:
-    """Where the server's certificate and key are, and the server's own CAs.
-
-    ``own_cas``: the tap CA and the server CA; no agency certificate may be
-    issued by either.
-    """
+    """Where the server's certificate and key are, and the server's own two CAs."""
 
     certificate: Path
     private_key: Path
-    own_cas: tuple[x509.Certificate, ...] = ()
+    tap_ca: x509.Certificate | None = None
+    server_ca: x509.Certificate | None = None
 
     @property
     def fingerprint(self) -> str:
         return fingerprint_pem(self.certificate.read_text("ascii"))
+
+    @property
+    def own_cas(self) -> tuple[x509.Certificate, ...]:
+        """The tap CA and the server CA: no agency certificate may be issued by either."""
+        return tuple(ca for ca in (self.tap_ca, self.server_ca) if ca is not None)
 
 
 def ensure_identity(
@@ -109,9 +111,11 @@ def ensure_identity(
             ca_dir / authority.cert_file,
             fingerprint(authority.certificate),
         )
-    own = (TapAuthority.load(ca_dir, key).certificate, authority.certificate)
+    tap_ca = TapAuthority.load(ca_dir, key).certificate
     directory = data_dir / TLS_DIR
-    files = IdentityFiles(directory / CERT_FILE, directory / KEY_FILE, own)
+    files = IdentityFiles(
+        directory / CERT_FILE, directory / KEY_FILE, tap_ca, authority.certificate
+    )
     problem = _identity_problem(files, authority.certificate)
     if problem is None:
         return files
@@ -182,6 +186,23 @@ def check_delivery_peer(
     if endpoint.fingerprint and (peer_der is None or fingerprint(peer_der) != endpoint.fingerprint):
         raise RoleRefused("not the pinned certificate")
     check_agency(peer_der, SERVER_AUTH, identity.own_cas)
+
+
+def check_tap_peer(peer_der: bytes | None, identity: IdentityFiles) -> x509.Certificate:
+    """Check a tap's certificate on the tap listener, after the handshake.
+
+    The one check the tap listener calls on every connection: issued by the
+    tap CA, marked ``mediation-tap``, clientAuth only; so neither the
+    server's identity nor an agency's certificate can feed the server.
+    Whether the tap is registered and not revoked is the registry's
+    question, asked next by its fingerprint.
+
+    Raises:
+        RoleRefused: naming why.
+    """
+    if identity.tap_ca is None:
+        raise RoleRefused("no tap CA to check taps by")
+    return check_role(peer_der, Role.TAP, [identity.tap_ca], CLIENT_AUTH)
 
 
 class AgencyTrust:
