@@ -52,7 +52,7 @@ def cas(tmp_path_factory: pytest.TempPathFactory) -> tuple[TapAuthority, ServerA
 
 @pytest.fixture(scope="module")
 def tap(cas: tuple[TapAuthority, ServerAuthority]) -> x509.Certificate:
-    creds = cas[0].issue_tap("TAP-TEST-1", NOW)
+    creds = cas[0].issue_tap("TAP-TEST-1", NOW, server_ca_pem=cas[1].ca_pem)
     return x509.load_pem_x509_certificate(creds.certificate_pem.encode())
 
 

@@ -180,7 +180,8 @@ async def test_a_burst_of_refused_connections_is_counted_not_logged_each(
 
 def tap_cert(site: Site, directory: Path) -> Cert:
     """A tap's credentials, as ``mediate tap register`` issues them."""
-    creds = site.tap_authority.issue_tap("TAP-TEST-1", dt.datetime.now(dt.UTC))
+    server_ca, now = site.server_ca.read_text(), dt.datetime.now(dt.UTC)
+    creds = site.tap_authority.issue_tap("TAP-TEST-1", now, server_ca_pem=server_ca)
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "tap.pem", directory / "tap.key"
     cert.write_text(creds.certificate_pem)
@@ -318,7 +319,8 @@ def test_the_tap_listener_check_takes_only_this_servers_taps(tmp_path: Path, pki
     data, key, now = tmp_path / "data", RegistryKey.generate(), dt.datetime.now(dt.UTC)
     tap_ca = TapAuthority.create(data / "ca", key, now)
     identity = ensure_identity(data, key, (), now)
-    tap = tap_ca.issue_tap("TAP-TEST-2", now)
+    server_ca = (data / "ca" / "server-ca.pem").read_text()
+    tap = tap_ca.issue_tap("TAP-TEST-2", now, server_ca_pem=server_ca)
     accepted = check_tap_peer(certificate_der(tap.certificate_pem), identity)
     assert fingerprint(accepted) == tap.fingerprint
     others = {

@@ -157,10 +157,12 @@ def test_agency_and_tap_commands(carrier: Carrier) -> None:
     assert stat.S_IMODE(bundle_path.stat().st_mode) == 0o600
     bundle = read_bundle(bundle_path)
     cert = x509.load_pem_x509_certificate(bundle.certificate_pem.encode())
-    ca_cert = x509.load_pem_x509_certificate(bundle.ca_pem.encode())
+    ca_cert = x509.load_pem_x509_certificate((carrier.data / "ca" / "ca.pem").read_bytes())
     assert cert.subject.rfc4514_string() == "CN=edge-1,OU=mediation-tap"
     assert isinstance(ca_cert.public_key(), ec.EllipticCurvePublicKey)
     cert.verify_directly_issued_by(ca_cert)
+    # The tap verifies the server by the server CA, never by its own tap CA.
+    assert bundle.server_ca_pem == (carrier.data / "ca" / "server-ca.pem").read_text()
     assert len(bundle.hmac_key) == 32 and bundle.server == "SET-ME:5556"
     assert "edge-1  registered" in carrier.ok("tap", "list")
     carrier.ok("tap", "revoke", "edge-1")

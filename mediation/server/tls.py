@@ -101,10 +101,8 @@ def ensure_identity(
         UsageError: a CA cannot be loaded with this registry key.
     """
     ca_dir = data_dir / CA_DIR
-    if ServerAuthority.exists(ca_dir):
-        authority = ServerAuthority.load(ca_dir, key)
-    else:
-        authority = ServerAuthority.create(ca_dir, key, now)
+    authority, created = ServerAuthority.ensure(ca_dir, key, now)
+    if created:
         log.warning(
             "created the server CA %s (sha256:%s): agencies must trust it, not ca.pem "
             "(give them `mediate server-ca`)",

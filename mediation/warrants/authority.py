@@ -9,7 +9,8 @@ one role can pass for another (see :mod:`mediation.pki`):
   register NAME`` issues a client certificate (OU ``mediation-tap``, CN =
   the tap's name, never case data; clientAuth only) and a random 32-byte
   key for message authentication on the UDP tap link, and writes both, with
-  the CA certificate, into one TOML bundle the operator copies to the router;
+  the *server* CA certificate (what the tap verifies the server by), into
+  one TOML bundle the operator copies to the router;
 * the **server CA** (``server-ca.pem``, ``server-ca.key``) signs only the
   server's own identity (OU ``mediation-server``; serverAuth and
   clientAuth). Agencies trust this one, and only this one.
@@ -62,7 +63,7 @@ class TapCredentials:
     name: str
     certificate_pem: str
     private_key_pem: str
-    ca_pem: str
+    server_ca_pem: str  # the tap verifies the server by this CA, never by the tap CA
     hmac_key: bytes
     server: str = SERVER_PLACEHOLDER
 
@@ -186,15 +187,26 @@ class TapAuthority(Authority):
     label = "mediation tap CA"
 
     def issue_tap(
-        self, name: str, now: dt.datetime, server: str = SERVER_PLACEHOLDER
+        self,
+        name: str,
+        now: dt.datetime,
+        server: str = SERVER_PLACEHOLDER,
+        *,
+        server_ca_pem: str,
     ) -> TapCredentials:
-        """A client certificate for tap ``name`` and a fresh UDP message key."""
+        """A client certificate for tap ``name`` and a fresh UDP message key.
+
+        Args:
+            server_ca_pem: the server CA (PEM), put in the bundle for the tap
+                to verify the server by: the tap CA would let any other tap
+                pass for the server.
+        """
         cert, tap_key = self._issue(name, now)
         return TapCredentials(
             name=name,
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
             private_key_pem=private_key_pem(tap_key).decode("ascii"),
-            ca_pem=self.ca_pem,
+            server_ca_pem=server_ca_pem,
             hmac_key=os.urandom(HMAC_KEY_BYTES),
             server=server,
         )
@@ -206,6 +218,20 @@ class ServerAuthority(Authority):
     role, leaf = Role.SERVER_CA, Role.SERVER
     cert_file, key_file, subkey = SERVER_CA_CERT, SERVER_CA_KEY, "server-ca-key"
     label = "mediation server CA"
+
+    @classmethod
+    def ensure(cls, ca_dir: Path, key: RegistryKey, now: dt.datetime) -> tuple[Self, bool]:
+        """The server CA, created first in a data directory from before it existed.
+
+        Returns:
+            The CA, and whether it was created now.
+
+        Raises:
+            UsageError: it exists and cannot be loaded with this key.
+        """
+        if cls.exists(ca_dir):
+            return cls.load(ca_dir, key), False
+        return cls.create(ca_dir, key, now), True
 
     def issue_server(self, names: Sequence[str], now: dt.datetime) -> ServerIdentity:
         """The server's TLS identity: one certificate for both of its TLS roles.
@@ -270,7 +296,8 @@ def bundle_text(creds: TapCredentials) -> str:
         f'hmac_key = "{creds.hmac_key.hex()}"\n'
         f'certificate = """\n{creds.certificate_pem}"""\n'
         f'private_key = """\n{creds.private_key_pem}"""\n'
-        f'ca_certificate = """\n{creds.ca_pem}"""\n'
+        "# The server CA: verify the mediation server's certificate by it (not by the tap CA).\n"
+        f'server_ca_certificate = """\n{creds.server_ca_pem}"""\n'
     )
 
 
@@ -287,7 +314,7 @@ def read_bundle(path: Path) -> TapCredentials:
         name=data["name"],
         certificate_pem=data["certificate"],
         private_key_pem=data["private_key"],
-        ca_pem=data["ca_certificate"],
+        server_ca_pem=data["server_ca_certificate"],
         hmac_key=bytes.fromhex(data["hmac_key"]),
         server=data["server"],
     )
