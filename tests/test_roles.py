@@ -352,3 +352,14 @@ def test_mediate_status_shows_retrieval_refusals_by_reason() -> None:
         "retrieval: 127.0.0.1:37001; connections 2, refused 201 "
         f"(no acceptable certificate 200, {TAP_AS_SERVER} 1)"
     )
+
+
+@pytest.mark.parametrize("own", ["ca.pem", "server-ca.pem"])
+def test_the_carriers_own_cas_are_refused_as_an_agencys(tmp_path: Path, monkeypatch, own) -> None:
+    carrier = Carrier(tmp_path, monkeypatch)
+    carrier.ok("init")
+    path = carrier.data / "ca" / own
+    run = carrier("agency", "add", "AGENCY-TEST-9", "--tls", "203.0.113.5:6543", "--ca", str(path))
+    assert run.code == 2 and run.err.startswith("mediate: error: --ca: ")
+    assert "certificate of the mediation server, not the agency's" in run.err
+    assert "AGENCY-TEST-9" not in carrier.ok("agency", "list")

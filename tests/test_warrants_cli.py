@@ -24,6 +24,7 @@ from test_warrants_support import (
     error_line,
 )
 
+from mediation.lea.tls import make_agency_certificate
 from mediation.warrants.authority import read_bundle
 
 
@@ -141,7 +142,7 @@ def test_without_the_key_list_shows_handles_and_states_only(carrier: Carrier) ->
 
 
 def test_agency_and_tap_commands(carrier: Carrier) -> None:
-    ca = carrier.data / "ca" / "ca.pem"  # any CA certificate will do as the agency's
+    ca = make_agency_certificate(carrier.tmp / "agency").cert_path  # self-signed: its own CA
     out = carrier.ok(
         "agency", "add", "AGENCY-TEST-3", "--tls", "lea.example.net:6543", "--ca", str(ca)
     )

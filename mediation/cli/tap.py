@@ -35,9 +35,7 @@ def cmd_tap_register(args: argparse.Namespace) -> int:
         assert registry.key is not None
         authority = TapAuthority.load(data_dir(args) / "ca", registry.key)
         server_ca, _ = ServerAuthority.ensure(data_dir(args) / "ca", registry.key, now)
-        credentials = register_tap(
-            registry, authority, name, out, server, now, server_ca.ca_pem
-        )
+        credentials = register_tap(registry, authority, name, out, server, now, server_ca.ca_pem)
     print(f"tap {name} registered")
     print(
         f"credentials: {out} (mode 0600; it holds a private key: "
