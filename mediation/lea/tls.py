@@ -246,7 +246,7 @@ def live_server_context(trust: TrustSettings) -> ssl.SSLContext:
 def retrieval_client_context(trust: TrustSettings) -> ssl.SSLContext:
     """The context of a retrieval connection: TLS client, host name not checked.
 
-    Without a CA the chain is not verified by OpenSSL; :func:`check_pin`
+    Without a CA the chain is not verified by OpenSSL; :meth:`ServerCheck.check`
     after the handshake is then what authenticates the server.
 
     Raises:
