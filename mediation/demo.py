@@ -136,7 +136,7 @@ def start_receiver(env: dict[str, str], ports: dict[str, int]) -> subprocess.Pop
         "--tls", f"127.0.0.1:{ports['tls']}",
         "--cert", str(agency / "agency-cert.pem"),
         "--key", str(agency / "agency-key.pem"),
-        "--server-ca", str(WORK / "mediation" / "ca" / "ca.pem"),
+        "--server-ca", str(WORK / "mediation" / "ca" / "server-ca.pem"),
         "--retrieve-from", f"127.0.0.1:{ports['retrieval']}",
         "--out", str(agency / "intercepts"),
         "--until-idle", "4",

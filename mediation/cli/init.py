@@ -38,7 +38,7 @@ def _init_key(args: argparse.Namespace) -> tuple[RegistryKey, KdfParams | None, 
 def cmd_init(args: argparse.Namespace) -> int:
     from mediation.errors import UsageError
     from mediation.warrants.audit import AuditEvent
-    from mediation.warrants.authority import TapAuthority
+    from mediation.warrants.authority import ServerAuthority, TapAuthority
     from mediation.warrants.keys import write_key_file
     from mediation.warrants.model import utc_now
     from mediation.warrants.registry import REGISTRY_DB, WarrantRegistry
@@ -51,13 +51,15 @@ def cmd_init(args: argparse.Namespace) -> int:
         write_key_file(key_path, key)
     with WarrantRegistry.initialise(data, key, kdf, now) as registry:
         TapAuthority.create(data / "ca", key, now)
+        ServerAuthority.create(data / "ca", key, now)
         registry.record(AuditEvent("init", None, detail={"key": registry.key_mode}))
     print(f"initialised {data}")
     print(key_note)
     if key_path is not None and data.resolve() in key_path.resolve().parents:
         print("warning: the key file is inside the data directory; copies of it carry the key")
     print("keep the key apart from the data directory and its backups: without it nothing opens")
-    print(f"tap CA: {data / 'ca' / 'ca.pem'}")
+    print(f"tap CA: {data / 'ca' / 'ca.pem'} (signs taps only)")
+    print(f"server CA: {data / 'ca' / 'server-ca.pem'} (give it to agencies: mediate server-ca)")
     print(f"audit trail: {data / 'audit' / 'audit.log'}")
     return 0
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "mediation.cli.audit",
     "mediation.cli.log",
     "mediation.cli.serve",
+    "mediation.cli.pki",
     "mediation.cli.receive",
     "mediation.cli.status",
 )

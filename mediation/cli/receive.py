@@ -78,7 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add("--cert", metavar="FILE", help="the agency's certificate (PEM), see make-cert")
     add("--key", metavar="FILE", help="its private key (PEM)")
-    add("--server-ca", metavar="FILE", help="the mediation server's CA (the carrier's ca.pem)")
+    add(
+        "--server-ca",
+        metavar="FILE",
+        help="the mediation server's CA (the carrier's `mediate server-ca`, server-ca.pem)",
+    )
     add("--server-fingerprint", metavar="SHA256", help="pin the server's certificate")
     add("--retrieve-from", metavar="HOST:PORT", action=Once, help="the server's retrieval address")
     add(
@@ -272,7 +276,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         tls_context=live_server_context(trust) if tls and trust else None,
         retrieve_from=retrieve or None,
         retrieval_context=retrieval_client_context(trust) if retrieve and trust else None,
-        server_fingerprint=trust.server_fingerprint if trust else None,
+        server_check=trust.server_check() if trust else None,
         handles=handles,
         fetch=fetch,
         duration=duration,

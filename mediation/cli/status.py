@@ -62,9 +62,11 @@ def _summary(status: dict[str, Any]) -> list[str]:
     retrieval = status.get("retrieval")
     if retrieval:
         where = retrieval.get("listening") or f"off ({retrieval.get('error')})"
+        reasons = retrieval.get("refused_by_reason") or {}
+        why = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
         lines.append(
             f"retrieval: {where}; connections {retrieval['connections']}, "
-            f"refused {retrieval['refused']}"
+            f"refused {retrieval['refused']}" + (f" ({why})" if why else "")
         )
     bad = {k: v for k, v in (status.get("storage") or {}).items() if v != "ok"}
     lines += [f"storage: {k}: {v}" for k, v in sorted(bad.items())]

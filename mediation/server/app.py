@@ -302,13 +302,7 @@ class MediationServer:
                 for sid, s in self.intake.streams.items()
             }
         if self.retrieval is not None:
-            listening = self.retrieval.listening
-            out["retrieval"] = {
-                "listening": f"{listening[0]}:{listening[1]}" if listening else None,
-                "error": self.retrieval.error,
-                "connections": self.retrieval.connections,
-                "refused": self.retrieval.refused,
-            }
+            out["retrieval"] = self.retrieval.status()
         return out
 
     # Timers -------------------------------------------------------------------------
