@@ -27,6 +27,7 @@ from test_warrants_support import (
 )
 
 from mediation.cli.casedata import FILE_LIMIT
+from mediation.lea.tls import make_agency_certificate
 
 CASE_FILE = f"""\
 case-id = "{CASE}"
@@ -104,7 +105,8 @@ def test_modify_from_a_file(carrier: Carrier) -> None:
 def test_agency_add_from_a_file_with_a_ca_beside_it(carrier: Carrier) -> None:
     folder = carrier.tmp / "agency-x"
     folder.mkdir()
-    (folder / "ca.pem").write_bytes((carrier.data / "ca" / "ca.pem").read_bytes())
+    made = make_agency_certificate(carrier.tmp / "agency-cert")  # the agency's own
+    (folder / "ca.pem").write_bytes(made.cert_path.read_bytes())
     path = folder / "agency.toml"
     path.write_text('name = "AGENCY-TEST-9"\ntls = "203.0.113.9:6543"\nca = "ca.pem"\n')
     run = carrier("agency", "add", "--from", str(path))  # ca.pem: relative to the file
