@@ -40,7 +40,8 @@ from mediation.errors import UsageError
 from mediation.log import Appended, EvidenceLog, LogError, StreamLog
 from mediation.pdu import StreamId
 from mediation.server.config import ServerConfig, reloaded_config
-from mediation.server.control import ControlError, ControlSocket, socket_path
+from mediation.server.control import ControlError, socket_path
+from mediation.server.control_listener import ControlSocket
 from mediation.server.delivery import DeliveryManager
 from mediation.server.ingest import ClockCache, Ingest
 from mediation.server.lock import ServerLock

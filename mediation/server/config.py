@@ -164,12 +164,15 @@ def load_config(path: Path | None) -> ServerConfig:
     if path is None:
         return ServerConfig()
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise UsageError("--config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
         raise UsageError(
-            "--config", f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+            "--config", f"{path} is not UTF-8 text (line {line}); save it as UTF-8"
         ) from None
     try:
         data = tomllib.loads(text)
