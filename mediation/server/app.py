@@ -84,6 +84,7 @@ class MediationServer:
         self._clock_reader = clock_reader
         self._tty = tty
         self._reload_lock = trio.Lock()
+        self._hangup_lock = trio.Lock()
         self.ticks = 0  # window checks completed, for whoever must wait on one
         self._ticked = trio.Event()
         self.started = clock()
@@ -407,12 +408,13 @@ class MediationServer:
         Never raises: a configuration or registry that cannot be read now is
         logged, and the server keeps what it had.
         """
-        self.reloads += 1
-        try:
-            await self._reload_config()
-            await self.reload()
-        except Exception:
-            log.exception("reload failed; keeping the configuration and warrants loaded before")
+        async with self._hangup_lock:  # two SIGHUPs in a row: one after the other
+            self.reloads += 1
+            try:
+                await self._reload_config()
+                await self.reload()
+            except Exception:
+                log.exception("reload failed; keeping the configuration and warrants loaded before")
 
     async def _reload_config(self) -> None:
         if self._config_loader is None:
