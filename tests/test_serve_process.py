@@ -251,3 +251,19 @@ def test_a_read_only_data_directory_is_one_line_and_exit_2(
         ):
             done = mediate(*argv, env=carrier.env)
             assert (done.returncode, done.stderr) == (2, fix.format(directory)), argv
+
+
+def test_the_lock_names_its_holder_and_is_free_once_released(tmp_path: Path) -> None:
+    from mediation.errors import UsageError
+    from mediation.server.lock import ServerLock
+
+    with ServerLock.acquire(tmp_path) as held:
+        assert held.path.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(UsageError) as refused:
+            ServerLock.acquire(tmp_path)  # another open file description: refused like a process
+        assert str(refused.value) == (
+            f"serve: another server is running on {tmp_path} (pid {os.getpid()}); stop it first"
+        )
+    ServerLock.acquire(tmp_path).release()
+    with pytest.raises(UsageError, match="does not exist; run `mediate init"):
+        ServerLock.acquire(tmp_path / "absent")

@@ -53,8 +53,12 @@ class ServerLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk, say
+            os.close(fd)
+            raise UsageError("--data-dir", unwritable(data_dir, exc)) from None
         return cls(path, fd)
 
     def release(self) -> None:
