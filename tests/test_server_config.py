@@ -186,4 +186,4 @@ def test_a_reload_applies_only_the_reloadable_keys() -> None:
     ]
     assert kept == [("config data_dir", None, Path("/x")), ("config [delivery] window", 64, 8)]
     # docs/operator.md lists these; change both together.
-    assert RELOADABLE == {"status.interval", "status.log_interval", "clock.check_interval"}
+    assert {"status.interval", "status.log_interval", "clock.check_interval"} == RELOADABLE
