@@ -14,6 +14,7 @@ from mediation.errors import UsageError
 from mediation.log import LogConfig
 from mediation.server.config import (
     RELOADABLE,
+    Limit,
     ServerConfig,
     load_config,
     parse_config,
@@ -68,7 +69,10 @@ def test_a_file_changes_only_what_it_names(tmp_path: Path) -> None:
         ({"retrieval": {"listen": "37001"}}, "config [retrieval] listen: must be"),
         ({"retrieval": {"listen": "127.0.0.1:70000"}}, "config [retrieval] listen: must be"),
         ({"status": {"interval": True}}, "config [status] interval: must be a number above 0"),
-        ({"tls": {"server_names": "localhost"}}, "config [tls] server_names: must be a list"),
+        (
+            {"tls": {"server_names": "localhost"}},
+            "config [tls] server_names: must be a non-empty list",
+        ),
         ({"data_dir": ""}, "config data_dir: must be a non-empty string"),
         ({"delivery": 3}, "config delivery: must be a table"),
         ({"listen": "x"}, "config listen: unknown key"),
@@ -187,3 +191,15 @@ def test_a_reload_applies_only_the_reloadable_keys() -> None:
     assert kept == [("config data_dir", None, Path("/x")), ("config [delivery] window", 64, 8)]
     # docs/operator.md lists these; change both together.
     assert {"status.interval", "status.log_interval", "clock.check_interval"} == RELOADABLE
+
+
+def test_a_limit_can_admit_zero_for_a_key_where_it_means_something() -> None:
+    """How a new key whose 0 means "off" is declared: one entry in LIMITS, no new code."""
+    off_allowed = Limit(0, 10)
+    assert off_allowed.admits(0) and off_allowed.admits(10) and not off_allowed.admits(11)
+    assert off_allowed.describe(whole=True) == "a whole number from 0 to 10"
+    assert Limit(0, 0.5, low_included=False).describe(whole=False) == (
+        "a number above 0 and at most 0.5"
+    )
+    with pytest.raises(UsageError, match=r"^config \[tls\] server_names: must be a non-empty"):
+        parse_config({"tls": {"server_names": []}})

@@ -41,11 +41,12 @@ with one line. One validator reads every section, driven by the fields
 and types of its dataclass, so a field added to a section is checked
 without more code:
 
-- ``int``: a whole number (not ``2.5``, not ``true``) from 1 up;
-- ``float``: a finite number above 0 (not ``nan`` or ``inf``), at most a day;
+- ``int``: a whole number (not ``2.5``, not ``true``) from 1 up (:data:`WHOLE`);
+- ``float``: a finite number above 0 (not ``nan`` or ``inf``), at most a
+  day (:data:`SECONDS`);
 - ``bool``: ``true`` or ``false``; ``str``: a string;
   ``tuple[str, ...]``: a list of non-empty strings;
-- per-field limits beyond these are in :data:`LIMITS`, and rules across
+- per-field ranges other than these are in :data:`LIMITS` (a :class:`Limit`), and rules across
   fields in :data:`_SECTION_CHECKS` (and a section's own ``__post_init__``);
 - unknown sections and keys are refused.
 
@@ -139,16 +140,47 @@ class ServerConfig:
     tls: TlsConfig = TlsConfig()
 
 
-# Per-field upper limits beyond the rule for the type ("section.key").
-LIMITS: dict[str, float] = {
-    # A record waits at most this for its fdatasync: what a crash can lose.
-    "log.commit_interval": 1.0,
-    # Unacknowledged envelopes held per TLS stream: memory per agency.
-    "delivery.window": 1 << 20,
-    "delivery.batch": 1 << 16,
-}
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """The range a number in the file must fall in: ``low`` (or above it) to ``high``."""
+
+    low: float
+    high: float
+    low_included: bool = True
+
+    def admits(self, value: float) -> bool:
+        above = self.low <= value if self.low_included else self.low < value
+        return above and value <= self.high
+
+    def describe(self, whole: bool) -> str:
+        """``a whole number from 1 to 64``, ``a number above 0 and at most 86400``, ..."""
+        low, high = _plain(self.low), _plain(self.high)
+        if whole:
+            if self.high >= MAX_INT:
+                return f"a whole number of {low} or more"
+            return f"a whole number from {low} to {high}"
+        start = f"from {low}" if self.low_included else f"above {low}"
+        return f"a number {start} and at most {high}"
+
+
+def _plain(number: float) -> str:
+    """1048576 as ``1048576``, 0.5 as ``0.5``: never in exponent form."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
 MAX_INT = 1 << 53  # beyond any sensible count or size, and exact as a float
 MAX_SECONDS = 86400.0  # an interval longer than a day is a mistake
+# What every int and float key must satisfy unless LIMITS says otherwise.
+WHOLE = Limit(1, MAX_INT)
+SECONDS = Limit(0, MAX_SECONDS, low_included=False)
+# Per-field limits ("section.key") where the rule for the type is not enough.
+LIMITS: dict[str, Limit] = {
+    # A record waits at most this for its fdatasync: what a crash can lose.
+    "log.commit_interval": Limit(0, 1.0, low_included=False),
+    # Unacknowledged envelopes held per TLS stream: memory per agency.
+    "delivery.window": Limit(1, 1 << 20),
+    "delivery.batch": Limit(1, 1 << 16),
+}
 
 # Keys a running server applies on SIGHUP ("section.key"); the rest need a restart.
 RELOADABLE = frozenset({"status.interval", "status.log_interval", "clock.check_interval"})
@@ -269,20 +301,10 @@ def _value(field: str, limit_key: str, kind: Any, value: Any) -> Any:
         if not isinstance(value, bool):
             raise UsageError(field, f"must be true or false, got {_shown(value)}")
         return value
-    if kind is int:
-        high = int(LIMITS.get(limit_key, MAX_INT))
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-            span = "of 1 or more" if high == MAX_INT else f"from 1 to {high}"
-            raise UsageError(field, f"must be a whole number {span}, got {_shown(value)}")
-        return value
-    if kind is float:
-        high = LIMITS.get(limit_key, MAX_SECONDS)
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or not 0 < value <= high:
-            raise UsageError(
-                field, f"must be a number above 0 and at most {high:g}, got {_shown(value)}"
-            )
-        return float(value)
+    if kind is int or kind is float:
+        return _number(
+            field, kind is int, LIMITS.get(limit_key, WHOLE if kind is int else SECONDS), value
+        )
     if kind is str or kind is Path:
         if not isinstance(value, str):
             raise UsageError(field, f"must be a string, got {_shown(value)}")
@@ -290,10 +312,29 @@ def _value(field: str, limit_key: str, kind: Any, value: Any) -> Any:
             raise UsageError(field, "must be a non-empty string (a directory)")
         return Path(value) if kind is Path else value
     if typing.get_origin(kind) is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise UsageError(field, f"must be a list of non-empty strings, got {_shown(value)}")
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+        ):
+            raise UsageError(
+                field, f"must be a non-empty list of non-empty strings, got {_shown(value)}"
+            )
         return tuple(value)
     raise UsageError(field, "cannot be set in the file")  # a type this validator does not know
+
+
+def _number(field: str, whole: bool, limit: Limit, value: Any) -> int | float:
+    """An int (``whole``) or float key: no booleans, no nan or inf, within ``limit``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        fits = False
+    elif whole:
+        fits = isinstance(value, int) and limit.admits(value)
+    else:
+        fits = math.isfinite(value) and limit.admits(value)
+    if not fits:
+        raise UsageError(field, f"must be {limit.describe(whole)}, got {_shown(value)}")
+    return value if whole else float(value)
 
 
 def _shown(value: Any) -> str:
