@@ -36,8 +36,11 @@ def resolve_data_dir(arg: str | os.PathLike[str] | None) -> Path:
 
 def unwritable(data_dir: Path, exc: OSError) -> str:
     """One line for a data directory a command cannot write: which, why, and the fix."""
-    if exc.errno == errno.ENOENT:
-        return f"{data_dir} does not exist; run `mediate init --data-dir {data_dir}` first"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return (
+            f"{data_dir} cannot be made or reached ({exc.strerror}); check the path, "
+            "or choose another --data-dir"
+        )
     if exc.errno == errno.EROFS:
         fix = "remount it read-write or choose another --data-dir"
     elif exc.errno in (errno.EACCES, errno.EPERM):

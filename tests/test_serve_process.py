@@ -265,5 +265,19 @@ def test_the_lock_names_its_holder_and_is_free_once_released(tmp_path: Path) -> 
             f"serve: another server is running on {tmp_path} (pid {os.getpid()}); stop it first"
         )
     ServerLock.acquire(tmp_path).release()
-    with pytest.raises(UsageError, match="does not exist; run `mediate init"):
+    with pytest.raises(UsageError, match="absent cannot be made or reached"):
         ServerLock.acquire(tmp_path / "absent")
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    carrier = Carrier(tmp_path, monkeypatch)
+    (tmp_path / "a-file").write_text("")
+    wrong = tmp_path / "a-file" / "data"
+    done = mediate("init", "--data-dir", str(wrong), env=carrier.env)
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"mediate: error: --data-dir: {wrong} cannot be made or reached (Not a directory); "
+        "check the path, or choose another --data-dir\n",
+    )

@@ -12,7 +12,15 @@ from mediation.datadir import ENV_VAR, resolve_data_dir, unwritable
 # Errors of the file system a person can fix (permissions, a read-only or
 # full disk): one line naming the path, not a traceback.
 FILE_SYSTEM_ERRNOS = frozenset(
-    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOENT}
+    {
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENOENT,
+        errno.ENOTDIR,
+    }
 )
 
 
