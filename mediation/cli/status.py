@@ -50,6 +50,8 @@ def _row(row: dict[str, Any]) -> list[Any]:
 
 def _summary(status: dict[str, Any]) -> list[str]:
     lines = [f"server: pid {status.get('pid')}, since {status.get('started')}"]
+    if status.get("reloads"):
+        lines[0] += f"; reloaded (SIGHUP) {status['reloads']} times"
     ingest = status.get("ingest")
     if ingest:
         refused = {k: v for k, v in ingest.items() if k not in ("accepted", "notices") and v}
@@ -68,6 +70,10 @@ def _summary(status: dict[str, Any]) -> list[str]:
             f"retrieval: {where}; connections {retrieval['connections']}, "
             f"refused {retrieval['refused']}" + (f" ({why})" if why else "")
         )
+    control = status.get("control")
+    if control:
+        refused = ", ".join(f"{k} {v}" for k, v in control["refused"].items() if v) or "none"
+        lines.append(f"control: answered {control['answered']}; refused: {refused}")
     bad = {k: v for k, v in (status.get("storage") or {}).items() if v != "ok"}
     lines += [f"storage: {k}: {v}" for k, v in sorted(bad.items())]
     return lines
