@@ -125,7 +125,12 @@ def read_header(
             raise PDUError(NOT_MINIMAL, pos - 1)
         if pos + count > end:
             raise Truncated("truncated length", pos - 1)
-        length = int.from_bytes(data[pos : pos + count], "big")
+        if count == 1:  # the common long forms without slicing (framing is per message)
+            length = data[pos]
+        elif count == 2:
+            length = data[pos] << 8 | data[pos + 1]
+        else:
+            length = int.from_bytes(data[pos : pos + count], "big")
         if length < 0x80:
             raise PDUError(NOT_MINIMAL, pos - 1)
         pos += count
