@@ -208,7 +208,7 @@ def expect(data: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, i
         data: the whole PDU.
         pos: where the TLV starts.
         end: the end of the enclosing contents.
-        tag: the expected tag octet.
+        tag: the expected tag octet (one octet: a tag number below 31).
         what: the field's name, for the error.
 
     Returns:
