@@ -9,6 +9,9 @@ entry are fsynced, so a power cut after the call keeps the file):
 * :func:`write_new` creates a file that must not exist yet (keys,
   certificates, credentials): it refuses to overwrite, and the file appears
   whole or not at all, so nothing is ever half-written or half-read.
+* :func:`replacing` is :func:`write_atomic` for output too large to hold
+  in memory: the caller streams it into a temporary file, which replaces
+  the target only if the whole block succeeds.
 
 The mode is set with ``fchmod`` before any byte is written, so a secret is
 never readable by others, not even for an instant, whatever the umask.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -37,6 +41,10 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_atomic(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the directory.
 
@@ -44,7 +52,7 @@ def write_atomic(path: Path, data: bytes | bytearray | memoryview, mode: int = 0
         OSError: the write failed; ``path`` is unchanged and no temp file is left.
     """
     path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = _temp_name(path)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
@@ -91,4 +99,49 @@ def write_new(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o60
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, mode: int = 0o600) -> Iterator[Path]:
+    """Replace ``path`` with what the caller writes to the yielded temporary file.
+
+    The temporary file (``.NAME.PID.tmp`` next to ``path``) exists, empty and
+    with ``mode``, when the block starts; the caller writes it any way it
+    likes and closes it. When the block ends normally, the file is fsynced,
+    renamed over ``path``, and the directory fsynced.
+
+    Args:
+        path: the file to replace (or create).
+        mode: its permission bits, set before any byte is written.
+
+    Yields:
+        The temporary file's path.
+
+    Raises:
+        OSError: creating, syncing or renaming failed. On any exception,
+            the block's own included, ``path`` is left as it was and the
+            temporary file is removed.
+    """
+    path = Path(path)
+    temp = _temp_name(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)  # a stray of an earlier process that had this pid
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    try:
+        yield temp
+        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
     fsync_dir(path.parent)

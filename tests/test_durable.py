@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from mediation import durable
 from mediation.durable import write_atomic, write_new
 
 
@@ -49,3 +50,46 @@ def test_write_new_removes_partial_file_on_failure(tmp_path):
         write_new(path, object(), 0o600)  # type: ignore[arg-type]
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_replacing_streams_a_file_into_place_durably(tmp_path, monkeypatch):
+    synced = []
+    real = durable.fsync_dir
+    monkeypatch.setattr(durable, "fsync_dir", lambda d: (synced.append(d), real(d)))
+    path = tmp_path / "big"
+    path.write_bytes(b"old")
+    old = os.umask(0)
+    try:
+        with durable.replacing(path, 0o640) as temp:
+            assert stat.S_IMODE(temp.stat().st_mode) == 0o640  # before any byte
+            with temp.open("ab") as out:
+                for _ in range(3):
+                    out.write(b"chunk")
+            assert path.read_bytes() == b"old"  # nothing replaced until the block ends
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"chunk" * 3
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert synced == [tmp_path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+
+
+def test_replacing_leaves_the_old_file_and_no_temp_when_the_block_fails(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), durable.replacing(path) as temp:
+        temp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+
+
+def test_replacing_ignores_a_stray_temp_of_an_earlier_process(tmp_path):
+    path = tmp_path / "big"
+    stray = tmp_path / f".big.{os.getpid()}.tmp"
+    stray.write_bytes(b"stale")
+    with durable.replacing(path) as temp:
+        assert temp == stray and temp.read_bytes() == b""
+        temp.write_bytes(b"new")
+    assert path.read_bytes() == b"new"
+    assert not stray.exists()

@@ -7,12 +7,14 @@ parse; a restart appends after cutting a torn tail; ``--sort`` reorders.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from test_lea_serverside import UdpServer
 from test_lea_support import (
@@ -30,8 +32,11 @@ from test_lea_support import (
     wait_until,
 )
 
+from mediation import durable
 from mediation import pdu as P
+from mediation.lea.outputs import sort_pcap
 from mediation.lea.state import ReceiverState
+from mediation.pdu import fast
 
 NOT_IP = b"this is not an IP packet"
 
@@ -186,3 +191,40 @@ def test_unavailable_ranges_of_an_earlier_run_are_not_asked_for_again(tmp_path: 
     assert tracker.unavailable == [((0, 3), "past retention")]
     assert oct(os.stat(case).st_mode & 0o777) == "0o700"
     assert P.StreamId(HANDLE, P.StreamKind.CMII) in state.trackers
+
+
+def _raw_envelope(seq: int, content_der: bytes) -> bytes:
+    return fast.encode_envelope_raw(CMCC, seq, capture_time(seq), "cmCC", content_der)
+
+
+def test_sort_replaces_the_pcap_durably(tmp_path: Path, monkeypatch) -> None:
+    synced: list[Path] = []
+    real = durable.fsync_dir
+    monkeypatch.setattr(durable, "fsync_dir", lambda d: (synced.append(Path(d)), real(d)))
+    raw = tmp_path / "cmcc.raw"
+    raw.write_bytes(b"".join(_raw_envelope(s, cc_record(s).payload) for s in (2, 1)))
+    pcap = tmp_path / "cmcc.pcap"
+    pcap.write_bytes(b"old")
+    digest = sort_pcap(raw, pcap)
+    assert tmp_path in synced  # the rename itself survives a power cut
+    assert hashlib.sha256(pcap.read_bytes()).hexdigest() == digest
+    assert [line.split()[0] for line in tcpdump(pcap)] == [stamp(1), stamp(2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cmcc.pcap",
+        "cmcc.pcap.sha256",
+        "cmcc.raw",
+    ]
+
+
+def test_sort_failing_half_way_leaves_the_old_pcap_and_no_temporary_file(tmp_path: Path) -> None:
+    # The second envelope frames and has a sequence number, but its CC
+    # content does not decode: sorting fails after writing the first packet.
+    broken = _raw_envelope(2, b"\x30\x02\xa0\x00")
+    raw = tmp_path / "cmcc.raw"
+    raw.write_bytes(_raw_envelope(1, cc_record(1).payload) + broken)
+    pcap = tmp_path / "cmcc.pcap"
+    pcap.write_bytes(b"old")
+    with pytest.raises(P.PDUError):
+        sort_pcap(raw, pcap)
+    assert pcap.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmcc.pcap", "cmcc.raw"]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from test_protocol_fixtures import CMCC, CMII, T, record
 
 from mediation import pdu as P
+from mediation.pdu.tlv import Truncated, read_header
 from mediation.protocol import MessageBuffer, ProtocolError, envelope_bytes
 from mediation.protocol.envelope import record_envelope
 
@@ -134,3 +135,28 @@ def test_many_messages_keep_the_buffer_small() -> None:
         buffer.feed(KEEPALIVE)
         assert buffer.next_message() == KEEPALIVE
     assert len(buffer._buf) < 4 * len(KEEPALIVE)
+
+
+def test_a_leading_zero_length_octet_is_refused_before_the_rest_arrives() -> None:
+    buffer = MessageBuffer()
+    buffer.feed(b"\xa0\x83\x00")
+    with pytest.raises(ProtocolError, match="shortest form"):
+        buffer.next_message()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from((0x80, 0xA0, 0xA5, 0xBF, 0x9F)), st.binary(max_size=12))
+def test_framing_is_the_one_header_reader_with_the_buffers_limit(tag: int, rest: bytes) -> None:
+    data = bytes((tag,)) + rest
+    buffer = MessageBuffer(max_message=64)
+    buffer.feed(data)
+    try:
+        _tag, content, length = read_header(data, 0, len(data), 64)
+    except Truncated:
+        assert buffer.next_message() is None
+    except P.PDUError as exc:
+        with pytest.raises(ProtocolError) as caught:
+            buffer.next_message()
+        assert exc.message in str(caught.value)
+    else:
+        assert buffer.next_message() == data[: content + length]

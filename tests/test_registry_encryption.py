@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import shutil
 import sqlite3
 import stat
@@ -10,6 +12,7 @@ import subprocess
 import pytest
 from test_warrants_support import CASE, SECRETS, TARGET_V4, Carrier, error_line
 
+from mediation import durable
 from mediation.warrants.keys import PAD_TO, KdfParams, RegistryKey, RegistryKeyError
 from mediation.warrants.registry import WarrantRegistry
 
@@ -116,3 +119,19 @@ def test_passphrase_registry(tmp_path, monkeypatch) -> None:
     assert handle in c.ok("list")  # handles and states without it
     monkeypatch.setenv("MEDIATION_PASSPHRASE", "short")
     assert "at least 12 characters" in error_line(c("show", handle))
+
+
+def test_a_new_registry_is_created_private_and_durably(tmp_path, monkeypatch) -> None:
+    synced = []
+    real = durable.fsync_dir
+    monkeypatch.setattr(durable, "fsync_dir", lambda d: (synced.append(d), real(d)))
+    data = tmp_path / "data"
+    now = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+    old = os.umask(0)
+    try:
+        with WarrantRegistry.initialise(data, RegistryKey.generate(), None, now):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((data / "registry.db").stat().st_mode) == 0o600
+    assert data in synced  # the database's directory entry survives a power cut

@@ -14,7 +14,9 @@ from mediation import pdu as P
 from mediation.clock import ClockReading
 from mediation.log import ContentKind, StreamLog
 from mediation.pdu import fast
+from mediation.protocol import MessageBuffer
 from mediation.server.config import ClockConfig, ServerConfig
+from mediation.server.ingest import MAX_PDU, well_formed
 from mediation.warrants.model import ContentLevel
 
 E = P.CompletenessEvent
@@ -29,6 +31,39 @@ async def notices_in(stream: StreamLog) -> list[P.CompletenessNotice]:
     return [
         fast.decode_content("notice", r.payload) for r in records if r.kind is ContentKind.NOTICE
     ]
+
+
+def cc_of_size(size: int) -> bytes:
+    """An IAS-CC-APDU (payload only) of exactly ``size`` octets, at least 65546."""
+    payload = size - 10  # two headers of 5 octets: tag, 0x83, three length octets
+    inner = b"\x81\x83" + payload.to_bytes(3, "big") + bytes(payload)
+    return b"\x30\x83" + len(inner).to_bytes(3, "big") + inner
+
+
+def test_well_formed_reads_the_header_with_the_ingest_limit() -> None:
+    largest = cc_of_size(MAX_PDU)
+    assert len(largest) == MAX_PDU
+    assert well_formed(P.StreamKind.CMCC, largest)
+    assert not well_formed(P.StreamKind.CMCC, cc_of_size(MAX_PDU + 1))
+    assert well_formed(P.StreamKind.CMCC, cc_pdu())
+    assert not well_formed(P.StreamKind.CMCC, b"\x30\x81\x03\x81\x01\x01")  # not minimal
+    assert not well_formed(P.StreamKind.CMCC, b"\x30\x00")
+    assert not well_formed(P.StreamKind.CMCC, cc_pdu() + b"\x00")
+    assert not well_formed(P.StreamKind.CMCC, b"")
+    # What ingest admits, enveloped with the widest header fields, still
+    # passes the receiver's framing: it can always be delivered.
+    envelope = fast.encode_envelope_raw(
+        P.StreamId("w-" + "f" * 30, P.StreamKind.CMCC),
+        2**64 - 1,
+        dt.datetime(2026, 11, 23, 0, 11, 8, 123457, tzinfo=dt.UTC),
+        "cmCC",
+        largest,
+        P.ClockStatus.SYNCHRONISED,
+        redelivered=True,
+    )
+    buffer = MessageBuffer()
+    buffer.feed(envelope)
+    assert buffer.messages() == [envelope]
 
 
 async def test_ingest_stores_what_it_may_and_counts_what_it_refuses(tmp_path: Path) -> None:
@@ -53,11 +88,12 @@ async def test_ingest_stores_what_it_may_and_counts_what_it_refuses(tmp_path: Pa
             await server.ingest(full.handle, "cmII", cc_pdu()),  # CC in the CmII stream
             await server.ingest(full.handle, "cmCC", cc_pdu()[:-1]),  # truncated
             await server.ingest(full.handle, "cmXX", cc_pdu()),  # no such stream
+            await server.ingest(full.handle, "cmCC", cc_of_size(MAX_PDU + 1)),  # oversize
         ]
-        assert refused == [None] * 7
+        assert refused == [None] * 8
         counters = server.intake.counters
         assert (counters.accepted, counters.unknown_warrant, counters.inactive_warrant) == (2, 1, 1)
-        assert (counters.wrong_content_level, counters.malformed) == (2, 3)
+        assert (counters.wrong_content_level, counters.malformed) == (2, 4)
         status = await server.handle_request({"op": "status"})
         assert status["ingest"]["accepted"] == 2
         assert status["warrants"][full.handle]["counters"] == {"cmii": 0, "cmcc": 2}

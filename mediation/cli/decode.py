@@ -207,36 +207,22 @@ def _decode_pipe(stream: BinaryIO, label: str, emit: Emit) -> None:
 
 
 def _whole_pdus(buffer: bytearray) -> int:
-    """How many bytes at the front of ``buffer`` are whole PDUs (by their BER headers).
+    """How many bytes at the front of ``buffer`` are whole PDUs (by their DER headers).
 
     A header that is already wrong counts as the whole buffer, so that
     decoding reaches it and says what is wrong at once.
     """
-    from mediation.pdu.tlv import MAX_PDU_LENGTH
+    from mediation.pdu import PDUError
+    from mediation.pdu.tlv import Truncated, tlv_end
 
     at = 0
     while at < len(buffer):
-        pos = at + 1
-        if buffer[at] & 0x1F == 0x1F:  # high tag number: continuation bytes
-            while pos < len(buffer) and buffer[pos] & 0x80 and pos - at < 6:
-                pos += 1
-            pos += 1
-        if pos - at > 6:
-            return len(buffer)
-        if pos >= len(buffer):
+        try:
+            at = tlv_end(buffer, at)
+        except Truncated:
             return at
-        first = buffer[pos]
-        count = first & 0x7F if first & 0x80 else 0
-        if first == 0x80 or count > 4:
+        except PDUError:
             return len(buffer)
-        if pos + 1 + count > len(buffer):
-            return at
-        length = int.from_bytes(buffer[pos + 1 : pos + 1 + count], "big") if count else first
-        if length > MAX_PDU_LENGTH:
-            return len(buffer)
-        if pos + 1 + count + length > len(buffer):
-            return at
-        at = pos + 1 + count + length
     return at
 
 

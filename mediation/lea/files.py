@@ -12,6 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from mediation.durable import write_atomic
 from mediation.evidence.pcap import PcapError, PcapReader
 
 _CHUNK = 1 << 20
@@ -98,17 +99,6 @@ def sha256_of(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new file, never half."""
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, path)
 
 
 # Torn tails -------------------------------------------------------------------

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from mediation import pdu
+from mediation.durable import replacing, write_atomic
 from mediation.evidence.pcap import LINKTYPE_RAW, PcapError, PcapWriter
 from mediation.lea import rawfile
 from mediation.lea.files import (
     HashedFile,
     cut_torn_lines,
     cut_torn_pcap,
-    write_atomic,
     write_sha256,
 )
 from mediation.pdu import fast
@@ -283,17 +283,19 @@ def sort_pcap(raw_path: Path, pcap_path: Path) -> str:
     """
     messages, _torn = rawfile.scan(raw_path)
     ordered = sorted((m for m in messages if m.sequence is not None), key=lambda m: m.sequence)
-    temp = pcap_path.with_name(f".{pcap_path.name}.sorting")
-    temp.unlink(missing_ok=True)
-    target = HashedFile(temp)
-    writer = PcapWriter(target, linktype=LINKTYPE_RAW)  # type: ignore[arg-type]
-    for data in rawfile.read_in_order(raw_path, ordered):
-        envelope = fast.decode_envelope(data)
-        content = envelope.content
-        if isinstance(content, pdu.CCApdu) and is_ip_packet(content.payload):
-            writer.write(content.payload, capture_time(envelope))
-    writer.close()
-    digest = target.close(hash_file=False)  # the hash file names the final name
-    os.replace(temp, pcap_path)
+    # Durable like every replaced file (the directory entry too); a failure
+    # half-way leaves the old pcap and no temporary file.
+    with replacing(pcap_path) as temp:
+        target = HashedFile(temp)
+        try:
+            writer = PcapWriter(target, linktype=LINKTYPE_RAW)  # type: ignore[arg-type]
+            for data in rawfile.read_in_order(raw_path, ordered):
+                envelope = fast.decode_envelope(data)
+                content = envelope.content
+                if isinstance(content, pdu.CCApdu) and is_ip_packet(content.payload):
+                    writer.write(content.payload, capture_time(envelope))
+            writer.close()
+        finally:
+            digest = target.close(hash_file=False)  # the hash file names the final name
     write_sha256(pcap_path, digest)
     return digest

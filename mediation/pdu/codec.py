@@ -16,7 +16,7 @@ from mediation.pdu.cmii import CmIIMessage, cmii_from_asn1, cmii_to_asn1
 from mediation.pdu.convert import from_asn1, to_asn1
 from mediation.pdu.errors import PDUError
 from mediation.pdu.schema import compiled
-from mediation.pdu.tlv import read_header
+from mediation.pdu.tlv import check_framing, read_header
 
 CMII = "IasProtocol"
 CMCC = "IAS-CC-APDU"
@@ -106,7 +106,22 @@ def encode(record: Record) -> bytes:
     return _asn1_encode(DELIVERY, (alternative, to_asn1(record)))
 
 
-def _asn1_decode(type_name: str, data: bytes) -> Any:
+def _check_framing(type_name: str, data: bytes) -> None:
+    try:
+        check_framing(data)
+    except PDUError as exc:
+        raise PDUError(f"{type_name}: {exc.message}", exc.offset) from None
+
+
+def _asn1_decode(type_name: str, data: bytes, framing: bool = True) -> Any:
+    """asn1tools' decode of ``data`` as ``type_name``, every failure a PDUError.
+
+    With ``framing``, every header at every depth is first read by
+    :func:`mediation.pdu.tlv.check_framing`: asn1tools accepts lengths that
+    are not in their shortest form, which DER (and the hot path) refuse.
+    """
+    if framing:
+        _check_framing(type_name, data)
     try:
         value, length = compiled().decode_with_length(type_name, data)
     except PDUError:
@@ -169,10 +184,13 @@ def decode_cc(data: bytes) -> CCApdu:
 
 def decode_delivery(data: bytes) -> dlv.DeliveryMessage:
     """Decode one ``DeliveryMessage``; a later version's message comes back unknown."""
-    value = _asn1_decode(DELIVERY, data)
+    # A later version's message is skipped whole by its length: only its
+    # own header is checked; a known one is checked at every depth.
+    value = _asn1_decode(DELIVERY, data, framing=False)
     alternative, inner = value
     if alternative is None:
         return dlv.UnknownDeliveryMessage(tag=data[0] & 0x1F, raw=bytes(data))
+    _check_framing(DELIVERY, data)
     return _typed(from_asn1, dlv.DELIVERY_ALTERNATIVES[alternative], inner)
 
 

@@ -43,7 +43,7 @@ from mediation.pdu.delivery import (
 )
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import cc_contents, read_cc
-from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length, skip
+from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length
 from mediation.pdu.fast_envelope import (
     CMCC,
     CMII,
@@ -54,6 +54,7 @@ from mediation.pdu.fast_envelope import (
     frame,
     read_envelope,
 )
+from mediation.pdu.tlv import read_header
 
 __all__ = [
     "CMCC",
@@ -228,10 +229,10 @@ def encode_envelope_raw(
     end = len(content)
     if end < 3 or content[0] != 0x30:
         raise PDUError("content_der: not a DER SEQUENCE", 0)
-    stop = skip(content, 0, end)
+    _tag, start, size = read_header(content, 0, end)
+    stop = start + size
     if stop != end:
         raise PDUError(f"content_der: {end - stop} bytes after the SEQUENCE", stop)
-    start = 2 + (content[1] & 0x7F if content[1] & 0x80 else 0)  # after tag and length
     if start >= end or content[start] not in FIRST_TAGS[content_kind]:
         raise PDUError(f"content_der: does not start like a {content_kind} PDU", start)
     return frame(

@@ -185,24 +185,30 @@ def guarded(what: str, function: Callable[[bytes], _T], data: Buffer) -> _T:
         raise PDUError(f"{what}: undecodable ({type(exc).__name__})", 0) from None
 
 
-def _long_form(data: bytes, pos: int) -> tuple[int, int]:
-    """Content offset and length of a TLV at ``pos`` whose length is in long form."""
-    _tag, start, size = read_header(data, pos)
-    count = start - pos - 2  # read_header accepted a one-octet tag here
-    first = data[pos + 2]
-    if (count == 1 and size < 0x80) or (count > 1 and first == 0):
-        raise PDUError("length is not in its shortest form (not DER)", pos + 1)
-    return start, size
+def _refuse_or_read(data: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, int]:
+    """:func:`expect` for every TLV its inline path does not accept: the one reader decides."""
+    if pos < end and data[pos] != tag:
+        raise PDUError(f"{what}: expected tag 0x{tag:02x}, found 0x{data[pos]:02x}", pos)
+    try:
+        _tag, start, size = read_header(data, pos, end)
+    except PDUError as exc:
+        raise PDUError(f"{what}: {exc.message}", exc.offset) from None
+    return start, start + size
 
 
 def expect(data: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, int]:
     """Read the TLV at ``pos``, which must have the one-octet ``tag``.
 
+    The short form and the one- and two-octet long forms (every TLV up to
+    64 KiB) are read inline, and only when they are valid DER that fits;
+    everything else, and every refusal, goes through :func:`mediation.pdu.tlv.read_header`
+    (tests/test_pdu_tlv.py proves the two agree on every input).
+
     Args:
         data: the whole PDU.
         pos: where the TLV starts.
         end: the end of the enclosing contents.
-        tag: the expected tag octet.
+        tag: the expected tag octet (one octet: a tag number below 31).
         what: the field's name, for the error.
 
     Returns:
@@ -210,33 +216,26 @@ def expect(data: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, i
 
     Raises:
         PDUError: missing, another tag, bad or non-minimal length, or
-        contents running past ``end``.
+        contents running past ``end``; with the byte offset.
     """
-    if pos + 2 > end:
-        raise PDUError(f"{what}: missing or truncated", pos)
-    if data[pos] != tag:
-        raise PDUError(f"{what}: expected tag 0x{tag:02x}, found 0x{data[pos]:02x}", pos)
-    size = data[pos + 1]
-    start = pos + 2
-    if size & 0x80:
-        # One or two length octets inline (every PDU up to 64 KiB); anything
-        # else, and every malformed case, through tlv.read_header.
-        if size == 0x81 and pos + 3 <= end:
-            size = data[pos + 2]
-            start = pos + 3
-            if size < 0x80:
-                raise PDUError(f"{what}: length is not in its shortest form (not DER)", pos + 1)
+    if pos + 2 <= end and data[pos] == tag:
+        size = data[pos + 1]
+        if size < 0x80:
+            stop = pos + 2 + size
+            if stop <= end:
+                return pos + 2, stop
+        elif size == 0x81:
+            if pos + 3 <= end:
+                size = data[pos + 2]
+                stop = pos + 3 + size
+                if size >= 0x80 and stop <= end:
+                    return pos + 3, stop
         elif size == 0x82 and pos + 4 <= end:
             size = data[pos + 2] << 8 | data[pos + 3]
-            start = pos + 4
-            if size < 0x100:
-                raise PDUError(f"{what}: length is not in its shortest form (not DER)", pos + 1)
-        else:
-            start, size = _long_form(data, pos)
-    stop = start + size
-    if stop > end:
-        raise PDUError(f"{what}: length {size} runs past its enclosing value", pos)
-    return start, stop
+            stop = pos + 4 + size
+            if size >= 0x100 and stop <= end:
+                return pos + 4, stop
+    return _refuse_or_read(data, pos, end, tag, what)
 
 
 def skip(data: bytes, pos: int, end: int) -> int:
@@ -253,19 +252,7 @@ def skip(data: bytes, pos: int, end: int) -> int:
     Raises:
         PDUError: bad framing, or the TLV runs past ``end``.
     """
-    if pos + 2 > end:
-        raise PDUError("truncated TLV", pos)
-    _tag, start, size = read_header(data, pos)
-    lead = pos + 1
-    if data[pos] & 0x1F == 0x1F:  # high tag number: read_header checked these octets
-        while data[lead] & 0x80:
-            lead += 1
-        lead += 1
-    count = start - lead - 1
-    if count and ((count == 1 and size < 0x80) or (count > 1 and data[lead + 1] == 0)):
-        raise PDUError("length is not in its shortest form (not DER)", lead)
-    if start + size > end:
-        raise PDUError(f"length {size} runs past its enclosing value", pos)
+    _tag, start, size = read_header(data, pos, end)
     return start + size
 
 

@@ -2,13 +2,17 @@
 
 BER is self-delimiting, so the stream needs no extra framing: the tag and
 length octets at the front of each message say where it ends. The buffer
-learns a message's length as soon as its header (at most 11 octets) is in,
+learns a message's length as soon as its header (at most 10 octets) is in,
 refuses an oversize or malformed one at once, before its body arrives,
-and hands out only whole messages.
+and hands out only whole messages. The header is read by the project's one
+DER header reader, :func:`mediation.pdu.tlv.read_header`, with this
+buffer's limit.
 """
 
 from __future__ import annotations
 
+from mediation.pdu.errors import PDUError
+from mediation.pdu.tlv import Truncated, read_header
 from mediation.protocol.errors import ProtocolError
 
 # Precedents for a per-message ceiling: NATS max_payload and Kafka's
@@ -17,11 +21,6 @@ from mediation.protocol.errors import ProtocolError
 # 64 KiB plus a few hundred octets of headers; 1 MiB leaves ample room and
 # caps what a hostile or broken peer can make us buffer per connection.
 MAX_MESSAGE = 1024 * 1024
-
-# A high-tag-number form with more continuation octets than this names a
-# tag beyond 2**28: no DeliveryMessage alternative will ever have one.
-_MAX_TAG_OCTETS = 5
-_MAX_LENGTH_OCTETS = 4
 
 
 class MessageBuffer:
@@ -99,8 +98,8 @@ class MessageBuffer:
 
     def _message_end(self) -> int | None:
         """Offset just past the next message, None if not all of it is here yet."""
-        buf, pos, end = self._buf, self._start, len(self._buf)
-        if pos >= end:
+        buf, pos = self._buf, self._start
+        if pos >= len(buf):
             return None
         tag = buf[pos]
         # Every DeliveryMessage alternative has a context tag. Later versions
@@ -110,36 +109,10 @@ class MessageBuffer:
             raise ProtocolError(
                 f"octet 0x{tag:02x} cannot start a delivery message (expected a context tag)"
             )
-        pos += 1
-        if tag & 0x1F == 0x1F:  # high tag number form: skip continuation octets
-            while True:
-                if pos >= end:
-                    return None
-                more = buf[pos] & 0x80
-                pos += 1
-                if not more:
-                    break
-                if pos - self._start > _MAX_TAG_OCTETS:
-                    raise ProtocolError("tag number too large")
-        if pos >= end:
+        try:
+            _tag, content, length = read_header(buf, pos, len(buf), self._max)
+        except Truncated:
             return None
-        first = buf[pos]
-        pos += 1
-        if first < 0x80:
-            length = first
-        elif first == 0x80:
-            raise ProtocolError("indefinite length is not accepted on a delivery stream")
-        else:
-            count = first & 0x7F
-            if count > _MAX_LENGTH_OCTETS:
-                raise ProtocolError(f"length of {count} octets is too large")
-            if pos + count > end:
-                return None
-            length = int.from_bytes(buf[pos : pos + count], "big")
-            if buf[pos] == 0 or length < 0x80:
-                raise ProtocolError("length is not in its shortest form (not DER)")
-            pos += count
-        total = pos - self._start + length
-        if total > self._max:
-            raise ProtocolError(f"message of {total} octets exceeds the {self._max}-octet limit")
-        return pos + length if pos + length <= end else None
+        except PDUError as exc:
+            raise ProtocolError(f"delivery stream: {exc.message}") from None
+        return content + length

@@ -39,8 +39,9 @@ from mediation.log import (
 from mediation.log.evidence_log import stream_dir
 from mediation.pdu import ClockStatus, StreamId, StreamKind
 from mediation.pdu.errors import PDUError
-from mediation.pdu.fast_der import skip
 from mediation.pdu.fast_envelope import FIRST_TAGS
+from mediation.pdu.tlv import read_header
+from mediation.protocol.framing import MAX_MESSAGE
 from mediation.server.warrant_table import WarrantTable
 from mediation.warrants.model import ContentLevel, Stream, Warrant, WarrantState
 
@@ -52,6 +53,13 @@ _COUNTED = {StreamKind.CMII: Stream.CMII, StreamKind.CMCC: Stream.CMCC}
 _FIRST = {StreamKind.CMII: FIRST_TAGS["cmII"], StreamKind.CMCC: FIRST_TAGS["cmCC"]}
 Held = Callable[[StreamId, LogRecord], None]
 
+# A stored PDU travels to the agency inside a pduEnvelope, which the
+# receiver's framing takes only up to MAX_MESSAGE octets. The envelope's own
+# fields (a stream id with a handle of at most 32 characters, a sequence
+# number, a time, flags, headers) take under 128 octets; 256 leaves room.
+ENVELOPE_ROOM = 256
+MAX_PDU = MAX_MESSAGE - ENVELOPE_ROOM
+
 
 def streams_of(warrant: Warrant) -> tuple[StreamKind, ...]:
     """The log streams a warrant has: CmII, and CmCC when content is full."""
@@ -60,19 +68,20 @@ def streams_of(warrant: Warrant) -> tuple[StreamKind, ...]:
     return (StreamKind.CMII,)
 
 
-def well_formed(kind: StreamKind, der: bytes) -> bool:
-    """One whole DER SEQUENCE starting like a PDU of ``kind`` (what an envelope needs).
+def well_formed(kind: StreamKind, der: bytes, limit: int = MAX_PDU) -> bool:
+    """One whole DER SEQUENCE of at most ``limit`` octets starting like a PDU of ``kind``.
 
-    Checked at ingest because a record that cannot be enveloped would stop
-    its stream's delivery for good; the full decode is the agency's job.
+    Checked at ingest because a record that cannot be enveloped and
+    delivered would stop its stream's delivery for good; the full decode
+    is the agency's job.
     """
-    try:
-        if len(der) < 3 or der[0] != 0x30 or skip(der, 0, len(der)) != len(der):
-            return False
-    except (PDUError, IndexError):
+    if der[:1] != b"\x30":
         return False
-    start = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)
-    return start < len(der) and der[start] in _FIRST[kind]
+    try:
+        _tag, start, length = read_header(der, 0, limit=limit)
+    except PDUError:
+        return False
+    return start + length == len(der) and length > 0 and der[start] in _FIRST[kind]
 
 
 @dataclasses.dataclass

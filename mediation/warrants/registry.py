@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from mediation.durable import write_new
 from mediation.errors import UsageError
 from mediation.warrants import rows
 from mediation.warrants.audit import Anchor, AuditEvent, AuditTrail
@@ -73,8 +74,9 @@ class WarrantRegistry:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for sub in ("audit", "ca", "run"):
             (data_dir / sub).mkdir(mode=0o700, exist_ok=True)
-        # Created empty with mode 0600 first: SQLite would use the umask.
-        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        # Created empty with mode 0600 first (SQLite would use the umask), and
+        # durably: the directory entry survives a power cut like the rows.
+        write_new(db, b"", 0o600)
         conn = _connect(db)
         conn.executescript(rows.SCHEMA)
         meta = {
