@@ -34,8 +34,9 @@ anti-replay window, RFC 4303 section 3.4.3) refuses anything seen or too
 old. At most :data:`MAX_SESSIONS` sessions are kept per opener; a new
 session that started more than :data:`GRACE_US` before the newest one,
 or no later than a session already forgotten, is *stale* and refused, so
-a recording of an old session cannot be played back. :meth:`DatagramOpener.saved` and ``restore`` carry that state across
-a restart of the opener's process.
+a recording of an old session cannot be played back.
+:meth:`DatagramOpener.saved` and ``restore`` carry that state across a
+restart of the opener's process.
 
 Sans-I/O: no sockets, no clock (times are passed in); randomness is
 injectable for tests.
@@ -92,7 +93,7 @@ class Refusal(enum.Enum):
     STALE_SESSION = "stale session"
 
 
-class SealRefused(Exception):  # noqa: N818 (a refusal, not an error of ours)
+class SealRefused(Exception):
     """The datagram is not authentic, or was seen before: drop it."""
 
     def __init__(self, reason: Refusal) -> None:
