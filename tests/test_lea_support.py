@@ -35,6 +35,7 @@ from mediation.protocol import (
     ContentKind,
     StoredRecord,
 )
+from mediation.protocol.sealed import SealKey
 
 HANDLE = "w-3f9a1c"
 CMCC = P.StreamId(HANDLE, P.StreamKind.CMCC)
@@ -229,9 +230,13 @@ def make_pki(directory: Path) -> Pki:
 # Running the receiver -------------------------------------------------------------
 
 
+UDP_KEY = SealKey(0x5E1F00A7, bytes(range(100, 132)))  # the test endpoint's sealing key
+
+
 def config(out: Path, **options: object) -> ReceiverConfig:
-    """Fast timers for tests; everything else as given."""
+    """Fast timers for tests (and the test UDP key with ``udp``); everything else as given."""
     fast = {
+        "udp_keys": (UDP_KEY,) if options.get("udp") else (),
         "report_interval": 0.2,
         "retrieval_interval": 0.1,
         "settle": 0.3,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mediation.lea.receiver import Receiver, ReceiverConfig, RunResult
     from mediation.lea.retrieve import FetchRange
     from mediation.lea.tls import TrustSettings
+    from mediation.protocol.sealed import SealKey
 
     ViewTask = Callable[[Receiver], Awaitable[None]]
 
@@ -70,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_receive)
     add = parser.add_argument
     add("--udp", metavar="HOST:PORT", help="listen for UDP delivery")
+    add(
+        "--udp-key",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="the UDP key file from the carrier (needed with --udp; repeatable)",
+    )
     add("--tls", metavar="HOST:PORT", help="accept the server's TLS connections (mutual TLS)")
     add("--cert", metavar="FILE", help="the agency's certificate (PEM), see make-cert")
     add("--key", metavar="FILE", help="its private key (PEM)")
@@ -249,6 +257,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
     if fetch and not args.retrieve_from:
         raise UsageError("--fetch", "needs --retrieve-from HOST:PORT")
     udp = _listen_address(args.udp, "--udp") if args.udp else None
+    udp_keys = _udp_keys(args.udp_key, needed=bool(udp))
     tls = _listen_address(args.tls, "--tls") if args.tls else None
     retrieve = args.retrieve_from and parse_host_port(args.retrieve_from, "--retrieve-from")
     duration = _seconds(args.duration, "--duration")
@@ -257,6 +266,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
     return ReceiverConfig(
         out_dir=_out_dir(args.out),
         udp=udp,
+        udp_keys=udp_keys,
         tls=tls,
         tls_context=live_server_context(trust) if tls and trust else None,
         retrieve_from=retrieve or None,
@@ -268,6 +278,31 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         until_idle=until_idle,
         sort=args.sort,
     )
+
+
+def _udp_keys(files: list[str], *, needed: bool) -> tuple[SealKey, ...]:
+    """The ``--udp-key`` files, read and checked: needed exactly with --udp."""
+    from mediation.errors import UsageError
+    from mediation.protocol.sealed import SealKey
+    from mediation.warrants.udpkey import read_key_file
+
+    if not needed:
+        if files:
+            raise UsageError("--udp-key", "only with --udp")
+        return ()
+    if not files:
+        raise UsageError(
+            "--udp-key",
+            "needed with --udp: UDP delivery is sealed; ask the carrier for the key file "
+            "(`mediate agency udp-key NAME --out FILE`)",
+        )
+    keys: dict[int, SealKey] = {}
+    for name in files:
+        key_id, key = read_key_file(Path(name), "--udp-key")
+        if key_id in keys and keys[key_id].key != key:
+            raise UsageError("--udp-key", f"two files give key id {key_id:08x} different keys")
+        keys[key_id] = SealKey(key_id, key)
+    return tuple(keys.values())
 
 
 def _listen_address(text: str, field: str) -> tuple[str, int]:

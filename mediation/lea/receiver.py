@@ -36,6 +36,7 @@ from mediation.lea.tls import PeerRefused, check_pin, failure_reason
 from mediation.lea.udp import UdpDelivery
 from mediation.protocol import StreamReceiver
 from mediation.protocol.datagram import REPORT_INTERVAL
+from mediation.protocol.sealed import SealKey
 
 log = logging.getLogger("mediation.lea")
 
@@ -48,6 +49,7 @@ class ReceiverConfig:
 
     out_dir: Path
     udp: Address | None = None
+    udp_keys: tuple[SealKey, ...] = ()  # every UDP datagram is sealed under one of these
     tls: Address | None = None
     tls_context: ssl.SSLContext | None = None  # live listener (TLS server)
     retrieve_from: Address | None = None
@@ -99,6 +101,7 @@ class Receiver:
         self._scope = trio.CancelScope()
         self._reason = "stopped"
         self.failed: str | None = None  # why the run could not do its job
+        self.udp: UdpDelivery | None = None
 
     def stop(self, reason: str = "stopped") -> None:
         """End the run (from any task); the files are closed on the way out."""
@@ -136,6 +139,7 @@ class Receiver:
             if udp_sock is not None:
                 udp_sock.close()
             try:
+                self._save_udp()
                 digests = self.state.close(sort=self.config.sort)  # first: the evidence
             finally:
                 for listener in tls_listeners:
@@ -152,9 +156,11 @@ class Receiver:
     ) -> None:
         config = self.config
         if udp_sock is not None:
-            delivery = UdpDelivery(udp_sock, self.state, config.report_interval)
-            nursery.start_soon(delivery.reader)
-            nursery.start_soon(delivery.reporter)
+            self.udp = UdpDelivery(
+                udp_sock, self.state, config.report_interval, list(config.udp_keys)
+            )
+            nursery.start_soon(self.udp.reader)
+            nursery.start_soon(self.udp.reporter)
         if tls_listeners:
             nursery.start_soon(trio.serve_listeners, self._live_connection, tls_listeners)
         if config.retrieve_from and config.retrieval_context and not config.fetch:
@@ -186,6 +192,8 @@ class Receiver:
         udp_sock, udp_bound, listeners, tls_bound = None, None, [], None
         config = self.config
         if config.udp is not None:
+            if not config.udp_keys:
+                raise UsageError("--udp-key", "UDP delivery is sealed: give the carrier's key file")
             udp_sock, udp_bound = await udp.bind(*config.udp)
             log.info("listening: udp %s", _text(udp_bound))
         if config.tls is not None:
@@ -263,10 +271,20 @@ class Receiver:
             now = trio.current_time()
             if now >= next_sync:
                 await self.state.make_durable()
+                self._save_udp()
                 next_sync = now + config.sync_interval
             if now >= next_gaps:
                 self.state.write_gap_reports()
                 next_gaps = now + config.gaps_interval
+
+    def _save_udp(self) -> None:
+        """Keep the UDP replay state; failing to is a warning, never the end of the run."""
+        if self.udp is None:
+            return
+        try:
+            self.udp.save()
+        except OSError as exc:
+            log.warning("udp: replay state not saved: %s", exc.strerror or exc)
 
     async def _stop_after(self, seconds: float) -> None:
         await trio.sleep(seconds)

@@ -293,6 +293,7 @@ class MediationServer:
             "warrants": self.table.statuses(),
             "taps_connected": sorted(self.taps_connected),
             "delivery": [row.to_json() for row in self.delivery_rows()],
+            "udp_refused": self.delivery.udp_refused() if self.delivery is not None else {},
         }
         if self.intake is not None:
             out["ingest"] = self.intake.counters.to_json()
