@@ -257,12 +257,12 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
     if fetch and not args.retrieve_from:
         raise UsageError("--fetch", "needs --retrieve-from HOST:PORT")
     udp = _listen_address(args.udp, "--udp") if args.udp else None
-    udp_keys = _udp_keys(args.udp_key, needed=bool(udp))
     tls = _listen_address(args.tls, "--tls") if args.tls else None
     retrieve = args.retrieve_from and parse_host_port(args.retrieve_from, "--retrieve-from")
     duration = _seconds(args.duration, "--duration")
     until_idle = _seconds(args.until_idle, "--until-idle")
     trust = _trust(args, needed=bool(tls or retrieve))
+    udp_keys = _udp_keys(args.udp_key, needed=bool(udp))
     return ReceiverConfig(
         out_dir=_out_dir(args.out),
         udp=udp,
