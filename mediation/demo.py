@@ -83,7 +83,11 @@ def setup(env: dict[str, str], ports: dict[str, int]) -> str:
     udp = f"127.0.0.1:{ports['udp']}"
     tls = f"127.0.0.1:{ports['tls']}"
     cert = str(agency / "agency-cert.pem")
-    mediate("agency", "add", "TEST-LEA", "--udp", udp, "--streams", "cmii", env=env)
+    udp_key = str(agency / "udp-key.toml")  # handed to the agency, as tap bundles are
+    mediate(
+        "agency", "add", "TEST-LEA", "--udp", udp, "--streams", "cmii",
+        "--udp-key-out", udp_key, env=env,
+    )  # fmt: skip
     mediate("agency", "add", "TEST-LEA", "--tls", tls, "--ca", cert, "--streams", "cmcc", env=env)
     start = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     end = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -101,6 +105,7 @@ def start_receiver(env: dict[str, str], ports: dict[str, int]) -> subprocess.Pop
     args = [
         "receive",
         "--udp", f"127.0.0.1:{ports['udp']}",
+        "--udp-key", str(agency / "udp-key.toml"),
         "--tls", f"127.0.0.1:{ports['tls']}",
         "--cert", str(agency / "agency-cert.pem"),
         "--key", str(agency / "agency-key.pem"),
