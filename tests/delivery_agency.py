@@ -65,6 +65,11 @@ class UdpAgency:
         self._peer: object = None
         self._heard = trio.Event()
 
+    @property
+    def peer(self) -> object:
+        """Where the server's datagrams come from (its delivery socket)."""
+        return self._peer
+
     async def bind(self) -> int:
         await self.sock.bind((HOST, 0))
         return self.sock.getsockname()[1]
