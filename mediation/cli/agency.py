@@ -1,4 +1,7 @@
-"""`mediate agency add|list|show|remove`: where an agency receives its streams.
+"""`mediate agency add|list|show|remove|udp-key`: where an agency receives its streams.
+
+A UDP endpoint gets its sealing key when it is added; ``udp-key`` writes
+that key's file for the agency again (or a new key with ``--new``).
 
 Registered by :func:`mediation.cli.warrants.register`.
 """

@@ -25,13 +25,14 @@ if TYPE_CHECKING:
     ViewTask = Callable[[Receiver], Awaitable[None]]
 
 DESCRIPTION = """\
-Receive a warrant's streams from the mediation server: over UDP (--udp),
-over TLS with acknowledgements (--tls; the server connects to us), or
-both. Missing sequence numbers are fetched from the server's log by
-themselves with --retrieve-from; --fetch asks for explicit ranges and
-exits. Writes per warrant handle, under --out: the envelopes as received
-(cmii.raw, cmcc.raw), the CC packets as a pcap (cmcc.pcap), the CmII as
-JSON lines (cmii.jsonl), gaps.json, and a .sha256 for each file.
+Receive a warrant's streams from the mediation server: over UDP (--udp,
+sealed with the key file the carrier gives you: --udp-key), over TLS
+with acknowledgements (--tls; the server connects to us), or both.
+Missing sequence numbers are fetched from the server's log by themselves
+with --retrieve-from; --fetch asks for explicit ranges and exits. Writes
+per warrant handle, under --out: the envelopes as received (cmii.raw,
+cmcc.raw), the CC packets as a pcap (cmcc.pcap), the CmII as JSON lines
+(cmii.jsonl), gaps.json, and a .sha256 for each file.
 """
 
 EPILOG = """\
