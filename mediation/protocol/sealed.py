@@ -150,8 +150,9 @@ class DatagramSealer:
         self.start_us = start_us
         self.counter = 0
         self._aead = session_cipher(key, direction, self.session)
-        self._head = HEADER.pack(MAGIC, VERSION, direction, key.key_id, self.session, start_us, 0)
-        self._head = self._head[:24]  # everything but the counter
+        # Everything but the counter, which each datagram appends.
+        head = HEADER.pack(MAGIC, VERSION, direction, key.key_id, self.session, start_us, 0)
+        self._head = head[:24]
 
     def seal(self, message: bytes) -> bytes:
         """The datagram carrying ``message``.
