@@ -5,11 +5,13 @@
 1. Fills one CmCC stream of a fresh log with ``--records`` CC PDUs of
    ``--size`` bytes (the DER of a real IAS-CC-APDU).
 2. UDP: the server's delivery worker sends the whole stream from the log
-   to a receiver in another process (one envelope per datagram, through
-   ``DatagramSender``); then, in the same run, a bare Python loop reads
-   the same records through a cursor and calls ``sendto`` on each
-   payload. Rates are measured at the receiver (first to last datagram);
-   a round counts only if nothing was lost.
+   to a receiver in another process (one sealed envelope per datagram,
+   through ``DatagramSender`` and ``DatagramSealer``); then, in the same
+   run, the same worker with sealing switched off (the cost of sealing is
+   the ratio of the two); then a bare Python loop reads the same records
+   through a cursor and calls ``sendto`` on each payload. Rates are
+   measured at the receiver (first to last datagram); a round counts only
+   if nothing was lost. Seal and open are also timed alone (CPU only).
 3. TLS: the server's TLS worker connects out to a receiver in another
    process (mutual TLS, pinned fingerprint), which frames the envelopes,
    checks their sequence numbers and acknowledges; rate = records / time
@@ -44,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mediation import pdu as P
 from mediation.lea.tls import make_agency_certificate
 from mediation.log import ContentKind, EvidenceLog, StreamLog
+from mediation.protocol.sealed import DatagramOpener, DatagramSealer, Direction, SealKey
 from mediation.server.config import DeliveryConfig
 from mediation.server.delivery_tls import TlsWorker
 from mediation.server.delivery_udp import UdpWorker
@@ -201,9 +204,13 @@ class Bench:
             appended = await stream.append(der, ContentKind.CMCC, P.ClockStatus.SYNCHRONISED)
         await appended.durable()
 
-    async def udp_worker(self, stream: StreamLog, port: int, conn) -> tuple[int, float]:
-        endpoint = Endpoint("udp", HOST, port, (Stream.CMCC,))
-        worker = UdpWorker(EndpointRef("a-bench", 1, "udp", "udp"), endpoint, DeliveryConfig())
+    async def udp_worker(
+        self, stream: StreamLog, port: int, conn, sealed: bool = True
+    ) -> tuple[int, float]:
+        key = SealKey(1, os.urandom(32))
+        endpoint = Endpoint("udp", HOST, port, (Stream.CMCC,), udp_key_id=1, udp_key=key.key)
+        kind = UdpWorker if sealed else _UnsealedWorker
+        worker = kind(EndpointRef("a-bench", 1, "udp", "udp"), endpoint, DeliveryConfig())
         worker.set_streams({SID: stream}, start_at={SID: 0})
         async with trio.open_nursery() as nursery:
             conn.send(self.records)
@@ -242,6 +249,36 @@ class Bench:
         return rate, (resumed - cut_at) if cut else None
 
 
+class _PassThrough:
+    """Sealing switched off: the message goes out as it is (the bench's baseline only)."""
+
+    @staticmethod
+    def seal(message: bytes) -> bytes:
+        return message
+
+
+class _UnsealedWorker(UdpWorker):
+    async def _open(self) -> socket.socket:
+        self._sealer = _PassThrough()  # type: ignore[assignment]  # after run() made the real one
+        return await super()._open()
+
+
+def seal_open_cost(size: int, count: int = 20_000) -> tuple[float, float]:
+    """Microseconds to seal, and to open, one envelope-sized message (CPU only)."""
+    key = SealKey(1, os.urandom(32))
+    sealer = DatagramSealer(key, Direction.SERVER_TO_AGENCY, time.time_ns() // 1000)
+    opener = DatagramOpener([key], Direction.SERVER_TO_AGENCY)
+    message = bytes(size)
+    started = time.perf_counter()
+    datagrams = [sealer.seal(message) for _ in range(count)]
+    sealed = time.perf_counter() - started
+    started = time.perf_counter()
+    for datagram in datagrams:
+        opener.open(datagram)
+    opened = time.perf_counter() - started
+    return sealed / count * 1e6, opened / count * 1e6
+
+
 def _rate(result: tuple[int, float, float]) -> tuple[int, float]:
     count, first, last = result
     return count, count / (last - first) if last > first else 0.0
@@ -251,7 +288,7 @@ async def run_bench(bench: Bench, rounds: int, udp, tls) -> dict[str, list]:
     """Every measurement, ``rounds`` times, alternating."""
     udp_conn, udp_port = udp
     tls_conn, tls_port = tls
-    results: dict[str, list] = {"udp": [], "bare": [], "tls": [], "resume": []}
+    results: dict[str, list] = {"udp": [], "plain": [], "bare": [], "tls": [], "resume": []}
     async with EvidenceLog.open(bench.dir) as log:
         stream = await log.stream(HANDLE, P.StreamKind.CMCC)
         started = time.perf_counter()
@@ -259,6 +296,8 @@ async def run_bench(bench: Bench, rounds: int, udp, tls) -> dict[str, list]:
         print(f"filled the log in {time.perf_counter() - started:.1f} s", flush=True)
         for run in range(rounds):
             results["udp"].append(await bench.udp_worker(stream, udp_port, udp_conn))
+            plain = await bench.udp_worker(stream, udp_port, udp_conn, sealed=False)
+            results["plain"].append(plain)
             results["bare"].append(await bench.udp_bare(stream, udp_port, udp_conn))
             rate, _ = await bench.tls(stream, tls_port, tls_conn, 2 * run, cut=False)
             results["tls"].append(rate)
@@ -308,16 +347,21 @@ def main() -> int:
         for process in processes:
             process.join(timeout=5)
         shutil.rmtree(bench.dir, ignore_errors=True)
-    return report(results, args.records)
+    return report(results, args.records, seal_open_cost(args.size))
 
 
-def report(results: dict[str, list], records: int) -> int:
+def report(results: dict[str, list], records: int, cost: tuple[float, float]) -> int:
     udp, udp_lost = _best(results["udp"], records)
+    plain, plain_lost = _best(results["plain"], records)
     bare, bare_lost = _best(results["bare"], records)
     tls = max(results["tls"])
     resume = min(results["resume"])
     ratio = udp / bare if bare else 0.0
     print(f"UDP  worker     {udp:>10,.0f} PDUs/s with zero loss (most lost in a round: {udp_lost})")
+    print(f"UDP  unsealed   {plain:>10,.0f} PDUs/s, that worker unsealed (lost: {plain_lost})")
+    sealing = udp / plain if plain else 0.0
+    print(f"UDP  sealed/unsealed {sealing:>5.2f}  (the cost of AES-256-GCM on every datagram)")
+    print(f"seal {cost[0]:.1f} us, open {cost[1]:.1f} us per datagram (CPU only)")
     print(f"UDP  bare loop  {bare:>10,.0f} PDUs/s (sendto of each payload; most lost: {bare_lost})")
     print(f"UDP  ratio      {ratio:>10.2f}  (goal: >= 0.50 and >= 50,000 PDUs/s)")
     print(f"TLS  worker     {tls:>10,.0f} PDUs/s, in order, acknowledged (goal: >= 50,000)")

@@ -85,6 +85,7 @@ def setup(env: dict[str, str], ports: dict[str, int]) -> str:
     udp = f"127.0.0.1:{ports['udp']}"
     tls = f"127.0.0.1:{ports['tls']}"
     cert = str(agency / "agency-cert.pem")
+    udp_key = str(agency / "udp-key.toml")  # handed to the agency, as tap bundles are
     start = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     end = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     files = [
@@ -100,7 +101,7 @@ def setup(env: dict[str, str], ports: dict[str, int]) -> str:
             'court-ref = "DEMO-ORDER-1"\n',
         ),
     ]
-    mediate("agency", "add", "--from", str(files[0]), env=env)
+    mediate("agency", "add", "--from", str(files[0]), "--udp-key-out", udp_key, env=env)
     mediate("agency", "add", "--from", str(files[1]), env=env)
     out = mediate("add", "--from", str(files[2]), env=env)
     print(f"$ rm {' '.join(shlex.quote(str(f)) for f in files)}", flush=True)
@@ -133,6 +134,7 @@ def start_receiver(env: dict[str, str], ports: dict[str, int]) -> subprocess.Pop
     args = [
         "receive",
         "--udp", f"127.0.0.1:{ports['udp']}",
+        "--udp-key", str(agency / "udp-key.toml"),
         "--tls", f"127.0.0.1:{ports['tls']}",
         "--cert", str(agency / "agency-cert.pem"),
         "--key", str(agency / "agency-key.pem"),

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
-from delivery_support import HOST, Cert
+from delivery_support import HOST, TEST_UDP_KEY, Cert
 
 from mediation import pdu as P
 from mediation.protocol import (
@@ -29,13 +30,32 @@ from mediation.protocol import (
     StreamReceiver,
     parse_datagram,
 )
+from mediation.protocol.sealed import (
+    DatagramOpener,
+    DatagramSealer,
+    Direction,
+    SealKey,
+    SealRefused,
+)
 
 
 class UdpAgency:
-    """A UDP receiver that drops chosen datagrams on purpose and reports once per interval."""
+    """A UDP receiver that drops chosen datagrams on purpose and reports once per interval.
 
-    def __init__(self, drop: Callable[[P.Envelope], bool] = lambda e: False, interval: float = 0.1):
+    Datagrams are opened with ``key`` (the endpoint's, as registered by
+    ``udp_endpoint``); those that do not open are counted in ``refused``.
+    """
+
+    def __init__(
+        self,
+        drop: Callable[[P.Envelope], bool] = lambda e: False,
+        interval: float = 0.1,
+        key: SealKey = TEST_UDP_KEY,
+    ):
         self.receiver = DatagramReceiver(report_interval=interval)
+        self.opener = DatagramOpener([key], Direction.SERVER_TO_AGENCY)
+        self.sealer = DatagramSealer(key, Direction.AGENCY_TO_SERVER, time.time_ns() // 1000)
+        self.refused = 0
         self.drop = drop
         self.dropped: dict[P.StreamId, set[int]] = {}
         self.envelopes: list[P.Envelope] = []
@@ -44,6 +64,11 @@ class UdpAgency:
         self.sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
         self._peer: object = None
         self._heard = trio.Event()
+
+    @property
+    def peer(self) -> object:
+        """Where the server's datagrams come from (its delivery socket)."""
+        return self._peer
 
     async def bind(self) -> int:
         await self.sock.bind((HOST, 0))
@@ -54,6 +79,11 @@ class UdpAgency:
             nursery.start_soon(self._reports)
             while True:
                 data, peer = await self.sock.recvfrom(65536)
+                try:
+                    data = self.opener.open(data).message
+                except SealRefused:
+                    self.refused += 1
+                    continue
                 self._peer = peer
                 message = parse_datagram(data)
                 if isinstance(message, P.Envelope) and self.drop(message):
@@ -72,7 +102,7 @@ class UdpAgency:
             deadline = self.receiver.next_deadline() or math.inf
             await trio.sleep_until(deadline)
             for report in self.receiver.make_reports(trio.current_time()):
-                await self.sock.sendto(report, self._peer)
+                await self.sock.sendto(self.sealer.seal(report), self._peer)
                 self.reports_sent += 1
 
     def missing(self, stream: P.StreamId, first: int, last: int) -> int:

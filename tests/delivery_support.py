@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from mediation import pdu as P
 from mediation.clock import ClockReading
 from mediation.pki import fingerprint
+from mediation.protocol.sealed import SealKey
 from mediation.server.app import MediationServer
 from mediation.server.config import DeliveryConfig, RetrievalConfig, ServerConfig
 from mediation.warrants.authority import ServerAuthority, TapAuthority
@@ -44,6 +45,7 @@ from mediation.warrants.operations import add_agency_endpoint, add_warrant, remo
 from mediation.warrants.registry import WarrantRegistry
 
 HOST = "127.0.0.1"
+TEST_UDP_KEY = SealKey(0x7E57_0001, bytes(range(32)))  # the test agencies' UDP sealing key
 TARGET = "192.0.2.10"
 T0 = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
 
@@ -213,8 +215,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def udp_endpoint(port: int, streams: tuple[Stream, ...] = (Stream.CMII, Stream.CMCC)) -> Endpoint:
-    return Endpoint("udp", HOST, port, streams)
+def udp_endpoint(
+    port: int,
+    streams: tuple[Stream, ...] = (Stream.CMII, Stream.CMCC),
+    key: SealKey = TEST_UDP_KEY,
+) -> Endpoint:
+    """A UDP endpoint registered with ``key`` (the one :class:`UdpAgency` opens with)."""
+    return Endpoint("udp", HOST, port, streams, udp_key_id=key.key_id, udp_key=key.key)
 
 
 def tls_endpoint(

@@ -34,8 +34,14 @@ def test_demo_delivers_the_whole_intercept(tmp_path: Path) -> None:
     assert not any("DEMO-CASE-0001" in c or "02:00:5e:00:53:01" in c for c in commands)
     assert "mediate: warning" not in done.stdout
     assert not list((work / "carrier").iterdir())  # the case files are removed after use
-    [case_dir] = (work / "agency" / "intercepts").iterdir()
+    intercepts = work / "agency" / "intercepts"
+    [case_dir] = [p for p in intercepts.iterdir() if p.is_dir()]
     assert case_dir.name.startswith("w-")  # the opaque handle, never the case id
+    # UDP went sealed under the key the carrier handed over (mode 0600, as tap bundles);
+    # the receiver kept its replay state beside the cases.
+    assert (work / "agency" / "udp-key.toml").stat().st_mode & 0o777 == 0o600
+    sessions = json.loads((intercepts / "udp-sessions.json").read_text())
+    assert sessions["sessions"] and sessions["sessions"][0]["highest"] > 0
 
     gaps = json.loads((case_dir / "gaps.json").read_text())
     text = json.dumps(gaps)

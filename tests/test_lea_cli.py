@@ -14,11 +14,22 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_lea_support import CMCC, HANDLE, Receiver, config, make_pki, raw_sequences, record_for
+from test_lea_support import (
+    CMCC,
+    HANDLE,
+    UDP_KEY,
+    Receiver,
+    config,
+    make_pki,
+    raw_sequences,
+    record_for,
+)
 
 from mediation.cli import main as cli_main
 from mediation.lea.view import LiveView
 from mediation.protocol import DatagramSender
+from mediation.protocol.sealed import DatagramOpener, DatagramSealer, Direction
+from mediation.warrants.udpkey import write_key_file
 from mediation.warrants.validate import parse_fingerprint
 
 LAUNCH = "import sys; from mediation.cli import main as m; sys.exit(m.main(sys.argv[1:]))"
@@ -49,6 +60,9 @@ def mediate(capsys: pytest.CaptureFixture[str]):
         (["--fetch", "../x/cmcc:1", "--retrieve-from", "127.0.0.1:1"], "--fetch"),
         (["--udp", "127.0.0.1:5555", "--handle", "../etc"], "--handle"),
         (["--udp", "127.0.0.1:5555", "--server-fingerprint", "abc"], "--server-fingerprint"),
+        (["--udp", "127.0.0.1:5555"], "--udp-key"),
+        (["--udp", "127.0.0.1:5555", "--udp-key", "/nonexistent/k.toml"], "--udp-key"),
+        (["--tls", "127.0.0.1:6543", "--udp-key", "k.toml"], "--cert"),
     ],
 )
 def test_bad_options_are_one_line_naming_the_option(mediate, argv, field, tmp_path) -> None:
@@ -94,10 +108,32 @@ def _read_line(stream, contains: str, seconds: float = 20.0) -> str:
     raise AssertionError(f"no line with {contains!r} within {seconds} s")
 
 
+def udp_key_file(tmp_path: Path) -> Path:
+    """The test key as the carrier hands it over."""
+    path = tmp_path / "udp-key.toml"
+    write_key_file(path, "a-1b2c3d", UDP_KEY.key_id, UDP_KEY.key, "--out")
+    return path
+
+
+def test_a_udp_key_file_that_is_not_one_is_refused_with_one_line(mediate, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    for text, problem in (
+        ("not toml [", "is not a UDP key file (TOML)"),
+        ('key_id = "5e1f00a7"\nkey = "abcd"\n', "key must be 64 hex digits"),
+        (f'key_id = "xyz"\nkey = "{"00" * 32}"\n', "key_id must be 8 hex digits"),
+    ):
+        bad.write_text(text)
+        code, out, err = mediate("--udp", "127.0.0.1:0", "--udp-key", str(bad))
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert err.startswith("mediate: error: --udp-key: ") and problem in err, err
+        assert "mediate agency udp-key" in err
+
+
 def test_a_real_run_over_udp_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     out = tmp_path / "intercepts"
+    key = ["--udp-key", str(udp_key_file(tmp_path))]
     proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, "receive", "--udp", "127.0.0.1:0", "--out", str(out)],
+        [sys.executable, "-c", LAUNCH, "receive", "--udp", "127.0.0.1:0", *key, "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -107,13 +143,16 @@ def test_a_real_run_over_udp_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
         line = _read_line(proc.stderr, "listening: udp")
         port = int(line.rsplit(":", 1)[1])
         sender = DatagramSender(CMCC)
+        sealer = DatagramSealer(UDP_KEY, Direction.SERVER_TO_AGENCY, time.time_ns() // 1000)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for n in range(5):
-                sock.sendto(sender.envelope(record_for(CMCC, n), 0.0), ("127.0.0.1", port))
-            # A receiver report comes back to our source address within a second or so.
+                datagram = sealer.seal(sender.envelope(record_for(CMCC, n), 0.0))
+                sock.sendto(datagram, ("127.0.0.1", port))
+            # A sealed receiver report comes back to our source address within a second or so.
             sock.settimeout(10)
             report, _addr = sock.recvfrom(2048)
-        assert sender.receive_datagram(report, 1.0)
+        opener = DatagramOpener([UDP_KEY], Direction.AGENCY_TO_SERVER)
+        assert sender.receive_datagram(opener.open(report).message, 1.0)
         raw = out / HANDLE / "cmcc.raw"
         deadline = time.monotonic() + 10
         while not (raw.exists() and len(raw_sequences(raw)) == 5):  # flushed within 0.5 s
@@ -154,7 +193,10 @@ def test_a_corrupt_raw_file_stops_the_start_with_one_line(mediate, tmp_path: Pat
     case = tmp_path / "out" / HANDLE
     case.mkdir(parents=True)
     (case / "cmcc.raw").write_bytes(b"\x30\x03\x02\x01\x00")  # not a delivery message
-    code, out, err = mediate("--udp", "127.0.0.1:0", "--out", str(tmp_path / "out"))
+    key = str(udp_key_file(tmp_path))
+    code, out, err = mediate(
+        "--udp", "127.0.0.1:0", "--udp-key", key, "--out", str(tmp_path / "out")
+    )
     assert code == 2 and out == ""
     assert err.startswith("mediate: error: --out: ") and "cmcc.raw: byte 0" in err
     assert err.count("\n") == 1

@@ -86,7 +86,7 @@ async def test_every_output_verifies_with_the_agencys_tools(tmp_path: Path) -> N
     async def plan(server: UdpServer) -> dict:
         await server.send(CMCC, 10)
         odd = server.senders[CMCC].envelope(cc_record(10, payload=NOT_IP), 0.0)
-        await server.sock.sendto(odd, server.target)
+        await server.sock.sendto(server.sealer.seal(odd), server.target)
         await server.send(CMII, 6)
         return {CMCC: 11, CMII: 6}
 
@@ -131,7 +131,7 @@ async def test_sort_rewrites_the_pcap_in_sequence_order(tmp_path: Path) -> None:
         sender = server.senders[CMCC]
         datagrams = [sender.envelope(cc_record(n), 0.0) for n in range(5)]
         for n in (3, 1, 4, 0, 2):
-            await server.sock.sendto(datagrams[n], server.target)
+            await server.sock.sendto(server.sealer.seal(datagrams[n]), server.target)
         return {CMCC: 5}
 
     await receive_udp(out, plan, sort=True)
@@ -162,7 +162,7 @@ async def test_a_restart_appends_after_cutting_a_torn_tail(tmp_path: Path) -> No
         for n in range(10):
             data = sender.envelope(cc_record(n), 0.0)
             if n >= 3:  # 3 and 4 again: held already
-                await server.sock.sendto(data, server.target)
+                await server.sock.sendto(server.sealer.seal(data), server.target)
         return {CMCC: 10}
 
     receiver = await receive_udp(out, second)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import socket as stdlib_socket
 import ssl
+import time
 
 import trio
-from test_lea_support import CMCC, CMII, Pki, record_for
+from test_lea_support import CMCC, CMII, UDP_KEY, Pki, record_for
 
 from mediation import pdu as P
 from mediation.protocol import (
@@ -24,6 +25,7 @@ from mediation.protocol import (
     StreamSender,
     parse_datagram,
 )
+from mediation.protocol.sealed import DatagramOpener, DatagramSealer, Direction, SealKey
 
 
 class ServerConnection:
@@ -140,27 +142,34 @@ async def connect_out(port: int, context: ssl.SSLContext) -> trio.SSLStream:
 
 
 class UdpServer:
-    """The server's UDP delivery: one socket, one DatagramSender per stream."""
+    """The server's UDP delivery: one socket, one DatagramSender per stream, sealed."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], key: SealKey = UDP_KEY) -> None:
         self.target = target
         family = stdlib_socket.AF_INET6 if ":" in target[0] else stdlib_socket.AF_INET
         self.sock = trio.socket.socket(family, stdlib_socket.SOCK_DGRAM)
         self.senders = {s: DatagramSender(s, report_interval=0.2) for s in (CMCC, CMII)}
+        self.sealer = DatagramSealer(key, Direction.SERVER_TO_AGENCY, time.time_ns() // 1000)
+        self.opener = DatagramOpener([key], Direction.AGENCY_TO_SERVER)
         self.reports: list[ReportReceived] = []
         self.report_arrived = trio.Event()
 
+    def datagram(self, stream: P.StreamId, seq: int) -> bytes:
+        """The sealed datagram of envelope ``seq`` (the next one of its stream)."""
+        data = self.senders[stream].envelope(record_for(stream, seq), trio.current_time())
+        return self.sealer.seal(data)
+
     async def send(self, stream: P.StreamId, count: int, drop: set[int] = frozenset()) -> None:
         """Envelopes 0..count-1 of ``stream`` in order; those in ``drop`` never leave."""
-        sender = self.senders[stream]
         for seq in range(count):
-            data = sender.envelope(record_for(stream, seq), trio.current_time())
+            data = self.datagram(stream, seq)
             if seq not in drop:
                 await self.sock.sendto(data, self.target)
 
     async def read_reports(self) -> None:
         while True:
             data, _source = await self.sock.recvfrom(2048)
+            data = self.opener.open(data).message  # a report that does not open: fails the test
             stream = parse_datagram(data).stream
             for event in self.senders[stream].receive_datagram(data, trio.current_time()):
                 if isinstance(event, ReportReceived):

@@ -36,6 +36,7 @@ from mediation.protocol import (
     ContentKind,
     StoredRecord,
 )
+from mediation.protocol.sealed import SealKey
 from mediation.warrants.authority import ServerAuthority, TapAuthority
 from mediation.warrants.keys import RegistryKey
 
@@ -251,9 +252,13 @@ def make_pki(directory: Path) -> Pki:
 # Running the receiver -------------------------------------------------------------
 
 
+UDP_KEY = SealKey(0x5E1F00A7, bytes(range(100, 132)))  # the test endpoint's sealing key
+
+
 def config(out: Path, **options: object) -> ReceiverConfig:
-    """Fast timers for tests; everything else as given."""
+    """Fast timers for tests (and the test UDP key with ``udp``); everything else as given."""
     fast = {
+        "udp_keys": (UDP_KEY,) if options.get("udp") else (),
         "report_interval": 0.2,
         "retrieval_interval": 0.1,
         "settle": 0.3,

@@ -17,11 +17,12 @@ from pathlib import Path
 import trio
 import trio.testing
 from delivery_agency import UdpAgency
-from delivery_support import Site, cc_pdu, udp_endpoint, wait_until
+from delivery_support import TEST_UDP_KEY, Site, cc_pdu, udp_endpoint, wait_until
 
 from mediation import pdu as P
 from mediation.cli import status as status_cli
 from mediation.errors import UsageError
+from mediation.protocol.sealed import DatagramOpener, Direction
 from mediation.server.status import EndpointRef, StatusReporter, StatusRow, status_line
 from mediation.warrants.keys import write_key_file
 from mediation.warrants.model import Endpoint, Stream
@@ -163,9 +164,11 @@ def test_serve_delivers_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> 
     agency = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     agency.bind(("::1", 0))
     agency.settimeout(20)
-    handle = site.agency(
-        "AGENCY-A", Endpoint("udp", "::1", agency.getsockname()[1], (Stream.CMII,))
+    key = TEST_UDP_KEY
+    endpoint = Endpoint(
+        "udp", "::1", agency.getsockname()[1], (Stream.CMII,), None, None, key.key_id, key.key
     )
+    handle = site.agency("AGENCY-A", endpoint)
     warrant = site.warrant(handle, "CASE-SECRET-01")
     config = tmp_path / "mediation.toml"
     config.write_text('[retrieval]\nlisten = "127.0.0.1:0"\n[status]\nlog_interval = 0.2\n')
@@ -180,7 +183,8 @@ def test_serve_delivers_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> 
         )
     try:
         data, _ = agency.recvfrom(65536)  # the warrantActive notice, first of all
-        envelope = P.decode_delivery(data)
+        opener = DatagramOpener([key], Direction.SERVER_TO_AGENCY)
+        envelope = P.decode_delivery(opener.open(data).message)
         assert envelope.stream == P.StreamId(warrant.handle, P.StreamKind.CMII)
         assert envelope.content.event is P.CompletenessEvent.WARRANT_ACTIVE
         deadline = time.monotonic() + 20

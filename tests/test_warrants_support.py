@@ -60,6 +60,9 @@ class Carrier:
         # Even as root, the default key path must be ours, never /etc/mediation.
         default = tmp / "home" / ".config" / "mediation" / "registry.key"
         monkeypatch.setattr("mediation.warrants.access.default_key_file", lambda: default)
+        # `agency add --udp` writes the endpoint's key file into the current directory.
+        (tmp / "cwd").mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp / "cwd")
         self._monkeypatch = monkeypatch
 
     def without_key_env(self) -> None:

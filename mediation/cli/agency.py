@@ -1,4 +1,7 @@
-"""`mediate agency add|list|show|remove`: where an agency receives its streams.
+"""`mediate agency add|list|show|remove|udp-key`: where an agency receives its streams.
+
+A UDP endpoint gets its sealing key when it is added; ``udp-key`` writes
+that key's file for the agency again (or a new key with ``--new``).
 
 Registered by ``main.py``.
 """
@@ -7,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mediation.cli.casedata import CaseInput, Field, add_from_option, gather, relative_to_file
@@ -79,15 +83,69 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
     with given.naming():
         name = parse_agency_name(given.get("name"), given.name("name", "NAME"))
         endpoint, field = _endpoint(given)
+        key_out = _udp_key_out(args, endpoint)
         with registry_for(args, KeyNeed.REQUIRED) as registry:
             agency, created = add_agency_endpoint(registry, name, endpoint, field, now)
     assert agency.details is not None
     count = len(agency.details.endpoints)
+    endpoint = agency.details.endpoints[-1]
     print(
         f"{agency.handle} {'added' if created else 'updated'}: "
         f"endpoint {count}: {endpoint.describe()}"
     )
+    if endpoint.transport == "udp":
+        _write_udp_key(agency.handle, endpoint, key_out, "--udp-key-out")
     given.warn()
+    return 0
+
+
+def _udp_key_out(args: argparse.Namespace, endpoint: Endpoint) -> Path | None:
+    """``--udp-key-out``, checked before anything is registered."""
+    from mediation.errors import UsageError
+    from mediation.warrants.udpkey import check_new_file
+
+    if not args.udp_key_out:
+        return None
+    if endpoint.transport != "udp":
+        raise UsageError("--udp-key-out", "only with --udp")
+    path = Path(args.udp_key_out)
+    check_new_file(path, "--udp-key-out")
+    return path
+
+
+def _write_udp_key(handle: str, endpoint: Endpoint, out: Path | None, field: str) -> None:
+    """Write the endpoint's key file for the agency (default name: by handle and key id)."""
+    from mediation.errors import UsageError
+    from mediation.warrants.udpkey import write_key_file
+
+    assert endpoint.udp_key is not None and endpoint.udp_key_id is not None
+    path = out or Path(f"udp-key-{handle}-{endpoint.udp_key_id:08x}.toml")
+    try:
+        write_key_file(path, handle, endpoint.udp_key_id, endpoint.udp_key, field)
+    except UsageError as exc:
+        raise UsageError(
+            field,
+            f"{exc.problem}; the key is registered: write it with "
+            f"`mediate agency udp-key {handle} --out FILE`",
+        ) from None
+    print(f"udp key: {path} (mode 0600); hand it to the agency for `mediate receive --udp-key`")
+
+
+def cmd_agency_udp_key(args: argparse.Namespace) -> int:
+    from mediation.warrants.access import KeyNeed
+    from mediation.warrants.operations import udp_key_for
+    from mediation.warrants.udpkey import check_new_file
+    from mediation.warrants.validate import parse_host_port
+
+    address = parse_host_port(args.endpoint, "--endpoint") if args.endpoint else None
+    out = Path(args.out)
+    check_new_file(out, "--out")
+    with registry_for(args, KeyNeed.REQUIRED) as registry:
+        agency, endpoint, made = udp_key_for(registry, args.name, address, args.new)
+    if made:
+        print(f"{agency.handle}: new UDP key {endpoint.udp_key_id:08x} for {endpoint.address}")
+        print("a running server seals with it within seconds (it rereads the registry)")
+    _write_udp_key(agency.handle, endpoint, out, "--out")
     return 0
 
 
@@ -209,6 +267,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
+    p = subcommand(
+        sub,
+        "udp-key",
+        "write a UDP endpoint's key file for the agency (creating the key if it has none)",
+        cmd_agency_udp_key,
+    )
+    p.add_argument("name", metavar="NAME|HANDLE")
+    p.add_argument("--out", metavar="FILE", required=True, help="the key file to create (0600)")
+    p.add_argument(
+        "--endpoint", metavar="HOST:PORT", action=Once, help="which UDP endpoint, if several"
+    )
+    p.add_argument("--new", action="store_true", help="replace the key (the old one stops working)")
+
+
 def add_agency_options(p: argparse.ArgumentParser) -> None:
     """NAME and one endpoint, each also from ``--from FILE``; one endpoint per command."""
     add_from_option(p, "the agency and its endpoint")
@@ -238,4 +310,11 @@ def add_agency_options(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         action=Once,
         help="cmii, cmcc or cmii,cmcc (default: both)",
+    )
+    p.add_argument(
+        "--udp-key-out",
+        metavar="FILE",
+        action=Once,
+        help="with --udp: write the endpoint's new key here "
+        "(default: udp-key-HANDLE-KEYID.toml; never overwritten)",
     )

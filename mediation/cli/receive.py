@@ -20,17 +20,19 @@ if TYPE_CHECKING:
     from mediation.lea.receiver import Receiver, ReceiverConfig, RunResult
     from mediation.lea.retrieve import FetchRange
     from mediation.lea.tls import TrustSettings
+    from mediation.protocol.sealed import SealKey
 
     ViewTask = Callable[[Receiver], Awaitable[None]]
 
 DESCRIPTION = """\
-Receive a warrant's streams from the mediation server: over UDP (--udp),
-over TLS with acknowledgements (--tls; the server connects to us), or
-both. Missing sequence numbers are fetched from the server's log by
-themselves with --retrieve-from; --fetch asks for explicit ranges and
-exits. Writes per warrant handle, under --out: the envelopes as received
-(cmii.raw, cmcc.raw), the CC packets as a pcap (cmcc.pcap), the CmII as
-JSON lines (cmii.jsonl), gaps.json, and a .sha256 for each file.
+Receive a warrant's streams from the mediation server: over UDP (--udp,
+sealed with the key file the carrier gives you: --udp-key), over TLS
+with acknowledgements (--tls; the server connects to us), or both.
+Missing sequence numbers are fetched from the server's log by themselves
+with --retrieve-from; --fetch asks for explicit ranges and exits. Writes
+per warrant handle, under --out: the envelopes as received (cmii.raw,
+cmcc.raw), the CC packets as a pcap (cmcc.pcap), the CmII as JSON lines
+(cmii.jsonl), gaps.json, and a .sha256 for each file.
 """
 
 EPILOG = """\
@@ -70,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_receive)
     add = parser.add_argument
     add("--udp", metavar="HOST:PORT", action=Once, help="listen for UDP delivery")
+    add(
+        "--udp-key",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="the UDP key file from the carrier (needed with --udp; repeatable)",
+    )
     add(
         "--tls",
         metavar="HOST:PORT",
@@ -269,9 +278,11 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
     duration = _seconds(args.duration, "--duration")
     until_idle = _seconds(args.until_idle, "--until-idle")
     trust = _trust(args, needed=bool(tls or retrieve))
+    udp_keys = _udp_keys(args.udp_key, needed=bool(udp))
     return ReceiverConfig(
         out_dir=_out_dir(args.out),
         udp=udp,
+        udp_keys=udp_keys,
         tls=tls,
         tls_context=live_server_context(trust) if tls and trust else None,
         retrieve_from=retrieve or None,
@@ -283,6 +294,31 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         until_idle=until_idle,
         sort=args.sort,
     )
+
+
+def _udp_keys(files: list[str], *, needed: bool) -> tuple[SealKey, ...]:
+    """The ``--udp-key`` files, read and checked: needed exactly with --udp."""
+    from mediation.errors import UsageError
+    from mediation.protocol.sealed import SealKey
+    from mediation.warrants.udpkey import read_key_file
+
+    if not needed:
+        if files:
+            raise UsageError("--udp-key", "only with --udp")
+        return ()
+    if not files:
+        raise UsageError(
+            "--udp-key",
+            "needed with --udp: UDP delivery is sealed; ask the carrier for the key file "
+            "(`mediate agency udp-key NAME --out FILE`)",
+        )
+    keys: dict[int, SealKey] = {}
+    for name in files:
+        key_id, key = read_key_file(Path(name), "--udp-key")
+        if key_id in keys and keys[key_id].key != key:
+            raise UsageError("--udp-key", f"two files give key id {key_id:08x} different keys")
+        keys[key_id] = SealKey(key_id, key)
+    return tuple(keys.values())
 
 
 def _listen_address(text: str, field: str) -> tuple[str, int]:

@@ -74,6 +74,9 @@ def _summary(status: dict[str, Any]) -> list[str]:
     if control:
         refused = ", ".join(f"{k} {v}" for k, v in control["refused"].items() if v) or "none"
         lines.append(f"control: answered {control['answered']}; refused: {refused}")
+    for endpoint, refused in sorted((status.get("udp_refused") or {}).items()):
+        text = ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items()))
+        lines.append(f"udp {endpoint}: datagrams refused: {text}")
     bad = {k: v for k, v in (status.get("storage") or {}).items() if v != "ok"}
     lines += [f"storage: {k}: {v}" for k, v in sorted(bad.items())]
     return lines

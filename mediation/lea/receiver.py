@@ -37,6 +37,7 @@ from mediation.lea.udp import UdpDelivery
 from mediation.pki import CLIENT_AUTH
 from mediation.protocol import StreamReceiver
 from mediation.protocol.datagram import REPORT_INTERVAL
+from mediation.protocol.sealed import SealKey
 from mediation.refusals import Refusals
 
 log = logging.getLogger("mediation.lea")
@@ -50,6 +51,7 @@ class ReceiverConfig:
 
     out_dir: Path
     udp: Address | None = None
+    udp_keys: tuple[SealKey, ...] = ()  # every UDP datagram is sealed under one of these
     tls: Address | None = None
     tls_context: ssl.SSLContext | None = None  # live listener (TLS server)
     retrieve_from: Address | None = None
@@ -104,6 +106,7 @@ class Receiver:
         self.refusals = Refusals(
             log, "tls: refused", clock=trio.current_time, counts=self.state.counters.refused_reasons
         )
+        self.udp: UdpDelivery | None = None
 
     def stop(self, reason: str = "stopped") -> None:
         """End the run (from any task); the files are closed on the way out."""
@@ -142,6 +145,7 @@ class Receiver:
                 udp_sock.close()
             self.refusals.flush()
             try:
+                self._save_udp()
                 digests = self.state.close(sort=self.config.sort)  # first: the evidence
             finally:
                 for listener in tls_listeners:
@@ -158,9 +162,11 @@ class Receiver:
     ) -> None:
         config = self.config
         if udp_sock is not None:
-            delivery = UdpDelivery(udp_sock, self.state, config.report_interval)
-            nursery.start_soon(delivery.reader)
-            nursery.start_soon(delivery.reporter)
+            self.udp = UdpDelivery(
+                udp_sock, self.state, config.report_interval, list(config.udp_keys)
+            )
+            nursery.start_soon(self.udp.reader)
+            nursery.start_soon(self.udp.reporter)
         if tls_listeners:
             nursery.start_soon(trio.serve_listeners, self._live_connection, tls_listeners)
         if config.retrieve_from and config.retrieval_context and not config.fetch:
@@ -192,6 +198,8 @@ class Receiver:
         udp_sock, udp_bound, listeners, tls_bound = None, None, [], None
         config = self.config
         if config.udp is not None:
+            if not config.udp_keys:
+                raise UsageError("--udp-key", "UDP delivery is sealed: give the carrier's key file")
             udp_sock, udp_bound = await udp.bind(*config.udp)
             log.info("listening: udp %s", _text(udp_bound))
         if config.tls is not None:
@@ -274,10 +282,20 @@ class Receiver:
             now = trio.current_time()
             if now >= next_sync:
                 await self.state.make_durable()
+                self._save_udp()
                 next_sync = now + config.sync_interval
             if now >= next_gaps:
                 self.state.write_gap_reports()
                 next_gaps = now + config.gaps_interval
+
+    def _save_udp(self) -> None:
+        """Keep the UDP replay state; failing to is a warning, never the end of the run."""
+        if self.udp is None:
+            return
+        try:
+            self.udp.save()
+        except OSError as exc:
+            log.warning("udp: replay state not saved: %s", exc.strerror or exc)
 
     async def _stop_after(self, seconds: float) -> None:
         await trio.sleep(seconds)

@@ -10,6 +10,7 @@ counts everything the live view and the gap report show.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -62,11 +63,15 @@ class AcceptedStreams:
 class Counters:
     """Things that went wrong, for the view and the summary (never fatal)."""
 
-    bad_datagrams: int = 0
+    bad_datagrams: int = 0  # authentic, but not a delivery message for us
     refused_connections: int = 0
     refused_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     protocol_errors: int = 0
     unknown_messages: int = 0
+    # UDP datagrams that did not open (forged, altered, replayed, stale), by reason.
+    unauthenticated: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter
+    )
 
 
 class ReceiverState:

@@ -1,30 +1,58 @@
-"""UDP delivery at the agency: one socket, every stream arriving on it, reports back.
+"""UDP delivery at the agency: one socket, every stream arriving on it, sealed reports back.
 
-The server sends one envelope per datagram, from one socket per endpoint.
-A reader task feeds each datagram to the :class:`DatagramReceiver` (whose
-trackers are the receiver's shared ones) and stores what is new; a
-reporter task sends, every interval, one receiver report per stream to
-the address that stream's envelopes come from.
+The server sends one sealed datagram per message (``protocol/sealed.py``),
+from one socket per endpoint. The reader opens each datagram with the
+agency's keys *before* decoding it: one that does not open (forged,
+altered, replayed, of a stale session) is counted by reason and dropped,
+never decoded, stored or answered, so it opens no gap and creates no
+directory. What opens goes to the :class:`DatagramReceiver` (whose
+trackers are the receiver's shared ones) and what is new is stored. The
+reporter sends, every interval, one sealed report per stream to the
+source address of that stream's last authenticated datagram.
+
+The opener's replay state (sessions and their highest counters) is saved
+in the output directory (:data:`SESSIONS_FILE`), so a recording cannot be
+played back across a restart of the receiver either.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import socket as stdlib_socket
+import time
+from pathlib import Path
 
 import trio
 
 from mediation import pdu
+from mediation.durable import write_atomic
 from mediation.errors import UsageError
 from mediation.lea.state import ReceiverState
-from mediation.protocol import DatagramReceiver, EnvelopeReceived, ProtocolError, parse_datagram
+from mediation.protocol import (
+    CheckpointReceived,
+    DatagramReceiver,
+    EnvelopeReceived,
+    ProtocolError,
+    parse_datagram,
+)
+from mediation.protocol.sealed import (
+    DatagramOpener,
+    DatagramSealer,
+    Direction,
+    SealKey,
+    SealRefused,
+    worth_logging,
+)
 
 log = logging.getLogger("mediation.lea")
 
 Address = tuple[str, int]
 MAX_DATAGRAM = 65535
 BAD_DATAGRAMS_LOGGED = 5  # then only counted: a flood must not flood the log too
+SESSIONS_FILE = "udp-sessions.json"
+MAX_SESSIONS_FILE = 64 * 1024
 
 
 async def bind(host: str, port: int) -> tuple[trio.socket.SocketType, Address]:
@@ -51,53 +79,119 @@ class UdpDelivery:
     """The reader and reporter tasks of one UDP socket."""
 
     def __init__(
-        self, sock: trio.socket.SocketType, state: ReceiverState, report_interval: float
+        self,
+        sock: trio.socket.SocketType,
+        state: ReceiverState,
+        report_interval: float,
+        keys: list[SealKey],
     ) -> None:
         self.sock = sock
         self.state = state
         self.machine = DatagramReceiver(streams=state.accepted, report_interval=report_interval)
         self.machine.trackers = state.trackers  # one tracker per stream, shared by all
-        self.sources: dict[pdu.StreamId, Address] = {}
-        self._first = trio.Event()
+        self.opener = DatagramOpener(keys, Direction.SERVER_TO_AGENCY)
+        self.routes: dict[pdu.StreamId, tuple[int, Address]] = {}  # key id, source
+        self._sealers: dict[int, DatagramSealer] = {}
+        self._known = trio.Event()  # set when a stream's reports become due
+        self._saved: dict | None = None
+        self._restore()
+
+    @property
+    def sessions_file(self) -> Path:
+        return self.state.out_dir / SESSIONS_FILE
 
     async def reader(self) -> None:
-        """Store every new envelope; drop and count anything else."""
-        counters = self.state.counters
+        """Open, check and store every datagram; drop and count anything else."""
         while True:
             data, source = await self.sock.recvfrom(MAX_DATAGRAM)
-            now = trio.current_time()
-            try:
-                events = self.machine.receive_datagram(data, now)
-            except ProtocolError as exc:
-                counters.bad_datagrams += 1
-                if counters.bad_datagrams <= BAD_DATAGRAMS_LOGGED:
-                    log.warning("udp: datagram from %s dropped: %s", source[0], exc)
-                continue
-            for event in events:
-                if isinstance(event, EnvelopeReceived):
-                    self.sources[event.envelope.stream] = source[:2]
-            self.state.on_events(events, functools.partial(_same, data), "udp", now)
-            self._first.set()
+            self.receive(data, source[:2], trio.current_time())
+
+    def receive(self, data: bytes, source: Address, now: float) -> None:
+        """One datagram from ``source``: stored if authentic and new, else counted."""
+        counters = self.state.counters
+        try:
+            opened = self.opener.open(data)
+        except SealRefused as exc:
+            counters.unauthenticated[exc.reason.value] += 1
+            count = counters.unauthenticated[exc.reason.value]
+            if worth_logging(count):
+                log.warning("udp: datagram from %s refused (%s), %d so far", source[0], exc, count)
+            return
+        try:
+            events = self.machine.receive_datagram(opened.message, now)
+        except ProtocolError as exc:
+            counters.bad_datagrams += 1
+            if counters.bad_datagrams <= BAD_DATAGRAMS_LOGGED:
+                log.warning("udp: datagram from %s dropped: %s", source[0], exc)
+            return
+        for event in events:
+            if isinstance(event, EnvelopeReceived):
+                self.routes[event.envelope.stream] = (opened.key_id, source)
+            elif isinstance(event, CheckpointReceived):
+                self.routes[event.checkpoint.stream] = (opened.key_id, source)
+        self.state.on_events(events, functools.partial(_same, opened.message), "udp", now)
+        if self.machine.next_deadline() is not None:
+            self._known.set()
 
     async def reporter(self) -> None:
-        """Each interval, one receiver report per UDP stream, to where its envelopes come from."""
-        await self._first.wait()  # the first datagram starts the report clock
+        """Each interval, one sealed receiver report per UDP stream, to where it comes from."""
         while True:
             deadline = self.machine.next_deadline()
-            assert deadline is not None, "a stream is known after the first datagram"
+            if deadline is None:  # no stream yet (a checkpoint or notice may come first)
+                await self._known.wait()
+                continue
             await trio.sleep_until(deadline)
             now = trio.current_time()
             if not self.machine.report_due(now):
                 continue
             for report in self.machine.make_reports(now):
                 stream = getattr(parse_datagram(report), "stream", None)
-                source = self.sources.get(stream)  # type: ignore[arg-type]
-                if source is None:
+                route = self.routes.get(stream)  # type: ignore[arg-type]
+                if route is None:
                     continue  # a stream that came by TLS or retrieval: no UDP sender
+                key_id, source = route
                 try:
-                    await self.sock.sendto(report, source)
+                    await self.sock.sendto(self._sealer(key_id).seal(report), source)
                 except OSError as exc:  # e.g. ICMP unreachable from an earlier send
                     log.debug("udp: report to %s not sent: %s", source[0], exc)
+
+    def _sealer(self, key_id: int) -> DatagramSealer:
+        """This run's sending session under one key (made at the first report)."""
+        if key_id not in self._sealers:
+            key = self.opener.keys[key_id]
+            start = time.time_ns() // 1000
+            self._sealers[key_id] = DatagramSealer(key, Direction.AGENCY_TO_SERVER, start)
+        return self._sealers[key_id]
+
+    # Replay state across restarts --------------------------------------------
+
+    def _restore(self) -> None:
+        """Take back the opener's state of an earlier run; a damaged file is only a warning."""
+        try:
+            with self.sessions_file.open("rb") as handle:
+                raw = handle.read(MAX_SESSIONS_FILE + 1)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("udp: %s unreadable (%s); replay state starts empty", SESSIONS_FILE, exc)
+            return
+        try:
+            if len(raw) > MAX_SESSIONS_FILE:
+                raise ValueError("too large")
+            self.opener.restore(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("udp: %s damaged (%s); replay state starts empty", SESSIONS_FILE, exc)
+            return
+        self._saved = self.opener.saved()
+
+    def save(self) -> None:
+        """Write the opener's state if it changed (housekeeping calls it, and the end of a run)."""
+        saved = self.opener.saved()
+        if saved == self._saved:
+            return
+        self.state.out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self.sessions_file, json.dumps(saved).encode("ascii"), 0o600)
+        self._saved = saved
 
 
 def _same(data: bytes, _event: object) -> bytes:

@@ -100,7 +100,8 @@ class LiveView:
             status += f"  retrieval: {retriever.open_requests} open requests"
         lines.append(
             f"{status}  refused connections {counters.refused_connections}  bad datagrams "
-            f"{counters.bad_datagrams}  protocol errors {counters.protocol_errors}"
+            f"{counters.bad_datagrams}  unauthenticated {counters.unauthenticated.total()}  "
+            f"protocol errors {counters.protocol_errors}"
         )
         return lines
 
@@ -186,6 +187,9 @@ def summary(state: ReceiverState, result: RunResult) -> list[str]:
         )
     for reason, count in sorted(counters.refused_reasons.items()):
         lines.append(f"  refused: {reason}: {count}")
+    if counters.unauthenticated:
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(counters.unauthenticated.items()))
+        lines.append(f"unauthenticated datagrams dropped: {reasons}")
     for handle in sorted(result.digests):
         for name, digest in sorted(result.digests[handle].items()):
             lines.append(f"{digest}  {state.out_dir / handle / name}")

@@ -27,6 +27,7 @@ from mediation.protocol.events import (
 )
 from mediation.protocol.gaps import SequenceTracker
 from mediation.protocol.keepalive import UtcNow, system_utc_now
+from mediation.protocol.sealed import OVERHEAD
 
 REPORT_INTERVAL = 1.0
 SILENT_AFTER = 3  # report intervals without a report
@@ -34,6 +35,8 @@ SILENT_AFTER = 3  # report intervals without a report
 # an IPsec or GRE header or two: a report is never fragmented.
 MAX_REPORT_OCTETS = 1400
 MAX_UDP_PAYLOAD = 65507
+# Every datagram is sealed (sealed.py): its header and tag come on top.
+MAX_ENVELOPE = MAX_UDP_PAYLOAD - OVERHEAD
 
 # Worst cases, so the range budget needs no trial encoding: a SequenceRange
 # is at most 2 + 2 * (2 + 9) octets; everything else in a report (stream
@@ -87,7 +90,7 @@ class DatagramSender:
         if self.next_sequence is not None and seq != self.next_sequence:
             raise ValueError(f"record {seq} sent, {self.next_sequence} was next")
         data = record_envelope(self.stream, record, redelivered=False)
-        if len(data) > MAX_UDP_PAYLOAD:
+        if len(data) > MAX_ENVELOPE:
             raise ValueError(f"envelope of {len(data)} octets does not fit a UDP datagram")
         if self.first_sent is None:
             self.first_sent = seq

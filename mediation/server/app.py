@@ -338,6 +338,7 @@ class MediationServer:
             "taps_connected": sorted(self.taps_connected),
             "delivery": [row.to_json() for row in self.delivery_rows()],
             "reloads": self.reloads,
+            "udp_refused": self.delivery.udp_refused() if self.delivery is not None else {},
         }
         if self.control is not None:
             out["control"] = self.control.counters.to_json()

@@ -142,6 +142,14 @@ class DeliveryManager:
     def workers(self) -> list[Worker]:
         return [worker for worker, _scope in self._workers.values()]
 
+    def udp_refused(self) -> dict[str, dict[str, int]]:
+        """Per UDP endpoint (``a-1b2c3d udp#1``), the datagrams it sent that were dropped."""
+        out = {}
+        for worker in self.workers:
+            if isinstance(worker, UdpWorker) and (refused := worker.refusals()):
+                out[f"{worker.ref.agency} {worker.ref.short}"] = refused
+        return out
+
     def rows(self) -> list[StatusRow]:
         """Every (stream, endpoint) row, sorted by handle, stream and endpoint."""
         rows = [row for worker in self.workers for row in worker.rows()]

@@ -3,9 +3,15 @@
 One UDP socket per endpoint, connected to its address: envelopes go out
 from it, and the agency's receiver reports come back to it (the agency
 answers the datagrams' source address; a connected socket takes datagrams
-from that address only). Per stream, a task is a cursor into the log that
-starts at the stream's end when delivery starts (UDP is real time; the
-history is what retrieval is for) and sends each record as one datagram
+from that address only). Every datagram is sealed under the endpoint's key
+(``mediation/protocol/sealed.py``): one sending session per worker run,
+one opener for the reports. A report that does not open is counted by
+reason and dropped; it never touches the loss figure. An endpoint without
+a key (a registry older than sealing) gets nothing, and says so.
+
+Per stream, a task is a cursor into the log that starts at the stream's
+end when delivery starts (UDP is real time; the history is what retrieval
+is for) and sends each record as one datagram
 through the stream's :class:`DatagramSender`. Reports are routed to their
 stream's sender, which turns them into the loss figure; an endpoint with
 no report for ``silent_after`` intervals is *silent*.
@@ -21,6 +27,7 @@ import errno
 import logging
 import math
 import socket
+import time
 
 import trio
 
@@ -36,6 +43,14 @@ from mediation.protocol import (
     parse_datagram,
 )
 from mediation.protocol.envelope import record_envelope
+from mediation.protocol.sealed import (
+    DatagramOpener,
+    DatagramSealer,
+    Direction,
+    SealKey,
+    SealRefused,
+    worth_logging,
+)
 from mediation.server.config import DeliveryConfig
 from mediation.server.link import backoff_delays
 from mediation.server.status import EndpointRef, StatusRow
@@ -72,7 +87,16 @@ class UdpWorker:
         self.state = "waiting"
         self.last_error: str | None = None
         self.send_errors = 0
-        self.bad_datagrams = 0
+        self.bad_datagrams = 0  # authentic, but not a valid report for a stream here
+        self._key = (
+            None
+            if endpoint.udp_key is None or endpoint.udp_key_id is None
+            else SealKey(endpoint.udp_key_id, endpoint.udp_key)
+        )
+        self._sealer: DatagramSealer | None = None
+        self.opener = DatagramOpener(
+            [] if self._key is None else [self._key], Direction.AGENCY_TO_SERVER
+        )
 
     def set_streams(
         self, streams: dict[StreamId, StreamLog], start_at: dict[StreamId, int] | None = None
@@ -105,6 +129,11 @@ class UdpWorker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the socket, deliver every stream, read reports; until cancelled."""
         task_status.started()
+        if self._key is None:
+            await self._refuse_without_key()
+            return
+        # A new session per run: a new session key, so counters may start again.
+        self._sealer = DatagramSealer(self._key, Direction.SERVER_TO_AGENCY, time.time_ns() // 1000)
         self._sock = await self._open()
         try:
             async with trio.open_nursery() as nursery:
@@ -116,6 +145,16 @@ class UdpWorker:
         finally:
             self._nursery = None
             self._sock.close()
+
+    async def _refuse_without_key(self) -> None:
+        """Deliver nothing, unsealed, ever: say how to give the endpoint its key."""
+        self.state = "no key"
+        self.last_error = (
+            f"no UDP key; run `mediate agency udp-key {self.ref.agency} --out FILE` "
+            "and give the file to the agency"
+        )
+        log.warning("%s: not delivering: %s", self.ref.label, self.last_error)
+        await trio.sleep_forever()
 
     async def _open(self) -> socket.socket:
         """A socket connected to the endpoint; retries while the name does not resolve."""
@@ -151,16 +190,16 @@ class UdpWorker:
                     self._wake.set()  # the silence clock starts with the first envelope
 
     async def _send_batch(self, state: _UdpStream, records: list) -> None:
-        sock = self._sock
-        assert sock is not None
-        envelope, send = state.sender.envelope, sock.send
+        sock, sealer = self._sock, self._sealer
+        assert sock is not None and sealer is not None
+        envelope, send, seal = state.sender.envelope, sock.send, sealer.seal
         now = trio.current_time()
         for record in records:
             if record.__class__ is Checkpoint:
-                data = state.sender.checkpoint(record.to_pdu())
+                data = seal(state.sender.checkpoint(record.to_pdu()))
             else:
                 try:
-                    data = envelope(record, now)
+                    data = seal(envelope(record, now))
                 except ValueError:
                     self._oversize(state, record)
                     continue
@@ -207,7 +246,14 @@ class UdpWorker:
 
     def _report(self, data: bytes, now: float) -> None:
         try:
-            message = parse_datagram(data)
+            opened = self.opener.open(data)
+        except SealRefused as exc:  # counted by the opener; believed in nothing
+            count = self.opener.refused[exc.reason]
+            if worth_logging(count):
+                log.warning("%s: report refused (%s), %d so far", self.ref.label, exc, count)
+            return
+        try:
+            message = parse_datagram(opened.message)
             if isinstance(message, pdu.UnknownDeliveryMessage):
                 return
             if not isinstance(message, pdu.ReceiverReport):
@@ -251,10 +297,10 @@ class UdpWorker:
         It bypasses the stream's sender: its loss figure counts the copy
         that comes from the log later, when storage returns.
         """
-        if sid not in self._streams or self._sock is None:
+        if sid not in self._streams or self._sock is None or self._sealer is None:
             return
         try:
-            self._sock.send(record_envelope(sid, record, redelivered=False))
+            self._sock.send(self._sealer.seal(record_envelope(sid, record, redelivered=False)))
         except OSError as exc:
             self._error(exc)
 
@@ -280,6 +326,13 @@ class UdpWorker:
                     exact=loss.exact,
                 )
             )
+        return out
+
+    def refusals(self) -> dict[str, int]:
+        """Datagrams from the endpoint's address that were dropped, by reason."""
+        out = {reason.value: n for reason, n in self.opener.refused.items() if n}
+        if self.bad_datagrams:
+            out["not a report for a stream here"] = self.bad_datagrams
         return out
 
     def loss(self, sid: StreamId) -> object:

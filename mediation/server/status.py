@@ -68,7 +68,7 @@ class StatusRow:
         lost: UDP: still missing at the agency per its latest report; None for TLS.
         backlog: appended but not acknowledged (TLS) or not sent (UDP).
         state: connected, connecting, down, refused, idle (TLS);
-            waiting, receiving, silent, error (UDP).
+            waiting, receiving, silent, error, no key (UDP: the endpoint has no sealing key).
     """
 
     handle: str

@@ -78,7 +78,12 @@ class Source:
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """One place an agency receives streams: UDP, or TLS with its CA or a pinned fingerprint."""
+    """One place an agency receives streams: UDP, or TLS with its CA or a pinned fingerprint.
+
+    A UDP endpoint has its sealing key (``udp_key``, 32 octets, and its
+    4-octet ``udp_key_id``): created when it is registered; None only in a
+    registry older than sealing (``mediate agency udp-key`` creates one).
+    """
 
     transport: str  # "udp" or "tls"
     host: str
@@ -86,6 +91,8 @@ class Endpoint:
     streams: tuple[Stream, ...]
     ca_pem: str | None = None
     fingerprint: str | None = None  # SHA-256 of the certificate (DER), lower-case hex
+    udp_key_id: int | None = None
+    udp_key: bytes | None = dataclasses.field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -101,6 +108,8 @@ class Endpoint:
             text += f" fingerprint=sha256:{self.fingerprint}"
         elif self.ca_pem:
             text += " ca=(certificate stored)"
+        if self.transport == "udp":
+            text += f" key={self.udp_key_id:08x}" if self.udp_key else " key=NONE"
         return text
 
 

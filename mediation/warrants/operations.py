@@ -34,6 +34,7 @@ from mediation.warrants.model import (
     WarrantState,
 )
 from mediation.warrants.registry import WarrantRegistry
+from mediation.warrants.udpkey import new_udp_key
 from mediation.warrants.validate import check_window
 
 
@@ -176,7 +177,13 @@ def remove_warrant(registry: WarrantRegistry, handle: str, now: dt.datetime) -> 
 def add_agency_endpoint(
     registry: WarrantRegistry, name: str, endpoint: Endpoint, field: str, now: dt.datetime
 ) -> tuple[Agency, bool]:
-    """Add ``endpoint`` to agency ``name``, created if new. Returns (agency, created)."""
+    """Add ``endpoint`` to agency ``name``, created if new. Returns (agency, created).
+
+    A UDP endpoint without a key gets a new one (see :func:`udp_key_ids`).
+    """
+    if endpoint.transport == "udp" and endpoint.udp_key is None:
+        key_id, key = new_udp_key(udp_key_ids(registry))
+        endpoint = dataclasses.replace(endpoint, udp_key_id=key_id, udp_key=key)
     agency = registry.find_agency(name)
     if agency is None:
         agency = Agency(registry.new_handle("a"), now, None, AgencyDetails(name, (endpoint,)))
@@ -197,6 +204,69 @@ def add_agency_endpoint(
     event = AuditEvent("agency add", agency.handle, detail={"endpoints": len(details.endpoints)})
     registry.save_agency(agency, event)
     return agency, False
+
+
+def udp_key_ids(registry: WarrantRegistry) -> set[int]:
+    """The key ids of every UDP endpoint, removed agencies' too: a new one differs."""
+    return {
+        e.udp_key_id
+        for agency in registry.agencies(include_removed=True)
+        if agency.details is not None
+        for e in agency.details.endpoints
+        if e.udp_key_id is not None
+    }
+
+
+def udp_endpoint(agency: Agency, address: tuple[str, int] | None) -> tuple[int, Endpoint]:
+    """The agency's UDP endpoint at ``address``, or its only one; with its index.
+
+    Raises:
+        UsageError: none, or several and no ``--endpoint`` to choose.
+    """
+    assert agency.details is not None
+    found = [
+        (i, e)
+        for i, e in enumerate(agency.details.endpoints)
+        if e.transport == "udp" and (address is None or (e.host, e.port) == address)
+    ]
+    if not found:
+        where = "at that address" if address else "at all"
+        raise UsageError("--endpoint", f"agency {agency.handle} has no UDP endpoint {where}")
+    if len(found) > 1:
+        raise UsageError("--endpoint", "the agency has several UDP endpoints: choose one HOST:PORT")
+    return found[0]
+
+
+def udp_key_for(
+    registry: WarrantRegistry, ref: str, address: tuple[str, int] | None, renew: bool
+) -> tuple[Agency, Endpoint, bool]:
+    """An agency UDP endpoint's key, created if it has none or ``renew``; audited.
+
+    Returns:
+        The agency, the endpoint with its key, and whether the key is new
+        (a running server then seals with it after its next reload).
+    """
+    agency = _agency(registry, ref, "NAME")
+    assert agency.details is not None
+    index, endpoint = udp_endpoint(agency, address)
+    made = renew or endpoint.udp_key is None
+    if made:
+        key_id, key = new_udp_key(udp_key_ids(registry))
+        endpoint = dataclasses.replace(endpoint, udp_key_id=key_id, udp_key=key)
+        endpoints = list(agency.details.endpoints)
+        endpoints[index] = endpoint
+        details = dataclasses.replace(agency.details, endpoints=tuple(endpoints))
+        agency = dataclasses.replace(agency, details=details)
+    event = AuditEvent(
+        "agency udp-key",
+        agency.handle,
+        detail={"endpoint": index + 1, "key_id": f"{endpoint.udp_key_id:08x}", "new": made},
+    )
+    if made:
+        registry.save_agency(agency, event)
+    else:
+        registry.record(event)  # handing a key out is recorded too
+    return agency, endpoint, made
 
 
 def remove_agency(

@@ -37,7 +37,7 @@ CREATE TABLE agencies (
     handle  TEXT PRIMARY KEY,
     created TEXT NOT NULL,
     removed TEXT,
-    details BLOB NOT NULL           -- sealed: name, endpoints
+    details BLOB NOT NULL           -- sealed: name, endpoints (with UDP keys)
 );
 CREATE TABLE warrants (
     handle   TEXT PRIMARY KEY,
@@ -161,6 +161,11 @@ def agency_to_json(details: AgencyDetails) -> dict[str, Any]:
                 "streams": [s.value for s in e.streams],
                 "ca_pem": e.ca_pem,
                 "fingerprint": e.fingerprint,
+                **(
+                    {"udp_key_id": e.udp_key_id, "udp_key": e.udp_key.hex()}
+                    if e.udp_key is not None
+                    else {}
+                ),
             }
             for e in details.endpoints
         ],
@@ -176,6 +181,9 @@ def agency_from_json(data: dict[str, Any]) -> AgencyDetails:
             streams=tuple(Stream(s) for s in e["streams"]),
             ca_pem=e["ca_pem"],
             fingerprint=e["fingerprint"],
+            # Absent in registries older than sealed UDP delivery.
+            udp_key_id=e.get("udp_key_id"),
+            udp_key=bytes.fromhex(e["udp_key"]) if e.get("udp_key") else None,
         )
         for e in data["endpoints"]
     )
