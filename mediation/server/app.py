@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from mediation.clock import ClockReading, read_clock
-from mediation.log import Appended, EvidenceLog, LogError, StreamLog
+from mediation.log import LOG_KEY_PURPOSE, Appended, EvidenceLog, LogError, LogKey, StreamLog
 from mediation.pdu import StreamId
 from mediation.server.config import ServerConfig
 from mediation.server.control import ControlError, ControlSocket, socket_path
@@ -98,7 +98,9 @@ class MediationServer:
             )
             trust = self.trust = AgencyTrust(identity)
             async with (
-                EvidenceLog.open(self.data_dir, self.config.log) as evidence,
+                EvidenceLog.open(
+                    self.data_dir, self.config.log, key=LogKey(self._key.derive(LOG_KEY_PURPOSE))
+                ) as evidence,
                 trio.open_nursery() as nursery,
             ):
                 self._nursery = nursery
