@@ -5,7 +5,8 @@
 1. Appends ``--records`` records of ``--size`` bytes to a fresh log with
    the default group commit (``await stream.append`` flat out, then waits
    for the last to be durable), noting how many records each fdatasync
-   covered.
+   covered; once unencrypted (format version 1) and once encrypted with a
+   log key (version 2, what the server writes), alternating.
 2. On the same filesystem, a bare loop of ``os.write`` + ``os.fdatasync``
    with exactly those batch sizes.
 3. Prints records/s of each and the ratio (goal: log >= 60 % of bare), best
@@ -17,7 +18,8 @@
    reach even if all writing overlapped on another core, since those steps
    hold the GIL (hashlib lets go of it only for 2 KiB or more).
 5. Reads the records back through a cursor from memory (goal: >= 500,000
-   records/s), in batches and one at a time.
+   records/s), in batches and one at a time; and from the segments (a
+   replay of old records), unencrypted and encrypted.
 
 ``--sweep`` also tries other commit sizes and intervals, and measures the
 append-to-durable latency of a paced stream (1000 records/s) for each
@@ -42,20 +44,24 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mediation.log import ContentKind, EvidenceLog, LogConfig
+from mediation.log import ContentKind, EvidenceLog, LogConfig, LogKey
 from mediation.pdu import ClockStatus, StreamKind
 
 HANDLE = "w-bench1"
+KEY = LogKey(os.urandom(32))
 
 
 async def log_run(
-    base: Path, records: int, size: int, config: LogConfig
+    base: Path, records: int, size: int, config: LogConfig, key: LogKey | None = None
 ) -> tuple[float, list[int]]:
-    """Records/s of appends until the last is durable, and the batch sizes."""
+    """Records/s of appends until the last is durable, and the batch sizes.
+
+    ``key``: encrypt the records (the server's format); None: unencrypted.
+    """
     directory = Path(tempfile.mkdtemp(dir=base))
     payload = os.urandom(size)
     try:
-        async with EvidenceLog.open(directory, config) as log:
+        async with EvidenceLog.open(directory, config, key=key) as log:
             stream = await log.stream(HANDLE, StreamKind.CMCC)
             append = stream.append
             kind, clock = ContentKind.CMCC, ClockStatus.SYNCHRONISED
@@ -140,7 +146,7 @@ async def read_rates(base: Path, records: int, size: int) -> tuple[float, float]
     directory = Path(tempfile.mkdtemp(dir=base))
     config = LogConfig(ring_bytes=records * (size + 200), max_pending_bytes=1 << 30)
     try:
-        async with EvidenceLog.open(directory, config) as log:
+        async with EvidenceLog.open(directory, config, key=KEY) as log:
             stream = await log.stream(HANDLE, StreamKind.CMCC)
             payload = os.urandom(size)
             for _ in range(records):
@@ -163,12 +169,40 @@ async def read_rates(base: Path, records: int, size: int) -> tuple[float, float]
         shutil.rmtree(directory)
 
 
+async def disk_read_rate(base: Path, records: int, size: int, key: LogKey | None) -> float:
+    """Records/s read back from the segments (a replay), after reopening the log."""
+    directory = Path(tempfile.mkdtemp(dir=base))
+    try:
+        await log_run_into(directory, records, size, key)
+        async with EvidenceLog.open(directory, LogConfig(), key=key) as log:
+            stream = await log.stream(HANDLE, StreamKind.CMCC)
+            cursor, got = stream.cursor(0), 0
+            start = time.perf_counter()
+            while got < records:
+                got += len(await cursor.read(4096))
+            return records / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(directory)
+
+
+async def log_run_into(directory: Path, records: int, size: int, key: LogKey | None) -> None:
+    payload = os.urandom(size)
+    async with EvidenceLog.open(directory, LogConfig(), key=key) as log:
+        stream = await log.stream(HANDLE, StreamKind.CMCC)
+        for _ in range(records):
+            appended = await stream.append(payload, ContentKind.CMCC)
+        await appended.durable()
+
+
 async def latency(base: Path, config: LogConfig, rate: int, seconds: float) -> tuple[float, float]:
     """Append-to-durable latency (p50, p99, ms) of a stream paced at ``rate``/s."""
     directory = Path(tempfile.mkdtemp(dir=base))
     waits: list[float] = []
     try:
-        async with EvidenceLog.open(directory, config) as log, trio.open_nursery() as nursery:
+        async with (
+            EvidenceLog.open(directory, config, key=None) as log,
+            trio.open_nursery() as nursery,
+        ):
             stream = await log.stream(HANDLE, StreamKind.CMII)
 
             async def measure(appended: object, t0: float) -> None:
@@ -210,10 +244,11 @@ async def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-log-", dir=args.dir or Path.cwd()))
     try:
-        logs, bares, floors, ceilings, all_batches = [], [], [], [], []
+        logs, sealed, bares, floors, ceilings, all_batches = [], [], [], [], [], []
         for _ in range(args.rounds):
             rate, batches = await log_run(base, args.records, args.size, LogConfig())
             logs.append(rate)
+            sealed.append((await log_run(base, args.records, args.size, LogConfig(), KEY))[0])
             bares.append(bare_run(base, batches, args.size))
             floors.append(floor_run(base, batches, args.size))
             ceilings.append(floor_run(base, batches, args.size, write=False))
@@ -223,7 +258,13 @@ async def main() -> None:
         chain_us = min(chain_step_us(args.size) for _ in range(args.rounds))
         print(f"records of {args.size} bytes, {args.records} per round, best of {args.rounds}")
         print(f"group commit: median {statistics.median(all_batches):.0f} records per fdatasync")
-        print(f"log:  {log_best:10.0f} records/s")
+        sealed_best = max(sealed)
+        print(f"log:  {log_best:10.0f} records/s (unencrypted, format version 1)")
+        print(
+            f"log, encrypted: {sealed_best:10.0f} records/s (AES-256-GCM, version 2), "
+            f"ratio {sealed_best / log_best:.2f} to the unencrypted log, "
+            f"{sealed_best / bare_best:.2f} to bare"
+        )
         print(f"bare: {bare_best:10.0f} records/s (os.write + fdatasync, same batch sizes)")
         print(f"ratio: {log_best / bare_best:.2f} (goal >= 0.60)")
         print(
@@ -242,6 +283,13 @@ async def main() -> None:
         print(
             f"cursor from memory: {batched:10.0f} records/s in batches, "
             f"{single:10.0f} records/s one by one (goal >= 500000)"
+        )
+        replay = min(args.records, 100_000)
+        plain_disk = await disk_read_rate(base, replay, args.size, None)
+        sealed_disk = await disk_read_rate(base, replay, args.size, KEY)
+        print(
+            f"cursor from the segments: {plain_disk:10.0f} records/s unencrypted, "
+            f"{sealed_disk:10.0f} records/s encrypted (ratio {sealed_disk / plain_disk:.2f})"
         )
         if args.sweep:
             await sweep(base, args.records, args.size)
