@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 
 from cryptography.exceptions import InvalidTag
@@ -121,7 +122,7 @@ class SegmentCipher:
 class LogKey:
     """The evidence log's key. Never printed (see ``__repr__``)."""
 
-    __slots__ = ("_ciphers", "_key")
+    __slots__ = ("_ciphers", "_key", "_lock")
 
     def __init__(self, key: bytes) -> None:
         """Args: key: 32 bytes, ``RegistryKey.derive(LOG_KEY_PURPOSE)``.
@@ -132,6 +133,8 @@ class LogKey:
         if len(key) != KEY_BYTES:
             raise ValueError("log key must be 32 bytes")
         self._key = bytes(key)
+        # Used from the event loop (new segments) and reader threads (old ones).
+        self._lock = threading.Lock()
         self._ciphers: OrderedDict[bytes, SegmentCipher] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -162,10 +165,11 @@ class LogKey:
             WrongLogKey: the segment was written with another key (or its
                 salt or key check were altered).
         """
-        cached = self._ciphers.get(header.salt)
-        if cached is not None:
-            self._ciphers.move_to_end(header.salt)
-            return cached
+        with self._lock:
+            cached = self._ciphers.get(header.salt)
+            if cached is not None:
+                self._ciphers.move_to_end(header.salt)
+                return cached
         if self.key_check(header.stream, header.salt) != header.key_check:
             raise WrongLogKey(
                 f"{where}: written with another log key than {self.fingerprint()} "
@@ -175,9 +179,11 @@ class LogKey:
 
     def _cipher(self, stream: StreamId, salt: bytes) -> SegmentCipher:
         key = _hkdf(self._key, salt, SEGMENT_INFO + F.stream_bytes(stream), KEY_BYTES)
-        cipher = self._ciphers[salt] = SegmentCipher(key)
-        if len(self._ciphers) > _CACHE:
-            self._ciphers.popitem(last=False)
+        cipher = SegmentCipher(key)
+        with self._lock:
+            self._ciphers[salt] = cipher
+            if len(self._ciphers) > _CACHE:
+                self._ciphers.popitem(last=False)
         return cipher
 
 

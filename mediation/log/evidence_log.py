@@ -102,6 +102,8 @@ class EvidenceLog:
             ValueError: the handle is not a safe opaque handle.
             LogError: another process has the stream open.
             LogCorrupted: the stream cannot be recovered automatically.
+            LogError: its segments were written with another log key
+                (``WrongLogKey``), or are encrypted and the log has no key.
         """
         key = StreamId(F.check_handle(handle), kind)
         while key in self._opening:
