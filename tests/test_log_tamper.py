@@ -167,9 +167,9 @@ def test_a_changed_record_with_a_forged_checksum_fails_the_chain(data: Path) -> 
         assert "100..149 was altered" in report.fault.reason
 
 
+@pytest.mark.parametrize("reference", ["encrypted"], indirect=True)
 def test_a_flipped_ciphertext_bit_with_a_forged_checksum_is_named(data: Path) -> None:
-    if not encrypted(data):
-        pytest.skip("no ciphertext in an unencrypted log")
+    assert encrypted(data)
     path, offset, length = locate(data, 77)
     raw = bytearray(path.read_bytes())
     raw[offset + 8 + 9 + 5] ^= 0x20  # inside the ciphertext, not the tag
@@ -181,9 +181,9 @@ def test_a_flipped_ciphertext_bit_with_a_forged_checksum_is_named(data: Path) ->
     assert "does not decrypt" in report.fault.reason
 
 
+@pytest.mark.parametrize("reference", ["encrypted"], indirect=True)
 def test_a_record_moved_to_another_sequence_number_does_not_decrypt(data: Path) -> None:
-    if not encrypted(data):
-        pytest.skip("no ciphertext in an unencrypted log")
+    assert encrypted(data)
     path, offset, length = locate(data, 60)
     raw = bytearray(path.read_bytes())
     raw[offset + 8 + 1 : offset + 8 + 9] = struct.pack(">Q", 61)  # claims to be 61
