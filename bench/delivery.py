@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mediation import pdu as P
 from mediation.lea.tls import make_agency_certificate
-from mediation.log import ContentKind, EvidenceLog, StreamLog
+from mediation.log import ContentKind, EvidenceLog, LogKey, StreamLog
 from mediation.protocol.sealed import DatagramOpener, DatagramSealer, Direction, SealKey
 from mediation.server.config import DeliveryConfig
 from mediation.server.delivery_tls import TlsWorker
@@ -289,7 +289,7 @@ async def run_bench(bench: Bench, rounds: int, udp, tls) -> dict[str, list]:
     udp_conn, udp_port = udp
     tls_conn, tls_port = tls
     results: dict[str, list] = {"udp": [], "plain": [], "bare": [], "tls": [], "resume": []}
-    async with EvidenceLog.open(bench.dir) as log:
+    async with EvidenceLog.open(bench.dir, key=LogKey(os.urandom(32))) as log:  # as the server
         stream = await log.stream(HANDLE, P.StreamKind.CMCC)
         started = time.perf_counter()
         await bench.fill(stream)

@@ -5,7 +5,8 @@
 1. Appends ``--records`` records of ``--size`` bytes to a fresh log with
    the default group commit (``await stream.append`` flat out, then waits
    for the last to be durable), noting how many records each fdatasync
-   covered.
+   covered; once unencrypted (format version 1) and once encrypted with a
+   log key (version 2, what the server writes), alternating.
 2. On the same filesystem, a bare loop of ``os.write`` + ``os.fdatasync``
    with exactly those batch sizes.
 3. Prints records/s of each and the ratio (goal: log >= 60 % of bare), best
@@ -17,7 +18,8 @@
    reach even if all writing overlapped on another core, since those steps
    hold the GIL (hashlib lets go of it only for 2 KiB or more).
 5. Reads the records back through a cursor from memory (goal: >= 500,000
-   records/s), in batches and one at a time.
+   records/s), in batches and one at a time; and from the segments (a
+   replay of old records), unencrypted and encrypted.
 
 ``--sweep`` also tries other commit sizes and intervals, and measures the
 append-to-durable latency of a paced stream (1000 records/s) for each
@@ -42,29 +44,36 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mediation.log import ContentKind, EvidenceLog, LogConfig
+from mediation.log import ContentKind, EvidenceLog, LogConfig, LogKey
 from mediation.pdu import ClockStatus, StreamKind
 
 HANDLE = "w-bench1"
+KEY = LogKey(os.urandom(32))
 
 
 async def log_run(
-    base: Path, records: int, size: int, config: LogConfig
-) -> tuple[float, list[int]]:
-    """Records/s of appends until the last is durable, and the batch sizes."""
+    base: Path, records: int, size: int, config: LogConfig, key: LogKey | None = None
+) -> tuple[float, list[int], float]:
+    """Records/s of appends until the last is durable, the batch sizes, and CPU µs a record.
+
+    ``key``: encrypt the records (the server's format); None: unencrypted.
+    The CPU time (all threads) says what a record costs even on a machine
+    busy with other work, where records/s mostly say how busy it was.
+    """
     directory = Path(tempfile.mkdtemp(dir=base))
     payload = os.urandom(size)
     try:
-        async with EvidenceLog.open(directory, config) as log:
+        async with EvidenceLog.open(directory, config, key=key) as log:
             stream = await log.stream(HANDLE, StreamKind.CMCC)
             append = stream.append
             kind, clock = ContentKind.CMCC, ClockStatus.SYNCHRONISED
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(records):
                 appended = await append(payload, kind, clock)
             await appended.durable()
             elapsed = time.perf_counter() - start
-            return records / elapsed, list(stream.stats.batch_sizes)
+            cpu_us = (time.process_time() - cpu) / records * 1e6
+            return records / elapsed, list(stream.stats.batch_sizes), cpu_us
     finally:
         shutil.rmtree(directory)
 
@@ -123,16 +132,28 @@ def floor_run(base: Path, batches: list[int], size: int, write: bool = True) -> 
 
 
 def chain_step_us(size: int, count: int = 50_000) -> float:
-    """Microseconds of one chain step alone: SHA-256 over the previous value and a record."""
+    """CPU microseconds of one chain step alone: SHA-256 over the previous value and a record."""
     payload, meta, sha256 = os.urandom(size), bytes(19), hashlib.sha256
     chain = bytes(32)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(count):
         h = sha256(chain)
         h.update(meta)
         h.update(payload)
         chain = h.digest()
-    return (time.perf_counter() - start) / count * 1e6
+    return (time.process_time() - start) / count * 1e6
+
+
+def seal_step_us(size: int, count: int = 50_000) -> float:
+    """CPU microseconds of one record's encryption alone, as the append path does it."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    encrypt, payload, meta = AESGCM(os.urandom(32)).encrypt, os.urandom(size), bytes(19)
+    start = time.process_time()
+    for seq in range(count):
+        nonce = bytes(4) + seq.to_bytes(8, "big")
+        encrypt(nonce, meta[9:] + payload, meta[:9])
+    return (time.process_time() - start) / count * 1e6
 
 
 async def read_rates(base: Path, records: int, size: int) -> tuple[float, float]:
@@ -140,7 +161,7 @@ async def read_rates(base: Path, records: int, size: int) -> tuple[float, float]
     directory = Path(tempfile.mkdtemp(dir=base))
     config = LogConfig(ring_bytes=records * (size + 200), max_pending_bytes=1 << 30)
     try:
-        async with EvidenceLog.open(directory, config) as log:
+        async with EvidenceLog.open(directory, config, key=KEY) as log:
             stream = await log.stream(HANDLE, StreamKind.CMCC)
             payload = os.urandom(size)
             for _ in range(records):
@@ -163,12 +184,40 @@ async def read_rates(base: Path, records: int, size: int) -> tuple[float, float]
         shutil.rmtree(directory)
 
 
+async def disk_read_rate(base: Path, records: int, size: int, key: LogKey | None) -> float:
+    """Records/s read back from the segments (a replay), after reopening the log."""
+    directory = Path(tempfile.mkdtemp(dir=base))
+    try:
+        await log_run_into(directory, records, size, key)
+        async with EvidenceLog.open(directory, LogConfig(), key=key) as log:
+            stream = await log.stream(HANDLE, StreamKind.CMCC)
+            cursor, got = stream.cursor(0), 0
+            start = time.perf_counter()
+            while got < records:
+                got += len(await cursor.read(4096))
+            return records / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(directory)
+
+
+async def log_run_into(directory: Path, records: int, size: int, key: LogKey | None) -> None:
+    payload = os.urandom(size)
+    async with EvidenceLog.open(directory, LogConfig(), key=key) as log:
+        stream = await log.stream(HANDLE, StreamKind.CMCC)
+        for _ in range(records):
+            appended = await stream.append(payload, ContentKind.CMCC)
+        await appended.durable()
+
+
 async def latency(base: Path, config: LogConfig, rate: int, seconds: float) -> tuple[float, float]:
     """Append-to-durable latency (p50, p99, ms) of a stream paced at ``rate``/s."""
     directory = Path(tempfile.mkdtemp(dir=base))
     waits: list[float] = []
     try:
-        async with EvidenceLog.open(directory, config) as log, trio.open_nursery() as nursery:
+        async with (
+            EvidenceLog.open(directory, config, key=None) as log,
+            trio.open_nursery() as nursery,
+        ):
             stream = await log.stream(HANDLE, StreamKind.CMII)
 
             async def measure(appended: object, t0: float) -> None:
@@ -188,7 +237,7 @@ async def latency(base: Path, config: LogConfig, rate: int, seconds: float) -> t
 async def sweep(base: Path, records: int, size: int) -> None:
     print("commit sweep (records/s of the log, bare loop on the same batches):")
     for n in (64, 128, 256, 512, 1024):
-        rate, batches = await log_run(base, records, size, LogConfig(commit_records=n))
+        rate, batches, _cpu = await log_run(base, records, size, LogConfig(commit_records=n))
         bare = bare_run(base, batches, size)
         print(
             f"  N={n:5d}: log {rate:9.0f}  bare {bare:9.0f}  ratio {rate / bare:5.2f}  "
@@ -210,10 +259,15 @@ async def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-log-", dir=args.dir or Path.cwd()))
     try:
-        logs, bares, floors, ceilings, all_batches = [], [], [], [], []
+        logs, sealed, bares, floors, ceilings, all_batches = [], [], [], [], [], []
+        cpu_plain, cpu_sealed = [], []
         for _ in range(args.rounds):
-            rate, batches = await log_run(base, args.records, args.size, LogConfig())
+            rate, batches, cpu = await log_run(base, args.records, args.size, LogConfig())
             logs.append(rate)
+            cpu_plain.append(cpu)
+            rate, _, cpu = await log_run(base, args.records, args.size, LogConfig(), KEY)
+            sealed.append(rate)
+            cpu_sealed.append(cpu)
             bares.append(bare_run(base, batches, args.size))
             floors.append(floor_run(base, batches, args.size))
             ceilings.append(floor_run(base, batches, args.size, write=False))
@@ -221,9 +275,21 @@ async def main() -> None:
         log_best, bare_best = max(logs), max(bares)
         floor_best, ceiling_best = max(floors), max(ceilings)
         chain_us = min(chain_step_us(args.size) for _ in range(args.rounds))
+        seal_us = min(seal_step_us(args.size) for _ in range(args.rounds))
         print(f"records of {args.size} bytes, {args.records} per round, best of {args.rounds}")
         print(f"group commit: median {statistics.median(all_batches):.0f} records per fdatasync")
-        print(f"log:  {log_best:10.0f} records/s")
+        sealed_best = max(sealed)
+        print(f"log:  {log_best:10.0f} records/s (unencrypted, format version 1)")
+        print(
+            f"log, encrypted: {sealed_best:10.0f} records/s (AES-256-GCM, version 2), "
+            f"ratio {sealed_best / log_best:.2f} to the unencrypted log, "
+            f"{sealed_best / bare_best:.2f} to bare"
+        )
+        plain_us, sealed_us = min(cpu_plain), min(cpu_sealed)
+        print(
+            f"CPU a record: {plain_us:.2f} us unencrypted, {sealed_us:.2f} us encrypted "
+            f"(+{sealed_us - plain_us:.2f} us, ratio {plain_us / sealed_us:.2f})"
+        )
         print(f"bare: {bare_best:10.0f} records/s (os.write + fdatasync, same batch sizes)")
         print(f"ratio: {log_best / bare_best:.2f} (goal >= 0.60)")
         print(
@@ -238,10 +304,18 @@ async def main() -> None:
             f"chain step alone: {chain_us:.2f} us a record; the bare loop: "
             f"{1e6 / bare_best:.2f} us a record"
         )
+        print(f"encryption step alone: {seal_us:.2f} us a record (AES-256-GCM)")
         batched, single = await read_rates(base, min(args.records, 100_000), args.size)
         print(
             f"cursor from memory: {batched:10.0f} records/s in batches, "
             f"{single:10.0f} records/s one by one (goal >= 500000)"
+        )
+        replay = min(args.records, 100_000)
+        plain_disk = await disk_read_rate(base, replay, args.size, None)
+        sealed_disk = await disk_read_rate(base, replay, args.size, KEY)
+        print(
+            f"cursor from the segments: {plain_disk:10.0f} records/s unencrypted, "
+            f"{sealed_disk:10.0f} records/s encrypted (ratio {sealed_disk / plain_disk:.2f})"
         )
         if args.sweep:
             await sweep(base, args.records, args.size)

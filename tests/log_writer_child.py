@@ -18,10 +18,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mediation.log import ContentKind, EvidenceLog, LogConfig
+from mediation.log import ContentKind, EvidenceLog, LogConfig, LogKey
 from mediation.pdu import ClockStatus, StreamKind
 
 HANDLE = "w-c4a5e0"
+KEY = LogKey(hashlib.sha256(b"crash-test-log-key").digest())  # obviously fake
 # Small segments and checkpoints so kills land in rolls and signatures too.
 CONFIG = LogConfig(
     commit_records=16, checkpoint_records=40, segment_bytes=64 * 1024, index_interval=8
@@ -36,7 +37,7 @@ def payload_for(seq: int) -> bytes:
 
 
 async def main(data_dir: Path) -> None:
-    async with EvidenceLog.open(data_dir, CONFIG) as log:
+    async with EvidenceLog.open(data_dir, CONFIG, key=KEY) as log:
         stream = await log.stream(HANDLE, StreamKind.CMCC)
         print(f"start {stream.next_seq} {len(stream.stats.torn)}", flush=True)
         while True:

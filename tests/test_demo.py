@@ -80,3 +80,27 @@ def test_demo_delivers_the_whole_intercept(tmp_path: Path) -> None:
     for stream in ("cmii", "cmcc"):
         assert f"{case_dir.name}/{stream}: " in verified
     assert verified.count("ok: all verified") == 2, verified
+    assert_nothing_in_clear(work / "mediation")
+
+
+# What the demo's warrant and traffic identify (mediation/demo.py, fixtures/sample).
+CASE_SECRETS = {
+    "case id": [b"DEMO-CASE-0001"],
+    "IAP id": [b"DEMO-IAP"],
+    "court reference": [b"DEMO-ORDER-1"],
+    "target MAC": [b"02:00:5e:00:53:01", b"02-00-5e-00-53-01", b"02005e005301"],
+    "target MAC (binary)": [bytes.fromhex("02005e005301")],
+    "target address": [b"192.0.2.10"],
+}
+
+
+def assert_nothing_in_clear(data_dir: Path) -> None:
+    """No file of a copy of the data directory reveals the case (docs/confidentiality.md)."""
+    files = [path for path in data_dir.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".seg" for path in files)  # the evidence log is there
+    for path in files:
+        data = path.read_bytes()
+        for what, needles in CASE_SECRETS.items():
+            for needle in needles:
+                found = needle in data or (needle.isascii() and needle.lower() in data.lower())
+                assert not found, f"{path.relative_to(data_dir)} holds the {what} in clear"

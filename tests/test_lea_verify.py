@@ -15,6 +15,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from delivery_support import cc_pdu
+from log_support import KEY
 
 from mediation import pdu as P
 from mediation.cli import main as cli_main
@@ -64,7 +65,7 @@ def received(tmp_path: Path) -> Received:
 async def _received(tmp_path: Path) -> Received:
     config = LogConfig(checkpoint_records=10, checkpoint_interval=1000.0)
     items: list[LogRecord | Checkpoint] = []
-    async with EvidenceLog.open(tmp_path / "server", config) as log:
+    async with EvidenceLog.open(tmp_path / "server", config, key=KEY) as log:
         stream = await log.stream(HANDLE, P.StreamKind.CMCC)
         for n in range(COUNT):
             last = await stream.append(cc_pdu(n=n), ContentKind.CMCC, P.ClockStatus.SYNCHRONISED)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from log_writer_child import CONFIG, HANDLE, payload_for
+from log_writer_child import CONFIG, HANDLE, KEY, payload_for
 
 from mediation.log import EvidenceLog, load_public_key, verify_stream
 from mediation.log.keys import public_key_path
@@ -31,7 +31,7 @@ KILLS = 30
 
 async def read_back(data: Path) -> tuple[int, int]:
     """Reopen (recovering), check every record; (records, torn tails cut)."""
-    async with EvidenceLog.open(data, CONFIG) as log:
+    async with EvidenceLog.open(data, CONFIG, key=KEY) as log:
         stream = await log.stream(HANDLE, StreamKind.CMCC)
         cursor, seq = stream.cursor(0), 0
         while seq < stream.next_seq:
@@ -80,9 +80,9 @@ def test_kill_9_at_random_moments_loses_nothing_reported_durable(tmp_path: Path)
         checked += stored
         torn += cut
         report = verify_stream(
-            data / "log" / HANDLE / "cmcc", load_public_key(public_key_path(data))
+            data / "log" / HANDLE / "cmcc", load_public_key(public_key_path(data)), key=KEY
         )
-        assert report.ok, report.line()
+        assert report.complete, report.line()
         assert report.records == stored
     print(
         f"\n{KILLS} kills, {stored} records stored, {checked} record reads checked, "

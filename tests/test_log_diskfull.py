@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from log_support import KEY
 from tmpfs_support import mount, small_tmpfs
 
 from mediation import pdu as P
@@ -63,7 +64,7 @@ async def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk: P
     config = LogConfig(commit_records=8, retry_interval=0.05, segment_bytes=256 * 1024)
     payload = os.urandom(1000)
     accepted: list[Appended] = []
-    async with EvidenceLog.open(small_disk, config) as log:
+    async with EvidenceLog.open(small_disk, config, key=KEY) as log:
         stream = await log.stream(HANDLE, P.StreamKind.CMCC)
         with trio.fail_after(30):
             while stream.state.healthy:
@@ -97,6 +98,6 @@ async def test_a_full_disk_is_reported_survived_and_recovered_from(small_disk: P
             records.extend(await cursor.read(256))
         assert [r.payload for r in records] == [payload] * len(accepted) + [b"after"]
     report = verify_stream(
-        small_disk / "log" / HANDLE / "cmcc", load_public_key(public_key_path(small_disk))
+        small_disk / "log" / HANDLE / "cmcc", load_public_key(public_key_path(small_disk)), key=KEY
     )
-    assert report.ok and report.records == len(accepted) + 1
+    assert report.complete and report.records == len(accepted) + 1

@@ -21,6 +21,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from log_support import KEY
 
 from mediation import pdu as P
 from mediation.log import ContentKind, EvidenceLog, LogConfig, load_public_key, verify_stream
@@ -79,9 +80,10 @@ def _durable_end(directory: Path, durable: int) -> tuple[Path, int] | None:
         return None
     first, path = segments[-1]
     data = path.read_bytes()
-    if len(data) < F.HEADER_SIZE:
+    try:
+        offset = end = F.decode_header(data).size
+    except ValueError:
         return None
-    offset = end = F.HEADER_SIZE
     while offset < len(data) and first < durable:
         try:
             body, stop = F.read_frame(data, offset)
@@ -109,7 +111,7 @@ class Harness:
 
     async def open(self) -> None:
         self.stack = AsyncExitStack()
-        log = await self.stack.enter_async_context(EvidenceLog.open(self.data, CONFIG))
+        log = await self.stack.enter_async_context(EvidenceLog.open(self.data, CONFIG, key=KEY))
         self.stream = await log.stream(HANDLE, P.StreamKind.CMII)
         self.cursor = self.stream.named_cursor("lea-1")
 
@@ -187,8 +189,8 @@ class Harness:
             records.extend(await cursor.read(100))
         assert [(r.payload, r.kind, r.clock) for r in records] == self.model
         await self.stack.aclose()
-        report = verify_stream(self.directory, load_public_key(public_key_path(self.data)))
-        assert report.ok, report.line()
+        report = verify_stream(self.directory, load_public_key(public_key_path(self.data)), key=KEY)
+        assert report.complete, report.line()
         assert report.records == len(self.model) and report.unsigned == 0
 
 

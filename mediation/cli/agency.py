@@ -266,7 +266,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="remove only this endpoint: its number in `agency show`, or its address",
     )
 
-
     p = subcommand(
         sub,
         "udp-key",

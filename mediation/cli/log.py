@@ -5,16 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mediation.cli.common import add_data_dir, data_dir
 from mediation.errors import UsageError
+
+if TYPE_CHECKING:
+    from mediation.log.crypto import LogKey
 
 VERIFY_HELP = """\
 Check evidence log streams from their files alone: every frame's checksum,
 the sequence numbers, the hash chain, and every checkpoint's Ed25519
 signature. Prints one line per stream (records, first and last receive time,
 checkpoints, ok or the first bad sequence number); exits 1 on any fault.
+
+Records are stored encrypted: checking the hash chain needs the log key,
+which comes from the registry key (--key-file, $MEDIATION_KEY_FILE, or a
+passphrase registry's --passphrase-env). Without it, everything else is
+checked, each line says the chain was not, and the exit status is 3.
 """
+# Exit status: all verified; a fault; no fault but the chain not checked (no log key).
+EXIT_OK, EXIT_FAULT, EXIT_UNCHECKED = 0, 1, 3
 
 
 KEY_HELP = """\
@@ -49,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the server's log-signing public key, PEM or raw 32 bytes "
         "(default: keys/log-signing.ed25519.pub in the data directory)",
     )
+    from mediation.cli.warrants import add_key_options
+
+    add_key_options(verify)
     verify.set_defaults(func=run_verify)
     key = commands.add_parser(
         "key",
@@ -65,35 +79,71 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _find_public_key(args: argparse.Namespace, path: Path) -> Path:
-    """The ``--public-key`` file, or the ``.pub`` of the data directory holding ``path``."""
+def _data_dir_holding(args: argparse.Namespace, path: Path) -> Path:
+    """``--data-dir``, else the data directory ``path`` is in, else the default one."""
     from mediation.log.keys import public_key_path
 
-    if args.public_key:
-        return Path(args.public_key)
     if args.data_dir:
-        return public_key_path(data_dir(args))
+        return data_dir(args)
     # A stream directory is DATA/log/<handle>/<kind>: look up to three levels up.
     for candidate in [path, *list(path.resolve().parents)[:3]]:
         if public_key_path(candidate).is_file():
-            return public_key_path(candidate)
-    return public_key_path(data_dir(args))
+            return candidate
+    return data_dir(args)
+
+
+def _log_key(args: argparse.Namespace, data: Path) -> LogKey | None:
+    """The log key from the registry key, if the key options or defaults give one.
+
+    With a registry in ``data``, the key is checked against it (a wrong one
+    is refused there); a copy of the log alone needs a key file.
+
+    Raises:
+        UsageError: a key was named but is unusable or not this registry's.
+    """
+    from mediation.log.crypto import LOG_KEY_PURPOSE, LogKey
+    from mediation.warrants.access import KeyNeed, KeyOptions, key_file_path, open_registry
+    from mediation.warrants.keys import read_key_file
+    from mediation.warrants.registry import REGISTRY_DB
+
+    options = KeyOptions(args.key_file, args.passphrase_env)
+    if (data / REGISTRY_DB).is_file():
+        with open_registry(data, options, KeyNeed.OPTIONAL) as registry:
+            registry_key = registry.key
+    elif args.passphrase_env:
+        raise UsageError(
+            "--passphrase-env",
+            f"no registry in {data} to derive the key with; give --key-file FILE "
+            "(or --data-dir of the server's data directory)",
+        )
+    else:
+        path, named = key_file_path(options)
+        if not named and not path.is_file():
+            return None
+        registry_key = read_key_file(path)
+    return None if registry_key is None else LogKey(registry_key.derive(LOG_KEY_PURPOSE))
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Verify every stream under PATH; 0 if all are sound, 1 on any fault.
+    """Verify every stream under PATH.
+
+    Returns:
+        0 all sound, 1 any fault, 3 no fault but the chain of encrypted
+        records was not checked for want of the log key.
 
     Raises:
-        UsageError: PATH or the public key is missing or unusable.
+        UsageError: PATH, the public key or the log key is missing or unusable.
     """
+    from mediation.log.crypto import WrongLogKey
     from mediation.log.errors import LogError
-    from mediation.log.keys import load_public_key
+    from mediation.log.keys import load_public_key, public_key_path
     from mediation.log.verify import find_streams, verify_stream
 
     path = Path(args.path) if args.path else data_dir(args)
     if not path.is_dir():
         raise UsageError("PATH", f"{path}: not a directory")
-    key_file = _find_public_key(args, path)
+    data = _data_dir_holding(args, path)
+    key_file = Path(args.public_key) if args.public_key else public_key_path(data)
     if not key_file.is_file():
         raise UsageError("--public-key", f"no public key at {key_file}; give --public-key FILE")
     try:
@@ -103,17 +153,30 @@ def run_verify(args: argparse.Namespace) -> int:
     streams = find_streams(path)
     if not streams:
         raise UsageError("PATH", f"{path}: no evidence log streams found")
-    faults = 0
+    log_key = _log_key(args, data)
+    faults = unchecked = 0
     for directory in streams:
         try:
-            report = verify_stream(directory, public)
+            report = verify_stream(directory, public, key=log_key)
+        except WrongLogKey as exc:
+            raise UsageError("--key-file", str(exc)) from None
         except (ValueError, OSError) as exc:
             print(f"{directory.parent.name}/{directory.name}: FAULT: {exc}")
             faults += 1
             continue
         print(report.line())
         faults += not report.ok
-    return 1 if faults else 0
+        unchecked += report.chain_unchecked is not None
+    if faults:
+        return EXIT_FAULT
+    if unchecked:
+        print(
+            f"mediate: the hash chain of {unchecked} stream(s) was NOT checked: their records "
+            "are encrypted; give the registry key (--key-file FILE or MEDIATION_KEY_FILE)",
+            file=sys.stderr,
+        )
+        return EXIT_UNCHECKED
+    return EXIT_OK
 
 
 def run_key(args: argparse.Namespace) -> int:

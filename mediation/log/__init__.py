@@ -6,12 +6,15 @@ their first sequence number. Each record is framed with its length and
 CRC-32, and carries its sequence number (contiguous from 0, assigned at
 append), receive time, content kind and clock status. Every record extends
 a SHA-256 hash chain; a checkpoint record every 1000 records or 1 s signs
-the chain with the server's Ed25519 key. Formats: ``format`` and
+the chain with the server's Ed25519 key. Records are stored encrypted
+(AES-256-GCM) under the log key, which is derived from the registry key and
+so lives outside the data directory. Formats: ``format``, ``crypto`` and
 ``docs/evidence-log.md``.
 
 Writing (trio)::
 
-    async with EvidenceLog.open(data_dir, LogConfig()) as log:
+    key = LogKey(registry_key.derive(LOG_KEY_PURPOSE))
+    async with EvidenceLog.open(data_dir, LogConfig(), key=key) as log:
         stream = await log.stream("w-3f9a1c", StreamKind.CMII)
         appended = await stream.append(der, ContentKind.CMII, clock, received)
         await appended.durable()          # fdatasynced (group commit)
@@ -30,12 +33,13 @@ Reading (trio)::
 
 Verifying (plain functions, no trio; ``mediate log verify``)::
 
-    report = verify_stream(stream_directory, public_key)
-    reports = verify_path(data_dir_or_any_log_directory, public_key)
-    report.ok, report.fault.seq, report.line()
+    report = verify_stream(stream_directory, public_key, key=key)
+    reports = verify_path(data_dir_or_any_log_directory, public_key, key)
+    report.ok, report.complete, report.fault.seq, report.line()
 """
 
 from mediation.log.config import LogConfig
+from mediation.log.crypto import LOG_KEY_PURPOSE, LogKey, LogKeyRequired, WrongLogKey
 from mediation.log.cursor import Cursor
 from mediation.log.errors import (
     LogClosed,
@@ -54,6 +58,7 @@ from mediation.log.stream import StreamLog
 from mediation.log.verify import Fault, StreamReport, verify_path, verify_stream
 
 __all__ = [
+    "LOG_KEY_PURPOSE",
     "Appended",
     "Checkpoint",
     "ContentKind",
@@ -64,6 +69,8 @@ __all__ = [
     "LogConfig",
     "LogCorrupted",
     "LogError",
+    "LogKey",
+    "LogKeyRequired",
     "LogRecord",
     "LogSigner",
     "RecordsUnavailable",
@@ -74,6 +81,7 @@ __all__ = [
     "StreamReport",
     "StreamStats",
     "TornTail",
+    "WrongLogKey",
     "load_or_create_signer",
     "load_public_key",
     "retention_until",

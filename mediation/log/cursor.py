@@ -2,9 +2,10 @@
 
 A cursor reads durable records from any sequence number on. Recent records
 come from a bounded ring in memory (a list slice: no copy of the payloads,
-no disk), older ones from the segments through the sparse index in a
-worker thread. A named cursor's acknowledged position is persisted
-(``cursors.json``, atomic replace), so an agency resumes where it acked.
+no disk, already plaintext), older ones from the segments through the
+sparse index in a worker thread, decrypted by ``segments.read_range``. A
+named cursor's acknowledged position is persisted (``cursors.json``,
+atomic replace), so an agency resumes where it acked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import trio
 from mediation.durable import write_atomic
 from mediation.log import format as F
 from mediation.log.config import LogConfig
+from mediation.log.crypto import LogKey
 from mediation.log.errors import LogClosed, LogCorrupted, LogError, RecordsUnavailable
 from mediation.log.index import SegmentTable
 from mediation.log.recovery import Recovered
@@ -81,12 +83,18 @@ class ReadSide:
     """The read half of a stream: what is durable, the ring, the segment table."""
 
     def __init__(
-        self, stream: StreamId, directory: Path, config: LogConfig, recovered: Recovered
+        self,
+        stream: StreamId,
+        directory: Path,
+        config: LogConfig,
+        recovered: Recovered,
+        key: LogKey | None,
     ) -> None:
         self.id = stream
         self.directory = directory
         self.label = F.stream_label(stream)
         self._closed = False
+        self._read_key = key
         self._durable_seq = recovered.next_seq - 1
         self._first_seq = recovered.first_seq
         self._ring: list[F.LogRecord] = []
@@ -204,7 +212,9 @@ class ReadSide:
                     path, offset = self._table.locate(pos)
                 except LookupError:
                     raise RecordsUnavailable(self.label, pos, self._first_seq) from None
-            result = read_range(path, self.id, offset, pos, end, limit - len(items), cp_after)
+            result = read_range(
+                path, self.id, offset, pos, end, limit - len(items), cp_after, self._read_key
+            )
             items.extend(result.items)
             empty = 0 if result.next_seq > pos else empty + 1
             if empty > 1:

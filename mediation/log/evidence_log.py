@@ -1,4 +1,10 @@
-"""The evidence log of a data directory: every warrant stream, their flushers, retention."""
+"""The evidence log of a data directory: every warrant stream, their flushers, retention.
+
+The log key (``crypto.LogKey``, derived from the registry key, which lives
+outside the data directory) encrypts every record at rest; the caller
+gives it, or explicitly None for an unencrypted log (format version 1:
+tests and the benchmark; old segments are read either way).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import trio
 
 from mediation.log import format as F
 from mediation.log.config import LogConfig
+from mediation.log.crypto import LogKey
 from mediation.log.errors import LogError
 from mediation.log.keys import LogSigner, load_or_create_signer
 from mediation.log.recovery import recover_stream
@@ -49,11 +56,17 @@ class EvidenceLog:
     """All streams of one data directory. Make it with ``EvidenceLog.open``."""
 
     def __init__(
-        self, data_dir: Path, config: LogConfig, signer: LogSigner, nursery: trio.Nursery
+        self,
+        data_dir: Path,
+        config: LogConfig,
+        signer: LogSigner,
+        nursery: trio.Nursery,
+        key: LogKey | None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.config = config
         self.signer = signer
+        self._key = key
         self._nursery = nursery
         self._streams: dict[StreamId, StreamLog] = {}
         self._locks: dict[StreamId, int] = {}
@@ -62,16 +75,20 @@ class EvidenceLog:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, data_dir: Path | str, config: LogConfig | None = None
+        cls, data_dir: Path | str, config: LogConfig | None = None, *, key: LogKey | None
     ) -> AsyncIterator[EvidenceLog]:
         """Open the log; on leaving, every stream is checkpointed, flushed and closed.
+
+        Args:
+            key: encrypts new records (required, so no caller forgets it);
+                None stores them unencrypted (tests and the benchmark only).
 
         Raises:
             LogError: the signing key is unusable.
         """
         signer = await trio.to_thread.run_sync(load_or_create_signer, Path(data_dir))
         async with trio.open_nursery() as nursery:
-            log = cls(Path(data_dir), config or LogConfig(), signer, nursery)
+            log = cls(Path(data_dir), config or LogConfig(), signer, nursery, key)
             try:
                 yield log
             finally:
@@ -85,6 +102,8 @@ class EvidenceLog:
             ValueError: the handle is not a safe opaque handle.
             LogError: another process has the stream open.
             LogCorrupted: the stream cannot be recovered automatically.
+            LogError: its segments were written with another log key
+                (``WrongLogKey``), or are encrypted and the log has no key.
         """
         key = StreamId(F.check_handle(handle), kind)
         while key in self._opening:
@@ -97,9 +116,9 @@ class EvidenceLog:
             lock = await trio.to_thread.run_sync(_lock, directory)
             try:
                 recovered = await trio.to_thread.run_sync(
-                    recover_stream, directory, key, self.config.index_interval
+                    recover_stream, directory, key, self.config.index_interval, self._key
                 )
-                stream = StreamLog(key, directory, self.config, self.signer, recovered)
+                stream = StreamLog(key, directory, self.config, self.signer, recovered, self._key)
                 await self._nursery.start(stream.run)
             except BaseException:
                 os.close(lock)
@@ -155,9 +174,9 @@ class EvidenceLog:
     def _remove(self, directory: Path, stream: StreamId, until: dt.datetime) -> RetentionResult:
         lock = _lock(directory)
         try:
-            recover_stream(directory, stream, self.config.index_interval)
+            recover_stream(directory, stream, self.config.index_interval, self._key)
             return remove_segments(
-                directory, stream, self.signer, until, self.config.index_interval
+                directory, stream, self.signer, until, self.config.index_interval, self._key
             )
         finally:
             os.close(lock)

@@ -5,15 +5,20 @@ no trio, no state. All integers are big-endian.
 
 Segment file (``<first sequence, 20 digits>.seg``)::
 
-    header  88 bytes
+    header  88 bytes (version 1, unencrypted) or 136 bytes (version 2, encrypted)
       0   8  magic b"MLOGSEG1"
-      8   2  format version (1)
+      8   2  format version: 1 or 2
      10   1  stream kind: 0 cmII, 1 cmCC
      11   1  handle length n (1..32)
      12  32  warrant handle, ASCII, zero-padded
      44   8  sequence number of the segment's first data record
      52  32  chain value before that record
+    version 1:
      84   4  CRC-32 of bytes 0..83
+    version 2:
+     84  32  salt: random, new for every segment (see ``crypto``)
+    116  16  key check: proves which log key the segment was written with
+    132   4  CRC-32 of bytes 0..131
     frames, back to back
 
 Frame::
@@ -30,6 +35,18 @@ Data record body (type 1)::
     17   1  content kind: 0 cmII, 1 cmCC, 2 completeness notice
     18   1  clock status at receive: 0 synchronised, 1 unsynchronised, 2 unknown
     19   -  payload: the content PDU's DER exactly as received or built
+
+Stored data record in a version 2 (encrypted) segment::
+
+     0   1  type = 1
+     1   8  sequence number
+     9   -  AES-256-GCM ciphertext of bytes 9.. of the body above (time,
+            kind, clock, payload), then its 16-byte tag; nonce and
+            associated data in ``crypto``
+
+The frame's CRC covers the body as stored (the ciphertext), so torn and
+damaged frames are found without the key; the chain and checkpoints cover
+the plaintext body above, in both versions.
 
 Checkpoint body (type 2), 145 bytes::
 
@@ -58,19 +75,26 @@ from typing import NamedTuple
 from mediation.pdu import ChainCheckpoint, ClockStatus, StreamId, StreamKind
 
 MAGIC = b"MLOGSEG1"
-VERSION = 1
+VERSION_PLAIN = 1
+VERSION_ENCRYPTED = 2
 HEADER = struct.Struct(">8sHBB32sQ32s")
-HEADER_SIZE = HEADER.size + 4
+HEADER_V1_SIZE = HEADER.size + 4
+SALT_SIZE = 32
+KEY_CHECK_SIZE = 16
+HEADER_V2_SIZE = HEADER.size + SALT_SIZE + KEY_CHECK_SIZE + 4
+MAX_HEADER_SIZE = HEADER_V2_SIZE
 FRAME = struct.Struct(">II")
 FRAME_SIZE = FRAME.size
 DATA_META = struct.Struct(">BQqBB")
 META_SIZE = DATA_META.size
+CLEAR_META_SIZE = 9  # type and sequence number: in clear in every version
+TAG_SIZE = 16  # the AES-GCM tag after an encrypted record's ciphertext
 CHECKPOINT = struct.Struct(">BQq32s32s64s")
 TYPE_DATA = 1
 TYPE_CHECKPOINT = 2
 # Frames longer than this are damage, not data: the largest payload the
-# configuration can allow (64 MiB) plus the record metadata.
-MAX_BODY = 64 * 1024 * 1024 + META_SIZE
+# configuration can allow (64 MiB) plus the record metadata and tag.
+MAX_BODY = 64 * 1024 * 1024 + META_SIZE + TAG_SIZE
 SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
 
@@ -154,6 +178,18 @@ class SegmentHeader(NamedTuple):
     stream: StreamId
     first_seq: int
     prev_chain: bytes
+    version: int = VERSION_PLAIN
+    salt: bytes = b""  # version 2: the segment key's HKDF salt
+    key_check: bytes = b""  # version 2: which log key wrote the segment
+
+    @property
+    def encrypted(self) -> bool:
+        return self.version == VERSION_ENCRYPTED
+
+    @property
+    def size(self) -> int:
+        """Bytes of the header: where the segment's first frame starts."""
+        return HEADER_V2_SIZE if self.encrypted else HEADER_V1_SIZE
 
 
 def check_handle(handle: str) -> str:
@@ -189,14 +225,14 @@ def segment_name(first_seq: int) -> str:
     return f"{first_seq:020d}{SEGMENT_SUFFIX}"
 
 
-def _stream_bytes(stream: StreamId) -> bytes:
+def stream_bytes(stream: StreamId) -> bytes:
     handle = stream.warrant_handle.encode("ascii")
     return bytes([len(handle)]) + handle + bytes([STREAM_CODES[stream.kind]])
 
 
 def genesis(stream: StreamId) -> bytes:
     """The chain value before sequence 0."""
-    return hashlib.sha256(GENESIS_CONTEXT + _stream_bytes(stream)).digest()
+    return hashlib.sha256(GENESIS_CONTEXT + stream_bytes(stream)).digest()
 
 
 def chain_next(prev: bytes, body: bytes | memoryview) -> bytes:
@@ -208,49 +244,63 @@ def chain_next(prev: bytes, body: bytes | memoryview) -> bytes:
 
 def checkpoint_message(stream: StreamId, last_seq: int, time_us: int, chain: bytes) -> bytes:
     """What a checkpoint's signature covers (also rebuildable from a ChainCheckpoint)."""
-    return (
-        CHECKPOINT_CONTEXT + _stream_bytes(stream) + struct.pack(">Qq", last_seq, time_us) + chain
-    )
+    return CHECKPOINT_CONTEXT + stream_bytes(stream) + struct.pack(">Qq", last_seq, time_us) + chain
 
 
 def retention_message(stream: StreamId, first: int, last: int, time_us: int, chain: bytes) -> bytes:
     """What a retention journal entry's signature covers."""
     return (
-        RETENTION_CONTEXT
-        + _stream_bytes(stream)
-        + struct.pack(">QQq", first, last, time_us)
-        + chain
+        RETENTION_CONTEXT + stream_bytes(stream) + struct.pack(">QQq", first, last, time_us) + chain
     )
 
 
-def encode_header(stream: StreamId, first_seq: int, prev_chain: bytes) -> bytes:
+def encode_header(
+    stream: StreamId,
+    first_seq: int,
+    prev_chain: bytes,
+    salt: bytes | None = None,
+    key_check: bytes | None = None,
+) -> bytes:
+    """A segment header: version 1 without ``salt``, version 2 (encrypted) with it."""
     handle = stream.warrant_handle.encode("ascii")
+    version = VERSION_PLAIN if salt is None else VERSION_ENCRYPTED
     head = HEADER.pack(
-        MAGIC, VERSION, STREAM_CODES[stream.kind], len(handle), handle, first_seq, prev_chain
+        MAGIC, version, STREAM_CODES[stream.kind], len(handle), handle, first_seq, prev_chain
     )
+    if salt is not None:
+        if len(salt) != SALT_SIZE or key_check is None or len(key_check) != KEY_CHECK_SIZE:
+            raise ValueError("segment header: salt must be 32 bytes and key check 16")
+        head += salt + key_check
     return head + struct.pack(">I", zlib.crc32(head))
 
 
 def decode_header(data: bytes | memoryview) -> SegmentHeader:
-    """The segment header at the start of ``data``.
+    """The segment header at the start of ``data`` (either version).
 
     Raises:
         ValueError: short, bad magic, unknown version or kind, bad CRC.
     """
-    if len(data) < HEADER_SIZE:
-        raise ValueError(f"segment header: {len(data)} bytes, need {HEADER_SIZE}")
+    if len(data) < HEADER_V1_SIZE:
+        raise ValueError(f"segment header: {len(data)} bytes, need {HEADER_V1_SIZE}")
     magic, version, kind, n, handle, first, prev = HEADER.unpack_from(data)
-    (crc,) = struct.unpack_from(">I", data, HEADER.size)
     if magic != MAGIC:
         raise ValueError("segment header: not an evidence log segment (bad magic)")
-    if zlib.crc32(bytes(data[: HEADER.size])) != crc:
-        raise ValueError("segment header: checksum mismatch")
-    if version != VERSION:
+    if version not in (VERSION_PLAIN, VERSION_ENCRYPTED):
         raise ValueError(f"segment header: unknown format version {version}")
+    size = HEADER_V2_SIZE if version == VERSION_ENCRYPTED else HEADER_V1_SIZE
+    if len(data) < size:
+        raise ValueError(f"segment header: {len(data)} bytes, need {size}")
+    (crc,) = struct.unpack_from(">I", data, size - 4)
+    if zlib.crc32(bytes(data[: size - 4])) != crc:
+        raise ValueError("segment header: checksum mismatch")
     if kind not in STREAM_KINDS or not 1 <= n <= 32:
         raise ValueError("segment header: bad stream kind or handle length")
     stream = StreamId(handle[:n].decode("ascii", "replace"), STREAM_KINDS[kind])
-    return SegmentHeader(stream, first, prev)
+    if version == VERSION_PLAIN:
+        return SegmentHeader(stream, first, prev)
+    salt = bytes(data[HEADER.size : HEADER.size + SALT_SIZE])
+    check = bytes(data[HEADER.size + SALT_SIZE : size - 4])
+    return SegmentHeader(stream, first, prev, version, salt, check)
 
 
 def data_body(record: LogRecord) -> bytes:

@@ -68,7 +68,7 @@ class SegmentTable:
             index = self._load(first)
         seqs, offsets = index
         j = bisect.bisect_right(seqs, seq) - 1
-        return self._path(first), offsets[j] if j >= 0 else F.HEADER_SIZE
+        return self._path(first), offsets[j] if j >= 0 else 0  # 0: after the header
 
     def _path(self, first: int) -> Path:
         return self._dir / F.segment_name(first)
@@ -76,7 +76,7 @@ class SegmentTable:
     def _load(self, first: int) -> tuple[list[int], list[int]]:
         entries = load_index(self._path(first).with_suffix(F.INDEX_SUFFIX))
         if entries is None:
-            entries = scan_segment(self._path(first), self._interval).index
+            entries = scan_segment(self._path(first), self._interval, chain=False).index
         index = ([s for s, _ in entries], [o for _, o in entries])
         self._index[first] = index
         return index

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mediation.durable import fsync_dir
 from mediation.log import format as F
+from mediation.log.crypto import LogKey
 from mediation.log.errors import LogCorrupted
 from mediation.log.journal import RETENTION, append_entry, now_iso, read_entries
 from mediation.log.keys import LogSigner, verify_signature
@@ -94,26 +95,32 @@ def removed_prefix(
 
 
 def _segment_end(
-    segments: list[tuple[int, Path]], i: int, index_interval: int
+    segments: list[tuple[int, Path]], i: int, index_interval: int, key: LogKey | None
 ) -> tuple[int, bytes]:
     """The last sequence number in segment ``i`` and the chain value after it."""
     if i + 1 < len(segments):
         with open(segments[i + 1][1], "rb") as f:
-            header = F.decode_header(f.read(F.HEADER_SIZE))
+            header = F.decode_header(f.read(F.MAX_HEADER_SIZE))
         return segments[i + 1][0] - 1, header.prev_chain
-    scan = scan_segment(segments[i][1], index_interval)
+    scan = scan_segment(segments[i][1], index_interval, key)
     if scan.fault:
         raise LogCorrupted(f"{segments[i][1].name}: {scan.fault} (recover the stream first)")
     return scan.next_seq - 1, scan.chain
 
 
 def remove_segments(
-    directory: Path, stream: StreamId, signer: LogSigner, until: dt.datetime, index_interval: int
+    directory: Path,
+    stream: StreamId,
+    signer: LogSigner,
+    until: dt.datetime,
+    index_interval: int,
+    key: LogKey | None,
 ) -> RetentionResult:
     """Remove every segment of a closed stream, journalling each first.
 
     The caller has checked that the retention period has passed and that no
-    writer has the stream open.
+    writer has the stream open. ``key`` decrypts the last segment, whose
+    chain value after its last record the journal records.
 
     Raises:
         OSError: the journal could not be written (nothing more is removed).
@@ -122,7 +129,7 @@ def remove_segments(
     segments = list_segments(directory)
     first = last = None
     for i, (start, path) in enumerate(segments):
-        end, chain = _segment_end(segments, i, index_interval)
+        end, chain = _segment_end(segments, i, index_interval, key)
         if end >= start:
             time_us = F.to_us(dt.datetime.now(dt.UTC))
             message = F.retention_message(stream, start, end, time_us, chain)

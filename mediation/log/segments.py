@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from mediation.durable import write_atomic
 from mediation.log import format as F
+from mediation.log.crypto import BodyReader, LogKey, RecordUnreadable
 from mediation.log.errors import LogCorrupted
 from mediation.pdu import StreamId
 
@@ -33,19 +34,19 @@ class Chunk:
     __slots__ = (
         "checkpoints",
         "data",
+        "header",
         "index",
         "last_seq",
         "new_segment",
-        "prev_chain",
         "records",
         "sealed",
         "segment",
     )
 
-    def __init__(self, segment: int, new_segment: bool, prev_chain: bytes) -> None:
+    def __init__(self, segment: int, new_segment: bool, header: bytes) -> None:
         self.segment = segment  # first sequence number of the target segment
         self.new_segment = new_segment  # the writer creates the file first
-        self.prev_chain = prev_chain  # for the new segment's header
+        self.header = header  # the new segment's encoded header (b"": not new)
         self.data = bytearray()
         self.index: list[tuple[int, int]] = []  # (seq, offset in segment)
         self.last_seq = -1  # last data record in the chunk; -1: checkpoints only
@@ -103,20 +104,34 @@ class SegmentScan(NamedTuple):
     index: list[tuple[int, int]]
 
 
-def scan_segment(path: Path, index_interval: int) -> SegmentScan:
+def scan_segment(
+    path: Path, index_interval: int, key: LogKey | None = None, chain: bool = True
+) -> SegmentScan:
     """Check every frame of a segment, as recovery does for the active one.
 
     Stops at the first frame that is cut short, fails its CRC, or does not
     carry the next sequence number; ``good_end`` is where it stopped.
 
+    Args:
+        key: the log key, to decrypt an encrypted segment's records.
+        chain: compute the chain value (which decrypts); False: only find
+            frames and sequence numbers (``SegmentScan.chain`` is then the
+            header's), which needs no key.
+
     Raises:
         ValueError: the segment header itself is bad (see ``decode_header``).
+        LogCorrupted: a record with a good CRC does not decrypt (altered):
+            no crash explains it.
+        WrongLogKey: the segment was written with another log key.
+        LogKeyRequired: ``chain`` of an encrypted segment without a key.
         OSError: the file cannot be read.
     """
     data = path.read_bytes()
     header = F.decode_header(data)
-    seq, chain, offset = header.first_seq, header.prev_chain, F.HEADER_SIZE
+    reader = BodyReader(header, key, path.name) if chain else None
+    value, seq, offset = header.prev_chain, header.first_seq, header.size
     records = since = 0
+    shortest = F.CLEAR_META_SIZE + F.TAG_SIZE if header.encrypted else F.META_SIZE
     index: list[tuple[int, int]] = []
     fault = None
     while offset < len(data):
@@ -126,10 +141,14 @@ def scan_segment(path: Path, index_interval: int) -> SegmentScan:
             fault = exc.reason
             break
         kind = body[0]
-        if kind == F.TYPE_DATA and len(body) >= F.META_SIZE and F.body_seq(body) == seq:
+        if kind == F.TYPE_DATA and len(body) >= shortest and F.body_seq(body) == seq:
             if seq % index_interval == 0:
                 index.append((seq, offset))
-            chain = F.chain_next(chain, body)
+            if reader is not None:
+                try:
+                    value = F.chain_next(value, reader.body(body))
+                except RecordUnreadable as exc:
+                    raise LogCorrupted(f"{path.name} byte {offset}: sequence {seq} {exc}") from None
             seq, records, since = seq + 1, records + 1, since + 1
         elif kind == F.TYPE_CHECKPOINT and len(body) == F.CHECKPOINT.size:
             since = 0
@@ -137,7 +156,7 @@ def scan_segment(path: Path, index_interval: int) -> SegmentScan:
             fault = f"unexpected record (type {kind}, sequence {F.body_seq(body)})"
             break
         offset = stop
-    return SegmentScan(header, records, seq, chain, offset, len(data), fault, since, index)
+    return SegmentScan(header, records, seq, value, offset, len(data), fault, since, index)
 
 
 class DiskRead(NamedTuple):
@@ -155,20 +174,30 @@ def read_range(
     end_seq: int,
     max_records: int,
     checkpoints_after: int | None,
+    key: LogKey | None = None,
 ) -> DiskRead:
-    """Records ``start_seq..end_seq`` (at most ``max_records``) from a segment.
+    """Records ``start_seq..end_seq`` (at most ``max_records``) from a segment, in plaintext.
 
     ``offset`` is a frame boundary at or before ``start_seq`` (from the
-    sparse index). Unless ``checkpoints_after`` is None, checkpoints met on
-    the way that cover a sequence number in ``checkpoints_after+1..end_seq``
-    are included.
+    sparse index), or 0 for the segment's first frame. Unless
+    ``checkpoints_after`` is None, checkpoints met on the way that cover a
+    sequence number in ``checkpoints_after+1..end_seq`` are included.
 
     Raises:
-        LogCorrupted: a frame fails its check below ``end_seq`` (durable data).
+        LogCorrupted: a frame fails its check below ``end_seq`` (durable
+            data), the header is bad, or a record does not decrypt.
+        WrongLogKey, LogKeyRequired: an encrypted segment and no right key.
     """
     items: list = []
     seq = start_seq
+    label = F.stream_label(stream)
     with open(path, "rb", buffering=1 << 20) as f:
+        try:
+            header = F.decode_header(f.read(F.MAX_HEADER_SIZE))
+        except ValueError as exc:
+            raise LogCorrupted(f"{label}: {path.name}: {exc}") from None
+        reader = BodyReader(header, key, f"{label} {path.name}")
+        offset = max(offset, header.size)
         f.seek(offset)
         while len(items) < max_records:
             head = f.read(F.FRAME_SIZE)
@@ -179,15 +208,18 @@ def read_range(
             if len(body) != length or zlib.crc32(body) != crc:
                 if seq > end_seq:
                     return DiskRead(items, offset, seq, True)
-                raise LogCorrupted(
-                    f"{F.stream_label(stream)}: {path.name} byte {offset}: bad frame"
-                )
+                raise LogCorrupted(f"{label}: {path.name} byte {offset}: bad frame")
             if body[0] == F.TYPE_DATA:
                 rec_seq = F.body_seq(memoryview(body))
                 if rec_seq > end_seq:
                     return DiskRead(items, offset, seq, True)
                 if rec_seq >= start_seq:
-                    items.append(F.decode_data(memoryview(body)))
+                    try:
+                        items.append(F.decode_data(memoryview(reader.body(body))))
+                    except (RecordUnreadable, ValueError) as exc:
+                        raise LogCorrupted(
+                            f"{label}: {path.name} byte {offset}: sequence {rec_seq}: {exc}"
+                        ) from None
                     seq = rec_seq + 1
             elif checkpoints_after is not None and body[0] == F.TYPE_CHECKPOINT:
                 cp = F.decode_checkpoint(memoryview(body), stream)

@@ -9,6 +9,10 @@ with anything else queued meanwhile. When a chunk is durable, its records
 become visible to cursors and its appenders' ``durable()`` waits return.
 Readers never see a record before it is on disk, so a sequence number once
 delivered can never be reused.
+
+With a log key, each record is encrypted as it is framed (AES-256-GCM under
+its segment's key: ``crypto``); the ring keeps the plaintext record, so
+real-time delivery never decrypts. The chain is over the plaintext body.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import trio
 
 from mediation.log import format as F
 from mediation.log.config import LogConfig
+from mediation.log.crypto import LogKey
 from mediation.log.cursor import RING_OVERHEAD, ReadSide
 from mediation.log.errors import LogClosed, LogError, StorageUnavailable
 from mediation.log.keys import LogSigner
@@ -45,7 +50,9 @@ _crc32 = zlib.crc32
 _pack_meta = F.DATA_META.pack
 _pack_frame = F.FRAME.pack
 _META_SIZE = F.META_SIZE
-_FRAME_META = F.FRAME_SIZE + F.META_SIZE
+_CLEAR = F.CLEAR_META_SIZE
+_SEALED_META = F.CLEAR_META_SIZE + F.TAG_SIZE  # stored body beyond the payload, encrypted
+_NONCE_PAD = bytes(4)
 _CLOCK_CODES = F.CLOCK_CODES
 _Record = F.LogRecord
 _new_tuple = tuple.__new__  # builds a LogRecord without NamedTuple's Python __new__
@@ -68,8 +75,9 @@ class StreamLog(ReadSide):
         config: LogConfig,
         signer: LogSigner,
         recovered: Recovered,
+        key: LogKey | None,
     ) -> None:
-        super().__init__(stream, directory, config, recovered)
+        super().__init__(stream, directory, config, recovered, key)
         self.label = F.stream_label(stream)
         self._cfg = config
         self._max_pending = config.max_pending_bytes
@@ -79,6 +87,11 @@ class StreamLog(ReadSide):
         self._commit_records = config.commit_records
         self._checkpoint_records = config.checkpoint_records
         self._signer = signer
+        self._key = key
+        # The active segment's AESGCM.encrypt (None: records stored in clear)
+        # and what a record stores beyond its payload.
+        self._encrypt = recovered.cipher.encrypt if recovered.cipher is not None else None
+        self._extra = F.FRAME_SIZE + (_SEALED_META if key is not None else _META_SIZE)
         self._allowed = _ALLOWED[stream.kind]
         writer = SegmentWriter(
             directory,
@@ -168,11 +181,12 @@ class StreamLog(ReadSide):
         elif received.__class__ is not int:
             received = F.to_us(received)  # type: ignore[arg-type]
         # The hot path: 4.2 µs a record of 1500 bytes here, 1.6 µs of it
-        # SHA-256 and CRC-32. Module-level aliases, cached settings, no calls
-        # into helpers: each saved call is about 0.1 µs.
+        # SHA-256 and CRC-32, and 2 µs more to encrypt it. Module-level
+        # aliases, cached settings, no calls into helpers: each saved call
+        # is about 0.1 µs.
         seq = self._next_seq
         meta = _pack_meta(1, seq, received, kind, _CLOCK_CODES[clock])
-        size = _FRAME_META + n
+        size = self._extra + n
         chunks = self._chunks
         chunk = chunks[-1] if chunks else None
         if chunk is None or chunk.sealed or self._seg_bytes + size > self._segment_bytes:
@@ -180,9 +194,17 @@ class StreamLog(ReadSide):
         if seq % self._index_interval == 0:
             chunk.index.append((seq, self._seg_bytes))
         data = chunk.data
-        data += _pack_frame(_META_SIZE + n, _crc32(payload, _crc32(meta)))
-        data += meta
-        data += payload
+        encrypt = self._encrypt  # after _chunk_for: a new segment has a new key
+        if encrypt is None:
+            data += _pack_frame(_META_SIZE + n, _crc32(payload, _crc32(meta)))
+            data += meta
+            data += payload
+        else:
+            clear = meta[:_CLEAR]
+            sealed = encrypt(_NONCE_PAD + meta[1:_CLEAR], meta[_CLEAR:] + payload, clear)
+            data += _pack_frame(_CLEAR + len(sealed), _crc32(sealed, _crc32(clear)))
+            data += clear
+            data += sealed
         h = _sha256(self._chain)
         h.update(meta)
         h.update(payload)
@@ -264,17 +286,26 @@ class StreamLog(ReadSide):
         roll = self._seg_first is None or (
             self._seg_bytes + size > self._segment_bytes and seq > self._seg_first
         )
-        if roll:
-            self._seg_first, self._seg_bytes = seq, F.HEADER_SIZE
-            chunk = Chunk(seq, True, self._chain)
-            self._chunks.append(chunk)
-            return chunk
-        return self._open_chunk()
+        return self._new_segment() if roll else self._open_chunk()
+
+    def _new_segment(self) -> Chunk:
+        """Start the segment of the next record: a new salt, so a new key, when encrypted."""
+        seq = self._next_seq
+        if self._key is None:
+            header = F.encode_header(self.id, seq, self._chain)
+        else:
+            header, cipher = self._key.new_segment(self.id, seq, self._chain)
+            self._encrypt = cipher.encrypt
+        self._seg_first, self._seg_bytes = seq, len(header)
+        chunk = Chunk(seq, True, header)
+        self._chunks.append(chunk)
+        return chunk
 
     def _open_chunk(self) -> Chunk:
         if self._chunks and not self._chunks[-1].sealed:
             return self._chunks[-1]
-        assert self._seg_first is not None
+        if self._seg_first is None:  # reopened: even a checkpoint starts a new segment
+            return self._new_segment()
         chunk = Chunk(self._seg_first, False, b"")
         self._chunks.append(chunk)
         return chunk

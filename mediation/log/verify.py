@@ -12,7 +12,15 @@ sequence number it makes untrustworthy:
   is not the next one;
 - a deleted or inserted segment: the next segment does not start where the
   last ended, or its starting chain value does not match;
-- a truncated record: the frame is cut short.
+- a truncated record: the frame is cut short;
+- in an encrypted segment, a changed ciphertext with a recomputed CRC: the
+  record does not decrypt (its AES-GCM tag fails) at that record.
+
+Encrypted segments (format version 2) are read through ``crypto.BodyReader``
+with the log key, and the chain is computed over the plaintext bodies, as
+for version 1. Without the key, frames, CRCs, sequence numbers, segment
+headers and checkpoint signatures are still checked, but not the chain
+(nor the checkpoints' chain values): the report says so and why.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mediation.log import format as F
+from mediation.log.crypto import BodyReader, LogKey, RecordUnreadable, WrongLogKey
 from mediation.log.journal import RECOVERY, RETENTION, read_entries
 from mediation.log.keys import key_id, verify_signature
 from mediation.log.retention import removed_prefix
@@ -60,10 +69,17 @@ class StreamReport:
     unsigned: int  # records after the last checkpoint (not yet signed)
     torn_cut: int  # torn tails cut by recovery, per recovery.jsonl
     fault: Fault | None
+    chain_unchecked: str | None = None  # why the hash chain was not checked; None: it was
 
     @property
     def ok(self) -> bool:
+        """No fault found (see ``complete`` for whether everything was checked)."""
         return self.fault is None
+
+    @property
+    def complete(self) -> bool:
+        """No fault, and the hash chain was checked too."""
+        return self.fault is None and self.chain_unchecked is None
 
     def line(self) -> str:
         """One line for ``mediate log verify``."""
@@ -78,7 +94,12 @@ class StreamReport:
             parts.append(f"{self.unsigned} after the last checkpoint")
         if self.torn_cut:
             parts.append(f"{self.torn_cut} torn tail(s) cut at recovery")
-        parts.append("ok" if self.fault is None else f"FAULT at {self.fault}")
+        if self.fault is not None:
+            parts.append(f"FAULT at {self.fault}")
+        elif self.chain_unchecked:
+            parts.append(f"no fault found, hash chain NOT checked: {self.chain_unchecked}")
+        else:
+            parts.append("ok")
         return f"{self.stream}: " + ", ".join(parts)
 
 
@@ -86,12 +107,24 @@ def _stamp(when: dt.datetime | None) -> str:
     return "-" if when is None else when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+NO_KEY = (
+    "its records are encrypted and no log key was given "
+    "(give --key-file FILE or set MEDIATION_KEY_FILE)"
+)
+
+
 class _Verifier:
-    def __init__(self, directory: Path, stream: StreamId, public: Ed25519PublicKey) -> None:
+    def __init__(
+        self, directory: Path, stream: StreamId, public: Ed25519PublicKey, key: LogKey | None
+    ) -> None:
         self.directory = directory
         self.stream = stream
         self.public = public
+        self.key = key
         self.key_id = key_id(public)
+        self.chain: bytes | None  # None: not known (encrypted records, no key)
+        self.reader: BodyReader | None = None
+        self.unchecked: str | None = None
         prefix = removed_prefix(directory, stream, public)
         self.removed = prefix.next_seq
         self.expected, self.chain = prefix.next_seq, prefix.chain
@@ -103,6 +136,7 @@ class _Verifier:
 
     def run(self) -> StreamReport:
         segments = [s for s in list_segments(self.directory) if s[0] >= self.removed]
+        self._check_key(segments)
         for i, (first, path) in enumerate(segments):
             if self.fault or not self._segment(first, path, last=i == len(segments) - 1):
                 break
@@ -123,7 +157,37 @@ class _Verifier:
             self.expected - 1 - self.signed_through,
             torn,
             self.fault,
+            self.unchecked,
         )
+
+    def _check_key(self, segments: list[tuple[int, Path]]) -> None:
+        """Refuse a key that opens none of the stream's encrypted segments.
+
+        One segment that does not match among others that do is a fault of
+        that segment (found as it is walked); none matching is the wrong key.
+
+        Raises:
+            WrongLogKey: no encrypted segment was written with ``key``.
+        """
+        if self.key is None:
+            return
+        refused: WrongLogKey | None = None
+        for _first, path in segments:
+            try:
+                with open(path, "rb") as f:
+                    header = F.decode_header(f.read(F.MAX_HEADER_SIZE))
+            except (OSError, ValueError):
+                continue  # a fault the walk reports in its place
+            if not header.encrypted:
+                continue
+            try:
+                self.key.cipher(header, f"{F.stream_label(self.stream)} {path.name}")
+            except WrongLogKey as exc:
+                refused = refused or exc
+                continue
+            return
+        if refused is not None:
+            raise refused
 
     def _fail(
         self, seq: int, reason: str, segment: str | None = None, offset: int | None = None
@@ -131,12 +195,19 @@ class _Verifier:
         self.fault = Fault(seq, reason, segment, offset)
         return False
 
-    def _header_fault(self, first: int, data: bytes) -> tuple[int, str] | None:
-        """Why a segment's header does not continue the stream, if it does not."""
+    def _header_fault(self, first: int, data: bytes, name: str) -> tuple[int, str] | None:
+        """Why a segment's header does not continue the stream, if it does not.
+
+        Sets ``self.reader`` for the segment's records as a side effect.
+        """
         try:
             header = F.decode_header(data)
         except ValueError as exc:
             return self.expected, str(exc)
+        try:
+            self.reader = BodyReader(header, self.key, name)
+        except WrongLogKey:
+            return self.expected, "written with another log key (salt or key check altered?)"
         if header.stream != self.stream:
             return self.expected, f"segment of another stream ({header.stream})"
         if header.first_seq != first:
@@ -145,16 +216,18 @@ class _Verifier:
             return self.expected, f"records {self.expected}..{first - 1} missing (segment removed)"
         if first < self.expected:
             return first, f"segment starts at {first}, but {self.expected} comes next (inserted)"
-        if header.prev_chain != self.chain:
+        if self.chain is not None and header.prev_chain != self.chain:
             return first, "starting chain value does not follow from the records before"
+        if not self.reader.readable:
+            self.chain, self.unchecked = None, NO_KEY
         return None
 
     def _segment(self, first: int, path: Path, last: bool) -> bool:
         data = path.read_bytes()
-        fault = self._header_fault(first, data)
+        fault = self._header_fault(first, data, path.name)
         if fault is not None:
             return self._fail(fault[0], fault[1], path.name, 0)
-        offset = F.HEADER_SIZE
+        offset = F.decode_header(data).size
         while offset < len(data):
             try:
                 body, stop = F.read_frame(data, offset)
@@ -172,22 +245,28 @@ class _Verifier:
             offset = stop
         return True
 
-    def _data(self, body: memoryview, segment: str, offset: int) -> bool:
-        try:
-            record = F.decode_data(body[: F.META_SIZE])
-        except ValueError as exc:
-            return self._fail(self.expected, str(exc), segment, offset)
-        seq = record.seq
+    def _data(self, stored: memoryview, segment: str, offset: int) -> bool:
+        assert self.reader is not None
+        seq = F.body_seq(stored) if len(stored) >= F.CLEAR_META_SIZE else -1
         if seq != self.expected:
-            if seq > self.expected:
+            if seq < 0:
+                why = "data record too short"
+            elif seq > self.expected:
                 why = f"missing: the next record is {seq} (deleted or reordered)"
             else:
                 why = f"found record {seq} again (duplicated, inserted or reordered)"
             return self._fail(self.expected, why, segment, offset)
-        self.chain = F.chain_next(self.chain, body)
-        if self.first_us is None:
-            self.first_us = record.received_us
-        self.last_us = record.received_us
+        if self.reader.readable:
+            try:
+                body = self.reader.body(stored)
+                record = F.decode_data(memoryview(body)[: F.META_SIZE])
+            except (RecordUnreadable, ValueError) as exc:
+                return self._fail(seq, str(exc), segment, offset)
+            if self.chain is not None:
+                self.chain = F.chain_next(self.chain, body)
+            if self.first_us is None:
+                self.first_us = record.received_us
+            self.last_us = record.received_us
         self.expected += 1
         self.records += 1
         return True
@@ -214,7 +293,7 @@ class _Verifier:
             )
         if not verify_signature(self.public, cp.signature, cp.message()):
             return self._fail(suspect, "checkpoint signature does not verify", segment, offset)
-        if cp.chain != self.chain:
+        if self.chain is not None and cp.chain != self.chain:
             return self._fail(
                 suspect,
                 f"chain value differs at the checkpoint for {cp.last_seq}: "
@@ -228,17 +307,24 @@ class _Verifier:
 
 
 def verify_stream(
-    directory: Path, public: Ed25519PublicKey, stream: StreamId | None = None
+    directory: Path,
+    public: Ed25519PublicKey,
+    stream: StreamId | None = None,
+    key: LogKey | None = None,
 ) -> StreamReport:
     """Verify one stream directory (``.../log/<handle>/<cmii|cmcc>``).
 
     Args:
         stream: which stream the files must belong to; by default taken from
             the directory names.
+        key: the log key, to decrypt encrypted records and check the chain
+            over them; without it the report's ``chain_unchecked`` says why
+            the chain was not checked.
 
     Raises:
         ValueError: the directory names are not a handle and a stream kind
             and ``stream`` was not given.
+        WrongLogKey: ``key`` opens none of the stream's encrypted segments.
         OSError: a file cannot be read.
     """
     directory = Path(directory)
@@ -246,7 +332,7 @@ def verify_stream(
         if directory.name not in F.DIR_KINDS:
             raise ValueError(f"{directory}: not a stream directory (cmii or cmcc)")
         stream = StreamId(F.check_handle(directory.parent.name), F.DIR_KINDS[directory.name])
-    return _Verifier(directory, stream, public).run()
+    return _Verifier(directory, stream, public, key).run()
 
 
 def find_streams(path: Path) -> list[Path]:
@@ -265,6 +351,12 @@ def find_streams(path: Path) -> list[Path]:
     return found
 
 
-def verify_path(path: Path, public: Ed25519PublicKey) -> list[StreamReport]:
-    """Verify every stream found under ``path`` (see ``find_streams``)."""
-    return [verify_stream(directory, public) for directory in find_streams(path)]
+def verify_path(
+    path: Path, public: Ed25519PublicKey, key: LogKey | None = None
+) -> list[StreamReport]:
+    """Verify every stream found under ``path`` (see ``find_streams``).
+
+    Raises:
+        WrongLogKey: ``key`` opens none of a stream's encrypted segments.
+    """
+    return [verify_stream(directory, public, key=key) for directory in find_streams(path)]

@@ -88,7 +88,7 @@ class SegmentWriter:
         """
         first = chunks[0]
         if first.new_segment and first.segment != self.first:
-            self._roll(first.segment, first.prev_chain)
+            self._roll(first.segment, first.header)
         assert self._fd is not None, "chunk for a segment that was never created"
         total = sum(len(c.data) for c in chunks)
         try:
@@ -105,13 +105,13 @@ class SegmentWriter:
         for c in chunks:
             self._index.extend(c.index)
 
-    def _roll(self, first: int, prev_chain: bytes) -> None:
-        """Seal the active segment (it is already durable) and start ``first``."""
+    def _roll(self, first: int, header: bytes) -> None:
+        """Seal the active segment (it is already durable) and start ``first`` with ``header``."""
         self.close()
         path = self.directory / F.segment_name(first)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            os.write(fd, F.encode_header(self.stream, first, prev_chain))
+            os.write(fd, header)
             os.fdatasync(fd)
             fsync_dir(self.directory)
         except OSError:
@@ -119,7 +119,7 @@ class SegmentWriter:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
-        self._fd, self.first, self.size, self._index = fd, first, F.HEADER_SIZE, []
+        self._fd, self.first, self.size, self._index = fd, first, len(header), []
 
     def close(self) -> None:
         """Close the active segment, leaving its sparse index beside it."""

@@ -37,7 +37,7 @@ import trio
 
 from mediation.clock import ClockReading, read_clock
 from mediation.errors import UsageError
-from mediation.log import Appended, EvidenceLog, LogError, StreamLog
+from mediation.log import LOG_KEY_PURPOSE, Appended, EvidenceLog, LogError, LogKey, StreamLog
 from mediation.pdu import StreamId
 from mediation.server.config import ServerConfig, reloaded_config
 from mediation.server.control import ControlError, socket_path
@@ -135,7 +135,9 @@ class MediationServer:
         )
         trust = self.trust = AgencyTrust(identity)
         async with (
-            EvidenceLog.open(self.data_dir, self.config.log) as evidence,
+            EvidenceLog.open(
+                self.data_dir, self.config.log, key=LogKey(self._key.derive(LOG_KEY_PURPOSE))
+            ) as evidence,
             trio.open_nursery() as nursery,
         ):
             self._nursery = nursery
