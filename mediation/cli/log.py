@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the server's log-signing public key, PEM or raw 32 bytes "
         "(default: keys/log-signing.ed25519.pub in the data directory)",
     )
-    from mediation.cli.warrants import add_key_options
+    from mediation.cli.registry import add_key_options
 
     add_key_options(verify)
     verify.set_defaults(func=run_verify)
