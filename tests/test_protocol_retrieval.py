@@ -107,7 +107,8 @@ def test_client_takes_envelopes_and_records_what_is_gone_for_good() -> None:
     ]
     result = P.decode(server.finish(1, unavailable=[(0, 3)], reason="past retention"))
     finished = client.handle_result(result)
-    assert finished == ReplayFinished(1, CMCC, 3, ((0, 3),), "past retention", 3)
+    # 7..9 were neither sent nor called unavailable: "not yet", asked again.
+    assert finished == ReplayFinished(1, CMCC, 3, ((0, 3),), "past retention", 3, ((7, 9),))
     assert tracker.missing() == [(0, 3), (7, 9)]
     assert tracker.retrievable() == [(7, 9)]
     assert tracker.unavailable == [((0, 3), "past retention")]

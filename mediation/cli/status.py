@@ -64,7 +64,8 @@ def _summary(status: dict[str, Any]) -> list[str]:
         where = retrieval.get("listening") or f"off ({retrieval.get('error')})"
         lines.append(
             f"retrieval: {where}; connections {retrieval['connections']}, "
-            f"refused {retrieval['refused']}"
+            f"refused {retrieval['refused']}, requests limited {retrieval.get('limited', 0)}, "
+            f"failed {retrieval.get('failed', 0)}"
         )
     bad = {k: v for k, v in (status.get("storage") or {}).items() if v != "ok"}
     lines += [f"storage: {k}: {v}" for k, v in sorted(bad.items())]

@@ -32,6 +32,7 @@ log = logging.getLogger("mediation.lea")
 Address = tuple[str, int]
 MAX_BACKOFF = 30.0
 IDLE = "nothing left to fetch"
+CONNECTION_SPENT = "the server's limit for one connection is reached"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Settling:
         for stream, tracker in state.trackers.items():
             below = self.below(stream, now)
             if below is not None and stream in state.accepted:
-                first = tracker.retrievable(limit=1)
+                first = tracker.retrievable(limit=1, now=now)
                 if first and first[0][0] < below:
                     return True
         return False
@@ -194,7 +195,18 @@ class Retriever:
         self.machine = StreamReceiver(trackers=self.state.trackers, streams=self.state.accepted)
         self.machine.connection_made(trio.current_time())
         log.info("retrieval: connected to %s:%d", *self.address)
-        driver = StreamDriver(self.machine, stream, self.state, "retrieval")
+        driver: StreamDriver | None = None
+
+        async def on_events(events: list[Event]) -> None:
+            # The server's budget for this connection is spent: anything
+            # asked here now is "not yet". Reconnect (after the backoff).
+            if driver is not None and any(
+                isinstance(e, ReplayFinished) and e.limited is pdu.ReplayLimit.CONNECTION
+                for e in events
+            ):
+                driver.end(CONNECTION_SPENT)
+
+        driver = StreamDriver(self.machine, stream, self.state, "retrieval", on_events=on_events)
         await driver.run(self._requester)
         return driver.ended_by or "closed"
 
@@ -208,7 +220,7 @@ class Retriever:
                 below = self.settling.below(stream, now)
                 if below is None or stream not in self.state.accepted:
                     continue
-                requests = machine.request_missing(stream, below)
+                requests = machine.request_missing(stream, below, now)
                 if requests:
                     log.info("retrieval: asking for %s gaps (%d requests)", stream, len(requests))
                 for request in requests:

@@ -41,7 +41,7 @@ from mediation.protocol.events import (
 )
 from mediation.protocol.framing import MessageBuffer
 from mediation.protocol.gaps import SequenceTracker
-from mediation.protocol.retrieval import RetrievalClient, RetrievalServer
+from mediation.protocol.retrieval import RetrievalClient, RetrievalLimits, RetrievalServer
 from mediation.protocol.stream import StreamReceiver, StreamSender
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "ReplayWanted",
     "ReportReceived",
     "RetrievalClient",
+    "RetrievalLimits",
     "RetrievalServer",
     "SequenceTracker",
     "StoredRecord",

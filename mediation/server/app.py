@@ -136,7 +136,11 @@ class MediationServer:
         address = self.config.retrieval.address()
         if address is not None and self.trust is not None:
             self.retrieval = RetrievalService(
-                address, self.trust, self.streams_of_agency, self.config.delivery
+                address,
+                self.trust,
+                self.streams_of_agency,
+                self.config.delivery,
+                self.config.retrieval,
             )
             await nursery.start(self.retrieval.run)
         nursery.start_soon(self._tick_windows)
@@ -308,6 +312,8 @@ class MediationServer:
                 "error": self.retrieval.error,
                 "connections": self.retrieval.connections,
                 "refused": self.retrieval.refused,
+                "limited": self.retrieval.limited,
+                "failed": self.retrieval.failed,
             }
         return out
 
