@@ -20,6 +20,7 @@ from mediation.protocol import (
     DatagramSender,
     ReplayWanted,
     ReportReceived,
+    RetrievalLimits,
     StoredRecord,
     StreamSender,
     parse_datagram,
@@ -90,7 +91,10 @@ class ServerConnection:
         for first, last in wanted.ranges:
             for seq in range(first, last + 1):
                 if seq in records:
-                    await self.write(self.machine.replay_envelope(wanted.request_id, records[seq]))
+                    data = self.machine.replay_envelope(wanted.request_id, records[seq])
+                    if data is None:  # a limit: the rest is "not yet"
+                        break
+                    await self.write(data)
                 elif self.never is None or seq in self.never:
                     unavailable.append((seq, seq))
                 # else: neither sent nor unavailable, so the machine says "not yet"
@@ -117,6 +121,7 @@ async def serve_retrieval(
     log: dict[P.StreamId, dict[int, StoredRecord]],
     reason: str = "past retention",
     never: set[int] | None = None,
+    limits: RetrievalLimits | None = None,
 ) -> tuple[int, list[ServerConnection]]:
     """The server's retrieval listener: replays from ``log``; returns its port.
 
@@ -129,7 +134,7 @@ async def serve_retrieval(
     tls = [trio.SSLListener(t, pki.server_listen_context()) for t in listeners]
 
     async def handle(stream: trio.SSLStream) -> None:
-        sender = StreamSender(dict.fromkeys(log, 0))
+        sender = StreamSender(dict.fromkeys(log, 0), retrieval_limits=limits)
         sender.resume(trio.current_time())  # replays only: send() is never called
         connection = ServerConnection(sender, stream, log, reason, never)
         connections.append(connection)

@@ -39,6 +39,7 @@ from test_lea_support import (
 )
 
 from mediation import pdu as P
+from mediation.protocol import RetrievalLimits
 from mediation.server.config import RetrievalConfig, ServerConfig
 
 TESTS = Path(__file__).resolve().parent
@@ -243,3 +244,24 @@ async def test_the_receiver_asks_again_for_not_yet_and_fills_it_while_never_stay
     assert sorted(raw_sequences(out / HANDLE / "cmcc.raw")) == [n for n in range(30) if n != 4]
     asked = [e.ranges for c in connections for e in c.events if hasattr(e, "ranges")]
     assert sum((4, 4) in ranges for ranges in asked) == 1  # never: asked once only
+
+
+async def test_the_receiver_reconnects_when_the_connection_budget_is_spent(tmp_path: Path) -> None:
+    """Each connection gets 5 records, then "not yet, ask on a new connection"."""
+    out, pki = tmp_path / "intercepts", make_pki(tmp_path / "pki")
+    log = {CMCC: {n: record_for(CMCC, n) for n in range(30)}}
+    limits = RetrievalLimits(connection_records=5)
+    async with trio.open_nursery() as nursery:
+        port, connections = await serve_from_machines(nursery, pki, log, limits=limits)
+        options = retrieval_options(pki, port)
+        running = await start(nursery, Receiver(config(out, udp=("127.0.0.1", 0), **options)))
+        server = UdpServer(running.bound.udp)
+        nursery.start_soon(server.read_reports)
+        await server.send(CMCC, 30, drop=set(range(5, 25)))
+        tracker = running.receiver.state.trackers
+        await wait_until(lambda: tracker[CMCC].missing() == [], "20 fetched, 5 at a time")
+        await running.stop()
+        nursery.cancel_scope.cancel()
+    assert len(connections) >= 4  # one budget of 5 per connection
+    cc = json.loads((out / HANDLE / "gaps.json").read_text())["streams"]["cmCC"]
+    assert (cc["retrieved"], cc["unavailable"], cc["notYet"]) == (20, [], [])

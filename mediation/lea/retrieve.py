@@ -157,6 +157,7 @@ class Retriever:
         self.idle_close = idle_close
         self.machine: StreamReceiver | None = None
         self.connections = 0
+        self._spent = False  # the server's per-connection limit was reached
 
     @property
     def open_requests(self) -> int:
@@ -195,16 +196,14 @@ class Retriever:
         self.machine = StreamReceiver(trackers=self.state.trackers, streams=self.state.accepted)
         self.machine.connection_made(trio.current_time())
         log.info("retrieval: connected to %s:%d", *self.address)
-        driver: StreamDriver | None = None
+        self._spent = False
 
         async def on_events(events: list[Event]) -> None:
             # The server's budget for this connection is spent: anything
-            # asked here now is "not yet". Reconnect (after the backoff).
-            if driver is not None and any(
-                isinstance(e, ReplayFinished) and e.limited is pdu.ReplayLimit.CONNECTION
-                for e in events
-            ):
-                driver.end(CONNECTION_SPENT)
+            # asked here now is "not yet". The requester ends the session.
+            for event in events:
+                if isinstance(event, ReplayFinished):
+                    self._spent |= event.limited is pdu.ReplayLimit.CONNECTION
 
         driver = StreamDriver(self.machine, stream, self.state, "retrieval", on_events=on_events)
         await driver.run(self._requester)
@@ -214,6 +213,9 @@ class Retriever:
         machine = driver.machine
         quiet_since = trio.current_time()
         while True:
+            if self._spent:  # reconnect (after the backoff) for a new budget
+                driver.end(CONNECTION_SPENT)
+                return
             now = trio.current_time()
             self.settling.observe(now, self.state)
             for stream in list(self.state.trackers):
