@@ -10,7 +10,7 @@ Public surface::
     DatagramSender, DatagramReceiver          UDP: one envelope per datagram, reports
     StreamSender, StreamReceiver              TLS/TCP: window, acks, keepalives, resume
     StreamConnection                          what the two share (receive_data, tick, ...)
-    RetrievalServer, RetrievalClient          replay of missed ranges from the log
+    RetrievalServer, RetrievalClient          replay of missed ranges from the log (and its limits)
     MessageBuffer                             BER framing of a byte stream
     SequenceTracker                           what a receiver holds and misses
     envelope_bytes, StoredRecord, LogRecord   a log record as envelope octets
