@@ -8,6 +8,7 @@ target: only opaque warrant handles.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -31,3 +32,19 @@ def resolve_data_dir(arg: str | os.PathLike[str] | None) -> Path:
     if env:
         return Path(env)
     return default_data_dir()
+
+
+def unwritable(data_dir: Path, exc: OSError) -> str:
+    """One line for a data directory a command cannot write: which, why, and the fix."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return (
+            f"{data_dir} cannot be made or reached ({exc.strerror}); check the path, "
+            "or choose another --data-dir"
+        )
+    if exc.errno == errno.EROFS:
+        fix = "remount it read-write or choose another --data-dir"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = "run as its owner, fix its permissions, or choose another --data-dir"
+    else:
+        fix = "check the disk and the directory"
+    return f"{data_dir} is not writable ({exc.strerror}); {fix}"

@@ -6,7 +6,9 @@ What a carrier, the mediation server and an agency each do, in order:
    key file outside it, the server's CA);
 2. the agency makes its certificate and gives the carrier its fingerprint;
 3. the carrier registers the agency (CmII over UDP, CmCC over TLS) and a
-   warrant on the sample capture's target MAC, content level ``full``;
+   warrant on the sample capture's target MAC, content level ``full``,
+   from case files (``--from FILE``, mode 0600, removed after), so no case
+   data is ever in a process's arguments;
 4. the agency starts ``mediate receive``;
 5. the server runs; the sample capture (fixtures/sample/sample.pcap,
    target and other subscribers' traffic) is replayed through the tap
@@ -79,20 +81,50 @@ def setup(env: dict[str, str], ports: dict[str, int]) -> str:
     mediate("init", env=env)
     step("2. agency: make a certificate for its receiver")
     mediate("receive", "make-cert", "--out", str(agency), "--name", "TEST-LEA", env=env)
-    step("3. carrier: register the agency and the warrant")
+    step("3. carrier: register the agency and the warrant (case data in files, not in argv)")
     udp = f"127.0.0.1:{ports['udp']}"
     tls = f"127.0.0.1:{ports['tls']}"
     cert = str(agency / "agency-cert.pem")
-    mediate("agency", "add", "TEST-LEA", "--udp", udp, "--streams", "cmii", env=env)
-    mediate("agency", "add", "TEST-LEA", "--tls", tls, "--ca", cert, "--streams", "cmcc", env=env)
     start = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     end = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    out = mediate(
-        "add", "--case-id", CASE_ID, "--agency", "TEST-LEA", "--target", TARGET_MAC,
-        "--content", "full", "--start", start, "--end", end, "--iap", "DEMO-IAP",
-        "--court-ref", "DEMO-ORDER-1", env=env,
-    )  # fmt: skip
+    files = [
+        case_file("agency-udp.toml", f'name = "TEST-LEA"\nudp = "{udp}"\nstreams = "cmii"\n'),
+        case_file(
+            "agency-tls.toml",
+            f'name = "TEST-LEA"\ntls = "{tls}"\nca = "{cert}"\nstreams = "cmcc"\n',
+        ),
+        case_file(
+            "warrant.toml",
+            f'case-id = "{CASE_ID}"\nagency = "TEST-LEA"\ntarget = ["{TARGET_MAC}"]\n'
+            f'content = "full"\nstart = "{start}"\nend = "{end}"\niap = "DEMO-IAP"\n'
+            'court-ref = "DEMO-ORDER-1"\n',
+        ),
+    ]
+    mediate("agency", "add", "--from", str(files[0]), env=env)
+    mediate("agency", "add", "--from", str(files[1]), env=env)
+    out = mediate("add", "--from", str(files[2]), env=env)
+    print(f"$ rm {' '.join(shlex.quote(str(f)) for f in files)}", flush=True)
+    for path in files:  # from here on, only the encrypted registry holds the case data
+        path.unlink()
     return out.split()[0]
+
+
+def case_file(name: str, text: str) -> Path:
+    """Write case data where only its owner can read it (mode 0600), and show it.
+
+    The carrier's commands read it with ``--from FILE``, so the case
+    identity, the target and the agency never appear in ``ps`` or in the
+    shell's history.
+    """
+    from mediation.durable import write_new
+
+    folder = WORK / "carrier"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / name
+    write_new(path, text.encode())
+    print(f"$ cat {path}  (mode 0600)", flush=True)
+    print("  " + text.rstrip().replace("\n", "\n  "), flush=True)
+    return path
 
 
 def start_receiver(env: dict[str, str], ports: dict[str, int]) -> subprocess.Popen[str]:
@@ -104,7 +136,7 @@ def start_receiver(env: dict[str, str], ports: dict[str, int]) -> subprocess.Pop
         "--tls", f"127.0.0.1:{ports['tls']}",
         "--cert", str(agency / "agency-cert.pem"),
         "--key", str(agency / "agency-key.pem"),
-        "--server-ca", str(WORK / "mediation" / "ca" / "ca.pem"),
+        "--server-ca", str(WORK / "mediation" / "ca" / "server-ca.pem"),
         "--retrieve-from", f"127.0.0.1:{ports['retrieval']}",
         "--out", str(agency / "intercepts"),
         "--until-idle", "4",

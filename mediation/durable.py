@@ -7,8 +7,8 @@ entry are fsynced, so a power cut after the call keeps the file):
   new, never half, and a crash leaves at worst a stray ``.NAME.*.tmp`` that
   the next write ignores.
 * :func:`write_new` creates a file that must not exist yet (keys,
-  certificates, credentials): it refuses to overwrite and removes its own
-  partial file if the write fails, so nothing is left half-written.
+  certificates, credentials): it refuses to overwrite, and the file appears
+  whole or not at all, so nothing is ever half-written or half-read.
 
 The mode is set with ``fchmod`` before any byte is written, so a secret is
 never readable by others, not even for an instant, whatever the umask.
@@ -68,20 +68,27 @@ def write_atomic(path: Path, data: bytes | bytearray | memoryview, mode: int = 0
 def write_new(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o600) -> None:
     """Create ``path`` holding ``data``; never overwrites an existing file.
 
+    The file appears whole or not at all: it is written and fsynced under a
+    temporary name, then hard-linked to ``path`` (which fails if ``path``
+    exists), so a process racing to create the same file never reads half
+    of it.
+
     Raises:
         FileExistsError: ``path`` exists (it is left as it was).
-        OSError: the write failed; the partial file is removed.
+        OSError: the write failed; nothing is left behind.
     """
     path = Path(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.fchmod(fd, mode)
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
+        try:
+            os.fchmod(fd, mode)
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    os.close(fd)
+            os.unlink(temp)
     fsync_dir(path.parent)

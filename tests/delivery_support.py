@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -27,9 +26,10 @@ from cryptography.x509.oid import NameOID
 
 from mediation import pdu as P
 from mediation.clock import ClockReading
+from mediation.pki import fingerprint
 from mediation.server.app import MediationServer
 from mediation.server.config import DeliveryConfig, RetrievalConfig, ServerConfig
-from mediation.warrants.authority import TapAuthority
+from mediation.warrants.authority import ServerAuthority, TapAuthority
 from mediation.warrants.keys import RegistryKey
 from mediation.warrants.model import (
     CaseDetails,
@@ -89,7 +89,7 @@ class Cert:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.der).hexdigest()
+        return fingerprint(self.der)
 
 
 def _write_cert(
@@ -142,8 +142,10 @@ class Site:
         self.key = RegistryKey.generate()
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         with WarrantRegistry.initialise(self.data, self.key, None, now):
-            TapAuthority.create(self.data / "ca", self.key, now)
-        self.server_ca = self.data / "ca" / "ca.pem"
+            self.tap_authority = TapAuthority.create(self.data / "ca", self.key, now)
+            ServerAuthority.create(self.data / "ca", self.key, now)
+        self.server_ca = self.data / "ca" / "server-ca.pem"  # what agencies trust
+        self.tap_ca = self.data / "ca" / "ca.pem"
 
     def agency(self, name: str, *endpoints: Endpoint) -> str:
         """Register agency ``name`` with ``endpoints``; its handle."""

@@ -14,7 +14,8 @@ import trio.testing
 from test_warrants_support import Carrier
 
 from mediation.server.app import MediationServer
-from mediation.server.control import ControlError, request, serve_control
+from mediation.server.control import ControlError, request
+from mediation.server.control_listener import serve_control
 from mediation.warrants.access import KeyNeed, KeyOptions, open_registry
 from mediation.warrants.model import CaseDetails, ContentLevel, Target, TargetKind, utc_now
 from mediation.warrants.operations import add_warrant

@@ -28,6 +28,12 @@ def test_demo_delivers_the_whole_intercept(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The carrier gave its case data in files: never in argv, so never warned about.
+    commands = [line for line in done.stdout.splitlines() if line.startswith("$ mediate ")]
+    assert any("add --from" in c for c in commands)
+    assert not any("DEMO-CASE-0001" in c or "02:00:5e:00:53:01" in c for c in commands)
+    assert "mediate: warning" not in done.stdout
+    assert not list((work / "carrier").iterdir())  # the case files are removed after use
     [case_dir] = (work / "agency" / "intercepts").iterdir()
     assert case_dir.name.startswith("w-")  # the opaque handle, never the case id
 

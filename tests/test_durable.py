@@ -40,6 +40,7 @@ def test_write_new_refuses_to_overwrite(tmp_path):
     with pytest.raises(FileExistsError):
         write_new(path, b"other", 0o600)
     assert path.read_bytes() == b"secret"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no temp left behind
 
 
 def test_write_new_removes_partial_file_on_failure(tmp_path):
@@ -47,3 +48,4 @@ def test_write_new_removes_partial_file_on_failure(tmp_path):
     with pytest.raises(TypeError):
         write_new(path, object(), 0o600)  # type: ignore[arg-type]
     assert not path.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -31,10 +31,13 @@ from mediation.lea.tls import (
     retrieval_client_context,
 )
 from mediation.pdu.fast import encode_content
+from mediation.pki import write_private_key
 from mediation.protocol import (
     ContentKind,
     StoredRecord,
 )
+from mediation.warrants.authority import ServerAuthority, TapAuthority
+from mediation.warrants.keys import RegistryKey
 
 HANDLE = "w-3f9a1c"
 CMCC = P.StreamId(HANDLE, P.StreamKind.CMCC)
@@ -122,15 +125,20 @@ def record_for(stream: P.StreamId, seq: int) -> StoredRecord:
 
 @dataclasses.dataclass(frozen=True)
 class Pki:
-    """A test CA, the server identity it issued, and the agency's self-signed certificate."""
+    """The carrier's two CAs (real ones, as ``mediate init`` makes them), the
+    server identity the server CA issued, a tap's credentials from the tap
+    CA, and the agency's self-signed certificate."""
 
     dir: Path
-    ca: Path
+    ca: Path  # the server CA: what the agency gives as --server-ca
     server_cert: Path
     server_key: Path
     agency_cert: Path
     agency_key: Path
     agency_fingerprint: str
+    tap_ca: Path  # the tap CA (ca.pem)
+    tap_cert: Path  # a tap's certificate and key, from TapAuthority.issue_tap
+    tap_key: Path
 
     def trust(self, **changes: object) -> TrustSettings:
         base = TrustSettings(self.agency_cert, self.agency_key, self.ca, None)
@@ -154,10 +162,13 @@ class Pki:
         context.load_verify_locations(self.agency_cert)
         return context
 
-    def server_listen_context(self) -> ssl.SSLContext:
-        """The server's retrieval listener: requires the agency's certificate."""
+    def server_listen_context(self, identity: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+        """The server's retrieval listener: requires the agency's certificate.
+
+        ``identity``: the certificate and key it presents (default: its own).
+        """
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.server_cert, self.server_key)
+        context.load_cert_chain(*(identity or (self.server_cert, self.server_key)))
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(self.agency_cert)
         return context
@@ -191,7 +202,7 @@ def make_ca(directory: Path, stem: str) -> tuple[x509.Certificate, ec.EllipticCu
 
 
 def issue(directory: Path, stem: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey):
-    """An identity certificate for the mediation server (client and server use)."""
+    """A certificate like the server's (client and server use), from another CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     usage = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
@@ -212,17 +223,28 @@ def issue(directory: Path, stem: str, ca: x509.Certificate, ca_key: ec.EllipticC
 
 def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
-    ca, ca_key = make_ca(directory, "ca")
-    issue(directory, "server", ca, ca_key)
+    key, now = RegistryKey.generate(), dt.datetime.now(dt.UTC)
+    ca_dir = directory / "ca"
+    server_ca = ServerAuthority.create(ca_dir, key, now)
+    server = server_ca.issue_server((), now)
+    (directory / "server.pem").write_text(server.certificate_pem)
+    write_private_key(directory / "server.key", server.private_key)
+    tap_ca = TapAuthority.create(ca_dir, key, now)
+    tap = tap_ca.issue_tap("TAP-TEST-1", now, server_ca_pem=server_ca.ca_pem)
+    (directory / "tap.pem").write_text(tap.certificate_pem)
+    (directory / "tap.key").write_text(tap.private_key_pem)
     agency = make_agency_certificate(directory / "agency")
     return Pki(
         directory,
-        directory / "ca.pem",
+        ca_dir / "server-ca.pem",
         directory / "server.pem",
         directory / "server.key",
         agency.cert_path,
         agency.key_path,
         agency.fingerprint,
+        ca_dir / "ca.pem",
+        directory / "tap.pem",
+        directory / "tap.key",
     )
 
 
@@ -249,7 +271,7 @@ def tls_config(out: Path, pki: Pki, **options: object) -> ReceiverConfig:
         out,
         tls=("127.0.0.1", 0),
         tls_context=live_server_context(trust),  # type: ignore[arg-type]
-        server_fingerprint=trust.server_fingerprint,  # type: ignore[union-attr]
+        server_check=trust.server_check(),  # type: ignore[union-attr]
         **options,
     )
 
@@ -259,7 +281,7 @@ def retrieval_options(pki: Pki, port: int, **trust: object) -> dict[str, object]
     return {
         "retrieve_from": ("127.0.0.1", port),
         "retrieval_context": retrieval_client_context(settings),
-        "server_fingerprint": settings.server_fingerprint,
+        "server_check": settings.server_check(),
     }
 
 

@@ -201,5 +201,5 @@ async def test_retrieval_can_go_by_a_pin_alone_and_refuses_another_server(tmp_pa
         nursery.cancel_scope.cancel()
     assert results[0].failed is None
     assert raw_sequences(tmp_path / "right" / HANDLE / "cmcc.raw") == [0, 1, 2]
-    assert results[1].failed is not None and "is not the pinned one" in results[1].failed
+    assert results[1].failed is not None and "not the pinned server" in results[1].failed
     assert not (tmp_path / "wrong" / HANDLE).exists()

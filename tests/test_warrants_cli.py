@@ -24,6 +24,7 @@ from test_warrants_support import (
     error_line,
 )
 
+from mediation.lea.tls import make_agency_certificate
 from mediation.warrants.authority import read_bundle
 
 
@@ -141,7 +142,7 @@ def test_without_the_key_list_shows_handles_and_states_only(carrier: Carrier) ->
 
 
 def test_agency_and_tap_commands(carrier: Carrier) -> None:
-    ca = carrier.data / "ca" / "ca.pem"  # any CA certificate will do as the agency's
+    ca = make_agency_certificate(carrier.tmp / "agency").cert_path  # self-signed: its own CA
     out = carrier.ok(
         "agency", "add", "AGENCY-TEST-3", "--tls", "lea.example.net:6543", "--ca", str(ca)
     )
@@ -157,10 +158,12 @@ def test_agency_and_tap_commands(carrier: Carrier) -> None:
     assert stat.S_IMODE(bundle_path.stat().st_mode) == 0o600
     bundle = read_bundle(bundle_path)
     cert = x509.load_pem_x509_certificate(bundle.certificate_pem.encode())
-    ca_cert = x509.load_pem_x509_certificate(bundle.ca_pem.encode())
-    assert cert.subject.rfc4514_string() == "CN=edge-1"
+    ca_cert = x509.load_pem_x509_certificate((carrier.data / "ca" / "ca.pem").read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=edge-1,OU=mediation-tap"
     assert isinstance(ca_cert.public_key(), ec.EllipticCurvePublicKey)
     cert.verify_directly_issued_by(ca_cert)
+    # The tap verifies the server by the server CA, never by its own tap CA.
+    assert bundle.server_ca_pem == (carrier.data / "ca" / "server-ca.pem").read_text()
     assert len(bundle.hmac_key) == 32 and bundle.server == "SET-ME:5556"
     assert "edge-1  registered" in carrier.ok("tap", "list")
     carrier.ok("tap", "revoke", "edge-1")

@@ -55,6 +55,8 @@ class Carrier:
         for name, value in self.env.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("MEDIATION_PASSPHRASE", raising=False)
+        # Never a terminal, even under `pytest -s`: a missing field is refused, not asked.
+        monkeypatch.setattr("sys.stdin", io.StringIO())
         # Even as root, the default key path must be ours, never /etc/mediation.
         default = tmp / "home" / ".config" / "mediation" / "registry.key"
         monkeypatch.setattr("mediation.warrants.access.default_key_file", lambda: default)
@@ -134,6 +136,7 @@ def mediate(*argv: str, env: dict[str, str], timeout: float = 30.0) -> subproces
     return subprocess.run(
         [sys.executable, "-m", "mediation", *argv],
         env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,6 +1,6 @@
 """`mediate agency add|list|show|remove`: where an agency receives its streams.
 
-Registered by :func:`mediation.cli.warrants.register`.
+Registered by ``main.py``.
 """
 
 from __future__ import annotations
@@ -9,14 +9,31 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from mediation.cli.warrants import print_table, registry_for, subcommand
+from mediation.cli.casedata import CaseInput, Field, add_from_option, gather, relative_to_file
+from mediation.cli.common import Once, print_table
+from mediation.cli.registry import registry_for, subcommand
 
 if TYPE_CHECKING:
-    from mediation.warrants.model import Endpoint
+    from mediation.warrants.model import Agency, Endpoint
+
+# The agency's name and addresses say who is intercepting: they are sealed
+# in the registry and kept off the command line like a case identity.
+AGENCY_FIELDS = (
+    Field("name", "NAME", prompt="agency name"),
+    Field("udp", "--udp"),
+    Field("tls", "--tls"),
+    Field("ca", "--ca", sensitive=False),
+    Field("fingerprint", "--fingerprint"),
+    Field("streams", "--streams", sensitive=False),
+)
+BY_HANDLE = (
+    "name the agency by its handle (a-…, see `mediate agency list`) "
+    "and an endpoint by its number (see `mediate agency show`) instead"
+)
 
 
-def _endpoint(args: argparse.Namespace) -> tuple[Endpoint, str]:
-    """The one endpoint described by --udp or --tls (with --ca or --fingerprint), and its field."""
+def _endpoint(given: CaseInput) -> tuple[Endpoint, str]:
+    """The one endpoint described by udp or tls (with ca or fingerprint), and its field."""
     from mediation.errors import UsageError
     from mediation.warrants.model import Endpoint
     from mediation.warrants.validate import (
@@ -26,26 +43,30 @@ def _endpoint(args: argparse.Namespace) -> tuple[Endpoint, str]:
         read_ca_file,
     )
 
-    if bool(args.udp) == bool(args.tls):
+    udp, tls, ca, fingerprint = (given.get(k) for k in ("udp", "tls", "ca", "fingerprint"))
+    name = {k: given.name(k) for k in ("udp", "tls", "ca", "fingerprint")}
+    if bool(udp) == bool(tls):
         raise UsageError(
             "--udp/--tls", "give exactly one endpoint: --udp HOST:PORT or --tls HOST:PORT"
         )
-    streams = parse_streams(args.streams)
-    if args.udp:
-        if args.ca or args.fingerprint:
-            raise UsageError("--ca" if args.ca else "--fingerprint", "only for --tls endpoints")
-        host, port = parse_host_port(args.udp, "--udp")
-        return Endpoint("udp", host, port, streams), "--udp"
-    host, port = parse_host_port(args.tls, "--tls")
-    if bool(args.ca) == bool(args.fingerprint):
+    streams = parse_streams(given.get("streams"), given.name("streams"))
+    if udp:
+        if ca or fingerprint:
+            raise UsageError(name["ca"] if ca else name["fingerprint"], "only for --tls endpoints")
+        host, port = parse_host_port(udp, name["udp"])
+        return Endpoint("udp", host, port, streams), name["udp"]
+    host, port = parse_host_port(tls, name["tls"])
+    if bool(ca) == bool(fingerprint):
         raise UsageError(
-            "--tls", "needs the agency's CA (--ca FILE) or its certificate's --fingerprint SHA256"
+            name["tls"],
+            "needs the agency's CA (--ca FILE) or its certificate's --fingerprint SHA256",
         )
-    if args.ca:
-        return Endpoint("tls", host, port, streams, ca_pem=read_ca_file(args.ca)), "--tls"
+    if ca:
+        pem = read_ca_file(relative_to_file(given, "ca"), name["ca"])
+        return Endpoint("tls", host, port, streams, ca_pem=pem), name["tls"]
     return Endpoint(
-        "tls", host, port, streams, fingerprint=parse_fingerprint(args.fingerprint)
-    ), "--tls"
+        "tls", host, port, streams, fingerprint=parse_fingerprint(fingerprint, name["fingerprint"])
+    ), name["tls"]
 
 
 def cmd_agency_add(args: argparse.Namespace) -> int:
@@ -54,16 +75,19 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
     from mediation.warrants.operations import add_agency_endpoint
     from mediation.warrants.validate import parse_agency_name
 
-    now, name = utc_now(), parse_agency_name(args.name)
-    endpoint, field = _endpoint(args)
-    with registry_for(args, KeyNeed.REQUIRED) as registry:
-        agency, created = add_agency_endpoint(registry, name, endpoint, field, now)
+    now, given = utc_now(), gather(args, AGENCY_FIELDS)
+    with given.naming():
+        name = parse_agency_name(given.get("name"), given.name("name", "NAME"))
+        endpoint, field = _endpoint(given)
+        with registry_for(args, KeyNeed.REQUIRED) as registry:
+            agency, created = add_agency_endpoint(registry, name, endpoint, field, now)
     assert agency.details is not None
     count = len(agency.details.endpoints)
     print(
         f"{agency.handle} {'added' if created else 'updated'}: "
         f"endpoint {count}: {endpoint.describe()}"
     )
+    given.warn()
     return 0
 
 
@@ -98,6 +122,7 @@ def cmd_agency_show(args: argparse.Namespace) -> int:
     from mediation.warrants.audit import AuditEvent
     from mediation.warrants.model import format_time
 
+    given = gather(args, (Field("name", "NAME"),))
     with registry_for(args, KeyNeed.REQUIRED) as registry:
         agency = registry.find_agency(args.name)
         if agency is None or agency.details is None:
@@ -115,30 +140,51 @@ def cmd_agency_show(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(data, indent=2))
+        given.warn(BY_HANDLE)
         return 0
     for key in ("handle", "name", "created"):
         print(f"{key + ':':10} {data[key]}")
     for index, text in enumerate(data["endpoints"], start=1):
         print(f"endpoint {index}: {text}")
     print(f"warrants:  {', '.join(handles) or '-'}")
+    given.warn(BY_HANDLE)
     return 0
+
+
+def _endpoint_to_remove(agency: Agency | None, text: str | None) -> tuple[str, int] | None:
+    """``--endpoint``: HOST:PORT, or the endpoint's number as `agency show` prints it."""
+    from mediation.errors import UsageError
+    from mediation.warrants.validate import parse_host_port
+
+    if text is None:
+        return None
+    if not text.isdigit():
+        return parse_host_port(text, "--endpoint")
+    endpoints = agency.details.endpoints if agency is not None and agency.details else ()
+    if not 1 <= int(text) <= len(endpoints):
+        raise UsageError(
+            "--endpoint", f"no endpoint {text}; the agency has {len(endpoints)} (`agency show`)"
+        )
+    chosen = endpoints[int(text) - 1]
+    return chosen.host, chosen.port
 
 
 def cmd_agency_remove(args: argparse.Namespace) -> int:
     from mediation.warrants.access import KeyNeed
     from mediation.warrants.model import utc_now
     from mediation.warrants.operations import remove_agency
-    from mediation.warrants.validate import parse_host_port
 
     now = utc_now()
-    endpoint = parse_host_port(args.endpoint, "--endpoint") if args.endpoint else None
+    given = gather(args, (Field("name", "NAME"), Field("endpoint", "--endpoint", opaque=r"\d+")))
     with registry_for(args, KeyNeed.REQUIRED) as registry:
+        endpoint = _endpoint_to_remove(registry.find_agency(args.name), args.endpoint)
         agency = remove_agency(registry, args.name, endpoint, now)
     if endpoint is None:
         print(f"{agency.handle} removed; its record is kept")
     else:
         assert agency.details is not None
         print(f"{agency.handle}: endpoint removed; {len(agency.details.endpoints)} left")
+    given.warn(BY_HANDLE)
     return 0
 
 
@@ -148,18 +194,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subcommand(
         sub, "add", "add an agency, or one more endpoint to an existing one", cmd_agency_add
     )
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--udp", metavar="HOST:PORT", help="deliver over UDP (T1.IAS real time)")
-    p.add_argument("--tls", metavar="HOST:PORT", help="deliver over TLS with acknowledgements")
-    p.add_argument("--ca", metavar="FILE", help="the agency's CA certificate (PEM), for --tls")
-    p.add_argument(
-        "--fingerprint", metavar="SHA256", help="or the agency certificate's pinned SHA-256"
-    )
-    p.add_argument("--streams", metavar="LIST", help="cmii, cmcc or cmii,cmcc (default: both)")
+    add_agency_options(p)
     p = subcommand(sub, "list", "list agencies (handles only without the key)", cmd_agency_list)
     p = subcommand(sub, "show", "show one agency (needs the key)", cmd_agency_show)
     p.add_argument("name", metavar="NAME|HANDLE")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p = subcommand(sub, "remove", "remove an agency, or one of its endpoints", cmd_agency_remove)
     p.add_argument("name", metavar="NAME|HANDLE")
-    p.add_argument("--endpoint", metavar="HOST:PORT", help="remove only this endpoint")
+    p.add_argument(
+        "--endpoint",
+        metavar="N|HOST:PORT",
+        action=Once,
+        help="remove only this endpoint: its number in `agency show`, or its address",
+    )
+
+
+def add_agency_options(p: argparse.ArgumentParser) -> None:
+    """NAME and one endpoint, each also from ``--from FILE``; one endpoint per command."""
+    add_from_option(p, "the agency and its endpoint")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the agency (or `name` in --from)")
+    one = "one endpoint per command: run `mediate agency add` again for the next"
+    p.add_argument(
+        "--udp", metavar="HOST:PORT", action=Once, hint=one, help="deliver over UDP (T1.IAS)"
+    )
+    p.add_argument(
+        "--tls",
+        metavar="HOST:PORT",
+        action=Once,
+        hint=one,
+        help="deliver over TLS with acknowledgements",
+    )
+    p.add_argument(
+        "--ca", metavar="FILE", action=Once, help="the agency's CA certificate (PEM), for --tls"
+    )
+    p.add_argument(
+        "--fingerprint",
+        metavar="SHA256",
+        action=Once,
+        help="or the agency certificate's pinned SHA-256",
+    )
+    p.add_argument(
+        "--streams",
+        metavar="LIST",
+        action=Once,
+        help="cmii, cmcc or cmii,cmcc (default: both)",
+    )

@@ -1,8 +1,7 @@
 """`mediate audit show|verify`: read and check the audit trail.
 
 Neither needs the registry key to run; ``verify`` also authenticates the
-registry's anchor when the key is at hand. Registered by
-:func:`mediation.cli.warrants.register`.
+registry's anchor when the key is at hand. Registered by ``main.py``.
 """
 
 from __future__ import annotations
@@ -10,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from mediation.cli.common import data_dir, fail
-from mediation.cli.warrants import print_table, registry_for, subcommand
+from mediation.cli.common import data_dir, fail, print_table
+from mediation.cli.registry import registry_for, subcommand
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:

@@ -13,15 +13,20 @@ import sys
 from collections.abc import Sequence
 
 from mediation import __version__
-from mediation.cli.common import fail
+from mediation.cli.common import describe_os_error, fail
 from mediation.errors import UsageError
 
 # One module per area; each registers its own subcommands.
 COMMAND_MODULES = (
     "mediation.cli.decode",
+    "mediation.cli.init",
     "mediation.cli.warrants",
+    "mediation.cli.agency",
+    "mediation.cli.tap",
+    "mediation.cli.audit",
     "mediation.cli.log",
     "mediation.cli.serve",
+    "mediation.cli.pki",
     "mediation.cli.receive",
     "mediation.cli.status",
 )
@@ -48,12 +53,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(handler(args) or 0)
-    except UsageError as exc:
-        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        line = _one_line(_unwrap(exc), args)
+        if line is None:
+            raise
+        return fail(line)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups, as a trio service raises it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _one_line(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """The line to print for an error a person can fix; None for a bug (a traceback)."""
+    if isinstance(exc, UsageError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return describe_os_error(exc, args)
+    return None
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mediation.cli.common import fail
+from mediation.cli.common import Once, fail
 
 if TYPE_CHECKING:
     from mediation.lea.receiver import Receiver, ReceiverConfig, RunResult
@@ -69,13 +69,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.set_defaults(func=cmd_receive)
     add = parser.add_argument
-    add("--udp", metavar="HOST:PORT", help="listen for UDP delivery")
-    add("--tls", metavar="HOST:PORT", help="accept the server's TLS connections (mutual TLS)")
+    add("--udp", metavar="HOST:PORT", action=Once, help="listen for UDP delivery")
+    add(
+        "--tls",
+        metavar="HOST:PORT",
+        action=Once,
+        help="accept the server's TLS connections (mutual TLS)",
+    )
     add("--cert", metavar="FILE", help="the agency's certificate (PEM), see make-cert")
     add("--key", metavar="FILE", help="its private key (PEM)")
-    add("--server-ca", metavar="FILE", help="the mediation server's CA (the carrier's ca.pem)")
+    add(
+        "--server-ca",
+        metavar="FILE",
+        help="the mediation server's CA (the carrier's `mediate server-ca`, server-ca.pem)",
+    )
     add("--server-fingerprint", metavar="SHA256", help="pin the server's certificate")
-    add("--retrieve-from", metavar="HOST:PORT", help="the server's retrieval address")
+    add("--retrieve-from", metavar="HOST:PORT", action=Once, help="the server's retrieval address")
     add(
         "--fetch",
         metavar="HANDLE/KIND:FIRST-LAST",
@@ -83,7 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="fetch this range and exit (repeatable; KIND cmii or cmcc)",
     )
-    add("--out", metavar="DIR", default=DEFAULT_OUT, help=f"output directory ({DEFAULT_OUT})")
+    add(
+        "--out",
+        metavar="DIR",
+        default=DEFAULT_OUT,
+        action=Once,
+        help=f"output directory ({DEFAULT_OUT})",
+    )
     add(
         "--handle",
         metavar="HANDLE",
@@ -261,7 +276,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         tls_context=live_server_context(trust) if tls and trust else None,
         retrieve_from=retrieve or None,
         retrieval_context=retrieval_client_context(trust) if retrieve and trust else None,
-        server_fingerprint=trust.server_fingerprint if trust else None,
+        server_check=trust.server_check() if trust else None,
         handles=handles,
         fetch=fetch,
         duration=duration,

@@ -7,19 +7,25 @@ Configuration: ``--config FILE`` (TOML, every key optional; see
 ``mediation/server/config.py`` and docs/operator.md), else
 ``$MEDIATION_CONFIG``, else the defaults. Logs go to stderr and name
 warrants by handle only; on a terminal a status line is redrawn each second.
+
+One server per data directory (``DATA_DIR/server.lock``). SIGTERM or
+SIGINT stops it cleanly (final checkpoint, socket removed); SIGHUP reloads
+the registry and the configuration's reloadable keys.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mediation.cli.warrants import registry_for, subcommand
+from mediation.cli.registry import registry_for, subcommand
 
 if TYPE_CHECKING:
     from mediation.server.status import StatusReporter
@@ -46,7 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mediation.server.control import ControlError
     from mediation.warrants.access import KeyNeed
 
-    config = load_config(_config_path(args))
+    path = _config_path(args)
+    config = load_config(path)
     if config.data_dir is not None and not args.data_dir and not os.environ.get(ENV_VAR):
         args.data_dir = str(config.data_dir)  # the flag and the environment win over the file
     tty = sys.stderr.isatty()
@@ -55,12 +62,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with registry_for(args, KeyNeed.REQUIRED, lock=False) as registry:
         key = registry.key
     assert key is not None
-    server = MediationServer(data_dir(args), key, config=config, tty=tty)
+    loader = functools.partial(load_config, path)  # SIGHUP re-reads the same file
+    server = MediationServer(data_dir(args), key, config=config, tty=tty, config_loader=loader)
     holder.append(server)
+    # Until the server's own handler is in place (and after it is gone), a
+    # SIGHUP must not kill the process: its default action would.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         trio.run(server.run)
     except ControlError as exc:
         raise UsageError("serve", str(exc)) from None
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     return 0
 
 
@@ -79,7 +92,10 @@ def _configure_logging(
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subcommand(
-        subparsers, "serve", "run the mediation server (foreground; SIGTERM stops it)", cmd_serve
+        subparsers,
+        "serve",
+        "run the mediation server (foreground; SIGTERM stops it, SIGHUP reloads)",
+        cmd_serve,
     )
     p.add_argument(
         "--config",

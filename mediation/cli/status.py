@@ -50,6 +50,8 @@ def _row(row: dict[str, Any]) -> list[Any]:
 
 def _summary(status: dict[str, Any]) -> list[str]:
     lines = [f"server: pid {status.get('pid')}, since {status.get('started')}"]
+    if status.get("reloads"):
+        lines[0] += f"; reloaded (SIGHUP) {status['reloads']} times"
     ingest = status.get("ingest")
     if ingest:
         refused = {k: v for k, v in ingest.items() if k not in ("accepted", "notices") and v}
@@ -62,19 +64,29 @@ def _summary(status: dict[str, Any]) -> list[str]:
     retrieval = status.get("retrieval")
     if retrieval:
         where = retrieval.get("listening") or f"off ({retrieval.get('error')})"
+        reasons = retrieval.get("refused_by_reason") or {}
+        why = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
         lines.append(
             f"retrieval: {where}; connections {retrieval['connections']}, "
-            f"refused {retrieval['refused']}, requests limited {retrieval.get('limited', 0)}, "
-            f"failed {retrieval.get('failed', 0)}"
+            f"refused {retrieval['refused']}"
+            + (f" ({why})" if why else "")
+            + (
+                f", requests limited {retrieval['limited']}, failed {retrieval['failed']}"
+                if "limited" in retrieval
+                else ""
+            )
         )
+    control = status.get("control")
+    if control:
+        refused = ", ".join(f"{k} {v}" for k, v in control["refused"].items() if v) or "none"
+        lines.append(f"control: answered {control['answered']}; refused: {refused}")
     bad = {k: v for k, v in (status.get("storage") or {}).items() if v != "ok"}
     lines += [f"storage: {k}: {v}" for k, v in sorted(bad.items())]
     return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mediation.cli.common import data_dir
-    from mediation.cli.warrants import print_table
+    from mediation.cli.common import data_dir, print_table
     from mediation.errors import UsageError
     from mediation.server.control import ControlError, request, socket_path
 

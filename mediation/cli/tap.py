@@ -1,6 +1,6 @@
 """`mediate tap register|list|revoke`: the taps (routers) allowed to feed the server.
 
-Registered by :func:`mediation.cli.warrants.register`.
+Registered by ``main.py``.
 """
 
 from __future__ import annotations
@@ -8,19 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mediation.cli.warrants import (
-    print_table,
-    registry_for,
-    report_to_server,
-    server_request,
-    subcommand,
-)
+from mediation.cli.common import print_table
+from mediation.cli.registry import registry_for, report_to_server, server_request, subcommand
 
 
 def cmd_tap_register(args: argparse.Namespace) -> int:
     from mediation.cli.common import data_dir
     from mediation.warrants.access import KeyNeed
-    from mediation.warrants.authority import SERVER_PLACEHOLDER, TapAuthority
+    from mediation.warrants.authority import SERVER_PLACEHOLDER, ServerAuthority, TapAuthority
     from mediation.warrants.model import utc_now
     from mediation.warrants.operations import register_tap
     from mediation.warrants.validate import parse_host_port, parse_tap_name
@@ -34,7 +29,8 @@ def cmd_tap_register(args: argparse.Namespace) -> int:
     with registry_for(args, KeyNeed.REQUIRED) as registry:
         assert registry.key is not None
         authority = TapAuthority.load(data_dir(args) / "ca", registry.key)
-        credentials = register_tap(registry, authority, name, out, server, now)
+        server_ca, _ = ServerAuthority.ensure(data_dir(args) / "ca", registry.key, now)
+        credentials = register_tap(registry, authority, name, out, server, now, server_ca.ca_pem)
     print(f"tap {name} registered")
     print(
         f"credentials: {out} (mode 0600; it holds a private key: "

@@ -1,215 +1,148 @@
-"""`mediate init|add|list|show|modify|remove`: the carrier's warrant commands.
+"""`mediate add|list|show|modify|remove`: the carrier's warrant commands.
 
-``register`` also registers ``mediate agency``, ``mediate tap`` and
-``mediate audit`` (in ``agency.py``, ``tap.py`` and ``audit.py``), so the
-registry's whole command set hangs off this one module. Handlers import
-the registry (and ``cryptography``) only when they run.
+``add`` and ``modify`` take their case data from options, from a case file
+(``--from FILE``, ``-`` for stdin) or, for ``add`` on a terminal, from
+prompts (see ``casedata.py``). Handlers import the registry (and
+``cryptography``) only when they run.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mediation.cli.common import add_data_dir, data_dir
+from mediation.cli.casedata import CaseInput, Field, add_from_option, gather
+from mediation.cli.common import Once, print_table
+from mediation.cli.registry import registry_for, report_to_server, server_request, subcommand
 
 if TYPE_CHECKING:
-    from mediation.warrants.access import KeyNeed
-    from mediation.warrants.keys import KdfParams, RegistryKey
-    from mediation.warrants.model import Source, Target
-    from mediation.warrants.registry import WarrantRegistry
+    from mediation.warrants.model import Agency, Source, Target, Warrant
 
 DEFAULT_DAYS = 30  # Title III orders run 30 days (18 U.S.C. 2518(5)); extensions are new ends
 
-
-# Shared by every registry command -------------------------------------------
-
-
-def add_key_options(parser: argparse.ArgumentParser) -> None:
-    """``--key-file FILE`` and ``--passphrase-env VAR``: where the registry key is."""
-    parser.add_argument(
-        "--key-file",
-        metavar="FILE",
-        help="the registry key file (default: $MEDIATION_KEY_FILE, else "
-        "~/.config/mediation/registry.key)",
-    )
-    parser.add_argument(
-        "--passphrase-env",
-        metavar="VAR",
-        help="for a passphrase registry: the environment variable holding it "
-        "(default MEDIATION_PASSPHRASE)",
-    )
-
-
-def subcommand(
-    subparsers: argparse._SubParsersAction, name: str, summary: str, func: Any
-) -> argparse.ArgumentParser:
-    """A subcommand with ``--data-dir`` and the key options."""
-    parser = subparsers.add_parser(name, help=summary, description=summary)
-    add_data_dir(parser)
-    add_key_options(parser)
-    parser.set_defaults(func=func)
-    return parser
-
-
-@contextlib.contextmanager
-def registry_for(
-    args: argparse.Namespace, need: KeyNeed, lock: bool = True
-) -> Iterator[WarrantRegistry]:
-    """The registry for this command, with the key as ``need`` says; damage is an error."""
-    import sqlite3
-
-    from mediation.errors import UsageError
-    from mediation.warrants.access import KeyOptions, open_registry
-    from mediation.warrants.keys import RegistryKeyError
-
-    options = KeyOptions(args.key_file, args.passphrase_env)
-    try:
-        with open_registry(data_dir(args), options, need, lock=lock) as registry:
-            yield registry
-    except RegistryKeyError as exc:
-        raise UsageError("registry", f"{exc} (the registry was tampered with or damaged)") from None
-    except sqlite3.OperationalError as exc:  # e.g. locked past the timeout, disk full
-        raise UsageError("registry", f"SQLite: {exc}") from None
-
-
-def server_request(args: argparse.Namespace, op: str) -> tuple[dict[str, Any] | None, str | None]:
-    """Ask a running server; (response, None), or (None, a line saying why not)."""
-    from mediation.server.control import ask
-
-    return ask(data_dir(args), op)
-
-
-def report_to_server(args: argparse.Namespace, handle: str | None) -> str:
-    """Tell a running server to reload; the line saying what it made of ``handle``."""
-    from mediation.server.control import reload_report
-
-    return reload_report(data_dir(args), handle)
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [list(headers)] + [["-" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
-
-
-# mediate init ---------------------------------------------------------------
-
-
-def _init_key(args: argparse.Namespace) -> tuple[RegistryKey, KdfParams | None, Path | None, str]:
-    """The new registry's key: (key, scrypt parameters, key file, a line for people)."""
-    from mediation.errors import UsageError
-    from mediation.warrants.access import KeyOptions, key_file_path
-    from mediation.warrants.keys import KdfParams, RegistryKey, read_key_file, read_passphrase
-
-    if args.key_file and args.passphrase_env:
-        raise UsageError("--passphrase-env", "give --key-file or --passphrase-env, not both")
-    if args.passphrase_env:
-        var = args.passphrase_env
-        passphrase = read_passphrase(var)
-        if passphrase is None:
-            raise UsageError("--passphrase-env", f"set {var} to the new registry passphrase")
-        kdf = KdfParams.fresh()
-        note = f"registry key: derived from the passphrase in ${var} (scrypt)"
-        return RegistryKey.from_passphrase(passphrase, kdf), kdf, None, note
-    path, _ = key_file_path(KeyOptions(args.key_file))
-    if path.exists():  # one key may serve several data directories
-        return read_key_file(path), None, path, f"registry key: {path} (existing; mode 0600)"
-    return RegistryKey.generate(), None, path, f"registry key: {path} (new; mode 0600)"
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    from mediation.errors import UsageError
-    from mediation.warrants.audit import AuditEvent
-    from mediation.warrants.authority import TapAuthority
-    from mediation.warrants.keys import write_key_file
-    from mediation.warrants.model import utc_now
-    from mediation.warrants.registry import REGISTRY_DB, WarrantRegistry
-
-    data, now = data_dir(args), utc_now()
-    if (data / REGISTRY_DB).exists():
-        raise UsageError("--data-dir", f"{data} already holds a registry")
-    key, kdf, key_path, key_note = _init_key(args)
-    if key_path is not None and not key_path.exists():
-        write_key_file(key_path, key)
-    with WarrantRegistry.initialise(data, key, kdf, now) as registry:
-        TapAuthority.create(data / "ca", key, now)
-        registry.record(AuditEvent("init", None, detail={"key": registry.key_mode}))
-    print(f"initialised {data}")
-    print(key_note)
-    if key_path is not None and data.resolve() in key_path.resolve().parents:
-        print("warning: the key file is inside the data directory; copies of it carry the key")
-    print("keep the key apart from the data directory and its backups: without it nothing opens")
-    print(f"tap CA: {data / 'ca' / 'ca.pem'}")
-    print(f"audit trail: {data / 'audit' / 'audit.log'}")
-    return 0
+# What identifies a case, a target or an agency is `sensitive`: warned about
+# on the command line. The content level and the window are stored in clear
+# in the registry anyway.
+_DETAIL_FIELDS = (
+    Field("iap", "--iap"),
+    Field("tap", "--tap", many=True),
+    Field("source", "--source", many=True),
+    Field("court_ref", "--court-ref"),
+    Field("note", "--note"),
+)
+ADD_FIELDS = (
+    Field("case_id", "--case-id", prompt="case id"),
+    Field("agency", "--agency", prompt="agency (name or a- handle)"),
+    Field("target", "--target", many=True, prompt="targets"),
+    Field("content", "--content", sensitive=False, prompt="content (headers or full)"),
+    Field("start", "--start", sensitive=False),
+    Field("end", "--end", sensitive=False),
+    *_DETAIL_FIELDS,
+)
+MODIFY_FIELDS = (
+    Field("case_id", "--case-id"),
+    Field("target", "--target", many=True),
+    Field("add_target", "--add-target", many=True),
+    Field("remove_target", "--remove-target", many=True),
+    Field("content", "--content", sensitive=False),
+    Field("start", "--start", sensitive=False),
+    Field("end", "--end", sensitive=False),
+    *_DETAIL_FIELDS,
+)
 
 
 # mediate add ------------------------------------------------------------------
 
 
-def _sources(taps: list[str] | None, sources: list[str] | None) -> tuple[Source, ...]:
+def _sources(given: CaseInput) -> tuple[Source, ...]:
     from mediation.warrants.model import Source
     from mediation.warrants.validate import parse_source, parse_tap_name
 
+    taps, sources = given.get("tap") or [], given.get("source") or []
+    tap_field, source_field = given.name("tap"), given.name("source")
     out = [
-        Source("tap", parse_tap_name(name, f"--tap #{i + 1}")) for i, name in enumerate(taps or [])
+        Source("tap", parse_tap_name(name, f"{tap_field} #{i + 1}")) for i, name in enumerate(taps)
     ]
-    out += [parse_source(text, i) for i, text in enumerate(sources or [])]
+    out += [parse_source(text, i, source_field) for i, text in enumerate(sources)]
     return tuple(dict.fromkeys(out))
+
+
+def _details(given: CaseInput) -> dict[str, Any]:
+    """iap, court_ref and notes, parsed; each None when not given."""
+    from mediation.warrants import validate as v
+
+    return {
+        "iap": v.parse_iap(given.get("iap"), given.name("iap")),
+        "court_ref": v.parse_free_text(given.get("court_ref"), given.name("court_ref")),
+        "notes": v.parse_free_text(given.get("note"), given.name("note"), v.NOTE_MAX),
+    }
+
+
+def _time(given: CaseInput, key: str, now: dt.datetime) -> dt.datetime | None:
+    from mediation.warrants.validate import parse_time
+
+    text = given.get(key)
+    return None if text is None else parse_time(text, given.name(key), now)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
     from mediation.warrants import validate as v
     from mediation.warrants.access import KeyNeed
-    from mediation.warrants.model import CaseDetails, Stream, format_time, utc_now
+    from mediation.warrants.model import CaseDetails, utc_now
     from mediation.warrants.operations import add_warrant
 
-    now = utc_now()
-    details = CaseDetails(
-        case_id=v.parse_case_id(args.case_id),
-        targets=v.parse_targets(args.target),
-        sources=_sources(args.tap, args.source),
-        iap=v.parse_iap(args.iap),
-        court_ref=v.parse_free_text(args.court_ref, "--court-ref"),
-        notes=v.parse_free_text(args.note, "--note", v.NOTE_MAX),
-    )
-    content = v.parse_content(args.content)
-    start = v.parse_time(args.start, "--start", now) if args.start else now
-    end = (
-        v.parse_time(args.end, "--end", now)
-        if args.end
-        else start + dt.timedelta(days=DEFAULT_DAYS)
-    )
-    with registry_for(args, KeyNeed.REQUIRED) as registry:
-        warrant = add_warrant(registry, args.agency, details, content, start, end, now)
-        agency = registry.agency(warrant.agency)
+    now, given = utc_now(), gather(args, ADD_FIELDS)
+    with given.naming():
+        details = CaseDetails(
+            case_id=v.parse_case_id(given.get("case_id"), given.name("case_id")),
+            targets=v.parse_targets(given.get("target"), given.name("target")),
+            sources=_sources(given),
+            **_details(given),
+        )
+        content = v.parse_content(given.get("content"), given.name("content"))
+        start = _time(given, "start", now) or now
+        end = _time(given, "end", now) or start + dt.timedelta(days=DEFAULT_DAYS)
+        with registry_for(args, KeyNeed.REQUIRED) as registry:
+            warrant = add_warrant(registry, given.get("agency"), details, content, start, end, now)
+            agency = registry.agency(warrant.agency)
     print(warrant.handle)
-    if args.quiet:
-        return 0
-    print(f"state: {warrant.state(now).value}, from {format_time(start)} to {format_time(end)}")
-    if args.end is None:
+    if not args.quiet:
+        _describe_added(args, given, warrant, agency, now)
+    given.warn()
+    return 0
+
+
+def _describe_added(
+    args: argparse.Namespace,
+    given: CaseInput,
+    warrant: Warrant,
+    agency: Agency | None,
+    now: dt.datetime,
+) -> None:
+    """The lines after the handle: state, window, missing CmCC endpoint, the server."""
+    from mediation.warrants.model import Stream, format_time
+
+    print(
+        f"state: {warrant.state(now).value}, "
+        f"from {format_time(warrant.start)} to {format_time(warrant.end)}"
+    )
+    if given.get("end") is None:
         print(
             f"end: not given, so {DEFAULT_DAYS} days after the start; "
             "set the order's end with --end"
         )
     endpoints = agency.details.endpoints if agency and agency.details else ()
-    if Stream.CMCC in content.streams and not any(Stream.CMCC in e.streams for e in endpoints):
+    if Stream.CMCC in warrant.content.streams and not any(
+        Stream.CMCC in e.streams for e in endpoints
+    ):
         print(
             "note: the agency has no endpoint for CmCC; "
             "content is stored and can be retrieved later"
         )
     print(report_to_server(args, warrant.handle))
-    return 0
 
 
 # mediate list / show ----------------------------------------------------------
@@ -289,26 +222,29 @@ def cmd_show(args: argparse.Namespace) -> int:
 # mediate modify / remove -------------------------------------------------------
 
 
-def _new_targets(args: argparse.Namespace, stored: tuple[Target, ...]) -> tuple[Target, ...] | None:
-    """Targets after --target (replace), --add-target, --remove-target; None if untouched."""
+def _new_targets(given: CaseInput, stored: tuple[Target, ...]) -> tuple[Target, ...] | None:
+    """Targets after target (replace), add-target, remove-target; None if untouched."""
     from mediation.errors import UsageError
     from mediation.warrants.validate import parse_target, parse_targets
 
-    if not (args.target or args.add_target or args.remove_target):
+    replace, add, drop = (given.get(k) for k in ("target", "add_target", "remove_target"))
+    if not (replace or add or drop):
         return None
-    targets = list(parse_targets(args.target) if args.target else stored)
-    for i, text in enumerate(args.add_target or []):
-        target = parse_target(text, i, "--add-target")
+    targets = list(parse_targets(replace, given.name("target")) if replace else stored)
+    add_field = given.name("add_target")
+    for i, text in enumerate(add or []):
+        target = parse_target(text, i, add_field)
         if target not in targets:
             targets.append(target)
-    for i, text in enumerate(args.remove_target or []):
-        target = parse_target(text, i, "--remove-target")
+    drop_field = given.name("remove_target")
+    for i, text in enumerate(drop or []):
+        target = parse_target(text, i, drop_field)
         if target not in targets:
-            raise UsageError(f"--remove-target #{i + 1}", "is not a target of this warrant")
+            raise UsageError(f"{drop_field} #{i + 1}", "is not a target of this warrant")
         targets.remove(target)
     if not targets:
         raise UsageError(
-            "--remove-target", "would leave no target; use `mediate remove` to stop the warrant"
+            drop_field, "would leave no target; use `mediate remove` to stop the warrant"
         )
     return tuple(targets)
 
@@ -320,29 +256,31 @@ def cmd_modify(args: argparse.Namespace) -> int:
     from mediation.warrants.operations import WarrantChanges, existing_warrant, modify_warrant
 
     now, handle = utc_now(), v.parse_handle(args.handle)
-    changes = WarrantChanges(
-        case_id=None if args.case_id is None else v.parse_case_id(args.case_id),
-        content=None if args.content is None else v.parse_content(args.content),
-        start=None if args.start is None else v.parse_time(args.start, "--start", now),
-        end=None if args.end is None else v.parse_time(args.end, "--end", now),
-        sources=_sources(args.tap, args.source) if (args.tap or args.source) else None,
-        iap=v.parse_iap(args.iap),
-        court_ref=v.parse_free_text(args.court_ref, "--court-ref"),
-        notes=v.parse_free_text(args.note, "--note", v.NOTE_MAX),
-    )
-    with registry_for(args, KeyNeed.REQUIRED) as registry:
-        stored = existing_warrant(registry, handle)
-        if stored.details is not None:
-            targets = _new_targets(args, stored.details.targets)
-            if targets is not None:
-                changes = dataclasses.replace(changes, targets=targets)
-        warrant, changed = modify_warrant(registry, handle, changes, now)
+    given = gather(args, MODIFY_FIELDS)
+    case_id, content = given.get("case_id"), given.get("content")
+    with given.naming():
+        changes = WarrantChanges(
+            case_id=None if case_id is None else v.parse_case_id(case_id, given.name("case_id")),
+            content=None if content is None else v.parse_content(content, given.name("content")),
+            start=_time(given, "start", now),
+            end=_time(given, "end", now),
+            sources=_sources(given) if (given.get("tap") or given.get("source")) else None,
+            **_details(given),
+        )
+        with registry_for(args, KeyNeed.REQUIRED) as registry:
+            stored = existing_warrant(registry, handle)
+            if stored.details is not None:
+                targets = _new_targets(given, stored.details.targets)
+                if targets is not None:
+                    changes = dataclasses.replace(changes, targets=targets)
+            warrant, changed = modify_warrant(registry, handle, changes, now)
     print(f"{handle} modified: {', '.join(changed)}")
     print(
         f"state: {warrant.state(now).value}, "
         f"from {format_time(warrant.start)} to {format_time(warrant.end)}"
     )
     print(report_to_server(args, handle))
+    given.warn()
     return 0
 
 
@@ -361,10 +299,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Register the registry's commands: these, and agency, tap and audit."""
-    from mediation.cli import agency, audit, tap
-
-    p = subcommand(subparsers, "init", "create the registry, its key and the tap CA", cmd_init)
+    """Register add, list, show, modify and remove."""
     p = subcommand(subparsers, "add", "register a warrant; prints its handle", cmd_add)
     add_warrant_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print the handle only")
@@ -378,7 +313,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p = subcommand(subparsers, "modify", "change a warrant; give only what changes", cmd_modify)
     p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("--case-id", metavar="ID", help="a corrected case identity")
+    add_modify_options(p)
+    p = subcommand(subparsers, "remove", "stop a warrant now; its record is kept", cmd_remove)
+    p.add_argument("handle", metavar="HANDLE")
+
+
+def add_warrant_options(p: argparse.ArgumentParser) -> None:
+    add_from_option(p, "the warrant")
+    p.add_argument(
+        "--case-id",
+        metavar="ID",
+        action=Once,
+        help="case identity from the order: 1 to 25 visible characters",
+    )
+    p.add_argument(
+        "--agency",
+        metavar="NAME",
+        action=Once,
+        help="the agency (name or a- handle); see `mediate agency list`",
+    )
+    p.add_argument(
+        "--target",
+        metavar="ADDR|PREFIX|MAC",
+        action="append",
+        help="IPv4/IPv6 address or prefix, MAC address, or iface:NAME (repeatable)",
+    )
+    p.add_argument(
+        "--content",
+        metavar="LEVEL",
+        action=Once,
+        help="headers (CmII only) or full (CmII and CmCC)",
+    )
+    p.add_argument(
+        "--start",
+        metavar="TIME",
+        action=Once,
+        help="ISO 8601 with Z or an offset, or a date (default: now)",
+    )
+    p.add_argument(
+        "--end",
+        metavar="TIME",
+        action=Once,
+        help=f"like --start (default: {DEFAULT_DAYS} days after the start)",
+    )
+    add_detail_options(p)
+
+
+def add_modify_options(p: argparse.ArgumentParser) -> None:
+    add_from_option(p, "the changes")
+    p.add_argument("--case-id", metavar="ID", action=Once, help="a corrected case identity")
     p.add_argument(
         "--target", metavar="ADDR", action="append", help="replace all targets (repeatable)"
     )
@@ -388,43 +371,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--remove-target", metavar="ADDR", action="append", help="drop a target (repeatable)"
     )
-    p.add_argument("--content", metavar="LEVEL", help="headers or full")
-    p.add_argument("--start", metavar="TIME", help="a new start")
-    p.add_argument("--end", metavar="TIME", help="a new end (an extension, or an earlier end)")
-    add_detail_options(p)
-    p = subcommand(subparsers, "remove", "stop a warrant now; its record is kept", cmd_remove)
-    p.add_argument("handle", metavar="HANDLE")
-    agency.register(subparsers)
-    tap.register(subparsers)
-    audit.register(subparsers)
-
-
-def add_warrant_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--content", metavar="LEVEL", action=Once, help="headers or full")
+    p.add_argument("--start", metavar="TIME", action=Once, help="a new start")
     p.add_argument(
-        "--case-id", metavar="ID", help="case identity from the order: 1 to 25 visible characters"
-    )
-    p.add_argument(
-        "--agency", metavar="NAME", help="the agency (name or a- handle); see `mediate agency list`"
-    )
-    p.add_argument(
-        "--target",
-        metavar="ADDR|PREFIX|MAC",
-        action="append",
-        help="IPv4/IPv6 address or prefix, MAC address, or iface:NAME (repeatable)",
-    )
-    p.add_argument("--content", metavar="LEVEL", help="headers (CmII only) or full (CmII and CmCC)")
-    p.add_argument(
-        "--start", metavar="TIME", help="ISO 8601 with Z or an offset, or a date (default: now)"
-    )
-    p.add_argument(
-        "--end", metavar="TIME", help=f"like --start (default: {DEFAULT_DAYS} days after the start)"
+        "--end", metavar="TIME", action=Once, help="a new end (an extension, or an earlier end)"
     )
     add_detail_options(p)
 
 
 def add_detail_options(p: argparse.ArgumentParser) -> None:
     """Options ``add`` and ``modify`` share beyond identity, targets and window."""
-    p.add_argument("--iap", metavar="ID", help="IAP system identity: 1 to 15 visible characters")
+    p.add_argument(
+        "--iap",
+        metavar="ID",
+        action=Once,
+        help="IAP system identity: 1 to 15 visible characters",
+    )
     p.add_argument(
         "--tap", metavar="NAME", action="append", help="a registered tap serving it (repeatable)"
     )
@@ -434,5 +396,7 @@ def add_detail_options(p: argparse.ArgumentParser) -> None:
         action="append",
         help="a TZSP sender serving it (repeatable)",
     )
-    p.add_argument("--court-ref", metavar="TEXT", help="the court order's reference")
-    p.add_argument("--note", metavar="TEXT", help="a note for the carrier's own records")
+    p.add_argument("--court-ref", metavar="TEXT", action=Once, help="the court order's reference")
+    p.add_argument(
+        "--note", metavar="TEXT", action=Once, help="a note for the carrier's own records"
+    )

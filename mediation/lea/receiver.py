@@ -32,10 +32,12 @@ from mediation.lea import udp
 from mediation.lea.driver import StreamDriver
 from mediation.lea.retrieve import ConnectError, FetchRange, Retriever, fetch
 from mediation.lea.state import ReceiverState
-from mediation.lea.tls import PeerRefused, check_pin, failure_reason
+from mediation.lea.tls import PeerRefused, ServerCheck, failure_reason
 from mediation.lea.udp import UdpDelivery
+from mediation.pki import CLIENT_AUTH
 from mediation.protocol import StreamReceiver
 from mediation.protocol.datagram import REPORT_INTERVAL
+from mediation.refusals import Refusals
 
 log = logging.getLogger("mediation.lea")
 
@@ -52,7 +54,7 @@ class ReceiverConfig:
     tls_context: ssl.SSLContext | None = None  # live listener (TLS server)
     retrieve_from: Address | None = None
     retrieval_context: ssl.SSLContext | None = None  # retrieval (TLS client)
-    server_fingerprint: str | None = None
+    server_check: ServerCheck | None = None  # who the server is (CA, pin, role)
     handles: frozenset[str] | None = None
     fetch: tuple[FetchRange, ...] = ()
     duration: float | None = None
@@ -99,6 +101,9 @@ class Receiver:
         self._scope = trio.CancelScope()
         self._reason = "stopped"
         self.failed: str | None = None  # why the run could not do its job
+        self.refusals = Refusals(
+            log, "tls: refused", clock=trio.current_time, counts=self.state.counters.refused_reasons
+        )
 
     def stop(self, reason: str = "stopped") -> None:
         """End the run (from any task); the files are closed on the way out."""
@@ -135,6 +140,7 @@ class Receiver:
         finally:
             if udp_sock is not None:
                 udp_sock.close()
+            self.refusals.flush()
             try:
                 digests = self.state.close(sort=self.config.sort)  # first: the evidence
             finally:
@@ -162,7 +168,7 @@ class Receiver:
                 self.state,
                 config.retrieve_from,
                 config.retrieval_context,
-                config.server_fingerprint,
+                config.server_check,
                 interval=config.retrieval_interval,
                 settle=config.settle,
                 handshake_timeout=config.handshake_timeout,
@@ -212,11 +218,15 @@ class Receiver:
         try:
             with trio.fail_after(self.config.handshake_timeout):
                 await stream.do_handshake()
-            check_pin(stream.getpeercert(binary_form=True), self.config.server_fingerprint)
+            server = self.config.server_check or ServerCheck()  # none: refuse everyone
+            server.check(stream.getpeercert(binary_form=True), CLIENT_AUTH)
         except (trio.BrokenResourceError, trio.TooSlowError, PeerRefused) as exc:
             self.state.counters.refused_connections += 1
-            why = "no handshake in time" if isinstance(exc, trio.TooSlowError) else None
-            log.warning("tls: refused %s: %s", peer, why or failure_reason(exc))
+            if isinstance(exc, trio.TooSlowError):
+                why = "no handshake in time"
+            else:
+                why = str(exc) if isinstance(exc, PeerRefused) else failure_reason(exc)
+            self.refusals.refuse(why, peer)
             await trio.aclose_forcefully(stream)
             return
         log.info("tls: connection from %s", peer)
@@ -241,7 +251,7 @@ class Receiver:
                 self.state,
                 config.retrieve_from,
                 config.retrieval_context,
-                config.server_fingerprint,
+                config.server_check,
                 list(config.fetch),
                 handshake_timeout=config.handshake_timeout,
             )
@@ -263,6 +273,7 @@ class Receiver:
         while True:
             await trio.sleep(config.flush_interval)
             self.state.flush()
+            self.refusals.tick()
             now = trio.current_time()
             if now >= next_sync:
                 await self.state.make_durable()

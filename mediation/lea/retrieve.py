@@ -23,7 +23,8 @@ import trio
 from mediation import pdu
 from mediation.lea.driver import StreamDriver
 from mediation.lea.state import ReceiverState
-from mediation.lea.tls import PeerRefused, check_pin, failure_reason
+from mediation.lea.tls import PeerRefused, ServerCheck, failure_reason
+from mediation.pki import SERVER_AUTH
 from mediation.protocol import Event, ReplayFinished, StreamReceiver
 from mediation.protocol.retrieval import MAX_OUTSTANDING
 
@@ -52,9 +53,9 @@ class ConnectError(Exception):
 
 
 async def connect(
-    address: Address, context: ssl.SSLContext, pin: str | None, timeout: float
+    address: Address, context: ssl.SSLContext, server: ServerCheck | None, timeout: float
 ) -> trio.SSLStream:
-    """A TLS connection to the retrieval address, handshake done and pin checked.
+    """A TLS connection to the retrieval address, handshake done and the server checked.
 
     Raises:
         ConnectError: refused, unreachable, timed out, or not the server we trust.
@@ -66,7 +67,7 @@ async def connect(
             tcp = await trio.open_tcp_stream(host, port)
             stream = trio.SSLStream(tcp, context, server_hostname=host)
             await stream.do_handshake()
-        check_pin(stream.getpeercert(binary_form=True), pin)
+        (server or ServerCheck()).check(stream.getpeercert(binary_form=True), SERVER_AUTH)
     except OSError as exc:
         raise ConnectError(exc.strerror or str(exc)) from None
     except trio.TooSlowError:
@@ -130,7 +131,7 @@ class Retriever:
         state: ReceiverState,
         address: Address,
         context: ssl.SSLContext,
-        pin: str | None,
+        server: ServerCheck | None,
         *,
         interval: float = 1.0,
         settle: float = 2.0,
@@ -141,7 +142,7 @@ class Retriever:
         state: the receiver's shared state (trackers, outputs).
         address: the server's retrieval HOST, PORT.
         context: from :func:`mediation.lea.tls.retrieval_client_context`.
-        pin: the server certificate's SHA-256, or None.
+        server: how the server is recognised (CA, pin, role; see ``lea.tls``).
         interval: seconds between looks at the trackers.
         settle: how old a gap must be before it is asked for.
         handshake_timeout: seconds for TCP connect and TLS handshake.
@@ -150,7 +151,7 @@ class Retriever:
         self.state = state
         self.address = address
         self.context = context
-        self.pin = pin
+        self.server = server
         self.interval = interval
         self.settling = Settling(settle)
         self.handshake_timeout = handshake_timeout
@@ -174,7 +175,9 @@ class Retriever:
                 self.settling.observe(trio.current_time(), self.state)
             began = trio.current_time()
             try:
-                stream = await connect(self.address, self.context, self.pin, self.handshake_timeout)
+                stream = await connect(
+                    self.address, self.context, self.server, self.handshake_timeout
+                )
                 ended = await self._session(stream)
             except ConnectError as exc:
                 ended = str(exc)
@@ -239,7 +242,7 @@ async def fetch(
     state: ReceiverState,
     address: Address,
     context: ssl.SSLContext,
-    pin: str | None,
+    server: ServerCheck | None,
     ranges: list[FetchRange],
     *,
     handshake_timeout: float = 10.0,
@@ -250,7 +253,7 @@ async def fetch(
         ConnectError: the server could not be reached or authenticated, or
         the connection ended before every request was answered.
     """
-    stream = await connect(address, context, pin, handshake_timeout)
+    stream = await connect(address, context, server, handshake_timeout)
     machine = StreamReceiver(trackers=state.trackers, streams=state.accepted)
     machine.connection_made(trio.current_time())
     results: list[ReplayFinished] = []

@@ -64,6 +64,7 @@ class Counters:
 
     bad_datagrams: int = 0
     refused_connections: int = 0
+    refused_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     protocol_errors: int = 0
     unknown_messages: int = 0
 

@@ -4,11 +4,20 @@ Two connections, one agency certificate:
 
 - **live delivery**: the mediation server connects out to the agency, so
   the receiver is the TLS *server*. It requires a client certificate and
-  verifies it against the mediation server's CA (``DATA_DIR/ca/ca.pem``,
-  given by the carrier), optionally also pinning its SHA-256.
+  verifies it against the mediation server's CA (``DATA_DIR/ca/server-ca.pem``,
+  given by the carrier: ``mediate server-ca``), optionally also pinning
+  its SHA-256.
 - **retrieval**: the receiver connects to the server's retrieval address
   as TLS *client*, presenting the same agency certificate, and checks the
   server against the CA or a pinned SHA-256.
+
+Either way, after the handshake the peer must be *the server*, not merely
+someone the CA or pin lets through: :class:`ServerCheck` checks the role
+marked in its certificate, its extended key usage for the TLS role it
+plays here, and that the server CA issued it (:func:`mediation.pki.check_role`).
+So a tap's credentials, issued by the carrier's other CA, never pass for
+the server, even if the agency was given the wrong CA file; and the tap CA
+itself is refused as ``--server-ca``.
 
 Host names are not checked in either role: endpoints are usually bare IP
 addresses and the certificates name a role, not a host; the CA or the pin
@@ -26,8 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import os
 import ssl
 from pathlib import Path
 
@@ -36,7 +43,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mediation.durable import write_new
 from mediation.errors import UsageError
+from mediation.pki import (
+    Role,
+    RoleRefused,
+    check_role,
+    fingerprint,
+    role_of,
+    write_private_key,
+)
 
 AGENCY_DAYS = 1095  # as the carrier's tap certificates: three years
 CERT_FILE = "agency-cert.pem"
@@ -44,8 +60,8 @@ KEY_FILE = "agency-key.pem"
 DEFAULT_NAME = "mediation agency receiver"
 
 
-class PeerRefused(Exception):
-    """The peer's certificate is not the one we accept (the message says why)."""
+# The peer's certificate is not the one we accept (the message says why).
+PeerRefused = RoleRefused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,24 +73,30 @@ class AgencyCertificate:
     fingerprint: str
 
 
-def fingerprint_der(der: bytes) -> str:
-    """SHA-256 over a certificate's DER, lower-case hex: what ``--fingerprint`` takes."""
-    return hashlib.sha256(der).hexdigest()
-
-
 def fingerprint_pem_file(path: Path, field: str) -> str:
     """The fingerprint of the first certificate in a PEM file.
 
     Raises:
         UsageError: unreadable, or not a PEM certificate (``field`` names the option).
     """
+    return fingerprint(_read_certificates(path, field)[0])
+
+
+def _read_certificates(path: Path, field: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM file (at least one).
+
+    Raises:
+        UsageError: unreadable, or no PEM certificate (``field`` names the option).
+    """
     try:
-        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+        certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
     except OSError as exc:
         raise UsageError(field, f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError:
-        raise UsageError(field, f"{path} holds no PEM certificate") from None
-    return fingerprint_der(cert.public_bytes(serialization.Encoding.DER))
+        certs = []
+    if not certs:
+        raise UsageError(field, f"{path} holds no PEM certificate")
+    return certs
 
 
 def make_agency_certificate(
@@ -109,27 +131,45 @@ def make_agency_certificate(
         .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     try:
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_new(key_path, key_pem, 0o600)
-        _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_private_key(key_path, key)
+        write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     except OSError as exc:
         raise UsageError("--out", f"cannot write in {out_dir}: {exc.strerror or exc}") from None
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return AgencyCertificate(cert_path, key_path, fingerprint_der(der))
+    return AgencyCertificate(cert_path, key_path, fingerprint(cert))
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+@dataclasses.dataclass(frozen=True)
+class ServerCheck:
+    """How the agency recognises the mediation server after the handshake.
+
+    Attributes:
+        cas: the server CA certificate(s) from ``--server-ca``; the server's
+            certificate must be issued by one (empty: pin only).
+        pin: the server certificate's SHA-256 (lower-case hex), or None.
+            With both, both must hold.
+    """
+
+    cas: tuple[x509.Certificate, ...] = ()
+    pin: str | None = None
+
+    def check(self, peer_der: bytes | None, purpose: x509.ObjectIdentifier) -> None:
+        """Refuse a peer that is not the mediation server acting as ``purpose``.
+
+        Args:
+            purpose: ``mediation.pki.CLIENT_AUTH`` on the live listener (the
+                server connects to us), ``SERVER_AUTH`` for retrieval.
+
+        Raises:
+            PeerRefused: no certificate, another one than the pin, or not
+            the server's role (see :func:`mediation.pki.check_role`).
+        """
+        if not self.cas and self.pin is None:
+            raise PeerRefused("neither the server CA nor a pin to check the server by")
+        if self.pin is not None and (peer_der is None or fingerprint(peer_der) != self.pin):
+            raise PeerRefused("not the pinned server certificate")
+        check_role(peer_der, Role.SERVER, self.cas, purpose)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +188,26 @@ class TrustSettings:
     key: Path
     server_ca: Path | None = None
     server_fingerprint: str | None = None
+
+    def server_check(self) -> ServerCheck:
+        """The post-handshake check of the server, with the CA file loaded.
+
+        Raises:
+            UsageError: the CA file is unreadable, or is not the carrier's
+            server CA (the tap CA, or a server certificate instead of its CA).
+        """
+        cas: tuple[x509.Certificate, ...] = ()
+        if self.server_ca is not None:
+            cas = tuple(_read_certificates(self.server_ca, "--server-ca"))
+            for ca in cas:
+                role = role_of(ca)
+                if role is not None and role is not Role.SERVER_CA:
+                    raise UsageError(
+                        "--server-ca",
+                        f"{self.server_ca} is a {role.value} certificate, not the server CA: "
+                        "ask the carrier for `mediate server-ca` (DATA_DIR/ca/server-ca.pem)",
+                    )
+        return ServerCheck(cas, self.server_fingerprint)
 
 
 def _base(context: ssl.SSLContext, trust: TrustSettings) -> ssl.SSLContext:
@@ -186,7 +246,7 @@ def live_server_context(trust: TrustSettings) -> ssl.SSLContext:
 def retrieval_client_context(trust: TrustSettings) -> ssl.SSLContext:
     """The context of a retrieval connection: TLS client, host name not checked.
 
-    Without a CA the chain is not verified by OpenSSL; :func:`check_pin`
+    Without a CA the chain is not verified by OpenSSL; :meth:`ServerCheck.check`
     after the handshake is then what authenticates the server.
 
     Raises:
@@ -199,21 +259,6 @@ def retrieval_client_context(trust: TrustSettings) -> ssl.SSLContext:
     if trust.server_ca is None:
         context.verify_mode = ssl.CERT_NONE
     return _base(context, trust)
-
-
-def check_pin(peer_der: bytes | None, pin: str | None) -> None:
-    """Enforce the pinned fingerprint, if any, on the peer's certificate.
-
-    Raises:
-        PeerRefused: a pin is set and the peer sent no certificate or another one.
-    """
-    if pin is None:
-        return
-    if peer_der is None:
-        raise PeerRefused("no certificate presented")
-    seen = fingerprint_der(peer_der)
-    if seen != pin:
-        raise PeerRefused(f"certificate sha256 {seen[:16]}... is not the pinned one")
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -195,6 +195,8 @@ def summary(state: ReceiverState, result: RunResult) -> list[str]:
             f"refused connections {counters.refused_connections}, bad datagrams "
             f"{counters.bad_datagrams}, protocol errors {counters.protocol_errors}"
         )
+    for reason, count in sorted(counters.refused_reasons.items()):
+        lines.append(f"  refused: {reason}: {count}")
     for handle in sorted(result.digests):
         for name, digest in sorted(result.digests[handle].items()):
             lines.append(f"{digest}  {state.out_dir / handle / name}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -20,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from mediation.durable import write_new
 from mediation.log.errors import LogError
+from mediation.pki import write_private_key
 
 KEY_DIR = "keys"
 KEY_NAME = "log-signing.ed25519"
@@ -65,30 +66,6 @@ def verify_signature(public: Ed25519PublicKey, signature: bytes, message: bytes)
     return True
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> bool:
-    """Create ``path`` durably with ``data``; False if it already exists."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # link, not rename: never replaces a key another process made
-        created = True
-    except FileExistsError:
-        created = False
-    finally:
-        os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return created
-
-
 def load_or_create_signer(data_dir: Path) -> LogSigner:
     """The server's signing key, created (with its ``.pub``) if there is none.
 
@@ -99,13 +76,9 @@ def load_or_create_signer(data_dir: Path) -> LogSigner:
     path = key_path(data_dir)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
-        private = Ed25519PrivateKey.generate()
-        pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write_new(path, pem, 0o600)
+        # Created, never replaced: a key another process made first is kept.
+        with contextlib.suppress(FileExistsError):
+            write_private_key(path, Ed25519PrivateKey.generate())
     if path.stat().st_mode & 0o077:
         raise LogError(f"{path}: signing key is readable by others (chmod 600 it)")
     try:
@@ -122,7 +95,7 @@ def load_or_create_signer(data_dir: Path) -> LogSigner:
     with contextlib.suppress(OSError):
         if not pub.exists() or pub.read_bytes() != pub_pem:
             pub.unlink(missing_ok=True)
-            _write_new(pub, pub_pem, 0o644)
+            write_new(pub, pub_pem, 0o644)
     return signer
 
 

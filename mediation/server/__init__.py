@@ -9,7 +9,9 @@ Public surface::
       .delivery_rows()                                per warrant stream and endpoint
     ServerConfig, load_config                         the TOML configuration (``config.py``)
     WarrantTable, TableChange                         warrants and states (``warrant_table.py``)
-    serve_control / request / socket_path             the control socket (``control.py``)
+    request / socket_path                             the control socket's client (``control.py``)
+    ControlSocket / serve_control                     its server side (``control_listener.py``)
+    ServerLock                                        one server per data directory (``lock.py``)
 
 Inside: ``ingest`` and ``notices`` (into the log), ``delivery`` with
 ``delivery_udp`` and ``delivery_tls`` (one worker per agency endpoint),

@@ -12,7 +12,12 @@ Tasks, all children of :meth:`MediationServer.run`:
 - watchers: each stream's storage state, the kernel clock, held notices;
 - the status line (a terminal) or status log lines (anything else);
 - the signal watcher: SIGTERM or SIGINT cancels everything; the evidence
-  log is checkpointed, flushed and closed on the way out.
+  log is checkpointed, flushed and closed on the way out. SIGHUP reloads
+  the registry and the configuration's reloadable keys (``[status]``,
+  ``[clock]``; see :data:`mediation.server.config.RELOADABLE`).
+
+The data directory is locked (``server.lock``) for the server's whole life:
+one server per data directory.
 
 Ingest is in-process (:meth:`MediationServer.ingest`): tap links, the demo
 and the tests call it. Everything logged names warrants by handle.
@@ -31,12 +36,15 @@ from typing import Any
 import trio
 
 from mediation.clock import ClockReading, read_clock
+from mediation.errors import UsageError
 from mediation.log import Appended, EvidenceLog, LogError, StreamLog
 from mediation.pdu import StreamId
-from mediation.server.config import ServerConfig
-from mediation.server.control import ControlError, ControlSocket, socket_path
+from mediation.server.config import ServerConfig, reloaded_config
+from mediation.server.control import ControlError, socket_path
+from mediation.server.control_listener import ControlSocket
 from mediation.server.delivery import DeliveryManager
 from mediation.server.ingest import ClockCache, Ingest
+from mediation.server.lock import ServerLock
 from mediation.server.notices import Notices
 from mediation.server.retrieval import RetrievalService
 from mediation.server.status import StatusReporter, StatusRow
@@ -66,6 +74,7 @@ class MediationServer:
         config: ServerConfig | None = None,
         clock_reader: Callable[[], ClockReading] = read_clock,
         tty: bool = False,
+        config_loader: Callable[[], ServerConfig] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.table = WarrantTable()
@@ -75,6 +84,7 @@ class MediationServer:
         self._clock_reader = clock_reader
         self._tty = tty
         self._reload_lock = trio.Lock()
+        self._hangup_lock = trio.Lock()
         self.ticks = 0  # window checks completed, for whoever must wait on one
         self._ticked = trio.Event()
         self.started = clock()
@@ -88,34 +98,55 @@ class MediationServer:
         self.retrieval: RetrievalService | None = None
         self.reporter: StatusReporter | None = None
         self.trust: AgencyTrust | None = None
+        self.control: ControlSocket | None = None
+        self._config_loader = config_loader  # re-reads the file on SIGHUP
+        self._timers: trio.CancelScope | None = None
+        self.reloads = 0  # SIGHUPs handled
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled or signalled; reports started once everything listens."""
-        control = await ControlSocket.bind(socket_path(self.data_dir))
-        try:
-            identity = await trio.to_thread.run_sync(
-                ensure_identity, self.data_dir, self._key, self.config.tls.server_names, utc_now()
-            )
-            trust = self.trust = AgencyTrust(identity)
-            async with (
-                EvidenceLog.open(self.data_dir, self.config.log) as evidence,
-                trio.open_nursery() as nursery,
-            ):
-                self._nursery = nursery
-                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
-                self._build(evidence, identity, trust, nursery)
-                await self.reload(at_start=True)
-                await nursery.start(control.serve, self.handle_request)
-                await self._start_tasks(nursery)
-                count, active = len(self.table.states()), len(self.table.active())
-                log.info(
-                    "serving: warrants loaded %d, active %d; control socket ready", count, active
-                )
-                task_status.started()
-        finally:
-            self._nursery = None
-            control.close()
+        """Serve until cancelled or signalled; reports started once everything listens.
+
+        Raises:
+            UsageError: another server holds this data directory, or it is
+                not writable (before anything is started).
+            ControlError: the control socket's path is taken by something else.
+        """
+        # Signals are caught from the start to the very end, so a SIGTERM or
+        # SIGHUP that arrives while the log closes cannot cut its checkpoint.
+        with (
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
+            ServerLock.acquire(self.data_dir),
+        ):
+            # We hold the lock: a socket left at the path is a dead server's.
+            control = await ControlSocket.bind(socket_path(self.data_dir), owned=True)
+            self.control = control
+            try:
+                await self._serve(control, signals, task_status)
+            finally:
+                self._nursery = None
+                control.close()
         log.info("stopped")
+
+    async def _serve(
+        self, control: ControlSocket, signals: Any, task_status: trio.TaskStatus[None]
+    ) -> None:
+        identity = await trio.to_thread.run_sync(
+            ensure_identity, self.data_dir, self._key, self.config.tls.server_names, utc_now()
+        )
+        trust = self.trust = AgencyTrust(identity)
+        async with (
+            EvidenceLog.open(self.data_dir, self.config.log) as evidence,
+            trio.open_nursery() as nursery,
+        ):
+            self._nursery = nursery
+            nursery.start_soon(self._watch_signals, signals, nursery.cancel_scope)
+            self._build(evidence, identity, trust, nursery)
+            await self.reload(at_start=True)
+            await nursery.start(control.serve, self.handle_request)
+            await self._start_tasks(nursery)
+            count, active = len(self.table.states()), len(self.table.active())
+            log.info("serving: warrants loaded %d, active %d; control socket ready", count, active)
+            task_status.started()
 
     def _build(
         self,
@@ -146,14 +177,27 @@ class MediationServer:
         nursery.start_soon(self._tick_windows)
         nursery.start_soon(self._poll_registry)
         nursery.start_soon(self.intake.run_flusher)
-        nursery.start_soon(self.notices.watch_clock, self.config.clock.check_interval)
-        self.reporter = StatusReporter(
-            self.delivery_rows,
-            interval=self.config.status.interval,
-            log_interval=self.config.status.log_interval,
-            tty=self._tty,
-        )
-        nursery.start_soon(self.reporter.run)
+        await nursery.start(self._run_timers)
+
+    async def _run_timers(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The clock watcher and the status reporter, on the configured intervals.
+
+        In a scope of their own, so that a reload (SIGHUP) that changes
+        ``[status]`` or ``[clock]`` restarts them on the new intervals.
+        """
+        assert self.notices is not None
+        with trio.CancelScope() as scope:
+            self._timers = scope
+            async with trio.open_nursery() as timers:
+                timers.start_soon(self.notices.watch_clock, self.config.clock.check_interval)
+                self.reporter = StatusReporter(
+                    self.delivery_rows,
+                    interval=self.config.status.interval,
+                    log_interval=self.config.status.log_interval,
+                    tty=self._tty,
+                )
+                timers.start_soon(self.reporter.run)
+                task_status.started()
 
     # The warrant table ----------------------------------------------------------
 
@@ -297,7 +341,10 @@ class MediationServer:
             "warrants": self.table.statuses(),
             "taps_connected": sorted(self.taps_connected),
             "delivery": [row.to_json() for row in self.delivery_rows()],
+            "reloads": self.reloads,
         }
+        if self.control is not None:
+            out["control"] = self.control.counters.to_json()
         if self.intake is not None:
             out["ingest"] = self.intake.counters.to_json()
             out["clock"] = self.intake.clock.reading.status.value
@@ -306,15 +353,7 @@ class MediationServer:
                 for sid, s in self.intake.streams.items()
             }
         if self.retrieval is not None:
-            listening = self.retrieval.listening
-            out["retrieval"] = {
-                "listening": f"{listening[0]}:{listening[1]}" if listening else None,
-                "error": self.retrieval.error,
-                "connections": self.retrieval.connections,
-                "refused": self.retrieval.refused,
-                "limited": self.retrieval.limited,
-                "failed": self.retrieval.failed,
-            }
+            out["retrieval"] = self.retrieval.status()
         return out
 
     # Timers -------------------------------------------------------------------------
@@ -349,9 +388,52 @@ class MediationServer:
             except Exception:  # a registry being replaced or damaged must not stop the server
                 log.exception("registry poll failed; keeping the warrants loaded before")
 
-    async def _watch_signals(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("%s: stopping", signal.Signals(signum).name)
-                scope.cancel()
-                return
+    async def _watch_signals(self, signals: Any, scope: trio.CancelScope) -> None:
+        """SIGHUP reloads; SIGTERM or SIGINT cancels ``scope`` (the log then closes)."""
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading the registry and the configuration")
+                if self._nursery is not None:
+                    self._nursery.start_soon(self.reload_all)
+                continue
+            log.info("%s: stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+    async def reload_all(self) -> None:
+        """What SIGHUP does: re-read the configuration's reloadable keys and the registry.
+
+        Never raises: a configuration or registry that cannot be read now is
+        logged, and the server keeps what it had.
+        """
+        async with self._hangup_lock:  # two SIGHUPs in a row: one after the other
+            self.reloads += 1
+            try:
+                await self._reload_config()
+                await self.reload()
+            except Exception:
+                log.exception("reload failed; keeping the configuration and warrants loaded before")
+
+    async def _reload_config(self) -> None:
+        if self._config_loader is None:
+            return
+        try:
+            new = await trio.to_thread.run_sync(self._config_loader)
+        except UsageError as exc:
+            log.error("reload: %s; keeping the configuration loaded before", exc)
+            return
+        merged, applied, kept = reloaded_config(self.config, new)
+        for key, old_value, new_value in kept:
+            log.warning(
+                "reload: %s changed (%r to %r) but applies only at a restart; still %r",
+                key,
+                old_value,
+                new_value,
+                old_value,
+            )
+        for key, old_value, new_value in applied:
+            log.info("reload: %s now %r (was %r)", key, new_value, old_value)
+        self.config = merged
+        if applied and self._timers is not None and self._nursery is not None:
+            self._timers.cancel()
+            await self._nursery.start(self._run_timers)

@@ -38,16 +38,35 @@ names only what it changes::
     [tls]
     server_names = ["localhost", "127.0.0.1", "::1"]   # the identity's subjectAltName
 
-Every mistake is one :class:`~mediation.errors.UsageError` naming the key
-(``config [delivery] window: must be a whole number of 1 or more, got 0``),
-so ``mediate serve`` exits 2 with one line.
+Every mistake is one :class:`~mediation.errors.UsageError` naming the key,
+the value and what is expected (``config [delivery] window: must be a
+whole number from 1 to 1048576, got 0``), so ``mediate serve`` exits 2
+with one line. One validator reads every section, driven by the fields
+and types of its dataclass, so a field added to a section is checked
+without more code:
+
+- ``int``: a whole number (not ``2.5``, not ``true``) from 1 up (:data:`WHOLE`);
+- ``float``: a finite number above 0 (not ``nan`` or ``inf``), at most a
+  day (:data:`SECONDS`);
+- ``bool``: ``true`` or ``false``; ``str``: a string;
+  ``tuple[str, ...]``: a list of non-empty strings;
+- per-field ranges other than these are in :data:`LIMITS` (a :class:`Limit`), and rules across
+  fields in :data:`_SECTION_CHECKS` (and a section's own ``__post_init__``);
+- unknown sections and keys are refused.
+
+On SIGHUP a running server re-reads the file and applies the keys in
+:data:`RELOADABLE`; a change to any other key is logged and waits for a restart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -138,29 +157,74 @@ class ServerConfig:
     tls: TlsConfig = TlsConfig()
 
 
-_SECTIONS: dict[str, type] = {
-    "delivery": DeliveryConfig,
-    "retrieval": RetrievalConfig,
-    "status": StatusConfig,
-    "clock": ClockConfig,
-    "tls": TlsConfig,
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """The range a number in the file must fall in: ``low`` (or above it) to ``high``."""
+
+    low: float
+    high: float
+    low_included: bool = True
+
+    def admits(self, value: float) -> bool:
+        above = self.low <= value if self.low_included else self.low < value
+        return above and value <= self.high
+
+    def describe(self, whole: bool) -> str:
+        """``a whole number from 1 to 64``, ``a number above 0 and at most 86400``, ..."""
+        low, high = _plain(self.low), _plain(self.high)
+        if whole:
+            if self.high >= MAX_INT:
+                return f"a whole number of {low} or more"
+            return f"a whole number from {low} to {high}"
+        start = f"from {low}" if self.low_included else f"above {low}"
+        return f"a number {start} and at most {high}"
+
+
+def _plain(number: float) -> str:
+    """1048576 as ``1048576``, 0.5 as ``0.5``: never in exponent form."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
+MAX_INT = 1 << 53  # beyond any sensible count or size, and exact as a float
+MAX_SECONDS = 86400.0  # an interval longer than a day is a mistake
+# What every int and float key must satisfy unless LIMITS says otherwise.
+WHOLE = Limit(1, MAX_INT)
+SECONDS = Limit(0, MAX_SECONDS, low_included=False)
+# Per-field limits ("section.key") where the rule for the type is not enough.
+LIMITS: dict[str, Limit] = {
+    # A record waits at most this for its fdatasync: what a crash can lose.
+    "log.commit_interval": Limit(0, 1.0, low_included=False),
+    # Unacknowledged envelopes held per TLS stream: memory per agency.
+    "delivery.window": Limit(1, 1 << 20),
+    "delivery.batch": Limit(1, 1 << 16),
 }
+
+# Keys a running server applies on SIGHUP ("section.key"); the rest need a restart.
+RELOADABLE = frozenset({"status.interval", "status.log_interval", "clock.check_interval"})
 
 
 def load_config(path: Path | None) -> ServerConfig:
     """The configuration in ``path`` (None: all defaults).
 
     Raises:
-        UsageError: the file cannot be read, is not TOML, or a key is
-            unknown or has a value out of range; the message names the key.
+        UsageError: the file cannot be read, is not UTF-8 or not TOML, or a
+            key is unknown or has a value out of range; the message names the key.
     """
     if path is None:
         return ServerConfig()
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        raw = path.read_bytes()
     except OSError as exc:
         raise UsageError("--config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UsageError(
+            "--config", f"{path} is not UTF-8 text (line {line}); save it as UTF-8"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError("--config", f"{path} is not valid TOML: {exc}") from None
     return parse_config(data)
@@ -168,88 +232,162 @@ def load_config(path: Path | None) -> ServerConfig:
 
 def parse_config(data: dict[str, Any]) -> ServerConfig:
     """A :class:`ServerConfig` from parsed TOML (see :func:`load_config`)."""
-    known = {"data_dir", "log", *_SECTIONS}
+    hints = typing.get_type_hints(ServerConfig)
+    sections = {name for name, kind in hints.items() if dataclasses.is_dataclass(kind)}
     for key in data:
-        if key not in known:
-            raise UsageError(f"config {key}", f"unknown key (known: {', '.join(sorted(known))})")
+        if key not in hints:
+            raise UsageError(f"config {key}", f"unknown key (known: {', '.join(hints)})")
     values: dict[str, Any] = {}
-    if "data_dir" in data:
-        if not isinstance(data["data_dir"], str) or not data["data_dir"]:
-            raise UsageError("config data_dir", "must be a non-empty string (a directory)")
-        values["data_dir"] = Path(data["data_dir"])
-    values["log"] = _log_section(_table(data, "log"))
-    for name, cls in _SECTIONS.items():
-        values[name] = _section(name, cls, _table(data, name))
+    for name, kind in hints.items():
+        if name not in data:
+            continue
+        if name in sections:
+            values[name] = _section(name, kind, _table(data, name))
+        else:
+            values[name] = _value(f"config {name}", name, kind, data[name])
     return ServerConfig(**values)
 
 
+def reloaded_config(
+    old: ServerConfig, new: ServerConfig
+) -> tuple[ServerConfig, list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+    """What a reload makes of ``new``: (config to run, keys applied, keys kept).
+
+    Keys in :data:`RELOADABLE` take their new values; every other changed
+    key keeps its old value (a restart applies it). Each list holds
+    ``("config [section] key", old value, new value)``.
+    """
+    applied: list[tuple[str, Any, Any]] = []
+    kept: list[tuple[str, Any, Any]] = []
+    merged: dict[str, Any] = {}
+    for field in dataclasses.fields(ServerConfig):
+        before, after = getattr(old, field.name), getattr(new, field.name)
+        if not dataclasses.is_dataclass(before):
+            if before != after:
+                kept.append((f"config {field.name}", before, after))
+            merged[field.name] = before
+            continue
+        changes: dict[str, Any] = {}
+        for inner in dataclasses.fields(before):
+            was, now = getattr(before, inner.name), getattr(after, inner.name)
+            if was == now:
+                continue
+            key = f"config [{field.name}] {inner.name}"
+            if f"{field.name}.{inner.name}" in RELOADABLE:
+                changes[inner.name] = now
+                applied.append((key, was, now))
+            else:
+                kept.append((key, was, now))
+        merged[field.name] = dataclasses.replace(before, **changes)  # type: ignore[type-var]
+    return ServerConfig(**merged), applied, kept
+
+
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
-    table = data.get(name, {})
+    table = data[name]
     if not isinstance(table, dict):
-        raise UsageError(f"config {name}", f"must be a table ([{name}])")
+        raise UsageError(f"config {name}", f"must be a table ([{name}]), got {_shown(table)}")
     return table
 
 
-def _log_section(table: dict[str, Any]) -> LogConfig:
-    fields = {f.name: f for f in dataclasses.fields(LogConfig)}
-    for key in table:
-        if key not in fields:
-            raise UsageError(f"config [log] {key}", _unknown(fields))
-    try:
-        return LogConfig(**table)
-    except UsageError as exc:  # LogConfig names the field; add where it lives
-        raise UsageError(f"config [log] {exc.field}", exc.problem) from None
-
-
 def _section(name: str, cls: type, table: dict[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    """One section: every key known and of its field's type, then the cross-field rules."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in table.items():
-        if key not in fields:
-            raise UsageError(f"config [{name}] {key}", _unknown(fields))
-        default = fields[key].default
-        values[key] = _check(f"config [{name}] {key}", value, default)
-    section = cls(**values)
-    if isinstance(section, RetrievalConfig):
-        _check_listen(section.listen)
-    if isinstance(section, DeliveryConfig) and section.reconnect_max < section.reconnect_min:
-        raise UsageError("config [delivery] reconnect_max", "must be at least reconnect_min")
+        if key not in known:
+            raise UsageError(f"config [{name}] {key}", f"unknown key (known: {', '.join(known)})")
+        values[key] = _value(f"config [{name}] {key}", f"{name}.{key}", hints[key], value)
+    try:
+        section = cls(**values)
+    except UsageError as exc:  # the section's own rule names its field: add where it lives
+        got = f", got {_shown(values[exc.field])}" if exc.field in values else ""
+        raise UsageError(f"config [{name}] {exc.field}", exc.problem + got) from None
+    check = _SECTION_CHECKS.get(name)
+    if check is not None:
+        check(section)
     return section
 
 
-def _unknown(fields: dict[str, Any]) -> str:
-    return f"unknown key (known: {', '.join(fields)})"
-
-
-def _check(field: str, value: Any, default: Any) -> Any:
-    """``value`` if it has the default's type and a sensible range."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        raise UsageError(field, "booleans are not accepted here")
-    if isinstance(default, int):
-        if not isinstance(value, int) or value < 1:
-            raise UsageError(field, f"must be a whole number of 1 or more, got {value!r}")
+def _value(field: str, limit_key: str, kind: Any, value: Any) -> Any:
+    """``value`` if it fits ``kind`` (a field's type) and its limits, else UsageError."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        kind = options[0] if len(options) == 1 else kind  # TOML has no null: X | None is X
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UsageError(field, f"must be true or false, got {_shown(value)}")
         return value
-    if isinstance(default, float):
-        if not isinstance(value, int | float) or value <= 0:
-            raise UsageError(field, f"must be a number of seconds above 0, got {value!r}")
-        return float(value)
-    if isinstance(default, str):
+    if kind is int or kind is float:
+        return _number(
+            field, kind is int, LIMITS.get(limit_key, WHOLE if kind is int else SECONDS), value
+        )
+    if kind is str or kind is Path:
         if not isinstance(value, str):
-            raise UsageError(field, f"must be a string, got {type(value).__name__}")
-        return value
-    if isinstance(default, tuple):
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise UsageError(field, "must be a list of non-empty strings")
+            raise UsageError(field, f"must be a string, got {_shown(value)}")
+        if kind is Path and not value:
+            raise UsageError(field, "must be a non-empty string (a directory)")
+        return Path(value) if kind is Path else value
+    if typing.get_origin(kind) is tuple:
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+        ):
+            raise UsageError(
+                field, f"must be a non-empty list of non-empty strings, got {_shown(value)}"
+            )
         return tuple(value)
-    raise UsageError(field, "cannot be set")  # pragma: no cover - every field has a type
+    raise UsageError(field, "cannot be set in the file")  # a type this validator does not know
 
 
-def _check_listen(text: str) -> None:
+def _number(field: str, whole: bool, limit: Limit, value: Any) -> int | float:
+    """An int (``whole``) or float key: no booleans, no nan or inf, within ``limit``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        fits = False
+    elif whole:
+        fits = isinstance(value, int) and limit.admits(value)
+    else:
+        fits = math.isfinite(value) and limit.admits(value)
+    if not fits:
+        raise UsageError(field, f"must be {limit.describe(whole)}, got {_shown(value)}")
+    return value if whole else float(value)
+
+
+def _shown(value: Any) -> str:
+    """``value`` as TOML spells it (``true``, ``nan``, ``"text"``), cut to one short line."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float) and not math.isfinite(value):
+        text = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    elif isinstance(value, dict):
+        text = "a table"
+    else:
+        text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_reconnect(section: DeliveryConfig) -> None:
+    if section.reconnect_max < section.reconnect_min:
+        raise UsageError(
+            "config [delivery] reconnect_max",
+            f"must be at least reconnect_min ({section.reconnect_min:g}), "
+            f"got {section.reconnect_max:g}",
+        )
+
+
+def _check_listen(section: RetrievalConfig) -> None:
+    text = section.listen
     if not text:
         return
     match = _LISTEN.fullmatch(text.strip())
     if match is None or not 0 <= int(match.group(2) or match.group(4)) <= 65535:
         raise UsageError(
             "config [retrieval] listen",
-            'must be "HOST:PORT" (port 0 to 65535; 0 picks a free one) or "" for off',
+            'must be "HOST:PORT" (port 0 to 65535; 0 picks a free one) or "" for off, '
+            f"got {_shown(text)}",
         )
+
+
+# Rules across a section's fields, after each field passed on its own.
+_SECTION_CHECKS: dict[str, Any] = {"delivery": _check_reconnect, "retrieval": _check_listen}

@@ -11,35 +11,30 @@ newline-delimited JSON, one request and one response per line::
     -> {"op": "nonsense"}
     <- {"ok": false, "error": "unknown op 'nonsense' (allowed: reload, status)"}
 
-Responses name warrants by handle only. :func:`serve_control` is the trio
-side; :func:`request` is the blocking client the CLI uses.
+Responses name warrants by handle only. This module is the protocol's
+client side (:func:`request`, blocking, what the CLI uses);
+``control_listener.py`` is the server's side, with its limits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
-import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import trio
+from typing import Any
 
 CONTROL_SOCKET = Path("run") / "control.sock"
+# A request is a few dozen bytes; an answer (status) can be large, the
+# client reads up to 16 times this. The server refuses a longer request
+# line and closes its connection: nothing is buffered past this.
 MAX_LINE = 64 * 1024
-IDLE_SECONDS = 30.0
 # sun_path holds 108 bytes on Linux; longer paths are reached through /proc.
 _SUN_PATH_MAX = 100
-
-log = logging.getLogger("mediation.server.control")
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlError(Exception):
@@ -51,7 +46,7 @@ def socket_path(data_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _reachable(path: Path) -> Iterator[str]:
+def reachable(path: Path) -> Iterator[str]:
     """A name for ``path`` that fits in ``sun_path``: itself, or via the parent's fd."""
     if len(os.fsencode(path)) <= _SUN_PATH_MAX:
         yield str(path)
@@ -61,122 +56,6 @@ def _reachable(path: Path) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}/{path.name}"
     finally:
         os.close(fd)
-
-
-def _claim(path: Path) -> None:
-    """Remove a stale socket left by a server that died; refuse if one still answers."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ControlError(f"{path} exists and is not a socket")
-    try:
-        answered = request(path, {"op": "status"}, timeout=2.0)
-    except ControlError as exc:
-        raise ControlError(
-            f"{path} belongs to a server that does not answer ({exc}); stop it first"
-        ) from None
-    if answered is not None:
-        raise ControlError(f"another server is running (its control socket {path} answers)")
-    path.unlink(missing_ok=True)
-
-
-class ControlSocket:
-    """A bound control socket: :meth:`bind` it, then :meth:`serve` until cancelled.
-
-    Binding is separate from serving so that "another server is running"
-    surfaces before the server starts its tasks, as a plain exception.
-    """
-
-    def __init__(self, path: Path, sock: trio.socket.SocketType) -> None:
-        self.path = path
-        self._sock = sock
-        self._inode = path.stat().st_ino
-
-    @classmethod
-    async def bind(cls, path: Path) -> ControlSocket:
-        """Claim ``path`` (removing a stale socket), bind it with mode 0600, listen."""
-        import trio  # here, not at the top: the CLI's client side should not pay for it
-
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        await trio.to_thread.run_sync(_claim, path)  # it may ask a live server: not on our loop
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with _reachable(path) as name:
-                await sock.bind(name)
-            os.chmod(path, 0o600)
-            sock.listen(16)
-            return cls(path, sock)
-        except BaseException:
-            sock.close()
-            raise
-
-    async def serve(self, handler: Handler, *, task_status: Any = None) -> None:
-        """Answer each request line with ``await handler(request)`` until cancelled.
-
-        Reports started at once (connections queue from :meth:`bind` on); on
-        the way out removes the socket file, unless another process replaced it.
-        """
-        import trio
-
-        listener = trio.SocketListener(self._sock)
-        try:
-            if task_status is not None:
-                task_status.started(self.path)
-            await trio.serve_listeners(functools.partial(_serve_connection, handler), [listener])
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.path.stat().st_ino == self._inode:
-                self.path.unlink()
-        self._sock.close()
-
-
-async def serve_control(path: Path, handler: Handler, *, task_status: Any = None) -> None:
-    """:meth:`ControlSocket.bind` and :meth:`ControlSocket.serve` in one call."""
-    control = await ControlSocket.bind(path)
-    await control.serve(handler, task_status=task_status)
-
-
-async def _serve_connection(handler: Handler, stream: trio.SocketStream) -> None:
-    import trio
-
-    buffer = b""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        async with stream:
-            while True:
-                chunk = b""
-                with trio.move_on_after(IDLE_SECONDS):
-                    chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return  # the client is done, or idle too long
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    response = await _answer(handler, line)
-                    await stream.send_all(json.dumps(response).encode() + b"\n")
-                if len(buffer) > MAX_LINE:
-                    await stream.send_all(b'{"ok": false, "error": "request line too long"}\n')
-                    return
-
-
-async def _answer(handler: Handler, line: bytes) -> dict[str, Any]:
-    try:
-        request = json.loads(line)
-    except ValueError:
-        return {"ok": False, "error": "not JSON; send one JSON object per line"}
-    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-        return {"ok": False, "error": 'a request is a JSON object with an "op"'}
-    try:
-        return await handler(request)
-    except ControlError as exc:
-        return {"ok": False, "error": str(exc)}
-    except Exception:
-        log.exception("control request %r failed", request["op"])
-        return {"ok": False, "error": "internal error; see the server's log"}
 
 
 def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
@@ -191,7 +70,7 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
             return None
     except FileNotFoundError:
         return None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, _reachable(path) as name:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, reachable(path) as name:
         sock.settimeout(timeout)
         try:
             sock.connect(name)

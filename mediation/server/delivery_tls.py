@@ -29,11 +29,17 @@ import trio
 
 from mediation.log import Checkpoint, Cursor, LogRecord, RecordsUnavailable, StreamLog
 from mediation.pdu import StreamId
+from mediation.pki import RoleRefused
 from mediation.protocol import AckReceived, StreamSender
 from mediation.server.config import DeliveryConfig
 from mediation.server.link import Link, backoff_delays, close_quietly
 from mediation.server.status import EndpointRef, StatusRow
-from mediation.server.tls import AgencyTrust, IdentityFiles, delivery_context, pin_matches
+from mediation.server.tls import (
+    AgencyTrust,
+    IdentityFiles,
+    check_delivery_peer,
+    delivery_context,
+)
 from mediation.warrants.model import Endpoint
 
 log = logging.getLogger("mediation.server.delivery")
@@ -166,9 +172,11 @@ class TlsWorker:
                 return self._refuse()
             return self._failed("down", "TLS handshake failed")
         peer = stream.getpeercert(binary_form=True)
-        if not pin_matches(self.endpoint, peer):
+        try:
+            check_delivery_peer(self.endpoint, peer, self._identity)
+        except RoleRefused as exc:
             await close_quietly(stream)
-            return self._refuse()
+            return self._refuse(f"certificate refused: {exc}")
         if self.endpoint.fingerprint and peer is not None:
             self._trust.learn(peer)  # the same certificate may fetch by retrieval
         return stream
@@ -179,12 +187,12 @@ class TlsWorker:
         self.state, self.last_error = state, error
         return None
 
-    def _refuse(self) -> None:
+    def _refuse(self, error: str = "certificate refused") -> None:
         """The agency's certificate is not the registered one: nothing is sent."""
         self.refused += 1
-        if self.last_error != "certificate refused":
-            log.warning("%s: certificate refused", self.ref.label)
-        self.state, self.last_error = "refused", "certificate refused"
+        if self.last_error != error:
+            log.warning("%s: %s", self.ref.label, error)
+        self.state, self.last_error = "refused", error
         return None
 
     def _lost(self, reason: str) -> None:

@@ -4,8 +4,11 @@ The server listens (``[retrieval] listen``, default ``127.0.0.1:37001``)
 with its own identity and *requires* a client certificate: the agency
 presents its receiver's certificate, which must chain to a CA registered
 for one of the agency's TLS endpoints, or be pinned by fingerprint (see
-``tls.AgencyTrust``). The certificate is mapped to exactly one agency; a
-certificate that maps to none or to several gets nothing.
+``tls.AgencyTrust``). The certificate must be an agency's (never a tap's
+or the server's own) and is mapped to exactly one agency; a certificate
+that maps to none or to several gets nothing. Refused connections are
+counted per reason (``mediate status``) and logged at most once per reason
+a minute (:class:`mediation.refusals.Refusals`).
 
 The connection is a stream connection that only replays: a
 :class:`StreamSender` over that agency's streams and nothing else, so a
@@ -31,7 +34,9 @@ import trio
 
 from mediation.log import StreamLog
 from mediation.pdu import StreamId
+from mediation.pki import RoleRefused
 from mediation.protocol import RetrievalLimits, StreamSender
+from mediation.refusals import Refusals
 from mediation.server.config import DeliveryConfig, RetrievalConfig
 from mediation.server.link import Link, close_quietly
 from mediation.server.tls import AgencyTrust
@@ -75,13 +80,29 @@ class RetrievalService:
         self.listening: tuple[str, int] | None = None
         self.error: str | None = None
         self.connections = 0
-        self.refused = 0
+        self.refusals = Refusals(log, "retrieval: client refused", clock=trio.current_time)
         self.replays = 0
         self.limited = 0
         """Requests answered in part because a limit was reached (the rest: not yet)."""
         self.failed = 0
         """Connections ended by an unexpected error (logged, never the server's end)."""
         self._last_failure_log = -math.inf
+
+    @property
+    def refused(self) -> int:
+        return self.refusals.total
+
+    def status(self) -> dict[str, object]:
+        """The listener's part of the ``status`` answer."""
+        return {
+            "listening": f"{self.listening[0]}:{self.listening[1]}" if self.listening else None,
+            "error": self.error,
+            "connections": self.connections,
+            "refused": self.refused,
+            "refused_by_reason": dict(sorted(self.refusals.counts.items())),
+            "limited": self.limited,
+            "failed": self.failed,
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled.
@@ -106,7 +127,15 @@ class RetrievalService:
             "retrieval: listening on %s:%d (TLS, client certificate required)", *self.listening
         )
         task_status.started()
-        await trio.serve_listeners(self._serve, listeners)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._summaries)
+            await trio.serve_listeners(self._serve, listeners)
+
+    async def _summaries(self) -> None:
+        """Log the refusal summaries of each minute that had more than one."""
+        while True:
+            await trio.sleep(1.0)
+            self.refusals.tick()
 
     async def _serve(self, tcp: trio.SocketStream) -> None:
         stream = trio.SSLStream(tcp, self._trust.context(), server_side=True)
@@ -133,22 +162,21 @@ class RetrievalService:
 
     async def _identify(self, stream: trio.SSLStream) -> str | None:
         """The agency whose certificate the client presented, or None (refused)."""
+        peer = _peer(stream)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.do_handshake()
-        except (trio.BrokenResourceError, trio.TooSlowError):
-            return self._refuse("no acceptable certificate")
-        der = stream.getpeercert(binary_form=True)
-        owners = self._trust.agencies_for(der) if der else []
-        if len(owners) != 1:
-            why = "certificate of several agencies" if owners else "certificate of no agency"
-            return self._refuse(why)
-        return owners[0]
-
-    def _refuse(self, why: str) -> None:
-        self.refused += 1
-        log.warning("retrieval: client refused (%s)", why)
-        return None
+        except trio.TooSlowError:
+            self.refusals.refuse("no handshake in time", peer)
+            return None
+        except trio.BrokenResourceError:
+            self.refusals.refuse("no acceptable certificate", peer)
+            return None
+        try:
+            return self._trust.identify(stream.getpeercert(binary_form=True))
+        except RoleRefused as exc:
+            self.refusals.refuse(str(exc), peer)
+            return None
 
     async def _replay_for(self, agency: str, stream: trio.SSLStream) -> None:
         streams = self._streams_of(agency)
@@ -180,3 +208,11 @@ class RetrievalService:
             sender.retrieval.limited,
             reason,
         )
+
+
+def _peer(stream: trio.SSLStream) -> str:
+    try:
+        host, port = stream.transport_stream.socket.getpeername()[:2]
+    except (OSError, AttributeError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

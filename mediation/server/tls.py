@@ -1,13 +1,17 @@
 """The server's TLS identity and the TLS contexts of delivery and retrieval.
 
-Identity: a certificate issued by the server's own CA (``DATA_DIR/ca``, the
-one that signs tap certificates), made on the first ``mediate serve``::
+Identity: a certificate issued by the server CA (``DATA_DIR/ca/server-ca.pem``,
+which signs nothing else; taps have their own CA, ``ca.pem``), made on the
+first ``mediate serve``::
 
     DATA_DIR/tls/server.pem   the certificate (0644): the server presents it
     DATA_DIR/tls/server.key   its private key (0600, not encrypted: the
                               server must use it unattended)
 
-An agency verifies the server against ``DATA_DIR/ca/ca.pem``.
+An agency verifies the server against ``server-ca.pem`` (``mediate
+server-ca`` prints it). A data directory from before the two CAs (the
+identity issued by the tap CA) gets the server CA and a new identity on
+the next ``mediate serve``, which says so once in the log.
 
 Delivery (the server is the TLS client, connecting out): the agency's
 certificate is verified against the CA registered for the endpoint
@@ -22,28 +26,44 @@ server has already seen and pinned on a live delivery connection (Python's
 ``ssl`` has no verify callback, so a pinned certificate must be a trust
 anchor before the handshake). :class:`AgencyTrust` then maps it to exactly
 one agency.
+
+Both ways, after the handshake, the agency's certificate must be an
+agency's (:func:`mediation.pki.check_agency`): never one of ours (a tap's,
+the server's own, anything our CAs issued), and allowed the TLS role it
+plays by its extended key usage.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import logging
-import os
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from mediation.warrants.authority import TapAuthority
+from mediation.durable import write_new
+from mediation.pki import (
+    CLIENT_AUTH,
+    SERVER_AUTH,
+    Role,
+    RoleRefused,
+    check_agency,
+    check_role,
+    fingerprint,
+    fingerprint_pem,
+    issued_by,
+    write_private_key,
+)
+from mediation.warrants.authority import ServerAuthority, TapAuthority
 from mediation.warrants.keys import RegistryKey
 from mediation.warrants.model import Agency, Endpoint
 
 TLS_DIR = "tls"
+CA_DIR = "ca"
 CERT_FILE = "server.pem"
 KEY_FILE = "server.key"
 log = logging.getLogger("mediation.server.tls")
@@ -51,58 +71,81 @@ log = logging.getLogger("mediation.server.tls")
 
 @dataclasses.dataclass(frozen=True)
 class IdentityFiles:
-    """Where the server's certificate and key are."""
+    """Where the server's certificate and key are, and the server's own two CAs."""
 
     certificate: Path
     private_key: Path
+    tap_ca: x509.Certificate | None = None
+    server_ca: x509.Certificate | None = None
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_of_pem(self.certificate.read_text("ascii"))
+        return fingerprint_pem(self.certificate.read_text("ascii"))
 
-
-def fingerprint_of_der(der: bytes) -> str:
-    """SHA-256 of a certificate's DER, lower-case hex (what agencies pin)."""
-    return hashlib.sha256(der).hexdigest()
-
-
-def fingerprint_of_pem(pem: str) -> str:
-    cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-    return fingerprint_of_der(cert.public_bytes(serialization.Encoding.DER))
+    @property
+    def own_cas(self) -> tuple[x509.Certificate, ...]:
+        """The tap CA and the server CA: no agency certificate may be issued by either."""
+        return tuple(ca for ca in (self.tap_ca, self.server_ca) if ca is not None)
 
 
 def ensure_identity(
     data_dir: Path, key: RegistryKey, names: Iterable[str], now: dt.datetime
 ) -> IdentityFiles:
-    """The server's identity, issued from the CA on first use (blocking).
+    """The server's identity, issued by the server CA on first use (blocking).
+
+    Creates the server CA if the data directory has none, and issues the
+    identity again if it is missing, half-written, or not a server
+    certificate of that CA (one issued by the tap CA before the two CAs).
 
     Raises:
-        UsageError: the CA cannot be loaded with this registry key.
+        UsageError: a CA cannot be loaded with this registry key.
     """
+    ca_dir = data_dir / CA_DIR
+    authority, created = ServerAuthority.ensure(ca_dir, key, now)
+    if created:
+        log.warning(
+            "created the server CA %s (sha256:%s): agencies must trust it, not ca.pem "
+            "(give them `mediate server-ca`)",
+            ca_dir / authority.cert_file,
+            fingerprint(authority.certificate),
+        )
+    tap_ca = TapAuthority.load(ca_dir, key).certificate
     directory = data_dir / TLS_DIR
-    files = IdentityFiles(directory / CERT_FILE, directory / KEY_FILE)
-    if files.certificate.is_file() and files.private_key.is_file():
+    files = IdentityFiles(
+        directory / CERT_FILE, directory / KEY_FILE, tap_ca, authority.certificate
+    )
+    problem = _identity_problem(files, authority.certificate)
+    if problem is None:
         return files
-    authority = TapAuthority.load(data_dir / "ca", key)
+    if files.certificate.exists():
+        log.warning("re-issuing the server's TLS identity: %s", problem)
+    # Certificate first, then the key: a crash between leaves no certificate
+    # without its key, and the next start issues both again.
+    files.certificate.unlink(missing_ok=True)
+    files.private_key.unlink(missing_ok=True)
     identity = authority.issue_server(tuple(names), now)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Key first, then the certificate: a crash between leaves no certificate
-    # without its key, and the next start issues both again.
-    _write(files.private_key, identity.private_key_pem, 0o600)
-    _write(files.certificate, identity.certificate_pem, 0o644)
+    write_private_key(files.private_key, identity.private_key)
+    write_new(files.certificate, identity.certificate_pem.encode("ascii"), 0o644)
     log.info("issued the server's TLS identity (sha256:%s)", identity.fingerprint)
     return files
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
-    os.replace(tmp, path)
+def _identity_problem(files: IdentityFiles, ca: x509.Certificate) -> str | None:
+    """Why the identity on disk cannot be used (None: it can)."""
+    if not (files.certificate.is_file() and files.private_key.is_file()):
+        return "missing"
+    try:
+        cert = x509.load_pem_x509_certificate(files.certificate.read_bytes())
+    except ValueError:
+        return "unreadable certificate"
+    if not issued_by(cert, ca):
+        return "not issued by the server CA (issued before the tap and server CAs were split)"
+    try:
+        check_role(cert.public_bytes(serialization.Encoding.DER), Role.SERVER, [ca])
+    except RoleRefused as exc:
+        return str(exc)
+    return None
 
 
 def delivery_context(identity: IdentityFiles, endpoint: Endpoint) -> ssl.SSLContext:
@@ -126,11 +169,38 @@ def delivery_context(identity: IdentityFiles, endpoint: Endpoint) -> ssl.SSLCont
     return context
 
 
-def pin_matches(endpoint: Endpoint, peer_der: bytes | None) -> bool:
-    """Whether the agency's certificate is the one pinned (True for CA endpoints)."""
-    if not endpoint.fingerprint:
-        return True
-    return peer_der is not None and fingerprint_of_der(peer_der) == endpoint.fingerprint
+def check_delivery_peer(
+    endpoint: Endpoint, peer_der: bytes | None, identity: IdentityFiles
+) -> None:
+    """Check the agency's certificate on a delivery connection, before anything is sent.
+
+    The pinned fingerprint, if the endpoint has one (with a CA the chain was
+    checked in the handshake), then that it is an agency's certificate
+    allowed to act as TLS server.
+
+    Raises:
+        RoleRefused: naming why.
+    """
+    if endpoint.fingerprint and (peer_der is None or fingerprint(peer_der) != endpoint.fingerprint):
+        raise RoleRefused("not the pinned certificate")
+    check_agency(peer_der, SERVER_AUTH, identity.own_cas)
+
+
+def check_tap_peer(peer_der: bytes | None, identity: IdentityFiles) -> x509.Certificate:
+    """Check a tap's certificate on the tap listener, after the handshake.
+
+    The one check the tap listener calls on every connection: issued by the
+    tap CA, marked ``mediation-tap``, clientAuth only; so neither the
+    server's identity nor an agency's certificate can feed the server.
+    Whether the tap is registered and not revoked is the registry's
+    question, asked next by its fingerprint.
+
+    Raises:
+        RoleRefused: naming why.
+    """
+    if identity.tap_ca is None:
+        raise RoleRefused("no tap CA to check taps by")
+    return check_role(peer_der, Role.TAP, [identity.tap_ca], CLIENT_AUTH)
 
 
 class AgencyTrust:
@@ -161,9 +231,9 @@ class AgencyTrust:
 
     def learn(self, der: bytes) -> None:
         """A pinned agency certificate seen on a delivery connection: trust it here too."""
-        fingerprint = fingerprint_of_der(der)
-        if fingerprint not in self._learned:
-            self._learned[fingerprint] = der
+        seen = fingerprint(der)
+        if seen not in self._learned:
+            self._learned[seen] = der
             self._context = None
 
     def context(self) -> ssl.SSLContext:
@@ -190,27 +260,26 @@ class AgencyTrust:
             context.load_verify_locations(cadata=b"".join(anchors).decode("ascii"))
         return context
 
-    def agencies_for(self, der: bytes) -> list[str]:
-        """Handles of the agencies this client certificate belongs to (one, normally).
+    def identify(self, der: bytes | None) -> str:
+        """The handle of the one agency this client certificate belongs to.
 
-        A certificate belongs to an agency when its fingerprint is pinned
-        for one of the agency's endpoints, or when one of the agency's
-        registered CAs issued it directly (or it is that CA certificate).
+        It must be an agency's certificate allowed to act as TLS client
+        (:func:`mediation.pki.check_agency`), and belong to exactly one
+        agency: its fingerprint is pinned for one of the agency's
+        endpoints, or one of the agency's registered CAs issued it directly
+        (or it is that CA certificate).
+
+        Raises:
+            RoleRefused: naming why.
         """
-        fingerprint = fingerprint_of_der(der)
-        owners = {handle for handle, pins in self._pins.items() if fingerprint in pins}
-        cert = x509.load_der_x509_certificate(der)
+        cert = check_agency(der, CLIENT_AUTH, self._identity.own_cas)
+        seen = fingerprint(cert)
+        owners = {handle for handle, pins in self._pins.items() if seen in pins}
         for handle, cas in self._cas.items():
-            if any(_issued_by(cert, ca) for ca in cas):
+            if any(cert == ca or issued_by(cert, ca) for ca in cas):
                 owners.add(handle)
-        return sorted(owners)
-
-
-def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    if cert == ca:
-        return True
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+        if len(owners) != 1:
+            raise RoleRefused(
+                "certificate of several agencies" if owners else "certificate of no agency"
+            )
+        return owners.pop()

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from mediation.durable import write_new
 from mediation.errors import UsageError
 
 KEY_BYTES = 32
@@ -151,14 +152,15 @@ class RegistryKey:
 
 
 def write_key_file(path: Path, key: RegistryKey) -> None:
-    """Create ``path`` (mode 0600, parents 0700) holding ``key``; never overwrites."""
+    """Create ``path`` (mode 0600, parents 0700) holding ``key``; never overwrites.
+
+    Raises:
+        FileExistsError: ``path`` exists (it is left as it was).
+        OSError: the write failed; no partial file is left.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        encoded = base64.b64encode(key._key).decode("ascii")
-        out.write(f"{KEY_FILE_TAG}:{encoded}\n")
-        out.flush()
-        os.fsync(out.fileno())
+    encoded = base64.b64encode(key._key).decode("ascii")
+    write_new(path, f"{KEY_FILE_TAG}:{encoded}\n".encode("ascii"), 0o600)
 
 
 def read_key_file(path: Path, field: str = "--key-file") -> RegistryKey:

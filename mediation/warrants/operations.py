@@ -19,7 +19,6 @@ from mediation.warrants.audit import AuditEvent
 from mediation.warrants.authority import (
     TapAuthority,
     TapCredentials,
-    certificate_fingerprint,
     write_bundle,
 )
 from mediation.warrants.model import (
@@ -240,8 +239,12 @@ def register_tap(
     out: Path,
     server: str,
     now: dt.datetime,
+    server_ca_pem: str,
 ) -> TapCredentials:
-    """Issue a tap's credentials, write its bundle to ``out`` (0600), and register it."""
+    """Issue a tap's credentials, write its bundle to ``out`` (0600), and register it.
+
+    ``server_ca_pem`` goes into the bundle: the CA the tap verifies the server by.
+    """
     if registry.tap(name) is not None:
         raise UsageError(
             "NAME", "a tap by that name exists (revoked taps keep their name); choose another"
@@ -250,9 +253,9 @@ def register_tap(
         raise UsageError("--out", f"{out} exists; choose another file or move it away")
     if not out.parent.is_dir():
         raise UsageError("--out", f"{out.parent} is not a directory")
-    credentials = authority.issue_tap(name, now, server)
+    credentials = authority.issue_tap(name, now, server, server_ca_pem=server_ca_pem)
     write_bundle(out, credentials)
-    fingerprint = certificate_fingerprint(credentials.certificate_pem)
+    fingerprint = credentials.fingerprint
     tap = Tap(name, now, fingerprint, credentials.serial, None, credentials.hmac_key)
     try:
         registry.save_tap(tap, AuditEvent("tap register", f"tap:{name}"))

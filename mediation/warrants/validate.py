@@ -285,8 +285,15 @@ def parse_fingerprint(text: str, field: str = "--fingerprint") -> str:
 
 
 def read_ca_file(path: str, field: str = "--ca") -> str:
-    """The PEM text of an agency's CA certificate(s); refused unless it parses."""
+    """The PEM text of an agency's CA certificate(s).
+
+    Refused unless it parses, and if it is one of this carrier's own (a
+    tap, the server, or either CA): those are never an agency's, and would
+    let a tap or the server itself fetch the agency's streams.
+    """
     from cryptography import x509
+
+    from mediation.pki import role_of
 
     try:
         data = Path(path).read_bytes()
@@ -300,6 +307,14 @@ def read_ca_file(path: str, field: str = "--ca") -> str:
         raise UsageError(
             field, f"{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
         )
+    for cert in certificates:
+        role = role_of(cert)
+        if role is not None:
+            raise UsageError(
+                field,
+                f"{path} is a {role.value} certificate of the mediation server, not the "
+                "agency's: ask the agency for its CA or its receiver's certificate",
+            )
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return "".join(cert.public_bytes(Encoding.PEM).decode("ascii") for cert in certificates)

@@ -1,0 +1,121 @@
+"""Refused connections: every one counted, per reason; few log lines.
+
+Anyone who can reach a listener can make it refuse connections, so one
+warning per refusal would let them fill the log (and bury what matters).
+:class:`Refusals` counts each refusal under its reason and logs the first
+of each reason in full; further refusals for that reason within
+``interval`` seconds are only counted, and one summary line says how many
+when the interval is over (at the next refusal, or :meth:`Refusals.tick`).
+The counts go to ``mediate status`` (server) and the receiver's view and
+summary (agency).
+
+Reasons come from our own code or OpenSSL's short reason codes, a small
+set; still, at most ``MAX_REASONS`` distinct ones are kept apart and the
+rest counted as ``other``, so a peer cannot grow the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+DEFAULT_INTERVAL = 60.0
+MAX_REASONS = 32
+OTHER = "other"
+
+
+@dataclasses.dataclass
+class _Window:
+    opened: float
+    suppressed: int = 0
+
+
+class Refusals:
+    """Counts refusals per reason and logs at most one line per reason per interval."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        level: int = logging.WARNING,
+        counts: dict[str, int] | None = None,
+    ) -> None:
+        """Args:
+        logger: where the lines go.
+        what: the lines' prefix, e.g. ``retrieval: client refused``.
+        interval: seconds between lines for one reason.
+        clock: monotonic seconds (injected for tests).
+        level: the lines' level.
+        counts: the dict to count in (shared with whoever shows the counts).
+        """
+        self._log = logger
+        self._what = what
+        self._interval = interval
+        self._clock = clock
+        self._level = level
+        self.counts: dict[str, int] = {} if counts is None else counts
+        self._windows: dict[str, _Window] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def refuse(self, reason: str, peer: str | None = None) -> None:
+        """Count one refusal; log it if it is the first of its reason this interval.
+
+        Args:
+            reason: why, from a small fixed set (see the module docstring).
+            peer: the peer's address, for the logged line only.
+        """
+        if reason not in self.counts and len(self.counts) >= MAX_REASONS:
+            reason = OTHER
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        now = self._clock()
+        window = self._windows.get(reason)
+        if window is not None and now - window.opened < self._interval:
+            window.suppressed += 1
+            return
+        if window is not None:
+            self._summarise(reason, window)
+        self._windows[reason] = _Window(now)
+        where = f" {peer}" if peer else ""
+        self._log.log(
+            self._level,
+            "%s%s: %s (further refusals for this reason: one line per %g s)",
+            self._what,
+            where,
+            reason,
+            self._interval,
+        )
+
+    def tick(self) -> None:
+        """Log the summaries of intervals that are over (call now and then)."""
+        now = self._clock()
+        for reason, window in list(self._windows.items()):
+            if now - window.opened >= self._interval:
+                self._summarise(reason, window)
+                del self._windows[reason]
+
+    def flush(self) -> None:
+        """Log every pending summary now (at the end of a run)."""
+        for reason, window in self._windows.items():
+            self._summarise(reason, window)
+        self._windows.clear()
+
+    def _summarise(self, reason: str, window: _Window) -> None:
+        if window.suppressed:
+            self._log.log(
+                self._level,
+                "%s: %d more (%s) in the last %.0f s; %d in all",
+                self._what,
+                window.suppressed,
+                reason,
+                max(self._clock() - window.opened, 0.0),
+                self.counts[reason],
+            )
+            window.suppressed = 0
