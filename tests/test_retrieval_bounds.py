@@ -265,3 +265,15 @@ async def test_the_receiver_reconnects_when_the_connection_budget_is_spent(tmp_p
     assert len(connections) >= 4  # one budget of 5 per connection
     cc = json.loads((out / HANDLE / "gaps.json").read_text())["streams"]["cmCC"]
     assert (cc["retrieved"], cc["unavailable"], cc["notYet"]) == (20, [], [])
+
+
+@pytest.mark.parametrize(
+    "key", ["request_records", "request_bytes", "connection_records", "connection_bytes"]
+)
+def test_retrieval_limits_in_the_config_are_read_and_a_bad_one_named(key: str) -> None:
+    from mediation.errors import UsageError
+    from mediation.server.config import parse_config
+
+    assert getattr(parse_config({"retrieval": {key: 7}}).retrieval, key) == 7
+    with pytest.raises(UsageError, match=f"config \\[retrieval\\] {key}: must be a whole number"):
+        parse_config({"retrieval": {key: 0}})

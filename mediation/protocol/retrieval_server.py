@@ -128,12 +128,17 @@ class RetrievalServer:
         """Their octets."""
         self.limited = 0
         """Requests finished with ranges left for later by a limit."""
+        self._spent = False
 
     @property
     def spent(self) -> bool:
         """Whether this connection's budget is used up (every further request: not yet)."""
         limits = self.limits
-        return self.records >= limits.connection_records or self.octets >= limits.connection_bytes
+        return (
+            self._spent
+            or self.records >= limits.connection_records
+            or self.octets >= limits.connection_bytes
+        )
 
     def handle_request(self, request: pdu.ReplayRequest) -> ReplayWanted:
         """Accept a replay request.
@@ -309,6 +314,7 @@ class RetrievalServer:
                 f"{limits.request_bytes} bytes reached; ask again"
             )
         request.limited = which
+        self._spent |= which is pdu.ReplayLimit.CONNECTION  # a record did not fit: done
         _note(request.later_why, text)
 
     def _request(self, request_id: int) -> _Serving:
