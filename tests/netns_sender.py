@@ -15,10 +15,11 @@ import argparse
 import socket
 import struct
 import time
+from pathlib import Path
 
 
 def read_frames(path: str) -> list[bytes]:
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     frames, at = [], 0
     while at < len(data):
         (size,) = struct.unpack_from(">H", data, at)

@@ -237,7 +237,8 @@ class LiveCapture:
                 data = data[:12] + _TAG.pack(tpid, tci) + data[12:]
                 length += 4
             when = _EPOCH + dt.timedelta(seconds=sec, microseconds=nsec // 1000)
-            out.append(CapturedFrame(data, when, ring_map[at + _PKTTYPE_AT] == PACKET_OUTGOING, length))
+            outgoing = ring_map[at + _PKTTYPE_AT] == PACKET_OUTGOING
+            out.append(CapturedFrame(data, when, outgoing, length))
             if not nxt:
                 break
             at += nxt
