@@ -8,7 +8,7 @@ comes through (defence in depth: a filter being replaced, or a filter that
 had to fall back to "everything", can let others' frames through; they are
 then counted and dropped in Python).
 
-libpcap writes the programs (:func:`compile_expression`), from a handle
+libpcap writes the programs (:func:`compile_expressions`), from a handle
 opened live on the capture interface. Only then does libpcap apply Linux's
 VLAN rules: on receive the kernel moves the outermost 802.1Q tag out of
 the frame into metadata before any filter runs, so ``vlan 100`` must read
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mediation.warrants.model import Target, TargetKind
 
@@ -133,18 +133,19 @@ def filter_expressions(targets: Iterable[Target], interface: str) -> list[str] |
     return out
 
 
-def compile_expression(expression: str, interface: str) -> tuple[Insn, ...]:
-    """One libpcap expression as a classic BPF program for ``interface``.
+def compile_expressions(expressions: Sequence[str], interface: str) -> list[tuple[Insn, ...]]:
+    """Each libpcap expression as a classic BPF program for ``interface``.
 
-    The handle is opened live on the interface (needs CAP_NET_RAW), so
-    that libpcap generates Linux's VLAN-metadata code; nothing is captured
-    on it.
+    One handle is opened live on the interface (needs CAP_NET_RAW) so that
+    libpcap generates Linux's VLAN-metadata code; nothing is read from it.
 
     Raises:
         OSError: libpcap cannot be loaded or cannot open the interface.
-        ValueError: libpcap refused the expression. The message never
+        ValueError: libpcap refused an expression. The message never
             repeats it (it holds target addresses).
     """
+    if not expressions:
+        return []
     try:
         from scapy.libs import winpcapy as pcap
     except OSError as exc:  # scapy raises this when it finds no libpcap
@@ -154,19 +155,24 @@ def compile_expression(expression: str, interface: str) -> tuple[Insn, ...]:
     if not handle:
         message = errbuf.value.decode(errors="replace")
         raise OSError(f"libpcap cannot open {interface}: {message}")
-    program = pcap.bpf_program()
     try:
-        if pcap.pcap_compile(handle, ctypes.byref(program), expression.encode(), 1, -1) != 0:
-            raise ValueError("libpcap refused a target filter expression")
-        try:
-            return tuple(
-                Insn(i.code, i.jt, i.jf, i.k & 0xFFFFFFFF)
-                for i in (program.bf_insns[n] for n in range(program.bf_len))
-            )
-        finally:
-            pcap.pcap_freecode(ctypes.byref(program))
+        return [_compile(pcap, handle, expression, n) for n, expression in enumerate(expressions)]
     finally:
         pcap.pcap_close(handle)
+
+
+def _compile(pcap: Any, handle: Any, expression: str, index: int) -> tuple[Insn, ...]:
+    program = pcap.bpf_program()
+    if pcap.pcap_compile(handle, ctypes.byref(program), expression.encode(), 1, -1) != 0:
+        raise ValueError(f"libpcap refused target filter expression {index + 1}")
+    try:
+        # libpcap's k is unsigned; scapy's structure reads it signed.
+        return tuple(
+            Insn(i.code, i.jt, i.jf, i.k & 0xFFFFFFFF)
+            for i in (program.bf_insns[n] for n in range(program.bf_len))
+        )
+    finally:
+        pcap.pcap_freecode(ctypes.byref(program))
 
 
 def chain(programs: Sequence[Sequence[Insn]]) -> tuple[Insn, ...]:
@@ -194,12 +200,12 @@ def kernel_filter(targets: Iterable[Target], interface: str) -> KernelFilter:
     """The filter for a capture on ``interface`` serving ``targets``.
 
     Raises:
-        OSError, ValueError: see :func:`compile_expression`.
+        OSError, ValueError: see :func:`compile_expressions`.
     """
     expressions = filter_expressions(targets, interface)
     if expressions is None:
         return KernelFilter(ACCEPT_ALL, 0)
-    program = chain([compile_expression(e, interface) for e in expressions])
+    program = chain(compile_expressions(expressions, interface))
     if len(program) > BPF_MAXINSNS:
         return KernelFilter(ACCEPT_ALL, len(expressions), fallback=True)
     return KernelFilter(program, len(expressions))
