@@ -20,8 +20,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 SENDER = Path(__file__).with_name("netns_sender.py")
 
 
@@ -66,18 +64,26 @@ class VethPair:
         return int(done.stdout.split()[-1])
 
 
-def skip_unless_possible() -> None:
-    """Skip (with the reason) where namespaces cannot be made."""
+class NetnsUnavailable(RuntimeError):
+    """This machine or user cannot make a network namespace and a veth pair."""
+
+
+def check_possible() -> None:
+    """Raise :class:`NetnsUnavailable`, with the reason, where namespaces cannot be made."""
     if sys.platform != "linux" or os.geteuid() != 0:
-        pytest.skip("live capture needs root on Linux (network namespace, AF_PACKET)")
+        raise NetnsUnavailable("live capture needs root on Linux (network namespace, AF_PACKET)")
     if shutil.which("ip") is None:
-        pytest.skip("live capture tests need iproute2's ip (./dev installs it)")
+        raise NetnsUnavailable("live capture needs iproute2's ip (./dev installs it)")
 
 
 @contextlib.contextmanager
 def veth_pair(tag: str = "t") -> Iterator[VethPair]:
-    """A veth pair, up, one end in a new namespace; skips if the kernel refuses."""
-    skip_unless_possible()
+    """A veth pair, up, one end in a new namespace.
+
+    Raises:
+        NetnsUnavailable: not root, no ``ip``, or the kernel refused.
+    """
+    check_possible()
     suffix = f"{tag}{os.getpid() % 100000}"
     pair = VethPair(f"mcA{suffix}", f"mcB{suffix}", f"mediation-cap-{suffix}")
     try:
@@ -85,7 +91,9 @@ def veth_pair(tag: str = "t") -> Iterator[VethPair]:
             _ip("netns", "add", pair.namespace)
             _ip("link", "add", pair.capture, "type", "veth", "peer", "name", pair.peer)
         except subprocess.CalledProcessError as exc:
-            pytest.skip(f"cannot make a network namespace and veth pair: {exc.stderr.strip()}")
+            raise NetnsUnavailable(
+                f"cannot make a network namespace and veth pair: {exc.stderr.strip()}"
+            ) from None
         _ip("link", "set", pair.peer, "netns", pair.namespace)
         _sysctl(f"net.ipv6.conf.{pair.capture}.disable_ipv6=1")
         _sysctl(f"net.ipv6.conf.{pair.peer}.disable_ipv6=1", pair.namespace)
@@ -95,3 +103,19 @@ def veth_pair(tag: str = "t") -> Iterator[VethPair]:
     finally:
         subprocess.run(["ip", "link", "del", pair.capture], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", pair.namespace], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def veth_pair_or_skip(tag: str = "t") -> Iterator[VethPair]:
+    """:func:`veth_pair`, skipping the test (with the reason) where it cannot be made."""
+    import pytest
+
+    try:
+        context = veth_pair(tag)
+        pair = context.__enter__()
+    except NetnsUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield pair
+    finally:
+        context.__exit__(None, None, None)

@@ -14,7 +14,7 @@ import datetime as dt
 import pytest
 import test_tap_frames as F
 import trio
-from netns_support import VethPair, veth_pair
+from netns_support import VethPair, veth_pair_or_skip
 
 from mediation.pdu import AccessSignalingMessageReport, CCApdu, HeaderReport, decode
 from mediation.pdu.cmcc import PacketDirection
@@ -83,7 +83,7 @@ async def test_only_the_targets_frames_reach_python_and_the_log() -> None:
         udp(SCOPED, PEER, (0x8100, 200)),  # same address, another VLAN's subscriber
         udp(SCOPED, PEER),  # same address, untagged
     ] * 40
-    with veth_pair("a") as pair, LiveTap(pair.capture, [fbi, dea, over]) as live:
+    with veth_pair_or_skip("a") as pair, LiveTap(pair.capture, [fbi, dea, over]) as live:
         send(pair, bystanders[:100] + wanted + bystanders[100:])
         frames = await collect(live, len(wanted))
         stats = live.stats()
@@ -122,7 +122,7 @@ async def test_a_changed_warrant_replaces_the_kernel_filter() -> None:
     now = dt.datetime.now(dt.UTC)
     first = F.warrant(TARGET, handle="w-0a0001", case_id="CASE-TEST-0001", window=window(now))
     second = F.warrant(BYSTANDER, handle="w-0a0001", case_id="CASE-TEST-0001", window=window(now))
-    with veth_pair("b") as pair, LiveTap(pair.capture, [first]) as live:
+    with veth_pair_or_skip("b") as pair, LiveTap(pair.capture, [first]) as live:
         send(pair, [udp(BYSTANDER, PEER), udp(TARGET, PEER)])
         before = await collect(live, 1)
         live.set_warrants([second])
@@ -143,7 +143,7 @@ async def test_the_kernel_counts_what_a_full_ring_drops() -> None:
     now = dt.datetime.now(dt.UTC)
     w = F.warrant(TARGET, handle="w-0a0001", case_id="CASE-TEST-0001", window=window(now))
     ring = RingConfig(block_size=1 << 16, block_count=2, block_timeout_ms=10)
-    with veth_pair("c") as pair, LiveTap(pair.capture, [w], ring=ring) as live:
+    with veth_pair_or_skip("c") as pair, LiveTap(pair.capture, [w], ring=ring) as live:
         # 600 frames of 1,500 octets cannot fit 128 KiB: the kernel must drop.
         send(pair, [udp(TARGET, PEER, size=1400)] * 600)
         frames = await collect(live, 600, seconds=1.0)

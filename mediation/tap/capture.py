@@ -79,12 +79,17 @@ class CapturedFrame(NamedTuple):
 class RingConfig:
     """The ring's shape: ``block_count`` blocks of ``block_size`` octets.
 
-    The default, 32 blocks of 1 MiB, holds about 21,000 frames of 1500
-    octets: a second at 20,000 frames/s while Python is busy elsewhere.
+    The kernel hands a block over when it is full or ``block_timeout_ms``
+    after its first frame, so on a quiet link each block holds few frames
+    and the ring covers ``block_count * block_timeout_ms`` of stalled
+    reading; on a busy one it covers its size. The default, 256 blocks of
+    128 KiB (32 MiB), holds about 20,000 frames of 1,500 octets (a second
+    at 20,000 frames/s) and 5 s of a quiet link; a block still takes a
+    64 KiB frame (GRO, TSO) whole.
     """
 
-    block_size: int = 1 << 20
-    block_count: int = 32
+    block_size: int = 1 << 17
+    block_count: int = 256
     block_timeout_ms: int = 20  # hand a partly filled block over after this long
 
     def __post_init__(self) -> None:

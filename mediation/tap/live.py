@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Iterable
 
+from mediation.pdu.schema import compiled
 from mediation.tap.bpf import KernelFilter, kernel_filter
 from mediation.tap.builder import CorrelationScheme
 from mediation.tap.capture import CapturedFrame, CaptureStats, LiveCapture, RingConfig
@@ -83,6 +84,9 @@ class LiveTap:
         self._targets: dict[str, tuple[Target, ...]] = {}
         self._ends: dict[str, dt.datetime | None] = {}
         self._taps_for(warrants)
+        # The reference codec is compiled on first use (over a second): do it
+        # before the ring opens, not while the first frames fill it.
+        compiled()
         self.filter = self._build_filter(clock())
         self.capture = LiveCapture(interface, self.filter.program, ring)
 
