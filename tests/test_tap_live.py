@@ -150,3 +150,18 @@ async def test_the_kernel_counts_what_a_full_ring_drops() -> None:
         stats = live.stats()
     assert stats.kernel_dropped > 0
     assert len(frames) + stats.kernel_dropped == stats.kernel_received == 600
+
+
+async def test_an_ended_window_leaves_the_kernel_filter() -> None:
+    now = dt.datetime.now(dt.UTC)
+    start, end = now - dt.timedelta(hours=1), now + dt.timedelta(minutes=1)
+    w = F.warrant(TARGET, handle="w-0a0001", case_id="CASE-TEST-0001", window=(start, end))
+    clock = [now]
+    with veth_pair_or_skip("d") as pair, LiveTap(pair.capture, [w], clock=lambda: clock[0]) as live:
+        assert live.filter.alternatives == 3
+        assert not live.refilter_if_due(now)
+        clock[0] = end
+        assert live.refilter_if_due(end)
+        assert live.filter.alternatives == 0  # nothing left: the kernel accepts nothing
+        send(pair, [udp(TARGET, PEER)] * 10)
+        assert await collect(live, 1, seconds=0.5) == []
