@@ -35,3 +35,23 @@ def test_details_written_before_scoping_still_load() -> None:
     details = case_from_json(old)
     assert [t.scoped for t in details.targets] == [False, False]
     assert str(details.targets[0]) == "192.0.2.10"
+
+
+def test_scoped_targets_through_mediate_add_modify_and_show(tmp_path, monkeypatch) -> None:
+    import json
+
+    from test_warrants_support import AGENCY, Carrier
+
+    carrier = Carrier(tmp_path, monkeypatch)
+    carrier.setup()
+    handle = carrier.add("--target", "192.0.2.20@vlan:100@iface:eth1")
+    shown = json.loads(carrier.ok("show", handle, "--json"))
+    assert "192.0.2.20@vlan:100@iface:eth1" in shown["targets"]
+    carrier.ok("modify", handle, "--remove-target", "192.0.2.20@vlan:100@iface:eth1",
+               "--add-target", "192.0.2.20@vlan:200")  # fmt: skip
+    shown = json.loads(carrier.ok("show", handle, "--json"))
+    assert "192.0.2.20@vlan:200" in shown["targets"]
+    assert not any("vlan:100" in t for t in shown["targets"])
+    refused = carrier("add", "--case-id", "CASE-TEST-0002", "--agency", AGENCY,
+                      "--target", "192.0.2.20@vlan:5000")  # fmt: skip
+    assert refused.code == 2 and "--target #1: @vlan: must be a VLAN id" in refused.err
