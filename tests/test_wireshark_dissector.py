@@ -10,11 +10,13 @@ and malformed input, which must give expert info and never a Lua error.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.util
 import itertools
 import re
 import shutil
+import ssl
 import struct
 import subprocess
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from mediation.evidence.pcap import LINKTYPE_RAW, PcapWriter
+from mediation.lea.tls import make_agency_certificate
 from mediation.pdu.codec import decode
 from mediation.pdu.jsonview import to_json
 from mediation.protocol.sealed import DatagramSealer, Direction, SealKey
@@ -56,11 +59,37 @@ raw2pcap = _load_raw2pcap()
 udp = raw2pcap.udp_frame
 
 
-def tcp(payload: bytes, seq: int, flags: int = 0x18, port: int = TCP_PORT) -> bytes:
-    """One raw-IP frame of a TCP segment (checksums zero: tshark does not check them)."""
-    header = struct.pack("!HHIIBBHHH", 40001, port, seq, 1, 5 << 4, flags, 65535, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0, 64, 6, 0, SRC, DST)
+def tcp(
+    payload: bytes,
+    seq: int,
+    flags: int = 0x18,
+    port: int = TCP_PORT,
+    ack: int = 1,
+    back: bool = False,
+) -> bytes:
+    """One raw-IP frame of a TCP segment (checksums zero: tshark does not check them).
+
+    ``back``: from the stream's server (DST, ``port``) to its client.
+    """
+    ports = (TCP_PORT, 40001) if back else (40001, TCP_PORT)
+    header = struct.pack("!HHIIBBHHH", *ports, seq, ack, 5 << 4, flags, 65535, 0, 0)
+    hosts = (DST, SRC) if back else (SRC, DST)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0, 64, 6, 0, *hosts)
     return ip + header + payload
+
+
+class Connection:
+    """TCP segments of one connection, both ways, with sequence numbers kept."""
+
+    def __init__(self) -> None:
+        self.next = {False: 1, True: 1}  # after SYN and SYN-ACK, each side's first octet
+        self.frames = [tcp(b"", 0, 0x02, ack=0), tcp(b"", 0, 0x12, back=True), tcp(b"", 1, 0x10)]
+
+    def send(self, data: bytes, back: bool = False) -> None:
+        if data:
+            ack = self.next[not back]
+            self.frames.append(tcp(data, self.next[back], ack=ack, back=back))
+            self.next[back] += len(data)
 
 
 def write_pcap(path: Path, frames: list[bytes]) -> Path:
@@ -219,9 +248,10 @@ def test_stream_messages_split_across_segments_are_reassembled(tmp_path: Path) -
     stream = b"".join(messages)
     # Cut everywhere awkward: inside a header, inside content, on a boundary.
     cuts = [0, 1, 3, len(messages[0]) + 2, len(messages[0]) + 60, len(stream) - 5, len(stream)]
-    frames = [tcp(b"", 0, flags=0x02)]  # SYN: sequence numbers start at 1
-    frames += [tcp(stream[a:b], 1 + a) for a, b in itertools.pairwise(cuts)]
-    text = tshark(write_pcap(tmp_path / "stream.pcap", frames), "-P")
+    link = Connection()
+    for a, b in itertools.pairwise(cuts):
+        link.send(stream[a:b])
+    text = tshark(write_pcap(tmp_path / "stream.pcap", link.frames), "-P")
     for name in ("pduEnvelope", "keepalive", "acknowledgement"):
         assert f"DeliveryMessage: {name}" in text
     assert text.count("Mediation delivery (T1.IAS)") == 4
@@ -279,8 +309,9 @@ def test_malformed_input_gives_expert_info_not_a_lua_error(tmp_path: Path) -> No
 
 def test_garbage_on_the_stream_port_is_refused_without_a_loop(tmp_path: Path) -> None:
     huge = bytes.fromhex("a084 7fffffff".replace(" ", ""))  # 2 GiB claimed: over the limit
-    frames = [tcp(b"", 0, flags=0x02), tcp(huge + b"\x00" * 20, 1)]
-    text = tshark(write_pcap(tmp_path / "huge.pcap", frames))
+    link = Connection()
+    link.send(huge + b"\x00" * 20)
+    text = tshark(write_pcap(tmp_path / "huge.pcap", link.frames))
     assert "exceeds the limit of 1048576" in text
 
 
@@ -318,3 +349,68 @@ def test_raw2pcap_refuses_a_cut_file_and_an_existing_output(
     assert raw2pcap.main([str(out), str(whole)]) == 2
     assert "exists: name a new file" in capsys.readouterr().err
     assert out.read_bytes() == b"keep"
+
+
+def _pump(link: Connection, client: ssl.SSLObject, server: ssl.SSLObject, bios: list) -> None:
+    """Move what each side wrote to the other, recording it as TCP segments."""
+    c_in, c_out, s_in, s_out = bios
+    for _ in range(10):
+        to_server, to_client = c_out.read(), s_out.read()
+        if not to_server and not to_client:
+            return
+        link.send(to_server)
+        s_in.write(to_server)
+        link.send(to_client, back=True)
+        c_in.write(to_client)
+        for side in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+
+
+def test_a_decrypted_tls_stream_is_dissected(tmp_path: Path) -> None:
+    """A real TLS 1.3 session (memory BIOs, no network) and its key log, as an analyst has."""
+    cert = make_agency_certificate(tmp_path / "cert")
+    keylog = tmp_path / "keys.log"
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert.cert_path, cert.key_path)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE  # a test of the capture, not of trust
+    client_ctx.keylog_filename = str(keylog)
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client = client_ctx.wrap_bio(bios[0], bios[1], server_side=False)
+    server = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    link = Connection()
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    _pump(link, client, server, bios)
+    # The agency's receiver is the TLS server; the mediation server connects and sends.
+    envelopes = b"".join(read_hex(GOLDEN[i]) for i in (13, 14))
+    client.write(envelopes[:100])
+    client.write(envelopes[100:])  # the first message spans two TLS records
+    server.write(read_hex(GOLDEN[18]))  # the agency's acknowledgement
+    _pump(link, client, server, bios)
+    text = tshark(
+        write_pcap(tmp_path / "tls.pcap", link.frames), "-P", "-o", f"tls.keylog_file:{keylog}"
+    )
+    assert "Transport Layer Security" in text
+    assert "DeliveryMessage: pduEnvelope" in text
+    assert "caseId: CASE-0001" in text
+    assert "sequenceNumber: 40\n" in text
+    assert "DeliveryMessage: acknowledgement" in text
+    assert not OUR_EXPERT.search(text), text
+
+
+def test_heuristic_finds_messages_and_sealed_datagrams_on_any_udp_port(tmp_path: Path) -> None:
+    key = SealKey(7, bytes(32))
+    sealer = DatagramSealer(key, Direction.AGENCY_TO_SERVER, 1_795_392_660_000_000)
+    frames = [
+        udp(read_hex(GOLDEN[21]), port=50000),  # an unsealed receiver report
+        udp(sealer.seal(read_hex(GOLDEN[21])), port=50001),
+        udp(b"\x30\x03\x02\x01\x05", port=50002),  # DER, but no PDU of ours
+    ]
+    text = tshark(write_pcap(tmp_path / "heur.pcap", frames))
+    first, second, third = frames_of(text)
+    assert "DeliveryMessage: receiverReport" in first and "missingOmitted: 1" in first
+    assert "Direction: agency->server (1)" in second
+    assert "Mediation" not in third
