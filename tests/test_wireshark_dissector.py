@@ -269,6 +269,14 @@ MALFORMED = {
     "indefinite": bytes.fromhex("a080a0020000"),
     "unknown top tag": bytes.fromhex("0403010203"),
     "bad inner length": bytes.fromhex("a0053003800109"),
+    "primitive where constructed": bytes.fromhex("a0028000"),  # stream [0]
+    "constructed where primitive": bytes.fromhex("a004a1028000"),  # sequenceNumber [1]
+    "empty explicit choice": bytes.fromhex("a002a500"),  # content [5]
+    "unknown alternative": bytes.fromhex("a004a502a900"),
+    "garbage in a choice": bytes.fromhex("a004a5021fff"),
+    "not a time": bytes.fromhex("a003820141"),
+    "not an integer": bytes.fromhex("a0028100"),
+    "bad boolean": bytes.fromhex("a00484020101"),
 }
 
 
@@ -414,3 +422,24 @@ def test_heuristic_finds_messages_and_sealed_datagrams_on_any_udp_port(tmp_path:
     assert "DeliveryMessage: receiverReport" in first and "missingOmitted: 1" in first
     assert "Direction: agency->server (1)" in second
     assert "Mediation" not in third
+
+
+def test_the_documented_install_line_works(tmp_path: Path) -> None:
+    """The one command in docs/wireshark.md, run as written with a fresh HOME."""
+    doc = (ROOT / "docs" / "wireshark.md").read_text()
+    line = next(x for x in doc.splitlines() if x.startswith("mkdir -p ~/.local/lib/wireshark"))
+    assert line in (ROOT / "docs" / "agency.md").read_text()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    subprocess.run(["sh", "-c", line], cwd=ROOT, env=env, check=True, timeout=30)
+    pcap = write_pcap(tmp_path / "one.pcap", [udp(read_hex(GOLDEN[16]))])
+    out = subprocess.run(
+        [TSHARK, "-n", "-r", str(pcap)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "MEDIATION" in out and "keepalive" in out

@@ -359,6 +359,10 @@ local function leaf_value(t, name, range)
     return hex(range), F.octets, range:bytes()   -- octets
 end
 
+local KIND_NAMES = { str = "VisibleString", utf8 = "UTF8String", int = "INTEGER", enum = "ENUMERATED",
+    bool = "BOOLEAN", null = "NULL", time = "GeneralizedTime", oid = "OBJECT IDENTIFIER",
+    ip = "IP address (4 or 16 octets)" }
+
 local function add_leaf(ctx, tree, t, name, tlv, crange)
     if t.kind == "packet" then
         local item = tree:add(F.payload, tlv)
@@ -371,7 +375,7 @@ local function add_leaf(ctx, tree, t, name, tlv, crange)
     local item = tree:add(F.octets, tlv)
     if not text then
         item:set_text(name .. ": " .. hex(crange))
-        bad(ctx, item, tlv, string.format("%s: not a valid %s", name, t.kind))
+        bad(ctx, item, tlv, string.format("%s: not a valid %s", name, KIND_NAMES[t.kind] or t.kind))
         return
     end
     if field ~= F.octets then
@@ -393,15 +397,14 @@ local function dissect_children(tvb, ctx, tree, t, off, limit, depth)
         end
         local tlv = tvb(off, h.hdr + h.len)
         if not budget(ctx, tree, tlv) then return end
-        local member
         if t.kind == "seqof" then
             if t.elem.kind == "choice" then
-                member = nil
                 dissect_field(tvb, ctx, tree, f("element", t.elem), off, h, depth, true)
             else
                 dissect_field(tvb, ctx, tree, f(t.elem.name, t.elem), off, h, depth)
             end
         else
+            local member
             if h.cls == 2 then member = t.fields[h.num] elseif h.cls == 0 and t.universal then
                 member = t.universal[h.num] end
             if member then
