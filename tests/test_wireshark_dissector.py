@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import importlib.util
 import itertools
+import random
 import re
 import shutil
 import ssl
@@ -443,3 +444,19 @@ def test_the_documented_install_line_works(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "MEDIATION" in out and "keepalive" in out
+
+
+def test_mutated_and_cut_fixtures_never_break_the_dissector(tmp_path: Path) -> None:
+    """Every golden fixture cut short and with random octets changed: one tshark run."""
+    rng = random.Random(20261123)
+    frames = []
+    for path in GOLDEN:
+        data = read_hex(path)
+        frames += [udp(data[:cut]) for cut in range(1, len(data), max(1, len(data) // 12))]
+        for _ in range(12):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 4)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            frames.append(udp(bytes(mutated)))
+    text = tshark(write_pcap(tmp_path / "fuzz.pcap", frames))  # exit 0, no Lua error
+    assert len(frames_of(text)) == len(frames)

@@ -288,6 +288,41 @@ local function oid_text(range)
     return table.concat(arcs, ".")
 end
 
+-- Text safe to show: octets outside printable ASCII (or, for UTF-8, outside
+-- well-formed UTF-8 sequences) become \xNN. Returns the text and whether
+-- nothing had to be escaped.
+local function printable(raw, utf8)
+    local out, ok, i, n = {}, true, 1, #raw
+    while i <= n do
+        local c = raw:byte(i)
+        local len = 1
+        if utf8 and c >= 0xc2 and c <= 0xf4 then
+            len = (c >= 0xf0 and 4) or (c >= 0xe0 and 3) or 2
+            -- The second octet's range rules out overlong forms, surrogates
+            -- and code points past U+10FFFF (RFC 3629 section 4).
+            local low = (c == 0xe0 and 0xa0) or (c == 0xf0 and 0x90) or 0x80
+            local high = (c == 0xed and 0x9f) or (c == 0xf4 and 0x8f) or 0xbf
+            for j = i + 1, i + len - 1 do
+                local d = raw:byte(j)
+                if not d or d < (j == i + 1 and low or 0x80) or d > (j == i + 1 and high or 0xbf) then
+                    len = 1
+                    break
+                end
+            end
+        end
+        if len > 1 then
+            out[#out + 1] = raw:sub(i, i + len - 1)
+        elseif c >= 0x20 and c < 0x7f then
+            out[#out + 1] = string.char(c)
+        else
+            out[#out + 1] = string.format("\\x%02x", c)
+            ok = false
+        end
+        i = i + len
+    end
+    return table.concat(out), ok
+end
+
 -- An INTEGER's content: text, and an UInt64 when it fits and is not negative.
 local function integer(range)
     local n = range:len()
@@ -305,7 +340,7 @@ end
 
 -- The walker ---------------------------------------------------------------
 
-local dissect_field, dissect_content
+local dissect_field
 
 local function bad(ctx, item, range, why)
     item:add_proto_expert_info(E.malformed, why)
@@ -324,8 +359,8 @@ end
 local function leaf_value(t, name, range)
     local k = t.kind
     if k == "str" or k == "utf8" then
-        local s = range:len() > 0 and range:string(k == "utf8" and ENC_UTF_8 or ENC_ASCII) or ""
-        return s, NAMED[name] or F.str, s
+        local s, ok = printable(range:len() > 0 and range:raw() or "", k == "utf8")
+        return s, NAMED[name] or F.str, s, not ok
     elseif k == "int" then
         local s, u = integer(range)
         if not s then return nil end
@@ -352,11 +387,11 @@ local function leaf_value(t, name, range)
         local s = oid_text(range)
         return s, F.str, s
     elseif k == "ip" then
-        if range:len() == 4 then return tostring(range:ipv4()), F.octets, range:bytes() end
-        if range:len() == 16 then return tostring(range:ipv6()), F.octets, range:bytes() end
+        if range:len() == 4 then return tostring(range:ipv4()), F.octets end
+        if range:len() == 16 then return tostring(range:ipv6()), F.octets end
         return nil
     end
-    return hex(range), F.octets, range:bytes()   -- octets
+    return hex(range), F.octets   -- octets
 end
 
 local KIND_NAMES = { str = "VisibleString", utf8 = "UTF8String", int = "INTEGER", enum = "ENUMERATED",
@@ -371,17 +406,14 @@ local function add_leaf(ctx, tree, t, name, tlv, crange)
         ctx.packet_tree = item
         return
     end
-    local text, field, value = leaf_value(t, name, crange)
-    local item = tree:add(F.octets, tlv)
-    if not text then
-        item:set_text(name .. ": " .. hex(crange))
+    local text, field, value, invalid = leaf_value(t, name, crange)
+    -- An octets item takes its value from the range itself.
+    local item = (text and field ~= F.octets) and tree:add(field, tlv, value) or tree:add(F.octets, tlv)
+    item:set_text(name .. ": " .. (text or hex(crange)))
+    if invalid or not text then
         bad(ctx, item, tlv, string.format("%s: not a valid %s", name, KIND_NAMES[t.kind] or t.kind))
-        return
+        if not text then return end
     end
-    if field ~= F.octets then
-        item = tree:add(field, tlv, value)
-    end
-    item:set_text(name .. ": " .. text)
     if SUMMARY[name] and ctx.depth_summary[name] == nil then ctx.depth_summary[name] = text end
     return text
 end
