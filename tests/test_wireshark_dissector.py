@@ -460,3 +460,17 @@ def test_mutated_and_cut_fixtures_never_break_the_dissector(tmp_path: Path) -> N
             frames.append(udp(bytes(mutated)))
     text = tshark(write_pcap(tmp_path / "fuzz.pcap", frames))  # exit 0, no Lua error
     assert len(frames_of(text)) == len(frames)
+
+
+def test_missing_and_repeated_fields_are_flagged(tmp_path: Path) -> None:
+    keepalive = read_hex(GOLDEN[16])  # a1 L, keepaliveId [0], sentTime [1]
+    assert keepalive[2] == 0x80
+    id_tlv = keepalive[2 : 4 + keepalive[3]]
+    time_tlv = keepalive[4 + keepalive[3] :]
+    frames = [
+        udp(bytes([0xA1, len(id_tlv)]) + id_tlv),  # sentTime left out
+        udp(bytes([0xA1, 2 * len(id_tlv) + len(time_tlv)]) + id_tlv + id_tlv + time_tlv),
+    ]
+    missing, repeated = frames_of(tshark(write_pcap(tmp_path / "fields.pcap", frames)))
+    assert "sentTime: missing (not OPTIONAL in Keepalive)" in missing
+    assert "keepaliveId: present 2 times" in repeated

@@ -88,6 +88,7 @@ end
 local function seq(name, fields) return { kind = "seq", name = name, fields = fields } end
 local function choice(name, alts, collapse) return { kind = "choice", name = name, alts = alts, collapse = collapse } end
 local function f(name, t) return { name = name, type = t } end
+local function o(name, t) return { name = name, type = t, optional = true } end  -- OPTIONAL
 
 local VS, UTF8, INT, BOOL, NULL = leaf("str"), leaf("utf8"), leaf("int"), leaf("bool"), leaf("null")
 local TIME, OCTETS, OID = leaf("time"), leaf("octets"), leaf("oid")
@@ -101,11 +102,11 @@ local IpAddress = choice("IpAddress", { [1] = f("ipV4", IPOCT), [2] = f("ipV6", 
 local IPAddress = seq("IPAddress", { [0] = f("address", IpAddress),
     f("allocationMethod", choice(nil, { [0] = f("static", NULL), f("dynamic", NULL),
         f("unknown", NULL), f("notApplicable", NULL) })),
-    f("iPv6FlowLabel", UTF8), f("prefixLen", INT) })
+    o("iPv6FlowLabel", UTF8), o("prefixLen", INT) })
 local AccessMethod = seq("AccessMethod", {
-    [0] = f("accessType", choice(nil, { [0] = f("dialUp", NULL), f("dsl", NULL), f("lan", NULL),
+    [0] = o("accessType", choice(nil, { [0] = f("dialUp", NULL), f("dsl", NULL), f("lan", NULL),
         f("cable", NULL), f("wiFi", NULL), f("wiMax", NULL), f("other", UTF8) })),
-    f("accessEquipmentID", UTF8), f("partOfMultipleLogin", NULL) })
+    o("accessEquipmentID", UTF8), o("partOfMultipleLogin", NULL) })
 local Location = seq("Location", { [0] = f("locationType", UTF8), f("location", UTF8) })
 local ProtocolSignal = seq("ProtocolSignal", {
     [0] = f("protocol", choice(nil, { [0] = f("radius", NULL), f("other", UTF8) })),
@@ -114,12 +115,12 @@ local SignalingMsg = seq("InterceptedSignalingMessage", {
     [0] = f("messageType", ENUM({ [0] = "radius", "diameter", "xml", "asndot1", "other" })),
     f("message", UTF8) })
 local ContentIdentifier = choice("ContentIdentifier", { [0] = f("correlationID", OCTETS),
-    f("callID", seq(nil, { [0] = f("main", UTF8), f("leg", UTF8) })) })
+    f("callID", seq(nil, { [0] = f("main", UTF8), o("leg", UTF8) })) })
 local HeaderSet = seq("HeaderSet", { [0] = f("streamID", Value), f("sourceIPaddress", IPAddress),
-    f("destinationIPaddress", IPAddress), f("sourcePortNumber", UTF8), f("destinationPortNumber", UTF8) })
+    f("destinationIPaddress", IPAddress), o("sourcePortNumber", UTF8), o("destinationPortNumber", UTF8) })
 local StreamSet = seq("StreamSet", { [0] = f("streamID", Value), f("sourceIPaddress", IPAddress),
-    f("destinationIPaddress", IPAddress), f("packetCount", INT), f("sourcePortNumber", UTF8),
-    f("destinationPortNumber", UTF8) })
+    f("destinationIPaddress", IPAddress), f("packetCount", INT), o("sourcePortNumber", UTF8),
+    o("destinationPortNumber", UTF8) })
 local CCCIdentity = choice("CCCIdentity", { [0] = f("combCCC", VS),
     f("sepCCCpair", seq(nil, { [0] = f("sepXmitCCC", VS), f("sepRecvCCC", VS) })),
     f("indXmitCCC", VS), f("indRecvCCC", VS), f("indCCC", VS) })
@@ -134,31 +135,31 @@ local function head() return { [0] = f("caseId", VS), f("iAPSystemId", VS), f("t
 local function with(fields, more) for i, v in ipairs(more) do fields[2 + i] = v end return fields end
 
 local AccessFailed = seq("Access-Failed", with(head(), { f("subscriberIdentity", Value),
-    f("iPAddress", IPAddress), f("reasonForTermination", Value), f("protocolSignal", ProtocolSignal) }))
+    o("iPAddress", IPAddress), o("reasonForTermination", Value), o("protocolSignal", ProtocolSignal) }))
 local SessionStart = seq("Packet-Data-Session-Start", with(head(), { f("subscriberIdentity", Value),
-    f("accessSessionID", Value), f("packetDataSessionID", Value), f("iPAddress", IPAddress),
-    f("accessSessionCharacteristics", Value), f("location", Location), f("deliveryInformation", Delivery) }))
+    o("accessSessionID", Value), f("packetDataSessionID", Value), f("iPAddress", IPAddress),
+    o("accessSessionCharacteristics", Value), o("location", Location), o("deliveryInformation", Delivery) }))
 local IasMessage = choice("IasMessage", {
     [0] = f("access-Attempt", seq("Access-Attempt", with(head(), { f("subscriberIdentity", Value),
-        f("accessMethod", AccessMethod), f("networkAccessNodeIdentity", Value),
-        f("protocolSignal", ProtocolSignal) }))),
+        o("accessMethod", AccessMethod), o("networkAccessNodeIdentity", Value),
+        o("protocolSignal", ProtocolSignal) }))),
     f("access-Accepted", seq("Access-Accepted", with(head(), { f("subscriberIdentity", Value),
-        f("accessMethod", AccessMethod), f("networkAccessNodeIdentity", Value), f("iPAddress", IPAddress),
-        f("accessSessionID", Value), f("accessSessionCharacteristics", Value), f("location", Location),
-        f("protocolSignal", ProtocolSignal) }))),
+        o("accessMethod", AccessMethod), o("networkAccessNodeIdentity", Value), o("iPAddress", IPAddress),
+        f("accessSessionID", Value), o("accessSessionCharacteristics", Value), o("location", Location),
+        o("protocolSignal", ProtocolSignal) }))),
     f("access-Failed", AccessFailed),
     f("access-Session-End", seq("Access-Session-End", with(head(), { f("subscriberIdentity", Value),
-        f("iPAddress", IPAddress), f("accessSessionID", Value), f("reasonForTermination", Value),
-        f("protocolSignal", ProtocolSignal) }))),
+        o("iPAddress", IPAddress), f("accessSessionID", Value), o("reasonForTermination", Value),
+        o("protocolSignal", ProtocolSignal) }))),
     f("access-Rejected", AccessFailed),
     f("access-Signaling-Message-Report", seq("Access-Signaling-Message-Report", with(head(), {
-        f("accessSessionID", Value), f("signalingMsg", SEQOF(SignalingMsg)) }))),
+        o("accessSessionID", Value), f("signalingMsg", SEQOF(SignalingMsg)) }))),
     f("session-Start", SessionStart),
     f("session-Failed", seq("Packet-Data-Session-Failed", with(head(), { f("subscriberIdentity", Value),
-        f("accessSessionID", Value), f("reasonForTermination", Value) }))),
+        o("accessSessionID", Value), o("reasonForTermination", Value) }))),
     f("session-End", seq("Packet-Data-Session-End", with(head(), { f("subscriberIdentity", Value),
-        f("accessSessionID", Value), f("packetDataSessionID", Value), f("iPAddress", IPAddress),
-        f("reasonForTermination", Value) }))),
+        o("accessSessionID", Value), f("packetDataSessionID", Value), f("iPAddress", IPAddress),
+        o("reasonForTermination", Value) }))),
     f("session-Already-Established", SessionStart),
     f("data-Header-Report", seq("Packet-Data-Header-Report", with(head(), {
         f("contentIdentifier", ContentIdentifier), f("headerSet", HeaderSet) }))),
@@ -171,11 +172,11 @@ IasProtocol.universal = { [6] = f("protocolIdentifier", OID) }
 IasProtocol.untagged = f("iasMessage", IasMessage)
 
 local CCApdu = seq("IAS-CC-APDU", {
-    [0] = f("ccDeliveryHeader", seq("CCDeliveryHeader", {
-        [0] = f("correlationInfo", seq(nil, { [0] = f("caseId", VS), f("iapId", VS),
+    [0] = o("ccDeliveryHeader", seq("CCDeliveryHeader", {
+        [0] = f("correlationInfo", seq(nil, { [0] = o("caseId", VS), o("iapId", VS),
             f("contentIdentifier", ContentIdentifier) })),
-        f("timeStamp", TIME), f("packetDirection", ENUM({ [0] = "fromSubject", "toSubject" })),
-        f("sequenceNumber", INT) })),
+        o("timeStamp", TIME), o("packetDirection", ENUM({ [0] = "fromSubject", "toSubject" })),
+        o("sequenceNumber", INT) })),
     f("payload", leaf("packet")) })
 
 local StreamId = seq("StreamIdentifier", { [0] = f("warrantHandle", VS),
@@ -185,14 +186,14 @@ local Notice = seq("CompletenessNotice", {
     [0] = f("event", ENUM({ [0] = "warrantActive", "warrantInactive", "upstreamGap", "tapLost",
         "tapRestored", "storageUnavailable", "storageRestored", "clockUnsynchronised",
         "clockSynchronised" })),
-    f("eventTime", TIME), f("periodStart", TIME), f("periodEnd", TIME), f("lostCount", INT),
-    f("source", UTF8), f("detail", UTF8) })
+    f("eventTime", TIME), o("periodStart", TIME), o("periodEnd", TIME), o("lostCount", INT),
+    o("source", UTF8), o("detail", UTF8) })
 local Keepalive = seq("Keepalive", { [0] = f("keepaliveId", INT), f("sentTime", TIME) })
 local DeliveryMessage = choice("DeliveryMessage", {
     [0] = f("pduEnvelope", seq("PDUEnvelope", { [0] = f("stream", StreamId), f("sequenceNumber", INT),
         f("mediationTime", TIME),
-        f("clockStatus", ENUM({ [0] = "synchronised", "unsynchronised", "unknown" })),
-        f("redelivered", BOOL),
+        o("clockStatus", ENUM({ [0] = "synchronised", "unsynchronised", "unknown" })),
+        o("redelivered", BOOL),
         f("content", choice("EnvelopeContent", { [0] = f("cmII", IasProtocol), f("cmCC", CCApdu),
             f("notice", Notice) })) })),
     f("keepalive", Keepalive),
@@ -201,11 +202,11 @@ local DeliveryMessage = choice("DeliveryMessage", {
     f("replayRequest", seq("ReplayRequest", { [0] = f("requestId", INT), f("stream", StreamId),
         f("ranges", SEQOF(Range)) })),
     f("replayResult", seq("ReplayResult", { [0] = f("requestId", INT), f("stream", StreamId),
-        f("delivered", INT), f("unavailable", SEQOF(Range)), f("reason", UTF8), f("notYet", SEQOF(Range)),
-        f("limited", ENUM({ [0] = "request", "connection" })) })),
+        f("delivered", INT), f("unavailable", SEQOF(Range)), o("reason", UTF8), o("notYet", SEQOF(Range)),
+        o("limited", ENUM({ [0] = "request", "connection" })) })),
     f("receiverReport", seq("ReceiverReport", { [0] = f("stream", StreamId), f("reportTime", TIME),
-        f("highestSequence", INT), f("receivedCount", INT), f("missing", SEQOF(Range)),
-        f("missingOmitted", INT) })),
+        o("highestSequence", INT), f("receivedCount", INT), f("missing", SEQOF(Range)),
+        o("missingOmitted", INT) })),
     f("checkpoint", seq("ChainCheckpoint", { [0] = f("stream", StreamId), f("lastSequence", INT),
         f("chainHash", OCTETS), f("checkpointTime", TIME), f("signature", OCTETS), f("keyId", OCTETS) })),
 })
@@ -418,8 +419,35 @@ local function add_leaf(ctx, tree, t, name, tlv, crange)
     return text
 end
 
+-- The component of SEQUENCE t that header h starts, and whether it is the
+-- untagged CHOICE (IasProtocol's iasMessage), or nil.
+local function member_of(t, h)
+    if h.cls == 2 and t.fields[h.num] then return t.fields[h.num], false end
+    if h.cls == 0 and t.universal and t.universal[h.num] then return t.universal[h.num], false end
+    if h.cls == 2 and t.untagged and t.untagged.type.alts[h.num] then return t.untagged, true end
+    return nil
+end
+
+-- Every component not OPTIONAL must be there, once (DER: in tag order, which
+-- the schema's tags follow, so a repeat is also out of order).
+local function check_members(ctx, tree, t, seen)
+    local all = {}
+    for _, member in pairs(t.fields) do all[#all + 1] = member end
+    for _, member in pairs(t.universal or {}) do all[#all + 1] = member end
+    all[#all + 1] = t.untagged
+    for _, member in ipairs(all) do
+        local count = seen[member] or 0
+        if count == 0 and not member.optional then
+            bad(ctx, tree, nil, string.format("%s: missing (not OPTIONAL in %s)", member.name, t.name or "its SEQUENCE"))
+        elseif count > 1 then
+            bad(ctx, tree, nil, string.format("%s: present %d times", member.name, count))
+        end
+    end
+end
+
 -- A SEQUENCE's or SEQUENCE OF's content [off, limit).
 local function dissect_children(tvb, ctx, tree, t, off, limit, depth)
+    local seen = {}
     while off < limit do
         local h, why = read_header(tvb, off, limit)
         if not h then
@@ -430,19 +458,13 @@ local function dissect_children(tvb, ctx, tree, t, off, limit, depth)
         local tlv = tvb(off, h.hdr + h.len)
         if not budget(ctx, tree, tlv) then return end
         if t.kind == "seqof" then
-            if t.elem.kind == "choice" then
-                dissect_field(tvb, ctx, tree, f("element", t.elem), off, h, depth, true)
-            else
-                dissect_field(tvb, ctx, tree, f(t.elem.name, t.elem), off, h, depth)
-            end
+            local bare = t.elem.kind == "choice"
+            dissect_field(tvb, ctx, tree, f(bare and "element" or t.elem.name, t.elem), off, h, depth, bare)
         else
-            local member
-            if h.cls == 2 then member = t.fields[h.num] elseif h.cls == 0 and t.universal then
-                member = t.universal[h.num] end
+            local member, bare = member_of(t, h)
             if member then
-                dissect_field(tvb, ctx, tree, member, off, h, depth)
-            elseif h.cls == 2 and t.untagged and t.untagged.type.alts[h.num] then
-                dissect_field(tvb, ctx, tree, t.untagged, off, h, depth, true)
+                seen[member] = (seen[member] or 0) + 1
+                dissect_field(tvb, ctx, tree, member, off, h, depth, bare)
             else
                 local item = tree:add(F.octets, tlv)
                 item:set_text(string.format("unknown field [%d] (%d octets)", h.num, h.len))
@@ -451,6 +473,7 @@ local function dissect_children(tvb, ctx, tree, t, off, limit, depth)
         end
         off = off + h.hdr + h.len
     end
+    if t.kind == "seq" then check_members(ctx, tree, t, seen) end
 end
 
 -- One CHOICE, given the TLV of its alternative (header h at off).
