@@ -160,8 +160,9 @@ def shown(text: str, key: str, value: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def golden_run(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """All golden fixtures in one pcap, made as docs/wireshark.md says (raw2pcap --hex)."""
     pcap = tmp_path_factory.mktemp("ws") / "golden.pcap"
-    write_pcap(pcap, [udp(read_hex(path)) for path in GOLDEN])
+    assert raw2pcap.main(["--hex", str(pcap), *map(str, GOLDEN)]) == 0
     frames = frames_of(tshark(pcap))
     assert len(frames) == len(GOLDEN)
     return frames
@@ -351,6 +352,8 @@ def test_raw2pcap_refuses_a_cut_file_and_an_existing_output(
     out = tmp_path / "out.pcap"
     assert raw2pcap.main([str(out), str(cut)]) == 2
     assert "not whole DER messages" in capsys.readouterr().err
+    assert raw2pcap.main(["--hex", str(out), str(cut)]) == 2
+    assert "not hex text (--hex)" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == [cut]
     out.write_bytes(b"keep")
     whole = tmp_path / "whole.raw"

@@ -343,7 +343,8 @@ end
 
 local dissect_field
 
-local function bad(ctx, item, range, why)
+-- (The range argument is where the caller looked; the item marks the place.)
+local function bad(ctx, item, _range, why)
     item:add_proto_expert_info(E.malformed, why)
     ctx.errors = ctx.errors + 1
 end

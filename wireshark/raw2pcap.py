@@ -11,6 +11,7 @@ the time of the message before it.
 Usage::
 
     .venv/bin/python wireshark/raw2pcap.py OUT.pcap FILE...
+    .venv/bin/python wireshark/raw2pcap.py --hex golden.pcap fixtures/golden/*.hex
     tshark -X lua_script:wireshark/mediation.lua -r OUT.pcap -V
 
 Exit status 2, with one line, if a file is not whole DER messages or OUT
@@ -65,15 +66,29 @@ def _time(message: bytes, previous: dt.datetime) -> dt.datetime:
     return previous
 
 
-def messages(paths: Iterable[Path]) -> list[bytes]:
+def _hex(path: Path) -> bytes:
+    """A hex file's bytes (the golden fixtures' format): ``#`` lines skipped, spaces ignored."""
+    lines = path.read_text(errors="replace").splitlines()
+    text = "".join(line.split("#", 1)[0] for line in lines)
+    try:
+        return bytes.fromhex("".join(text.split()))
+    except ValueError:
+        raise ValueError(f"{path}: not hex text (--hex)") from None
+
+
+def messages(paths: Iterable[Path], hex_text: bool = False) -> list[bytes]:
     """Every message of every file, in order.
+
+    Args:
+        paths: the files.
+        hex_text: the files are hex text, as ``fixtures/golden/*.hex``.
 
     Raises:
         ValueError: a file is not whole BER messages (names the file and byte).
     """
     out = []
     for path in paths:
-        data = path.read_bytes()
+        data = _hex(path) if hex_text else path.read_bytes()
         try:
             out.extend(message for _offset, message in iter_pdus(data))
         except PDUError as exc:
@@ -98,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the pcap file to create (must not exist)")
     parser.add_argument("files", type=Path, nargs="+", help="raw DER files")
+    parser.add_argument("--hex", action="store_true", help="the files are hex text (# comments)")
     args = parser.parse_args(argv)
     try:
-        data = to_pcap(messages(args.files))
+        data = to_pcap(messages(args.files, args.hex))
         write_new(args.out, data)
     except FileExistsError:
         print(f"raw2pcap: {args.out} exists: name a new file", file=sys.stderr)
