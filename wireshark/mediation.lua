@@ -732,7 +732,7 @@ end
 
 local function heur_tls(tvb, pinfo, tree)
     local h = tvb:len() >= 4 and read_header(tvb, 0, tvb:len(), true)
-    if not h or h.cls ~= 2 or not h.cons or h.num > 7 then return false end
+    if not h or h.cls ~= 2 or not h.cons or h.num > 7 or h.hdr >= tvb:len() then return false end
     if bit32.band(tvb(h.hdr, 1):uint(), 0xc0) ~= 0x80 then return false end
     dissect_stream(tvb, pinfo, tree)
     return true
