@@ -35,6 +35,10 @@ names only what it changes::
     [clock]
     check_interval = 5.0       # clock (un)synchronised notices
 
+    [retention]
+    years = 5                  # records kept 5..100 years after a warrant ends
+    check_interval = 3600.0    # how often the server purges what is past that
+
     [tls]
     server_names = ["localhost", "127.0.0.1", "::1"]   # the identity's subjectAltName
 
@@ -140,6 +144,12 @@ class ClockConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionConfig:
+    years: int = 5  # records kept this long after a warrant ends (at least five)
+    check_interval: float = 3600.0  # how often the server looks for records past it
+
+
+@dataclasses.dataclass(frozen=True)
 class TlsConfig:
     server_names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 
@@ -155,6 +165,7 @@ class ServerConfig:
     status: StatusConfig = StatusConfig()
     clock: ClockConfig = ClockConfig()
     tls: TlsConfig = TlsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +208,8 @@ LIMITS: dict[str, Limit] = {
     # Unacknowledged envelopes held per TLS stream: memory per agency.
     "delivery.window": Limit(1, 1 << 20),
     "delivery.batch": Limit(1, 1 << 16),
+    # Records are kept at least five years after a warrant ends (the white paper).
+    "retention.years": Limit(5, 100),
 }
 
 # Keys a running server applies on SIGHUP ("section.key"); the rest need a restart.
