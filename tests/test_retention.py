@@ -180,6 +180,11 @@ def test_purge_without_a_server_refuses_inside_retention_byte_identical(world: W
     assert world.carrier.files() == before
     run = world.carrier("purge", "w-000000")
     assert run.code == 2 and "no warrant w-000000" in error_line(run)
+    run = world.carrier("purge", "CASE-TEST-0002")
+    assert run.code == 2 and error_line(run).startswith("mediate: error: HANDLE: must be")
+    run = world.carrier("purge", world.recent, "--dry-run")
+    assert run.code == 2 and "kept until" in error_line(run)
+    assert world.carrier.files() == before
 
 
 def test_purge_without_a_server_removes_what_is_past_retention(world: World) -> None:
