@@ -233,6 +233,28 @@ async def test_retrieval_refuses_a_tap_and_the_servers_own_certificate(tmp_path:
         assert [e.sequence_number for e in fetched.envelopes] == [0]
 
 
+async def test_retrieval_counts_an_agency_asking_for_another_agencys_stream(
+    tmp_path: Path,
+) -> None:
+    site = Site(tmp_path)
+    certs = {n: make_cert(tmp_path / "certs", f"agency {n} receiver") for n in "AB"}
+    handles = {
+        n: site.agency(f"AGENCY-{n}", tls_endpoint(free_port(), ca=c)) for n, c in certs.items()
+    }
+    warrant = site.warrant(handles["A"], "CASE-TEST-0001")
+    async with site.server() as server:
+        await server.ingest(warrant.handle, "cmCC", cc_pdu("CASE-TEST-0001", n=0))
+        sid = P.StreamId(warrant.handle, P.StreamKind.CMCC)
+        tracker = SequenceTracker()
+        tracker.add(1)  # 0 is missing
+        address = site.retrieval_address(server)
+        got = await retrieve(address, certs["B"], site.server_ca, {sid: tracker}, [sid])
+        assert got.closed_by_server and got.envelopes == []
+        # Authenticated, then refused: counted like a refused certificate.
+        await wait_for(lambda: server.retrieval.refused == 1)
+        assert server.retrieval.status()["refused_by_reason"] == {"protocol error": 1}
+
+
 async def test_delivery_refuses_a_tap_posing_as_an_agency_receiver(tmp_path: Path) -> None:
     site = Site(tmp_path)
     tap = tap_cert(site, tmp_path / "tap")

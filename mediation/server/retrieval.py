@@ -142,7 +142,7 @@ class RetrievalService:
         try:
             agency = await self._identify(stream)
             if agency is not None:
-                await self._replay_for(agency, stream)
+                await self._replay_for(agency, stream, _peer(stream))
         except Exception as exc:  # one connection's bug must not end the server
             self._failed(exc)
         finally:
@@ -178,7 +178,7 @@ class RetrievalService:
             self.refusals.refuse(str(exc), peer)
             return None
 
-    async def _replay_for(self, agency: str, stream: trio.SSLStream) -> None:
+    async def _replay_for(self, agency: str, stream: trio.SSLStream, peer: str) -> None:
         streams = self._streams_of(agency)
         self.connections += 1
         # Positions at the end of what is stored: nothing is sent live here,
@@ -200,6 +200,10 @@ class RetrievalService:
         finally:
             self.replays += link.replays
             self.limited += sender.retrieval.limited
+        if reason.startswith("protocol error"):
+            # An agency's certificate, then a message the server refuses (another
+            # agency's stream, an oversize frame): a refusal like any other.
+            self.refusals.refuse("protocol error", peer)
         log.info(
             "%s: %d requests answered (%d records, %d limited); ended (%s)",
             label,
