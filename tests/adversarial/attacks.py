@@ -17,10 +17,11 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from mediation import pdu
+from mediation.pdu.codec import iter_pdus
 from mediation.protocol.envelope import envelope_bytes
 from mediation.protocol.sealed import DatagramSealer, Direction, SealKey
 
@@ -177,12 +178,14 @@ def tls_attempt(
     key: Path | None,
     send: bytes = b"",
     wait: float = 2.0,
+    enough: Callable[[bytes], bool] | None = None,
 ) -> bytes | None:
     """A TLS connection presenting ``cert`` (the peer is not checked), then ``send``.
 
     Returns:
-        What the peer sent within ``wait`` seconds (at most 1 MiB), or
+        What the peer sent within ``wait`` seconds (at most 8 MiB), or
         None when the handshake failed or the peer refused us at once.
+        Reading stops early once ``enough(what arrived)`` is true.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -199,16 +202,18 @@ def tls_attempt(
         except (ssl.SSLError, OSError):
             return None
         with tls:
-            return _exchange(tls, send, wait)
+            return _exchange(tls, send, wait, enough)
 
 
-def _exchange(tls: ssl.SSLSocket, send: bytes, wait: float) -> bytes | None:
+def _exchange(
+    tls: ssl.SSLSocket, send: bytes, wait: float, enough: Callable[[bytes], bool] | None
+) -> bytes | None:
     received = bytearray()
     deadline = time.monotonic() + wait
     try:
         if send:
             tls.sendall(send)
-        while len(received) < 1 << 20 and time.monotonic() < deadline:
+        while len(received) < 8 << 20 and time.monotonic() < deadline:
             tls.settimeout(max(0.05, deadline - time.monotonic()))
             try:
                 data = tls.recv(65536)
@@ -217,10 +222,41 @@ def _exchange(tls: ssl.SSLSocket, send: bytes, wait: float) -> bytes | None:
             if not data:
                 break
             received += data
+            if enough is not None and enough(bytes(received)):
+                break
     except (ssl.SSLError, OSError):
         # TLS 1.3: a refused client certificate shows on the first read.
         return bytes(received) if received else None
     return bytes(received)
+
+
+def replay_results(
+    address: tuple[str, int], cert: Path, key: Path, requests: list[bytes], wait: float
+) -> list[pdu.ReplayResult]:
+    """Send ``requests`` on one retrieval connection; the results answered within ``wait``.
+
+    Envelopes are read and dropped; reading stops once every request has
+    its result, at ``wait``, or after 8 MiB, whichever comes first.
+    """
+    answer = tls_attempt(
+        address, cert, key, send=b"".join(requests), wait=wait,
+        enough=lambda data: _results_in(data) >= len(requests),
+    )  # fmt: skip
+    results = []
+    with contextlib.suppress(pdu.PDUError, ValueError):
+        for _offset, message in pdu.decode_all(answer or b""):
+            if isinstance(message, pdu.ReplayResult):
+                results.append(message)
+    return results
+
+
+def _results_in(data: bytes) -> int:
+    """How many whole messages in ``data`` are replay results (tag [5], constructed)."""
+    count = 0
+    with contextlib.suppress(pdu.PDUError, ValueError, IndexError):
+        for _offset, message in iter_pdus(data):
+            count += message[0] == 0xA5
+    return count
 
 
 # The control socket ----------------------------------------------------------------
