@@ -282,6 +282,20 @@ def control_garbage(path: Path, payloads: Iterable[bytes], until: float) -> int:
     return made
 
 
+def tcp_idle(address: tuple[str, int], count: int, hold: float) -> int:
+    """``count`` TCP connections at once that say nothing for ``hold`` seconds; returns opened."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            with contextlib.suppress(OSError):
+                held.append(socket.create_connection(address, 2.0))
+        time.sleep(hold)
+    finally:
+        for sock in held:
+            sock.close()
+    return len(held)
+
+
 def control_idle(path: Path, count: int, hold: float) -> int:
     """``count`` connections at once that say nothing for ``hold`` seconds; returns opened."""
     held: list[socket.socket] = []

@@ -24,11 +24,13 @@ from scenario import MADE_UP_HANDLE, Stage, wait_for
 
 from mediation import pdu
 from mediation.protocol.sealed import Direction
+from mediation.refusals import MAX_CONNECTIONS
 from mediation.warrants.udpkey import read_key_file
 
 RATE = 40.0  # sample frames a second: 22 of 32 are the target's, each two PDUs
 WARM_UP = 3.0  # seconds of traffic before the baseline is taken
 ATTACK_SECONDS = 10.0  # every attack stops by then, whatever its count
+FLOOD = 3.0  # then idle connections past every listener's limit are held this long
 TAIL = 3.0  # traffic after the attacks: a datagram lost to the flood is followed by later ones
 HUGE_RANGES = [(0, 10**12), (2**63, 2**64 - 1), (0, 2**64 - 1)]
 
@@ -161,11 +163,27 @@ def attack_plan(
             A.tls_attempt(retrieval, *other, send=frame, wait=1.0) for frame in huge_frames
         ],
         "retrieval: huge ranges": lambda: A.replay_results(retrieval, *agency, huge, wait=8.0),
-        # One after the other: while idle clients hold every slot, the garbage
-        # would only be refused "busy" (or find the listen backlog full).
-        "control: garbage, nesting, long lines; then idle connections": lambda: (
-            A.control_garbage(control, A.control_payloads(random.Random(5)), until),
-            A.control_idle(control, 24, 3.0),
+        "control: garbage, nesting, long lines": lambda: A.control_garbage(
+            control, A.control_payloads(random.Random(5)), until
+        ),
+    }
+
+
+def flood_plan(stage: Stage) -> dict[str, Callable[[], Any]]:
+    """Idle connections past each listener's limit, at once, after the other attacks.
+
+    Apart, because while they hold every slot the other attacks would only
+    be refused "busy" and test nothing else.
+    """
+    p = stage.ports
+    control = stage.data / "run" / "control.sock"
+    return {
+        "control: idle connections": lambda: A.control_idle(control, 24, FLOOD),
+        "retrieval: idle connections": lambda: A.tcp_idle(
+            ("127.0.0.1", p["retrieval"]), MAX_CONNECTIONS + 36, FLOOD
+        ),
+        "tls receiver: idle connections": lambda: A.tcp_idle(
+            ("127.0.0.1", p["tls"]), MAX_CONNECTIONS + 36, FLOOD
         ),
     }
 
@@ -189,7 +207,7 @@ def fight(stage: Stage) -> Battle:
         stage.setup()
         sniffer.port = stage.ports["udp"]
         stage.start_receiver()
-        stage.start_server(RATE, WARM_UP + ATTACK_SECONDS + TAIL)
+        stage.start_server(RATE, WARM_UP + ATTACK_SECONDS + FLOOD + TAIL)
         genuine = sniffer.take(400, WARM_UP)
     assert any(t == stage.ports["udp"] for _s, t, _d in genuine), "no delivery datagram sniffed"
     assert any(s == stage.ports["udp"] for s, _t, _d in genuine), "no receiver report sniffed"
@@ -197,18 +215,15 @@ def fight(stage: Stage) -> Battle:
     before = {name: A.memory_kib(pid) for name, pid in pids.items()}
     until = time.monotonic() + ATTACK_SECONDS
     plan = attack_plan(stage, genuine, until)
-    with ThreadPoolExecutor(max_workers=len(plan)) as pool:
-        futures = {name: pool.submit(thunk) for name, thunk in plan.items()}
-        done = {
-            name: future.result(timeout=ATTACK_SECONDS + 30) for name, future in futures.items()
-        }
+    done = run_at_once(plan, ATTACK_SECONDS + 30)
+    done.update(run_at_once(flood_plan(stage), FLOOD + 30))
     alive = {
         name: process.poll() is None
         for name, process in (("server", stage.server), ("receiver", stage.receiver))
     }
     if not all(alive.values()):
         return Battle(stage, done, before, {}, alive, {}, {}, None, None, len(genuine))
-    wait_for(stage.stored, "the end of the feed", WARM_UP + ATTACK_SECONDS + TAIL + 20)
+    wait_for(stage.stored, "the end of the feed", WARM_UP + ATTACK_SECONDS + FLOOD + TAIL + 20)
     status = wait_for(lambda: delivered(stage), "every stored record delivered", 20)
     time.sleep(1.5)  # the log signs once a second: the last records get their checkpoint
     after = {name: A.memory_kib(pid) for name, pid in pids.items()}
@@ -227,6 +242,13 @@ def fight(stage: Stage) -> Battle:
     )
     print(battle.report())  # shown by pytest when a test fails
     return battle
+
+
+def run_at_once(plan: dict[str, Callable[[], Any]], limit: float) -> dict[str, Any]:
+    """Each thunk in its own thread, all at once; their results by name."""
+    with ThreadPoolExecutor(max_workers=len(plan)) as pool:
+        futures = {name: pool.submit(thunk) for name, thunk in plan.items()}
+        return {name: future.result(timeout=limit) for name, future in futures.items()}
 
 
 def delivered(stage: Stage) -> dict[str, Any] | None:
