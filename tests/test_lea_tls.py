@@ -149,7 +149,8 @@ async def test_idle_connections_past_the_limit_are_refused_busy_and_counted(
         stream = await connect_out(port, pki.server_client_context())
         await stream.send_all(envelopes(sender, CMCC, 0, 2))
         state = running.receiver.state
-        await wait_until(lambda: state.trackers[CMCC].received_count == 3, "delivery")
+        tracker = state.trackers.get  # the stream's tracker exists from its first envelope
+        await wait_until(lambda: tracker(CMCC) and tracker(CMCC).received_count == 3, "delivery")
         await stream.aclose()
         await running.stop()
         nursery.cancel_scope.cancel()
