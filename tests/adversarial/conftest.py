@@ -32,6 +32,7 @@ WARM_UP = 3.0  # seconds of traffic before the baseline is taken
 ATTACK_SECONDS = 10.0  # every attack stops by then, whatever its count
 FLOOD = 3.0  # then idle connections past every listener's limit are held this long
 TAIL = 3.0  # traffic after the attacks: a datagram lost to the flood is followed by later ones
+MAX_UDP = 65507  # the largest UDP payload over IPv4
 HUGE_RANGES = [(0, 10**12), (2**63, 2**64 - 1), (0, 2**64 - 1)]
 
 
@@ -117,6 +118,7 @@ def attack_plan(
         b"\xbf\xff\xff\xff\xff\x7f\x84\x40\x00\x00\x00",
         b"\xa4\x80",
     ]
+    too_many = A.replay_request(99, pdu.StreamId(handle, cmcc), [(2 * i, 2 * i) for i in range(65)])
     huge = [
         A.replay_request(i + 1, pdu.StreamId(handle, k), [r])
         for i, (r, k) in enumerate((r, k) for r in HUGE_RANGES for k in (cmii, cmcc))
@@ -129,6 +131,12 @@ def attack_plan(
         "udp receiver: replayed genuine": lambda: A.spray_udp(udp, to_agency * 2, until),
         "udp receiver: wrong key, right key id": lambda: A.spray_udp(
             udp, A.sealed_under(key_id, Direction.SERVER_TO_AGENCY, forged * 10), until
+        ),
+        "udp receiver: unknown key id": lambda: A.spray_udp(
+            udp, A.sealed_under(key_id ^ 0xFFFFFFFF, Direction.SERVER_TO_AGENCY, forged), until
+        ),
+        "udp receiver: largest datagrams": lambda: A.spray_udp(
+            udp, (random.Random(6).randbytes(MAX_UDP) for _ in range(20)), until
         ),
         "udp server: random bytes from the receiver's port": lambda: A.spoof_udp(
             p["udp"], server_port, A.random_payloads(random.Random(2), 200), until
@@ -163,6 +171,9 @@ def attack_plan(
             A.tls_attempt(retrieval, *other, send=frame, wait=1.0) for frame in huge_frames
         ],
         "retrieval: huge ranges": lambda: A.replay_results(retrieval, *agency, huge, wait=8.0),
+        "retrieval: over 64 ranges in one request": lambda: [
+            A.tls_attempt(retrieval, *agency, send=too_many, wait=2.0)
+        ],
         "control: garbage, nesting, long lines": lambda: A.control_garbage(
             control, A.control_payloads(random.Random(5)), until
         ),

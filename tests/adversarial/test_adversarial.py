@@ -102,9 +102,11 @@ def test_every_refusal_is_counted(battle: Battle) -> None:
     retrieval = status["retrieval"]
     reasons = retrieval["refused_by_reason"]
     assert reasons.get("no acceptable certificate", 0) > 0, retrieval  # tap, server, none, junk
-    # Identified by a valid certificate, then refused: another agency's stream, huge frames.
+    # Identified by a valid certificate, then refused: another agency's stream, huge
+    # frames, a request of 65 ranges.
     hostile = battle.done["retrieval: another agency asks for this one's streams"]
     hostile = hostile + battle.done["retrieval: huge DER lengths"]
+    hostile = hostile + battle.done["retrieval: over 64 ranges in one request"]
     identified = [answer for answer in hostile if answer is not None]  # None: no handshake
     assert reasons.get("protocol error") == len(identified) > 0, retrieval
     # Idle connections past the limit: refused before their handshake, counted.
