@@ -11,6 +11,7 @@ before and after, stops both processes with SIGTERM, and runs the checks
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,13 @@ WARM_UP = 3.0  # seconds of traffic before the baseline is taken
 ATTACK_SECONDS = 10.0  # every attack stops by then, whatever its count
 FLOOD = 3.0  # then idle connections past every listener's limit are held this long
 TAIL = 3.0  # traffic after the attacks: a datagram lost to the flood is followed by later ones
+# DER headers claiming 2 GiB, an 8-octet length, a huge tag number, an indefinite length.
+HUGE_FRAMES = [
+    b"\xa4\x84\x7f\xff\xff\xff",
+    b"\xa4\x88" + b"\xff" * 8,
+    b"\xbf\xff\xff\xff\xff\x7f\x84\x40\x00\x00\x00",
+    b"\xa4\x80",
+]
 MAX_UDP = 65507  # the largest UDP payload over IPv4
 HUGE_RANGES = [(0, 10**12), (2**63, 2**64 - 1), (0, 2**64 - 1)]
 
@@ -78,53 +86,37 @@ def attack_plan(
     stage: Stage, genuine: list[tuple[int, int, bytes]], until: float
 ) -> dict[str, Callable[[], Any]]:
     """Every attack, by name, as a thunk bounded in count and by ``until``."""
-    rng = random.Random(20261203)
-    p, root, data = stage.ports, stage.root, stage.data
-    udp, tls, retrieval = (
-        ("127.0.0.1", p["udp"]),
-        ("127.0.0.1", p["tls"]),
-        ("127.0.0.1", p["retrieval"]),
-    )
-    key_id, _key = read_key_file(stage.udp_key)
-    to_agency = [d for s, t, d in genuine if t == p["udp"]]
-    reports = [d for s, t, d in genuine if s == p["udp"]]
-    server_port = next(s for s, t, _d in genuine if t == p["udp"])
-    handle = stage.handle
-    cmii, cmcc = pdu.StreamKind.CMII, pdu.StreamKind.CMCC
     forged = [
         A.forged_envelope(h, k, seq)
-        for h in (handle, MADE_UP_HANDLE)
-        for k in (cmii, cmcc)
+        for h in (stage.handle, MADE_UP_HANDLE)
+        for k in (pdu.StreamKind.CMII, pdu.StreamKind.CMCC)
         for seq in (1, 10**6)
     ]
-    agency = (stage.agency / "agency-cert.pem", stage.agency / "agency-key.pem")
-    other = (stage.other / "agency-cert.pem", stage.other / "agency-key.pem")
-    tap = (root / "tap-cert.pem", root / "tap-key.pem")
-    server = (data / "tls" / "server.pem", data / "tls" / "server.key")
-    ask = A.replay_request(1, pdu.StreamId(handle, cmcc), [(0, 5)])
-    control = data / "run" / "control.sock"
-
-    def tls_each(address: tuple[str, int], creds: Any, send: bytes, count: int) -> list[Any]:
-        out = []
-        for _ in range(count):
-            if time.monotonic() > until:
-                break
-            out.append(A.tls_attempt(address, *(creds or (None, None)), send=send, wait=1.0))
-        return out
-
-    huge_frames = [
-        b"\xa4\x84\x7f\xff\xff\xff",
-        b"\xa4\x88" + b"\xff" * 8,
-        b"\xbf\xff\xff\xff\xff\x7f\x84\x40\x00\x00\x00",
-        b"\xa4\x80",
-    ]
-    too_many = A.replay_request(99, pdu.StreamId(handle, cmcc), [(2 * i, 2 * i) for i in range(65)])
-    huge = [
-        A.replay_request(i + 1, pdu.StreamId(handle, k), [r])
-        for i, (r, k) in enumerate((r, k) for r in HUGE_RANGES for k in (cmii, cmcc))
-    ]
     return {
-        "udp receiver: random bytes": lambda: A.spray_udp(udp, A.random_payloads(rng, 400), until),
+        **udp_attacks(stage, genuine, forged, until),
+        **tls_attacks(stage, forged, until),
+        **retrieval_attacks(stage, until),
+        "control: garbage, nesting, long lines": lambda: A.control_garbage(
+            stage.data / "run" / "control.sock", A.control_payloads(random.Random(5)), until
+        ),
+    }
+
+
+def udp_attacks(
+    stage: Stage, genuine: list[tuple[int, int, bytes]], forged: list[bytes], until: float
+) -> dict[str, Callable[[], Any]]:
+    """At the receiver's UDP port, and at the server's delivery socket (spoofed source)."""
+    port = stage.ports["udp"]
+    udp = ("127.0.0.1", port)
+    key_id, _key = read_key_file(stage.udp_key)
+    to_agency = [d for _s, t, d in genuine if t == port]
+    reports = [d for s, _t, d in genuine if s == port]
+    server_port = next(s for s, t, _d in genuine if t == port)
+    lie = A.report_message(stage.handle, pdu.StreamKind.CMII, 10**6)  # "nothing lost"
+    return {
+        "udp receiver: random bytes": lambda: A.spray_udp(
+            udp, A.random_payloads(random.Random(0), 400), until
+        ),
         "udp receiver: mutated genuine": lambda: A.spray_udp(
             udp, A.mutations(random.Random(1), to_agency, 400), until
         ),
@@ -139,44 +131,84 @@ def attack_plan(
             udp, (random.Random(6).randbytes(MAX_UDP) for _ in range(20)), until
         ),
         "udp server: random bytes from the receiver's port": lambda: A.spoof_udp(
-            p["udp"], server_port, A.random_payloads(random.Random(2), 200), until
+            port, server_port, A.random_payloads(random.Random(2), 200), until
         ),
-        "udp server: replayed reports": lambda: A.spoof_udp(
-            p["udp"], server_port, reports * 5, until
-        ),
+        "udp server: replayed reports": lambda: A.spoof_udp(port, server_port, reports * 5, until),
         "udp server: forged reports": lambda: A.spoof_udp(
-            p["udp"],
+            port,
             server_port,
-            A.sealed_under(
-                key_id, Direction.AGENCY_TO_SERVER, [A.report_message(handle, cmii, 10**6)] * 100
-            ),
+            A.sealed_under(key_id, Direction.AGENCY_TO_SERVER, [lie] * 100),
             until,
         ),
+    }
+
+
+def _tls_each(
+    address: tuple[str, int],
+    creds: tuple[Path, Path] | None,
+    send: bytes,
+    count: int,
+    until: float,
+) -> list[bytes | None]:
+    """``count`` TLS attempts presenting ``creds`` (None: no certificate), each sending ``send``."""
+    out = []
+    for _ in range(count):
+        if time.monotonic() > until:
+            break
+        out.append(A.tls_attempt(address, *(creds or (None, None)), send=send, wait=1.0))
+    return out
+
+
+def tls_attacks(stage: Stage, forged: list[bytes], until: float) -> dict[str, Callable[[], Any]]:
+    """At the receiver's TLS port: junk, and every certificate but the server's."""
+    tls = ("127.0.0.1", stage.ports["tls"])
+    tap = (stage.root / "tap-cert.pem", stage.root / "tap-key.pem")
+    agency = (stage.agency / "agency-cert.pem", stage.agency / "agency-key.pem")
+    return {
         "tls receiver: random bytes": lambda: A.spray_tcp(
             tls, A.random_payloads(random.Random(3), 40), until
         ),
-        "tls receiver: tap certificate": lambda: tls_each(tls, tap, forged[0] + forged[4], 5),
-        "tls receiver: the agency's own certificate": lambda: tls_each(tls, agency, forged[1], 5),
-        "tls receiver: no certificate": lambda: tls_each(tls, None, forged[2], 5),
+        "tls receiver: tap certificate": lambda: _tls_each(
+            tls, tap, forged[0] + forged[4], 5, until
+        ),
+        "tls receiver: the agency's own certificate": lambda: _tls_each(
+            tls, agency, forged[1], 5, until
+        ),
+        "tls receiver: no certificate": lambda: _tls_each(tls, None, forged[2], 5, until),
+    }
+
+
+def retrieval_attacks(stage: Stage, until: float) -> dict[str, Callable[[], Any]]:
+    """At the server's retrieval port: junk, wrong roles, another agency, huge asks."""
+    retrieval = ("127.0.0.1", stage.ports["retrieval"])
+    agency = (stage.agency / "agency-cert.pem", stage.agency / "agency-key.pem")
+    other = (stage.other / "agency-cert.pem", stage.other / "agency-key.pem")
+    tap = (stage.root / "tap-cert.pem", stage.root / "tap-key.pem")
+    server = (stage.data / "tls" / "server.pem", stage.data / "tls" / "server.key")
+    cmcc = pdu.StreamId(stage.handle, pdu.StreamKind.CMCC)
+    ask = A.replay_request(1, cmcc, [(0, 5)])
+    too_many = A.replay_request(99, cmcc, [(2 * i, 2 * i) for i in range(65)])
+    huge = [
+        A.replay_request(i + 1, pdu.StreamId(stage.handle, k), [r])
+        for i, (r, k) in enumerate((r, k) for r in HUGE_RANGES for k in pdu.StreamKind)
+    ]
+    return {
         "retrieval: random bytes": lambda: A.spray_tcp(
             retrieval, A.random_payloads(random.Random(4), 40), until
         ),
-        "retrieval: tap certificate": lambda: tls_each(retrieval, tap, ask, 5),
-        "retrieval: server certificate": lambda: tls_each(retrieval, server, ask, 5),
-        "retrieval: no certificate": lambda: tls_each(retrieval, None, ask, 5),
-        "retrieval: another agency asks for this one's streams": lambda: tls_each(
-            retrieval, other, ask, 5
+        "retrieval: tap certificate": lambda: _tls_each(retrieval, tap, ask, 5, until),
+        "retrieval: server certificate": lambda: _tls_each(retrieval, server, ask, 5, until),
+        "retrieval: no certificate": lambda: _tls_each(retrieval, None, ask, 5, until),
+        "retrieval: another agency asks for this one's streams": lambda: _tls_each(
+            retrieval, other, ask, 5, until
         ),
         "retrieval: huge DER lengths": lambda: [
-            A.tls_attempt(retrieval, *other, send=frame, wait=1.0) for frame in huge_frames
+            A.tls_attempt(retrieval, *other, send=frame, wait=1.0) for frame in HUGE_FRAMES
         ],
         "retrieval: huge ranges": lambda: A.replay_results(retrieval, *agency, huge, wait=8.0),
         "retrieval: over 64 ranges in one request": lambda: [
             A.tls_attempt(retrieval, *agency, send=too_many, wait=2.0)
         ],
-        "control: garbage, nesting, long lines": lambda: A.control_garbage(
-            control, A.control_payloads(random.Random(5)), until
-        ),
     }
 
 
@@ -282,10 +314,4 @@ def delivered(stage: Stage) -> dict[str, Any] | None:
 
 def held(stage: Stage) -> dict[str, dict[str, Any]]:
     """The receiver's final gap report per stream (``cmII``, ``cmCC``)."""
-    import json
-
     return json.loads((stage.out / stage.handle / "gaps.json").read_text())["streams"]
-
-
-def out_entries(stage: Stage) -> list[Path]:
-    return sorted(stage.out.iterdir())
