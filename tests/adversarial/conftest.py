@@ -274,23 +274,29 @@ def fight(stage: Stage) -> Battle:
         return Battle(stage, done, before, {}, alive, {}, {}, None, None, len(genuine))
     wait_for(stage.stored, "the end of the feed", WARM_UP + ATTACK_SECONDS + FLOOD + TAIL + 20)
     status = wait_for(lambda: delivered(stage), "every stored record delivered", 20)
-    time.sleep(1.5)  # the log signs once a second: the last records get their checkpoint
+    # The log signs once a second and sends each checkpoint after its records: wait
+    # until what the agency holds is all proven (files are flushed twice a second).
+    stage.log_key.write_text(stage.mediate("log", "key").stdout)  # the carrier hands it over
+    wait_for(lambda: verify(stage).stdout.count("ok: all verified") == 2, "checkpoints", 15)
     after = {name: A.memory_kib(pid) for name, pid in pids.items()}
     stopped = {
         "receiver": stage.stop(stage.receiver, stage.receiver_out),
         "server": stage.stop(stage.server, stage.server_out),
     }
     log_verify = stage.mediate("log", "verify", check=False)
-    # The carrier hands the agency the log's public key (made when the server first stored).
-    stage.log_key.write_text(stage.mediate("log", "key").stdout)
-    receive_verify = stage.mediate(
-        "receive", "verify", str(stage.out), "--log-key", str(stage.log_key), check=False
-    )
+    receive_verify = verify(stage)
     battle = Battle(
         stage, done, before, after, alive, status, stopped, log_verify, receive_verify, len(genuine)
     )
     print(battle.report())  # shown by pytest when a test fails
     return battle
+
+
+def verify(stage: Stage) -> Any:
+    """``mediate receive verify OUT --log-key KEY``: the agency's check against the chain."""
+    return stage.mediate(
+        "receive", "verify", str(stage.out), "--log-key", str(stage.log_key), check=False
+    )
 
 
 def run_at_once(plan: dict[str, Callable[[], Any]], limit: float) -> dict[str, Any]:
