@@ -1,7 +1,8 @@
 """Every listening port of the server and the receiver attacked at once, traffic flowing.
 
-The battle (conftest.py) runs once: a server process delivering a live
-intercept to a ``mediate receive`` process over UDP and TLS, while random
+The battle (battle.py; its fixture in conftest.py) is fought once: a
+server process delivering a live intercept to a ``mediate receive``
+process over UDP and TLS, while random
 bytes, mutated, replayed and forged datagrams, wrong-role certificates,
 huge lengths and ranges, and hostile control-socket clients hit the
 receiver's UDP and TLS ports, the server's UDP delivery socket, its
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import HUGE_RANGES, Battle, held
+from battle import HUGE_RANGES, Battle, held
 from scenario import MADE_UP_HANDLE
 
 from mediation.refusals import BUSY
