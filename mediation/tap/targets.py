@@ -11,7 +11,10 @@ address of the target yet (DHCP, ARP); matching by IP address catches its
 traffic wherever it is routed, but only once the address is known. The
 tap's DHCP follower adds and removes the addresses a target MAC leases
 (:meth:`TargetMatcher.follow` / :meth:`TargetMatcher.unfollow`), so a
-MAC warrant keeps up with the target when its address changes.
+MAC warrant keeps up with the target when its address changes. A ``user:``
+target matches nothing by itself: the RADIUS follower adds the addresses
+and IPv6 prefixes the user's accounting sessions hold
+(:meth:`TargetMatcher.follow_prefix` for a prefix).
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class TargetMatcher:
         prefixes4: list[tuple[int, int]] = []
         prefixes6: list[tuple[int, int]] = []
         interfaces: set[str] = set()
+        users: set[bytes] = set()
         for index, target in enumerate(targets):
             try:
                 if target.kind is TargetKind.MAC:
@@ -91,6 +95,8 @@ class TargetMatcher:
                     (prefixes4 if net.version == 4 else prefixes6).append(entry)
                 elif target.kind is TargetKind.INTERFACE:
                     interfaces.add(target.value)
+                elif target.kind is TargetKind.USER:
+                    users.add(target.value.encode("utf-8"))
             except ValueError:
                 # ipaddress puts the value in its message; a target must never
                 # reach a log, so say which one by position only.
@@ -99,6 +105,9 @@ class TargetMatcher:
                 ) from None
         self.macs: frozenset[bytes] = frozenset(macs)
         self.interfaces: frozenset[str] = frozenset(interfaces)
+        self.users: frozenset[bytes] = frozenset(users)
+        # Prefixes learned by following (RADIUS Framed-IPv6-Prefix): (network, mask).
+        self._learned6: tuple[tuple[int, int], ...] = ()
         self._static = frozenset(static)
         self._learned: set[bytes] = set()
         self._addresses: frozenset[bytes] = self._static
@@ -128,9 +137,34 @@ class TargetMatcher:
         self._learned.discard(address.packed)
         self._addresses = self._static | self._learned
 
+    def follow_prefix(self, network: ipaddress.IPv6Network) -> None:
+        """Match every address in ``network`` too, until :meth:`unfollow_prefix`."""
+        entry = (int(network.network_address), int(network.netmask))
+        if entry not in self._learned6:
+            self._learned6 += (entry,)
+
+    def unfollow_prefix(self, network: ipaddress.IPv6Network) -> None:
+        """Stop matching a learned prefix; prefixes the warrant lists stay."""
+        entry = (int(network.network_address), int(network.netmask))
+        self._learned6 = tuple(e for e in self._learned6 if e != entry)
+
     def is_learned(self, raw: bytes | None) -> bool:
         """Whether packed ``raw`` is an address learned by following (not listed)."""
-        return raw in self._learned and raw not in self._static
+        if raw in self._static:
+            return False
+        if raw in self._learned:
+            return True
+        return (
+            bool(self._learned6)
+            and raw is not None
+            and len(raw) == 16
+            and (_in_prefixes(raw, None, self._learned6) is not None)
+        )
+
+    @property
+    def follows_users(self) -> bool:
+        """Whether the warrant names user names, whose RADIUS sessions can be followed."""
+        return bool(self.users)
 
     @property
     def follows_macs(self) -> bool:
@@ -166,6 +200,10 @@ class TargetMatcher:
             prefixes = self._prefixes4 if frame.ip_version == 4 else self._prefixes6
             if prefixes:
                 found = _in_prefixes(src, frame.dst_raw, prefixes)
+                if found is not None:
+                    return found
+            if self._learned6 and frame.ip_version == 6:
+                found = _in_prefixes(src, frame.dst_raw, self._learned6)
                 if found is not None:
                     return found
         if interface is not None and interface in self.interfaces:

@@ -50,6 +50,7 @@ class TargetKind(enum.Enum):
     PREFIX = "prefix"
     MAC = "mac"
     INTERFACE = "interface"
+    USER = "user"  # a subscriber's user name, followed through RADIUS accounting
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -62,6 +63,8 @@ class Target:
     def __str__(self) -> str:
         if self.kind is TargetKind.INTERFACE:
             return f"iface:{self.value}"
+        if self.kind is TargetKind.USER:
+            return f"user:{self.value}"
         return self.value
 
 
