@@ -58,3 +58,15 @@ def test_a_user_target_matches_nothing_until_followed() -> None:
     matcher = TargetMatcher([Target(TargetKind.USER, "user-test-1")])
     assert matcher.users == frozenset({b"user-test-1"}) and matcher.follows_users
     assert not matcher.follows_macs and not matcher.macs
+
+
+def test_a_user_target_takes_the_kernel_filter_off() -> None:
+    from mediation.tap.bpf import filter_expressions
+
+    targets = [Target(TargetKind.ADDRESS, "192.0.2.10")]
+    assert filter_expressions(targets, "eth0") == [
+        "host 192.0.2.10",
+        "vlan and (host 192.0.2.10)",
+        "vlan and vlan and (host 192.0.2.10)",
+    ]
+    assert filter_expressions([*targets, Target(TargetKind.USER, "user-test-1")], "eth0") is None
