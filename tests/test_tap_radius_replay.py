@@ -216,3 +216,19 @@ def test_a_user_warrant_has_no_radius_follower_for_other_targets():
     tap = Tap.for_warrant(F.warrant("192.0.2.10"))
     assert tap.radius is None
     assert tap.process(accounting(1, "SESS-0001", framed_ip="192.0.2.11"), at(0)) == []
+
+
+def test_the_tzsp_path_follows_the_same_way():
+    """The same frames mirrored by a router over TZSP: decoded, then the same tap core."""
+    from mediation.protocol.tzsp import TzspReceiver, encode_tzsp
+
+    receiver = TzspReceiver({NAS})
+    tap = Tap.for_warrant(F.warrant(f"user:{USER}"), radius_secret=SECRET)
+    captured = []
+    for step, (what, frame, mine) in enumerate(SCRIPT):
+        decoded = receiver.receive(encode_tzsp(frame), NAS)
+        pdus = tap.process(decoded.frame, at(step), linktype=decoded.linktype)
+        captured.append(any(p.kind == "cmCC" for p in pdus))
+        assert captured[-1] == mine, what
+    assert receiver.accepted == len(SCRIPT) and receiver.refused_total == 0
+    assert tap.counters.radius_refused == 2
