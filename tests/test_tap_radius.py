@@ -15,6 +15,7 @@ from mediation.tap.radius import (
     RadiusError,
     RadiusRefusal,
     StatusType,
+    accounting_response,
     encode_accounting,
     parse_accounting,
     request_authenticator,
@@ -258,3 +259,25 @@ def test_bad_authenticator_changes_nothing_and_is_counted():
     forged = encode_accounting(1, "SESS-0001", user_name=USER, framed_ip="192.0.2.10", secret=b"x")
     assert f.observe_payload(forged, at(1)) == []
     assert f.refused["bad-authenticator"] == 1 and f.messages == 0 and f.held() == set()
+
+
+def test_accounting_response_authenticator_agrees_with_scapy():
+    request = start()
+    response = accounting_response(request, SECRET)
+    parsed = Radius(response)
+    assert (parsed.code, parsed.id, parsed.len) == (5, request[1], 20)
+    assert parsed.compute_authenticator(request[4:20], SECRET) == response[4:20]
+
+
+def test_a_listener_feeds_payloads_to_the_tap_directly():
+    import test_tap_frames as F
+
+    from mediation.tap.replay import Tap
+
+    tap = Tap.for_warrant(F.warrant(f"user:{USER}"), radius_secret=SECRET)
+    assert len(tap.accounting(start(), at(1))) == 2  # access-Accepted, session-Start
+    assert tap.matcher.is_learned(A10.packed)
+    assert tap.accounting(b"\x04", at(2)) == [] and tap.counters.radius_refused == 1
+    late = tap.accounting(start("192.0.2.11", session_id="S2"), F.WINDOW[1])
+    assert late == [] and tap.counters.outside_window == 1
+    assert Tap.for_warrant(F.warrant("192.0.2.10")).accounting(start(), at(1)) == []

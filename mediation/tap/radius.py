@@ -246,6 +246,20 @@ def _prefix(value: bytes | None) -> IPv6Network | None:
     return IPv6Network((int.from_bytes(raw, "big"), length), strict=False)
 
 
+def accounting_response(request: bytes, secret: bytes) -> bytes:
+    """The Accounting-Response (code 5) that acknowledges ``request`` (RFC 2866 section 3).
+
+    Its Response Authenticator is ``MD5(Code + Identifier + Length + Request
+    Authenticator + Attributes + Secret)``; no attributes are sent.
+
+    Args:
+        request: the Accounting-Request as received (at least its header).
+        secret: the shared secret.
+    """
+    header = struct.pack(">BBH", 5, request[1], HEADER_OCTETS)
+    return header + hashlib.md5(header + request[4:20] + secret).digest()
+
+
 def encode_accounting(
     status: int,
     session_id: str,

@@ -241,7 +241,27 @@ class Tap:
         payload = accounting_payload(frame, parsed)
         if payload is None:
             return []
-        assert self.radius is not None
+        return self.accounting(payload, when)
+
+    def accounting(self, payload: bytes, when: dt.datetime) -> list[TapPDU]:
+        """Follow one Accounting-Request received directly (a RADIUS accounting listener).
+
+        Args:
+            payload: the UDP payload, as sent to an accounting port.
+            when: the time it was received, aware UTC.
+
+        Returns:
+            The CmII the changes cause; none for a refused packet (counted in
+            ``counters.radius_refused`` and, by reason, in ``radius.refused``),
+            or for a warrant without ``user:`` targets or outside its window.
+        """
+        if self.radius is None:
+            return []
+        if (self.start is not None and when < self.start) or (
+            self.end is not None and when >= self.end
+        ):
+            self.counters.outside_window += 1
+            return []
         refused = self.radius.refused_total
         events = self.radius.observe_payload(payload, when)
         if self.radius.refused_total != refused:
