@@ -281,3 +281,46 @@ def test_a_listener_feeds_payloads_to_the_tap_directly():
     late = tap.accounting(start("192.0.2.11", session_id="S2"), F.WINDOW[1])
     assert late == [] and tap.counters.outside_window == 1
     assert Tap.for_warrant(F.warrant("192.0.2.10")).accounting(start(), at(1)) == []
+
+
+_STEPS = st.tuples(
+    st.sampled_from([1, 2, 3, 7]),  # Start, Stop, Interim-Update, Accounting-On
+    st.sampled_from(["S1", "S2", "S3"]),
+    st.sampled_from([USER, "user-test-2"]),
+    st.sampled_from([None, "192.0.2.10", "192.0.2.11", "192.0.2.12"]),
+    st.sampled_from([None, "2001:db8:0:1::/64", "2001:db8:0:2::/64"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_STEPS, max_size=25))
+def test_the_matcher_follows_exactly_what_the_sessions_hold(steps):
+    """Any accounting sequence: matched addresses are the held ones, every gain has its drop."""
+    import test_tap_frames as F
+
+    from mediation.pdu import SessionEnd, SessionStart, decode
+    from mediation.tap.replay import Tap
+
+    tap = Tap.for_warrant(F.warrant(f"user:{USER}"), radius_secret=SECRET)
+    open_numbers: set[int] = set()
+    for i, (status, session, user, address, prefix) in enumerate(steps):
+        payload = encode_accounting(
+            status,
+            session,
+            user_name=user,
+            framed_ip=address,
+            framed_prefix=prefix,
+            secret=SECRET,
+        )
+        for pdu in tap.accounting(payload, at(i)):
+            message = decode(pdu.der)
+            if isinstance(message, SessionStart):  # or session-Already-Established
+                open_numbers.add(message.packet_data_session_id.value)
+            elif type(message) is SessionEnd:
+                open_numbers.remove(message.packet_data_session_id.value)
+        held = tap.radius.held()
+        for candidate in ("192.0.2.10", "192.0.2.11", "192.0.2.12", "2001:db8:0:1::7"):
+            ip = ipaddress.ip_address(candidate)
+            inside = any(ip in h if isinstance(h, ipaddress.IPv6Network) else ip == h for h in held)
+            assert tap.matcher.is_learned(ip.packed) == inside
+    assert len(open_numbers) == sum(len(s.held) for s in tap.radius.sessions.values())
