@@ -80,6 +80,30 @@ def test_ids_persist_when_everything_was_acked(tmp_path: Path) -> None:
         assert spool.append(payload(3), at(3), at(3)) == 4
 
 
+def test_a_failed_write_retires_its_id_and_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed write (disk full) no id and no (key, nonce) is used twice."""
+    import mediation.tap.spool as spool_module
+
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        assert spool.append(payload(0), at(0), at(0)) == 1
+
+        def full(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(spool_module.os, "fdatasync", full)
+        with pytest.raises(OSError):
+            spool.append(payload(1), at(1), at(1))
+        monkeypatch.undo()
+        assert spool.append(payload(2), at(2), at(2)) == 3
+        assert len(list(tmp_path.glob("*.seg"))) == 2
+        assert list(spool.pending()) == [(1, payload(0)), (3, payload(2))]
+        assert (spool.acked, spool.last_id) == (0, 3)
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        assert [b for b, _ in spool.pending()] == [1, 3]
+
+
 def test_ack_of_an_id_never_given_is_refused(tmp_path: Path) -> None:
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
         spool.append(payload(0), at(0), at(0))

@@ -17,37 +17,8 @@ drains them, oldest first, when it returns; the server's acknowledgement
 * **crash safe**: a tail torn by a crash (or ``SIGKILL``) is found by its
   CRC and AES-GCM tag when the spool is opened, and cut.
 
-Files in the directory (mode 0700)::
-
-    state                       acked id and overflow report, encrypted, replaced whole
-    00000000000000000001.seg    a segment: header, then records; named by its first id
-    lock                        flock()ed while a process has the spool open
-
-A segment: ``MAGIC(8) salt(32) key-check(16)``, then records
-``length(4) id(8) crc32(4) ciphertext(length)``, big-endian; the CRC covers
-the first 12 bytes and the ciphertext; the ciphertext is AES-256-GCM of
-``first-time(8) last-time(8) payload`` (microseconds since the epoch), with
-the record's first 12 bytes as associated data.
-
-Keys (HKDF-SHA256, :func:`mediation.log.crypto.hkdf_sha256`)::
-
-    key (the tap's 32-byte credential key)
-      -> segment key   HKDF(key, salt, "mediation-tap-spool-segment-v1")
-      -> state key     HKDF(key, salt, "mediation-tap-spool-state-v1")
-      -> key check     HKDF(key, salt, "mediation-tap-spool-key-check-v1")[:16]
-
-Why a nonce never repeats under one key. A segment's key comes from a
-fresh random 32-byte salt, and a segment is written by one opening only:
-each opening of the spool puts its first batch into a new segment, never
-after a record an earlier process wrote. Within an opening batch ids only
-grow, and the record nonce is ``0000 || id`` (the evidence log's
-:func:`mediation.log.crypto.nonce`), so each (key, nonce) seals one
-record. When a crash tears a record off, the next opening may give its id
-to another batch, but in a new segment under a new key (and that id was
-never returned, so never sent). A failed write retires its id and its
-segment. The state file is sealed under a key of its own salt, drawn anew
-for every write, with one fixed nonce: one key, one message. Two salts are
-equal with probability about s²/2^257 after s salts.
+The on-disk format, the keys and why a nonce never repeats:
+:mod:`mediation.tap.spool_format`.
 
 Why batch ids never repeat: the next id is one more than the greatest id
 found in a segment or recorded as acknowledged in the state file; the
@@ -60,43 +31,46 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mediation.durable import fsync_dir, write_atomic
 from mediation.errors import UsageError
-from mediation.log.crypto import hkdf_sha256, nonce
+from mediation.tap.spool_format import (
+    KEY_BYTES,
+    MAX_PAYLOAD,
+    MIN_LIMIT,
+    RECORD_OVERHEAD,
+    SEGMENT_FRACTION,
+    SEGMENT_HEADER,
+    STATE_SIZE,
+    KeyMismatch,
+    from_micros,
+    micros,
+    new_segment_header,
+    open_state,
+    read_records,
+    record_payload,
+    seal_record,
+    seal_state,
+    segment_cipher,
+    stored_size,
+    write_all,
+)
 
-KEY_BYTES = 32
-SALT_BYTES = 32
-CHECK_BYTES = 16
-TAG_BYTES = 16
-SEGMENT_MAGIC = b"MTSPSEG1"
-STATE_MAGIC = b"MTSPSTA1"
-SEGMENT_INFO = b"mediation-tap-spool-segment-v1"
-STATE_INFO = b"mediation-tap-spool-state-v1"
-CHECK_INFO = b"mediation-tap-spool-key-check-v1"
-SEGMENT_HEADER = len(SEGMENT_MAGIC) + SALT_BYTES + CHECK_BYTES
-_RECORD = struct.Struct(">IQI")  # ciphertext length, batch id, crc32
-_TIMES = struct.Struct(">qq")
-_STATE = struct.Struct(">QQqq")  # acked, overflow count, first, last
-STATE_SIZE = len(STATE_MAGIC) + SALT_BYTES + CHECK_BYTES + _STATE.size + TAG_BYTES
-RECORD_OVERHEAD = _RECORD.size + _TIMES.size + TAG_BYTES
-# Below this a spool holds hardly a batch; a limit this small is a mistake.
-MIN_LIMIT = 4096
-# A segment is deleted only when all of it is acknowledged, so at most one
-# segment's worth of acknowledged batches holds space: 1/8 of the limit.
-SEGMENT_FRACTION = 8
-MAX_PAYLOAD = 1 << 30
-_STATE_NONCE = bytes(12)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+__all__ = [
+    "MIN_LIMIT",
+    "RECORD_OVERHEAD",
+    "SEGMENT_HEADER",
+    "STATE_SIZE",
+    "SpoolError",
+    "TapSpool",
+    "WrongSpoolKey",
+]
 
 
 class SpoolError(UsageError):
@@ -108,20 +82,6 @@ class SpoolError(UsageError):
 
 class WrongSpoolKey(SpoolError):
     """The spool was written under another key than the one given."""
-
-
-def _micros(when: datetime) -> int:
-    if when.tzinfo is None:
-        raise ValueError("capture times must be timezone-aware (UTC)")
-    return (when - _EPOCH) // timedelta(microseconds=1)
-
-
-def _time(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-def _check(key: bytes, salt: bytes) -> bytes:
-    return hkdf_sha256(key, salt, CHECK_INFO, CHECK_BYTES)
 
 
 @dataclass
@@ -197,12 +157,22 @@ class TapSpool:
         return STATE_SIZE + sum(s.size for s in self._segments)
 
     @property
+    def acked(self) -> int:
+        """The greatest batch id acknowledged (0: none yet)."""
+        return self._acked
+
+    @property
+    def last_id(self) -> int:
+        """The greatest batch id given so far, acknowledged or not (0: none yet)."""
+        return self._next - 1
+
+    @property
     def overflow(self) -> tuple[int, datetime, datetime] | None:
         """Batches dropped since the last clear: (count, first capture, last capture)."""
         if self._overflow is None:
             return None
         count, first, last = self._overflow
-        return count, _time(first), _time(last)
+        return count, from_micros(first), from_micros(last)
 
     def append(self, payload: bytes, first_time: datetime, last_time: datetime) -> int | None:
         """Store one batch durably (``fdatasync``) and give it the next batch id.
@@ -220,7 +190,7 @@ class TapSpool:
             OSError: the write failed; the spool stays usable (the id is retired).
         """
         self._require_open()
-        first, last = _micros(first_time), _micros(last_time)
+        first, last = micros(first_time), micros(last_time)
         if len(payload) > MAX_PAYLOAD:
             raise ValueError("a spooled batch is at most 1 GiB")
         size = RECORD_OVERHEAD + len(payload)
@@ -231,12 +201,11 @@ class TapSpool:
         if roll:
             self._new_segment()
         segment, batch = self._segments[-1], self._next
-        head = struct.pack(">IQ", size - _RECORD.size, batch)
-        sealed = segment.cipher.encrypt(nonce(batch), _TIMES.pack(first, last) + payload, head)
-        record = head + struct.pack(">I", zlib.crc32(sealed, zlib.crc32(head))) + sealed
+        assert self._fd is not None
+        record = seal_record(segment.cipher, batch, first, last, payload)
         self._next += 1  # spent even if the write fails: its nonce may be on disk
         try:
-            _write_all(self._fd, record)
+            write_all(self._fd, record)
             os.fdatasync(self._fd)
         except OSError:
             self._retire_segment(segment)
@@ -258,11 +227,11 @@ class TapSpool:
         for segment in list(self._segments):
             if segment.last <= self._acked:
                 continue
-            for batch, clear in self._records(segment.path, segment.cipher, segment.size):
+            for batch, clear in read_records(segment.path, segment.cipher, segment.size):
                 if clear is None:
                     raise SpoolError(self.directory, f"{segment.path.name} was altered on disk")
                 if batch > self._acked:
-                    yield batch, clear[_TIMES.size :]
+                    yield batch, record_payload(clear)
 
     def ack(self, upto: int) -> None:
         """Every batch with id ≤ ``upto`` is acknowledged: persist that, reclaim space.
@@ -321,12 +290,12 @@ class TapSpool:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        salt = os.urandom(SALT_BYTES)
+        header, cipher = new_segment_header(self._key)
         path = self.directory / f"{self._next:020d}.seg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            _write_all(fd, SEGMENT_MAGIC + salt + _check(self._key, salt))
+            write_all(fd, header)
             os.fsync(fd)
             fsync_dir(self.directory)
         except BaseException:
@@ -334,7 +303,6 @@ class TapSpool:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
-        cipher = AESGCM(hkdf_sha256(self._key, salt, SEGMENT_INFO, KEY_BYTES))
         self._segments.append(_Segment(path, self._next, self._next - 1, SEGMENT_HEADER, cipher))
         self._fd = fd
 
@@ -363,12 +331,8 @@ class TapSpool:
 
     def _save_state(self) -> None:
         count, first, last = self._overflow or (0, 0, 0)
-        salt = os.urandom(SALT_BYTES)
-        cipher = AESGCM(hkdf_sha256(self._key, salt, STATE_INFO, KEY_BYTES))
-        sealed = cipher.encrypt(_STATE_NONCE, _STATE.pack(self._acked, count, first, last), None)
-        write_atomic(
-            self.directory / "state", STATE_MAGIC + salt + _check(self._key, salt) + sealed
-        )
+        raw = seal_state(self._key, self._acked, count, first, last)
+        write_atomic(self.directory / "state", raw)
 
     def _load_state(self) -> bool:
         """Read the state file; False if there is none."""
@@ -376,17 +340,12 @@ class TapSpool:
             raw = (self.directory / "state").read_bytes()
         except FileNotFoundError:
             return False
-        if len(raw) != STATE_SIZE or not raw.startswith(STATE_MAGIC):
-            raise SpoolError(self.directory, "its state file is damaged; move the spool away")
-        salt, check, sealed = _split_header(raw)
-        if _check(self._key, salt) != check:
-            raise self._wrong_key()
-        cipher = AESGCM(hkdf_sha256(self._key, salt, STATE_INFO, KEY_BYTES))
         try:
-            clear = cipher.decrypt(_STATE_NONCE, sealed, None)
-        except InvalidTag:
-            raise SpoolError(self.directory, "its state file was altered; move it away") from None
-        self._acked, count, first, last = _STATE.unpack(clear)
+            self._acked, count, first, last = open_state(self._key, raw)
+        except KeyMismatch:
+            raise self._wrong_key() from None
+        except ValueError as exc:
+            raise SpoolError(self.directory, f"its state file is {exc}; move it away") from None
         self._overflow = (count, first, last) if count else None
         return True
 
@@ -422,18 +381,19 @@ class TapSpool:
         if len(header) < SEGMENT_HEADER:  # torn while it was being created
             path.unlink()
             return None
-        if not header.startswith(SEGMENT_MAGIC):
-            raise SpoolError(self.directory, f"{path.name} is not a spool segment; move it away")
-        salt, check, _ = _split_header(header)
-        if _check(self._key, salt) != check:
-            raise self._wrong_key()
-        cipher = AESGCM(hkdf_sha256(self._key, salt, SEGMENT_INFO, KEY_BYTES))
+        try:
+            cipher = segment_cipher(self._key, header)
+        except KeyMismatch:
+            raise self._wrong_key() from None
+        except ValueError:
+            problem = f"{path.name} is not a spool segment; move it away"
+            raise SpoolError(self.directory, problem) from None
         size, first, last = SEGMENT_HEADER, 0, 0
-        for batch, clear in self._records(path, cipher, path.stat().st_size):
+        for batch, clear in read_records(path, cipher, path.stat().st_size):
             if clear is None or batch <= last:
                 break
             first, last = first or batch, batch
-            size += _RECORD.size + len(clear) + TAG_BYTES
+            size += stored_size(clear)
         if last == 0:
             path.unlink()
             return None
@@ -442,43 +402,3 @@ class TapSpool:
                 stream.truncate(size)
                 os.fsync(stream.fileno())
         return _Segment(path, first, last, size, cipher)
-
-    @staticmethod
-    def _records(path: Path, cipher: AESGCM, size: int) -> Iterator[tuple[int, bytes | None]]:
-        """(id, time+payload plaintext) of each record in the first ``size`` bytes.
-
-        Stops at a record cut short; yields (id, None) for one whose CRC or
-        tag fails, and stops there.
-        """
-        with path.open("rb") as stream:
-            stream.seek(SEGMENT_HEADER)
-            offset = SEGMENT_HEADER
-            while offset + _RECORD.size <= size:
-                head = stream.read(_RECORD.size)
-                length, batch, crc = _RECORD.unpack(head)
-                # The length is checked against the file before anything is read.
-                if length < _TIMES.size + TAG_BYTES or offset + _RECORD.size + length > size:
-                    return
-                sealed = stream.read(length)
-                if len(sealed) != length or zlib.crc32(sealed, zlib.crc32(head[:12])) != crc:
-                    yield batch, None
-                    return
-                try:
-                    yield batch, cipher.decrypt(nonce(batch), sealed, head[:12])
-                except InvalidTag:
-                    yield batch, None
-                    return
-                offset += _RECORD.size + length
-
-
-def _split_header(raw: bytes) -> tuple[bytes, bytes, bytes]:
-    """A segment's or the state file's salt, key check, and what follows."""
-    at = len(SEGMENT_MAGIC)  # both magics are 8 bytes
-    return raw[at : at + SALT_BYTES], raw[at + SALT_BYTES : SEGMENT_HEADER], raw[SEGMENT_HEADER:]
-
-
-def _write_all(fd: int | None, data: bytes) -> None:
-    assert fd is not None
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
