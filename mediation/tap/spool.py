@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mediation.durable import fsync_dir, write_atomic
 from mediation.errors import UsageError
+from mediation.tap.atrest import KeyMismatch
 from mediation.tap.spool_format import (
     KEY_BYTES,
     MAX_PAYLOAD,
@@ -48,7 +49,6 @@ from mediation.tap.spool_format import (
     SEGMENT_FRACTION,
     SEGMENT_HEADER,
     STATE_SIZE,
-    KeyMismatch,
     from_micros,
     micros,
     new_segment_header,
