@@ -190,6 +190,14 @@ def test_seed_form_and_actions_coexist() -> None:
     assert args.func is tap_config.cmd_tap_show_config
 
 
+def test_seed_flags_with_an_action_are_refused(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["tap", "-y", CASE, "list"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "list: the seed flags (-i, -x, ...) take no action" in err and CASE not in err
+
+
 def test_the_placeholder_runner_says_what_is_missing(creds: Path) -> None:
     from mediation.tap import runner
 

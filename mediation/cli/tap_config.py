@@ -24,8 +24,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from mediation.cli.common import Once
+from mediation.cli.common import Once, fail
 from mediation.errors import UsageError
 
 SCRATCH = Path("/dev/shm")
@@ -179,6 +180,27 @@ def _is_tmpfs(path: Path) -> bool:
             return any(line.split()[1:3] == [str(path), "tmpfs"] for line in mounts if line.strip())
     except OSError:
         return False
+
+
+class SeedOrAction(argparse._SubParsersAction):
+    """``mediate tap``'s actions, refused after seed flags (``mediate tap -y X list``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        seed = [k for k, v in vars(namespace).items() if k.startswith("seed_") and v]
+        if seed:
+            raise SystemExit(
+                fail(
+                    f"{values[0]}: the seed flags (-i, -x, ...) take no action; "
+                    "give either mediate tap -i IF ... or mediate tap ACTION ..."
+                )
+            )
+        super().__call__(parser, namespace, values, option_string)
 
 
 def add_seed_options(parser: argparse.ArgumentParser) -> None:
