@@ -336,6 +336,16 @@ def test_editor_failure_and_no_change_write_nothing(tmp_path: Path, creds: Path)
     assert conf.read_bytes() == before
 
 
+def test_edit_into_a_missing_directory_is_refused_first(
+    tmp_path: Path, creds: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("EDITOR", str(tmp_path / "never-run"))
+    code, _, err = run(
+        capsys, "tap", "edit", str(tmp_path / "no" / "x.conf"), "--credentials", str(creds)
+    )
+    assert code == 2 and "FILE: " in err and "is not a directory; create it first" in err
+
+
 def test_invalid_edit_on_a_terminal_asks_to_edit_again(tmp_path: Path, creds: Path) -> None:
     conf = tmp_path / "edge.conf"
     bad = GOOD.replace(IAP, "I" * 20)

@@ -77,6 +77,8 @@ def cmd_tap_edit(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     key = load_tap_key(Path(args.credentials))
+    if not path.parent.is_dir():
+        raise UsageError("FILE", f"{path.parent} is not a directory; create it first")
     exists = path.exists()
     original = open_tap_file(path, key, "FILE") if exists else NEW_FILE
     text = original
