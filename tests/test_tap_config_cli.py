@@ -312,6 +312,8 @@ def test_invalid_edit_off_a_terminal_is_refused_and_keeps_the_old_file(
         ("interface = \n", "not valid TOML"),
         (GOOD + "colour = 'red'\n", "colour: not a tap setting"),
         (GOOD.replace("7000", "0"), "cmii-port: must be a port number"),
+        (GOOD.replace(f'"{CASE}"', "5"), 'case-id: must be a string ("…")'),
+        (GOOD.replace('"full"', '"headers"'), "cmc-port: a content port without full content"),
         (GOOD.replace(f"ether host {MAC}", "ether host"), "filter: libpcap cannot compile"),
     ):
         done = mediate(

@@ -110,10 +110,13 @@ def build_config(values: Mapping[str, Any], name: Callable[[Field], str]) -> Tap
     """
     by_key = {f.key: f for f in FIELDS}
 
-    def need(key: str, what: str) -> Any:
-        if values.get(key) is None:
+    def need(key: str, what: str) -> str:
+        value = values.get(key)
+        if value is None:
             raise UsageError(name(by_key[key]), f"required: {what}")
-        return values[key]
+        if not isinstance(value, str):
+            raise UsageError(name(by_key[key]), f'must be a string ("…"): {what}')
+        return value
 
     interface = parse_interface(
         need("interface", "the capture interface"), name(by_key["interface"])
@@ -131,10 +134,10 @@ def build_config(values: Mapping[str, Any], name: Callable[[Field], str]) -> Tap
     cmc = _port(values.get("cmc_port"), name(by_key["cmc_port"]))
     cmii = _port(values.get("cmii_port"), name(by_key["cmii_port"]))
     if cmc is not None and content is not ContentLevel.FULL:
+        fix = "add -c" if name(by_key["content"]) == "-c" else 'set content = "full"'
         raise UsageError(
             name(by_key["cmc_port"]),
-            f"a content port without full content carries nothing; "
-            f"add {name(by_key['content'])} or leave the port out",
+            f"a content port without full content carries nothing; {fix} or leave the port out",
         )
     text = values.get("filter")
     if text is not None:
