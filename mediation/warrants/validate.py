@@ -312,17 +312,37 @@ def parse_host_port(text: str | None, field: str) -> tuple[str, int]:
     port = int(match.group(2) or match.group(4))
     if not 1 <= port <= 65535:
         raise UsageError(field, f"port must be 1 to 65535, got {port}")
+    return parse_host(host, field, name_allowed=not match.group(1)), port
+
+
+def parse_host(text: str | None, field: str, name_allowed: bool = True) -> str:
+    """An IP address (normalised) or a DNS name.
+
+    Args:
+        name_allowed: False where only an address fits (inside ``[...]``).
+    """
+    host = (text or "").strip()
     try:
-        host = str(ipaddress.ip_address(host))
+        return str(ipaddress.ip_address(host))
     except ValueError:
         labels = host.rstrip(".").split(".")
         if (
-            match.group(1)
+            not name_allowed
+            or not host
             or len(host) > 253
             or not all(_HOSTNAME_LABEL.fullmatch(x) for x in labels)
         ):
-            raise UsageError(field, "host must be an IP address or a DNS name") from None
-    return host, port
+            raise UsageError(
+                field, "host must be an IP address or a DNS name, e.g. 203.0.113.5"
+            ) from None
+    return host
+
+
+def parse_interface(text: str | None, field: str) -> str:
+    """A Linux network interface name (IFNAMSIZ: at most 15 characters)."""
+    if text is None or not _IFACE.fullmatch(text):
+        raise UsageError(field, "interface name must be 1 to 15 letters, digits or ._@:- (eth0)")
+    return text
 
 
 def parse_streams(text: str | None, field: str = "--streams") -> tuple[Stream, ...]:
