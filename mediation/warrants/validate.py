@@ -23,6 +23,7 @@ from mediation.warrants.model import ContentLevel, Source, Stream, Target, Targe
 CASE_ID_MAX = 25
 IAP_ID_MAX = 15
 TEXT_MAX = 200
+USER_NAME_MAX = 253  # the longest RADIUS attribute value (RFC 2865 section 5)
 NOTE_MAX = 1000
 
 _HANDLE = {"w": re.compile(r"w-[0-9a-f]{6}"), "a": re.compile(r"a-[0-9a-f]{6}")}
@@ -99,15 +100,19 @@ def parse_content(text: str | None, field: str = "--content") -> ContentLevel:
 
 
 def parse_target(text: str, index: int = 0, field: str = "--target") -> Target:
-    """An IPv4/IPv6 address or prefix, a MAC address, or ``iface:NAME``, maybe scoped.
+    """An address or prefix, a MAC address or ``iface:NAME``, maybe scoped; or ``user:NAME``.
 
     Addresses and prefixes are normalised by :mod:`ipaddress` (a ``/32`` or
     ``/128`` prefix is an address); MACs become lower-case colon form. A
     scope may follow, narrowing the target (AND): ``@vlan:N`` (the frame's
     outermost VLAN id, 0 to 4095) and/or ``@iface:NAME`` (the capture
     interface), e.g. ``192.0.2.10@vlan:100`` or ``192.0.2.10@vlan:100@iface:eth1``.
+    A user name is kept exactly as given, never scoped (RADIUS compares it
+    octet for octet, and its ``@`` may be a realm's).
     """
     name = f"{field} {ordinal(index)}"
+    if text.strip().startswith("user:"):
+        return _parse_user(text.strip()[len("user:") :], name)
     text, vlan, interface = _split_scope(text.strip(), name)
     target = _parse_unscoped(text, name)
     if interface is not None and target.kind is TargetKind.INTERFACE:
@@ -166,8 +171,24 @@ def _parse_unscoped(text: str, name: str) -> Target:
         raise UsageError(
             name,
             "is not an IPv4/IPv6 address, a prefix (198.51.100.0/24, 2001:db8::/48), "
-            "a MAC address (02:00:5e:00:53:01) or iface:NAME",
+            "a MAC address (02:00:5e:00:53:01), iface:NAME or user:NAME",
         ) from None
+
+
+def _parse_user(user: str, name: str) -> Target:
+    """``user:NAME``: a RADIUS User-Name, 1 to 253 octets of printable text, unpadded."""
+    if (
+        not user
+        or len(user.encode("utf-8")) > USER_NAME_MAX
+        or not _printable(user)
+        or user != user.strip()
+    ):
+        raise UsageError(
+            name,
+            f"user name must be 1 to {USER_NAME_MAX} octets of printable text, "
+            "as the NAS sends it in RADIUS User-Name (user:alice@example.net)",
+        )
+    return Target(TargetKind.USER, user)
 
 
 def _parse_prefix(text: str, name: str) -> Target:
@@ -206,7 +227,9 @@ def parse_targets(texts: Iterable[str] | None, field: str = "--target") -> tuple
         if target not in targets:
             targets.append(target)
     if not targets:
-        raise UsageError(field, "required: at least one address, prefix, MAC address or iface:NAME")
+        raise UsageError(
+            field, "required: at least one address, prefix, MAC address, iface:NAME or user:NAME"
+        )
     return tuple(targets)
 
 
