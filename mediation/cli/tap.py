@@ -81,8 +81,14 @@ def cmd_tap_revoke(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("tap", help="taps: register, list, revoke")
-    sub = parser.add_subparsers(dest="tap_command", metavar="ACTION", required=True)
+    from mediation.cli import tap_config
+
+    parser = subparsers.add_parser("tap", help="taps: register, list, revoke, edit; the seed form")
+    # Optional: `mediate tap -i IF -x ...` (the seed's form) has no action.
+    sub = parser.add_subparsers(
+        dest="tap_command", metavar="ACTION", required=False, action=tap_config.SeedOrAction
+    )
+    tap_config.register(parser, sub)
     p = subcommand(
         sub, "register", "issue a tap's credentials and write them to a file", cmd_tap_register
     )
