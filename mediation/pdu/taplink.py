@@ -143,13 +143,7 @@ def batch_message(batch_id: int, pdus: bytes) -> bytes:
     """A whole ``TapLinkMessage`` (pduBatch) around contents from :func:`encode_pdus`."""
     if not 0 <= batch_id <= MAX_BATCH_ID:
         raise ValueError(f"batch id {batch_id} out of range")
-    body = (
-        b"\x80"
-        + _integer_contents(batch_id)
-        + b"\xa1"
-        + length(len(pdus))
-        + pdus
-    )
+    body = b"\x80" + _integer_contents(batch_id) + b"\xa1" + length(len(pdus)) + pdus
     return bytes((_BATCH,)) + length(len(body)) + body
 
 
