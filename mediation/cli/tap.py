@@ -1,4 +1,4 @@
-"""`mediate tap register|list|revoke`: the taps (routers) allowed to feed the server.
+"""`mediate tap register|list|revoke|run`: the taps (routers) allowed to feed the server.
 
 Registered by ``main.py``.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mediation.cli.common import print_table
 from mediation.cli.registry import registry_for, report_to_server, server_request, subcommand
+from mediation.cli.taprun import add_run
 
 
 def cmd_tap_register(args: argparse.Namespace) -> int:
@@ -81,7 +82,7 @@ def cmd_tap_revoke(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("tap", help="taps: register, list, revoke")
+    parser = subparsers.add_parser("tap", help="taps: register, list, revoke, run")
     sub = parser.add_subparsers(dest="tap_command", metavar="ACTION", required=True)
     p = subcommand(
         sub, "register", "issue a tap's credentials and write them to a file", cmd_tap_register
@@ -94,5 +95,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--server", metavar="HOST:PORT", help="the server's tap listener, written into the file"
     )
     subcommand(sub, "list", "list registered taps", cmd_tap_list)
+    add_run(sub)
     p = subcommand(sub, "revoke", "revoke a tap: the server refuses it from now on", cmd_tap_revoke)
     p.add_argument("name", metavar="NAME")
