@@ -12,6 +12,7 @@ import trio
 from test_serve_process import Serve
 from test_warrants_support import AGENCY, Carrier
 
+from mediation.evidence.pcap import PcapReader, PcapWriter
 from mediation.log import LOG_KEY_PURPOSE, ContentKind, EvidenceLog, LogKey
 from mediation.log.config import LogConfig
 from mediation.pdu import StreamKind
@@ -59,31 +60,49 @@ def tap_port(server: Serve, key: str = "tls_listening") -> str:
     return status["taps"][key]
 
 
+def tap_command(carrier: Carrier, server_address: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mediation", "tap", "run",
+        "--credentials", str(carrier.tmp / f"{TAP}.tap"),
+        "--server", server_address, "--correlation-epoch", "0", *extra,
+    ]  # fmt: skip
+
+
 def run_tap(carrier: Carrier, server_address: str, *extra: str, timeout: float = 60) -> str:
     """``mediate tap run --read SAMPLE --speed full``; its output (exit 0 asserted)."""
+    if "--read" not in extra:
+        extra = ("--read", str(SAMPLE), "--speed", "full", *extra)
     done = subprocess.run(
-        [
-            sys.executable, "-m", "mediation", "tap", "run",
-            "--credentials", str(carrier.tmp / f"{TAP}.tap"),
-            "--read", str(SAMPLE), "--speed", "full",
-            "--server", server_address, "--correlation-epoch", "0", *extra,
-        ],
+        tap_command(carrier, server_address, *extra),
         env={**os.environ, **carrier.env},
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 
 
-def expected(carrier: Carrier, handle: str) -> dict[StreamKind, list[bytes]]:
+def long_capture(path: Path, repeat: int, spacing_us: int = 400) -> Path:
+    """The sample's frames ``repeat`` times over, ``spacing_us`` apart: a longer stream."""
+    with PcapReader.open(SAMPLE) as reader:
+        frames = [packet.data for packet in reader]
+    first = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+    with PcapWriter.open(path) as writer:
+        for n in range(repeat * len(frames)):
+            writer.write(frames[n % len(frames)], first + dt.timedelta(microseconds=n * spacing_us))
+    return path
+
+
+def expected(
+    carrier: Carrier, handle: str, capture: Path = SAMPLE
+) -> dict[StreamKind, list[bytes]]:
     """What the in-process path builds from the sample for this warrant."""
     key = read_key_file(carrier.key)
     [warrant] = [w for w in load_snapshot(carrier.data, key).warrants if w.handle == handle]
     out: dict[StreamKind, list[bytes]] = {StreamKind.CMII: [], StreamKind.CMCC: []}
-    for item in replay_pcap(SAMPLE, [warrant]):
+    for item in replay_pcap(capture, [warrant]):
         out[StreamKind(item.kind)].append(item.der)
     return out
 

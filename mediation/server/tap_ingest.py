@@ -137,51 +137,87 @@ class TapGate:
         return handle, ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One stream's share of a batch: ``already`` records stored by an earlier
+    attempt, then ``count`` appended by this one from sequence number ``start``."""
+
+    start: int
+    count: int
+    already: int = 0
+
+
 @dataclasses.dataclass
 class JournalEntry:
-    """The last batch a tap began to append: per stream, first sequence number and count."""
+    """A batch of a tap being appended, per stream."""
 
     batch: int
-    streams: dict[StreamId, tuple[int, int]]
+    spans: dict[StreamId, Span]
     loaded: bool = False  # read from disk at start: a crash may have cut it
-    stored: dict[StreamId, int] | None = None  # storing stopped part-way in this process
+    stopped: dict[StreamId, int] | None = None  # storing stopped part-way in this process
 
 
 class TapJournal:
-    """Per tap, the batch being appended (written and fsynced before its records)."""
+    """Per tap, the batches appended and not yet known durable (fsynced before their records).
+
+    The file holds ``last`` (the highest batch id ever begun) and the
+    entries; an entry is dropped once all its records are durable, so
+    the file stays small: about one entry per batch in flight.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / JOURNAL_DIR
-        self._entries: dict[str, JournalEntry | None] = {}
+        self._taps: dict[str, tuple[int, dict[int, JournalEntry]]] = {}
 
     def _path(self, tap: str) -> Path:
         return self.directory / f"{tap}.journal"
 
-    def entry(self, tap: str) -> JournalEntry | None:
-        if tap not in self._entries:
-            self._entries[tap] = self._load(tap)
-        return self._entries[tap]
+    def state(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
+        """``(last, entries by batch id)`` of ``tap`` (read from disk the first time)."""
+        if tap not in self._taps:
+            self._taps[tap] = self._load(tap)
+        return self._taps[tap]
 
-    def _load(self, tap: str) -> JournalEntry | None:
+    def _load(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
         try:
             data = json.loads(self._path(tap).read_text())
         except FileNotFoundError:
-            return None
-        streams = {}
-        for key, (start, count) in data["streams"].items():
-            handle, kind = key.rsplit("/", 1)
-            streams[StreamId(handle, StreamKind(kind))] = (int(start), int(count))
-        return JournalEntry(int(data["batch"]), streams, loaded=True)
+            return 0, {}
+        entries = {}
+        for item in data["entries"]:
+            spans = {}
+            for key, (start, count, already) in item["spans"].items():
+                handle, kind = key.rsplit("/", 1)
+                spans[StreamId(handle, StreamKind(kind))] = Span(start, count, already)
+            entries[item["batch"]] = JournalEntry(item["batch"], spans, loaded=True)
+        return int(data["last"]), entries
 
-    def begin(self, tap: str, entry: JournalEntry) -> None:
-        """Write ``entry`` durably (blocking: the caller must not yield before appending)."""
-        self.directory.mkdir(mode=0o700, exist_ok=True)
+    def begin(self, tap: str, entry: JournalEntry, done: list[int]) -> None:
+        """Record ``entry`` durably, dropping the entries in ``done``.
+
+        Blocking on purpose: the caller must not yield between this and
+        appending the batch, or another append could land inside a span.
+        """
+        last, entries = self.state(tap)
+        for batch in done:
+            entries.pop(batch, None)
+        entries[entry.batch] = entry
+        last = max(last, entry.batch)
+        self._taps[tap] = (last, entries)
         data = {
-            "batch": entry.batch,
-            "streams": {str(sid): list(span) for sid, span in entry.streams.items()},
+            "last": last,
+            "entries": [
+                {
+                    "batch": e.batch,
+                    "spans": {
+                        str(sid): [x.start, x.count, x.already] for sid, x in e.spans.items()
+                    },
+                }
+                for e in entries.values()
+            ],
         }
+        self.directory.mkdir(mode=0o700, exist_ok=True)
         write_atomic(self._path(tap), json.dumps(data).encode())
-        self._entries[tap] = entry
 
 
 @dataclasses.dataclass
@@ -203,28 +239,47 @@ class TapIngest:
         self.batches = 0
         self._lock = trio.Lock()  # one batch at a time: each stream's share stays contiguous
 
-    def last_stored(self, tap: str) -> int:
-        """The highest batch id of ``tap`` all of whose PDUs are in the log (0: none)."""
-        entry = self.journal.entry(tap)
-        if entry is None:
-            return 0
-        done = self._stored(entry)
-        complete = all(done[sid] == count for sid, (_s, count) in entry.streams.items())
-        return entry.batch if complete else entry.batch - 1
+    async def last_stored(self, tap: str) -> int:
+        """The highest batch id of ``tap`` all of whose PDUs (and all before) are durable.
+
+        Waits for the records of batches appended by this process to be durable.
+        """
+        last, entries = self.journal.state(tap)
+        for entry in list(entries.values()):
+            for receipt in self._tails(entry):
+                await receipt.durable()
+        for batch in sorted(entries):
+            if not self._complete(entries[batch]):
+                return batch - 1
+        return last
 
     def _stored(self, entry: JournalEntry) -> dict[StreamId, int]:
-        """How many records of the entry's batch each stream holds."""
+        """How many records of the entry's batch each stream holds (appended, in this process)."""
         out = {}
-        for sid, (start, count) in entry.streams.items():
-            stream = self.intake.streams.get(sid)
-            if stream is None:
-                out[sid] = 0
-                continue
+        for sid, span in entry.spans.items():
             if entry.loaded:
-                out[sid] = max(0, min(count, self.intake.opened_at.get(sid, start) - start))
+                opened = self.intake.opened_at.get(sid, span.start)
+                out[sid] = span.already + max(0, min(span.count, opened - span.start))
+            elif entry.stopped is not None:
+                out[sid] = span.already + entry.stopped.get(sid, 0)
             else:
-                out[sid] = count if entry.stored is None else entry.stored.get(sid, 0)
+                out[sid] = span.already + span.count
         return out
+
+    def _complete(self, entry: JournalEntry) -> bool:
+        stored = self._stored(entry)
+        return all(stored[sid] == s.already + s.count for sid, s in entry.spans.items())
+
+    def _durable(self, entry: JournalEntry) -> bool:
+        if not self._complete(entry):
+            return False
+        if entry.loaded:
+            return True
+        for sid, span in entry.spans.items():
+            stream = self.intake.streams.get(sid)
+            if span.count and (stream is None or stream.durable_seq < span.start + span.count - 1):
+                return False
+        return True
 
     async def batch(self, gate: TapGate, batch: T.PduBatch, durable: bool = True) -> BatchResult:
         """Check and append one batch of ``gate``'s tap.
@@ -237,11 +292,16 @@ class TapIngest:
             return await self._batch(gate, batch, durable)
 
     async def _batch(self, gate: TapGate, batch: T.PduBatch, durable: bool) -> BatchResult:
-        tap = gate.name
-        entry = self.journal.entry(tap) if durable else None
-        if entry is not None and batch.batch_id < entry.batch:
-            return BatchResult(T.BatchAck(batch.batch_id, 0), self._tails(entry), True)
-        skip = self._stored(entry) if entry is not None and batch.batch_id == entry.batch else {}
+        tap, skip = gate.name, {}
+        if durable:
+            last, entries = self.journal.state(tap)
+            entry = entries.get(batch.batch_id)
+            if entry is None and batch.batch_id <= last:  # stored, durable, forgotten
+                return BatchResult(T.BatchAck(batch.batch_id, 0), [], True)
+            if entry is not None:
+                if self._complete(entry):
+                    return BatchResult(T.BatchAck(batch.batch_id, 0), self._tails(entry), True)
+                skip = self._stored(entry)
         items, refused = self._check(gate, batch)
         await self.intake.before_batch({handle for handle, _k, _d in items})
         plan: dict[StreamId, list[int]] = {}
@@ -251,16 +311,19 @@ class TapIngest:
         todo = [items[i] for i in keep]
         spans = {}
         for sid, idx in plan.items():
-            spans[sid] = (self.intake.streams[sid].next_seq - skip.get(sid, 0), len(idx))
+            already = min(skip.get(sid, 0), len(idx))
+            spans[sid] = Span(self.intake.streams[sid].next_seq, len(idx) - already, already)
         new = JournalEntry(batch.batch_id, spans)
         if durable:
-            self.journal.begin(tap, new)
+            _last, entries = self.journal.state(tap)
+            done = [b for b, e in entries.items() if b != batch.batch_id and self._durable(e)]
+            self.journal.begin(tap, new, done)
         receipts, error = self.intake.append_batch(todo, time.time_ns() // 1000)
         self.batches += 1
         if error is not None:
-            new.stored = {sid: skip.get(sid, 0) for sid in spans}
+            new.stopped = {sid: 0 for sid in spans}
             for handle, kind, _der in todo[: len(receipts)]:
-                new.stored[StreamId(handle, kind)] += 1
+                new.stopped[StreamId(handle, kind)] += 1
             self.refused["unable_to_store"] += len(todo) - len(receipts)
             log.warning("tap %s: batch %d stopped: %s", tap, batch.batch_id, type(error).__name__)
         for reason, count in refused.items():
@@ -287,12 +350,15 @@ class TapIngest:
         return items, refused
 
     def _tails(self, entry: JournalEntry) -> list[Appended]:
-        """Receipts for the last records of an entry's batch (a resent, stored batch)."""
+        """Receipts for the last records this process appended of an entry's batch."""
         out = []
-        for sid, (start, count) in entry.streams.items():
+        if entry.loaded:
+            return out
+        for sid, span in entry.spans.items():
             stream = self.intake.streams.get(sid)
+            count = span.count if entry.stopped is None else entry.stopped.get(sid, 0)
             if stream is not None and count:
-                out.append(Appended(stream, start + count - 1))
+                out.append(Appended(stream, span.start + count - 1))
         return out
 
 

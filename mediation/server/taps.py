@@ -189,6 +189,8 @@ class TapService:
             tap = await self._identify(stream)
             if tap is not None:
                 await self._link(tap, stream)
+        except Exception as exc:  # one connection's failure must not stop the listener
+            self.refusals.refuse(f"connection failed: {describe(exc)}", "")
         finally:
             await close_quietly(stream)
 
@@ -261,7 +263,7 @@ class TapService:
         if hello.name != tap.name:
             self.refusals.refuse("hello names another tap than the certificate", tap.name)
             return None
-        last = self.ingest.last_stored(tap.name)
+        last = await self.ingest.last_stored(tap.name)
         machine.accept(last, trio.current_time())
         return last, hello
 
@@ -371,8 +373,8 @@ class _TapConnection:
                 nursery.start_soon(self._watch, nursery.cancel_scope)
                 await self._reader()
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.reason = f"connection lost: {type(exc).__name__}"
+        except Exception as exc:  # one tap's failure costs that link, never the server
+            self.reason = f"connection lost: {describe(exc)}"
 
     async def _flush(self) -> None:
         async with self._send_lock:
@@ -436,6 +438,13 @@ class _TapConnection:
                 return
             await self._send_warrants()
             await self._flush()
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure (the first error of a group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
 
 
 async def _receive(stream: trio.SSLStream) -> bytes:

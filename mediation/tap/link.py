@@ -34,8 +34,7 @@ from cryptography import x509
 
 from mediation.errors import UsageError
 from mediation.pdu import taplink as T
-from mediation.pki import SERVER_AUTH, Role, RoleRefused, check_role
-from mediation.protocol.errors import ProtocolError
+from mediation.pki import SERVER_AUTH, Role, check_role
 from mediation.protocol.sealed import MAX_DATAGRAM, OVERHEAD, DatagramSealer, Direction, SealKey
 from mediation.protocol.taplink import MAX_BATCH_BYTES, State, TapLinkTap
 from mediation.tap.builder import FlowCorrelation, PDUBuilder
@@ -120,6 +119,13 @@ def client_context(credentials: TapCredentials, directory: Path) -> ssl.SSLConte
         key.write_text(credentials.private_key_pem)
         context.load_cert_chain(cert, key)
     return context
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failed connection (the first error of a group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
 
 
 class TapClient:
@@ -247,10 +253,8 @@ class TapClient:
             started = time.monotonic()
             try:
                 await self._connection()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.warning("tap link: %s", exc.__class__.__name__ if not str(exc) else exc)
-            except (ProtocolError, RoleRefused, ssl.SSLError) as exc:
-                log.warning("tap link: %s", exc)
+            except Exception as exc:  # any failure of one connection: count it, retry
+                log.warning("tap link: %s", describe(exc))
             self.connected = False
             if time.monotonic() - started > 10:
                 delay = RECONNECT_MIN
@@ -368,8 +372,8 @@ class TapClient:
             await self._new_batch.wait()
             self._new_batch = trio.Event()
         while True:
-            batch = await self._next_batch()
-            if batch is None or not machine.can_send():
+            batch = await self._next_batch() if machine.can_send() else None
+            if batch is None:
                 await self._new_batch.wait()
                 self._new_batch = trio.Event()
                 continue
@@ -391,7 +395,7 @@ class TapClient:
             if len(chunk) == DISK_CHUNK:
                 self._recent_lost = True  # more on disk after these
         if backlog:
-            return backlog.popleft()
+            return backlog[0]  # dropped once sent (above)
         recent = self._recent
         while recent and recent[0][0] <= self._last_sent:
             recent.popleft()
