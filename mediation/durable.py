@@ -51,26 +51,12 @@ def write_atomic(path: Path, data: bytes | bytearray | memoryview, mode: int = 0
     Raises:
         OSError: the write failed; ``path`` is unchanged and no temp file is left.
     """
-    path = Path(path)
-    temp = _temp_name(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    fsync_dir(path.parent)
+    with replacing(path, mode) as temp:
+        fd = os.open(temp, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
 
 
 def write_new(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o600) -> None:

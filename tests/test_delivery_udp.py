@@ -78,7 +78,8 @@ async def test_loss_equals_the_receivers_count_and_retrieval_fills_every_gap(
             assert udp.missing(sid, 0, N - 1) == 0
             # The next report says so, and the server's figure follows.
             await wait_until(lambda: worker.loss(sid).lost == 0)
-            # A range beyond what was ever stored is named unavailable, not sent.
+            # A range beyond what was ever stored is "not yet", not sent, and
+            # not "unavailable": it may be stored later, so it is asked again.
             beyond = SequenceTracker()
             beyond.add_range(0, N - 1)
             beyond.add(N + 4)
@@ -86,8 +87,10 @@ async def test_loss_equals_the_receivers_count_and_retrieval_fills_every_gap(
                 site.retrieval_address(server), cert, site.server_ca, {sid: beyond}, [sid]
             )
             [result] = finished(later)
-            assert (result.delivered, result.unavailable) == (0, ((N, N + 3),))
-            assert result.reason == "not stored" and later.envelopes == []
+            assert (result.delivered, result.unavailable) == (0, ())
+            assert result.not_yet == ((N, N + 3),) and later.envelopes == []
+            assert result.reason == f"beyond the stream's end (stored up to {N - 1})"
+            assert beyond.retrievable() == [(N, N + 3)]
             assert server.retrieval.connections == 2 and server.retrieval.refused == 0
         agency.cancel_scope.cancel()
 

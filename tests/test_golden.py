@@ -442,3 +442,30 @@ def test_openssl_parses_every_golden(index: int, tmp_path: Path) -> None:
     first = run.stdout.splitlines()[0]  # "    0:d=0  hl=2 l= 122 cons: ..."
     header, length = re.search(r"hl=\s*(\d+)\s+l=\s*(\d+)", first).groups()
     assert int(header) + int(length) == len(data)
+
+
+def test_replay_result_extension_fields_are_skipped_by_a_receiver_of_the_old_module(
+    tmp_path: Path,
+) -> None:
+    """notYet [5] and limited [6] sit after the marker: the module before them still decodes 23."""
+    old_dir = tmp_path / "asn1"
+    shutil.copytree(ROOT / "asn1", old_dir)
+    module = old_dir / "Mediation-Delivery.asn"
+    text = module.read_text()
+    start = text.index("    ...,\n    notYet")
+    end = text.index("}", start)
+    module.write_text(text[:start] + "    ...\n" + text[end:])
+    assert "notYet" not in module.read_text().split("ReplayLimit ::=")[0]
+    import asn1tools
+
+    old = asn1tools.compile_files(
+        [str(old_dir / n) for n in ("IAS-CmII.asn", "IAS-CmCC.asn", "Mediation-Delivery.asn")],
+        "der",
+    )
+    index = 23
+    alternative, value = old.decode("DeliveryMessage", golden_bytes(index))
+    record = BY_INDEX[index][2]
+    assert alternative == "replayResult"
+    assert value["delivered"] == record.delivered
+    assert "notYet" not in value and "limited" not in value
+    assert record.not_yet == (P.SequenceRange(6, 9),)  # the new module reads them

@@ -21,6 +21,7 @@ from mediation.protocol import (
     DatagramSender,
     ReplayWanted,
     ReportReceived,
+    RetrievalLimits,
     StoredRecord,
     StreamSender,
     parse_datagram,
@@ -41,8 +42,10 @@ class ServerConnection:
         stream: trio.abc.Stream,
         log: dict[P.StreamId, dict[int, StoredRecord]] | None = None,
         reason: str = "past retention",
+        never: set[int] | None = None,
     ) -> None:
         self.machine, self.stream, self.log, self.reason = machine, stream, log or {}, reason
+        self.never = never  # None: whatever is not in the log is unavailable
         self.events: list[object] = []
         self._lock = trio.Lock()
         self._changed = trio.Event()
@@ -90,9 +93,13 @@ class ServerConnection:
         for first, last in wanted.ranges:
             for seq in range(first, last + 1):
                 if seq in records:
-                    await self.write(self.machine.replay_envelope(wanted.request_id, records[seq]))
-                else:
+                    data = self.machine.replay_envelope(wanted.request_id, records[seq])
+                    if data is None:  # a limit: the rest is "not yet"
+                        break
+                    await self.write(data)
+                elif self.never is None or seq in self.never:
                     unavailable.append((seq, seq))
+                # else: neither sent nor unavailable, so the machine says "not yet"
         reason = self.reason if unavailable else None
         await self.write(self.machine.finish_replay(wanted.request_id, None, unavailable, reason))
 
@@ -115,17 +122,23 @@ async def serve_retrieval(
     pki: Pki,
     log: dict[P.StreamId, dict[int, StoredRecord]],
     reason: str = "past retention",
+    never: set[int] | None = None,
+    limits: RetrievalLimits | None = None,
 ) -> tuple[int, list[ServerConnection]]:
-    """The server's retrieval listener: replays from ``log``; returns its port."""
+    """The server's retrieval listener: replays from ``log``; returns its port.
+
+    ``never``: the only numbers answered unavailable when not in ``log``
+    (others: "not yet"); None: every number not in ``log``.
+    """
     connections: list[ServerConnection] = []
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     tls = [trio.SSLListener(t, pki.server_listen_context()) for t in listeners]
 
     async def handle(stream: trio.SSLStream) -> None:
-        sender = StreamSender(dict.fromkeys(log, 0))
+        sender = StreamSender(dict.fromkeys(log, 0), retrieval_limits=limits)
         sender.resume(trio.current_time())  # replays only: send() is never called
-        connection = ServerConnection(sender, stream, log, reason)
+        connection = ServerConnection(sender, stream, log, reason, never)
         connections.append(connection)
         await connection.run()
 

@@ -163,7 +163,7 @@ async def test_fetch_asks_for_explicit_ranges_stores_them_and_stops(tmp_path: Pa
         with trio.fail_after(10):
             result = await receiver.run()  # returns by itself once answered
         nursery.cancel_scope.cancel()
-    assert result.reason == "fetch complete" and result.failed is None
+    assert result.reason == "fetch complete; 5 never available" and result.failed is None
     assert raw_sequences(out / HANDLE / "cmcc.raw") == [5, 6, 7, 8, 9, 18, 19]
     cc = gaps(out)["streams"]["cmCC"]
     assert cc["retrieved"] == 7

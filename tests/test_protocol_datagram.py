@@ -256,3 +256,15 @@ def test_sender_sends_checkpoints_of_its_own_stream_only() -> None:
     assert sender.next_sequence is None  # no sequence number taken
     with pytest.raises(ValueError, match="checkpoint of"):
         sender.checkpoint(P.ChainCheckpoint(CMII, 9, bytes(32), T, b"s" * 64, b"k" * 32))
+
+
+def test_a_report_listing_a_range_wider_than_sys_maxsize_is_weighed_not_a_crash() -> None:
+    """len() of a SequenceRange of 2**64 - 1 numbers raised OverflowError in the sender."""
+    sender = DatagramSender(CMCC)
+    for n in range(3):
+        sender.envelope(record(n), 0.0)
+    report = P.ReceiverReport(
+        CMCC, T, 1, (P.SequenceRange(0, 2**64 - 2),), highest_sequence=2**64 - 1
+    )
+    [event] = sender.receive_datagram(P.encode(report), 1.0)
+    assert event.loss.lost == 3 and event.loss.sent == 3

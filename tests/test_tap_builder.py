@@ -219,3 +219,30 @@ def test_template_is_byte_identical_to_the_reference(
     template = HeaderReportTemplate(report)
     assert template.render(later) == encode(dataclasses.replace(report, timestamp=later))
     assert pdu.der == encode(report)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    when=times,
+    skip=st.integers(0, 70000),
+    size=st.sampled_from([0, 1, 100, 1480, 9000, 65000]),
+    direction=st.sampled_from(list(Direction)),
+    long=st.booleans(),
+)
+def test_cc_template_is_byte_identical_to_the_reference(
+    when: dt.datetime, skip: int, size: int, direction: Direction, long: bool
+) -> None:
+    """The per-flow CC template equals encode_cc of the same record, for any
+    time, sequence number (short and long), direction and payload size."""
+    from mediation.pdu.fast import encode_cc
+
+    b = PDUBuilder("C" * 25 if long else "X", "I" * 15 if long else "I", FULL)
+    data = frame("192.0.2.10", 49152, "203.0.113.80", 80, bytes(size))
+    parsed = parse_frame(data)
+    b.packet(data, parsed, direction, when)  # sequence 1, and the flow's templates
+    next(iter(b._flows.values())).counter.value += skip  # jump to a larger sequence number
+    _report, cc = b.packet(data, parsed, direction, when)
+    record = decode(cc.der)
+    assert isinstance(record, CCApdu) and record.header.sequence_number == skip + 2
+    assert cc.der == encode_cc(record)
+    assert record.payload == parsed.ip_packet(data) and record.header.time_stamp == when

@@ -136,3 +136,116 @@ def test_frames_in_a_bytearray_match_like_bytes() -> None:
     m = matcher(F.TARGET_MAC, "192.0.2.10")
     assert m.match(parse_frame(bytearray(frame))) is FROM
     assert m.match(parse_frame(memoryview(frame))) is FROM
+
+
+# Scoping and ARP ------------------------------------------------------------------
+
+
+def scoped(*texts: str) -> TargetMatcher:
+    from mediation.warrants.validate import parse_target
+
+    return TargetMatcher([parse_target(t) for t in texts])
+
+
+def tagged(src: str, dst: str, *vlans: int, smac: str = F.OTHER_MAC) -> object:
+    packet = F.ipv4(src, dst, 17, F.udp(1, 2))
+    tags = [(0x8100, vid) for vid in vlans]
+    return parse_frame(F.eth(F.GATEWAY_MAC, smac, 0x0800, packet, *tags))
+
+
+def test_a_vlan_scoped_address_matches_only_in_that_vlan() -> None:
+    m = scoped("192.0.2.20@vlan:100")
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 100)) is FROM
+    assert m.match(tagged("198.51.100.7", "192.0.2.20", 100)) is TO
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 200)) is None  # another subscriber
+    assert m.match(tagged("192.0.2.20", "198.51.100.7")) is None  # untagged
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 200, 100)) is None  # outermost decides
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 100, 7)) is FROM
+
+
+def test_an_interface_scope_and_a_vlan_scope_must_both_hold() -> None:
+    m = scoped("192.0.2.20@vlan:100@iface:eth1")
+    frame = tagged("192.0.2.20", "198.51.100.7", 100)
+    assert m.match(frame, "eth1") is FROM
+    assert m.match(frame, "eth2") is None and m.match(frame) is None
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 200), "eth1") is None
+
+
+def test_scoped_macs_and_prefixes() -> None:
+    m = scoped(f"{F.TARGET_MAC}@iface:eth1", "198.51.100.0/24@vlan:5")
+    assert m.match(tagged("192.0.2.1", "192.0.2.2", smac=F.TARGET_MAC), "eth1") is FROM
+    assert m.match(tagged("192.0.2.1", "192.0.2.2", smac=F.TARGET_MAC), "eth0") is None
+    assert m.match(tagged("203.0.113.1", "198.51.100.9", 5)) is TO
+    assert m.match(tagged("203.0.113.1", "198.51.100.9", 6)) is None
+
+
+def test_unscoped_targets_still_match_everywhere_beside_scoped_ones() -> None:
+    m = scoped("192.0.2.10", "192.0.2.20@vlan:100")
+    assert m.match(tagged("192.0.2.10", "198.51.100.7", 300), "eth9") is FROM
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 300)) is None
+
+
+def test_a_vlan_scoped_interface_target() -> None:
+    m = scoped("iface:eth1@vlan:100")
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 100), "eth1") is Direction.UNKNOWN
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 100), "eth1", outgoing=True) is TO
+    assert m.match(tagged("192.0.2.20", "198.51.100.7", 200), "eth1") is None
+
+
+def arp_frame(sender: str, target: str, *vlans: int) -> bytes:
+    body = bytes.fromhex("0001080006040001") + F.mac(F.OTHER_MAC) + F.ip(sender)
+    tags = [(0x8100, vid) for vid in vlans]
+    return F.eth(F.BROADCAST, F.OTHER_MAC, 0x0806, body + bytes(6) + F.ip(target), *tags)
+
+
+def test_an_ip_target_matches_arp_sent_by_or_for_it() -> None:
+    m = matcher("192.0.2.10")
+    sent, asked = arp_frame("192.0.2.10", "192.0.2.1"), arp_frame("192.0.2.1", "192.0.2.10")
+    assert m.match(parse_frame(sent), raw=sent) is FROM
+    assert m.match(parse_frame(asked), raw=asked) is TO
+    other = arp_frame("192.0.2.11", "192.0.2.1")
+    assert m.match(parse_frame(other), raw=other) is None
+    assert m.match(parse_frame(sent)) is None  # without the octets, ARP matches by MAC only
+
+
+def test_a_prefix_and_a_scope_apply_to_arp_too() -> None:
+    m = scoped("192.0.2.0/28", "198.51.100.20@vlan:100")
+    sent = arp_frame("192.0.2.5", "192.0.2.1")
+    assert m.match(parse_frame(sent), raw=sent) is FROM
+    in_vlan, other_vlan = (
+        arp_frame("198.51.100.20", "198.51.100.1", 100),
+        arp_frame("198.51.100.20", "198.51.100.1", 200),
+    )
+    assert m.match(parse_frame(in_vlan), raw=in_vlan) is FROM
+    assert m.match(parse_frame(other_vlan), raw=other_vlan) is None
+
+
+def test_arp_that_is_not_ethernet_and_ipv4_is_not_read() -> None:
+    odd = bytearray(arp_frame("192.0.2.10", "192.0.2.1"))
+    odd[16:18] = b"\x86\xdd"  # protocol type IPv6: the addresses are not IPv4
+    assert matcher("192.0.2.10").match(parse_frame(bytes(odd)), raw=bytes(odd)) is None
+
+
+def test_a_scoped_mac_follows_dhcp_only_in_its_scope() -> None:
+    from mediation.tap.replay import Tap
+
+    w = F.warrant(f"{F.TARGET_MAC}@vlan:100")
+    tap = Tap.for_warrant(w)
+    t = F.T0
+
+    def ack(vlan: int) -> bytes:
+        payload = F.dhcp(5, F.TARGET_MAC, yiaddr="192.0.2.50", lease=3600, server="192.0.2.1")
+        packet = F.ipv4("192.0.2.1", "255.255.255.255", 17, F.udp(67, 68, payload))
+        return F.eth(F.BROADCAST, F.GATEWAY_MAC, 0x0800, packet, (0x8100, vlan))
+
+    def routed(vlan: int) -> bytes:
+        packet = F.ipv4("192.0.2.50", "203.0.113.5", 17, F.udp(1, 2))
+        return F.eth(F.UPSTREAM_MAC, F.GATEWAY_MAC, 0x0800, packet, (0x8100, vlan))
+
+    assert tap.process(ack(200), t) == []  # the same MAC in another VLAN: not the target
+    assert tap.counters.access_events == 0
+    assert tap.process(routed(100), t) == []  # nothing learned yet
+    assert len(tap.process(ack(100), t)) >= 2  # its header report(s), then session-Start
+    assert tap.counters.access_events == 1
+    assert tap.process(routed(100), t)  # the learned address, in its VLAN
+    assert tap.process(routed(200), t) == []  # the same address in another VLAN

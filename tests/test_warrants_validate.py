@@ -180,3 +180,48 @@ def test_names_handles_and_sources() -> None:
     assert v.parse_iap("IAP-1") == "IAP-1"
     assert refused(v.parse_iap, "X" * 16).field == "--iap"
     assert refused(v.parse_free_text, "two\nlines", "--court-ref").field == "--court-ref"
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [
+        ("192.0.2.10@vlan:100", Target(TargetKind.ADDRESS, "192.0.2.10", vlan=100)),
+        ("192.0.2.10@iface:eth1", Target(TargetKind.ADDRESS, "192.0.2.10", interface="eth1")),
+        (
+            "198.51.100.0/24@iface:eth1@vlan:0",
+            Target(TargetKind.PREFIX, "198.51.100.0/24", vlan=0, interface="eth1"),
+        ),
+        ("02-00-5E-00-53-01@vlan:4095", Target(TargetKind.MAC, "02:00:5e:00:53:01", vlan=4095)),
+        ("iface:eth1@vlan:100", Target(TargetKind.INTERFACE, "eth1", vlan=100)),
+        ("iface:a@b", Target(TargetKind.INTERFACE, "a@b")),  # '@' alone is no scope
+    ],
+)
+def test_targets_may_be_scoped_to_a_vlan_and_an_interface(text: str, target: Target) -> None:
+    parsed = v.parse_target(text)
+    assert parsed == target
+    assert v.parse_target(str(parsed)) == parsed  # what `mediate show` prints reads back
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("192.0.2.10@vlan:4096", "VLAN id from 0 to 4095"),
+        ("192.0.2.10@vlan:", "VLAN id from 0 to 4095"),
+        ("192.0.2.10@vlan:x1", "VLAN id from 0 to 4095"),
+        ("192.0.2.10@vlan:1@vlan:2", "twice"),
+        ("192.0.2.10@iface:", "@iface: needs"),
+        ("192.0.2.10@iface:a/b", "@iface: needs"),
+        ("iface:eth0@iface:eth1", "cannot also be scoped"),
+        ("192.0.2.300@vlan:100", "not an IPv4/IPv6 address"),
+    ],
+)
+def test_bad_scopes_are_refused_by_position(text: str, words: str) -> None:
+    error = refused(v.parse_target, text, 2)
+    assert error.field == "--target #3"
+    assert words in error.problem
+    assert "192.0.2" not in str(error)
+
+
+def test_a_scoped_target_is_another_target() -> None:
+    targets = v.parse_targets(["192.0.2.10", "192.0.2.10@vlan:100", "192.0.2.10@vlan:100"])
+    assert [str(t) for t in targets] == ["192.0.2.10", "192.0.2.10@vlan:100"]

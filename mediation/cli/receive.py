@@ -378,15 +378,23 @@ def _fetch_range(text: str, handles: frozenset[str] | None) -> FetchRange:
     from mediation.lea.outputs import safe_handle
     from mediation.lea.retrieve import FetchRange
     from mediation.pdu.delivery import MAX_SEQUENCE
+    from mediation.protocol.gaps import MAX_GAP_SPAN
 
     match = _FETCH.fullmatch(text.strip())
     if not match or not safe_handle(match.group(1)):
         raise UsageError("--fetch", f"{text!r} is not HANDLE/KIND:FIRST-LAST (w-3f9a1c/cmcc:0-99)")
     handle, kind_text, first_text, last_text = match.groups()
+    # The digits are bounded before int(): a number of 10,000 digits is refused, not parsed.
+    if max(len(first_text), len(last_text or "")) > len(str(MAX_SEQUENCE)):
+        raise UsageError("--fetch", f"{text!r}: sequence numbers end at {MAX_SEQUENCE}")
     first = int(first_text)
     last = int(last_text) if last_text is not None else first
     if not first <= last <= MAX_SEQUENCE:
         raise UsageError("--fetch", f"{text!r}: need FIRST <= LAST <= {MAX_SEQUENCE}")
+    if last - first + 1 > MAX_GAP_SPAN:
+        raise UsageError(
+            "--fetch", f"{text!r}: at most {MAX_GAP_SPAN} sequence numbers per range; split it"
+        )
     if handles is not None and handle not in handles:
         raise UsageError("--fetch", f"{handle} is not among the --handle options")
     kind = pdu.StreamKind.CMII if kind_text.lower() == "cmii" else pdu.StreamKind.CMCC

@@ -68,7 +68,13 @@ def _summary(status: dict[str, Any]) -> list[str]:
         why = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
         lines.append(
             f"retrieval: {where}; connections {retrieval['connections']}, "
-            f"refused {retrieval['refused']}" + (f" ({why})" if why else "")
+            f"refused {retrieval['refused']}"
+            + (f" ({why})" if why else "")
+            + (
+                f", requests limited {retrieval['limited']}, failed {retrieval['failed']}"
+                if "limited" in retrieval
+                else ""
+            )
         )
     control = status.get("control")
     if control:

@@ -267,8 +267,11 @@ class Receiver:
             self.failed = f"--retrieve-from: {_text(config.retrieve_from)}: {exc}"
             self.stop("fetch failed")
             return
-        missing = sum(r.still_missing for r in results)
-        self.stop("fetch complete" + (f"; {missing} not delivered" if missing else ""))
+        never = sum(last - first + 1 for r in results for first, last in r.unavailable)
+        not_yet = sum(last - first + 1 for r in results for first, last in r.not_yet)
+        notes = [f"{not_yet} not yet (ask again later)"] if not_yet else []
+        notes += [f"{never} never available"] if never else []
+        self.stop("; ".join(["fetch complete", *notes]))
 
     async def _housekeeping(self) -> None:
         """Flush often (a crash loses nothing written), fsync and report less often."""

@@ -13,10 +13,14 @@ import datetime as dt
 from typing import Any
 
 from mediation import pdu
+from mediation.pdu.delivery import MAX_SEQUENCE
 from mediation.pdu.jsonview import iso_time
 from mediation.protocol import SequenceTracker
 
 MISSING_LISTED = 10_000  # ranges listed in gaps.json; the count is always exact
+# What servers before the notYet field said of ranges past a stream's end:
+# that was "not yet", so a restarted receiver asks for them again.
+LEGACY_NOT_YET_REASON = "not stored"
 
 
 @dataclasses.dataclass
@@ -44,10 +48,15 @@ def stream_report(tracker: SequenceTracker, stats: StreamStats) -> dict[str, Any
 
     ``missing`` lists the ranges from 0 to the highest held that are not
     held (unavailable ones included: they stay missing), lowest first;
-    ``unavailable`` repeats those the server cannot supply, with its reason.
+    ``unavailable`` repeats those the server can *never* supply (past
+    retention, lost), with its reason; ``notYet`` those it answered "not
+    yet" (past the stream's end, or over a limit) and that are still not
+    held: they are asked for again. ``notAsked`` lists gaps too wide to be
+    real (:data:`~mediation.protocol.gaps.MAX_GAP_SPAN`), never requested.
     """
     ranges = tracker.missing(MISSING_LISTED)
     total_ranges = tracker.missing_range_count
+    not_yet = tracker.not_yet(MISSING_LISTED)
     out: dict[str, Any] = {
         "highestSequence": tracker.highest,
         "held": tracker.received_count,
@@ -62,6 +71,11 @@ def stream_report(tracker: SequenceTracker, stats: StreamStats) -> dict[str, Any
             {"first": first, "last": last, "reason": reason}
             for (first, last), reason in tracker.unavailable
         ],
+        "notYet": [
+            {"first": first, "last": last, "reason": tracker.not_yet_reason}
+            for first, last in not_yet
+        ],
+        "notAsked": [[first, last] for first, last in tracker.implausible(MISSING_LISTED)],
         "transports": sorted(stats.transports),
     }
     if total_ranges > len(ranges):
@@ -101,9 +115,12 @@ def case_report(
 def unavailable_from_report(report: dict[str, Any]) -> dict[str, list[tuple[int, int, str | None]]]:
     """Unavailable ranges of an earlier ``gaps.json``, per stream kind value.
 
-    The server said they cannot be had, so a restarted receiver does not
-    ask again. Anything malformed is ignored (the report is a convenience,
-    the raw files are the evidence).
+    The server said they can never be had, so a restarted receiver does
+    not ask again. "Not yet" ranges are not read back: a restarted receiver
+    asks for them again, and so for "unavailable" ranges an older receiver
+    wrote with the reason ``not stored`` (that was "not yet" before the
+    two were told apart). Anything malformed is ignored (the report is a
+    convenience, the raw files are the evidence).
     """
     out: dict[str, list[tuple[int, int, str | None]]] = {}
     streams = report.get("streams") if isinstance(report, dict) else None
@@ -114,6 +131,8 @@ def unavailable_from_report(report: dict[str, Any]) -> dict[str, list[tuple[int,
                 first, last, reason = int(item["first"]), int(item["last"]), item.get("reason")
             except (KeyError, TypeError, ValueError):
                 continue
-            if 0 <= first <= last and (reason is None or isinstance(reason, str)):
+            if reason == LEGACY_NOT_YET_REASON:
+                continue
+            if 0 <= first <= last <= MAX_SEQUENCE and (reason is None or isinstance(reason, str)):
                 out.setdefault(kind, []).append((first, last, reason))
     return out

@@ -33,6 +33,7 @@ log = logging.getLogger("mediation.lea")
 Address = tuple[str, int]
 MAX_BACKOFF = 30.0
 IDLE = "nothing left to fetch"
+CONNECTION_SPENT = "the server's limit for one connection is reached"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +117,7 @@ class Settling:
         for stream, tracker in state.trackers.items():
             below = self.below(stream, now)
             if below is not None and stream in state.accepted:
-                first = tracker.retrievable(limit=1)
+                first = tracker.retrievable(limit=1, now=now)
                 if first and first[0][0] < below:
                     return True
         return False
@@ -157,6 +158,7 @@ class Retriever:
         self.idle_close = idle_close
         self.machine: StreamReceiver | None = None
         self.connections = 0
+        self._spent = False  # the server's per-connection limit was reached
 
     @property
     def open_requests(self) -> int:
@@ -197,7 +199,16 @@ class Retriever:
         self.machine = StreamReceiver(trackers=self.state.trackers, streams=self.state.accepted)
         self.machine.connection_made(trio.current_time())
         log.info("retrieval: connected to %s:%d", *self.address)
-        driver = StreamDriver(self.machine, stream, self.state, "retrieval")
+        self._spent = False
+
+        async def on_events(events: list[Event]) -> None:
+            # The server's budget for this connection is spent: anything
+            # asked here now is "not yet". The requester ends the session.
+            for event in events:
+                if isinstance(event, ReplayFinished):
+                    self._spent |= event.limited is pdu.ReplayLimit.CONNECTION
+
+        driver = StreamDriver(self.machine, stream, self.state, "retrieval", on_events=on_events)
         await driver.run(self._requester)
         return driver.ended_by or "closed"
 
@@ -205,13 +216,16 @@ class Retriever:
         machine = driver.machine
         quiet_since = trio.current_time()
         while True:
+            if self._spent:  # reconnect (after the backoff) for a new budget
+                driver.end(CONNECTION_SPENT)
+                return
             now = trio.current_time()
             self.settling.observe(now, self.state)
             for stream in list(self.state.trackers):
                 below = self.settling.below(stream, now)
                 if below is None or stream not in self.state.accepted:
                     continue
-                requests = machine.request_missing(stream, below)
+                requests = machine.request_missing(stream, below, now)
                 if requests:
                     log.info("retrieval: asking for %s gaps (%d requests)", stream, len(requests))
                 for request in requests:

@@ -192,9 +192,19 @@ class ReceiverState:
     def _replay_finished(self, event: ReplayFinished) -> None:
         for first, last in event.unavailable:
             log.warning(
-                "retrieval: %s %d..%d unavailable: %s", event.stream, first, last, event.reason
+                "retrieval: %s %d..%d never available: %s", event.stream, first, last, event.reason
             )
-        if event.still_missing:
+        if event.not_yet:
+            first, last = event.not_yet[0][0], event.not_yet[-1][1]
+            log.info(
+                "retrieval: %s %d..%d (%d ranges) not yet: %s; asking again later",
+                event.stream,
+                first,
+                last,
+                len(event.not_yet),
+                event.reason,
+            )
+        elif event.still_missing:
             log.info(
                 "retrieval: %s: %d asked for still missing; asking again later",
                 event.stream,

@@ -162,11 +162,21 @@ class ViewLogHandler(logging.Handler):
 def summary(state: ReceiverState, result: RunResult) -> list[str]:
     """The summary printed at exit: per stream, then every file with its SHA-256."""
     lines = [f"stopped: {result.reason}"]
-    headers = ("STREAM", "HELD", "RECEIVED", "RETRIEVED", "DUPS", "MISSING", "UNAVAILABLE")
+    headers = (
+        "STREAM",
+        "HELD",
+        "RECEIVED",
+        "RETRIEVED",
+        "DUPS",
+        "MISSING",
+        "UNAVAILABLE",
+        "NOT YET",
+    )
     rows = []
     for stream in sorted(state.trackers, key=str):
         tracker, stats = state.trackers[stream], state.stream_stats(stream)
         unavailable = sum(last - first + 1 for (first, last), _r in tracker.unavailable)
+        not_yet = sum(last - first + 1 for first, last in tracker.not_yet())
         rows.append(
             [
                 str(stream),
@@ -176,6 +186,7 @@ def summary(state: ReceiverState, result: RunResult) -> list[str]:
                 str(stats.duplicates),
                 str(tracker.missing_count),
                 str(unavailable),
+                str(not_yet),
             ]
         )
     lines += table(headers, rows) if rows else ["nothing received"]

@@ -32,6 +32,13 @@ class ClockStatus(enum.Enum):
     UNKNOWN = "unknown"
 
 
+class ReplayLimit(enum.Enum):
+    """Which limit of the server left part of a replay request for later."""
+
+    REQUEST = "request"  # ask again, after a pause
+    CONNECTION = "connection"  # this connection's budget is spent: ask on a new one
+
+
 class CompletenessEvent(enum.Enum):
     WARRANT_ACTIVE = "warrantActive"
     WARRANT_INACTIVE = "warrantInactive"
@@ -72,6 +79,13 @@ class SequenceRange:
             raise PDUError(f"SequenceRange: last {self.last} is before first {self.first}")
 
     def __len__(self) -> int:
+        # len() cannot exceed sys.maxsize: a range wider than 2**63 - 1 raises
+        # OverflowError here. Code sizing a peer's range uses :attr:`count`.
+        return self.count
+
+    @property
+    def count(self) -> int:
+        """How many sequence numbers the range holds (any size, no overflow)."""
         return self.last - self.first + 1
 
 
@@ -221,11 +235,15 @@ class ReplayResult:
     delivered: int = asn1("delivered")
     unavailable: tuple[SequenceRange, ...] = asn1("unavailable", ())
     reason: str | None = asn1("reason", None)
+    not_yet: tuple[SequenceRange, ...] | None = asn1("notYet", None)
+    limited: ReplayLimit | None = asn1("limited", None)
 
     def __post_init__(self) -> None:
         check_range("requestId", self.request_id, MAX_ID)
         check_range("delivered", self.delivered, MAX_SEQUENCE)
         object.__setattr__(self, "unavailable", tuple(self.unavailable))
+        # Empty and absent are one value: absent on the wire, as before notYet existed.
+        object.__setattr__(self, "not_yet", tuple(self.not_yet or ()) or None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ Public surface::
     DatagramSender, DatagramReceiver          UDP: one envelope per datagram, reports
     StreamSender, StreamReceiver              TLS/TCP: window, acks, keepalives, resume
     StreamConnection                          what the two share (receive_data, tick, ...)
-    RetrievalServer, RetrievalClient          replay of missed ranges from the log
+    RetrievalServer, RetrievalClient          replay of missed ranges from the log (and its limits)
     MessageBuffer                             BER framing of a byte stream
     SequenceTracker                           what a receiver holds and misses
     envelope_bytes, StoredRecord, LogRecord   a log record as envelope octets
@@ -41,7 +41,7 @@ from mediation.protocol.events import (
 )
 from mediation.protocol.framing import MessageBuffer
 from mediation.protocol.gaps import SequenceTracker
-from mediation.protocol.retrieval import RetrievalClient, RetrievalServer
+from mediation.protocol.retrieval import RetrievalClient, RetrievalLimits, RetrievalServer
 from mediation.protocol.stream import StreamReceiver, StreamSender
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "ReplayWanted",
     "ReportReceived",
     "RetrievalClient",
+    "RetrievalLimits",
     "RetrievalServer",
     "SequenceTracker",
     "StoredRecord",

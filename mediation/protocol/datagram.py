@@ -194,7 +194,7 @@ class DatagramSender:
         if top < first:
             return LossCount(sent=sent, unreported=sent)
         listed_in = sum(_overlap(r, first, top) for r in report.missing)
-        listed_all = sum(len(r) for r in report.missing)
+        listed_all = sum(r.count for r in report.missing)
         omitted = high + 1 - report.received_count - listed_all
         # Left-out ranges lie somewhere in [0, high] outside the listed ones;
         # bound how many can fall inside [first, top].
@@ -232,7 +232,7 @@ def _check_report(report: pdu.ReceiverReport) -> None:
         if r.first <= previous or r.last >= high:
             raise ProtocolError("receiverReport: missing ranges overlap, are unsorted or too high")
         previous = r.last + 1  # adjacent ranges would be one range
-    listed = sum(len(r) for r in report.missing)
+    listed = sum(r.count for r in report.missing)
     if listed > high + 1 - report.received_count:
         raise ProtocolError("receiverReport: more missing listed than receivedCount allows")
     if not report.missing_omitted and listed != high + 1 - report.received_count:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mediation.pdu import ChainCheckpoint, Envelope, ReceiverReport, StreamId
+from mediation.pdu import ChainCheckpoint, Envelope, ReceiverReport, ReplayLimit, StreamId
 
 Range = tuple[int, int]
 """Sequence numbers ``first`` to ``last``, both included."""
@@ -139,9 +139,13 @@ class ReplayFinished:
     Attributes:
         delivered: envelopes the server says it sent (and that arrived: the
             client checks).
-        unavailable: ranges the server cannot send; now permanently missing.
+        unavailable: ranges the server can never send (past retention,
+            lost); now permanently missing.
         still_missing: sequence numbers asked for that are neither held nor
-            unavailable (e.g. asked while the server was still appending).
+            unavailable (not yet stored, or left for later by a limit).
+        not_yet: ranges the server did not send now but may later (past
+            the stream's end, or a limit): asked again after a pause.
+        limited: which server limit left ranges for later, if any.
     """
 
     request_id: int
@@ -150,6 +154,8 @@ class ReplayFinished:
     unavailable: tuple[Range, ...]
     reason: str | None
     still_missing: int
+    not_yet: tuple[Range, ...] = ()
+    limited: ReplayLimit | None = None
 
 
 Event = (

@@ -8,10 +8,22 @@ grows with the number of gaps, not the number of envelopes.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterator
 
 from mediation.pdu.delivery import MAX_SEQUENCE
 from mediation.protocol.events import Range
+
+# A gap wider than this is not asked for: at a million records a second a
+# stream takes 12 days to number 2**40, so a wider hole between what a
+# receiver holds can only come from a forged or corrupt sequence number
+# (a datagram claiming 2**63, say). It stays counted as missing and is
+# reported; the server bounds every request anyway.
+MAX_GAP_SPAN = 2**40
+# "Not yet" answers (past the stream's end, or left over by a server limit)
+# are asked again after this pause, doubling per repeat up to the cap.
+NOT_YET_FIRST = 1.0
+NOT_YET_MAX = 60.0
 
 
 class IntervalSet:
@@ -23,9 +35,17 @@ class IntervalSet:
         self._lasts: list[int] = []
         self._count = 0
 
-    def __len__(self) -> int:
-        """How many integers the set holds."""
+    # No __len__: the count can pass sys.maxsize (len() would raise), and
+    # tuple()/list() take __len__ as a size hint and allocate by it, so a set
+    # of one interval 0..10**9 would cost 8 GB to turn into its one pair.
+
+    @property
+    def count(self) -> int:
+        """How many integers the set holds (kept as it changes: O(1))."""
         return self._count
+
+    def __bool__(self) -> bool:
+        return bool(self._firsts)
 
     def __contains__(self, value: int) -> bool:
         i = bisect.bisect_right(self._firsts, value) - 1
@@ -112,6 +132,10 @@ class SequenceTracker:
         self._held = IntervalSet()
         self._unavailable = IntervalSet()
         self._reasons: list[tuple[Range, str | None]] = []
+        self._not_yet = IntervalSet()
+        self._not_yet_reason: str | None = None
+        self._retry_at = -math.inf
+        self._delay = NOT_YET_FIRST
         self.duplicates = 0
         """Arrivals of a sequence number already held."""
 
@@ -157,6 +181,38 @@ class SequenceTracker:
         self._unavailable.add(first, last)
         self._reasons.append(((first, last), reason))
 
+    def mark_not_yet(self, first: int, last: int, reason: str | None = None) -> None:
+        """The server cannot send ``first``..``last`` *now* (past its end, or a limit).
+
+        They stay missing and retrievable: asked for again once the pause
+        set by :meth:`not_yet_answered` has passed.
+        """
+        _check(first)
+        _check(last)
+        if last < first:
+            raise ValueError(f"range {first}..{last} is empty")
+        self._not_yet.add(first, last)
+        self._not_yet_reason = reason
+
+    def not_yet_answered(self, now: float, *, progress: bool) -> None:
+        """A replay answer left ranges "not yet": when to ask for them again.
+
+        :meth:`retrievable` given a time before then leaves them out. The
+        pause doubles with each answer that made no progress, from
+        :data:`NOT_YET_FIRST` to :data:`NOT_YET_MAX` seconds; an answer that
+        delivered something before a limit cut it means ask again at once.
+        """
+        if progress:
+            self._delay = NOT_YET_FIRST
+            self._retry_at = now
+            return
+        self._retry_at = now + self._delay
+        self._delay = min(self._delay * 2, NOT_YET_MAX)
+
+    def answered_in_full(self) -> None:
+        """A replay came back with nothing left for later: the next pause starts short again."""
+        self._delay = NOT_YET_FIRST
+
     def __contains__(self, sequence: int) -> bool:
         return sequence in self._held
 
@@ -168,7 +224,7 @@ class SequenceTracker:
     @property
     def received_count(self) -> int:
         """Distinct sequence numbers held."""
-        return len(self._held)
+        return self._held.count
 
     @property
     def next_contiguous(self) -> int:
@@ -181,7 +237,7 @@ class SequenceTracker:
     def missing_count(self) -> int:
         """Sequence numbers from 0 to :attr:`highest` not held."""
         top = self.highest
-        return 0 if top is None else top + 1 - len(self._held)
+        return 0 if top is None else top + 1 - self._held.count
 
     def missing(self, limit: int | None = None) -> list[Range]:
         """Missing ranges from 0 to :attr:`highest`, lowest first, at most ``limit`` of them."""
@@ -230,15 +286,46 @@ class SequenceTracker:
         picks = [0, *range(total - limit + 1, total)]
         return [nth(j) for j in picks], total - limit
 
-    def retrievable(self, limit: int | None = None) -> list[Range]:
-        """Missing ranges not known to be unavailable, lowest first."""
+    def retrievable(self, limit: int | None = None, now: float | None = None) -> list[Range]:
+        """Missing ranges worth asking for, lowest first.
+
+        Left out: ranges the server called unavailable (never), gaps wider
+        than :data:`MAX_GAP_SPAN` (see :meth:`implausible`), and, when
+        ``now`` is given, ranges answered "not yet" whose pause has not
+        passed.
+        """
         out: list[Range] = []
+        waiting = now is not None and now < self._retry_at
         for first, last in self._held.gaps(0, self.highest) if self._held else ():
+            if last - first + 1 > MAX_GAP_SPAN:
+                continue
             for piece in self._unavailable.gaps(first, last):
+                pieces = self._not_yet.gaps(*piece) if waiting else (piece,)
+                for item in pieces:
+                    if limit is not None and len(out) >= limit:
+                        return out
+                    out.append(item)
+        return out
+
+    def implausible(self, limit: int | None = None) -> list[Range]:
+        """Missing ranges wider than :data:`MAX_GAP_SPAN`: never asked for (a forged number?)."""
+        gaps = self._held.gaps(0, self.highest) if self._held else iter(())
+        return _take((g for g in gaps if g[1] - g[0] + 1 > MAX_GAP_SPAN), limit)
+
+    def not_yet(self, limit: int | None = None) -> list[Range]:
+        """Ranges the server answered "not yet" that are still not held, lowest first."""
+        out: list[Range] = []
+        for first, last in self._not_yet:
+            for piece in self._held.gaps(first, last):
                 if limit is not None and len(out) >= limit:
                     return out
                 out.append(piece)
         return out
+
+    @property
+    def not_yet_reason(self) -> str | None:
+        """The server's words with its latest "not yet" answer."""
+        return self._not_yet_reason
 
     @property
     def unavailable(self) -> list[tuple[Range, str | None]]:

@@ -3,142 +3,52 @@
 Message-level machines, carried on a stream connection (see ``stream``):
 the agency's :class:`RetrievalClient` and the server's
 :class:`RetrievalServer`. A request is answered by its envelopes, in order,
-each marked redelivered, then one ReplayResult saying how many were sent
-and which asked-for ranges cannot be (never appended, or past retention).
+each marked redelivered, then one ReplayResult saying how many were sent,
+which asked-for ranges can *never* be sent (past retention, or lost) and
+which are *not yet* sent (past the stream's end, or left over when a limit
+of the request or of the connection was reached: ask again later).
+
+Nothing here is sized by the peer's numbers: ranges stay intervals (a
+request for 0..2**64-1 is one pair), counts are arithmetic, and the server
+machine stops a request at its record and byte limits.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Container, Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping
 
 from mediation import pdu
 from mediation.pdu.delivery import MAX_ID
-from mediation.protocol.envelope import LogRecord, encode_message, record_envelope
+from mediation.protocol.envelope import encode_message
 from mediation.protocol.errors import ProtocolError
-from mediation.protocol.events import EnvelopeReceived, Range, ReplayFinished, ReplayWanted
+from mediation.protocol.events import EnvelopeReceived, Range, ReplayFinished
 from mediation.protocol.gaps import IntervalSet, SequenceTracker
+from mediation.protocol.retrieval_server import (
+    MAX_OUTSTANDING,
+    MAX_REQUEST_RANGES,
+    RetrievalLimits,
+    RetrievalServer,
+    check_range,
+    merge_ranges,
+)
 
-# A request of 64 ranges is under 2 KiB; more would only let one request
-# monopolise the server's log reader.
-MAX_REQUEST_RANGES = 64
-MAX_OUTSTANDING = 16
-
-
-def _ranges(pieces: Iterable[Range]) -> IntervalSet:
-    merged = IntervalSet()
-    for first, last in pieces:
-        merged.add(first, last)
-    return merged
+__all__ = [
+    "MAX_OUTSTANDING",
+    "MAX_REQUEST_RANGES",
+    "RetrievalClient",
+    "RetrievalLimits",
+    "RetrievalServer",
+]
 
 
 @dataclasses.dataclass
-class _Request:
+class _Asked:
+    """A request on the client side."""
+
     stream: pdu.StreamId
     ranges: IntervalSet
-    count: int = 0  # envelopes sent (server) or arrived (client)
-
-
-class RetrievalServer:
-    """The server's side: parses requests, lets the owner read the log, closes them."""
-
-    def __init__(
-        self,
-        streams: Container[pdu.StreamId],
-        *,
-        max_ranges: int = MAX_REQUEST_RANGES,
-        max_outstanding: int = MAX_OUTSTANDING,
-    ) -> None:
-        """Args:
-        streams: the streams this agency may ask for (its own warrants only).
-        max_ranges: the most ranges one request may hold.
-        max_outstanding: the most requests open at once.
-        """
-        self._streams = streams
-        self._max_ranges = max_ranges
-        self._max_outstanding = max_outstanding
-        self._open: dict[int, _Request] = {}
-
-    def handle_request(self, request: pdu.ReplayRequest) -> ReplayWanted:
-        """Accept a replay request.
-
-        Returns:
-            What to read from the log: ranges sorted and merged.
-
-        Raises:
-            ProtocolError: a stream not this agency's, a request id already
-            open, too many ranges or too many open requests.
-        """
-        if request.stream not in self._streams:
-            raise ProtocolError(f"replayRequest for {request.stream}, not this agency's stream")
-        if request.request_id in self._open:
-            raise ProtocolError(f"replayRequest {request.request_id} is already open")
-        if len(request.ranges) > self._max_ranges:
-            raise ProtocolError(
-                f"replayRequest of {len(request.ranges)} ranges (at most {self._max_ranges})"
-            )
-        if len(self._open) >= self._max_outstanding:
-            raise ProtocolError(f"more than {self._max_outstanding} replayRequests open")
-        merged = _ranges((r.first, r.last) for r in request.ranges)
-        self._open[request.request_id] = _Request(request.stream, merged)
-        return ReplayWanted(request.request_id, request.stream, tuple(merged))
-
-    def envelope(self, request_id: int, record: LogRecord) -> bytes:
-        """The (redelivered) envelope of one record found for an open request.
-
-        Raises:
-            ValueError: no such open request, or the record was not asked for.
-        """
-        request = self._request(request_id)
-        if record.seq not in request.ranges:
-            raise ValueError(f"record {record.seq} was not asked for by {request_id}")
-        request.count += 1
-        return record_envelope(request.stream, record, redelivered=True)
-
-    def finish(
-        self,
-        request_id: int,
-        delivered: int | None = None,
-        unavailable: Iterable[Range] = (),
-        reason: str | None = None,
-    ) -> bytes:
-        """Close a request: the ReplayResult octets.
-
-        Args:
-            request_id: the request being closed.
-            delivered: how many envelopes were sent; None: as counted by
-                :meth:`envelope`.
-            unavailable: asked-for ranges that cannot be sent.
-            reason: why (e.g. "past retention"); never case data.
-
-        Raises:
-            ValueError: no such open request, or unavailable ranges not asked for.
-        """
-        request = self._request(request_id)
-        pieces = tuple(_ranges(unavailable))
-        for first, last in pieces:
-            if request.ranges.count_within(first, last) != last - first + 1:
-                raise ValueError(f"unavailable {first}..{last} was not asked for")
-        del self._open[request_id]
-        result = pdu.ReplayResult(
-            request_id=request_id,
-            stream=request.stream,
-            delivered=request.count if delivered is None else delivered,
-            unavailable=tuple(pdu.SequenceRange(a, b) for a, b in pieces),
-            reason=reason,
-        )
-        return encode_message(result)
-
-    @property
-    def open_requests(self) -> list[int]:
-        """Ids of the requests not yet finished."""
-        return list(self._open)
-
-    def _request(self, request_id: int) -> _Request:
-        try:
-            return self._open[request_id]
-        except KeyError:
-            raise ValueError(f"no open replay request {request_id}") from None
+    count: int = 0  # envelopes arrived
 
 
 class RetrievalClient:
@@ -160,7 +70,7 @@ class RetrievalClient:
         self.trackers = {} if trackers is None else trackers
         self._max_ranges = max_ranges
         self._max_outstanding = max_outstanding
-        self._open: dict[int, _Request] = {}
+        self._open: dict[int, _Asked] = {}
         self._next_id = 1
 
     def tracker(self, stream: pdu.StreamId) -> SequenceTracker:
@@ -173,10 +83,16 @@ class RetrievalClient:
         """A ReplayRequest for ``ranges`` of ``stream``.
 
         Raises:
-            ValueError: no ranges, more than the per-request maximum, or too
-            many requests open.
+            ValueError: no ranges, a range outside 0..2**64-1, more than the
+            per-request maximum, or too many requests open.
         """
-        merged = _ranges(ranges)
+        pieces = list(ranges)
+        for first, last in pieces:
+            try:
+                check_range(first, last)
+            except ProtocolError as exc:
+                raise ValueError(str(exc)) from None
+        merged = merge_ranges(pieces)
         if not merged or merged.interval_count > self._max_ranges:
             raise ValueError(f"a request holds 1 to {self._max_ranges} ranges")
         if len(self._open) >= self._max_outstanding:
@@ -185,32 +101,40 @@ class RetrievalClient:
         while request_id in self._open:
             request_id = request_id % MAX_ID + 1
         self._next_id = request_id % MAX_ID + 1
-        self._open[request_id] = _Request(stream, merged)
+        self._open[request_id] = _Asked(stream, merged)
         wanted = tuple(pdu.SequenceRange(a, b) for a, b in merged)
         return encode_message(pdu.ReplayRequest(request_id, stream, wanted))
 
-    def request_missing(self, stream: pdu.StreamId, below: int | None = None) -> list[bytes]:
+    def request_missing(
+        self, stream: pdu.StreamId, below: int | None = None, now: float | None = None
+    ) -> list[bytes]:
         """Requests for everything ``stream`` misses that is not already asked for.
 
         Args:
             stream: the stream.
             below: only gaps ending below this sequence number (leave the
                 newest alone: on UDP they may still be in flight).
+            now: the owner's clock: ranges answered "not yet" wait their
+                pause (see :meth:`SequenceTracker.mark_not_yet`); None: ask
+                for them too.
 
         Returns:
             Up to the open-request limit of requests, each of at most the
             per-request number of ranges; empty when nothing is wanted.
         """
-        asked = _ranges(
+        asked = merge_ranges(
             piece for r in self._open.values() if r.stream == stream for piece in r.ranges
         )
         wanted: list[Range] = []
-        for first, last in self.tracker(stream).retrievable():
+        room = (self._max_outstanding - len(self._open)) * self._max_ranges
+        for first, last in self.tracker(stream).retrievable(now=now):
             if below is not None:
                 if first >= below:
                     break
                 last = min(last, below - 1)
             wanted.extend(asked.gaps(first, last))
+            if len(wanted) >= room:
+                break
         out = []
         while wanted and len(self._open) < self._max_outstanding:
             chunk, wanted = wanted[: self._max_ranges], wanted[self._max_ranges :]
@@ -230,13 +154,18 @@ class RetrievalClient:
         new = self.tracker(envelope.stream).add(envelope.sequence_number)
         return EnvelopeReceived(envelope, duplicate=not new, retrieved=True)
 
-    def handle_result(self, result: pdu.ReplayResult) -> ReplayFinished:
-        """Close a request; its unavailable ranges become permanently missing.
+    def handle_result(self, result: pdu.ReplayResult, now: float = 0.0) -> ReplayFinished:
+        """Close a request: unavailable ranges become missing for good, not-yet ones wait.
+
+        Args:
+            result: the server's ReplayResult.
+            now: the owner's clock, for the pause before not-yet ranges are
+                asked again.
 
         Raises:
-            ProtocolError: no such open request, another stream, unavailable
-            ranges not asked for, or a delivered count that is not the
-            number of envelopes that arrived for it.
+            ProtocolError: no such open request, another stream, ranges not
+            asked for, or a delivered count that is not the number of
+            envelopes that arrived for it.
         """
         request = self._open.pop(result.request_id, None)
         if request is None:
@@ -248,20 +177,38 @@ class RetrievalClient:
                 f"replayResult {result.request_id} says {result.delivered} delivered, "
                 f"{request.count} arrived"
             )
-        tracker = self.tracker(request.stream)
         unavailable = tuple((r.first, r.last) for r in result.unavailable)
-        for first, last in unavailable:
+        not_yet = tuple((r.first, r.last) for r in result.not_yet or ())
+        for first, last in (*unavailable, *not_yet):
             if request.ranges.count_within(first, last) != last - first + 1:
                 raise ProtocolError(f"replayResult marks {first}..{last}, which was not asked for")
+        tracker = self.tracker(request.stream)
+        for first, last in unavailable:
             tracker.mark_unavailable(first, last, result.reason)
-        gone = _ranges(unavailable)
+        for first, last in not_yet:
+            tracker.mark_not_yet(first, last, result.reason)
+        if not_yet:
+            # A limit that cut a request which did deliver is progress: go on
+            # at once. Past the stream's end, or nothing at all: pause.
+            progress = bool(result.delivered) and result.limited is not None
+            tracker.not_yet_answered(now, progress=progress)
+        else:
+            tracker.answered_in_full()
+        gone = merge_ranges(unavailable)
         still = sum(
             last - first + 1 - gone.count_within(first, last)
             for a, b in request.ranges
             for first, last in tracker.gaps_within(a, b)
         )
         return ReplayFinished(
-            result.request_id, request.stream, result.delivered, unavailable, result.reason, still
+            result.request_id,
+            request.stream,
+            result.delivered,
+            unavailable,
+            result.reason,
+            still,
+            not_yet,
+            result.limited,
         )
 
     def connection_lost(self) -> None:
@@ -273,7 +220,7 @@ class RetrievalClient:
         """Ids of the requests not yet answered by a ReplayResult."""
         return list(self._open)
 
-    def _owner(self, envelope: pdu.Envelope) -> _Request | None:
+    def _owner(self, envelope: pdu.Envelope) -> _Asked | None:
         for request in self._open.values():
             if request.stream == envelope.stream and envelope.sequence_number in request.ranges:
                 return request

@@ -32,7 +32,7 @@ from mediation.protocol.keepalive import (
     UtcNow,
     system_utc_now,
 )
-from mediation.protocol.retrieval import RetrievalClient, RetrievalServer
+from mediation.protocol.retrieval import RetrievalClient, RetrievalLimits, RetrievalServer
 
 # 1024 full-size CC envelopes (~1.5 KB) are ~1.5 MB in flight, about the
 # bandwidth-delay product of a 100 Mbit/s path at 100 ms RTT, so acks do
@@ -57,6 +57,7 @@ class StreamSender(StreamConnection):
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         max_message: int = MAX_MESSAGE,
         utc_now: UtcNow = system_utc_now,
+        retrieval_limits: RetrievalLimits | None = None,
     ) -> None:
         """Args:
         positions: every stream delivered on this connection, with its
@@ -70,6 +71,7 @@ class StreamSender(StreamConnection):
         keepalive_timeout: seconds to wait for its answer.
         max_message: the largest message accepted from the peer.
         utc_now: the wall clock for the time fields we send.
+        retrieval_limits: what replay requests on one connection may cost.
         """
         super().__init__(
             keepalive_interval=keepalive_interval,
@@ -83,7 +85,8 @@ class StreamSender(StreamConnection):
         self._acked = dict(positions)
         self._next = dict(positions)
         self._sent_high = {s: max(p, (sent_before or {}).get(s, p)) for s, p in positions.items()}
-        self.retrieval = RetrievalServer(self._acked.keys())
+        self.retrieval_limits = retrieval_limits
+        self.retrieval = RetrievalServer(self._acked.keys(), limits=retrieval_limits)
 
     def resume(self, now: float, from_seq: Mapping[pdu.StreamId, int] | None = None) -> None:
         """Start a connection (the first one too): send from the first unacknowledged.
@@ -94,7 +97,8 @@ class StreamSender(StreamConnection):
                 machine saw acknowledged (e.g. the log's durable cursor).
         """
         self._start(now)
-        self.retrieval = RetrievalServer(self._acked.keys())  # requests die with connections
+        # Requests, and the connection's retrieval budget, die with connections.
+        self.retrieval = RetrievalServer(self._acked.keys(), limits=self.retrieval_limits)
         for stream, seq in (from_seq or {}).items():
             self._stream(stream)
             self._acked[stream] = seq
@@ -143,8 +147,8 @@ class StreamSender(StreamConnection):
         self._stream(checkpoint.stream)
         return encode_message(checkpoint)
 
-    def replay_envelope(self, request_id: int, record: LogRecord) -> bytes:
-        """See :meth:`RetrievalServer.envelope`."""
+    def replay_envelope(self, request_id: int, record: LogRecord) -> bytes | None:
+        """See :meth:`RetrievalServer.envelope` (None: a retrieval limit is reached)."""
         return self.retrieval.envelope(request_id, record)
 
     def finish_replay(
@@ -259,10 +263,12 @@ class StreamReceiver(StreamConnection):
         """Everything held of ``stream``, live and retrieved."""
         return self.retrieval.tracker(stream)
 
-    def request_missing(self, stream: pdu.StreamId, below: int | None = None) -> list[bytes]:
+    def request_missing(
+        self, stream: pdu.StreamId, below: int | None = None, now: float | None = None
+    ) -> list[bytes]:
         """See :meth:`RetrievalClient.request_missing`."""
         self._require_connection()
-        return self.retrieval.request_missing(stream, below)
+        return self.retrieval.request_missing(stream, below, now)
 
     def _handle(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
         if isinstance(message, pdu.Envelope):
@@ -272,7 +278,7 @@ class StreamReceiver(StreamConnection):
                 return [self.retrieval.handle_envelope(message)]
             return [self._live(message, now)]
         if isinstance(message, pdu.ReplayResult):
-            return [self.retrieval.handle_result(message)]
+            return [self.retrieval.handle_result(message, now)]
         if isinstance(message, pdu.ChainCheckpoint):
             if self._accept is not None and message.stream not in self._accept:
                 raise ProtocolError(f"checkpoint for {message.stream}, not delivered here")

@@ -177,7 +177,11 @@ class MediationServer:
         address = self.config.retrieval.address()
         if address is not None and self.trust is not None:
             self.retrieval = RetrievalService(
-                address, self.trust, self.streams_of_agency, self.config.delivery
+                address,
+                self.trust,
+                self.streams_of_agency,
+                self.config.delivery,
+                self.config.retrieval,
             )
             await nursery.start(self.retrieval.run)
         if self.taps is not None:

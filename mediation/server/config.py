@@ -23,6 +23,10 @@ names only what it changes::
 
     [retrieval]
     listen = "127.0.0.1:37001" # "" turns retrieval off; port 0 picks one
+    request_records = 100000   # one replay request: at most this many records ...
+    request_bytes = 67108864   # ... and octets; the rest is answered "not yet"
+    connection_records = 1000000   # one retrieval connection: at most this many ...
+    connection_bytes = 536870912   # ... records and octets, then "not yet" to all
 
     [taps]                     # the tap link (docs/tap-link.md)
     tls_listen = "127.0.0.1:37002"  # "" turns it off; off loopback only when set
@@ -107,6 +111,19 @@ class RetrievalConfig:
     # Loopback by default: nothing is reachable from outside until the
     # operator says so ("0.0.0.0:37001" or a specific address).
     listen: str = DEFAULT_RETRIEVAL_LISTEN
+    # What one replay request and one connection may cost; the rest of a
+    # range is answered "not yet" (ask again), never "unavailable".
+    # 100,000 records (~150 MB of full-size CC envelopes at most, capped at
+    # 64 MiB) is a few seconds of reading and sending: large enough that a
+    # receiver's gap after a long outage comes back in a few requests,
+    # small enough that no one request holds the log reader for long or
+    # buffers much. A connection may take ten requests' worth (1,000,000
+    # records, 512 MiB) before it must reconnect, so one agency cannot
+    # stream the whole log in one go while the server also delivers live.
+    request_records: int = 100_000
+    request_bytes: int = 64 * 2**20
+    connection_records: int = 1_000_000
+    connection_bytes: int = 512 * 2**20
 
     def address(self) -> tuple[str, int] | None:
         """``(host, port)`` to listen on, or None when retrieval is off."""

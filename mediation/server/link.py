@@ -34,7 +34,6 @@ from mediation.protocol import (
     ReplayWanted,
     StreamSender,
 )
-from mediation.protocol.events import Range
 
 log = logging.getLogger("mediation.server.delivery")
 AckHandler = Callable[[AckReceived], None]
@@ -171,47 +170,54 @@ class Link:
                 self._nursery.cancel_scope.cancel()
 
     async def replay(self, wanted: ReplayWanted) -> None:
-        """Answer one replay request from the log: its envelopes, then the result."""
+        """Answer one replay request from the log: its envelopes, then the result.
+
+        The machine decides (``RetrievalServer.plan``): what is below the
+        log's first record is never, what is past its end is not yet, and
+        reading stops at the request's or the connection's limit. Records
+        are read lazily, one batch at a time, from a log cursor.
+        """
         self.replays += 1
+        machine = self.sender.retrieval
         stream = self.logs[wanted.stream]
-        unavailable: list[Range] = []
-        reasons: set[str] = set()
-        for first, last in wanted.ranges:
-            low, high = stream.first_seq, stream.durable_seq
-            if first < low:
-                unavailable.append((first, min(last, low - 1)))
-                reasons.add("past retention")
-            if last > high:
-                unavailable.append((max(first, high + 1), last))
-                reasons.add("not stored")
-            start, stop = max(first, low), min(last, high)
-            if start <= stop:
-                gone = await self._replay_range(wanted.request_id, stream, start, stop)
-                if gone is not None:
-                    unavailable.append(gone)
-                    reasons.add("past retention")
-        reason = ", ".join(sorted(reasons)) or None
-        await self.write(self.sender.finish_replay(wanted.request_id, None, unavailable, reason))
+        reads = machine.plan(wanted.request_id, stream.first_seq, stream.durable_seq)
+        for start, stop in reads:
+            if not await self._replay_range(wanted.request_id, stream, start, stop):
+                break
+        await self.write(self.sender.finish_replay(wanted.request_id))
 
     async def _replay_range(
         self, request_id: int, stream: StreamLog, start: int, stop: int
-    ) -> Range | None:
-        """Send ``start..stop`` (all durable); the part retention removed meanwhile, if any."""
+    ) -> bool:
+        """Send ``start..stop`` (all durable when asked); False: a limit stopped it."""
+        machine = self.sender.retrieval
         cursor = stream.cursor(start)
         position = start
         while position <= stop:
             try:
                 records = await cursor.read(min(self.batch, stop - position + 1))
-            except RecordsUnavailable:
-                return (position, stop)
-            out = []
+            except RecordsUnavailable:  # retention removed them meanwhile
+                return machine.lost(request_id, position, stop, "past retention")
+            out: list[bytes] = []
+            going = True
             for record in records:
-                if record.seq > stop:
+                # A number the log skipped is lost for good (never stored).
+                skipped_to = min(record.seq, stop + 1)
+                if skipped_to > position:
+                    going = machine.lost(request_id, position, skipped_to - 1, "lost")
+                    position = skipped_to
+                if not going or record.seq > stop:
                     break
-                out.append(self.sender.replay_envelope(request_id, record))
+                data = machine.envelope(request_id, record)
+                if data is None:
+                    going = False
+                    break
+                out.append(data)
                 position = record.seq + 1
             await self.write(b"".join(out))
-        return None
+            if not going:
+                return False
+        return True
 
 
 async def close_quietly(stream: trio.abc.AsyncResource) -> None:

@@ -16,12 +16,18 @@ The connection is a stream connection that only replays: a
 connection is closed without a byte of the other warrant (logged by
 handle). Each request is answered from the log by cursor seek, every
 envelope marked ``redelivered``, then a ``replayResult`` naming the
-ranges that cannot be sent (past retention, or not stored).
+ranges that can never be sent (past retention, lost) and those not sent
+now (past the stream's end, or over the ``[retrieval]`` limits per request
+and per connection): the agency asks for those again later.
+
+One connection's failure, whatever it is, costs that connection: it is
+logged (rate-limited), counted and closed; the listener carries on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import trio
@@ -29,14 +35,15 @@ import trio
 from mediation.log import StreamLog
 from mediation.pdu import StreamId
 from mediation.pki import RoleRefused
-from mediation.protocol import StreamSender
+from mediation.protocol import RetrievalLimits, StreamSender
 from mediation.refusals import Refusals
-from mediation.server.config import DeliveryConfig
+from mediation.server.config import DeliveryConfig, RetrievalConfig
 from mediation.server.link import Link, close_quietly
 from mediation.server.tls import AgencyTrust
 
 log = logging.getLogger("mediation.server.retrieval")
 HANDSHAKE_TIMEOUT = 10.0
+FAILURE_LOG_INTERVAL = 10.0  # seconds between log lines about failed connections
 StreamsOf = Callable[[str], dict[StreamId, StreamLog]]
 
 
@@ -49,16 +56,37 @@ class RetrievalService:
         trust: AgencyTrust,
         streams_of: StreamsOf,
         config: DeliveryConfig,
+        limits: RetrievalConfig | None = None,
     ) -> None:
+        """Args:
+        address: where to listen.
+        trust: the agencies' certificates.
+        streams_of: an agency's open streams.
+        config: keepalive timers and the log batch size.
+        limits: the ``[retrieval]`` section: records and octets per
+            request and per connection (default: its defaults).
+        """
         self._address = address
         self._trust = trust
         self._streams_of = streams_of
         self.config = config
+        section = limits or RetrievalConfig()
+        self.limits = RetrievalLimits(
+            request_records=section.request_records,
+            request_bytes=section.request_bytes,
+            connection_records=section.connection_records,
+            connection_bytes=section.connection_bytes,
+        )
         self.listening: tuple[str, int] | None = None
         self.error: str | None = None
         self.connections = 0
         self.refusals = Refusals(log, "retrieval: client refused", clock=trio.current_time)
         self.replays = 0
+        self.limited = 0
+        """Requests answered in part because a limit was reached (the rest: not yet)."""
+        self.failed = 0
+        """Connections ended by an unexpected error (logged, never the server's end)."""
+        self._last_failure_log = -math.inf
 
     @property
     def refused(self) -> int:
@@ -72,6 +100,8 @@ class RetrievalService:
             "connections": self.connections,
             "refused": self.refused,
             "refused_by_reason": dict(sorted(self.refusals.counts.items())),
+            "limited": self.limited,
+            "failed": self.failed,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -113,8 +143,22 @@ class RetrievalService:
             agency = await self._identify(stream)
             if agency is not None:
                 await self._replay_for(agency, stream)
+        except Exception as exc:  # one connection's bug must not end the server
+            self._failed(exc)
         finally:
             await close_quietly(stream)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failed += 1
+        now = trio.current_time()
+        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL:
+            self._last_failure_log = now
+            log.error(
+                "retrieval: a connection failed (%s; %d so far); the listener carries on",
+                type(exc).__name__,
+                self.failed,
+                exc_info=exc,
+            )
 
     async def _identify(self, stream: trio.SSLStream) -> str | None:
         """The agency whose certificate the client presented, or None (refused)."""
@@ -145,14 +189,25 @@ class RetrievalService:
             sent_before=positions,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_timeout=self.config.keepalive_timeout,
+            retrieval_limits=self.limits,
         )
         sender.resume(trio.current_time())
         label = f"retrieval for agency {agency}"
         log.info("%s: connected (%d streams)", label, len(streams))
         link = Link(stream, sender, streams, label, batch=self.config.batch)
-        reason = await link.run()
-        self.replays += link.replays
-        log.info("%s: %d requests answered; ended (%s)", label, link.replays, reason)
+        try:
+            reason = await link.run()
+        finally:
+            self.replays += link.replays
+            self.limited += sender.retrieval.limited
+        log.info(
+            "%s: %d requests answered (%d records, %d limited); ended (%s)",
+            label,
+            link.replays,
+            sender.retrieval.records,
+            sender.retrieval.limited,
+            reason,
+        )
 
 
 def _peer(stream: trio.SSLStream) -> str:

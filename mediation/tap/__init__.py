@@ -1,7 +1,9 @@
 """The tap's core: parse frames, pick the target's, follow DHCP, build T1.IAS PDUs.
 
-No capture here yet (AF_PACKET and BPF come later); :func:`replay_pcap`
-drives the same code from a capture file. See docs/tap.md.
+Live capture is :class:`mediation.tap.live.LiveTap` (AF_PACKET, a
+TPACKET_V3 ring and a kernel BPF filter from the targets; imported from
+its module, as it needs trio and libpcap); :func:`replay_pcap` drives the
+same code from a capture file. See docs/tap.md.
 
 Public surface::
 
@@ -12,6 +14,8 @@ Public surface::
         .packet(frame, parsed, direction, when) -> [TapPDU]   .access_event(event) -> TapPDU
     Tap.for_warrant(warrant).process(frame, when) -> [TapPDU]
     replay_pcap(path, warrants) -> iterator of ReplayItem(handle, kind, der, time)
+    live.LiveTap(interface, warrants).run() -> async iterator of [ReplayItem]
+    bpf.kernel_filter(targets, interface) -> KernelFilter (libpcap, chained)
 """
 
 from mediation.tap.builder import (

@@ -31,8 +31,6 @@ import datetime as dt
 from mediation.pdu import (
     AccessSignalingMessageReport,
     Allocation,
-    CCApdu,
-    CCDeliveryHeader,
     CmIIMessage,
     ContentIdentifier,
     CorrelationInfo,
@@ -49,9 +47,10 @@ from mediation.pdu import (
     encode,
 )
 from mediation.pdu.convert import check_visible
-from mediation.pdu.fast import CMCC, CMII, encode_cc
+from mediation.pdu.fast import CMCC, CMII
+from mediation.pdu.fast_der import generalized_time
 from mediation.tap.dhcp import AccessEvent, Lease, LeaseChange
-from mediation.tap.header_report import HeaderReportTemplate
+from mediation.tap.header_report import CCTemplate, HeaderReportTemplate
 from mediation.tap.packet import ParsedFrame, format_mac
 from mediation.tap.targets import FROM_SUBJECT, TO_SUBJECT, Direction
 from mediation.warrants.model import ContentLevel
@@ -128,7 +127,7 @@ class _Counter:
 class _Flow:
     """What a flow's PDUs share: built once, at its first packet."""
 
-    __slots__ = ("content_identifier", "counter", "info", "number", "templates")
+    __slots__ = ("cc", "content_identifier", "counter", "info", "number", "templates")
 
     def __init__(
         self, number: int, cid: ContentIdentifier, info: CorrelationInfo | None, counter: _Counter
@@ -139,6 +138,7 @@ class _Flow:
         self.counter = counter
         # (packet goes subject -> peer?, subject address learned?) -> template
         self.templates: dict[tuple[bool, bool], HeaderReportTemplate] = {}
+        self.cc: dict[Direction, CCTemplate] = {}  # per direction, full content only
 
 
 class PDUBuilder:
@@ -219,14 +219,16 @@ class PDUBuilder:
         if template is None:
             template = self._template(flow, parsed, direction, subject_learned, when)
             flow.templates[forward, subject_learned] = template
-        out = [TapPDU(CMII, template.render(when), when)]
+        gt = generalized_time(when)
+        out = [TapPDU(CMII, template.render(when, gt), when)]
         if self.full:
             flow.counter.value += 1
-            header = CCDeliveryHeader(
-                flow.info, when, _PACKET_DIRECTION[direction], flow.counter.value
-            )
-            apdu = CCApdu(parsed.ip_packet(frame), header)
-            out.append(TapPDU(CMCC, encode_cc(apdu), when))
+            cc = flow.cc.get(direction)
+            if cc is None:
+                assert flow.info is not None
+                cc = flow.cc[direction] = CCTemplate(flow.info, _PACKET_DIRECTION[direction])
+            der = cc.render(gt, flow.counter.value, parsed.ip_packet(frame))
+            out.append(TapPDU(CMCC, der, when))
         return out
 
     def _flow(self, parsed: ParsedFrame, direction: Direction) -> tuple[_Flow, bool]:

@@ -358,6 +358,28 @@ def _transport(
     )  # fmt: skip
 
 
+_LINK_HEADER = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20}
+_ARP_IPV4 = b"\x00\x01\x08\x00\x06\x04"  # Ethernet hardware, IPv4 protocol, 6 and 4 octets
+
+
+def arp_addresses(frame: bytes, parsed: ParsedFrame) -> tuple[bytes, bytes] | None:
+    """The sender and target IPv4 addresses of an ARP frame (packed), or ``None``.
+
+    Args:
+        frame: the frame ``parsed`` was read from.
+        parsed: its :func:`parse_frame` result; ARP only if its ethertype says so.
+    """
+    if parsed.ethertype != ETH_ARP:
+        return None
+    header = _LINK_HEADER.get(parsed.linktype)
+    if header is None:
+        return None
+    at = header + 4 * len(parsed.vlans)
+    if len(frame) < at + 28 or frame[at : at + 6] != _ARP_IPV4:
+        return None
+    return bytes(frame[at + 14 : at + 18]), bytes(frame[at + 24 : at + 28])
+
+
 def format_mac(raw: bytes) -> str:
     """``02:00:5e:00:53:01`` for six octets."""
     return raw.hex(":")

@@ -112,6 +112,7 @@ class Tap:
         *,
         linktype: int = LINKTYPE_ETHERNET,
         interface: str | None = None,
+        outgoing: bool | None = None,
     ) -> list[TapPDU]:
         """The PDUs one captured frame causes for this warrant (often none).
 
@@ -121,7 +122,10 @@ class Tap:
             parsed: ``parse_frame(frame, linktype)`` if already done (it is
                 shared by every warrant's tap).
             linktype: the capture's link type, when ``parsed`` is not given.
-            interface: the capture interface's name, for ``iface:`` targets.
+            interface: the capture interface's name, for ``iface:`` targets
+                and targets scoped to an interface.
+            outgoing: the capture host sent the frame (Linux PACKET_OUTGOING),
+                the direction for ``iface:`` targets; ``None`` if unknown.
 
         Returns:
             Encoded PDUs in order: session ends of leases that expired
@@ -143,10 +147,10 @@ class Tap:
         follower = self.follower
         if follower is not None and follower.next_expiry is not None:
             out += self._apply(follower.expire(when))
-        direction = self.matcher.match(parsed, interface)
+        direction = self.matcher.match(parsed, interface, raw=frame, outgoing=outgoing)
         events: list[AccessEvent] = []
         if follower is not None and parsed.protocol == PROTO_UDP:
-            seen, events = self._dhcp(frame, parsed, when)
+            seen, events = self._dhcp(frame, parsed, when, interface)
             if direction is None:
                 direction = seen
         if direction is not None:
@@ -178,21 +182,29 @@ class Tap:
         return pdus
 
     def _dhcp(
-        self, frame: bytes, parsed: ParsedFrame, when: dt.datetime
+        self, frame: bytes, parsed: ParsedFrame, when: dt.datetime, interface: str | None
     ) -> tuple[Direction | None, list[AccessEvent]]:
         """Follow a DHCP message; the target's own are its traffic whatever the addresses.
 
         A server may broadcast its answer (or a relay carry it), so a DHCP
-        message about a target MAC is matched by its ``chaddr`` too.
+        message about a target MAC is matched by its ``chaddr`` too. When
+        every target MAC is scoped (VLAN, interface), DHCP outside all their
+        scopes is not read: another VLAN's server and clients, with their
+        own reuse of private addresses, say nothing about this target.
         """
+        if not self.matcher.dhcp_in_scope(parsed, interface):
+            return None, []
         payload = dhcp_payload(frame, parsed)
         message = parse_dhcp(payload) if payload is not None else None
         if message is None:
             return None, []
         assert self.follower is not None
+        mine = self.matcher.mac_in_scope(message.chaddr, parsed, interface)
+        if not mine and message.chaddr in self.matcher.macs:
+            return None, []  # a target MAC seen outside its scope: another subscriber
         self.counters.dhcp_messages += 1
         events = self.follower.observe(message, when)
-        if message.chaddr not in self.matcher.macs:
+        if not mine:
             return None, events
         return (FROM_SUBJECT if message.op == 1 else TO_SUBJECT), events
 
@@ -203,7 +215,7 @@ class Tap:
             if event.change is LeaseChange.ENDED:
                 self.matcher.unfollow(event.lease.address)
             else:
-                self.matcher.follow(event.lease.address)
+                self.matcher.follow(event.lease.address, event.lease.mac)
             self.counters.access_events += 1
             self.counters.cmii += 1
             out.append(self.builder.access_event(event))

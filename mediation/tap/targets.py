@@ -20,7 +20,7 @@ import enum
 import ipaddress
 from collections.abc import Iterable
 
-from mediation.tap.packet import ParsedFrame
+from mediation.tap.packet import ETH_ARP, ParsedFrame, arp_addresses
 from mediation.warrants.model import Target, TargetKind, Warrant
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -56,6 +56,63 @@ def mac_octets(text: str) -> bytes:
     return raw
 
 
+Scope = tuple[int | None, str | None]  # (outermost VLAN id, capture interface)
+
+
+class _Targets:
+    """One scope's targets as sets of packed octets; the per-frame decision."""
+
+    def __init__(self) -> None:
+        self.macs: set[bytes] = set()
+        self.static: set[bytes] = set()
+        self.learned: set[bytes] = set()
+        self.addresses: frozenset[bytes] = frozenset()
+        self.prefixes4: list[tuple[int, int]] = []
+        self.prefixes6: list[tuple[int, int]] = []
+        self.interfaces: set[str] = set()
+
+    def add(self, target: Target) -> None:
+        if target.kind is TargetKind.MAC:
+            self.macs.add(mac_octets(target.value))
+        elif target.kind is TargetKind.ADDRESS:
+            self.static.add(ipaddress.ip_address(target.value).packed)
+        elif target.kind is TargetKind.PREFIX:
+            net = ipaddress.ip_network(target.value)
+            entry = (int(net.network_address), int(net.netmask))
+            (self.prefixes4 if net.version == 4 else self.prefixes6).append(entry)
+        elif target.kind is TargetKind.INTERFACE:
+            self.interfaces.add(target.value)
+        self.addresses = frozenset(self.static | self.learned)
+
+    def relearn(self) -> None:
+        self.addresses = frozenset(self.static | self.learned)
+
+    def match(
+        self, frame: ParsedFrame, interface: str | None, outgoing: bool | None
+    ) -> Direction | None:
+        macs = self.macs
+        if macs:
+            if frame.src_mac in macs:
+                return FROM_SUBJECT
+            if frame.dst_mac in macs:
+                return TO_SUBJECT
+        src = frame.src_raw
+        if src is not None:
+            addresses = self.addresses
+            if src in addresses:
+                return FROM_SUBJECT
+            if frame.dst_raw in addresses:
+                return TO_SUBJECT
+            prefixes = self.prefixes4 if len(src) == 4 else self.prefixes6
+            if prefixes:
+                found = _in_prefixes(src, frame.dst_raw, prefixes)
+                if found is not None:
+                    return found
+        if interface is not None and interface in self.interfaces:
+            return _interface_direction(frame, outgoing)
+        return None
+
+
 class TargetMatcher:
     """Decides per parsed frame whether it is the target's, and its direction.
 
@@ -63,6 +120,14 @@ class TargetMatcher:
     list of ``(network, mask)`` integers, tried only when no exact address
     matched. Learned addresses (DHCP) live in their own set so that
     forgetting one never removes an address the warrant itself lists.
+
+    Targets scoped to a VLAN and/or an interface (``Target.vlan``,
+    ``Target.interface``) are kept apart, one group per scope, and a group
+    is tried only for frames inside its scope: the frame's outermost VLAN
+    tag is the scope's VLAN id, and it was captured on the scope's
+    interface. An IP address or prefix also matches ARP whose sender
+    (fromSubject) or target (toSubject) protocol address it is, as
+    libpcap's ``host`` and ``net`` do.
 
     Args:
         targets: the warrant's targets.
@@ -74,36 +139,28 @@ class TargetMatcher:
     """
 
     def __init__(self, targets: Iterable[Target]) -> None:
-        macs: set[bytes] = set()
-        static: set[bytes] = set()
-        prefixes4: list[tuple[int, int]] = []
-        prefixes6: list[tuple[int, int]] = []
-        interfaces: set[str] = set()
-        for index, target in enumerate(targets):
+        self._core = _Targets()
+        groups: dict[Scope, _Targets] = {}
+        self.targets: tuple[Target, ...] = tuple(targets)
+        for index, target in enumerate(self.targets):
+            group = self._core
+            if target.scoped:
+                group = groups.setdefault((target.vlan, target.interface), _Targets())
             try:
-                if target.kind is TargetKind.MAC:
-                    macs.add(mac_octets(target.value))
-                elif target.kind is TargetKind.ADDRESS:
-                    static.add(ipaddress.ip_address(target.value).packed)
-                elif target.kind is TargetKind.PREFIX:
-                    net = ipaddress.ip_network(target.value)
-                    entry = (int(net.network_address), int(net.netmask))
-                    (prefixes4 if net.version == 4 else prefixes6).append(entry)
-                elif target.kind is TargetKind.INTERFACE:
-                    interfaces.add(target.value)
+                group.add(target)
             except ValueError:
                 # ipaddress puts the value in its message; a target must never
                 # reach a log, so say which one by position only.
                 raise ValueError(
                     f"target {index + 1} ({target.kind.value}) is unreadable"
                 ) from None
-        self.macs: frozenset[bytes] = frozenset(macs)
-        self.interfaces: frozenset[str] = frozenset(interfaces)
-        self._static = frozenset(static)
+        self._scoped: tuple[tuple[Scope, _Targets], ...] = tuple(groups.items())
+        every = [self._core] + [g for _, g in self._scoped]
+        self.macs: frozenset[bytes] = frozenset().union(*(g.macs for g in every))
+        self.interfaces: frozenset[str] = frozenset().union(*(g.interfaces for g in every))
+        self._static = frozenset().union(*(g.static for g in every))
         self._learned: set[bytes] = set()
-        self._addresses: frozenset[bytes] = self._static
-        self._prefixes4 = tuple(prefixes4)
-        self._prefixes6 = tuple(prefixes6)
+        self._arp = any(g.addresses or g.prefixes4 for g in every)
 
     @classmethod
     def from_warrant(cls, warrant: Warrant) -> TargetMatcher:
@@ -118,15 +175,29 @@ class TargetMatcher:
 
     # Following ---------------------------------------------------------------
 
-    def follow(self, address: IPAddr) -> None:
-        """Match ``address`` too, until :meth:`unfollow` (a leased address)."""
-        self._learned.add(address.packed)
-        self._addresses = self._static | self._learned
+    def follow(self, address: IPAddr, mac: bytes | None = None) -> None:
+        """Match ``address`` too, until :meth:`unfollow` (a leased address).
+
+        Args:
+            address: the leased address.
+            mac: the target MAC that leased it: the address gets that MAC's
+                scope(s). ``None``: unscoped.
+        """
+        raw = address.packed
+        self._learned.add(raw)
+        for group in self._groups_of(mac):
+            group.learned.add(raw)
+            group.relearn()
+        self._arp = True
 
     def unfollow(self, address: IPAddr) -> None:
         """Stop matching a learned ``address``; one the warrant lists stays."""
-        self._learned.discard(address.packed)
-        self._addresses = self._static | self._learned
+        raw = address.packed
+        self._learned.discard(raw)
+        for group in (self._core, *(g for _, g in self._scoped)):
+            if raw in group.learned:
+                group.learned.discard(raw)
+                group.relearn()
 
     def is_learned(self, raw: bytes | None) -> bool:
         """Whether packed ``raw`` is an address learned by following (not listed)."""
@@ -137,44 +208,78 @@ class TargetMatcher:
         """Whether the warrant names MACs, whose leases can be followed."""
         return bool(self.macs)
 
+    def _groups_of(self, mac: bytes | None) -> list[_Targets]:
+        if mac is None:
+            return [self._core]
+        found = [g for g in (self._core, *(g for _, g in self._scoped)) if mac in g.macs]
+        return found or [self._core]
+
+    # Scope -------------------------------------------------------------------
+
+    def _in_scope(self, frame: ParsedFrame, interface: str | None) -> list[_Targets]:
+        """The scoped groups whose VLAN and interface admit this frame."""
+        vlan = frame.vlans[0] if frame.vlans else None
+        return [
+            group
+            for (want_vlan, want_iface), group in self._scoped
+            if (want_vlan is None or want_vlan == vlan)
+            and (want_iface is None or want_iface == interface)
+        ]
+
+    def mac_in_scope(self, mac: bytes, frame: ParsedFrame, interface: str | None) -> bool:
+        """Whether ``mac`` is a target MAC whose scope admits this frame (DHCP chaddr)."""
+        if mac in self._core.macs:
+            return True
+        return any(mac in g.macs for g in self._in_scope(frame, interface))
+
+    def dhcp_in_scope(self, frame: ParsedFrame, interface: str | None) -> bool:
+        """Whether any target MAC's scope admits this frame, so its DHCP is followed."""
+        if self._core.macs:
+            return True
+        return any(g.macs for g in self._in_scope(frame, interface))
+
     # Matching ----------------------------------------------------------------
 
-    def match(self, frame: ParsedFrame, interface: str | None = None) -> Direction | None:
+    def match(
+        self,
+        frame: ParsedFrame,
+        interface: str | None = None,
+        *,
+        raw: bytes | None = None,
+        outgoing: bool | None = None,
+    ) -> Direction | None:
         """The frame's direction if it is the target's, else ``None``.
 
         A frame whose source is the target is ``FROM_SUBJECT``, even when its
         destination is the target too (the subject sent it). MACs are tried
-        first, then addresses, then prefixes, then the interface.
+        first, then addresses, then prefixes, then the interface; unscoped
+        targets before scoped ones.
 
         Args:
             frame: the parsed frame.
             interface: the name of the interface it was captured on, if known.
+            raw: the frame's octets, to read ARP addresses from (an IP target
+                then matches ARP sent by or for it). Without it ARP matches
+                only by MAC.
+            outgoing: the capture said the host sent the frame (Linux
+                PACKET_OUTGOING), for ``iface:`` targets; ``None`` if unknown.
         """
-        macs = self.macs
-        if macs:
-            if frame.src_mac in macs:
-                return FROM_SUBJECT
-            if frame.dst_mac in macs:
-                return TO_SUBJECT
-        src = frame.src_raw
-        if src is not None:
-            addresses = self._addresses
-            if src in addresses:
-                return FROM_SUBJECT
-            if frame.dst_raw in addresses:
-                return TO_SUBJECT
-            prefixes = self._prefixes4 if frame.ip_version == 4 else self._prefixes6
-            if prefixes:
-                found = _in_prefixes(src, frame.dst_raw, prefixes)
-                if found is not None:
-                    return found
-        if interface is not None and interface in self.interfaces:
-            return _interface_direction(frame)
+        if raw is not None and frame.src_raw is None and frame.ethertype == ETH_ARP and self._arp:
+            addresses = arp_addresses(raw, frame)
+            if addresses is not None:
+                frame = frame._replace(src_raw=addresses[0], dst_raw=addresses[1])
+        found = self._core.match(frame, interface, outgoing)
+        if found is not None or not self._scoped:
+            return found
+        for group in self._in_scope(frame, interface):
+            found = group.match(frame, interface, outgoing)
+            if found is not None:
+                return found
         return None
 
 
 def _in_prefixes(
-    src: bytes, dst: bytes | None, prefixes: tuple[tuple[int, int], ...]
+    src: bytes, dst: bytes | None, prefixes: list[tuple[int, int]]
 ) -> Direction | None:
     s = int.from_bytes(src, "big")
     d = int.from_bytes(dst, "big") if dst is not None else -1
@@ -187,8 +292,10 @@ def _in_prefixes(
     return None
 
 
-def _interface_direction(frame: ParsedFrame) -> Direction:
-    """Direction on an interface that faces the target: from SLL if it says."""
+def _interface_direction(frame: ParsedFrame, outgoing: bool | None = None) -> Direction:
+    """Direction on an interface that faces the target: from the capture or SLL if it says."""
+    if outgoing is not None:
+        return TO_SUBJECT if outgoing else FROM_SUBJECT
     packet_type = frame.sll_packet_type
     if packet_type is None:
         return UNKNOWN

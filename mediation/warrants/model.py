@@ -54,15 +54,31 @@ class TargetKind(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Target:
-    """One thing to intercept, in normalised text form (see ``validate.parse_target``)."""
+    """One thing to intercept, in normalised text form (see ``validate.parse_target``).
+
+    ``vlan`` and ``interface`` narrow it (AND): a target scoped to VLAN 100
+    matches only frames whose outermost 802.1Q/802.1ad tag is 100, one
+    scoped to an interface only frames captured there. Written
+    ``192.0.2.10@vlan:100``, ``192.0.2.10@iface:eth1`` or both.
+    """
 
     kind: TargetKind
     value: str
+    vlan: int | None = None
+    interface: str | None = None
+
+    @property
+    def scoped(self) -> bool:
+        """Whether a VLAN or an interface narrows this target."""
+        return self.vlan is not None or self.interface is not None
 
     def __str__(self) -> str:
-        if self.kind is TargetKind.INTERFACE:
-            return f"iface:{self.value}"
-        return self.value
+        text = f"iface:{self.value}" if self.kind is TargetKind.INTERFACE else self.value
+        if self.vlan is not None:
+            text += f"@vlan:{self.vlan}"
+        if self.interface is not None:
+            text += f"@iface:{self.interface}"
+        return text
 
 
 @dataclasses.dataclass(frozen=True, order=True)

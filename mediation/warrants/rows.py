@@ -94,7 +94,7 @@ def _time(text: str) -> dt.datetime:
 def case_to_json(details: CaseDetails) -> dict[str, Any]:
     return {
         "case_id": details.case_id,
-        "targets": [[t.kind.value, t.value] for t in details.targets],
+        "targets": [_target_to_json(t) for t in details.targets],
         "sources": [[s.kind, s.value] for s in details.sources],
         "iap": details.iap,
         "court_ref": details.court_ref,
@@ -105,12 +105,29 @@ def case_to_json(details: CaseDetails) -> dict[str, Any]:
 def case_from_json(data: dict[str, Any]) -> CaseDetails:
     return CaseDetails(
         case_id=data["case_id"],
-        targets=tuple(Target(TargetKind(k), v) for k, v in data["targets"]),
+        targets=tuple(_target_from_json(t) for t in data["targets"]),
         sources=tuple(Source(k, v) for k, v in data["sources"]),
         iap=data["iap"],
         court_ref=data["court_ref"],
         notes=data["notes"],
     )
+
+
+def _target_to_json(target: Target) -> list[Any]:
+    """``[kind, value]``, plus ``{"vlan": N, "iface": NAME}`` only for a scoped target.
+
+    Unscoped targets keep the two-element form, so registries written before
+    scoping existed load unchanged and unscoped rows are written as before.
+    """
+    if not target.scoped:
+        return [target.kind.value, target.value]
+    scope = {"vlan": target.vlan, "iface": target.interface}
+    return [target.kind.value, target.value, {k: v for k, v in scope.items() if v is not None}]
+
+
+def _target_from_json(item: list[Any]) -> Target:
+    scope = item[2] if len(item) > 2 else {}
+    return Target(TargetKind(item[0]), item[1], scope.get("vlan"), scope.get("iface"))
 
 
 def warrant_row(warrant: Warrant, key: RegistryKey) -> tuple[Any, ...]:

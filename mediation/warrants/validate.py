@@ -8,6 +8,7 @@ log collectors); they say which value was wrong by its position instead.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import re
@@ -98,13 +99,51 @@ def parse_content(text: str | None, field: str = "--content") -> ContentLevel:
 
 
 def parse_target(text: str, index: int = 0, field: str = "--target") -> Target:
-    """An IPv4/IPv6 address or prefix, a MAC address, or ``iface:NAME``.
+    """An IPv4/IPv6 address or prefix, a MAC address, or ``iface:NAME``, maybe scoped.
 
     Addresses and prefixes are normalised by :mod:`ipaddress` (a ``/32`` or
-    ``/128`` prefix is an address); MACs become lower-case colon form.
+    ``/128`` prefix is an address); MACs become lower-case colon form. A
+    scope may follow, narrowing the target (AND): ``@vlan:N`` (the frame's
+    outermost VLAN id, 0 to 4095) and/or ``@iface:NAME`` (the capture
+    interface), e.g. ``192.0.2.10@vlan:100`` or ``192.0.2.10@vlan:100@iface:eth1``.
     """
     name = f"{field} {ordinal(index)}"
-    text = text.strip()
+    text, vlan, interface = _split_scope(text.strip(), name)
+    target = _parse_unscoped(text, name)
+    if interface is not None and target.kind is TargetKind.INTERFACE:
+        raise UsageError(name, "iface:NAME cannot also be scoped @iface:; give one interface")
+    return dataclasses.replace(target, vlan=vlan, interface=interface)
+
+
+# A scope is the last one or two @key:value suffixes; an interface name may
+# itself hold '@', but never "@vlan:" or "@iface:".
+_SCOPE = re.compile(r"(.*?)@(vlan|iface):([^@]*)")
+
+
+def _split_scope(text: str, name: str) -> tuple[str, int | None, str | None]:
+    """``(target text, vlan, interface)`` with any ``@vlan:N`` / ``@iface:NAME`` removed."""
+    vlan: int | None = None
+    interface: str | None = None
+    seen: set[str] = set()
+    while match := _SCOPE.fullmatch(text):
+        text, key, value = match.groups()
+        if key in seen:
+            raise UsageError(name, f"gives @{key}: twice; a target has one of each at most")
+        seen.add(key)
+        if key == "vlan":
+            if not re.fullmatch(r"\d{1,4}", value) or int(value) > 4095:
+                raise UsageError(name, "@vlan: must be a VLAN id from 0 to 4095 (@vlan:100)")
+            vlan = int(value)
+        else:
+            if not _IFACE.fullmatch(value):
+                raise UsageError(
+                    name, "@iface: needs 1 to 15 letters, digits or ._@:- (@iface:eth1)"
+                )
+            interface = value
+    return text, vlan, interface
+
+
+def _parse_unscoped(text: str, name: str) -> Target:
     if text.startswith("iface:"):
         iface = text[len("iface:") :]
         if not _IFACE.fullmatch(iface):
