@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -22,14 +23,10 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     from mediation.warrants.validate import parse_host_port
 
     credentials = _credentials(args.credentials)
-    if args.interface:
-        raise UsageError(
-            "-i", "live capture is not in this build yet; use --read FILE (see docs/tap.md)"
-        )
-    if not args.read:
-        raise UsageError("--read", "give -i IFACE or --read FILE")
-    source = Path(args.read)
-    if not source.is_file():
+    if not args.read and not args.interface:
+        raise UsageError("-i", "give -i IFACE (live capture) or --read FILE (a pcap file)")
+    source = Path(args.read) if args.read else None
+    if source is not None and not source.is_file():
         raise UsageError("--read", f"{source} is not a readable file")
     server = args.server or credentials.server
     host, port = parse_host_port(server, "--server (or `server` in the credentials file)")
@@ -42,7 +39,10 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     logger = logging.getLogger("mediation.tap")
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    return trio.run(_run, args, credentials, (host, port), udp, spool_dir, source)
+    try:
+        return trio.run(_run, args, credentials, (host, port), udp, spool_dir, source)
+    except* UsageError as group:  # raised inside a nursery: one line, exit 2, as everywhere
+        raise group.exceptions[0] from None
 
 
 def _credentials(path_text: str):
@@ -65,7 +65,7 @@ async def _run(
     address: tuple[str, int],
     udp: tuple[str, int] | None,
     spool_dir: Path,
-    source: Path,
+    source: Path | None,
 ) -> int:
     import trio
 
@@ -100,8 +100,12 @@ async def _run(
                 raise UsageError(
                     "--server", f"no warrant set from {address[0]}:{address[1]} in time"
                 )
-            await _replay(client, source, args.speed == "recorded")
-            await client.drained()
+            if source is None:
+                await _live(client, args.interface)
+            else:
+                await _replay(client, source, args.speed == "recorded")
+            with trio.move_on_after(math.inf if source is not None else 5.0):
+                await client.drained()  # a live tap stopping keeps the rest spooled
             nursery.cancel_scope.cancel()
     finally:
         if spool is not None:
@@ -113,6 +117,27 @@ async def _run(
         flush=True,
     )
     return 0
+
+
+async def _live(client: object, interface: str) -> None:
+    """Capture until stopped (SIGINT, SIGTERM); the spool keeps what is not yet acknowledged."""
+    import signal
+
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def capture() -> None:
+                try:
+                    await client.run_live(interface)  # type: ignore[attr-defined]
+                except OSError as exc:
+                    raise UsageError("-i", f"cannot capture on {interface}: {exc}") from None
+
+            nursery.start_soon(capture)
+            async for _signum in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 async def _replay(client: object, source: Path, paced: bool) -> None:

@@ -115,7 +115,9 @@ class TapGate:
             # Content carries the IP packet only: addresses can be checked,
             # a MAC or an interface cannot (docs/tap-link.md).
             checkable = kinds and kinds <= {TargetKind.ADDRESS, TargetKind.PREFIX}
-            self._matchers[warrant.handle] = TargetMatcher(details.targets) if checkable else None
+            # The packet carries no VLAN tag or interface: check its addresses only.
+            bare = [dataclasses.replace(t, vlan=None, interface=None) for t in details.targets]
+            self._matchers[warrant.handle] = TargetMatcher(bare) if checkable else None
 
     def warrant_for(self, kind: str, der: bytes) -> tuple[str | None, str]:
         """``(handle, "")`` for the warrant a PDU belongs to, or ``(None, reason)``."""

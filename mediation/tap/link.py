@@ -167,6 +167,7 @@ class TapClient:
         self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
         self._last_sent = -1
         self._sealer: DatagramSealer | None = None
+        self._live: Any = None  # the LiveTap, when capturing
         self._udp_socket: trio.socket.SocketType | None = None
 
     # -- frames to batches -----------------------------------------------------
@@ -174,19 +175,42 @@ class TapClient:
     async def frame(
         self, data: bytes, when: dt.datetime, linktype: int = LINKTYPE_ETHERNET
     ) -> None:
-        """One captured frame: its PDUs for every warrant, batched."""
+        """One captured frame (a file's): its PDUs for every warrant, batched."""
         self.counters.frames += 1
         parsed = parse_frame(data, linktype)
         for tap in self.taps:
             for pdu in tap.process(data, when, parsed):
-                if not self._pending:
-                    self._pending_since = time.monotonic()
-                der = pdu.der
-                self._pending.append((pdu.kind, pdu.time, der))
-                self._pending_bytes += len(der) + 40
-                self.counters.pdus += 1
-                if len(self._pending) >= self.batch_pdus or self._pending_bytes >= self._limit:
-                    await self.flush()
+                await self.add(pdu.kind, pdu.time, pdu.der)
+
+    async def add(self, kind: str, when: dt.datetime, der: bytes) -> None:
+        """One PDU into the open batch; the batch is sealed when full."""
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append((kind, when, der))
+        self._pending_bytes += len(der) + 40
+        self.counters.pdus += 1
+        if len(self._pending) >= self.batch_pdus or self._pending_bytes >= self._limit:
+            await self.flush()
+
+    async def run_live(self, interface: str) -> None:
+        """Capture on ``interface`` for the warrants served, until cancelled.
+
+        One capture serves every warrant (:class:`mediation.tap.live.LiveTap`);
+        its kernel filter is rebuilt whenever the warrant set changes.
+
+        Raises:
+            OSError: the interface, CAP_NET_RAW or the kernel said no.
+        """
+        from mediation.tap.live import LiveTap
+
+        await self.warrants_ready.wait()
+        live = await trio.to_thread.run_sync(lambda: LiveTap(interface, self.taps))
+        self._live = live
+        with live:
+            async for items in live.run():
+                self.counters.frames = live.counters.frames
+                for item in items:
+                    await self.add(item.kind, item.time, item.der)
 
     @property
     def _limit(self) -> int:
@@ -353,6 +377,11 @@ class TapClient:
             usable.append(warrant)
         self.taps = taps
         self._generation = dataclasses.replace(warrants, warrants=tuple(usable))
+        if self._live is not None:
+            try:
+                self._live.set_warrants(taps)
+            except (OSError, ValueError) as exc:
+                log.error("tap: the capture filter could not be rebuilt: %s", exc)
         log.info("tap link: serving %d warrant(s)", len(taps))
         self.warrants_ready.set()
 
