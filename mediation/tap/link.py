@@ -206,6 +206,7 @@ class TapClient:
         await self.warrants_ready.wait()
         live = await trio.to_thread.run_sync(lambda: LiveTap(interface, self.taps))
         self._live = live
+        log.info("capturing on %s for %d warrant(s)", interface, len(self.taps))
         with live:
             async for items in live.run():
                 self.counters.frames = live.counters.frames
