@@ -20,6 +20,8 @@ from typing import Any
 
 import asn1tools
 
+from mediation.pdu.convert import check_visible
+from mediation.pdu.delivery import check_range
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_der import expect, generalized_time, length, read_integer, read_time
 from mediation.pdu.schema import asn1_dir
@@ -46,6 +48,9 @@ class Overflow:
     first: dt.datetime
     last: dt.datetime
 
+    def __post_init__(self) -> None:
+        check_range("count", self.count, 2**32 - 1)
+
 
 @dataclasses.dataclass(frozen=True)
 class TapHello:
@@ -54,6 +59,11 @@ class TapHello:
     pending: int
     overflow: Overflow | None = None
     version: int = VERSION
+
+    def __post_init__(self) -> None:
+        check_visible("tapName", self.name, 1, 64)
+        check_range("nextBatch", self.next_batch, MAX_BATCH_ID)
+        check_range("pending", self.pending, 2**32 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +84,16 @@ class TapWarrant:
     start: dt.datetime
     end: dt.datetime
     targets: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check_visible("handle", self.handle, 1, 32)
+        check_visible("caseId", self.case_id, 1, 25)
+        if self.iap is not None:
+            check_visible("iapId", self.iap, 1, 15)
+        if self.content not in ("headers", "full"):
+            raise PDUError(f"content: must be headers or full, got {self.content!r}")
+        if not all(0 < len(t) <= 255 for t in self.targets):
+            raise PDUError("targets: each is 1 to 255 characters")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +120,13 @@ class BatchAck:
     batch_id: int
     accepted: int
     refused: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_range("batchId", self.batch_id, MAX_BATCH_ID)
+        check_range("accepted", self.accepted, 2**32 - 1)
+        for reason, count in self.refused:
+            check_visible("reason", reason, 1, 64)
+            check_range("count", count, 2**32 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,9 +237,9 @@ def decode(data: bytes) -> Message:
         return read_batch(data, start, start + size)
     try:
         name, value = spec().decode("TapLinkMessage", data)
-    except (asn1tools.Error, ValueError, TypeError) as exc:
+        return _from_asn1(name, value)
+    except (asn1tools.Error, ValueError, TypeError, KeyError) as exc:
         raise PDUError(f"TapLinkMessage: {exc}") from None
-    return _from_asn1(name, value)
 
 
 def _to_asn1(message: Message) -> tuple[str, dict[str, Any]]:
