@@ -111,7 +111,7 @@ class _Side:
                 message = T.decode(raw)
             except PDUError as exc:
                 raise ProtocolError(f"undecodable message: {exc}") from None
-            if isinstance(message, T.Keepalive):
+            if isinstance(message, T.Keepalive) and self.state is State.READY:
                 self._send(T.KeepaliveAnswer(message.id), now)
                 continue
             if isinstance(message, T.Close):
@@ -166,7 +166,7 @@ class TapLinkTap(_Side):
                 if not self.in_flight:
                     raise ProtocolError(f"ack of batch {message.batch_id}, none in flight")
                 self.in_flight.popitem(last=False)
-            elif isinstance(message, T.PduBatch | T.TapHello | T.Keepalive):
+            elif isinstance(message, T.PduBatch | T.TapHello):
                 raise ProtocolError(f"{type(message).__name__} from the server")
             out.append(message)
         return out
@@ -228,7 +228,7 @@ class TapLinkServer(_Side):
                         f"batch {message.batch_id} after {self._last_batch}: ids must increase"
                     )
                 self._last_batch = message.batch_id
-            elif isinstance(message, T.ServerHello | T.WarrantSet | T.BatchAck | T.Keepalive):
+            elif isinstance(message, T.ServerHello | T.WarrantSet | T.BatchAck):
                 raise ProtocolError(f"{type(message).__name__} from a tap")
             out.append(message)
         return out
