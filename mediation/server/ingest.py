@@ -202,41 +202,46 @@ class Ingest:
                 await self._flush_before(handle, stream)
 
     def append_batch(
-        self, items: list[tuple[str, StreamKind, bytes]], received: int
-    ) -> tuple[list[Appended], BaseException | None]:
+        self, targets: list[StreamId], items: list[tuple[int, bytes]], received: int
+    ) -> tuple[list[int], list[Appended | None], BaseException | None]:
         """Append a batch of checked PDUs, in order, without yielding to other tasks.
 
         Nothing else can append between two of these records, so each
         stream's share of the batch is one contiguous run of sequence
         numbers (what the tap link's exactly-once journal relies on). The
-        caller has checked each item (:meth:`admit`) and called
+        caller has checked each item (:meth:`check`) and called
         :meth:`before_batch`.
 
         Args:
-            items: ``(handle, stream kind, der)`` in the batch's order.
+            targets: the streams the batch goes to (open ones).
+            items: ``(index into targets, der)`` in the batch's order.
             received: the receive time of the whole batch, microseconds.
 
         Returns:
-            The receipts of the records appended, in order, and the error
-            that stopped the batch early (``StorageUnavailable``,
-            ``trio.WouldBlock``), or None when every item was appended.
+            Per target: how many records were appended, and the receipt of
+            the last one (None: none); and the error that stopped the batch
+            early (``StorageUnavailable``, ``trio.WouldBlock``), or None
+            when every item was appended.
         """
-        appended: list[Appended] = []
         clock = self.clock.status
-        streams = self.streams
+        resolved = [(self.streams[sid], _CONTENT[sid.kind]) for sid in targets]
+        counts = [0] * len(targets)
+        last: list[Appended | None] = [None] * len(targets)
+        error: BaseException | None = None
         try:
-            for handle, kind, der in items:
-                stream = streams[StreamId(handle, kind)]
-                appended.append(stream.append_nowait(der, _CONTENT[kind], clock, received))
+            for index, der in items:
+                stream, kind = resolved[index]
+                last[index] = stream.append_nowait(der, kind, clock, received)
+                counts[index] += 1
         except (StorageUnavailable, trio.WouldBlock) as exc:
-            self.counters.unable_to_store += len(items) - len(appended)
-            error: BaseException | None = exc
-        else:
-            error = None
-        self.counters.accepted += len(appended)
-        for handle, kind, _der in items[: len(appended)]:
-            self.table.count(handle, _COUNTED[kind])
-        return appended, error
+            error = exc
+        done = sum(counts)
+        self.counters.unable_to_store += len(items) - done
+        self.counters.accepted += done
+        for sid, count in zip(targets, counts, strict=True):
+            if count:
+                self.table.count(sid.warrant_handle, _COUNTED[sid.kind], count)
+        return counts, last, error
 
     async def _flush_before(self, handle: str, stream: StreamLog) -> None:
         """Held notices keep their numbers: store them before this PDU.

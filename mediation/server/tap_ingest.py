@@ -34,13 +34,16 @@ from mediation.pdu import StreamId, StreamKind
 from mediation.pdu import taplink as T
 from mediation.pdu.errors import PDUError
 from mediation.pdu.tlv import read_header
-from mediation.server.ingest import Ingest
+from mediation.server.ingest import Ingest, well_formed
 from mediation.tap.packet import LINKTYPE_RAW, parse_frame
 from mediation.tap.targets import TargetMatcher
 from mediation.warrants.model import TargetKind, Warrant
 
 log = logging.getLogger("mediation.server")
 JOURNAL_DIR = "taps"
+# A well-formed stand-in per kind, to ask ingest which stream (the PDU itself
+# is checked by well_formed after).
+_SEQUENCE = {"cmII": b"\x30\x03\x06\x01\x00", "cmCC": b"\x30\x03\x81\x01\x00"}
 
 # Why a PDU from a tap was refused (the keys of `mediate status`'s tap rows).
 REASONS = (
@@ -304,52 +307,77 @@ class TapIngest:
                 if self._complete(entry):
                     return BatchResult(T.BatchAck(batch.batch_id, 0), self._tails(entry), True)
                 skip = self._stored(entry)
-        items, refused = self._check(gate, batch)
-        await self.intake.before_batch({handle for handle, _k, _d in items})
-        plan: dict[StreamId, list[int]] = {}
-        for index, (handle, kind, _der) in enumerate(items):
-            plan.setdefault(StreamId(handle, kind), []).append(index)
-        keep = sorted(i for sid, idx in plan.items() for i in idx[skip.get(sid, 0) :])
-        todo = [items[i] for i in keep]
+        targets, items, refused = self._check(gate, batch)
+        await self.intake.before_batch({sid.warrant_handle for sid in targets})
+        if skip:  # a resent batch: leave out each stream's share already stored
+            left = [skip.get(sid, 0) for sid in targets]
+            kept = []
+            for index, der in items:
+                if left[index]:
+                    left[index] -= 1
+                else:
+                    kept.append((index, der))
+        else:
+            kept = items
+        totals = [0] * len(targets)
+        for index, _der in items:
+            totals[index] += 1
         spans = {}
-        for sid, idx in plan.items():
-            already = min(skip.get(sid, 0), len(idx))
-            spans[sid] = Span(self.intake.streams[sid].next_seq, len(idx) - already, already)
+        for index, sid in enumerate(targets):
+            already = min(skip.get(sid, 0), totals[index])
+            spans[sid] = Span(self.intake.streams[sid].next_seq, totals[index] - already, already)
         new = JournalEntry(batch.batch_id, spans)
         if durable:
             _last, entries = self.journal.state(tap)
             done = [b for b, e in entries.items() if b != batch.batch_id and self._durable(e)]
             self.journal.begin(tap, new, done)
-        receipts, error = self.intake.append_batch(todo, time.time_ns() // 1000)
+        counts, last, error = self.intake.append_batch(targets, kept, time.time_ns() // 1000)
         self.batches += 1
         if error is not None:
-            new.stopped = {sid: 0 for sid in spans}
-            for handle, kind, _der in todo[: len(receipts)]:
-                new.stopped[StreamId(handle, kind)] += 1
-            self.refused["unable_to_store"] += len(todo) - len(receipts)
+            new.stopped = dict(zip(targets, counts, strict=True))
+            self.refused["unable_to_store"] += len(kept) - sum(counts)
             log.warning("tap %s: batch %d stopped: %s", tap, batch.batch_id, type(error).__name__)
         for reason, count in refused.items():
             self.refused[reason] += count
         ack = T.BatchAck(batch.batch_id, len(items), tuple(sorted(refused.items())))
-        return BatchResult(ack, receipts, error is None)
+        return BatchResult(ack, [r for r in last if r is not None], error is None)
 
     def _check(
         self, gate: TapGate, batch: T.PduBatch
-    ) -> tuple[list[tuple[str, StreamKind, bytes]], collections.Counter[str]]:
+    ) -> tuple[list[StreamId], list[tuple[int, bytes]], collections.Counter[str]]:
+        """The streams, and ``(stream index, der)`` per PDU that passes; refusals by reason."""
+        targets: list[StreamId] = []
+        where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
         items = []
         refused: collections.Counter[str] = collections.Counter()
-        intake = self.intake
         for pdu in batch.pdus:
             handle, reason = gate.warrant_for(pdu.kind, pdu.der)
             if handle is None:
                 refused[reason] += 1
                 continue
-            kind = intake.check(handle, pdu.kind, pdu.der)
-            if isinstance(kind, str) or StreamId(handle, kind) not in intake.streams:
-                refused[kind if isinstance(kind, str) else "inactive_warrant"] += 1
+            found = where.get((handle, pdu.kind))
+            if found is None:
+                found = self._target(handle, pdu.kind, targets)
+                where[handle, pdu.kind] = found
+            if isinstance(found, str):
+                refused[found] += 1
                 continue
-            items.append((handle, kind, pdu.der))
-        return items, refused
+            if not well_formed(targets[found].kind, pdu.der):
+                refused["malformed"] += 1
+                continue
+            items.append((found, pdu.der))
+        return targets, items, refused
+
+    def _target(self, handle: str, kind: str, targets: list[StreamId]) -> int | str:
+        """The index in ``targets`` of the stream for this warrant and kind (added), or why not."""
+        found = self.intake.check(handle, kind, _SEQUENCE[kind])
+        if isinstance(found, str):
+            return found
+        sid = StreamId(handle, found)
+        if sid not in self.intake.streams:
+            return "inactive_warrant"
+        targets.append(sid)
+        return len(targets) - 1
 
     def _tails(self, entry: JournalEntry) -> list[Appended]:
         """Receipts for the last records this process appended of an entry's batch."""
