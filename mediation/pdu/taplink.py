@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import asn1tools
 
@@ -102,8 +102,9 @@ class WarrantSet:
     warrants: tuple[TapWarrant, ...]
 
 
-@dataclasses.dataclass(frozen=True)
-class TapPdu:
+class TapPdu(NamedTuple):
+    """One PDU of a batch (a tuple: a batch holds a thousand of them)."""
+
     kind: str  # "cmII" or "cmCC"
     captured: dt.datetime
     der: bytes
@@ -191,16 +192,17 @@ def read_batch(data: bytes, start: int, end: int) -> PduBatch:
         raise PDUError("batchId: out of range", pos)
     pos, seq_end = expect(data, stop, end, 0xA1, "pdus")
     out = []
+    kinds = KINDS
     while pos < seq_end:
         item, item_end = expect(data, pos, seq_end, 0x30, "TapPdu")
         k, k_end = expect(data, item, item_end, 0x80, "kind")
-        kind = read_integer(data, k, k_end, "kind")
-        if not 0 <= kind < len(KINDS):
-            raise PDUError(f"kind: unknown value {kind}", k)
+        kind = data[k] if k_end - k == 1 else -1  # 0 or 1, one octet in DER
+        if not 0 <= kind < 2:
+            raise PDUError(f"kind: unknown value {read_integer(data, k, k_end, 'kind')}", k)
         t, t_end = expect(data, k_end, item_end, 0x81, "captured")
         captured = read_time(data, t, t_end, "captured")
         p, p_end = expect(data, t_end, item_end, 0x82, "pdu")
-        out.append(TapPdu(KINDS[kind], captured, data[p:p_end]))
+        out.append(TapPdu(kinds[kind], captured, data[p:p_end]))
         pos = item_end  # extensions after pdu are skipped
     return PduBatch(batch_id, tuple(out))
 
