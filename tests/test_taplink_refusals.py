@@ -93,6 +93,7 @@ def test_a_tap_cannot_feed_a_bystander_or_another_taps_case(carrier: Carrier) ->
     try:
         received = trio.run(speak, carrier, tap_port(server), batch)
         status = server.status() or {}
+        shown = carrier.ok("status")
     finally:
         server.stop()
     [warrants] = [m for m in received if isinstance(m, T.WarrantSet)]
@@ -101,6 +102,7 @@ def test_a_tap_cannot_feed_a_bystander_or_another_taps_case(carrier: Carrier) ->
     assert ack.accepted == 2
     assert dict(ack.refused) == {"not_target": 1, "not_served": 2, "malformed": 1}
     assert status["taps"]["refused_pdus"] == {"not_target": 1, "not_served": 2, "malformed": 1}
+    assert "taps refused: PDUs: malformed 1, not_served 2, not_target 1;" in shown
     assert stored(carrier, ours) == {
         StreamKind.CMII: [good[0].der],
         StreamKind.CMCC: [good[1].der],
