@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 from taplink_support import SAMPLE, TAP, add_tapped_warrant, serve, stored, tap_port
-from test_warrants_support import Carrier
+from test_warrants_support import AGENCY, Carrier
 
 from mediation.evidence.pcap import PcapReader
 from mediation.pdu import StreamKind
@@ -123,3 +123,50 @@ def test_a_revoked_tap_is_refused_and_counted(carrier: Carrier) -> None:
     assert status["taps"]["refused_links"] == {"revoked tap": 1}
     assert status["taps_connected"] == []
     assert stored(carrier, handle) == {StreamKind.CMII: [], StreamKind.CMCC: []}
+
+
+def test_add_says_which_connected_taps_accepted_the_warrant(carrier: Carrier) -> None:
+    """`mediate add`'s "taps accepted" line: the taps that are sent the warrant, at once."""
+    add_tapped_warrant(carrier)  # so that edge-1 has something to serve from the start
+    server = serve(carrier)
+
+    async def connected_then_add() -> tuple[str, list]:
+        credentials = read_bundle(carrier.tmp / f"{TAP}.tap")
+        host, port = tap_port(server).rsplit(":", 1)
+        tcp = await trio.open_tcp_stream(host, int(port))
+        context = client_context(credentials, carrier.tmp)
+        stream = trio.SSLStream(tcp, context, server_hostname=host)
+        machine = TapLinkTap(T.TapHello(TAP, 1, 0), trio.current_time())
+        await stream.send_all(machine.data_to_send())
+        sets: list = []
+        with trio.fail_after(10):
+            while not sets:
+                data = await stream.receive_some(65536)
+                sets += [
+                    m
+                    for m in machine.receive_data(data, trio.current_time())
+                    if isinstance(m, T.WarrantSet)
+                ]
+            out = await trio.to_thread.run_sync(
+                lambda: carrier.ok(
+                    "add", "--case-id", "CASE-TEST-0009", "--agency", AGENCY,
+                    "--target", TARGET_IP, "--content", "headers", "--tap", TAP,
+                )
+            )  # fmt: skip
+            while len(sets) < 2:  # the new set follows without waiting for a poll
+                data = await stream.receive_some(65536)
+                sets += [
+                    m
+                    for m in machine.receive_data(data, trio.current_time())
+                    if isinstance(m, T.WarrantSet)
+                ]
+        await stream.aclose()
+        return out, sets
+
+    try:
+        out, sets = trio.run(connected_then_add)
+    finally:
+        server.stop()
+    handle = out.split()[0]
+    assert f"taps accepted: {TAP}" in out
+    assert handle in [w.handle for w in sets[-1].warrants]

@@ -244,7 +244,7 @@ class MediationServer:
         if self.trust is not None:
             self.trust.update(self.table.agencies.values())
         if self.taps is not None:
-            self.taps.sync_keys()
+            self.taps.on_change()
         for handle in self.table.states():
             await self._open_streams(handle, at_start)
         self._watch_new_streams()

@@ -126,6 +126,7 @@ class TapService:
         self._key_taps: dict[int, str] = {}
         self._loss: dict[str, UpstreamLoss] = {}
         self._last_captured: dict[str, dt.datetime] = {}
+        self._links: set[_TapConnection] = set()
 
     # -- status ------------------------------------------------------------------
 
@@ -233,14 +234,17 @@ class TapService:
             self.hooks.tap_restored(name)
         log.info("tap %s: connected (batches stored up to %d)", name, hello[0])
         link = _TapConnection(self, tap, stream, machine)
+        self._links.add(link)
         try:
             await link.run(hello[1])
         finally:
-            self.hooks.taps_connected.discard(name)
-            self.table.tap_dropped(name)
-            self._lost.add(name)
-            self.hooks.tap_lost(name)
+            self._links.discard(link)
             log.info("tap %s: disconnected (%s)", name, link.reason)
+            if not any(other.tap.name == name for other in self._links):  # its last link
+                self.hooks.taps_connected.discard(name)
+                self.table.tap_dropped(name)
+                self._lost.add(name)
+                self.hooks.tap_lost(name)
 
     async def _hello(
         self, tap: Tap, stream: trio.SSLStream, machine: TapLinkServer
@@ -283,6 +287,18 @@ class TapService:
                 )
 
     # -- UDP ---------------------------------------------------------------------
+
+    def on_change(self) -> None:
+        """The warrants changed: connected taps accept theirs now and are sent the new set.
+
+        Marked at once, so ``mediate add``'s "taps accepted" line, answered
+        right after this, names the taps that will have the warrant.
+        """
+        self.sync_keys()
+        for link in self._links:
+            for warrant in served(self.table, link.tap.name):
+                self.table.tap_accepted(warrant.handle, link.tap.name)
+            link.wake.set()
 
     def sync_keys(self) -> None:
         """Take the registered taps' keys (after each reload); revoked taps have none."""
@@ -362,6 +378,7 @@ class _TapConnection:
         self._send_lock = trio.Lock()
         self._acks_in, self._acks_out = trio.open_memory_channel[Any](16)
         self._sent_set: T.WarrantSet | None = None
+        self.wake = trio.Event()  # set when the warrants changed
 
     async def run(self, hello: T.TapHello) -> None:
         if hello.overflow is not None:
@@ -427,9 +444,11 @@ class _TapConnection:
             await self._flush()
 
     async def _watch(self, scope: trio.CancelScope) -> None:
-        """Once a second: a new warrant set if it changed; keepalives; a silent tap is lost."""
+        """On a change, or once a second: a new warrant set if it changed; keepalives."""
         while True:
-            await trio.sleep(1.0)
+            with trio.move_on_after(1.0):
+                await self.wake.wait()
+            self.wake = trio.Event()
             try:
                 self.machine.tick(trio.current_time())
             except ProtocolError as exc:
