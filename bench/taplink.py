@@ -123,7 +123,7 @@ def sender(
     creds = read_bundle(credentials)
 
     async def run() -> float:
-        context = client_context(creds, credentials.parent)
+        context = client_context(creds)
         tcp = await trio.open_tcp_stream("127.0.0.1", port)
         stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1")
         machine = TapLinkTap(T.TapHello(creds.name, 1, 0), trio.current_time(), window=WINDOW)

@@ -89,6 +89,11 @@ async def test_a_batch_half_stored_before_a_crash_is_completed_once(tmp_path: Pa
             await receipt.durable()
         assert await ingest.last_stored(TAP) == 6
         assert await payloads(server, warrant.handle) == [cc(n) for n in range(8)]
+        # The tap lost its spool: its ids start at 1 again, and batch 1 is new, not "stored".
+        assert await ingest.hello(TAP, 1) == 0
+        fresh = await ingest.batch(gate, batch(1, range(8, 9)))
+        assert [r.seq for r in fresh.receipts] == [8]
+        assert await ingest.hello(TAP, 2) == 1  # next above the last: nothing forgotten
 
 
 async def test_the_gate_refuses_a_bystander_and_another_case(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ async def speak(carrier: Carrier, address: str, pdus: list[tuple[str, object, by
     credentials = read_bundle(carrier.tmp / f"{TAP}.tap")
     host, port = address.rsplit(":", 1)
     tcp = await trio.open_tcp_stream(host, int(port))
-    stream = trio.SSLStream(tcp, client_context(credentials, carrier.tmp), server_hostname=host)
+    stream = trio.SSLStream(tcp, client_context(credentials), server_hostname=host)
     machine = TapLinkTap(T.TapHello(TAP, 1, 0), trio.current_time())
     received: list = []
     with trio.fail_after(10):
@@ -134,7 +134,7 @@ def test_add_says_which_connected_taps_accepted_the_warrant(carrier: Carrier) ->
         credentials = read_bundle(carrier.tmp / f"{TAP}.tap")
         host, port = tap_port(server).rsplit(":", 1)
         tcp = await trio.open_tcp_stream(host, int(port))
-        context = client_context(credentials, carrier.tmp)
+        context = client_context(credentials)
         stream = trio.SSLStream(tcp, context, server_hostname=host)
         machine = TapLinkTap(T.TapHello(TAP, 1, 0), trio.current_time())
         await stream.send_all(machine.data_to_send())

@@ -32,6 +32,8 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     host, port = parse_host_port(server, "--server (or `server` in the credentials file)")
     udp = parse_host_port(args.udp, "--udp") if args.udp else None
     spool_dir = Path(args.spool) if args.spool else Path(f"{args.credentials}.spool")
+    if not 1 <= args.batch <= 65536:
+        raise UsageError("--batch", f"must be 1 to 65536 PDUs, got {args.batch}")
     if args.spool_limit < 65536:
         raise UsageError("--spool-limit", f"must be at least 65536 bytes, got {args.spool_limit}")
     handler = logging.StreamHandler(sys.stderr)
@@ -81,7 +83,7 @@ async def _run(
             args.spool_limit,
         )
     try:
-        context = client_context(credentials, spool_dir.parent)  # type: ignore[arg-type]
+        context = client_context(credentials)  # type: ignore[arg-type]
         client = TapClient(
             credentials,  # type: ignore[arg-type]
             spool,

@@ -197,6 +197,11 @@ class TapJournal:
             entries[item["batch"]] = JournalEntry(item["batch"], spans, loaded=True)
         return int(data["last"]), entries
 
+    def reset(self, tap: str) -> None:
+        """Forget the tap's batches (its ids start again)."""
+        self._taps[tap] = (0, {})
+        self._write(tap)
+
     def begin(self, tap: str, entry: JournalEntry, done: list[int]) -> None:
         """Record ``entry`` durably, dropping the entries in ``done``.
 
@@ -207,8 +212,11 @@ class TapJournal:
         for batch in done:
             entries.pop(batch, None)
         entries[entry.batch] = entry
-        last = max(last, entry.batch)
-        self._taps[tap] = (last, entries)
+        self._taps[tap] = (max(last, entry.batch), entries)
+        self._write(tap)
+
+    def _write(self, tap: str) -> None:
+        last, entries = self._taps[tap]
         data = {
             "last": last,
             "entries": [
@@ -243,6 +251,26 @@ class TapIngest:
         self.refused: collections.Counter[str] = collections.Counter()
         self.batches = 0
         self._lock = trio.Lock()  # one batch at a time: each stream's share stays contiguous
+
+    async def hello(self, tap: str, next_batch: int) -> int:
+        """The ``lastStored`` to answer a tap's hello with.
+
+        A tap whose next batch id is not above every id it ever sent has
+        lost its spool (a new router, a wiped disk): its ids start again,
+        and the journal of the old ones is dropped, or its new batches
+        would be taken for stored ones.
+        """
+        last, _entries = self.journal.state(tap)
+        if next_batch <= last:
+            log.warning(
+                "tap %s: batch ids went back (next %d, seen %d): its spool was lost; "
+                "starting its journal again",
+                tap,
+                next_batch,
+                last,
+            )
+            self.journal.reset(tap)
+        return await self.last_stored(tap)
 
     async def last_stored(self, tap: str) -> int:
         """The highest batch id of ``tap`` all of whose PDUs (and all before) are durable.

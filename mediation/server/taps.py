@@ -267,7 +267,7 @@ class TapService:
         if hello.name != tap.name:
             self.refusals.refuse("hello names another tap than the certificate", tap.name)
             return None
-        last = await self.ingest.last_stored(tap.name)
+        last = await self.ingest.hello(tap.name, hello.next_batch)
         machine.accept(last, trio.current_time())
         return last, hello
 

@@ -23,10 +23,10 @@ import collections
 import dataclasses
 import datetime as dt
 import logging
+import os
 import socket
 import ssl
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import trio
@@ -103,21 +103,23 @@ def build_tap(warrant: T.TapWarrant, epoch: int = 0) -> Tap:
     )
 
 
-def client_context(credentials: TapCredentials, directory: Path) -> ssl.SSLContext:
-    """TLS client context: the tap's certificate; the server CA as the only anchor."""
+def client_context(credentials: TapCredentials) -> ssl.SSLContext:
+    """TLS client context: the tap's certificate; the server CA as the only anchor.
+
+    ``ssl`` loads a key pair only from a path: it is handed one of an
+    anonymous memory file (``memfd``), so the private key never touches a disk.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False  # servers are often addresses: the role check decides
     context.load_verify_locations(cadata=credentials.server_ca_pem)
-    # ssl loads a key pair only from files: written private (0600) for the load, then removed.
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        cert, key = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
-        cert.write_text(credentials.certificate_pem)
-        key.touch(mode=0o600)
-        key.write_text(credentials.private_key_pem)
-        context.load_cert_chain(cert, key)
+    pem = (credentials.certificate_pem + credentials.private_key_pem).encode("ascii")
+    fd = os.memfd_create("tap-credentials", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, pem)
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
     return context
 
 
@@ -255,7 +257,13 @@ class TapClient:
             self._udp_socket = trio.socket.socket(family, socket.SOCK_DGRAM)
             await self._udp_socket.connect(self.udp)
         message = T.batch_message(self._sealer.counter + 1, payload)
-        await self._udp_socket.send(self._sealer.seal(message))
+        try:
+            datagram = self._sealer.seal(message)
+        except ValueError:  # one PDU larger than a datagram: it cannot go by UDP
+            self.counters.overflow_batches += 1
+            log.warning("tap: a batch of %d octets does not fit a datagram; dropped", len(message))
+            return
+        await self._udp_socket.send(datagram)
         self.counters.datagrams += 1
 
     # -- the connection ------------------------------------------------------------
@@ -305,8 +313,10 @@ class TapClient:
         if self.spool is not None and self.spool.overflow is not None:
             count, first, last = self.spool.overflow
             overflow = T.Overflow(count, first, last)
-        next_batch = self.spool.last_id + 1 if self.spool is not None else 1
-        return T.TapHello(self.credentials.name, next_batch, 0, overflow)
+        spool = self.spool
+        next_batch = spool.last_id + 1 if spool is not None else 1
+        pending = spool.last_id - getattr(spool, "acked", spool.last_id) if spool else 0
+        return T.TapHello(self.credentials.name, next_batch, min(pending, 2**32 - 1), overflow)
 
     async def _speak(self, stream: trio.SSLStream) -> None:
         hello = await self._hello()
