@@ -170,3 +170,33 @@ def test_add_says_which_connected_taps_accepted_the_warrant(carrier: Carrier) ->
     handle = out.split()[0]
     assert f"taps accepted: {TAP}" in out
     assert handle in [w.handle for w in sets[-1].warrants]
+
+
+def test_revoking_a_connected_tap_cuts_its_link(carrier: Carrier) -> None:
+    add_tapped_warrant(carrier)
+    server = serve(carrier)
+
+    async def connected_then_revoked() -> bool:
+        credentials = read_bundle(carrier.tmp / f"{TAP}.tap")
+        host, port = tap_port(server).rsplit(":", 1)
+        tcp = await trio.open_tcp_stream(host, int(port))
+        stream = trio.SSLStream(tcp, client_context(credentials), server_hostname=host)
+        machine = TapLinkTap(T.TapHello(TAP, 1, 0), trio.current_time())
+        await stream.send_all(machine.data_to_send())
+        with trio.fail_after(10):
+            while machine.last_stored is None:
+                machine.receive_data(await stream.receive_some(65536), trio.current_time())
+            await trio.to_thread.run_sync(lambda: carrier.ok("tap", "revoke", TAP))
+            while True:  # the server ends the link: end of stream, or a broken one
+                try:
+                    if not await stream.receive_some(65536):
+                        return True
+                except trio.BrokenResourceError:
+                    return True
+
+    try:
+        assert trio.run(connected_then_revoked)
+        status = server.status() or {}
+    finally:
+        server.stop()
+    assert status["taps_connected"] == []

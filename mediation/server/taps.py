@@ -295,7 +295,10 @@ class TapService:
         right after this, names the taps that will have the warrant.
         """
         self.sync_keys()
-        for link in self._links:
+        for link in list(self._links):
+            if not self.table.tap_allowed(link.tap.name):  # revoked (or removed): cut it now
+                link.revoke()
+                continue
             for warrant in served(self.table, link.tap.name):
                 self.table.tap_accepted(warrant.handle, link.tap.name)
             link.wake.set()
@@ -379,6 +382,7 @@ class _TapConnection:
         self._acks_in, self._acks_out = trio.open_memory_channel[Any](16)
         self._sent_set: T.WarrantSet | None = None
         self.wake = trio.Event()  # set when the warrants changed
+        self._scope: trio.CancelScope | None = None
 
     async def run(self, hello: T.TapHello) -> None:
         if hello.overflow is not None:
@@ -386,12 +390,19 @@ class _TapConnection:
         await self._send_warrants()
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
                 nursery.start_soon(self._acker, nursery.cancel_scope)
                 nursery.start_soon(self._watch, nursery.cancel_scope)
                 await self._reader()
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # one tap's failure costs that link, never the server
             self.reason = f"connection lost: {describe(exc)}"
+
+    def revoke(self) -> None:
+        """The tap was revoked: end this link at once (nothing more is stored from it)."""
+        self.reason = "tap revoked"
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _flush(self) -> None:
         async with self._send_lock:
