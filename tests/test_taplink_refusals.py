@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 import trio
-from taplink_support import SAMPLE, TAP, add_tapped_warrant, serve, stored, tap_port
+from taplink_support import SAMPLE, TAP, add_tapped_warrant, notices, serve, stored, tap_port
+from test_control_live import wait_for
 from test_warrants_support import AGENCY, Carrier
 
 from mediation.evidence.pcap import PcapReader
+from mediation.pdu import CompletenessEvent as E
 from mediation.pdu import StreamKind
 from mediation.pdu import taplink as T
+from mediation.pdu.fast import decode_content
 from mediation.protocol.taplink import TapLinkTap
 from mediation.tap.builder import PDUBuilder
 from mediation.tap.link import client_context
@@ -200,3 +203,22 @@ def test_revoking_a_connected_tap_cuts_its_link(carrier: Carrier) -> None:
     finally:
         server.stop()
     assert status["taps_connected"] == []
+
+
+def test_tap_lost_and_back_follow_the_link(carrier: Carrier) -> None:
+    handle = add_tapped_warrant(carrier)
+    server = serve(carrier)
+
+    def connected() -> bool:
+        return TAP in (server.status() or {}).get("taps_connected", [])
+
+    try:
+        for _ in range(2):  # connect, take the warrant set, hang up
+            received = trio.run(speak, carrier, tap_port(server), [])
+            assert any(isinstance(m, T.BatchAck) for m in received)
+            wait_for(lambda: not connected(), "the link to be gone")
+    finally:
+        server.stop()
+    events = [decode_content("notice", der).event for der in notices(carrier, handle)]
+    link = [e for e in events if e in (E.TAP_LOST, E.TAP_RESTORED)]
+    assert link == [E.TAP_LOST, E.TAP_RESTORED, E.TAP_LOST]
