@@ -32,6 +32,7 @@ from mediation.log import (
     Appended,
     ContentKind,
     EvidenceLog,
+    LogError,
     LogRecord,
     StorageUnavailable,
     StreamLog,
@@ -220,8 +221,8 @@ class Ingest:
         Returns:
             Per target: how many records were appended, and the receipt of
             the last one (None: none); and the error that stopped the batch
-            early (``StorageUnavailable``, ``trio.WouldBlock``), or None
-            when every item was appended.
+            early (``StorageUnavailable``, ``trio.WouldBlock``, ``LogClosed``),
+            or None when every item was appended.
         """
         clock = self.clock.status
         resolved = [(self.streams[sid], _CONTENT[sid.kind]) for sid in targets]
@@ -233,7 +234,7 @@ class Ingest:
                 stream, kind = resolved[index]
                 last[index] = stream.append_nowait(der, kind, clock, received)
                 counts[index] += 1
-        except (StorageUnavailable, trio.WouldBlock) as exc:
+        except (LogError, trio.WouldBlock) as exc:  # unable to store, behind, or closing
             error = exc
         done = sum(counts)
         self.counters.unable_to_store += len(items) - done

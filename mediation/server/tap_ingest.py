@@ -378,6 +378,7 @@ class TapIngest:
         where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
         items = []
         refused: collections.Counter[str] = collections.Counter()
+        limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
         for pdu in batch.pdus:
             handle, reason = gate.warrant_for(pdu.kind, pdu.der)
             if handle is None:
@@ -390,7 +391,7 @@ class TapIngest:
             if isinstance(found, str):
                 refused[found] += 1
                 continue
-            if not well_formed(targets[found].kind, pdu.der):
+            if len(pdu.der) > limit or not well_formed(targets[found].kind, pdu.der):
                 refused["malformed"] += 1
                 continue
             items.append((found, pdu.der))
