@@ -48,6 +48,9 @@ def test_sample_through_the_tap_link_is_what_in_process_ingest_stores(carrier: C
     want = expected(carrier, handle)
     assert len(want[StreamKind.CMII]) > 20 and len(want[StreamKind.CMCC]) > 10
     assert stored(carrier, handle) == want
+    # The router's disk never held the case in clear (its spool is encrypted).
+    spooled = [p for p in (carrier.tmp / "edge-1.tap.spool").rglob("*") if p.is_file()]
+    assert spooled and not any(b"CASE-TEST" in p.read_bytes() for p in spooled)
 
 
 def _free_port() -> int:
