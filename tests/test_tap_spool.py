@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -89,10 +90,10 @@ def test_a_failed_write_retires_its_id_and_segment(
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
         assert spool.append(payload(0), at(0), at(0)) == 1
 
-        def full(fd: int) -> None:
-            raise OSError(28, "No space left on device")
+        def broken(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr(spool_module.os, "fdatasync", full)
+        monkeypatch.setattr(spool_module.os, "fdatasync", broken)
         with pytest.raises(OSError):
             spool.append(payload(1), at(1), at(1))
         monkeypatch.undo()
@@ -101,6 +102,24 @@ def test_a_failed_write_retires_its_id_and_segment(
         assert list(spool.pending()) == [(1, payload(0)), (3, payload(2))]
         assert (spool.acked, spool.last_id) == (0, 3)
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        assert [b for b, _ in spool.pending()] == [1, 3]
+
+
+def test_a_full_disk_is_an_overflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC before the limit: the batch is dropped and counted, the tap goes on."""
+    import mediation.tap.spool as spool_module
+
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        assert spool.append(payload(0), at(0), at(0)) == 1
+
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(spool_module.os, "fdatasync", full)
+        assert spool.append(payload(1), at(1), at(2)) is None
+        monkeypatch.undo()
+        assert spool.overflow == (1, at(1), at(2))
+        assert spool.append(payload(3), at(3), at(3)) == 3
         assert [b for b, _ in spool.pending()] == [1, 3]
 
 

@@ -82,8 +82,17 @@ def cmd_tap_revoke(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("tap", help="taps: register, list, revoke, run")
-    sub = parser.add_subparsers(dest="tap_command", metavar="ACTION", required=True)
+    from mediation.cli import tap_config
+
+    parser = subparsers.add_parser(
+        "tap", help="taps: register, list, revoke, run, edit; the seed form"
+    )
+    # Optional: `mediate tap -i IF -x ...` (the seed's form) has no action.
+    sub = parser.add_subparsers(
+        dest="tap_command", metavar="ACTION", required=False, action=tap_config.SeedOrAction
+    )
+    tap_config.register(parser, sub)
+    add_run(sub)
     p = subcommand(
         sub, "register", "issue a tap's credentials and write them to a file", cmd_tap_register
     )
@@ -95,6 +104,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--server", metavar="HOST:PORT", help="the server's tap listener, written into the file"
     )
     subcommand(sub, "list", "list registered taps", cmd_tap_list)
-    add_run(sub)
     p = subcommand(sub, "revoke", "revoke a tap: the server refuses it from now on", cmd_tap_revoke)
     p.add_argument("name", metavar="NAME")

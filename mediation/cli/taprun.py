@@ -22,6 +22,12 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
 
     from mediation.warrants.validate import parse_host_port
 
+    if args.config:  # the seed's form, from an encrypted tap file (cli/tap_config.py)
+        from mediation.tap.runner import run_tap
+        from mediation.tap.tapconfig import read_tap_file
+
+        path = Path(args.credentials)
+        return run_tap(read_tap_file(Path(args.config), path), path)
     credentials = _credentials(args.credentials)
     if not args.read and not args.interface:
         raise UsageError("-i", "give -i IFACE (live capture) or --read FILE (a pcap file)")
@@ -181,6 +187,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("-i", dest="interface", metavar="IFACE", help="capture on this interface")
     src.add_argument("--read", metavar="FILE", help="replay a pcap file instead, then exit")
+    src.add_argument(
+        "--config", metavar="FILE", help="the seed's form: an encrypted tap file (`tap edit`)"
+    )
     p.add_argument(
         "--speed",
         choices=("recorded", "full"),

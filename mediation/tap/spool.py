@@ -29,6 +29,7 @@ deleted, and an id is returned only once its record is ``fdatasync``-ed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mediation.durable import fsync_dir, write_atomic
 from mediation.errors import UsageError
+from mediation.tap.atrest import KeyMismatch
 from mediation.tap.spool_format import (
     KEY_BYTES,
     MAX_PAYLOAD,
@@ -48,7 +50,6 @@ from mediation.tap.spool_format import (
     SEGMENT_FRACTION,
     SEGMENT_HEADER,
     STATE_SIZE,
-    KeyMismatch,
     from_micros,
     micros,
     new_segment_header,
@@ -182,12 +183,16 @@ class TapSpool:
             first_time, last_time: the capture-time span of its PDUs (aware).
 
         Returns:
-            The batch id, or None when it does not fit under the limit: the
-            batch is then dropped and counted in :attr:`overflow`.
+            The batch id, or None when it does not fit under the limit or
+            the disk is full: the batch is then dropped and counted in
+            :attr:`overflow`. Ids are strictly increasing; a failed write
+            spends one (so an id may be skipped, never repeated).
 
         Raises:
             ValueError: naive times, or a payload over 1 GiB.
-            OSError: the write failed; the spool stays usable (the id is retired).
+            OSError: the write failed other than for space (the id is
+                retired; the spool stays usable), or the overflow report
+                could not be saved.
         """
         self._require_open()
         first, last = micros(first_time), micros(last_time)
@@ -198,6 +203,15 @@ class TapSpool:
         if self.used_bytes + size + (SEGMENT_HEADER if roll else 0) > self.limit_bytes:
             self._count_overflow(first, last)
             return None
+        try:
+            return self._write(payload, first, last, roll)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+        self._count_overflow(first, last)  # the disk is full before the limit: the same
+        return None
+
+    def _write(self, payload: bytes, first: int, last: int, roll: bool) -> int:
         if roll:
             self._new_segment()
         segment, batch = self._segments[-1], self._next

@@ -12,7 +12,7 @@ the first 12 bytes and the ciphertext; the ciphertext is AES-256-GCM of
 ``first-time(8) last-time(8) payload`` (microseconds since the epoch), with
 the record's first 12 bytes as associated data.
 
-Keys (HKDF-SHA256, :func:`mediation.log.crypto.hkdf_sha256`)::
+Keys (HKDF-SHA256, through :mod:`mediation.tap.atrest`)::
 
     key (the tap's 32-byte credential key)
       -> segment key   HKDF(key, salt, "mediation-tap-spool-segment-v1")
@@ -28,8 +28,8 @@ grow, and the record nonce is ``0000 || id`` (the evidence log's
 record. When a crash tears a record off, the next opening may give its id
 to another batch, but in a new segment under a new key (and that id was
 never returned, so never sent). A failed write retires its id and its
-segment. The state file is sealed under a key of its own salt, drawn anew
-for every write, with one fixed nonce: one key, one message. Two salts are
+segment. The state file is an :mod:`mediation.tap.atrest` blob: a key of its
+own salt, drawn anew for every write, seals that one message. Two salts are
 equal with probability about s²/2^257 after s salts.
 """
 
@@ -45,22 +45,27 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mediation.log.crypto import hkdf_sha256, nonce
+from mediation.log.crypto import nonce
+from mediation.tap.atrest import (
+    HEADER_BYTES,
+    TAG_BYTES,
+    check_header,
+    derive_cipher,
+    new_header,
+    open_blob,
+    seal_blob,
+)
 
-KEY_BYTES = 32
-SALT_BYTES = 32
-CHECK_BYTES = 16
-TAG_BYTES = 16
 SEGMENT_MAGIC = b"MTSPSEG1"
 STATE_MAGIC = b"MTSPSTA1"
 SEGMENT_INFO = b"mediation-tap-spool-segment-v1"
 STATE_INFO = b"mediation-tap-spool-state-v1"
 CHECK_INFO = b"mediation-tap-spool-key-check-v1"
-SEGMENT_HEADER = len(SEGMENT_MAGIC) + SALT_BYTES + CHECK_BYTES
+SEGMENT_HEADER = HEADER_BYTES
 _RECORD = struct.Struct(">IQI")  # ciphertext length, batch id, crc32
 _TIMES = struct.Struct(">qq")
 _STATE = struct.Struct(">QQqq")  # acked, overflow count, first, last
-STATE_SIZE = len(STATE_MAGIC) + SALT_BYTES + CHECK_BYTES + _STATE.size + TAG_BYTES
+STATE_SIZE = HEADER_BYTES + _STATE.size + TAG_BYTES
 RECORD_OVERHEAD = _RECORD.size + _TIMES.size + TAG_BYTES
 # Below this a spool holds hardly a batch; a limit this small is a mistake.
 MIN_LIMIT = 4096
@@ -68,23 +73,24 @@ MIN_LIMIT = 4096
 # segment's worth of acknowledged batches holds space: 1/8 of the limit.
 SEGMENT_FRACTION = 8
 MAX_PAYLOAD = 1 << 30
-_STATE_NONCE = bytes(12)
+KEY_BYTES = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def micros(when: datetime) -> int:
+    """Microseconds since the epoch of an aware time.
+
+    Raises:
+        ValueError: a naive time.
+    """
     if when.tzinfo is None:
         raise ValueError("capture times must be timezone-aware (UTC)")
     return (when - _EPOCH) // timedelta(microseconds=1)
 
 
 def from_micros(value: int) -> datetime:
+    """The UTC time ``value`` microseconds after the epoch."""
     return _EPOCH + timedelta(microseconds=value)
-
-
-def key_check(key: bytes, salt: bytes) -> bytes:
-    """The 16 bytes that tell the right key from another, for one salt."""
-    return hkdf_sha256(key, salt, CHECK_INFO, CHECK_BYTES)
 
 
 def read_records(path: Path, cipher: AESGCM, size: int) -> Iterator[tuple[int, bytes | None]]:
@@ -115,27 +121,10 @@ def read_records(path: Path, cipher: AESGCM, size: int) -> Iterator[tuple[int, b
             offset += _RECORD.size + length
 
 
-def split_header(raw: bytes) -> tuple[bytes, bytes, bytes]:
-    """A segment's or the state file's salt, key check, and what follows."""
-    at = len(SEGMENT_MAGIC)  # both magics are 8 bytes
-    return raw[at : at + SALT_BYTES], raw[at + SALT_BYTES : SEGMENT_HEADER], raw[SEGMENT_HEADER:]
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte of ``data`` to ``fd`` (os.write may write less)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class KeyMismatch(ValueError):
-    """A header's key check does not match the key given."""
-
-
 def new_segment_header(key: bytes) -> tuple[bytes, AESGCM]:
     """A new segment's header (fresh random salt) and its cipher."""
-    salt = os.urandom(SALT_BYTES)
-    return SEGMENT_MAGIC + salt + key_check(key, salt), _cipher(key, salt, SEGMENT_INFO)
+    header, salt = new_header(key, SEGMENT_MAGIC, CHECK_INFO)
+    return header, derive_cipher(key, salt, SEGMENT_INFO)
 
 
 def segment_cipher(key: bytes, header: bytes) -> AESGCM:
@@ -145,12 +134,7 @@ def segment_cipher(key: bytes, header: bytes) -> AESGCM:
         ValueError: not a segment header.
         KeyMismatch: written under another key.
     """
-    if len(header) != SEGMENT_HEADER or not header.startswith(SEGMENT_MAGIC):
-        raise ValueError("not a spool segment")
-    salt, check, _ = split_header(header)
-    if key_check(key, salt) != check:
-        raise KeyMismatch("another key")
-    return _cipher(key, salt, SEGMENT_INFO)
+    return derive_cipher(key, check_header(key, header, SEGMENT_MAGIC, CHECK_INFO), SEGMENT_INFO)
 
 
 def seal_record(cipher: AESGCM, batch: int, first: int, last: int, payload: bytes) -> bytes:
@@ -171,12 +155,9 @@ def stored_size(clear: bytes) -> int:
 
 
 def seal_state(key: bytes, acked: int, count: int, first: int, last: int) -> bytes:
-    """The state file's bytes, under a key from a new salt (used for this one message)."""
-    salt = os.urandom(SALT_BYTES)
-    sealed = _cipher(key, salt, STATE_INFO).encrypt(
-        _STATE_NONCE, _STATE.pack(acked, count, first, last), None
-    )
-    return STATE_MAGIC + salt + key_check(key, salt) + sealed
+    """The state file's bytes."""
+    clear = _STATE.pack(acked, count, first, last)
+    return seal_blob(key, STATE_MAGIC, STATE_INFO, CHECK_INFO, clear)
 
 
 def open_state(key: bytes, raw: bytes) -> tuple[int, int, int, int]:
@@ -186,17 +167,13 @@ def open_state(key: bytes, raw: bytes) -> tuple[int, int, int, int]:
         ValueError: damaged or altered.
         KeyMismatch: written under another key.
     """
-    if len(raw) != STATE_SIZE or not raw.startswith(STATE_MAGIC):
-        raise ValueError("damaged")
-    salt, check, sealed = split_header(raw)
-    if key_check(key, salt) != check:
-        raise KeyMismatch("another key")
-    try:
-        clear = _cipher(key, salt, STATE_INFO).decrypt(_STATE_NONCE, sealed, None)
-    except InvalidTag:
-        raise ValueError("altered") from None
-    return _STATE.unpack(clear)
+    if len(raw) != STATE_SIZE:
+        raise ValueError("damaged (wrong size)")
+    return _STATE.unpack(open_blob(key, STATE_MAGIC, STATE_INFO, CHECK_INFO, raw))
 
 
-def _cipher(key: bytes, salt: bytes, info: bytes) -> AESGCM:
-    return AESGCM(hkdf_sha256(key, salt, info, KEY_BYTES))
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (os.write may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
