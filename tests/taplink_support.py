@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import trio
+from test_control_live import wait_for
 from test_serve_process import Serve
 from test_warrants_support import AGENCY, Carrier
 
@@ -56,8 +57,12 @@ def serve(carrier: Carrier, name: str = "serve.log") -> Serve:
 
 
 def tap_port(server: Serve, key: str = "tls_listening") -> str:
-    status = server.status() or {}
-    return status["taps"][key]
+    """The tap listener's address (the control socket answers before the listeners are up)."""
+
+    def listening() -> str | None:
+        return ((server.status() or {}).get("taps") or {}).get(key)
+
+    return wait_for(listening, f"the tap listener ({key})")  # type: ignore[return-value]
 
 
 def tap_command(carrier: Carrier, server_address: str, *extra: str) -> list[str]:

@@ -8,6 +8,7 @@ its way.
 from __future__ import annotations
 
 import ipaddress
+import signal
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,8 @@ def test_tap_lost_and_back_follow_the_link(carrier: Carrier) -> None:
             received = trio.run(speak, carrier, tap_port(server), [])
             assert any(isinstance(m, T.BatchAck) for m in received)
             wait_for(lambda: not connected(), "the link to be gone")
+        server.proc.send_signal(signal.SIGTERM)  # a clean stop: the last notice is flushed
+        server.proc.wait(timeout=30)
     finally:
         server.stop()
     events = [decode_content("notice", der).event for der in notices(carrier, handle)]

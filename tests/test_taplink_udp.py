@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -87,6 +88,8 @@ def test_udp_loss_is_counted_and_noticed_and_forgeries_refused(carrier: Carrier)
         assert taps["upstream_lost"] == {"edge-1": len(DROPPED)}
         assert taps["refused_datagrams"] == {"replayed": 1, "bad tag": 1}
         assert taps["batches"] == sent - len(DROPPED)
+        server.proc.send_signal(signal.SIGTERM)  # a clean stop: every notice is flushed
+        server.proc.wait(timeout=30)
     finally:
         relay.close()
         server.stop()
