@@ -119,3 +119,37 @@ class Refusals:
                 self.counts[reason],
             )
             window.suppressed = 0
+
+
+BUSY = "busy: too many connections at once"
+MAX_CONNECTIONS = 64
+
+
+class ConnectionLimit:
+    """At most ``limit`` connections served at once; the caller refuses the rest as :data:`BUSY`.
+
+    A TLS connection waiting for its handshake holds OpenSSL's buffers
+    (measured: about 50 KiB each); without a limit, anyone who can reach a
+    listener could make it hold as many as they open (2,000 idle TCP
+    connections cost the server and the receiver 100 MiB each). 64 is far
+    more than the legitimate peers of one listener (one connection per
+    agency receiver, or per server endpoint) and costs at most ~3 MiB.
+    Slots are freed when connections end, and an idle one ends at the
+    handshake timeout, so a flood delays peers; it never exhausts memory
+    or file descriptors.
+    """
+
+    def __init__(self, limit: int = MAX_CONNECTIONS) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def try_enter(self) -> bool:
+        """Take a slot; False (nothing taken) when all are in use."""
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        """Give back a slot taken by :meth:`try_enter`."""
+        self.active -= 1

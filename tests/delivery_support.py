@@ -29,7 +29,7 @@ from mediation.clock import ClockReading
 from mediation.pki import fingerprint
 from mediation.protocol.sealed import SealKey
 from mediation.server.app import MediationServer
-from mediation.server.config import DeliveryConfig, RetrievalConfig, ServerConfig
+from mediation.server.config import DeliveryConfig, RetrievalConfig, ServerConfig, TapsConfig
 from mediation.warrants.authority import ServerAuthority, TapAuthority
 from mediation.warrants.keys import RegistryKey
 from mediation.warrants.model import (
@@ -55,12 +55,13 @@ def synchronised() -> ClockReading:
 
 
 def fast_config(**delivery: object) -> ServerConfig:
-    """Test timings: quick reconnects and reports; retrieval on a free port."""
+    """Test timings: quick reconnects and reports; retrieval and the tap link on free ports."""
     values: dict[str, object] = {"reconnect_min": 0.02, "reconnect_max": 0.2}
     values.update(delivery)
     return ServerConfig(
         delivery=DeliveryConfig(**values),  # type: ignore[arg-type]
         retrieval=RetrievalConfig(listen=f"{HOST}:0"),
+        taps=TapsConfig(tls_listen=f"{HOST}:0"),
     )
 
 

@@ -32,6 +32,7 @@ from test_lea_support import (
 
 from mediation.lea.tls import fingerprint_pem_file
 from mediation.protocol import StreamSender
+from mediation.refusals import BUSY, MAX_CONNECTIONS
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,33 @@ async def test_a_wrong_or_missing_server_certificate_is_refused_and_nothing_writ
         await running.stop()
         nursery.cancel_scope.cancel()
     assert not out.exists() or list(out.iterdir()) == []  # nothing written for anyone
+
+
+async def test_idle_connections_past_the_limit_are_refused_busy_and_counted(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """Each connection waiting for its handshake holds OpenSSL's buffers: at most 64."""
+    extra = 5
+    async with trio.open_nursery() as nursery:
+        running = await start(nursery, Receiver(tls_config(tmp_path / "intercepts", pki)))
+        port, counters = running.bound.tls[1], running.receiver.state.counters
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(MAX_CONNECTIONS)]
+        idle += [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(extra)]
+        await wait_until(lambda: counters.refused_reasons.get(BUSY) == extra, "busy refusals")
+        assert counters.refused_connections == extra
+        for stream in idle:
+            await stream.aclose()
+        # The slots come back: the server is served again.
+        sender = StreamSender({CMCC: 0})
+        sender.resume(trio.current_time())
+        stream = await connect_out(port, pki.server_client_context())
+        await stream.send_all(envelopes(sender, CMCC, 0, 2))
+        state = running.receiver.state
+        tracker = state.trackers.get  # the stream's tracker exists from its first envelope
+        await wait_until(lambda: tracker(CMCC) and tracker(CMCC).received_count == 3, "delivery")
+        await stream.aclose()
+        await running.stop()
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_pinned_fingerprint_is_enforced_on_top_of_the_ca(tmp_path: Path, pki: Pki) -> None:

@@ -130,8 +130,10 @@ async def test_forged_checkpoints_notices_and_made_up_handles_leave_no_trace(
         server = UdpServer(target)
         await server.send(CMII, 2)
         await wait_until(
-            lambda: CMII in receiver.state.trackers
-            and receiver.state.trackers[CMII].received_count == 2,
+            lambda: (
+                CMII in receiver.state.trackers
+                and receiver.state.trackers[CMII].received_count == 2
+            ),
             "both genuine CmII",
         )  # both stored before the snapshot: only a forgery may change the files after it
         receiver.state.flush()

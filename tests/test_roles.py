@@ -46,6 +46,7 @@ from mediation.lea.tls import ServerCheck, TrustSettings, live_server_context
 from mediation.lea.tls import retrieval_client_context as client_context
 from mediation.pki import Role, RoleRefused, check_role, fingerprint, fingerprint_pem, issued_by
 from mediation.protocol import SequenceTracker, StreamSender
+from mediation.refusals import BUSY, MAX_CONNECTIONS
 from mediation.server.tls import check_tap_peer, ensure_identity
 from mediation.warrants.authority import ServerAuthority, TapAuthority
 from mediation.warrants.keys import RegistryKey
@@ -231,6 +232,50 @@ async def test_retrieval_refuses_a_tap_and_the_servers_own_certificate(tmp_path:
         }
         fetched = await fetch(genuine, good)  # the genuine agency still retrieves
         assert [e.sequence_number for e in fetched.envelopes] == [0]
+
+
+async def test_retrieval_counts_an_agency_asking_for_another_agencys_stream(
+    tmp_path: Path,
+) -> None:
+    site = Site(tmp_path)
+    certs = {n: make_cert(tmp_path / "certs", f"agency {n} receiver") for n in "AB"}
+    handles = {
+        n: site.agency(f"AGENCY-{n}", tls_endpoint(free_port(), ca=c)) for n, c in certs.items()
+    }
+    warrant = site.warrant(handles["A"], "CASE-TEST-0001")
+    async with site.server() as server:
+        await server.ingest(warrant.handle, "cmCC", cc_pdu("CASE-TEST-0001", n=0))
+        sid = P.StreamId(warrant.handle, P.StreamKind.CMCC)
+        tracker = SequenceTracker()
+        tracker.add(1)  # 0 is missing
+        address = site.retrieval_address(server)
+        got = await retrieve(address, certs["B"], site.server_ca, {sid: tracker}, [sid])
+        assert got.closed_by_server and got.envelopes == []
+        # Authenticated, then refused: counted like a refused certificate.
+        await wait_for(lambda: server.retrieval.refused == 1)
+        assert server.retrieval.status()["refused_by_reason"] == {"protocol error": 1}
+
+
+async def test_retrieval_refuses_connections_past_the_limit_as_busy(tmp_path: Path) -> None:
+    """Idle connections hold a slot each (and OpenSSL's buffers): at most 64, the rest busy."""
+    site = Site(tmp_path)
+    cert = make_cert(tmp_path / "certs", "agency G receiver")
+    handle = site.agency("AGENCY-G", tls_endpoint(free_port(), ca=cert))
+    warrant = site.warrant(handle, "CASE-TEST-0001")
+    extra = 5
+    async with site.server() as server:
+        await server.ingest(warrant.handle, "cmCC", cc_pdu("CASE-TEST-0001", n=0))
+        address = site.retrieval_address(server)
+        idle = [await trio.open_tcp_stream(*address) for _ in range(MAX_CONNECTIONS + extra)]
+        await wait_for(lambda: server.retrieval.refused == extra)
+        assert server.retrieval.status()["refused_by_reason"] == {BUSY: extra}
+        for stream in idle:
+            await stream.aclose()
+        sid = P.StreamId(warrant.handle, P.StreamKind.CMCC)
+        tracker = SequenceTracker()
+        tracker.add(1)  # 0 is missing
+        fetched = await retrieve(address, cert, site.server_ca, {sid: tracker}, [sid])
+        assert [e.sequence_number for e in fetched.envelopes] == [0]  # slots came back
 
 
 async def test_delivery_refuses_a_tap_posing_as_an_agency_receiver(tmp_path: Path) -> None:

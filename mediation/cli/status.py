@@ -48,6 +48,26 @@ def _row(row: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "none"
+
+
+def _taps(status: dict[str, Any]) -> list[str]:
+    """The tap link's lines: listeners and links, then what was refused and lost."""
+    taps = status.get("taps")
+    if not taps:
+        return []
+    where = f"tls {taps.get('tls_listening') or 'off'}, udp {taps.get('udp_listening') or 'off'}"
+    connected = ", ".join(status.get("taps_connected") or []) or "none"
+    return [
+        f"taps: {where}; connected: {connected}; batches {taps.get('batches', 0)}",
+        f"taps refused: PDUs: {_counts(taps.get('refused_pdus') or {})}; "
+        f"links: {_counts(taps.get('refused_links') or {})}; "
+        f"datagrams: {_counts(taps.get('refused_datagrams') or {})}",
+        f"taps upstream lost: {_counts(taps.get('upstream_lost') or {})}",
+    ]
+
+
 def _summary(status: dict[str, Any]) -> list[str]:
     lines = [f"server: pid {status.get('pid')}, since {status.get('started')}"]
     if status.get("reloads"):
@@ -76,6 +96,7 @@ def _summary(status: dict[str, Any]) -> list[str]:
                 else ""
             )
         )
+    lines += _taps(status)
     control = status.get("control")
     if control:
         refused = ", ".join(f"{k} {v}" for k, v in control["refused"].items() if v) or "none"

@@ -1,4 +1,4 @@
-"""`mediate tap register|list|revoke`: the taps (routers) allowed to feed the server.
+"""`mediate tap register|list|revoke|run`: the taps (routers) allowed to feed the server.
 
 Registered by ``main.py``.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mediation.cli.common import print_table
 from mediation.cli.registry import registry_for, report_to_server, server_request, subcommand
+from mediation.cli.taprun import add_run
 
 
 def cmd_tap_register(args: argparse.Namespace) -> int:
@@ -81,8 +82,17 @@ def cmd_tap_revoke(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("tap", help="taps: register, list, revoke")
-    sub = parser.add_subparsers(dest="tap_command", metavar="ACTION", required=True)
+    from mediation.cli import tap_config
+
+    parser = subparsers.add_parser(
+        "tap", help="taps: register, list, revoke, run, edit; the seed form"
+    )
+    # Optional: `mediate tap -i IF -x ...` (the seed's form) has no action.
+    sub = parser.add_subparsers(
+        dest="tap_command", metavar="ACTION", required=False, action=tap_config.SeedOrAction
+    )
+    tap_config.register(parser, sub)
+    add_run(sub)
     p = subcommand(
         sub, "register", "issue a tap's credentials and write them to a file", cmd_tap_register
     )

@@ -336,7 +336,7 @@ def add_warrant_options(p: argparse.ArgumentParser) -> None:
         "--target",
         metavar="ADDR|PREFIX|MAC",
         action="append",
-        help="IPv4/IPv6 address or prefix, MAC address, or iface:NAME (repeatable)",
+        help="IPv4/IPv6 address or prefix, MAC address, iface:NAME or user:NAME (repeatable)",
     )
     p.add_argument(
         "--content",

@@ -38,7 +38,7 @@ from mediation.pki import CLIENT_AUTH
 from mediation.protocol import StreamReceiver
 from mediation.protocol.datagram import REPORT_INTERVAL
 from mediation.protocol.sealed import SealKey
-from mediation.refusals import Refusals
+from mediation.refusals import BUSY, ConnectionLimit, Refusals
 
 log = logging.getLogger("mediation.lea")
 
@@ -107,6 +107,7 @@ class Receiver:
             log, "tls: refused", clock=trio.current_time, counts=self.state.counters.refused_reasons
         )
         self.udp: UdpDelivery | None = None
+        self.slots = ConnectionLimit()
 
     def stop(self, reason: str = "stopped") -> None:
         """End the run (from any task); the files are closed on the way out."""
@@ -223,6 +224,17 @@ class Receiver:
 
     async def _live_connection(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         peer = _peer(stream)
+        if not self.slots.try_enter():  # before the handshake allocates OpenSSL's buffers
+            self.state.counters.refused_connections += 1
+            self.refusals.refuse(BUSY, peer)
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await self._serve_live(stream, peer)
+        finally:
+            self.slots.leave()
+
+    async def _serve_live(self, stream: trio.SSLStream[trio.SocketStream], peer: str) -> None:
         try:
             with trio.fail_after(self.config.handshake_timeout):
                 await stream.do_handshake()

@@ -72,7 +72,12 @@ class RecordUnreadable(ValueError):
     """A stored record failed its AES-GCM tag: ciphertext, tag or position altered."""
 
 
-def _hkdf(key: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+def hkdf_sha256(key: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 of ``key``: the one key derivation of the at-rest encryptions.
+
+    The evidence log and the tap's spool (mediation/tap/spool.py) both derive
+    per-segment keys with it, each under its own ``info`` label.
+    """
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key)
 
 
@@ -145,7 +150,7 @@ class LogKey:
         return hashlib.sha256(b"mediation-log-key-id\x00" + self._key).hexdigest()[:16]
 
     def key_check(self, stream: StreamId, salt: bytes) -> bytes:
-        return _hkdf(self._key, salt, CHECK_INFO + F.stream_bytes(stream), F.KEY_CHECK_SIZE)
+        return hkdf_sha256(self._key, salt, CHECK_INFO + F.stream_bytes(stream), F.KEY_CHECK_SIZE)
 
     def new_segment(
         self, stream: StreamId, first_seq: int, prev_chain: bytes
@@ -178,7 +183,7 @@ class LogKey:
         return self._cipher(header.stream, header.salt)
 
     def _cipher(self, stream: StreamId, salt: bytes) -> SegmentCipher:
-        key = _hkdf(self._key, salt, SEGMENT_INFO + F.stream_bytes(stream), KEY_BYTES)
+        key = hkdf_sha256(self._key, salt, SEGMENT_INFO + F.stream_bytes(stream), KEY_BYTES)
         cipher = SegmentCipher(key)
         with self._lock:
             self._ciphers[salt] = cipher

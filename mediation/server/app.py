@@ -21,8 +21,9 @@ Tasks, all children of :meth:`MediationServer.run`:
 The data directory is locked (``server.lock``) for the server's whole life:
 one server per data directory.
 
-Ingest is in-process (:meth:`MediationServer.ingest`): tap links, the demo
-and the tests call it. Everything logged names warrants by handle.
+Taps feed it over the tap link (``[taps]``, :mod:`mediation.server.taps`);
+in-process ingest (:meth:`MediationServer.ingest`) is for the demo and the tests.
+Everything logged names warrants by handle.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from mediation.server.notices import Notices
 from mediation.server.retention import InsideRetention, purge_due, purge_request
 from mediation.server.retrieval import RetrievalService
 from mediation.server.status import StatusReporter, StatusRow
+from mediation.server.tap_ingest import TapIngest, TapJournal
+from mediation.server.taps import TapService
 from mediation.server.tls import AgencyTrust, IdentityFiles, ensure_identity
 from mediation.server.warrant_table import TableChange, WarrantTable
 from mediation.warrants.keys import RegistryKey
@@ -99,6 +102,7 @@ class MediationServer:
         self.notices: Notices | None = None
         self.delivery: DeliveryManager | None = None
         self.retrieval: RetrievalService | None = None
+        self.taps: TapService | None = None
         self.reporter: StatusReporter | None = None
         self.trust: AgencyTrust | None = None
         self.control: ControlSocket | None = None
@@ -167,6 +171,10 @@ class MediationServer:
             nursery, self.config.delivery, identity, trust, self._key.derive("endpoint-id")
         )
         self.intake.on_held = self.delivery.deliver_from_memory
+        tap_ingest = TapIngest(self.intake, TapJournal(self.data_dir))
+        self.taps = TapService(
+            self.config.taps, identity, self.table, tap_ingest, self, self._clock
+        )
 
     async def _start_tasks(self, nursery: trio.Nursery) -> None:
         assert self.intake is not None and self.notices is not None
@@ -180,6 +188,9 @@ class MediationServer:
                 self.config.retrieval,
             )
             await nursery.start(self.retrieval.run)
+        if self.taps is not None:
+            await nursery.start(self.taps.run_tls)
+            await nursery.start(self.taps.run_udp)
         nursery.start_soon(self._tick_windows)
         nursery.start_soon(self._poll_registry)
         nursery.start_soon(self.intake.run_flusher)
@@ -237,6 +248,8 @@ class MediationServer:
             return  # a tick that changed nothing
         if self.trust is not None:
             self.trust.update(self.table.agencies.values())
+        if self.taps is not None:
+            self.taps.on_change()
         for handle in self.table.states():
             await self._open_streams(handle, at_start)
         self._watch_new_streams()
@@ -382,6 +395,8 @@ class MediationServer:
             }
         if self.retrieval is not None:
             out["retrieval"] = self.retrieval.status()
+        if self.taps is not None:
+            out["taps"] = self.taps.status()
         return out
 
     # Timers -------------------------------------------------------------------------

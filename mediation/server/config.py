@@ -28,6 +28,11 @@ names only what it changes::
     connection_records = 1000000   # one retrieval connection: at most this many ...
     connection_bytes = 536870912   # ... records and octets, then "not yet" to all
 
+    [taps]                     # the tap link (docs/tap-link.md)
+    tls_listen = "127.0.0.1:37002"  # "" turns it off; off loopback only when set
+    udp_listen = ""            # sealed datagrams from UDP taps; "" = off
+    keepalive = 10             # seconds; a tap silent for 3 of them is lost
+
     [status]
     interval = 1.0             # the status line on a terminal
     log_interval = 10.0        # structured status log lines otherwise
@@ -78,6 +83,7 @@ from mediation.errors import UsageError
 from mediation.log.config import LogConfig
 
 DEFAULT_RETRIEVAL_LISTEN = "127.0.0.1:37001"
+DEFAULT_TAP_LISTEN = "127.0.0.1:37002"
 _LISTEN = re.compile(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)")
 
 
@@ -132,6 +138,24 @@ class RetrievalConfig:
         return match.group(1) or match.group(3), int(match.group(2) or match.group(4))
 
 
+def listen_address(text: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a checked ``HOST:PORT`` (``[v6]:PORT``), or None for ""."""
+    if not text:
+        return None
+    match = _LISTEN.fullmatch(text.strip())
+    assert match is not None  # checked by load_config
+    return match.group(1) or match.group(3), int(match.group(2) or match.group(4))
+
+
+@dataclasses.dataclass(frozen=True)
+class TapsConfig:
+    """Where taps connect: TLS (on loopback by default) and UDP (off by default)."""
+
+    tls_listen: str = DEFAULT_TAP_LISTEN
+    udp_listen: str = ""
+    keepalive: int = 10
+
+
 @dataclasses.dataclass(frozen=True)
 class StatusConfig:
     interval: float = 1.0
@@ -165,6 +189,7 @@ class ServerConfig:
     status: StatusConfig = StatusConfig()
     clock: ClockConfig = ClockConfig()
     tls: TlsConfig = TlsConfig()
+    taps: TapsConfig = TapsConfig()
     retention: RetentionConfig = RetentionConfig()
 
 
@@ -208,6 +233,7 @@ LIMITS: dict[str, Limit] = {
     # Unacknowledged envelopes held per TLS stream: memory per agency.
     "delivery.window": Limit(1, 1 << 20),
     "delivery.batch": Limit(1, 1 << 16),
+    "taps.keepalive": Limit(1, 3600),
     # Records are kept at least five years after a warrant ends (the white paper).
     "retention.years": Limit(5, 100),
 }
@@ -390,17 +416,29 @@ def _check_reconnect(section: DeliveryConfig) -> None:
 
 
 def _check_listen(section: RetrievalConfig) -> None:
-    text = section.listen
+    _check_address("config [retrieval] listen", section.listen)
+
+
+def _check_taps(section: TapsConfig) -> None:
+    _check_address("config [taps] tls_listen", section.tls_listen)
+    _check_address("config [taps] udp_listen", section.udp_listen)
+
+
+def _check_address(field: str, text: str) -> None:
     if not text:
         return
     match = _LISTEN.fullmatch(text.strip())
     if match is None or not 0 <= int(match.group(2) or match.group(4)) <= 65535:
         raise UsageError(
-            "config [retrieval] listen",
+            field,
             'must be "HOST:PORT" (port 0 to 65535; 0 picks a free one) or "" for off, '
             f"got {_shown(text)}",
         )
 
 
 # Rules across a section's fields, after each field passed on its own.
-_SECTION_CHECKS: dict[str, Any] = {"delivery": _check_reconnect, "retrieval": _check_listen}
+_SECTION_CHECKS: dict[str, Any] = {
+    "delivery": _check_reconnect,
+    "retrieval": _check_listen,
+    "taps": _check_taps,
+}

@@ -36,7 +36,7 @@ from mediation.log import StreamLog
 from mediation.pdu import StreamId
 from mediation.pki import RoleRefused
 from mediation.protocol import RetrievalLimits, StreamSender
-from mediation.refusals import Refusals
+from mediation.refusals import BUSY, ConnectionLimit, Refusals
 from mediation.server.config import DeliveryConfig, RetrievalConfig
 from mediation.server.link import Link, close_quietly
 from mediation.server.tls import AgencyTrust
@@ -81,6 +81,7 @@ class RetrievalService:
         self.error: str | None = None
         self.connections = 0
         self.refusals = Refusals(log, "retrieval: client refused", clock=trio.current_time)
+        self.slots = ConnectionLimit()
         self.replays = 0
         self.limited = 0
         """Requests answered in part because a limit was reached (the rest: not yet)."""
@@ -138,14 +139,19 @@ class RetrievalService:
             self.refusals.tick()
 
     async def _serve(self, tcp: trio.SocketStream) -> None:
+        if not self.slots.try_enter():  # before TLS: a refused connection costs no buffers
+            self.refusals.refuse(BUSY, _peer_of(tcp))
+            await trio.aclose_forcefully(tcp)
+            return
         stream = trio.SSLStream(tcp, self._trust.context(), server_side=True)
         try:
             agency = await self._identify(stream)
             if agency is not None:
-                await self._replay_for(agency, stream)
+                await self._replay_for(agency, stream, _peer(stream))
         except Exception as exc:  # one connection's bug must not end the server
             self._failed(exc)
         finally:
+            self.slots.leave()
             await close_quietly(stream)
 
     def _failed(self, exc: BaseException) -> None:
@@ -178,7 +184,7 @@ class RetrievalService:
             self.refusals.refuse(str(exc), peer)
             return None
 
-    async def _replay_for(self, agency: str, stream: trio.SSLStream) -> None:
+    async def _replay_for(self, agency: str, stream: trio.SSLStream, peer: str) -> None:
         streams = self._streams_of(agency)
         self.connections += 1
         # Positions at the end of what is stored: nothing is sent live here,
@@ -200,6 +206,10 @@ class RetrievalService:
         finally:
             self.replays += link.replays
             self.limited += sender.retrieval.limited
+        if reason.startswith("protocol error"):
+            # An agency's certificate, then a message the server refuses (another
+            # agency's stream, an oversize frame): a refusal like any other.
+            self.refusals.refuse("protocol error", peer)
         log.info(
             "%s: %d requests answered (%d records, %d limited); ended (%s)",
             label,
@@ -211,8 +221,12 @@ class RetrievalService:
 
 
 def _peer(stream: trio.SSLStream) -> str:
+    return _peer_of(stream.transport_stream)
+
+
+def _peer_of(tcp: trio.SocketStream) -> str:
     try:
-        host, port = stream.transport_stream.socket.getpeername()[:2]
+        host, port = tcp.socket.getpeername()[:2]
     except (OSError, AttributeError):
         return "?"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -36,7 +36,10 @@ Per capture interface, for the targets that apply to it:
 - ``udp port 67 or udp port 68`` inside each group that has a MAC, so the
   DHCP follower sees the leases (a server's reply may carry neither the
   target's MAC nor an address the tap knows yet);
-- ``iface:NAME`` for this interface: everything (no filter at all).
+- ``iface:NAME`` for this interface: everything (no filter at all);
+- ``user:NAME``: everything too, for now: the addresses come from RADIUS
+  accounting while the capture runs, and the filter is not rebuilt as
+  they change (the Python matcher decides every frame).
 
 No target for the interface: a program that accepts nothing.
 """
@@ -109,6 +112,10 @@ def filter_expressions(targets: Iterable[Target], interface: str) -> list[str] |
     for target in targets:
         if target.interface is not None and target.interface != interface:
             continue
+        if target.kind is TargetKind.USER:
+            # Its addresses are learned from RADIUS at run time, and this
+            # filter does not follow them yet: every frame goes to Python.
+            return None
         if target.kind is TargetKind.INTERFACE:
             if target.value != interface:
                 continue

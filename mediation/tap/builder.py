@@ -19,7 +19,9 @@ Decisions (docs/tap.md says the same for agencies and carriers):
   could not be told apart from one. It is reported as CmII
   access-Signaling-Message-Report, type ``other``: its link-layer header as
   text, plus the frame in hex when the warrant allows full content.
-- Lease changes map to session messages in one place, :data:`SESSION_MESSAGES`.
+- Lease changes map to session messages in one place, :data:`SESSION_MESSAGES`;
+  RADIUS accounting changes to access and session messages in
+  :data:`RADIUS_MESSAGES`.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+from ipaddress import IPv4Address, IPv6Network
 
 from mediation.pdu import (
+    AccessAccepted,
+    AccessSessionEnd,
     AccessSignalingMessageReport,
     Allocation,
     CmIIMessage,
@@ -52,6 +57,7 @@ from mediation.pdu.fast_der import generalized_time
 from mediation.tap.dhcp import AccessEvent, Lease, LeaseChange
 from mediation.tap.header_report import CCTemplate, HeaderReportTemplate
 from mediation.tap.packet import ParsedFrame, format_mac
+from mediation.tap.radius_follow import RadiusChange, RadiusEvent
 from mediation.tap.targets import FROM_SUBJECT, TO_SUBJECT, Direction
 from mediation.warrants.model import ContentLevel
 
@@ -62,6 +68,15 @@ SESSION_MESSAGES: dict[LeaseChange, type[CmIIMessage]] = {
     LeaseChange.STARTED: SessionStart,
     LeaseChange.ALREADY_ESTABLISHED: SessionAlreadyEstablished,
     LeaseChange.ENDED: SessionEnd,
+}
+
+# The one place RADIUS accounting changes become CmII (docs/tap.md, "RADIUS following").
+RADIUS_MESSAGES: dict[RadiusChange, type[CmIIMessage]] = {
+    RadiusChange.ACCESS_ACCEPTED: AccessAccepted,
+    RadiusChange.ADDRESS_GAINED: SessionStart,
+    RadiusChange.ALREADY_HELD: SessionAlreadyEstablished,
+    RadiusChange.ADDRESS_DROPPED: SessionEnd,
+    RadiusChange.ACCESS_ENDED: AccessSessionEnd,
 }
 
 _PACKET_DIRECTION = {
@@ -346,9 +361,48 @@ class PDUBuilder:
         message = message_class(**fields)
         return TapPDU(CMII, encode(message), event.when)
 
+    def radius_event(self, event: RadiusEvent) -> TapPDU:
+        """The CmII message for one RADIUS accounting change (see :data:`RADIUS_MESSAGES`)."""
+        fields: dict = {
+            "case_id": self.case_id,
+            "iap_system_id": self.iap_system_id,
+            "timestamp": event.when,
+            "subscriber_identity": Value.utf8(event.user),
+            "access_session_id": Value.utf8(event.session_id),
+        }
+        address = None if event.address is None else _ip_address(event.address)
+        change = event.change
+        if change is RadiusChange.ACCESS_ACCEPTED:
+            fields["ip_address"] = address
+            if event.nas is not None:
+                fields["network_access_node_identity"] = Value.utf8(event.nas)
+            text = "radius"
+            if event.calling_station_id is not None:
+                text += f" calling-station-id={event.calling_station_id}"
+            fields["access_session_characteristics"] = Value.utf8(text)
+        elif change is RadiusChange.ACCESS_ENDED:
+            fields["reason_for_termination"] = Value.utf8(event.reason or "radius-stop")
+        else:
+            assert address is not None and event.number is not None
+            fields["ip_address"] = address
+            fields["packet_data_session_id"] = Value.integer(event.number)
+            if change is RadiusChange.ADDRESS_DROPPED:
+                fields["reason_for_termination"] = Value.utf8(event.reason or "radius-stop")
+            else:
+                fields["access_session_characteristics"] = Value.text("radius")
+        message = RADIUS_MESSAGES[change](**fields)
+        return TapPDU(CMII, encode(message), event.when)
+
     def __len__(self) -> int:
         """Flows currently remembered."""
         return len(self._flows)
+
+
+def _ip_address(held: IPv4Address | IPv6Network) -> IPAddress:
+    """A followed address, or a delegated IPv6 prefix as its first address and length."""
+    if isinstance(held, IPv6Network):
+        return IPAddress(held.network_address, Allocation.DYNAMIC, prefix_len=held.prefixlen)
+    return IPAddress(held, Allocation.DYNAMIC)
 
 
 def _lease_text(lease: Lease) -> str:

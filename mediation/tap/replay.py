@@ -1,4 +1,4 @@
-"""One warrant's tap (matcher + DHCP follower + PDU builder), and pcap replay.
+"""One warrant's tap (matcher + DHCP and RADIUS followers + PDU builder), and pcap replay.
 
 A :class:`Tap` serves exactly one warrant: two agencies watching the same
 target are two warrants, so two taps, each with its own case identity,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
@@ -23,6 +24,8 @@ from mediation.pdu.fast import CMCC
 from mediation.tap.builder import DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder, TapPDU
 from mediation.tap.dhcp import AccessEvent, DhcpFollower, LeaseChange, dhcp_payload, parse_dhcp
 from mediation.tap.packet import LINKTYPE_ETHERNET, PROTO_UDP, ParsedFrame, parse_frame
+from mediation.tap.radius import accounting_payload
+from mediation.tap.radius_follow import RadiusChange, RadiusEvent, RadiusFollower
 from mediation.tap.targets import FROM_SUBJECT, TO_SUBJECT, Direction, TargetMatcher
 from mediation.warrants.model import Warrant
 
@@ -36,6 +39,8 @@ class TapCounters:
     matched: int = 0
     malformed: int = 0  # matched frames with a malformed header
     dhcp_messages: int = 0
+    radius_messages: int = 0  # Accounting-Requests read (refusals: Tap.radius.refused)
+    radius_refused: int = 0
     access_events: int = 0
     cmii: int = 0
     cmcc: int = 0
@@ -49,7 +54,10 @@ class Tap:
         matcher: the warrant's targets.
         builder: the warrant's PDU builder.
         start, end: the warrant's window; frames captured outside
-            ``[start, end)`` are counted and dropped, DHCP included.
+            ``[start, end)`` are counted and dropped, DHCP and RADIUS included.
+        radius_secret: the RADIUS shared secret, for a warrant with ``user:``
+            targets: accounting whose authenticator does not match it is
+            refused. ``None``: accounting is believed unchecked.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class Tap:
         *,
         start: dt.datetime | None = None,
         end: dt.datetime | None = None,
+        radius_secret: bytes | None = None,
     ) -> None:
         self.handle = handle
         self.matcher = matcher
@@ -67,6 +76,9 @@ class Tap:
         self.start = start
         self.end = end
         self.follower = DhcpFollower(matcher.macs) if matcher.follows_macs else None
+        self.radius = (
+            RadiusFollower(matcher.users, radius_secret) if matcher.follows_users else None
+        )
         self.counters = TapCounters()
 
     @classmethod
@@ -77,6 +89,7 @@ class Tap:
         iap_system_id: str | None = None,
         correlation: CorrelationScheme | None = None,
         max_flows: int = DEFAULT_MAX_FLOWS,
+        radius_secret: bytes | None = None,
     ) -> Tap:
         """The tap for a warrant whose case details are loaded.
 
@@ -85,6 +98,7 @@ class Tap:
             iap_system_id: used when the warrant names no IAP.
             correlation: the content identifier scheme (default: per flow).
             max_flows: flows each builder remembers.
+            radius_secret: see the class; used only for ``user:`` targets.
 
         Raises:
             ValueError: details not loaded, the warrant removed, or no IAP
@@ -102,7 +116,14 @@ class Tap:
             details.case_id, iap, warrant.content, correlation, max_flows=max_flows
         )
         matcher = TargetMatcher(details.targets)
-        return cls(warrant.handle, matcher, builder, start=warrant.start, end=warrant.end)
+        return cls(
+            warrant.handle,
+            matcher,
+            builder,
+            start=warrant.start,
+            end=warrant.end,
+            radius_secret=radius_secret,
+        )
 
     def process(
         self,
@@ -157,6 +178,8 @@ class Tap:
             out += self._matched(frame, parsed, direction, when)
         if events:
             out += self._apply(events)
+        if self.radius is not None and parsed.protocol == PROTO_UDP:
+            out += self._radius(frame, parsed, when)
         return out
 
     def expire(self, now: dt.datetime) -> list[TapPDU]:
@@ -207,6 +230,62 @@ class Tap:
         if not mine:
             return None, events
         return (FROM_SUBJECT if message.op == 1 else TO_SUBJECT), events
+
+    def _radius(self, frame: bytes, parsed: ParsedFrame, when: dt.datetime) -> list[TapPDU]:
+        """Follow one Accounting-Request: the user's addresses, and the CmII they cause.
+
+        The accounting packet itself goes between the NAS and the RADIUS
+        server: it is the carrier's signalling, not the subject's traffic,
+        so it is never reported as a packet (only what it changed is).
+        """
+        payload = accounting_payload(frame, parsed)
+        if payload is None:
+            return []
+        return self.accounting(payload, when)
+
+    def accounting(self, payload: bytes, when: dt.datetime) -> list[TapPDU]:
+        """Follow one Accounting-Request received directly (a RADIUS accounting listener).
+
+        Args:
+            payload: the UDP payload, as sent to an accounting port.
+            when: the time it was received, aware UTC.
+
+        Returns:
+            The CmII the changes cause; none for a refused packet (counted in
+            ``counters.radius_refused`` and, by reason, in ``radius.refused``),
+            or for a warrant without ``user:`` targets or outside its window.
+        """
+        if self.radius is None:
+            return []
+        if (self.start is not None and when < self.start) or (
+            self.end is not None and when >= self.end
+        ):
+            self.counters.outside_window += 1
+            return []
+        refused = self.radius.refused_total
+        events = self.radius.observe_payload(payload, when)
+        if self.radius.refused_total != refused:
+            self.counters.radius_refused += 1
+        else:
+            self.counters.radius_messages += 1
+        return [self._apply_radius(event) for event in events]
+
+    def _apply_radius(self, event: RadiusEvent) -> TapPDU:
+        """Follow (or stop following) one RADIUS event's address, and report it."""
+        held = event.address
+        if held is not None and event.change is RadiusChange.ADDRESS_DROPPED:
+            if isinstance(held, ipaddress.IPv6Network):
+                self.matcher.unfollow_prefix(held)
+            else:
+                self.matcher.unfollow(held)
+        elif held is not None and event.change is not RadiusChange.ACCESS_ACCEPTED:
+            if isinstance(held, ipaddress.IPv6Network):
+                self.matcher.follow_prefix(held)
+            else:
+                self.matcher.follow(held)
+        self.counters.access_events += 1
+        self.counters.cmii += 1
+        return self.builder.radius_event(event)
 
     def _apply(self, events: list[AccessEvent]) -> list[TapPDU]:
         """Follow (or stop following) each event's address, and report it."""

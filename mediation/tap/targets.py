@@ -11,7 +11,10 @@ address of the target yet (DHCP, ARP); matching by IP address catches its
 traffic wherever it is routed, but only once the address is known. The
 tap's DHCP follower adds and removes the addresses a target MAC leases
 (:meth:`TargetMatcher.follow` / :meth:`TargetMatcher.unfollow`), so a
-MAC warrant keeps up with the target when its address changes.
+MAC warrant keeps up with the target when its address changes. A ``user:``
+target matches nothing by itself: the RADIUS follower adds the addresses
+and IPv6 prefixes the user's accounting sessions hold
+(:meth:`TargetMatcher.follow_prefix` for a prefix).
 """
 
 from __future__ import annotations
@@ -159,6 +162,11 @@ class TargetMatcher:
         self.macs: frozenset[bytes] = frozenset().union(*(g.macs for g in every))
         self.interfaces: frozenset[str] = frozenset().union(*(g.interfaces for g in every))
         self._static = frozenset().union(*(g.static for g in every))
+        self.users: frozenset[bytes] = frozenset(
+            t.value.encode("utf-8") for t in self.targets if t.kind is TargetKind.USER
+        )
+        # Prefixes learned by following (RADIUS Framed-IPv6-Prefix): (network, mask).
+        self._learned6: tuple[tuple[int, int], ...] = ()
         self._learned: set[bytes] = set()
         self._arp = any(g.addresses or g.prefixes4 for g in every)
 
@@ -199,9 +207,34 @@ class TargetMatcher:
                 group.learned.discard(raw)
                 group.relearn()
 
+    def follow_prefix(self, network: ipaddress.IPv6Network) -> None:
+        """Match every address in ``network`` too, until :meth:`unfollow_prefix`."""
+        entry = (int(network.network_address), int(network.netmask))
+        if entry not in self._learned6:
+            self._learned6 += (entry,)
+
+    def unfollow_prefix(self, network: ipaddress.IPv6Network) -> None:
+        """Stop matching a learned prefix; prefixes the warrant lists stay."""
+        entry = (int(network.network_address), int(network.netmask))
+        self._learned6 = tuple(e for e in self._learned6 if e != entry)
+
     def is_learned(self, raw: bytes | None) -> bool:
         """Whether packed ``raw`` is an address learned by following (not listed)."""
-        return raw in self._learned and raw not in self._static
+        if raw in self._static:
+            return False
+        if raw in self._learned:
+            return True
+        return (
+            bool(self._learned6)
+            and raw is not None
+            and len(raw) == 16
+            and (_in_prefixes(raw, None, self._learned6) is not None)
+        )
+
+    @property
+    def follows_users(self) -> bool:
+        """Whether the warrant names user names, whose RADIUS sessions can be followed."""
+        return bool(self.users)
 
     @property
     def follows_macs(self) -> bool:
@@ -269,6 +302,9 @@ class TargetMatcher:
             if addresses is not None:
                 frame = frame._replace(src_raw=addresses[0], dst_raw=addresses[1])
         found = self._core.match(frame, interface, outgoing)
+        src = frame.src_raw
+        if found is None and self._learned6 and src is not None and len(src) == 16:
+            found = _in_prefixes(src, frame.dst_raw, self._learned6)
         if found is not None or not self._scoped:
             return found
         for group in self._in_scope(frame, interface):

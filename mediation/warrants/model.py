@@ -50,6 +50,10 @@ class TargetKind(enum.Enum):
     PREFIX = "prefix"
     MAC = "mac"
     INTERFACE = "interface"
+    USER = "user"  # a subscriber's user name, followed through RADIUS accounting
+
+
+_PREFIXES = {TargetKind.INTERFACE: "iface:", TargetKind.USER: "user:"}
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -73,7 +77,7 @@ class Target:
         return self.vlan is not None or self.interface is not None
 
     def __str__(self) -> str:
-        text = f"iface:{self.value}" if self.kind is TargetKind.INTERFACE else self.value
+        text = _PREFIXES.get(self.kind, "") + self.value
         if self.vlan is not None:
             text += f"@vlan:{self.vlan}"
         if self.interface is not None:

@@ -23,6 +23,7 @@ from mediation.warrants.model import ContentLevel, Source, Stream, Target, Targe
 CASE_ID_MAX = 25
 IAP_ID_MAX = 15
 TEXT_MAX = 200
+USER_NAME_MAX = 253  # the longest RADIUS attribute value (RFC 2865 section 5)
 NOTE_MAX = 1000
 
 _HANDLE = {"w": re.compile(r"w-[0-9a-f]{6}"), "a": re.compile(r"a-[0-9a-f]{6}")}
@@ -99,15 +100,19 @@ def parse_content(text: str | None, field: str = "--content") -> ContentLevel:
 
 
 def parse_target(text: str, index: int = 0, field: str = "--target") -> Target:
-    """An IPv4/IPv6 address or prefix, a MAC address, or ``iface:NAME``, maybe scoped.
+    """An address or prefix, a MAC address or ``iface:NAME``, maybe scoped; or ``user:NAME``.
 
     Addresses and prefixes are normalised by :mod:`ipaddress` (a ``/32`` or
     ``/128`` prefix is an address); MACs become lower-case colon form. A
     scope may follow, narrowing the target (AND): ``@vlan:N`` (the frame's
     outermost VLAN id, 0 to 4095) and/or ``@iface:NAME`` (the capture
     interface), e.g. ``192.0.2.10@vlan:100`` or ``192.0.2.10@vlan:100@iface:eth1``.
+    A user name is kept exactly as given, never scoped (RADIUS compares it
+    octet for octet, and its ``@`` may be a realm's).
     """
     name = f"{field} {ordinal(index)}"
+    if text.strip().startswith("user:"):
+        return _parse_user(text.strip()[len("user:") :], name)
     text, vlan, interface = _split_scope(text.strip(), name)
     target = _parse_unscoped(text, name)
     if interface is not None and target.kind is TargetKind.INTERFACE:
@@ -166,8 +171,24 @@ def _parse_unscoped(text: str, name: str) -> Target:
         raise UsageError(
             name,
             "is not an IPv4/IPv6 address, a prefix (198.51.100.0/24, 2001:db8::/48), "
-            "a MAC address (02:00:5e:00:53:01) or iface:NAME",
+            "a MAC address (02:00:5e:00:53:01), iface:NAME or user:NAME",
         ) from None
+
+
+def _parse_user(user: str, name: str) -> Target:
+    """``user:NAME``: a RADIUS User-Name, 1 to 253 octets of printable text, unpadded."""
+    if (
+        not user
+        or len(user.encode("utf-8")) > USER_NAME_MAX
+        or not _printable(user)
+        or user != user.strip()
+    ):
+        raise UsageError(
+            name,
+            f"user name must be 1 to {USER_NAME_MAX} octets of printable text, "
+            "as the NAS sends it in RADIUS User-Name (user:alice@example.net)",
+        )
+    return Target(TargetKind.USER, user)
 
 
 def _parse_prefix(text: str, name: str) -> Target:
@@ -206,7 +227,9 @@ def parse_targets(texts: Iterable[str] | None, field: str = "--target") -> tuple
         if target not in targets:
             targets.append(target)
     if not targets:
-        raise UsageError(field, "required: at least one address, prefix, MAC address or iface:NAME")
+        raise UsageError(
+            field, "required: at least one address, prefix, MAC address, iface:NAME or user:NAME"
+        )
     return tuple(targets)
 
 
@@ -289,17 +312,37 @@ def parse_host_port(text: str | None, field: str) -> tuple[str, int]:
     port = int(match.group(2) or match.group(4))
     if not 1 <= port <= 65535:
         raise UsageError(field, f"port must be 1 to 65535, got {port}")
+    return parse_host(host, field, name_allowed=not match.group(1)), port
+
+
+def parse_host(text: str | None, field: str, name_allowed: bool = True) -> str:
+    """An IP address (normalised) or a DNS name.
+
+    Args:
+        name_allowed: False where only an address fits (inside ``[...]``).
+    """
+    host = (text or "").strip()
     try:
-        host = str(ipaddress.ip_address(host))
+        return str(ipaddress.ip_address(host))
     except ValueError:
         labels = host.rstrip(".").split(".")
         if (
-            match.group(1)
+            not name_allowed
+            or not host
             or len(host) > 253
             or not all(_HOSTNAME_LABEL.fullmatch(x) for x in labels)
         ):
-            raise UsageError(field, "host must be an IP address or a DNS name") from None
-    return host, port
+            raise UsageError(
+                field, "host must be an IP address or a DNS name, e.g. 203.0.113.5"
+            ) from None
+    return host
+
+
+def parse_interface(text: str | None, field: str) -> str:
+    """A Linux network interface name (IFNAMSIZ: at most 15 characters)."""
+    if text is None or not _IFACE.fullmatch(text):
+        raise UsageError(field, "interface name must be 1 to 15 letters, digits or ._@:- (eth0)")
+    return text
 
 
 def parse_streams(text: str | None, field: str = "--streams") -> tuple[Stream, ...]:

@@ -1,0 +1,424 @@
+"""A tap's batches into the log: checked per PDU, appended a batch at a time, exactly once.
+
+Defence in depth (docs/tap-link.md): the link already proved which tap
+is speaking; each PDU is then checked before it is stored: the case
+identity inside it names a warrant that tap serves (and only one), the
+warrant is active now, its content level has the PDU's stream, and, for
+content (CmCC) of a warrant whose targets are addresses or prefixes, the
+packet's addresses really are the target's. A refused PDU is counted by
+reason and never stored; it never ends the link.
+
+Exactly once across a crash: before a batch's first record is appended,
+:class:`TapJournal` writes and fsyncs, per tap, the batch id and, per
+stream, the first sequence number and the count the batch takes there
+(a batch's share of a stream is contiguous: :meth:`Ingest.append_batch`
+does not yield). After a restart, a stream's sequence number when it
+was opened says how much of that batch survived; when the tap resends
+it, exactly that prefix of each stream's share is skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import trio
+
+from mediation.durable import write_atomic
+from mediation.log import Appended, StorageUnavailable
+from mediation.pdu import StreamId, StreamKind
+from mediation.pdu import taplink as T
+from mediation.pdu.errors import PDUError
+from mediation.pdu.tlv import read_header
+from mediation.server.ingest import Ingest, well_formed
+from mediation.tap.packet import LINKTYPE_RAW, parse_frame
+from mediation.tap.targets import TargetMatcher
+from mediation.warrants.model import TargetKind, Warrant
+
+log = logging.getLogger("mediation.server")
+JOURNAL_DIR = "taps"
+# A well-formed stand-in per kind, to ask ingest which stream (the PDU itself
+# is checked by well_formed after).
+_SEQUENCE = {"cmII": b"\x30\x03\x06\x01\x00", "cmCC": b"\x30\x03\x81\x01\x00"}
+
+# Why a PDU from a tap was refused (the keys of `mediate status`'s tap rows).
+REASONS = (
+    "not_served",  # no warrant of this tap has the PDU's case identity
+    "inactive_warrant",
+    "wrong_content_level",
+    "malformed",
+    "not_target",  # the packet's addresses are not the warrant's targets
+    "unable_to_store",
+)
+
+
+def case_identity(kind: str, der: bytes) -> str | None:
+    """The case identity inside a CmII or CmCC PDU, or None if it has none or is malformed."""
+    try:
+        if kind == "cmII":  # SEQUENCE { OID, [n] { [0] caseId, ... } }
+            _t, pos, size = read_header(der, 0)
+            _t, oid, oid_size = read_header(der, pos, pos + size)
+            tag, body, body_size = read_header(der, oid + oid_size, pos + size)
+            tag, value, value_size = read_header(der, body, body + body_size)
+            return der[value : value + value_size].decode("ascii") if tag == 0x80 else None
+        # SEQUENCE { [0] header { [0] correlationInfo { [0] caseId OPTIONAL ...
+        _t, pos, size = read_header(der, 0)
+        tag, header, header_size = read_header(der, pos, pos + size)
+        if tag != 0xA0:
+            return None
+        tag, info, info_size = read_header(der, header, header + header_size)
+        if tag != 0xA0:
+            return None
+        tag, value, value_size = read_header(der, info, info + info_size)
+        return der[value : value + value_size].decode("ascii") if tag == 0x80 else None
+    except (PDUError, UnicodeDecodeError):
+        return None
+
+
+def cc_payload(der: bytes) -> bytes | None:
+    """The packet inside an ``IAS-CC-APDU`` (its ``[1] payload``), or None."""
+    try:
+        _t, pos, size = read_header(der, 0)
+        end = pos + size
+        while pos < end:
+            tag, start, length = read_header(der, pos, end)
+            if tag == 0x81:
+                return der[start : start + length]
+            pos = start + length
+    except PDUError:
+        return None
+    return None
+
+
+class TapGate:
+    """The warrants one tap may feed, and the per-PDU checks against them.
+
+    Args:
+        name: the tap.
+        warrants: the active warrants it serves (``WarrantTable.warrants_for_tap``).
+    """
+
+    def __init__(self, name: str, warrants: list[Warrant]) -> None:
+        self.name = name
+        by_case: dict[str, list[Warrant]] = collections.defaultdict(list)
+        for warrant in warrants:
+            if warrant.details is not None:
+                by_case[warrant.details.case_id].append(warrant)
+        self._by_case = dict(by_case)
+        self._matchers: dict[str, TargetMatcher | None] = {}
+        for warrant in warrants:
+            details = warrant.details
+            if details is None:
+                continue
+            kinds = {t.kind for t in details.targets}
+            # Content carries the IP packet only: addresses can be checked,
+            # a MAC or an interface cannot (docs/tap-link.md).
+            checkable = kinds and kinds <= {TargetKind.ADDRESS, TargetKind.PREFIX}
+            # The packet carries no VLAN tag or interface: check its addresses only.
+            bare = [dataclasses.replace(t, vlan=None, interface=None) for t in details.targets]
+            self._matchers[warrant.handle] = TargetMatcher(bare) if checkable else None
+
+    def warrant_for(self, kind: str, der: bytes) -> tuple[str | None, str]:
+        """``(handle, "")`` for the warrant a PDU belongs to, or ``(None, reason)``."""
+        case = case_identity(kind, der)
+        if case is None:
+            return None, "malformed"
+        found = self._by_case.get(case)
+        if not found or len(found) != 1:
+            return None, "not_served"
+        handle = found[0].handle
+        if kind == "cmCC":
+            matcher = self._matchers.get(handle)
+            if matcher is not None:
+                payload = cc_payload(der)
+                if payload is None:
+                    return None, "malformed"
+                if matcher.match(parse_frame(payload, LINKTYPE_RAW)) is None:
+                    return None, "not_target"
+        return handle, ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One stream's share of a batch: ``already`` records stored by an earlier
+    attempt, then ``count`` appended by this one from sequence number ``start``."""
+
+    start: int
+    count: int
+    already: int = 0
+
+
+@dataclasses.dataclass
+class JournalEntry:
+    """A batch of a tap being appended, per stream."""
+
+    batch: int
+    spans: dict[StreamId, Span]
+    loaded: bool = False  # read from disk at start: a crash may have cut it
+    stopped: dict[StreamId, int] | None = None  # storing stopped part-way in this process
+
+
+class TapJournal:
+    """Per tap, the batches appended and not yet known durable (fsynced before their records).
+
+    The file holds ``last`` (the highest batch id ever begun) and the
+    entries; an entry is dropped once all its records are durable, so
+    the file stays small: about one entry per batch in flight.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = data_dir / JOURNAL_DIR
+        self._taps: dict[str, tuple[int, dict[int, JournalEntry]]] = {}
+
+    def _path(self, tap: str) -> Path:
+        return self.directory / f"{tap}.journal"
+
+    def state(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
+        """``(last, entries by batch id)`` of ``tap`` (read from disk the first time)."""
+        if tap not in self._taps:
+            self._taps[tap] = self._load(tap)
+        return self._taps[tap]
+
+    def _load(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
+        try:
+            data = json.loads(self._path(tap).read_text())
+        except FileNotFoundError:
+            return 0, {}
+        entries = {}
+        for item in data["entries"]:
+            spans = {}
+            for key, (start, count, already) in item["spans"].items():
+                handle, kind = key.rsplit("/", 1)
+                spans[StreamId(handle, StreamKind(kind))] = Span(start, count, already)
+            entries[item["batch"]] = JournalEntry(item["batch"], spans, loaded=True)
+        return int(data["last"]), entries
+
+    def reset(self, tap: str) -> None:
+        """Forget the tap's batches (its ids start again)."""
+        self._taps[tap] = (0, {})
+        self._write(tap)
+
+    def begin(self, tap: str, entry: JournalEntry, done: list[int]) -> None:
+        """Record ``entry`` durably, dropping the entries in ``done``.
+
+        Blocking on purpose: the caller must not yield between this and
+        appending the batch, or another append could land inside a span.
+        """
+        last, entries = self.state(tap)
+        for batch in done:
+            entries.pop(batch, None)
+        entries[entry.batch] = entry
+        self._taps[tap] = (max(last, entry.batch), entries)
+        self._write(tap)
+
+    def _write(self, tap: str) -> None:
+        last, entries = self._taps[tap]
+        data = {
+            "last": last,
+            "entries": [
+                {
+                    "batch": e.batch,
+                    "spans": {
+                        str(sid): [x.start, x.count, x.already] for sid, x in e.spans.items()
+                    },
+                }
+                for e in entries.values()
+            ],
+        }
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self._path(tap), json.dumps(data).encode())
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """What became of one batch: the ack to send once ``receipts`` are durable."""
+
+    ack: T.BatchAck
+    receipts: list[Appended]
+    complete: bool  # False: storing stopped part-way; no ack, the link is closed
+
+
+class TapIngest:
+    """Checks and appends tap batches; one instance per server."""
+
+    def __init__(self, intake: Ingest, journal: TapJournal) -> None:
+        self.intake = intake
+        self.journal = journal
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.batches = 0
+        self._lock = trio.Lock()  # one batch at a time: each stream's share stays contiguous
+
+    async def hello(self, tap: str, next_batch: int) -> int:
+        """The ``lastStored`` to answer a tap's hello with.
+
+        A tap whose next batch id is not above every id it ever sent has
+        lost its spool (a new router, a wiped disk): its ids start again,
+        and the journal of the old ones is dropped, or its new batches
+        would be taken for stored ones.
+        """
+        last, _entries = self.journal.state(tap)
+        if next_batch <= last:
+            log.warning(
+                "tap %s: batch ids went back (next %d, seen %d): its spool was lost; "
+                "starting its journal again",
+                tap,
+                next_batch,
+                last,
+            )
+            self.journal.reset(tap)
+        return await self.last_stored(tap)
+
+    async def last_stored(self, tap: str) -> int:
+        """The highest batch id of ``tap`` all of whose PDUs (and all before) are durable.
+
+        Waits for the records of batches appended by this process to be durable.
+        """
+        last, entries = self.journal.state(tap)
+        for entry in list(entries.values()):
+            for receipt in self._tails(entry):
+                await receipt.durable()
+        for batch in sorted(entries):
+            if not self._complete(entries[batch]):
+                return batch - 1
+        return last
+
+    def _stored(self, entry: JournalEntry) -> dict[StreamId, int]:
+        """How many records of the entry's batch each stream holds (appended, in this process)."""
+        out = {}
+        for sid, span in entry.spans.items():
+            if entry.loaded:
+                opened = self.intake.opened_at.get(sid, span.start)
+                out[sid] = span.already + max(0, min(span.count, opened - span.start))
+            elif entry.stopped is not None:
+                out[sid] = span.already + entry.stopped.get(sid, 0)
+            else:
+                out[sid] = span.already + span.count
+        return out
+
+    def _complete(self, entry: JournalEntry) -> bool:
+        stored = self._stored(entry)
+        return all(stored[sid] == s.already + s.count for sid, s in entry.spans.items())
+
+    def _durable(self, entry: JournalEntry) -> bool:
+        if not self._complete(entry):
+            return False
+        if entry.loaded:
+            return True
+        for sid, span in entry.spans.items():
+            stream = self.intake.streams.get(sid)
+            if span.count and (stream is None or stream.durable_seq < span.start + span.count - 1):
+                return False
+        return True
+
+    async def batch(self, gate: TapGate, batch: T.PduBatch, durable: bool = True) -> BatchResult:
+        """Check and append one batch of ``gate``'s tap.
+
+        Args:
+            durable: TLS (True): journalled for exactly once; UDP (False):
+                appended as it comes (a datagram is never resent).
+        """
+        async with self._lock:
+            return await self._batch(gate, batch, durable)
+
+    async def _batch(self, gate: TapGate, batch: T.PduBatch, durable: bool) -> BatchResult:
+        tap, skip = gate.name, {}
+        if durable:
+            last, entries = self.journal.state(tap)
+            entry = entries.get(batch.batch_id)
+            if entry is None and batch.batch_id <= last:  # stored, durable, forgotten
+                return BatchResult(T.BatchAck(batch.batch_id, 0), [], True)
+            if entry is not None:
+                if self._complete(entry):
+                    return BatchResult(T.BatchAck(batch.batch_id, 0), self._tails(entry), True)
+                skip = self._stored(entry)
+        targets, items, refused = self._check(gate, batch)
+        await self.intake.before_batch({sid.warrant_handle for sid in targets})
+        if skip:  # a resent batch: leave out each stream's share already stored
+            left = [skip.get(sid, 0) for sid in targets]
+            kept = []
+            for index, der in items:
+                if left[index]:
+                    left[index] -= 1
+                else:
+                    kept.append((index, der))
+        else:
+            kept = items
+        totals = [0] * len(targets)
+        for index, _der in items:
+            totals[index] += 1
+        spans = {}
+        for index, sid in enumerate(targets):
+            already = min(skip.get(sid, 0), totals[index])
+            spans[sid] = Span(self.intake.streams[sid].next_seq, totals[index] - already, already)
+        new = JournalEntry(batch.batch_id, spans)
+        if durable:
+            _last, entries = self.journal.state(tap)
+            done = [b for b, e in entries.items() if b != batch.batch_id and self._durable(e)]
+            self.journal.begin(tap, new, done)
+        counts, last, error = self.intake.append_batch(targets, kept, time.time_ns() // 1000)
+        self.batches += 1
+        if error is not None:
+            new.stopped = dict(zip(targets, counts, strict=True))
+            self.refused["unable_to_store"] += len(kept) - sum(counts)
+            log.warning("tap %s: batch %d stopped: %s", tap, batch.batch_id, type(error).__name__)
+        for reason, count in refused.items():
+            self.refused[reason] += count
+        ack = T.BatchAck(batch.batch_id, len(items), tuple(sorted(refused.items())))
+        return BatchResult(ack, [r for r in last if r is not None], error is None)
+
+    def _check(
+        self, gate: TapGate, batch: T.PduBatch
+    ) -> tuple[list[StreamId], list[tuple[int, bytes]], collections.Counter[str]]:
+        """The streams, and ``(stream index, der)`` per PDU that passes; refusals by reason."""
+        targets: list[StreamId] = []
+        where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
+        items = []
+        refused: collections.Counter[str] = collections.Counter()
+        limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
+        for pdu in batch.pdus:
+            handle, reason = gate.warrant_for(pdu.kind, pdu.der)
+            if handle is None:
+                refused[reason] += 1
+                continue
+            found = where.get((handle, pdu.kind))
+            if found is None:
+                found = self._target(handle, pdu.kind, targets)
+                where[handle, pdu.kind] = found
+            if isinstance(found, str):
+                refused[found] += 1
+                continue
+            if len(pdu.der) > limit or not well_formed(targets[found].kind, pdu.der):
+                refused["malformed"] += 1
+                continue
+            items.append((found, pdu.der))
+        return targets, items, refused
+
+    def _target(self, handle: str, kind: str, targets: list[StreamId]) -> int | str:
+        """The index in ``targets`` of the stream for this warrant and kind (added), or why not."""
+        found = self.intake.check(handle, kind, _SEQUENCE[kind])
+        if isinstance(found, str):
+            return found
+        sid = StreamId(handle, found)
+        if sid not in self.intake.streams:
+            return "inactive_warrant"
+        targets.append(sid)
+        return len(targets) - 1
+
+    def _tails(self, entry: JournalEntry) -> list[Appended]:
+        """Receipts for the last records this process appended of an entry's batch."""
+        out = []
+        if entry.loaded:
+            return out
+        for sid, span in entry.spans.items():
+            stream = self.intake.streams.get(sid)
+            count = span.count if entry.stopped is None else entry.stopped.get(sid, 0)
+            if stream is not None and count:
+                out.append(Appended(stream, span.start + count - 1))
+        return out
+
+
+__all__ = ["REASONS", "StorageUnavailable", "TapGate", "TapIngest", "TapJournal"]

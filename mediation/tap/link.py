@@ -1,0 +1,461 @@
+"""The tap's end of the tap link: warrants in, batches out (docs/tap-link.md, docs/tap.md).
+
+:class:`TapClient` connects to the server over TLS with the tap's
+certificate and checks the server by the bundle's server CA and role;
+it gets its warrants (:class:`WarrantSet`, held in memory only) and builds
+one :class:`Tap` per warrant. Captured frames (a pcap file here; live
+capture drives the same :meth:`TapClient.frame`) become PDUs, cut into
+batches by count, size and a short time bound, and each batch goes into
+the spool (:class:`mediation.tap.spool.TapSpool`, encrypted, bounded)
+before it is sent. The server acknowledges a batch once its PDUs are
+durable; only then is it dropped from the spool. A lost connection is
+retried with a doubling delay; on reconnect everything not acknowledged
+is sent again, oldest first, and the server stores none of it twice.
+
+UDP mode (``udp`` given): batches go as sealed datagrams, numbered by
+the session's counter, not spooled and never acknowledged; the TLS link
+still brings the warrants.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import logging
+import os
+import socket
+import ssl
+import time
+from typing import Any, Protocol
+
+import trio
+from cryptography import x509
+
+from mediation.errors import UsageError
+from mediation.pdu import taplink as T
+from mediation.pki import SERVER_AUTH, Role, check_role
+from mediation.protocol.sealed import MAX_DATAGRAM, OVERHEAD, DatagramSealer, Direction, SealKey
+from mediation.protocol.taplink import MAX_BATCH_BYTES, State, TapLinkTap
+from mediation.tap.builder import FlowCorrelation, PDUBuilder
+from mediation.tap.packet import LINKTYPE_ETHERNET, parse_frame
+from mediation.tap.replay import Tap
+from mediation.tap.targets import TargetMatcher
+from mediation.warrants.authority import TapCredentials
+from mediation.warrants.model import ContentLevel
+from mediation.warrants.validate import parse_target
+
+log = logging.getLogger("mediation.tap")
+BATCH_PDUS = 1024
+BATCH_SECONDS = 0.2
+UDP_BATCH_BYTES = MAX_DATAGRAM - OVERHEAD - 64
+RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
+DISK_CHUNK = 32  # spooled batches read per step while draining
+
+
+class Spool(Protocol):
+    """What the link needs of the spool (:class:`mediation.tap.spool.TapSpool`)."""
+
+    @property
+    def last_id(self) -> int: ...
+    @property
+    def overflow(self) -> tuple[int, dt.datetime, dt.datetime] | None: ...
+    def append(
+        self, payload: bytes, first_time: dt.datetime, last_time: dt.datetime
+    ) -> int | None: ...
+    def pending(self) -> Any: ...
+    def ack(self, upto: int) -> None: ...
+    def clear_overflow(self) -> None: ...
+
+
+@dataclasses.dataclass
+class LinkCounters:
+    """Numbers only: safe to print."""
+
+    frames: int = 0
+    pdus: int = 0
+    batches: int = 0
+    acked: int = 0
+    overflow_batches: int = 0
+    connects: int = 0
+    datagrams: int = 0
+
+
+def build_tap(warrant: T.TapWarrant, epoch: int = 0) -> Tap:
+    """A :class:`Tap` for one warrant of the set.
+
+    Args:
+        epoch: the correlation epoch (:class:`FlowCorrelation`): the tap's
+            start time, so content identifiers differ across restarts.
+
+    Raises:
+        UsageError, ValueError: a target or identity the tap cannot use.
+    """
+    targets = [parse_target(text, i, "targets") for i, text in enumerate(warrant.targets)]
+    builder = PDUBuilder(
+        warrant.case_id,
+        warrant.iap or "",
+        ContentLevel(warrant.content),
+        FlowCorrelation(epoch),
+    )
+    return Tap(
+        warrant.handle, TargetMatcher(targets), builder, start=warrant.start, end=warrant.end
+    )
+
+
+def client_context(credentials: TapCredentials) -> ssl.SSLContext:
+    """TLS client context: the tap's certificate; the server CA as the only anchor.
+
+    ``ssl`` loads a key pair only from a path: it is handed one of an
+    anonymous memory file (``memfd``), so the private key never touches a disk.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False  # servers are often addresses: the role check decides
+    context.load_verify_locations(cadata=credentials.server_ca_pem)
+    pem = (credentials.certificate_pem + credentials.private_key_pem).encode("ascii")
+    fd = os.memfd_create("tap-credentials", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, pem)
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    return context
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failed connection (the first error of a group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
+class TapClient:
+    """One tap process's link to the server (see the module docstring)."""
+
+    def __init__(
+        self,
+        credentials: TapCredentials,
+        spool: Spool | None,
+        address: tuple[str, int],
+        context: ssl.SSLContext,
+        *,
+        udp: tuple[str, int] | None = None,
+        batch_pdus: int = BATCH_PDUS,
+        batch_seconds: float = BATCH_SECONDS,
+        epoch: int | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.spool = spool
+        self.address = address
+        self.context = context
+        self.udp = udp
+        self.batch_pdus = batch_pdus
+        self.batch_seconds = batch_seconds
+        self.epoch = int(time.time()) & 0xFFFFFFFF if epoch is None else epoch
+        self.counters = LinkCounters()
+        self.taps: list[Tap] = []
+        self.warrants_ready = trio.Event()
+        self.connected = False
+        self._generation: T.WarrantSet | None = None
+        self._pending: list[tuple[str, dt.datetime, bytes]] = []
+        self._pending_bytes = 0
+        self._pending_since = 0.0
+        self._spool_lock = trio.Lock()
+        self._new_batch = trio.Event()
+        self._acked = trio.Event()
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._recent_lost = True  # read the spool from disk first
+        self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._last_sent = -1
+        self._sealer: DatagramSealer | None = None
+        self._live: Any = None  # the LiveTap, when capturing
+        self._udp_socket: trio.socket.SocketType | None = None
+
+    # -- frames to batches -----------------------------------------------------
+
+    async def frame(
+        self, data: bytes, when: dt.datetime, linktype: int = LINKTYPE_ETHERNET
+    ) -> None:
+        """One captured frame (a file's): its PDUs for every warrant, batched."""
+        self.counters.frames += 1
+        parsed = parse_frame(data, linktype)
+        for tap in self.taps:
+            for pdu in tap.process(data, when, parsed):
+                await self.add(pdu.kind, pdu.time, pdu.der)
+
+    async def add(self, kind: str, when: dt.datetime, der: bytes) -> None:
+        """One PDU into the open batch; the batch is sealed when full."""
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append((kind, when, der))
+        self._pending_bytes += len(der) + 40
+        self.counters.pdus += 1
+        if len(self._pending) >= self.batch_pdus or self._pending_bytes >= self._limit:
+            await self.flush()
+
+    async def run_live(self, interface: str) -> None:
+        """Capture on ``interface`` for the warrants served, until cancelled.
+
+        One capture serves every warrant (:class:`mediation.tap.live.LiveTap`);
+        its kernel filter is rebuilt whenever the warrant set changes.
+
+        Raises:
+            OSError: the interface, CAP_NET_RAW or the kernel said no.
+        """
+        from mediation.tap.live import LiveTap
+
+        await self.warrants_ready.wait()
+        live = await trio.to_thread.run_sync(lambda: LiveTap(interface, self.taps))
+        self._live = live
+        log.info("capturing on %s for %d warrant(s)", interface, len(self.taps))
+        with live:
+            async for items in live.run():
+                self.counters.frames = live.counters.frames
+                for item in items:
+                    await self.add(item.kind, item.time, item.der)
+
+    @property
+    def _limit(self) -> int:
+        return UDP_BATCH_BYTES if self.udp is not None else MAX_BATCH_BYTES
+
+    async def flush(self) -> None:
+        """Seal the PDUs gathered so far into one batch (spooled, or sent as a datagram)."""
+        if not self._pending:
+            return
+        pdus, self._pending, self._pending_bytes = self._pending, [], 0
+        payload = T.encode_pdus(pdus)
+        self.counters.batches += 1
+        if self.udp is not None:
+            await self._send_datagram(payload)
+            return
+        assert self.spool is not None
+        spool = self.spool
+        async with self._spool_lock:
+            batch = await trio.to_thread.run_sync(spool.append, payload, pdus[0][1], pdus[-1][1])
+        if batch is None:
+            self.counters.overflow_batches += 1
+            return
+        self._recent.append((batch, payload))
+        if len(self._recent) > 64:
+            self._recent.popleft()
+            self._recent_lost = True
+        self._new_batch.set()
+
+    async def run_timer(self) -> None:
+        """Flush a batch whose oldest PDU waited ``batch_seconds`` (the time bound)."""
+        while True:
+            await trio.sleep(self.batch_seconds / 2)
+            if self._pending and time.monotonic() - self._pending_since >= self.batch_seconds:
+                await self.flush()
+
+    async def _send_datagram(self, payload: bytes) -> None:
+        if self._sealer is None or self._udp_socket is None:
+            key = SealKey(int(self.credentials.fingerprint[:8], 16), self.credentials.hmac_key)
+            self._sealer = DatagramSealer(key, Direction.TAP_TO_SERVER, time.time_ns() // 1000)
+            family = socket.AF_INET6 if ":" in self.udp[0] else socket.AF_INET  # type: ignore[index]
+            self._udp_socket = trio.socket.socket(family, socket.SOCK_DGRAM)
+            await self._udp_socket.connect(self.udp)
+        message = T.batch_message(self._sealer.counter + 1, payload)
+        try:
+            datagram = self._sealer.seal(message)
+        except ValueError:  # one PDU larger than a datagram: it cannot go by UDP
+            self.counters.overflow_batches += 1
+            log.warning("tap: a batch of %d octets does not fit a datagram; dropped", len(message))
+            return
+        await self._udp_socket.send(datagram)
+        self.counters.datagrams += 1
+
+    # -- the connection ------------------------------------------------------------
+
+    async def drained(self) -> None:
+        """Return once every spooled batch is acknowledged (TLS) or sent (UDP)."""
+        await self.flush()
+        while self.spool is not None and self._unacked():
+            await self._acked.wait()
+            self._acked = trio.Event()
+
+    def _unacked(self) -> bool:
+        assert self.spool is not None
+        return getattr(self.spool, "acked", 0) < self.spool.last_id
+
+    async def run_link(self) -> None:
+        """Connect, and reconnect with a doubling delay, until cancelled."""
+        delay = RECONNECT_MIN
+        while True:
+            started = time.monotonic()
+            try:
+                await self._connection()
+            except Exception as exc:  # any failure of one connection: count it, retry
+                log.warning("tap link: %s", describe(exc))
+            self.connected = False
+            if time.monotonic() - started > 10:
+                delay = RECONNECT_MIN
+            await trio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _connection(self) -> None:
+        tcp = await trio.open_tcp_stream(*self.address)
+        stream = trio.SSLStream(tcp, self.context, server_hostname=self.address[0])
+        try:
+            with trio.fail_after(10):
+                await stream.do_handshake()
+            der = stream.getpeercert(binary_form=True)
+            cas = x509.load_pem_x509_certificates(self.credentials.server_ca_pem.encode())
+            check_role(der, Role.SERVER, cas, SERVER_AUTH)
+            await self._speak(stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _hello(self) -> T.TapHello:
+        overflow = None
+        if self.spool is not None and self.spool.overflow is not None:
+            count, first, last = self.spool.overflow
+            overflow = T.Overflow(count, first, last)
+        spool = self.spool
+        next_batch = spool.last_id + 1 if spool is not None else 1
+        pending = spool.last_id - getattr(spool, "acked", spool.last_id) if spool else 0
+        return T.TapHello(self.credentials.name, next_batch, min(pending, 2**32 - 1), overflow)
+
+    async def _speak(self, stream: trio.SSLStream) -> None:
+        hello = await self._hello()
+        machine = TapLinkTap(hello, trio.current_time())
+        await stream.send_all(machine.data_to_send())
+        self.counters.connects += 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receiver, stream, machine, hello, nursery.cancel_scope)
+            nursery.start_soon(self._ticker, stream, machine)
+            await self._sender(stream, machine)
+
+    async def _receiver(
+        self, stream: trio.SSLStream, machine: TapLinkTap, hello: T.TapHello, scope: Any
+    ) -> None:
+        while True:
+            data = await stream.receive_some(256 * 1024)
+            if not data:
+                raise trio.BrokenResourceError("server closed the connection")
+            for message in machine.receive_data(data, trio.current_time()):
+                await self._on_message(message, hello)
+            out = machine.data_to_send()
+            if out:
+                await stream.send_all(out)
+            self._new_batch.set()  # the window may have opened
+
+    async def _on_message(self, message: T.Message, hello: T.TapHello) -> None:
+        spool = self.spool
+        if isinstance(message, T.ServerHello):
+            self.connected = True
+            log.info("tap link: connected; the server holds batches up to %d", message.last_stored)
+            if spool is not None:
+                upto = min(message.last_stored, spool.last_id)
+                async with self._spool_lock:
+                    await trio.to_thread.run_sync(spool.ack, upto)
+                    if hello.overflow is not None:
+                        await trio.to_thread.run_sync(spool.clear_overflow)
+                self._last_sent = upto
+                self._acked.set()
+        elif isinstance(message, T.WarrantSet):
+            self._apply(message)
+        elif isinstance(message, T.BatchAck):
+            self.counters.acked += 1
+            if spool is not None:
+                async with self._spool_lock:
+                    await trio.to_thread.run_sync(spool.ack, message.batch_id)
+            self._acked.set()
+        elif isinstance(message, T.Close):
+            raise trio.BrokenResourceError(f"server closed: {message.reason}")
+
+    def _apply(self, warrants: T.WarrantSet) -> None:
+        """Taps for a new warrant set; a warrant unchanged keeps its tap (flows, DHCP)."""
+        old = {}
+        if self._generation is not None:
+            old = {
+                w.handle: (w, t) for w, t in zip(self._generation.warrants, self.taps, strict=True)
+            }
+        taps, usable = [], []
+        for warrant in warrants.warrants:
+            kept = old.get(warrant.handle)
+            if kept is not None and kept[0] == warrant:
+                taps.append(kept[1])
+                usable.append(warrant)
+                continue
+            try:
+                taps.append(build_tap(warrant, self.epoch))
+            except (UsageError, ValueError) as exc:  # never the case data itself
+                log.error("warrant %s: cannot be tapped (%s)", warrant.handle, type(exc).__name__)
+                continue
+            usable.append(warrant)
+        self.taps = taps
+        self._generation = dataclasses.replace(warrants, warrants=tuple(usable))
+        if self._live is not None:
+            try:
+                self._live.set_warrants(taps)
+            except (OSError, ValueError) as exc:
+                log.error("tap: the capture filter could not be rebuilt: %s", exc)
+        log.info("tap link: serving %d warrant(s)", len(taps))
+        self.warrants_ready.set()
+
+    async def _ticker(self, stream: trio.SSLStream, machine: TapLinkTap) -> None:
+        while True:
+            await trio.sleep(1.0)
+            machine.tick(trio.current_time())
+            out = machine.data_to_send()
+            if out:
+                await stream.send_all(out)
+
+    async def _sender(self, stream: trio.SSLStream, machine: TapLinkTap) -> None:
+        """Send spooled batches oldest first, within the window."""
+        self._last_sent, self._recent_lost = -1, True
+        self._backlog.clear()
+        while machine.state is not State.READY:
+            await self._new_batch.wait()
+            self._new_batch = trio.Event()
+        while True:
+            batch = await self._next_batch() if machine.can_send() else None
+            if batch is None:
+                await self._new_batch.wait()
+                self._new_batch = trio.Event()
+                continue
+            machine.send_batch(batch[0], batch[1], trio.current_time())
+            self._last_sent = batch[0]
+            await stream.send_all(machine.data_to_send())
+
+    async def _next_batch(self) -> tuple[int, bytes] | None:
+        """The oldest batch not yet sent on this connection: from disk, then from memory."""
+        if self.spool is None:
+            return None
+        backlog = self._backlog
+        while backlog and backlog[0][0] <= self._last_sent:
+            backlog.popleft()
+        if not backlog and self._recent_lost:
+            self._recent_lost = False  # from here on, new batches are in _recent
+            chunk = await self._from_disk(self._last_sent, DISK_CHUNK)
+            backlog.extend(chunk)
+            if len(chunk) == DISK_CHUNK:
+                self._recent_lost = True  # more on disk after these
+        if backlog:
+            return backlog[0]  # dropped once sent (above)
+        recent = self._recent
+        while recent and recent[0][0] <= self._last_sent:
+            recent.popleft()
+        return recent[0] if recent else None
+
+    async def _from_disk(self, after: int, count: int) -> list[tuple[int, bytes]]:
+        spool = self.spool
+        assert spool is not None
+
+        def read() -> list[tuple[int, bytes]]:
+            out = []
+            for batch, payload in spool.pending():
+                if batch > after:
+                    out.append((batch, payload))
+                    if len(out) == count:
+                        break
+            return out
+
+        async with self._spool_lock:
+            return await trio.to_thread.run_sync(read)
+
+
+__all__ = ["LinkCounters", "TapClient", "build_tap", "client_context"]

@@ -1,0 +1,418 @@
+"""The tap's spool: batches kept on the tap's own disk until the server has them.
+
+While the server is unreachable the tap link appends each batch here and
+drains them, oldest first, when it returns; the server's acknowledgement
+(:meth:`TapSpool.ack`) reclaims their space. The spool is
+
+* **durable**: :meth:`TapSpool.append` returns once the batch is on disk
+  (``fdatasync``), with a batch id that is strictly increasing and never
+  reused, across restarts and crashes;
+* **bounded**: ``limit_bytes`` counts every byte of the directory (segments,
+  their headers, the state file). A batch that does not fit is dropped and
+  counted (count and capture-time span, :attr:`TapSpool.overflow`): the
+  oldest are kept, because the agency can be told exactly what is missing
+  at the end of an outage, but not in its middle;
+* **encrypted**: a batch holds PDUs, and a PDU the case identity and the
+  target's addresses; nothing of them is on disk in clear;
+* **crash safe**: a tail torn by a crash (or ``SIGKILL``) is found by its
+  CRC and AES-GCM tag when the spool is opened, and cut.
+
+The on-disk format, the keys and why a nonce never repeats:
+:mod:`mediation.tap.spool_format`.
+
+Why batch ids never repeat: the next id is one more than the greatest id
+found in a segment or recorded as acknowledged in the state file; the
+state is written (``write_atomic``) before acknowledged segments are
+deleted, and an id is returned only once its record is ``fdatasync``-ed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from mediation.durable import fsync_dir, write_atomic
+from mediation.errors import UsageError
+from mediation.tap.atrest import KeyMismatch
+from mediation.tap.spool_format import (
+    KEY_BYTES,
+    MAX_PAYLOAD,
+    MIN_LIMIT,
+    RECORD_OVERHEAD,
+    SEGMENT_FRACTION,
+    SEGMENT_HEADER,
+    STATE_SIZE,
+    from_micros,
+    micros,
+    new_segment_header,
+    open_state,
+    read_records,
+    record_payload,
+    seal_record,
+    seal_state,
+    segment_cipher,
+    stored_size,
+    write_all,
+)
+
+__all__ = [
+    "MIN_LIMIT",
+    "RECORD_OVERHEAD",
+    "SEGMENT_HEADER",
+    "STATE_SIZE",
+    "SpoolError",
+    "TapSpool",
+    "WrongSpoolKey",
+]
+
+
+class SpoolError(UsageError):
+    """The spool cannot be used as it is: says which directory and what to do."""
+
+    def __init__(self, directory: Path, problem: str) -> None:
+        super().__init__(f"spool {directory}", problem)
+
+
+class WrongSpoolKey(SpoolError):
+    """The spool was written under another key than the one given."""
+
+
+@dataclass
+class _Segment:
+    path: Path
+    first: int  # first batch id in it
+    last: int  # last batch id in it
+    size: int  # bytes, header included
+    cipher: AESGCM
+
+
+class TapSpool:
+    """A directory of encrypted segments; one process at a time (``flock``).
+
+    Not thread-safe: the tap link drives it from one task.
+    """
+
+    def __init__(self, directory: Path, key: bytes, limit_bytes: int, lock_fd: int) -> None:
+        self.directory = directory
+        self.limit_bytes = limit_bytes
+        self._key = key
+        self._lock_fd: int | None = lock_fd
+        self._segments: list[_Segment] = []
+        self._fd: int | None = None  # the segment this opening appends to
+        self._acked = 0
+        self._overflow: tuple[int, int, int] | None = None
+        self._next = 1
+        self._segment_target = max(limit_bytes // SEGMENT_FRACTION, MIN_LIMIT // 2)
+
+    def __repr__(self) -> str:  # never the key
+        return f"TapSpool({self.directory}, {self.used_bytes}/{self.limit_bytes} bytes)"
+
+    @classmethod
+    def open(cls, directory: Path, key: bytes, limit_bytes: int) -> TapSpool:
+        """Open (or create, mode 0700) the spool in ``directory``, cutting torn tails.
+
+        Args:
+            directory: the spool's own directory.
+            key: 32 bytes: the tap's credential key.
+            limit_bytes: the most the directory may hold, every file counted.
+
+        Raises:
+            ValueError: ``key`` is not 32 bytes or ``limit_bytes`` < 4096.
+            WrongSpoolKey: the spool was written under another key.
+            SpoolError: open by another process, or its state file missing or damaged.
+            OSError: the directory cannot be created or read.
+        """
+        if len(key) != KEY_BYTES:
+            raise ValueError("the spool key must be 32 bytes")
+        if limit_bytes < MIN_LIMIT:
+            raise ValueError(f"the spool limit must be at least {MIN_LIMIT} bytes")
+        directory = Path(directory)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise SpoolError(directory, "in use by another tap process; stop it first") from None
+        spool = cls(directory, bytes(key), limit_bytes, lock_fd)
+        try:
+            spool._recover()
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    # -- the interface -------------------------------------------------------
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes the spool holds on disk: the state file and every segment."""
+        return STATE_SIZE + sum(s.size for s in self._segments)
+
+    @property
+    def acked(self) -> int:
+        """The greatest batch id acknowledged (0: none yet)."""
+        return self._acked
+
+    @property
+    def last_id(self) -> int:
+        """The greatest batch id given so far, acknowledged or not (0: none yet)."""
+        return self._next - 1
+
+    @property
+    def overflow(self) -> tuple[int, datetime, datetime] | None:
+        """Batches dropped since the last clear: (count, first capture, last capture)."""
+        if self._overflow is None:
+            return None
+        count, first, last = self._overflow
+        return count, from_micros(first), from_micros(last)
+
+    def append(self, payload: bytes, first_time: datetime, last_time: datetime) -> int | None:
+        """Store one batch durably (``fdatasync``) and give it the next batch id.
+
+        Args:
+            payload: the batch as the link sends it.
+            first_time, last_time: the capture-time span of its PDUs (aware).
+
+        Returns:
+            The batch id, or None when it does not fit under the limit or
+            the disk is full: the batch is then dropped and counted in
+            :attr:`overflow`. Ids are strictly increasing; a failed write
+            spends one (so an id may be skipped, never repeated).
+
+        Raises:
+            ValueError: naive times, or a payload over 1 GiB.
+            OSError: the write failed other than for space (the id is
+                retired; the spool stays usable), or the overflow report
+                could not be saved.
+        """
+        self._require_open()
+        first, last = micros(first_time), micros(last_time)
+        if len(payload) > MAX_PAYLOAD:
+            raise ValueError("a spooled batch is at most 1 GiB")
+        size = RECORD_OVERHEAD + len(payload)
+        roll = self._fd is None or self._segments[-1].size >= self._segment_target
+        if self.used_bytes + size + (SEGMENT_HEADER if roll else 0) > self.limit_bytes:
+            self._count_overflow(first, last)
+            return None
+        try:
+            return self._write(payload, first, last, roll)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+        self._count_overflow(first, last)  # the disk is full before the limit: the same
+        return None
+
+    def _write(self, payload: bytes, first: int, last: int, roll: bool) -> int:
+        if roll:
+            self._new_segment()
+        segment, batch = self._segments[-1], self._next
+        assert self._fd is not None
+        record = seal_record(segment.cipher, batch, first, last, payload)
+        self._next += 1  # spent even if the write fails: its nonce may be on disk
+        try:
+            write_all(self._fd, record)
+            os.fdatasync(self._fd)
+        except OSError:
+            self._retire_segment(segment)
+            raise
+        segment.size += len(record)
+        segment.last = batch
+        return batch
+
+    def pending(self) -> Iterator[tuple[int, bytes]]:
+        """The unacknowledged batches, oldest first: (batch id, payload).
+
+        Reads the disk lazily; batches appended during the iteration may or
+        may not be included; ones acknowledged during it may still be.
+
+        Raises:
+            SpoolError: a record validated at opening no longer decrypts (altered on disk).
+        """
+        self._require_open()
+        for segment in list(self._segments):
+            if segment.last <= self._acked:
+                continue
+            for batch, clear in read_records(segment.path, segment.cipher, segment.size):
+                if clear is None:
+                    raise SpoolError(self.directory, f"{segment.path.name} was altered on disk")
+                if batch > self._acked:
+                    yield batch, record_payload(clear)
+
+    def ack(self, upto: int) -> None:
+        """Every batch with id ≤ ``upto`` is acknowledged: persist that, reclaim space.
+
+        Raises:
+            ValueError: ``upto`` is an id this spool never gave.
+            OSError: the state could not be written (nothing changed).
+        """
+        self._require_open()
+        if upto >= self._next:
+            raise ValueError(f"batch {upto} was never spooled (the last id is {self._next - 1})")
+        if upto <= self._acked:
+            return
+        previous, self._acked = self._acked, upto
+        try:
+            self._save_state()
+        except BaseException:
+            self._acked = previous
+            raise
+        self._drop_acked()
+
+    def clear_overflow(self) -> None:
+        """Forget the overflow report (the server has been told); persisted."""
+        self._require_open()
+        if self._overflow is not None:
+            self._overflow = None
+            self._save_state()
+
+    def close(self) -> None:
+        """Close the segment and release the lock; the spool object is then unusable."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> TapSpool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- inside ----------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._lock_fd is None:
+            raise ValueError("the spool is closed")
+
+    def _count_overflow(self, first: int, last: int) -> None:
+        count, low, high = self._overflow or (0, first, last)
+        self._overflow = (count + 1, min(low, first), max(high, last))
+        self._save_state()
+
+    def _new_segment(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        header, cipher = new_segment_header(self._key)
+        path = self.directory / f"{self._next:020d}.seg"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            write_all(fd, header)
+            os.fsync(fd)
+            fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._segments.append(_Segment(path, self._next, self._next - 1, SEGMENT_HEADER, cipher))
+        self._fd = fd
+
+    def _retire_segment(self, segment: _Segment) -> None:
+        """After a failed write: cut what it may have left, append elsewhere from now on."""
+        assert self._fd is not None
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, segment.size)
+        os.close(self._fd)
+        self._fd = None
+
+    def _drop_acked(self) -> None:
+        keep, gone = [], []
+        for segment in self._segments:
+            (gone if segment.last <= self._acked else keep).append(segment)
+        if not gone:
+            return
+        if self._fd is not None and self._segments[-1] in gone:
+            os.close(self._fd)
+            self._fd = None
+        self._segments = keep
+        for segment in gone:
+            with contextlib.suppress(FileNotFoundError):
+                segment.path.unlink()
+        fsync_dir(self.directory)
+
+    def _save_state(self) -> None:
+        count, first, last = self._overflow or (0, 0, 0)
+        raw = seal_state(self._key, self._acked, count, first, last)
+        write_atomic(self.directory / "state", raw)
+
+    def _load_state(self) -> bool:
+        """Read the state file; False if there is none."""
+        try:
+            raw = (self.directory / "state").read_bytes()
+        except FileNotFoundError:
+            return False
+        try:
+            self._acked, count, first, last = open_state(self._key, raw)
+        except KeyMismatch:
+            raise self._wrong_key() from None
+        except ValueError as exc:
+            raise SpoolError(self.directory, f"its state file is {exc}; move it away") from None
+        self._overflow = (count, first, last) if count else None
+        return True
+
+    def _wrong_key(self) -> WrongSpoolKey:
+        return WrongSpoolKey(
+            self.directory,
+            "written under another tap key (other credentials); use the credentials that "
+            "wrote it, or move the directory away to start an empty spool",
+        )
+
+    def _recover(self) -> None:
+        for stray in self.directory.glob(".state.*.tmp"):
+            stray.unlink()  # a state write a crash interrupted
+        segments = sorted(self.directory.glob("*.seg"))
+        if not self._load_state():
+            if segments:
+                raise SpoolError(
+                    self.directory, "segments without a state file; move the spool away"
+                )
+            self._save_state()
+        for path in segments:
+            segment = self._recover_segment(path)
+            if segment is not None:
+                self._segments.append(segment)
+        last = max((s.last for s in self._segments), default=0)
+        self._next = max(self._acked, last) + 1
+        self._drop_acked()
+
+    def _recover_segment(self, path: Path) -> _Segment | None:
+        """The segment in ``path`` with a torn or damaged tail cut; None if it was removed."""
+        with path.open("rb") as stream:
+            header = stream.read(SEGMENT_HEADER)
+        if len(header) < SEGMENT_HEADER:  # torn while it was being created
+            path.unlink()
+            return None
+        try:
+            cipher = segment_cipher(self._key, header)
+        except KeyMismatch:
+            raise self._wrong_key() from None
+        except ValueError:
+            problem = f"{path.name} is not a spool segment; move it away"
+            raise SpoolError(self.directory, problem) from None
+        size, first, last = SEGMENT_HEADER, 0, 0
+        for batch, clear in read_records(path, cipher, path.stat().st_size):
+            if clear is None or batch <= last:
+                break
+            first, last = first or batch, batch
+            size += stored_size(clear)
+        if last == 0:
+            path.unlink()
+            return None
+        if size != path.stat().st_size:
+            with path.open("r+b") as stream:
+                stream.truncate(size)
+                os.fsync(stream.fileno())
+        return _Segment(path, first, last, size, cipher)

@@ -1,0 +1,46 @@
+"""`mediate tap run`'s refusals: one line naming the option, exit 2, nothing started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_warrants_support import Carrier
+
+
+@pytest.fixture
+def carrier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Carrier:
+    carrier = Carrier(tmp_path, monkeypatch)
+    carrier.setup()
+    return carrier
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ((), "-i: give -i IFACE (live capture) or --read FILE (a pcap file)"),
+        (("--read", "nowhere.pcap"), "--read: nowhere.pcap is not a readable file"),
+        (("--read", "{pcap}", "--batch", "0"), "--batch: must be 1 to 65536 PDUs, got 0"),
+        (
+            ("--read", "{pcap}", "--spool-limit", "10"),
+            "--spool-limit: must be at least 65536 bytes, got 10",
+        ),
+        (("--read", "{pcap}", "--server", "nowhere"), "--server"),
+    ],
+)
+def test_each_refusal_is_one_line(carrier: Carrier, extra: tuple[str, ...], message: str) -> None:
+    pcap = Path(__file__).resolve().parents[1] / "fixtures" / "sample" / "sample.pcap"
+    extra = tuple(str(pcap) if e == "{pcap}" else e for e in extra)
+    run = carrier("tap", "run", "--credentials", str(carrier.tmp / "edge-1.tap"), *extra)
+    assert run.code == 2
+    assert run.err.startswith(f"mediate: error: {message}") and run.err.count("\n") == 1
+    assert not (carrier.tmp / "edge-1.tap.spool").exists()
+
+
+def test_credentials_that_are_not_a_tap_file_are_refused(carrier: Carrier) -> None:
+    missing = carrier("tap", "run", "--credentials", "absent.tap", "--read", "x")
+    assert missing.code == 2 and "--credentials: absent.tap does not exist" in missing.err
+    other = carrier.tmp / "other.tap"
+    other.write_text("name = 1\n")
+    wrong = carrier("tap", "run", "--credentials", str(other), "--read", "x")
+    assert wrong.code == 2 and "is not a tap credentials file (KeyError)" in wrong.err
