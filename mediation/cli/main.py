@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "mediation.cli.pki",
     "mediation.cli.receive",
     "mediation.cli.status",
+    "mediation.cli.records",
 )
 
 

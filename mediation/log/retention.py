@@ -47,6 +47,7 @@ class RetentionResult:
     segments: int
     first: int | None  # first removed sequence number (None: nothing)
     last: int | None
+    bytes: int = 0  # on disk, segment and index files removed
 
     @property
     def records(self) -> int:
@@ -128,6 +129,7 @@ def remove_segments(
     """
     segments = list_segments(directory)
     first = last = None
+    removed = 0
     for i, (start, path) in enumerate(segments):
         end, chain = _segment_end(segments, i, index_interval, key)
         if end >= start:
@@ -150,8 +152,16 @@ def remove_segments(
             )
             first = start if first is None else first
             last = end
+        removed += _size(path) + _size(path.with_suffix(F.INDEX_SUFFIX))
         path.unlink()
         with contextlib.suppress(FileNotFoundError):
             path.with_suffix(F.INDEX_SUFFIX).unlink()
         fsync_dir(directory)
-    return RetentionResult(F.stream_label(stream), len(segments), first, last)
+    return RetentionResult(F.stream_label(stream), len(segments), first, last, removed)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -7,6 +7,8 @@ Tasks, all children of :meth:`MediationServer.run`:
   start and end happen on time (and their notices are appended);
 - the registry poller: each second reloads if the registry's change
   counter moved without anyone telling us (a CLI that could not reach us);
+- retention: at start and every ``[retention] check_interval`` (an hour),
+  purges the records of warrants past retention (``retention.py``);
 - delivery: one worker per agency endpoint, one cursor task per warrant
   stream (``delivery``), and the retrieval listener (``retrieval``);
 - watchers: each stream's storage state, the kernel clock, held notices;
@@ -39,7 +41,7 @@ import trio
 from mediation.clock import ClockReading, read_clock
 from mediation.errors import UsageError
 from mediation.log import LOG_KEY_PURPOSE, Appended, EvidenceLog, LogError, LogKey, StreamLog
-from mediation.pdu import StreamId
+from mediation.pdu import StreamId, StreamKind
 from mediation.server.config import ServerConfig, reloaded_config
 from mediation.server.control import ControlError, socket_path
 from mediation.server.control_listener import ControlSocket
@@ -47,6 +49,7 @@ from mediation.server.delivery import DeliveryManager
 from mediation.server.ingest import ClockCache, Ingest
 from mediation.server.lock import ServerLock
 from mediation.server.notices import Notices
+from mediation.server.retention import InsideRetention, purge_due, purge_request
 from mediation.server.retrieval import RetrievalService
 from mediation.server.status import StatusReporter, StatusRow
 from mediation.server.tap_ingest import TapIngest, TapJournal
@@ -106,6 +109,7 @@ class MediationServer:
         self._config_loader = config_loader  # re-reads the file on SIGHUP
         self._timers: trio.CancelScope | None = None
         self.reloads = 0  # SIGHUPs handled
+        self.retention_passes = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or signalled; reports started once everything listens.
@@ -190,6 +194,7 @@ class MediationServer:
         nursery.start_soon(self._tick_windows)
         nursery.start_soon(self._poll_registry)
         nursery.start_soon(self.intake.run_flusher)
+        nursery.start_soon(self._run_retention)
         await nursery.start(self._run_timers)
 
     async def _run_timers(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -346,7 +351,27 @@ class MediationServer:
             return {"ok": True, "op": op, "changes": change.to_json(), **self._status()}
         if op == "status":
             return {"ok": True, "op": op, **self._status()}
-        raise ControlError(f"unknown op {op!r} (allowed: reload, status)")
+        if op == "purge":
+            return await self._purge(request)
+        raise ControlError(f"unknown op {op!r} (allowed: reload, status, purge)")
+
+    async def _purge(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``mediate purge`` through us: one warrant, only if past retention."""
+        assert self.intake is not None
+        try:
+            report = await purge_request(
+                self.intake.evidence,
+                self._key,
+                request,
+                self._clock(),
+                self.config.retention.years,
+                self._detach,
+            )
+        except InsideRetention as exc:
+            return {"ok": False, "op": "purge", "error": str(exc), "inside_retention": True}
+        except UsageError as exc:
+            raise ControlError(str(exc)) from None
+        return {"ok": True, "op": "purge", "purge": report.to_json()}
 
     def _status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -389,6 +414,34 @@ class MediationServer:
             self.ticks += 1
             self._ticked.set()
             self._ticked = trio.Event()
+
+    async def _run_retention(self) -> None:
+        """At start, then every ``[retention] check_interval``: purge what is past retention."""
+        while True:
+            await self.retention_pass()
+            await trio.sleep(self.config.retention.check_interval)
+
+    async def retention_pass(self) -> None:
+        """One retention pass (never raises: the next one tries again)."""
+        assert self.intake is not None
+        try:
+            await purge_due(
+                self.intake.evidence,
+                self._key,
+                self._clock(),
+                self.config.retention.years,
+                self._detach,
+            )
+        except Exception:
+            log.exception("retention pass failed; the next one tries again")
+        self.retention_passes += 1
+
+    async def _detach(self, handle: str) -> None:
+        """Stop delivering a warrant's streams before retention removes them."""
+        assert self.intake is not None and self.delivery is not None
+        for kind in StreamKind:
+            self.intake.streams.pop(StreamId(handle, kind), None)
+        self.delivery.sync(self._owners, self.table, self.intake.streams)
 
     async def wait_ticks(self, count: int) -> None:
         """Return once ``count`` window checks have completed (and applied)."""

@@ -40,6 +40,10 @@ names only what it changes::
     [clock]
     check_interval = 5.0       # clock (un)synchronised notices
 
+    [retention]
+    years = 5                  # records kept 5..100 years after a warrant ends
+    check_interval = 3600.0    # how often the server purges what is past that
+
     [tls]
     server_names = ["localhost", "127.0.0.1", "::1"]   # the identity's subjectAltName
 
@@ -164,6 +168,12 @@ class ClockConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionConfig:
+    years: int = 5  # records kept this long after a warrant ends (at least five)
+    check_interval: float = 3600.0  # how often the server looks for records past it
+
+
+@dataclasses.dataclass(frozen=True)
 class TlsConfig:
     server_names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 
@@ -180,6 +190,7 @@ class ServerConfig:
     clock: ClockConfig = ClockConfig()
     tls: TlsConfig = TlsConfig()
     taps: TapsConfig = TapsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +234,8 @@ LIMITS: dict[str, Limit] = {
     "delivery.window": Limit(1, 1 << 20),
     "delivery.batch": Limit(1, 1 << 16),
     "taps.keepalive": Limit(1, 3600),
+    # Records are kept at least five years after a warrant ends (the white paper).
+    "retention.years": Limit(5, 100),
 }
 
 # Keys a running server applies on SIGHUP ("section.key"); the rest need a restart.

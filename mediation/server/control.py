@@ -8,8 +8,11 @@ newline-delimited JSON, one request and one response per line::
     <- {"ok": true, "op": "reload", "changes": {...}, "warrants": {"w-3f9a1c": {...}}, ...}
     -> {"op": "status"}
     <- {"ok": true, "op": "status", "warrants": {...}, "taps_connected": [], ...}
+    -> {"op": "purge", "handle": "w-3f9a1c", "dry_run": false}
+    <- {"ok": true, "op": "purge", "purge": {"handle": ..., "retention_until": ..., ...}}
+       ({"ok": false, "inside_retention": true, "error": "purge: ..."} inside retention)
     -> {"op": "nonsense"}
-    <- {"ok": false, "error": "unknown op 'nonsense' (allowed: reload, status)"}
+    <- {"ok": false, "error": "unknown op 'nonsense' (allowed: reload, status, purge)"}
 
 Responses name warrants by handle only. This module is the protocol's
 client side (:func:`request`, blocking, what the CLI uses);
