@@ -24,6 +24,7 @@ from mediation.evidence.pcap import PcapReader
 from mediation.pdu import StreamKind
 from mediation.pdu.fast import decode_cc
 from mediation.tap.packet import parse_frame
+from mediation.tap.tapconfig import load_tap_key, seal_tap_file
 
 pytestmark = pytest.mark.netns
 CONTENT_ID = "CID-TEST-0001"
@@ -36,16 +37,32 @@ def carrier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Carrier:
     return carrier
 
 
-def _seed(carrier: Carrier, port: str, interface: str, case_id: str) -> list[str]:
+def _seed(carrier: Carrier, port: str, interface: str, case_id: str, form: str) -> list[str]:
+    """The seed's command line, or ``tap run --config`` on a tap file holding the same."""
+    credentials = carrier.tmp / f"{TAP}.tap"
+    values = {
+        "interface": interface, "content-id": CONTENT_ID, "case-id": case_id,
+        "iap-id": "IAP-TEST", "destination": "127.0.0.1", "content": "full",
+        "cmii-port": int(port.rsplit(":", 1)[1]), "filter": f"ether host {TARGET_MAC}",
+    }  # fmt: skip
+    mediate = [sys.executable, "-m", "mediation", "tap"]
+    if form == "config":
+        text = "".join(
+            f"{k} = {v}\n" if isinstance(v, int) else f'{k} = "{v}"\n' for k, v in values.items()
+        )
+        tap_file = carrier.tmp / "intercept.conf"
+        tap_file.write_bytes(seal_tap_file(load_tap_key(credentials), text))
+        return [*mediate, "run", "--config", str(tap_file), "--credentials", str(credentials)]
     return [
-        sys.executable, "-m", "mediation", "tap", "-i", interface,
-        "-x", CONTENT_ID, "-y", case_id, "-z", "IAP-TEST", "-d", "127.0.0.1",
-        "-c", "-n", port.rsplit(":", 1)[1], "-f", f"ether host {TARGET_MAC}",
-        "--credentials", str(carrier.tmp / f"{TAP}.tap"),
+        *mediate, "-i", interface, "-x", CONTENT_ID, "-y", case_id, "-z", "IAP-TEST",
+        "-d", "127.0.0.1", "-c", "-n", str(values["cmii-port"]), "-f", str(values["filter"]),
+        "--credentials", str(credentials),
     ]  # fmt: skip
 
 
-def _run_seed(carrier: Carrier, case_id: str, done: object) -> tuple[object, str]:
+def _run_seed(
+    carrier: Carrier, case_id: str, done: object, form: str = "argv"
+) -> tuple[object, str]:
     """Start the server, run the seed tap on a veth pair, send the sample, wait for ``done``."""
     with PcapReader.open(SAMPLE) as reader:
         frames = [packet.data for packet in reader]
@@ -54,7 +71,7 @@ def _run_seed(carrier: Carrier, case_id: str, done: object) -> tuple[object, str
     try:
         with veth_pair_or_skip("s") as pair, errors.open("w") as err:
             tap = subprocess.Popen(
-                _seed(carrier, tap_port(server), pair.capture, case_id),
+                _seed(carrier, tap_port(server), pair.capture, case_id, form),
                 env={**os.environ, **carrier.env},
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -87,7 +104,10 @@ def _target_frames() -> list[bytes]:
     return out
 
 
-def test_seed_tap_stores_the_targets_packets_with_its_content_id(carrier: Carrier) -> None:
+@pytest.mark.parametrize("form", ["argv", "config"])
+def test_seed_tap_stores_the_targets_packets_with_its_content_id(
+    carrier: Carrier, form: str
+) -> None:
     handle = add_tapped_warrant(carrier)
     want = _target_frames()
     assert want
@@ -95,7 +115,7 @@ def test_seed_tap_stores_the_targets_packets_with_its_content_id(carrier: Carrie
     def all_in(status: dict) -> bool:
         return status.get("ingest", {}).get("accepted", 0) >= len(want)
 
-    status, errors = _run_seed(carrier, "CASE-TEST-0001", all_in)
+    status, errors = _run_seed(carrier, "CASE-TEST-0001", all_in, form)
     assert not status["taps"].get("refused_pdus"), status["taps"]
     assert "no warrant with this case identity" not in errors
     got = stored(carrier, handle)
