@@ -292,8 +292,10 @@ class TapClient:
             started = time.monotonic()
             try:
                 await self._connection()
-            except Exception as exc:  # any failure of one connection: count it, retry
-                log.warning("tap link: %s", describe(exc))
+            except* Exception as group:  # any failure of one connection: count it, retry
+                # except*: a link that breaks while the tap is being stopped raises
+                # its error together with Cancelled; the Cancelled goes on up.
+                log.warning("tap link: %s", describe(group))
             self.connected = False
             if time.monotonic() - started > 10:
                 delay = RECONNECT_MIN
