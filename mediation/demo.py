@@ -10,22 +10,25 @@ What a carrier, the mediation server and an agency each do, in order:
    from case files (``--from FILE``, mode 0600, removed after), so no case
    data is ever in a process's arguments;
 4. the agency starts ``mediate receive``;
-5. the server runs; the sample capture (fixtures/sample/sample.pcap,
-   target and other subscribers' traffic) is replayed through the tap
-   core as if captured now, and every PDU is stored, then delivered;
-6. the agency's files are checked the way a court would: tcpdump reads
+5. the carrier starts ``mediate serve`` (its tap listener and retrieval
+   on loopback ports);
+6. the router runs the tap: ``mediate tap run --read`` replays the sample
+   capture (fixtures/sample/sample.pcap, target and other subscribers'
+   traffic) over the TLS tap link; the server stores every PDU durably
+   before it acknowledges it, then delivers it;
+7. the agency's files are checked the way a court would: tcpdump reads
    the content, sha256sum checks the hashes, ``mediate log verify``
    checks the server's evidence log, and ``mediate receive verify``
    checks what the agency holds against the server's signed checkpoints.
 
-Everything happens under ``demo-data/`` (wiped at the start). Until tap
-links exist (a later issue), the server runs inside this process so the
-replayed capture can be handed to its ingest directly; everything else
-runs as the same ``mediate`` commands a person would type.
+Everything happens under ``demo-data/`` (wiped at the start), and every
+step is a ``mediate`` command a person would type; Python only writes the
+case files and waits for the processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shlex
@@ -35,15 +38,15 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
-
-import trio
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "fixtures" / "sample" / "sample.pcap"
 WORK = Path(os.environ.get("MEDIATION_DEMO_DIR", ROOT / "demo-data"))
 TARGET_MAC = "02:00:5e:00:53:01"  # documentation MAC (RFC 7042)
 CASE_ID = "DEMO-CASE-0001"  # obviously fake
+TAP_NAME = "edge-1"
 
 
 def step(text: str) -> None:
@@ -81,12 +84,20 @@ def setup(env: dict[str, str], ports: dict[str, int]) -> str:
     mediate("init", env=env)
     step("2. agency: make a certificate for its receiver")
     mediate("receive", "make-cert", "--out", str(agency), "--name", "TEST-LEA", env=env)
-    step("3. carrier: register the agency and the warrant (case data in files, not in argv)")
+    step("3. carrier: register the tap, the agency and the warrant (case data in files)")
+    router = WORK / "router"
+    router.mkdir(mode=0o700)
+    credentials = str(router / f"{TAP_NAME}.tap")
+    taps = f"127.0.0.1:{ports['taps']}"
+    mediate("tap", "register", TAP_NAME, "--server", taps, "--out", credentials, env=env)
     udp = f"127.0.0.1:{ports['udp']}"
     tls = f"127.0.0.1:{ports['tls']}"
     cert = str(agency / "agency-cert.pem")
     udp_key = str(agency / "udp-key.toml")  # handed to the agency, as tap bundles are
-    start = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The tap reads the capture with its recorded times: the window opens before them.
+    start = (
+        min(_first_capture_time(), dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=1)
+    ).strftime("%Y-%m-%dT%H:%M:%SZ")
     end = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     files = [
         case_file("agency-udp.toml", f'name = "TEST-LEA"\nudp = "{udp}"\nstreams = "cmii"\n'),
@@ -98,7 +109,7 @@ def setup(env: dict[str, str], ports: dict[str, int]) -> str:
             "warrant.toml",
             f'case-id = "{CASE_ID}"\nagency = "TEST-LEA"\ntarget = ["{TARGET_MAC}"]\n'
             f'content = "full"\nstart = "{start}"\nend = "{end}"\niap = "DEMO-IAP"\n'
-            'court-ref = "DEMO-ORDER-1"\n',
+            f'court-ref = "DEMO-ORDER-1"\ntap = ["{TAP_NAME}"]\n',
         ),
     ]
     mediate("agency", "add", "--from", str(files[0]), "--udp-key-out", udp_key, env=env)
@@ -153,95 +164,83 @@ def start_receiver(env: dict[str, str], ports: dict[str, int]) -> subprocess.Pop
     )
 
 
-async def serve_and_replay(env: dict[str, str], ports: dict[str, int], handle: str) -> int:
-    """Step 5: the server in this process; the sample replayed into its ingest."""
+def _first_capture_time() -> dt.datetime:
     from mediation.evidence.pcap import PcapReader
-    from mediation.server.app import MediationServer
-    from mediation.server.config import ServerConfig, load_config
-    from mediation.tap.replay import Tap
-    from mediation.warrants.keys import read_key_file
-    from mediation.warrants.registry import load_snapshot
 
-    step("5. mediation server: serve, and replay the sample capture through the tap")
-    data_dir = WORK / "mediation"
-    key = read_key_file(Path(env["MEDIATION_KEY_FILE"]))
+    with PcapReader.open(SAMPLE) as capture:
+        return next(iter(capture)).time
+
+
+def serve_and_tap(env: dict[str, str], ports: dict[str, int]) -> int:
+    """Steps 5 and 6: ``mediate serve``, then ``mediate tap run`` on the sample; PDUs stored."""
+    step("5. carrier: start the mediation server (tap listener, retrieval)")
     config_file = WORK / "mediation.toml"
-    config_file.write_text(f'[retrieval]\nlisten = "127.0.0.1:{ports["retrieval"]}"\n')
-    config: ServerConfig = load_config(config_file)
-    [warrant] = [w for w in load_snapshot(data_dir, key).warrants if w.handle == handle]
-    tap = Tap.for_warrant(warrant)
-    server = MediationServer(data_dir, key, config=config)
-    stored = 0
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        with PcapReader.open(SAMPLE) as capture:
-            packets = list(capture)
-        # As if captured now: keep the capture's spacing, start a second ago.
-        shift = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1) - packets[0].time
-        receipts = []
-        for packet in packets:
-            for pdu in tap.process(packet.data, packet.time + shift):
-                receipt = await server.ingest(handle, pdu.kind, pdu.der, pdu.time)
-                if receipt is not None:
-                    receipts.append(receipt)
-        for receipt in receipts:
-            await receipt.durable()
-            stored += 1
-        print(
-            f"  {len(packets)} frames replayed; {tap.counters.matched} were the target's; "
-            f"{stored} PDUs stored in the evidence log (fdatasynced)",
-            flush=True,
+    config_file.write_text(
+        f'[retrieval]\nlisten = "127.0.0.1:{ports["retrieval"]}"\n'
+        f'[taps]\ntls_listen = "127.0.0.1:{ports["taps"]}"\n'
+    )
+    print(f"$ cat {config_file}")
+    print("  " + config_file.read_text().rstrip().replace("\n", "\n  "))
+    args = ["serve", "--config", str(config_file)]
+    print("$ mediate " + shlex.join(args) + f" >{WORK / 'serve.log'} 2>&1 &", flush=True)
+    with (WORK / "serve.log").open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mediation", *args], env=env, stdout=out, stderr=out
         )
-        await _until_delivered(server, stored)
-        await _until_signed(server)
-        await trio.to_thread.run_sync(lambda: mediate("status", env=env))
-        receiver_done = trio.Event()
-        nursery.start_soon(_wait_for_receiver, receiver_done)
-        with trio.move_on_after(30):
-            await receiver_done.wait()
-        nursery.cancel_scope.cancel()
+    try:
+        if (
+            _wait(lambda: ((_status(server) or {}).get("taps") or {}).get("tls_listening"), 30)
+            is None
+        ):
+            raise SystemExit("demo: the server did not start:\n" + (WORK / "serve.log").read_text())
+        step("6. router: the tap replays the sample capture over the TLS tap link")
+        credentials = str(WORK / "router" / f"{TAP_NAME}.tap")
+        mediate("tap", "run", "--credentials", credentials, "--read", str(SAMPLE),
+                "--speed", "full", env=env)  # fmt: skip
+        status = _status(server) or {}
+        stored = (status.get("ingest") or {}).get("accepted", 0)
+        print(f"  {stored} PDUs stored in the evidence log (fdatasynced before acknowledged)")
+        _wait(lambda: _delivered(_status(server)), 20)
+        mediate("status", env=env)
+        assert RECEIVER is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            RECEIVER.wait(timeout=30)  # it stops once idle: all delivered and checkpointed
+    finally:
+        print("$ kill -TERM %1  (mediate serve)", flush=True)
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
     return stored
 
 
+def _status(server: subprocess.Popen[bytes]) -> dict | None:
+    """The running server's status over its control socket; None when it does not answer."""
+    from mediation.server.control import request, socket_path
+
+    if server.poll() is not None:
+        raise SystemExit("demo: the server stopped:\n" + (WORK / "serve.log").read_text())
+    return request(socket_path(WORK / "mediation"), {"op": "status"})
+
+
+def _delivered(status: dict | None) -> bool:
+    rows = (status or {}).get("delivery") or []
+    return bool(rows) and all(row.get("backlog") == 0 for row in rows)
+
+
+def _wait(ready: object, limit: float) -> object:
+    """Poll ``ready()`` (bounded by ``limit`` seconds); its first true value, or None."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = ready()  # type: ignore[operator]
+        if value:
+            return value
+        time.sleep(0.1)
+    return None
+
+
 RECEIVER: subprocess.Popen[str] | None = None
-
-
-async def _wait_for_receiver(done: trio.Event) -> None:
-    assert RECEIVER is not None
-    await trio.to_thread.run_sync(RECEIVER.wait)
-    done.set()
-
-
-async def _until_delivered(server: object, stored: int, limit: float = 20.0) -> None:
-    """Wait (bounded) until every endpoint has had every stored PDU."""
-    with trio.move_on_after(limit):
-        while True:
-            rows = server.delivery_rows()  # type: ignore[attr-defined]
-            done = sum(
-                (row.acknowledged if row.acknowledged is not None else row.delivered) or 0
-                for row in rows
-            )
-            if rows and done >= stored:
-                return
-            await trio.sleep(0.1)
-
-
-async def _until_signed(server: object, limit: float = 5.0) -> None:
-    """Wait (bounded) until a signed checkpoint covers each stream's last record.
-
-    The log signs at least once a second; delivery sends each checkpoint
-    right after the records it covers, so the agency can check them all.
-    """
-    with trio.move_on_after(limit):
-        while True:
-            logs = list(server.intake.streams.values())  # type: ignore[attr-defined]
-            if all(
-                log.latest_checkpoint is not None
-                and log.latest_checkpoint.last_seq >= log.durable_seq
-                for log in logs
-            ):
-                return
-            await trio.sleep(0.1)
 
 
 class ReceiverOutput:
@@ -267,7 +266,7 @@ class ReceiverOutput:
 
 
 def check_outputs(env: dict[str, str], handle: str) -> None:
-    step("6. agency: what arrived, checked as a court would")
+    step("7. agency: what arrived, checked as a court would")
     case_dir = WORK / "agency" / "intercepts" / handle
     print(f"  files in {case_dir}:")
     for path in sorted(case_dir.iterdir()):
@@ -307,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "udp": free_port(socket.SOCK_DGRAM),
         "tls": free_port(socket.SOCK_STREAM),
         "retrieval": free_port(socket.SOCK_STREAM),
+        "taps": free_port(socket.SOCK_STREAM),
     }
     print(f"demo: one intercept end to end on loopback; everything under {WORK}")
     handle = setup(env, ports)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if not output.listening.wait(timeout=15) or RECEIVER.poll() is not None:
         raise SystemExit("demo: the receiver did not start:\n" + output.text())
     try:
-        stored = trio.run(serve_and_replay, env, ports, handle)
+        stored = serve_and_tap(env, ports)
     finally:
         if RECEIVER.poll() is None:
             RECEIVER.send_signal(signal.SIGTERM)

@@ -20,7 +20,6 @@ from mediation.tap.tapconfig import (
     TapConfig,
     load_tap_key,
     open_tap_file,
-    parse_tap_text,
     read_tap_file,
     seal_tap_file,
 )
@@ -196,16 +195,6 @@ def test_seed_flags_with_an_action_are_refused(capsys) -> None:
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert "list: the seed flags (-i, -x, ...) take no action" in err and CASE not in err
-
-
-def test_the_placeholder_runner_says_what_is_missing(creds: Path) -> None:
-    from mediation.tap import runner
-
-    config = parse_tap_text(GOOD)
-    if "not built yet" not in (runner.run_tap.__doc__ or "") + str(runner.__doc__):
-        pytest.skip("the tap link's run_tap is merged")
-    with pytest.raises(UsageError, match="the tap link is not built yet"):
-        runner.run_tap(config, creds)
 
 
 # -- the tap file ------------------------------------------------------------------

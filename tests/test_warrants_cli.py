@@ -164,7 +164,7 @@ def test_agency_and_tap_commands(carrier: Carrier) -> None:
     cert.verify_directly_issued_by(ca_cert)
     # The tap verifies the server by the server CA, never by its own tap CA.
     assert bundle.server_ca_pem == (carrier.data / "ca" / "server-ca.pem").read_text()
-    assert len(bundle.hmac_key) == 32 and bundle.server == "SET-ME:5556"
+    assert len(bundle.hmac_key) == 32 and bundle.server == "SET-ME:37002"
     assert "edge-1  registered" in carrier.ok("tap", "list")
     carrier.ok("tap", "revoke", "edge-1")
     assert "edge-1  revoked" in carrier.ok("tap", "list")

@@ -144,8 +144,11 @@ class TapClient:
         batch_pdus: int = BATCH_PDUS,
         batch_seconds: float = BATCH_SECONDS,
         epoch: int | None = None,
+        fixed: tuple[Tap, str | None] | None = None,
     ) -> None:
         self.credentials = credentials
+        # The seed form's one tap and kernel filter: not rebuilt from warrant sets.
+        self.fixed = fixed
         self.spool = spool
         self.address = address
         self.context = context
@@ -206,7 +209,10 @@ class TapClient:
         from mediation.tap.live import LiveTap
 
         await self.warrants_ready.wait()
-        live = await trio.to_thread.run_sync(lambda: LiveTap(interface, self.taps))
+        expression = self.fixed[1] if self.fixed is not None else None
+        live = await trio.to_thread.run_sync(
+            lambda: LiveTap(interface, self.taps, expression=expression)
+        )
         self._live = live
         log.info("capturing on %s for %d warrant(s)", interface, len(self.taps))
         with live:
@@ -286,8 +292,10 @@ class TapClient:
             started = time.monotonic()
             try:
                 await self._connection()
-            except Exception as exc:  # any failure of one connection: count it, retry
-                log.warning("tap link: %s", describe(exc))
+            except* Exception as group:  # any failure of one connection: count it, retry
+                # except*: a link that breaks while the tap is being stopped raises
+                # its error together with Cancelled; the Cancelled goes on up.
+                log.warning("tap link: %s", describe(group))
             self.connected = False
             if time.monotonic() - started > 10:
                 delay = RECONNECT_MIN
@@ -368,6 +376,9 @@ class TapClient:
 
     def _apply(self, warrants: T.WarrantSet) -> None:
         """Taps for a new warrant set; a warrant unchanged keeps its tap (flows, DHCP)."""
+        if self.fixed is not None:
+            self._apply_fixed(warrants)
+            return
         old = {}
         if self._generation is not None:
             old = {
@@ -394,6 +405,19 @@ class TapClient:
             except (OSError, ValueError) as exc:
                 log.error("tap: the capture filter could not be rebuilt: %s", exc)
         log.info("tap link: serving %d warrant(s)", len(taps))
+        self.warrants_ready.set()
+
+    def _apply_fixed(self, warrants: T.WarrantSet) -> None:
+        """The seed form: its one tap stays; warn when the server has no warrant for it."""
+        tap = self.fixed[0]  # type: ignore[index]
+        self.taps = [tap]
+        self._generation = warrants
+        case_id = tap.builder.case_id
+        if not any(w.case_id == case_id for w in warrants.warrants):
+            log.warning(
+                "tap: the server has no warrant with this case identity for this tap; "
+                "its PDUs will be refused"
+            )
         self.warrants_ready.set()
 
     async def _ticker(self, stream: trio.SSLStream, machine: TapLinkTap) -> None:

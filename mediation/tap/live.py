@@ -23,7 +23,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from mediation.pdu.schema import compiled
-from mediation.tap.bpf import KernelFilter, kernel_filter
+from mediation.tap.bpf import KernelFilter, chain, compile_expressions, kernel_filter
 from mediation.tap.builder import CorrelationScheme
 from mediation.tap.capture import CapturedFrame, CaptureStats, LiveCapture, RingConfig
 from mediation.tap.packet import parse_frame
@@ -57,6 +57,8 @@ class LiveTap:
         idle: seconds without a frame after which leases are checked for
             expiry (``Tap.expire``) and ended windows drop out of the filter.
         clock: the wall clock, for those idle checks (frames carry the kernel's time).
+        expression: a tcpdump filter to use as the kernel filter instead of
+            one built from the targets (the seed form's ``-f``).
 
     Raises:
         OSError: the interface, CAP_NET_RAW, libpcap or the kernel said no.
@@ -73,8 +75,10 @@ class LiveTap:
         ring: RingConfig | None = None,
         idle: float = 1.0,
         clock: Callable[[], dt.datetime] = _utc_now,
+        expression: str | None = None,
     ) -> None:
         self.interface = interface
+        self._expression = expression
         self.counters = LiveCounters()
         self._iap = iap_system_id
         self._correlation = correlation
@@ -127,6 +131,10 @@ class LiveTap:
     def _build_filter(self, now: dt.datetime) -> KernelFilter:
         """The kernel filter for the warrants whose window has not ended."""
         live = [t for t in self.taps if t.end is None or t.end > now]
+        if self._expression is not None:
+            self._next_end = None
+            self.counters.filters_built += 1
+            return KernelFilter(chain(compile_expressions([self._expression], self.interface)), 1)
         targets = [target for tap in live for target in self._targets[tap.handle]]
         built = kernel_filter(targets, self.interface)
         self.counters.filters_built += 1

@@ -1,20 +1,112 @@
-"""``run_tap``: run one tap from its configuration (the seed form and ``tap run --config``).
+"""Running a tap process: the link, the spool and a source (a pcap file or an interface).
 
-The tap link (mediation/tap/link.py) fills this in; the command line
-(mediation/cli/tap_config.py) only builds the :class:`TapConfig` and calls
-here, so both ways of starting a tap run the same code.
+``mediate tap run`` (targets from the server's warrant set) and the seed's
+form (``mediate tap -i ...``, ``mediate tap run --config FILE``: one
+intercept from a :class:`TapConfig`) both end in :func:`run`, so there is
+one tap client (:class:`mediation.tap.link.TapClient`) whichever way a tap
+is started.
+
+The seed form's ports (docs/tap.md): the link goes over TLS to
+``DEST:CMII_PORT`` (``-n``; default: the port in the credentials), which
+brings the tap its warrant set and, without ``-m``, carries both streams
+with acknowledgements; with ``-m CMC_PORT`` (only with ``-c``) both streams
+go as sealed UDP datagrams to ``DEST:CMC_PORT``, the server's ``[taps]
+udp_listen``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import logging
+import math
+import signal
+import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import trio
 
 from mediation.errors import UsageError
+from mediation.tap.builder import FixedCorrelation, PDUBuilder
+from mediation.tap.replay import Tap
 from mediation.tap.tapconfig import TapConfig
+from mediation.tap.targets import TargetMatcher
+from mediation.warrants.model import Target, TargetKind
+
+DEFAULT_SPOOL_LIMIT = 256 * 1024 * 1024
+SEED_HANDLE = "seed"  # the seed tap's only tap; never leaves the process
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """How one tap process runs (``mediate tap run``'s options).
+
+    Attributes:
+        address: the server's TLS tap listener.
+        udp: the server's UDP tap listener, to send batches there instead.
+        interface: capture on this interface; or ``source``: replay this pcap file.
+        paced: replay at the recorded pace (else as fast as possible).
+        spool_dir, spool_limit: the spool (TLS only).
+        batch: PDUs per batch at most.
+        connect_wait: seconds to wait for the first warrant set.
+        epoch: the correlation epoch (None: the start time).
+        quiet: warnings only on stderr.
+    """
+
+    address: tuple[str, int]
+    udp: tuple[str, int] | None = None
+    interface: str | None = None
+    source: Path | None = None
+    paced: bool = True
+    spool_dir: Path = Path("tap.spool")
+    spool_limit: int = DEFAULT_SPOOL_LIMIT
+    batch: int = 1024
+    connect_wait: float = 60.0
+    epoch: int | None = None
+    quiet: bool = False
+
+
+def read_credentials(path: Path) -> Any:
+    """The tap's credentials (:class:`TapCredentials`).
+
+    Raises:
+        UsageError: missing or not a tap credentials file.
+    """
+    from mediation.warrants.authority import read_bundle
+
+    try:
+        return read_bundle(path)
+    except FileNotFoundError:
+        raise UsageError("--credentials", f"{path} does not exist") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(
+            "--credentials", f"{path} is not a tap credentials file ({type(exc).__name__})"
+        ) from None
+
+
+def seed_tap(config: TapConfig) -> Tap:
+    """The one tap of a seed configuration.
+
+    Every frame the kernel filter (``-f``) lets through is the intercept's
+    (an ``iface:`` target: the direction is whether the host sent it); the
+    PDUs carry ``-y``/``-z`` and the agency's content identifier ``-x``
+    where T1.IAS carries one. The server still checks each PDU against the
+    warrant registered with that case identity for this tap.
+    """
+    builder = PDUBuilder(
+        config.case_id,
+        config.iap_id,
+        config.content,
+        FixedCorrelation(config.content_id.encode("ascii")),
+    )
+    matcher = TargetMatcher([Target(TargetKind.INTERFACE, config.interface)])
+    return Tap(SEED_HANDLE, matcher, builder)
 
 
 def run_tap(config: TapConfig, credentials_path: Path) -> int:
-    """Capture on ``config.interface`` and feed the server until stopped.
+    """Capture on ``config.interface`` and feed the server until stopped (SIGINT, SIGTERM).
 
     Args:
         config: the checked intercept configuration.
@@ -24,9 +116,138 @@ def run_tap(config: TapConfig, credentials_path: Path) -> int:
         The process's exit status.
 
     Raises:
-        UsageError: always, for now: the tap link is not built yet.
+        UsageError: bad credentials, no server, or the capture cannot start.
     """
-    raise UsageError(
-        "mediate tap",
-        "the tap link is not built yet; the configuration was checked and is valid",
+    from mediation.warrants.validate import parse_host_port
+
+    credentials = read_credentials(credentials_path)
+    _, default_port = parse_host_port(credentials.server, "`server` in the credentials file")
+    udp = (config.destination, config.cmc_port) if config.cmc_port is not None else None
+    settings = RunSettings(
+        address=(config.destination, config.cmii_port or default_port),
+        udp=udp,
+        interface=config.interface,
+        spool_dir=Path(f"{credentials_path}.spool"),
     )
+    return run(credentials, settings, seed_tap(config), config.filter)
+
+
+def run(
+    credentials: Any,
+    settings: RunSettings,
+    fixed: Tap | None = None,
+    expression: str | None = None,
+) -> int:
+    """Run the tap process until its source ends (a file) or it is stopped (an interface).
+
+    Args:
+        credentials: the tap's :class:`TapCredentials`.
+        settings: see :class:`RunSettings`.
+        fixed: the seed form's tap (else taps come from the server's warrant set).
+        expression: the seed form's kernel filter (tcpdump syntax), with ``fixed``.
+
+    Returns:
+        0.
+
+    Raises:
+        UsageError: no warrant set in time, the file or the capture cannot be read.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mediate tap: %(message)s"))
+    logger = logging.getLogger("mediation.tap")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if settings.quiet else logging.INFO)
+    seed = (fixed, expression) if fixed is not None else None
+    try:
+        return trio.run(_run, credentials, settings, seed)
+    except* UsageError as group:  # raised inside a nursery: one line, exit 2, as everywhere
+        raise group.exceptions[0] from None
+
+
+async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | None] | None) -> int:
+    from mediation.tap.link import TapClient, client_context
+    from mediation.tap.spool import TapSpool
+
+    spool = None
+    if settings.udp is None:
+        spool = await trio.to_thread.run_sync(
+            TapSpool.open, settings.spool_dir, credentials.hmac_key, settings.spool_limit
+        )
+    address, source = settings.address, settings.source
+    try:
+        client = TapClient(
+            credentials,
+            spool,
+            address,
+            client_context(credentials),
+            udp=settings.udp,
+            batch_pdus=settings.batch,
+            epoch=settings.epoch,
+            fixed=seed,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.run_link)
+            nursery.start_soon(client.run_timer)
+            with trio.move_on_after(settings.connect_wait) as waited:
+                await client.warrants_ready.wait()
+            if waited.cancelled_caught:
+                raise UsageError(
+                    "--server", f"no warrant set from {address[0]}:{address[1]} in time"
+                )
+            if source is None:
+                assert settings.interface is not None
+                await _live(client, settings.interface)
+            else:
+                await _replay(client, source, settings.paced)
+            with trio.move_on_after(math.inf if source is not None else 5.0):
+                await client.drained()  # a live tap stopping keeps the rest spooled
+            nursery.cancel_scope.cancel()
+    finally:
+        if spool is not None:
+            spool.close()
+    c = client.counters
+    print(
+        f"tap {credentials.name}: {c.frames} frames, {c.pdus} PDUs in {c.batches} batches; "
+        f"{c.acked} acknowledged, {c.overflow_batches} refused by a full spool",
+        flush=True,
+    )
+    return 0
+
+
+async def _live(client: Any, interface: str) -> None:
+    """Capture until stopped (SIGINT, SIGTERM); the spool keeps what is not yet acknowledged."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def capture() -> None:
+                try:
+                    await client.run_live(interface)
+                except OSError as exc:
+                    raise UsageError("-i", f"cannot capture on {interface}: {exc}") from None
+
+            nursery.start_soon(capture)
+            async for _signum in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _replay(client: Any, source: Path, paced: bool) -> None:
+    """Every frame of a pcap file, at full speed or at the recorded pace."""
+    from mediation.evidence.pcap import PcapError, PcapReader
+
+    try:
+        reader = PcapReader.open(source)
+    except (OSError, PcapError) as exc:
+        raise UsageError("--read", f"{source}: {exc}") from None
+    first: dt.datetime | None = None
+    began = time.monotonic()
+    with reader:
+        for packet in reader:
+            when = packet.time
+            if paced:
+                first = first or when
+                delay = (when - first).total_seconds() - (time.monotonic() - began)
+                if delay > 0:
+                    await trio.sleep(delay)
+            await client.frame(packet.data, when, reader.linktype)
+            await trio.lowlevel.checkpoint()

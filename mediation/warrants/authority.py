@@ -53,7 +53,7 @@ SERVER_CA_KEY = "server-ca.key"
 CA_DAYS = 3650
 TAP_DAYS = 1095
 HMAC_KEY_BYTES = 32
-SERVER_PLACEHOLDER = "SET-ME:5556"
+SERVER_PLACEHOLDER = "SET-ME:37002"  # the default [taps] tls_listen port
 
 
 @dataclasses.dataclass(frozen=True)
