@@ -22,7 +22,7 @@ from mediation.log import format as F
 from mediation.log.crypto import SegmentCipher
 from mediation.log.keys import public_key_path
 from mediation.log.recovery import QUARANTINE
-from mediation.log.segments import list_segments
+from mediation.log.segments import list_segments, load_index
 
 HANDLE = "w-5e9c01"
 SECRET = b"CASE-TEST-0001 target 02:00:5e:00:53:42 iap IAP-TEST-1"
@@ -205,3 +205,29 @@ def test_the_log_key_is_never_shown_and_must_be_32_bytes() -> None:
     assert repr(KEY) == "LogKey(<hidden>)"
     with pytest.raises(ValueError, match="32 bytes"):
         LogKey(b"short")
+
+
+async def test_a_cursor_starting_inside_an_encrypted_segment_reads_from_the_index(
+    tmp_path: Path,
+) -> None:
+    """The sparse index's offsets are frame boundaries in the encrypted format too.
+
+    Regression: the writer counted an encrypted record as 9 + 16 octets
+    beyond its payload instead of the whole metadata plus the tag, so every
+    index entry after a segment's first record pointed inside a frame and a
+    cursor starting there (a resume, a retrieval) read a "bad frame".
+    """
+    await append(tmp_path, range(100))
+    for _, path in list_segments(stream_dir(tmp_path)):
+        index = path.with_name(path.name[:20] + F.INDEX_SUFFIX)
+        data = path.read_bytes()
+        for seq, offset in load_index(index) or []:
+            length, _crc = F.FRAME.unpack_from(data, offset)
+            body = data[offset + F.FRAME_SIZE : offset + F.FRAME_SIZE + length]
+            assert F.body_seq(memoryview(body)) == seq, (path.name, seq, offset)
+    async with EvidenceLog.open(tmp_path, CONFIG, key=KEY) as log:
+        stream = await log.stream(HANDLE, P.StreamKind.CMCC)
+        for start in range(0, 100, 7):
+            records = await stream.cursor(start).read(3)
+            expected = [payload(s) for s in range(start, min(start + 3, 100))]
+            assert [r.payload for r in records] == expected
