@@ -144,6 +144,7 @@ class TlsWorker:
                 try:
                     self._lost(await self._deliver(stream))
                 except Exception as exc:  # a bug here must not end delivery for good
+                    log.exception("%s: internal error", self.ref.label)
                     self._lost(f"internal error ({type(exc).__name__})")
                 finally:
                     self._link = None
