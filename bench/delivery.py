@@ -52,7 +52,7 @@ from mediation.server.delivery_tls import TlsWorker
 from mediation.server.delivery_udp import UdpWorker
 from mediation.server.status import EndpointRef
 from mediation.server.tls import AgencyTrust, ensure_identity
-from mediation.warrants.authority import TapAuthority
+from mediation.warrants.authority import ServerAuthority, TapAuthority
 from mediation.warrants.keys import RegistryKey
 from mediation.warrants.model import Endpoint, Stream
 from mediation.warrants.registry import WarrantRegistry
@@ -195,6 +195,7 @@ class Bench:
         now = dt.datetime.now(dt.UTC)
         with WarrantRegistry.initialise(self.dir, self.key, None, now):
             TapAuthority.create(self.dir / "ca", self.key, now)
+            ServerAuthority.create(self.dir / "ca", self.key, now)
         self.identity = ensure_identity(self.dir, self.key, ("localhost",), now)
         self.agency = make_agency_certificate(self.dir / "agency", "bench agency")
 
@@ -326,7 +327,7 @@ def main() -> int:
     udp_parent, udp_child = spawn.Pipe()
     tls_parent, tls_child = spawn.Pipe()
     cert, key = str(bench.agency.cert_path), str(bench.agency.key_path)
-    server_ca = str(bench.dir / "ca" / "ca.pem")
+    server_ca = str(bench.dir / "ca" / "server-ca.pem")  # agencies trust the server CA only
     processes = [
         spawn.Process(target=udp_receiver, args=(udp_child,), daemon=True),
         spawn.Process(target=tls_receiver, args=(tls_child, cert, key, server_ca), daemon=True),
