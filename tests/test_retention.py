@@ -113,10 +113,12 @@ async def run_server(world: World, body) -> None:  # type: ignore[no-untyped-def
 async def test_the_scheduled_pass_purges_only_what_is_past_retention(world: World) -> None:
     kept = {h: world.log_files(h) for h in (world.recent, world.active, world.pending)}
 
-    async def nothing(server: MediationServer) -> None:
-        pass
+    async def purged_streams_are_not_watched(server: MediationServer) -> None:
+        watched = {sid.warrant_handle for sid in server._watchers}
+        assert world.old not in watched and world.removed not in watched  # watchers ended
+        assert world.active in watched
 
-    await run_server(world, nothing)
+    await run_server(world, purged_streams_are_not_watched)
     assert world.segments(world.old) == [] and world.segments(world.removed) == []
     for handle, files in kept.items():  # every file as it was (the active one grows)
         now = world.log_files(handle)

@@ -96,7 +96,7 @@ class MediationServer:
         self.started = clock()
         self.taps_connected: set[str] = set()
         self._owners: dict[str, str] = {}  # warrant handle -> agency handle, ever seen
-        self._watched: set[StreamId] = set()
+        self._watchers: dict[StreamId, trio.CancelScope] = {}  # storage watchers, per stream
         self._nursery: trio.Nursery | None = None
         self.intake: Ingest | None = None
         self.notices: Notices | None = None
@@ -279,9 +279,9 @@ class MediationServer:
     def _watch_new_streams(self) -> None:
         assert self.intake is not None and self.notices is not None
         for sid, stream in self.intake.streams.items():
-            if sid not in self._watched and self._nursery is not None:
-                self._watched.add(sid)
-                self._nursery.start_soon(self.notices.watch_storage, sid.warrant_handle, stream)
+            if sid not in self._watchers and self._nursery is not None:
+                scope = self._watchers[sid] = trio.CancelScope()
+                self._nursery.start_soon(self._watch_storage, scope, sid.warrant_handle, stream)
 
     def streams_of_agency(self, agency: str) -> dict[StreamId, StreamLog]:
         """Every open stream of the agency's warrants (what retrieval may serve it)."""
@@ -436,11 +436,22 @@ class MediationServer:
             log.exception("retention pass failed; the next one tries again")
         self.retention_passes += 1
 
+    async def _watch_storage(
+        self, scope: trio.CancelScope, handle: str, stream: StreamLog
+    ) -> None:
+        assert self.notices is not None
+        with scope:
+            await self.notices.watch_storage(handle, stream)
+
     async def _detach(self, handle: str) -> None:
         """Stop delivering a warrant's streams before retention removes them."""
         assert self.intake is not None and self.delivery is not None
         for kind in StreamKind:
-            self.intake.streams.pop(StreamId(handle, kind), None)
+            sid = StreamId(handle, kind)
+            self.intake.streams.pop(sid, None)
+            watcher = self._watchers.pop(sid, None)
+            if watcher is not None:
+                watcher.cancel()  # its stream is gone: nothing left to announce
         self.delivery.sync(self._owners, self.table, self.intake.streams)
 
     async def wait_ticks(self, count: int) -> None:
