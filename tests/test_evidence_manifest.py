@@ -105,9 +105,7 @@ def test_a_forged_line_signed_by_another_key_is_found(tmp_path: Path, signer: Lo
     writer.append(_fields(5))
     writer.close()
     report = verify_manifest(path.read_bytes(), signer.public)
-    assert [(f.line, f.problem) for f in report.faults] == [
-        (2, "signed with another key (key_id)")
-    ]
+    assert [(f.line, f.problem) for f in report.faults] == [(2, "signed with another key (key_id)")]
 
 
 def test_cut_last_line_and_junk_are_faults(tmp_path: Path, signer: LogSigner) -> None:
