@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mediation.cli.casedata import CaseInput, Field, add_from_option, gather, relative_to_file
 from mediation.cli.common import Once, print_table
@@ -26,6 +26,8 @@ AGENCY_FIELDS = (
     Field("name", "NAME", prompt="agency name"),
     Field("udp", "--udp"),
     Field("tls", "--tls"),
+    # A directory is visible to anyone who can list its parent: not case data.
+    Field("files", "--files", sensitive=False),
     Field("ca", "--ca", sensitive=False),
     Field("fingerprint", "--fingerprint"),
     Field("streams", "--streams", sensitive=False),
@@ -41,19 +43,26 @@ def _endpoint(given: CaseInput) -> tuple[Endpoint, str]:
     from mediation.errors import UsageError
     from mediation.warrants.model import Endpoint
     from mediation.warrants.validate import (
+        parse_files_dir,
         parse_fingerprint,
         parse_host_port,
         parse_streams,
         read_ca_file,
     )
 
-    udp, tls, ca, fingerprint = (given.get(k) for k in ("udp", "tls", "ca", "fingerprint"))
-    name = {k: given.name(k) for k in ("udp", "tls", "ca", "fingerprint")}
-    if bool(udp) == bool(tls):
+    keys = ("udp", "tls", "files", "ca", "fingerprint")
+    udp, tls, files, ca, fingerprint = (given.get(k) for k in keys)
+    name = {k: given.name(k) for k in keys}
+    if sum(map(bool, (udp, tls, files))) != 1:
         raise UsageError(
-            "--udp/--tls", "give exactly one endpoint: --udp HOST:PORT or --tls HOST:PORT"
+            "--udp/--tls/--files",
+            "give exactly one endpoint: --udp HOST:PORT, --tls HOST:PORT or --files DIR",
         )
     streams = parse_streams(given.get("streams"), given.name("streams"))
+    if files:
+        if ca or fingerprint:
+            raise UsageError(name["ca"] if ca else name["fingerprint"], "only for --tls endpoints")
+        return Endpoint("files", parse_files_dir(files, name["files"]), 0, streams), name["files"]
     if udp:
         if ca or fingerprint:
             raise UsageError(name["ca"] if ca else name["fingerprint"], "only for --tls endpoints")
@@ -85,6 +94,7 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
         endpoint, field = _endpoint(given)
         key_out = _udp_key_out(args, endpoint)
         with registry_for(args, KeyNeed.REQUIRED) as registry:
+            _refuse_shared_dir(registry, name, endpoint, field)
             agency, created = add_agency_endpoint(registry, name, endpoint, field, now)
     assert agency.details is not None
     count = len(agency.details.endpoints)
@@ -97,6 +107,20 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
         _write_udp_key(agency.handle, endpoint, key_out, "--udp-key-out")
     given.warn()
     return 0
+
+
+def _refuse_shared_dir(registry: Any, name: str, endpoint: Endpoint, field: str) -> None:
+    """One files directory per agency: two agencies' files must never mix."""
+    from mediation.errors import UsageError
+
+    if endpoint.transport != "files":
+        return
+    for agency in registry.agencies():
+        if agency.removed is not None or agency.details is None or agency.details.name == name:
+            continue
+        endpoints = agency.details.endpoints
+        if any(e.transport == "files" and e.host == endpoint.host for e in endpoints):
+            raise UsageError(field, f"agency {agency.handle} writes there already; give another")
 
 
 def _udp_key_out(args: argparse.Namespace, endpoint: Endpoint) -> Path | None:
@@ -294,6 +318,14 @@ def add_agency_options(p: argparse.ArgumentParser) -> None:
         action=Once,
         hint=one,
         help="deliver over TLS with acknowledgements",
+    )
+    p.add_argument(
+        "--files",
+        metavar="DIR",
+        action=Once,
+        hint=one,
+        help="capture to disk: pcap, JSON lines and BER files per warrant under DIR "
+        "(absolute; made 0700), each hashed and in a signed manifest",
     )
     p.add_argument(
         "--ca", metavar="FILE", action=Once, help="the agency's CA certificate (PEM), for --tls"

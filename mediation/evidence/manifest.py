@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -275,6 +276,7 @@ class ManifestWriter:
         self.files: dict[str, dict[str, Any]] = {}
         self.prev = ""
         self.torn = 0
+        self._lock = threading.Lock()
         new = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._fd = fd
@@ -311,16 +313,19 @@ class ManifestWriter:
             OSError: the write failed (nothing half-written is left to
                 chain to: the next open cuts a partial line).
         """
-        name = fields["file"]
-        if name in self.files:
-            raise ManifestError(f"{name}: has a manifest entry already")
-        line = sign_line(self._signer, fields, self.prev)
-        os.write(self._fd, line + b"\n")
-        os.fsync(self._fd)
-        entry = json.loads(line)
-        self.files[name] = entry
-        self.prev = line_digest(line)
-        return entry
+        # One append at a time: files of two streams may close at once,
+        # one in a worker thread, and each line chains to the one before.
+        with self._lock:
+            name = fields["file"]
+            if name in self.files:
+                raise ManifestError(f"{name}: has a manifest entry already")
+            line = sign_line(self._signer, fields, self.prev)
+            os.write(self._fd, line + b"\n")
+            os.fsync(self._fd)
+            entry = json.loads(line)
+            self.files[name] = entry
+            self.prev = line_digest(line)
+            return entry
 
     def close(self) -> None:
         if self._fd >= 0:

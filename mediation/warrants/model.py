@@ -105,7 +105,7 @@ class Endpoint:
     registry older than sealing (``mediate agency udp-key`` creates one).
     """
 
-    transport: str  # "udp" or "tls"
+    transport: str  # "udp", "tls" or "files" (host: the directory, port 0)
     host: str
     port: int
     streams: tuple[Stream, ...]
@@ -123,6 +123,8 @@ class Endpoint:
     def describe(self) -> str:
         """One line for people: transport, address, streams and how TLS is verified."""
         streams = ",".join(s.value for s in self.streams)
+        if self.transport == "files":
+            return f"files {self.host} streams={streams}"
         text = f"{self.transport} {self.address} streams={streams}"
         if self.fingerprint:
             text += f" fingerprint=sha256:{self.fingerprint}"
