@@ -278,4 +278,3 @@ def test_an_open_file_the_log_lost_is_kept_marked_incomplete(tmp_path: Path) -> 
     files = WarrantFiles(tmp_path / "capture", "w-00abcd", signer)
     assert enter_incomplete(files, empty) is None and not empty.exists()
     assert ManifestWriter(files.directory / MANIFEST, signer).files.keys() == {entry["file"]}
-

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -320,8 +322,16 @@ class ManifestWriter:
             if name in self.files:
                 raise ManifestError(f"{name}: has a manifest entry already")
             line = sign_line(self._signer, fields, self.prev)
-            os.write(self._fd, line + b"\n")
-            os.fsync(self._fd)
+            before = os.fstat(self._fd).st_size
+            try:
+                if os.write(self._fd, line + b"\n") != len(line) + 1:
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fsync(self._fd)
+            except OSError:
+                # No half line for the next one to chain after (a full disk).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)
+                raise
             entry = json.loads(line)
             self.files[name] = entry
             self.prev = line_digest(line)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from pathlib import Path
 
 import trio
@@ -106,7 +107,6 @@ class FilesWorker:
                     await self._write_stream(state)
                 except (OSError, ManifestError) as exc:
                     self._error(state, exc)
-                    self._warrants.pop(state.sid.warrant_handle, None)
                 await trio.sleep(delays(False))
 
     def _error(self, state: _FileStream, exc: Exception) -> None:
@@ -163,38 +163,43 @@ class FilesWorker:
         target: int | None,
         skip: frozenset[str],
     ) -> None:
-        """Read records and write them into rotating sets; until cancelled."""
-        deadline = float("inf")
+        """Read records and write them into rotating sets; until cancelled.
+
+        Only the wait for records is bounded by the open set's age: a batch
+        once read is written whole, so no record is read and then dropped.
+        """
+        deadline = math.inf
         while True:
+            items: list[Checkpoint | LogRecord] | None = None
             with trio.move_on_at(deadline):
                 try:
                     items = await cursor.read(BATCH)
                 except RecordsUnavailable as exc:  # retention overtook: go on from there
+                    cursor.seek(exc.first_available)
+                    items = []
+                    target = None
                     if state.current is not None:
                         await self._rotate(state, files)
-                    cursor.seek(exc.first_available)
-                    continue
-                for item in items:
-                    if isinstance(item, Checkpoint):
-                        continue
-                    if state.current is None:
-                        state.current = await trio.to_thread.run_sync(
-                            OpenSet, files.directory, state.sid, item.seq, skip
-                        )
-                        skip = frozenset()
-                        deadline = trio.current_time() + self.config.rotate_seconds
-                    self._write(state, item)
-                    full = state.current.size >= self.config.rotate_bytes
-                    if full or (target is not None and item.seq >= target):
-                        target = None
-                        await self._rotate(state, files)
-                        deadline = float("inf")
+            if items is None or trio.current_time() >= deadline:
                 if state.current is not None:
-                    state.current.flush()
+                    await self._rotate(state, files)
+                deadline = math.inf
                 continue
+            for item in items:
+                if isinstance(item, Checkpoint):
+                    continue
+                if state.current is None:
+                    state.current = OpenSet(files.directory, state.sid, item.seq, skip)
+                    skip = frozenset()
+                    deadline = trio.current_time() + self.config.rotate_seconds
+                self._write(state, item)
+                full = state.current.size >= self.config.rotate_bytes
+                if full or (target is not None and item.seq >= target):
+                    target = None
+                    await self._rotate(state, files)
+                    deadline = math.inf
             if state.current is not None:
-                await self._rotate(state, files)
-            deadline = float("inf")
+                state.current.flush()
 
     def _write(self, state: _FileStream, record: LogRecord) -> None:
         assert state.current is not None
