@@ -35,7 +35,7 @@ from mediation.warrants.model import (
     Target,
     TargetKind,
 )
-from mediation.warrants.operations import add_warrant
+from mediation.warrants.operations import add_warrant, remove_agency
 
 TSHARK = shutil.which("tshark")
 TCPDUMP = shutil.which("tcpdump")
@@ -278,3 +278,51 @@ def test_an_open_file_the_log_lost_is_kept_marked_incomplete(tmp_path: Path) -> 
     files = WarrantFiles(tmp_path / "capture", "w-00abcd", signer)
     assert enter_incomplete(files, empty) is None and not empty.exists()
     assert ManifestWriter(files.directory / MANIFEST, signer).files.keys() == {entry["file"]}
+
+
+async def test_a_removed_endpoint_closes_its_open_files(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    out = tmp_path / "capture"
+    udp = Endpoint("udp", "127.0.0.1", 9, (Stream.CMII,))
+    agency = site.agency("AGENCY-TEST-FILES", udp, files_endpoint(out, (Stream.CMCC,)))
+    warrant = site.warrant(agency, case_id="CASE-TEST-0001")
+    directory = out / warrant.handle
+    async with site.server(config()) as server:
+        for n in range(4):
+            assert await server.ingest(warrant.handle, "cmCC", cc_pdu(n=n))
+        await written(server)
+        assert not (directory / "cmcc-00000000000000000000.pcap").exists()  # still open
+        with site._registry() as registry:
+            remove_agency(registry, agency, (str(out), 0), dt.datetime.now(dt.UTC))
+        await server.reload()
+        await wait_until(lambda: (directory / "cmcc-00000000000000000000.pcap").exists())
+        assert not files_rows(server)
+    assert _ranges(manifest(site, directory), "pcap") == [(0, 3)]
+    assert sha256sum_ok(directory) == 1
+
+
+async def test_a_full_disk_is_an_error_state_and_writing_resumes_when_space_returns(
+    tmp_path: Path,
+) -> None:
+    from tmpfs_support import mount, small_tmpfs
+
+    site = Site(tmp_path)
+    with small_tmpfs(tmp_path, "64k") as disk:
+        out = disk / "capture"
+        agency = site.agency("AGENCY-TEST-FILES", files_endpoint(out, (Stream.CMCC,)))
+        warrant = site.warrant(agency, case_id="CASE-TEST-0001")
+        directory = out / warrant.handle
+        async with site.server(config(rotate_bytes=8192)) as server:
+            for n in range(120):  # about 120 KiB of pcap: twice the disk
+                assert await server.ingest(warrant.handle, "cmCC", cc_pdu(payload=1000, n=n))
+            await wait_until(lambda: files_rows(server)[0].state == "error")
+            row = files_rows(server)[0]
+            assert row.last_error == "No space left on device"
+            assert row.acknowledged < 120
+            assert mount("-o", "remount,size=4m", str(disk)).returncode == 0
+            await wait_until(lambda: files_rows(server)[0].delivered == 120, seconds=90)
+            assert files_rows(server)[0].state == "writing"
+        entries = manifest(site, directory)
+        assert _contiguous(_ranges(entries, "pcap"), 120)
+        assert sha256sum_ok(directory) == len(entries)
+        assert not list(directory.glob(".*.part"))

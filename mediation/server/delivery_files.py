@@ -108,6 +108,13 @@ class FilesWorker:
                 except (OSError, ManifestError) as exc:
                     self._error(state, exc)
                 await trio.sleep(delays(False))
+        # Taken away (its open set is closed by now): a warrant without
+        # streams here keeps no manifest open (one descriptor per warrant).
+        handle = state.sid.warrant_handle
+        if not any(sid.warrant_handle == handle for sid in self._streams):
+            files = self._warrants.pop(handle, None)
+            if files is not None:
+                files.manifest.close()
 
     def _error(self, state: _FileStream, exc: Exception) -> None:
         self.errors += 1
@@ -121,10 +128,11 @@ class FilesWorker:
             state.current = None
 
     def _warrant(self, handle: str) -> WarrantFiles:
+        """The warrant's files, with every close a crash or an error cut short finished."""
         files = self._warrants.get(handle)
         if files is None:
             files = self._warrants[handle] = WarrantFiles(self.root, handle, self._signer)
-            files.roll_forward()
+        files.roll_forward()
         return files
 
     async def _write_stream(self, state: _FileStream) -> None:
