@@ -18,7 +18,7 @@ from mediation.cli.common import Once, print_table
 from mediation.cli.registry import registry_for, subcommand
 
 if TYPE_CHECKING:
-    from mediation.warrants.model import Agency, Endpoint
+    from mediation.warrants.model import Agency, Endpoint, Stream
 
 # The agency's name and addresses say who is intercepting: they are sealed
 # in the registry and kept off the command line like a case identity.
@@ -31,6 +31,7 @@ AGENCY_FIELDS = (
     Field("ca", "--ca", sensitive=False),
     Field("fingerprint", "--fingerprint"),
     Field("streams", "--streams", sensitive=False),
+    Field("format", "--format", sensitive=False),
 )
 BY_HANDLE = (
     "name the agency by its handle (a-…, see `mediate agency list`) "
@@ -59,6 +60,8 @@ def _endpoint(given: CaseInput) -> tuple[Endpoint, str]:
             "give exactly one endpoint: --udp HOST:PORT, --tls HOST:PORT or --files DIR",
         )
     streams = parse_streams(given.get("streams"), given.name("streams"))
+    if given.get("format") and not udp:
+        raise UsageError(given.name("format"), "only for --udp endpoints")
     if files:
         if ca or fingerprint:
             raise UsageError(name["ca"] if ca else name["fingerprint"], "only for --tls endpoints")
@@ -67,7 +70,8 @@ def _endpoint(given: CaseInput) -> tuple[Endpoint, str]:
         if ca or fingerprint:
             raise UsageError(name["ca"] if ca else name["fingerprint"], "only for --tls endpoints")
         host, port = parse_host_port(udp, name["udp"])
-        return Endpoint("udp", host, port, streams), name["udp"]
+        udp_format = _udp_format(given, streams)
+        return Endpoint("udp", host, port, streams, udp_format=udp_format), name["udp"]
     host, port = parse_host_port(tls, name["tls"])
     if bool(ca) == bool(fingerprint):
         raise UsageError(
@@ -107,6 +111,21 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
         _write_udp_key(agency.handle, endpoint, key_out, "--udp-key-out")
     given.warn()
     return 0
+
+
+def _udp_format(given: CaseInput, streams: tuple[Stream, ...]) -> str | None:
+    """``--format``: None (envelopes, the default) or "scte" (CC only)."""
+    from mediation.errors import UsageError
+    from mediation.warrants.model import Stream
+
+    value, field = given.get("format"), given.name("format")
+    if value in (None, "envelope"):
+        return None
+    if value != "scte":
+        raise UsageError(field, "must be envelope (the default) or scte")
+    if streams != (Stream.CMCC,):
+        raise UsageError(field, "scte carries CC only: add --streams cmcc")
+    return "scte"
 
 
 def _refuse_shared_dir(registry: Any, name: str, endpoint: Endpoint, field: str) -> None:
@@ -341,6 +360,13 @@ def add_agency_options(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         action=Once,
         help="cmii, cmcc or cmii,cmcc (default: both)",
+    )
+    p.add_argument(
+        "--format",
+        metavar="FORMAT",
+        action=Once,
+        help="with --udp: envelope (the default), or scte: CC as SCTE/PacketCable datagrams "
+        "(tshark's pcli12; sequenced and authenticated, not encrypted; needs --streams cmcc)",
     )
     p.add_argument(
         "--udp-key-out",

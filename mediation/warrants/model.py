@@ -113,6 +113,7 @@ class Endpoint:
     fingerprint: str | None = None  # SHA-256 of the certificate (DER), lower-case hex
     udp_key_id: int | None = None
     udp_key: bytes | None = dataclasses.field(default=None, repr=False)
+    udp_format: str | None = None  # "scte": CC as SCTE datagrams (protocol/scte.py)
 
     @property
     def address(self) -> str:
@@ -132,6 +133,7 @@ class Endpoint:
             text += " ca=(certificate stored)"
         if self.transport == "udp":
             text += f" key={self.udp_key_id:08x}" if self.udp_key else " key=NONE"
+            text += f" format={self.udp_format}" if self.udp_format else ""
         return text
 
 
