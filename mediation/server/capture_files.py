@@ -178,7 +178,7 @@ class OpenSet:
             }
             entries.append(manifest.append(fields))
         for entry in self.files:
-            _finalise(self.directory, entry.name, entry.hashed.hexdigest())
+            finalise(self.directory, entry.name, entry.hashed.hexdigest())
         fsync_dir(self.directory)
         return entries
 
@@ -188,7 +188,7 @@ class OpenSet:
             entry.hashed.close(hash_file=False)
 
 
-def _finalise(directory: Path, name: str, digest: str) -> None:
+def finalise(directory: Path, name: str, digest: str) -> None:
     """``NAME.sha256``, then ``.NAME.part`` -> ``NAME``."""
     final = directory / name
     write_sha256(final, digest)
@@ -224,7 +224,7 @@ class WarrantFiles:
                 if sha256_of(part) != entry.get("sha256"):
                     log.error("%s: does not match its manifest line; left as it is", part.name)
                     continue
-                _finalise(self.directory, name, entry["sha256"])
+                finalise(self.directory, name, entry["sha256"])
                 done += 1
             elif final.exists() and not final.with_name(name + ".sha256").exists():
                 write_sha256(final, entry["sha256"])

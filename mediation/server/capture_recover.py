@@ -24,7 +24,7 @@ from mediation.lea import rawfile
 from mediation.lea.files import cut_torn_lines, cut_torn_pcap, sha256_of
 from mediation.pdu import fast
 from mediation.pdu.jsonview import iso_time
-from mediation.server.capture_files import WarrantFiles, _finalise, parse_name
+from mediation.server.capture_files import WarrantFiles, finalise, parse_name
 
 log = logging.getLogger("mediation.server.delivery")
 
@@ -66,7 +66,7 @@ def enter_incomplete(files: WarrantFiles, part: Path) -> dict[str, Any] | None:
         "complete": False,
     }
     entry = files.manifest.append(fields)
-    _finalise(files.directory, name, entry["sha256"])
+    finalise(files.directory, name, entry["sha256"])
     fsync_dir(files.directory)
     log.warning("%s: kept as incomplete (%d records); the log no longer has them", name, len(seqs))
     return entry

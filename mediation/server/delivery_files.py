@@ -199,7 +199,9 @@ class FilesWorker:
                 if state.current is None:
                     state.current = OpenSet(files.directory, state.sid, item.seq, skip)
                     skip = frozenset()
-                    deadline = trio.current_time() + self.config.rotate_seconds
+                    # A set finishing one already in the manifest ends where that one did.
+                    age = math.inf if target is not None else self.config.rotate_seconds
+                    deadline = trio.current_time() + age
                 self._write(state, item)
                 full = state.current.size >= self.config.rotate_bytes
                 if full or (target is not None and item.seq >= target):
