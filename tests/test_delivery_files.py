@@ -326,3 +326,30 @@ async def test_a_full_disk_is_an_error_state_and_writing_resumes_when_space_retu
         assert _contiguous(_ranges(entries, "pcap"), 120)
         assert sha256sum_ok(directory) == len(entries)
         assert not list(directory.glob(".*.part"))
+
+
+async def test_a_record_a_format_cannot_hold_marks_that_file_incomplete(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    out = tmp_path / "capture"
+    agency = site.agency("AGENCY-TEST-FILES", files_endpoint(out, (Stream.CMCC,)))
+    warrant = site.warrant(agency, case_id="CASE-TEST-0001")
+    apdu = P.decode(cc_pdu(n=1))
+    not_ip = P.encode(P.CCApdu(payload=b"\x00" * 30, header=apdu.header))
+    async with site.server(config()) as server:
+        for der in (cc_pdu(n=0), not_ip, cc_pdu(n=2)):
+            assert await server.ingest(warrant.handle, "cmCC", der)
+        await written(server)
+    directory = out / warrant.handle
+    [entry] = manifest(site, directory)
+    assert (entry["first_seq"], entry["last_seq"], entry["complete"]) == (0, 2, False)
+    with PcapReader.open(directory / entry["file"]) as reader:
+        assert len(list(reader)) == 2
+    # An edited capture file fails its hash file.
+    path = directory / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    check = subprocess.run(
+        ["sha256sum", "-c", entry["file"] + ".sha256"], cwd=directory, capture_output=True
+    )
+    assert check.returncode != 0 and b"FAILED" in check.stdout
