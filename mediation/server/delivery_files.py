@@ -193,28 +193,44 @@ class FilesWorker:
                     await self._rotate(state, files)
                 deadline = math.inf
                 continue
-            for item in items:
-                if isinstance(item, Checkpoint):
-                    continue
+            records = [item for item in items if not isinstance(item, Checkpoint)]
+            done = 0
+            while done < len(records):
                 if state.current is None:
-                    state.current = OpenSet(files.directory, state.sid, item.seq, skip)
+                    first = records[done].seq
+                    state.current = OpenSet(files.directory, state.sid, first, skip)
                     skip = frozenset()
                     # A set finishing one already in the manifest ends where that one did.
                     age = math.inf if target is not None else self.config.rotate_seconds
                     deadline = trio.current_time() + age
-                self._write(state, item)
-                full = state.current.size >= self.config.rotate_bytes
-                if full or (target is not None and item.seq >= target):
+                # In a thread: a JSON view costs up to a millisecond a record
+                # (the reference decoder), which must not hold up the event loop.
+                done = await trio.to_thread.run_sync(self._fill, state, records, done, target)
+                last = records[done - 1].seq
+                if state.current.size >= self.config.rotate_bytes or last == target:
                     target = None
                     await self._rotate(state, files)
                     deadline = math.inf
-            if state.current is not None:
-                state.current.flush()
 
-    def _write(self, state: _FileStream, record: LogRecord) -> None:
-        assert state.current is not None
-        state.current.write(record)
-        state.written = record.seq + 1
+    def _fill(
+        self, state: _FileStream, records: list[LogRecord], start: int, target: int | None
+    ) -> int:
+        """Write records from ``start`` until the set is full or ends at ``target`` (blocking).
+
+        Returns:
+            The index after the last record written.
+        """
+        current = state.current
+        assert current is not None
+        for index in range(start, len(records)):
+            record = records[index]
+            current.write(record)
+            state.written = record.seq + 1
+            if current.size >= self.config.rotate_bytes or record.seq == target:
+                current.flush()
+                return index + 1
+        current.flush()
+        return len(records)
 
     async def _rotate(self, state: _FileStream, files: WarrantFiles) -> None:
         current, state.current = state.current, None
