@@ -48,6 +48,9 @@ class RunSettings:
         udp: the server's UDP tap listener, to send batches there instead.
         interface: capture on this interface; or ``source``: replay this pcap file.
         paced: replay at the recorded pace (else as fast as possible).
+        rate: replay this many frames a second instead, each stamped with
+            the time it is replayed (as a live capture would), so latency
+            from capture can be measured; None: ``paced`` decides.
         spool_dir, spool_limit: the spool (TLS only).
         batch: PDUs per batch at most.
         connect_wait: seconds to wait for the first warrant set.
@@ -60,6 +63,7 @@ class RunSettings:
     interface: str | None = None
     source: Path | None = None
     paced: bool = True
+    rate: float | None = None
     spool_dir: Path = Path("tap.spool")
     spool_limit: int = DEFAULT_SPOOL_LIMIT
     batch: int = 1024
@@ -198,7 +202,7 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
                 assert settings.interface is not None
                 await _live(client, settings.interface)
             else:
-                await _replay(client, source, settings.paced)
+                await _replay(client, source, settings.paced, settings.rate)
             with trio.move_on_after(math.inf if source is not None else 5.0):
                 await client.drained()  # a live tap stopping keeps the rest spooled
             nursery.cancel_scope.cancel()
@@ -231,14 +235,18 @@ async def _live(client: Any, interface: str) -> None:
                 break
 
 
-async def _replay(client: Any, source: Path, paced: bool) -> None:
-    """Every frame of a pcap file, at full speed or at the recorded pace."""
+async def _replay(client: Any, source: Path, paced: bool, rate: float | None = None) -> None:
+    """Every frame of a pcap file: at full speed, at the recorded pace, or ``rate`` a second."""
     from mediation.evidence.pcap import PcapError, PcapReader
 
     try:
         reader = PcapReader.open(source)
     except (OSError, PcapError) as exc:
         raise UsageError("--read", f"{source}: {exc}") from None
+    if rate is not None:
+        with reader:
+            await _replay_at_rate(client, reader, rate)
+        return
     first: dt.datetime | None = None
     began = time.monotonic()
     with reader:
@@ -251,3 +259,20 @@ async def _replay(client: Any, source: Path, paced: bool) -> None:
                     await trio.sleep(delay)
             await client.frame(packet.data, when, reader.linktype)
             await trio.lowlevel.checkpoint()
+
+
+async def _replay_at_rate(client: Any, reader: Any, rate: float) -> None:
+    """Frame ``i`` goes at ``i / rate`` s from the start, stamped with the time it goes.
+
+    A sleep per frame would cost more than the frame at thousands a second:
+    the loop sleeps only once it is a millisecond ahead, then sends what is due.
+    """
+    began = time.monotonic()
+    now = dt.datetime.now
+    utc = dt.UTC
+    for index, packet in enumerate(reader):
+        ahead = began + index / rate - time.monotonic()
+        if ahead > 0.001:
+            await trio.sleep(ahead)
+        await client.frame(packet.data, now(utc), reader.linktype)
+        await trio.lowlevel.checkpoint()
