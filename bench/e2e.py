@@ -480,11 +480,11 @@ def run_step(rig: Rig, rate: int, seconds: float) -> Step:
     held = {k: held1[k] - held0[k] for k in held1}
     lat: list[float] = []
     achieved = []
-    for counter in rig.counters.values():
+    for name, counter in rig.counters.items():
         values, first, last = counter.latencies()
         lat += values
         if first is not None and last is not None and last > first:
-            achieved.append(min(held.values()) / (last - first))
+            achieved.append(held[name] / (last - first))
     cpu = {name: after[name].cpu - before[name].cpu for name in after}
     cpu["tap"] = tap.cpu
     peak = {name: u.peak_rss for name in after for u in (after[name],)}

@@ -43,6 +43,7 @@ from mediation.pdu.delivery import (
 )
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import cc_contents, read_cc
+from mediation.pdu.fast_cmii import decode_cmii
 from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length
 from mediation.pdu.fast_envelope import (
     CMCC,
@@ -253,7 +254,7 @@ def _reference_content(kind: str, der: bytes, base: int) -> EnvelopeContent:
     """Decode a cmII or notice content with the reference codec; offsets made absolute."""
     try:
         if kind == CMII:
-            return codec.decode_cmii(der)
+            return decode_cmii(der)  # once per shape by the reference, then the time only
         return codec.decode_notice(der)
     except PDUError as exc:
         raise PDUError(exc.message, base + (exc.offset or 0)) from None

@@ -179,3 +179,62 @@ def _ports(out: dict[str, Any], packet: bytes, at: int) -> None:
     if out["protocol"] in _PORTED and len(packet) >= at + 4:
         out["srcPort"] = int.from_bytes(packet[at : at + 2], "big")
         out["dstPort"] = int.from_bytes(packet[at + 2 : at + 4], "big")
+
+
+class SharedPartsView:
+    """:func:`to_json` for many records in a row, each part's JSON made once.
+
+    The hot-path decoders hand out records that share their unchanging
+    parts (:mod:`mediation.pdu.fast_cmii` copies a remembered message and
+    changes its time only), so the JSON of a part already seen is reused,
+    recognised by identity: the view keeps the part itself alive beside its
+    JSON, so an identity can never stand for another object. At most
+    ``limit`` parts are kept (then it starts afresh). The dicts returned
+    share those parts' JSON: read them (``json.dumps``), do not change them
+    below the top level.
+
+    Args:
+        limit: parts remembered at most.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._parts: dict[int, tuple[Any, Any]] = {}
+        self._fields: dict[type, tuple[tuple[str, str], ...]] = {}
+
+    def to_json(self, record: Any) -> dict[str, Any]:
+        """What :func:`to_json` returns for ``record``, equal in every key and value."""
+        if isinstance(record, CCApdu):
+            return to_json(record)
+        out: dict[str, Any] = {"type": type_name(record)}
+        for attr, name in self._names(type(record)):
+            value = getattr(record, attr)
+            if value is not None:
+                out[name] = self._value(value)
+        return out
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str | int | float | enum.Enum | dlv.StreamId):
+            return _value(value)  # cheap, or new for every record: nothing to share
+        if isinstance(value, dt.datetime):
+            return iso_time(value)
+        if isinstance(value, CmIIMessage | dlv.CompletenessNotice):
+            return self.to_json(value)
+        seen = self._parts.get(id(value))
+        if seen is not None and seen[0] is value:
+            return seen[1]
+        made = _value(value)
+        if len(self._parts) >= self.limit:
+            self._parts.clear()
+        self._parts[id(value)] = (value, made)
+        return made
+
+    def _names(self, cls: type) -> tuple[tuple[str, str], ...]:
+        names = self._fields.get(cls)
+        if names is None:
+            names = tuple(
+                (f.name, f.metadata.get("asn1") or _ASN1_NAMES.get(f.name, f.name))
+                for f in dataclasses.fields(cls)
+            )
+            self._fields[cls] = names
+        return names
