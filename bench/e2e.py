@@ -259,20 +259,22 @@ def catchup(rig: Rig, down: float, rate: int) -> int:
     time.sleep(down)
     counter = rig.counters["tls"]
     target, backlog = rig.logged(), rig.backlog("tls")
+    restarted, start_count = time.monotonic(), counter.count()
     rig.start_receiver("tls")
-    began, start_count = time.monotonic(), counter.count()
+    wait_for(lambda: counter.count() > start_count, limit, every=0.02)
+    began, first_count = time.monotonic(), counter.count()
     caught = wait_for(lambda: counter.count() >= target, limit, every=0.05)
     took = time.monotonic() - began
-    got = counter.count() - start_count
+    got = counter.count() - first_count
     live = rate * 2
     if not caught:
         print(f"catch-up: not caught up in {limit:g} s ({got:,} PDUs of {target - start_count:,})")
     else:
-        catch = got / took
+        catch = got / took if took > 0 else 0.0
         print(
-            f"catch-up: backlog {backlog:,} PDUs after {down:g} s down; caught up in {took:.1f} s "
-            f"(receiver start included) at {catch:,.0f} PDUs/s; live rate {live:,} PDUs/s: "
-            f"{catch / live:.2f}x (goal: >= 3x)",
+            f"catch-up: backlog {backlog:,} PDUs after {down:g} s down; first envelope "
+            f"{began - restarted:.1f} s after the restart, then caught up in {took:.1f} s at "
+            f"{catch:,.0f} PDUs/s; live rate {live:,} PDUs/s: {catch / live:.2f}x (goal: >= 3x)",
             flush=True,
         )
     if rig.tap is not None and rig.tap.poll() is None:
