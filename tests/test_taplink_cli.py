@@ -26,6 +26,12 @@ def carrier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Carrier:
             "--spool-limit: must be at least 65536 bytes, got 10",
         ),
         (("--read", "{pcap}", "--server", "nowhere"), "--server"),
+        (
+            ("--read", "{pcap}", "--speed", "fast"),
+            "--speed: must be recorded, full or 1 to 10000000 frames a second, got 'fast'",
+        ),
+        (("--read", "{pcap}", "--speed", "0"), "--speed: must be recorded, full or 1 to"),
+        (("--read", "{pcap}", "--speed", "nan"), "--speed: must be recorded, full or 1 to"),
     ],
 )
 def test_each_refusal_is_one_line(carrier: Carrier, extra: tuple[str, ...], message: str) -> None:
@@ -44,3 +50,35 @@ def test_credentials_that_are_not_a_tap_file_are_refused(carrier: Carrier) -> No
     other.write_text("name = 1\n")
     wrong = carrier("tap", "run", "--credentials", str(other), "--read", "x")
     assert wrong.code == 2 and "is not a tap credentials file (KeyError)" in wrong.err
+
+
+async def test_speed_n_paces_the_replay_and_stamps_each_frame_when_it_goes() -> None:
+    """``--speed N``: N frames a second, each with the time it is replayed, not its recorded one."""
+    import datetime as dt
+    import time
+
+    from mediation.evidence.pcap import PcapReader
+    from mediation.tap.runner import _replay_at_rate
+
+    class Client:
+        def __init__(self) -> None:
+            self.times: list[tuple[dt.datetime, dt.datetime]] = []
+
+        async def frame(self, data: bytes, when: dt.datetime, linktype: int) -> None:
+            self.times.append((when, dt.datetime.now(dt.UTC)))
+
+    pcap = Path(__file__).resolve().parents[1] / "fixtures" / "sample" / "sample.pcap"
+    client = Client()
+    began = time.monotonic()
+    with PcapReader.open(pcap) as reader:
+        recorded = [packet.time for packet in reader]
+    with PcapReader.open(pcap) as reader:
+        await _replay_at_rate(client, reader, 400.0)
+    took = time.monotonic() - began
+    assert len(client.times) == len(recorded) > 20
+    assert took >= (len(recorded) - 1) / 400.0 - 0.002  # paced, not as fast as it can
+    for (when, seen), old in zip(client.times, recorded, strict=True):
+        assert when.tzinfo is dt.UTC and abs((seen - when).total_seconds()) < 0.5
+        assert when != old
+    stamps = [when for when, _seen in client.times]
+    assert stamps == sorted(stamps)
