@@ -51,25 +51,6 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     return run(credentials, settings)
 
 
-def _rate(speed: str) -> float | None:
-    """``--speed``: None for ``recorded`` and ``full``, else the frames a second.
-
-    Raises:
-        UsageError: anything else, or a rate outside 1 to 10,000,000.
-    """
-    if speed in ("recorded", "full"):
-        return None
-    try:
-        rate = float(speed)
-    except ValueError:
-        rate = 0.0
-    if not 1 <= rate <= 10_000_000:  # also refuses nan and inf
-        raise UsageError(
-            "--speed", f"must be recorded, full or 1 to 10000000 frames a second, got {speed!r}"
-        )
-    return rate
-
-
 def add_run(sub: argparse._SubParsersAction) -> None:
     """Register ``tap run`` (no data directory: it runs on the router)."""
     p = sub.add_parser(
@@ -118,3 +99,22 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="first 4 octets of content identifiers (default: the start time, in seconds)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+
+
+def _rate(speed: str) -> float | None:
+    """``--speed``: None for ``recorded`` and ``full``, else the frames a second.
+
+    Raises:
+        UsageError: anything else, or a rate outside 1 to 10,000,000.
+    """
+    if speed in ("recorded", "full"):
+        return None
+    try:
+        rate = float(speed)
+    except ValueError:
+        rate = 0.0
+    if not 1 <= rate <= 10_000_000:  # also refuses nan and inf
+        raise UsageError(
+            "--speed", f"must be recorded, full or 1 to 10000000 frames a second, got {speed!r}"
+        )
+    return rate

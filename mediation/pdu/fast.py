@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import NamedTuple
 
-from mediation.pdu import codec
+from mediation.pdu import codec, fast_cmii
 from mediation.pdu.cmcc import CCApdu
 from mediation.pdu.cmii import CmIIMessage
 from mediation.pdu.convert import utc
@@ -43,7 +43,6 @@ from mediation.pdu.delivery import (
 )
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import cc_contents, read_cc
-from mediation.pdu.fast_cmii import decode_cmii
 from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length
 from mediation.pdu.fast_envelope import (
     CMCC,
@@ -254,7 +253,7 @@ def _reference_content(kind: str, der: bytes, base: int) -> EnvelopeContent:
     """Decode a cmII or notice content with the reference codec; offsets made absolute."""
     try:
         if kind == CMII:
-            return decode_cmii(der)  # once per shape by the reference, then the time only
+            return fast_cmii.decode_cmii(der)  # once per shape by the reference, then the time only
         return codec.decode_notice(der)
     except PDUError as exc:
         raise PDUError(exc.message, base + (exc.offset or 0)) from None
