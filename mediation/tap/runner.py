@@ -202,7 +202,7 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
                 assert settings.interface is not None
                 await _live(client, settings.interface)
             else:
-                await _replay(client, source, settings.paced, settings.rate)
+                await _replay_file(client, source, settings)
             with trio.move_on_after(math.inf if source is not None else 5.0):
                 await client.drained()  # a live tap stopping keeps the rest spooled
             nursery.cancel_scope.cancel()
@@ -235,18 +235,14 @@ async def _live(client: Any, interface: str) -> None:
                 break
 
 
-async def _replay(client: Any, source: Path, paced: bool, rate: float | None = None) -> None:
-    """Every frame of a pcap file: at full speed, at the recorded pace, or ``rate`` a second."""
+async def _replay(client: Any, source: Path, paced: bool) -> None:
+    """Every frame of a pcap file, at full speed or at the recorded pace."""
     from mediation.evidence.pcap import PcapError, PcapReader
 
     try:
         reader = PcapReader.open(source)
     except (OSError, PcapError) as exc:
         raise UsageError("--read", f"{source}: {exc}") from None
-    if rate is not None:
-        with reader:
-            await _replay_at_rate(client, reader, rate)
-        return
     first: dt.datetime | None = None
     began = time.monotonic()
     with reader:
@@ -259,6 +255,21 @@ async def _replay(client: Any, source: Path, paced: bool, rate: float | None = N
                     await trio.sleep(delay)
             await client.frame(packet.data, when, reader.linktype)
             await trio.lowlevel.checkpoint()
+
+
+async def _replay_file(client: Any, source: Path, settings: RunSettings) -> None:
+    """``--read``: at ``settings.rate`` frames a second if given, else as :func:`_replay`."""
+    from mediation.evidence.pcap import PcapError, PcapReader
+
+    if settings.rate is None:
+        await _replay(client, source, settings.paced)
+        return
+    try:
+        reader = PcapReader.open(source)
+    except (OSError, PcapError) as exc:
+        raise UsageError("--read", f"{source}: {exc}") from None
+    with reader:
+        await _replay_at_rate(client, reader, settings.rate)
 
 
 async def _replay_at_rate(client: Any, reader: Any, rate: float) -> None:
