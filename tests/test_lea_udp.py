@@ -253,7 +253,7 @@ async def test_the_receive_buffer_is_what_the_kernel_granted_and_a_cap_is_warned
     with caplog.at_level(logging.INFO, logger="mediation.lea"):
         sock, _address, granted = await udp.bind("127.0.0.1", 0, wanted)
     with sock:
-        assert granted == sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < wanted
+        assert granted == sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 2 * wanted
     assert "net.core.rmem_max" in caplog.text and f"asked {wanted}" in caplog.text
 
 
@@ -265,5 +265,5 @@ async def test_as_root_the_buffer_asked_for_is_granted_past_rmem_max(
     with caplog.at_level(logging.INFO, logger="mediation.lea"):
         sock, _address, granted = await udp.bind("127.0.0.1", 0, 2 * ceiling)
     sock.close()
-    assert granted >= 2 * ceiling
+    assert granted >= 4 * ceiling  # Linux reports twice what it holds for data
     assert f"udp: receive buffer {granted} bytes (asked {2 * ceiling})" in caplog.text
