@@ -306,7 +306,7 @@ def main() -> int:
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     if not rates or min(rates) < 1 or len(rates) > 20 or not 0.5 <= args.seconds <= 60:
         parser.error("--rates: 1 to 20 positive rates; --seconds: 0.5 to 60")
-    work = Path(tempfile.mkdtemp(prefix="e2e-", dir=args.dir))
+    work = Path(tempfile.mkdtemp(prefix="e2e-", dir=args.dir)).resolve()
     rig = Rig(work, Checkout(args.checkout), Checkout(args.tap_checkout))
     print(f"e2e: serve/receive from {rig.checkout.root}, tap from {rig.tap_checkout.root}; "
           f"{os.cpu_count()} CPUs; work in {work}", flush=True)  # fmt: skip

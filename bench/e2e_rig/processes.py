@@ -57,6 +57,7 @@ class Checkout:
         self.python = str(venv) if venv.exists() else sys.executable
 
     def argv(self, *args: str) -> list[str]:
+        """``python -m mediation ARGS``: run it with ``cwd=root`` (``-m`` looks there first)."""
         return [self.python, "-m", "mediation", *args]
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
@@ -88,7 +89,7 @@ class Rig:
 
     def mediate(self, *args: str) -> str:
         done = subprocess.run(
-            self.checkout.argv(*args), env=self.checkout.env(self.env),
+            self.checkout.argv(*args), env=self.checkout.env(self.env), cwd=self.checkout.root,
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         if done.returncode != 0:
@@ -131,7 +132,7 @@ class Rig:
         )
         with (self.work / "serve.log").open("ab") as log:
             self.server = subprocess.Popen(
-                self.checkout.argv("serve", "--config", str(config)),
+                self.checkout.argv("serve", "--config", str(config)), cwd=self.checkout.root,
                 env=self.checkout.env(self.env), stdout=log, stderr=log,
             )  # fmt: skip
         if not wait_for(lambda: (self.status().get("taps") or {}).get("tls_listening"), 60):
@@ -150,7 +151,7 @@ class Rig:
         with (self.work / name).open("ab") as log:
             self.receivers[kind] = subprocess.Popen(
                 self.checkout.argv("receive", *how, "--out", str(self.agency / kind)),
-                env=self.checkout.env(self.env), stdout=log, stderr=log,
+                env=self.checkout.env(self.env), stdout=log, stderr=log, cwd=self.checkout.root,
             )  # fmt: skip
         if not wait_for(lambda: f"listening: {kind}" in self._tail(name), 30):
             raise SystemExit(f"e2e: the {kind} receiver did not start:\n" + self._tail(name))
@@ -174,7 +175,11 @@ class Rig:
         with out.open("wb") as handle:
             began = time.monotonic()
             process = subprocess.Popen(
-                argv, env=self.tap_checkout.env(self.env), stdout=handle, stderr=handle
+                argv,
+                env=self.tap_checkout.env(self.env),
+                stdout=handle,
+                stderr=handle,
+                cwd=self.tap_checkout.root,  # `python -m` looks in the working directory first
             )
             self.tap = process
             return self._reap(process, began, limit, out)
