@@ -67,22 +67,27 @@ async def test_speed_n_paces_the_replay_and_stamps_each_frame_when_it_goes() -> 
     import time
 
     from mediation.evidence.pcap import PcapReader
-    from mediation.tap.runner import _replay_at_rate
+    from mediation.tap.runner import AtRate, _replay
 
     class Client:
+        fixed = None  # not the seed form
+
         def __init__(self) -> None:
             self.times: list[tuple[dt.datetime, dt.datetime]] = []
 
-        async def frame(self, data: bytes, when: dt.datetime, linktype: int) -> None:
+        async def frame(
+            self, data: bytes, when: dt.datetime, *_args: object, **_kw: object
+        ) -> None:
             self.times.append((when, dt.datetime.now(dt.UTC)))
 
     pcap = Path(__file__).resolve().parents[1] / "fixtures" / "sample" / "sample.pcap"
-    client = Client()
-    began = time.monotonic()
     with PcapReader.open(pcap) as reader:
         recorded = [packet.time for packet in reader]
-    with PcapReader.open(pcap) as reader:
-        await _replay_at_rate(client, reader, 400.0)
+    client = Client()
+    paced = AtRate(client, 400.0)
+    assert paced.fixed is None  # everything else goes through to the client
+    began = time.monotonic()
+    await _replay(paced, pcap, False)
     took = time.monotonic() - began
     assert len(client.times) == len(recorded) > 20
     assert took >= (len(recorded) - 1) / 400.0 - 0.002  # paced, not as fast as it can

@@ -198,11 +198,13 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
                 raise UsageError(
                     "--server", f"no warrant set from {address[0]}:{address[1]} in time"
                 )
+            if settings.rate is not None:  # --speed N: the replay goes through the pacer
+                client = AtRate(client, settings.rate)
             if source is None:
                 assert settings.interface is not None
                 await _live(client, settings.interface)
             else:
-                await _replay_file(client, source, settings)
+                await _replay(client, source, settings.paced)
             with trio.move_on_after(math.inf if source is not None else 5.0):
                 await client.drained()  # a live tap stopping keeps the rest spooled
             nursery.cancel_scope.cancel()
@@ -257,33 +259,35 @@ async def _replay(client: Any, source: Path, paced: bool) -> None:
             await trio.lowlevel.checkpoint()
 
 
-async def _replay_file(client: Any, source: Path, settings: RunSettings) -> None:
-    """``--read``: at ``settings.rate`` frames a second if given, else as :func:`_replay`."""
-    from mediation.evidence.pcap import PcapError, PcapReader
+class AtRate:
+    """``--speed N``: frame ``i`` goes ``i / N`` s after the first, stamped with the time it goes.
 
-    if settings.rate is None:
-        await _replay(client, source, settings.paced)
-        return
-    try:
-        reader = PcapReader.open(source)
-    except (OSError, PcapError) as exc:
-        raise UsageError("--read", f"{source}: {exc}") from None
-    with reader:
-        await _replay_at_rate(client, reader, settings.rate)
+    Wraps the tap client for the replay loop (which then runs as fast as it
+    can) and passes everything else through. A sleep per frame would cost
+    more than the frame at thousands a second: it sleeps only once it is a
+    millisecond ahead, then lets through what is due.
 
-
-async def _replay_at_rate(client: Any, reader: Any, rate: float) -> None:
-    """Frame ``i`` goes at ``i / rate`` s from the start, stamped with the time it goes.
-
-    A sleep per frame would cost more than the frame at thousands a second:
-    the loop sleeps only once it is a millisecond ahead, then sends what is due.
+    Args:
+        client: the tap client (:class:`mediation.tap.link.TapClient`).
+        rate: frames a second.
     """
-    began = time.monotonic()
-    now = dt.datetime.now
-    utc = dt.UTC
-    for index, packet in enumerate(reader):
-        ahead = began + index / rate - time.monotonic()
+
+    def __init__(self, client: Any, rate: float) -> None:
+        self._client = client
+        self._rate = rate
+        self._began: float | None = None
+        self._index = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def frame(self, data: bytes, _recorded: dt.datetime, *args: Any, **options: Any) -> None:
+        """One frame of the file, when it is due, with the time it goes as its capture time."""
+        now = time.monotonic()
+        if self._began is None:
+            self._began = now
+        ahead = self._began + self._index / self._rate - now
+        self._index += 1
         if ahead > 0.001:
             await trio.sleep(ahead)
-        await client.frame(packet.data, now(utc), reader.linktype)
-        await trio.lowlevel.checkpoint()
+        await self._client.frame(data, dt.datetime.now(dt.UTC), *args, **options)
