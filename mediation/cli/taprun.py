@@ -32,6 +32,7 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     udp = parse_host_port(args.udp, "--udp") if args.udp else None
     if not 1 <= args.batch <= 65536:
         raise UsageError("--batch", f"must be 1 to 65536 PDUs, got {args.batch}")
+    workers = _workers(args)
     if args.spool_limit < 65536:
         raise UsageError("--spool-limit", f"must be at least 65536 bytes, got {args.spool_limit}")
     settings = RunSettings(
@@ -46,8 +47,22 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
         connect_wait=args.connect_wait,
         epoch=args.correlation_epoch,
         quiet=args.quiet,
+        workers=workers,
     )
     return run(credentials, settings)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """``--workers``, checked; its default for a live capture (mediation/tap/workers.py)."""
+    from mediation.tap.workers import MAX_WORKERS, default_workers
+
+    if args.workers is None:
+        return default_workers() if args.interface else 1
+    if not args.interface:
+        raise UsageError("--workers", "applies to live capture only: give -i IFACE, or drop it")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError("--workers", f"must be 1 to {MAX_WORKERS}, got {args.workers}")
+    return args.workers
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
@@ -83,6 +98,12 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help=f"the most the spool holds (default {DEFAULT_SPOOL_LIMIT})",
     )
     p.add_argument("--batch", type=int, default=1024, metavar="N", help="PDUs per batch at most")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="-i: capture processes sharing the interface (default: one per core, at most 8)",
+    )
     p.add_argument(
         "--connect-wait",
         type=float,

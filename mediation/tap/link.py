@@ -81,12 +81,36 @@ class LinkCounters:
     datagrams: int = 0
 
 
-def build_tap(warrant: T.TapWarrant, epoch: int = 0) -> Tap:
+def chunk_records(
+    records: list[tuple[bytes, dt.datetime]], most: int, size: int
+) -> list[tuple[bytes, int, dt.datetime, dt.datetime]]:
+    """Encoded records cut into ``(payload, count, first time, last time)`` within the limits.
+
+    Each chunk holds at most ``most`` records and, unless one record alone
+    is larger, at most ``size`` octets counting 8 of framing per record
+    (what :meth:`TapClient.add_chunk` counts).
+    """
+    out, start, octets = [], 0, 0
+    for i, (record, _when) in enumerate(records):
+        if i > start and (i - start >= most or octets + len(record) + 8 > size):
+            part = records[start:i]
+            out.append((b"".join([r for r, _ in part]), len(part), part[0][1], part[-1][1]))
+            start, octets = i, 0
+        octets += len(record) + 8
+    if start < len(records):
+        part = records[start:]
+        out.append((b"".join([r for r, _ in part]), len(part), part[0][1], part[-1][1]))
+    return out
+
+
+def build_tap(warrant: T.TapWarrant, epoch: int = 0, flow_numbers: tuple[int, int] = (0, 1)) -> Tap:
     """A :class:`Tap` for one warrant of the set.
 
     Args:
         epoch: the correlation epoch (:class:`FlowCorrelation`): the tap's
             start time, so content identifiers differ across restarts.
+        flow_numbers: this capture worker's share of flow numbers
+            (:class:`PDUBuilder`).
 
     Raises:
         UsageError, ValueError: a target or identity the tap cannot use.
@@ -97,6 +121,7 @@ def build_tap(warrant: T.TapWarrant, epoch: int = 0) -> Tap:
         warrant.iap or "",
         ContentLevel(warrant.content),
         FlowCorrelation(epoch),
+        flow_numbers=flow_numbers,
     )
     return Tap(
         warrant.handle, TargetMatcher(targets), builder, start=warrant.start, end=warrant.end
@@ -161,8 +186,9 @@ class TapClient:
         self.warrants_ready = trio.Event()
         self.connected = False
         self._generation: T.WarrantSet | None = None
-        self._pending: list[tuple[str, dt.datetime, bytes]] = []
-        self._pending_bytes = 0
+        self._pending: list[bytes] = []  # encoded TapPdu records of the open batch
+        self._pending_count = self._pending_bytes = 0
+        self._pending_first = self._pending_last = dt.datetime.now(dt.UTC)
         self._pending_since = 0.0
         self._spool_lock = trio.Lock()
         self._new_batch = trio.Event()
@@ -172,7 +198,8 @@ class TapClient:
         self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
         self._last_sent = -1
         self._sealer: DatagramSealer | None = None
-        self._live: Any = None  # the LiveTap, when capturing
+        self._live: Any = None  # the LiveTap, when capturing in this process
+        self._workers: Any = None  # the CaptureWorkers, when capturing with several
         self._udp_socket: trio.socket.SocketType | None = None
 
     # -- frames to batches -----------------------------------------------------
@@ -189,26 +216,60 @@ class TapClient:
 
     async def add(self, kind: str, when: dt.datetime, der: bytes) -> None:
         """One PDU into the open batch; the batch is sealed when full."""
+        await self.add_records([(T.encode_pdu(kind, when, der), when)])
+
+    async def add_records(self, records: list[tuple[bytes, dt.datetime]]) -> None:
+        """Encoded ``TapPdu`` records (with their times) into the open batch, in order.
+
+        Batches are sealed as they fill (by count and size), so a long list
+        becomes several batches, never one too large.
+        """
+        for chunk in chunk_records(records, self.batch_pdus, self._limit):
+            await self.add_chunk(*chunk)
+
+    async def add_chunk(
+        self, payload: bytes, count: int, first: dt.datetime, last: dt.datetime
+    ) -> None:
+        """``count`` encoded records (a capture worker's chunk) into the open batch, whole.
+
+        The batch is sealed first if the chunk would overfill it, and after
+        if it is then full; a chunk is never split (workers cut them small).
+        """
+        size = len(payload) + 8 * count  # the batch's own framing, generously
+        if self._pending and (
+            self._pending_count + count > self.batch_pdus
+            or self._pending_bytes + size > self._limit
+        ):
+            await self.flush()
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append((kind, when, der))
-        self._pending_bytes += len(der) + 40
-        self.counters.pdus += 1
-        if len(self._pending) >= self.batch_pdus or self._pending_bytes >= self._limit:
+            self._pending_first = first
+        self._pending.append(payload)
+        self._pending_count += count
+        self._pending_bytes += size
+        self._pending_last = last
+        self.counters.pdus += count
+        if self._pending_count >= self.batch_pdus or self._pending_bytes >= self._limit:
             await self.flush()
 
-    async def run_live(self, interface: str) -> None:
+    async def run_live(self, interface: str, workers: int = 1) -> None:
         """Capture on ``interface`` for the warrants served, until cancelled.
 
         One capture serves every warrant (:class:`mediation.tap.live.LiveTap`);
-        its kernel filter is rebuilt whenever the warrant set changes.
+        its kernel filter is rebuilt whenever the warrant set changes. With
+        ``workers`` above 1 the capture is spread over that many processes
+        (:mod:`mediation.tap.workers`); the seed form's fixed content
+        identifier keeps it to one.
 
         Raises:
             OSError: the interface, CAP_NET_RAW or the kernel said no.
         """
+        await self.warrants_ready.wait()
+        if workers > 1 and self.fixed is None:
+            await self._run_workers(interface, workers)
+            return
         from mediation.tap.live import LiveTap
 
-        await self.warrants_ready.wait()
         expression = self.fixed[1] if self.fixed is not None else None
         live = await trio.to_thread.run_sync(
             lambda: LiveTap(interface, self.taps, expression=expression)
@@ -216,10 +277,46 @@ class TapClient:
         self._live = live
         log.info("capturing on %s for %d warrant(s)", interface, len(self.taps))
         with live:
-            async for items in live.run():
+            async for records in live.run_records():
                 self.counters.frames = live.counters.frames
-                for item in items:
-                    await self.add(item.kind, item.time, item.der)
+                await self.add_records(records)
+
+    async def _run_workers(self, interface: str, count: int) -> None:
+        from mediation.tap.workers import CaptureWorkers
+
+        assert self._generation is not None
+        workers = CaptureWorkers(
+            interface,
+            count,
+            self._generation.warrants,
+            epoch=self.epoch,
+            chunk_pdus=max(1, self.batch_pdus // 2),
+            chunk_bytes=self._limit // 2,
+        )
+        self._workers = workers
+
+        async def started() -> None:
+            await workers.started.wait()
+            log.info(
+                "capturing on %s for %d warrant(s) with %d workers",
+                interface,
+                len(self.taps),
+                count,
+            )
+
+        async def take(payload: bytes, n: int, first: dt.datetime, last: dt.datetime) -> None:
+            self.counters.frames = workers.stats().frames
+            await self.add_chunk(payload, n, first, last)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(started)
+            await workers.run(take)
+            nursery.cancel_scope.cancel()
+
+    def capture_stats(self) -> Any:
+        """The capture's counters (a :class:`CaptureStats`), or ``None`` before capturing."""
+        source = self._workers or self._live
+        return None if source is None else source.stats()
 
     @property
     def _limit(self) -> int:
@@ -229,8 +326,10 @@ class TapClient:
         """Seal the PDUs gathered so far into one batch (spooled, or sent as a datagram)."""
         if not self._pending:
             return
-        pdus, self._pending, self._pending_bytes = self._pending, [], 0
-        payload = T.encode_pdus(pdus)
+        parts, self._pending = self._pending, []
+        self._pending_count = self._pending_bytes = 0
+        first, last = self._pending_first, self._pending_last
+        payload = b"".join(parts)
         self.counters.batches += 1
         if self.udp is not None:
             await self._send_datagram(payload)
@@ -238,7 +337,7 @@ class TapClient:
         assert self.spool is not None
         spool = self.spool
         async with self._spool_lock:
-            batch = await trio.to_thread.run_sync(spool.append, payload, pdus[0][1], pdus[-1][1])
+            batch = await trio.to_thread.run_sync(spool.append, payload, first, last)
         if batch is None:
             self.counters.overflow_batches += 1
             return
@@ -399,6 +498,8 @@ class TapClient:
             usable.append(warrant)
         self.taps = taps
         self._generation = dataclasses.replace(warrants, warrants=tuple(usable))
+        if self._workers is not None:  # capture workers build their own taps
+            self._workers.set_warrants(self._generation.warrants)
         if self._live is not None:
             try:
                 self._live.set_warrants(taps)

@@ -36,6 +36,7 @@ from mediation.tap.targets import TargetMatcher
 from mediation.warrants.model import Target, TargetKind
 
 DEFAULT_SPOOL_LIMIT = 256 * 1024 * 1024
+log = logging.getLogger("mediation.tap")
 SEED_HANDLE = "seed"  # the seed tap's only tap; never leaves the process
 
 
@@ -53,6 +54,7 @@ class RunSettings:
         connect_wait: seconds to wait for the first warrant set.
         epoch: the correlation epoch (None: the start time).
         quiet: warnings only on stderr.
+        workers: capture processes for ``interface`` (mediation/tap/workers.py).
     """
 
     address: tuple[str, int]
@@ -66,6 +68,7 @@ class RunSettings:
     connect_wait: float = 60.0
     epoch: int | None = None
     quiet: bool = False
+    workers: int = 1
 
 
 def read_credentials(path: Path) -> Any:
@@ -196,7 +199,7 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
                 )
             if source is None:
                 assert settings.interface is not None
-                await _live(client, settings.interface)
+                await _live(client, settings.interface, settings.workers)
             else:
                 await _replay(client, source, settings.paced)
             with trio.move_on_after(math.inf if source is not None else 5.0):
@@ -211,24 +214,54 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
         f"{c.acked} acknowledged, {c.overflow_batches} refused by a full spool",
         flush=True,
     )
+    stats = client.capture_stats()
+    if stats is not None:
+        print(
+            f"tap {credentials.name}: capture on {settings.interface}: "
+            f"{stats.kernel_received} frames passed the kernel filter, "
+            f"{stats.kernel_dropped} dropped by the kernel (ring full)",
+            flush=True,
+        )
     return 0
 
 
-async def _live(client: Any, interface: str) -> None:
+async def _live(client: Any, interface: str, workers: int = 1) -> None:
     """Capture until stopped (SIGINT, SIGTERM); the spool keeps what is not yet acknowledged."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
             async def capture() -> None:
                 try:
-                    await client.run_live(interface)
+                    await client.run_live(interface, workers)
                 except OSError as exc:
                     raise UsageError("-i", f"cannot capture on {interface}: {exc}") from None
 
             nursery.start_soon(capture)
+            nursery.start_soon(_report_drops, client, interface)
             async for _signum in signals:
                 nursery.cancel_scope.cancel()
                 break
+
+
+DROP_CHECK, DROP_REPORT = 10.0, 60.0  # seconds: read the counters; the most often to warn
+
+
+async def _report_drops(client: Any, interface: str) -> None:
+    """Warn when the kernel dropped frames (the ring was full): at most once a minute."""
+    reported, last_warning = 0, -math.inf
+    while True:
+        await trio.sleep(DROP_CHECK)
+        stats = client.capture_stats()
+        if stats is None or stats.kernel_dropped == reported:
+            continue
+        if time.monotonic() - last_warning >= DROP_REPORT:
+            log.warning(
+                "capture on %s: the kernel dropped %d frames (ring full; %d in all)",
+                interface,
+                stats.kernel_dropped - reported,
+                stats.kernel_dropped,
+            )
+            reported, last_warning = stats.kernel_dropped, time.monotonic()
 
 
 async def _replay(client: Any, source: Path, paced: bool) -> None:
