@@ -45,6 +45,7 @@ import logging
 import multiprocessing
 import os
 import select
+import signal
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -205,6 +206,12 @@ class _Worker:
 def worker_main(conn: Connection, setup: WorkerSetup) -> None:
     """A worker process's body (see the module docstring)."""
     from mediation.pdu.schema import compiled
+
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group:
+    # a worker stops when the tap process says (after reading its ring a
+    # last time), or when the tap process is gone (its pipe closes).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     compiled()  # the slow part of starting (over a second): before the group is joined
     conn.send(("loaded",))
