@@ -17,10 +17,15 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     from mediation.warrants.validate import parse_host_port
 
     if args.config:  # the seed's form, from an encrypted tap file (cli/tap_config.py)
+        from mediation.cli.tap_config import replay_source
         from mediation.tap.tapconfig import read_tap_file
 
+        if args.interface:
+            raise UsageError("-i", "the tap file names the interface: drop -i with --config")
         path = Path(args.credentials)
-        return run_tap(read_tap_file(Path(args.config), path), path)
+        config = read_tap_file(Path(args.config), path)
+        source = replay_source(args.read, "--read")
+        return run_tap(config, path, source, args.speed == "recorded")
     credentials = read_credentials(Path(args.credentials))
     if not args.read and not args.interface:
         raise UsageError("-i", "give -i IFACE (live capture) or --read FILE (a pcap file)")
@@ -78,8 +83,10 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("-i", dest="interface", metavar="IFACE", help="capture on this interface")
     src.add_argument("--read", metavar="FILE", help="replay a pcap file instead, then exit")
-    src.add_argument(
-        "--config", metavar="FILE", help="the seed's form: an encrypted tap file (`tap edit`)"
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the seed's form: an encrypted tap file (`tap edit`); with --read, replay a file",
     )
     p.add_argument(
         "--speed",

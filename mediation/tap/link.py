@@ -172,13 +172,21 @@ class TapClient(LinkSession):
     # -- frames to batches -----------------------------------------------------
 
     async def frame(
-        self, data: bytes, when: dt.datetime, linktype: int = LINKTYPE_ETHERNET
+        self,
+        data: bytes,
+        when: dt.datetime,
+        linktype: int = LINKTYPE_ETHERNET,
+        *,
+        interface: str | None = None,
     ) -> None:
-        """One captured frame (a file's): its PDUs for every warrant, batched."""
+        """One captured frame (a file's): its PDUs for every warrant, batched.
+
+        ``interface``: the interface it counts as captured on (the seed form's).
+        """
         self.counters.frames += 1
         parsed = parse_frame(data, linktype)
         for tap in self.taps:
-            for pdu in tap.process(data, when, parsed):
+            for pdu in tap.process(data, when, parsed, interface=interface):
                 await self.add(pdu.kind, pdu.time, pdu.der)
 
     async def add(self, kind: str, when: dt.datetime, der: bytes) -> None:

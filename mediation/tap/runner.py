@@ -16,6 +16,7 @@ udp_listen``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -108,12 +109,18 @@ def seed_tap(config: TapConfig) -> Tap:
     return Tap(SEED_HANDLE, matcher, builder)
 
 
-def run_tap(config: TapConfig, credentials_path: Path) -> int:
+def run_tap(
+    config: TapConfig, credentials_path: Path, source: Path | None = None, paced: bool = True
+) -> int:
     """Capture on ``config.interface`` and feed the server until stopped (SIGINT, SIGTERM).
 
     Args:
         config: the checked intercept configuration.
         credentials_path: the tap's ``NAME.tap`` credentials file.
+        source: replay this pcap file instead, as if captured on the
+            interface, through the ``-f`` filter (libpcap's offline filter);
+            then exit once the server has acknowledged everything.
+        paced: replay at the recorded pace (else as fast as possible).
 
     Returns:
         The process's exit status.
@@ -130,6 +137,8 @@ def run_tap(config: TapConfig, credentials_path: Path) -> int:
         address=(config.destination, config.cmii_port or default_port),
         udp=udp,
         interface=config.interface,
+        source=source,
+        paced=paced,
         spool_dir=Path(f"{credentials_path}.spool"),
     )
     return run(credentials, settings, seed_tap(config), config.filter)
@@ -201,7 +210,7 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
                 assert settings.interface is not None
                 await _live(client, settings.interface, settings.workers)
             else:
-                await _replay(client, source, settings.paced)
+                await _replay(client, source, settings.paced, seed, settings.interface)
             with trio.move_on_after(math.inf if source is not None else 5.0):
                 await client.drained()  # a live tap stopping keeps the rest spooled
             nursery.cancel_scope.cancel()
@@ -264,9 +273,20 @@ async def _report_drops(client: Any, interface: str) -> None:
             reported, last_warning = stats.kernel_dropped, time.monotonic()
 
 
-async def _replay(client: Any, source: Path, paced: bool) -> None:
-    """Every frame of a pcap file, at full speed or at the recorded pace."""
+async def _replay(
+    client: Any,
+    source: Path,
+    paced: bool,
+    seed: tuple[Tap, str | None] | None = None,
+    interface: str | None = None,
+) -> None:
+    """Every frame of a pcap file, at full speed or at the recorded pace.
+
+    The seed form's file goes through its ``-f`` filter, as the kernel
+    filter would have taken it, and counts as captured on its interface.
+    """
     from mediation.evidence.pcap import PcapError, PcapReader
+    from mediation.tap.bpf import OfflineFilter
 
     try:
         reader = PcapReader.open(source)
@@ -274,13 +294,22 @@ async def _replay(client: Any, source: Path, paced: bool) -> None:
         raise UsageError("--read", f"{source}: {exc}") from None
     first: dt.datetime | None = None
     began = time.monotonic()
-    with reader:
+    wanted = None
+    with reader, contextlib.ExitStack() as stack:
+        if seed is not None and seed[1] is not None:
+            try:
+                wanted = OfflineFilter(seed[1], reader.linktype)
+            except (OSError, ValueError) as exc:
+                raise UsageError("-f", f"cannot filter {source}: {exc}") from None
+            stack.callback(wanted.close)
         for packet in reader:
+            if wanted is not None and not wanted.matches(packet.data):
+                continue
             when = packet.time
             if paced:
                 first = first or when
                 delay = (when - first).total_seconds() - (time.monotonic() - began)
                 if delay > 0:
                     await trio.sleep(delay)
-            await client.frame(packet.data, when, reader.linktype)
+            await client.frame(packet.data, when, reader.linktype, interface=interface)
             await trio.lowlevel.checkpoint()
