@@ -136,7 +136,7 @@ class TapClient(LinkSession):
         batch_pdus: int = BATCH_PDUS,
         batch_seconds: float = BATCH_SECONDS,
         epoch: int | None = None,
-        fixed: tuple[Tap, str | None] | None = None,
+        fixed: tuple[Any, ...] | None = None,
     ) -> None:
         self.credentials = credentials
         # The seed form's one tap and kernel filter: not rebuilt from warrant sets.
@@ -245,7 +245,9 @@ class TapClient(LinkSession):
             return
         from mediation.tap.live import LiveTap
 
-        expression = self.fixed[1] if self.fixed is not None else None
+        expression = None
+        if self.fixed is not None:  # the seed's -f, with DHCP when following
+            expression = self.fixed[0].matcher.kernel_expression()
         live = await trio.to_thread.run_sync(
             lambda: LiveTap(interface, self.taps, expression=expression)
         )
@@ -382,16 +384,23 @@ class TapClient(LinkSession):
         self.warrants_ready.set()
 
     def _apply_fixed(self, warrants: T.WarrantSet) -> None:
-        """The seed form: its one tap stays; warn when the server has no warrant for it."""
-        tap = self.fixed[0]  # type: ignore[index]
-        self.taps = [tap]
-        self._generation = warrants
-        case_id = tap.builder.case_id
-        if not any(w.case_id == case_id for w in warrants.warrants):
+        """The seed form: its one tap (following the warrant's MACs); warn when not served."""
+        from mediation.tap.seed import refit
+
+        tap, expression, rebuild = self.fixed  # type: ignore[misc]
+        served, fitted = refit(tap, warrants, rebuild)
+        if not served:
             log.warning(
                 "tap: the server has no warrant with this case identity for this tap; "
                 "its PDUs will be refused"
             )
+        if fitted is not None:
+            tap = fitted
+            self.fixed = (tap, expression, rebuild)
+            if self._live is not None:
+                self._live.set_expression(tap.matcher.kernel_expression(), [tap])
+        self.taps = [tap]
+        self._generation = warrants
         self.warrants_ready.set()
 
 

@@ -174,6 +174,20 @@ class LiveTap:
             raise
         self.filter = built
 
+    def set_expression(self, expression: str | None, warrants: Iterable[Warrant | Tap]) -> None:
+        """The seed form: a new kernel filter expression and taps, in one step.
+
+        Raises:
+            ValueError, OSError: as :meth:`set_warrants`; the old ones stay.
+        """
+        previous = self._expression
+        self._expression = expression
+        try:
+            self.set_warrants(warrants)
+        except BaseException:
+            self._expression = previous
+            raise
+
     # Running -----------------------------------------------------------------
 
     def process(self, batch: list[CapturedFrame]) -> list[ReplayItem]:

@@ -30,15 +30,12 @@ from typing import Any
 import trio
 
 from mediation.errors import UsageError
-from mediation.tap.builder import FixedCorrelation, PDUBuilder
 from mediation.tap.replay import Tap
+from mediation.tap.seed import seed_tap
 from mediation.tap.tapconfig import TapConfig
-from mediation.tap.targets import TargetMatcher
-from mediation.warrants.model import Target, TargetKind
 
 DEFAULT_SPOOL_LIMIT = 256 * 1024 * 1024
 log = logging.getLogger("mediation.tap")
-SEED_HANDLE = "seed"  # the seed tap's only tap; never leaves the process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,25 +87,6 @@ def read_credentials(path: Path) -> Any:
         ) from None
 
 
-def seed_tap(config: TapConfig) -> Tap:
-    """The one tap of a seed configuration.
-
-    Every frame the kernel filter (``-f``) lets through is the intercept's
-    (an ``iface:`` target: the direction is whether the host sent it); the
-    PDUs carry ``-y``/``-z`` and the agency's content identifier ``-x``
-    where T1.IAS carries one. The server still checks each PDU against the
-    warrant registered with that case identity for this tap.
-    """
-    builder = PDUBuilder(
-        config.case_id,
-        config.iap_id,
-        config.content,
-        FixedCorrelation(config.content_id.encode("ascii")),
-    )
-    matcher = TargetMatcher([Target(TargetKind.INTERFACE, config.interface)])
-    return Tap(SEED_HANDLE, matcher, builder)
-
-
 def run_tap(
     config: TapConfig, credentials_path: Path, source: Path | None = None, paced: bool = True
 ) -> int:
@@ -141,7 +119,7 @@ def run_tap(
         paced=paced,
         spool_dir=Path(f"{credentials_path}.spool"),
     )
-    return run(credentials, settings, seed_tap(config), config.filter)
+    return run(credentials, settings, seed_tap(config), config.filter, config)
 
 
 def run(
@@ -149,6 +127,7 @@ def run(
     settings: RunSettings,
     fixed: Tap | None = None,
     expression: str | None = None,
+    seed_config: TapConfig | None = None,
 ) -> int:
     """Run the tap process until its source ends (a file) or it is stopped (an interface).
 
@@ -157,6 +136,8 @@ def run(
         settings: see :class:`RunSettings`.
         fixed: the seed form's tap (else taps come from the server's warrant set).
         expression: the seed form's kernel filter (tcpdump syntax), with ``fixed``.
+        seed_config: the seed form's configuration, to rebuild ``fixed`` with
+            the MACs to follow of the server's warrant (mediation/tap/seed.py).
 
     Returns:
         0.
@@ -169,14 +150,18 @@ def run(
     logger = logging.getLogger("mediation.tap")
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if settings.quiet else logging.INFO)
-    seed = (fixed, expression) if fixed is not None else None
+    seed = None
+    if fixed is not None:
+        config = seed_config
+        rebuild = None if config is None else (lambda macs: seed_tap(config, macs))
+        seed = (fixed, expression, rebuild)
     try:
         return trio.run(_run, credentials, settings, seed)
     except* UsageError as group:  # raised inside a nursery: one line, exit 2, as everywhere
         raise group.exceptions[0] from None
 
 
-async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | None] | None) -> int:
+async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | None) -> int:
     from mediation.tap.link import TapClient, client_context
     from mediation.tap.spool import TapSpool
 
@@ -210,7 +195,7 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
                 assert settings.interface is not None
                 await _live(client, settings.interface, settings.workers)
             else:
-                await _replay(client, source, settings.paced, seed, settings.interface)
+                await _replay(client, source, settings.paced, settings.interface)
             with trio.move_on_after(math.inf if source is not None else 5.0):
                 await client.drained()  # a live tap stopping keeps the rest spooled
             nursery.cancel_scope.cancel()
@@ -277,7 +262,6 @@ async def _replay(
     client: Any,
     source: Path,
     paced: bool,
-    seed: tuple[Tap, str | None] | None = None,
     interface: str | None = None,
 ) -> None:
     """Every frame of a pcap file, at full speed or at the recorded pace.
@@ -296,9 +280,12 @@ async def _replay(
     began = time.monotonic()
     wanted = None
     with reader, contextlib.ExitStack() as stack:
-        if seed is not None and seed[1] is not None:
+        expression = None
+        if client.fixed is not None:  # the seed's -f, with DHCP when following
+            expression = client.fixed[0].matcher.kernel_expression()
+        if expression is not None:
             try:
-                wanted = OfflineFilter(seed[1], reader.linktype)
+                wanted = OfflineFilter(expression, reader.linktype)
             except (OSError, ValueError) as exc:
                 raise UsageError("-f", f"cannot filter {source}: {exc}") from None
             stack.callback(wanted.close)
