@@ -187,11 +187,18 @@ class _Worker:
     def _control(self, message: tuple[Any, ...]) -> bool:
         """One message from the tap process; whether to go on."""
         if message[0] == "warrants":
-            self.live.set_warrants(self._taps(message[1]))
+            previous = self.warrants
+            try:
+                self.live.set_warrants(self._taps(message[1]))
+            except (OSError, ValueError) as exc:  # the old filter and taps stay
+                self.warrants = previous
+                self.conn.send(("filter_failed", type(exc).__name__))
         elif message[0] == "learned":
             for tap in self.live.taps:
                 state = message[1].get(tap.handle)
-                if state is not None:
+                if state is None:
+                    continue
+                with contextlib.suppress(ValueError):  # a warrant changed meanwhile: the next one
                     tap.matcher.set_learned(state)
         elif message[0] == "stop":
             batch = self.live.capture.drain()
@@ -366,6 +373,8 @@ class CaptureWorkers:
             self.learned_pushed.set()
         elif kind == "stats":
             self._per_worker[index] = message[1:5]
+        elif kind == "filter_failed":
+            log.error("tap: capture worker %d kept its old filter (%s)", index, message[1])
 
     async def _stop(self, on_records: Any) -> None:
         """Ask every worker to stop; take what each still sends; wait for them to end."""
