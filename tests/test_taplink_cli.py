@@ -26,6 +26,12 @@ def carrier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Carrier:
             "--spool-limit: must be at least 65536 bytes, got 10",
         ),
         (("--read", "{pcap}", "--server", "nowhere"), "--server"),
+        (
+            ("--read", "{pcap}", "--workers", "2"),
+            "--workers: applies to live capture only: give -i IFACE, or drop it",
+        ),
+        (("-i", "lo", "--workers", "0"), "--workers: must be 1 to 64, got 0"),
+        (("-i", "lo", "--workers", "65"), "--workers: must be 1 to 64, got 65"),
     ],
 )
 def test_each_refusal_is_one_line(carrier: Carrier, extra: tuple[str, ...], message: str) -> None:
