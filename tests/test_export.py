@@ -1,0 +1,173 @@
+"""``mediate export`` and ``mediate verify``: a bundle a court checks with standard tools.
+
+A scripted intercept (a registered warrant; CmII reports, completeness
+notices and CC packets appended to the real, encrypted evidence log with
+known receive times) is exported through the CLI; the bundle verifies, its
+README's sha256sum and openssl commands succeed as written, and each kind
+of tampering is found and named.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from test_lea_support import cc_record, cmii_record
+from test_warrants_support import Carrier
+
+from mediation.evidence import readme
+from mediation.evidence.export import SIG_FILE, SUMS_FILE, sums_text
+from mediation.evidence.manifest import ManifestWriter
+from mediation.lea import rawfile
+from mediation.log import LOG_KEY_PURPOSE, EvidenceLog, LogConfig, LogKey
+from mediation.log.keys import load_or_create_signer, public_key_path
+from mediation.pdu import ClockStatus, StreamKind
+from mediation.warrants.access import KeyNeed, KeyOptions, open_registry
+from mediation.warrants.model import CaseDetails, ContentLevel, Target, TargetKind
+from mediation.warrants.operations import add_warrant
+
+T0 = dt.datetime(2026, 11, 23, 0, 0, 0, tzinfo=dt.UTC)
+CC_COUNT, CMII_COUNT = 45, 12  # checkpoints every 10 records: the last ones are closed at 44/11
+CASE = "CASE-TEST-0001"
+
+
+class Intercept:
+    """A carrier's data directory with one warrant and its records in the log."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.carrier = Carrier(tmp_path, monkeypatch)
+        self.carrier.setup()
+        self.tmp = tmp_path
+        options = KeyOptions(str(self.carrier.key))
+        with open_registry(self.carrier.data, options, KeyNeed.REQUIRED, lock=True) as registry:
+            details = CaseDetails(CASE, (Target(TargetKind.ADDRESS, "192.0.2.10"),))
+            end = T0 + dt.timedelta(days=30)
+            warrant = add_warrant(
+                registry, "AGENCY-TEST-1", details, ContentLevel.FULL, T0, end, T0
+            )
+            self.handle = warrant.handle
+            self.log_key = LogKey(registry.key.derive(LOG_KEY_PURPOSE))  # type: ignore[union-attr]
+        trio.run(self._write)
+        self.public_pem = public_key_path(self.carrier.data)
+
+    async def _write(self) -> None:
+        config = LogConfig(checkpoint_records=10, checkpoint_interval=1000.0)
+        async with EvidenceLog.open(self.carrier.data, config, key=self.log_key) as log:
+            for kind, count, make in (
+                (StreamKind.CMII, CMII_COUNT, cmii_record),
+                (StreamKind.CMCC, CC_COUNT, cc_record),
+            ):
+                stream = await log.stream(self.handle, kind)
+                for n in range(count):
+                    record = make(n)
+                    when = T0 + dt.timedelta(minutes=n)  # minute n: for --from/--to
+                    kind_ = record.kind.name  # protocol's ContentKind -> the log's
+                    await stream.append(
+                        record.payload, _log_kind(kind_), ClockStatus.SYNCHRONISED, when
+                    )
+
+    def export(self, out: Path, *extra: str) -> str:
+        return self.carrier.ok("export", self.handle, "--out", str(out), *extra)
+
+
+def _log_kind(name: str):  # type: ignore[no-untyped-def]
+    from mediation.log import ContentKind
+
+    return {"CMII": ContentKind.CMII, "CMCC": ContentKind.CMCC, "NOTICE": ContentKind.NOTICE}[name]
+
+
+@pytest.fixture
+def intercept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Intercept:
+    return Intercept(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def bundle(intercept: Intercept) -> Path:
+    out = intercept.tmp / "bundle"
+    intercept.export(out)
+    return out
+
+
+def verify(intercept: Intercept, path: Path, *extra: str) -> tuple[int, str]:
+    run = intercept.carrier("verify", str(path), *extra)
+    return run.code, run.out + run.err
+
+
+def resign(bundle: Path, key: Ed25519PrivateKey | None = None) -> None:
+    """Rebuild SHA256SUMS after an edit (what a careful forger does), signed with ``key``."""
+    sums = sums_text(bundle)
+    (bundle / SUMS_FILE).write_bytes(sums)
+    if key is not None:
+        (bundle / SIG_FILE).write_bytes(key.sign(sums))
+
+
+def test_a_bundle_verifies_complete_and_names_files_by_handle_only(
+    intercept: Intercept, bundle: Path
+) -> None:
+    handle = intercept.handle
+    names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    for name in ("README.txt", "SHA256SUMS", "SHA256SUMS.sig", "bundle.json", "audit.jsonl"):
+        assert name in names
+    for name in ("cmii.raw", "cmcc.raw", "checkpoints.raw", "cmcc.pcap", "cmii.jsonl"):
+        assert f"{handle}/{name}" in names
+    assert not any(CASE in name for name in names)
+    summary = json.loads((bundle / "bundle.json").read_text())
+    assert summary["streams"]["cmcc"]["first"] == 0
+    assert summary["streams"]["cmcc"]["last"] == CC_COUNT - 1
+    assert summary["streams"]["cmii"]["last"] == CMII_COUNT - 1
+    # Decrypted: the case id is in the PDUs of the bundle (it is evidence).
+    assert b"CASE-0001" in (bundle / handle / "cmcc.raw").read_bytes()
+    # Notices: odd CmII records are completeness notices.
+    notices = (bundle / handle / "notices.jsonl").read_text().splitlines()
+    assert len(notices) == CMII_COUNT // 2
+    audit = [json.loads(line) for line in (bundle / "audit.jsonl").read_text().splitlines()]
+    assert audit and all(e["handle"] == handle for e in audit)
+    code, out = verify(intercept, bundle, "--key", str(intercept.public_pem))
+    assert code == 0, out
+    assert "COMPLETE" in out
+    # The export itself is audited, by handle.
+    trail = (intercept.carrier.data / "audit" / "audit.log").read_text()
+    assert json.loads(trail.splitlines()[-1])["command"] == "export"
+
+
+def test_the_readme_commands_succeed_as_written(intercept: Intercept, bundle: Path) -> None:
+    text = (bundle / "README.txt").read_text()
+    commands = [readme.SUMS_CHECK, readme.SIG_CHECK, *readme.checkpoint_commands(intercept.handle)]
+    for command in commands:
+        assert command in text
+        run = subprocess.run(command, shell=True, cwd=bundle, capture_output=True, text=True)
+        assert run.returncode == 0, (command, run.stdout, run.stderr)
+    assert "Signature Verified Successfully" in run.stdout
+    # And they fail on a forgery: a changed signature of the checkpoint.
+    forged = bundle / intercept.handle / "checkpoints.txt"
+    line = forged.read_text().splitlines()[0].split(" ")
+    signature = bytearray(base64.b64decode(line[5]))
+    signature[0] ^= 1
+    line[5] = base64.b64encode(bytes(signature)).decode()
+    forged.write_text(" ".join(line) + "\n")
+    run = subprocess.run(
+        " && ".join(readme.checkpoint_commands(intercept.handle)),
+        shell=True,
+        cwd=bundle,
+        capture_output=True,
+    )
+    assert run.returncode != 0
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="no tcpdump")
+def test_tcpdump_reads_every_packet(intercept: Intercept, bundle: Path) -> None:
+    pcap = bundle / intercept.handle / "cmcc.pcap"
+    run = subprocess.run(["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == CC_COUNT
+    assert "192.0.2.10" in run.stdout
+
