@@ -171,3 +171,125 @@ def test_tcpdump_reads_every_packet(intercept: Intercept, bundle: Path) -> None:
     assert len(run.stdout.splitlines()) == CC_COUNT
     assert "192.0.2.10" in run.stdout
 
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _swap_first_two(path: Path) -> None:
+    messages, _torn = rawfile.scan(path)
+    data = path.read_bytes()
+    a, b = messages[0], messages[1]
+    first = data[a.offset : a.offset + a.length]
+    second = data[b.offset : b.offset + b.length]
+    path.write_bytes(second + first + data[b.offset + b.length :])
+
+
+def _edit_record(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.count(b"packet 3\xa0") == 1  # the end of record 3, then record 4
+    path.write_bytes(data.replace(b"packet 3\xa0", b"packet 8\xa0"))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+
+
+def _edit_audit(path: Path) -> None:
+    entry = json.loads(path.read_text().splitlines()[0])
+    entry["user"] = "someone-else"
+    path.write_text(json.dumps(entry) + "\n")
+
+
+# (what is done, file under the bundle ("H" for the handle), whether SHA256SUMS is
+# rebuilt afterwards (then its signature fails, but the check named is the deeper one),
+# what the report must say)
+TAMPERING = [
+    ("edit a packet in the pcap", "H/cmcc.pcap", _flip_last_byte, False, "SHA-256 differs"),
+    ("... and rebuild SHA256SUMS", "H/cmcc.pcap", _flip_last_byte, True, "packet 45 differs"),
+    ("drop a file", "H/cmii.jsonl", Path.unlink, False, "H/cmii.jsonl: missing"),
+    ("reorder PDUs", "H/cmcc.raw", _swap_first_two, True, "record 0 comes after 1"),
+    ("truncate a file", "H/cmcc.raw", _truncate, True, "H/cmcc.raw: holds 0..43"),
+    (
+        "edit a record",
+        "H/cmcc.raw",
+        _edit_record,
+        True,
+        "records 0..9 do not match the server's signed checkpoint at 9",
+    ),
+    ("edit an audit entry", "audit.jsonl", _edit_audit, True, "audit.jsonl: entry on line 1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "name", "change", "rebuild", "expected"),
+    TAMPERING,
+    ids=[t[0] for t in TAMPERING],
+)
+def test_each_kind_of_tampering_is_found_and_named(
+    intercept: Intercept, bundle: Path, what: str, name: str, change, rebuild: bool, expected: str
+) -> None:  # type: ignore[no-untyped-def]
+    handle = intercept.handle
+    change(bundle / name.replace("H/", f"{handle}/"))
+    if rebuild:
+        resign(bundle)
+    code, out = verify(intercept, bundle, "--key", str(intercept.public_pem))
+    assert code == 1, out
+    assert expected.replace("H/", f"{handle}/") in out, out
+    assert f"TAMPERED  {name.replace('H/', f'{handle}/')}" in out or not (bundle / name).exists()
+    if rebuild:
+        assert "SHA256SUMS.sig: does not verify" in out
+
+
+def test_a_replaced_key_fails_against_the_trusted_one(intercept: Intercept, bundle: Path) -> None:
+    forger = Ed25519PrivateKey.generate()
+    pem = forger.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    (bundle / "log-signing.pub.pem").write_bytes(pem)
+    resign(bundle, forger)  # the list and its signature agree with the forged key
+    code, out = verify(intercept, bundle, "--key", str(intercept.public_pem))
+    assert code == 1
+    assert "log-signing.pub.pem: not the trusted key given with --key (replaced)" in out
+    assert "SHA256SUMS.sig: does not verify" in out
+    # Without a trusted copy, the server's checkpoints still refuse the forged key.
+    code, out = verify(intercept, bundle)
+    assert code == 1
+    assert "signed by another key" in out
+
+
+def test_a_changed_manifest_line_of_the_capture_files_is_found(
+    intercept: Intercept, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captures = intercept.tmp / "captures" / intercept.handle
+    captures.mkdir(parents=True)
+    (captures / "cmcc-0.pcap").write_bytes(b"pcap bytes")
+    signer = load_or_create_signer(intercept.carrier.data)
+    writer = ManifestWriter(captures / "manifest.jsonl", signer)
+    fields = {
+        "file": "cmcc-0.pcap",
+        "stream": "cmcc",
+        "format": "pcap",
+        "size": 10,
+        "sha256": hashlib.sha256(b"pcap bytes").hexdigest(),
+        "first_seq": 0,
+        "last_seq": 4,
+        "first_time": "2026-11-23T00:00:00.000000Z",
+        "last_time": "2026-11-23T00:04:00.000000Z",
+        "complete": True,
+    }
+    writer.append(fields)
+    writer.close()
+    monkeypatch.setattr("mediation.cli.export._capture_dirs", lambda _r, _w: [captures])
+    out = intercept.tmp / "bundle"
+    intercept.export(out)
+    assert (out / "files" / "1" / "manifest.jsonl").is_file()
+    code, text = verify(intercept, out, "--key", str(intercept.public_pem))
+    assert code == 0, text
+    manifest = out / "files" / "1" / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace('"last_seq":4', '"last_seq":5'))
+    resign(out)
+    code, text = verify(intercept, out, "--key", str(intercept.public_pem))
+    assert code == 1
+    assert "files/1/manifest.jsonl: line 1 (cmcc-0.pcap): signature does not verify" in text
