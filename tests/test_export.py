@@ -22,7 +22,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from test_lea_support import cc_record, cmii_record
-from test_warrants_support import Carrier
+from test_warrants_support import Carrier, error_line
 
 from mediation.evidence import readme
 from mediation.evidence.export import SIG_FILE, SUMS_FILE, sums_text
@@ -293,3 +293,117 @@ def test_a_changed_manifest_line_of_the_capture_files_is_found(
     code, text = verify(intercept, out, "--key", str(intercept.public_pem))
     assert code == 1
     assert "files/1/manifest.jsonl: line 1 (cmcc-0.pcap): signature does not verify" in text
+
+
+def test_a_window_exports_whole_signed_spans_and_verifies(
+    intercept: Intercept, tmp_path: Path
+) -> None:
+    out = tmp_path / "window"
+    # Records are a minute apart from T0: minutes 11..27 are CC records 11..27,
+    # widened to the checkpoints after 9 and at 29; CmII record 11, from the one after 9.
+    intercept.export(out, "--from", "2026-11-23T00:11:00Z", "--to", "2026-11-23T00:27:00Z")
+    summary = json.loads((out / "bundle.json").read_text())
+    cc = summary["streams"]["cmcc"]
+    assert (cc["first"], cc["last"], cc["anchor_checkpoint"]) == (10, 29, 9)
+    assert cc["wanted"] == [11, 27]
+    cmii = summary["streams"]["cmii"]
+    assert (cmii["first"], cmii["last"], cmii["wanted"]) == (10, 11, [11, 11])
+    code, text = verify(intercept, out, "--key", str(intercept.public_pem))
+    assert code == 0, text
+    assert "w-" in text and "20 records 10..29" in text
+
+
+def test_records_not_yet_signed_are_a_gap_not_a_fault(intercept: Intercept, tmp_path: Path) -> None:
+    # A crash before the last checkpoint was written: cut it off the last CC segment.
+    from mediation.log.evidence_log import stream_dir
+    from mediation.log.format import CHECKPOINT, FRAME_SIZE
+    from mediation.log.segments import list_segments
+
+    directory = stream_dir(intercept.carrier.data, intercept.handle, StreamKind.CMCC)
+    _first, last = list_segments(directory)[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[: -(FRAME_SIZE + CHECKPOINT.size)])
+    out = tmp_path / "bundle"
+    printed = intercept.export(out)
+    assert "40..44 after the last checkpoint: not yet signed" in printed
+    code, text = verify(intercept, out, "--key", str(intercept.public_pem))
+    assert code == 3, text
+    assert f"GAPS: {intercept.handle}/cmcc 40..44: after the last checkpoint" in text
+    assert "TAMPERED" not in text
+
+
+def test_refusals_are_one_line_and_write_nothing(intercept: Intercept, tmp_path: Path) -> None:
+    carrier, handle = intercept.carrier, intercept.handle
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("x")
+    cases = [
+        (("export", handle, "--out", str(taken)), "--out: "),
+        (("export", "w-000000", "--out", str(tmp_path / "a")), "HANDLE: no warrant w-000000"),
+        (("export", "CASE-1", "--out", str(tmp_path / "a")), "HANDLE: must be a handle"),
+        (("export", handle, "--out", str(tmp_path / "a"), "--from", "yesterday"), "--from: "),
+        (
+            (
+                "export",
+                handle,
+                "--out",
+                str(tmp_path / "a"),
+                "--from",
+                "2026-11-24",
+                "--to",
+                "2026-11-23",
+            ),
+            "--to: must not be before --from",
+        ),
+        (
+            ("export", handle, "--out", str(tmp_path / "a"), "--from", "2027-01-01"),
+            "HANDLE: " + handle + ": no signed records in that window",
+        ),
+        (("export", handle, "--out", str(tmp_path / "no" / "such")), "--out: "),
+        (("verify", str(tmp_path / "nothing")), "BUNDLE: "),
+        (("verify", str(taken)), "BUNDLE: "),
+        (("verify", str(taken), "--key", str(taken / "x")), "--key: "),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv, expected in cases:
+        run = carrier(*argv)
+        assert run.code == 2, (argv, run)
+        assert error_line(run).startswith(f"mediate: error: {expected}"), (argv, run.err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (taken / "x").read_text() == "x"
+
+
+def test_a_failure_half_way_leaves_nothing(
+    intercept: Intercept, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*_args: object) -> str:
+        raise OSError(28, "No space left on device", str(tmp_path / "bundle" / "README.txt"))
+
+    monkeypatch.setattr("mediation.evidence.export.readme_text", disk_full)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    run = intercept.carrier("export", intercept.handle, "--out", str(tmp_path / "bundle"))
+    assert run.code != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no bundle, no temp dir
+
+
+def test_export_works_while_the_server_runs(intercept: Intercept, tmp_path: Path) -> None:
+    from mediation.server.app import MediationServer
+    from mediation.warrants.keys import read_key_file
+
+    key = read_key_file(intercept.carrier.key)
+    out = tmp_path / "live"
+
+    async def main() -> None:
+        server = MediationServer(intercept.carrier.data, key)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            run = await trio.to_thread.run_sync(
+                intercept.carrier, "export", intercept.handle, "--out", str(out)
+            )
+            assert run.code == 0, run.err
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    code, text = verify(intercept, out, "--key", str(intercept.public_pem))
+    assert code in (0, 3), text  # the server's own new notices may not be signed yet
+    assert "TAMPERED" not in text
