@@ -32,7 +32,6 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ from mediation import __version__
 from mediation.durable import fsync_dir, write_new
 from mediation.evidence.readme import readme_text
 from mediation.evidence.records import ExportError, Span, choose_span, span_items
+from mediation.lea.files import sha256_of
 from mediation.lea.outputs import JSONL_FILE, CaseOutputs
 from mediation.log import format as F
 from mediation.log.crypto import LogKey
@@ -186,9 +186,7 @@ def _write(
         "audit_entries": len(attachments.audit_entries),
         "capture_dirs": captures,
         "confirmation": attachments.confirmation is not None,
-        "key_id": hashlib.sha256(
-            signer.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        ).hexdigest(),
+        "key_id": signer.key_id.hex(),
     }
     write_new(temp / BUNDLE_FILE, (json.dumps(summary, indent=2) + "\n").encode(), 0o600)
     write_new(temp / README_FILE, readme_text(handle, summary).encode(), 0o644)
@@ -248,9 +246,18 @@ def _copy_captures(temp: Path, handle: str, dirs: list[Path]) -> list[str]:
         target = temp / FILES_DIR / str(n)
         target.mkdir(mode=0o700, parents=True)
         for path in sorted(p for p in source.iterdir() if p.is_file()):
-            write_new(target / path.name, path.read_bytes(), 0o600)
+            _copy(path, target / path.name)
         names.append(f"{FILES_DIR}/{n}")
     return names
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy a capture file (possibly large) and sync it; mode 0600 before any byte."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as out, source.open("rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def sums_text(root: Path) -> bytes:
@@ -260,6 +267,6 @@ def sums_text(root: Path) -> bytes:
         name = path.relative_to(root).as_posix()
         if name in (SUMS_FILE, SIG_FILE):
             continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_of(path)
         lines.append(f"{digest}  {name}\n")
     return "".join(lines).encode("utf-8")

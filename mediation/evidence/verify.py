@@ -23,7 +23,6 @@ verify``: 1 is a fault, 3 sound but not everything there, 2 usage.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import tempfile
@@ -36,6 +35,7 @@ from mediation.evidence import export as X
 from mediation.evidence.manifest import MANIFEST, verify_manifest
 from mediation.evidence.pcap import PcapError, PcapReader
 from mediation.lea import rawfile
+from mediation.lea.files import sha256_of
 from mediation.lea.outputs import CHECKPOINT_FILE, JSONL_FILE, PCAP_FILE, CaseOutputs, raw_name
 from mediation.lea.outputs import safe_handle as _safe
 from mediation.lea.verify import VerifyError, check_case, check_output
@@ -153,7 +153,7 @@ def _sums(root: Path, public: Ed25519PublicKey | None, report: BundleReport) -> 
             report.fault(name, "not listed in SHA256SUMS (added)")
         elif name not in present:
             report.fault(name, "missing (listed in SHA256SUMS)")
-        elif hashlib.sha256((root / name).read_bytes()).hexdigest() != listed[name]:
+        elif sha256_of(root / name) != listed[name]:
             report.fault(name, "SHA-256 differs from SHA256SUMS (altered)")
         else:
             report.files.setdefault(name, None)
@@ -233,7 +233,7 @@ def _derived(case: Path, handle: str, report: BundleReport) -> None:
     for sums in sorted(case.glob("*.sha256")):
         digest, _sep, name = sums.read_text().strip().partition("  ")
         target = case / name
-        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() != digest:
+        if target.is_file() and sha256_of(target) != digest:
             report.fault(f"{handle}/{sums.name}", f"does not match {name}")
 
 
@@ -336,8 +336,7 @@ def check_manifest(directory: Path, public: Ed25519PublicKey) -> list[tuple[str,
         if not target.is_file():
             out.append((name, "missing (named in the manifest)"))
             continue
-        data = target.read_bytes()
-        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        if target.stat().st_size != entry["size"] or sha256_of(target) != entry["sha256"]:
             out.append((name, "size or SHA-256 differs from its signed manifest line (altered)"))
     for other in sorted(p.name for p in directory.iterdir() if p.is_file()):
         if other != MANIFEST and not other.endswith(".sha256") and other not in named:
