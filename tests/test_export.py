@@ -259,9 +259,8 @@ def test_a_replaced_key_fails_against_the_trusted_one(intercept: Intercept, bund
     assert "signed by another key" in out
 
 
-def test_a_changed_manifest_line_of_the_capture_files_is_found(
-    intercept: Intercept, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _captures(intercept: Intercept) -> Path:
+    """A files endpoint's directory for the warrant: one capture file and its manifest."""
     captures = intercept.tmp / "captures" / intercept.handle
     captures.mkdir(parents=True)
     (captures / "cmcc-0.pcap").write_bytes(b"pcap bytes")
@@ -281,6 +280,13 @@ def test_a_changed_manifest_line_of_the_capture_files_is_found(
     }
     writer.append(fields)
     writer.close()
+    return captures
+
+
+def test_a_changed_manifest_line_of_the_capture_files_is_found(
+    intercept: Intercept, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captures = _captures(intercept)
     monkeypatch.setattr("mediation.cli.export._capture_dirs", lambda _r, _w: [captures])
     out = intercept.tmp / "bundle"
     intercept.export(out)
@@ -407,3 +413,78 @@ def test_export_works_while_the_server_runs(intercept: Intercept, tmp_path: Path
     code, text = verify(intercept, out, "--key", str(intercept.public_pem))
     assert code in (0, 3), text  # the server's own new notices may not be signed yet
     assert "TAMPERED" not in text
+
+
+def test_verify_takes_a_receivers_directory_and_a_files_directory(
+    intercept: Intercept, bundle: Path
+) -> None:
+    key = ("--key", str(intercept.public_pem))
+    code, text = verify(intercept, bundle / intercept.handle, *key)
+    assert code == 0, text
+    assert "ok: all verified" in text
+    run = intercept.carrier("verify", str(bundle / intercept.handle))
+    assert run.code == 2
+    assert "give --key PEM" in error_line(run)
+    captures = _captures(intercept)
+    code, text = verify(intercept, captures, *key)
+    assert code == 0, text
+    (captures / "cmcc-0.pcap").write_bytes(b"pcap bytez")
+    code, text = verify(intercept, captures, *key)
+    assert code == 1
+    assert "cmcc-0.pcap: size or SHA-256 differs from its signed manifest line" in text
+
+
+def test_a_damaged_summary_or_an_added_link_is_tampering(
+    intercept: Intercept, bundle: Path, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bundle, damaged)
+    (damaged / "bundle.json").write_text('{"handle": "../x", "streams": []}')
+    code, text = verify(intercept, damaged, "--key", str(intercept.public_pem))
+    assert code == 1
+    assert "TAMPERED: bundle.json: not a valid summary" in text
+    (bundle / "extra").symlink_to("/etc/hostname")
+    code, text = verify(intercept, bundle, "--key", str(intercept.public_pem))
+    assert code == 1
+    assert "extra: a symbolic link" in text
+
+
+def test_the_confirmation_record_goes_in_when_the_server_has_one(
+    intercept: Intercept, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    module = types.ModuleType("fake_confirmation")
+    seen = []
+
+    def confirmation_records(data_dir: Path, key: object, handle: str) -> list[dict]:
+        seen.append(handle)
+        return [{"time": "2026-11-23T00:00:00.000000Z", "event": "targets", "targets": 1}]
+
+    module.confirmation_records = confirmation_records  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_confirmation", module)
+    monkeypatch.setattr("mediation.cli.export.CONFIRMATION_MODULE", "fake_confirmation")
+    out = tmp_path / "bundle"
+    intercept.export(out)
+    assert seen == [intercept.handle]
+    record = json.loads((out / "confirmation.json").read_text())
+    assert record["records"][0]["event"] == "targets"
+    assert "confirmation.json" in (out / "SHA256SUMS").read_text()
+    code, text = verify(intercept, out, "--key", str(intercept.public_pem))
+    assert code == 0, text
+
+
+def test_a_warrant_with_nothing_in_the_log_is_refused(intercept: Intercept, tmp_path: Path) -> None:
+    carrier = intercept.carrier
+    options = KeyOptions(str(carrier.key))
+    with open_registry(carrier.data, options, KeyNeed.REQUIRED, lock=True) as registry:
+        details = CaseDetails("CASE-TEST-0002", (Target(TargetKind.ADDRESS, "192.0.2.11"),))
+        end = T0 + dt.timedelta(days=30)
+        other = add_warrant(registry, "AGENCY-TEST-1", details, ContentLevel.FULL, T0, end, T0)
+    run = carrier("export", other.handle, "--out", str(tmp_path / "b"))
+    assert run.code == 2
+    assert error_line(run) == (
+        f"mediate: error: HANDLE: {other.handle}: nothing in the evidence log for this warrant"
+    )
+    assert not (tmp_path / "b").exists()

@@ -130,6 +130,8 @@ def export_bundle(
         if directory.is_dir():
             span = choose_span(directory, StreamId(request.handle, kind), key, since, until)
             spans.append((directory, span))
+    if not spans:
+        raise ExportError(f"{request.handle}: nothing in the evidence log for this warrant")
     if not any(span.first is not None for _d, span in spans):
         raise ExportError(
             f"{request.handle}: no signed records in that window "

@@ -87,29 +87,52 @@ class BundleReport:
 def verify_bundle(root: Path, trusted: Ed25519PublicKey | None) -> BundleReport:
     """Check the bundle at ``root``; with ``trusted``, against that key only.
 
-    Raises:
-        VerifyError: ``root`` is not an export bundle (no readable bundle.json).
+    A bundle.json that does not parse is a fault like any other edit: the
+    hashes and signature are still checked and reported.
     """
-    try:
-        summary = json.loads((root / X.BUNDLE_FILE).read_text())
-        handle = summary["handle"]
-        spans = summary["streams"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise VerifyError(f"{root}: not an export bundle (no readable {X.BUNDLE_FILE})") from None
-    if not isinstance(handle, str) or not _safe(handle) or not isinstance(spans, dict):
-        raise VerifyError(f"{root}/{X.BUNDLE_FILE}: no valid handle or streams")
     report = BundleReport()
+    links = sorted(p for p in root.rglob("*") if p.is_symlink())
+    for link in links:
+        report.fault(link.relative_to(root).as_posix(), "a symbolic link (an export holds none)")
+    if links:
+        return report  # a link may point anywhere (a device that never ends): read nothing
     public = _key(root, trusted, report)
     _sums(root, public, report)
+    parsed = _summary(root, report)
+    if parsed is None:
+        return report
+    handle, spans = parsed
     if public is not None:
         _records(root, handle, spans, public, report)
         _captures(root, public, report)
     _derived(root / handle, handle, report)
     _audit(root, handle, report)
     for name, span in sorted(spans.items()):
-        for gap in span.get("gaps", []):
+        for gap in span["gaps"]:
             report.gaps.append(f"{handle}/{name} {gap['first']}..{gap['last']}: {gap['why']}")
     return report
+
+
+def _summary(root: Path, report: BundleReport) -> tuple[str, dict[str, dict]] | None:
+    """The handle and per-stream spans of bundle.json; None (and a fault) if malformed."""
+    try:
+        summary = json.loads((root / X.BUNDLE_FILE).read_bytes())
+        handle, spans = summary["handle"], summary["streams"]
+        if not isinstance(handle, str) or not _safe(handle):
+            raise ValueError("handle")
+        for name, span in spans.items():
+            first, last = span["first"], span["last"]
+            if name not in F.DIR_KINDS or (first is None) != (last is None):
+                raise ValueError(name)
+            if first is not None and not (type(first) is int and type(last) is int):
+                raise ValueError(name)
+            for gap in span["gaps"]:
+                if not isinstance(gap, dict) or not {"first", "last", "why"} <= gap.keys():
+                    raise ValueError(name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        report.fault(X.BUNDLE_FILE, "not a valid summary (edited or damaged)")
+        return None
+    return handle, spans
 
 
 def _key(
@@ -132,6 +155,7 @@ def _key(
 
 
 def _sums(root: Path, public: Ed25519PublicKey | None, report: BundleReport) -> None:
+    """Every file against SHA256SUMS, and its signature."""
     try:
         data = (root / X.SUMS_FILE).read_bytes()
     except OSError:
@@ -144,10 +168,8 @@ def _sums(root: Path, public: Ed25519PublicKey | None, report: BundleReport) -> 
             report.fault(X.SUMS_FILE, f"line {n} is not a sha256sum line")
             continue
         listed[name] = digest
-    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {
-        X.SUMS_FILE,
-        X.SIG_FILE,
-    }
+    files = (p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    present = {p.relative_to(root).as_posix() for p in files} - {X.SUMS_FILE, X.SIG_FILE}
     for name in sorted(present | set(listed)):
         if name not in listed:
             report.fault(name, "not listed in SHA256SUMS (added)")
