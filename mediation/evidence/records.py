@@ -142,27 +142,33 @@ def choose_span(
             span.stored_first = item.seq
         span.stored_last = item.seq
         times.append(item.received_us)
-    if span.stored_first is None:
-        return span
-    base = span.stored_first
+    if span.stored_first is not None:
+        _widen(span, times, checkpoints, since_us, until_us)
+    return span
+
+
+def _widen(
+    span: Span, times: array, checkpoints: list[int], since_us: int | None, until_us: int | None
+) -> None:
+    """Set the span's wanted records, then widen them to the signed spans around them."""
+    base = span.stored_first or 0
     inside = [
         i
         for i, t in enumerate(times)
         if (since_us is None or t >= since_us) and (until_us is None or t <= until_us)
     ]
     if not inside:
-        return span
+        return
     span.wanted_first, span.wanted_last = base + inside[0], base + inside[-1]
     before = [c for c in checkpoints if c < span.wanted_first]
     after = [c for c in checkpoints if c >= span.wanted_last]
     span.anchor = before[-1] if before else None
-    first = span.anchor + 1 if before else base
+    first = span.anchor + 1 if span.anchor is not None else base
     last = after[0] if after else (checkpoints[-1] if checkpoints else first - 1)
     if last < span.wanted_last:
         span.unsigned = (max(last + 1, span.wanted_first), span.wanted_last)
     if last >= first:
         span.first, span.last = first, last
-    return span
 
 
 def span_items(directory: Path, span: Span, key: LogKey | None) -> Iterator[Item]:
