@@ -488,3 +488,32 @@ def test_a_warrant_with_nothing_in_the_log_is_refused(intercept: Intercept, tmp_
         f"mediate: error: HANDLE: {other.handle}: nothing in the evidence log for this warrant"
     )
     assert not (tmp_path / "b").exists()
+
+
+def _purge(intercept: Intercept, kind: StreamKind, last: int) -> None:
+    """What retention leaves of a stream: no segments, a journal line (not signed here)."""
+    from mediation.log.evidence_log import stream_dir
+    from mediation.log.segments import list_segments
+
+    directory = stream_dir(intercept.carrier.data, intercept.handle, kind)
+    for _first, path in list_segments(directory):
+        path.unlink()
+    entry = {"event": "removed", "first": 0, "last": last, "time_us": 0}
+    entry |= {"chain": "00" * 32, "signature": "00" * 64}
+    (directory / "retention.jsonl").write_text(json.dumps(entry) + "\n")
+
+
+def test_what_retention_removed_is_a_gap_and_all_of_it_a_refusal(
+    intercept: Intercept, tmp_path: Path
+) -> None:
+    _purge(intercept, StreamKind.CMCC, CC_COUNT - 1)
+    out = tmp_path / "bundle"
+    printed = intercept.export(out)
+    assert f"cmcc: not in the bundle: 0..{CC_COUNT - 1} removed by retention" in printed
+    code, text = verify(intercept, out, "--key", str(intercept.public_pem))
+    assert code == 3, text
+    assert f"GAPS: {intercept.handle}/cmcc 0..{CC_COUNT - 1}: removed by retention" in text
+    _purge(intercept, StreamKind.CMII, CMII_COUNT - 1)
+    run = intercept.carrier("export", intercept.handle, "--out", str(tmp_path / "again"))
+    assert run.code == 2
+    assert error_line(run).endswith("no records left in the evidence log (purged)")

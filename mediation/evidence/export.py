@@ -132,6 +132,8 @@ def export_bundle(
             spans.append((directory, span))
     if not spans:
         raise ExportError(f"{request.handle}: nothing in the evidence log for this warrant")
+    if all(span.stored_first is None for _d, span in spans):
+        raise ExportError(f"{request.handle}: no records left in the evidence log (purged)")
     if not any(span.first is not None for _d, span in spans):
         raise ExportError(
             f"{request.handle}: no signed records in that window "
@@ -205,6 +207,7 @@ def _write_case(
     """``HANDLE/``: envelopes, checkpoints, pcap and JSON, as a receiver writes them."""
     outputs = CaseOutputs(temp, handle)
     lines = []
+    written: dict[StreamKind, int] = {}
     try:
         for directory, span in spans:
             for item in span_items(directory, span, key):
@@ -212,10 +215,18 @@ def _write_case(
                     outputs.store_checkpoint(encode_message(item.to_pdu()))
                     lines.append(checkpoint_line(item))
                     continue
+                written[span.stream.kind] = written.get(span.stream.kind, 0) + 1
                 raw = record_envelope(span.stream, item, False)
                 outputs.store(fast.decode_envelope(raw), raw, retrieved=False, at=item.received)
     finally:
         outputs.close()
+    for _directory, span in spans:
+        expected = 0 if span.first is None or span.last is None else span.last - span.first + 1
+        if written.get(span.stream.kind, 0) != expected:
+            raise ExportError(
+                f"{F.stream_label(span.stream)}: records {span.first}..{span.last} changed "
+                "while being exported (retention ran?); nothing written, try again"
+            )
     case = temp / handle
     write_new(case / CHECKPOINTS_TXT, "".join(lines).encode("ascii"), 0o644)
     write_new(case / NOTICES_FILE, notices_of(case / JSONL_FILE), 0o600)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mediation.log import format as F
 from mediation.log.crypto import BodyReader, LogKey, RecordUnreadable, WrongLogKey
+from mediation.log.retention import removed_prefix
 from mediation.log.segments import list_segments
 from mediation.pdu import StreamId
 
@@ -91,6 +92,7 @@ class Span:
     wanted_first: int | None = None  # the records inside --from/--to
     wanted_last: int | None = None
     unsigned: tuple[int, int] | None = None  # wanted, but after the last checkpoint
+    purged: int = 0  # records 0..purged-1 were removed by retention (its journal says)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -105,8 +107,12 @@ class Span:
     def gaps(self) -> list[dict[str, object]]:
         """Sequence ranges asked for that the export does not hold, with why."""
         out: list[dict[str, object]] = []
-        if self.stored_first:
-            out.append({"first": 0, "last": self.stored_first - 1, "why": "not in the log"})
+        if self.purged:
+            why = "removed by retention (the log's signed retention journal)"
+            out.append({"first": 0, "last": self.purged - 1, "why": why})
+        gone = self.stored_first if self.stored_first is not None else self.purged
+        if gone > self.purged:
+            out.append({"first": self.purged, "last": gone - 1, "why": "not in the log"})
         if self.unsigned is not None:
             first, last = self.unsigned
             why = "after the last checkpoint: not yet signed, so not exported"
@@ -131,7 +137,7 @@ def choose_span(
     Raises:
         ExportError: as :func:`read_stream`.
     """
-    span = Span(stream)
+    span = Span(stream, purged=removed_prefix(directory, stream).next_seq)
     times = array("q")
     checkpoints: list[int] = []
     for item in read_stream(directory, stream, key):
