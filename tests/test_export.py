@@ -517,3 +517,15 @@ def test_what_retention_removed_is_a_gap_and_all_of_it_a_refusal(
     run = intercept.carrier("export", intercept.handle, "--out", str(tmp_path / "again"))
     assert run.code == 2
     assert error_line(run).endswith("no records left in the evidence log (purged)")
+
+
+def test_no_bundle_stays_without_its_audit_entry(
+    intercept: Intercept, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device", str(tmp_path / "audit.log"))
+
+    monkeypatch.setattr("mediation.warrants.registry.WarrantRegistry.record", refuse)
+    run = intercept.carrier("export", intercept.handle, "--out", str(tmp_path / "bundle"))
+    assert run.code != 0
+    assert not (tmp_path / "bundle").exists()

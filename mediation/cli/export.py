@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +92,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             result = export_bundle(request, log_key, signer, attachments, dt.datetime.now(dt.UTC))
         except ExportError as exc:
             raise UsageError("HANDLE", str(exc)) from None
-        registry.record(AuditEvent("export", handle, detail=_detail(result)))
+        try:
+            registry.record(AuditEvent("export", handle, detail=_detail(result)))
+        except BaseException:
+            shutil.rmtree(result.out, ignore_errors=True)  # no export without its audit entry
+            raise
     _print(handle, result)
     return 0
 

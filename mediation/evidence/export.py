@@ -48,6 +48,7 @@ from mediation.lea.files import sha256_of
 from mediation.lea.outputs import JSONL_FILE, CaseOutputs
 from mediation.log import format as F
 from mediation.log.crypto import LogKey
+from mediation.log.evidence_log import stream_dir
 from mediation.log.keys import LogSigner
 from mediation.pdu import StreamId, StreamKind, fast
 from mediation.pdu.jsonview import iso_time
@@ -126,7 +127,7 @@ def export_bundle(
     until = None if request.until is None else F.to_us(request.until)
     spans = []
     for kind in StreamKind:
-        directory = request.data_dir / "log" / request.handle / F.STREAM_DIRS[kind]
+        directory = stream_dir(request.data_dir, request.handle, kind)
         if directory.is_dir():
             span = choose_span(directory, StreamId(request.handle, kind), key, since, until)
             spans.append((directory, span))

@@ -28,6 +28,18 @@ def checkpoint_commands(handle: str, line: int = 1) -> list[str]:
     ]
 
 
+def _extras(summary: dict[str, Any]) -> str:
+    """The lines for capture files and the confirmation record, when the bundle has them."""
+    lines = [
+        f"  {name + '/':<22}capture files written on the server, with"
+        "\n                        their signed manifest.jsonl and .sha256 files"
+        for name in summary.get("capture_dirs", [])
+    ]
+    if summary.get("confirmation"):
+        lines.append("  confirmation.json     whom the intercept followed, and how it knew")
+    return "".join(line + "\n" for line in lines)
+
+
 def readme_text(handle: str, summary: dict[str, Any]) -> str:
     """The README for a bundle of ``handle`` described by ``summary`` (bundle.json)."""
     streams = []
@@ -58,8 +70,7 @@ What is here
   {handle}/notices.jsonl
                         the completeness notices alone (what the server knew
                         it had missed, and when)
-  files/                capture files written on the server, if any
-  SHA256SUMS            a SHA-256 hash of every file
+{_extras(summary)}  SHA256SUMS            a SHA-256 hash of every file
   SHA256SUMS.sig        the server's signature of SHA256SUMS
 
 Streams
