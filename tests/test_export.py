@@ -131,6 +131,12 @@ def test_a_bundle_verifies_complete_and_names_files_by_handle_only(
     assert len(notices) == CMII_COUNT // 2
     audit = [json.loads(line) for line in (bundle / "audit.jsonl").read_text().splitlines()]
     assert audit and all(e["handle"] == handle for e in audit)
+    # The decrypted log checks with the log's own verifier and the public key alone.
+    run = intercept.carrier(
+        "log", "verify", str(bundle / "log"), "--public-key", str(bundle / "log-signing.pub.pem")
+    )
+    assert run.code == 0, run
+    assert f"{handle}/cmcc: {CC_COUNT} records 0..{CC_COUNT - 1}" in run.out
     code, out = verify(intercept, bundle, "--key", str(intercept.public_pem))
     assert code == 0, out
     assert "COMPLETE" in out
@@ -193,6 +199,27 @@ def _edit_record(path: Path) -> None:
     path.write_bytes(data.replace(b"packet 3\xa0", b"packet 8\xa0"))
 
 
+def _edit_log_record(path: Path, crc: bool) -> None:
+    """Change record 3's payload in a segment; with ``crc``, make its frame check again."""
+    import zlib
+
+    from mediation.log import format as F
+
+    data = bytearray(path.read_bytes())
+    offset = F.decode_header(data).size
+    while offset < len(data):
+        body, stop = F.read_frame(data, offset)
+        if bytes(body).endswith(b"packet 3"):
+            data[stop - 1] = ord("8")
+            if crc:
+                start = offset + F.FRAME_SIZE
+                data[offset + 4 : start] = zlib.crc32(data[start:stop]).to_bytes(4, "big")
+            path.write_bytes(bytes(data))
+            return
+        offset = stop
+    raise AssertionError("record 3 not found")
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:-10])
@@ -221,6 +248,20 @@ TAMPERING = [
         "records 0..9 do not match the server's signed checkpoint at 9",
     ),
     ("edit an audit entry", "audit.jsonl", _edit_audit, True, "audit.jsonl: entry on line 1"),
+    (
+        "edit a log record",
+        "log/H/cmcc/00000000000000000000.seg",
+        lambda p: _edit_log_record(p, crc=False),
+        True,
+        "00000000000000000000.seg: sequence 3: checksum mismatch",
+    ),
+    (
+        "edit a log record and its checksum",
+        "log/H/cmcc/00000000000000000000.seg",
+        lambda p: _edit_log_record(p, crc=True),
+        True,
+        "sequence 0: chain value differs at the checkpoint for 9",
+    ),
 ]
 
 
@@ -317,6 +358,15 @@ def test_a_window_exports_whole_signed_spans_and_verifies(
     code, text = verify(intercept, out, "--key", str(intercept.public_pem))
     assert code == 0, text
     assert "w-" in text and "20 records 10..29" in text
+    # The decrypted log segment starts at 10, after its anchor checkpoint: checked
+    # anchored; as a plain log it is missing 0..9, and `mediate log verify` says so.
+    segments = sorted(p.name for p in (out / "log" / intercept.handle / "cmcc").iterdir())
+    assert segments == ["00000000000000000010.seg"]
+    run = intercept.carrier(
+        "log", "verify", str(out / "log"), "--public-key", str(out / "log-signing.pub.pem")
+    )
+    assert run.code == 1
+    assert "records 0..9 missing" in run.out
 
 
 def test_records_not_yet_signed_are_a_gap_not_a_fault(intercept: Intercept, tmp_path: Path) -> None:
@@ -529,3 +579,31 @@ def test_no_bundle_stays_without_its_audit_entry(
     run = intercept.carrier("export", intercept.handle, "--out", str(tmp_path / "bundle"))
     assert run.code != 0
     assert not (tmp_path / "bundle").exists()
+
+
+def test_a_span_segment_needs_its_anchor_checkpoint_first(
+    intercept: Intercept, tmp_path: Path
+) -> None:
+    from mediation.log import format as F
+    from mediation.log.keys import load_public_key
+    from mediation.log.verify import verify_stream
+    from mediation.pdu import StreamId
+
+    out = tmp_path / "window"
+    intercept.export(out, "--from", "2026-11-23T00:11:00Z", "--to", "2026-11-23T00:27:00Z")
+    directory = out / "log" / intercept.handle / "cmcc"
+    path = directory / F.segment_name(10)
+    data = path.read_bytes()
+    public = load_public_key(out / "log-signing.pub.pem")
+    stream = StreamId(intercept.handle, StreamKind.CMCC)
+    assert verify_stream(directory, public, stream, anchored=True).ok
+    header = F.decode_header(data)
+    _anchor, after = F.read_frame(data, header.size)
+    path.write_bytes(data[: header.size] + data[after:])  # the anchor checkpoint taken out
+    fault = verify_stream(directory, public, stream, anchored=True).fault
+    assert fault is not None and "no signed checkpoint comes first" in fault.reason
+    # A forged starting chain value (header CRC made good) disagrees with the anchor.
+    forged = F.encode_header(stream, 10, bytes(32))
+    path.write_bytes(forged + data[header.size :])
+    fault = verify_stream(directory, public, stream, anchored=True).fault
+    assert fault is not None and "starting chain value differs" in fault.reason

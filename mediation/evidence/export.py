@@ -36,14 +36,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives import serialization
 
 from mediation import __version__
 from mediation.durable import fsync_dir, write_new
 from mediation.evidence.readme import readme_text
-from mediation.evidence.records import ExportError, Span, choose_span, span_items
+from mediation.evidence.records import ExportError, Span, choose_span, span_items, start_chain
 from mediation.lea.files import sha256_of
 from mediation.lea.outputs import JSONL_FILE, CaseOutputs
 from mediation.log import format as F
@@ -63,6 +63,7 @@ SIG_FILE = "SHA256SUMS.sig"
 CHECKPOINTS_TXT = "checkpoints.txt"
 NOTICES_FILE = "notices.jsonl"
 FILES_DIR = "files"
+LOG_DIR = "log"
 CONFIRMATION_FILE = "confirmation.json"
 FORMAT = "mediation-export-v1"
 
@@ -211,7 +212,9 @@ def _write_case(
     written: dict[StreamKind, int] = {}
     try:
         for directory, span in spans:
+            segment = PlainSegment(temp / LOG_DIR / handle / F.STREAM_DIRS[span.stream.kind], span)
             for item in span_items(directory, span, key):
+                segment.add(item)
                 if isinstance(item, F.Checkpoint):
                     outputs.store_checkpoint(encode_message(item.to_pdu()))
                     lines.append(checkpoint_line(item))
@@ -219,6 +222,7 @@ def _write_case(
                 written[span.stream.kind] = written.get(span.stream.kind, 0) + 1
                 raw = record_envelope(span.stream, item, False)
                 outputs.store(fast.decode_envelope(raw), raw, retrieved=False, at=item.received)
+            segment.close()
     finally:
         outputs.close()
     for _directory, span in spans:
@@ -231,6 +235,45 @@ def _write_case(
     case = temp / handle
     write_new(case / CHECKPOINTS_TXT, "".join(lines).encode("ascii"), 0o644)
     write_new(case / NOTICES_FILE, notices_of(case / JSONL_FILE), 0o600)
+
+
+class PlainSegment:
+    """One stream's exported span as a version 1 (unencrypted) log segment.
+
+    Its header's starting chain value is the anchor checkpoint's, and that
+    checkpoint is its first frame, so ``verify_stream(..., anchored=True)``
+    checks it (docs/evidence-log.md, "Segment file").
+    """
+
+    def __init__(self, directory: Path, span: Span) -> None:
+        self.directory = directory
+        self.span = span
+        self._file: BinaryIO | None = None
+
+    def add(self, item: F.LogRecord | F.Checkpoint) -> None:
+        """Append a record or checkpoint (the first item opens the file)."""
+        if self._file is None:
+            assert self.span.first is not None
+            self.directory.mkdir(mode=0o700, parents=True)
+            path = self.directory / F.segment_name(self.span.first)
+            self._file = open(path, "xb")  # noqa: SIM115 (closed by close())
+            os.fchmod(self._file.fileno(), 0o600)
+            header = F.encode_header(
+                self.span.stream, self.span.first, start_chain(self.span, item)
+            )
+            self._file.write(header)
+        if isinstance(item, F.Checkpoint):
+            self._file.write(F.encode_checkpoint(item))
+        else:
+            self._file.write(F.encode_data(item))
+
+    def close(self) -> None:
+        """Sync and close the segment, if one was begun."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
 
 
 def checkpoint_line(cp: F.Checkpoint) -> str:

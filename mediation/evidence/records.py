@@ -177,6 +177,17 @@ def _widen(
         span.first, span.last = first, last
 
 
+def start_chain(span: Span, first_item: Item) -> bytes:
+    """The chain value before the span's first record: its anchor checkpoint's, or genesis.
+
+    (A span never starts right after records retention removed: retention
+    removes a warrant's streams whole.)
+    """
+    if isinstance(first_item, F.Checkpoint) and first_item.last_seq == (span.first or 0) - 1:
+        return first_item.chain
+    return F.genesis(span.stream)
+
+
 def span_items(directory: Path, span: Span, key: LogKey | None) -> Iterator[Item]:
     """The span's records and the checkpoints that sign them (and its anchor), in order."""
     if span.first is None or span.last is None:

@@ -42,7 +42,8 @@ from mediation.lea.verify import VerifyError, check_case, check_output
 from mediation.log import format as F
 from mediation.log.errors import LogError
 from mediation.log.keys import load_public_key, raw_public, verify_signature
-from mediation.pdu import fast
+from mediation.log.verify import verify_stream
+from mediation.pdu import StreamId, fast
 from mediation.warrants.audit import entry_hash
 
 EXIT_COMPLETE, EXIT_TAMPERED, EXIT_GAPS = 0, 1, 3
@@ -104,6 +105,7 @@ def verify_bundle(root: Path, trusted: Ed25519PublicKey | None) -> BundleReport:
     handle, spans = parsed
     if public is not None:
         _records(root, handle, spans, public, report)
+        _segments(root, handle, spans, public, report)
         _captures(root, public, report)
     _derived(root / handle, handle, report)
     _audit(root, handle, report)
@@ -220,6 +222,37 @@ def _records(
             report.fault(raw, f"holds {held}, bundle.json says {first}..{last}: records missing")
         elif any(end >= first for _start, end in check.uncheckable) or check.after_last:
             report.fault(raw, "not every record is proven by a signed checkpoint")
+
+
+def _segments(
+    root: Path, handle: str, spans: dict, public: Ed25519PublicKey, report: BundleReport
+) -> None:
+    """The decrypted log segments: the log's own check (frames, chain, signatures), anchored."""
+    for name, span in sorted(spans.items()):
+        if span["first"] is None:
+            continue
+        where = f"{X.LOG_DIR}/{handle}/{name}"
+        directory = root / where
+        if not directory.is_dir():
+            report.fault(where, "missing: no log segment of this stream")
+            continue
+        try:
+            result = verify_stream(
+                directory, public, StreamId(handle, F.DIR_KINDS[name]), None, True
+            )
+        except (ValueError, OSError) as exc:
+            report.fault(where, str(exc))
+            continue
+        if result.fault is not None:
+            segment = f"{where}/{result.fault.segment}" if result.fault.segment else where
+            report.fault(segment, str(result.fault))
+        elif (result.first_seq, result.last_seq, result.unsigned) != (
+            span["first"],
+            span["last"],
+            0,
+        ):
+            held = f"{result.first_seq}..{result.last_seq}, {result.unsigned} unsigned"
+            report.fault(where, f"holds {held}; bundle.json says {span['first']}..{span['last']}")
 
 
 def _order(path: Path, name: str, report: BundleReport) -> None:
