@@ -17,6 +17,9 @@ data and must be handled as evidence)::
       cmii.jsonl            the CmII PDUs and completeness notices as JSON
       notices.jsonl         the completeness notices alone
       *.sha256              a sha256sum line per file
+    log/HANDLE/cmii/, log/HANDLE/cmcc/
+                          the same records and checkpoints as an unencrypted
+                          (version 1) log segment, from the anchor checkpoint
     files/N/              a files endpoint's capture files and manifest, if any
     confirmation.json     the warrant's confirmation record, if there is one
     SHA256SUMS            sha256sum lines for every file above

@@ -70,6 +70,9 @@ What is here
   {handle}/notices.jsonl
                         the completeness notices alone (what the server knew
                         it had missed, and when)
+  log/{handle}/cmii/, log/{handle}/cmcc/
+                        the same records and checkpoints in the evidence log's
+                        own format, decrypted (docs/evidence-log.md, "Formats")
 {_extras(summary)}  SHA256SUMS            a SHA-256 hash of every file
   SHA256SUMS.sig        the server's signature of SHA256SUMS
 
@@ -104,7 +107,13 @@ Compare it with your copy, or give your copy to `mediate verify --key`.
 3. The packets: `tcpdump -nn -r {handle}/cmcc.pcap` or open the file in
    Wireshark. Each packet carries its capture time.
 
-4. All of it at once, hash chain included:
+4. The hash chain of the log segments, by the log's own checker (for a
+   whole stream; an export of a time window starts after a checkpoint, and
+   this command then reports the records before it as missing):
+
+    mediate log verify log --public-key YOUR-COPY-OF-THE-KEY.pem
+
+5. All of it at once, hash chain included:
 
     mediate verify . --key YOUR-COPY-OF-THE-KEY.pem
 
