@@ -607,3 +607,14 @@ def test_a_span_segment_needs_its_anchor_checkpoint_first(
     path.write_bytes(forged + data[header.size :])
     fault = verify_stream(directory, public, stream, anchored=True).fault
     assert fault is not None and "starting chain value differs" in fault.reason
+
+
+def test_oversized_metadata_is_refused_not_loaded(intercept: Intercept, bundle: Path) -> None:
+    import os
+
+    os.truncate(bundle / "SHA256SUMS", (64 << 20) + 1)  # sparse: costs no disk
+    (bundle / "log-signing.pub.pem").unlink()
+    code, text = verify(intercept, bundle, "--key", str(intercept.public_pem))
+    assert code == 1
+    assert "TAMPERED: SHA256SUMS: larger than 64 MiB" in text
+    assert "TAMPERED: log-signing.pub.pem: missing" in text

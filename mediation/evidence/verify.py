@@ -47,6 +47,26 @@ from mediation.pdu import StreamId, fast
 from mediation.warrants.audit import entry_hash
 
 EXIT_COMPLETE, EXIT_TAMPERED, EXIT_GAPS = 0, 1, 3
+# Bundle metadata (bundle.json, SHA256SUMS, audit.jsonl, *.sha256, the key) is read
+# whole; an export writes far less. A larger one is refused, not loaded.
+MAX_META = 64 << 20
+
+
+class TooLarge(ValueError):
+    """A metadata file of the bundle is larger than an export writes."""
+
+
+def _meta(path: Path) -> bytes:
+    """A bundle metadata file's bytes, if it is of a size an export writes.
+
+    Raises:
+        OSError: it cannot be read. TooLarge: over ``MAX_META``.
+    """
+    if path.stat().st_size > MAX_META:
+        raise TooLarge(f"larger than {MAX_META >> 20} MiB: not what an export writes")
+    return path.read_bytes()
+
+
 DERIVED = (PCAP_FILE, JSONL_FILE, X.NOTICES_FILE, X.CHECKPOINTS_TXT)
 
 
@@ -118,7 +138,7 @@ def verify_bundle(root: Path, trusted: Ed25519PublicKey | None) -> BundleReport:
 def _summary(root: Path, report: BundleReport) -> tuple[str, dict[str, dict]] | None:
     """The handle and per-stream spans of bundle.json; None (and a fault) if malformed."""
     try:
-        summary = json.loads((root / X.BUNDLE_FILE).read_bytes())
+        summary = json.loads(_meta(root / X.BUNDLE_FILE))
         handle, spans = summary["handle"], summary["streams"]
         if not isinstance(handle, str) or not _safe(handle):
             raise ValueError("handle")
@@ -141,9 +161,11 @@ def _key(
     root: Path, trusted: Ed25519PublicKey | None, report: BundleReport
 ) -> Ed25519PublicKey | None:
     try:
+        if (root / X.KEY_FILE).stat().st_size > 4096:  # a PEM public key is ~113 octets
+            raise LogError(f"{X.KEY_FILE}: too large for a public key")
         ours = load_public_key(root / X.KEY_FILE)
-    except LogError as exc:
-        report.fault(X.KEY_FILE, str(exc))
+    except (LogError, OSError) as exc:
+        report.fault(X.KEY_FILE, str(exc) if isinstance(exc, LogError) else "missing")
         return trusted
     if trusted is None:
         report.notes.append(
@@ -159,9 +181,9 @@ def _key(
 def _sums(root: Path, public: Ed25519PublicKey | None, report: BundleReport) -> None:
     """Every file against SHA256SUMS, and its signature."""
     try:
-        data = (root / X.SUMS_FILE).read_bytes()
-    except OSError:
-        report.fault(X.SUMS_FILE, "missing")
+        data = _meta(root / X.SUMS_FILE)
+    except (OSError, TooLarge) as exc:
+        report.fault(X.SUMS_FILE, str(exc) if isinstance(exc, TooLarge) else "missing")
         data = b""
     listed: dict[str, str] = {}
     for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
@@ -182,8 +204,8 @@ def _sums(root: Path, public: Ed25519PublicKey | None, report: BundleReport) -> 
         else:
             report.files.setdefault(name, None)
     try:
-        signature = (root / X.SIG_FILE).read_bytes()
-    except OSError:
+        signature = _meta(root / X.SIG_FILE)
+    except (OSError, TooLarge):
         report.fault(X.SIG_FILE, "missing")
         return
     if public is not None and data and not verify_signature(public, signature, data):
@@ -282,11 +304,15 @@ def _derived(case: Path, handle: str, report: BundleReport) -> None:
                 continue
             if not theirs.exists():
                 report.fault(f"{handle}/{name}", "missing")
-            elif not ours.exists() or ours.read_bytes() != theirs.read_bytes():
+            elif not ours.exists() or sha256_of(ours) != sha256_of(theirs):
                 where = _difference(ours, theirs)
                 report.fault(f"{handle}/{name}", f"{where} differs from the signed records")
     for sums in sorted(case.glob("*.sha256")):
-        digest, _sep, name = sums.read_text().strip().partition("  ")
+        try:
+            digest, _sep, name = _meta(sums).decode("utf-8", "replace").strip().partition("  ")
+        except TooLarge as exc:
+            report.fault(f"{handle}/{sums.name}", str(exc))
+            continue
         target = case / name
         if target.is_file() and sha256_of(target) != digest:
             report.fault(f"{handle}/{sums.name}", f"does not match {name}")
@@ -343,10 +369,10 @@ def _difference(ours: Path, theirs: Path) -> str:
         except PcapError as exc:
             return f"the file ({exc})"
         return "the number of packets"
-    mine, yours = ours.read_bytes().splitlines(), theirs.read_bytes().splitlines()
-    for n, (x, y) in enumerate(zip(mine, yours, strict=False), start=1):
-        if x != y:
-            return f"line {n}"
+    with ours.open("rb") as mine, theirs.open("rb") as yours:
+        for n, (x, y) in enumerate(zip(mine, yours, strict=False), start=1):
+            if x != y:
+                return f"line {n}"
     return "the number of lines"
 
 
@@ -354,7 +380,12 @@ def _audit(root: Path, handle: str, report: BundleReport) -> None:
     path = root / X.AUDIT_FILE
     if not path.is_file():
         return
-    for n, line in enumerate(path.read_bytes().splitlines(), start=1):
+    try:
+        data = _meta(path)
+    except TooLarge as exc:
+        report.fault(X.AUDIT_FILE, str(exc))
+        return
+    for n, line in enumerate(data.splitlines(), start=1):
         try:
             entry = json.loads(line)
             ok = entry_hash(entry) == entry["hash"] and entry.get("handle") == handle
@@ -383,7 +414,10 @@ def check_manifest(directory: Path, public: Ed25519PublicKey) -> list[tuple[str,
     path = directory / MANIFEST
     if not path.is_file():
         return [(MANIFEST, "missing")]
-    manifest = verify_manifest(path.read_bytes(), public)
+    try:
+        manifest = verify_manifest(_meta(path), public)
+    except TooLarge as exc:
+        return [(MANIFEST, str(exc))]
     out = [(MANIFEST, str(fault)) for fault in manifest.faults]
     named = manifest.by_file()
     for name, entry in sorted(named.items()):
