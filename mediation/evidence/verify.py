@@ -25,25 +25,24 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mediation import pdu
 from mediation.evidence import export as X
+from mediation.evidence.derived import compare_derived
 from mediation.evidence.manifest import MANIFEST, verify_manifest
-from mediation.evidence.pcap import PcapError, PcapReader
 from mediation.lea import rawfile
 from mediation.lea.files import sha256_of
-from mediation.lea.outputs import CHECKPOINT_FILE, JSONL_FILE, PCAP_FILE, CaseOutputs, raw_name
+from mediation.lea.outputs import raw_name
 from mediation.lea.outputs import safe_handle as _safe
 from mediation.lea.verify import VerifyError, check_case, check_output
 from mediation.log import format as F
 from mediation.log.errors import LogError
 from mediation.log.keys import load_public_key, raw_public, verify_signature
 from mediation.log.verify import verify_stream
-from mediation.pdu import StreamId, fast
+from mediation.pdu import StreamId
 from mediation.warrants.audit import entry_hash
 
 EXIT_COMPLETE, EXIT_TAMPERED, EXIT_GAPS = 0, 1, 3
@@ -65,9 +64,6 @@ def _meta(path: Path) -> bytes:
     if path.stat().st_size > MAX_META:
         raise TooLarge(f"larger than {MAX_META >> 20} MiB: not what an export writes")
     return path.read_bytes()
-
-
-DERIVED = (PCAP_FILE, JSONL_FILE, X.NOTICES_FILE, X.CHECKPOINTS_TXT)
 
 
 @dataclasses.dataclass
@@ -289,24 +285,14 @@ def _order(path: Path, name: str, report: BundleReport) -> None:
 
 
 def _derived(case: Path, handle: str, report: BundleReport) -> None:
-    """Rebuild pcap, JSON lines, notices and checkpoints.txt from the raw files; compare."""
+    """The views (pcap, JSON lines, notices, checkpoints.txt) and the .sha256 lines."""
     if not case.is_dir():
         return
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            rebuilt = _rebuild(case, Path(scratch), handle)
-        except (rawfile.RawFileError, pdu.PDUError, ValueError) as exc:
-            report.notes.append(f"note: derived files not rebuilt: {exc}")
-            return
-        for name in DERIVED:
-            ours, theirs = rebuilt / name, case / name
-            if not ours.exists() and not theirs.exists():
-                continue
-            if not theirs.exists():
-                report.fault(f"{handle}/{name}", "missing")
-            elif not ours.exists() or sha256_of(ours) != sha256_of(theirs):
-                where = _difference(ours, theirs)
-                report.fault(f"{handle}/{name}", f"{where} differs from the signed records")
+    try:
+        for name, problem in compare_derived(case, handle):
+            report.fault(f"{handle}/{name}", problem)
+    except (rawfile.RawFileError, pdu.PDUError, ValueError) as exc:
+        report.notes.append(f"note: derived files not rebuilt: {exc}")
     for sums in sorted(case.glob("*.sha256")):
         try:
             digest, _sep, name = _meta(sums).decode("utf-8", "replace").strip().partition("  ")
@@ -316,64 +302,6 @@ def _derived(case: Path, handle: str, report: BundleReport) -> None:
         target = case / name
         if target.is_file() and sha256_of(target) != digest:
             report.fault(f"{handle}/{sums.name}", f"does not match {name}")
-
-
-def _rebuild(case: Path, scratch: Path, handle: str) -> Path:
-    outputs = CaseOutputs(scratch, handle)
-    lines = []
-    try:
-        for kind in pdu.StreamKind:
-            path = case / raw_name(kind)
-            if not path.is_file():
-                continue
-            messages, _torn = rawfile.scan(path)
-            for data in rawfile.read_in_order(path, messages):
-                envelope = fast.decode_envelope(data)
-                outputs.store(envelope, data, retrieved=False, at=envelope.mediation_time)
-        cps = case / CHECKPOINT_FILE
-        if cps.is_file():
-            messages, _torn = rawfile.scan(cps)
-            for data in rawfile.read_in_order(cps, messages):
-                cp = pdu.decode(data)
-                if isinstance(cp, pdu.ChainCheckpoint):
-                    lines.append(X.checkpoint_line(_checkpoint(cp)))
-    finally:
-        outputs.close()
-    rebuilt = scratch / handle
-    (rebuilt / X.CHECKPOINTS_TXT).write_text("".join(lines))
-    (rebuilt / X.NOTICES_FILE).write_bytes(X.notices_of(rebuilt / JSONL_FILE))
-    return rebuilt
-
-
-def _checkpoint(cp: pdu.ChainCheckpoint) -> F.Checkpoint:
-    return F.Checkpoint(
-        cp.stream,
-        cp.last_sequence,
-        F.to_us(cp.checkpoint_time),
-        cp.chain_hash,
-        cp.key_id,
-        cp.signature,
-    )
-
-
-def _difference(ours: Path, theirs: Path) -> str:
-    """Where two versions of a derived file first differ: a packet or a line."""
-    if not ours.exists():
-        return "the file"
-    if ours.suffix == ".pcap":
-        try:
-            with PcapReader.open(ours) as a, PcapReader.open(theirs) as b:
-                for x, y in zip(a, b, strict=False):
-                    if (x.data, x.time_ns) != (y.data, y.time_ns):
-                        return f"packet {x.number}"
-        except PcapError as exc:
-            return f"the file ({exc})"
-        return "the number of packets"
-    with ours.open("rb") as mine, theirs.open("rb") as yours:
-        for n, (x, y) in enumerate(zip(mine, yours, strict=False), start=1):
-            if x != y:
-                return f"line {n}"
-    return "the number of lines"
 
 
 def _audit(root: Path, handle: str, report: BundleReport) -> None:
