@@ -328,10 +328,12 @@ def test_a_changed_manifest_line_of_the_capture_files_is_found(
     intercept: Intercept, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     captures = _captures(intercept)
+    (captures / "cmcc-1.pcap").write_bytes(b"still being written")  # no manifest entry yet
     monkeypatch.setattr("mediation.cli.export._capture_dirs", lambda _r, _w: [captures])
     out = intercept.tmp / "bundle"
     intercept.export(out)
-    assert (out / "files" / "1" / "manifest.jsonl").is_file()
+    copied = sorted(p.name for p in (out / "files" / "1").iterdir())
+    assert copied == ["cmcc-0.pcap", "manifest.jsonl"]  # not the file without an entry
     code, text = verify(intercept, out, "--key", str(intercept.public_pem))
     assert code == 0, text
     manifest = out / "files" / "1" / "manifest.jsonl"

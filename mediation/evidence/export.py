@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mediation import __version__
 from mediation.durable import fsync_dir, write_new
+from mediation.evidence.manifest import MANIFEST
 from mediation.evidence.readme import readme_text
 from mediation.evidence.records import ExportError, Span, choose_span, span_items, start_chain
 from mediation.lea.files import sha256_of
@@ -300,15 +301,36 @@ def notices_of(jsonl: Path) -> bytes:
 
 
 def _copy_captures(temp: Path, handle: str, dirs: list[Path]) -> list[str]:
-    """Copy each files endpoint's ``DIR/HANDLE/`` to ``files/N/``; the names used."""
+    """Copy each files endpoint's ``DIR/HANDLE/`` to ``files/N/``; the names used.
+
+    The manifest first (without a last line still being written), then the
+    files it names and their ``.sha256``: a file still being written has no
+    entry yet and is left out.
+    """
     names = []
     for n, source in enumerate(dirs, start=1):
         target = temp / FILES_DIR / str(n)
         target.mkdir(mode=0o700, parents=True)
-        for path in sorted(p for p in source.iterdir() if p.is_file()):
-            _copy(path, target / path.name)
+        manifest = (source / MANIFEST).read_bytes() if (source / MANIFEST).is_file() else b""
+        manifest = manifest[: manifest.rfind(b"\n") + 1]
+        write_new(target / MANIFEST, manifest, 0o600)
+        for name in sorted(_manifest_files(manifest)):
+            for path in (source / name, source / f"{name}.sha256"):
+                if path.is_file():
+                    _copy(path, target / path.name)
         names.append(f"{FILES_DIR}/{n}")
     return names
+
+
+def _manifest_files(manifest: bytes) -> set[str]:
+    """The plain file names a manifest's lines give (the verifier checks the rest)."""
+    found = set()
+    for line in manifest.splitlines():
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            name = json.loads(line).get("file")
+            if isinstance(name, str) and name == Path(name).name and not name.startswith("."):
+                found.add(name)
+    return found
 
 
 def _copy(source: Path, target: Path) -> None:
