@@ -122,8 +122,7 @@ def _capture_dirs(registry: WarrantRegistry, warrant: Warrant) -> list[Path]:
     for endpoint in details.endpoints if details is not None else ():
         if endpoint.transport != "files":
             continue
-        base = getattr(endpoint, "directory", None) or endpoint.host
-        directory = Path(base) / warrant.handle
+        directory = Path(endpoint.host) / warrant.handle  # a files endpoint's host: its DIR
         if directory.is_dir():
             found.append(directory)
     return found
