@@ -620,3 +620,23 @@ def test_oversized_metadata_is_refused_not_loaded(intercept: Intercept, bundle: 
     assert code == 1
     assert "TAMPERED: SHA256SUMS: larger than 64 MiB" in text
     assert "TAMPERED: log-signing.pub.pem: missing" in text
+
+
+def test_the_capture_files_are_found_through_the_agencys_files_endpoint(tmp_path: Path) -> None:
+    import types
+
+    from mediation.cli.export import _capture_dirs
+    from mediation.warrants.model import Agency, AgencyDetails, Endpoint, Stream
+
+    handle = "w-7e57ab"
+    (tmp_path / "a" / handle).mkdir(parents=True)
+    (tmp_path / "b").mkdir()  # this endpoint holds nothing of the warrant
+    endpoints = (
+        Endpoint("files", str(tmp_path / "a"), 0, (Stream.CMCC,)),
+        Endpoint("files", str(tmp_path / "b"), 0, (Stream.CMCC,)),
+        Endpoint("udp", "203.0.113.5", 5555, (Stream.CMII,)),
+    )
+    agency = Agency("a-7e57ab", T0, details=AgencyDetails("AGENCY-TEST-1", endpoints))
+    registry = types.SimpleNamespace(agency=lambda h: agency if h == "a-7e57ab" else None)
+    warrant = types.SimpleNamespace(agency="a-7e57ab", handle=handle)
+    assert _capture_dirs(registry, warrant) == [tmp_path / "a" / handle]  # type: ignore[arg-type]
