@@ -10,8 +10,10 @@ of tampering is found and named.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -22,8 +24,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from test_lea_support import cc_record, cmii_record
-from test_warrants_support import Carrier, error_line
+from test_warrants_support import Carrier, Run, error_line
 
+from mediation.cli.main import main
 from mediation.evidence import readme
 from mediation.evidence.export import SIG_FILE, SUMS_FILE, sums_text
 from mediation.evidence.manifest import ManifestWriter
@@ -97,7 +100,42 @@ def bundle(intercept: Intercept) -> Path:
     return out
 
 
-def verify(intercept: Intercept, path: Path, *extra: str) -> tuple[int, str]:
+class Exported:
+    """A bundle made once per module (for tests that only verify it), with the trusted key."""
+
+    def __init__(self, handle: str, public_pem: Path, bundle: Path) -> None:
+        self.handle = handle
+        self.public_pem = public_pem
+        self.bundle = bundle
+
+    @staticmethod
+    def carrier(*argv: str) -> Run:
+        """``mediate verify`` needs no data directory, key or environment."""
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+        return Run(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    tmp = tmp_path_factory.mktemp("pristine")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        intercept = Intercept(tmp, monkeypatch)
+        intercept.export(tmp / "bundle")
+        trusted = tmp / "trusted.pub"
+        shutil.copy(intercept.public_pem, trusted)
+    return Exported(intercept.handle, trusted, tmp / "bundle")
+
+
+@pytest.fixture
+def exported(pristine: Exported, tmp_path: Path) -> Exported:
+    """A copy of the module's bundle, to change."""
+    shutil.copytree(pristine.bundle, tmp_path / "bundle")
+    return Exported(pristine.handle, pristine.public_pem, tmp_path / "bundle")
+
+
+def verify(intercept: Intercept | Exported, path: Path, *extra: str) -> tuple[int, str]:
     run = intercept.carrier("verify", str(path), *extra)
     return run.code, run.out + run.err
 
@@ -145,7 +183,8 @@ def test_a_bundle_verifies_complete_and_names_files_by_handle_only(
     assert json.loads(trail.splitlines()[-1])["command"] == "export"
 
 
-def test_the_readme_commands_succeed_as_written(intercept: Intercept, bundle: Path) -> None:
+def test_the_readme_commands_succeed_as_written(exported: Exported) -> None:
+    intercept, bundle = exported, exported.bundle
     text = (bundle / "README.txt").read_text()
     commands = [readme.SUMS_CHECK, readme.SIG_CHECK, *readme.checkpoint_commands(intercept.handle)]
     for command in commands:
@@ -170,7 +209,8 @@ def test_the_readme_commands_succeed_as_written(intercept: Intercept, bundle: Pa
 
 
 @pytest.mark.skipif(shutil.which("tcpdump") is None, reason="no tcpdump")
-def test_tcpdump_reads_every_packet(intercept: Intercept, bundle: Path) -> None:
+def test_tcpdump_reads_every_packet(exported: Exported) -> None:
+    intercept, bundle = exported, exported.bundle
     pcap = bundle / intercept.handle / "cmcc.pcap"
     run = subprocess.run(["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -271,8 +311,9 @@ TAMPERING = [
     ids=[t[0] for t in TAMPERING],
 )
 def test_each_kind_of_tampering_is_found_and_named(
-    intercept: Intercept, bundle: Path, what: str, name: str, change, rebuild: bool, expected: str
+    exported: Exported, what: str, name: str, change, rebuild: bool, expected: str
 ) -> None:  # type: ignore[no-untyped-def]
+    intercept, bundle = exported, exported.bundle
     handle = intercept.handle
     change(bundle / name.replace("H/", f"{handle}/"))
     if rebuild:
@@ -285,7 +326,8 @@ def test_each_kind_of_tampering_is_found_and_named(
         assert "SHA256SUMS.sig: does not verify" in out
 
 
-def test_a_replaced_key_fails_against_the_trusted_one(intercept: Intercept, bundle: Path) -> None:
+def test_a_replaced_key_fails_against_the_trusted_one(exported: Exported) -> None:
+    intercept, bundle = exported, exported.bundle
     forger = Ed25519PrivateKey.generate()
     pem = forger.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     (bundle / "log-signing.pub.pem").write_bytes(pem)
@@ -487,8 +529,9 @@ def test_verify_takes_a_receivers_directory_and_a_files_directory(
 
 
 def test_a_damaged_summary_or_an_added_link_is_tampering(
-    intercept: Intercept, bundle: Path, tmp_path: Path
+    exported: Exported, tmp_path: Path
 ) -> None:
+    intercept, bundle = exported, exported.bundle
     damaged = tmp_path / "damaged"
     shutil.copytree(bundle, damaged)
     (damaged / "bundle.json").write_text('{"handle": "../x", "streams": []}')
@@ -611,7 +654,8 @@ def test_a_span_segment_needs_its_anchor_checkpoint_first(
     assert fault is not None and "starting chain value differs" in fault.reason
 
 
-def test_oversized_metadata_is_refused_not_loaded(intercept: Intercept, bundle: Path) -> None:
+def test_oversized_metadata_is_refused_not_loaded(exported: Exported) -> None:
+    intercept, bundle = exported, exported.bundle
     import os
 
     os.truncate(bundle / "SHA256SUMS", (64 << 20) + 1)  # sparse: costs no disk
