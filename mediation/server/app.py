@@ -436,7 +436,9 @@ class MediationServer:
             log.exception("retention pass failed; the next one tries again")
         self.retention_passes += 1
 
-    async def _watch_storage(self, scope: trio.CancelScope, handle: str, stream: StreamLog) -> None:
+    async def _watch_storage(
+        self, scope: trio.CancelScope, handle: str, stream: StreamLog
+    ) -> None:
         assert self.notices is not None
         with scope:
             await self.notices.watch_storage(handle, stream)
