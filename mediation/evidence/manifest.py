@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -275,6 +278,7 @@ class ManifestWriter:
         self.files: dict[str, dict[str, Any]] = {}
         self.prev = ""
         self.torn = 0
+        self._lock = threading.Lock()
         new = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._fd = fd
@@ -311,16 +315,27 @@ class ManifestWriter:
             OSError: the write failed (nothing half-written is left to
                 chain to: the next open cuts a partial line).
         """
-        name = fields["file"]
-        if name in self.files:
-            raise ManifestError(f"{name}: has a manifest entry already")
-        line = sign_line(self._signer, fields, self.prev)
-        os.write(self._fd, line + b"\n")
-        os.fsync(self._fd)
-        entry = json.loads(line)
-        self.files[name] = entry
-        self.prev = line_digest(line)
-        return entry
+        # One append at a time: files of two streams may close at once,
+        # one in a worker thread, and each line chains to the one before.
+        with self._lock:
+            name = fields["file"]
+            if name in self.files:
+                raise ManifestError(f"{name}: has a manifest entry already")
+            line = sign_line(self._signer, fields, self.prev)
+            before = os.fstat(self._fd).st_size
+            try:
+                if os.write(self._fd, line + b"\n") != len(line) + 1:
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fsync(self._fd)
+            except OSError:
+                # No half line for the next one to chain after (a full disk).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)
+                raise
+            entry = json.loads(line)
+            self.files[name] = entry
+            self.prev = line_digest(line)
+            return entry
 
     def close(self) -> None:
         if self._fd >= 0:
