@@ -55,6 +55,7 @@ from mediation.server.status import StatusReporter, StatusRow
 from mediation.server.tap_ingest import TapIngest, TapJournal
 from mediation.server.taps import TapService
 from mediation.server.tls import AgencyTrust, IdentityFiles, ensure_identity
+from mediation.server.tzsp import TzspService
 from mediation.server.warrant_table import TableChange, WarrantTable
 from mediation.warrants.keys import RegistryKey
 from mediation.warrants.model import WarrantState, format_time, utc_now
@@ -103,6 +104,7 @@ class MediationServer:
         self.delivery: DeliveryManager | None = None
         self.retrieval: RetrievalService | None = None
         self.taps: TapService | None = None
+        self.tzsp: TzspService | None = None
         self.reporter: StatusReporter | None = None
         self.trust: AgencyTrust | None = None
         self.control: ControlSocket | None = None
@@ -175,6 +177,8 @@ class MediationServer:
         self.taps = TapService(
             self.config.taps, identity, self.table, tap_ingest, self, self._clock
         )
+        tzsp_ingest = TapIngest(self.intake, TapJournal(self.data_dir))  # no journal: UDP
+        self.tzsp = TzspService(self.config.tzsp, self.table, tzsp_ingest, self)
 
     async def _start_tasks(self, nursery: trio.Nursery) -> None:
         assert self.intake is not None and self.notices is not None
@@ -191,6 +195,8 @@ class MediationServer:
         if self.taps is not None:
             await nursery.start(self.taps.run_tls)
             await nursery.start(self.taps.run_udp)
+        if self.tzsp is not None:
+            await nursery.start(self.tzsp.run)
         nursery.start_soon(self._tick_windows)
         nursery.start_soon(self._poll_registry)
         nursery.start_soon(self.intake.run_flusher)
@@ -254,6 +260,8 @@ class MediationServer:
             await self._open_streams(handle, at_start)
         self._watch_new_streams()
         self.delivery.sync(self._owners, self.table, self.intake.streams)
+        if self.tzsp is not None:
+            self.tzsp.on_change()
         for handle in change.activated:
             self.notices.warrant_active(handle, at_start=at_start)
         for handle in change.deactivated:
@@ -397,6 +405,8 @@ class MediationServer:
             out["retrieval"] = self.retrieval.status()
         if self.taps is not None:
             out["taps"] = self.taps.status()
+        if self.tzsp is not None:
+            out["tzsp"] = self.tzsp.status()
         return out
 
     # Timers -------------------------------------------------------------------------
