@@ -56,7 +56,13 @@ def setup(base: Path) -> tuple[Path, object, str]:
     from mediation.warrants.authority import ServerAuthority, TapAuthority
     from mediation.warrants.keys import RegistryKey
     from mediation.warrants.model import (
-        CaseDetails, ContentLevel, Endpoint, Source, Stream, Target, TargetKind,
+        CaseDetails,
+        ContentLevel,
+        Endpoint,
+        Source,
+        Stream,
+        Target,
+        TargetKind,
     )  # fmt: skip
     from mediation.warrants.operations import add_agency_endpoint, add_warrant
     from mediation.warrants.registry import WarrantRegistry
