@@ -31,12 +31,13 @@ from typing import Any, Protocol
 
 import trio
 
+from mediation.log import Appended
 from mediation.pdu import CompletenessEvent
 from mediation.pdu import taplink as T
 from mediation.protocol.tzsp import TzspReceiver
 from mediation.refusals import Refusals
 from mediation.server.config import TzspConfig, listen_address
-from mediation.server.tap_ingest import TapGate, TapIngest
+from mediation.server.tap_ingest import BatchResult, TapGate, TapIngest
 from mediation.server.tzsp_socket import BatchReceiver, kernel_drops
 from mediation.server.warrant_table import WarrantTable
 from mediation.tap.builder import FlowCorrelation
@@ -179,7 +180,7 @@ class TzspService:
                 counters["cmcc"] += tap.counters.cmcc
         drops = kernel_drops(self._sock) if self._sock is not None else None
         return {
-            "listening": _shown(self.listening),
+            "listening": shown(self.listening),
             "sources": len(self.sources),
             "feeding": sum(s.feeding for s in self.sources.values()),
             "datagrams": self.counters["datagrams"],
@@ -216,7 +217,7 @@ class TzspService:
         self._sock = sock
         self.listening = sock.getsockname()[:2]
         receiver = BatchReceiver(sock, self.config.batch, self.config.max_datagram)
-        log.info("tzsp: listening on udp %s", _shown(self.listening))
+        log.info("tzsp: listening on udp %s", shown(self.listening))
         task_status.started()
         with sock:
             async with trio.open_nursery() as nursery:
@@ -269,9 +270,10 @@ class TzspService:
         for sender, pdus in out.items():
             await self._ingest(sources[sender], pdus)
 
-    async def _ingest(self, source: TzspSource, pdus: list[T.TapPdu]) -> None:
+    async def _ingest(self, source: TzspSource, pdus: list[T.TapPdu]) -> BatchResult:
         self._batch_id = self._batch_id + 1 if self._batch_id < T.MAX_BATCH_ID else 1
-        await self.ingest.batch(source.gate, T.PduBatch(self._batch_id, tuple(pdus)), False)
+        batch = T.PduBatch(self._batch_id, tuple(pdus))
+        return await self.ingest.batch(source.gate, batch, durable=False)
 
     def _started(self, source: TzspSource, now: dt.datetime) -> None:
         """Tell each warrant the source feeds (and was not told) that it feeds now."""
@@ -334,15 +336,26 @@ class TzspService:
                 out[address] = pdus
         return out
 
-    async def ingest_pdus(self, by_source: dict[str, list[T.TapPdu]]) -> None:
-        """Ingest PDUs built outside the receive loop (RADIUS accounting), by source address."""
+    async def ingest_pdus(self, by_source: dict[str, list[T.TapPdu]]) -> list[Appended] | None:
+        """Ingest PDUs built outside the receive loop (RADIUS accounting), by source address.
+
+        Returns:
+            The receipts of the last records appended (await them for durability);
+            None if storing stopped part-way (or a PDU was refused).
+        """
+        receipts: list[Appended] = []
         for address, pdus in by_source.items():
             source = self.sources.get(address)
-            if source is not None:
-                await self._ingest(source, pdus)
+            if source is None:
+                continue
+            result = await self._ingest(source, pdus)
+            if not result.complete or result.ack.accepted != len(pdus) or result.ack.refused:
+                return None
+            receipts += result.receipts
+        return receipts
 
 
-def _shown(address: tuple[str, int] | None) -> str | None:
+def shown(address: tuple[str, int] | None) -> str | None:
     if address is None:
         return None
     host, port = address[0], address[1]
