@@ -53,7 +53,7 @@ def frame(src: str, dst: str, marker: int) -> bytes:
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), marker, 0, 64, 17, 0,
         socket.inet_aton(src), socket.inet_aton(dst),
     )  # fmt: skip
-    return bytes.fromhex("02005e005302" "02005e005301" "0800") + ip + udp
+    return bytes.fromhex("02005e00530202005e0053010800") + ip + udp
 
 
 def listening(server: Serve, section: str) -> tuple[str, int]:
