@@ -111,3 +111,45 @@ def test_batches_come_whole_in_order_and_oversize_is_flagged(use_recvmmsg: bool)
 def test_mapped_addresses_are_the_ipv4_ones_sources_name() -> None:
     assert normal_address("::ffff:192.0.2.1") == "192.0.2.1"
     assert normal_address("2001:DB8::1") == "2001:db8::1"
+
+
+def test_socket_drops_become_an_upstream_gap_for_each_warrant_fed() -> None:
+    import datetime as dt
+
+    from mediation.server.config import TzspConfig
+    from mediation.server.tap_ingest import TapGate
+    from mediation.server.tzsp import TzspService, TzspSource
+    from mediation.server.warrant_table import WarrantTable
+
+    told: list[tuple[str, str, dict]] = []
+
+    class Hooks:
+        def notice(self, handle: str, event: str, **fields: object) -> None:
+            told.append((handle, event, fields))
+
+    service = TzspService(TzspConfig(), WarrantTable(), None, Hooks())  # type: ignore[arg-type]
+    fed = TzspSource("192.0.2.1", [], TapGate("tzsp:192.0.2.1", []), feeding=True)
+    fed.announced = {"w-000001"}
+    service.sources["192.0.2.1"] = fed
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel's minimum
+        server.bind(("127.0.0.1", 0))
+        service._sock = server
+        now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+        service.drops_check(now)
+        assert told == []
+        for _ in range(200):  # far more than the buffer holds: the kernel drops the rest
+            client.sendto(bytes(1400), server.getsockname())
+        drops = kernel_drops(server)
+        assert drops
+        later = now + dt.timedelta(seconds=1)
+        service.drops_check(later)
+        [(handle, event, fields)] = told
+        assert (handle, event) == ("w-000001", "upstreamGap")
+        assert fields["lost_count"] == drops and fields["source"] == "tzsp"
+        assert (fields["period_start"], fields["period_end"]) == (now, later)
+        service.drops_check(later)  # nothing new: nothing told
+        assert len(told) == 1
