@@ -199,6 +199,15 @@ def test_strangers_and_malformed_datagrams_are_counted_never_stored(carrier: Car
         assert {k: refused.get(k) for k in expected} == expected
         assert refused["tag-overrun"] == 1 and status["feeding"] == 0
         assert server.logged("tzsp: refused 127.0.0.2: unregistered-sender")
+        shown = subprocess.run(
+            [sys.executable, "-m", "mediation", "status"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert "tzsp: udp 127.0.0.1:" in shown and "datagrams 10, frames 0" in shown
+        assert (
+            "tzsp refused: datagrams: oversize 1, bad-version 1, tag-overrun 1, truncated 1"
+            in shown
+        )
     finally:
         server.stop()
     assert stored(carrier, handle) == {StreamKind.CMII: [], StreamKind.CMCC: []}
