@@ -17,7 +17,7 @@ from test_warrants_support import Carrier
 
 from mediation.pdu import StreamKind
 from mediation.protocol.tzsp import encode_tzsp
-from mediation.server.tap_ingest import cc_payload
+from mediation.server.tap_gate import cc_payload
 from mediation.tap.radius import StatusType, accounting_response, encode_accounting
 from mediation.warrants.model import ContentLevel, Target, TargetKind
 

@@ -19,7 +19,7 @@ from mediation.evidence.pcap import PcapReader
 from mediation.pdu import StreamKind
 from mediation.pdu.codec import decode_notice
 from mediation.protocol.tzsp import encode_tzsp
-from mediation.server.tap_ingest import cc_payload
+from mediation.server.tap_gate import cc_payload
 from mediation.tap.replay import replay_pcap
 from mediation.warrants.access import KeyNeed, KeyOptions, open_registry
 from mediation.warrants.keys import read_key_file
