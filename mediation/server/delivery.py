@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import trio
 
 from mediation.log import LogRecord, StreamLog
 from mediation.pdu import StreamId, StreamKind
+from mediation.protocol.envelope import StreamEnvelopes
 from mediation.server.config import DeliveryConfig
 from mediation.server.delivery_tls import TlsWorker
 from mediation.server.delivery_udp import UdpWorker
@@ -64,6 +65,8 @@ class DeliveryManager:
         self._trust = trust
         self._secret = secret
         self._workers: dict[tuple[str, str], tuple[Worker, trio.CancelScope]] = {}
+        # Per stream, its envelopes encoded once for all its endpoints.
+        self._envelopes: dict[StreamId, StreamEnvelopes] = {}
 
     def sync(
         self,
@@ -83,6 +86,7 @@ class DeliveryManager:
         here, before the caller appends the warrantActive notice.
         """
         wanted = self._wanted(owners, table, streams)
+        envelopes = self._share_envelopes(chosen for _ref, _endpoint, chosen in wanted.values())
         for key in list(self._workers):
             if key not in wanted or wanted[key][1] != self._workers[key][0].endpoint:
                 self._stop(key)
@@ -91,7 +95,25 @@ class DeliveryManager:
                 self._start(key, ref, endpoint)
             worker = self._workers[key][0]
             worker.ref = ref  # the endpoint's number may change when another is removed
-            worker.set_streams(chosen)
+            worker.set_streams(chosen, envelopes=envelopes)
+
+    def _share_envelopes(
+        self, chosen: Iterable[Mapping[StreamId, StreamLog]]
+    ) -> dict[StreamId, StreamEnvelopes]:
+        """One envelope encoder per stream, told how many endpoints deliver it."""
+        counts: dict[StreamId, int] = {}
+        for streams in chosen:
+            for sid in streams:
+                counts[sid] = counts.get(sid, 0) + 1
+        for sid in list(self._envelopes):
+            if sid not in counts:
+                del self._envelopes[sid]
+        for sid, count in counts.items():
+            shared = self._envelopes.get(sid)
+            if shared is None:
+                shared = self._envelopes[sid] = StreamEnvelopes(sid)
+            shared.consumers = count
+        return self._envelopes
 
     def _wanted(
         self, owners: Mapping[str, str], table: WarrantTable, streams: Mapping[StreamId, StreamLog]

@@ -28,6 +28,7 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Mapping
 
 import trio
 
@@ -42,7 +43,7 @@ from mediation.protocol import (
     ReportReceived,
     parse_datagram,
 )
-from mediation.protocol.envelope import record_envelope
+from mediation.protocol.envelope import StreamEnvelopes, record_envelope
 from mediation.protocol.sealed import (
     DatagramOpener,
     DatagramSealer,
@@ -99,7 +100,10 @@ class UdpWorker:
         )
 
     def set_streams(
-        self, streams: dict[StreamId, StreamLog], start_at: dict[StreamId, int] | None = None
+        self,
+        streams: dict[StreamId, StreamLog],
+        start_at: dict[StreamId, int] | None = None,
+        envelopes: Mapping[StreamId, StreamEnvelopes] | None = None,
     ) -> None:
         """Deliver exactly these streams.
 
@@ -107,6 +111,8 @@ class UdpWorker:
             streams: the streams, with their logs.
             start_at: where a new stream starts; default its current end
                 (real time: the history is what retrieval is for).
+            envelopes: per stream, its envelopes shared with its other
+                endpoints (default: encoded here alone).
         """
         for sid in list(self._streams):
             if sid not in streams:
@@ -117,6 +123,7 @@ class UdpWorker:
                     sid,
                     report_interval=self.config.report_interval,
                     silent_after=self.config.silent_after,
+                    envelopes=(envelopes or {}).get(sid),
                 )
                 # The position is taken now, not when the task first runs: a
                 # notice appended right after this call must not be skipped.
