@@ -20,6 +20,7 @@ from mediation.pdu.fast_envelope import RecordFramer
 from mediation.protocol.errors import ProtocolError
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_CONTROL_TAGS = (0xA3, 0xA6)  # acknowledgement, receiverReport
 
 
 class ContentKind(enum.Enum):
@@ -269,6 +270,10 @@ def decode_message(data: bytes) -> pdu.DeliveryMessage:
         # through the reference codec.
         if data[0] == 0xA0:
             return fast.decode_envelope(data)
+        # Acknowledgements and receiver reports, the agency's side of the
+        # hot path: by hand (about 3 us); anything unusual, by the reference.
+        if data[0] in _CONTROL_TAGS and (control := fast.decode_control(data)) is not None:
+            return control
         return pdu.decode_delivery(data)
     except PDUError as exc:
         raise ProtocolError(f"malformed delivery message: {exc}") from None
