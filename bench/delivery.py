@@ -155,6 +155,7 @@ def tls_receiver(conn, cert: str, key: str, server_ca: str) -> None:
         started = time.perf_counter()
         while state["position"] < n:
             raw, _ = listener.accept()
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with context.wrap_socket(raw, server_side=True) as tls:
                 _serve_tls(tls, state, n, cut_at)
         # How busy the receiver was (1.0: it, not the server, set the pace).

@@ -161,6 +161,11 @@ class DeliveryManager:
             worker.deliver_from_memory(sid, record)
 
     @property
+    def shared_envelopes(self) -> Mapping[StreamId, StreamEnvelopes]:
+        """Per delivered stream, its envelopes shared by its endpoints (status, tests)."""
+        return self._envelopes
+
+    @property
     def workers(self) -> list[Worker]:
         return [worker for worker, _scope in self._workers.values()]
 
