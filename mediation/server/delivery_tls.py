@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import random
 import socket
 import ssl
@@ -84,6 +85,7 @@ class TlsWorker:
         self.last_error: str | None = None
         self.connections = 0
         self.refused = 0
+        self.writes = 0  # runs of envelopes written (each one send on the TLS stream)
 
     # The set of streams ------------------------------------------------------
 
@@ -261,16 +263,22 @@ class TlsWorker:
         A full window waits until a quarter of it is free (or everything
         is acknowledged), not for every ack: each write then carries many
         envelopes, one TLS record run, instead of the few one ack freed.
-        Light traffic never fills the window, so it waits for nothing.
+        Light traffic never fills the window; there, writes are at least
+        ``write_linger`` apart, so one carries whatever several commits of
+        the log made durable (at most that much later).
         """
         sender, sid, cursor = link.sender, state.sid, state.cursor
         low_water = min(max(1, sender.window // 4), self.config.batch)
+        linger, written = self.config.write_linger, -math.inf
         cursor.seek(sender.next_sequence(sid))
         while True:
             room = sender.window_room(sid)
             if room < low_water and room < sender.window:
                 await link.wait_ack(sid)
                 continue
+            # Light traffic: what the log makes durable meanwhile joins the next write.
+            if (pause := written + linger - trio.current_time()) > 0:
+                await trio.sleep(pause)
             if cursor.position != sender.next_sequence(sid):
                 cursor.seek(sender.next_sequence(sid))  # an ack moved us on
             try:
@@ -283,6 +291,8 @@ class TlsWorker:
             data = self._envelopes(sender, sid, records)
             state.sent_high = max(state.sent_high, sender.next_sequence(sid))
             await link.write(data)
+            self.writes += 1
+            written = trio.current_time()
 
     @staticmethod
     def _envelopes(sender: StreamSender, sid: StreamId, items: list) -> bytes:
