@@ -120,11 +120,25 @@ def test_an_endpoint_that_lags_costs_at_most_two_generations() -> None:
     for i in range(2000):  # only one endpoint takes them
         shared.envelope(LogRecord(i, T_US, LogKind.CMCC, None, cc_der(100)))
     size = len(record_envelope(CMCC, LogRecord(0, T_US, LogKind.CMCC, None, cc_der(100)), False))
-    assert shared.held * size <= 2 * (10_000 + size)
+    assert 0 < shared.held * size <= 2 * (10_000 + size)
+    shared.leave()  # that endpoint disconnects: nothing is kept for it
+    assert shared.held == 0 and shared.consumers == 1
+    shared.envelope(LogRecord(2000, T_US, LogKind.CMCC, None, cc_der(100)))
+    assert shared.held == 0  # one endpoint: nothing kept
+
+
+def test_endpoints_join_and_leave() -> None:
+    shared = StreamEnvelopes(CMCC)
+    shared.join()
+    shared.envelope(LogRecord(0, T_US, LogKind.CMCC, None, cc_der()))
+    assert shared.held == 0
+    shared.join()
+    shared.envelope(LogRecord(1, T_US, LogKind.CMCC, None, cc_der()))
+    assert shared.held == 1
 
 
 def test_one_endpoint_keeps_nothing() -> None:
-    shared = StreamEnvelopes(CMCC)
+    shared = StreamEnvelopes(CMCC, consumers=1)
     for i in range(10):
         shared.envelope(LogRecord(i, T_US, LogKind.CMCC, None, cc_der()))
     assert shared.held == 0

@@ -175,18 +175,20 @@ class StreamEnvelopes:
     log record (the ring hands every reader the same record object); the
     first one encodes it (:class:`mediation.pdu.fast_envelope.RecordFramer`,
     else :func:`envelope_bytes`: byte-identical either way), the others
-    take the bytes. An entry is dropped once ``consumers`` endpoints have
-    taken it; one that a lagging endpoint never takes is dropped when the
-    cache turns over (at most two generations of ``generation_bytes``),
-    so the cache costs memory only while endpoints are apart.
+    take the bytes. Workers :meth:`join` while they deliver (a TLS worker
+    while connected) and :meth:`leave` after; with fewer than two nothing
+    is kept. An entry is dropped once every endpoint has taken it; one
+    that a lagging endpoint never takes is dropped when the cache turns
+    over (at most two generations of ``generation_bytes``), so the cache
+    costs memory only while endpoints are apart, and a bounded amount.
     """
 
     def __init__(
-        self, stream: pdu.StreamId, consumers: int = 1, generation_bytes: int = 512 * 1024
+        self, stream: pdu.StreamId, consumers: int = 0, generation_bytes: int = 256 * 1024
     ) -> None:
         """Args:
         stream: the warrant stream.
-        consumers: how many endpoints deliver it (1: nothing is kept).
+        consumers: how many endpoints deliver it now (fewer than 2: nothing is kept).
         generation_bytes: envelope octets kept per generation.
         """
         self.stream = stream
@@ -197,6 +199,15 @@ class StreamEnvelopes:
         self._previous: dict[int, list] = {}
         self._current_bytes = 0
         self.encoded = 0  # envelopes encoded here (the rest came from the cache)
+
+    def join(self) -> None:
+        """An endpoint starts delivering the stream."""
+        self.consumers += 1
+
+    def leave(self) -> None:
+        """An endpoint stops delivering it (what it has not taken is not kept for it)."""
+        self.consumers -= 1
+        self._current, self._previous, self._current_bytes = {}, {}, 0
 
     def envelope(self, record: LogRecord, redelivered: bool = False) -> bytes:
         """The envelope of ``record`` (see :func:`envelope_bytes`).

@@ -100,19 +100,14 @@ class DeliveryManager:
     def _share_envelopes(
         self, chosen: Iterable[Mapping[StreamId, StreamLog]]
     ) -> dict[StreamId, StreamEnvelopes]:
-        """One envelope encoder per stream, told how many endpoints deliver it."""
-        counts: dict[StreamId, int] = {}
-        for streams in chosen:
-            for sid in streams:
-                counts[sid] = counts.get(sid, 0) + 1
+        """One envelope encoder per delivered stream; its workers join and leave it."""
+        delivered = {sid for streams in chosen for sid in streams}
         for sid in list(self._envelopes):
-            if sid not in counts:
+            if sid not in delivered:
                 del self._envelopes[sid]
-        for sid, count in counts.items():
-            shared = self._envelopes.get(sid)
-            if shared is None:
-                shared = self._envelopes[sid] = StreamEnvelopes(sid)
-            shared.consumers = count
+        for sid in delivered:
+            if sid not in self._envelopes:
+                self._envelopes[sid] = StreamEnvelopes(sid)
         return self._envelopes
 
     def _wanted(

@@ -239,7 +239,14 @@ class TlsWorker:
         self.state, self.last_error = "connected", None
         log.info("%s: connected", self.ref.label)
         writers = [self._writer_for(s) for s in streams.values()]
-        return await link.run(*writers)
+        shared = [self._shared[sid] for sid in streams if sid in self._shared]
+        for envelopes in shared:  # while connected, this endpoint takes the stream's envelopes
+            envelopes.join()
+        try:
+            return await link.run(*writers)
+        finally:
+            for envelopes in shared:
+                envelopes.leave()
 
     def _acked(self, event: AckReceived) -> None:
         state = self._streams.get(event.stream)

@@ -182,19 +182,26 @@ class UdpWorker:
             await trio.sleep(delays(False))
 
     async def _deliver(self, state: _UdpStream) -> None:
-        with state.scope:
-            # Checkpoints too: the agency can check what it holds against them.
-            cursor = state.log.cursor(state.start, checkpoints=True)
-            while True:
-                try:
-                    records = await cursor.read(self.config.batch)
-                except RecordsUnavailable as exc:  # retention overtook us: go on from there
-                    cursor.seek(exc.first_available)
-                    continue
-                first = state.sender.first_sent is None
-                await self._send_batch(state, records)
-                if first:
-                    self._wake.set()  # the silence clock starts with the first envelope
+        state.sender.envelopes.join()  # shared with the stream's other endpoints
+        try:
+            with state.scope:
+                await self._deliver_records(state)
+        finally:
+            state.sender.envelopes.leave()
+
+    async def _deliver_records(self, state: _UdpStream) -> None:
+        # Checkpoints too: the agency can check what it holds against them.
+        cursor = state.log.cursor(state.start, checkpoints=True)
+        while True:
+            try:
+                records = await cursor.read(self.config.batch)
+            except RecordsUnavailable as exc:  # retention overtook us: go on from there
+                cursor.seek(exc.first_available)
+                continue
+            first = state.sender.first_sent is None
+            await self._send_batch(state, records)
+            if first:
+                self._wake.set()  # the silence clock starts with the first envelope
 
     async def _send_batch(self, state: _UdpStream, records: list) -> None:
         sock, sealer = self._sock, self._sealer
