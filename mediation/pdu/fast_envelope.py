@@ -153,6 +153,8 @@ class RecordFramer:
     def __init__(self, stream: StreamId) -> None:
         self.stream = stream
         self._stream_tlv = _stream_tlv(stream)
+        # The stream TLV and the one-octet tags and lengths of sequence, time and content.
+        self._stream_size = len(self._stream_tlv) + 5
         self._cmcc = stream.kind is StreamKind.CMCC
         self._second = -1
         self._date = ""
@@ -205,8 +207,22 @@ class RecordFramer:
             self._clock_tlv = _CLOCK_TLV[clock]
             self._clock = clock
         sequence = seq.to_bytes((seq.bit_length() >> 3) + 1, "big")
-        head = b"".join(
+        flag = _REDELIVERED_TLV if redelivered else b""
+        content = length(size)
+        # One join, the outer length summed up front: no header object of its own.
+        inner = (
+            self._stream_size
+            + len(sequence)
+            + len(time)
+            + len(self._clock_tlv)
+            + len(flag)
+            + len(content)
+            + size  # the content's tag replaces the payload's first octet
+        )
+        return b"".join(
             (
+                b"\xa0",
+                length(inner),
                 self._stream_tlv,
                 b"\x81",
                 _LENGTHS[len(sequence)],
@@ -215,14 +231,13 @@ class RecordFramer:
                 _LENGTHS[len(time)],
                 time,
                 self._clock_tlv,
-                _REDELIVERED_TLV if redelivered else b"",
+                flag,
                 b"\xa5",
-                length(size),
+                content,
                 found[0],
+                memoryview(payload)[1:],
             )
         )
-        rest = memoryview(payload)[1:]
-        return b"".join((b"\xa0", length(len(head) + size - 1), head, rest))
 
 
 # Decoding ----------------------------------------------------------------------
