@@ -1,6 +1,7 @@
 """Delivery from the evidence log to agencies on loopback, against a bare sendto loop.
 
     python bench/delivery.py [--records N] [--size BYTES] [--rounds R] [--dir DIR]
+                             [--against CHECKOUT]
 
 1. Fills one CmCC stream of a fresh log with ``--records`` CC PDUs of
    ``--size`` bytes (the DER of a real IAS-CC-APDU).
@@ -19,6 +20,19 @@
 4. Resume: the TLS receiver cuts the connection (no TLS close) halfway
    through; the time from the cut to the first envelope of the next
    connection.
+
+Each worker's figure comes with this process's CPU per PDU (every thread:
+the log's reads too), the measure that holds on a loaded machine, where
+wall-clock rates follow the scheduler; the TLS line says how busy the
+receiver was. The ring holds the newest 16 MiB of a stream (about 10,000
+full-size records): with more ``--records`` most reads come from the
+segment files (decrypted), as in a catch-up; with fewer, all come from
+memory, as live delivery does.
+
+``--against CHECKOUT``: each round runs twice, as a subprocess with the
+``mediation`` package of CHECKOUT (e.g. ``git archive main | tar -x -C
+/tmp/base``) and with this one, alternating, and prints both and the
+ratios: the baseline measured in the same run as the change.
 
 Best of ``--rounds`` alternating rounds (the machine is shared). Goals:
 UDP >= 50,000 PDUs/s and >= 50 % of the bare loop; TLS >= 50,000 PDUs/s;
