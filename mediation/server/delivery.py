@@ -22,10 +22,12 @@ from collections.abc import Iterable, Mapping
 
 import trio
 
+from mediation.evidence.manifest import Signer
 from mediation.log import LogRecord, StreamLog
 from mediation.pdu import StreamId, StreamKind
 from mediation.protocol.envelope import StreamEnvelopes
-from mediation.server.config import DeliveryConfig
+from mediation.server.config import DeliveryConfig, FilesConfig
+from mediation.server.delivery_files import FilesWorker
 from mediation.server.delivery_tls import TlsWorker
 from mediation.server.delivery_udp import UdpWorker
 from mediation.server.status import EndpointRef, StatusRow
@@ -35,7 +37,7 @@ from mediation.warrants.model import Endpoint, Stream
 
 log = logging.getLogger("mediation.server.delivery")
 _KIND = {Stream.CMII: StreamKind.CMII, Stream.CMCC: StreamKind.CMCC}
-Worker = UdpWorker | TlsWorker
+Worker = UdpWorker | TlsWorker | FilesWorker
 
 
 def endpoint_ident(secret: bytes, agency: str, endpoint: Endpoint) -> str:
@@ -58,8 +60,10 @@ class DeliveryManager:
         identity: IdentityFiles,
         trust: AgencyTrust,
         secret: bytes,
+        files: tuple[FilesConfig, Signer] | None = None,
     ) -> None:
         self._nursery = nursery
+        self._files = files  # capture-to-disk: rotation, and the key that signs manifests
         self.config = config
         self._identity = identity
         self._trust = trust
@@ -95,7 +99,10 @@ class DeliveryManager:
                 self._start(key, ref, endpoint)
             worker = self._workers[key][0]
             worker.ref = ref  # the endpoint's number may change when another is removed
-            worker.set_streams(chosen, envelopes=envelopes)
+            if isinstance(worker, FilesWorker):  # writes the content, not envelopes
+                worker.set_streams(chosen)
+            else:
+                worker.set_streams(chosen, envelopes=envelopes)
 
     def _share_envelopes(
         self, chosen: Iterable[Mapping[StreamId, StreamLog]]
@@ -138,6 +145,9 @@ class DeliveryManager:
         worker: Worker
         if endpoint.transport == "udp":
             worker = UdpWorker(ref, endpoint, self.config)
+        elif endpoint.transport == "files":
+            assert self._files is not None, "the server gives its signer for files endpoints"
+            worker = FilesWorker(ref, endpoint, *self._files)
         else:
             worker = TlsWorker(ref, endpoint, self.config, self._identity, self._trust)
         scope = trio.CancelScope()
