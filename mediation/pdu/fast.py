@@ -15,6 +15,8 @@ Public surface::
     encode_content(content) -> (kind, der)
     decode_content(kind, der) -> content
     encode(record) / decode(data)         any PDU, fast where it can be
+    decode_control(data) -> Acknowledgement | ReceiverReport | None
+                                          (None: leave it to the reference)
 
 CC content is encoded and decoded here; CmII messages and completeness
 notices (rare, varied) go through the reference codec and are spliced in
@@ -43,6 +45,7 @@ from mediation.pdu.delivery import (
 )
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import cc_contents, read_cc
+from mediation.pdu.fast_control import decode_control
 from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length
 from mediation.pdu.fast_envelope import (
     CMCC,
@@ -65,6 +68,7 @@ __all__ = [
     "decode",
     "decode_cc",
     "decode_content",
+    "decode_control",
     "decode_envelope",
     "encode",
     "encode_cc",

@@ -20,6 +20,7 @@ names only what it changes::
     reconnect_min = 0.1        # backoff after a failed or lost connection ...
     reconnect_max = 10.0       # ... doubling up to this
     batch = 256                # records read from the log per step
+    write_linger = 0.002       # TLS: seconds between writes at light traffic
 
     [retrieval]
     listen = "127.0.0.1:37001" # "" turns retrieval off; port 0 picks one
@@ -124,6 +125,10 @@ class DeliveryConfig:
     # a write (and TLS record) over many envelopes, small enough that one
     # stream's batch does not hold up the others on the connection.
     batch: int = 256
+    # TLS: after a write, wait this long before the next, so light traffic
+    # goes out a few envelopes per TLS record instead of one per commit of
+    # the log; it adds at most this to an envelope's delay.
+    write_linger: float = 0.002
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +294,8 @@ LIMITS: dict[str, Limit] = {
     # Unacknowledged envelopes held per TLS stream: memory per agency.
     "delivery.window": Limit(1, 1 << 20),
     "delivery.batch": Limit(1, 1 << 16),
+    # Added to an envelope's delay at most; past 0.1 s it would be felt.
+    "delivery.write_linger": Limit(0, 0.1, low_included=False),
     "taps.keepalive": Limit(1, 3600),
     # Records are kept at least five years after a warrant ends (the white paper).
     "retention.years": Limit(5, 100),
