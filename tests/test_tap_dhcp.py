@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from mediation.evidence.pcap import PcapReader
 from mediation.pdu import SessionAlreadyEstablished, SessionEnd, SessionStart, decode
+from mediation.pdu.confirmation import parse_frame_message
 from mediation.tap.dhcp import (
     DhcpFollower,
     EndReason,
@@ -243,7 +245,12 @@ def test_tap_follows_the_target_from_192_0_2_10_to_192_0_2_11() -> None:
         True,
         False,
     ]
-    start10, end10, start11 = out[4][-1], out[8][-1], out[13][-1]
+    # Each lease change is followed by the report of the frame that showed it.
+    start10, end10, start11 = out[4][-2], out[8][-2], out[13][-2]
+    for pdus in (out[4], out[8], out[13]):
+        shown = parse_frame_message(pdus[-1].signaling_msg[0])
+        assert shown is not None and shown.captured == pdus[-2].timestamp
+    assert parse_frame_message(out[8][-1].signaling_msg[0]).what == "release"
     assert isinstance(start10, SessionStart) and start10.ip_address.address == A10
     assert isinstance(end10, SessionEnd) and end10.ip_address.address == A10
     assert end10.reason_for_termination.value == "dhcp-release"
@@ -280,9 +287,12 @@ def test_broadcast_answer_is_matched_by_its_client_hardware_address() -> None:
     tap = Tap.for_warrant(F.warrant(F.TARGET_MAC))
     answer = F.dhcp(5, F.TARGET_MAC, yiaddr="192.0.2.10", ciaddr="192.0.2.10", lease=60)
     frame = F.dhcp_frame(answer, from_client=False, dst_mac=F.BROADCAST)
-    _report, cc, established = (decode(p.der) for p in tap.process(frame, at(0)))
+    _report, cc, established, shown = (decode(p.der) for p in tap.process(frame, at(0)))
     assert cc.header.packet_direction.value == "toSubject"
     assert isinstance(established, SessionAlreadyEstablished)
+    evidence = parse_frame_message(shown.signaling_msg[0])
+    assert evidence.sha256 == hashlib.sha256(frame).hexdigest()
+    assert evidence.octets == frame  # a full-content warrant: the frame itself too
 
 
 def test_an_ip_warrant_does_not_follow_dhcp() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import datetime as dt
 import ipaddress
 
@@ -274,8 +276,16 @@ def test_a_listener_feeds_payloads_to_the_tap_directly():
 
     from mediation.tap.replay import Tap
 
+    from mediation.pdu import decode
+    from mediation.pdu.confirmation import parse_frame_message
+
     tap = Tap.for_warrant(F.warrant(f"user:{USER}"), radius_secret=SECRET)
-    assert len(tap.accounting(start(), at(1))) == 2  # access-Accepted, session-Start
+    payload = start()
+    *events, shown = tap.accounting(payload, at(1))
+    assert len(events) == 2  # access-Accepted, session-Start; then the datagram's report
+    evidence = parse_frame_message(decode(shown.der).signaling_msg[0])
+    assert (evidence.layer, evidence.what) == ("udp-payload", "accounting-start")
+    assert evidence.sha256 == hashlib.sha256(payload).hexdigest() and evidence.octets == payload
     assert tap.matcher.is_learned(A10.packed)
     assert tap.accounting(b"\x04", at(2)) == [] and tap.counters.radius_refused == 1
     late = tap.accounting(start("192.0.2.11", session_id="S2"), F.WINDOW[1])
