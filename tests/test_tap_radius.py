@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import datetime as dt
+import hashlib
 import ipaddress
 
 import pytest
@@ -274,10 +273,9 @@ def test_accounting_response_authenticator_agrees_with_scapy():
 def test_a_listener_feeds_payloads_to_the_tap_directly():
     import test_tap_frames as F
 
-    from mediation.tap.replay import Tap
-
     from mediation.pdu import decode
     from mediation.pdu.confirmation import parse_frame_message
+    from mediation.tap.replay import Tap
 
     tap = Tap.for_warrant(F.warrant(f"user:{USER}"), radius_secret=SECRET)
     payload = start()

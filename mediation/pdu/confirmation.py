@@ -40,6 +40,9 @@ from mediation.pdu.cmii import (
     InterceptedSignalingMessage,
     SignalingMessageType,
 )
+from mediation.pdu.codec import decode_cmii
+from mediation.pdu.errors import PDUError
+from mediation.pdu.tlv import read_header, tlv_end
 
 FRAME_WORD = "mediation-frame"
 TARGETS_WORD = "mediation-targets"
@@ -167,6 +170,37 @@ def parse_targets_report(report: AccessSignalingMessageReport) -> tuple[str, lis
         elif word == TARGET_WORD:
             targets.append(rest)
     return None if reason is None else (reason, sorted(targets))
+
+
+def cmii_message_tag(der: bytes | memoryview) -> int | None:
+    """The context tag number of an ``IasProtocol``'s message (5: a signalling report).
+
+    Reads two headers, decodes nothing: a reader of a long CmII stream
+    skips the header reports (10) this way. None when ``der`` is not an
+    ``IasProtocol``.
+    """
+    try:
+        tag, content, length = read_header(der, 0)
+        if tag != 0x30 or length == 0 or der[content] != 0x06:
+            return None
+        at = tlv_end(der, content, content + length)
+        tag, _content, _length = read_header(der, at, content + length)
+    except PDUError:
+        return None
+    return tag & 0x1F if tag & 0xE0 == 0xA0 else None
+
+
+def is_targets_report(der: bytes) -> bool:
+    """Whether a CmII PDU is the server's targets report (not something a tap sent)."""
+    if cmii_message_tag(der) != 5:
+        return False
+    try:
+        report = decode_cmii(der)
+    except PDUError:
+        return False
+    return isinstance(report, AccessSignalingMessageReport) and (
+        parse_targets_report(report) is not None
+    )
 
 
 def _stamp(when: dt.datetime) -> str:
