@@ -201,3 +201,97 @@ def test_frame_messages_round_trip_and_strangers_are_not_frames() -> None:
     with pytest.raises(ValueError, match="what"):
         frame_message(FrameEvidence("dhcp", "a b", when, "ab" * 32, 3))
     assert cmii_message_tag(b"\x30\x00") is None and cmii_message_tag(b"") is None
+
+
+# The carrier's path: `mediate serve`, `mediate tap run --read`, `mediate confirm` --------
+
+
+@pytest.fixture
+def carrier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from test_warrants_support import Carrier
+
+    carrier = Carrier(tmp_path, monkeypatch)
+    carrier.setup()
+    return carrier
+
+
+def _stop(server) -> None:
+    """SIGTERM, as an operator stops it: the log closes with its checkpoints."""
+    import signal
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=30) == 0, server.log.read_text()
+
+
+def test_mediate_confirm_on_a_tapped_intercept_while_the_server_runs(carrier, tmp_path) -> None:
+    import json
+
+    from confirmation_support import USER, write_capture
+    from taplink_support import add_tapped_warrant, run_tap, serve, tap_port
+    from test_control_live import wait_for
+
+    from mediation.warrants.model import Target, TargetKind
+
+    capture = write_capture(tmp_path / "scripted.pcap")
+    targets = (Target(TargetKind.MAC, TARGETS[0]), Target(TargetKind.USER, USER))
+    handle = add_tapped_warrant(carrier, targets=targets)
+    server = serve(carrier)
+    try:
+        run_tap(carrier, tap_port(server), "--read", str(capture), "--speed", "full")
+        # While the server runs (it holds the log's locks): read as files, all there.
+        records = json.loads(carrier.ok("confirm", handle, "--json"))["records"]
+        check_followed(records, octets=True)  # a full-content warrant: the frames too
+        carrier.ok("modify", handle, "--add-target", "192.0.2.99")
+
+        def modified() -> bool:
+            got = json.loads(carrier.ok("confirm", handle, "--json"))["records"]
+            return any(r.get("reason") == "warrant-modified" for r in got)
+
+        wait_for(modified, "the modified targets in the record", 30)
+        text = carrier.ok("confirm", handle)
+    finally:
+        _stop(server)
+    assert f"{handle}: how the target was identified" in text
+    assert f"DHCP session-start 192.0.2.10/24 {TARGETS[0]} session=1" in text
+    assert f"sha256 {frame_hash(1)}" in text and "RADIUS access-ended user-test-1" in text
+    assert "targets (warrant-modified): 02:00:5e:00:53:01, 192.0.2.99, user:user-test-1" in text
+    assert "  192.0.2.11  dhcp 02:00:5e:00:53:01 session 2: " in text
+    # A restart: the record is still all there, and the log verifies whole.
+    _stop(serve(carrier, "serve-2.log"))
+    after = json.loads(carrier.ok("confirm", handle, "--json"))
+    check_followed(after["records"], octets=True)
+    reasons = [r["reason"] for r in after["records"] if r["event"] == "targets"]
+    assert reasons == ["already-active", "warrant-modified", "already-active"]
+    assert carrier("log", "verify").code == 0
+    # Nothing of the case in clear on disk: the targets and events are encrypted.
+    for name, data in carrier.files().items():
+        assert b"user-test-1" not in data and b"192.0.2.99" not in data, name
+    assert "user-test-1" not in (carrier.tmp / "serve.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("confirm", "CASE-TEST-0001"), "HANDLE: must be a handle like w-3f9a1c"),
+        (("confirm", "w-ffffff"), "HANDLE: no warrant w-ffffff in this registry"),
+    ],
+)
+def test_each_refusal_is_one_line(carrier, argv, message) -> None:
+    run = carrier(*argv)
+    assert run.code == 2 and run.out == ""
+    assert run.err.count("\n") == 1 and message in run.err, run.err
+
+
+def test_without_the_key_it_is_refused(carrier) -> None:
+    handle = carrier.add()
+    carrier.without_key_env()
+    run = carrier("confirm", handle)
+    assert run.code == 2 and run.err.count("\n") == 1 and "key" in run.err, run.err
+
+
+def test_a_warrant_never_active_here_has_an_empty_record(carrier) -> None:
+    import json
+
+    handle = carrier.add()
+    assert "no CmII records here" in carrier.ok("confirm", handle)
+    assert json.loads(carrier.ok("confirm", handle, "--json"))["records"] == []
