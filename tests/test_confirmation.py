@@ -55,9 +55,12 @@ def _add(site: Site, agency: str, content: ContentLevel) -> P.StreamId:
     return P.StreamId(warrant.handle, P.StreamKind.CMII)
 
 
-def _modify(site: Site, handle: str, targets: tuple[str, ...]) -> None:
+def _modify(site: Site, handle: str, targets: tuple[str, ...] | None = None) -> None:
     now = dt.datetime.now(dt.UTC)
-    changes = WarrantChanges(targets=tuple(parse_target(t) for t in targets))
+    if targets is None:  # another field: the end, a day later
+        changes = WarrantChanges(end=now.replace(microsecond=0) + dt.timedelta(days=2))
+    else:
+        changes = WarrantChanges(targets=tuple(parse_target(t) for t in targets))
     with site._registry() as registry:
         modify_warrant(registry, handle, changes, now)
 
@@ -76,8 +79,10 @@ async def test_the_record_lists_every_change_and_the_agency_holds_the_same(tmp_p
             for step, frame in SCRIPT:
                 for pdu in tap.process(frame, at(step)):
                     assert await server.ingest(sid.warrant_handle, pdu.kind, pdu.der)
-            _modify(site, sid.warrant_handle, (*TARGETS, "192.0.2.99"))
+            _modify(site, sid.warrant_handle)  # not the targets: nothing recorded
             await server.reload()  # what `mediate modify` asks of a running server
+            _modify(site, sid.warrant_handle, (*TARGETS, "192.0.2.99"))
+            await server.reload()
             stream = server.intake.streams[sid]
             last = stream.next_seq - 1
             await wait_until(lambda: stream.durable_seq >= last)

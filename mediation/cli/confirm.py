@@ -75,9 +75,12 @@ def _print_timeline(handle: str, records: list[dict[str, Any]], periods: list[di
         return
     print(f"{handle}: how the target was identified (CmII sequence numbers in brackets)")
     print()
-    for entry in records:
+    for i, entry in enumerate(records):
         print(f"{entry['time']}  [{entry['seq']}]  {_describe(entry)}")
-        for frame in entry.get("frames", ()):
+        frames = entry.get("frames", ())
+        if i + 1 < len(records) and records[i + 1].get("frames") == frames:
+            continue  # one frame, several events: named once, after the last
+        for frame in frames:
             kept = ", frame kept" if "octets" in frame else ""
             print(
                 f"{'':30}shown by {frame['proto']} {frame['what']} captured {frame['captured']}"
