@@ -169,7 +169,7 @@ class MediationServer:
     ) -> None:
         self.intake = Ingest(evidence, self.table, ClockCache(self._clock_reader))
         self.notices = Notices(self.intake, self.table)
-        self.targets_record = TargetsRecord(self.table, self.intake, self._clock)
+        self.targets_record = TargetsRecord(self.table, self.intake, self._clock, nursery)
         self.delivery = DeliveryManager(
             nursery, self.config.delivery, identity, trust, self._key.derive("endpoint-id")
         )

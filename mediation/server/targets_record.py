@@ -18,7 +18,9 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from mediation.log import ContentKind, LogError
+import trio
+
+from mediation.log import ContentKind, LogError, StorageUnavailable, StreamLog
 from mediation.pdu import StreamId, StreamKind, encode
 from mediation.pdu.confirmation import targets_report
 from mediation.server.ingest import Ingest
@@ -53,16 +55,24 @@ class TargetsRecord:
             like a notice, not a PDU a tap sent, so it is not in the ingest
             counters.
         clock: the server's clock, for the report's timestamp.
+        nursery: where a report the log could not store (a full disk) waits
+            for storage to return and is then appended; None: not retried.
     """
 
     def __init__(
-        self, table: WarrantTable, ingest: Ingest, clock: Callable[[], dt.datetime]
+        self,
+        table: WarrantTable,
+        ingest: Ingest,
+        clock: Callable[[], dt.datetime],
+        nursery: trio.Nursery | None = None,
     ) -> None:
         self.table = table
         self.ingest = ingest
         self.clock = clock
         self.recorded: dict[str, tuple[str, ...]] = {}  # handle -> targets last recorded
         self.refused = 0  # reports the log did not take (counted by ingest too)
+        self._nursery = nursery
+        self._waiting: set[str] = set()  # handles whose report waits for storage
 
     async def on_change(self, change: TableChange, at_start: bool = False) -> None:
         """Record what ``change`` made count: activations, and modified targets."""
@@ -98,7 +108,25 @@ class TargetsRecord:
         except LogError as exc:  # unable to store, or closing
             self.refused += 1
             log.error("%s: targets (%s) not recorded: %s", handle, reason, exc)
+            if isinstance(exc, StorageUnavailable) and self._nursery is not None:
+                if handle not in self._waiting:
+                    self._waiting.add(handle)
+                    self._nursery.start_soon(self._when_stored, handle, reason, stream)
             return False
         self.recorded[handle] = targets
         log.info("%s: targets recorded (%s, cmii sequence %d)", handle, reason, appended.seq)
         return True
+
+    async def _when_stored(self, handle: str, reason: str, stream: StreamLog) -> None:
+        """Record the targets once the stream can store again (woken by its state change).
+
+        The targets recorded are the warrant's then, which are the ones in
+        force: a change made meanwhile is not lost, only dated later.
+        """
+        try:
+            while not stream.state.healthy:
+                await stream.wait_state_change(stream.state)
+        finally:
+            self._waiting.discard(handle)
+        if self.table.state(handle) is WarrantState.ACTIVE:
+            await self.record(handle, reason)
