@@ -108,10 +108,11 @@ class TargetsRecord:
         except LogError as exc:  # unable to store, or closing
             self.refused += 1
             log.error("%s: targets (%s) not recorded: %s", handle, reason, exc)
-            if isinstance(exc, StorageUnavailable) and self._nursery is not None:
-                if handle not in self._waiting:
-                    self._waiting.add(handle)
-                    self._nursery.start_soon(self._when_stored, handle, reason, stream)
+            retry = isinstance(exc, StorageUnavailable) and self._nursery is not None
+            if retry and handle not in self._waiting:
+                assert self._nursery is not None
+                self._waiting.add(handle)
+                self._nursery.start_soon(self._when_stored, handle, reason, stream)
             return False
         self.recorded[handle] = targets
         log.info("%s: targets recorded (%s, cmii sequence %d)", handle, reason, appended.seq)
