@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediation.evidence.pcap import PcapReader
-from mediation.pdu import SessionAlreadyEstablished, SessionEnd, SessionStart, decode
+from mediation.pdu import (
+    AccessSignalingMessageReport,
+    SessionAlreadyEstablished,
+    SessionEnd,
+    SessionStart,
+    decode,
+)
 from mediation.pdu.confirmation import parse_frame_message
 from mediation.tap.dhcp import (
     DhcpFollower,
@@ -300,3 +306,25 @@ def test_an_ip_warrant_does_not_follow_dhcp() -> None:
     assert tap.follower is None
     out = run(tap, [(0.01 * i, f) for i, f in enumerate(exchange("192.0.2.11"), 1)])
     assert out == [[], [], [], []]
+
+
+def test_a_renewal_is_shown_by_its_frame_but_an_inform_answer_is_not() -> None:
+    def ack_frame(address: str, ciaddr: str = "0.0.0.0") -> bytes:
+        payload = F.dhcp(5, F.TARGET_MAC, yiaddr=address, ciaddr=ciaddr, lease=3600)
+        return F.dhcp_frame(payload, from_client=False, dst_ip="192.0.2.10")
+
+    def frame_reports(pdus: list) -> list:
+        reports = [decode(p.der) for p in pdus]
+        return [
+            parse_frame_message(r.signaling_msg[0])
+            for r in reports
+            if isinstance(r, AccessSignalingMessageReport)
+        ]
+
+    tap = Tap.for_warrant(F.warrant(F.TARGET_MAC))
+    assert len(frame_reports(tap.process(ack_frame("192.0.2.10"), at(1)))) == 1  # the lease
+    renewal = ack_frame("192.0.2.10", ciaddr="192.0.2.10")
+    [evidence] = frame_reports(tap.process(renewal, at(2)))
+    assert evidence.what == "ack" and evidence.sha256 == hashlib.sha256(renewal).hexdigest()
+    inform_answer = ack_frame("0.0.0.0", ciaddr="192.0.2.10")  # an ACK to an INFORM: no lease
+    assert frame_reports(tap.process(inform_answer, at(3))) == []

@@ -244,8 +244,12 @@ class Tap:
             return None, [], None  # a target MAC seen outside its scope: another subscriber
         self.counters.dhcp_messages += 1
         events = self.follower.observe(message, when)
+        lease = self.follower.leases.get(message.chaddr) if mine else None
+        renewed = message.message_type == MessageType.ACK and (
+            lease is not None and lease.address == message.yiaddr
+        )  # not an INFORM's answer, which leases nothing
         shown = None
-        if events or (mine and message.message_type == MessageType.ACK):
+        if events or renewed:
             kind = message.message_type
             what = MessageType(kind).name.lower() if kind in _DHCP_TYPES else f"type-{kind}"
             shown = self._frame_report("dhcp", what, frame, when, "frame")
