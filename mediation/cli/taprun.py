@@ -40,6 +40,7 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
         interface=args.interface,
         source=source,
         paced=args.speed == "recorded",
+        rate=_rate(args.speed),
         spool_dir=Path(args.spool) if args.spool else Path(f"{args.credentials}.spool"),
         spool_limit=args.spool_limit,
         batch=args.batch,
@@ -68,9 +69,10 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--speed",
-        choices=("recorded", "full"),
         default="recorded",
-        help="--read: at the recorded pace (default) or as fast as possible",
+        metavar="recorded|full|N",
+        help="--read: at the recorded pace (default), as fast as possible, or N frames a "
+        "second, each stamped with the time it is replayed",
     )
     p.add_argument("--server", metavar="HOST:PORT", help="default: `server` in the credentials")
     p.add_argument("--udp", metavar="HOST:PORT", help="send batches as sealed UDP datagrams here")
@@ -97,3 +99,22 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="first 4 octets of content identifiers (default: the start time, in seconds)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+
+
+def _rate(speed: str) -> float | None:
+    """``--speed``: None for ``recorded`` and ``full``, else the frames a second.
+
+    Raises:
+        UsageError: anything else, or a rate outside 1 to 10,000,000.
+    """
+    if speed in ("recorded", "full"):
+        return None
+    try:
+        rate = float(speed)
+    except ValueError:
+        rate = 0.0
+    if not 1 <= rate <= 10_000_000:  # also refuses nan and inf
+        raise UsageError(
+            "--speed", f"must be recorded, full or 1 to 10000000 frames a second, got {speed!r}"
+        )
+    return rate

@@ -171,7 +171,12 @@ class MediationServer:
         self.notices = Notices(self.intake, self.table)
         self.targets_record = TargetsRecord(self.table, self.intake, self._clock, nursery)
         self.delivery = DeliveryManager(
-            nursery, self.config.delivery, identity, trust, self._key.derive("endpoint-id")
+            nursery,
+            self.config.delivery,
+            identity,
+            trust,
+            self._key.derive("endpoint-id"),
+            files=(self.config.files, evidence.signer),
         )
         self.intake.on_held = self.delivery.deliver_from_memory
         tap_ingest = TapIngest(self.intake, TapJournal(self.data_dir))
@@ -441,9 +446,7 @@ class MediationServer:
             log.exception("retention pass failed; the next one tries again")
         self.retention_passes += 1
 
-    async def _watch_storage(
-        self, scope: trio.CancelScope, handle: str, stream: StreamLog
-    ) -> None:
+    async def _watch_storage(self, scope: trio.CancelScope, handle: str, stream: StreamLog) -> None:
         assert self.notices is not None
         with scope:
             await self.notices.watch_storage(handle, stream)

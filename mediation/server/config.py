@@ -44,6 +44,10 @@ names only what it changes::
     years = 5                  # records kept 5..100 years after a warrant ends
     check_interval = 3600.0    # how often the server purges what is past that
 
+    [files]                    # capture-to-disk endpoints (agency add --files DIR)
+    rotate_seconds = 3600.0    # a capture file is closed after this long ...
+    rotate_bytes = 67108864    # ... or this many octets, whichever first
+
     [tls]
     server_names = ["localhost", "127.0.0.1", "::1"]   # the identity's subjectAltName
 
@@ -174,6 +178,16 @@ class RetentionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FilesConfig:
+    """Rotation of capture files (``agency add --files``; docs/agency.md)."""
+
+    # An hour or 64 MiB: a file a tool opens whole, and at most an hour's
+    # records to rebuild from the log after a crash.
+    rotate_seconds: float = 3600.0
+    rotate_bytes: int = 64 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
 class TlsConfig:
     server_names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 
@@ -191,6 +205,7 @@ class ServerConfig:
     tls: TlsConfig = TlsConfig()
     taps: TapsConfig = TapsConfig()
     retention: RetentionConfig = RetentionConfig()
+    files: FilesConfig = FilesConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +251,8 @@ LIMITS: dict[str, Limit] = {
     "taps.keepalive": Limit(1, 3600),
     # Records are kept at least five years after a warrant ends (the white paper).
     "retention.years": Limit(5, 100),
+    # A capture file holds at least a few packets, at most a terabyte.
+    "files.rotate_bytes": Limit(1024, 1 << 40),
 }
 
 # Keys a running server applies on SIGHUP ("section.key"); the rest need a restart.

@@ -22,9 +22,11 @@ from collections.abc import Mapping
 
 import trio
 
+from mediation.evidence.manifest import Signer
 from mediation.log import LogRecord, StreamLog
 from mediation.pdu import StreamId, StreamKind
-from mediation.server.config import DeliveryConfig
+from mediation.server.config import DeliveryConfig, FilesConfig
+from mediation.server.delivery_files import FilesWorker
 from mediation.server.delivery_tls import TlsWorker
 from mediation.server.delivery_udp import UdpWorker
 from mediation.server.status import EndpointRef, StatusRow
@@ -34,7 +36,7 @@ from mediation.warrants.model import Endpoint, Stream
 
 log = logging.getLogger("mediation.server.delivery")
 _KIND = {Stream.CMII: StreamKind.CMII, Stream.CMCC: StreamKind.CMCC}
-Worker = UdpWorker | TlsWorker
+Worker = UdpWorker | TlsWorker | FilesWorker
 
 
 def endpoint_ident(secret: bytes, agency: str, endpoint: Endpoint) -> str:
@@ -57,8 +59,10 @@ class DeliveryManager:
         identity: IdentityFiles,
         trust: AgencyTrust,
         secret: bytes,
+        files: tuple[FilesConfig, Signer] | None = None,
     ) -> None:
         self._nursery = nursery
+        self._files = files  # capture-to-disk: rotation, and the key that signs manifests
         self.config = config
         self._identity = identity
         self._trust = trust
@@ -121,6 +125,9 @@ class DeliveryManager:
         worker: Worker
         if endpoint.transport == "udp":
             worker = UdpWorker(ref, endpoint, self.config)
+        elif endpoint.transport == "files":
+            assert self._files is not None, "the server gives its signer for files endpoints"
+            worker = FilesWorker(ref, endpoint, *self._files)
         else:
             worker = TlsWorker(ref, endpoint, self.config, self._identity, self._trust)
         scope = trio.CancelScope()

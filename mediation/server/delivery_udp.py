@@ -43,6 +43,7 @@ from mediation.protocol import (
     parse_datagram,
 )
 from mediation.protocol.envelope import record_envelope
+from mediation.protocol.scte import ScteFramer
 from mediation.protocol.sealed import (
     DatagramOpener,
     DatagramSealer,
@@ -94,6 +95,8 @@ class UdpWorker:
             else SealKey(endpoint.udp_key_id, endpoint.udp_key)
         )
         self._sealer: DatagramSealer | None = None
+        # --format scte: CC as SCTE datagrams instead of sealed envelopes (protocol/scte.py).
+        self._scte = ScteFramer(self._key.key) if self._key and endpoint.udp_format else None
         self.opener = DatagramOpener(
             [] if self._key is None else [self._key], Direction.AGENCY_TO_SERVER
         )
@@ -141,7 +144,8 @@ class UdpWorker:
                 for state in self._streams.values():
                     nursery.start_soon(self._deliver, state)
                 nursery.start_soon(self._reports)
-                nursery.start_soon(self._silence)
+                if self._scte is None:  # an SCTE receiver sends no reports
+                    nursery.start_soon(self._silence)
         finally:
             self._nursery = None
             self._sock.close()
@@ -192,14 +196,17 @@ class UdpWorker:
     async def _send_batch(self, state: _UdpStream, records: list) -> None:
         sock, sealer = self._sock, self._sealer
         assert sock is not None and sealer is not None
-        envelope, send, seal = state.sender.envelope, sock.send, sealer.seal
+        envelope, send, seal, scte = state.sender.envelope, sock.send, sealer.seal, self._scte
         now = trio.current_time()
         for record in records:
             if record.__class__ is Checkpoint:
+                if scte is not None:
+                    continue
                 data = seal(state.sender.checkpoint(record.to_pdu()))
             else:
                 try:
-                    data = seal(envelope(record, now))
+                    data = envelope(record, now)  # also the sender's count, in either format
+                    data = seal(data) if scte is None else scte(state.sid, record)
                 except ValueError:
                     self._oversize(state, record)
                     continue

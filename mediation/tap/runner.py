@@ -48,6 +48,9 @@ class RunSettings:
         udp: the server's UDP tap listener, to send batches there instead.
         interface: capture on this interface; or ``source``: replay this pcap file.
         paced: replay at the recorded pace (else as fast as possible).
+        rate: replay this many frames a second instead, each stamped with
+            the time it is replayed (as a live capture would), so latency
+            from capture can be measured; None: ``paced`` decides.
         spool_dir, spool_limit: the spool (TLS only).
         batch: PDUs per batch at most.
         connect_wait: seconds to wait for the first warrant set.
@@ -60,6 +63,7 @@ class RunSettings:
     interface: str | None = None
     source: Path | None = None
     paced: bool = True
+    rate: float | None = None
     spool_dir: Path = Path("tap.spool")
     spool_limit: int = DEFAULT_SPOOL_LIMIT
     batch: int = 1024
@@ -194,6 +198,8 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
                 raise UsageError(
                     "--server", f"no warrant set from {address[0]}:{address[1]} in time"
                 )
+            if settings.rate is not None:  # --speed N: the replay goes through the pacer
+                client = AtRate(client, settings.rate)
             if source is None:
                 assert settings.interface is not None
                 await _live(client, settings.interface)
@@ -251,3 +257,37 @@ async def _replay(client: Any, source: Path, paced: bool) -> None:
                     await trio.sleep(delay)
             await client.frame(packet.data, when, reader.linktype)
             await trio.lowlevel.checkpoint()
+
+
+class AtRate:
+    """``--speed N``: frame ``i`` goes ``i / N`` s after the first, stamped with the time it goes.
+
+    Wraps the tap client for the replay loop (which then runs as fast as it
+    can) and passes everything else through. A sleep per frame would cost
+    more than the frame at thousands a second: it sleeps only once it is a
+    millisecond ahead, then lets through what is due.
+
+    Args:
+        client: the tap client (:class:`mediation.tap.link.TapClient`).
+        rate: frames a second.
+    """
+
+    def __init__(self, client: Any, rate: float) -> None:
+        self._client = client
+        self._rate = rate
+        self._began: float | None = None
+        self._index = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def frame(self, data: bytes, _recorded: dt.datetime, *args: Any, **options: Any) -> None:
+        """One frame of the file, when it is due, with the time it goes as its capture time."""
+        now = time.monotonic()
+        if self._began is None:
+            self._began = now
+        ahead = self._began + self._index / self._rate - now
+        self._index += 1
+        if ahead > 0.001:
+            await trio.sleep(ahead)
+        await self._client.frame(data, dt.datetime.now(dt.UTC), *args, **options)
