@@ -55,6 +55,7 @@ from mediation.server.retrieval import RetrievalService
 from mediation.server.status import StatusReporter, StatusRow
 from mediation.server.tap_ingest import TapIngest, TapJournal
 from mediation.server.taps import TapService
+from mediation.server.targets_record import TargetsRecord
 from mediation.server.tls import AgencyTrust, IdentityFiles, ensure_identity
 from mediation.server.tzsp import TzspService
 from mediation.server.warrant_table import TableChange, WarrantTable
@@ -102,6 +103,7 @@ class MediationServer:
         self._nursery: trio.Nursery | None = None
         self.intake: Ingest | None = None
         self.notices: Notices | None = None
+        self.targets_record: TargetsRecord | None = None
         self.delivery: DeliveryManager | None = None
         self.retrieval: RetrievalService | None = None
         self.taps: TapService | None = None
@@ -177,6 +179,7 @@ class MediationServer:
     ) -> None:
         self.intake = Ingest(evidence, self.table, ClockCache(self._clock_reader))
         self.notices = Notices(self.intake, self.table)
+        self.targets_record = TargetsRecord(self.table, self.intake, self._clock, nursery)
         self.delivery = DeliveryManager(
             nursery,
             self.config.delivery,
@@ -288,6 +291,8 @@ class MediationServer:
             self.notices.warrant_active(handle, at_start=at_start)
         for handle in change.deactivated:
             self.notices.warrant_inactive(handle)
+        if self.targets_record is not None:  # after warrantActive: the targets it starts with
+            await self.targets_record.on_change(change, at_start)
         if at_start:
             self.notices.clock_changed(self.intake.clock.refresh())
 
