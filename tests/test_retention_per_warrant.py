@@ -241,3 +241,43 @@ def test_rows_without_a_period_load_and_are_written_as_before(periods: Periods) 
     rows = {r["handle"]: r for r in json.loads(periods.carrier.ok("records", "--json"))}
     assert rows[periods.seven]["retention_years"] == 5
     assert rows[periods.seven]["retention_default"] is True
+
+
+def test_add_and_show_say_the_period(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = Carrier(tmp_path, monkeypatch)
+    c.setup()
+    argv = (
+        "add",
+        "--case-id",
+        "CASE-TEST-0006",
+        "--agency",
+        AGENCY,
+        "--target",
+        "192.0.2.10",
+        "--content",
+        "full",
+    )
+    out = c.ok(*argv, "--retention", "12")
+    handle = out.splitlines()[0]
+    assert "retention: 12 years after it ends" in out
+    assert "retention years: 12" in c.ok("show", handle)
+    [entry] = [
+        e
+        for e in map(json.loads, (c.data / "audit" / "audit.log").read_text().splitlines())
+        if e["command"] == "add"
+    ]
+    assert entry["detail"]["retention_years"] == 12
+    other = c.ok(
+        "add",
+        "--case-id",
+        "CASE-TEST-0007",
+        "--agency",
+        AGENCY,
+        "--target",
+        "192.0.2.11",
+        "--content",
+        "full",
+    )
+    assert "retention:" not in other
+    shown = c.ok("show", other.splitlines()[0])
+    assert "retention years: the server's [retention] years" in shown

@@ -136,6 +136,8 @@ def _describe_added(
             f"end: not given, so {DEFAULT_DAYS} days after the start; "
             "set the order's end with --end"
         )
+    if warrant.details is not None and warrant.details.retention is not None:
+        print(f"retention: {warrant.details.retention} years after it ends")
     endpoints = agency.details.endpoints if agency and agency.details else ()
     if Stream.CMCC in warrant.content.streams and not any(
         Stream.CMCC in e.streams for e in endpoints
