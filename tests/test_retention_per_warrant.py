@@ -281,3 +281,20 @@ def test_add_and_show_say_the_period(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "retention:" not in other
     shown = c.ok("show", other.splitlines()[0])
     assert "retention years: the server's [retention] years" in shown
+
+
+def test_purge_leaves_the_agencys_capture_files(periods: Periods, tmp_path: Path) -> None:
+    """Capture files (agency add --files) are the agency's copy: retention never touches them."""
+    c = periods.carrier
+    files = tmp_path / "agency-files"
+    files.mkdir(mode=0o700)
+    c.ok("agency", "add", AGENCY, "--files", str(files))
+    capture = files / periods.five
+    capture.mkdir()
+    (capture / "cmcc-000000.pcap").write_bytes(b"\xd4\xc3\xb2\xa1 capture")
+    (capture / "cmcc-000000.pcap.sha256").write_text("0" * 64 + "  cmcc-000000.pcap\n")
+    (capture / "manifest.jsonl").write_text('{"file": "cmcc-000000.pcap"}\n')
+    before = {p: p.read_bytes() for p in sorted(files.rglob("*")) if p.is_file()}
+    c.ok("purge", periods.five)
+    assert not periods.kept(periods.five)
+    assert {p: p.read_bytes() for p in sorted(files.rglob("*")) if p.is_file()} == before
