@@ -2,14 +2,15 @@
 
 A warrant's records are kept its own retention period (``mediate add
 --retention YEARS``), else ``[retention] years`` (default five), after it
-ended: its end, or its removal if that came first (``warrants/retention.py``).
-A warrant still pending or active is never touched. Capture files written
-for an agency (``agency add --files DIR``) are the agency's copy: retention
-never touches them. Past that date every segment of
-its streams is removed by the log's one mechanism
+ended: its end, or its removal if that came first (``warrants/retention.py``;
+below, ``years`` is always that server default). A warrant still pending
+or active is never touched. Past that date every segment of its streams
+is removed by the log's one mechanism
 (:meth:`EvidenceLog.apply_retention`: each segment journalled, signed,
 before it is deleted), then one audit entry says what went: the handle,
-and per stream the sequence range, segments and bytes; never case data.
+the period, and per stream the sequence range, segments and bytes; never
+case data. Capture files written for an agency (``agency add --files
+DIR``) are the agency's copy: retention never touches them.
 
 The server runs :func:`purge_due` at start and every
 ``[retention] check_interval`` seconds (an hour by default); ``mediate
