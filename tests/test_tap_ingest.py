@@ -12,7 +12,8 @@ from delivery_support import TARGET, Site, cc_pdu, udp_endpoint
 from mediation import pdu as P
 from mediation.log import ContentKind
 from mediation.pdu import taplink as T
-from mediation.server.tap_ingest import JOURNAL_DIR, TapGate, case_identity, cc_payload
+from mediation.server.tap_gate import TapGate, case_identity, cc_payload
+from mediation.server.tap_ingest import JOURNAL_DIR
 
 TAP = "edge-1"
 NOW = dt.datetime.now(dt.UTC)

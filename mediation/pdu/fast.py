@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import NamedTuple
 
-from mediation.pdu import codec
+from mediation.pdu import codec, fast_cmii
 from mediation.pdu.cmcc import CCApdu
 from mediation.pdu.cmii import CmIIMessage
 from mediation.pdu.convert import utc
@@ -253,7 +253,7 @@ def _reference_content(kind: str, der: bytes, base: int) -> EnvelopeContent:
     """Decode a cmII or notice content with the reference codec; offsets made absolute."""
     try:
         if kind == CMII:
-            return codec.decode_cmii(der)
+            return fast_cmii.decode_cmii(der)  # once per shape by the reference, then the time only
         return codec.decode_notice(der)
     except PDUError as exc:
         raise PDUError(exc.message, base + (exc.offset or 0)) from None

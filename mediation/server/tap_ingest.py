@@ -32,12 +32,8 @@ from mediation.durable import write_atomic
 from mediation.log import Appended, StorageUnavailable
 from mediation.pdu import StreamId, StreamKind
 from mediation.pdu import taplink as T
-from mediation.pdu.errors import PDUError
-from mediation.pdu.tlv import read_header
 from mediation.server.ingest import Ingest, well_formed
-from mediation.tap.packet import LINKTYPE_RAW, parse_frame
-from mediation.tap.targets import TargetMatcher
-from mediation.warrants.model import TargetKind, Warrant
+from mediation.server.tap_gate import TapGate
 
 log = logging.getLogger("mediation.server")
 JOURNAL_DIR = "taps"
@@ -54,92 +50,6 @@ REASONS = (
     "not_target",  # the packet's addresses are not the warrant's targets
     "unable_to_store",
 )
-
-
-def case_identity(kind: str, der: bytes) -> str | None:
-    """The case identity inside a CmII or CmCC PDU, or None if it has none or is malformed."""
-    try:
-        if kind == "cmII":  # SEQUENCE { OID, [n] { [0] caseId, ... } }
-            _t, pos, size = read_header(der, 0)
-            _t, oid, oid_size = read_header(der, pos, pos + size)
-            tag, body, body_size = read_header(der, oid + oid_size, pos + size)
-            tag, value, value_size = read_header(der, body, body + body_size)
-            return der[value : value + value_size].decode("ascii") if tag == 0x80 else None
-        # SEQUENCE { [0] header { [0] correlationInfo { [0] caseId OPTIONAL ...
-        _t, pos, size = read_header(der, 0)
-        tag, header, header_size = read_header(der, pos, pos + size)
-        if tag != 0xA0:
-            return None
-        tag, info, info_size = read_header(der, header, header + header_size)
-        if tag != 0xA0:
-            return None
-        tag, value, value_size = read_header(der, info, info + info_size)
-        return der[value : value + value_size].decode("ascii") if tag == 0x80 else None
-    except (PDUError, UnicodeDecodeError):
-        return None
-
-
-def cc_payload(der: bytes) -> bytes | None:
-    """The packet inside an ``IAS-CC-APDU`` (its ``[1] payload``), or None."""
-    try:
-        _t, pos, size = read_header(der, 0)
-        end = pos + size
-        while pos < end:
-            tag, start, length = read_header(der, pos, end)
-            if tag == 0x81:
-                return der[start : start + length]
-            pos = start + length
-    except PDUError:
-        return None
-    return None
-
-
-class TapGate:
-    """The warrants one tap may feed, and the per-PDU checks against them.
-
-    Args:
-        name: the tap.
-        warrants: the active warrants it serves (``WarrantTable.warrants_for_tap``).
-    """
-
-    def __init__(self, name: str, warrants: list[Warrant]) -> None:
-        self.name = name
-        by_case: dict[str, list[Warrant]] = collections.defaultdict(list)
-        for warrant in warrants:
-            if warrant.details is not None:
-                by_case[warrant.details.case_id].append(warrant)
-        self._by_case = dict(by_case)
-        self._matchers: dict[str, TargetMatcher | None] = {}
-        for warrant in warrants:
-            details = warrant.details
-            if details is None:
-                continue
-            kinds = {t.kind for t in details.targets}
-            # Content carries the IP packet only: addresses can be checked,
-            # a MAC or an interface cannot (docs/tap-link.md).
-            checkable = kinds and kinds <= {TargetKind.ADDRESS, TargetKind.PREFIX}
-            # The packet carries no VLAN tag or interface: check its addresses only.
-            bare = [dataclasses.replace(t, vlan=None, interface=None) for t in details.targets]
-            self._matchers[warrant.handle] = TargetMatcher(bare) if checkable else None
-
-    def warrant_for(self, kind: str, der: bytes) -> tuple[str | None, str]:
-        """``(handle, "")`` for the warrant a PDU belongs to, or ``(None, reason)``."""
-        case = case_identity(kind, der)
-        if case is None:
-            return None, "malformed"
-        found = self._by_case.get(case)
-        if not found or len(found) != 1:
-            return None, "not_served"
-        handle = found[0].handle
-        if kind == "cmCC":
-            matcher = self._matchers.get(handle)
-            if matcher is not None:
-                payload = cc_payload(der)
-                if payload is None:
-                    return None, "malformed"
-                if matcher.match(parse_frame(payload, LINKTYPE_RAW)) is None:
-                    return None, "not_target"
-        return handle, ""
 
 
 @dataclasses.dataclass(frozen=True)
