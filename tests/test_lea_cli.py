@@ -91,6 +91,10 @@ def test_make_cert_prints_the_fingerprint_the_carrier_takes(mediate, tmp_path: P
     assert code == 0
     fingerprint = next(x.split()[1] for x in out.splitlines() if x.startswith("sha256:"))
     assert parse_fingerprint(fingerprint) == fingerprint
+    # The hint keeps the fingerprint (whose endpoint this is) off the carrier's argv.
+    hint = out.splitlines()[-1]
+    assert "--from FILE" in hint and "--ca agency-cert.pem" in hint
+    assert fingerprint not in hint and "--fingerprint" not in hint
     key = tmp_path / "certs" / "agency-key.pem"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     code, out, _err = mediate("fingerprint", str(tmp_path / "certs" / "agency-cert.pem"))

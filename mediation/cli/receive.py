@@ -91,14 +91,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=Once,
         help="accept the server's TLS connections (mutual TLS)",
     )
-    add("--cert", metavar="FILE", help="the agency's certificate (PEM), see make-cert")
-    add("--key", metavar="FILE", help="its private key (PEM)")
+    add(
+        "--cert",
+        metavar="FILE",
+        action=Once,
+        help="the agency's certificate (PEM), see make-cert",
+    )
+    add("--key", metavar="FILE", action=Once, help="its private key (PEM)")
     add(
         "--server-ca",
         metavar="FILE",
+        action=Once,
         help="the mediation server's CA (the carrier's `mediate server-ca`, server-ca.pem)",
     )
-    add("--server-fingerprint", metavar="SHA256", help="pin the server's certificate")
+    add(
+        "--server-fingerprint",
+        metavar="SHA256",
+        action=Once,
+        help="pin the server's certificate",
+    )
     add("--retrieve-from", metavar="HOST:PORT", action=Once, help="the server's retrieval address")
     add(
         "--fetch",
@@ -169,9 +180,12 @@ def cmd_make_cert(args: argparse.Namespace) -> int:
     print(f"certificate: {made.cert_path}")
     print(f"private key: {made.key_path} (mode 0600; keep it on this machine)")
     print(f"sha256: {made.fingerprint}")
+    # The fingerprint is a field `agency add` keeps off argv (it says whose endpoint this
+    # is): the hint names the forms that keep it out of the process list and shell history.
     print(
-        "give the carrier the line above, for: "
-        f"mediate agency add NAME --tls HOST:PORT --fingerprint {made.fingerprint}"
+        f"give the carrier {made.cert_path.name} and the sha256 line above, for: "
+        f"mediate agency add --from FILE (name, tls = \"HOST:PORT\", fingerprint = \"SHA256\") "
+        f"or: mediate agency add NAME --tls HOST:PORT --ca {made.cert_path.name}"
     )
     return 0
 
