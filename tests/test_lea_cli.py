@@ -67,6 +67,9 @@ def mediate(capsys: pytest.CaptureFixture[str]):
         (["--udp", "127.0.0.1:5555", "--udp-buffer", "4096"], "--udp-buffer"),
         (["--udp", "127.0.0.1:5555", "--udp-buffer", str(2**31)], "--udp-buffer"),
         (["--udp", "127.0.0.1:5555", "--udp-buffer", "lots"], "--udp-buffer"),
+        (["--tls", "127.0.0.1:6543", "--format", "scte"], "--format"),
+        (["--udp", "127.0.0.1:5555", "--udp-key", "k.toml", "--format", "pcli"], "--format"),
+        (["--udp", "127.0.0.1:5555", "--udp-key", "k.toml", "--format", "scte"], "--format"),
     ],
 )
 def test_bad_options_are_one_line_naming_the_option(mediate, argv, field, tmp_path) -> None:

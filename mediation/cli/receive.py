@@ -80,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the UDP key file from the carrier (needed with --udp; repeatable)",
     )
     add(
+        "--format",
+        metavar="FORMAT",
+        action=Once,
+        help="--udp: envelope (the default), or scte: CC as SCTE datagrams "
+        "(an endpoint added with --format scte; needs --handle)",
+    )
+    add(
         "--udp-buffer",
         metavar="BYTES",
         help="--udp: the socket receive buffer to ask for (default 32 MiB; "
@@ -184,7 +191,7 @@ def cmd_make_cert(args: argparse.Namespace) -> int:
     # is): the hint names the forms that keep it out of the process list and shell history.
     print(
         f"give the carrier {made.cert_path.name} and the sha256 line above, for: "
-        f"mediate agency add --from FILE (name, tls = \"HOST:PORT\", fingerprint = \"SHA256\") "
+        f'mediate agency add --from FILE (name, tls = "HOST:PORT", fingerprint = "SHA256") '
         f"or: mediate agency add NAME --tls HOST:PORT --ca {made.cert_path.name}"
     )
     return 0
@@ -295,6 +302,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
     udp = _listen_address(args.udp, "--udp") if args.udp else None
     tls = _listen_address(args.tls, "--tls") if args.tls else None
     udp_buffer = _udp_buffer(args.udp_buffer, given=bool(udp))
+    udp_format = _udp_format(args.format, given=bool(udp), handles=handles)
     retrieve = args.retrieve_from and parse_host_port(args.retrieve_from, "--retrieve-from")
     duration = _seconds(args.duration, "--duration")
     until_idle = _seconds(args.until_idle, "--until-idle")
@@ -305,6 +313,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         udp=udp,
         udp_keys=udp_keys,
         udp_buffer=udp_buffer,
+        udp_format=udp_format,
         tls=tls,
         tls_context=live_server_context(trust) if tls and trust else None,
         retrieve_from=retrieve or None,
@@ -341,6 +350,25 @@ def _udp_keys(files: list[str], *, needed: bool) -> tuple[SealKey, ...]:
             raise UsageError("--udp-key", f"two files give key id {key_id:08x} different keys")
         keys[key_id] = SealKey(key_id, key)
     return tuple(keys.values())
+
+
+def _udp_format(text: str | None, *, given: bool, handles: frozenset[str] | None) -> str:
+    """``--format``, checked: only with --udp; scte needs the handles it will receive."""
+    from mediation.errors import UsageError
+
+    if text is None:
+        return "envelope"
+    if not given:
+        raise UsageError("--format", "only with --udp")
+    if text not in ("envelope", "scte"):
+        raise UsageError("--format", f"envelope or scte, got {text!r}")
+    if text == "scte" and not handles:
+        raise UsageError(
+            "--format",
+            "scte needs --handle HANDLE for each warrant (the carrier gives the handles): "
+            "a datagram names its warrant only by a keyed hash of the handle",
+        )
+    return text
 
 
 def _udp_buffer(text: str | None, *, given: bool) -> int:

@@ -37,11 +37,13 @@ from mediation.lea.files import (
 )
 from mediation.pdu import fast
 from mediation.pdu.jsonview import SharedPartsView, iso_time
+from mediation.protocol import scte
 
 PCAP_FILE = "cmcc.pcap"
 JSONL_FILE = "cmii.jsonl"
 CHECKPOINT_FILE = "checkpoints.raw"
 GAPS_FILE = "gaps.json"
+SCTE_FILE = "cmcc.scte"  # SCTE datagrams as received, each after its 4-octet length
 NOT_IP_LISTED = 1000  # sequence numbers of non-IP payloads listed in gaps.json
 
 # Handles are opaque and short (``w-3f9a1c``). Anything else could climb
@@ -119,6 +121,7 @@ class CaseOutputs:
         self._pcap_refused: str | None = None
         self._jsonl: HashedFile | None = None
         self._checkpoints: HashedFile | None = None
+        self._scte: HashedFile | None = None
         self.not_ip = 0
         self.not_ip_sequences: list[int] = []
         self.torn: dict[str, int] = {}  # file -> octets cut off at start
@@ -150,6 +153,10 @@ class CaseOutputs:
             if kind is pdu.StreamKind.CMCC and held[kind]:
                 self._last_cc = held[kind][-1]
                 self.cc_in_order = held[kind] == sorted(held[kind])
+        scte = self._resume_scte()
+        if scte:
+            held.setdefault(pdu.StreamKind.CMCC, []).extend(scte)
+            self._last_cc = max(held[pdu.StreamKind.CMCC])
         for name, cut in ((PCAP_FILE, cut_torn_pcap), (JSONL_FILE, cut_torn_lines)):
             path = self.dir / name
             try:
@@ -159,6 +166,23 @@ class CaseOutputs:
             if octets:
                 self.torn[name] = octets
         return held
+
+    def _resume_scte(self) -> list[int]:
+        """The sequence numbers in ``cmcc.scte``; a torn last record is cut off."""
+        path = self.dir / SCTE_FILE
+        if not path.exists():
+            return []
+        data = path.read_bytes()
+        sequences, offset = [], 0
+        while offset + 4 <= len(data):
+            end = offset + 4 + int.from_bytes(data[offset : offset + 4], "big")
+            if end > len(data) or end - offset - 4 < scte.HEADER + scte.TRAILER:
+                break
+            sequences.append(int.from_bytes(data[end - scte.TAG - 8 : end - scte.TAG], "big"))
+            offset = end
+        if offset < len(data):
+            self._cut(path, offset)
+        return sequences
 
     def _cut(self, path: Path, good: int) -> None:
         self.torn[path.name] = path.stat().st_size - good
@@ -194,17 +218,33 @@ class CaseOutputs:
         self._jsonl_file().write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
 
     def _packet(self, envelope: pdu.Envelope, apdu: pdu.CCApdu) -> None:
-        seq = envelope.sequence_number
+        self._cc_packet(envelope.sequence_number, apdu.payload, capture_time(envelope))
+
+    def store_scte(self, sequence: int, when: dt.datetime, packet: bytes, raw: bytes) -> None:
+        """Write one new SCTE datagram (already authenticated): raw, then the pcap record.
+
+        Args:
+            sequence: its CmCC sequence number.
+            when: the capture time it carries.
+            packet: the IP packet.
+            raw: the datagram exactly as received (kept in ``cmcc.scte``).
+        """
+        if self._scte is None:
+            self._scte = HashedFile(self.dir / SCTE_FILE)
+        self._scte.write(len(raw).to_bytes(4, "big") + raw)  # first: the evidence itself
+        self._cc_packet(sequence, packet, when)
+
+    def _cc_packet(self, seq: int, payload: bytes, when: dt.datetime) -> None:
         if self._last_cc is not None and seq < self._last_cc:
             self.cc_in_order = False
         self._last_cc = seq if self._last_cc is None else max(seq, self._last_cc)
-        if not is_ip_packet(apdu.payload):
+        if not is_ip_packet(payload):
             # The raw file keeps it; a pcap of raw IP must not hold garbage.
             self.not_ip += 1
             if len(self.not_ip_sequences) < NOT_IP_LISTED:
                 self.not_ip_sequences.append(seq)
             return
-        self._pcap_writer().write(apdu.payload, capture_time(envelope))
+        self._pcap_writer().write(payload, when)
 
     def store_checkpoint(self, raw: bytes) -> None:
         """Keep a signed checkpoint as received (for verifying the hash chain later)."""
@@ -239,7 +279,7 @@ class CaseOutputs:
     @property
     def files(self) -> list[HashedFile]:
         """The open files, raw first (the primary evidence)."""
-        extra = (self._pcap_file, self._jsonl, self._checkpoints)
+        extra = (self._scte, self._pcap_file, self._jsonl, self._checkpoints)
         return [*self._raw.values(), *(f for f in extra if f is not None)]
 
     def flush(self) -> None:
