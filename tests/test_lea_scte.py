@@ -153,16 +153,23 @@ async def test_duplicates_are_counted_not_stored_and_a_torn_tail_is_cut(tmp_path
         datagrams = [scte.frame(key, ccc, n, T0, udp_in_ip(b"%d" % n)) for n in (0, 1, 3)]
         for data in [*datagrams, datagrams[1]]:
             delivery.receive(data, ("192.0.2.1", 5000), 0.0)
-    stream = P.StreamId(handle, P.StreamKind.CMCC)
-    stats = state.stream_stats(stream)
-    assert (stats.received, stats.duplicates, stats.gaps_opened) == (3, 1, 1)
-    assert state.tracker(stream).missing(10) == [(2, 2)]
-    state.close()
+        stream = P.StreamId(handle, P.StreamKind.CMCC)
+        stats = state.stream_stats(stream)
+        assert (stats.received, stats.duplicates, stats.gaps_opened) == (3, 1, 1)
+        assert state.tracker(stream).missing(10) == [(2, 2)]
+        late = scte.frame(key, ccc, 2, T0, udp_in_ip(b"2"))
+        delivery.receive(late, ("192.0.2.1", 5000), 0.0)
+    state.close(sort=True)  # --sort: the pcap in sequence order, from cmcc.scte
+    pcap = [r.data for r in PcapReader.open(tmp_path / handle / "cmcc.pcap")]
+    assert pcap == [udp_in_ip(b"%d" % n) for n in range(4)]
+    check = subprocess.run(["sha256sum", "-c", "cmcc.pcap.sha256"], cwd=tmp_path / handle)
+    assert check.returncode == 0
+    datagrams.append(late)
     path = tmp_path / handle / "cmcc.scte"
     assert path.read_bytes() == b"".join(len(d).to_bytes(4, "big") + d for d in datagrams)
     with path.open("ab") as handle_file:  # a run killed half-way through a record
         handle_file.write(b"\x00\x00\x01\x00partial")
     case = CaseOutputs(tmp_path, handle)
-    assert case.resume()[P.StreamKind.CMCC] == [0, 1, 3]
+    assert case.resume()[P.StreamKind.CMCC] == [0, 1, 3, 2]
     assert case.torn == {"cmcc.scte": 11}
     assert path.stat().st_size == sum(4 + len(d) for d in datagrams)

@@ -172,17 +172,10 @@ class CaseOutputs:
         path = self.dir / SCTE_FILE
         if not path.exists():
             return []
-        data = path.read_bytes()
-        sequences, offset = [], 0
-        while offset + 4 <= len(data):
-            end = offset + 4 + int.from_bytes(data[offset : offset + 4], "big")
-            if end > len(data) or end - offset - 4 < scte.HEADER + scte.TRAILER:
-                break
-            sequences.append(int.from_bytes(data[end - scte.TAG - 8 : end - scte.TAG], "big"))
-            offset = end
-        if offset < len(data):
-            self._cut(path, offset)
-        return sequences
+        records, good = read_scte(path)
+        if good < path.stat().st_size:
+            self._cut(path, good)
+        return [seq for seq, _when, _packet in records]
 
     def _cut(self, path: Path, good: int) -> None:
         self.torn[path.name] = path.stat().st_size - good
@@ -310,20 +303,45 @@ class CaseOutputs:
         for handle in self.files:
             self.digests[handle.path.name] = handle.close()
         raw_cc = self.dir / raw_name(pdu.StreamKind.CMCC)
-        if sort and not self.cc_in_order and raw_cc.exists():
-            self.digests[PCAP_FILE] = sort_pcap(raw_cc, self.dir / PCAP_FILE)
+        scte_cc = self.dir / SCTE_FILE
+        if sort and not self.cc_in_order and (raw_cc.exists() or scte_cc.exists()):
+            self.digests[PCAP_FILE] = sort_pcap(raw_cc, self.dir / PCAP_FILE, scte_cc)
         return dict(self.digests)
 
 
-def sort_pcap(raw_path: Path, pcap_path: Path) -> str:
-    """Rewrite the pcap from the raw CC file, in sequence order; returns its SHA-256.
+def read_scte(path: Path) -> tuple[list[tuple[int, dt.datetime, bytes]], int]:
+    """The records of a ``cmcc.scte`` file: (sequence, capture time, packet) each.
 
-    The raw file is the evidence as received; the pcap is a view of it, so
-    rebuilding it loses nothing and also restores any packet a killed run
-    wrote to the raw file but not yet to the pcap.
+    Not authenticated again here (they were on arrival; ``receive verify
+    --udp-key`` checks the tags). Returns the records and the length of the
+    whole ones: anything after it is a torn tail.
     """
-    messages, _torn = rawfile.scan(raw_path)
+    data = path.read_bytes()
+    records, offset = [], 0
+    while offset + 4 <= len(data):
+        end = offset + 4 + int.from_bytes(data[offset : offset + 4], "big")
+        if end > len(data) or end - offset - 4 < scte.HEADER + scte.TRAILER:
+            break
+        sequence = int.from_bytes(data[end - scte.TAG - 8 : end - scte.TAG], "big")
+        when = scte.from_ntp(data[offset + 8 : offset + 16])
+        records.append((sequence, when, data[offset + 4 + scte.HEADER : end - scte.TRAILER]))
+        offset = end
+    return records, offset
+
+
+def sort_pcap(raw_path: Path, pcap_path: Path, scte_path: Path | None = None) -> str:
+    """Rewrite the pcap from the raw CC files, in sequence order; returns its SHA-256.
+
+    The raw files (envelopes, and SCTE datagrams if ``scte_path`` exists)
+    are the evidence as received; the pcap is a view of them, so rebuilding
+    it loses nothing and also restores any packet a killed run wrote to a
+    raw file but not yet to the pcap.
+    """
+    messages, _torn = rawfile.scan(raw_path) if raw_path.exists() else ([], False)
     ordered = sorted((m for m in messages if m.sequence is not None), key=lambda m: m.sequence)
+    scte_records = read_scte(scte_path)[0] if scte_path and scte_path.exists() else []
+    if scte_records:
+        return _sort_pcap_with_scte(raw_path, pcap_path, ordered, scte_records)
     # Durable like every replaced file (the directory entry too); a failure
     # half-way leaves the old pcap and no temporary file.
     with replacing(pcap_path) as temp:
@@ -338,5 +356,34 @@ def sort_pcap(raw_path: Path, pcap_path: Path) -> str:
             writer.close()
         finally:
             digest = target.close(hash_file=False)  # the hash file names the final name
+    write_sha256(pcap_path, digest)
+    return digest
+
+
+def _sort_pcap_with_scte(
+    raw_path: Path,
+    pcap_path: Path,
+    ordered: list[rawfile.RawMessage],
+    scte_records: list[tuple[int, dt.datetime, bytes]],
+) -> str:
+    """:func:`sort_pcap` when SCTE datagrams came too (retrieval fills their gaps as envelopes)."""
+    packets: dict[int, tuple[dt.datetime, bytes]] = {}
+    for data in rawfile.read_in_order(raw_path, ordered) if ordered else ():
+        envelope = fast.decode_envelope(data)
+        if isinstance(envelope.content, pdu.CCApdu):
+            packets[envelope.sequence_number] = (capture_time(envelope), envelope.content.payload)
+    for sequence, when, packet in scte_records:
+        packets.setdefault(sequence, (when, packet))
+    with replacing(pcap_path) as temp:
+        target = HashedFile(temp)
+        try:
+            writer = PcapWriter(target, linktype=LINKTYPE_RAW)  # type: ignore[arg-type]
+            for sequence in sorted(packets):
+                when, packet = packets[sequence]
+                if is_ip_packet(packet):
+                    writer.write(packet, when)
+            writer.close()
+        finally:
+            digest = target.close(hash_file=False)
     write_sha256(pcap_path, digest)
     return digest
