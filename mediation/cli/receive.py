@@ -55,7 +55,8 @@ checkpoint's Ed25519 signature, then the chain rebuilt from the envelopes.
 A match proves every record up to it is exactly what the server stored,
 none left out, added or reordered. Prints one line per warrant stream;
 exits 1 on any fault. The key is the carrier's keys/log-signing.ed25519.pub
-(`mediate log key` prints it).
+(`mediate log key` prints it). SCTE datagrams (cmcc.scte) carry no
+checkpoints: with --udp-key, every one's tag and CCC id is checked again.
 """
 _FETCH = re.compile(r"([^/\s]+)/(cmii|cmcc):(\d+)(?:-(\d+))?", re.IGNORECASE)
 
@@ -173,6 +174,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="the mediation server's log-signing public key (PEM), from the carrier",
     )
+    verify.add_argument(
+        "--udp-key",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="the UDP key file(s): check the tags of SCTE datagrams kept (cmcc.scte)",
+    )
     verify.set_defaults(func=cmd_verify)
 
 
@@ -209,6 +217,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from mediation.lea.verify import VerifyError, check_output
     from mediation.log.errors import LogError
     from mediation.log.keys import load_public_key
+    from mediation.warrants.udpkey import read_key_file
 
     directory = Path(args.dir)
     if not directory.is_dir():
@@ -217,8 +226,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         public = load_public_key(Path(args.log_key))
     except LogError as exc:
         raise UsageError("--log-key", f"{exc}; ask the carrier for `mediate log key`") from None
+    keys = [read_key_file(Path(name), "--udp-key")[1] for name in args.udp_key]
     try:
-        checks = check_output(directory, public)
+        checks = check_output(directory, public, keys)
     except VerifyError as exc:
         raise UsageError("DIR", str(exc)) from None
     for check in checks:
