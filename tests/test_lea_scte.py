@@ -19,14 +19,17 @@ import sys
 from pathlib import Path
 
 import trio
-from delivery_support import HOST, T0, TEST_UDP_KEY, Site
+from delivery_support import HOST, T0, TEST_UDP_KEY, Site, make_cert, tls_endpoint
+from test_lea_support import config, start, wait_until
 from test_protocol_scte import udp_in_ip
 
 from mediation import pdu as P
 from mediation.evidence.pcap import PcapReader
 from mediation.lea.outputs import CaseOutputs
+from mediation.lea.receiver import Receiver
 from mediation.lea.scte import ScteDelivery
 from mediation.lea.state import ReceiverState
+from mediation.lea.tls import TrustSettings, retrieval_client_context
 from mediation.log.keys import public_key_path
 from mediation.protocol import scte
 from mediation.warrants.model import Endpoint, Stream
@@ -189,3 +192,55 @@ async def test_duplicates_are_counted_not_stored_and_a_torn_tail_is_cut(tmp_path
     assert case.resume()[P.StreamKind.CMCC] == [0, 1, 3, 2]
     assert case.torn == {"cmcc.scte": 11}
     assert path.stat().st_size == sum(4 + len(d) for d in datagrams)
+
+
+async def test_a_dropped_scte_datagram_is_fetched_by_retrieval(tmp_path: Path) -> None:
+    """The SCTE trailer's sequence number is the log's: retrieval fills the gap as usual."""
+    site = Site(tmp_path)
+    cert = make_cert(tmp_path / "certs", "agency receiver")  # self-signed: its own CA
+    relay = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await relay.bind((HOST, 0))
+    endpoint = Endpoint(
+        "udp", HOST, relay.getsockname()[1], (Stream.CMCC,),
+        udp_key_id=TEST_UDP_KEY.key_id, udp_key=TEST_UDP_KEY.key, udp_format="scte",
+    )  # fmt: skip
+    agency = site.agency(
+        "AGENCY-TEST-SCTE", endpoint, tls_endpoint(9, ca=cert, streams=(Stream.CMII,))
+    )
+    warrant = site.warrant(agency, case_id="CASE-TEST-0001")
+    key = scte.scte_key(TEST_UDP_KEY.key)
+    trust = TrustSettings(cert.cert_file, cert.key_file, site.server_ca, None)
+    out = tmp_path / "intercepts"
+    stream = P.StreamId(warrant.handle, P.StreamKind.CMCC)
+    async with site.server() as server, trio.open_nursery() as nursery:
+        options = {
+            "udp": (HOST, 0),
+            "udp_format": "scte",
+            "udp_keys": (TEST_UDP_KEY,),
+            "handles": frozenset({warrant.handle}),
+            "retrieve_from": site.retrieval_address(server),
+            "retrieval_context": retrieval_client_context(trust),
+            "server_check": trust.server_check(),
+            "sort": True,
+        }
+        running = await start(nursery, Receiver(config(out, **options)))
+        for n in range(SENT):
+            assert await server.ingest(warrant.handle, "cmCC", cc_ip(n))
+        with trio.fail_after(20):
+            for _ in range(SENT):
+                data = await relay.recv(65536)
+                if scte.open_datagram(key, data).sequence != DROPPED:
+                    await relay.sendto(data, running.bound.udp)
+        tracker = running.receiver.state.trackers
+        await wait_until(
+            lambda: stream in tracker and tracker[stream].received_count == SENT, "all"
+        )
+        await running.stop()
+        nursery.cancel_scope.cancel()
+    relay.close()
+    report = json.loads((out / warrant.handle / "gaps.json").read_text())["streams"]["cmCC"]
+    assert report["missing"] == [] and (report["received"], report["retrieved"]) == (SENT - 1, 1)
+    assert report["transports"] == ["retrieval", "scte"]
+    # The fetched record is an envelope in cmcc.raw; --sort puts every packet in order.
+    pcap = [r.data for r in PcapReader.open(out / warrant.handle / "cmcc.pcap")]
+    assert pcap == [P.decode(cc_ip(n)).payload for n in range(SENT)]
