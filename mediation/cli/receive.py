@@ -28,6 +28,8 @@ DESCRIPTION = """\
 Receive a warrant's streams from the mediation server: over UDP (--udp,
 sealed with the key file the carrier gives you: --udp-key), over TLS
 with acknowledgements (--tls; the server connects to us), or both.
+An endpoint the carrier added with --format scte sends CC as SCTE
+datagrams: receive them with --udp --format scte --handle HANDLE.
 Missing sequence numbers are fetched from the server's log by themselves
 with --retrieve-from; --fetch asks for explicit ranges and exits. Writes
 per warrant handle, under --out: the envelopes as received (cmii.raw,
