@@ -30,6 +30,7 @@ from mediation.lea.receiver import Receiver
 from mediation.lea.scte import ScteDelivery
 from mediation.lea.state import ReceiverState
 from mediation.lea.tls import TrustSettings, retrieval_client_context
+from mediation.lea.verify_scte import check_scte
 from mediation.log.keys import public_key_path
 from mediation.protocol import scte
 from mediation.warrants.model import Endpoint, Stream
@@ -188,6 +189,9 @@ async def test_duplicates_are_counted_not_stored_and_a_torn_tail_is_cut(tmp_path
     assert path.read_bytes() == b"".join(len(d).to_bytes(4, "big") + d for d in datagrams)
     with path.open("ab") as handle_file:  # a run killed half-way through a record
         handle_file.write(b"\x00\x00\x01\x00partial")
+    torn = check_scte(tmp_path / handle, [TEST_UDP_KEY.key])
+    assert torn is not None and torn.records == 4 and not torn.ok
+    assert torn.fault == f"cmcc.scte: torn record at octet {sum(4 + len(d) for d in datagrams)}"
     case = CaseOutputs(tmp_path, handle)
     assert case.resume()[P.StreamKind.CMCC] == [0, 1, 3, 2]
     assert case.torn == {"cmcc.scte": 11}

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,10 +173,13 @@ class CaseOutputs:
         path = self.dir / SCTE_FILE
         if not path.exists():
             return []
-        records, good = read_scte(path)
+        sequences, good = [], 0
+        for sequence, _when, _datagram, end in scan_scte(path):
+            sequences.append(sequence)
+            good = end
         if good < path.stat().st_size:
             self._cut(path, good)
-        return [seq for seq, _when, _packet in records]
+        return sequences
 
     def _cut(self, path: Path, good: int) -> None:
         self.torn[path.name] = path.stat().st_size - good
@@ -309,24 +313,29 @@ class CaseOutputs:
         return dict(self.digests)
 
 
-def read_scte(path: Path) -> tuple[list[tuple[int, dt.datetime, bytes]], int]:
-    """The records of a ``cmcc.scte`` file: (sequence, capture time, packet) each.
+def scan_scte(path: Path) -> Iterator[tuple[int, dt.datetime, bytes, int]]:
+    """The records of a ``cmcc.scte`` file, one at a time (the file may be large).
 
     Not authenticated again here (they were on arrival; ``receive verify
-    --udp-key`` checks the tags). Returns the records and the length of the
-    whole ones: anything after it is a torn tail.
+    --udp-key`` checks the tags). Yields (sequence, capture time, the
+    datagram, the offset after it); a torn tail ends the iteration, so the
+    last offset yielded is the length of the whole records.
     """
-    data = path.read_bytes()
-    records, offset = [], 0
-    while offset + 4 <= len(data):
-        end = offset + 4 + int.from_bytes(data[offset : offset + 4], "big")
-        if end > len(data) or end - offset - 4 < scte.HEADER + scte.TRAILER:
-            break
-        sequence = int.from_bytes(data[end - scte.TAG - 8 : end - scte.TAG], "big")
-        when = scte.from_ntp(data[offset + 8 : offset + 16])
-        records.append((sequence, when, data[offset + 4 + scte.HEADER : end - scte.TRAILER]))
-        offset = end
-    return records, offset
+    offset = 0
+    with path.open("rb") as handle:
+        while len(prefix := handle.read(4)) == 4:
+            size = int.from_bytes(prefix, "big")
+            datagram = handle.read(size)
+            if len(datagram) < size or size < scte.HEADER + scte.TRAILER:
+                return
+            offset += 4 + size
+            sequence = int.from_bytes(datagram[-scte.TAG - 8 : -scte.TAG], "big")
+            yield sequence, scte.from_ntp(datagram[4:12]), datagram, offset
+
+
+def scte_packet(datagram: bytes) -> bytes:
+    """The IP packet inside an SCTE datagram."""
+    return datagram[scte.HEADER : -scte.TRAILER]
 
 
 def sort_pcap(raw_path: Path, pcap_path: Path, scte_path: Path | None = None) -> str:
@@ -339,9 +348,8 @@ def sort_pcap(raw_path: Path, pcap_path: Path, scte_path: Path | None = None) ->
     """
     messages, _torn = rawfile.scan(raw_path) if raw_path.exists() else ([], False)
     ordered = sorted((m for m in messages if m.sequence is not None), key=lambda m: m.sequence)
-    scte_records = read_scte(scte_path)[0] if scte_path and scte_path.exists() else []
-    if scte_records:
-        return _sort_pcap_with_scte(raw_path, pcap_path, ordered, scte_records)
+    if scte_path is not None and scte_path.exists() and scte_path.stat().st_size:
+        return _sort_pcap_with_scte(raw_path, pcap_path, ordered, scte_path)
     # Durable like every replaced file (the directory entry too); a failure
     # half-way leaves the old pcap and no temporary file.
     with replacing(pcap_path) as temp:
@@ -364,16 +372,20 @@ def _sort_pcap_with_scte(
     raw_path: Path,
     pcap_path: Path,
     ordered: list[rawfile.RawMessage],
-    scte_records: list[tuple[int, dt.datetime, bytes]],
+    scte_path: Path,
 ) -> str:
-    """:func:`sort_pcap` when SCTE datagrams came too (retrieval fills their gaps as envelopes)."""
+    """:func:`sort_pcap` when SCTE datagrams came too (retrieval fills their gaps as envelopes).
+
+    Holds the stream's packets in memory to order them (the envelope-only
+    path reads them back by offset instead).
+    """
     packets: dict[int, tuple[dt.datetime, bytes]] = {}
     for data in rawfile.read_in_order(raw_path, ordered) if ordered else ():
         envelope = fast.decode_envelope(data)
         if isinstance(envelope.content, pdu.CCApdu):
             packets[envelope.sequence_number] = (capture_time(envelope), envelope.content.payload)
-    for sequence, when, packet in scte_records:
-        packets.setdefault(sequence, (when, packet))
+    for sequence, when, datagram, _end in scan_scte(scte_path):
+        packets.setdefault(sequence, (when, scte_packet(datagram)))
     with replacing(pcap_path) as temp:
         target = HashedFile(temp)
         try:

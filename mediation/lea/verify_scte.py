@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mediation.lea.outputs import SCTE_FILE
+from mediation.lea.outputs import SCTE_FILE, scan_scte
 from mediation.protocol import scte
 
 
@@ -58,27 +58,22 @@ def check_scte(case_dir: Path, udp_keys: list[bytes]) -> ScteCheck | None:
     if not path.is_file():
         return None
     check = ScteCheck(case_dir.name, checked=bool(udp_keys))
-    data = path.read_bytes()
     keys = [scte.scte_key(k) for k in udp_keys]
     wanted = {scte.ccc_id(k, case_dir.name): k for k in keys}
-    sequences: list[int] = []
-    offset = 0
-    while offset < len(data):
-        end = offset + 4 + int.from_bytes(data[offset : offset + 4], "big")
-        if offset + 4 > len(data) or end > len(data):
-            check.fault = f"{SCTE_FILE}: torn record at octet {offset}"
+    sequences: set[int] = set()
+    good = 0
+    for sequence, _when, datagram, end in scan_scte(path):
+        fault = _fault(datagram, wanted) if keys else None
+        if fault is not None:
+            check.fault = f"{SCTE_FILE}: record at octet {good}: {fault}"
             break
-        datagram = data[offset + 4 : end]
-        if keys:
-            fault = _fault(datagram, wanted)
-            if fault is not None:
-                check.fault = f"{SCTE_FILE}: record at octet {offset}: {fault}"
-                break
-        if len(datagram) >= scte.HEADER + scte.TRAILER:
-            sequences.append(int.from_bytes(datagram[-scte.TAG - 8 : -scte.TAG], "big"))
-        offset = end
+        sequences.add(sequence)
+        good = end
+    else:
+        if good < path.stat().st_size:
+            check.fault = f"{SCTE_FILE}: torn record at octet {good}"
     if sequences:
-        check.records, check.first, check.last = len(set(sequences)), min(sequences), max(sequences)
+        check.records, check.first, check.last = len(sequences), min(sequences), max(sequences)
     return check
 
 
