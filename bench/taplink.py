@@ -192,13 +192,41 @@ async def baseline_round(data: Path, key: object, handle: str, count: int) -> fl
     return count / elapsed
 
 
+def profile(args: argparse.Namespace) -> int:
+    """The server side of one tap link round under cProfile: where a PDU's time goes."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
+        data, key, _handle, credentials = setup(Path(tmp))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        rate = trio.run(server_round, data, key, credentials, args.pdus, args.batch)
+        profiler.disable()
+    print(f"tap link over TLS under cProfile: {rate:.0f} PDUs/s; per PDU, by own time:")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime")
+    for func, (_cc, calls, tottime, cumtime, _callers) in list(
+        sorted(stats.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
+    )[:25]:
+        where = f"{Path(func[0]).name}:{func[1]} {func[2]}"
+        print(f"  {tottime / args.pdus * 1e6:7.2f} µs own {cumtime / args.pdus * 1e6:7.2f} µs cum "
+              f"{calls:9d} calls  {where}")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pdus", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="filesystem to test (default: cwd)")
+    parser.add_argument(
+        "--profile", action="store_true", help="one tap link round under cProfile (server side)"
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        return profile(args)
     with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
         data, key, handle, credentials = setup(Path(tmp))
         links, bases = [], []

@@ -33,8 +33,9 @@ from mediation.log import Appended, StorageUnavailable
 from mediation.pdu import StreamId, StreamKind
 from mediation.pdu import taplink as T
 from mediation.pdu.errors import PDUError
+from mediation.pdu.fast_envelope import FIRST_TAGS
 from mediation.pdu.tlv import read_header
-from mediation.server.ingest import Ingest, well_formed
+from mediation.server.ingest import Ingest, well_formed_fast
 from mediation.tap.packet import LINKTYPE_RAW, parse_frame
 from mediation.tap.targets import TargetMatcher
 from mediation.warrants.model import TargetKind, Warrant
@@ -127,19 +128,37 @@ class TapGate:
         case = case_identity(kind, der)
         if case is None:
             return None, "malformed"
+        handle, reason = self.route(case)
+        if handle is None:
+            return None, reason
+        reason = self.target_reason(handle, kind, der)
+        return (None, reason) if reason else (handle, "")
+
+    def route(self, case: str) -> tuple[str | None, str]:
+        """``(handle, "")`` of the one warrant of this case identity, or ``(None, reason)``."""
         found = self._by_case.get(case)
         if not found or len(found) != 1:
             return None, "not_served"
-        handle = found[0].handle
-        if kind == "cmCC":
-            matcher = self._matchers.get(handle)
-            if matcher is not None:
-                payload = cc_payload(der)
-                if payload is None:
-                    return None, "malformed"
-                if matcher.match(parse_frame(payload, LINKTYPE_RAW)) is None:
-                    return None, "not_target"
-        return handle, ""
+        return found[0].handle, ""
+
+    def matcher(self, handle: str, kind: str) -> TargetMatcher | None:
+        """What a PDU's packet must match (CmCC of address targets), or None: nothing."""
+        return self._matchers.get(handle) if kind == "cmCC" else None
+
+    def target_reason(self, handle: str, kind: str, der: bytes) -> str:
+        """Empty if the PDU's packet is the target's (or cannot be checked), else why not."""
+        matcher = self.matcher(handle, kind)
+        return "" if matcher is None else packet_reason(matcher, der)
+
+
+def packet_reason(matcher: TargetMatcher, der: bytes) -> str:
+    """Empty if a CmCC PDU's packet matches ``matcher``, else "malformed" or "not_target"."""
+    payload = cc_payload(der)
+    if payload is None:
+        return "malformed"
+    if matcher.match(parse_frame(payload, LINKTYPE_RAW)) is None:
+        return "not_target"
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,25 +354,16 @@ class TapIngest:
                 if self._complete(entry):
                     return BatchResult(T.BatchAck(batch.batch_id, 0), self._tails(entry), True)
                 skip = self._stored(entry)
-        targets, items, refused = self._check(gate, batch)
+        targets, shares, refused = self._check(gate, batch)
         await self.intake.before_batch({sid.warrant_handle for sid in targets})
+        spans, kept = {}, shares
         if skip:  # a resent batch: leave out each stream's share already stored
-            left = [skip.get(sid, 0) for sid in targets]
             kept = []
-            for index, der in items:
-                if left[index]:
-                    left[index] -= 1
-                else:
-                    kept.append((index, der))
-        else:
-            kept = items
-        totals = [0] * len(targets)
-        for index, _der in items:
-            totals[index] += 1
-        spans = {}
-        for index, sid in enumerate(targets):
-            already = min(skip.get(sid, 0), totals[index])
-            spans[sid] = Span(self.intake.streams[sid].next_seq, totals[index] - already, already)
+            for sid, share in zip(targets, shares, strict=True):
+                kept.append(share[skip.get(sid, 0) :])
+        for sid, share, left in zip(targets, shares, kept, strict=True):
+            already = len(share) - len(left)
+            spans[sid] = Span(self.intake.streams[sid].next_seq, len(left), already)
         new = JournalEntry(batch.batch_id, spans)
         if durable:
             _last, entries = self.journal.state(tap)
@@ -363,39 +373,69 @@ class TapIngest:
         self.batches += 1
         if error is not None:
             new.stopped = dict(zip(targets, counts, strict=True))
-            self.refused["unable_to_store"] += len(kept) - sum(counts)
+            self.refused["unable_to_store"] += sum(map(len, kept)) - sum(counts)
             log.warning("tap %s: batch %d stopped: %s", tap, batch.batch_id, type(error).__name__)
         for reason, count in refused.items():
             self.refused[reason] += count
-        ack = T.BatchAck(batch.batch_id, len(items), tuple(sorted(refused.items())))
+        ack = T.BatchAck(batch.batch_id, sum(map(len, shares)), tuple(sorted(refused.items())))
         return BatchResult(ack, [r for r in last if r is not None], error is None)
 
     def _check(
         self, gate: TapGate, batch: T.PduBatch
-    ) -> tuple[list[StreamId], list[tuple[int, bytes]], collections.Counter[str]]:
-        """The streams, and ``(stream index, der)`` per PDU that passes; refusals by reason."""
+    ) -> tuple[list[StreamId], list[list[bytes]], collections.Counter[str]]:
+        """The streams, each one's share of the PDUs that pass (in order); refusals by reason.
+
+        Per PDU only what differs per PDU is read: its case identity, its
+        well-formedness and, for content of address targets, its packet;
+        the warrant, its state and content level once per case identity
+        and kind in the batch.
+        """
         targets: list[StreamId] = []
-        where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
-        items = []
+        shares: list[list[bytes]] = []
+        # (kind, case identity) -> (stream index, target matcher), or why not
+        where: dict[tuple[str, str | None], tuple[int, TargetMatcher | None] | str] = {}
         refused: collections.Counter[str] = collections.Counter()
         limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
         for pdu in batch.pdus:
-            handle, reason = gate.warrant_for(pdu.kind, pdu.der)
-            if handle is None:
-                refused[reason] += 1
-                continue
-            found = where.get((handle, pdu.kind))
+            kind, der = pdu.kind, pdu.der
+            case = case_identity(kind, der)
+            found = where.get((kind, case))
             if found is None:
-                found = self._target(handle, pdu.kind, targets)
-                where[handle, pdu.kind] = found
-            if isinstance(found, str):
-                refused[found] += 1
+                found = where[kind, case] = self._route(gate, kind, case, targets, shares)
+            if found.__class__ is str:
+                refused[found] += 1  # type: ignore[index]
                 continue
-            if len(pdu.der) > limit or not well_formed(targets[found].kind, pdu.der):
+            index, matcher = found  # type: ignore[misc]
+            if len(der) > limit or not well_formed_fast(der, FIRST_TAGS[kind]):
                 refused["malformed"] += 1
                 continue
-            items.append((found, pdu.der))
-        return targets, items, refused
+            if matcher is not None:
+                reason = packet_reason(matcher, der)
+                if reason:
+                    refused[reason] += 1
+                    continue
+            shares[index].append(der)
+        return targets, shares, refused
+
+    def _route(
+        self,
+        gate: TapGate,
+        kind: str,
+        case: str | None,
+        targets: list[StreamId],
+        shares: list[list[bytes]],
+    ) -> tuple[int, TargetMatcher | None] | str:
+        """Where PDUs of this kind and case identity go in a batch (a stream added), or why not."""
+        if case is None:
+            return "malformed"
+        handle, reason = gate.route(case)
+        if handle is None:
+            return reason
+        found = self._target(handle, kind, targets)
+        if isinstance(found, str):
+            return found
+        shares.append([])
+        return found, gate.matcher(handle, kind)
 
     def _target(self, handle: str, kind: str, targets: list[StreamId]) -> int | str:
         """The index in ``targets`` of the stream for this warrant and kind (added), or why not."""
