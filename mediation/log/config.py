@@ -33,6 +33,8 @@ class LogConfig:
         cursor_persist_interval: named cursor positions are written at most
             this often (seconds); a crash costs at most this much redelivery.
         checkpoint_memory: how many recent checkpoints readers get from memory.
+        writer_threads: threads that write and fdatasync, shared by all streams.
+        open_segments: at most this many segment files open for writing.
     """
 
     # The log is CPU-bound (about 4.2 µs a 1500-byte record here, 1.6 µs of
@@ -58,6 +60,13 @@ class LogConfig:
     retry_interval: float = 1.0
     cursor_persist_interval: float = 1.0
     checkpoint_memory: int = 64
+    # Writer threads shared by all streams: each write + fdatasync releases
+    # the GIL, so a few overlap syncs of different streams; more only add
+    # contention (docs/architecture.md, "Thousands of intercepts").
+    writer_threads: int = 4
+    # Segment files kept open for writing; past it the least recently
+    # written is closed and reopened on its next write (one open(2)).
+    open_segments: int = 256
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -14,6 +14,7 @@ import json
 import math
 import re
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -41,6 +42,7 @@ class CursorStore:
         self._path = directory / CURSORS
         self._positions: dict[str, int] = {}
         self._dirty_since = math.inf
+        self.on_dirty: Callable[[], None] = lambda: None  # the stream asks its timer
         try:
             data = json.loads(self._path.read_text("ascii"))
             self._positions = {str(k): int(v) for k, v in data["cursors"].items()}
@@ -58,6 +60,7 @@ class CursorStore:
             self._positions[name] = next_expected
             if self._dirty_since == math.inf:
                 self._dirty_since = trio.current_time()
+                self.on_dirty()
 
     def due_at(self, interval: float) -> float:
         """When unsaved positions should be written (inf: nothing to write)."""
@@ -75,8 +78,10 @@ class CursorStore:
         write_atomic(self._path, data.encode("ascii"), 0o640)
 
     def retry_later(self) -> None:
+        """Writing failed: the positions are unsaved again (tried after the interval)."""
         if self._dirty_since == math.inf:
             self._dirty_since = trio.current_time()
+            self.on_dirty()
 
 
 class ReadSide:

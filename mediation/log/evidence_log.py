@@ -25,6 +25,8 @@ from mediation.log.keys import LogSigner, load_or_create_signer
 from mediation.log.recovery import recover_stream
 from mediation.log.retention import RetentionResult, remove_segments
 from mediation.log.stream import StreamLog
+from mediation.log.timer import StreamTimer
+from mediation.log.writer import WriterPool
 from mediation.pdu import StreamId, StreamKind
 
 LOG_DIR = "log"
@@ -71,6 +73,9 @@ class EvidenceLog:
         self._streams: dict[StreamId, StreamLog] = {}
         self._locks: dict[StreamId, int] = {}
         self._opening: dict[StreamId, trio.Event] = {}
+        # Shared by every stream: bounded threads and open files, one timer task.
+        self.pool = WriterPool(config.writer_threads, config.open_segments)
+        self.timer = StreamTimer()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -89,6 +94,7 @@ class EvidenceLog:
         signer = await trio.to_thread.run_sync(load_or_create_signer, Path(data_dir))
         async with trio.open_nursery() as nursery:
             log = cls(Path(data_dir), config or LogConfig(), signer, nursery, key)
+            nursery.start_soon(log.timer.run)
             try:
                 yield log
             finally:
@@ -118,8 +124,16 @@ class EvidenceLog:
                 recovered = await trio.to_thread.run_sync(
                     recover_stream, directory, key, self.config.index_interval, self._key
                 )
-                stream = StreamLog(key, directory, self.config, self.signer, recovered, self._key)
-                await self._nursery.start(stream.run)
+                stream = StreamLog(
+                    key,
+                    directory,
+                    self.config,
+                    self.signer,
+                    recovered,
+                    self._key,
+                    self.pool,
+                    self.timer,
+                )
             except BaseException:
                 os.close(lock)
                 raise
@@ -186,3 +200,4 @@ class EvidenceLog:
         with trio.CancelScope(shield=True):
             for key in list(self._streams):
                 await self.close_stream(key.warrant_handle, key.kind)
+            await self.pool.aclose()

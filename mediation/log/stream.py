@@ -39,7 +39,8 @@ from mediation.log.keys import LogSigner
 from mediation.log.recovery import Recovered
 from mediation.log.segments import Chunk
 from mediation.log.state import Appended, StorageState, StreamStats
-from mediation.log.writer import SegmentWriter, WriterThread
+from mediation.log.timer import StreamTimer
+from mediation.log.writer import SegmentWriter, WriterPool
 from mediation.pdu import ClockStatus, StreamId, StreamKind
 
 _ALLOWED = {
@@ -77,6 +78,8 @@ class StreamLog(ReadSide):
         signer: LogSigner,
         recovered: Recovered,
         key: LogKey | None,
+        pool: WriterPool,
+        timer: StreamTimer,
     ) -> None:
         super().__init__(stream, directory, config, recovered, key)
         self.label = F.stream_label(stream)
@@ -101,7 +104,7 @@ class StreamLog(ReadSide):
             recovered.active_size,
             list(recovered.active_index),
         )
-        self._thread = WriterThread(
+        self._thread = pool.writer(
             writer,
             config.retry_interval,
             self.label,
@@ -129,11 +132,13 @@ class StreamLog(ReadSide):
         )
         self._batches: collections.deque[int] = collections.deque(maxlen=100_000)
         self._state = StorageState(True, dt.datetime.now(dt.UTC))
-        self._wakeup = trio.Event()
         self._state_event = trio.Event()
-        self._scope: trio.CancelScope | None = None
         self._closing = False  # set by aclose: no more appends
         self._accepting = True  # healthy and not closing
+        self._timer = timer
+        self.timer_at = math.inf  # when the log's timer wakes this stream; the timer's
+        self.cursors.on_dirty = self._cursors_dirty
+        timer.at(self, trio.current_time())  # a recovered unsigned tail: checkpoint it
 
     # -- appending -------------------------------------------------------
 
@@ -278,8 +283,11 @@ class StreamLog(ReadSide):
         return done, error
 
     def _schedule(self) -> None:
-        """Records are queued: make sure the timer knows their commit deadline."""
-        self._wakeup.set()
+        """Records are queued: the timer submits them at their commit deadline."""
+        self._timer.at(self, self._queued_since + self._cfg.commit_interval)
+
+    def _cursors_dirty(self) -> None:
+        self._timer.at(self, self.cursors.due_at(self._cfg.cursor_persist_interval))
 
     def _refusal(self) -> Exception:
         """Why no record can be appended now (the slow path of append)."""
@@ -379,7 +387,7 @@ class StreamLog(ReadSide):
         self._checkpoint_at = trio.current_time() + self._cfg.checkpoint_interval
         if self._queued_records == 0:
             self._queued_since = trio.current_time()
-        self._wakeup.set()
+        self._schedule()
 
     # -- handing chunks to the writer thread and hearing back ----------------
 
@@ -417,44 +425,38 @@ class StreamLog(ReadSide):
         self._accepting = state.healthy and not self._closing
         self._state_event.set()
         self._state_event = trio.Event()
-        self._wakeup.set()
+        self._timer.at(self, trio.current_time())  # a checkpoint may be due again
         self._wake_readers()
 
-    # -- the timer task ----------------------------------------------------
+    # -- what the log's timer calls ---------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Submit batches whose time is up, checkpoint, save cursors; until closed."""
-        with trio.CancelScope() as self._scope:
-            task_status.started()
-            while not self._closing:
-                await self._wait_for_deadline()
-                await self._persist_cursors_if_due()
+    def on_timer(self, now: float) -> float:
+        """Submit records whose time is up, checkpoint, ask for a cursor save.
 
-    async def _wait_for_deadline(self) -> None:
-        """Sleep until queued records are T old, a checkpoint or a cursor save is due."""
+        Returns:
+            When to be called next (inf: nothing pending).
+        """
         cfg = self._cfg
-        while True:
-            now = trio.current_time()
-            deadline = self.cursors.due_at(cfg.cursor_persist_interval)
+        while not self._closing:
+            deadline = math.inf
             if self._queued_records or (self._chunks and not self._chunks[-1].sealed):
-                if now >= self._queued_since + cfg.commit_interval:
+                due = self._queued_since + cfg.commit_interval
+                if now >= due:
                     self._submit()
                     continue
-                deadline = min(deadline, self._queued_since + cfg.commit_interval)
+                deadline = due
             if self._since_checkpoint and self._state.healthy:
                 if now >= self._checkpoint_at:
                     self._add_checkpoint()
                     continue
                 deadline = min(deadline, self._checkpoint_at)
-            if now >= deadline:
-                return
-            with trio.move_on_at(deadline):
-                await self._wakeup.wait()
-            self._wakeup = trio.Event()
-
-    async def _persist_cursors_if_due(self) -> None:
-        if self.cursors.due_at(self._cfg.cursor_persist_interval) <= trio.current_time():
-            await self.persist_cursors()
+            saving = self.cursors.due_at(cfg.cursor_persist_interval)
+            if saving <= now:
+                self._timer.save_cursors(self)
+            else:
+                deadline = min(deadline, saving)
+            return deadline
+        return math.inf
 
     async def persist_cursors(self) -> None:
         """Write named cursor positions now (atomic replace, fsynced)."""
@@ -485,6 +487,4 @@ class StreamLog(ReadSide):
             await self._thread.stop()
             await self.persist_cursors()
         self._closed = True  # readers and durable() waiters stop waiting
-        if self._scope is not None:
-            self._scope.cancel()
         self._wake_readers()
