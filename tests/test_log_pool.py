@@ -87,3 +87,21 @@ async def test_a_full_disk_on_one_stream_does_not_stop_another(tmp_path: Path) -
                     await healthy.wait_durable(healthy.next_seq - 1)
             assert not failing.state.healthy and healthy.state.healthy
             assert healthy.durable_seq == 159
+
+
+async def test_the_rings_of_all_streams_share_one_budget(tmp_path: Path) -> None:
+    config = LogConfig(ring_bytes=1 << 20, ring_budget=64 * 1024)
+    async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        streams = [await log.stream(f"w-{n:04d}", CMCC) for n in range(4)]
+        busy = streams[0]
+        busy.append_many([os.urandom(1000) for _ in range(200)], ContentKind.CMCC, SYNC)
+        await busy.wait_durable(199)
+        assert busy._ring_bytes <= 16 * 1024  # a quarter of the budget, not ring_bytes
+        cursor, records = busy.cursor(0), []
+        while len(records) < 200:  # the older ones come from the segments
+            records += await cursor.read(200)
+        assert [r.seq for r in records] == list(range(200))
+        await log.close_stream("w-0001", CMCC)
+        await log.close_stream("w-0002", CMCC)
+        busy.append_many([os.urandom(1000) for _ in range(100)], ContentKind.CMCC, SYNC)
+        assert 16 * 1024 < busy._ring_bytes <= 32 * 1024  # two streams left: half each

@@ -34,6 +34,7 @@ class LogConfig:
             this often (seconds); a crash costs at most this much redelivery.
         checkpoint_memory: how many recent checkpoints readers get from memory.
         writer_threads: threads that write and fdatasync, shared by all streams.
+        ring_budget: the rings of all open streams together hold at most this.
         open_segments: at most this many segment files open for writing.
     """
 
@@ -64,6 +65,11 @@ class LogConfig:
     # the GIL, so a few overlap syncs of different streams; more only add
     # contention (docs/architecture.md, "Thousands of intercepts").
     writer_threads: int = 4
+    # All streams' rings together: each stream keeps min(ring_bytes,
+    # ring_budget / open streams), so memory does not grow with warrants
+    # (2,000 streams: 256 KiB each, about 170 records of 1500 bytes; a
+    # reader further behind reads the segments).
+    ring_budget: int = 512 * MIB
     # Segment files kept open for writing; past it the least recently
     # written is closed and reopened on its next write (one open(2)).
     open_segments: int = 256

@@ -160,6 +160,12 @@ class ReadSide:
         start = self.cursors.get(name)
         return Cursor(self, default_start if start is None else start, name, checkpoints)
 
+    def set_ring_limit(self, limit: int) -> None:
+        """Keep at most ``limit`` bytes of recent records in memory (trimmed at once)."""
+        self._ring_limit = limit
+        if self._ring_bytes > limit:
+            self._ring_trim()
+
     def _ring_trim(self) -> None:
         """Drop the oldest quarter of the ring: one list move per many appends."""
         target, ring, i, size = self._ring_limit * 3 // 4, self._ring, 0, self._ring_bytes

@@ -138,6 +138,7 @@ class EvidenceLog:
                 os.close(lock)
                 raise
             self._streams[key], self._locks[key] = stream, lock
+            self._share_rings()
             return stream
         finally:
             self._opening.pop(key).set()
@@ -147,11 +148,18 @@ class EvidenceLog:
         """The streams open now."""
         return list(self._streams.values())
 
+    def _share_rings(self) -> None:
+        """Each open stream's ring: its share of ``ring_budget`` (at most ``ring_bytes``)."""
+        share = self.config.ring_budget // max(1, len(self._streams))
+        for stream in self._streams.values():
+            stream.set_ring_limit(min(self.config.ring_bytes, share))
+
     async def close_stream(self, handle: str, kind: StreamKind) -> None:
         """Checkpoint, flush and close one stream (nothing if it is not open)."""
         key = StreamId(handle, kind)
         stream = self._streams.pop(key, None)
         if stream is not None:
+            self._share_rings()
             try:
                 await stream.aclose()
             finally:
