@@ -84,6 +84,20 @@ class CursorStore:
             self.on_dirty()
 
 
+class RingShare:
+    """How many bytes of recent records each stream keeps in memory.
+
+    One object shared by every stream of a log, so a stream opening or
+    closing changes every stream's share at once (each trims on its next
+    append).
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
 class ReadSide:
     """The read half of a stream: what is durable, the ring, the segment table."""
 
@@ -105,7 +119,7 @@ class ReadSide:
         self._ring: list[F.LogRecord] = []
         self._ring_base = recovered.next_seq  # sequence number of _ring[0]
         self._ring_bytes = 0
-        self._ring_limit = config.ring_bytes
+        self._rings = RingShare(config.ring_bytes)  # the log gives its shared one
         self._checkpoints: deque[F.Checkpoint] = deque(maxlen=config.checkpoint_memory)
         self._durable_event = trio.Event()
         self._table = SegmentTable(
@@ -160,15 +174,9 @@ class ReadSide:
         start = self.cursors.get(name)
         return Cursor(self, default_start if start is None else start, name, checkpoints)
 
-    def set_ring_limit(self, limit: int) -> None:
-        """Keep at most ``limit`` bytes of recent records in memory (trimmed at once)."""
-        self._ring_limit = limit
-        if self._ring_bytes > limit:
-            self._ring_trim()
-
     def _ring_trim(self) -> None:
         """Drop the oldest quarter of the ring: one list move per many appends."""
-        target, ring, i, size = self._ring_limit * 3 // 4, self._ring, 0, self._ring_bytes
+        target, ring, i, size = self._rings.limit * 3 // 4, self._ring, 0, self._ring_bytes
         while size > target and i < len(ring):
             size -= len(ring[i].payload) + RING_OVERHEAD
             i += 1

@@ -20,6 +20,7 @@ import trio
 from mediation.log import format as F
 from mediation.log.config import LogConfig
 from mediation.log.crypto import LogKey
+from mediation.log.cursor import RingShare
 from mediation.log.errors import LogError
 from mediation.log.keys import LogSigner, load_or_create_signer
 from mediation.log.recovery import recover_stream
@@ -76,6 +77,7 @@ class EvidenceLog:
         # Shared by every stream: bounded threads and open files, one timer task.
         self.pool = WriterPool(config.writer_threads, config.open_segments)
         self.timer = StreamTimer()
+        self.rings = RingShare(config.ring_bytes)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -133,6 +135,7 @@ class EvidenceLog:
                     self._key,
                     self.pool,
                     self.timer,
+                    self.rings,
                 )
             except BaseException:
                 os.close(lock)
@@ -151,8 +154,7 @@ class EvidenceLog:
     def _share_rings(self) -> None:
         """Each open stream's ring: its share of ``ring_budget`` (at most ``ring_bytes``)."""
         share = self.config.ring_budget // max(1, len(self._streams))
-        for stream in self._streams.values():
-            stream.set_ring_limit(min(self.config.ring_bytes, share))
+        self.rings.limit = min(self.config.ring_bytes, share)
 
     async def close_stream(self, handle: str, kind: StreamKind) -> None:
         """Checkpoint, flush and close one stream (nothing if it is not open)."""

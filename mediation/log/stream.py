@@ -33,7 +33,7 @@ import trio
 from mediation.log import format as F
 from mediation.log.config import LogConfig
 from mediation.log.crypto import LogKey
-from mediation.log.cursor import RING_OVERHEAD, ReadSide
+from mediation.log.cursor import RING_OVERHEAD, ReadSide, RingShare
 from mediation.log.errors import LogClosed, LogError, StorageUnavailable
 from mediation.log.keys import LogSigner
 from mediation.log.recovery import Recovered
@@ -80,8 +80,10 @@ class StreamLog(ReadSide):
         key: LogKey | None,
         pool: WriterPool,
         timer: StreamTimer,
+        rings: RingShare,
     ) -> None:
         super().__init__(stream, directory, config, recovered, key)
+        self._rings = rings
         self.label = F.stream_label(stream)
         self._cfg = config
         self._max_pending = config.max_pending_bytes
@@ -271,7 +273,7 @@ class StreamLog(ReadSide):
                 chunk = self._chunks[-1]
         if done:
             self._ring_bytes += added + done * RING_OVERHEAD
-            if self._ring_bytes > self._ring_limit:
+            if self._ring_bytes > self._rings.limit:
                 self._ring_trim()
             queued = self._queued_records
             self._queued_records = queued + done
