@@ -21,27 +21,24 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import time
-from pathlib import Path
 
 import trio
 
-from mediation.durable import write_atomic
 from mediation.log import Appended, StorageUnavailable
-from mediation.pdu import StreamId, StreamKind
+from mediation.pdu import StreamId
 from mediation.pdu import taplink as T
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_envelope import FIRST_TAGS
 from mediation.pdu.tlv import read_header
 from mediation.server.ingest import Ingest, well_formed_fast
+from mediation.server.tap_journal import JOURNAL_DIR, JournalEntry, Span, TapJournal
 from mediation.tap.packet import LINKTYPE_RAW, parse_frame
 from mediation.tap.targets import TargetMatcher
 from mediation.warrants.model import TargetKind, Warrant
 
 log = logging.getLogger("mediation.server")
-JOURNAL_DIR = "taps"
 # A well-formed stand-in per kind, to ask ingest which stream (the PDU itself
 # is checked by well_formed after).
 _SEQUENCE = {"cmII": b"\x30\x03\x06\x01\x00", "cmCC": b"\x30\x03\x81\x01\x00"}
@@ -159,97 +156,6 @@ def packet_reason(matcher: TargetMatcher, der: bytes) -> str:
     if matcher.match(parse_frame(payload, LINKTYPE_RAW)) is None:
         return "not_target"
     return ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    """One stream's share of a batch: ``already`` records stored by an earlier
-    attempt, then ``count`` appended by this one from sequence number ``start``."""
-
-    start: int
-    count: int
-    already: int = 0
-
-
-@dataclasses.dataclass
-class JournalEntry:
-    """A batch of a tap being appended, per stream."""
-
-    batch: int
-    spans: dict[StreamId, Span]
-    loaded: bool = False  # read from disk at start: a crash may have cut it
-    stopped: dict[StreamId, int] | None = None  # storing stopped part-way in this process
-
-
-class TapJournal:
-    """Per tap, the batches appended and not yet known durable (fsynced before their records).
-
-    The file holds ``last`` (the highest batch id ever begun) and the
-    entries; an entry is dropped once all its records are durable, so
-    the file stays small: about one entry per batch in flight.
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.directory = data_dir / JOURNAL_DIR
-        self._taps: dict[str, tuple[int, dict[int, JournalEntry]]] = {}
-
-    def _path(self, tap: str) -> Path:
-        return self.directory / f"{tap}.journal"
-
-    def state(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
-        """``(last, entries by batch id)`` of ``tap`` (read from disk the first time)."""
-        if tap not in self._taps:
-            self._taps[tap] = self._load(tap)
-        return self._taps[tap]
-
-    def _load(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
-        try:
-            data = json.loads(self._path(tap).read_text())
-        except FileNotFoundError:
-            return 0, {}
-        entries = {}
-        for item in data["entries"]:
-            spans = {}
-            for key, (start, count, already) in item["spans"].items():
-                handle, kind = key.rsplit("/", 1)
-                spans[StreamId(handle, StreamKind(kind))] = Span(start, count, already)
-            entries[item["batch"]] = JournalEntry(item["batch"], spans, loaded=True)
-        return int(data["last"]), entries
-
-    def reset(self, tap: str) -> None:
-        """Forget the tap's batches (its ids start again)."""
-        self._taps[tap] = (0, {})
-        self._write(tap)
-
-    def begin(self, tap: str, entry: JournalEntry, done: list[int]) -> None:
-        """Record ``entry`` durably, dropping the entries in ``done``.
-
-        Blocking on purpose: the caller must not yield between this and
-        appending the batch, or another append could land inside a span.
-        """
-        last, entries = self.state(tap)
-        for batch in done:
-            entries.pop(batch, None)
-        entries[entry.batch] = entry
-        self._taps[tap] = (max(last, entry.batch), entries)
-        self._write(tap)
-
-    def _write(self, tap: str) -> None:
-        last, entries = self._taps[tap]
-        data = {
-            "last": last,
-            "entries": [
-                {
-                    "batch": e.batch,
-                    "spans": {
-                        str(sid): [x.start, x.count, x.already] for sid, x in e.spans.items()
-                    },
-                }
-                for e in entries.values()
-            ],
-        }
-        self.directory.mkdir(mode=0o700, exist_ok=True)
-        write_atomic(self._path(tap), json.dumps(data).encode())
 
 
 @dataclasses.dataclass
@@ -461,4 +367,11 @@ class TapIngest:
         return out
 
 
-__all__ = ["REASONS", "StorageUnavailable", "TapGate", "TapIngest", "TapJournal"]
+__all__ = [
+    "JOURNAL_DIR",
+    "REASONS",
+    "StorageUnavailable",
+    "TapGate",
+    "TapIngest",
+    "TapJournal",
+]
