@@ -17,12 +17,13 @@ CMCC = P.StreamKind.CMCC
 SYNC = P.ClockStatus.SYNCHRONISED
 
 
-def _open_segments() -> int:
-    """Segment files this process has open now."""
+def _open_segments(under: Path) -> int:
+    """Segment files under ``under`` this process has open now."""
     count = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
-            count += os.readlink(f"/proc/self/fd/{fd}").endswith(".seg")
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            count += target.startswith(str(under)) and target.endswith(".seg")
         except OSError:
             continue
     return count
@@ -45,7 +46,7 @@ async def test_many_streams_share_bounded_threads_and_open_files(tmp_path: Path)
                 await stream.wait_durable(stream.next_seq - 1)
             assert _writer_threads() - threads_before <= 2
             assert log.pool.threads <= 2 and log.pool.open_segments <= 8
-            assert _open_segments() <= 8
+            assert _open_segments(tmp_path) <= 8
         for stream in streams:  # every stream kept its own order
             records = await stream.cursor(0).read(100)
             assert [r.payload for r in records] == [b"r0"] * 4 + [b"r1"] * 4 + [b"r2"] * 4
