@@ -45,8 +45,10 @@ async def test_many_streams_share_bounded_threads_and_open_files(tmp_path: Path)
             for stream in streams:
                 await stream.wait_durable(stream.next_seq - 1)
             assert _writer_threads() - threads_before <= 2
-            assert log.pool.threads <= 2 and log.pool.open_segments <= 8
-            assert _open_segments(tmp_path) <= 8
+            # A thread may still be between reporting a write and closing the
+            # oldest file: the bound is open_segments plus one per thread.
+            assert log.pool.threads <= 2 and log.pool.open_segments <= 8 + 2
+            assert _open_segments(tmp_path) <= 8 + 2
         for stream in streams:  # every stream kept its own order
             records = await stream.cursor(0).read(100)
             assert [r.payload for r in records] == [b"r0"] * 4 + [b"r1"] * 4 + [b"r2"] * 4
@@ -59,11 +61,13 @@ async def test_an_idle_log_does_not_wake(tmp_path: Path, autojump_clock: object)
         streams = [await log.stream(f"w-{n:04d}", CMCC) for n in range(20)]
         for stream in streams:
             await (await stream.append(b"x", ContentKind.CMCC, SYNC)).durable()
-        await trio.sleep(5)  # every commit and checkpoint is done by now
+        await trio.sleep(5)  # every commit and checkpoint is submitted by now
         woken = log.timer.wakeups
         await trio.sleep(3600)
         assert log.timer.wakeups == woken  # an hour of nothing: not one wake-up
-        assert all(s.latest_checkpoint is not None for s in streams)
+    # Closed: every write finished (the mock clock does not wait for threads).
+    # Each stream's checkpoint was the timer's (closing adds none when none is due).
+    assert all(s.latest_checkpoint is not None for s in streams)
 
 
 async def test_a_full_disk_on_one_stream_does_not_stop_another(tmp_path: Path) -> None:

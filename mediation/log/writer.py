@@ -30,7 +30,9 @@ traceback, so the stream reports "unable to store" instead of hanging.
 Segment files are opened when first written and kept open in a
 least-recently-used set of at most ``open_segments``; past that, the
 descriptor of the stream written longest ago is closed (it is reopened on
-its next write), so open files do not grow with the number of streams.
+its next write), so open files do not grow with the number of streams
+(a file being written is not closed: at most ``open_segments`` plus one
+per thread are open at any moment).
 """
 
 from __future__ import annotations
