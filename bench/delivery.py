@@ -1,6 +1,7 @@
 """Delivery from the evidence log to agencies on loopback, against a bare sendto loop.
 
     python bench/delivery.py [--records N] [--size BYTES] [--rounds R] [--dir DIR]
+                             [--against CHECKOUT]
 
 1. Fills one CmCC stream of a fresh log with ``--records`` CC PDUs of
    ``--size`` bytes (the DER of a real IAS-CC-APDU).
@@ -20,6 +21,19 @@
    through; the time from the cut to the first envelope of the next
    connection.
 
+Each worker's figure comes with this process's CPU per PDU (every thread:
+the log's reads too), the measure that holds on a loaded machine, where
+wall-clock rates follow the scheduler; the TLS line says how busy the
+receiver was. The ring holds the newest 16 MiB of a stream (about 10,000
+full-size records): with more ``--records`` most reads come from the
+segment files (decrypted), as in a catch-up; with fewer, all come from
+memory, as live delivery does.
+
+``--against CHECKOUT``: each round runs twice, as a subprocess with the
+``mediation`` package of CHECKOUT (e.g. ``git archive main | tar -x -C
+/tmp/base``) and with this one, alternating, and prints both and the
+ratios: the baseline measured in the same run as the change.
+
 Best of ``--rounds`` alternating rounds (the machine is shared). Goals:
 UDP >= 50,000 PDUs/s and >= 50 % of the bare loop; TLS >= 50,000 PDUs/s;
 resume within 1 s.
@@ -29,11 +43,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import multiprocessing as mp
 import os
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +57,14 @@ from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# --code DIR: measure the mediation package of another checkout (the
+# baseline of --against), with this file's harness.
+sys.path.insert(
+    0,
+    sys.argv[sys.argv.index("--code") + 1]
+    if "--code" in sys.argv[:-1]
+    else str(Path(__file__).resolve().parent.parent),
+)
 
 from mediation import pdu as P
 from mediation.lea.tls import make_agency_certificate
@@ -142,11 +165,18 @@ def tls_receiver(conn, cert: str, key: str, server_ca: str) -> None:
     while (job := conn.recv()) is not None:
         n, cut_at = job
         state = {"position": 0, "first": None, "cut": None, "resumed": None, "dups": 0}
+        cpu = time.process_time()
+        started = time.perf_counter()
         while state["position"] < n:
             raw, _ = listener.accept()
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with context.wrap_socket(raw, server_side=True) as tls:
                 _serve_tls(tls, state, n, cut_at)
-        conn.send((state["first"], state["last"], state["cut"], state["resumed"], state["dups"]))
+        # How busy the receiver was (1.0: it, not the server, set the pace).
+        busy = (time.process_time() - cpu) / max(1e-9, time.perf_counter() - started)
+        conn.send(
+            (state["first"], state["last"], state["cut"], state["resumed"], state["dups"], busy)
+        )
 
 
 def _serve_tls(tls: ssl.SSLSocket, state: dict, n: int, cut_at: int) -> None:
@@ -213,12 +243,13 @@ class Bench:
         kind = UdpWorker if sealed else _UnsealedWorker
         worker = kind(EndpointRef("a-bench", 1, "udp", "udp"), endpoint, DeliveryConfig())
         worker.set_streams({SID: stream}, start_at={SID: 0})
+        cpu = time.process_time()
         async with trio.open_nursery() as nursery:
             conn.send(self.records)
             await nursery.start(worker.run)
             result = await trio.to_thread.run_sync(conn.recv)
             nursery.cancel_scope.cancel()
-        return _rate(result)
+        return (*_rate(result), _per_record(time.process_time() - cpu, self.records))
 
     async def udp_bare(self, stream: StreamLog, port: int, conn) -> tuple[int, float]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -226,13 +257,14 @@ class Bench:
         address, sendto = (HOST, port), sock.sendto
         conn.send(self.records)
         cursor, sent = stream.cursor(0), 0
+        cpu = time.process_time()
         while sent < self.records:
             for record in await cursor.read(1024):
                 sendto(record.payload, address)
             sent = cursor.position
         result = await trio.to_thread.run_sync(conn.recv)
         sock.close()
-        return _rate(result)
+        return (*_rate(result), _per_record(time.process_time() - cpu, self.records))
 
     async def tls(self, stream: StreamLog, port: int, conn, run: int, cut: bool):
         endpoint = Endpoint("tls", HOST, port, (Stream.CMCC,), fingerprint=self.agency.fingerprint)
@@ -241,13 +273,15 @@ class Bench:
             ref, endpoint, DeliveryConfig(), self.identity, AgencyTrust(self.identity)
         )
         worker.set_streams({SID: stream})
+        cpu = time.process_time()
         async with trio.open_nursery() as nursery:
             conn.send((self.records, self.records // 2 if cut else 0))
             await nursery.start(worker.run)
-            first, last, cut_at, resumed, _dups = await trio.to_thread.run_sync(conn.recv)
+            first, last, cut_at, resumed, _dups, busy = await trio.to_thread.run_sync(conn.recv)
             nursery.cancel_scope.cancel()
         rate = self.records / (last - first)
-        return rate, (resumed - cut_at) if cut else None
+        cpu_us = _per_record(time.process_time() - cpu, self.records)
+        return rate, (resumed - cut_at) if cut else None, cpu_us, busy
 
 
 class _PassThrough:
@@ -280,6 +314,11 @@ def seal_open_cost(size: int, count: int = 20_000) -> tuple[float, float]:
     return sealed / count * 1e6, opened / count * 1e6
 
 
+def _per_record(seconds: float, records: int) -> float:
+    """Microseconds of this process's CPU (every thread) per record."""
+    return seconds / records * 1e6
+
+
 def _rate(result: tuple[int, float, float]) -> tuple[int, float]:
     count, first, last = result
     return count, count / (last - first) if last > first else 0.0
@@ -300,27 +339,34 @@ async def run_bench(bench: Bench, rounds: int, udp, tls) -> dict[str, list]:
             plain = await bench.udp_worker(stream, udp_port, udp_conn, sealed=False)
             results["plain"].append(plain)
             results["bare"].append(await bench.udp_bare(stream, udp_port, udp_conn))
-            rate, _ = await bench.tls(stream, tls_port, tls_conn, 2 * run, cut=False)
-            results["tls"].append(rate)
-            _, resume = await bench.tls(stream, tls_port, tls_conn, 2 * run + 1, cut=True)
+            rate, _, cpu_us, busy = await bench.tls(stream, tls_port, tls_conn, 2 * run, cut=False)
+            results["tls"].append((rate, cpu_us, busy))
+            _, resume, _, _ = await bench.tls(stream, tls_port, tls_conn, 2 * run + 1, cut=True)
             results["resume"].append(resume)
     return results
 
 
-def _best(rounds: list[tuple[int, float]], expected: int) -> tuple[float, int]:
-    """The best lossless rate, and the most lost in any round."""
-    lossless = [rate for count, rate in rounds if count == expected]
-    worst = max(expected - count for count, _rate in rounds)
-    return (max(lossless) if lossless else 0.0), worst
+def _best(rounds: list[tuple[int, float, float]], expected: int) -> tuple[float, int, float]:
+    """The best lossless rate, the most lost in any round, the least CPU per record."""
+    lossless = [rate for count, rate, _cpu in rounds if count == expected]
+    worst = max(expected - count for count, _rate, _cpu in rounds)
+    return (max(lossless) if lossless else 0.0), worst, min(cpu for *_, cpu in rounds)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--size", type=int, default=1500)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=None)
-    args = parser.parse_args()
+def summarise(results: dict[str, list], records: int) -> dict[str, float]:
+    """The figures of a run: best rates, CPU per record, losses, resume time."""
+    out: dict[str, float] = {}
+    for name in ("udp", "plain", "bare"):
+        out[name], out[f"{name}_lost"], out[f"{name}_cpu"] = _best(results[name], records)
+    out["tls"] = max(rate for rate, _cpu, _busy in results["tls"])
+    out["tls_cpu"] = min(cpu for _rate, cpu, _busy in results["tls"])
+    out["tls_receiver_busy"] = max(busy for _rate, _cpu, busy in results["tls"])
+    out["resume"] = min(results["resume"])
+    return out
+
+
+def run_once(args: argparse.Namespace) -> dict[str, float]:
+    """One bench run in this process (with this file's or ``--code``'s package)."""
     base = args.dir or Path(tempfile.gettempdir())
     bench = Bench(base, args.records, args.size)
     spawn = mp.get_context("spawn")
@@ -336,11 +382,6 @@ def main() -> int:
         process.start()
     try:
         udp, tls = (udp_parent, udp_parent.recv()), (tls_parent, tls_parent.recv())
-        print(
-            f"delivery: {args.records:,} CC PDUs of {args.size} bytes from the log, loopback, "
-            f"best of {args.rounds} rounds ({os.cpu_count()} CPUs)",
-            flush=True,
-        )
         results = trio.run(run_bench, bench, args.rounds, udp, tls)
     finally:
         for conn in (udp_parent, tls_parent):
@@ -348,26 +389,98 @@ def main() -> int:
         for process in processes:
             process.join(timeout=5)
         shutil.rmtree(bench.dir, ignore_errors=True)
-    return report(results, args.records, seal_open_cost(args.size))
+    figures = summarise(results, args.records)
+    figures["seal_us"], figures["open_us"] = seal_open_cost(args.size)
+    return figures
 
 
-def report(results: dict[str, list], records: int, cost: tuple[float, float]) -> int:
-    udp, udp_lost = _best(results["udp"], records)
-    plain, plain_lost = _best(results["plain"], records)
-    bare, bare_lost = _best(results["bare"], records)
-    tls = max(results["tls"])
-    resume = min(results["resume"])
-    ratio = udp / bare if bare else 0.0
-    print(f"UDP  worker     {udp:>10,.0f} PDUs/s with zero loss (most lost in a round: {udp_lost})")
-    print(f"UDP  unsealed   {plain:>10,.0f} PDUs/s, that worker unsealed (lost: {plain_lost})")
-    sealing = udp / plain if plain else 0.0
+def against(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float]]:
+    """Rounds alternating between the baseline checkout and this one, each a subprocess.
+
+    Returns:
+        (baseline, this): each figure the best over the rounds.
+    """
+    me = [sys.executable, __file__, "--json", "--rounds", "1"]
+    me += ["--records", str(args.records), "--size", str(args.size)]
+    if args.dir:
+        me += ["--dir", str(args.dir)]
+    runs: dict[str, list[dict[str, float]]] = {"baseline": [], "this": []}
+    for _ in range(args.rounds):
+        for name, extra in (("baseline", ["--code", str(args.against)]), ("this", [])):
+            done = subprocess.run(me + extra, capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return _best_of(runs["baseline"]), _best_of(runs["this"])
+
+
+def _best_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    lowest = {"resume", "seal_us", "open_us", "tls_receiver_busy"}
+    return {
+        key: (min if key in lowest or key.endswith(("_cpu", "_lost")) else max)(
+            run[key] for run in runs
+        )
+        for key in runs[0]
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--against", type=Path, default=None, metavar="CHECKOUT")
+    parser.add_argument("--code", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.json:  # one run, for --against
+        print(json.dumps(run_once(args)))
+        return 0
+    print(
+        f"delivery: {args.records:,} CC PDUs of {args.size} bytes from the log, loopback, "
+        f"best of {args.rounds} rounds ({os.cpu_count()} CPUs)",
+        flush=True,
+    )
+    if args.against is None:
+        return report(run_once(args))
+    baseline, this = against(args)
+    print(f"baseline: {args.against}")
+    report(baseline)
+    print("this checkout:")
+    report(this)
+    print("this / baseline (rates: higher is better; CPU per PDU: lower is better):")
+    for key in ("udp", "plain", "bare", "tls"):
+        rate = this[key] / (baseline[key] or float("nan"))
+        cpu = this[f"{key}_cpu"] / (baseline[f"{key}_cpu"] or float("nan"))
+        print(f"  {key:<6} rate x{rate:.2f}   CPU/PDU x{cpu:.2f}")
+    return 0
+
+
+def report(figures: dict[str, float]) -> int:
+    f = figures
+    ratio = f["udp"] / f["bare"] if f["bare"] else 0.0
+    sealing = f["udp"] / f["plain"] if f["plain"] else 0.0
+    print(
+        f"UDP  worker     {f['udp']:>10,.0f} PDUs/s with zero loss, {f['udp_cpu']:.1f} us CPU/PDU "
+        f"(most lost in a round: {f['udp_lost']:.0f})"
+    )
+    print(
+        f"UDP  unsealed   {f['plain']:>10,.0f} PDUs/s, that worker unsealed, "
+        f"{f['plain_cpu']:.1f} us CPU/PDU (lost: {f['plain_lost']:.0f})"
+    )
     print(f"UDP  sealed/unsealed {sealing:>5.2f}  (the cost of AES-256-GCM on every datagram)")
-    print(f"seal {cost[0]:.1f} us, open {cost[1]:.1f} us per datagram (CPU only)")
-    print(f"UDP  bare loop  {bare:>10,.0f} PDUs/s (sendto of each payload; most lost: {bare_lost})")
+    print(f"seal {f['seal_us']:.1f} us, open {f['open_us']:.1f} us per datagram (CPU only)")
+    print(
+        f"UDP  bare loop  {f['bare']:>10,.0f} PDUs/s (sendto of each payload; "
+        f"{f['bare_cpu']:.1f} us CPU/PDU; most lost: {f['bare_lost']:.0f})"
+    )
     print(f"UDP  ratio      {ratio:>10.2f}  (goal: >= 0.50 and >= 50,000 PDUs/s)")
-    print(f"TLS  worker     {tls:>10,.0f} PDUs/s, in order, acknowledged (goal: >= 50,000)")
-    print(f"TLS  resume     {resume:>10.3f} s from a cut to the next envelope (goal: < 1 s)")
-    met = udp >= 50_000 and ratio >= 0.5 and tls >= 50_000 and resume < 1.0
+    print(
+        f"TLS  worker     {f['tls']:>10,.0f} PDUs/s, in order, acknowledged, "
+        f"{f['tls_cpu']:.1f} us CPU/PDU (goal: >= 50,000; the receiver was busy "
+        f"{f['tls_receiver_busy']:.0%} of a core)"
+    )
+    print(f"TLS  resume     {f['resume']:>10.3f} s from a cut to the next envelope (goal: < 1 s)")
+    met = f["udp"] >= 50_000 and ratio >= 0.5 and f["tls"] >= 50_000 and f["resume"] < 1.0
     print("goals: met" if met else "goals: NOT met")
     return 0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mediation import pdu as P
+from mediation.evidence.pcap import PcapReader
 
 SAMPLE_TARGET_FRAMES = 22  # fixtures/sample/sample.json: target_indices
 
@@ -80,7 +81,34 @@ def test_demo_delivers_the_whole_intercept(tmp_path: Path) -> None:
     for stream in ("cmii", "cmcc"):
         assert f"{case_dir.name}/{stream}: " in verified
     assert verified.count("ok: all verified") == 2, verified
+    assert_exported_for_court(work, case_dir, tmp_path / "bundle")
     assert_nothing_in_clear(work / "mediation")
+
+
+def assert_exported_for_court(work: Path, case_dir: Path, bundle: Path) -> None:
+    """The carrier's export of the warrant verifies with the agency's copy of the key,
+    and holds exactly the packets the agency received (docs/evidence-log.md)."""
+    env = {
+        **os.environ,
+        "MEDIATION_DATA_DIR": str(work / "mediation"),
+        "MEDIATION_KEY_FILE": str(work / "registry.key"),
+    }
+
+    def mediate(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mediation", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    key = bundle.parent / "server-log.pub"
+    key.write_text(mediate("log", "key").stdout)
+    done = mediate("export", case_dir.name, "--out", str(bundle))
+    assert done.returncode == 0, done.stderr
+    done = mediate("verify", str(bundle), "--key", str(key))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "COMPLETE" in done.stdout
+    exported = PcapReader.open(bundle / case_dir.name / "cmcc.pcap")
+    received = PcapReader.open(case_dir / "cmcc.pcap")
+    with exported, received:
+        assert [p.data for p in exported] == [p.data for p in received]
 
 
 # What the demo's warrant and traffic identify (mediation/demo.py, fixtures/sample).

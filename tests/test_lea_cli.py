@@ -63,6 +63,10 @@ def mediate(capsys: pytest.CaptureFixture[str]):
         (["--udp", "127.0.0.1:5555"], "--udp-key"),
         (["--udp", "127.0.0.1:5555", "--udp-key", "/nonexistent/k.toml"], "--udp-key"),
         (["--tls", "127.0.0.1:6543", "--udp-key", "k.toml"], "--cert"),
+        (["--tls", "127.0.0.1:6543", "--udp-buffer", "65536"], "--udp-buffer"),
+        (["--udp", "127.0.0.1:5555", "--udp-buffer", "4096"], "--udp-buffer"),
+        (["--udp", "127.0.0.1:5555", "--udp-buffer", str(2**31)], "--udp-buffer"),
+        (["--udp", "127.0.0.1:5555", "--udp-buffer", "lots"], "--udp-buffer"),
     ],
 )
 def test_bad_options_are_one_line_naming_the_option(mediate, argv, field, tmp_path) -> None:

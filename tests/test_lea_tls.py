@@ -189,3 +189,43 @@ async def test_a_pinned_fingerprint_is_enforced_on_top_of_the_ca(tmp_path: Path,
         1,
         2,
     ]
+
+
+async def test_reading_goes_on_during_an_fsync_and_no_ack_goes_out_before_it(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer task fsyncs then acks; the reader never waits for the disk."""
+    import threading
+
+    from mediation.lea import state as state_module
+
+    release = threading.Event()
+    real = state_module._fsync_all
+
+    def slow_fsync(fds: list[int]) -> None:
+        release.wait(20)  # the disk is slow until the test says otherwise
+        real(fds)
+
+    monkeypatch.setattr(state_module, "_fsync_all", slow_fsync)
+    out = tmp_path / "intercepts"
+    sender = StreamSender({CMCC: 0})
+    try:
+        async with trio.open_nursery() as nursery:
+            running = await start(nursery, Receiver(tls_config(out, pki)))
+            tracker = running.receiver.state.trackers
+            stream = await connect_out(running.bound.tls[1], pki.server_client_context())
+            sender.resume(trio.current_time())
+            connection = ServerConnection(sender, stream)
+            nursery.start_soon(connection.run)
+            await connection.write(envelopes(sender, CMCC, 0, 69))  # an ack is due at 64
+            await wait_until(lambda: CMCC in tracker and tracker[CMCC].highest == 69, "0..69")
+            await connection.write(envelopes(sender, CMCC, 70, 99))  # while the fsync hangs
+            await wait_until(lambda: tracker[CMCC].highest == 99, "70..99 read meanwhile")
+            assert connection.acked == {}  # nothing acknowledged before it is on disk
+            release.set()
+            await connection.wait_acked(CMCC, 100)
+            await running.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        release.set()
+    assert [e.sequence_number for e in raw_envelopes(out / HANDLE / "cmcc.raw")] == list(range(100))

@@ -9,14 +9,19 @@ in-memory log over mutual TLS.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 from pathlib import Path
 
+import pytest
 import trio
 from test_lea_serverside import UdpServer, serve_retrieval
 from test_lea_support import (
     CMCC,
     CMII,
     HANDLE,
+    UDP_KEY,
     Receiver,
     config,
     make_pki,
@@ -29,8 +34,11 @@ from test_lea_support import (
 )
 
 from mediation import pdu as P
+from mediation.lea import udp
 from mediation.lea.retrieve import FetchRange
+from mediation.lea.state import ReceiverState
 from mediation.lea.tls import fingerprint_pem_file
+from mediation.lea.udp import UdpDelivery
 from mediation.protocol import DatagramSender
 
 
@@ -203,3 +211,59 @@ async def test_retrieval_can_go_by_a_pin_alone_and_refuses_another_server(tmp_pa
     assert raw_sequences(tmp_path / "right" / HANDLE / "cmcc.raw") == [0, 1, 2]
     assert results[1].failed is not None and "not the pinned server" in results[1].failed
     assert not (tmp_path / "wrong" / HANDLE).exists()
+
+
+async def test_datagrams_dropped_at_a_full_socket_buffer_are_counted_exactly(
+    tmp_path: Path,
+) -> None:
+    """SO_RXQ_OVFL: what the kernel dropped plus what was read is what was sent."""
+    sock, address, _granted = await udp.bind("127.0.0.1", 0, 65536)  # small: it overflows
+    state = ReceiverState(tmp_path / "intercepts")
+    delivery = UdpDelivery(sock, state, 1.0, [UDP_KEY])
+    counters = state.counters
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(1000):  # nobody reads yet: most of these cannot be queued
+            sender.sendto(bytes(1400), address)
+            sent += 1
+
+        def seen() -> int:
+            return counters.unauthenticated.total() + counters.socket_drops
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(delivery.reader)
+            await wait_until(lambda: counters.unauthenticated.total() > 0, "the queue read")
+            await trio.sleep(0.05)
+            # The counter rides on the next datagram queued: one more tells the total.
+            sender.sendto(bytes(1400), address)
+            sent += 1
+            await wait_until(lambda: seen() == sent, f"{sent} read or counted as dropped")
+            nursery.cancel_scope.cancel()
+    sock.close()
+    assert counters.socket_drops > 0
+    assert counters.unauthenticated.total() + counters.socket_drops == sent
+
+
+async def test_the_receive_buffer_is_what_the_kernel_granted_and_a_cap_is_warned_of(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ceiling = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    monkeypatch.setattr(udp, "SO_RCVBUFFORCE", -1)  # as without CAP_NET_ADMIN: refused
+    wanted = 4 * ceiling + 65536
+    with caplog.at_level(logging.INFO, logger="mediation.lea"):
+        sock, _address, granted = await udp.bind("127.0.0.1", 0, wanted)
+    with sock:
+        assert granted == sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 2 * wanted
+    assert "net.core.rmem_max" in caplog.text and f"asked {wanted}" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_RCVBUFFORCE needs CAP_NET_ADMIN")
+async def test_as_root_the_buffer_asked_for_is_granted_past_rmem_max(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ceiling = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    with caplog.at_level(logging.INFO, logger="mediation.lea"):
+        sock, _address, granted = await udp.bind("127.0.0.1", 0, 2 * ceiling)
+    sock.close()
+    assert granted >= 4 * ceiling  # Linux reports twice what it holds for data
+    assert f"udp: receive buffer {granted} bytes (asked {2 * ceiling})" in caplog.text

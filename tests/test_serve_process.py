@@ -195,7 +195,8 @@ def test_sighup_reloads_and_sigterm_still_stops_cleanly(server: Serve) -> None:
         (
             b"[logs]\n",
             "config logs: unknown key "
-            "(known: data_dir, log, delivery, retrieval, status, clock, tls, taps, retention)",
+            "(known: data_dir, log, delivery, retrieval, status, clock, tls, taps, retention, "
+            "files, tzsp, radius)",
         ),
         (b"# caf\xe9\n", "--config: {path} is not UTF-8 text (line 1); save it as UTF-8"),
         (

@@ -52,6 +52,7 @@ def test_a_file_changes_only_what_it_names(tmp_path: Path) -> None:
     assert config.status.log_interval == 60.0 and config.status.interval == 1.0
     assert config.tls.server_names == ("mediation.example",)
     assert parse_config({"retrieval": {"listen": ""}}).retrieval.address() is None
+    assert parse_config({"delivery": {"write_linger": 0.1}}).delivery.write_linger == 0.1
 
 
 @pytest.mark.parametrize(
@@ -60,6 +61,10 @@ def test_a_file_changes_only_what_it_names(tmp_path: Path) -> None:
         ({"delivery": {"windw": 5}}, "config [delivery] windw: unknown key"),
         ({"delivery": {"window": 0}}, "config [delivery] window: must be a whole number from 1 to"),
         ({"delivery": {"report_interval": "1s"}}, "config [delivery] report_interval: must be"),
+        (
+            {"delivery": {"write_linger": 0.5}},
+            "config [delivery] write_linger: must be a number above 0 and at most 0.1",
+        ),
         (
             {"delivery": {"reconnect_min": 5, "reconnect_max": 1}},
             "config [delivery] reconnect_max: must be at least",

@@ -66,7 +66,10 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[tuple[TapConfig, Path]]:
     """run_tap replaced by a recorder: the CLI's job ends at handing it the config."""
     calls: list[tuple[TapConfig, Path]] = []
 
-    def record(config: TapConfig, credentials_path: Path) -> int:
+    def record(
+        config: TapConfig, credentials_path: Path, source: Path | None = None, paced: bool = True
+    ) -> int:
+        assert source is None and paced  # no --read in these tests: a live capture
         calls.append((config, credentials_path))
         return 0
 

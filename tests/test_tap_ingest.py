@@ -13,7 +13,8 @@ from mediation import pdu as P
 from mediation.log import ContentKind
 from mediation.pdu import StreamId, StreamKind
 from mediation.pdu import taplink as T
-from mediation.server.tap_ingest import JOURNAL_DIR, TapGate, case_identity, cc_payload
+from mediation.server.tap_gate import TapGate, case_identity, cc_payload
+from mediation.server.tap_ingest import JOURNAL_DIR
 from mediation.server.tap_journal import JournalEntry, Span, TapJournal
 
 TAP = "edge-1"

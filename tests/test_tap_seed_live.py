@@ -21,7 +21,7 @@ from test_control_live import wait_for
 from test_warrants_support import Carrier
 
 from mediation.evidence.pcap import PcapReader
-from mediation.pdu import StreamKind
+from mediation.pdu import StreamKind, decode
 from mediation.pdu.fast import decode_cc
 from mediation.tap.packet import parse_frame
 from mediation.tap.tapconfig import load_tap_key, seal_tap_file
@@ -138,3 +138,51 @@ def test_seed_tap_with_a_case_id_no_warrant_of_the_tap_has_is_refused(carrier: C
     assert "no warrant with this case identity for this tap" in errors
     got = stored(carrier, handle)
     assert got[StreamKind.CMII] == [] and got[StreamKind.CMCC] == []
+
+
+@pytest.mark.parametrize("form", ["argv", "config"])
+def test_seed_tap_replays_a_file_through_its_filter(carrier: Carrier, form: str) -> None:
+    """``--read`` in the seed form: the -f filter applies to the file as the kernel's would."""
+    handle = add_tapped_warrant(carrier)
+    want = _target_frames()
+    server = serve(carrier)
+    try:
+        command = _seed(carrier, tap_port(server), "eth9", "CASE-TEST-0001", form)
+        done = subprocess.run(
+            [*command, "--read", str(SAMPLE), "--speed", "full"],
+            env={**os.environ, **carrier.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        status = server.status() or {}
+    finally:
+        server.stop()
+    assert not status["taps"].get("refused_pdus"), status["taps"]
+    got = stored(carrier, handle)
+    assert [decode_cc(d).payload for d in got[StreamKind.CMCC]] == want  # the filter's, only
+    # DHCP following as in `tap run`: the warrant's MAC leased an address in the sample.
+    kinds = [type(decode(d)).__name__ for d in got[StreamKind.CMII]]
+    assert kinds.count("HeaderReport") == len(want)
+    assert kinds.count("SessionStart") == 1, kinds
+
+
+def test_seed_read_refusals(carrier: Carrier) -> None:
+    credentials = carrier.tmp / f"{TAP}.tap"
+    base = [sys.executable, "-m", "mediation", "tap"]
+    seed = ["-i", "eth9", "-x", CONTENT_ID, "-y", "CASE-TEST-0001", "-z", "IAP-TEST",
+            "-d", "127.0.0.1", "--credentials", str(credentials)]  # fmt: skip
+    cases = [
+        ([*seed, "--read", str(carrier.tmp / "absent.pcap")], "--read: "),
+        ([*seed, "-f", "ether host 02:00:5e:00:53:01", "--read", str(SAMPLE), "--read", "x"],
+         "--read"),
+        (["run", "--config", str(carrier.tmp / "x.conf"), "-i", "eth9",
+          "--credentials", str(credentials)], "-i: the tap file names the interface"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        done = subprocess.run(
+            [*base, *argv], env={**os.environ, **carrier.env}, capture_output=True, text=True
+        )
+        assert done.returncode == 2, (argv, done.stderr)
+        assert message in done.stderr, done.stderr

@@ -26,6 +26,12 @@ def carrier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Carrier:
             "--spool-limit: must be at least 65536 bytes, got 10",
         ),
         (("--read", "{pcap}", "--server", "nowhere"), "--server"),
+        (
+            ("--read", "{pcap}", "--workers", "2"),
+            "--workers: applies to live capture only: give -i IFACE, or drop it",
+        ),
+        (("-i", "lo", "--workers", "0"), "--workers: must be 1 to 64, got 0"),
+        (("-i", "lo", "--workers", "65"), "--workers: must be 1 to 64, got 65"),
     ],
 )
 def test_each_refusal_is_one_line(carrier: Carrier, extra: tuple[str, ...], message: str) -> None:
@@ -44,3 +50,55 @@ def test_credentials_that_are_not_a_tap_file_are_refused(carrier: Carrier) -> No
     other.write_text("name = 1\n")
     wrong = carrier("tap", "run", "--credentials", str(other), "--read", "x")
     assert wrong.code == 2 and "is not a tap credentials file (KeyError)" in wrong.err
+
+
+@pytest.mark.parametrize(
+    ("speed", "message"),
+    [
+        ("fast", "--speed: must be recorded, full or 1 to 10000000 frames a second, got 'fast'"),
+        ("0", "--speed: must be recorded, full or 1 to"),
+        ("nan", "--speed: must be recorded, full or 1 to"),
+        ("1e9", "--speed: must be recorded, full or 1 to"),
+    ],
+)
+def test_a_speed_that_is_not_one_is_refused_with_one_line(
+    carrier: Carrier, speed: str, message: str
+) -> None:
+    test_each_refusal_is_one_line(carrier, ("--read", "{pcap}", "--speed", speed), message)
+
+
+async def test_speed_n_paces_the_replay_and_stamps_each_frame_when_it_goes() -> None:
+    """``--speed N``: N frames a second, each with the time it is replayed, not its recorded one."""
+    import datetime as dt
+    import time
+
+    from mediation.evidence.pcap import PcapReader
+    from mediation.tap.runner import AtRate, _replay
+
+    class Client:
+        fixed = None  # not the seed form
+
+        def __init__(self) -> None:
+            self.times: list[tuple[dt.datetime, dt.datetime]] = []
+
+        async def frame(
+            self, data: bytes, when: dt.datetime, *_args: object, **_kw: object
+        ) -> None:
+            self.times.append((when, dt.datetime.now(dt.UTC)))
+
+    pcap = Path(__file__).resolve().parents[1] / "fixtures" / "sample" / "sample.pcap"
+    with PcapReader.open(pcap) as reader:
+        recorded = [packet.time for packet in reader]
+    client = Client()
+    paced = AtRate(client, 400.0)
+    assert paced.fixed is None  # everything else goes through to the client
+    began = time.monotonic()
+    await _replay(paced, pcap, False)
+    took = time.monotonic() - began
+    assert len(client.times) == len(recorded) > 20
+    assert took >= (len(recorded) - 1) / 400.0 - 0.002  # paced, not as fast as it can
+    for (when, seen), old in zip(client.times, recorded, strict=True):
+        assert when.tzinfo is dt.UTC and abs((seen - when).total_seconds()) < 0.5
+        assert when != old
+    stamps = [when for when, _seen in client.times]
+    assert stamps == sorted(stamps)

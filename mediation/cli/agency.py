@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mediation.cli.casedata import CaseInput, Field, add_from_option, gather, relative_to_file
 from mediation.cli.common import Once, print_table
 from mediation.cli.registry import registry_for, subcommand
 
 if TYPE_CHECKING:
-    from mediation.warrants.model import Agency, Endpoint
+    from mediation.warrants.model import Agency, Endpoint, Stream
 
 # The agency's name and addresses say who is intercepting: they are sealed
 # in the registry and kept off the command line like a case identity.
@@ -26,9 +26,12 @@ AGENCY_FIELDS = (
     Field("name", "NAME", prompt="agency name"),
     Field("udp", "--udp"),
     Field("tls", "--tls"),
+    # A directory is visible to anyone who can list its parent: not case data.
+    Field("files", "--files", sensitive=False),
     Field("ca", "--ca", sensitive=False),
     Field("fingerprint", "--fingerprint"),
     Field("streams", "--streams", sensitive=False),
+    Field("format", "--format", sensitive=False),
 )
 BY_HANDLE = (
     "name the agency by its handle (a-…, see `mediate agency list`) "
@@ -41,24 +44,34 @@ def _endpoint(given: CaseInput) -> tuple[Endpoint, str]:
     from mediation.errors import UsageError
     from mediation.warrants.model import Endpoint
     from mediation.warrants.validate import (
+        parse_files_dir,
         parse_fingerprint,
         parse_host_port,
         parse_streams,
         read_ca_file,
     )
 
-    udp, tls, ca, fingerprint = (given.get(k) for k in ("udp", "tls", "ca", "fingerprint"))
-    name = {k: given.name(k) for k in ("udp", "tls", "ca", "fingerprint")}
-    if bool(udp) == bool(tls):
+    keys = ("udp", "tls", "files", "ca", "fingerprint")
+    udp, tls, files, ca, fingerprint = (given.get(k) for k in keys)
+    name = {k: given.name(k) for k in keys}
+    if sum(map(bool, (udp, tls, files))) != 1:
         raise UsageError(
-            "--udp/--tls", "give exactly one endpoint: --udp HOST:PORT or --tls HOST:PORT"
+            "--udp/--tls/--files",
+            "give exactly one endpoint: --udp HOST:PORT, --tls HOST:PORT or --files DIR",
         )
     streams = parse_streams(given.get("streams"), given.name("streams"))
+    if given.get("format") and not udp:
+        raise UsageError(given.name("format"), "only for --udp endpoints")
+    if files:
+        if ca or fingerprint:
+            raise UsageError(name["ca"] if ca else name["fingerprint"], "only for --tls endpoints")
+        return Endpoint("files", parse_files_dir(files, name["files"]), 0, streams), name["files"]
     if udp:
         if ca or fingerprint:
             raise UsageError(name["ca"] if ca else name["fingerprint"], "only for --tls endpoints")
         host, port = parse_host_port(udp, name["udp"])
-        return Endpoint("udp", host, port, streams), name["udp"]
+        udp_format = _udp_format(given, streams)
+        return Endpoint("udp", host, port, streams, udp_format=udp_format), name["udp"]
     host, port = parse_host_port(tls, name["tls"])
     if bool(ca) == bool(fingerprint):
         raise UsageError(
@@ -85,6 +98,7 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
         endpoint, field = _endpoint(given)
         key_out = _udp_key_out(args, endpoint)
         with registry_for(args, KeyNeed.REQUIRED) as registry:
+            _refuse_shared_dir(registry, name, endpoint, field)
             agency, created = add_agency_endpoint(registry, name, endpoint, field, now)
     assert agency.details is not None
     count = len(agency.details.endpoints)
@@ -97,6 +111,35 @@ def cmd_agency_add(args: argparse.Namespace) -> int:
         _write_udp_key(agency.handle, endpoint, key_out, "--udp-key-out")
     given.warn()
     return 0
+
+
+def _udp_format(given: CaseInput, streams: tuple[Stream, ...]) -> str | None:
+    """``--format``: None (envelopes, the default) or "scte" (CC only)."""
+    from mediation.errors import UsageError
+    from mediation.warrants.model import Stream
+
+    value, field = given.get("format"), given.name("format")
+    if value in (None, "envelope"):
+        return None
+    if value != "scte":
+        raise UsageError(field, "must be envelope (the default) or scte")
+    if streams != (Stream.CMCC,):
+        raise UsageError(field, "scte carries CC only: add --streams cmcc")
+    return "scte"
+
+
+def _refuse_shared_dir(registry: Any, name: str, endpoint: Endpoint, field: str) -> None:
+    """One files directory per agency: two agencies' files must never mix."""
+    from mediation.errors import UsageError
+
+    if endpoint.transport != "files":
+        return
+    for agency in registry.agencies():
+        if agency.removed is not None or agency.details is None or agency.details.name == name:
+            continue
+        endpoints = agency.details.endpoints
+        if any(e.transport == "files" and e.host == endpoint.host for e in endpoints):
+            raise UsageError(field, f"agency {agency.handle} writes there already; give another")
 
 
 def _udp_key_out(args: argparse.Namespace, endpoint: Endpoint) -> Path | None:
@@ -296,6 +339,14 @@ def add_agency_options(p: argparse.ArgumentParser) -> None:
         help="deliver over TLS with acknowledgements",
     )
     p.add_argument(
+        "--files",
+        metavar="DIR",
+        action=Once,
+        hint=one,
+        help="capture to disk: pcap, JSON lines and BER files per warrant under DIR "
+        "(absolute; made 0700), each hashed and in a signed manifest",
+    )
+    p.add_argument(
         "--ca", metavar="FILE", action=Once, help="the agency's CA certificate (PEM), for --tls"
     )
     p.add_argument(
@@ -309,6 +360,13 @@ def add_agency_options(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         action=Once,
         help="cmii, cmcc or cmii,cmcc (default: both)",
+    )
+    p.add_argument(
+        "--format",
+        metavar="FORMAT",
+        action=Once,
+        help="with --udp: envelope (the default), or scte: CC as SCTE/PacketCable datagrams "
+        "(tshark's pcli12; sequenced and authenticated, not encrypted; needs --streams cmcc)",
     )
     p.add_argument(
         "--udp-key-out",

@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "mediation.cli.receive",
     "mediation.cli.status",
     "mediation.cli.records",
+    "mediation.cli.export",
+    "mediation.cli.confirm",
 )
 
 

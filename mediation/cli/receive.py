@@ -80,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the UDP key file from the carrier (needed with --udp; repeatable)",
     )
     add(
+        "--udp-buffer",
+        metavar="BYTES",
+        help="--udp: the socket receive buffer to ask for (default 32 MiB; "
+        "past net.core.rmem_max only as root)",
+    )
+    add(
         "--tls",
         metavar="HOST:PORT",
         action=Once,
@@ -274,6 +280,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         raise UsageError("--fetch", "needs --retrieve-from HOST:PORT")
     udp = _listen_address(args.udp, "--udp") if args.udp else None
     tls = _listen_address(args.tls, "--tls") if args.tls else None
+    udp_buffer = _udp_buffer(args.udp_buffer, given=bool(udp))
     retrieve = args.retrieve_from and parse_host_port(args.retrieve_from, "--retrieve-from")
     duration = _seconds(args.duration, "--duration")
     until_idle = _seconds(args.until_idle, "--until-idle")
@@ -283,6 +290,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         out_dir=_out_dir(args.out),
         udp=udp,
         udp_keys=udp_keys,
+        udp_buffer=udp_buffer,
         tls=tls,
         tls_context=live_server_context(trust) if tls and trust else None,
         retrieve_from=retrieve or None,
@@ -319,6 +327,21 @@ def _udp_keys(files: list[str], *, needed: bool) -> tuple[SealKey, ...]:
             raise UsageError("--udp-key", f"two files give key id {key_id:08x} different keys")
         keys[key_id] = SealKey(key_id, key)
     return tuple(keys.values())
+
+
+def _udp_buffer(text: str | None, *, given: bool) -> int:
+    """``--udp-buffer``, checked: only with --udp, 65536 to 1073741824 bytes."""
+    from mediation.errors import UsageError
+    from mediation.lea.udp import DEFAULT_BUFFER
+
+    if text is None:
+        return DEFAULT_BUFFER
+    if not given:
+        raise UsageError("--udp-buffer", "only with --udp")
+    value = int(text) if text.isdigit() and len(text) <= 10 else 0
+    if not 65536 <= value <= 1 << 30:
+        raise UsageError("--udp-buffer", f"must be 65536 to 1073741824 bytes, got {text!r}")
+    return value
 
 
 def _listen_address(text: str, field: str) -> tuple[str, int]:

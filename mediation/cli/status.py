@@ -68,6 +68,27 @@ def _taps(status: dict[str, Any]) -> list[str]:
     ]
 
 
+def _tzsp(status: dict[str, Any]) -> list[str]:
+    """The TZSP listener's lines (docs/tzsp.md), and the RADIUS listener's when it runs."""
+    tzsp, lines = status.get("tzsp"), []
+    if tzsp:
+        lines += [
+            f"tzsp: udp {tzsp.get('listening') or 'off'}; sources {tzsp['sources']}, "
+            f"feeding {tzsp['feeding']}; datagrams {tzsp['datagrams']}, frames {tzsp['frames']}, "
+            f"malformed {tzsp['malformed']}, socket drops {tzsp.get('socket_drops') or 0}",
+            f"tzsp refused: datagrams: oversize {tzsp['oversize']}, "
+            f"{_counts(tzsp.get('refused_datagrams') or {})}; "
+            f"PDUs: {_counts(tzsp.get('refused_pdus') or {})}",
+        ]
+    radius = status.get("radius")
+    if radius:
+        lines.append(
+            f"radius: udp {radius.get('listening') or 'off'}; requests {radius['requests']}, "
+            f"answered {radius['answered']}; refused: {_counts(radius.get('refused') or {})}"
+        )
+    return lines
+
+
 def _summary(status: dict[str, Any]) -> list[str]:
     lines = [f"server: pid {status.get('pid')}, since {status.get('started')}"]
     if status.get("reloads"):
@@ -97,6 +118,7 @@ def _summary(status: dict[str, Any]) -> list[str]:
             )
         )
     lines += _taps(status)
+    lines += _tzsp(status)
     control = status.get("control")
     if control:
         refused = ", ".join(f"{k} {v}" for k, v in control["refused"].items() if v) or "none"

@@ -67,7 +67,18 @@ def cmd_tap_seed(args: argparse.Namespace) -> int:
     given = CaseInput()
     given.on_argv = [f.flag for f in FIELDS if f.sensitive and values[f.key] is not None]
     given.warn(SAFER)
-    return run_tap(config, Path(args.seed_credentials))
+    source = replay_source(args.seed_read, "--read")
+    return run_tap(config, Path(args.seed_credentials), source, args.seed_speed != "full")
+
+
+def replay_source(read: str | None, flag: str) -> Path | None:
+    """``--read FILE`` checked: a readable file, or None (capture live)."""
+    if read is None:
+        return None
+    source = Path(read)
+    if not source.is_file():
+        raise UsageError(flag, f"{source} is not a readable file")
+    return source
 
 
 def cmd_tap_edit(args: argparse.Namespace) -> int:
@@ -230,6 +241,20 @@ def add_seed_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME.tap",
         action=Once,
         help="the tap's credentials (mediate tap register)",
+    )
+    seed.add_argument(
+        "--read",
+        dest="seed_read",
+        metavar="FILE",
+        action=Once,
+        help="replay a pcap file instead of capturing on -i (the -f filter applies), then exit",
+    )
+    seed.add_argument(
+        "--speed",
+        dest="seed_speed",
+        choices=("recorded", "full"),
+        default=None,
+        help="--read: at the recorded pace (default) or as fast as possible",
     )
     parser.set_defaults(func=cmd_tap_seed)
 

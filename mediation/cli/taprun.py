@@ -17,10 +17,15 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     from mediation.warrants.validate import parse_host_port
 
     if args.config:  # the seed's form, from an encrypted tap file (cli/tap_config.py)
+        from mediation.cli.tap_config import replay_source
         from mediation.tap.tapconfig import read_tap_file
 
+        if args.interface:
+            raise UsageError("-i", "the tap file names the interface: drop -i with --config")
         path = Path(args.credentials)
-        return run_tap(read_tap_file(Path(args.config), path), path)
+        config = read_tap_file(Path(args.config), path)
+        source = replay_source(args.read, "--read")
+        return run_tap(config, path, source, args.speed == "recorded")
     credentials = read_credentials(Path(args.credentials))
     if not args.read and not args.interface:
         raise UsageError("-i", "give -i IFACE (live capture) or --read FILE (a pcap file)")
@@ -32,6 +37,7 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     udp = parse_host_port(args.udp, "--udp") if args.udp else None
     if not 1 <= args.batch <= 65536:
         raise UsageError("--batch", f"must be 1 to 65536 PDUs, got {args.batch}")
+    workers = _workers(args)
     if args.spool_limit < 65536:
         raise UsageError("--spool-limit", f"must be at least 65536 bytes, got {args.spool_limit}")
     settings = RunSettings(
@@ -40,14 +46,29 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
         interface=args.interface,
         source=source,
         paced=args.speed == "recorded",
+        rate=_rate(args.speed),
         spool_dir=Path(args.spool) if args.spool else Path(f"{args.credentials}.spool"),
         spool_limit=args.spool_limit,
         batch=args.batch,
         connect_wait=args.connect_wait,
         epoch=args.correlation_epoch,
         quiet=args.quiet,
+        workers=workers,
     )
     return run(credentials, settings)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """``--workers``, checked; its default for a live capture (mediation/tap/workers.py)."""
+    from mediation.tap.workers import MAX_WORKERS, default_workers
+
+    if args.workers is None:
+        return default_workers() if args.interface else 1
+    if not args.interface:
+        raise UsageError("--workers", "applies to live capture only: give -i IFACE, or drop it")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError("--workers", f"must be 1 to {MAX_WORKERS}, got {args.workers}")
+    return args.workers
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
@@ -63,14 +84,17 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("-i", dest="interface", metavar="IFACE", help="capture on this interface")
     src.add_argument("--read", metavar="FILE", help="replay a pcap file instead, then exit")
-    src.add_argument(
-        "--config", metavar="FILE", help="the seed's form: an encrypted tap file (`tap edit`)"
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the seed's form: an encrypted tap file (`tap edit`); with --read, replay a file",
     )
     p.add_argument(
         "--speed",
-        choices=("recorded", "full"),
         default="recorded",
-        help="--read: at the recorded pace (default) or as fast as possible",
+        metavar="recorded|full|N",
+        help="--read: at the recorded pace (default), as fast as possible, or N frames a "
+        "second, each stamped with the time it is replayed",
     )
     p.add_argument("--server", metavar="HOST:PORT", help="default: `server` in the credentials")
     p.add_argument("--udp", metavar="HOST:PORT", help="send batches as sealed UDP datagrams here")
@@ -83,6 +107,12 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help=f"the most the spool holds (default {DEFAULT_SPOOL_LIMIT})",
     )
     p.add_argument("--batch", type=int, default=1024, metavar="N", help="PDUs per batch at most")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="-i: capture processes sharing the interface (default: one per core, at most 8)",
+    )
     p.add_argument(
         "--connect-wait",
         type=float,
@@ -97,3 +127,22 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="first 4 octets of content identifiers (default: the start time, in seconds)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+
+
+def _rate(speed: str) -> float | None:
+    """``--speed``: None for ``recorded`` and ``full``, else the frames a second.
+
+    Raises:
+        UsageError: anything else, or a rate outside 1 to 10,000,000.
+    """
+    if speed in ("recorded", "full"):
+        return None
+    try:
+        rate = float(speed)
+    except ValueError:
+        rate = 0.0
+    if not 1 <= rate <= 10_000_000:  # also refuses nan and inf
+        raise UsageError(
+            "--speed", f"must be recorded, full or 1 to 10000000 frames a second, got {speed!r}"
+        )
+    return rate

@@ -5,6 +5,13 @@ feeds ``receive_data`` and stores every new envelope, a timer task runs
 ``tick`` at ``next_deadline``, and every write goes through one lock.
 What the machine sends by itself may hold acknowledgements, so it goes out
 only after :meth:`ReceiverState.make_durable`: an ack means "on disk".
+
+One task, the writer, sends what the machine has to send: it takes it,
+makes everything stored so far durable, then sends it. The reader only
+wakes it, so an fsync never stops the reading (at tens of thousands of
+envelopes a second the socket would overflow meanwhile); acks that come
+due during one sync go out together after the next. One sender also keeps
+cumulative acks in order.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from mediation.protocol import (
 
 log = logging.getLogger("mediation.lea")
 
-RECEIVE_SIZE = 65536
+RECEIVE_SIZE = 256 * 1024  # a read takes what a wake-up has: ~170 full-size envelopes
 _ENVELOPE_TAG, _CHECKPOINT_TAG = 0xA0, 0xA7  # [0] and [7], constructed
 
 
@@ -94,6 +101,7 @@ class StreamDriver:
         self._capture = RawCapture()
         self._lock = trio.Lock()
         self._changed = trio.Event()
+        self._output = trio.Event()  # the machine may have something to send
         self.ended_by: str | None = None  # the first reason the connection ended
 
     async def send(self, data: bytes) -> None:
@@ -119,6 +127,7 @@ class StreamDriver:
             async with trio.open_nursery() as nursery:
                 scope = nursery.cancel_scope
                 nursery.start_soon(self._guarded, self._timers, scope)
+                nursery.start_soon(self._guarded, self._writer, scope)
                 for task in extra:
                     nursery.start_soon(self._guarded, functools.partial(task, self), scope)
                 await self._guarded(self._reader, scope)
@@ -154,8 +163,15 @@ class StreamDriver:
             self.state.on_events(events, self._capture.take, self.transport, now)
             if self._on_events is not None:
                 await self._on_events(events)
-            await self._send_machine_output()
+            self._output.set()
             self._changed.set()
+
+    async def _writer(self) -> None:
+        """Send the machine's output, each time after the fsync that covers it."""
+        while True:
+            await self._output.wait()
+            self._output = trio.Event()
+            await self._send_machine_output()
 
     async def _timers(self) -> None:
         while (deadline := self.machine.next_deadline()) is not None:
@@ -163,7 +179,7 @@ class StreamDriver:
                 await self._changed.wait()
             self._changed = trio.Event()
             events = self.machine.tick(trio.current_time())
-            await self._send_machine_output()
+            self._output.set()
             if any(isinstance(e, PeerTimedOut) for e in events):
                 self.end("peer timed out (no keepalive answer)")
                 return

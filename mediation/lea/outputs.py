@@ -36,7 +36,7 @@ from mediation.lea.files import (
     write_sha256,
 )
 from mediation.pdu import fast
-from mediation.pdu.jsonview import iso_time, to_json
+from mediation.pdu.jsonview import SharedPartsView, iso_time
 
 PCAP_FILE = "cmcc.pcap"
 JSONL_FILE = "cmii.jsonl"
@@ -127,6 +127,7 @@ class CaseOutputs:
         self._last_cc: int | None = None
         self.cc_in_order = True
         self.digests: dict[str, str] = {}
+        self._view = SharedPartsView()  # a flow's header reports share all but their time
 
     def resume(self) -> dict[pdu.StreamKind, list[int]]:
         """Read back what an earlier run wrote: the sequence numbers held per stream.
@@ -180,7 +181,7 @@ class CaseOutputs:
             if isinstance(content, pdu.CCApdu):
                 self._packet(envelope, content)
                 return
-            line = to_json(envelope)
+            line = self._view.to_json(envelope)
         except (TypeError, ValueError) as exc:
             # A view that cannot be made must not stop the receiver: the raw
             # file holds the envelope; the gap report says what is missing.

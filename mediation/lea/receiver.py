@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import socket as stdlib_socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from mediation.lea.driver import StreamDriver
 from mediation.lea.retrieve import ConnectError, FetchRange, Retriever, fetch
 from mediation.lea.state import ReceiverState
 from mediation.lea.tls import PeerRefused, ServerCheck, failure_reason
+from mediation.lea.udp import DEFAULT_BUFFER as DEFAULT_UDP_BUFFER
 from mediation.lea.udp import UdpDelivery
 from mediation.pki import CLIENT_AUTH
 from mediation.protocol import StreamReceiver
@@ -52,6 +54,7 @@ class ReceiverConfig:
     out_dir: Path
     udp: Address | None = None
     udp_keys: tuple[SealKey, ...] = ()  # every UDP datagram is sealed under one of these
+    udp_buffer: int = DEFAULT_UDP_BUFFER  # receive buffer to ask for, bytes
     tls: Address | None = None
     tls_context: ssl.SSLContext | None = None  # live listener (TLS server)
     retrieve_from: Address | None = None
@@ -156,7 +159,7 @@ class Receiver:
     def _start_tasks(
         self,
         nursery: trio.Nursery,
-        udp_sock: trio.socket.SocketType | None,
+        udp_sock: stdlib_socket.socket | None,
         tls_listeners: list[trio.SSLListener[trio.SocketStream]],
         extra: tuple[Callable[[Receiver], Awaitable[None]], ...],
         signals: bool,
@@ -195,13 +198,14 @@ class Receiver:
 
     async def _bind(
         self,
-    ) -> tuple[trio.socket.SocketType | None, list[trio.SSLListener[trio.SocketStream]], Bound]:
+    ) -> tuple[stdlib_socket.socket | None, list[trio.SSLListener[trio.SocketStream]], Bound]:
         udp_sock, udp_bound, listeners, tls_bound = None, None, [], None
         config = self.config
         if config.udp is not None:
             if not config.udp_keys:
                 raise UsageError("--udp-key", "UDP delivery is sealed: give the carrier's key file")
-            udp_sock, udp_bound = await udp.bind(*config.udp)
+            udp_sock, udp_bound, granted = await udp.bind(*config.udp, config.udp_buffer)
+            self.state.counters.udp_buffer = granted
             log.info("listening: udp %s", _text(udp_bound))
         if config.tls is not None:
             assert config.tls_context is not None, "--tls needs its TLS context"

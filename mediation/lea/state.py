@@ -72,6 +72,9 @@ class Counters:
     unauthenticated: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter
     )
+    # Datagrams the kernel dropped at our UDP socket, its buffer full (SO_RXQ_OVFL).
+    socket_drops: int = 0
+    udp_buffer: int | None = None  # the receive buffer the kernel granted, bytes
 
 
 class ReceiverState:

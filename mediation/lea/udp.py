@@ -13,6 +13,14 @@ source address of that stream's last authenticated datagram.
 The opener's replay state (sessions and their highest counters) is saved
 in the output directory (:data:`SESSIONS_FILE`), so a recording cannot be
 played back across a restart of the receiver either.
+
+Keeping up: the socket asks for a large receive buffer (``--udp-buffer``,
+default :data:`DEFAULT_BUFFER`; past ``net.core.rmem_max`` with
+``SO_RCVBUFFORCE`` where allowed, else capped, and a warning names the
+sysctl), the reader takes every queued datagram at each wake-up (up to
+:data:`BATCH` before it lets other tasks run), and the kernel's count of
+datagrams dropped for want of buffer (``SO_RXQ_OVFL``) is kept in the
+counters, so a drop at the socket is never mistaken for loss upstream.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import functools
 import json
 import logging
 import socket as stdlib_socket
+import struct
 import time
 from pathlib import Path
 
@@ -53,10 +62,25 @@ MAX_DATAGRAM = 65535
 BAD_DATAGRAMS_LOGGED = 5  # then only counted: a flood must not flood the log too
 SESSIONS_FILE = "udp-sessions.json"
 MAX_SESSIONS_FILE = 64 * 1024
+DEFAULT_BUFFER = 32 * 1024 * 1024  # about 20,000 full-size datagrams: a second at the goal
+BATCH = 256  # datagrams taken per wake-up before other tasks get a turn
+SO_RCVBUFFORCE = getattr(stdlib_socket, "SO_RCVBUFFORCE", 33)  # Linux values
+SO_RXQ_OVFL = getattr(stdlib_socket, "SO_RXQ_OVFL", 40)
+_ANCILLARY = stdlib_socket.CMSG_SPACE(4)
 
 
-async def bind(host: str, port: int) -> tuple[trio.socket.SocketType, Address]:
-    """A UDP socket bound to ``host:port`` (port 0: any free one), and where it is bound.
+async def bind(
+    host: str, port: int, buffer: int = DEFAULT_BUFFER
+) -> tuple[stdlib_socket.socket, Address, int]:
+    """A non-blocking UDP socket bound to ``host:port`` (port 0: any free one).
+
+    Args:
+        host, port: where to listen.
+        buffer: the receive buffer to ask for, in bytes.
+
+    Returns:
+        The socket, where it is bound, and the receive buffer the kernel
+        granted (``SO_RCVBUF`` as read back; Linux counts its overhead in it).
 
     Raises:
         UsageError: the address cannot be listened on (names ``--udp``).
@@ -64,15 +88,42 @@ async def bind(host: str, port: int) -> tuple[trio.socket.SocketType, Address]:
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=stdlib_socket.SOCK_DGRAM)
         family, kind, proto, _name, address = infos[0]
-        sock = trio.socket.socket(family, kind, proto)
+        sock = stdlib_socket.socket(family, kind, proto)
         try:
-            await sock.bind(address)
+            sock.setblocking(False)
+            granted = _receive_buffer(sock, buffer)
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            sock.bind(address)
         except OSError:
             sock.close()
             raise
     except OSError as exc:
         raise UsageError("--udp", f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return sock, sock.getsockname()[:2]
+    return sock, sock.getsockname()[:2], granted
+
+
+def _receive_buffer(sock: stdlib_socket.socket, wanted: int) -> int:
+    """Ask for ``wanted`` bytes of receive buffer; returns what the kernel granted.
+
+    ``SO_RCVBUFFORCE`` passes ``net.core.rmem_max`` (with CAP_NET_ADMIN);
+    without it ``SO_RCVBUF`` is capped there, and a warning says so.
+    """
+    try:
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
+    except OSError:
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, wanted)
+    granted = sock.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF)
+    if granted // 2 < wanted:  # Linux doubles what it grants (its overhead): less is capped
+        log.warning(
+            "udp: receive buffer capped at %d bytes (asked %d): bursts may be dropped; "
+            "raise it with: sysctl -w net.core.rmem_max=%d",
+            granted,
+            wanted,
+            wanted,
+        )
+    else:
+        log.info("udp: receive buffer %d bytes (asked %d)", granted, wanted)
+    return granted
 
 
 class UdpDelivery:
@@ -80,7 +131,7 @@ class UdpDelivery:
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
+        sock: stdlib_socket.socket,
         state: ReceiverState,
         report_interval: float,
         keys: list[SealKey],
@@ -101,10 +152,29 @@ class UdpDelivery:
         return self.state.out_dir / SESSIONS_FILE
 
     async def reader(self) -> None:
-        """Open, check and store every datagram; drop and count anything else."""
+        """Open, check and store every datagram; drop and count anything else.
+
+        Each wake-up takes what is queued, up to :data:`BATCH` datagrams,
+        then lets the other tasks run: one wake-up per burst, not per datagram.
+        """
+        sock = self.sock
+        recvmsg = sock.recvmsg
+        counters = self.state.counters
         while True:
-            data, source = await self.sock.recvfrom(MAX_DATAGRAM)
-            self.receive(data, source[:2], trio.current_time())
+            await trio.lowlevel.wait_readable(sock)
+            now = trio.current_time()
+            for _ in range(BATCH):
+                try:
+                    data, ancillary, _flags, source = recvmsg(MAX_DATAGRAM, _ANCILLARY)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. ICMP unreachable from an earlier report
+                    log.debug("udp: receive: %s", exc)
+                    continue
+                if ancillary:
+                    counters.socket_drops = max(counters.socket_drops, _dropped(ancillary))
+                self.receive(data, source[:2], now)
+            await trio.lowlevel.checkpoint()
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
         """One datagram from ``source``: stored if authentic and new, else counted."""
@@ -150,8 +220,8 @@ class UdpDelivery:
                 if route is None:
                     continue  # a stream that came by TLS or retrieval: no UDP sender
                 key_id, source = route
-                try:
-                    await self.sock.sendto(self._sealer(key_id).seal(report), source)
+                try:  # non-blocking: a full send buffer drops this report, not the run
+                    self.sock.sendto(self._sealer(key_id).seal(report), source)
                 except OSError as exc:  # e.g. ICMP unreachable from an earlier send
                     log.debug("udp: report to %s not sent: %s", source[0], exc)
 
@@ -192,6 +262,14 @@ class UdpDelivery:
         self.state.out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(self.sessions_file, json.dumps(saved).encode("ascii"), 0o600)
         self._saved = saved
+
+
+def _dropped(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The socket's drop counter from ``SO_RXQ_OVFL`` ancillary data (0 if absent)."""
+    for level, kind, data in ancillary:
+        if level == stdlib_socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
+            return struct.unpack("=I", data[:4])[0]
+    return 0
 
 
 def _same(data: bytes, _event: object) -> bytes:

@@ -101,7 +101,7 @@ class LiveView:
         lines.append(
             f"{status}  refused connections {counters.refused_connections}  bad datagrams "
             f"{counters.bad_datagrams}  unauthenticated {counters.unauthenticated.total()}  "
-            f"protocol errors {counters.protocol_errors}"
+            f"protocol errors {counters.protocol_errors}  socket drops {counters.socket_drops}"
         )
         return lines
 
@@ -195,6 +195,11 @@ def summary(state: ReceiverState, result: RunResult) -> list[str]:
         lines.append(
             f"refused connections {counters.refused_connections}, bad datagrams "
             f"{counters.bad_datagrams}, protocol errors {counters.protocol_errors}"
+        )
+    if counters.udp_buffer is not None:
+        lines.append(
+            f"udp: receive buffer {counters.udp_buffer} bytes; datagrams dropped at the socket "
+            f"(buffer full): {counters.socket_drops}"
         )
     for reason, count in sorted(counters.refused_reasons.items()):
         lines.append(f"  refused: {reason}: {count}")

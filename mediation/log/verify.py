@@ -115,7 +115,12 @@ NO_KEY = (
 
 class _Verifier:
     def __init__(
-        self, directory: Path, stream: StreamId, public: Ed25519PublicKey, key: LogKey | None
+        self,
+        directory: Path,
+        stream: StreamId,
+        public: Ed25519PublicKey,
+        key: LogKey | None,
+        anchored: bool = False,
     ) -> None:
         self.directory = directory
         self.stream = stream
@@ -133,6 +138,16 @@ class _Verifier:
         self.records = self.checkpoints = 0
         self.first_us: int | None = None
         self.last_us: int | None = None
+        # Anchored (an export of a span): the first segment may start after 0;
+        # its starting chain value must then be vouched for by the signed
+        # checkpoint that comes first in it, before any record.
+        self.anchor: bytes | None = None
+        self.anchor_pending = False
+        segments = list_segments(directory) if anchored else []
+        if segments and segments[0][0] > self.expected:
+            self.expected = segments[0][0]
+            self.signed_through = self.expected - 1
+            self.chain, self.anchor_pending = None, True
 
     def run(self) -> StreamReport:
         segments = [s for s in list_segments(self.directory) if s[0] >= self.removed]
@@ -227,7 +242,10 @@ class _Verifier:
         fault = self._header_fault(first, data, path.name)
         if fault is not None:
             return self._fail(fault[0], fault[1], path.name, 0)
-        offset = F.decode_header(data).size
+        header = F.decode_header(data)
+        if self.anchor_pending and self.anchor is None:
+            self.anchor = header.prev_chain
+        offset = header.size
         while offset < len(data):
             try:
                 body, stop = F.read_frame(data, offset)
@@ -247,6 +265,14 @@ class _Verifier:
 
     def _data(self, stored: memoryview, segment: str, offset: int) -> bool:
         assert self.reader is not None
+        if self.anchor_pending:
+            return self._fail(
+                self.expected,
+                f"records start at {self.expected}, but no signed checkpoint comes first "
+                "to vouch for the chain value before them",
+                segment,
+                offset,
+            )
         seq = F.body_seq(stored) if len(stored) >= F.CLEAR_META_SIZE else -1
         if seq != self.expected:
             if seq < 0:
@@ -293,6 +319,11 @@ class _Verifier:
             )
         if not verify_signature(self.public, cp.signature, cp.message()):
             return self._fail(suspect, "checkpoint signature does not verify", segment, offset)
+        if self.anchor_pending:
+            if cp.chain != self.anchor:
+                why = f"starting chain value differs from the signed checkpoint at {cp.last_seq}"
+                return self._fail(suspect, why, segment, offset)
+            self.chain, self.anchor_pending = cp.chain, False
         if self.chain is not None and cp.chain != self.chain:
             return self._fail(
                 suspect,
@@ -311,6 +342,7 @@ def verify_stream(
     public: Ed25519PublicKey,
     stream: StreamId | None = None,
     key: LogKey | None = None,
+    anchored: bool = False,
 ) -> StreamReport:
     """Verify one stream directory (``.../log/<handle>/<cmii|cmcc>``).
 
@@ -320,6 +352,10 @@ def verify_stream(
         key: the log key, to decrypt encrypted records and check the chain
             over them; without it the report's ``chain_unchecked`` says why
             the chain was not checked.
+        anchored: the stream may start after sequence 0 (an export of a
+            span): its first segment must then begin with the signed
+            checkpoint of the record before its first, which vouches for the
+            segment's starting chain value.
 
     Raises:
         ValueError: the directory names are not a handle and a stream kind
@@ -332,7 +368,7 @@ def verify_stream(
         if directory.name not in F.DIR_KINDS:
             raise ValueError(f"{directory}: not a stream directory (cmii or cmcc)")
         stream = StreamId(F.check_handle(directory.parent.name), F.DIR_KINDS[directory.name])
-    return _Verifier(directory, stream, public, key).run()
+    return _Verifier(directory, stream, public, key, anchored).run()
 
 
 def find_streams(path: Path) -> list[Path]:

@@ -15,6 +15,8 @@ Public surface::
     encode_content(content) -> (kind, der)
     decode_content(kind, der) -> content
     encode(record) / decode(data)         any PDU, fast where it can be
+    decode_control(data) -> Acknowledgement | ReceiverReport | None
+                                          (None: leave it to the reference)
 
 CC content is encoded and decoded here; CmII messages and completeness
 notices (rare, varied) go through the reference codec and are spliced in
@@ -27,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import NamedTuple
 
-from mediation.pdu import codec
+from mediation.pdu import codec, fast_cmii
 from mediation.pdu.cmcc import CCApdu
 from mediation.pdu.cmii import CmIIMessage
 from mediation.pdu.convert import utc
@@ -43,6 +45,7 @@ from mediation.pdu.delivery import (
 )
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import cc_contents, read_cc
+from mediation.pdu.fast_control import decode_control
 from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length
 from mediation.pdu.fast_envelope import (
     CMCC,
@@ -65,6 +68,7 @@ __all__ = [
     "decode",
     "decode_cc",
     "decode_content",
+    "decode_control",
     "decode_envelope",
     "encode",
     "encode_cc",
@@ -253,7 +257,7 @@ def _reference_content(kind: str, der: bytes, base: int) -> EnvelopeContent:
     """Decode a cmII or notice content with the reference codec; offsets made absolute."""
     try:
         if kind == CMII:
-            return codec.decode_cmii(der)
+            return fast_cmii.decode_cmii(der)  # once per shape by the reference, then the time only
         return codec.decode_notice(der)
     except PDUError as exc:
         raise PDUError(exc.message, base + (exc.offset or 0)) from None

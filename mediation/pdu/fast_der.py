@@ -96,6 +96,15 @@ def tlv(tag: bytes, contents: bytes) -> bytes:
     return tag + (_LENGTHS[n] if n < 10000 else _length(n)) + contents
 
 
+# The last time encoded and its octets: a frame's header report, its CC
+# APDU and their tap-link records all encode the same datetime object, so
+# three of every four calls on the tap's hot path are answered here. An
+# identity test is enough (datetimes are immutable) and the held object
+# keeps its id from being reused. One tuple: a thread switch between
+# reading and writing it can only cause a miss, never a wrong answer.
+_LAST_TIME: tuple[object, bytes] = (None, b"")
+
+
 def generalized_time(value: dt.datetime) -> bytes:
     """Contents of a GeneralizedTime: ``YYYYMMDDHHMMSS[.f]Z`` in UTC.
 
@@ -112,6 +121,16 @@ def generalized_time(value: dt.datetime) -> bytes:
     Raises:
         Unsupported: not an aware datetime.
     """
+    global _LAST_TIME
+    last = _LAST_TIME
+    if value is last[0]:
+        return last[1]
+    octets = _generalized_time(value)
+    _LAST_TIME = (value, octets)
+    return octets
+
+
+def _generalized_time(value: dt.datetime) -> bytes:
     if value.tzinfo is not UTC:
         if not isinstance(value, dt.datetime) or value.tzinfo is None:
             raise Unsupported

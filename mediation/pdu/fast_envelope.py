@@ -129,6 +129,117 @@ def frame(
     return b"\xa0" + length(len(head) + len(content_rest)) + head + content_rest
 
 
+# Stored records ------------------------------------------------------------------
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Receive times the framer writes itself: from 1970 to the end of year 9999
+# (four-digit years, as generalized_time writes them); others go the long way.
+_LAST_US = 253402300800 * 1_000_000
+
+
+class RecordFramer:
+    """Envelopes of one stream's stored records, with the constant parts encoded once.
+
+    The delivery hot path: the stream identifier is encoded once, the
+    time's date and seconds once per second, the clock status once per
+    value; the content is checked by its first octets (a SEQUENCE whose
+    length covers exactly the rest, starting like its kind) and spliced.
+    Anything outside that common case (an unusual length form, a time
+    before 1970, a kind seen for the first time) returns None, and the
+    caller uses the general splice (``encode_envelope_raw``), so the bytes
+    are always those of the reference codec (tests/test_fast_envelope_framer.py).
+    """
+
+    def __init__(self, stream: StreamId) -> None:
+        self.stream = stream
+        self._stream_tlv = _stream_tlv(stream)
+        # The stream TLV and the one-octet tags and lengths of sequence, time and content.
+        self._stream_size = len(self._stream_tlv) + 5
+        self._cmcc = stream.kind is StreamKind.CMCC
+        self._second = -1
+        self._date = ""
+        self._clock: object = None
+        self._clock_tlv = b""
+        # id(kind enum member) -> (content tag octet, first tags); members are singletons.
+        self._kinds: dict[int, tuple[bytes, tuple[int, ...]]] = {}
+
+    def learn_kind(self, kind: object, name: str) -> None:
+        """Remember an enum member's content kind (``cmII``, ``cmCC``, ``notice``)."""
+        if (name == CMCC) == self._cmcc:  # a kind this stream carries
+            self._kinds[id(kind)] = (bytes((KIND_TAG[name],)), FIRST_TAGS[name])
+
+    def frame(
+        self,
+        seq: int,
+        received_us: int,
+        kind: object,
+        clock: ClockStatus | None,
+        payload: bytes,
+        redelivered: bool = False,
+    ) -> bytes | None:
+        """The envelope, or None: not the common case, use the general splice."""
+        found = self._kinds.get(id(kind))
+        if found is None or not 0 <= seq <= MAX_SEQUENCE or not 0 <= received_us < _LAST_US:
+            return None
+        size = len(payload)
+        if size < 3 or payload[0] != 0x30:
+            return None
+        n = payload[1]
+        if n < 0x80:
+            start, body = 2, n
+        elif n == 0x81 and payload[2] >= 0x80:
+            start, body = 3, payload[2]
+        elif n == 0x82 and payload[2] and size > 4:
+            start, body = 4, payload[2] << 8 | payload[3]
+        else:
+            return None
+        if start + body != size or payload[start] not in found[1]:
+            return None
+        second, micro = divmod(received_us, 1_000_000)
+        if second != self._second:
+            self._date = (_EPOCH + dt.timedelta(seconds=second)).strftime("%Y%m%d%H%M%S")
+            self._second = second
+        if micro:  # the fraction without trailing zeros, as generalized_time writes it
+            time = (self._date + "." + ("%06d" % micro).rstrip("0") + "Z").encode("ascii")  # noqa: UP031
+        else:
+            time = (self._date + "Z").encode("ascii")
+        if clock is not self._clock:
+            self._clock_tlv = _CLOCK_TLV[clock]
+            self._clock = clock
+        sequence = seq.to_bytes((seq.bit_length() >> 3) + 1, "big")
+        flag = _REDELIVERED_TLV if redelivered else b""
+        content = length(size)
+        # One join, the outer length summed up front: no header object of its own.
+        inner = (
+            self._stream_size
+            + len(sequence)
+            + len(time)
+            + len(self._clock_tlv)
+            + len(flag)
+            + len(content)
+            + size  # the content's tag replaces the payload's first octet
+        )
+        return b"".join(
+            (
+                b"\xa0",
+                length(inner),
+                self._stream_tlv,
+                b"\x81",
+                _LENGTHS[len(sequence)],
+                sequence,
+                b"\x82",
+                _LENGTHS[len(time)],
+                time,
+                self._clock_tlv,
+                flag,
+                b"\xa5",
+                content,
+                found[0],
+                memoryview(payload)[1:],
+            )
+        )
+
+
 # Decoding ----------------------------------------------------------------------
 
 

@@ -107,6 +107,16 @@ def _value(value: Any) -> Any:
 
 def iso_time(value: dt.datetime) -> str:
     """``2026-11-23T00:11:00.500000Z``: UTC, always with microseconds."""
+    if value.tzinfo is dt.UTC and value.year >= 1000:  # the usual case, without strftime
+        return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031  (the fast one)
+            value.year,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+            value.microsecond,
+        )
     if value.tzinfo is None:
         raise ValueError("naive datetime: its time zone is unknown")
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -179,3 +189,105 @@ def _ports(out: dict[str, Any], packet: bytes, at: int) -> None:
     if out["protocol"] in _PORTED and len(packet) >= at + 4:
         out["srcPort"] = int.from_bytes(packet[at : at + 2], "big")
         out["dstPort"] = int.from_bytes(packet[at + 2 : at + 4], "big")
+
+
+class SharedPartsView:
+    """:func:`to_json` for many records in a row, each shared part's JSON made once.
+
+    The hot-path decoders hand out records that share their unchanging
+    parts (:mod:`mediation.pdu.fast_cmii` copies a remembered message and
+    changes its time only). So a CmII message whose every field but the
+    time stamp is the very object of one seen before reuses that message's
+    JSON with the new time put in, and any other part seen before (by
+    identity) reuses its JSON. The view keeps those objects alive beside
+    their JSON, so an identity can never stand for another object; at most
+    ``limit`` of each are kept (then it starts afresh). The dicts returned
+    share the remembered JSON: read them (``json.dumps``), do not change
+    them below the top level.
+
+    Args:
+        limit: messages, and parts, remembered at most.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._parts: dict[int, tuple[Any, Any]] = {}
+        self._messages: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
+        self._fields: dict[type, tuple[tuple[str, str], ...]] = {}
+
+    def to_json(self, record: Any) -> dict[str, Any]:
+        """What :func:`to_json` returns for ``record``, equal in every key and value."""
+        if record.__class__ is dlv.Envelope:
+            return self._envelope(record)
+        if isinstance(record, CmIIMessage):
+            return self._message(record)
+        if isinstance(record, CCApdu):
+            return to_json(record)
+        return self._record(record)
+
+    def _envelope(self, envelope: dlv.Envelope) -> dict[str, Any]:
+        # The fields of Envelope in order, as _fields() would give them.
+        stream = envelope.stream
+        out: dict[str, Any] = {
+            "type": "pduEnvelope",
+            "stream": {"warrantHandle": stream.warrant_handle, "kind": stream.kind.value},
+            "sequenceNumber": _value(envelope.sequence_number),
+            "mediationTime": _iso(envelope.mediation_time),
+            "content": self.to_json(envelope.content),
+        }
+        if envelope.clock_status is not None:
+            out["clockStatus"] = envelope.clock_status.value
+        if envelope.redelivered is not None:
+            out["redelivered"] = envelope.redelivered
+        return out
+
+    def _message(self, message: CmIIMessage) -> dict[str, Any]:
+        fields = message.__dict__
+        key = (message.__class__, *[id(v) for k, v in fields.items() if k != "timestamp"])
+        seen = self._messages.get(key)
+        if seen is None:
+            made = self._record(message)
+            if len(self._messages) >= self.limit:
+                self._messages.clear()
+            self._messages[key] = (message, made)  # the message keeps every id in the key
+            return made
+        out = dict(seen[1])  # "timestamp" keeps its place among the keys
+        out["timestamp"] = _iso(message.timestamp)
+        return out
+
+    def _record(self, record: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": type_name(record)}
+        for attr, name in self._names(type(record)):
+            value = getattr(record, attr)
+            if value is not None:
+                out[name] = self._value(value)
+        return out
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str | int | float | enum.Enum | dlv.StreamId):
+            return _value(value)  # cheap, or new for every record: nothing to share
+        if isinstance(value, dt.datetime):
+            return _iso(value)
+        if isinstance(value, CmIIMessage | dlv.CompletenessNotice):
+            return self.to_json(value)
+        seen = self._parts.get(id(value))
+        if seen is not None and seen[0] is value:
+            return seen[1]
+        made = _value(value)
+        if len(self._parts) >= self.limit:
+            self._parts.clear()
+        self._parts[id(value)] = (value, made)
+        return made
+
+    def _names(self, cls: type) -> tuple[tuple[str, str], ...]:
+        names = self._fields.get(cls)
+        if names is None:
+            names = tuple(
+                (f.name, f.metadata.get("asn1") or _ASN1_NAMES.get(f.name, f.name))
+                for f in dataclasses.fields(cls)
+            )
+            self._fields[cls] = names
+        return names
+
+
+_iso = iso_time

@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Container
 
 from mediation import pdu
-from mediation.protocol.envelope import LogRecord, decode_message, encode_message, record_envelope
+from mediation.protocol.envelope import (
+    LogRecord,
+    StreamEnvelopes,
+    decode_message,
+    encode_message,
+)
 from mediation.protocol.errors import ProtocolError
 from mediation.protocol.events import (
     CheckpointReceived,
@@ -63,13 +68,17 @@ class DatagramSender:
         *,
         report_interval: float = REPORT_INTERVAL,
         silent_after: int = SILENT_AFTER,
+        envelopes: StreamEnvelopes | None = None,
     ) -> None:
         """Args:
         stream: the warrant stream this sender delivers.
         report_interval: seconds between the receiver's reports.
         silent_after: missed report intervals before the endpoint is silent.
+        envelopes: the stream's envelopes, shared with its other endpoints
+            (default: encoded for this sender alone).
         """
         self.stream = stream
+        self.envelopes = envelopes if envelopes is not None else StreamEnvelopes(stream)
         self.report_interval = report_interval
         self.silent_after = silent_after
         self.first_sent: int | None = None
@@ -89,7 +98,7 @@ class DatagramSender:
         seq = record.seq
         if self.next_sequence is not None and seq != self.next_sequence:
             raise ValueError(f"record {seq} sent, {self.next_sequence} was next")
-        data = record_envelope(self.stream, record, redelivered=False)
+        data = self.envelopes.envelope(record)
         if len(data) > MAX_ENVELOPE:
             raise ValueError(f"envelope of {len(data)} octets does not fit a UDP datagram")
         if self.first_sent is None:

@@ -11,11 +11,11 @@ same connection carries replay requests (see ``retrieval``).
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping, MutableMapping
+from collections.abc import Container, Iterable, Mapping, MutableMapping, Sequence
 
 from mediation import pdu
 from mediation.protocol.connection import StreamConnection
-from mediation.protocol.envelope import LogRecord, encode_message, record_envelope
+from mediation.protocol.envelope import LogRecord, StreamEnvelopes, encode_message
 from mediation.protocol.errors import ProtocolError
 from mediation.protocol.events import (
     AckReceived,
@@ -58,6 +58,7 @@ class StreamSender(StreamConnection):
         max_message: int = MAX_MESSAGE,
         utc_now: UtcNow = system_utc_now,
         retrieval_limits: RetrievalLimits | None = None,
+        envelopes: Mapping[pdu.StreamId, StreamEnvelopes] | None = None,
     ) -> None:
         """Args:
         positions: every stream delivered on this connection, with its
@@ -72,6 +73,8 @@ class StreamSender(StreamConnection):
         max_message: the largest message accepted from the peer.
         utc_now: the wall clock for the time fields we send.
         retrieval_limits: what replay requests on one connection may cost.
+        envelopes: per stream, its envelopes shared with the stream's other
+            endpoints (default: encoded for this connection alone).
         """
         super().__init__(
             keepalive_interval=keepalive_interval,
@@ -86,6 +89,7 @@ class StreamSender(StreamConnection):
         self._next = dict(positions)
         self._sent_high = {s: max(p, (sent_before or {}).get(s, p)) for s, p in positions.items()}
         self.retrieval_limits = retrieval_limits
+        self._envelopes = {s: (envelopes or {}).get(s) or StreamEnvelopes(s) for s in positions}
         self.retrieval = RetrievalServer(self._acked.keys(), limits=retrieval_limits)
 
     def resume(self, now: float, from_seq: Mapping[pdu.StreamId, int] | None = None) -> None:
@@ -137,10 +141,37 @@ class StreamSender(StreamConnection):
             raise ValueError(f"record {record.seq} of {stream} sent, {seq} is next")
         if self.window_room(stream) <= 0:
             raise ValueError(f"window of {self.window} envelopes of {stream} is full")
-        data = record_envelope(stream, record, redelivered=seq < self._sent_high[stream])
+        data = self._envelopes[stream].envelope(record, seq < self._sent_high[stream])
         self._next[stream] = seq + 1
         self._sent_high[stream] = max(self._sent_high[stream], seq + 1)
         return data
+
+    def send_run(self, stream: pdu.StreamId, records: Sequence[LogRecord]) -> list[bytes]:
+        """The envelopes of the next records of ``stream``, as many as go now.
+
+        :meth:`send` for a run of records, with the stream looked up once:
+        stops at the first record that is not next in sequence or when the
+        window is full (the length of the result says how many went).
+
+        Raises:
+            ValueError: no connection, or a record cannot be enveloped (a
+            broken log); nothing of the run counts as sent then.
+        """
+        self._require_connection()
+        stream = self._stream(stream)
+        seq, high = self._next[stream], self._sent_high[stream]
+        room = self.window - (seq - self._acked[stream])
+        envelope = self._envelopes[stream].envelope
+        out = []
+        for record in records:
+            if record.seq != seq or room <= 0:
+                break
+            out.append(envelope(record, seq < high))
+            seq += 1
+            room -= 1
+        self._next[stream] = seq
+        self._sent_high[stream] = max(high, seq)
+        return out
 
     def checkpoint(self, checkpoint: pdu.ChainCheckpoint) -> bytes:
         """The octets of a signed chain checkpoint for one of our streams."""

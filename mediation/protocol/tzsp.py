@@ -204,16 +204,19 @@ class TzspReceiver:
         self.accepted = 0
         self.octets = 0
         self.refused: dict[str, int] = {reason.value: 0 for reason in Refusal}
+        self.last_refusal: Refusal | None = None  # why the last refused datagram was
 
     def receive(self, datagram: bytes, sender: str) -> TzspFrame | None:
         """The frame in one datagram from ``sender``, or ``None`` (counted) if refused."""
         if sender not in self.senders:
             self.refused[Refusal.UNREGISTERED_SENDER.value] += 1
+            self.last_refusal = Refusal.UNREGISTERED_SENDER
             return None
         try:
             decoded = decode_tzsp(datagram)
         except TzspError as exc:
             self.refused[exc.reason.value] += 1
+            self.last_refusal = exc.reason
             return None
         self.accepted += 1
         self.octets += len(decoded.frame)

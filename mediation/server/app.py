@@ -50,12 +50,15 @@ from mediation.server.delivery import DeliveryManager
 from mediation.server.ingest import ClockCache, Ingest
 from mediation.server.lock import ServerLock
 from mediation.server.notices import Notices
+from mediation.server.radius import RadiusService, read_secret
 from mediation.server.retention import InsideRetention, purge_due, purge_request
 from mediation.server.retrieval import RetrievalService
 from mediation.server.status import StatusReporter, StatusRow
 from mediation.server.tap_ingest import TapIngest, TapJournal
 from mediation.server.taps import TapService
+from mediation.server.targets_record import TargetsRecord
 from mediation.server.tls import AgencyTrust, IdentityFiles, ensure_identity
+from mediation.server.tzsp import TzspService
 from mediation.server.warrant_table import TableChange, WarrantTable
 from mediation.warrants.keys import RegistryKey
 from mediation.warrants.model import WarrantState, format_time, utc_now
@@ -101,9 +104,12 @@ class MediationServer:
         self._nursery: trio.Nursery | None = None
         self.intake: Ingest | None = None
         self.notices: Notices | None = None
+        self.targets_record: TargetsRecord | None = None
         self.delivery: DeliveryManager | None = None
         self.retrieval: RetrievalService | None = None
         self.taps: TapService | None = None
+        self.tzsp: TzspService | None = None
+        self.radius: RadiusService | None = None
         self.reporter: StatusReporter | None = None
         self.trust: AgencyTrust | None = None
         self.control: ControlSocket | None = None
@@ -120,6 +126,7 @@ class MediationServer:
                 not writable (before anything is started).
             ControlError: the control socket's path is taken by something else.
         """
+        radius_secret = read_secret(self.config.radius)  # refused before anything starts
         # Signals are caught from the start to the very end, so a SIGTERM or
         # SIGHUP that arrives while the log closes cannot cut its checkpoint.
         with (
@@ -130,14 +137,18 @@ class MediationServer:
             control = await ControlSocket.bind(socket_path(self.data_dir), owned=True)
             self.control = control
             try:
-                await self._serve(control, signals, task_status)
+                await self._serve(control, signals, task_status, radius_secret)
             finally:
                 self._nursery = None
                 control.close()
         log.info("stopped")
 
     async def _serve(
-        self, control: ControlSocket, signals: Any, task_status: trio.TaskStatus[None]
+        self,
+        control: ControlSocket,
+        signals: Any,
+        task_status: trio.TaskStatus[None],
+        radius_secret: bytes | None = None,
     ) -> None:
         identity = await trio.to_thread.run_sync(
             ensure_identity, self.data_dir, self._key, self.config.tls.server_names, utc_now()
@@ -152,6 +163,7 @@ class MediationServer:
             self._nursery = nursery
             nursery.start_soon(self._watch_signals, signals, nursery.cancel_scope)
             self._build(evidence, identity, trust, nursery)
+            self._build_radius(radius_secret)
             await self.reload(at_start=True)
             await nursery.start(control.serve, self.handle_request)
             await self._start_tasks(nursery)
@@ -168,14 +180,29 @@ class MediationServer:
     ) -> None:
         self.intake = Ingest(evidence, self.table, ClockCache(self._clock_reader))
         self.notices = Notices(self.intake, self.table)
+        self.targets_record = TargetsRecord(self.table, self.intake, self._clock, nursery)
         self.delivery = DeliveryManager(
-            nursery, self.config.delivery, identity, trust, self._key.derive("endpoint-id")
+            nursery,
+            self.config.delivery,
+            identity,
+            trust,
+            self._key.derive("endpoint-id"),
+            files=(self.config.files, evidence.signer),
         )
         self.intake.on_held = self.delivery.deliver_from_memory
         tap_ingest = TapIngest(self.intake, TapJournal(self.data_dir))
         self.taps = TapService(
             self.config.taps, identity, self.table, tap_ingest, self, self._clock
         )
+        tzsp_ingest = TapIngest(self.intake, TapJournal(self.data_dir))  # no journal: UDP
+        self.tzsp = TzspService(self.config.tzsp, self.table, tzsp_ingest, self)
+
+    def _build_radius(self, secret: bytes | None) -> None:
+        """The RADIUS accounting listener, when ``[radius] listen`` is set (docs/tzsp.md)."""
+        if secret is None or self.tzsp is None:
+            return
+        self.tzsp.radius_secret = secret  # accounting seen in mirrored frames: the same NAS
+        self.radius = RadiusService(self.config.radius, secret, self.tzsp, self._clock)
 
     async def _start_tasks(self, nursery: trio.Nursery) -> None:
         assert self.intake is not None and self.notices is not None
@@ -192,6 +219,10 @@ class MediationServer:
         if self.taps is not None:
             await nursery.start(self.taps.run_tls)
             await nursery.start(self.taps.run_udp)
+        if self.tzsp is not None:
+            await nursery.start(self.tzsp.run)
+        if self.radius is not None:
+            await nursery.start(self.radius.run)
         nursery.start_soon(self._tick_windows)
         nursery.start_soon(self._poll_registry)
         nursery.start_soon(self.intake.run_flusher)
@@ -255,10 +286,14 @@ class MediationServer:
             await self._open_streams(handle, at_start)
         self._watch_new_streams()
         self.delivery.sync(self._owners, self.table, self.intake.streams)
+        if self.tzsp is not None:
+            self.tzsp.on_change()
         for handle in change.activated:
             self.notices.warrant_active(handle, at_start=at_start)
         for handle in change.deactivated:
             self.notices.warrant_inactive(handle)
+        if self.targets_record is not None:  # after warrantActive: the targets it starts with
+            await self.targets_record.on_change(change, at_start)
         if at_start:
             self.notices.clock_changed(self.intake.clock.refresh())
 
@@ -398,6 +433,10 @@ class MediationServer:
             out["retrieval"] = self.retrieval.status()
         if self.taps is not None:
             out["taps"] = self.taps.status()
+        if self.tzsp is not None:
+            out["tzsp"] = self.tzsp.status()
+        if self.radius is not None:
+            out["radius"] = self.radius.status()
         return out
 
     # Timers -------------------------------------------------------------------------
@@ -437,9 +476,7 @@ class MediationServer:
             log.exception("retention pass failed; the next one tries again")
         self.retention_passes += 1
 
-    async def _watch_storage(
-        self, scope: trio.CancelScope, handle: str, stream: StreamLog
-    ) -> None:
+    async def _watch_storage(self, scope: trio.CancelScope, handle: str, stream: StreamLog) -> None:
         assert self.notices is not None
         with scope:
             await self.notices.watch_storage(handle, stream)

@@ -20,6 +20,7 @@ names only what it changes::
     reconnect_min = 0.1        # backoff after a failed or lost connection ...
     reconnect_max = 10.0       # ... doubling up to this
     batch = 256                # records read from the log per step
+    write_linger = 0.002       # TLS: seconds between writes at light traffic
 
     [retrieval]
     listen = "127.0.0.1:37001" # "" turns retrieval off; port 0 picks one
@@ -33,6 +34,18 @@ names only what it changes::
     udp_listen = ""            # sealed datagrams from UDP taps; "" = off
     keepalive = 10             # seconds; a tap silent for 3 of them is lost
 
+    [tzsp]                     # frames mirrored by routers (docs/tzsp.md)
+    listen = "127.0.0.1:37008" # "" turns it off; off loopback only when set
+    max_datagram = 16384       # larger datagrams are counted (oversize) and dropped
+    receive_buffer = 8388608   # SO_RCVBUF asked of the kernel, octets
+    batch = 64                 # datagrams taken from the socket per step
+    idle_after = 10.0          # a source silent this long has stopped feeding
+
+    [radius]                   # RADIUS accounting copies from a NAS (docs/tzsp.md)
+    listen = ""                # e.g. "0.0.0.0:1813"; "" = off
+    nas = ["192.0.2.1"]        # the NAS addresses accepted
+    secret_file = "/etc/mediation/radius.secret"   # the shared secret, mode 0600
+
     [status]
     interval = 1.0             # the status line on a terminal
     log_interval = 10.0        # structured status log lines otherwise
@@ -43,6 +56,10 @@ names only what it changes::
     [retention]
     years = 5                  # records kept 5..100 years after a warrant ends
     check_interval = 3600.0    # how often the server purges what is past that
+
+    [files]                    # capture-to-disk endpoints (agency add --files DIR)
+    rotate_seconds = 3600.0    # a capture file is closed after this long ...
+    rotate_bytes = 67108864    # ... or this many octets, whichever first
 
     [tls]
     server_names = ["localhost", "127.0.0.1", "::1"]   # the identity's subjectAltName
@@ -70,6 +87,7 @@ On SIGHUP a running server re-reads the file and applies the keys in
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import re
@@ -84,6 +102,7 @@ from mediation.log.config import LogConfig
 
 DEFAULT_RETRIEVAL_LISTEN = "127.0.0.1:37001"
 DEFAULT_TAP_LISTEN = "127.0.0.1:37002"
+DEFAULT_TZSP_LISTEN = "127.0.0.1:37008"
 _LISTEN = re.compile(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)")
 
 
@@ -106,6 +125,10 @@ class DeliveryConfig:
     # a write (and TLS record) over many envelopes, small enough that one
     # stream's batch does not hold up the others on the connection.
     batch: int = 256
+    # TLS: after a write, wait this long before the next, so light traffic
+    # goes out a few envelopes per TLS record instead of one per commit of
+    # the log; it adds at most this to an envelope's delay.
+    write_linger: float = 0.002
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +180,31 @@ class TapsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TzspConfig:
+    """Where routers send TZSP (on loopback by default) and what one datagram may cost."""
+
+    listen: str = DEFAULT_TZSP_LISTEN
+    # Ethernet frames with VLAN tags and TZSP's header fit in 1,600 octets;
+    # jumbo frames in 9,100. 16 KiB leaves room and bounds the buffers
+    # (batch x max_datagram) the listener keeps.
+    max_datagram: int = 16384
+    # A burst of 1,500-octet frames at 30,000 a second is 45 MB/s: 8 MiB is
+    # about 0.2 s of it (the kernel caps it at net.core.rmem_max).
+    receive_buffer: int = 8 * 2**20
+    batch: int = 64
+    idle_after: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RadiusConfig:
+    """A RADIUS accounting listener (off by default): which NAS, which secret."""
+
+    listen: str = ""
+    nas: tuple[str, ...] = ()
+    secret_file: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class StatusConfig:
     interval: float = 1.0
     log_interval: float = 10.0
@@ -171,6 +219,16 @@ class ClockConfig:
 class RetentionConfig:
     years: int = 5  # records kept this long after a warrant ends (at least five)
     check_interval: float = 3600.0  # how often the server looks for records past it
+
+
+@dataclasses.dataclass(frozen=True)
+class FilesConfig:
+    """Rotation of capture files (``agency add --files``; docs/agency.md)."""
+
+    # An hour or 64 MiB: a file a tool opens whole, and at most an hour's
+    # records to rebuild from the log after a crash.
+    rotate_seconds: float = 3600.0
+    rotate_bytes: int = 64 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +249,9 @@ class ServerConfig:
     tls: TlsConfig = TlsConfig()
     taps: TapsConfig = TapsConfig()
     retention: RetentionConfig = RetentionConfig()
+    files: FilesConfig = FilesConfig()
+    tzsp: TzspConfig = TzspConfig()
+    radius: RadiusConfig = RadiusConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,9 +297,16 @@ LIMITS: dict[str, Limit] = {
     # Unacknowledged envelopes held per TLS stream: memory per agency.
     "delivery.window": Limit(1, 1 << 20),
     "delivery.batch": Limit(1, 1 << 16),
+    # Added to an envelope's delay at most; past 0.1 s it would be felt.
+    "delivery.write_linger": Limit(0, 0.1, low_included=False),
     "taps.keepalive": Limit(1, 3600),
     # Records are kept at least five years after a warrant ends (the white paper).
     "retention.years": Limit(5, 100),
+    # A capture file holds at least a few packets, at most a terabyte.
+    "files.rotate_bytes": Limit(1024, 1 << 40),
+    "tzsp.max_datagram": Limit(64, 65535),
+    "tzsp.receive_buffer": Limit(65536, 1 << 30),
+    "tzsp.batch": Limit(1, 1024),
 }
 
 # Keys a running server applies on SIGHUP ("section.key"); the rest need a restart.
@@ -439,9 +507,37 @@ def _check_address(field: str, text: str) -> None:
         )
 
 
+def _check_tzsp(section: TzspConfig) -> None:
+    _check_address("config [tzsp] listen", section.listen)
+
+
+def _check_radius(section: RadiusConfig) -> None:
+    _check_address("config [radius] listen", section.listen)
+    if not section.listen:
+        return
+    if not section.nas:
+        raise UsageError(
+            "config [radius] nas", 'must list the NAS addresses to accept, e.g. ["192.0.2.1"]'
+        )
+    for nas in section.nas:
+        try:
+            ipaddress.ip_address(nas)
+        except ValueError:
+            raise UsageError(
+                "config [radius] nas", f"must be IP addresses, got {_shown(nas)}"
+            ) from None
+    if not section.secret_file:
+        raise UsageError(
+            "config [radius] secret_file",
+            "must name the file holding the shared secret (mode 0600) when listen is set",
+        )
+
+
 # Rules across a section's fields, after each field passed on its own.
 _SECTION_CHECKS: dict[str, Any] = {
     "delivery": _check_reconnect,
     "retrieval": _check_listen,
     "taps": _check_taps,
+    "tzsp": _check_tzsp,
+    "radius": _check_radius,
 }

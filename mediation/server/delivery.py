@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import trio
 
+from mediation.evidence.manifest import Signer
 from mediation.log import LogRecord, StreamLog
 from mediation.pdu import StreamId, StreamKind
-from mediation.server.config import DeliveryConfig
+from mediation.protocol.envelope import StreamEnvelopes
+from mediation.server.config import DeliveryConfig, FilesConfig
+from mediation.server.delivery_files import FilesWorker
 from mediation.server.delivery_tls import TlsWorker
 from mediation.server.delivery_udp import UdpWorker
 from mediation.server.status import EndpointRef, StatusRow
@@ -34,7 +37,7 @@ from mediation.warrants.model import Endpoint, Stream
 
 log = logging.getLogger("mediation.server.delivery")
 _KIND = {Stream.CMII: StreamKind.CMII, Stream.CMCC: StreamKind.CMCC}
-Worker = UdpWorker | TlsWorker
+Worker = UdpWorker | TlsWorker | FilesWorker
 
 
 def endpoint_ident(secret: bytes, agency: str, endpoint: Endpoint) -> str:
@@ -57,13 +60,17 @@ class DeliveryManager:
         identity: IdentityFiles,
         trust: AgencyTrust,
         secret: bytes,
+        files: tuple[FilesConfig, Signer] | None = None,
     ) -> None:
         self._nursery = nursery
+        self._files = files  # capture-to-disk: rotation, and the key that signs manifests
         self.config = config
         self._identity = identity
         self._trust = trust
         self._secret = secret
         self._workers: dict[tuple[str, str], tuple[Worker, trio.CancelScope]] = {}
+        # Per stream, its envelopes encoded once for all its endpoints.
+        self._envelopes: dict[StreamId, StreamEnvelopes] = {}
 
     def sync(
         self,
@@ -83,6 +90,7 @@ class DeliveryManager:
         here, before the caller appends the warrantActive notice.
         """
         wanted = self._wanted(owners, table, streams)
+        envelopes = self._share_envelopes(chosen for _ref, _endpoint, chosen in wanted.values())
         for key in list(self._workers):
             if key not in wanted or wanted[key][1] != self._workers[key][0].endpoint:
                 self._stop(key)
@@ -91,7 +99,23 @@ class DeliveryManager:
                 self._start(key, ref, endpoint)
             worker = self._workers[key][0]
             worker.ref = ref  # the endpoint's number may change when another is removed
-            worker.set_streams(chosen)
+            if isinstance(worker, FilesWorker):  # writes the content, not envelopes
+                worker.set_streams(chosen)
+            else:
+                worker.set_streams(chosen, envelopes=envelopes)
+
+    def _share_envelopes(
+        self, chosen: Iterable[Mapping[StreamId, StreamLog]]
+    ) -> dict[StreamId, StreamEnvelopes]:
+        """One envelope encoder per delivered stream; its workers join and leave it."""
+        delivered = {sid for streams in chosen for sid in streams}
+        for sid in list(self._envelopes):
+            if sid not in delivered:
+                del self._envelopes[sid]
+        for sid in delivered:
+            if sid not in self._envelopes:
+                self._envelopes[sid] = StreamEnvelopes(sid)
+        return self._envelopes
 
     def _wanted(
         self, owners: Mapping[str, str], table: WarrantTable, streams: Mapping[StreamId, StreamLog]
@@ -121,6 +145,9 @@ class DeliveryManager:
         worker: Worker
         if endpoint.transport == "udp":
             worker = UdpWorker(ref, endpoint, self.config)
+        elif endpoint.transport == "files":
+            assert self._files is not None, "the server gives its signer for files endpoints"
+            worker = FilesWorker(ref, endpoint, *self._files)
         else:
             worker = TlsWorker(ref, endpoint, self.config, self._identity, self._trust)
         scope = trio.CancelScope()
@@ -137,6 +164,11 @@ class DeliveryManager:
         """A notice the log cannot store yet: to every endpoint carrying its stream now."""
         for worker, _scope in self._workers.values():
             worker.deliver_from_memory(sid, record)
+
+    @property
+    def shared_envelopes(self) -> Mapping[StreamId, StreamEnvelopes]:
+        """Per delivered stream, its envelopes shared by its endpoints (status, tests)."""
+        return self._envelopes
 
     @property
     def workers(self) -> list[Worker]:

@@ -28,6 +28,7 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Mapping
 
 import trio
 
@@ -42,7 +43,8 @@ from mediation.protocol import (
     ReportReceived,
     parse_datagram,
 )
-from mediation.protocol.envelope import record_envelope
+from mediation.protocol.envelope import StreamEnvelopes, record_envelope
+from mediation.protocol.scte import ScteFramer
 from mediation.protocol.sealed import (
     DatagramOpener,
     DatagramSealer,
@@ -94,12 +96,17 @@ class UdpWorker:
             else SealKey(endpoint.udp_key_id, endpoint.udp_key)
         )
         self._sealer: DatagramSealer | None = None
+        # --format scte: CC as SCTE datagrams instead of sealed envelopes (protocol/scte.py).
+        self._scte = ScteFramer(self._key.key) if self._key and endpoint.udp_format else None
         self.opener = DatagramOpener(
             [] if self._key is None else [self._key], Direction.AGENCY_TO_SERVER
         )
 
     def set_streams(
-        self, streams: dict[StreamId, StreamLog], start_at: dict[StreamId, int] | None = None
+        self,
+        streams: dict[StreamId, StreamLog],
+        start_at: dict[StreamId, int] | None = None,
+        envelopes: Mapping[StreamId, StreamEnvelopes] | None = None,
     ) -> None:
         """Deliver exactly these streams.
 
@@ -107,6 +114,8 @@ class UdpWorker:
             streams: the streams, with their logs.
             start_at: where a new stream starts; default its current end
                 (real time: the history is what retrieval is for).
+            envelopes: per stream, its envelopes shared with its other
+                endpoints (default: encoded here alone).
         """
         for sid in list(self._streams):
             if sid not in streams:
@@ -117,6 +126,7 @@ class UdpWorker:
                     sid,
                     report_interval=self.config.report_interval,
                     silent_after=self.config.silent_after,
+                    envelopes=(envelopes or {}).get(sid),
                 )
                 # The position is taken now, not when the task first runs: a
                 # notice appended right after this call must not be skipped.
@@ -141,7 +151,8 @@ class UdpWorker:
                 for state in self._streams.values():
                     nursery.start_soon(self._deliver, state)
                 nursery.start_soon(self._reports)
-                nursery.start_soon(self._silence)
+                if self._scte is None:  # an SCTE receiver sends no reports
+                    nursery.start_soon(self._silence)
         finally:
             self._nursery = None
             self._sock.close()
@@ -175,31 +186,41 @@ class UdpWorker:
             await trio.sleep(delays(False))
 
     async def _deliver(self, state: _UdpStream) -> None:
-        with state.scope:
-            # Checkpoints too: the agency can check what it holds against them.
-            cursor = state.log.cursor(state.start, checkpoints=True)
-            while True:
-                try:
-                    records = await cursor.read(self.config.batch)
-                except RecordsUnavailable as exc:  # retention overtook us: go on from there
-                    cursor.seek(exc.first_available)
-                    continue
-                first = state.sender.first_sent is None
-                await self._send_batch(state, records)
-                if first:
-                    self._wake.set()  # the silence clock starts with the first envelope
+        state.sender.envelopes.join()  # shared with the stream's other endpoints
+        try:
+            with state.scope:
+                await self._deliver_records(state)
+        finally:
+            state.sender.envelopes.leave()
+
+    async def _deliver_records(self, state: _UdpStream) -> None:
+        # Checkpoints too: the agency can check what it holds against them.
+        cursor = state.log.cursor(state.start, checkpoints=True)
+        while True:
+            try:
+                records = await cursor.read(self.config.batch)
+            except RecordsUnavailable as exc:  # retention overtook us: go on from there
+                cursor.seek(exc.first_available)
+                continue
+            first = state.sender.first_sent is None
+            await self._send_batch(state, records)
+            if first:
+                self._wake.set()  # the silence clock starts with the first envelope
 
     async def _send_batch(self, state: _UdpStream, records: list) -> None:
         sock, sealer = self._sock, self._sealer
         assert sock is not None and sealer is not None
-        envelope, send, seal = state.sender.envelope, sock.send, sealer.seal
+        envelope, send, seal, scte = state.sender.envelope, sock.send, sealer.seal, self._scte
         now = trio.current_time()
         for record in records:
             if record.__class__ is Checkpoint:
+                if scte is not None:
+                    continue
                 data = seal(state.sender.checkpoint(record.to_pdu()))
             else:
                 try:
-                    data = seal(envelope(record, now))
+                    data = envelope(record, now)  # also the sender's count, in either format
+                    data = seal(data) if scte is None else scte(state.sid, record)
                 except ValueError:
                     self._oversize(state, record)
                     continue

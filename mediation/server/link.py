@@ -64,6 +64,7 @@ class Link:
         self._on_ack = on_ack
         self._lock = trio.Lock()
         self._changed = trio.Event()
+        self._timer_at = -math.inf  # the deadline the timers sleep until
         self.acked: dict[StreamId, trio.Event] = {sid: trio.Event() for sid in sender.streams}
         self.replays = 0
         self._nursery: trio.Nursery | None = None
@@ -136,7 +137,11 @@ class Link:
                 elif isinstance(event, ReplayWanted) and self._nursery is not None:
                     self._nursery.start_soon(self._replay_guarded, event)
             await self.write(self.sender.data_to_send())
-            self._changed.set()
+            # Wake the timers only if they now have something sooner to do:
+            # data from the peer mostly moves the keepalive deadline later.
+            deadline = self.sender.next_deadline()
+            if deadline is None or deadline < self._timer_at:
+                self._changed.set()
 
     def _ack(self, event: AckReceived) -> None:
         if self._on_ack is not None:
@@ -148,6 +153,7 @@ class Link:
 
     async def _timers(self) -> None:
         while (deadline := self.sender.next_deadline()) is not None:
+            self._timer_at = deadline
             with trio.move_on_at(deadline):
                 await self._changed.wait()
             self._changed = trio.Event()

@@ -29,14 +29,10 @@ import trio
 from mediation.log import Appended, StorageUnavailable
 from mediation.pdu import StreamId
 from mediation.pdu import taplink as T
-from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_envelope import FIRST_TAGS
-from mediation.pdu.tlv import read_header
 from mediation.server.ingest import Ingest, well_formed_fast
+from mediation.server.tap_gate import TapGate
 from mediation.server.tap_journal import JOURNAL_DIR, JournalEntry, Span, TapJournal
-from mediation.tap.packet import LINKTYPE_RAW, parse_frame
-from mediation.tap.targets import TargetMatcher
-from mediation.warrants.model import TargetKind, Warrant
 
 log = logging.getLogger("mediation.server")
 # A well-formed stand-in per kind, to ask ingest which stream (the PDU itself
@@ -52,110 +48,6 @@ REASONS = (
     "not_target",  # the packet's addresses are not the warrant's targets
     "unable_to_store",
 )
-
-
-def case_identity(kind: str, der: bytes) -> str | None:
-    """The case identity inside a CmII or CmCC PDU, or None if it has none or is malformed."""
-    try:
-        if kind == "cmII":  # SEQUENCE { OID, [n] { [0] caseId, ... } }
-            _t, pos, size = read_header(der, 0)
-            _t, oid, oid_size = read_header(der, pos, pos + size)
-            tag, body, body_size = read_header(der, oid + oid_size, pos + size)
-            tag, value, value_size = read_header(der, body, body + body_size)
-            return der[value : value + value_size].decode("ascii") if tag == 0x80 else None
-        # SEQUENCE { [0] header { [0] correlationInfo { [0] caseId OPTIONAL ...
-        _t, pos, size = read_header(der, 0)
-        tag, header, header_size = read_header(der, pos, pos + size)
-        if tag != 0xA0:
-            return None
-        tag, info, info_size = read_header(der, header, header + header_size)
-        if tag != 0xA0:
-            return None
-        tag, value, value_size = read_header(der, info, info + info_size)
-        return der[value : value + value_size].decode("ascii") if tag == 0x80 else None
-    except (PDUError, UnicodeDecodeError):
-        return None
-
-
-def cc_payload(der: bytes) -> bytes | None:
-    """The packet inside an ``IAS-CC-APDU`` (its ``[1] payload``), or None."""
-    try:
-        _t, pos, size = read_header(der, 0)
-        end = pos + size
-        while pos < end:
-            tag, start, length = read_header(der, pos, end)
-            if tag == 0x81:
-                return der[start : start + length]
-            pos = start + length
-    except PDUError:
-        return None
-    return None
-
-
-class TapGate:
-    """The warrants one tap may feed, and the per-PDU checks against them.
-
-    Args:
-        name: the tap.
-        warrants: the active warrants it serves (``WarrantTable.warrants_for_tap``).
-    """
-
-    def __init__(self, name: str, warrants: list[Warrant]) -> None:
-        self.name = name
-        by_case: dict[str, list[Warrant]] = collections.defaultdict(list)
-        for warrant in warrants:
-            if warrant.details is not None:
-                by_case[warrant.details.case_id].append(warrant)
-        self._by_case = dict(by_case)
-        self._matchers: dict[str, TargetMatcher | None] = {}
-        for warrant in warrants:
-            details = warrant.details
-            if details is None:
-                continue
-            kinds = {t.kind for t in details.targets}
-            # Content carries the IP packet only: addresses can be checked,
-            # a MAC or an interface cannot (docs/tap-link.md).
-            checkable = kinds and kinds <= {TargetKind.ADDRESS, TargetKind.PREFIX}
-            # The packet carries no VLAN tag or interface: check its addresses only.
-            bare = [dataclasses.replace(t, vlan=None, interface=None) for t in details.targets]
-            self._matchers[warrant.handle] = TargetMatcher(bare) if checkable else None
-
-    def warrant_for(self, kind: str, der: bytes) -> tuple[str | None, str]:
-        """``(handle, "")`` for the warrant a PDU belongs to, or ``(None, reason)``."""
-        case = case_identity(kind, der)
-        if case is None:
-            return None, "malformed"
-        handle, reason = self.route(case)
-        if handle is None:
-            return None, reason
-        reason = self.target_reason(handle, kind, der)
-        return (None, reason) if reason else (handle, "")
-
-    def route(self, case: str) -> tuple[str | None, str]:
-        """``(handle, "")`` of the one warrant of this case identity, or ``(None, reason)``."""
-        found = self._by_case.get(case)
-        if not found or len(found) != 1:
-            return None, "not_served"
-        return found[0].handle, ""
-
-    def matcher(self, handle: str, kind: str) -> TargetMatcher | None:
-        """What a PDU's packet must match (CmCC of address targets), or None: nothing."""
-        return self._matchers.get(handle) if kind == "cmCC" else None
-
-    def target_reason(self, handle: str, kind: str, der: bytes) -> str:
-        """Empty if the PDU's packet is the target's (or cannot be checked), else why not."""
-        matcher = self.matcher(handle, kind)
-        return "" if matcher is None else packet_reason(matcher, der)
-
-
-def packet_reason(matcher: TargetMatcher, der: bytes) -> str:
-    """Empty if a CmCC PDU's packet matches ``matcher``, else "malformed" or "not_target"."""
-    payload = cc_payload(der)
-    if payload is None:
-        return "malformed"
-    if matcher.match(parse_frame(payload, LINKTYPE_RAW)) is None:
-        return "not_target"
-    return ""
 
 
 @dataclasses.dataclass
@@ -291,57 +183,34 @@ class TapIngest:
     ) -> tuple[list[StreamId], list[list[bytes]], collections.Counter[str]]:
         """The streams, each one's share of the PDUs that pass (in order); refusals by reason.
 
-        Per PDU only what differs per PDU is read: its case identity, its
-        well-formedness and, for content of address targets, its packet;
-        the warrant, its state and content level once per case identity
-        and kind in the batch.
+        The warrant's state and content level are looked up once per
+        warrant and kind in the batch; per PDU only the gate's checks and
+        the DER framing.
         """
         targets: list[StreamId] = []
         shares: list[list[bytes]] = []
-        # (kind, case identity) -> (stream index, target matcher), or why not
-        where: dict[tuple[str, str | None], tuple[int, TargetMatcher | None] | str] = {}
+        where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
         refused: collections.Counter[str] = collections.Counter()
         limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
         for pdu in batch.pdus:
             kind, der = pdu.kind, pdu.der
-            case = case_identity(kind, der)
-            found = where.get((kind, case))
-            if found is None:
-                found = where[kind, case] = self._route(gate, kind, case, targets, shares)
-            if found.__class__ is str:
-                refused[found] += 1  # type: ignore[index]
+            handle, reason = gate.warrant_for(kind, der)
+            if handle is None:
+                refused[reason] += 1
                 continue
-            index, matcher = found  # type: ignore[misc]
+            found = where.get((handle, kind))
+            if found is None:
+                found = where[handle, kind] = self._target(handle, kind, targets)
+                if not isinstance(found, str):
+                    shares.append([])
+            if isinstance(found, str):
+                refused[found] += 1
+                continue
             if len(der) > limit or not well_formed_fast(der, FIRST_TAGS[kind]):
                 refused["malformed"] += 1
                 continue
-            if matcher is not None:
-                reason = packet_reason(matcher, der)
-                if reason:
-                    refused[reason] += 1
-                    continue
-            shares[index].append(der)
+            shares[found].append(der)
         return targets, shares, refused
-
-    def _route(
-        self,
-        gate: TapGate,
-        kind: str,
-        case: str | None,
-        targets: list[StreamId],
-        shares: list[list[bytes]],
-    ) -> tuple[int, TargetMatcher | None] | str:
-        """Where PDUs of this kind and case identity go in a batch (a stream added), or why not."""
-        if case is None:
-            return "malformed"
-        handle, reason = gate.route(case)
-        if handle is None:
-            return reason
-        found = self._target(handle, kind, targets)
-        if isinstance(found, str):
-            return found
-        shares.append([])
-        return found, gate.matcher(handle, kind)
 
     def _target(self, handle: str, kind: str, targets: list[StreamId]) -> int | str:
         """The index in ``targets`` of the stream for this warrant and kind (added), or why not."""

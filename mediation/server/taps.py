@@ -3,10 +3,10 @@
 TLS: after the handshake, :func:`mediation.server.tls.check_tap_peer`
 (the tap CA, the tap role), then the registry: a registered, unrevoked
 tap whose certificate fingerprint is the one registered; the tap's hello
-must name that tap. Then the :class:`TapLinkServer` machine runs: the
-warrant set is sent (and again when it changes), each batch is checked
-and appended (:mod:`mediation.server.tap_ingest`) and acknowledged once
-durable, in order.
+must name that tap. Then its :class:`~mediation.server.tap_connection.TapConnection`
+runs the :class:`TapLinkServer` machine: the warrant set is sent (and again
+when it changes), each batch is checked and appended
+(:mod:`mediation.server.tap_ingest`) and acknowledged once durable, in order.
 
 UDP: each datagram is opened (:class:`DatagramOpener`, direction
 tap->server) under the key of the tap its key id names; forged,
@@ -40,6 +40,7 @@ from mediation.protocol.taplink import TapLinkServer, UpstreamLoss
 from mediation.refusals import Refusals
 from mediation.server.config import TapsConfig, listen_address
 from mediation.server.link import close_quietly
+from mediation.server.tap_connection import TapConnection, describe, receive_some, served
 from mediation.server.tap_ingest import TapGate, TapIngest
 from mediation.server.tls import IdentityFiles, check_tap_peer
 from mediation.server.warrant_table import WarrantTable
@@ -47,7 +48,6 @@ from mediation.warrants.model import Tap, Warrant, WarrantState
 
 log = logging.getLogger("mediation.server")
 HANDSHAKE_TIMEOUT = 10.0
-RECEIVE = 256 * 1024
 _IGNORED = trio.TASK_STATUS_IGNORED
 
 
@@ -66,36 +66,6 @@ class Hooks(Protocol):
     def upstream_gap(
         self, handle: str, lost: int, start: dt.datetime, end: dt.datetime, source: str
     ) -> None: ...
-
-
-def served(table: WarrantTable, tap: str) -> list[Warrant]:
-    """Warrants a tap serves now or will (active or pending), naming it or no source."""
-    out = []
-    for handle, state in table.states().items():
-        warrant = table.warrant(handle)
-        if warrant is None or warrant.details is None:
-            continue
-        if state not in (WarrantState.ACTIVE, WarrantState.PENDING):
-            continue
-        sources = warrant.details.sources
-        if not sources or any(s.kind == "tap" and s.value == tap for s in sources):
-            out.append(warrant)
-    return out
-
-
-def warrant_set(table: WarrantTable, tap: str) -> T.WarrantSet:
-    """What the tap is told to intercept (its memory only)."""
-    items = []
-    for w in served(table, tap):
-        d = w.details
-        assert d is not None
-        items.append(
-            T.TapWarrant(
-                w.handle, d.case_id, d.iap, w.content.value, w.start, w.end,
-                tuple(str(t) for t in d.targets),
-            )
-        )  # fmt: skip
-    return T.WarrantSet(max(table.generation, 0), tuple(items))
 
 
 class TapService:
@@ -126,7 +96,7 @@ class TapService:
         self._key_taps: dict[int, str] = {}
         self._loss: dict[str, UpstreamLoss] = {}
         self._last_captured: dict[str, dt.datetime] = {}
-        self._links: set[_TapConnection] = set()
+        self._links: set[TapConnection] = set()
 
     # -- status ------------------------------------------------------------------
 
@@ -233,7 +203,7 @@ class TapService:
             self._lost.discard(name)
             self.hooks.tap_restored(name)
         log.info("tap %s: connected (batches stored up to %d)", name, hello[0])
-        link = _TapConnection(self, tap, stream, machine)
+        link = TapConnection(self, tap, stream, machine)
         self._links.add(link)
         try:
             await link.run(hello[1])
@@ -252,7 +222,7 @@ class TapService:
         """Wait for the hello; answer it. None: refused."""
         with trio.move_on_after(HANDSHAKE_TIMEOUT):
             while machine.hello is None:
-                data = await _receive(stream)
+                data = await receive_some(stream)
                 if not data:
                     return None
                 try:
@@ -365,123 +335,6 @@ class TapService:
         for warrant in served(self.table, tap):
             if self._active(warrant):
                 self.hooks.upstream_gap(warrant.handle, lost, since, until, f"tap:{tap}")
-
-
-class _TapConnection:
-    """One accepted tap's TLS link: reader, acker, warrant-set watcher, keepalives."""
-
-    def __init__(
-        self, service: TapService, tap: Tap, stream: trio.SSLStream, machine: TapLinkServer
-    ) -> None:
-        self.service = service
-        self.tap = tap
-        self.stream = stream
-        self.machine = machine
-        self.reason = "closed"
-        self._send_lock = trio.Lock()
-        self._acks_in, self._acks_out = trio.open_memory_channel[Any](16)
-        self._sent_set: T.WarrantSet | None = None
-        self.wake = trio.Event()  # set when the warrants changed
-        self._scope: trio.CancelScope | None = None
-
-    async def run(self, hello: T.TapHello) -> None:
-        if hello.overflow is not None:
-            self.service.overflow(self.tap.name, hello.overflow)
-        await self._send_warrants()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
-                nursery.start_soon(self._acker, nursery.cancel_scope)
-                nursery.start_soon(self._watch, nursery.cancel_scope)
-                await self._reader()
-                nursery.cancel_scope.cancel()
-        except Exception as exc:  # one tap's failure costs that link, never the server
-            self.reason = f"connection lost: {describe(exc)}"
-
-    def revoke(self) -> None:
-        """The tap was revoked: end this link at once (nothing more is stored from it)."""
-        self.reason = "tap revoked"
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def _flush(self) -> None:
-        async with self._send_lock:
-            data = self.machine.data_to_send()
-            if data:
-                await self.stream.send_all(data)
-
-    async def _send_warrants(self) -> None:
-        current = warrant_set(self.service.table, self.tap.name)
-        if current != self._sent_set:
-            self._sent_set = current
-            for warrant in current.warrants:
-                self.service.table.tap_accepted(warrant.handle, self.tap.name)
-            self.machine.send_warrants(current, trio.current_time())
-            await self._flush()
-
-    async def _reader(self) -> None:
-        service = self.service
-        while True:
-            data = await _receive(self.stream)
-            if not data:
-                self.reason = "tap closed the connection"
-                return
-            try:
-                messages = self.machine.receive_data(data, trio.current_time())
-            except ProtocolError as exc:
-                service.refusals.refuse(f"protocol error: {exc}", self.tap.name)
-                self.reason = f"protocol error: {exc}"
-                return
-            for message in messages:
-                if isinstance(message, T.PduBatch):
-                    result = await service.ingest.batch(service.gate(self.tap.name), message)
-                    await self._acks_in.send(result)
-                    if not result.complete:
-                        self.reason = "storage stopped part-way through a batch"
-                        return
-                elif isinstance(message, T.Close):
-                    self.reason = f"tap closed: {message.reason}"
-                    return
-            await self._flush()  # keepalive answers
-
-    async def _acker(self, scope: trio.CancelScope) -> None:
-        """Acknowledge each batch, in order, once its records are durable."""
-        async for result in self._acks_out:
-            if not result.complete:
-                continue
-            for receipt in result.receipts:
-                await receipt.durable()
-            self.machine.send_ack(result.ack, trio.current_time())
-            await self._flush()
-
-    async def _watch(self, scope: trio.CancelScope) -> None:
-        """On a change, or once a second: a new warrant set if it changed; keepalives."""
-        while True:
-            with trio.move_on_after(1.0):
-                await self.wake.wait()
-            self.wake = trio.Event()
-            try:
-                self.machine.tick(trio.current_time())
-            except ProtocolError as exc:
-                self.reason = str(exc)
-                scope.cancel()
-                return
-            await self._send_warrants()
-            await self._flush()
-
-
-def describe(exc: BaseException) -> str:
-    """One line for a failure (the first error of a group)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return str(exc) or type(exc).__name__
-
-
-async def _receive(stream: trio.SSLStream) -> bytes:
-    try:
-        return await stream.receive_some(RECEIVE)
-    except trio.BrokenResourceError:
-        return b""
 
 
 def _shown(address: tuple[str, int] | None) -> str | None:

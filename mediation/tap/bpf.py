@@ -216,3 +216,54 @@ def kernel_filter(targets: Iterable[Target], interface: str) -> KernelFilter:
     if len(program) > BPF_MAXINSNS:
         return KernelFilter(ACCEPT_ALL, len(expressions), fallback=True)
     return KernelFilter(program, len(expressions))
+
+
+class OfflineFilter:
+    """A tcpdump filter applied in Python to frames read from a file (libpcap's offline filter).
+
+    For replaying a capture file where a live tap would have had the kernel
+    filter (the seed form's ``-f`` with ``--read``). Compiled for the file's
+    link type on a dead handle: tags in a file are in the frame.
+
+    Args:
+        expression: the filter (tcpdump syntax).
+        linktype: the file's link type.
+
+    Raises:
+        OSError: libpcap cannot be loaded.
+        ValueError: libpcap refused the expression (never repeated: it names the target).
+    """
+
+    def __init__(self, expression: str, linktype: int) -> None:
+        try:
+            from scapy.libs import winpcapy as pcap
+        except OSError as exc:  # scapy raises this when it finds no libpcap
+            raise OSError(f"libpcap is not available: {exc}") from None
+        self._pcap = pcap
+        self._handle = pcap.pcap_open_dead(linktype, 262144)
+        self._program = pcap.bpf_program()
+        if pcap.pcap_compile(self._handle, ctypes.byref(self._program), expression.encode(), 1, -1):
+            pcap.pcap_close(self._handle)
+            raise ValueError("libpcap refused the filter for this file's link type")
+        self._header = pcap.pcap_pkthdr()
+        # scapy declares pcap_offline_filter only on some platforms: declare it here.
+        self._offline = pcap._lib.pcap_offline_filter
+        self._offline.restype = ctypes.c_int
+        self._offline.argtypes = [
+            ctypes.POINTER(pcap.bpf_program),
+            ctypes.POINTER(pcap.pcap_pkthdr),
+            ctypes.c_char_p,
+        ]
+
+    def matches(self, frame: bytes) -> bool:
+        """Whether the filter accepts ``frame``."""
+        header = self._header
+        header.caplen = header.len = len(frame)
+        return bool(self._offline(ctypes.byref(self._program), ctypes.byref(header), frame))
+
+    def close(self) -> None:
+        """Free the program and the handle (idempotent)."""
+        if self._handle is not None:
+            self._pcap.pcap_freecode(ctypes.byref(self._program))
+            self._pcap.pcap_close(self._handle)
+            self._handle = None

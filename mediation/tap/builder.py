@@ -51,6 +51,7 @@ from mediation.pdu import (
     Value,
     encode,
 )
+from mediation.pdu.confirmation import FrameEvidence, frame_message
 from mediation.pdu.convert import check_visible
 from mediation.pdu.fast import CMCC, CMII
 from mediation.pdu.fast_der import generalized_time
@@ -167,6 +168,9 @@ class PDUBuilder:
         content_level: ``HEADERS`` (CmII only) or ``FULL`` (CmII and CmCC).
         correlation: how content identifiers are chosen.
         max_flows: flows kept; the least recently seen is forgotten first.
+        flow_numbers: ``(k, n)``: this builder numbers its flows k+1, k+1+n,
+            k+1+2n... so ``n`` builders of one warrant (capture workers,
+            mediation/tap/workers.py) never give two flows one number.
 
     Raises:
         PDUError: a case or IAP identity the PDUs cannot carry.
@@ -180,8 +184,16 @@ class PDUBuilder:
         correlation: CorrelationScheme | None = None,
         *,
         max_flows: int = DEFAULT_MAX_FLOWS,
+        flow_numbers: tuple[int, int] = (0, 1),
     ) -> None:
         check_visible("caseId", case_id, 1, 25)
+        offset, stride = flow_numbers
+        if not 0 <= offset < stride:
+            raise ValueError("flow_numbers must be (k, n) with 0 <= k < n")
+        if stride > 1 and isinstance(correlation, FixedCorrelation):
+            # One content identifier for every flow: its CC sequence runs
+            # across flows and cannot be shared by builders in other processes.
+            raise ValueError("a fixed content identifier needs a single builder")
         check_visible("iAPSystemId", iap_system_id, 1, None)
         self.full = content_level is ContentLevel.FULL
         if self.full:
@@ -193,6 +205,7 @@ class PDUBuilder:
         self.correlation = correlation or FlowCorrelation()
         self.max_flows = max_flows
         self.flows_started = 0
+        self._flow_offset, self._flow_stride = offset, stride
         self.flows_evicted = 0
         self._flows: collections.OrderedDict[tuple, _Flow] = collections.OrderedDict()
         self._fixed_counter = _Counter()
@@ -266,7 +279,7 @@ class PDUBuilder:
             flows.popitem(last=False)
             self.flows_evicted += 1
         self.flows_started += 1
-        flow = self._new_flow(self.flows_started)
+        flow = self._new_flow((self.flows_started - 1) * self._flow_stride + self._flow_offset + 1)
         flows[key] = flow
         return flow, forward
 
@@ -392,6 +405,21 @@ class PDUBuilder:
                 fields["access_session_characteristics"] = Value.text("radius")
         message = RADIUS_MESSAGES[change](**fields)
         return TapPDU(CMII, encode(message), event.when)
+
+    def frame_report(self, evidence: FrameEvidence) -> TapPDU:
+        """The signalling report of the frame that showed access events (confirmation).
+
+        Sent right after the events the frame caused, with the same time,
+        so the agency and the carrier's record tie each event to its frame
+        (:mod:`mediation.pdu.confirmation`).
+        """
+        report = AccessSignalingMessageReport(
+            case_id=self.case_id,
+            iap_system_id=self.iap_system_id,
+            timestamp=evidence.captured,
+            signaling_msg=(frame_message(evidence),),
+        )
+        return TapPDU(CMII, encode(report), evidence.captured)
 
     def __len__(self) -> int:
         """Flows currently remembered."""

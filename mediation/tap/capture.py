@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import trio
 
-from mediation.tap.bpf import Insn
+from mediation.tap.bpf import ACCEPT_NONE, Insn
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -46,6 +46,7 @@ TPACKET_V3 = 2
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
+PACKET_FANOUT_DATA = 22
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
@@ -130,15 +131,30 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter)))
 
 
+def _fprog(program: Sequence[Insn]) -> tuple[bytes, object]:
+    """A ``struct sock_fprog`` for ``program``, and the array it points to (keep it alive)."""
+    insns = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
+    return bytes(_SockFprog(len(program), insns)), insns
+
+
 def attach_filter(sock: socket.socket, program: Sequence[Insn]) -> None:
     """Attach (or atomically replace) the socket's classic BPF program.
 
     Raises:
         OSError: the kernel refused the program (too long, invalid).
     """
-    insns = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
-    fprog = _SockFprog(len(program), insns)
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+    fprog, _keep = _fprog(program)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def attach_fanout_program(sock: socket.socket, program: Sequence[Insn]) -> None:
+    """Set the steering program of the fanout group ``sock`` belongs to (``PACKET_FANOUT_DATA``).
+
+    Raises:
+        OSError: the kernel refused the program.
+    """
+    fprog, _keep = _fprog(program)
+    sock.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, fprog)
 
 
 class LiveCapture:
@@ -148,6 +164,9 @@ class LiveCapture:
         interface: the interface to capture on (it must exist).
         program: the first filter (see :mod:`mediation.tap.bpf`).
         ring: the ring's shape.
+        fanout: join this fanout group with this steering program
+            (:mod:`mediation.tap.fanout`); the socket then accepts nothing
+            until :meth:`set_filter` gives it ``program`` or another.
 
     Raises:
         OSError: no such interface, no CAP_NET_RAW, or the kernel refused
@@ -155,7 +174,12 @@ class LiveCapture:
     """
 
     def __init__(
-        self, interface: str, program: Sequence[Insn], ring: RingConfig | None = None
+        self,
+        interface: str,
+        program: Sequence[Insn],
+        ring: RingConfig | None = None,
+        *,
+        fanout: tuple[int, Sequence[Insn]] | None = None,
     ) -> None:
         self.interface = interface
         self.ring = ring or RingConfig()
@@ -163,9 +187,17 @@ class LiveCapture:
         socket.if_nametoindex(interface)  # OSError now if there is no such interface
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            self.set_filter(program)
+            # In a fanout group the socket is bound before it joins, and while
+            # bound but not yet joined it would get its own copy of every frame
+            # the group also gets: it accepts nothing until it has joined, and
+            # the real filter comes with :meth:`set_filter` (see tap/workers.py).
+            self.set_filter(program if fanout is None else ACCEPT_NONE)
             self._map = self._setup_ring(self._sock, self.ring)
             self._sock.bind((interface, ETH_P_ALL))
+            if fanout is not None:
+                from mediation.tap.fanout import join
+
+                join(self._sock, *fanout)
         except BaseException:
             self._sock.close()
             raise
@@ -188,9 +220,14 @@ class LiveCapture:
         attach_filter(self._sock, program)
         self.stats.filters_attached += 1
 
+    def fileno(self) -> int:
+        """The socket's descriptor, to wait on (readable: a block is ready)."""
+        return self._sock.fileno()
+
     def close(self) -> None:
-        """Unmap the ring and close the socket (idempotent)."""
+        """Unmap the ring and close the socket (idempotent); the counters stay readable."""
         if self._sock.fileno() >= 0:
+            self.read_stats()
             self._map.close()
             self._sock.close()
 
@@ -201,7 +238,9 @@ class LiveCapture:
         self.close()
 
     def read_stats(self) -> CaptureStats:
-        """The counters, with the kernel's (which reading resets) added in."""
+        """The counters, with the kernel's (which reading resets) added in; as at close after it."""
+        if self._sock.fileno() < 0:
+            return self.stats
         raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS3.size)
         received, dropped, _freezes = _STATS3.unpack(raw)
         self.stats.kernel_received += received
@@ -232,6 +271,10 @@ class LiveCapture:
     def _read_block(self, at: int, count: int, out: list[CapturedFrame]) -> None:
         ring_map = self._map
         unpack = _PACKET.unpack_from
+        timedelta = dt.timedelta
+        # Frames come many to a second: the second's datetime is made once,
+        # and each frame adds only its microseconds.
+        second, base = -1, _EPOCH
         for _ in range(count):
             nxt, sec, nsec, snaplen, length, status, mac, _net, _h, tci, tpid = unpack(ring_map, at)
             start = at + mac
@@ -241,7 +284,9 @@ class LiveCapture:
                     tpid = 0x8100
                 data = data[:12] + _TAG.pack(tpid, tci) + data[12:]
                 length += 4
-            when = _EPOCH + dt.timedelta(seconds=sec, microseconds=nsec // 1000)
+            if sec != second:
+                second, base = sec, _EPOCH + timedelta(seconds=sec)
+            when = base + timedelta(0, 0, nsec // 1000)
             outgoing = ring_map[at + _PKTTYPE_AT] == PACKET_OUTGOING
             out.append(CapturedFrame(data, when, outgoing, length))
             if not nxt:

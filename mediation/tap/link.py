@@ -27,17 +27,16 @@ import os
 import socket
 import ssl
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import trio
-from cryptography import x509
 
 from mediation.errors import UsageError
 from mediation.pdu import taplink as T
-from mediation.pki import SERVER_AUTH, Role, check_role
 from mediation.protocol.sealed import MAX_DATAGRAM, OVERHEAD, DatagramSealer, Direction, SealKey
-from mediation.protocol.taplink import MAX_BATCH_BYTES, State, TapLinkTap
+from mediation.protocol.taplink import MAX_BATCH_BYTES
 from mediation.tap.builder import FlowCorrelation, PDUBuilder
+from mediation.tap.link_session import LinkCounters, LinkSession, Spool, describe
 from mediation.tap.packet import LINKTYPE_ETHERNET, parse_frame
 from mediation.tap.replay import Tap
 from mediation.tap.targets import TargetMatcher
@@ -49,44 +48,38 @@ log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2
 UDP_BATCH_BYTES = MAX_DATAGRAM - OVERHEAD - 64
-RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
-DISK_CHUNK = 32  # spooled batches read per step while draining
 
 
-class Spool(Protocol):
-    """What the link needs of the spool (:class:`mediation.tap.spool.TapSpool`)."""
+def chunk_records(
+    records: list[tuple[bytes, dt.datetime]], most: int, size: int
+) -> list[tuple[bytes, int, dt.datetime, dt.datetime]]:
+    """Encoded records cut into ``(payload, count, first time, last time)`` within the limits.
 
-    @property
-    def last_id(self) -> int: ...
-    @property
-    def overflow(self) -> tuple[int, dt.datetime, dt.datetime] | None: ...
-    def append(
-        self, payload: bytes, first_time: dt.datetime, last_time: dt.datetime
-    ) -> int | None: ...
-    def pending(self) -> Any: ...
-    def ack(self, upto: int) -> None: ...
-    def clear_overflow(self) -> None: ...
-
-
-@dataclasses.dataclass
-class LinkCounters:
-    """Numbers only: safe to print."""
-
-    frames: int = 0
-    pdus: int = 0
-    batches: int = 0
-    acked: int = 0
-    overflow_batches: int = 0
-    connects: int = 0
-    datagrams: int = 0
+    Each chunk holds at most ``most`` records and, unless one record alone
+    is larger, at most ``size`` octets counting 8 of framing per record
+    (what :meth:`TapClient.add_chunk` counts).
+    """
+    out, start, octets = [], 0, 0
+    for i, (record, _when) in enumerate(records):
+        if i > start and (i - start >= most or octets + len(record) + 8 > size):
+            part = records[start:i]
+            out.append((b"".join([r for r, _ in part]), len(part), part[0][1], part[-1][1]))
+            start, octets = i, 0
+        octets += len(record) + 8
+    if start < len(records):
+        part = records[start:]
+        out.append((b"".join([r for r, _ in part]), len(part), part[0][1], part[-1][1]))
+    return out
 
 
-def build_tap(warrant: T.TapWarrant, epoch: int = 0) -> Tap:
+def build_tap(warrant: T.TapWarrant, epoch: int = 0, flow_numbers: tuple[int, int] = (0, 1)) -> Tap:
     """A :class:`Tap` for one warrant of the set.
 
     Args:
         epoch: the correlation epoch (:class:`FlowCorrelation`): the tap's
             start time, so content identifiers differ across restarts.
+        flow_numbers: this capture worker's share of flow numbers
+            (:class:`PDUBuilder`).
 
     Raises:
         UsageError, ValueError: a target or identity the tap cannot use.
@@ -97,6 +90,7 @@ def build_tap(warrant: T.TapWarrant, epoch: int = 0) -> Tap:
         warrant.iap or "",
         ContentLevel(warrant.content),
         FlowCorrelation(epoch),
+        flow_numbers=flow_numbers,
     )
     return Tap(
         warrant.handle, TargetMatcher(targets), builder, start=warrant.start, end=warrant.end
@@ -123,15 +117,13 @@ def client_context(credentials: TapCredentials) -> ssl.SSLContext:
     return context
 
 
-def describe(exc: BaseException) -> str:
-    """One line for a failed connection (the first error of a group)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return str(exc) or type(exc).__name__
+class TapClient(LinkSession):
+    """One tap process's link to the server (see the module docstring).
 
-
-class TapClient:
-    """One tap process's link to the server (see the module docstring)."""
+    Frames to batches, the capture and the warrant set are here; the
+    connection (hello, sending within the window, acknowledgements) is
+    :class:`~mediation.tap.link_session.LinkSession`.
+    """
 
     def __init__(
         self,
@@ -144,7 +136,7 @@ class TapClient:
         batch_pdus: int = BATCH_PDUS,
         batch_seconds: float = BATCH_SECONDS,
         epoch: int | None = None,
-        fixed: tuple[Tap, str | None] | None = None,
+        fixed: tuple[Any, ...] | None = None,
     ) -> None:
         self.credentials = credentials
         # The seed form's one tap and kernel filter: not rebuilt from warrant sets.
@@ -161,8 +153,9 @@ class TapClient:
         self.warrants_ready = trio.Event()
         self.connected = False
         self._generation: T.WarrantSet | None = None
-        self._pending: list[tuple[str, dt.datetime, bytes]] = []
-        self._pending_bytes = 0
+        self._pending: list[bytes] = []  # encoded TapPdu records of the open batch
+        self._pending_count = self._pending_bytes = 0
+        self._pending_first = self._pending_last = dt.datetime.now(dt.UTC)
         self._pending_since = 0.0
         self._spool_lock = trio.Lock()
         self._new_batch = trio.Event()
@@ -172,54 +165,135 @@ class TapClient:
         self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
         self._last_sent = -1
         self._sealer: DatagramSealer | None = None
-        self._live: Any = None  # the LiveTap, when capturing
+        self._live: Any = None  # the LiveTap, when capturing in this process
+        self._workers: Any = None  # the CaptureWorkers, when capturing with several
         self._udp_socket: trio.socket.SocketType | None = None
 
     # -- frames to batches -----------------------------------------------------
 
     async def frame(
-        self, data: bytes, when: dt.datetime, linktype: int = LINKTYPE_ETHERNET
+        self,
+        data: bytes,
+        when: dt.datetime,
+        linktype: int = LINKTYPE_ETHERNET,
+        *,
+        interface: str | None = None,
     ) -> None:
-        """One captured frame (a file's): its PDUs for every warrant, batched."""
+        """One captured frame (a file's): its PDUs for every warrant, batched.
+
+        ``interface``: the interface it counts as captured on (the seed form's).
+        """
         self.counters.frames += 1
         parsed = parse_frame(data, linktype)
         for tap in self.taps:
-            for pdu in tap.process(data, when, parsed):
+            for pdu in tap.process(data, when, parsed, interface=interface):
                 await self.add(pdu.kind, pdu.time, pdu.der)
 
     async def add(self, kind: str, when: dt.datetime, der: bytes) -> None:
         """One PDU into the open batch; the batch is sealed when full."""
+        await self.add_records([(T.encode_pdu(kind, when, der), when)])
+
+    async def add_records(self, records: list[tuple[bytes, dt.datetime]]) -> None:
+        """Encoded ``TapPdu`` records (with their times) into the open batch, in order.
+
+        Batches are sealed as they fill (by count and size), so a long list
+        becomes several batches, never one too large.
+        """
+        for chunk in chunk_records(records, self.batch_pdus, self._limit):
+            await self.add_chunk(*chunk)
+
+    async def add_chunk(
+        self, payload: bytes, count: int, first: dt.datetime, last: dt.datetime
+    ) -> None:
+        """``count`` encoded records (a capture worker's chunk) into the open batch, whole.
+
+        The batch is sealed first if the chunk would overfill it, and after
+        if it is then full; a chunk is never split (workers cut them small).
+        """
+        size = len(payload) + 8 * count  # the batch's own framing, generously
+        if self._pending and (
+            self._pending_count + count > self.batch_pdus
+            or self._pending_bytes + size > self._limit
+        ):
+            await self.flush()
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append((kind, when, der))
-        self._pending_bytes += len(der) + 40
-        self.counters.pdus += 1
-        if len(self._pending) >= self.batch_pdus or self._pending_bytes >= self._limit:
+            self._pending_first = first
+        self._pending.append(payload)
+        self._pending_count += count
+        self._pending_bytes += size
+        self._pending_last = last
+        self.counters.pdus += count
+        if self._pending_count >= self.batch_pdus or self._pending_bytes >= self._limit:
             await self.flush()
 
-    async def run_live(self, interface: str) -> None:
+    async def run_live(self, interface: str, workers: int = 1) -> None:
         """Capture on ``interface`` for the warrants served, until cancelled.
 
         One capture serves every warrant (:class:`mediation.tap.live.LiveTap`);
-        its kernel filter is rebuilt whenever the warrant set changes.
+        its kernel filter is rebuilt whenever the warrant set changes. With
+        ``workers`` above 1 the capture is spread over that many processes
+        (:mod:`mediation.tap.workers`); the seed form's fixed content
+        identifier keeps it to one.
 
         Raises:
             OSError: the interface, CAP_NET_RAW or the kernel said no.
         """
+        await self.warrants_ready.wait()
+        if workers > 1 and self.fixed is None:
+            await self._run_workers(interface, workers)
+            return
         from mediation.tap.live import LiveTap
 
-        await self.warrants_ready.wait()
-        expression = self.fixed[1] if self.fixed is not None else None
+        expression = None
+        if self.fixed is not None:  # the seed's -f, with DHCP when following
+            expression = self.fixed[0].matcher.kernel_expression()
         live = await trio.to_thread.run_sync(
             lambda: LiveTap(interface, self.taps, expression=expression)
         )
         self._live = live
         log.info("capturing on %s for %d warrant(s)", interface, len(self.taps))
         with live:
-            async for items in live.run():
+            async for records in live.run_records():
                 self.counters.frames = live.counters.frames
-                for item in items:
-                    await self.add(item.kind, item.time, item.der)
+                await self.add_records(records)
+
+    async def _run_workers(self, interface: str, count: int) -> None:
+        from mediation.tap.workers import CaptureWorkers
+
+        assert self._generation is not None
+        workers = CaptureWorkers(
+            interface,
+            count,
+            self._generation.warrants,
+            epoch=self.epoch,
+            chunk_pdus=max(1, self.batch_pdus // 2),
+            chunk_bytes=self._limit // 2,
+        )
+        self._workers = workers
+
+        async def started() -> None:
+            await workers.started.wait()
+            log.info(
+                "capturing on %s for %d warrant(s) with %d workers",
+                interface,
+                len(self.taps),
+                count,
+            )
+
+        async def take(payload: bytes, n: int, first: dt.datetime, last: dt.datetime) -> None:
+            self.counters.frames = workers.stats().frames
+            await self.add_chunk(payload, n, first, last)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(started)
+            await workers.run(take)
+            nursery.cancel_scope.cancel()
+
+    def capture_stats(self) -> Any:
+        """The capture's counters (a :class:`CaptureStats`), or ``None`` before capturing."""
+        source = self._workers or self._live
+        return None if source is None else source.stats()
 
     @property
     def _limit(self) -> int:
@@ -229,8 +303,10 @@ class TapClient:
         """Seal the PDUs gathered so far into one batch (spooled, or sent as a datagram)."""
         if not self._pending:
             return
-        pdus, self._pending, self._pending_bytes = self._pending, [], 0
-        payload = T.encode_pdus(pdus)
+        parts, self._pending = self._pending, []
+        self._pending_count = self._pending_bytes = 0
+        first, last = self._pending_first, self._pending_last
+        payload = b"".join(parts)
         self.counters.batches += 1
         if self.udp is not None:
             await self._send_datagram(payload)
@@ -238,7 +314,7 @@ class TapClient:
         assert self.spool is not None
         spool = self.spool
         async with self._spool_lock:
-            batch = await trio.to_thread.run_sync(spool.append, payload, pdus[0][1], pdus[-1][1])
+            batch = await trio.to_thread.run_sync(spool.append, payload, first, last)
         if batch is None:
             self.counters.overflow_batches += 1
             return
@@ -272,108 +348,6 @@ class TapClient:
         await self._udp_socket.send(datagram)
         self.counters.datagrams += 1
 
-    # -- the connection ------------------------------------------------------------
-
-    async def drained(self) -> None:
-        """Return once every spooled batch is acknowledged (TLS) or sent (UDP)."""
-        await self.flush()
-        while self.spool is not None and self._unacked():
-            await self._acked.wait()
-            self._acked = trio.Event()
-
-    def _unacked(self) -> bool:
-        assert self.spool is not None
-        return getattr(self.spool, "acked", 0) < self.spool.last_id
-
-    async def run_link(self) -> None:
-        """Connect, and reconnect with a doubling delay, until cancelled."""
-        delay = RECONNECT_MIN
-        while True:
-            started = time.monotonic()
-            try:
-                await self._connection()
-            except* Exception as group:  # any failure of one connection: count it, retry
-                # except*: a link that breaks while the tap is being stopped raises
-                # its error together with Cancelled; the Cancelled goes on up.
-                log.warning("tap link: %s", describe(group))
-            self.connected = False
-            if time.monotonic() - started > 10:
-                delay = RECONNECT_MIN
-            await trio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX)
-
-    async def _connection(self) -> None:
-        tcp = await trio.open_tcp_stream(*self.address)
-        stream = trio.SSLStream(tcp, self.context, server_hostname=self.address[0])
-        try:
-            with trio.fail_after(10):
-                await stream.do_handshake()
-            der = stream.getpeercert(binary_form=True)
-            cas = x509.load_pem_x509_certificates(self.credentials.server_ca_pem.encode())
-            check_role(der, Role.SERVER, cas, SERVER_AUTH)
-            await self._speak(stream)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
-
-    async def _hello(self) -> T.TapHello:
-        overflow = None
-        if self.spool is not None and self.spool.overflow is not None:
-            count, first, last = self.spool.overflow
-            overflow = T.Overflow(count, first, last)
-        spool = self.spool
-        next_batch = spool.last_id + 1 if spool is not None else 1
-        pending = spool.last_id - getattr(spool, "acked", spool.last_id) if spool else 0
-        return T.TapHello(self.credentials.name, next_batch, min(pending, 2**32 - 1), overflow)
-
-    async def _speak(self, stream: trio.SSLStream) -> None:
-        hello = await self._hello()
-        machine = TapLinkTap(hello, trio.current_time())
-        await stream.send_all(machine.data_to_send())
-        self.counters.connects += 1
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receiver, stream, machine, hello, nursery.cancel_scope)
-            nursery.start_soon(self._ticker, stream, machine)
-            await self._sender(stream, machine)
-
-    async def _receiver(
-        self, stream: trio.SSLStream, machine: TapLinkTap, hello: T.TapHello, scope: Any
-    ) -> None:
-        while True:
-            data = await stream.receive_some(256 * 1024)
-            if not data:
-                raise trio.BrokenResourceError("server closed the connection")
-            for message in machine.receive_data(data, trio.current_time()):
-                await self._on_message(message, hello)
-            out = machine.data_to_send()
-            if out:
-                await stream.send_all(out)
-            self._new_batch.set()  # the window may have opened
-
-    async def _on_message(self, message: T.Message, hello: T.TapHello) -> None:
-        spool = self.spool
-        if isinstance(message, T.ServerHello):
-            self.connected = True
-            log.info("tap link: connected; the server holds batches up to %d", message.last_stored)
-            if spool is not None:
-                upto = min(message.last_stored, spool.last_id)
-                async with self._spool_lock:
-                    await trio.to_thread.run_sync(spool.ack, upto)
-                    if hello.overflow is not None:
-                        await trio.to_thread.run_sync(spool.clear_overflow)
-                self._last_sent = upto
-                self._acked.set()
-        elif isinstance(message, T.WarrantSet):
-            self._apply(message)
-        elif isinstance(message, T.BatchAck):
-            self.counters.acked += 1
-            if spool is not None:
-                async with self._spool_lock:
-                    await trio.to_thread.run_sync(spool.ack, message.batch_id)
-            self._acked.set()
-        elif isinstance(message, T.Close):
-            raise trio.BrokenResourceError(f"server closed: {message.reason}")
-
     def _apply(self, warrants: T.WarrantSet) -> None:
         """Taps for a new warrant set; a warrant unchanged keeps its tap (flows, DHCP)."""
         if self.fixed is not None:
@@ -399,6 +373,8 @@ class TapClient:
             usable.append(warrant)
         self.taps = taps
         self._generation = dataclasses.replace(warrants, warrants=tuple(usable))
+        if self._workers is not None:  # capture workers build their own taps
+            self._workers.set_warrants(self._generation.warrants)
         if self._live is not None:
             try:
                 self._live.set_warrants(taps)
@@ -408,78 +384,24 @@ class TapClient:
         self.warrants_ready.set()
 
     def _apply_fixed(self, warrants: T.WarrantSet) -> None:
-        """The seed form: its one tap stays; warn when the server has no warrant for it."""
-        tap = self.fixed[0]  # type: ignore[index]
-        self.taps = [tap]
-        self._generation = warrants
-        case_id = tap.builder.case_id
-        if not any(w.case_id == case_id for w in warrants.warrants):
+        """The seed form: its one tap (following the warrant's MACs); warn when not served."""
+        from mediation.tap.seed import refit
+
+        tap, expression, rebuild = self.fixed  # type: ignore[misc]
+        served, fitted = refit(tap, warrants, rebuild)
+        if not served:
             log.warning(
                 "tap: the server has no warrant with this case identity for this tap; "
                 "its PDUs will be refused"
             )
+        if fitted is not None:
+            tap = fitted
+            self.fixed = (tap, expression, rebuild)
+            if self._live is not None:
+                self._live.set_expression(tap.matcher.kernel_expression(), [tap])
+        self.taps = [tap]
+        self._generation = warrants
         self.warrants_ready.set()
 
-    async def _ticker(self, stream: trio.SSLStream, machine: TapLinkTap) -> None:
-        while True:
-            await trio.sleep(1.0)
-            machine.tick(trio.current_time())
-            out = machine.data_to_send()
-            if out:
-                await stream.send_all(out)
 
-    async def _sender(self, stream: trio.SSLStream, machine: TapLinkTap) -> None:
-        """Send spooled batches oldest first, within the window."""
-        self._last_sent, self._recent_lost = -1, True
-        self._backlog.clear()
-        while machine.state is not State.READY:
-            await self._new_batch.wait()
-            self._new_batch = trio.Event()
-        while True:
-            batch = await self._next_batch() if machine.can_send() else None
-            if batch is None:
-                await self._new_batch.wait()
-                self._new_batch = trio.Event()
-                continue
-            machine.send_batch(batch[0], batch[1], trio.current_time())
-            self._last_sent = batch[0]
-            await stream.send_all(machine.data_to_send())
-
-    async def _next_batch(self) -> tuple[int, bytes] | None:
-        """The oldest batch not yet sent on this connection: from disk, then from memory."""
-        if self.spool is None:
-            return None
-        backlog = self._backlog
-        while backlog and backlog[0][0] <= self._last_sent:
-            backlog.popleft()
-        if not backlog and self._recent_lost:
-            self._recent_lost = False  # from here on, new batches are in _recent
-            chunk = await self._from_disk(self._last_sent, DISK_CHUNK)
-            backlog.extend(chunk)
-            if len(chunk) == DISK_CHUNK:
-                self._recent_lost = True  # more on disk after these
-        if backlog:
-            return backlog[0]  # dropped once sent (above)
-        recent = self._recent
-        while recent and recent[0][0] <= self._last_sent:
-            recent.popleft()
-        return recent[0] if recent else None
-
-    async def _from_disk(self, after: int, count: int) -> list[tuple[int, bytes]]:
-        spool = self.spool
-        assert spool is not None
-
-        def read() -> list[tuple[int, bytes]]:
-            out = []
-            for batch, payload in spool.pending():
-                if batch > after:
-                    out.append((batch, payload))
-                    if len(out) == count:
-                        break
-            return out
-
-        async with self._spool_lock:
-            return await trio.to_thread.run_sync(read)
-
-
-__all__ = ["LinkCounters", "TapClient", "build_tap", "client_context"]
+__all__ = ["LinkCounters", "TapClient", "build_tap", "chunk_records", "client_context", "describe"]

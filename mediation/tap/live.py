@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 from mediation.pdu.schema import compiled
-from mediation.tap.bpf import KernelFilter, chain, compile_expressions, kernel_filter
+from mediation.pdu.taplink import encode_pdu
+from mediation.tap.bpf import Insn, KernelFilter, chain, compile_expressions, kernel_filter
 from mediation.tap.builder import CorrelationScheme
 from mediation.tap.capture import CapturedFrame, CaptureStats, LiveCapture, RingConfig
 from mediation.tap.packet import parse_frame
@@ -59,6 +60,9 @@ class LiveTap:
         clock: the wall clock, for those idle checks (frames carry the kernel's time).
         expression: a tcpdump filter to use as the kernel filter instead of
             one built from the targets (the seed form's ``-f``).
+        fanout: ``(group, steering program)``: capture as one worker of a
+            fanout group (mediation/tap/workers.py); nothing is captured
+            until :meth:`start` attaches the filter.
 
     Raises:
         OSError: the interface, CAP_NET_RAW, libpcap or the kernel said no.
@@ -76,6 +80,7 @@ class LiveTap:
         idle: float = 1.0,
         clock: Callable[[], dt.datetime] = _utc_now,
         expression: str | None = None,
+        fanout: tuple[int, Sequence[Insn]] | None = None,
     ) -> None:
         self.interface = interface
         self._expression = expression
@@ -92,7 +97,11 @@ class LiveTap:
         # before the ring opens, not while the first frames fill it.
         compiled()
         self.filter = self._build_filter(clock())
-        self.capture = LiveCapture(interface, self.filter.program, ring)
+        self.capture = LiveCapture(interface, self.filter.program, ring, fanout=fanout)
+
+    def start(self) -> None:
+        """Attach the filter of a fanout worker, made with ``fanout``: capture starts now."""
+        self.capture.set_filter(self.filter.program)
 
     def close(self) -> None:
         """Close the capture."""
@@ -165,6 +174,20 @@ class LiveTap:
             raise
         self.filter = built
 
+    def set_expression(self, expression: str | None, warrants: Iterable[Warrant | Tap]) -> None:
+        """The seed form: a new kernel filter expression and taps, in one step.
+
+        Raises:
+            ValueError, OSError: as :meth:`set_warrants`; the old ones stay.
+        """
+        previous = self._expression
+        self._expression = expression
+        try:
+            self.set_warrants(warrants)
+        except BaseException:
+            self._expression = previous
+            raise
+
     # Running -----------------------------------------------------------------
 
     def process(self, batch: list[CapturedFrame]) -> list[ReplayItem]:
@@ -180,6 +203,29 @@ class LiveTap:
                     frame.data, frame.time, parsed, interface=interface, outgoing=frame.outgoing
                 ):
                     out.append(ReplayItem(tap.handle, pdu.kind, pdu.der, pdu.time))
+            unmatched += len(out) == before
+        self.counters.batches += 1
+        self.counters.frames += len(batch)
+        self.counters.unmatched += unmatched
+        return out
+
+    def records(self, batch: list[CapturedFrame]) -> list[tuple[bytes, dt.datetime]]:
+        """The PDUs of one batch as tap-link ``TapPdu`` records, with their times, in order.
+
+        What :meth:`process` yields, already encoded for the link
+        (:func:`mediation.pdu.taplink.encode_pdu`): the live hot path, with no
+        object per PDU on the way.
+        """
+        out: list[tuple[bytes, dt.datetime]] = []
+        append = out.append
+        taps, interface = self.taps, self.interface
+        unmatched = 0
+        for data, when, outgoing, _length in batch:
+            parsed = parse_frame(data)
+            before = len(out)
+            for tap in taps:
+                for pdu in tap.process(data, when, parsed, interface=interface, outgoing=outgoing):
+                    append((encode_pdu(pdu.kind, pdu.time, pdu.der), pdu.time))
             unmatched += len(out) == before
         self.counters.batches += 1
         self.counters.frames += len(batch)
@@ -212,6 +258,19 @@ class LiveTap:
             self.refilter_if_due(now)
             if items:
                 yield items
+
+    async def run_records(self) -> AsyncIterator[list[tuple[bytes, dt.datetime]]]:
+        """As :meth:`run`, as tap-link records (see :meth:`records`); runs until cancelled."""
+        while True:
+            batch = await self.capture.next_batch(self._idle)
+            now = self._clock()
+            if batch:
+                records = self.records(batch)
+            else:
+                records = [(encode_pdu(i.kind, i.time, i.der), i.time) for i in self.tick(now)]
+            self.refilter_if_due(now)
+            if records:
+                yield records
 
     def stats(self) -> CaptureStats:
         """The capture's counters, the kernel's drop counter read now."""

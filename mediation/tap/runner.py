@@ -16,6 +16,7 @@ udp_listen``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -29,14 +30,12 @@ from typing import Any
 import trio
 
 from mediation.errors import UsageError
-from mediation.tap.builder import FixedCorrelation, PDUBuilder
 from mediation.tap.replay import Tap
+from mediation.tap.seed import seed_tap
 from mediation.tap.tapconfig import TapConfig
-from mediation.tap.targets import TargetMatcher
-from mediation.warrants.model import Target, TargetKind
 
 DEFAULT_SPOOL_LIMIT = 256 * 1024 * 1024
-SEED_HANDLE = "seed"  # the seed tap's only tap; never leaves the process
+log = logging.getLogger("mediation.tap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +47,15 @@ class RunSettings:
         udp: the server's UDP tap listener, to send batches there instead.
         interface: capture on this interface; or ``source``: replay this pcap file.
         paced: replay at the recorded pace (else as fast as possible).
+        rate: replay this many frames a second instead, each stamped with
+            the time it is replayed (as a live capture would), so latency
+            from capture can be measured; None: ``paced`` decides.
         spool_dir, spool_limit: the spool (TLS only).
         batch: PDUs per batch at most.
         connect_wait: seconds to wait for the first warrant set.
         epoch: the correlation epoch (None: the start time).
         quiet: warnings only on stderr.
+        workers: capture processes for ``interface`` (mediation/tap/workers.py).
     """
 
     address: tuple[str, int]
@@ -60,12 +63,14 @@ class RunSettings:
     interface: str | None = None
     source: Path | None = None
     paced: bool = True
+    rate: float | None = None
     spool_dir: Path = Path("tap.spool")
     spool_limit: int = DEFAULT_SPOOL_LIMIT
     batch: int = 1024
     connect_wait: float = 60.0
     epoch: int | None = None
     quiet: bool = False
+    workers: int = 1
 
 
 def read_credentials(path: Path) -> Any:
@@ -86,31 +91,18 @@ def read_credentials(path: Path) -> Any:
         ) from None
 
 
-def seed_tap(config: TapConfig) -> Tap:
-    """The one tap of a seed configuration.
-
-    Every frame the kernel filter (``-f``) lets through is the intercept's
-    (an ``iface:`` target: the direction is whether the host sent it); the
-    PDUs carry ``-y``/``-z`` and the agency's content identifier ``-x``
-    where T1.IAS carries one. The server still checks each PDU against the
-    warrant registered with that case identity for this tap.
-    """
-    builder = PDUBuilder(
-        config.case_id,
-        config.iap_id,
-        config.content,
-        FixedCorrelation(config.content_id.encode("ascii")),
-    )
-    matcher = TargetMatcher([Target(TargetKind.INTERFACE, config.interface)])
-    return Tap(SEED_HANDLE, matcher, builder)
-
-
-def run_tap(config: TapConfig, credentials_path: Path) -> int:
+def run_tap(
+    config: TapConfig, credentials_path: Path, source: Path | None = None, paced: bool = True
+) -> int:
     """Capture on ``config.interface`` and feed the server until stopped (SIGINT, SIGTERM).
 
     Args:
         config: the checked intercept configuration.
         credentials_path: the tap's ``NAME.tap`` credentials file.
+        source: replay this pcap file instead, as if captured on the
+            interface, through the ``-f`` filter (libpcap's offline filter);
+            then exit once the server has acknowledged everything.
+        paced: replay at the recorded pace (else as fast as possible).
 
     Returns:
         The process's exit status.
@@ -127,9 +119,11 @@ def run_tap(config: TapConfig, credentials_path: Path) -> int:
         address=(config.destination, config.cmii_port or default_port),
         udp=udp,
         interface=config.interface,
+        source=source,
+        paced=paced,
         spool_dir=Path(f"{credentials_path}.spool"),
     )
-    return run(credentials, settings, seed_tap(config), config.filter)
+    return run(credentials, settings, seed_tap(config), config.filter, config)
 
 
 def run(
@@ -137,6 +131,7 @@ def run(
     settings: RunSettings,
     fixed: Tap | None = None,
     expression: str | None = None,
+    seed_config: TapConfig | None = None,
 ) -> int:
     """Run the tap process until its source ends (a file) or it is stopped (an interface).
 
@@ -145,6 +140,8 @@ def run(
         settings: see :class:`RunSettings`.
         fixed: the seed form's tap (else taps come from the server's warrant set).
         expression: the seed form's kernel filter (tcpdump syntax), with ``fixed``.
+        seed_config: the seed form's configuration, to rebuild ``fixed`` with
+            the MACs to follow of the server's warrant (mediation/tap/seed.py).
 
     Returns:
         0.
@@ -157,14 +154,18 @@ def run(
     logger = logging.getLogger("mediation.tap")
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if settings.quiet else logging.INFO)
-    seed = (fixed, expression) if fixed is not None else None
+    seed = None
+    if fixed is not None:
+        config = seed_config
+        rebuild = None if config is None else (lambda macs: seed_tap(config, macs))
+        seed = (fixed, expression, rebuild)
     try:
         return trio.run(_run, credentials, settings, seed)
     except* UsageError as group:  # raised inside a nursery: one line, exit 2, as everywhere
         raise group.exceptions[0] from None
 
 
-async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | None] | None) -> int:
+async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | None) -> int:
     from mediation.tap.link import TapClient, client_context
     from mediation.tap.spool import TapSpool
 
@@ -194,11 +195,13 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
                 raise UsageError(
                     "--server", f"no warrant set from {address[0]}:{address[1]} in time"
                 )
+            if settings.rate is not None:  # --speed N: the replay goes through the pacer
+                client = AtRate(client, settings.rate)
             if source is None:
                 assert settings.interface is not None
-                await _live(client, settings.interface)
+                await _live(client, settings.interface, settings.workers)
             else:
-                await _replay(client, source, settings.paced)
+                await _replay(client, source, settings.paced, settings.interface)
             with trio.move_on_after(math.inf if source is not None else 5.0):
                 await client.drained()  # a live tap stopping keeps the rest spooled
             nursery.cancel_scope.cancel()
@@ -211,29 +214,69 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Tap, str | N
         f"{c.acked} acknowledged, {c.overflow_batches} refused by a full spool",
         flush=True,
     )
+    stats = client.capture_stats()
+    if stats is not None:
+        print(
+            f"tap {credentials.name}: capture on {settings.interface}: "
+            f"{stats.kernel_received} frames passed the kernel filter, "
+            f"{stats.kernel_dropped} dropped by the kernel (ring full)",
+            flush=True,
+        )
     return 0
 
 
-async def _live(client: Any, interface: str) -> None:
+async def _live(client: Any, interface: str, workers: int = 1) -> None:
     """Capture until stopped (SIGINT, SIGTERM); the spool keeps what is not yet acknowledged."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
             async def capture() -> None:
                 try:
-                    await client.run_live(interface)
+                    await client.run_live(interface, workers)
                 except OSError as exc:
                     raise UsageError("-i", f"cannot capture on {interface}: {exc}") from None
 
             nursery.start_soon(capture)
+            nursery.start_soon(_report_drops, client, interface)
             async for _signum in signals:
                 nursery.cancel_scope.cancel()
                 break
 
 
-async def _replay(client: Any, source: Path, paced: bool) -> None:
-    """Every frame of a pcap file, at full speed or at the recorded pace."""
+DROP_CHECK, DROP_REPORT = 10.0, 60.0  # seconds: read the counters; the most often to warn
+
+
+async def _report_drops(client: Any, interface: str) -> None:
+    """Warn when the kernel dropped frames (the ring was full): at most once a minute."""
+    reported, last_warning = 0, -math.inf
+    while True:
+        await trio.sleep(DROP_CHECK)
+        stats = client.capture_stats()
+        if stats is None or stats.kernel_dropped == reported:
+            continue
+        if time.monotonic() - last_warning >= DROP_REPORT:
+            log.warning(
+                "capture on %s: the kernel dropped %d frames (ring full; %d in all)",
+                interface,
+                stats.kernel_dropped - reported,
+                stats.kernel_dropped,
+            )
+            reported, last_warning = stats.kernel_dropped, time.monotonic()
+
+
+async def _replay(
+    client: Any,
+    source: Path,
+    paced: bool,
+    interface: str | None = None,
+) -> None:
+    """Every frame of a pcap file, at full speed or at the recorded pace.
+
+    The seed form's file goes through its ``-f`` filter, as the kernel
+    filter would have taken it, and counts as captured on its interface.
+    """
     from mediation.evidence.pcap import PcapError, PcapReader
+    from mediation.tap.bpf import OfflineFilter
 
     try:
         reader = PcapReader.open(source)
@@ -241,13 +284,59 @@ async def _replay(client: Any, source: Path, paced: bool) -> None:
         raise UsageError("--read", f"{source}: {exc}") from None
     first: dt.datetime | None = None
     began = time.monotonic()
-    with reader:
+    wanted = None
+    with reader, contextlib.ExitStack() as stack:
+        expression = None
+        if client.fixed is not None:  # the seed's -f, with DHCP when following
+            expression = client.fixed[0].matcher.kernel_expression()
+        if expression is not None:
+            try:
+                wanted = OfflineFilter(expression, reader.linktype)
+            except (OSError, ValueError) as exc:
+                raise UsageError("-f", f"cannot filter {source}: {exc}") from None
+            stack.callback(wanted.close)
         for packet in reader:
+            if wanted is not None and not wanted.matches(packet.data):
+                continue
             when = packet.time
             if paced:
                 first = first or when
                 delay = (when - first).total_seconds() - (time.monotonic() - began)
                 if delay > 0:
                     await trio.sleep(delay)
-            await client.frame(packet.data, when, reader.linktype)
+            await client.frame(packet.data, when, reader.linktype, interface=interface)
             await trio.lowlevel.checkpoint()
+
+
+class AtRate:
+    """``--speed N``: frame ``i`` goes ``i / N`` s after the first, stamped with the time it goes.
+
+    Wraps the tap client for the replay loop (which then runs as fast as it
+    can) and passes everything else through. A sleep per frame would cost
+    more than the frame at thousands a second: it sleeps only once it is a
+    millisecond ahead, then lets through what is due.
+
+    Args:
+        client: the tap client (:class:`mediation.tap.link.TapClient`).
+        rate: frames a second.
+    """
+
+    def __init__(self, client: Any, rate: float) -> None:
+        self._client = client
+        self._rate = rate
+        self._began: float | None = None
+        self._index = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def frame(self, data: bytes, _recorded: dt.datetime, *args: Any, **options: Any) -> None:
+        """One frame of the file, when it is due, with the time it goes as its capture time."""
+        now = time.monotonic()
+        if self._began is None:
+            self._began = now
+        ahead = self._began + self._index / self._rate - now
+        self._index += 1
+        if ahead > 0.001:
+            await trio.sleep(ahead)
+        await self._client.frame(data, dt.datetime.now(dt.UTC), *args, **options)

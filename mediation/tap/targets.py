@@ -231,6 +231,33 @@ class TargetMatcher:
             and (_in_prefixes(raw, None, self._learned6) is not None)
         )
 
+    def learned_state(self) -> tuple[object, ...]:
+        """What following has learned, for :meth:`set_learned` on a matcher of the same targets.
+
+        Capture workers (mediation/tap/workers.py) follow in one process and
+        copy the result to the others with this.
+        """
+        groups = (self._core, *(g for _, g in self._scoped))
+        per_group = tuple(frozenset(g.learned) for g in groups)
+        return (frozenset(self._learned), self._learned6, per_group, self._arp)
+
+    def set_learned(self, state: tuple[object, ...]) -> None:
+        """Take over what another matcher of the same targets learned (:meth:`learned_state`).
+
+        Raises:
+            ValueError: the state is of a matcher with other scopes.
+        """
+        learned, learned6, per_group, arp = state
+        groups = (self._core, *(g for _, g in self._scoped))
+        if len(per_group) != len(groups):  # type: ignore[arg-type]
+            raise ValueError("learned state of a matcher with other targets")
+        self._learned = set(learned)  # type: ignore[call-overload]
+        self._learned6 = learned6  # type: ignore[assignment]
+        for group, addresses in zip(groups, per_group, strict=True):  # type: ignore[call-overload]
+            group.learned = set(addresses)
+            group.relearn()
+        self._arp = bool(arp)
+
     @property
     def follows_users(self) -> bool:
         """Whether the warrant names user names, whose RADIUS sessions can be followed."""

@@ -105,7 +105,7 @@ class Endpoint:
     registry older than sealing (``mediate agency udp-key`` creates one).
     """
 
-    transport: str  # "udp" or "tls"
+    transport: str  # "udp", "tls" or "files" (host: the directory, port 0)
     host: str
     port: int
     streams: tuple[Stream, ...]
@@ -113,6 +113,7 @@ class Endpoint:
     fingerprint: str | None = None  # SHA-256 of the certificate (DER), lower-case hex
     udp_key_id: int | None = None
     udp_key: bytes | None = dataclasses.field(default=None, repr=False)
+    udp_format: str | None = None  # "scte": CC as SCTE datagrams (protocol/scte.py)
 
     @property
     def address(self) -> str:
@@ -123,6 +124,8 @@ class Endpoint:
     def describe(self) -> str:
         """One line for people: transport, address, streams and how TLS is verified."""
         streams = ",".join(s.value for s in self.streams)
+        if self.transport == "files":
+            return f"files {self.host} streams={streams}"
         text = f"{self.transport} {self.address} streams={streams}"
         if self.fingerprint:
             text += f" fingerprint=sha256:{self.fingerprint}"
@@ -130,6 +133,7 @@ class Endpoint:
             text += " ca=(certificate stored)"
         if self.transport == "udp":
             text += f" key={self.udp_key_id:08x}" if self.udp_key else " key=NONE"
+            text += f" format={self.udp_format}" if self.udp_format else ""
         return text
 
 

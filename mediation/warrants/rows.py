@@ -183,6 +183,7 @@ def agency_to_json(details: AgencyDetails) -> dict[str, Any]:
                     if e.udp_key is not None
                     else {}
                 ),
+                **({"udp_format": e.udp_format} if e.udp_format else {}),
             }
             for e in details.endpoints
         ],
@@ -201,6 +202,7 @@ def agency_from_json(data: dict[str, Any]) -> AgencyDetails:
             # Absent in registries older than sealed UDP delivery.
             udp_key_id=e.get("udp_key_id"),
             udp_key=bytes.fromhex(e["udp_key"]) if e.get("udp_key") else None,
+            udp_format=e.get("udp_format"),  # absent: envelopes (before SCTE delivery)
         )
         for e in data["endpoints"]
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -400,3 +401,37 @@ def read_ca_file(path: str, field: str = "--ca") -> str:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return "".join(cert.public_bytes(Encoding.PEM).decode("ascii") for cert in certificates)
+
+
+def parse_files_dir(text: str | None, field: str) -> str:
+    """A capture-to-disk directory: absolute, made (mode 0700) if missing, private, writable.
+
+    Returns:
+        The path, normalised (``/srv/capture``, no trailing slash).
+
+    Raises:
+        UsageError: relative, not a directory, cannot be made, open to others, or not writable.
+    """
+    example = "e.g. /var/lib/mediation-capture"
+    if not text or not text.strip():
+        raise UsageError(field, f"must be a directory, {example}")
+    if "\x00" in text or "\n" in text:
+        raise UsageError(field, "must be a directory path on one line")
+    if not os.path.isabs(text):
+        raise UsageError(field, f"must be an absolute path (starting with /), {example}")
+    path = Path(os.path.normpath(text))
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(field, f"{path} exists and is not a directory") from None
+    except OSError as exc:
+        raise UsageError(field, f"cannot create {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise UsageError(field, f"{path} is not a directory")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        # Capture files are the content of an intercept: for the server's user only.
+        raise UsageError(field, f"{path} is open to others (mode {mode:o}); chmod 700 it")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(field, f"{path} is not writable by this user; chown it to the server's")
+    return str(path)

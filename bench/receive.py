@@ -1,0 +1,148 @@
+"""The agency's receiver alone: CPU per PDU of its UDP and TLS paths, in process.
+
+    python bench/receive.py [--pdus N] [--checkout DIR]
+
+Builds ``--pdus`` PDUs as a full-content tap does (1500-octet frames to
+and from a documentation-address target: a header report and a CC APDU
+each), numbers them as the server does, and feeds them to the receiver's
+own code without sockets, so the figure is the receiver's CPU alone:
+
+- UDP: each envelope sealed, then ``UdpDelivery.receive`` (open, decode,
+  track, store: raw file, pcap, JSON line);
+- TLS: the envelopes back to back in 256 KiB chunks through a
+  ``StreamReceiver`` and the receiver's ``RawCapture`` and state, as its
+  connection driver does (TLS decryption and the fsync before each ack are
+  not included: the end-to-end bench, bench/e2e.py, has the process's CPU).
+
+CPU time (``process_time``), best of ``--rounds``. ``--checkout DIR``
+imports the receiver from another checkout: run this file with that
+checkout's Python to compare (``DIR/.venv/bin/python bench/receive.py
+--checkout DIR``). Goal: well under 33 us per PDU (30,000 PDUs/s on a core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def build(count: int) -> tuple[list[bytes], list[bytes]]:
+    """``count`` envelopes per stream kind (CmII header reports, CmCC packets)."""
+    from mediation import pdu as P
+    from mediation.protocol import DatagramSender
+    from mediation.protocol.envelope import StoredRecord
+    from mediation.tap.builder import PDUBuilder
+    from mediation.tap.packet import parse_frame
+    from mediation.tap.replay import Tap
+    from mediation.tap.targets import TargetMatcher
+    from mediation.warrants.model import ContentLevel, Target, TargetKind
+
+    sys.path.insert(0, str(HERE / "bench"))
+    from e2e_rig.capture import frame  # the end-to-end bench's frames
+
+    builder = PDUBuilder("CASE-TEST-0001", "IAP-TEST", ContentLevel.FULL)
+    tap = Tap("w-bench1", TargetMatcher([Target(TargetKind.MAC, "02:00:5e:00:53:01")]), builder)
+    senders = {kind: DatagramSender(P.StreamId("w-bench1", kind)) for kind in P.StreamKind}
+    kinds = {"cmII": P.StreamKind.CMII, "cmCC": P.StreamKind.CMCC}
+    out: dict[P.StreamKind, list[bytes]] = {kind: [] for kind in P.StreamKind}
+    now = dt.datetime.now(dt.UTC)
+    index = 0
+    while len(out[P.StreamKind.CMCC]) < count:
+        data = frame(index)
+        when = now + dt.timedelta(microseconds=37 * index)
+        for pdu in tap.process(data, when, parse_frame(data, 1)):
+            kind = kinds[pdu.kind]
+            seq = len(out[kind])
+            record = StoredRecord(seq, int(when.timestamp() * 1e6), pdu.kind, None, pdu.der)
+            out[kind].append(senders[kind].envelope(record, 0.0))
+        index += 1
+    return out[P.StreamKind.CMII][:count], out[P.StreamKind.CMCC][:count]
+
+
+def udp_path(envelopes: list[bytes], base: Path) -> float:
+    """CPU microseconds per envelope through ``UdpDelivery.receive``."""
+    import socket
+
+    from mediation.lea.state import ReceiverState
+    from mediation.lea.udp import UdpDelivery
+    from mediation.protocol.sealed import DatagramSealer, Direction, SealKey
+
+    key = SealKey(1, os.urandom(32))
+    sealer = DatagramSealer(key, Direction.SERVER_TO_AGENCY, time.time_ns() // 1000)
+    datagrams = [sealer.seal(e) for e in envelopes]
+    state = ReceiverState(Path(tempfile.mkdtemp(dir=base)))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        delivery = UdpDelivery(sock, state, 1.0, [key])
+        started = time.process_time()
+        for n, datagram in enumerate(datagrams):
+            delivery.receive(datagram, ("127.0.0.1", 9), 0.0)
+            if n % 4096 == 0:
+                state.flush()
+        state.flush()
+        took = time.process_time() - started
+    state.close()
+    return took / len(datagrams) * 1e6
+
+
+def tls_path(envelopes: list[bytes], base: Path) -> float:
+    """CPU microseconds per envelope through a StreamReceiver, as the connection driver runs it."""
+    from mediation.lea.driver import RawCapture
+    from mediation.lea.state import ReceiverState
+    from mediation.protocol import StreamReceiver
+
+    state = ReceiverState(Path(tempfile.mkdtemp(dir=base)))
+    machine = StreamReceiver(trackers=state.trackers, streams=state.accepted)
+    machine.connection_made(0.0)
+    capture = RawCapture()
+    data = b"".join(envelopes)
+    chunk = 256 * 1024
+    started = time.process_time()
+    for at in range(0, len(data), chunk):
+        part = data[at : at + chunk]
+        events = machine.receive_data(part, 0.0)
+        capture.feed(part)
+        state.on_events(events, capture.take, "tls", 0.0)
+        machine.data_to_send()
+    state.flush()
+    took = time.process_time() - started
+    state.close()
+    return took / len(envelopes) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pdus", type=int, default=20_000, help="per stream kind")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--checkout", type=Path, default=HERE)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    if not 100 <= args.pdus <= 1_000_000 or not 1 <= args.rounds <= 10:
+        parser.error("--pdus: 100 to 1,000,000; --rounds: 1 to 10")
+    sys.path.insert(0, str(args.checkout.resolve()))
+    cmii, cmcc = build(args.pdus)
+    mixed = [e for pair in zip(cmii, cmcc, strict=True) for e in pair]
+    base = Path(tempfile.mkdtemp(prefix="receive-", dir=args.dir))
+    try:
+        tls_path(mixed[:200], base)  # warm-up: the reference codec compiles its schema once
+        udp = min(udp_path(mixed, base) for _ in range(args.rounds))
+        tls = min(tls_path(mixed, base) for _ in range(args.rounds))
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"receive: {len(mixed):,} PDUs (header report + CC per 1500-octet frame), "
+          f"receiver from {args.checkout.resolve()}")  # fmt: skip
+    print(f"UDP path {udp:6.1f} us CPU per PDU ({1e6 / udp:,.0f} PDUs/s on one core)")
+    print(f"TLS path {tls:6.1f} us CPU per PDU ({1e6 / tls:,.0f} PDUs/s on one core)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""CmII messages on the hot path: decoded once per shape, then only their time stamps.
+
+A tap sends a data-Header-Report for every target packet (full content
+and pen-register warrants), and within one flow and direction successive
+reports differ only in their ``timestamp [2]`` (mediation/tap/header_report.py
+builds them so). The reference codec (asn1tools) takes about 400 us to
+decode one; an agency's receiver decodes every one.
+
+So the first message of each *shape* is decoded by the reference codec and
+remembered; a later message whose octets outside the time stamp are those
+of a remembered shape is that record with the new time, read by the strict
+DER reader of the hot path (:func:`mediation.pdu.fast_der.read_time`, which
+accepts exactly what the reference accepts, with an equal value). Every
+CmII alternative starts the same way (IMPLICIT TAGS, DER)::
+
+    30 L  06 .. (module OID)  [alt] L  80 caseId  81 iAPSystemId  82 timestamp  rest..
+
+The shape is the OID, the alternative's tag, the caseId and iAPSystemId
+TLVs and ``rest`` verbatim: with every length minimal and every TLV ending
+where its container ends (both checked), two encodings of one shape differ
+only in the time stamp and the two lengths around it, so the reference
+would decode them to the same record but for the time. Anything else goes
+to the reference codec. Byte-exactness against the reference is proven by
+property tests (tests/test_pdu_fast_cmii.py).
+"""
+
+from __future__ import annotations
+
+from mediation.pdu import codec
+from mediation.pdu.cmii import CmIIMessage
+from mediation.pdu.errors import PDUError
+from mediation.pdu.fast_der import Buffer, as_bytes, expect, read_time
+
+MAX_SHAPES = 1024  # then the cache starts afresh: bounded whatever a peer sends
+_SEQUENCE, _OID, _CASE_ID, _IAP, _TIMESTAMP = 0x30, 0x06, 0x80, 0x81, 0x82
+_FIRST_ALT, _LAST_ALT = 0xA0, 0xBE  # [0]..[30], constructed: one-octet context tags
+
+_shapes: dict[bytes, CmIIMessage] = {}
+_NEW = object.__new__
+
+
+def _shape(data: bytes) -> tuple[bytes, int, int] | None:
+    """The shape key of a CmII encoding and where its time stamp's contents are.
+
+    Returns:
+        ``(key, start, stop)``; None when the layout is not the common one,
+        or anything about it is not strict DER (the reference then decides).
+    """
+    size = len(data)
+    try:
+        start, end = expect(data, 0, size, _SEQUENCE, "IasProtocol")
+        _oid_at, oid_end = expect(data, start, end, _OID, "protocolIdentifier")
+        if end != size or oid_end >= end:
+            return None
+        tag = data[oid_end]
+        if not _FIRST_ALT <= tag <= _LAST_ALT:
+            return None
+        body, body_end = expect(data, oid_end, end, tag, "message")
+        _case_at, case_end = expect(data, body, body_end, _CASE_ID, "caseId")
+        _iap_at, iap_end = expect(data, case_end, body_end, _IAP, "iAPSystemId")
+        time_at, time_end = expect(data, iap_end, body_end, _TIMESTAMP, "timestamp")
+    except PDUError:
+        return None
+    if body_end != end:
+        return None
+    # TLVs delimit themselves: the concatenation is unambiguous.
+    key = data[start:oid_end] + bytes((tag,)) + data[body:iap_end] + data[time_end:body_end]
+    return key, time_at, time_end
+
+
+def decode_cmii(data: Buffer) -> CmIIMessage:
+    """Decode one standalone ``IasProtocol`` PDU, equal to :func:`codec.decode_cmii`.
+
+    Args:
+        data: the encoding, starting with ``0x30``.
+
+    Returns:
+        The record.
+
+    Raises:
+        PDUError: as the reference codec.
+    """
+    data = as_bytes(data)
+    shape = _shape(data)
+    if shape is None:
+        return codec.decode_cmii(data)
+    key, time_at, time_end = shape
+    template = _shapes.get(key)
+    if template is None:
+        record = codec.decode_cmii(data)  # checks everything once per shape
+        if len(_shapes) >= MAX_SHAPES:
+            _shapes.clear()
+        _shapes[key] = record
+        return record
+    try:
+        when = read_time(data, time_at, time_end, "timestamp")
+    except PDUError:
+        return codec.decode_cmii(data)  # the reference says what is wrong
+    # A copy of the remembered record with the new time: what __init__ would
+    # build (its checks held for the shape; the time is aware UTC).
+    record = _NEW(template.__class__)
+    fields = record.__dict__
+    fields.update(template.__dict__)
+    fields["timestamp"] = when
+    return record
+
+
+def forget_shapes() -> None:
+    """Empty the cache (tests)."""
+    _shapes.clear()

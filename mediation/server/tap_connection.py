@@ -1,0 +1,172 @@
+"""One accepted tap's TLS link in the server: reader, acker, warrant-set watcher, keepalives.
+
+:class:`mediation.server.taps.TapService` identifies the tap and starts
+a :class:`TapConnection` for it: the warrant set is sent (and again when
+it changes), each batch is checked and appended by the service's ingest
+(:mod:`mediation.server.tap_ingest`) and acknowledged once durable, in
+order. One tap's failure ends that link only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from mediation.pdu import taplink as T
+from mediation.protocol.errors import ProtocolError
+from mediation.protocol.taplink import TapLinkServer
+from mediation.server.warrant_table import WarrantTable
+from mediation.warrants.model import Tap, Warrant, WarrantState
+
+if TYPE_CHECKING:
+    from mediation.server.taps import TapService
+
+RECEIVE = 256 * 1024
+
+
+def served(table: WarrantTable, tap: str) -> list[Warrant]:
+    """Warrants a tap serves now or will (active or pending), naming it or no source."""
+    out = []
+    for handle, state in table.states().items():
+        warrant = table.warrant(handle)
+        if warrant is None or warrant.details is None:
+            continue
+        if state not in (WarrantState.ACTIVE, WarrantState.PENDING):
+            continue
+        sources = warrant.details.sources
+        if not sources or any(s.kind == "tap" and s.value == tap for s in sources):
+            out.append(warrant)
+    return out
+
+
+def warrant_set(table: WarrantTable, tap: str) -> T.WarrantSet:
+    """What the tap is told to intercept (its memory only)."""
+    items = []
+    for w in served(table, tap):
+        d = w.details
+        assert d is not None
+        items.append(
+            T.TapWarrant(
+                w.handle, d.case_id, d.iap, w.content.value, w.start, w.end,
+                tuple(str(t) for t in d.targets),
+            )
+        )  # fmt: skip
+    return T.WarrantSet(max(table.generation, 0), tuple(items))
+
+
+class TapConnection:
+    """One accepted tap's TLS link: reader, acker, warrant-set watcher, keepalives."""
+
+    def __init__(
+        self, service: TapService, tap: Tap, stream: trio.SSLStream, machine: TapLinkServer
+    ) -> None:
+        self.service = service
+        self.tap = tap
+        self.stream = stream
+        self.machine = machine
+        self.reason = "closed"
+        self._send_lock = trio.Lock()
+        self._acks_in, self._acks_out = trio.open_memory_channel[Any](16)
+        self._sent_set: T.WarrantSet | None = None
+        self.wake = trio.Event()  # set when the warrants changed
+        self._scope: trio.CancelScope | None = None
+
+    async def run(self, hello: T.TapHello) -> None:
+        if hello.overflow is not None:
+            self.service.overflow(self.tap.name, hello.overflow)
+        await self._send_warrants()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._acker, nursery.cancel_scope)
+                nursery.start_soon(self._watch, nursery.cancel_scope)
+                await self._reader()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # one tap's failure costs that link, never the server
+            self.reason = f"connection lost: {describe(exc)}"
+
+    def revoke(self) -> None:
+        """The tap was revoked: end this link at once (nothing more is stored from it)."""
+        self.reason = "tap revoked"
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            data = self.machine.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+
+    async def _send_warrants(self) -> None:
+        current = warrant_set(self.service.table, self.tap.name)
+        if current != self._sent_set:
+            self._sent_set = current
+            for warrant in current.warrants:
+                self.service.table.tap_accepted(warrant.handle, self.tap.name)
+            self.machine.send_warrants(current, trio.current_time())
+            await self._flush()
+
+    async def _reader(self) -> None:
+        service = self.service
+        while True:
+            data = await receive_some(self.stream)
+            if not data:
+                self.reason = "tap closed the connection"
+                return
+            try:
+                messages = self.machine.receive_data(data, trio.current_time())
+            except ProtocolError as exc:
+                service.refusals.refuse(f"protocol error: {exc}", self.tap.name)
+                self.reason = f"protocol error: {exc}"
+                return
+            for message in messages:
+                if isinstance(message, T.PduBatch):
+                    result = await service.ingest.batch(service.gate(self.tap.name), message)
+                    await self._acks_in.send(result)
+                    if not result.complete:
+                        self.reason = "storage stopped part-way through a batch"
+                        return
+                elif isinstance(message, T.Close):
+                    self.reason = f"tap closed: {message.reason}"
+                    return
+            await self._flush()  # keepalive answers
+
+    async def _acker(self, scope: trio.CancelScope) -> None:
+        """Acknowledge each batch, in order, once its records are durable."""
+        async for result in self._acks_out:
+            if not result.complete:
+                continue
+            for receipt in result.receipts:
+                await receipt.durable()
+            self.machine.send_ack(result.ack, trio.current_time())
+            await self._flush()
+
+    async def _watch(self, scope: trio.CancelScope) -> None:
+        """On a change, or once a second: a new warrant set if it changed; keepalives."""
+        while True:
+            with trio.move_on_after(1.0):
+                await self.wake.wait()
+            self.wake = trio.Event()
+            try:
+                self.machine.tick(trio.current_time())
+            except ProtocolError as exc:
+                self.reason = str(exc)
+                scope.cancel()
+                return
+            await self._send_warrants()
+            await self._flush()
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure (the first error of a group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
+async def receive_some(stream: trio.SSLStream) -> bytes:
+    try:
+        return await stream.receive_some(RECEIVE)
+    except trio.BrokenResourceError:
+        return b""

@@ -1,0 +1,389 @@
+"""TZSP ingest: frames mirrored by routers, tapped by the server itself (docs/tzsp.md).
+
+A warrant whose source is ``tzsp:ADDR`` takes the frames the router at
+ADDR sends over UDP (``[tzsp] listen``, port 37008 by default). Only the
+addresses of active warrants' ``tzsp:`` sources are registered; a datagram
+from any other address is counted and dropped before it is read.
+
+Per registered source, the server runs the tap core (:class:`~mediation.tap.replay.Tap`,
+one per warrant the source feeds: matching, DHCP and RADIUS following, PDU
+building at the warrant's content level) on each decoded frame, and hands
+the PDUs of each receive step to :class:`~mediation.server.tap_ingest.TapIngest`
+as one batch, checked exactly as a tap's are (case identity, active
+warrant, content level, target addresses).
+
+TZSP has no sequence numbers: loss between the router and the server
+cannot be counted. What can be known is told to the agency: a
+``tapRestored`` notice (source ``tzsp:ADDR``) when a source starts feeding
+a warrant, and ``tapLost`` when it has been silent for ``[tzsp] idle_after``
+seconds. Everything is counted for ``mediate status`` (the ``tzsp`` section).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import logging
+import socket
+import time
+from typing import Any, Protocol
+
+import trio
+
+from mediation.log import Appended
+from mediation.pdu import CompletenessEvent
+from mediation.pdu import taplink as T
+from mediation.protocol.tzsp import TzspReceiver
+from mediation.refusals import Refusals
+from mediation.server.config import TzspConfig, listen_address
+from mediation.server.tap_ingest import BatchResult, TapGate, TapIngest
+from mediation.server.tzsp_socket import BatchReceiver, kernel_drops
+from mediation.server.warrant_table import WarrantTable
+from mediation.tap.builder import FlowCorrelation
+from mediation.tap.packet import parse_frame
+from mediation.tap.replay import Tap
+from mediation.warrants.model import Warrant
+
+log = logging.getLogger("mediation.server")
+STARTED = (
+    "TZSP source started feeding; TZSP has no sequence numbers, so frames lost "
+    "between the router and the server cannot be counted"
+)
+IDLE_CHECK = 1.0  # seconds between checks for silent sources and expired leases
+
+
+class Hooks(Protocol):
+    """What the listener needs of the server (:class:`MediationServer`)."""
+
+    def notice(self, handle: str, event: str, **fields: Any) -> int | None: ...
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iap(address: str) -> str:
+    """The IAP identity of a router whose warrant names none (at most 15 characters)."""
+    text = f"tzsp:{address}"
+    return text if len(text) <= 15 else "tzsp-router"
+
+
+@dataclasses.dataclass
+class TzspSource:
+    """One registered router: the taps of the warrants it feeds, and whether it feeds."""
+
+    address: str
+    taps: list[Tap]
+    gate: TapGate
+    feeding: bool = False
+    last_seen: float = 0.0  # trio time of its last accepted datagram
+    announced: set[str] = dataclasses.field(default_factory=set)  # handles told "feeding"
+
+    @property
+    def name(self) -> str:
+        return f"tzsp:{self.address}"
+
+
+def tzsp_warrants(table: WarrantTable) -> dict[str, list[Warrant]]:
+    """Active warrants by the address of each ``tzsp:`` source they name."""
+    out: dict[str, list[Warrant]] = collections.defaultdict(list)
+    for warrant in table.active():
+        if warrant.details is None:
+            continue
+        for source in warrant.details.sources:
+            if source.kind == "tzsp":
+                out[source.value].append(warrant)
+    return dict(out)
+
+
+class TzspService:
+    """The TZSP listener, its sources and its counters.
+
+    Args:
+        config: ``[tzsp]``.
+        table: the warrants.
+        ingest: a :class:`TapIngest` of its own (its refusal counters are this listener's).
+        hooks: where notices go.
+        radius_secret: the RADIUS shared secret, for following ``user:`` targets
+            from accounting seen in the mirrored frames; None believes it unchecked.
+    """
+
+    def __init__(
+        self,
+        config: TzspConfig,
+        table: WarrantTable,
+        ingest: TapIngest,
+        hooks: Hooks,
+        *,
+        radius_secret: bytes | None = None,
+        clock: Any = _utc_now,
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.ingest = ingest
+        self.hooks = hooks
+        self.radius_secret = radius_secret
+        self.clock = clock
+        self.sources: dict[str, TzspSource] = {}
+        self.receiver = TzspReceiver(self.sources)
+        self.refusals = Refusals(log, "tzsp: refused", clock=trio.current_time)
+        self.listening: tuple[str, int] | None = None
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._sock: socket.socket | None = None
+        self._batch_id = 0
+        self._drops = 0  # the socket's kernel drop count at the last check
+        self._drops_checked: dt.datetime | None = None
+        # Content identifiers stay unique across restarts (builder.FlowCorrelation).
+        self._correlation = FlowCorrelation(int(time.time()) & 0xFFFFFFFF)
+
+    # -- warrants ----------------------------------------------------------------
+
+    def on_change(self) -> None:
+        """Take the active warrants' ``tzsp:`` sources; taps of unchanged warrants keep state."""
+        old = {(s.address, t.handle): t for s in self.sources.values() for t in s.taps}
+        sources: dict[str, TzspSource] = {}
+        for address, warrants in tzsp_warrants(self.table).items():
+            taps = []
+            for warrant in warrants:
+                tap = old.get((address, warrant.handle))
+                details = warrant.details
+                assert details is not None
+                if tap is None or tap.matcher.targets != details.targets:
+                    try:
+                        tap = Tap.for_warrant(
+                            warrant,
+                            iap_system_id=_iap(address),
+                            correlation=self._correlation,
+                            radius_secret=self.radius_secret,
+                        )
+                    except ValueError as exc:
+                        log.error("tzsp: %s: cannot tap it: %s", warrant.handle, exc)
+                        continue
+                tap.start, tap.end = warrant.start, warrant.end
+                taps.append(tap)
+            source = TzspSource(address, taps, TapGate(f"tzsp:{address}", warrants))
+            previous = self.sources.get(address)
+            if previous is not None:
+                source.feeding, source.last_seen = previous.feeding, previous.last_seen
+                source.announced = previous.announced & {t.handle for t in taps}
+            sources[address] = source
+        self.sources.clear()
+        self.sources.update(sources)  # the receiver holds this dict as its registered senders
+
+    # -- status ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        counters = collections.Counter[str]()
+        for source in self.sources.values():
+            for tap in source.taps:
+                counters["matched"] += tap.counters.matched
+                counters["cmii"] += tap.counters.cmii
+                counters["cmcc"] += tap.counters.cmcc
+        drops = kernel_drops(self._sock) if self._sock is not None else None
+        return {
+            "listening": shown(self.listening),
+            "sources": len(self.sources),
+            "feeding": sum(s.feeding for s in self.sources.values()),
+            "datagrams": self.counters["datagrams"],
+            "frames": self.receiver.accepted,
+            "octets": self.receiver.octets,
+            "malformed": self.counters["malformed"],
+            "oversize": self.counters["oversize"],
+            "refused_datagrams": {k: n for k, n in sorted(self.receiver.refused.items()) if n},
+            "socket_drops": drops,
+            "matched": counters["matched"],
+            "pdus": {"cmII": counters["cmii"], "cmCC": counters["cmcc"]},
+            "refused_pdus": dict(sorted(self.ingest.refused.items())),
+        }
+
+    # -- the listener ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive TZSP until cancelled (a bind failure is logged; the server carries on)."""
+        address = listen_address(self.config.listen)
+        if address is None:
+            task_status.started()
+            return
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer)
+            sock.bind(address)
+        except OSError as exc:
+            log.error("tzsp: cannot listen on udp %s: %s", self.config.listen, exc.strerror)
+            sock.close()
+            task_status.started()
+            return
+        sock.setblocking(False)
+        self._sock = sock
+        self.listening = sock.getsockname()[:2]
+        receiver = BatchReceiver(sock, self.config.batch, self.config.max_datagram)
+        log.info("tzsp: listening on udp %s", shown(self.listening))
+        task_status.started()
+        with sock:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_idle)
+                await self._receive_loop(sock, receiver)
+
+    async def _receive_loop(self, sock: socket.socket, receiver: BatchReceiver) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    got = receiver.receive()
+                except OSError as exc:  # e.g. ECONNREFUSED queued on the socket: not fatal
+                    self.refusals.refuse(f"socket error: {exc.strerror}")
+                    break
+                if got is None:
+                    break
+                await self.datagrams(got)
+                await trio.lowlevel.checkpoint()  # other tasks run between batches
+
+    async def datagrams(self, datagrams: list[tuple[bytes | None, str]]) -> None:
+        """Decode, tap and ingest one receive step's datagrams ``(octets or None, sender)``."""
+        now = self.clock()
+        seen = trio.current_time()
+        out: dict[str, list[T.TapPdu]] = {}
+        receiver, sources, counters = self.receiver, self.sources, self.counters
+        for data, sender in datagrams:
+            counters["datagrams"] += 1
+            if data is None and sender in sources:
+                counters["oversize"] += 1
+                self.refusals.refuse("oversize", sender)
+                continue
+            decoded = receiver.receive(data or b"", sender)
+            if decoded is None:
+                reason = receiver.last_refusal
+                self.refusals.refuse(reason.value if reason else "refused", sender)
+                continue
+            source = sources[sender]
+            source.last_seen = seen
+            if not source.feeding or len(source.announced) < len(source.taps):
+                self._started(source, now)
+            parsed = parse_frame(decoded.frame, decoded.linktype)
+            counters["malformed"] += parsed.malformed
+            pdus = out.get(sender)
+            for tap in source.taps:
+                for pdu in tap.process(decoded.frame, now, parsed, linktype=decoded.linktype):
+                    if pdus is None:
+                        pdus = out[sender] = []
+                    pdus.append(T.TapPdu(pdu.kind, pdu.time, pdu.der))
+        for sender, pdus in out.items():
+            await self._ingest(sources[sender], pdus)
+
+    async def _ingest(self, source: TzspSource, pdus: list[T.TapPdu]) -> BatchResult:
+        self._batch_id = self._batch_id + 1 if self._batch_id < T.MAX_BATCH_ID else 1
+        batch = T.PduBatch(self._batch_id, tuple(pdus))
+        return await self.ingest.batch(source.gate, batch, durable=False)
+
+    def _started(self, source: TzspSource, now: dt.datetime) -> None:
+        """Tell each warrant the source feeds (and was not told) that it feeds now."""
+        if not source.feeding:
+            log.info("tzsp: %s started feeding", source.name)
+        source.feeding = True
+        for tap in source.taps:
+            if tap.handle not in source.announced:
+                source.announced.add(tap.handle)
+                self._notice(tap.handle, CompletenessEvent.TAP_RESTORED, source, now, STARTED)
+
+    def _notice(
+        self, handle: str, event: CompletenessEvent, source: TzspSource, now: dt.datetime,
+        detail: str,
+    ) -> None:  # fmt: skip
+        try:
+            self.hooks.notice(handle, event.value, source=source.name, event_time=now,
+                              detail=detail)  # fmt: skip
+        except Exception:  # a notice that cannot be built must not stop the listener
+            log.exception("tzsp: %s: cannot append the %s notice", handle, event.value)
+
+    async def _watch_idle(self) -> None:
+        """Each second: sources silent for ``idle_after`` stopped feeding; leases that expired."""
+        while True:
+            await trio.sleep(IDLE_CHECK)
+            now = self.clock()
+            self.drops_check(now)  # before idle_check: a warrant just fed is still told
+            self.idle_check(trio.current_time())
+            for source in list(self.sources.values()):
+                pdus = [T.TapPdu(p.kind, p.time, p.der) for t in source.taps for p in t.expire(now)]
+                if pdus:
+                    await self._ingest(source, pdus)
+            self.refusals.tick()
+
+    def drops_check(self, now: dt.datetime) -> None:
+        """Datagrams the socket dropped since the last check: an upstream gap for each warrant fed.
+
+        The kernel cannot say whose they were, so every warrant being fed
+        is told the whole number (an upper bound on its own loss).
+        """
+        drops = kernel_drops(self._sock) if self._sock is not None else None
+        if drops is None:
+            return
+        lost, self._drops = drops - self._drops, drops
+        since, self._drops_checked = self._drops_checked or now, now
+        if lost <= 0:
+            return
+        for source in self.sources.values():
+            for handle in source.announced:
+                try:
+                    self.hooks.notice(
+                        handle, CompletenessEvent.UPSTREAM_GAP.value, lost_count=lost,
+                        period_start=since, period_end=now, source="tzsp",
+                        detail="dropped by the server's socket, all sources together",
+                    )  # fmt: skip
+                except Exception:
+                    log.exception("tzsp: %s: cannot append the upstreamGap notice", handle)
+
+    def idle_check(self, at: float) -> None:
+        """Mark sources silent since ``at - idle_after`` as stopped, with a ``tapLost`` each."""
+        now = self.clock()
+        for source in self.sources.values():
+            if source.feeding and at - source.last_seen >= self.config.idle_after:
+                source.feeding = False
+                log.info("tzsp: %s stopped feeding", source.name)
+                detail = (
+                    f"no TZSP datagram for {self.config.idle_after:g} s; what the router "
+                    "matched and did not deliver is not known"
+                )
+                for handle in source.announced:
+                    self._notice(handle, CompletenessEvent.TAP_LOST, source, now, detail)
+                source.announced.clear()
+
+    def accounting(self, payload: bytes, when: dt.datetime) -> dict[str, list[T.TapPdu]]:
+        """One Accounting-Request from the RADIUS listener, shown to every source's taps.
+
+        Returns:
+            The PDUs it caused, by source address (to ingest with :meth:`ingest_pdus`).
+        """
+        out: dict[str, list[T.TapPdu]] = {}
+        for address, source in self.sources.items():
+            pdus = [T.TapPdu(p.kind, p.time, p.der) for t in source.taps
+                    for p in t.accounting(payload, when)]  # fmt: skip
+            if pdus:
+                out[address] = pdus
+        return out
+
+    async def ingest_pdus(self, by_source: dict[str, list[T.TapPdu]]) -> list[Appended] | None:
+        """Ingest PDUs built outside the receive loop (RADIUS accounting), by source address.
+
+        Returns:
+            The receipts of the last records appended (await them for durability);
+            None if storing stopped part-way (or a PDU was refused).
+        """
+        receipts: list[Appended] = []
+        for address, pdus in by_source.items():
+            source = self.sources.get(address)
+            if source is None:
+                continue
+            result = await self._ingest(source, pdus)
+            if not result.complete or result.ack.accepted != len(pdus) or result.ack.refused:
+                return None
+            receipts += result.receipts
+        return receipts
+
+
+def shown(address: tuple[str, int] | None) -> str | None:
+    if address is None:
+        return None
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,156 @@
+"""StreamEnvelopes: the hot-path envelope of a log record, encoded once for every endpoint.
+
+The framer (pdu.fast_envelope.RecordFramer) must give the reference
+codec's bytes for every record, and refuse exactly what the general
+splice refuses; the cache must hand each endpoint the bytes of *its*
+record and keep nothing once every endpoint has taken it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import envelopes, sequence_numbers, utc_times
+from test_protocol_fixtures import CMCC, CMII, T_US, cc_der, notice_der
+
+from mediation import pdu as P
+from mediation.log.format import ContentKind as LogKind
+from mediation.log.format import LogRecord
+from mediation.pdu.fast import encode_content
+from mediation.protocol.envelope import StreamEnvelopes, record_envelope
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_LOG_KIND = {"cmII": LogKind.CMII, "cmCC": LogKind.CMCC, "notice": LogKind.NOTICE}
+
+
+def _us(when: dt.datetime) -> int:
+    return (when - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _outcome(make):
+    try:
+        return make()
+    except ValueError:
+        return ValueError
+
+
+@settings(max_examples=300, deadline=None)
+@given(envelopes())
+def test_every_envelope_is_the_reference_codecs(envelope: P.Envelope) -> None:
+    kind, der = encode_content(envelope.content)
+    record = LogRecord(
+        envelope.sequence_number,
+        _us(envelope.mediation_time),
+        _LOG_KIND[kind],
+        envelope.clock_status,
+        der,
+    )
+    shared = StreamEnvelopes(envelope.stream)
+    # The first call may take the general splice (and teach the framer the
+    # kind); the second goes through the framer: both must be the reference.
+    for _ in range(2):
+        assert shared.envelope(record, envelope.redelivered) == P.encode(envelope)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["cmCC", "notice"]),
+    st.integers(0, 200),
+    st.binary(max_size=3),
+    st.integers(0, 255),
+    sequence_numbers,
+    utc_times(1900, 9999),
+)
+def test_a_damaged_record_is_refused_as_the_general_splice_refuses_it(
+    kind: str, at: int, insert: bytes, octet: int, seq: int, when: dt.datetime
+) -> None:
+    good = cc_der(300) if kind == "cmCC" else notice_der()
+    at = min(at, len(good))
+    damaged = good[:at] + insert + bytes([octet]) + good[at + 1 :]
+    stream = CMCC if kind == "cmCC" else CMII
+    record = LogRecord(seq, _us(when), _LOG_KIND[kind], P.ClockStatus.UNKNOWN, damaged)
+    warm = LogRecord(0, T_US, _LOG_KIND[kind], None, good)
+    shared = StreamEnvelopes(stream)
+    shared.envelope(warm)  # the framer knows the kind: the damaged one meets it
+    expected = _outcome(lambda: record_envelope(stream, record, False))
+    assert _outcome(lambda: shared.envelope(record)) == expected
+
+
+def test_a_kind_the_stream_does_not_carry_is_refused_on_both_paths() -> None:
+    shared = StreamEnvelopes(CMII)
+    shared.envelope(LogRecord(0, T_US, LogKind.NOTICE, None, notice_der()))
+    cc = LogRecord(1, T_US, LogKind.CMCC, None, cc_der())
+    for _ in range(2):
+        with pytest.raises(ValueError, match="cannot ride in this stream"):
+            shared.envelope(cc)
+
+
+def test_two_endpoints_share_one_encoding_and_nothing_stays_behind() -> None:
+    shared = StreamEnvelopes(CMCC, consumers=2)
+    records = [LogRecord(i, T_US + i, LogKind.CMCC, None, cc_der()) for i in range(50)]
+    first = [shared.envelope(r) for r in records]  # the UDP endpoint, say
+    assert shared.held == 50
+    second = [shared.envelope(r) for r in records]  # the TLS endpoint
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    assert shared.encoded == 50 and shared.held == 0
+
+
+def test_another_record_at_the_same_number_is_encoded_for_itself() -> None:
+    shared = StreamEnvelopes(CMCC, consumers=2)
+    old = LogRecord(7, T_US, LogKind.CMCC, None, cc_der())
+    new = LogRecord(7, T_US + 1, LogKind.CMCC, None, cc_der())  # e.g. read again from disk
+    shared.envelope(old)
+    assert shared.envelope(new) == record_envelope(CMCC, new, False)
+    assert shared.encoded == 2
+
+
+def test_a_redelivered_envelope_is_never_taken_from_the_cache() -> None:
+    shared = StreamEnvelopes(CMCC, consumers=2)
+    record = LogRecord(3, T_US, LogKind.CMCC, None, cc_der())
+    plain = shared.envelope(record)
+    again = shared.envelope(record, redelivered=True)
+    assert again != plain and again == record_envelope(CMCC, record, True)
+
+
+def test_an_endpoint_that_lags_costs_at_most_two_generations() -> None:
+    shared = StreamEnvelopes(CMCC, consumers=2, generation_bytes=10_000)
+    for i in range(2000):  # only one endpoint takes them
+        shared.envelope(LogRecord(i, T_US, LogKind.CMCC, None, cc_der(100)))
+    size = len(record_envelope(CMCC, LogRecord(0, T_US, LogKind.CMCC, None, cc_der(100)), False))
+    assert 0 < shared.held * size <= 2 * (10_000 + size)
+    shared.leave()  # that endpoint disconnects: nothing is kept for it
+    assert shared.held == 0 and shared.consumers == 1
+    shared.envelope(LogRecord(2000, T_US, LogKind.CMCC, None, cc_der(100)))
+    assert shared.held == 0  # one endpoint: nothing kept
+
+
+def test_endpoints_join_and_leave() -> None:
+    shared = StreamEnvelopes(CMCC)
+    shared.join()
+    shared.envelope(LogRecord(0, T_US, LogKind.CMCC, None, cc_der()))
+    assert shared.held == 0
+    shared.join()
+    shared.envelope(LogRecord(1, T_US, LogKind.CMCC, None, cc_der()))
+    assert shared.held == 1
+
+
+def test_one_endpoint_keeps_nothing() -> None:
+    shared = StreamEnvelopes(CMCC, consumers=1)
+    for i in range(10):
+        shared.envelope(LogRecord(i, T_US, LogKind.CMCC, None, cc_der()))
+    assert shared.held == 0
+
+
+@pytest.mark.parametrize("octets", [1, 2])
+def test_a_length_not_in_its_shortest_form_is_refused_on_both_paths(octets: int) -> None:
+    body = notice_der()[2:]  # a short-form length: rewrite it the long way
+    size = bytes((0x80 | octets,)) + len(body).to_bytes(octets, "big")
+    stretched = b"\x30" + size + body
+    shared = StreamEnvelopes(CMII)
+    shared.envelope(LogRecord(0, T_US, LogKind.NOTICE, None, notice_der()))
+    record = LogRecord(1, T_US, LogKind.NOTICE, None, stretched)
+    assert _outcome(lambda: record_envelope(CMII, record, False)) is ValueError
+    assert _outcome(lambda: shared.envelope(record)) is ValueError
