@@ -111,3 +111,19 @@ async def test_a_full_batch_goes_at_once_whatever_the_link(autojump_clock: Any) 
         assert tap.counters.batches == 3
 
     await run(tap, body)
+
+
+async def test_unacknowledged_batches_make_the_link_busy(autojump_clock: Any) -> None:
+    spool = MemorySpool()
+    spool.batches += [b"one", b"two"]  # sent, not yet acknowledged
+    tap = client(spool, connected=True)
+
+    async def body() -> None:
+        await tap.add("cmCC", WHEN, b"\x04\x01f")
+        await trio.sleep(0.05)
+        assert tap.counters.batches == 0  # two in flight: the batch grows instead
+        spool.acked = 2
+        await trio.sleep(LINGER_SECONDS * 2)
+        assert tap.counters.batches == 1
+
+    await run(tap, body)

@@ -51,6 +51,10 @@ log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
 LINGER_SECONDS = 0.001  # an open batch waits this long for more before it is sent
+# Batches the server has not yet acknowledged beyond which the link counts as
+# busy: each batch costs the server a journal write, so a stream of tiny ones
+# would slow it; while these are in flight the next batch grows instead.
+LINGER_IN_FLIGHT = 2
 UDP_BATCH_BYTES = MAX_DATAGRAM - OVERHEAD - 64
 
 
@@ -337,10 +341,11 @@ class TapClient(LinkSession):
 
         A batch is due once it has lingered ``linger`` seconds (more PDUs of
         the same burst join it) and the link is free: every spooled batch
-        sent. While the link is busy or down the batch keeps filling, up to
-        its count and size limits or ``batch_seconds``, so under load
-        batches stay large and there is no wake-up per PDU: at most one per
-        ``linger`` while a batch is open.
+        sent, fewer than ``LINGER_IN_FLIGHT`` unacknowledged. While the link
+        is busy or down the batch keeps filling, up to its count and size
+        limits or ``batch_seconds``, so under load batches stay large and
+        there is no wake-up per PDU: at most one per ``linger`` while a
+        batch is open.
         """
         while True:
             await self._opened.wait()
@@ -354,10 +359,15 @@ class TapClient(LinkSession):
             await self.flush()
 
     def _link_busy(self) -> bool:
-        """Whether a new batch would wait: a spooled batch unsent, or no connection."""
+        """Whether a new batch would wait: no connection, a spooled batch unsent, or
+        ``LINGER_IN_FLIGHT`` batches not yet acknowledged."""
         if self.udp is not None or self.spool is None:
             return False  # a datagram goes at once
-        return not self.connected or self._last_sent < self.spool.last_id
+        spool = self.spool
+        in_flight = spool.last_id - getattr(spool, "acked", 0)
+        return (
+            not self.connected or self._last_sent < spool.last_id or in_flight >= LINGER_IN_FLIGHT
+        )
 
     async def _send_datagram(self, payload: bytes) -> None:
         if self._sealer is None or self._udp_socket is None:
