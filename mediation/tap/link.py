@@ -5,7 +5,10 @@ certificate and checks the server by the bundle's server CA and role;
 it gets its warrants (:class:`WarrantSet`, held in memory only) and builds
 one :class:`Tap` per warrant. Captured frames (a pcap file here; live
 capture drives the same :meth:`TapClient.frame`) become PDUs, cut into
-batches by count, size and a short time bound, and each batch goes into
+batches by count and size; a batch is sent once it has lingered a
+millisecond with the link free to take it (so a quiet tap's PDUs go at
+once and a busy tap's fill large batches), or after a short time bound
+(0.2 s) while the link is busy or down. Each batch goes into
 the spool (:class:`mediation.tap.spool.TapSpool`, encrypted, bounded)
 before it is sent. The server acknowledges a batch once its PDUs are
 durable; only then is it dropped from the spool. A lost connection is
@@ -46,7 +49,12 @@ from mediation.warrants.validate import parse_target
 
 log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
-BATCH_SECONDS = 0.2
+BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
+LINGER_SECONDS = 0.001  # an open batch waits this long for more before it is sent
+# Batches the server has not yet acknowledged beyond which the link counts as
+# busy: each batch costs the server a journal write, so a stream of tiny ones
+# would slow it; while these are in flight the next batch grows instead.
+LINGER_IN_FLIGHT = 2
 UDP_BATCH_BYTES = MAX_DATAGRAM - OVERHEAD - 64
 
 
@@ -135,6 +143,7 @@ class TapClient(LinkSession):
         udp: tuple[str, int] | None = None,
         batch_pdus: int = BATCH_PDUS,
         batch_seconds: float = BATCH_SECONDS,
+        linger: float = LINGER_SECONDS,
         epoch: int | None = None,
         fixed: tuple[Any, ...] | None = None,
     ) -> None:
@@ -147,6 +156,7 @@ class TapClient(LinkSession):
         self.udp = udp
         self.batch_pdus = batch_pdus
         self.batch_seconds = batch_seconds
+        self.linger = linger
         self.epoch = int(time.time()) & 0xFFFFFFFF if epoch is None else epoch
         self.counters = LinkCounters()
         self.taps: list[Tap] = []
@@ -157,6 +167,7 @@ class TapClient(LinkSession):
         self._pending_count = self._pending_bytes = 0
         self._pending_first = self._pending_last = dt.datetime.now(dt.UTC)
         self._pending_since = 0.0
+        self._opened = trio.Event()  # a batch was opened: the timer's cue
         self._spool_lock = trio.Lock()
         self._new_batch = trio.Event()
         self._acked = trio.Event()
@@ -217,8 +228,9 @@ class TapClient(LinkSession):
         ):
             await self.flush()
         if not self._pending:
-            self._pending_since = time.monotonic()
+            self._pending_since = trio.current_time()
             self._pending_first = first
+            self._opened.set()
         self._pending.append(payload)
         self._pending_count += count
         self._pending_bytes += size
@@ -325,11 +337,37 @@ class TapClient(LinkSession):
         self._new_batch.set()
 
     async def run_timer(self) -> None:
-        """Flush a batch whose oldest PDU waited ``batch_seconds`` (the time bound)."""
+        """Send each open batch when it is due (the time bounds); runs until cancelled.
+
+        A batch is due once it has lingered ``linger`` seconds (more PDUs of
+        the same burst join it) and the link is free: every spooled batch
+        sent, fewer than ``LINGER_IN_FLIGHT`` unacknowledged. While the link
+        is busy or down the batch keeps filling, up to its count and size
+        limits or ``batch_seconds``, so under load batches stay large and
+        there is no wake-up per PDU: at most one per ``linger`` while a
+        batch is open.
+        """
         while True:
-            await trio.sleep(self.batch_seconds / 2)
-            if self._pending and time.monotonic() - self._pending_since >= self.batch_seconds:
-                await self.flush()
+            await self._opened.wait()
+            self._opened = trio.Event()
+            await trio.sleep(self.linger)
+            while self._pending and self._link_busy():
+                waited = trio.current_time() - self._pending_since
+                if waited >= self.batch_seconds:
+                    break
+                await trio.sleep(min(self.linger, self.batch_seconds - waited))
+            await self.flush()
+
+    def _link_busy(self) -> bool:
+        """Whether a new batch would wait: no connection, a spooled batch unsent, or
+        ``LINGER_IN_FLIGHT`` batches not yet acknowledged."""
+        if self.udp is not None or self.spool is None:
+            return False  # a datagram goes at once
+        spool = self.spool
+        in_flight = spool.last_id - getattr(spool, "acked", 0)
+        return (
+            not self.connected or self._last_sent < spool.last_id or in_flight >= LINGER_IN_FLIGHT
+        )
 
     async def _send_datagram(self, payload: bytes) -> None:
         if self._sealer is None or self._udp_socket is None:

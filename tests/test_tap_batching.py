@@ -1,0 +1,129 @@
+"""When the tap sends a batch (docs/tap-link.md): at once when quiet, large when busy.
+
+The tap client's timer is driven on trio's mock clock with an in-memory
+spool; the link's state is set as the connection would set it. The spool
+is written from a worker thread, which the mock clock does not wait for:
+so the tests read when a batch was sealed from the client's counters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import trio
+
+from mediation.tap.link import BATCH_SECONDS, LINGER_SECONDS, TapClient
+
+WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+class MemorySpool:
+    """What the link needs of a spool, in memory: the batches appended, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[bytes] = []
+        self.acked = 0
+
+    @property
+    def last_id(self) -> int:
+        return len(self.batches)
+
+    def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
+        self.batches.append(payload)
+        return len(self.batches)
+
+
+def client(spool: MemorySpool, *, connected: bool) -> TapClient:
+    tap = TapClient(None, spool, ("192.0.2.1", 4433), None)  # type: ignore[arg-type]
+    tap.connected = connected
+    tap._last_sent = spool.last_id  # everything spooled is sent: the link is free
+    return tap
+
+
+async def run(tap: TapClient, body: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tap.run_timer)
+        await body()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_quiet_tap_sends_its_pdu_after_the_linger(autojump_clock: Any) -> None:
+    spool = MemorySpool()
+    tap = client(spool, connected=True)
+
+    async def body() -> None:
+        await tap.add("cmCC", WHEN, b"\x04\x01a")
+        await trio.sleep(LINGER_SECONDS / 2)
+        await tap.add("cmCC", WHEN, b"\x04\x01b")
+        assert tap.counters.batches == 0
+        assert tap._pending_count == 2  # the same burst: the same batch
+        await trio.sleep(LINGER_SECONDS * 2)
+        assert tap.counters.batches == 1  # not 0.2 s later, as before
+
+    await run(tap, body)
+
+
+async def test_a_busy_link_lets_the_batch_fill_up_to_the_time_bound(autojump_clock: Any) -> None:
+    spool = MemorySpool()
+    tap = client(spool, connected=True)
+    tap._last_sent = -1  # a spooled batch is not yet sent: the link is busy
+    spool.batches.append(b"older")
+
+    async def body() -> None:
+        for _ in range(50):  # a PDU every 2 ms: each would be its own batch on a free link
+            await tap.add("cmCC", WHEN, b"\x04\x01c")
+            await trio.sleep(0.002)
+        assert tap.counters.batches == 0
+        assert tap._pending_count == 50
+        await trio.sleep(BATCH_SECONDS)
+        assert tap.counters.batches == 1
+
+    await run(tap, body)
+
+
+async def test_a_link_that_frees_up_takes_the_open_batch(autojump_clock: Any) -> None:
+    spool = MemorySpool()
+    tap = client(spool, connected=False)
+
+    async def body() -> None:
+        await tap.add("cmCC", WHEN, b"\x04\x01d")
+        await trio.sleep(0.05)
+        assert tap.counters.batches == 0  # no connection: keep filling
+        tap.connected = True
+        await trio.sleep(LINGER_SECONDS * 2)
+        assert tap.counters.batches == 1
+
+    await run(tap, body)
+
+
+async def test_a_full_batch_goes_at_once_whatever_the_link(autojump_clock: Any) -> None:
+    spool = MemorySpool()
+    tap = client(spool, connected=False)
+    tap.batch_pdus = 4
+
+    async def body() -> None:
+        for _ in range(9):
+            await tap.add("cmCC", WHEN, b"\x04\x01e")
+        assert tap.counters.batches == 2  # two full; the ninth PDU waits
+        assert tap._pending_count == 1
+        await trio.sleep(BATCH_SECONDS * 1.5)
+        assert tap.counters.batches == 3
+
+    await run(tap, body)
+
+
+async def test_unacknowledged_batches_make_the_link_busy(autojump_clock: Any) -> None:
+    spool = MemorySpool()
+    spool.batches += [b"one", b"two"]  # sent, not yet acknowledged
+    tap = client(spool, connected=True)
+
+    async def body() -> None:
+        await tap.add("cmCC", WHEN, b"\x04\x01f")
+        await trio.sleep(0.05)
+        assert tap.counters.batches == 0  # two in flight: the batch grows instead
+        spool.acked = 2
+        await trio.sleep(LINGER_SECONDS * 2)
+        assert tap.counters.batches == 1
+
+    await run(tap, body)
