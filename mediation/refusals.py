@@ -80,14 +80,15 @@ class Refusals:
         """
         if reason not in self.counts and len(self.counts) >= MAX_REASONS:
             reason = OTHER
-        self.counts[reason] = self.counts.get(reason, 0) + 1
         now = self._clock()
         window = self._windows.get(reason)
         if window is not None and now - window.opened < self._interval:
+            self.counts[reason] += 1
             window.suppressed += 1
             return
-        if window is not None:
+        if window is not None:  # its summary counts the refusals before this one
             self._summarise(reason, window)
+        self.counts[reason] = self.counts.get(reason, 0) + 1
         self._windows[reason] = _Window(now)
         where = f" {peer}" if peer else ""
         self._log.log(
