@@ -148,6 +148,8 @@ class Receiver:
             if udp_sock is not None:
                 udp_sock.close()
             self.refusals.flush()
+            if self.udp is not None:  # the last summary of forged datagrams, if any
+                self.udp.refusals.flush()
             try:
                 self._save_udp()
                 digests = self.state.close(sort=self.config.sort)  # first: the evidence
