@@ -42,6 +42,7 @@ SAMPLE = ROOT / "fixtures" / "sample" / "sample.pcap"
 TARGET_MAC = "02:00:5e:00:53:01"
 CASE = "CASE-TEST-0001"
 LIMIT = 60.0
+CPU_US: list[float] = []  # server CPU (all its threads) per PDU, per link round
 WINDOW = 8  # batches in flight, as `mediate tap run` (protocol.taplink.WINDOW)
 
 
@@ -164,7 +165,9 @@ async def server_round(data: Path, key: object, credentials: Path, count: int, b
         out = spawn.Queue()
         child = spawn.Process(target=sender, args=(credentials, port, count, batch, out))
         child.start()
+        cpu = time.process_time()
         elapsed = await trio.to_thread.run_sync(lambda: out.get(timeout=LIMIT + 60))
+        CPU_US.append((time.process_time() - cpu) / count * 1e6)
         await trio.to_thread.run_sync(child.join)
         refused = dict(server.taps.ingest.refused)
         nursery.cancel_scope.cancel()
@@ -192,13 +195,41 @@ async def baseline_round(data: Path, key: object, handle: str, count: int) -> fl
     return count / elapsed
 
 
+def profile(args: argparse.Namespace) -> int:
+    """The server side of one tap link round under cProfile: where a PDU's time goes."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
+        data, key, _handle, credentials = setup(Path(tmp))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        rate = trio.run(server_round, data, key, credentials, args.pdus, args.batch)
+        profiler.disable()
+    print(f"tap link over TLS under cProfile: {rate:.0f} PDUs/s; per PDU, by own time:")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime")
+    for func, (_cc, calls, tottime, cumtime, _callers) in list(
+        sorted(stats.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
+    )[:25]:
+        where = f"{Path(func[0]).name}:{func[1]} {func[2]}"
+        print(f"  {tottime / args.pdus * 1e6:7.2f} µs own {cumtime / args.pdus * 1e6:7.2f} µs cum "
+              f"{calls:9d} calls  {where}")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pdus", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="filesystem to test (default: cwd)")
+    parser.add_argument(
+        "--profile", action="store_true", help="one tap link round under cProfile (server side)"
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        return profile(args)
     with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
         data, key, handle, credentials = setup(Path(tmp))
         links, bases = [], []
@@ -208,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tap link bench: {args.pdus} PDUs (sample.pcap's, repeated), batches of {args.batch}, "
           f"best of {args.rounds}, on {os.cpu_count()} CPUs")  # fmt: skip
     print(f"tap link over TLS, durable in the log: {max(links):10.0f} PDUs/s (goal 50,000)")
+    print(f"  server CPU per PDU (all threads):      {min(CPU_US):10.1f} µs (best round)")
     print(f"in-process MediationServer.ingest:       {max(bases):10.0f} PDUs/s (baseline)")
     return 0
 

@@ -113,7 +113,13 @@ def expected(
 
 
 def stored(carrier: Carrier, handle: str) -> dict[StreamKind, list[bytes]]:
-    """Every PDU in the warrant's log streams (notices aside), decrypted, in order."""
+    """Every PDU in the warrant's log streams, decrypted, in order.
+
+    The server's own records aside: notices, and the targets report
+    (mediation/server/targets_record.py); what is left is what the tap sent.
+    """
+    from mediation.pdu.confirmation import is_targets_report
+
     key = LogKey(read_key_file(carrier.key).derive(LOG_KEY_PURPOSE))
 
     async def read() -> dict[StreamKind, list[bytes]]:
@@ -124,7 +130,11 @@ def stored(carrier: Carrier, handle: str) -> dict[StreamKind, list[bytes]]:
                 cursor, records = stream.cursor(0), []
                 while cursor.position <= stream.durable_seq:
                     records.extend(await cursor.read(256))
-                out[kind] = [r.payload for r in records if r.kind is not ContentKind.NOTICE]
+                out[kind] = [
+                    r.payload
+                    for r in records
+                    if r.kind is not ContentKind.NOTICE and not is_targets_report(r.payload)
+                ]
         return out
 
     return trio.run(read)

@@ -327,6 +327,13 @@ REPEATS = [
     (["agency", "remove", AGENCY, "--endpoint", "1", "--endpoint", "2"], "--endpoint: given"),
     (["receive", "--udp", "127.0.0.1:1", "--udp", "127.0.0.1:2"], "--udp: given more than once"),
     (["receive", "--out", "a", "--out", "b"], "--out: given more than once"),
+    (["receive", "--cert", "a.pem", "--cert", "b.pem"], "--cert: given more than once"),
+    (["receive", "--key", "a.pem", "--key", "b.pem"], "--key: given more than once"),
+    (["receive", "--server-ca", "a.pem", "--server-ca", "b.pem"], "--server-ca: given more"),
+    (
+        ["receive", "--server-fingerprint", "ab" * 32, "--server-fingerprint", "cd" * 32],
+        "--server-fingerprint: given more than once",
+    ),
 ]
 
 

@@ -545,27 +545,17 @@ def test_a_damaged_summary_or_an_added_link_is_tampering(
     assert "extra: a symbolic link" in text
 
 
-def test_the_confirmation_record_goes_in_when_the_server_has_one(
-    intercept: Intercept, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_bundle_holds_the_confirmation_record_mediate_confirm_prints(
+    intercept: Intercept, tmp_path: Path
 ) -> None:
-    import sys
-    import types
-
-    module = types.ModuleType("fake_confirmation")
-    seen = []
-
-    def confirmation_records(data_dir: Path, key: object, handle: str) -> list[dict]:
-        seen.append(handle)
-        return [{"time": "2026-11-23T00:00:00.000000Z", "event": "targets", "targets": 1}]
-
-    module.confirmation_records = confirmation_records  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fake_confirmation", module)
-    monkeypatch.setattr("mediation.cli.export.CONFIRMATION_MODULE", "fake_confirmation")
     out = tmp_path / "bundle"
     intercept.export(out)
-    assert seen == [intercept.handle]
     record = json.loads((out / "confirmation.json").read_text())
-    assert record["records"][0]["event"] == "targets"
+    confirm = intercept.carrier("confirm", intercept.handle, "--json")
+    assert confirm.code == 0
+    printed = json.loads(confirm.out)
+    assert record["records"] == printed["records"] != []
+    assert record["periods"] == printed["periods"]
     assert "confirmation.json" in (out / "SHA256SUMS").read_text()
     code, text = verify(intercept, out, "--key", str(intercept.public_pem))
     assert code == 0, text

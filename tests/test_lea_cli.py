@@ -67,6 +67,9 @@ def mediate(capsys: pytest.CaptureFixture[str]):
         (["--udp", "127.0.0.1:5555", "--udp-buffer", "4096"], "--udp-buffer"),
         (["--udp", "127.0.0.1:5555", "--udp-buffer", str(2**31)], "--udp-buffer"),
         (["--udp", "127.0.0.1:5555", "--udp-buffer", "lots"], "--udp-buffer"),
+        (["--tls", "127.0.0.1:6543", "--format", "scte"], "--format"),
+        (["--udp", "127.0.0.1:5555", "--udp-key", "k.toml", "--format", "pcli"], "--format"),
+        (["--udp", "127.0.0.1:5555", "--udp-key", "k.toml", "--format", "scte"], "--format"),
     ],
 )
 def test_bad_options_are_one_line_naming_the_option(mediate, argv, field, tmp_path) -> None:
@@ -91,6 +94,10 @@ def test_make_cert_prints_the_fingerprint_the_carrier_takes(mediate, tmp_path: P
     assert code == 0
     fingerprint = next(x.split()[1] for x in out.splitlines() if x.startswith("sha256:"))
     assert parse_fingerprint(fingerprint) == fingerprint
+    # The hint keeps the fingerprint (whose endpoint this is) off the carrier's argv.
+    hint = out.splitlines()[-1]
+    assert "--from FILE" in hint and "--ca agency-cert.pem" in hint
+    assert fingerprint not in hint and "--fingerprint" not in hint
     key = tmp_path / "certs" / "agency-key.pem"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     code, out, _err = mediate("fingerprint", str(tmp_path / "certs" / "agency-cert.pem"))

@@ -130,7 +130,7 @@ async def test_notices_for_windows_taps_gaps_and_the_clock(tmp_path: Path) -> No
         await server.reload()  # what `mediate add` asks of a running server
         site.remove(first.handle)
         await server.reload()
-        await wait_until(lambda: cmii.durable_seq >= 5)
+        await wait_until(lambda: cmii.durable_seq >= 6)  # six notices and the targets report
         notices = await notices_in(cmii)
         second_cmii = server.intake.streams[P.StreamId(second.handle, P.StreamKind.CMII)]
         await wait_until(lambda: second_cmii.durable_seq >= 0)

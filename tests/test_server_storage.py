@@ -116,3 +116,42 @@ async def test_storage_unavailable_reaches_the_agency_and_the_log_keeps_its_numb
     assert restored["cmCC"].lost_count == refused  # the PDUs the log had to refuse
     assert restored["cmII"].lost_count == 0
     assert restored["cmCC"].period_start < restored["cmCC"].period_end
+
+
+async def test_targets_changed_while_the_log_cannot_store_are_recorded_when_it_can(
+    small_disk: Path,
+) -> None:
+    """The confirmation record's targets report waits for storage, then is appended."""
+    from mediation.evidence.confirmation import confirmation_records
+    from mediation.log import LOG_KEY_PURPOSE, LogKey
+
+    site = Site(small_disk)
+    agency = site.agency("AGENCY-A", udp_endpoint(9))
+    warrant = site.warrant(agency)
+    config = ServerConfig(
+        log=LogConfig(commit_records=8, retry_interval=0.05, segment_bytes=256 * 1024),
+        delivery=fast_config().delivery,
+        retrieval=fast_config().retrieval,
+    )
+    cmii_id = P.StreamId(warrant.handle, P.StreamKind.CMII)
+    async with site.server(config) as server:
+        cmii = server.intake.streams[cmii_id]
+        with trio.fail_after(30):
+            while cmii.state.healthy:  # fill the disk until the CmII stream cannot store
+                await server.ingest(warrant.handle, "cmCC", cc_pdu(payload=4000))
+                server.tap_lost("edge-1")
+                await trio.sleep(0.002)
+        # (The registry shares the full disk, so `modify` itself would fail
+        # here: the report is asked for directly, as a modify would.)
+        assert not await server.targets_record.record(warrant.handle, "warrant-modified")
+        assert server.targets_record.refused == 1  # not stored now ...
+        assert warrant.handle in server.targets_record.recorded  # (at the start, it was)
+        server.targets_record.recorded.clear()
+        grown = mount("-o", "remount,size=64m", str(small_disk))
+        assert grown.returncode == 0, grown.stderr
+        await wait_until(lambda: warrant.handle in server.targets_record.recorded)  # ... but then
+        await wait_until(lambda: cmii.durable_seq == cmii.next_seq - 1)
+    key = LogKey(site.key.derive(LOG_KEY_PURPOSE))
+    records = confirmation_records(site.data, key, warrant.handle)
+    targets = [(r["reason"], r["targets"]) for r in records if r["event"] == "targets"]
+    assert targets == [("already-active", ["192.0.2.10"]), ("warrant-modified", ["192.0.2.10"])]

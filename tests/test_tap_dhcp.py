@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediation.evidence.pcap import PcapReader
-from mediation.pdu import SessionAlreadyEstablished, SessionEnd, SessionStart, decode
+from mediation.pdu import (
+    AccessSignalingMessageReport,
+    SessionAlreadyEstablished,
+    SessionEnd,
+    SessionStart,
+    decode,
+)
+from mediation.pdu.confirmation import parse_frame_message
 from mediation.tap.dhcp import (
     DhcpFollower,
     EndReason,
@@ -243,7 +251,12 @@ def test_tap_follows_the_target_from_192_0_2_10_to_192_0_2_11() -> None:
         True,
         False,
     ]
-    start10, end10, start11 = out[4][-1], out[8][-1], out[13][-1]
+    # Each lease change is followed by the report of the frame that showed it.
+    start10, end10, start11 = out[4][-2], out[8][-2], out[13][-2]
+    for pdus in (out[4], out[8], out[13]):
+        shown = parse_frame_message(pdus[-1].signaling_msg[0])
+        assert shown is not None and shown.captured == pdus[-2].timestamp
+    assert parse_frame_message(out[8][-1].signaling_msg[0]).what == "release"
     assert isinstance(start10, SessionStart) and start10.ip_address.address == A10
     assert isinstance(end10, SessionEnd) and end10.ip_address.address == A10
     assert end10.reason_for_termination.value == "dhcp-release"
@@ -280,9 +293,12 @@ def test_broadcast_answer_is_matched_by_its_client_hardware_address() -> None:
     tap = Tap.for_warrant(F.warrant(F.TARGET_MAC))
     answer = F.dhcp(5, F.TARGET_MAC, yiaddr="192.0.2.10", ciaddr="192.0.2.10", lease=60)
     frame = F.dhcp_frame(answer, from_client=False, dst_mac=F.BROADCAST)
-    _report, cc, established = (decode(p.der) for p in tap.process(frame, at(0)))
+    _report, cc, established, shown = (decode(p.der) for p in tap.process(frame, at(0)))
     assert cc.header.packet_direction.value == "toSubject"
     assert isinstance(established, SessionAlreadyEstablished)
+    evidence = parse_frame_message(shown.signaling_msg[0])
+    assert evidence.sha256 == hashlib.sha256(frame).hexdigest()
+    assert evidence.octets == frame  # a full-content warrant: the frame itself too
 
 
 def test_an_ip_warrant_does_not_follow_dhcp() -> None:
@@ -290,3 +306,25 @@ def test_an_ip_warrant_does_not_follow_dhcp() -> None:
     assert tap.follower is None
     out = run(tap, [(0.01 * i, f) for i, f in enumerate(exchange("192.0.2.11"), 1)])
     assert out == [[], [], [], []]
+
+
+def test_a_renewal_is_shown_by_its_frame_but_an_inform_answer_is_not() -> None:
+    def ack_frame(address: str, ciaddr: str = "0.0.0.0") -> bytes:
+        payload = F.dhcp(5, F.TARGET_MAC, yiaddr=address, ciaddr=ciaddr, lease=3600)
+        return F.dhcp_frame(payload, from_client=False, dst_ip="192.0.2.10")
+
+    def frame_reports(pdus: list) -> list:
+        reports = [decode(p.der) for p in pdus]
+        return [
+            parse_frame_message(r.signaling_msg[0])
+            for r in reports
+            if isinstance(r, AccessSignalingMessageReport)
+        ]
+
+    tap = Tap.for_warrant(F.warrant(F.TARGET_MAC))
+    assert len(frame_reports(tap.process(ack_frame("192.0.2.10"), at(1)))) == 1  # the lease
+    renewal = ack_frame("192.0.2.10", ciaddr="192.0.2.10")
+    [evidence] = frame_reports(tap.process(renewal, at(2)))
+    assert evidence.what == "ack" and evidence.sha256 == hashlib.sha256(renewal).hexdigest()
+    inform_answer = ack_frame("0.0.0.0", ciaddr="192.0.2.10")  # an ACK to an INFORM: no lease
+    assert frame_reports(tap.process(inform_answer, at(3))) == []

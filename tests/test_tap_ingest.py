@@ -11,9 +11,11 @@ from delivery_support import TARGET, Site, cc_pdu, udp_endpoint
 
 from mediation import pdu as P
 from mediation.log import ContentKind
+from mediation.pdu import StreamId, StreamKind
 from mediation.pdu import taplink as T
 from mediation.server.tap_gate import TapGate, case_identity, cc_payload
 from mediation.server.tap_ingest import JOURNAL_DIR
+from mediation.server.tap_journal import JournalEntry, Span, TapJournal
 
 TAP = "edge-1"
 NOW = dt.datetime.now(dt.UTC)
@@ -109,3 +111,27 @@ async def test_the_gate_refuses_a_bystander_and_another_case(tmp_path: Path) -> 
             "not_target",
         )
         assert gate.warrant_for("cmCC", cc_pdu("CASE-0002")) == (None, "not_served")
+
+
+def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
+    tmp_path: Path,
+) -> None:
+    journal = TapJournal(tmp_path)
+    sid = StreamId("w-3f9a1c", StreamKind.CMCC)
+    for n in (1, 2, 3):
+        journal.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [])
+    path = tmp_path / JOURNAL_DIR / f"{TAP}.journal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 3  # appended and synced, not the file replaced per batch
+    path.write_bytes(b"".join(lines) + lines[-1][:-9])  # a fourth state cut by a crash
+    last, entries = TapJournal(tmp_path).state(TAP)
+    assert last == 3 and sorted(entries) == [1, 2, 3]
+    assert entries[3].spans == {sid: Span(30, 10)} and entries[3].loaded
+    # Past COMPACT_BYTES (and at a process's first write) the file is one line again.
+    again = TapJournal(tmp_path)
+    again.COMPACT_BYTES = 400
+    for n in range(4, 20):
+        again.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [n - 1])
+        assert path.stat().st_size <= 400
+    last, entries = TapJournal(tmp_path).state(TAP)
+    assert last == 19 and sorted(entries) == [1, 2, 19]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 
 import pytest
@@ -272,10 +273,17 @@ def test_accounting_response_authenticator_agrees_with_scapy():
 def test_a_listener_feeds_payloads_to_the_tap_directly():
     import test_tap_frames as F
 
+    from mediation.pdu import decode
+    from mediation.pdu.confirmation import parse_frame_message
     from mediation.tap.replay import Tap
 
     tap = Tap.for_warrant(F.warrant(f"user:{USER}"), radius_secret=SECRET)
-    assert len(tap.accounting(start(), at(1))) == 2  # access-Accepted, session-Start
+    payload = start()
+    *events, shown = tap.accounting(payload, at(1))
+    assert len(events) == 2  # access-Accepted, session-Start; then the datagram's report
+    evidence = parse_frame_message(decode(shown.der).signaling_msg[0])
+    assert (evidence.layer, evidence.what) == ("udp-payload", "accounting-start")
+    assert evidence.sha256 == hashlib.sha256(payload).hexdigest() and evidence.octets == payload
     assert tap.matcher.is_learned(A10.packed)
     assert tap.accounting(b"\x04", at(2)) == [] and tap.counters.radius_refused == 1
     late = tap.accounting(start("192.0.2.11", session_id="S2"), F.WINDOW[1])

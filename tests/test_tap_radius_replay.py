@@ -10,6 +10,7 @@ CmII events at the capture times of the accounting packets.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 
 import pytest
@@ -22,12 +23,14 @@ from mediation.evidence.pcap import PcapWriter
 from mediation.pdu import (
     AccessAccepted,
     AccessSessionEnd,
+    AccessSignalingMessageReport,
     HeaderReport,
     SessionAlreadyEstablished,
     SessionEnd,
     SessionStart,
     decode,
 )
+from mediation.pdu.confirmation import parse_frame_message
 from mediation.tap.radius import StatusType, encode_accounting
 from mediation.tap.replay import Tap, replay_pcap
 from mediation.warrants.model import ContentLevel
@@ -141,12 +144,23 @@ def capture(tmp_path):
     return path
 
 
+SHOWN: dict[int, list] = {}  # step -> frame reports (confirmation), of the last _run
+
+
 def _run(capture, secret=SECRET, content=ContentLevel.FULL):
     tap = Tap.for_warrant(F.warrant(f"user:{USER}", content=content), radius_secret=secret)
     by_step: dict[int, list] = {}
+    SHOWN.clear()
     times = {at(step): step for step in range(len(SCRIPT))}
     for item in replay_pcap(capture, [tap]):
-        by_step.setdefault(times[item.time], []).append(decode(item.der))
+        pdu = decode(item.der)
+        evidence = None
+        if isinstance(pdu, AccessSignalingMessageReport):
+            evidence = parse_frame_message(pdu.signaling_msg[0])
+        if evidence is not None:
+            SHOWN.setdefault(times[item.time], []).append(evidence)
+        else:
+            by_step.setdefault(times[item.time], []).append(pdu)
     return tap, by_step
 
 
@@ -202,6 +216,16 @@ def test_cmii_events_at_the_accounting_times_with_the_session_ids(capture):
     assert taken[0].access_session_id.value == "SESS-0002"
     # Nothing of the bystanders' own sessions is reported.
     assert 17 not in by_step and 8 not in by_step and 7 not in by_step
+    # Each accounting frame that changed something is reported once, by its
+    # hash and capture time; a headers-only warrant is not given the frame.
+    assert set(SHOWN) == {1, 10, 14, 19, 22}
+    for step, [evidence] in SHOWN.items():
+        assert evidence.sha256 == hashlib.sha256(SCRIPT[step][1]).hexdigest()
+        assert evidence.captured == at(step) and evidence.octets is None
+        assert evidence.length == len(SCRIPT[step][1]) and evidence.proto == "radius"
+    assert SHOWN[10][0].what == "accounting-interim-update" and SHOWN[14][0].what == (
+        "accounting-stop"
+    )
     assert all(not isinstance(p, SessionAlreadyEstablished) for ps in by_step.values() for p in ps)
 
 

@@ -113,14 +113,15 @@ def test_headers_only_warrant_produces_no_cc() -> None:
     w = F.warrant(META["target"]["mac"], content=ContentLevel.HEADERS)
     items = list(replay_pcap(SAMPLE, [w]))
     assert {item.kind for item in items} == {"cmII"}
-    assert len(items) == len(TARGETS) + 1  # a header report each, and the session start
+    # A header report each, the session start, and the report of the ACK that showed it.
+    assert len(items) == len(TARGETS) + 2
 
 
 def test_replay_pcap_items() -> None:
     w = F.warrant(META["target"]["mac"])
     items = list(replay_pcap(SAMPLE, [w]))
     assert all(isinstance(i, ReplayItem) and i.handle == w.handle for i in items)
-    assert collections.Counter(i.kind for i in items) == {"cmII": 23, "cmCC": 22}
+    assert collections.Counter(i.kind for i in items) == {"cmII": 24, "cmCC": 22}
     times = [i.time for i in items]
     assert times == sorted(times) and times[0].tzinfo is dt.UTC
     for item in items:
@@ -153,7 +154,7 @@ def test_two_warrants_on_one_target_are_kept_apart() -> None:
         assert {
             (r.header.correlation_info.case_id, r.header.correlation_info.iap_id) for r in cc
         } <= {(case, iap)}
-        assert len(cmii) == len(TARGETS) + 1
+        assert len(cmii) == len(TARGETS) + 2
     assert not any(isinstance(r, CCApdu) for r in by_handle[dea.handle])
     # Each warrant's sequence is its own: both start at 1.
     firsts = [r.header.sequence_number for r in by_handle[fbi.handle] if isinstance(r, CCApdu)]

@@ -48,6 +48,7 @@ class Field:
         sensitive: identifies a case, a target or an agency (warned about on argv).
         prompt: asked for on a terminal when missing; None: never asked.
         opaque: a regular expression for values that reveal nothing (a handle).
+        number: a TOML number is taken too (as its text; the parser judges it).
     """
 
     key: str
@@ -56,6 +57,7 @@ class Field:
     sensitive: bool = True
     prompt: str | None = None
     opaque: str = HANDLE
+    number: bool = False
 
     @property
     def file_key(self) -> str:
@@ -164,9 +166,12 @@ def read_case_file(path: str) -> tuple[dict[str, Any], str]:
 def _file_value(field: Field, value: Any, name: str) -> str | list[str]:
     if isinstance(value, str):
         return [value] if field.many else value
+    if field.number and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
     if field.many and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
     kind = 'a string or a list of strings ("…" or ["…", "…"])' if field.many else 'a string ("…")'
+    kind = "a number (7)" if field.number else kind
     raise UsageError(name, f"must be {kind}")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,9 +40,6 @@ and chain link, and the sequence coverage. Exit status: 0 complete, 3 sound
 but with gaps (listed), 1 altered (the file and record named), 2 usage.
 """
 
-# The confirm helper's record of whom the intercept followed (optional):
-# a module with ``confirmation_records(data_dir, key, handle) -> list[dict]``.
-CONFIRMATION_MODULE = "mediation.server.confirmation"
 
 
 def _time(text: str | None, field: str) -> dt.datetime | None:
@@ -129,13 +125,14 @@ def _capture_dirs(registry: WarrantRegistry, warrant: Warrant) -> list[Path]:
 
 
 def _confirmation(root: Path, key: RegistryKey, handle: str) -> dict[str, Any] | None:
-    """The confirmation record, if the server has that feature (the hook for it)."""
-    try:
-        module = importlib.import_module(CONFIRMATION_MODULE)
-    except ImportError:
+    """The confirmation record (`mediate confirm --json`'s shape), or None if it has none."""
+    from mediation.evidence.confirmation import address_periods, confirmation_records
+    from mediation.log.crypto import LOG_KEY_PURPOSE, LogKey
+
+    records = confirmation_records(root, LogKey(key.derive(LOG_KEY_PURPOSE)), handle)
+    if not records:
         return None
-    records = module.confirmation_records(root, key, handle)
-    return {"handle": handle, "records": records}
+    return {"handle": handle, "records": records, "periods": address_periods(records)}
 
 
 def _detail(result: ExportResult) -> dict[str, Any]:

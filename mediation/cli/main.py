@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "mediation.cli.status",
     "mediation.cli.records",
     "mediation.cli.export",
+    "mediation.cli.confirm",
 )
 
 

@@ -28,6 +28,8 @@ DESCRIPTION = """\
 Receive a warrant's streams from the mediation server: over UDP (--udp,
 sealed with the key file the carrier gives you: --udp-key), over TLS
 with acknowledgements (--tls; the server connects to us), or both.
+An endpoint the carrier added with --format scte sends CC as SCTE
+datagrams: receive them with --udp --format scte --handle HANDLE.
 Missing sequence numbers are fetched from the server's log by themselves
 with --retrieve-from; --fetch asks for explicit ranges and exits. Writes
 per warrant handle, under --out: the envelopes as received (cmii.raw,
@@ -55,7 +57,8 @@ checkpoint's Ed25519 signature, then the chain rebuilt from the envelopes.
 A match proves every record up to it is exactly what the server stored,
 none left out, added or reordered. Prints one line per warrant stream;
 exits 1 on any fault. The key is the carrier's keys/log-signing.ed25519.pub
-(`mediate log key` prints it).
+(`mediate log key` prints it). SCTE datagrams (cmcc.scte) carry no
+checkpoints: with --udp-key, every one's tag and CCC id is checked again.
 """
 _FETCH = re.compile(r"([^/\s]+)/(cmii|cmcc):(\d+)(?:-(\d+))?", re.IGNORECASE)
 
@@ -80,6 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the UDP key file from the carrier (needed with --udp; repeatable)",
     )
     add(
+        "--format",
+        metavar="FORMAT",
+        action=Once,
+        help="--udp: envelope (the default), or scte: CC as SCTE datagrams "
+        "(an endpoint added with --format scte; needs --handle)",
+    )
+    add(
         "--udp-buffer",
         metavar="BYTES",
         help="--udp: the socket receive buffer to ask for (default 32 MiB; "
@@ -91,14 +101,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=Once,
         help="accept the server's TLS connections (mutual TLS)",
     )
-    add("--cert", metavar="FILE", help="the agency's certificate (PEM), see make-cert")
-    add("--key", metavar="FILE", help="its private key (PEM)")
+    add(
+        "--cert",
+        metavar="FILE",
+        action=Once,
+        help="the agency's certificate (PEM), see make-cert",
+    )
+    add("--key", metavar="FILE", action=Once, help="its private key (PEM)")
     add(
         "--server-ca",
         metavar="FILE",
+        action=Once,
         help="the mediation server's CA (the carrier's `mediate server-ca`, server-ca.pem)",
     )
-    add("--server-fingerprint", metavar="SHA256", help="pin the server's certificate")
+    add(
+        "--server-fingerprint",
+        metavar="SHA256",
+        action=Once,
+        help="pin the server's certificate",
+    )
     add("--retrieve-from", metavar="HOST:PORT", action=Once, help="the server's retrieval address")
     add(
         "--fetch",
@@ -155,6 +176,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="the mediation server's log-signing public key (PEM), from the carrier",
     )
+    verify.add_argument(
+        "--udp-key",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="the UDP key file(s): check the tags of SCTE datagrams kept (cmcc.scte)",
+    )
     verify.set_defaults(func=cmd_verify)
 
 
@@ -169,9 +197,12 @@ def cmd_make_cert(args: argparse.Namespace) -> int:
     print(f"certificate: {made.cert_path}")
     print(f"private key: {made.key_path} (mode 0600; keep it on this machine)")
     print(f"sha256: {made.fingerprint}")
+    # The fingerprint is a field `agency add` keeps off argv (it says whose endpoint this
+    # is): the hint names the forms that keep it out of the process list and shell history.
     print(
-        "give the carrier the line above, for: "
-        f"mediate agency add NAME --tls HOST:PORT --fingerprint {made.fingerprint}"
+        f"give the carrier {made.cert_path.name} and the sha256 line above, for: "
+        f'mediate agency add --from FILE (name, tls = "HOST:PORT", fingerprint = "SHA256") '
+        f"or: mediate agency add NAME --tls HOST:PORT --ca {made.cert_path.name}"
     )
     return 0
 
@@ -188,6 +219,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from mediation.lea.verify import VerifyError, check_output
     from mediation.log.errors import LogError
     from mediation.log.keys import load_public_key
+    from mediation.warrants.udpkey import read_key_file
 
     directory = Path(args.dir)
     if not directory.is_dir():
@@ -196,8 +228,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         public = load_public_key(Path(args.log_key))
     except LogError as exc:
         raise UsageError("--log-key", f"{exc}; ask the carrier for `mediate log key`") from None
+    keys = [read_key_file(Path(name), "--udp-key")[1] for name in args.udp_key]
     try:
-        checks = check_output(directory, public)
+        checks = check_output(directory, public, keys)
     except VerifyError as exc:
         raise UsageError("DIR", str(exc)) from None
     for check in checks:
@@ -281,6 +314,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
     udp = _listen_address(args.udp, "--udp") if args.udp else None
     tls = _listen_address(args.tls, "--tls") if args.tls else None
     udp_buffer = _udp_buffer(args.udp_buffer, given=bool(udp))
+    udp_format = _udp_format(args.format, given=bool(udp), handles=handles)
     retrieve = args.retrieve_from and parse_host_port(args.retrieve_from, "--retrieve-from")
     duration = _seconds(args.duration, "--duration")
     until_idle = _seconds(args.until_idle, "--until-idle")
@@ -291,6 +325,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         udp=udp,
         udp_keys=udp_keys,
         udp_buffer=udp_buffer,
+        udp_format=udp_format,
         tls=tls,
         tls_context=live_server_context(trust) if tls and trust else None,
         retrieve_from=retrieve or None,
@@ -327,6 +362,25 @@ def _udp_keys(files: list[str], *, needed: bool) -> tuple[SealKey, ...]:
             raise UsageError("--udp-key", f"two files give key id {key_id:08x} different keys")
         keys[key_id] = SealKey(key_id, key)
     return tuple(keys.values())
+
+
+def _udp_format(text: str | None, *, given: bool, handles: frozenset[str] | None) -> str:
+    """``--format``, checked: only with --udp; scte needs the handles it will receive."""
+    from mediation.errors import UsageError
+
+    if text is None:
+        return "envelope"
+    if not given:
+        raise UsageError("--format", "only with --udp")
+    if text not in ("envelope", "scte"):
+        raise UsageError("--format", f"envelope or scte, got {text!r}")
+    if text == "scte" and not handles:
+        raise UsageError(
+            "--format",
+            "scte needs --handle HANDLE for each warrant (the carrier gives the handles): "
+            "a datagram names its warrant only by a keyed hash of the handle",
+        )
+    return text
 
 
 def _udp_buffer(text: str | None, *, given: bool) -> int:

@@ -5,7 +5,9 @@ segment file names, their frames' sequence numbers and sizes are in
 clear), plus the registry for each warrant's end. ``purge HANDLE`` asks
 a running server to purge (control op ``purge``); with none running it
 purges itself while holding ``server.lock``, so no server starts meanwhile.
-The retention period is ``[retention] years`` of the configuration
+Each warrant's retention period is its own (``mediate add --retention``,
+sealed in the registry: without the key ``records`` shows no dates for
+ended warrants), else ``[retention] years`` of the configuration
 (``--config FILE`` or ``$MEDIATION_CONFIG``, as ``mediate serve``).
 """
 
@@ -32,6 +34,11 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
     path = args.config or os.environ.get(CONFIG_ENV)
     return load_config(Path(path) if path else None)
+
+
+def default_retention(args: argparse.Namespace) -> int:
+    """The server's ``[retention] years`` (``--config`` or ``$MEDIATION_CONFIG``; else 5)."""
+    return _config(args).retention.years
 
 
 def stream_records(directory: Path) -> dict[str, Any] | None:
@@ -69,10 +76,10 @@ def stream_records(directory: Path) -> dict[str, Any] | None:
 def _rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     from mediation.log.evidence_log import stream_dir
     from mediation.pdu import StreamKind
-    from mediation.server.retention import kept_until
     from mediation.warrants.access import KeyNeed
     from mediation.warrants.audit import AuditEvent
     from mediation.warrants.model import format_time, utc_now
+    from mediation.warrants.retention import kept_until, period
 
     years, now, root = _config(args).retention.years, utc_now(), data_dir(args)
     with registry_for(args, KeyNeed.OPTIONAL) as registry:
@@ -86,6 +93,9 @@ def _rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
         row: dict[str, Any] = {"handle": w.handle, "state": w.state(now).value}
         if w.details is not None:
             row["case_id"] = w.details.case_id
+        # Its own period, else the server's; None without the key (it is sealed).
+        row["retention_years"] = period(w, years)
+        row["retention_default"] = None if w.details is None else w.details.retention is None
         row["retention_until"] = format_time(until) if until else None
         row["streams"] = {}
         for kind in StreamKind:
@@ -103,17 +113,28 @@ def cmd_records(args: argparse.Namespace) -> int:
         return 0
     table = []
     for row in rows:
-        kept_until = row["retention_until"] or f"({row['state']}: kept)"
+        kept_until = row["retention_until"] or _not_dated(row)
+        years = row["retention_years"]
+        retain = "?" if years is None else f"{years}y" + (" (default)" * row["retention_default"])
         streams = row["streams"] or {"-": {}}
         for kind, s in streams.items():
             kept = f"{s['first']}..{s['last']}" if s.get("first") is not None else "none"
             purged = s.get("purged")
             gone = f"{purged['first']}..{purged['last']} at {purged['time']}" if purged else None
-            line = [row["handle"], row["state"], kind, kept, s.get("bytes"), kept_until, gone]
-            table.append(line + ([row.get("case_id")] if keyed else []))
-    headers = ["HANDLE", "STATE", "STREAM", "KEPT", "BYTES", "RETENTION-UNTIL", "PURGED"]
+            line = [row["handle"], row["state"], kind, kept, s.get("bytes"), retain, kept_until]
+            table.append(line + [gone] + ([row.get("case_id")] if keyed else []))
+    headers = ["HANDLE", "STATE", "STREAM", "KEPT", "BYTES", "RETAIN", "RETENTION-UNTIL", "PURGED"]
     print_table(headers + (["CASE-ID"] if keyed else []), table)
+    if not keyed:
+        print("(no registry key: each warrant's retention period is sealed; dates need the key)")
     return 0
+
+
+def _not_dated(row: dict[str, Any]) -> str:
+    """What RETENTION-UNTIL says when there is no date."""
+    if row["state"] in ("pending", "active"):
+        return f"({row['state']}: kept)"
+    return "(needs the key)"
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

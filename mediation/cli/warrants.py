@@ -32,6 +32,7 @@ _DETAIL_FIELDS = (
     Field("source", "--source", many=True),
     Field("court_ref", "--court-ref"),
     Field("note", "--note"),
+    Field("retention", "--retention", sensitive=False, number=True),
 )
 ADD_FIELDS = (
     Field("case_id", "--case-id", prompt="case id"),
@@ -71,13 +72,14 @@ def _sources(given: CaseInput) -> tuple[Source, ...]:
 
 
 def _details(given: CaseInput) -> dict[str, Any]:
-    """iap, court_ref and notes, parsed; each None when not given."""
+    """iap, court_ref, notes and retention, parsed; each None when not given."""
     from mediation.warrants import validate as v
 
     return {
         "iap": v.parse_iap(given.get("iap"), given.name("iap")),
         "court_ref": v.parse_free_text(given.get("court_ref"), given.name("court_ref")),
         "notes": v.parse_free_text(given.get("note"), given.name("note"), v.NOTE_MAX),
+        "retention": v.parse_retention(given.get("retention"), given.name("retention")),
     }
 
 
@@ -134,6 +136,8 @@ def _describe_added(
             f"end: not given, so {DEFAULT_DAYS} days after the start; "
             "set the order's end with --end"
         )
+    if warrant.details is not None and warrant.details.retention is not None:
+        print(f"retention: {warrant.details.retention} years after it ends")
     endpoints = agency.details.endpoints if agency and agency.details else ()
     if Stream.CMCC in warrant.content.streams and not any(
         Stream.CMCC in e.streams for e in endpoints
@@ -205,6 +209,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         agency = registry.agency(warrant.agency)
         registry.record(AuditEvent("show", handle))
     data = {**warrant.to_json(now), "counters": _counters(args).get(handle)}
+    if data.get("retention_years") is None and not args.json:
+        data["retention_years"] = "the server's [retention] years"
     if agency is not None and agency.details is not None:
         data["agency"] = f"{agency.details.name} ({agency.handle})"
     if args.json:
@@ -250,6 +256,7 @@ def _new_targets(given: CaseInput, stored: tuple[Target, ...]) -> tuple[Target, 
 
 
 def cmd_modify(args: argparse.Namespace) -> int:
+    from mediation.cli.records import default_retention
     from mediation.warrants import validate as v
     from mediation.warrants.access import KeyNeed
     from mediation.warrants.model import format_time, utc_now
@@ -267,18 +274,21 @@ def cmd_modify(args: argparse.Namespace) -> int:
             sources=_sources(given) if (given.get("tap") or given.get("source")) else None,
             **_details(given),
         )
+        default = default_retention(args)  # the period of a warrant without its own
         with registry_for(args, KeyNeed.REQUIRED) as registry:
             stored = existing_warrant(registry, handle)
             if stored.details is not None:
                 targets = _new_targets(given, stored.details.targets)
                 if targets is not None:
                     changes = dataclasses.replace(changes, targets=targets)
-            warrant, changed = modify_warrant(registry, handle, changes, now)
+            warrant, changed = modify_warrant(registry, handle, changes, now, default)
     print(f"{handle} modified: {', '.join(changed)}")
     print(
         f"state: {warrant.state(now).value}, "
         f"from {format_time(warrant.start)} to {format_time(warrant.end)}"
     )
+    if "retention" in changed:
+        print(f"retention: {changes.retention} years after it ends (see `mediate records`)")
     print(report_to_server(args, handle))
     given.warn()
     return 0
@@ -314,6 +324,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subcommand(subparsers, "modify", "change a warrant; give only what changes", cmd_modify)
     p.add_argument("handle", metavar="HANDLE")
     add_modify_options(p)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        action=Once,
+        help="the server's TOML configuration, for [retention] years: the period of a warrant "
+        "without its own (default: $MEDIATION_CONFIG, else five years)",
+    )
     p = subcommand(subparsers, "remove", "stop a warrant now; its record is kept", cmd_remove)
     p.add_argument("handle", metavar="HANDLE")
 
@@ -399,4 +416,11 @@ def add_detail_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--court-ref", metavar="TEXT", action=Once, help="the court order's reference")
     p.add_argument(
         "--note", metavar="TEXT", action=Once, help="a note for the carrier's own records"
+    )
+    p.add_argument(
+        "--retention",
+        metavar="YEARS",
+        action=Once,
+        help="years its records are kept after it ends, 5 to 100 (default: the server's "
+        "[retention] years); after the end it may only be lengthened",
     )

@@ -10,6 +10,7 @@ Modules::
 
     receiver   Receiver, ReceiverConfig: the nursery of one run
     udp        UDP listener and receiver reports
+    scte       SCTE CC datagrams (--format scte): CCC id -> handle, tags, gaps
     driver     StreamDriver: one TLS connection (live or retrieval)
     retrieve   Retriever (gaps, by itself), fetch (explicit ranges)
     state      ReceiverState: shared trackers, counters, outputs
@@ -17,6 +18,7 @@ Modules::
     report     per-stream counters and gaps.json
     files      hashed append-only files, torn-tail repair
     rawfile    reading back the raw envelope files
+    verify_scte  re-checking the tags of kept SCTE datagrams
     tls        agency certificate, TLS contexts, fingerprint pinning
     view       live view and the summary at exit
 """

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ from mediation.lea.files import (
 )
 from mediation.pdu import fast
 from mediation.pdu.jsonview import SharedPartsView, iso_time
+from mediation.protocol import scte
 
 PCAP_FILE = "cmcc.pcap"
 JSONL_FILE = "cmii.jsonl"
 CHECKPOINT_FILE = "checkpoints.raw"
 GAPS_FILE = "gaps.json"
+SCTE_FILE = "cmcc.scte"  # SCTE datagrams as received, each after its 4-octet length
 NOT_IP_LISTED = 1000  # sequence numbers of non-IP payloads listed in gaps.json
 
 # Handles are opaque and short (``w-3f9a1c``). Anything else could climb
@@ -119,6 +122,7 @@ class CaseOutputs:
         self._pcap_refused: str | None = None
         self._jsonl: HashedFile | None = None
         self._checkpoints: HashedFile | None = None
+        self._scte: HashedFile | None = None
         self.not_ip = 0
         self.not_ip_sequences: list[int] = []
         self.torn: dict[str, int] = {}  # file -> octets cut off at start
@@ -150,6 +154,10 @@ class CaseOutputs:
             if kind is pdu.StreamKind.CMCC and held[kind]:
                 self._last_cc = held[kind][-1]
                 self.cc_in_order = held[kind] == sorted(held[kind])
+        scte = self._resume_scte()
+        if scte:
+            held.setdefault(pdu.StreamKind.CMCC, []).extend(scte)
+            self._last_cc = max(held[pdu.StreamKind.CMCC])
         for name, cut in ((PCAP_FILE, cut_torn_pcap), (JSONL_FILE, cut_torn_lines)):
             path = self.dir / name
             try:
@@ -159,6 +167,19 @@ class CaseOutputs:
             if octets:
                 self.torn[name] = octets
         return held
+
+    def _resume_scte(self) -> list[int]:
+        """The sequence numbers in ``cmcc.scte``; a torn last record is cut off."""
+        path = self.dir / SCTE_FILE
+        if not path.exists():
+            return []
+        sequences, good = [], 0
+        for sequence, _when, _datagram, end in scan_scte(path):
+            sequences.append(sequence)
+            good = end
+        if good < path.stat().st_size:
+            self._cut(path, good)
+        return sequences
 
     def _cut(self, path: Path, good: int) -> None:
         self.torn[path.name] = path.stat().st_size - good
@@ -194,17 +215,33 @@ class CaseOutputs:
         self._jsonl_file().write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
 
     def _packet(self, envelope: pdu.Envelope, apdu: pdu.CCApdu) -> None:
-        seq = envelope.sequence_number
+        self._cc_packet(envelope.sequence_number, apdu.payload, capture_time(envelope))
+
+    def store_scte(self, sequence: int, when: dt.datetime, packet: bytes, raw: bytes) -> None:
+        """Write one new SCTE datagram (already authenticated): raw, then the pcap record.
+
+        Args:
+            sequence: its CmCC sequence number.
+            when: the capture time it carries.
+            packet: the IP packet.
+            raw: the datagram exactly as received (kept in ``cmcc.scte``).
+        """
+        if self._scte is None:
+            self._scte = HashedFile(self.dir / SCTE_FILE)
+        self._scte.write(len(raw).to_bytes(4, "big") + raw)  # first: the evidence itself
+        self._cc_packet(sequence, packet, when)
+
+    def _cc_packet(self, seq: int, payload: bytes, when: dt.datetime) -> None:
         if self._last_cc is not None and seq < self._last_cc:
             self.cc_in_order = False
         self._last_cc = seq if self._last_cc is None else max(seq, self._last_cc)
-        if not is_ip_packet(apdu.payload):
+        if not is_ip_packet(payload):
             # The raw file keeps it; a pcap of raw IP must not hold garbage.
             self.not_ip += 1
             if len(self.not_ip_sequences) < NOT_IP_LISTED:
                 self.not_ip_sequences.append(seq)
             return
-        self._pcap_writer().write(apdu.payload, capture_time(envelope))
+        self._pcap_writer().write(payload, when)
 
     def store_checkpoint(self, raw: bytes) -> None:
         """Keep a signed checkpoint as received (for verifying the hash chain later)."""
@@ -239,7 +276,7 @@ class CaseOutputs:
     @property
     def files(self) -> list[HashedFile]:
         """The open files, raw first (the primary evidence)."""
-        extra = (self._pcap_file, self._jsonl, self._checkpoints)
+        extra = (self._scte, self._pcap_file, self._jsonl, self._checkpoints)
         return [*self._raw.values(), *(f for f in extra if f is not None)]
 
     def flush(self) -> None:
@@ -270,20 +307,49 @@ class CaseOutputs:
         for handle in self.files:
             self.digests[handle.path.name] = handle.close()
         raw_cc = self.dir / raw_name(pdu.StreamKind.CMCC)
-        if sort and not self.cc_in_order and raw_cc.exists():
-            self.digests[PCAP_FILE] = sort_pcap(raw_cc, self.dir / PCAP_FILE)
+        scte_cc = self.dir / SCTE_FILE
+        if sort and not self.cc_in_order and (raw_cc.exists() or scte_cc.exists()):
+            self.digests[PCAP_FILE] = sort_pcap(raw_cc, self.dir / PCAP_FILE, scte_cc)
         return dict(self.digests)
 
 
-def sort_pcap(raw_path: Path, pcap_path: Path) -> str:
-    """Rewrite the pcap from the raw CC file, in sequence order; returns its SHA-256.
+def scan_scte(path: Path) -> Iterator[tuple[int, dt.datetime, bytes, int]]:
+    """The records of a ``cmcc.scte`` file, one at a time (the file may be large).
 
-    The raw file is the evidence as received; the pcap is a view of it, so
-    rebuilding it loses nothing and also restores any packet a killed run
-    wrote to the raw file but not yet to the pcap.
+    Not authenticated again here (they were on arrival; ``receive verify
+    --udp-key`` checks the tags). Yields (sequence, capture time, the
+    datagram, the offset after it); a torn tail ends the iteration, so the
+    last offset yielded is the length of the whole records.
     """
-    messages, _torn = rawfile.scan(raw_path)
+    offset = 0
+    with path.open("rb") as handle:
+        while len(prefix := handle.read(4)) == 4:
+            size = int.from_bytes(prefix, "big")
+            datagram = handle.read(size)
+            if len(datagram) < size or size < scte.HEADER + scte.TRAILER:
+                return
+            offset += 4 + size
+            sequence = int.from_bytes(datagram[-scte.TAG - 8 : -scte.TAG], "big")
+            yield sequence, scte.from_ntp(datagram[4:12]), datagram, offset
+
+
+def scte_packet(datagram: bytes) -> bytes:
+    """The IP packet inside an SCTE datagram."""
+    return datagram[scte.HEADER : -scte.TRAILER]
+
+
+def sort_pcap(raw_path: Path, pcap_path: Path, scte_path: Path | None = None) -> str:
+    """Rewrite the pcap from the raw CC files, in sequence order; returns its SHA-256.
+
+    The raw files (envelopes, and SCTE datagrams if ``scte_path`` exists)
+    are the evidence as received; the pcap is a view of them, so rebuilding
+    it loses nothing and also restores any packet a killed run wrote to a
+    raw file but not yet to the pcap.
+    """
+    messages, _torn = rawfile.scan(raw_path) if raw_path.exists() else ([], False)
     ordered = sorted((m for m in messages if m.sequence is not None), key=lambda m: m.sequence)
+    if scte_path is not None and scte_path.exists() and scte_path.stat().st_size:
+        return _sort_pcap_with_scte(raw_path, pcap_path, ordered, scte_path)
     # Durable like every replaced file (the directory entry too); a failure
     # half-way leaves the old pcap and no temporary file.
     with replacing(pcap_path) as temp:
@@ -298,5 +364,38 @@ def sort_pcap(raw_path: Path, pcap_path: Path) -> str:
             writer.close()
         finally:
             digest = target.close(hash_file=False)  # the hash file names the final name
+    write_sha256(pcap_path, digest)
+    return digest
+
+
+def _sort_pcap_with_scte(
+    raw_path: Path,
+    pcap_path: Path,
+    ordered: list[rawfile.RawMessage],
+    scte_path: Path,
+) -> str:
+    """:func:`sort_pcap` when SCTE datagrams came too (retrieval fills their gaps as envelopes).
+
+    Holds the stream's packets in memory to order them (the envelope-only
+    path reads them back by offset instead).
+    """
+    packets: dict[int, tuple[dt.datetime, bytes]] = {}
+    for data in rawfile.read_in_order(raw_path, ordered) if ordered else ():
+        envelope = fast.decode_envelope(data)
+        if isinstance(envelope.content, pdu.CCApdu):
+            packets[envelope.sequence_number] = (capture_time(envelope), envelope.content.payload)
+    for sequence, when, datagram, _end in scan_scte(scte_path):
+        packets.setdefault(sequence, (when, scte_packet(datagram)))
+    with replacing(pcap_path) as temp:
+        target = HashedFile(temp)
+        try:
+            writer = PcapWriter(target, linktype=LINKTYPE_RAW)  # type: ignore[arg-type]
+            for sequence in sorted(packets):
+                when, packet = packets[sequence]
+                if is_ip_packet(packet):
+                    writer.write(packet, when)
+            writer.close()
+        finally:
+            digest = target.close(hash_file=False)
     write_sha256(pcap_path, digest)
     return digest

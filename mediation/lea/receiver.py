@@ -32,6 +32,7 @@ from mediation.errors import UsageError
 from mediation.lea import udp
 from mediation.lea.driver import StreamDriver
 from mediation.lea.retrieve import ConnectError, FetchRange, Retriever, fetch
+from mediation.lea.scte import ScteDelivery
 from mediation.lea.state import ReceiverState
 from mediation.lea.tls import PeerRefused, ServerCheck, failure_reason
 from mediation.lea.udp import DEFAULT_BUFFER as DEFAULT_UDP_BUFFER
@@ -55,6 +56,7 @@ class ReceiverConfig:
     udp: Address | None = None
     udp_keys: tuple[SealKey, ...] = ()  # every UDP datagram is sealed under one of these
     udp_buffer: int = DEFAULT_UDP_BUFFER  # receive buffer to ask for, bytes
+    udp_format: str = "envelope"  # or "scte": CC as SCTE datagrams (needs handles)
     tls: Address | None = None
     tls_context: ssl.SSLContext | None = None  # live listener (TLS server)
     retrieve_from: Address | None = None
@@ -110,6 +112,7 @@ class Receiver:
             log, "tls: refused", clock=trio.current_time, counts=self.state.counters.refused_reasons
         )
         self.udp: UdpDelivery | None = None
+        self.scte: ScteDelivery | None = None
         self.slots = ConnectionLimit()
 
     def stop(self, reason: str = "stopped") -> None:
@@ -150,6 +153,8 @@ class Receiver:
             self.refusals.flush()
             if self.udp is not None:  # the last summary of forged datagrams, if any
                 self.udp.refusals.flush()
+            if self.scte is not None:
+                self.scte.refusals.flush()
             try:
                 self._save_udp()
                 digests = self.state.close(sort=self.config.sort)  # first: the evidence
@@ -167,7 +172,11 @@ class Receiver:
         signals: bool,
     ) -> None:
         config = self.config
-        if udp_sock is not None:
+        if udp_sock is not None and config.udp_format == "scte":
+            assert config.handles, "SCTE datagrams are told apart by the handles expected"
+            self.scte = ScteDelivery(udp_sock, self.state, list(config.udp_keys), config.handles)
+            nursery.start_soon(self.scte.reader)
+        elif udp_sock is not None:
             self.udp = UdpDelivery(
                 udp_sock, self.state, config.report_interval, list(config.udp_keys)
             )

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mediation import pdu
 from mediation.lea import rawfile
-from mediation.lea.outputs import CHECKPOINT_FILE, raw_name, safe_handle
+from mediation.lea.outputs import CHECKPOINT_FILE, SCTE_FILE, raw_name, safe_handle
+from mediation.lea.verify_scte import ScteCheck, check_scte
 from mediation.log import format as F
 from mediation.log.keys import key_id, verify_signature
 from mediation.pdu import PDUError, StreamId, StreamKind, fast
@@ -229,19 +231,31 @@ def check_case(case_dir: Path, public: Ed25519PublicKey) -> list[StreamCheck]:
     return out
 
 
-def check_output(out_dir: Path, public: Ed25519PublicKey) -> list[StreamCheck]:
+def check_output(
+    out_dir: Path, public: Ed25519PublicKey, udp_keys: Sequence[bytes] = ()
+) -> list[StreamCheck | ScteCheck]:
     """Check every warrant under a receiver's ``--out`` directory (or one warrant's own).
+
+    Args:
+        out_dir: the receiver's ``--out``, or one warrant's directory in it.
+        public: the server's log-signing key (checkpoints).
+        udp_keys: endpoint UDP keys, to check the tags of SCTE datagrams kept.
 
     Raises:
         VerifyError: nothing to check there, or a file that is not a receiver's output.
     """
     if (out_dir / CHECKPOINT_FILE).is_file() or any(
-        (out_dir / raw_name(k)).is_file() for k in StreamKind
+        (out_dir / name).is_file() for name in (*map(raw_name, StreamKind), SCTE_FILE)
     ):
         cases = [out_dir]
     else:
         cases = sorted(p for p in out_dir.iterdir() if p.is_dir() and safe_handle(p.name))
-    results = [check for case in cases for check in check_case(case, public)]
+    results: list[StreamCheck | ScteCheck] = []
+    for case in cases:
+        results.extend(check_case(case, public))
+        scte = check_scte(case, list(udp_keys))
+        if scte is not None:
+            results.append(scte)
     if not results:
-        raise VerifyError(f"{out_dir}: no received streams here (cmii.raw, cmcc.raw)")
+        raise VerifyError(f"{out_dir}: no received streams here (cmii.raw, cmcc.raw, cmcc.scte)")
     return results

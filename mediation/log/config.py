@@ -33,6 +33,9 @@ class LogConfig:
         cursor_persist_interval: named cursor positions are written at most
             this often (seconds); a crash costs at most this much redelivery.
         checkpoint_memory: how many recent checkpoints readers get from memory.
+        writer_threads: threads that write and fdatasync, shared by all streams.
+        ring_budget: the rings of all open streams together hold at most this.
+        open_segments: at most this many segment files open for writing.
     """
 
     # The log is CPU-bound (about 4.2 µs a 1500-byte record here, 1.6 µs of
@@ -58,6 +61,18 @@ class LogConfig:
     retry_interval: float = 1.0
     cursor_persist_interval: float = 1.0
     checkpoint_memory: int = 64
+    # Writer threads shared by all streams: each write + fdatasync releases
+    # the GIL, so a few overlap syncs of different streams; more only add
+    # contention (docs/architecture.md, "Thousands of intercepts").
+    writer_threads: int = 4
+    # All streams' rings together: each stream keeps min(ring_bytes,
+    # ring_budget / open streams), so memory does not grow with warrants
+    # (2,000 streams: 256 KiB each, about 170 records of 1500 bytes; a
+    # reader further behind reads the segments).
+    ring_budget: int = 512 * MIB
+    # Segment files kept open for writing; past it the least recently
+    # written is closed and reopened on its next write (one open(2)).
+    open_segments: int = 256
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -14,6 +14,7 @@ import json
 import math
 import re
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -41,6 +42,7 @@ class CursorStore:
         self._path = directory / CURSORS
         self._positions: dict[str, int] = {}
         self._dirty_since = math.inf
+        self.on_dirty: Callable[[], None] = lambda: None  # the stream asks its timer
         try:
             data = json.loads(self._path.read_text("ascii"))
             self._positions = {str(k): int(v) for k, v in data["cursors"].items()}
@@ -58,6 +60,7 @@ class CursorStore:
             self._positions[name] = next_expected
             if self._dirty_since == math.inf:
                 self._dirty_since = trio.current_time()
+                self.on_dirty()
 
     def due_at(self, interval: float) -> float:
         """When unsaved positions should be written (inf: nothing to write)."""
@@ -75,8 +78,24 @@ class CursorStore:
         write_atomic(self._path, data.encode("ascii"), 0o640)
 
     def retry_later(self) -> None:
+        """Writing failed: the positions are unsaved again (tried after the interval)."""
         if self._dirty_since == math.inf:
             self._dirty_since = trio.current_time()
+            self.on_dirty()
+
+
+class RingShare:
+    """How many bytes of recent records each stream keeps in memory.
+
+    One object shared by every stream of a log, so a stream opening or
+    closing changes every stream's share at once (each trims on its next
+    append).
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
 
 
 class ReadSide:
@@ -100,7 +119,7 @@ class ReadSide:
         self._ring: list[F.LogRecord] = []
         self._ring_base = recovered.next_seq  # sequence number of _ring[0]
         self._ring_bytes = 0
-        self._ring_limit = config.ring_bytes
+        self._rings = RingShare(config.ring_bytes)  # the log gives its shared one
         self._checkpoints: deque[F.Checkpoint] = deque(maxlen=config.checkpoint_memory)
         self._durable_event = trio.Event()
         self._table = SegmentTable(
@@ -157,7 +176,7 @@ class ReadSide:
 
     def _ring_trim(self) -> None:
         """Drop the oldest quarter of the ring: one list move per many appends."""
-        target, ring, i, size = self._ring_limit * 3 // 4, self._ring, 0, self._ring_bytes
+        target, ring, i, size = self._rings.limit * 3 // 4, self._ring, 0, self._ring_bytes
         while size > target and i < len(ring):
             size -= len(ring[i].payload) + RING_OVERHEAD
             i += 1

@@ -20,11 +20,14 @@ import trio
 from mediation.log import format as F
 from mediation.log.config import LogConfig
 from mediation.log.crypto import LogKey
+from mediation.log.cursor import RingShare
 from mediation.log.errors import LogError
 from mediation.log.keys import LogSigner, load_or_create_signer
 from mediation.log.recovery import recover_stream
 from mediation.log.retention import RetentionResult, remove_segments
 from mediation.log.stream import StreamLog
+from mediation.log.timer import StreamTimer
+from mediation.log.writer import WriterPool
 from mediation.pdu import StreamId, StreamKind
 
 LOG_DIR = "log"
@@ -71,6 +74,10 @@ class EvidenceLog:
         self._streams: dict[StreamId, StreamLog] = {}
         self._locks: dict[StreamId, int] = {}
         self._opening: dict[StreamId, trio.Event] = {}
+        # Shared by every stream: bounded threads and open files, one timer task.
+        self.pool = WriterPool(config.writer_threads, config.open_segments)
+        self.timer = StreamTimer()
+        self.rings = RingShare(config.ring_bytes)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -89,6 +96,7 @@ class EvidenceLog:
         signer = await trio.to_thread.run_sync(load_or_create_signer, Path(data_dir))
         async with trio.open_nursery() as nursery:
             log = cls(Path(data_dir), config or LogConfig(), signer, nursery, key)
+            nursery.start_soon(log.timer.run)
             try:
                 yield log
             finally:
@@ -118,12 +126,22 @@ class EvidenceLog:
                 recovered = await trio.to_thread.run_sync(
                     recover_stream, directory, key, self.config.index_interval, self._key
                 )
-                stream = StreamLog(key, directory, self.config, self.signer, recovered, self._key)
-                await self._nursery.start(stream.run)
+                stream = StreamLog(
+                    key,
+                    directory,
+                    self.config,
+                    self.signer,
+                    recovered,
+                    self._key,
+                    self.pool,
+                    self.timer,
+                    self.rings,
+                )
             except BaseException:
                 os.close(lock)
                 raise
             self._streams[key], self._locks[key] = stream, lock
+            self._share_rings()
             return stream
         finally:
             self._opening.pop(key).set()
@@ -133,11 +151,17 @@ class EvidenceLog:
         """The streams open now."""
         return list(self._streams.values())
 
+    def _share_rings(self) -> None:
+        """Each open stream's ring: its share of ``ring_budget`` (at most ``ring_bytes``)."""
+        share = self.config.ring_budget // max(1, len(self._streams))
+        self.rings.limit = min(self.config.ring_bytes, share)
+
     async def close_stream(self, handle: str, kind: StreamKind) -> None:
         """Checkpoint, flush and close one stream (nothing if it is not open)."""
         key = StreamId(handle, kind)
         stream = self._streams.pop(key, None)
         if stream is not None:
+            self._share_rings()
             try:
                 await stream.aclose()
             finally:
@@ -186,3 +210,4 @@ class EvidenceLog:
         with trio.CancelScope(shield=True):
             for key in list(self._streams):
                 await self.close_stream(key.warrant_handle, key.kind)
+            await self.pool.aclose()

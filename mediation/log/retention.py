@@ -26,17 +26,19 @@ from mediation.log.journal import RETENTION, append_entry, now_iso, read_entries
 from mediation.log.keys import LogSigner, verify_signature
 from mediation.log.segments import list_segments, scan_segment
 from mediation.pdu import StreamId
+from mediation.warrants.retention import DEFAULT_YEARS, years_after
 
 # The default retention: five years after the warrant ends.
-DEFAULT_RETENTION_YEARS = 5
+DEFAULT_RETENTION_YEARS = DEFAULT_YEARS
 
 
 def retention_until(warrant_end: dt.datetime, years: int = DEFAULT_RETENTION_YEARS) -> dt.datetime:
-    """When a warrant's records may be removed: ``years`` after it ended."""
-    try:
-        return warrant_end.replace(year=warrant_end.year + years)
-    except ValueError:  # 29 February into a common year
-        return warrant_end.replace(year=warrant_end.year + years, day=28)
+    """When a warrant's records may be removed: ``years`` after it ended.
+
+    The date arithmetic is the warrant's (``warrants/retention.py``, which
+    imports nothing heavy); the log only keeps this name for its callers.
+    """
+    return years_after(warrant_end, years)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,32 +1,52 @@
-"""The writing side of a stream: a segment writer and the thread that runs it.
+"""The writing side of the log: segment writers and the threads shared by all streams.
 
-Each stream has one writer thread. The event loop hands it sealed chunks in
-order; the thread writes each at the end of its segment, fdatasyncs it, and
-reports back through the trio token. Why a long-lived thread rather than
-``trio.to_thread`` per batch: with a producer keeping the interpreter busy,
-every hand-over of the GIL waits for the producer to yield, and per-batch
-threads needed about four of them; measured on the development machine, the
-gap between one batch's sync and the next write was 9 ms, as long as the
-write itself. The dedicated thread takes the next chunk as soon as the last
-is durable and needs two hand-overs per batch.
+A :class:`WriterPool` of at most ``writer_threads`` threads writes for
+every stream of the log. A stream hands its :class:`StreamWriter` sealed
+chunks in order; the writer is queued once (not once per chunk) on the
+pool's ready queue, and a free thread takes it, writes *every* chunk it
+holds by then at the end of its segment with one fdatasync (group commit:
+a slow disk gets larger batches), and reports back through the trio
+token. One thread at a time works for a stream, so its chunks are written
+and reported in order; a stream that still has chunks afterwards goes to
+the back of the queue, so a busy stream cannot starve the others.
+
+Why long-lived threads rather than ``trio.to_thread`` per batch: with a
+producer keeping the interpreter busy, every hand-over of the GIL waits for
+the producer to yield, and per-batch threads needed about four of them;
+measured, the gap between one batch's sync and the next write was 9 ms,
+as long as the write itself. A waiting pool thread takes the next chunk
+as soon as it is queued. Why a pool rather than a thread per stream: a
+server of 1,000 warrants has 2,000 streams (docs/architecture.md).
 
 On a failed write (ENOSPC, EFBIG, EIO) the segment is cut back to its last
-durable size and the same chunk is tried again every ``retry_interval``
-seconds until it succeeds or the stream is closed: order is kept, nothing
-written twice, and the event loop is told once when storing stops and once
-when it resumes. Any other exception (a bug) is treated the same way and
-logged with its traceback, so the stream reports "unable to store" instead
-of hanging.
+durable size and the stream is set aside for ``retry_interval`` seconds
+(its thread goes on with other streams: one full or failing stream does
+not stop another), then the same chunks are tried again, until it succeeds
+or the stream is stopped: order is kept, nothing written twice, and the
+event loop is told once when storing stops and once when it resumes. Any
+other exception (a bug) is treated the same way and logged with its
+traceback, so the stream reports "unable to store" instead of hanging.
+
+Segment files are opened when first written and kept open in a
+least-recently-used set of at most ``open_segments``; past that, the
+descriptor of the stream written longest ago is closed (it is reopened on
+its next write), so open files do not grow with the number of streams
+(a file being written is not closed: at most ``open_segments`` plus one
+per thread are open at any moment).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import heapq
+import itertools
 import logging
+import math
 import os
-import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,9 +76,10 @@ def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
 class SegmentWriter:
     """Appends chunks to the active segment and makes them durable.
 
-    Not thread-safe: the stream's writer thread is its only user.
+    Not thread-safe: one pool thread at a time uses it (its stream's).
     On any OSError the segment is cut back to its last durable size, so a
-    retry writes the same bytes again at the same place.
+    retry writes the same bytes again at the same place. The file is opened
+    on the first write and may be closed between writes (:meth:`release`).
     """
 
     def __init__(
@@ -75,9 +96,11 @@ class SegmentWriter:
         self.size = size  # durable bytes in the active segment
         self._index = list(index)
         self._fd: int | None = None
-        if first is not None:
-            self._fd = os.open(directory / F.segment_name(first), os.O_WRONLY)
         self.syncs = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
 
     def write(self, chunks: list[Chunk]) -> None:
         """Write chunks of one segment at its end, then one fdatasync.
@@ -89,16 +112,20 @@ class SegmentWriter:
         first = chunks[0]
         if first.new_segment and first.segment != self.first:
             self._roll(first.segment, first.header)
-        assert self._fd is not None, "chunk for a segment that was never created"
+        elif self._fd is None:
+            assert self.first is not None, "chunk for a segment that was never created"
+            self._fd = os.open(self.directory / F.segment_name(self.first), os.O_WRONLY)
+        fd = self._fd
+        assert fd is not None
         total = sum(len(c.data) for c in chunks)
         try:
-            _pwrite_all(self._fd, [memoryview(c.data) for c in chunks], self.size)
-            os.fdatasync(self._fd)
+            _pwrite_all(fd, [memoryview(c.data) for c in chunks], self.size)
+            os.fdatasync(fd)
         except OSError:
             # Cut what did get written; if even that fails, the next attempt
             # overwrites it in place, and recovery would cut it as torn.
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self.size)
+                os.ftruncate(fd, self.size)
             raise
         self.syncs += 1
         self.size += total
@@ -121,12 +148,16 @@ class SegmentWriter:
             raise
         self._fd, self.first, self.size, self._index = fd, first, len(header), []
 
+    def release(self) -> None:
+        """Close the file for now (everything written is durable); the next write reopens it."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def close(self) -> None:
         """Close the active segment, leaving its sparse index beside it."""
-        if self._fd is None:
-            return
-        os.close(self._fd)
-        self._fd = None
+        self.release()
         if self.first is not None and self._index:
             with contextlib.suppress(OSError):
                 save_index(
@@ -134,87 +165,225 @@ class SegmentWriter:
                 )
 
 
-class WriterThread:
-    """Writes a stream's chunks in order in its own thread (see the module docstring)."""
+class WriterPool:
+    """The writer threads shared by every stream of a log (see the module docstring).
+
+    Args:
+        threads: at most this many threads (started as work arrives).
+        open_segments: at most this many segment files kept open.
+    """
+
+    def __init__(self, threads: int, open_segments: int) -> None:
+        self._cond = threading.Condition()
+        self._ready: collections.deque[StreamWriter] = collections.deque()
+        self._retry: list[tuple[float, int, StreamWriter]] = []  # heap: (when, n, writer)
+        self._order = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._max_threads = threads
+        self._idle = 0  # threads waiting for work
+        self._open: collections.OrderedDict[StreamWriter, None] = collections.OrderedDict()
+        self._max_open = open_segments
+        self._closing = False
+
+    @property
+    def threads(self) -> int:
+        """Threads started so far (at most ``writer_threads``)."""
+        return len(self._threads)
+
+    @property
+    def open_segments(self) -> int:
+        """Segment files open now (at most ``open_segments``)."""
+        return len(self._open)
+
+    def writer(
+        self,
+        segment: SegmentWriter,
+        retry_interval: float,
+        name: str,
+        on_done: Callable[[list[Chunk]], None],
+        on_failed: Callable[[Exception], None],
+        on_restored: Callable[[], None],
+    ) -> StreamWriter:
+        """A stream's writer on this pool (call from the event loop)."""
+        return StreamWriter(self, segment, retry_interval, name, on_done, on_failed, on_restored)
+
+    async def aclose(self) -> None:
+        """Stop the threads once every writer has stopped; wait for them."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in list(self._threads):
+            await trio.to_thread.run_sync(thread.join, abandon_on_cancel=False)
+
+    # -- called with the lock held ----------------------------------------------
+
+    def _enqueue(self, writer: StreamWriter) -> None:
+        self._ready.append(writer)
+        if self._idle:
+            self._cond.notify()
+        elif len(self._threads) < self._max_threads:
+            thread = threading.Thread(
+                target=self._run, name=f"log-writer {len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _retry_later(self, writer: StreamWriter) -> None:
+        writer.retry_at = time.monotonic() + writer.retry_interval
+        heapq.heappush(self._retry, (writer.retry_at, next(self._order), writer))
+
+    def _next(self) -> StreamWriter | None:
+        """The next writer with work (waiting for one); None: the pool is closing."""
+        while True:
+            now = time.monotonic()
+            while self._retry and self._retry[0][0] <= now:
+                when, _n, writer = heapq.heappop(self._retry)
+                if writer.retry_at == when:  # not superseded by a stop
+                    writer.retry_at = math.inf
+                    self._ready.append(writer)
+            if self._ready:
+                return self._ready.popleft()
+            if self._closing:
+                return None
+            self._idle += 1
+            self._cond.wait(self._retry[0][0] - now if self._retry else None)
+            self._idle -= 1
+
+    def _opened(self, writer: StreamWriter) -> None:
+        """``writer`` just wrote: most recently used; close the oldest past the bound."""
+        if not writer.segment.is_open:
+            self._open.pop(writer, None)
+            return
+        self._open[writer] = None
+        self._open.move_to_end(writer)
+        if len(self._open) <= self._max_open:
+            return
+        for other in list(self._open):
+            if len(self._open) <= self._max_open:
+                break
+            if other is not writer and not other.busy:
+                other.segment.release()
+                del self._open[other]
+
+    # -- the threads ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                writer = self._next()
+                if writer is None:
+                    return
+                chunks, writer.queue = writer.queue, []
+                writer.busy = True
+            left = writer.write_all(chunks)
+            with self._cond:
+                writer.busy = False
+                self._opened(writer)
+                self._after(writer, left)
+
+    def _after(self, writer: StreamWriter, left: list[Chunk]) -> None:
+        """Where a writer goes after its turn (lock held)."""
+        if left:  # failed: the same chunks first, after a pause (or never, if stopping)
+            writer.queue = left + writer.queue
+            if writer.stopping:
+                writer.finish()
+            else:
+                self._retry_later(writer)
+        elif writer.queue:
+            self._ready.append(writer)
+        elif writer.stopping:
+            writer.finish()
+        else:
+            writer.scheduled = False
+
+
+class StreamWriter:
+    """One stream's place in a :class:`WriterPool`: its chunks, in order.
+
+    The attributes below the callbacks belong to the pool and change only
+    under its lock.
+    """
 
     def __init__(
         self,
-        writer: SegmentWriter,
+        pool: WriterPool,
+        segment: SegmentWriter,
         retry_interval: float,
         name: str,
         on_done: Callable[[list[Chunk]], None],
         on_failed: Callable[[Exception], None],
         on_restored: Callable[[], None],
     ) -> None:
-        self._writer = writer
-        self._name = name
-        self._retry = retry_interval
-        self._queue: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
-        self._stop = threading.Event()
+        self.pool = pool
+        self.segment = segment
+        self.retry_interval = retry_interval
+        self.name = name
         self._token = trio.lowlevel.current_trio_token()
         self._on_done, self._on_failed, self._on_restored = on_done, on_failed, on_restored
-        self._thread = threading.Thread(target=self._run, name=f"log-writer {name}", daemon=True)
-        self._thread.start()
+        self._stopped = trio.Event()
+        self.queue: list[Chunk] = []
+        self.scheduled = False  # in the ready queue, the retry heap or being written
+        self.busy = False  # a thread is writing for it now
+        self.failing = False
+        self.stopping = False
+        self.retry_at = math.inf  # in the retry heap until then
 
     @property
     def syncs(self) -> int:
-        return self._writer.syncs
+        return self.segment.syncs
 
     def submit(self, chunk: Chunk) -> None:
-        """Queue a sealed chunk (from the event loop; never blocks)."""
-        self._queue.put(chunk)
+        """Queue a sealed chunk (from the event loop; never blocks on I/O)."""
+        with self.pool._cond:
+            self.queue.append(chunk)
+            if not self.scheduled:
+                self.scheduled = True
+                self.pool._enqueue(self)
 
     async def stop(self) -> None:
-        """Stop after the queued chunks (or at once if storing is failing); wait for it."""
-        self._queue.put(None)
-        self._stop.set()
-        await trio.to_thread.run_sync(self._thread.join, abandon_on_cancel=False)
+        """Stop after the queued chunks (at once if storing is failing); wait for it."""
+        pool = self.pool
+        with pool._cond:
+            self.stopping = True
+            if not self.scheduled:
+                self.scheduled = True
+                pool._enqueue(self)  # a thread closes it
+            elif self.retry_at != math.inf:  # failing: one last try now, then give up
+                self.retry_at = math.inf
+                pool._enqueue(self)
+        await self._stopped.wait()
+
+    def finish(self) -> None:
+        """Close the segment and tell the stream (a pool thread, lock held)."""
+        self.queue = []
+        with contextlib.suppress(OSError):
+            self.segment.close()
+        self.pool._open.pop(self, None)
+        self._post(self._stopped.set)
 
     def _post(self, fn: Callable, *args: object) -> None:
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(fn, *args)
 
-    def _run(self) -> None:
-        try:
-            stop = False
-            while not stop:
-                batch = [self._queue.get()]
-                # Group commit proper: whatever queued while the last sync ran
-                # goes out with one more, so a slow disk gets larger batches.
-                while True:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if None in batch:
-                    stop = True
-                    batch = batch[: batch.index(None)]
-                for group in _by_segment(batch):
-                    if not self._write(group):
-                        return
-                    self._post(self._on_done, group)
-        finally:
-            with contextlib.suppress(OSError):
-                self._writer.close()
-
-    def _write(self, group: list[Chunk]) -> bool:
-        """Write chunks of one segment, retrying until stored; False: stopped first."""
-        failing = False
-        while True:
+    def write_all(self, chunks: list[Chunk]) -> list[Chunk]:
+        """Write ``chunks`` in order, a sync per segment; the ones not stored (a failure)."""
+        done = 0
+        for group in _by_segment(chunks):
             try:
-                self._writer.write(group)
+                self.segment.write(group)
             except Exception as exc:
                 if not isinstance(exc, OSError):
-                    logger.exception("%s: writer failed", self._name)
-                if not failing:
-                    failing = True
+                    logger.exception("%s: writer failed", self.name)
+                if not self.failing:
+                    self.failing = True
                     self._post(self._on_failed, exc)
-                if self._stop.wait(self._retry):
-                    return False
-                continue
-            if failing:
+                return chunks[done:]
+            if self.failing:
+                self.failing = False
                 self._post(self._on_restored)
-            return True
+            self._post(self._on_done, group)
+            done += len(group)
+        return []
 
 
 def _by_segment(chunks: list[Chunk]) -> list[list[Chunk]]:

@@ -32,6 +32,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,13 @@ from mediation.server.retrieval import RetrievalService
 from mediation.server.status import StatusReporter, StatusRow
 from mediation.server.tap_ingest import TapIngest, TapJournal
 from mediation.server.taps import TapService
+from mediation.server.targets_record import TargetsRecord
 from mediation.server.tls import AgencyTrust, IdentityFiles, ensure_identity
 from mediation.server.tzsp import TzspService
 from mediation.server.warrant_table import TableChange, WarrantTable
 from mediation.warrants.keys import RegistryKey
 from mediation.warrants.model import WarrantState, format_time, utc_now
-from mediation.warrants.registry import load_snapshot, read_generation
+from mediation.warrants.registry import REGISTRY_DB, load_snapshot, read_generation
 
 log = logging.getLogger("mediation.server")
 TICK_SECONDS = 1.0
@@ -102,6 +104,7 @@ class MediationServer:
         self._nursery: trio.Nursery | None = None
         self.intake: Ingest | None = None
         self.notices: Notices | None = None
+        self.targets_record: TargetsRecord | None = None
         self.delivery: DeliveryManager | None = None
         self.retrieval: RetrievalService | None = None
         self.taps: TapService | None = None
@@ -177,6 +180,7 @@ class MediationServer:
     ) -> None:
         self.intake = Ingest(evidence, self.table, ClockCache(self._clock_reader))
         self.notices = Notices(self.intake, self.table)
+        self.targets_record = TargetsRecord(self.table, self.intake, self._clock, nursery)
         self.delivery = DeliveryManager(
             nursery,
             self.config.delivery,
@@ -288,6 +292,8 @@ class MediationServer:
             self.notices.warrant_active(handle, at_start=at_start)
         for handle in change.deactivated:
             self.notices.warrant_inactive(handle)
+        if self.targets_record is not None:  # after warrantActive: the targets it starts with
+            await self.targets_record.on_change(change, at_start)
         if at_start:
             self.notices.clock_changed(self.intake.clock.refresh())
 
@@ -492,13 +498,27 @@ class MediationServer:
             await self._ticked.wait()
 
     async def _poll_registry(self) -> None:
-        """Each second, reload if the registry changed and nobody told us."""
+        """Each second, reload if the registry changed and nobody told us.
+
+        The file's identity, size and modification time are looked at in
+        the event loop (one stat); the generation is read (in a worker
+        thread) only when they moved, or were written in the last two
+        seconds (a file system's time stamps are coarser than a second
+        write), so an idle server's poll is one system call a second, not
+        a thread hand-over.
+        """
+        seen: tuple[int, int, int] | None = None
         while True:
             await trio.sleep(TICK_SECONDS)
             try:
+                now = _file_stamp(self.data_dir / REGISTRY_DB)
+                settled = now is not None and time.time_ns() - now[2] > 2_000_000_000
+                if settled and now == seen:
+                    continue
                 generation = await trio.to_thread.run_sync(read_generation, self.data_dir)
                 if generation != self.table.generation:
                     await self.reload()
+                seen = now
             except Exception:  # a registry being replaced or damaged must not stop the server
                 log.exception("registry poll failed; keeping the warrants loaded before")
 
@@ -551,3 +571,12 @@ class MediationServer:
         if applied and self._timers is not None and self._nursery is not None:
             self._timers.cancel()
             await self._nursery.start(self._run_timers)
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is written or replaced (None: cannot stat it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns

@@ -291,6 +291,9 @@ SECONDS = Limit(0, MAX_SECONDS, low_included=False)
 LIMITS: dict[str, Limit] = {
     # A record waits at most this for its fdatasync: what a crash can lose.
     "log.commit_interval": Limit(0, 1.0, low_included=False),
+    # Shared writer threads and segment files open for writing (docs/architecture.md).
+    "log.writer_threads": Limit(1, 64),
+    "log.open_segments": Limit(1, 65536),
     # Unacknowledged envelopes held per TLS stream: memory per agency.
     "delivery.window": Limit(1, 1 << 20),
     "delivery.batch": Limit(1, 1 << 16),

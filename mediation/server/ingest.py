@@ -76,13 +76,31 @@ def well_formed(kind: StreamKind, der: bytes, limit: int = MAX_PDU) -> bool:
     delivered would stop its stream's delivery for good; the full decode
     is the agency's job.
     """
-    if der[:1] != b"\x30":
+    return well_formed_fast(der, _FIRST[kind], limit)
+
+
+def well_formed_fast(der: bytes, first: frozenset[int] | bytes, limit: int = MAX_PDU) -> bool:
+    """:func:`well_formed` with the kind's first tags given: the tap batch path's form.
+
+    The common short and one- or two-octet long lengths are read inline
+    (no call per PDU); anything else goes through :func:`read_header`.
+    """
+    n = len(der)
+    if n < 3 or der[0] != 0x30:
         return False
-    try:
-        _tag, start, length = read_header(der, 0, limit=limit)
-    except PDUError:
-        return False
-    return start + length == len(der) and length > 0 and der[start] in _FIRST[kind]
+    octet = der[1]
+    if octet < 0x80:
+        start, length = 2, octet
+    elif octet == 0x81 and der[2] >= 0x80:
+        start, length = 3, der[2]
+    elif octet == 0x82 and n > 3 and der[2]:
+        start, length = 4, der[2] << 8 | der[3]
+    else:
+        try:
+            _tag, start, length = read_header(der, 0, limit=limit)
+        except PDUError:
+            return False
+    return start + length == n and length > 0 and start + length <= limit and der[start] in first
 
 
 @dataclasses.dataclass
@@ -203,45 +221,51 @@ class Ingest:
                 await self._flush_before(handle, stream)
 
     def append_batch(
-        self, targets: list[StreamId], items: list[tuple[int, bytes]], received: int
+        self, targets: list[StreamId], shares: list[list[bytes]], received: int
     ) -> tuple[list[int], list[Appended | None], BaseException | None]:
-        """Append a batch of checked PDUs, in order, without yielding to other tasks.
+        """Append a batch of checked PDUs, each stream's share in one run, without yielding.
 
         Nothing else can append between two of these records, so each
         stream's share of the batch is one contiguous run of sequence
         numbers (what the tap link's exactly-once journal relies on). The
         caller has checked each item (:meth:`check`) and called
-        :meth:`before_batch`.
+        :meth:`before_batch`. Per stream, one ``append_many``: the stream,
+        its kind and the clock are looked up once per batch, not per PDU.
 
         Args:
             targets: the streams the batch goes to (open ones).
-            items: ``(index into targets, der)`` in the batch's order.
+            shares: per target, the DER of its PDUs in the batch's order.
             received: the receive time of the whole batch, microseconds.
 
         Returns:
             Per target: how many records were appended, and the receipt of
             the last one (None: none); and the error that stopped the batch
             early (``StorageUnavailable``, ``trio.WouldBlock``, ``LogClosed``),
-            or None when every item was appended.
+            or None when every item was appended. Streams after the one that
+            stopped are not tried.
         """
         clock = self.clock.status
-        resolved = [(self.streams[sid], _CONTENT[sid.kind]) for sid in targets]
         counts = [0] * len(targets)
         last: list[Appended | None] = [None] * len(targets)
         error: BaseException | None = None
-        try:
-            for index, der in items:
-                stream, kind = resolved[index]
-                last[index] = stream.append_nowait(der, kind, clock, received)
-                counts[index] += 1
-        except (LogError, trio.WouldBlock) as exc:  # unable to store, behind, or closing
-            error = exc
-        done = sum(counts)
-        self.counters.unable_to_store += len(items) - done
-        self.counters.accepted += done
-        for sid, count in zip(targets, counts, strict=True):
+        for index, sid in enumerate(targets):
+            share = shares[index]
+            if not share:
+                continue
+            stream = self.streams[sid]
+            try:
+                count, error = stream.append_many(share, _CONTENT[sid.kind], clock, received)
+            except LogError as exc:  # cannot happen: the kind is the stream's
+                count, error = 0, exc
+            counts[index] = count
             if count:
+                last[index] = Appended(stream, stream.next_seq - 1)
                 self.table.count(sid.warrant_handle, _COUNTED[sid.kind], count)
+            if error is not None:
+                break
+        done = sum(counts)
+        self.counters.unable_to_store += sum(map(len, shares)) - done
+        self.counters.accepted += done
         return counts, last, error
 
     async def _flush_before(self, handle: str, stream: StreamLog) -> None:

@@ -1,12 +1,16 @@
 """Retention that runs: a warrant's records removed once its retention has passed.
 
-A warrant's records are kept until ``[retention] years`` (default five)
-after it ended: its end, or its removal if that came first. A warrant
-still pending or active is never touched. Past that date every segment of
-its streams is removed by the log's one mechanism
+A warrant's records are kept its own retention period (``mediate add
+--retention YEARS``), else ``[retention] years`` (default five), after it
+ended: its end, or its removal if that came first (``warrants/retention.py``;
+below, ``years`` is always that server default). A warrant still pending
+or active is never touched. Past that date every segment of its streams
+is removed by the log's one mechanism
 (:meth:`EvidenceLog.apply_retention`: each segment journalled, signed,
 before it is deleted), then one audit entry says what went: the handle,
-and per stream the sequence range, segments and bytes; never case data.
+the period, and per stream the sequence range, segments and bytes; never
+case data. Capture files written for an agency (``agency add --files
+DIR``) are the agency's copy: retention never touches them.
 
 The server runs :func:`purge_due` at start and every
 ``[retention] check_interval`` seconds (an hour by default); ``mediate
@@ -26,14 +30,15 @@ from typing import Any
 import trio
 
 from mediation.errors import UsageError
-from mediation.log import EvidenceLog, RetentionResult, retention_until
+from mediation.log import EvidenceLog, RetentionResult
 from mediation.log.evidence_log import stream_dir
 from mediation.log.segments import list_segments
 from mediation.pdu import StreamKind
 from mediation.warrants.audit import AuditEvent
 from mediation.warrants.keys import RegistryKey
-from mediation.warrants.model import Warrant, WarrantState, format_time
+from mediation.warrants.model import Warrant, format_time
 from mediation.warrants.registry import WarrantRegistry
+from mediation.warrants.retention import kept_until, period
 
 log = logging.getLogger("mediation.server.retention")
 # Called with a handle before its streams are removed: the server stops
@@ -43,25 +48,6 @@ Detach = Callable[[str], Awaitable[None]]
 
 class InsideRetention(UsageError):
     """A purge asked for a warrant whose records must still be kept."""
-
-
-def ended_at(warrant: Warrant, now: dt.datetime) -> dt.datetime | None:
-    """When the warrant stopped: its end, or its removal if earlier; None while it runs.
-
-    A warrant removed before it started ended at its removal.
-    """
-    state = warrant.state(now)
-    if state is WarrantState.EXPIRED:
-        return warrant.end
-    if state is WarrantState.REMOVED and warrant.removed is not None:
-        return min(warrant.end, warrant.removed)
-    return None
-
-
-def kept_until(warrant: Warrant, now: dt.datetime, years: int) -> dt.datetime | None:
-    """The date its records may be removed; None while it is pending or active."""
-    ended = ended_at(warrant, now)
-    return None if ended is None else retention_until(ended, years)
 
 
 def has_segments(data_dir: Path, handle: str) -> bool:
@@ -76,10 +62,12 @@ class PurgeReport:
     handle: str
     until: dt.datetime
     streams: dict[str, dict[str, int]]  # cmii/cmcc -> first, last, segments, bytes
+    years: int | None = None  # the warrant's retention period
 
     def to_json(self) -> dict[str, Any]:
         return {
             "handle": self.handle,
+            "retention_years": self.years,
             "retention_until": format_time(self.until),
             "streams": self.streams,
         }
@@ -97,6 +85,9 @@ class PurgeReport:
 def check_due(warrant: Warrant, now: dt.datetime, years: int) -> dt.datetime:
     """The warrant's retention date, if it has passed.
 
+    Args:
+        years: the server's ``[retention] years``, for a warrant without its own period.
+
     Raises:
         InsideRetention: the warrant is pending or active, or its retention
             runs still (the message names the date).
@@ -111,12 +102,14 @@ def check_due(warrant: Warrant, now: dt.datetime, years: int) -> dt.datetime:
         raise InsideRetention(
             "purge",
             f"{warrant.handle}: records kept until {format_time(until)} "
-            f"({years} years after it ended); nothing removed",
+            f"({period(warrant, years)} years after it ended); nothing removed",
         )
     return until
 
 
-def planned(data_dir: Path, handle: str, until: dt.datetime) -> PurgeReport:
+def planned(
+    data_dir: Path, handle: str, until: dt.datetime, years: int | None = None
+) -> PurgeReport:
     """What a purge would remove now (a dry run): the ranges from file names, sizes on disk."""
     from mediation.log.segments import scan_segment
 
@@ -133,7 +126,7 @@ def planned(data_dir: Path, handle: str, until: dt.datetime) -> PurgeReport:
             "segments": len(segments),
             "bytes": size,
         }
-    return PurgeReport(handle, until, streams)
+    return PurgeReport(handle, until, streams, years)
 
 
 async def purge_warrant(
@@ -158,7 +151,7 @@ async def purge_warrant(
     if detach is not None:
         await detach(warrant.handle)
     results = await evidence.apply_retention(warrant.handle, now, until)
-    report = PurgeReport(warrant.handle, until, _streams(results))
+    report = PurgeReport(warrant.handle, until, _streams(results), period(warrant, years))
     if report.streams:
         await trio.to_thread.run_sync(_audit, evidence.data_dir, key, report, by)
         log.info("%s", report.line())
@@ -254,5 +247,6 @@ async def purge_request(
     warrant = await trio.to_thread.run_sync(find_warrant, evidence.data_dir, key, handle)
     if dry_run:
         until = check_due(warrant, now, years)
-        return await trio.to_thread.run_sync(planned, evidence.data_dir, handle, until)
+        own = period(warrant, years)
+        return await trio.to_thread.run_sync(planned, evidence.data_dir, handle, until, own)
     return await purge_warrant(evidence, key, warrant, now, years, "mediate purge", detach)

@@ -21,22 +21,20 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import time
-from pathlib import Path
 
 import trio
 
-from mediation.durable import write_atomic
 from mediation.log import Appended, StorageUnavailable
-from mediation.pdu import StreamId, StreamKind
+from mediation.pdu import StreamId
 from mediation.pdu import taplink as T
-from mediation.server.ingest import Ingest, well_formed
+from mediation.pdu.fast_envelope import FIRST_TAGS
+from mediation.server.ingest import Ingest, well_formed_fast
 from mediation.server.tap_gate import TapGate
+from mediation.server.tap_journal import JOURNAL_DIR, JournalEntry, Span, TapJournal
 
 log = logging.getLogger("mediation.server")
-JOURNAL_DIR = "taps"
 # A well-formed stand-in per kind, to ask ingest which stream (the PDU itself
 # is checked by well_formed after).
 _SEQUENCE = {"cmII": b"\x30\x03\x06\x01\x00", "cmCC": b"\x30\x03\x81\x01\x00"}
@@ -50,97 +48,6 @@ REASONS = (
     "not_target",  # the packet's addresses are not the warrant's targets
     "unable_to_store",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    """One stream's share of a batch: ``already`` records stored by an earlier
-    attempt, then ``count`` appended by this one from sequence number ``start``."""
-
-    start: int
-    count: int
-    already: int = 0
-
-
-@dataclasses.dataclass
-class JournalEntry:
-    """A batch of a tap being appended, per stream."""
-
-    batch: int
-    spans: dict[StreamId, Span]
-    loaded: bool = False  # read from disk at start: a crash may have cut it
-    stopped: dict[StreamId, int] | None = None  # storing stopped part-way in this process
-
-
-class TapJournal:
-    """Per tap, the batches appended and not yet known durable (fsynced before their records).
-
-    The file holds ``last`` (the highest batch id ever begun) and the
-    entries; an entry is dropped once all its records are durable, so
-    the file stays small: about one entry per batch in flight.
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self.directory = data_dir / JOURNAL_DIR
-        self._taps: dict[str, tuple[int, dict[int, JournalEntry]]] = {}
-
-    def _path(self, tap: str) -> Path:
-        return self.directory / f"{tap}.journal"
-
-    def state(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
-        """``(last, entries by batch id)`` of ``tap`` (read from disk the first time)."""
-        if tap not in self._taps:
-            self._taps[tap] = self._load(tap)
-        return self._taps[tap]
-
-    def _load(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
-        try:
-            data = json.loads(self._path(tap).read_text())
-        except FileNotFoundError:
-            return 0, {}
-        entries = {}
-        for item in data["entries"]:
-            spans = {}
-            for key, (start, count, already) in item["spans"].items():
-                handle, kind = key.rsplit("/", 1)
-                spans[StreamId(handle, StreamKind(kind))] = Span(start, count, already)
-            entries[item["batch"]] = JournalEntry(item["batch"], spans, loaded=True)
-        return int(data["last"]), entries
-
-    def reset(self, tap: str) -> None:
-        """Forget the tap's batches (its ids start again)."""
-        self._taps[tap] = (0, {})
-        self._write(tap)
-
-    def begin(self, tap: str, entry: JournalEntry, done: list[int]) -> None:
-        """Record ``entry`` durably, dropping the entries in ``done``.
-
-        Blocking on purpose: the caller must not yield between this and
-        appending the batch, or another append could land inside a span.
-        """
-        last, entries = self.state(tap)
-        for batch in done:
-            entries.pop(batch, None)
-        entries[entry.batch] = entry
-        self._taps[tap] = (max(last, entry.batch), entries)
-        self._write(tap)
-
-    def _write(self, tap: str) -> None:
-        last, entries = self._taps[tap]
-        data = {
-            "last": last,
-            "entries": [
-                {
-                    "batch": e.batch,
-                    "spans": {
-                        str(sid): [x.start, x.count, x.already] for sid, x in e.spans.items()
-                    },
-                }
-                for e in entries.values()
-            ],
-        }
-        self.directory.mkdir(mode=0o700, exist_ok=True)
-        write_atomic(self._path(tap), json.dumps(data).encode())
 
 
 @dataclasses.dataclass
@@ -245,25 +152,16 @@ class TapIngest:
                 if self._complete(entry):
                     return BatchResult(T.BatchAck(batch.batch_id, 0), self._tails(entry), True)
                 skip = self._stored(entry)
-        targets, items, refused = self._check(gate, batch)
+        targets, shares, refused = self._check(gate, batch)
         await self.intake.before_batch({sid.warrant_handle for sid in targets})
+        spans, kept = {}, shares
         if skip:  # a resent batch: leave out each stream's share already stored
-            left = [skip.get(sid, 0) for sid in targets]
             kept = []
-            for index, der in items:
-                if left[index]:
-                    left[index] -= 1
-                else:
-                    kept.append((index, der))
-        else:
-            kept = items
-        totals = [0] * len(targets)
-        for index, _der in items:
-            totals[index] += 1
-        spans = {}
-        for index, sid in enumerate(targets):
-            already = min(skip.get(sid, 0), totals[index])
-            spans[sid] = Span(self.intake.streams[sid].next_seq, totals[index] - already, already)
+            for sid, share in zip(targets, shares, strict=True):
+                kept.append(share[skip.get(sid, 0) :])
+        for sid, share, left in zip(targets, shares, kept, strict=True):
+            already = len(share) - len(left)
+            spans[sid] = Span(self.intake.streams[sid].next_seq, len(left), already)
         new = JournalEntry(batch.batch_id, spans)
         if durable:
             _last, entries = self.journal.state(tap)
@@ -273,39 +171,46 @@ class TapIngest:
         self.batches += 1
         if error is not None:
             new.stopped = dict(zip(targets, counts, strict=True))
-            self.refused["unable_to_store"] += len(kept) - sum(counts)
+            self.refused["unable_to_store"] += sum(map(len, kept)) - sum(counts)
             log.warning("tap %s: batch %d stopped: %s", tap, batch.batch_id, type(error).__name__)
         for reason, count in refused.items():
             self.refused[reason] += count
-        ack = T.BatchAck(batch.batch_id, len(items), tuple(sorted(refused.items())))
+        ack = T.BatchAck(batch.batch_id, sum(map(len, shares)), tuple(sorted(refused.items())))
         return BatchResult(ack, [r for r in last if r is not None], error is None)
 
     def _check(
         self, gate: TapGate, batch: T.PduBatch
-    ) -> tuple[list[StreamId], list[tuple[int, bytes]], collections.Counter[str]]:
-        """The streams, and ``(stream index, der)`` per PDU that passes; refusals by reason."""
+    ) -> tuple[list[StreamId], list[list[bytes]], collections.Counter[str]]:
+        """The streams, each one's share of the PDUs that pass (in order); refusals by reason.
+
+        The warrant's state and content level are looked up once per
+        warrant and kind in the batch; per PDU only the gate's checks and
+        the DER framing.
+        """
         targets: list[StreamId] = []
+        shares: list[list[bytes]] = []
         where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
-        items = []
         refused: collections.Counter[str] = collections.Counter()
         limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
         for pdu in batch.pdus:
-            handle, reason = gate.warrant_for(pdu.kind, pdu.der)
+            kind, der = pdu.kind, pdu.der
+            handle, reason = gate.warrant_for(kind, der)
             if handle is None:
                 refused[reason] += 1
                 continue
-            found = where.get((handle, pdu.kind))
+            found = where.get((handle, kind))
             if found is None:
-                found = self._target(handle, pdu.kind, targets)
-                where[handle, pdu.kind] = found
+                found = where[handle, kind] = self._target(handle, kind, targets)
+                if not isinstance(found, str):
+                    shares.append([])
             if isinstance(found, str):
                 refused[found] += 1
                 continue
-            if len(pdu.der) > limit or not well_formed(targets[found].kind, pdu.der):
+            if len(der) > limit or not well_formed_fast(der, FIRST_TAGS[kind]):
                 refused["malformed"] += 1
                 continue
-            items.append((found, pdu.der))
-        return targets, items, refused
+            shares[found].append(der)
+        return targets, shares, refused
 
     def _target(self, handle: str, kind: str, targets: list[StreamId]) -> int | str:
         """The index in ``targets`` of the stream for this warrant and kind (added), or why not."""
@@ -331,4 +236,11 @@ class TapIngest:
         return out
 
 
-__all__ = ["REASONS", "StorageUnavailable", "TapGate", "TapIngest", "TapJournal"]
+__all__ = [
+    "JOURNAL_DIR",
+    "REASONS",
+    "StorageUnavailable",
+    "TapGate",
+    "TapIngest",
+    "TapJournal",
+]

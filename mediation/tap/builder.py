@@ -51,6 +51,7 @@ from mediation.pdu import (
     Value,
     encode,
 )
+from mediation.pdu.confirmation import FrameEvidence, frame_message
 from mediation.pdu.convert import check_visible
 from mediation.pdu.fast import CMCC, CMII
 from mediation.pdu.fast_der import generalized_time
@@ -404,6 +405,21 @@ class PDUBuilder:
                 fields["access_session_characteristics"] = Value.text("radius")
         message = RADIUS_MESSAGES[change](**fields)
         return TapPDU(CMII, encode(message), event.when)
+
+    def frame_report(self, evidence: FrameEvidence) -> TapPDU:
+        """The signalling report of the frame that showed access events (confirmation).
+
+        Sent right after the events the frame caused, with the same time,
+        so the agency and the carrier's record tie each event to its frame
+        (:mod:`mediation.pdu.confirmation`).
+        """
+        report = AccessSignalingMessageReport(
+            case_id=self.case_id,
+            iap_system_id=self.iap_system_id,
+            timestamp=evidence.captured,
+            signaling_msg=(frame_message(evidence),),
+        )
+        return TapPDU(CMII, encode(report), evidence.captured)
 
     def __len__(self) -> int:
         """Flows currently remembered."""

@@ -84,6 +84,7 @@ class RadiusFollower:
         self.sessions: dict[SessionKey, _Session] = {}
         self.refused: dict[str, int] = {reason.value: 0 for reason in RadiusRefusal}
         self.messages = 0
+        self.last_request: AccountingRequest | None = None  # the last one believed
         self._numbers = 0
 
     def observe_payload(self, payload: bytes, when: dt.datetime) -> list[RadiusEvent]:
@@ -97,6 +98,7 @@ class RadiusFollower:
             self.refused[exc.reason.value] += 1
             return []
         self.messages += 1
+        self.last_request = request
         return self.observe(request, when)
 
     def observe(self, request: AccountingRequest, when: dt.datetime) -> list[RadiusEvent]:

@@ -20,11 +20,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from mediation.evidence.pcap import PcapReader
+from mediation.pdu.confirmation import frame_evidence
 from mediation.pdu.fast import CMCC
 from mediation.tap.builder import DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder, TapPDU
-from mediation.tap.dhcp import AccessEvent, DhcpFollower, LeaseChange, dhcp_payload, parse_dhcp
+from mediation.tap.dhcp import (
+    AccessEvent,
+    DhcpFollower,
+    LeaseChange,
+    MessageType,
+    dhcp_payload,
+    parse_dhcp,
+)
 from mediation.tap.packet import LINKTYPE_ETHERNET, PROTO_UDP, ParsedFrame, parse_frame
-from mediation.tap.radius import accounting_payload
+from mediation.tap.radius import StatusType, accounting_payload
 from mediation.tap.radius_follow import RadiusChange, RadiusEvent, RadiusFollower
 from mediation.tap.targets import FROM_SUBJECT, TO_SUBJECT, Direction, TargetMatcher
 from mediation.warrants.model import Warrant
@@ -170,14 +178,17 @@ class Tap:
             out += self._apply(follower.expire(when))
         direction = self.matcher.match(parsed, interface, raw=frame, outgoing=outgoing)
         events: list[AccessEvent] = []
+        shown: TapPDU | None = None
         if follower is not None and parsed.protocol == PROTO_UDP:
-            seen, events = self._dhcp(frame, parsed, when, interface)
+            seen, events, shown = self._dhcp(frame, parsed, when, interface)
             if direction is None:
                 direction = seen
         if direction is not None:
             out += self._matched(frame, parsed, direction, when)
         if events:
             out += self._apply(events)
+        if shown is not None:
+            out.append(shown)
         if self.radius is not None and parsed.protocol == PROTO_UDP:
             out += self._radius(frame, parsed, when)
         return out
@@ -206,8 +217,14 @@ class Tap:
 
     def _dhcp(
         self, frame: bytes, parsed: ParsedFrame, when: dt.datetime, interface: str | None
-    ) -> tuple[Direction | None, list[AccessEvent]]:
+    ) -> tuple[Direction | None, list[AccessEvent], TapPDU | None]:
         """Follow a DHCP message; the target's own are its traffic whatever the addresses.
+
+        Returns the direction (if the message is a target's), the lease
+        changes, and the frame's report for the confirmation record: for a
+        frame that changed a lease, and for a target's ACK that renewed one
+        (which changes nothing the session messages say, but shows the
+        target still held the address).
 
         A server may broadcast its answer (or a relay carry it), so a DHCP
         message about a target MAC is matched by its ``chaddr`` too. When
@@ -216,20 +233,29 @@ class Tap:
         own reuse of private addresses, say nothing about this target.
         """
         if not self.matcher.dhcp_in_scope(parsed, interface):
-            return None, []
+            return None, [], None
         payload = dhcp_payload(frame, parsed)
         message = parse_dhcp(payload) if payload is not None else None
         if message is None:
-            return None, []
+            return None, [], None
         assert self.follower is not None
         mine = self.matcher.mac_in_scope(message.chaddr, parsed, interface)
         if not mine and message.chaddr in self.matcher.macs:
-            return None, []  # a target MAC seen outside its scope: another subscriber
+            return None, [], None  # a target MAC seen outside its scope: another subscriber
         self.counters.dhcp_messages += 1
         events = self.follower.observe(message, when)
+        lease = self.follower.leases.get(message.chaddr) if mine else None
+        renewed = message.message_type == MessageType.ACK and (
+            lease is not None and lease.address == message.yiaddr
+        )  # not an INFORM's answer, which leases nothing
+        shown = None
+        if events or renewed:
+            kind = message.message_type
+            what = MessageType(kind).name.lower() if kind in _DHCP_TYPES else f"type-{kind}"
+            shown = self._frame_report("dhcp", what, frame, when, "frame")
         if not mine:
-            return None, events
-        return (FROM_SUBJECT if message.op == 1 else TO_SUBJECT), events
+            return None, events, shown
+        return (FROM_SUBJECT if message.op == 1 else TO_SUBJECT), events, shown
 
     def _radius(self, frame: bytes, parsed: ParsedFrame, when: dt.datetime) -> list[TapPDU]:
         """Follow one Accounting-Request: the user's addresses, and the CmII they cause.
@@ -241,19 +267,25 @@ class Tap:
         payload = accounting_payload(frame, parsed)
         if payload is None:
             return []
-        return self.accounting(payload, when)
+        return self.accounting(payload, when, frame=frame)
 
-    def accounting(self, payload: bytes, when: dt.datetime) -> list[TapPDU]:
+    def accounting(
+        self, payload: bytes, when: dt.datetime, *, frame: bytes | None = None
+    ) -> list[TapPDU]:
         """Follow one Accounting-Request received directly (a RADIUS accounting listener).
 
         Args:
             payload: the UDP payload, as sent to an accounting port.
             when: the time it was received, aware UTC.
+            frame: the captured frame that carried it, if there was one:
+                the frame report hashes the frame, else the payload.
 
         Returns:
-            The CmII the changes cause; none for a refused packet (counted in
-            ``counters.radius_refused`` and, by reason, in ``radius.refused``),
-            or for a warrant without ``user:`` targets or outside its window.
+            The CmII the changes cause, then (when there were changes) the
+            report of the frame that showed them; none for a refused packet
+            (counted in ``counters.radius_refused`` and, by reason, in
+            ``radius.refused``), or for a warrant without ``user:`` targets
+            or outside its window.
         """
         if self.radius is None:
             return []
@@ -268,7 +300,24 @@ class Tap:
             self.counters.radius_refused += 1
         else:
             self.counters.radius_messages += 1
-        return [self._apply_radius(event) for event in events]
+        out = [self._apply_radius(event) for event in events]
+        request = self.radius.last_request
+        if events and request is not None:
+            status = request.status
+            name = StatusType(status).name if status in _RADIUS_TYPES else f"type-{status}"
+            what = "accounting-" + name.lower().replace("_", "-")
+            shown = payload if frame is None else frame
+            layer = "udp-payload" if frame is None else "frame"
+            out.append(self._frame_report("radius", what, shown, when, layer))
+        return out
+
+    def _frame_report(
+        self, proto: str, what: str, data: bytes, when: dt.datetime, layer: str
+    ) -> TapPDU:
+        """The confirmation record's report of a frame (whole when the warrant allows content)."""
+        self.counters.cmii += 1
+        evidence = frame_evidence(proto, what, data, when, layer=layer, keep=self.builder.full)
+        return self.builder.frame_report(evidence)
 
     def _apply_radius(self, event: RadiusEvent) -> TapPDU:
         """Follow (or stop following) one RADIUS event's address, and report it."""
@@ -299,6 +348,10 @@ class Tap:
             self.counters.cmii += 1
             out.append(self.builder.access_event(event))
         return out
+
+
+_DHCP_TYPES = frozenset(MessageType)
+_RADIUS_TYPES = frozenset(StatusType)
 
 
 class ReplayItem(NamedTuple):

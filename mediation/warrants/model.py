@@ -163,6 +163,9 @@ class CaseDetails:
     iap: str | None = None
     court_ref: str | None = None
     notes: str | None = None
+    # Years its records are kept after it ends (warrants/retention.py);
+    # None: the server's [retention] years.
+    retention: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +199,7 @@ class Warrant:
             iap=d.iap,
             court_ref=d.court_ref,
             notes=d.notes,
+            retention_years=d.retention,
             created=format_time(self.created),
             modified=format_time(self.modified),
             removed=format_time(self.removed) if self.removed else None,

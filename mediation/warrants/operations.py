@@ -34,6 +34,7 @@ from mediation.warrants.model import (
     WarrantState,
 )
 from mediation.warrants.registry import WarrantRegistry
+from mediation.warrants.retention import DEFAULT_YEARS, check_not_earlier
 from mediation.warrants.udpkey import new_udp_key
 from mediation.warrants.validate import check_window
 
@@ -51,6 +52,7 @@ class WarrantChanges:
     iap: str | None = None
     court_ref: str | None = None
     notes: str | None = None
+    retention: int | None = None  # years kept after the end (validate.parse_retention)
 
 
 def _agency(registry: WarrantRegistry, ref: str | None, field: str = "--agency") -> Agency:
@@ -108,11 +110,13 @@ def add_warrant(
     _check_unique_case(registry, agency.handle, details.case_id, now)
     handle = registry.new_handle("w")
     warrant = Warrant(handle, agency.handle, content, start, end, now, now, None, details)
-    detail = {
+    detail: dict[str, object] = {
         "targets": len(details.targets),
         "content": content.value,
         "state": warrant.state(now).value,
     }
+    if details.retention is not None:
+        detail["retention_years"] = details.retention
     registry.save_warrant(warrant, AuditEvent("add", handle, detail=detail))
     return warrant
 
@@ -125,18 +129,36 @@ def existing_warrant(registry: WarrantRegistry, handle: str) -> Warrant:
 
 
 def modify_warrant(
-    registry: WarrantRegistry, handle: str, changes: WarrantChanges, now: dt.datetime
+    registry: WarrantRegistry,
+    handle: str,
+    changes: WarrantChanges,
+    now: dt.datetime,
+    default_retention: int = DEFAULT_YEARS,
 ) -> tuple[Warrant, list[str]]:
-    """Apply ``changes``; returns the new warrant and the names of the fields that changed."""
+    """Apply ``changes``; returns the new warrant and the names of the fields that changed.
+
+    A removed warrant may only have its retention lengthened. Once a warrant
+    has ended, nothing may bring its retention date forward.
+
+    Args:
+        default_retention: the server's ``[retention] years``, the period of
+            a warrant without its own.
+
+    Raises:
+        UsageError: unknown or removed handle, a bad window, an unknown tap,
+            a case id in use, retention shortened after the end, or no change.
+    """
     old = existing_warrant(registry, handle)
-    if old.removed is not None:
-        raise UsageError("HANDLE", f"{handle} was removed; a removed warrant cannot change")
+    if old.removed is not None and changes != WarrantChanges(retention=changes.retention):
+        raise UsageError(
+            "HANDLE", f"{handle} was removed; of a removed warrant only --retention can change"
+        )
     assert old.details is not None
     details = dataclasses.replace(
         old.details,
         **{
             name: getattr(changes, name)
-            for name in ("case_id", "targets", "sources", "iap", "court_ref", "notes")
+            for name in ("case_id", "targets", "sources", "iap", "court_ref", "notes", "retention")
             if getattr(changes, name) is not None
         },
     )
@@ -148,6 +170,7 @@ def modify_warrant(
         details=details,
     )
     check_window(new.start, new.end)
+    check_not_earlier(old, new, now, default_retention)
     _check_sources(registry, details.sources)
     if details.case_id != old.details.case_id:
         _check_unique_case(registry, old.agency, details.case_id, now, skip=handle)
@@ -160,7 +183,10 @@ def modify_warrant(
     if not changed:
         raise UsageError("modify", "nothing would change: the values given are the ones stored")
     new = dataclasses.replace(new, modified=now)
-    registry.save_warrant(new, AuditEvent("modify", handle, detail={"fields": changed}))
+    detail: dict[str, object] = {"fields": changed}
+    if "retention" in changed:  # the promise an ended warrant's records are kept by
+        detail["retention_years"] = details.retention
+    registry.save_warrant(new, AuditEvent("modify", handle, detail=detail))
     return new, changed
 
 

@@ -92,7 +92,8 @@ def _time(text: str) -> dt.datetime:
 
 
 def case_to_json(details: CaseDetails) -> dict[str, Any]:
-    return {
+    """The sealed JSON of a warrant; ``retention`` only when the warrant has its own."""
+    out: dict[str, Any] = {
         "case_id": details.case_id,
         "targets": [_target_to_json(t) for t in details.targets],
         "sources": [[s.kind, s.value] for s in details.sources],
@@ -100,6 +101,9 @@ def case_to_json(details: CaseDetails) -> dict[str, Any]:
         "court_ref": details.court_ref,
         "notes": details.notes,
     }
+    if details.retention is not None:
+        out["retention"] = details.retention
+    return out
 
 
 def case_from_json(data: dict[str, Any]) -> CaseDetails:
@@ -110,6 +114,7 @@ def case_from_json(data: dict[str, Any]) -> CaseDetails:
         iap=data["iap"],
         court_ref=data["court_ref"],
         notes=data["notes"],
+        retention=data.get("retention"),  # absent before per-warrant retention: the server's
     )
 
 

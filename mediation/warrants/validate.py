@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mediation.errors import UsageError
 from mediation.warrants.model import ContentLevel, Source, Stream, Target, TargetKind
+from mediation.warrants.retention import LEGAL_FLOOR_YEARS, MAX_YEARS
 
 # T1.IAS caseId is a VisibleString (SIZE (1..25)); the CmCC iapId (SIZE (1..15))
 # is the tighter of the two IAP identity fields, so one value fits both.
@@ -258,6 +259,24 @@ def parse_time(text: str, field: str, now: dt.datetime) -> dt.datetime:
             field, "has no time zone; add Z for UTC or an offset like +01:00 (2026-11-23T00:00:00Z)"
         )
     return value.astimezone(dt.UTC).replace(microsecond=0)
+
+
+def parse_retention(text: str | None, field: str = "--retention") -> int | None:
+    """Years the records are kept after the warrant ends: a whole number from 5 to 100.
+
+    Returns:
+        None when not given (the server's ``[retention] years`` applies).
+    """
+    if text is None:
+        return None
+    value = text.strip()
+    if not re.fullmatch(r"\d{1,3}", value) or not LEGAL_FLOOR_YEARS <= int(value) <= MAX_YEARS:
+        raise UsageError(
+            field,
+            f"must be a whole number of years from {LEGAL_FLOOR_YEARS} (the legal floor) "
+            f"to {MAX_YEARS}, e.g. 7",
+        )
+    return int(value)
 
 
 def check_window(start: dt.datetime, end: dt.datetime) -> None:

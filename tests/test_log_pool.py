@@ -1,0 +1,112 @@
+"""The writer pool and the one timer: thousands of streams on bounded threads and files."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import trio
+from log_support import KEY
+from tmpfs_support import small_tmpfs
+
+from mediation import pdu as P
+from mediation.log import ContentKind, EvidenceLog, LogConfig
+
+CMCC = P.StreamKind.CMCC
+SYNC = P.ClockStatus.SYNCHRONISED
+
+
+def _open_segments(under: Path) -> int:
+    """Segment files under ``under`` this process has open now."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            count += target.startswith(str(under)) and target.endswith(".seg")
+        except OSError:
+            continue
+    return count
+
+
+def _writer_threads() -> int:
+    return sum(t.name.startswith("log-writer") for t in threading.enumerate())
+
+
+async def test_many_streams_share_bounded_threads_and_open_files(tmp_path: Path) -> None:
+    config = LogConfig(writer_threads=2, open_segments=8, commit_records=4)
+    threads_before = _writer_threads()
+    async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        streams = [await log.stream(f"w-{n:04d}", CMCC) for n in range(40)]
+        for round_ in range(3):
+            for stream in streams:
+                count, error = stream.append_many([b"r%d" % round_] * 4, ContentKind.CMCC, SYNC)
+                assert (count, error) == (4, None)
+            for stream in streams:
+                await stream.wait_durable(stream.next_seq - 1)
+            assert _writer_threads() - threads_before <= 2
+            # A thread may still be between reporting a write and closing the
+            # oldest file: the bound is open_segments plus one per thread.
+            assert log.pool.threads <= 2 and log.pool.open_segments <= 8 + 2
+            assert _open_segments(tmp_path) <= 8 + 2
+        for stream in streams:  # every stream kept its own order
+            records = await stream.cursor(0).read(100)
+            assert [r.payload for r in records] == [b"r0"] * 4 + [b"r1"] * 4 + [b"r2"] * 4
+    assert _writer_threads() == threads_before  # closing the log stops its threads
+
+
+async def test_an_idle_log_does_not_wake(tmp_path: Path, autojump_clock: object) -> None:
+    config = LogConfig(commit_interval=0.002, checkpoint_interval=1.0)
+    async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        streams = [await log.stream(f"w-{n:04d}", CMCC) for n in range(20)]
+        for stream in streams:
+            await (await stream.append(b"x", ContentKind.CMCC, SYNC)).durable()
+        await trio.sleep(5)  # every commit and checkpoint is submitted by now
+        woken = log.timer.wakeups
+        await trio.sleep(3600)
+        assert log.timer.wakeups == woken  # an hour of nothing: not one wake-up
+    # Closed: every write finished (the mock clock does not wait for threads).
+    # Each stream's checkpoint was the timer's (closing adds none when none is due).
+    assert all(s.latest_checkpoint is not None for s in streams)
+
+
+async def test_a_full_disk_on_one_stream_does_not_stop_another(tmp_path: Path) -> None:
+    # One writer thread: if a failing stream held it while waiting to retry,
+    # the healthy stream would never be written.
+    config = LogConfig(writer_threads=1, retry_interval=0.05, commit_records=8)
+    data = tmp_path / "data"
+    with small_tmpfs(tmp_path, "256k") as disk:
+        full = data / "log" / "w-full" / "cmcc"
+        full.parent.mkdir(parents=True)
+        full.symlink_to(disk)
+        async with EvidenceLog.open(data, config, key=KEY) as log:
+            failing = await log.stream("w-full", CMCC)
+            healthy = await log.stream("w-fine", CMCC)
+            with trio.fail_after(30):
+                while failing.state.healthy:
+                    failing.append_many([os.urandom(1000)] * 8, ContentKind.CMCC, SYNC)
+                    await trio.sleep(0.01)
+                for _ in range(20):  # while the other keeps failing and retrying
+                    count, _ = healthy.append_many([b"fine"] * 8, ContentKind.CMCC, SYNC)
+                    assert count == 8
+                    await healthy.wait_durable(healthy.next_seq - 1)
+            assert not failing.state.healthy and healthy.state.healthy
+            assert healthy.durable_seq == 159
+
+
+async def test_the_rings_of_all_streams_share_one_budget(tmp_path: Path) -> None:
+    config = LogConfig(ring_bytes=1 << 20, ring_budget=64 * 1024)
+    async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        streams = [await log.stream(f"w-{n:04d}", CMCC) for n in range(4)]
+        busy = streams[0]
+        busy.append_many([os.urandom(1000) for _ in range(200)], ContentKind.CMCC, SYNC)
+        await busy.wait_durable(199)
+        assert busy._ring_bytes <= 16 * 1024  # a quarter of the budget, not ring_bytes
+        cursor, records = busy.cursor(0), []
+        while len(records) < 200:  # the older ones come from the segments
+            records += await cursor.read(200)
+        assert [r.seq for r in records] == list(range(200))
+        await log.close_stream("w-0001", CMCC)
+        await log.close_stream("w-0002", CMCC)
+        busy.append_many([os.urandom(1000) for _ in range(100)], ContentKind.CMCC, SYNC)
+        assert 16 * 1024 < busy._ring_bytes <= 32 * 1024  # two streams left: half each
