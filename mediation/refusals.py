@@ -1,13 +1,17 @@
-"""Refused connections: every one counted, per reason; few log lines.
+"""Refusals: every one counted, per reason; few log lines.
 
-Anyone who can reach a listener can make it refuse connections, so one
-warning per refusal would let them fill the log (and bury what matters).
+The project's one policy for logging refusals of outside input (connections,
+datagrams, control requests). Anyone who can reach a listener can make it
+refuse, so one warning per refusal would let them fill the log (and bury
+what matters).
 :class:`Refusals` counts each refusal under its reason and logs the first
 of each reason in full; further refusals for that reason within
 ``interval`` seconds are only counted, and one summary line says how many
 when the interval is over (at the next refusal, or :meth:`Refusals.tick`).
 The counts go to ``mediate status`` (server) and the receiver's view and
-summary (agency).
+summary (agency). The clock is injected (a callable returning monotonic
+seconds), so sans-I/O code and tests with a fake clock use it as is; it
+never sleeps and starts no task.
 
 Reasons come from our own code or OpenSSL's short reason codes, a small
 set; still, at most ``MAX_REASONS`` distinct ones are kept apart and the
@@ -65,23 +69,26 @@ class Refusals:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def refuse(self, reason: str, peer: str | None = None) -> None:
+    def refuse(self, reason: str, peer: str | None = None, *, exc_info: bool = False) -> None:
         """Count one refusal; log it if it is the first of its reason this interval.
 
         Args:
-            reason: why, from a small fixed set (see the module docstring).
+            reason: why, from a small fixed set (see the module docstring);
+                never a string the peer chose.
             peer: the peer's address, for the logged line only.
+            exc_info: add the exception being handled to the line, if logged.
         """
         if reason not in self.counts and len(self.counts) >= MAX_REASONS:
             reason = OTHER
-        self.counts[reason] = self.counts.get(reason, 0) + 1
         now = self._clock()
         window = self._windows.get(reason)
         if window is not None and now - window.opened < self._interval:
+            self.counts[reason] += 1
             window.suppressed += 1
             return
-        if window is not None:
+        if window is not None:  # its summary counts the refusals before this one
             self._summarise(reason, window)
+        self.counts[reason] = self.counts.get(reason, 0) + 1
         self._windows[reason] = _Window(now)
         where = f" {peer}" if peer else ""
         self._log.log(
@@ -91,6 +98,7 @@ class Refusals:
             where,
             reason,
             self._interval,
+            exc_info=exc_info,
         )
 
     def tick(self) -> None:

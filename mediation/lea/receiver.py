@@ -151,6 +151,8 @@ class Receiver:
             if udp_sock is not None:
                 udp_sock.close()
             self.refusals.flush()
+            if self.udp is not None:  # the last summary of forged datagrams, if any
+                self.udp.refusals.flush()
             if self.scte is not None:
                 self.scte.refusals.flush()
             try:

@@ -52,8 +52,8 @@ from mediation.protocol.sealed import (
     Direction,
     SealKey,
     SealRefused,
-    worth_logging,
 )
+from mediation.refusals import Refusals
 
 log = logging.getLogger("mediation.lea")
 
@@ -145,6 +145,9 @@ class UdpDelivery:
         self._sealers: dict[int, DatagramSealer] = {}
         self._known = trio.Event()  # set when a stream's reports become due
         self._saved: dict | None = None
+        self.refusals = Refusals(
+            log, "udp: datagram refused", counts=state.counters.unauthenticated
+        )
         self._restore()
 
     @property
@@ -181,11 +184,8 @@ class UdpDelivery:
         counters = self.state.counters
         try:
             opened = self.opener.open(data)
-        except SealRefused as exc:
-            counters.unauthenticated[exc.reason.value] += 1
-            count = counters.unauthenticated[exc.reason.value]
-            if worth_logging(count):
-                log.warning("udp: datagram from %s refused (%s), %d so far", source[0], exc, count)
+        except SealRefused as exc:  # counted under its reason, shown by the view
+            self.refusals.refuse(exc.reason.value, source[0])
             return
         try:
             events = self.machine.receive_datagram(opened.message, now)

@@ -344,11 +344,3 @@ class DatagramOpener:
             state.highest = int(item["highest"])
             state.seen = (1 << WINDOW) - 1  # everything up to the highest: seen
             self._sessions[(key.key_id, session)] = state
-
-
-def worth_logging(count: int) -> bool:
-    """Whether the ``count``-th refusal of a kind gets a log line: the 1st, 2nd, 4th, 8th...
-
-    A flood of forgeries must not flood the log too; the counters hold the rest.
-    """
-    return count > 0 and count & (count - 1) == 0

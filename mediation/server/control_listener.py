@@ -18,13 +18,13 @@ import os
 import re
 import socket
 import stat
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from mediation.refusals import Refusals
 from mediation.server.control import MAX_LINE, ControlError, reachable, request
 
 # Requests are flat objects. json.loads recurses once per level
@@ -38,7 +38,6 @@ MAX_CONNECTIONS = 16
 # silent client holds a slot for at most this.
 DEADLINE_SECONDS = 10.0
 ACCEPT_RETRY_SECONDS = 0.1
-LOG_EVERY = 10.0  # seconds between log lines about refused requests
 _BUSY = "busy: too many control connections at once; try again"
 _INTERNAL = "internal error; see the server's log"
 
@@ -80,19 +79,18 @@ class ControlCounters:
     def __init__(self) -> None:
         self.answered = 0
         self.refused = dict.fromkeys(self.REASONS, 0)
-        self._next_line = 0.0
-        self._quiet = 0
+        self._refusals = Refusals(
+            log, "control request refused", clock=trio.current_time, counts=self.refused
+        )
 
     def refuse(self, reason: str, exc_info: bool = False) -> None:
-        """Count one refusal; log it, at most one line per :data:`LOG_EVERY` seconds."""
-        self.refused[reason] += 1
-        now = time.monotonic()
-        if now < self._next_line:
-            self._quiet += 1
-            return
-        more = f" ({self._quiet} more since the last such line)" if self._quiet else ""
-        log.warning("control request refused: %s%s", reason, more, exc_info=exc_info)
-        self._next_line, self._quiet = now + LOG_EVERY, 0
+        """Count one refusal; log it as :class:`mediation.refusals.Refusals` does.
+
+        Args:
+            reason: one of :attr:`REASONS`.
+            exc_info: add the exception being handled to the line, if logged.
+        """
+        self._refusals.refuse(reason, exc_info=exc_info)
 
     def to_json(self) -> dict[str, Any]:
         return {"answered": self.answered, "refused": dict(self.refused)}

@@ -51,8 +51,8 @@ from mediation.protocol.sealed import (
     Direction,
     SealKey,
     SealRefused,
-    worth_logging,
 )
+from mediation.refusals import Refusals
 from mediation.server.config import DeliveryConfig
 from mediation.server.link import backoff_delays
 from mediation.server.status import EndpointRef, StatusRow
@@ -101,6 +101,8 @@ class UdpWorker:
         self.opener = DatagramOpener(
             [] if self._key is None else [self._key], Direction.AGENCY_TO_SERVER
         )
+        # Log lines only: the opener's own counts are the ones status shows.
+        self._refused_lines = Refusals(log, f"{ref.label}: report refused", clock=trio.current_time)
 
     def set_streams(
         self,
@@ -269,9 +271,7 @@ class UdpWorker:
         try:
             opened = self.opener.open(data)
         except SealRefused as exc:  # counted by the opener; believed in nothing
-            count = self.opener.refused[exc.reason]
-            if worth_logging(count):
-                log.warning("%s: report refused (%s), %d so far", self.ref.label, exc, count)
+            self._refused_lines.refuse(exc.reason.value)
             return
         try:
             message = parse_datagram(opened.message)

@@ -27,7 +27,6 @@ logged (rate-limited), counted and closed; the listener carries on.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 import trio
@@ -43,7 +42,6 @@ from mediation.server.tls import AgencyTrust
 
 log = logging.getLogger("mediation.server.retrieval")
 HANDSHAKE_TIMEOUT = 10.0
-FAILURE_LOG_INTERVAL = 10.0  # seconds between log lines about failed connections
 StreamsOf = Callable[[str], dict[StreamId, StreamLog]]
 
 
@@ -87,7 +85,13 @@ class RetrievalService:
         """Requests answered in part because a limit was reached (the rest: not yet)."""
         self.failed = 0
         """Connections ended by an unexpected error (logged, never the server's end)."""
-        self._last_failure_log = -math.inf
+        # Failures are logged as refusals are: first per exception type, then a summary.
+        self._failures = Refusals(
+            log,
+            "retrieval: a connection failed; the listener carries on",
+            clock=trio.current_time,
+            level=logging.ERROR,
+        )
 
     @property
     def refused(self) -> int:
@@ -137,6 +141,7 @@ class RetrievalService:
         while True:
             await trio.sleep(1.0)
             self.refusals.tick()
+            self._failures.tick()
 
     async def _serve(self, tcp: trio.SocketStream) -> None:
         if not self.slots.try_enter():  # before TLS: a refused connection costs no buffers
@@ -155,16 +160,9 @@ class RetrievalService:
             await close_quietly(stream)
 
     def _failed(self, exc: BaseException) -> None:
+        """Count one connection that failed unexpectedly (called while handling ``exc``)."""
         self.failed += 1
-        now = trio.current_time()
-        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL:
-            self._last_failure_log = now
-            log.error(
-                "retrieval: a connection failed (%s; %d so far); the listener carries on",
-                type(exc).__name__,
-                self.failed,
-                exc_info=exc,
-            )
+        self._failures.refuse(type(exc).__name__, exc_info=True)
 
     async def _identify(self, stream: trio.SSLStream) -> str | None:
         """The agency whose certificate the client presented, or None (refused)."""
