@@ -34,6 +34,7 @@ from test_lea_support import (
 )
 
 from mediation import pdu as P
+from mediation import udpbuffer
 from mediation.lea import udp
 from mediation.lea.retrieve import FetchRange
 from mediation.lea.state import ReceiverState
@@ -248,7 +249,7 @@ async def test_the_receive_buffer_is_what_the_kernel_granted_and_a_cap_is_warned
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     ceiling = int(Path("/proc/sys/net/core/rmem_max").read_text())
-    monkeypatch.setattr(udp, "SO_RCVBUFFORCE", -1)  # as without CAP_NET_ADMIN: refused
+    monkeypatch.setattr(udpbuffer, "SO_RCVBUFFORCE", -1)  # as without CAP_NET_ADMIN: refused
     wanted = 4 * ceiling + 65536
     with caplog.at_level(logging.INFO, logger="mediation.lea"):
         sock, _address, granted = await udp.bind("127.0.0.1", 0, wanted)

@@ -199,6 +199,8 @@ def test_strangers_and_malformed_datagrams_are_counted_never_stored(carrier: Car
         assert {k: refused.get(k) for k in expected} == expected
         assert refused["tag-overrun"] == 1 and status["feeding"] == 0
         assert server.logged("tzsp: refused 127.0.0.2: unregistered-sender")
+        # What the kernel granted is said (or that it was capped, naming the sysctl).
+        assert server.logged("tzsp: receive buffer")
         shown = subprocess.run(
             [sys.executable, "-m", "mediation", "status"],
             capture_output=True, text=True, timeout=60, check=True,

@@ -54,6 +54,7 @@ from mediation.protocol.sealed import (
     SealRefused,
 )
 from mediation.refusals import Refusals
+from mediation.udpbuffer import set_receive_buffer
 
 log = logging.getLogger("mediation.lea")
 
@@ -64,7 +65,6 @@ SESSIONS_FILE = "udp-sessions.json"
 MAX_SESSIONS_FILE = 64 * 1024
 DEFAULT_BUFFER = 32 * 1024 * 1024  # about 20,000 full-size datagrams: a second at the goal
 BATCH = 256  # datagrams taken per wake-up before other tasks get a turn
-SO_RCVBUFFORCE = getattr(stdlib_socket, "SO_RCVBUFFORCE", 33)  # Linux values
 SO_RXQ_OVFL = getattr(stdlib_socket, "SO_RXQ_OVFL", 40)
 _ANCILLARY = stdlib_socket.CMSG_SPACE(4)
 
@@ -91,7 +91,7 @@ async def bind(
         sock = stdlib_socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
-            granted = _receive_buffer(sock, buffer)
+            granted = set_receive_buffer(sock, buffer, "udp", log)
             sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             sock.bind(address)
         except OSError:
@@ -100,30 +100,6 @@ async def bind(
     except OSError as exc:
         raise UsageError("--udp", f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sock, sock.getsockname()[:2], granted
-
-
-def _receive_buffer(sock: stdlib_socket.socket, wanted: int) -> int:
-    """Ask for ``wanted`` bytes of receive buffer; returns what the kernel granted.
-
-    ``SO_RCVBUFFORCE`` passes ``net.core.rmem_max`` (with CAP_NET_ADMIN);
-    without it ``SO_RCVBUF`` is capped there, and a warning says so.
-    """
-    try:
-        sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
-    except OSError:
-        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, wanted)
-    granted = sock.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF)
-    if granted // 2 < wanted:  # Linux doubles what it grants (its overhead): less is capped
-        log.warning(
-            "udp: receive buffer capped at %d bytes (asked %d): bursts may be dropped; "
-            "raise it with: sysctl -w net.core.rmem_max=%d",
-            granted,
-            wanted,
-            wanted,
-        )
-    else:
-        log.info("udp: receive buffer %d bytes (asked %d)", granted, wanted)
-    return granted
 
 
 class UdpDelivery:

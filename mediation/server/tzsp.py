@@ -43,6 +43,7 @@ from mediation.server.warrant_table import WarrantTable
 from mediation.tap.builder import FlowCorrelation
 from mediation.tap.packet import parse_frame
 from mediation.tap.replay import Tap
+from mediation.udpbuffer import set_receive_buffer
 from mediation.warrants.model import Warrant
 
 log = logging.getLogger("mediation.server")
@@ -208,7 +209,7 @@ class TzspService:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer)
+            set_receive_buffer(sock, self.config.receive_buffer, "tzsp", log)
             sock.bind(address)
         except OSError as exc:
             log.error("tzsp: cannot listen on udp %s: %s", self.config.listen, exc.strerror)
