@@ -50,7 +50,7 @@ from mediation.warrants.validate import parse_target
 log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
-LINGER_SECONDS = 0.001  # an open batch waits this long for more before it is sent
+LINGER_SECONDS = 0.005  # an open batch waits this long for more before it is sent (docs/tap-link.md)
 # Batches the server has not yet acknowledged beyond which the link counts as
 # busy: each batch costs the server a journal write, so a stream of tiny ones
 # would slow it; while these are in flight the next batch grows instead.
