@@ -127,3 +127,38 @@ async def test_unacknowledged_batches_make_the_link_busy(autojump_clock: Any) ->
         assert tap.counters.batches == 1
 
     await run(tap, body)
+
+
+async def test_a_flush_returns_only_once_an_earlier_flush_has_spooled_its_batch() -> None:
+    """The end of a replay: ``drained`` flushes, then waits for acknowledgements. If the
+    timer's flush was still writing the last batch, the old code found nothing pending
+    and nothing unacknowledged, and the tap exited with the batch never sent."""
+    import threading
+
+    import trio.testing
+
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowSpool(MemorySpool):
+        def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
+            entered.set()
+            release.wait(10)
+            return super().append(payload, first, last)
+
+    spool = SlowSpool()
+    tap = client(spool, connected=True)
+    await tap.add("cmCC", WHEN, b"\x04\x01a")
+    seen: list[int] = []
+
+    async def second_flush() -> None:
+        await tap.flush()
+        seen.append(spool.last_id)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tap.flush)  # the timer's, writing the batch
+        await trio.to_thread.run_sync(entered.wait, 10)
+        nursery.start_soon(second_flush)  # drained's
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == []  # it waits for the batch being written
+        release.set()
+    assert seen == [1]

@@ -50,7 +50,7 @@ from mediation.warrants.validate import parse_target
 log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
-LINGER_SECONDS = 0.005  # an open batch waits this long for more before it is sent (docs/tap-link.md)
+LINGER_SECONDS = 0.005  # an open batch waits this long for more (docs/tap-link.md)
 # Batches the server has not yet acknowledged beyond which the link counts as
 # busy: each batch costs the server a journal write, so a stream of tiny ones
 # would slow it; while these are in flight the next batch grows instead.
@@ -311,21 +311,32 @@ class TapClient(LinkSession):
     def _limit(self) -> int:
         return UDP_BATCH_BYTES if self.udp is not None else MAX_BATCH_BYTES
 
-    async def flush(self) -> None:
-        """Seal the PDUs gathered so far into one batch (spooled, or sent as a datagram)."""
-        if not self._pending:
-            return
+    def _take(self) -> bytes:
+        """The open batch's PDUs, joined, and the batch emptied and counted."""
         parts, self._pending = self._pending, []
         self._pending_count = self._pending_bytes = 0
-        first, last = self._pending_first, self._pending_last
-        payload = b"".join(parts)
         self.counters.batches += 1
+        return b"".join(parts)
+
+    async def flush(self) -> None:
+        """Seal the PDUs gathered so far into one batch (spooled, or sent as a datagram).
+
+        On TLS the PDUs are taken under the spool lock, so a flush returns
+        only once every batch sealed before it is in the spool: ``drained``
+        (flush, then wait for acknowledgements) cannot miss a batch that the
+        timer's flush is still writing.
+        """
         if self.udp is not None:
-            await self._send_datagram(payload)
+            if self._pending:
+                await self._send_datagram(self._take())
             return
         assert self.spool is not None
         spool = self.spool
         async with self._spool_lock:
+            if not self._pending:
+                return
+            first, last = self._pending_first, self._pending_last
+            payload = self._take()
             batch = await trio.to_thread.run_sync(spool.append, payload, first, last)
         if batch is None:
             self.counters.overflow_batches += 1
