@@ -428,3 +428,24 @@ def test_golden_pdus_decode_and_encode_back_byte_for_byte(stem: str, data: bytes
     record = fast.decode(data)
     assert record == P.decode(data)
     assert fast.encode(record) == data
+
+
+def test_a_year_before_1000_is_refused_as_the_reference_refuses_it() -> None:
+    """Found by the fuzz test above: one octet turned mediationTime's year into 0001;
+    the hand-written decoder took it, the reference refuses it."""
+    envelope = P.Envelope(
+        stream=P.StreamId("0000000", P.StreamKind.CMII),
+        sequence_number=7,
+        mediation_time=dt.datetime(2001, 1, 1, tzinfo=dt.UTC),
+        content=P.CompletenessNotice(
+            event=P.CompletenessEvent.WARRANT_ACTIVE,
+            event_time=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+        ),
+    )
+    data = P.encode(envelope)
+    at = data.index(b"2001010100")
+    mutated = data[:at] + b"0001" + data[at + 4 :]
+    with pytest.raises(P.PDUError, match="year 1 cannot be encoded"):
+        codec.decode_delivery(mutated)
+    with pytest.raises(P.PDUError, match="mediationTime: year 1 cannot be encoded"):
+        fast.decode_envelope(mutated)

@@ -321,6 +321,8 @@ def _seconds(digits: bytes, at: int, what: str) -> tuple[int, int, int, int, int
             dt.datetime(*parts)
         except ValueError:
             raise PDUError(f"{what}: no such date or time", at) from None
+        if parts[0] < 1000:  # as the reference refuses it (pdu/convert.utc): no 4-digit form
+            raise PDUError(f"{what}: year {parts[0]} cannot be encoded (1000 to 9999)", at)
         if len(_SECONDS) >= 1024:
             _SECONDS.clear()
         _SECONDS[digits] = parts
