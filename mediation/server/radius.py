@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,10 @@ import trio
 
 from mediation.errors import UsageError
 from mediation.refusals import Refusals
-from mediation.server.config import RadiusConfig, listen_address
+from mediation.server.config import RadiusConfig
 from mediation.server.tzsp import TzspService, shown
 from mediation.server.tzsp_socket import normal_address
+from mediation.server.udp_listen import bind_udp
 from mediation.tap.radius import MAX_PACKET, RadiusError, accounting_response, parse_accounting
 
 log = logging.getLogger("mediation.server")
@@ -95,19 +95,11 @@ class RadiusService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer accounting until cancelled (a bind failure is logged; the server carries on)."""
-        address = listen_address(self.config.listen)
-        if address is None:
+        bound = bind_udp(self.config.listen, "radius", log)
+        if bound is None:
             task_status.started()
             return
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            await sock.bind(address)
-        except OSError as exc:
-            log.error("radius: cannot listen on udp %s: %s", self.config.listen, exc.strerror)
-            sock.close()
-            task_status.started()
-            return
+        sock = trio.socket.from_stdlib_socket(bound)
         self.listening = sock.getsockname()[:2]
         log.info("radius: listening on udp %s (accounting)", self.config.listen)
         task_status.started()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
-import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -43,6 +42,7 @@ from mediation.server.link import close_quietly
 from mediation.server.tap_connection import TapConnection, describe, receive_some, served
 from mediation.server.tap_ingest import TapGate, TapIngest
 from mediation.server.tls import IdentityFiles, check_tap_peer
+from mediation.server.udp_listen import bind_udp
 from mediation.server.warrant_table import WarrantTable
 from mediation.warrants.model import Tap, Warrant, WarrantState
 
@@ -287,19 +287,11 @@ class TapService:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Receive sealed batches until cancelled."""
-        address = listen_address(self.config.udp_listen)
-        if address is None:
+        bound = bind_udp(self.config.udp_listen, "tap link", log)
+        if bound is None:
             task_status.started()
             return
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            await sock.bind(address)
-        except OSError as exc:
-            log.error("tap link: cannot listen on udp %s: %s", self.config.udp_listen, exc)
-            sock.close()
-            task_status.started()
-            return
+        sock = trio.socket.from_stdlib_socket(bound)
         self.udp_listening = sock.getsockname()[:2]
         log.info("tap link: listening on udp %s (sealed datagrams)", _shown(self.udp_listening))
         self.sync_keys()

@@ -36,14 +36,14 @@ from mediation.pdu import CompletenessEvent
 from mediation.pdu import taplink as T
 from mediation.protocol.tzsp import TzspReceiver
 from mediation.refusals import Refusals
-from mediation.server.config import TzspConfig, listen_address
+from mediation.server.config import TzspConfig
 from mediation.server.tap_ingest import BatchResult, TapGate, TapIngest
 from mediation.server.tzsp_socket import BatchReceiver, kernel_drops
+from mediation.server.udp_listen import bind_udp
 from mediation.server.warrant_table import WarrantTable
 from mediation.tap.builder import FlowCorrelation
 from mediation.tap.packet import parse_frame
 from mediation.tap.replay import Tap
-from mediation.udpbuffer import set_receive_buffer
 from mediation.warrants.model import Warrant
 
 log = logging.getLogger("mediation.server")
@@ -202,21 +202,10 @@ class TzspService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Receive TZSP until cancelled (a bind failure is logged; the server carries on)."""
-        address = listen_address(self.config.listen)
-        if address is None:
+        sock = bind_udp(self.config.listen, "tzsp", log, self.config.receive_buffer)
+        if sock is None:
             task_status.started()
             return
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            set_receive_buffer(sock, self.config.receive_buffer, "tzsp", log)
-            sock.bind(address)
-        except OSError as exc:
-            log.error("tzsp: cannot listen on udp %s: %s", self.config.listen, exc.strerror)
-            sock.close()
-            task_status.started()
-            return
-        sock.setblocking(False)
         self._sock = sock
         self.listening = sock.getsockname()[:2]
         receiver = BatchReceiver(sock, self.config.batch, self.config.max_datagram)
