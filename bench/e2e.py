@@ -55,9 +55,9 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "bench"))
 
-from e2e_rig.capture import write_capture  # noqa: E402  (after the path is set)
-from e2e_rig.processes import Checkout, Rig, Usage, udp_drops, usage, wait_for  # noqa: E402
-from e2e_rig.relay import relay_baseline  # noqa: E402
+from rig.capture import write_capture  # noqa: E402  (after the path is set)
+from rig.processes import Checkout, Rig, Usage, udp_drops, usage, wait_for  # noqa: E402
+from rig.relay import relay_baseline  # noqa: E402
 
 # One step -------------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ def build(count: int) -> tuple[list[bytes], list[bytes]]:
     from mediation.warrants.model import ContentLevel, Target, TargetKind
 
     sys.path.insert(0, str(HERE / "bench"))
-    from e2e_rig.capture import frame  # the end-to-end bench's frames
+    from rig.capture import frame  # the end-to-end bench's frames
 
     builder = PDUBuilder("CASE-TEST-0001", "IAP-TEST", ContentLevel.FULL)
     tap = Tap("w-bench1", TargetMatcher([Target(TargetKind.MAC, "02:00:5e:00:53:01")]), builder)

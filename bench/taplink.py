@@ -48,49 +48,25 @@ WINDOW = 8  # batches in flight, as `mediate tap run` (protocol.taplink.WINDOW)
 
 def setup(base: Path) -> tuple[Path, object, str, Path]:
     """Data dir, registry key, warrant handle, tap credentials file."""
-    from mediation.server.tls import ensure_identity
-    from mediation.warrants.authority import ServerAuthority, TapAuthority
-    from mediation.warrants.keys import RegistryKey
-    from mediation.warrants.model import (
-        CaseDetails,
-        ContentLevel,
-        Endpoint,
-        Source,
-        Stream,
-        Target,
-        TargetKind,
-    )
-    from mediation.warrants.operations import add_agency_endpoint, add_warrant, register_tap
-    from mediation.warrants.registry import WarrantRegistry
+    from rig.registry import bench_registry
 
-    data, key = base / "data", RegistryKey.generate()
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    from mediation.warrants.model import CaseDetails, ContentLevel, Source, Target, TargetKind
+    from mediation.warrants.operations import add_warrant, register_tap
+
     credentials = base / "edge-1.tap"
-    with WarrantRegistry.initialise(data, key, None, now) as registry:
-        taps = TapAuthority.create(data / "ca", key, now)
-        server_ca = ServerAuthority.create(data / "ca", key, now)
-        # An agency that never answers: delivery waits on it and costs nothing,
-        # so the figures are ingest's (docs/tap-link.md says what delivery adds).
-        endpoint = Endpoint(
-            "tls", "127.0.0.1", 9, (Stream.CMII, Stream.CMCC), fingerprint="ab" * 32
+    with bench_registry(base) as b:
+        register_tap(
+            b.registry, b.taps, "edge-1", credentials, "127.0.0.1:0", b.now, b.server_ca.ca_pem
         )
-        agency, _ = add_agency_endpoint(registry, "BENCH-LEA", endpoint, "--tls", now)
-        register_tap(registry, taps, "edge-1", credentials, "127.0.0.1:0", now, server_ca.ca_pem)
         details = CaseDetails(
             CASE, (Target(TargetKind.MAC, TARGET_MAC),), (Source("tap", "edge-1"),), "IAP-TEST"
         )
         start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
         warrant = add_warrant(
-            registry,
-            agency.handle,
-            details,
-            ContentLevel.FULL,
-            start,
-            now + dt.timedelta(days=1),
-            now,
-        )
-    ensure_identity(data, key, ("127.0.0.1",), now)
-    return data, key, warrant.handle, credentials
+            b.registry, b.agency, details, ContentLevel.FULL, start,
+            b.now + dt.timedelta(days=1), b.now,
+        )  # fmt: skip
+    return b.data, b.key, warrant.handle, credentials
 
 
 def sample_pdus(count: int) -> list[tuple[str, dt.datetime, bytes]]:

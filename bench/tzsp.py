@@ -52,41 +52,21 @@ ROUND_LIMIT = 30.0
 
 def setup(base: Path) -> tuple[Path, object, str]:
     """Data dir, registry key, warrant handle."""
-    from mediation.server.tls import ensure_identity
-    from mediation.warrants.authority import ServerAuthority, TapAuthority
-    from mediation.warrants.keys import RegistryKey
-    from mediation.warrants.model import (
-        CaseDetails,
-        ContentLevel,
-        Endpoint,
-        Source,
-        Stream,
-        Target,
-        TargetKind,
-    )  # fmt: skip
-    from mediation.warrants.operations import add_agency_endpoint, add_warrant
-    from mediation.warrants.registry import WarrantRegistry
+    from rig.registry import bench_registry
 
-    data, key = base / "data", RegistryKey.generate()
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    with WarrantRegistry.initialise(data, key, None, now) as registry:
-        TapAuthority.create(data / "ca", key, now)
-        ServerAuthority.create(data / "ca", key, now)
-        # An agency that never answers: delivery waits and costs nothing.
-        endpoint = Endpoint(
-            "tls", "127.0.0.1", 9, (Stream.CMII, Stream.CMCC), fingerprint="ab" * 32
-        )
-        agency, _ = add_agency_endpoint(registry, "BENCH-LEA", endpoint, "--tls", now)
+    from mediation.warrants.model import CaseDetails, ContentLevel, Source, Target, TargetKind
+    from mediation.warrants.operations import add_warrant
+
+    with bench_registry(base) as b:
         details = CaseDetails(
             CASE, (Target(TargetKind.ADDRESS, TARGET),), (Source("tzsp", "127.0.0.1"),),
             "IAP-TEST",
         )  # fmt: skip
         warrant = add_warrant(
-            registry, agency.handle, details, ContentLevel.FULL,
-            now - dt.timedelta(hours=1), now + dt.timedelta(days=1), now,
+            b.registry, b.agency, details, ContentLevel.FULL,
+            b.now - dt.timedelta(hours=1), b.now + dt.timedelta(days=1), b.now,
         )  # fmt: skip
-    ensure_identity(data, key, ("127.0.0.1",), now)
-    return data, key, warrant.handle
+    return b.data, b.key, warrant.handle
 
 
 def _checksum(header: bytes) -> int:

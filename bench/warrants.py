@@ -43,30 +43,13 @@ CMCC_DER = b"\x30\x82\x05\xc4\x81\x82\x05\xc0" + bytes(1472)
 
 def setup(base: Path, warrants: int) -> tuple[Path, object, list[str]]:
     """Data dir, registry key, the warrants' handles."""
-    from mediation.server.tls import ensure_identity
-    from mediation.warrants.authority import ServerAuthority, TapAuthority
-    from mediation.warrants.keys import RegistryKey
-    from mediation.warrants.model import (
-        CaseDetails,
-        ContentLevel,
-        Endpoint,
-        Stream,
-        Target,
-        TargetKind,
-    )
-    from mediation.warrants.operations import add_agency_endpoint, add_warrant
-    from mediation.warrants.registry import WarrantRegistry
+    from rig.registry import bench_registry
 
-    data, key = base / "data", RegistryKey.generate()
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    from mediation.warrants.model import CaseDetails, ContentLevel, Target, TargetKind
+    from mediation.warrants.operations import add_warrant
+
     handles = []
-    with WarrantRegistry.initialise(data, key, None, now) as registry:
-        TapAuthority.create(data / "ca", key, now)
-        ServerAuthority.create(data / "ca", key, now)
-        endpoint = Endpoint(
-            "tls", "127.0.0.1", 9, (Stream.CMII, Stream.CMCC), fingerprint="ab" * 32
-        )
-        agency, _ = add_agency_endpoint(registry, "BENCH-LEA", endpoint, "--tls", now)
+    with bench_registry(base) as b:
         start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
         for n in range(warrants):
             mac = f"02:00:5e:00:{n // 256 % 256:02x}:{n % 256:02x}"
@@ -74,12 +57,11 @@ def setup(base: Path, warrants: int) -> tuple[Path, object, list[str]]:
                 f"CASE-TEST-{n:06d}", (Target(TargetKind.MAC, mac),), (), "IAP-TEST"
             )
             warrant = add_warrant(
-                registry, agency.handle, details, ContentLevel.FULL, start,
-                now + dt.timedelta(days=1), now,
+                b.registry, b.agency, details, ContentLevel.FULL, start,
+                b.now + dt.timedelta(days=1), b.now,
             )  # fmt: skip
             handles.append(warrant.handle)
-    ensure_identity(data, key, ("127.0.0.1",), now)
-    return data, key, handles
+    return b.data, b.key, handles
 
 
 def switches() -> int:

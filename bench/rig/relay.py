@@ -10,8 +10,8 @@ import struct
 import threading
 import time
 
-from e2e_rig.capture import write_capture
-from e2e_rig.processes import Rig
+from rig.capture import write_capture
+from rig.processes import Rig
 
 
 def _sink(conn, cert: str, key: str) -> None:
