@@ -30,11 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mediation.log import ContentKind, LogCorrupted, LogRecord
-from mediation.log import format as F
-from mediation.log.crypto import BodyReader, LogKey, RecordUnreadable
+from mediation.evidence.records import stream_items
+from mediation.log import ContentKind, LogRecord
+from mediation.log.crypto import LogKey
 from mediation.log.evidence_log import stream_dir
-from mediation.log.segments import list_segments
 from mediation.pdu import (
     AccessAccepted,
     AccessSessionEnd,
@@ -71,44 +70,13 @@ _EVENTS: dict[type, str] = {
 
 
 def read_stream(directory: Path, key: LogKey | None) -> Iterator[LogRecord]:
-    """Every data record of one stream directory, in order, decrypted.
-
-    Reads the files only (no lock: a running server may be appending). A
-    frame cut short or failing its checksum at the end of the last segment
-    ends the read (a tail a running server has not finished, or a crash
-    left for recovery to cut); anywhere else it is damage.
+    """Every data record of one stream directory, in order, decrypted
+    (:func:`mediation.evidence.records.stream_items`, checkpoints left out).
 
     Raises:
-        LogCorrupted: a damaged frame before the end, or a record that does
-            not decrypt.
-        WrongLogKey: a segment written with another log key.
-        LogKeyRequired: encrypted segments and no key.
+        LogCorrupted, WrongLogKey, LogKeyRequired: as ``stream_items``.
     """
-    segments = list_segments(directory)
-    for i, (_first, path) in enumerate(segments):
-        data = path.read_bytes()
-        try:
-            header = F.decode_header(data)
-        except ValueError as exc:
-            if i == len(segments) - 1:
-                return  # a segment being created
-            raise LogCorrupted(f"{path.name}: {exc}") from None
-        reader = BodyReader(header, key, path.name)
-        offset = header.size
-        while offset < len(data):
-            try:
-                body, offset = F.read_frame(data, offset)
-            except F.FrameError as exc:
-                if i == len(segments) - 1:
-                    return
-                raise LogCorrupted(f"{path.name} byte {exc.offset}: {exc.reason}") from None
-            if body[0] != F.TYPE_DATA:
-                continue  # a checkpoint
-            try:
-                plain = reader.body(body)
-            except RecordUnreadable as exc:
-                raise LogCorrupted(f"{path.name}: sequence {F.body_seq(body)} {exc}") from None
-            yield F.decode_data(memoryview(plain))
+    yield from stream_items(directory, key)  # type: ignore[misc]  (no stream: records only)
 
 
 def confirmation_records(data_dir: Path, key: LogKey, handle: str) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mediation.log import format as F
-from mediation.log.crypto import BodyReader, LogKey, RecordUnreadable, WrongLogKey
+from mediation.log.crypto import BodyReader, LogKey, LogKeyRequired, RecordUnreadable, WrongLogKey
+from mediation.log.errors import LogCorrupted
 from mediation.log.retention import removed_prefix
 from mediation.log.segments import list_segments
 from mediation.pdu import StreamId
@@ -31,52 +32,65 @@ class ExportError(Exception):
     """The log cannot be exported as it is (names the stream and the reason)."""
 
 
-def read_stream(directory: Path, stream: StreamId, key: LogKey | None) -> Iterator[Item]:
-    """Every record and checkpoint of a stream, in log order, in plaintext.
+def stream_items(
+    directory: Path, key: LogKey | None, stream: StreamId | None = None
+) -> Iterator[Item]:
+    """Every record (and, given ``stream``, checkpoint) of a stream directory, in log order,
+    in plaintext: the one offline reader (``mediate export``, ``mediate confirm``).
+
+    Reads the files only (no lock: a running server may be appending). A
+    segment header or a frame cut short at the end of the last segment ends
+    the read (a server writing it, or a crash recovery will cut).
 
     Raises:
-        ExportError: a bad segment header, a damaged frame before the end of
-            the last segment, a record that does not decrypt, a wrong key.
+        LogCorrupted: a bad segment header or damaged frame before the end, a
+            record that does not decrypt or decode.
+        WrongLogKey: a segment written with another log key.
+        LogKeyRequired: encrypted segments and no key.
     """
-    label = F.stream_label(stream)
     segments = list_segments(directory)
     for n, (_first, path) in enumerate(segments):
+        last = n == len(segments) - 1
         data = path.read_bytes()
         try:
             header = F.decode_header(data)
-            reader = BodyReader(header, key, f"{label} {path.name}")
-        except (ValueError, WrongLogKey) as exc:
-            raise ExportError(f"{label}: {path.name}: {exc}") from None
+        except ValueError as exc:
+            if last:
+                return  # a segment being created
+            raise LogCorrupted(f"{path.name}: {exc}") from None
+        reader = BodyReader(header, key, path.name)
         if not reader.readable:
-            raise ExportError(f"{label}: {path.name}: encrypted, and no log key was given")
+            raise LogKeyRequired(f"{path.name}: encrypted, and no log key was given")
         offset = header.size
         while offset < len(data):
             try:
-                body, offset = _frame(data, offset, last=n == len(segments) - 1)
-            except StopIteration:
-                break
+                body, offset = F.read_frame(data, offset)
             except F.FrameError as exc:
-                raise ExportError(
-                    f"{label}: {path.name} byte {exc.offset}: {exc.reason} "
-                    "(`mediate log verify` shows the damage)"
-                ) from None
+                if exc.torn and last:
+                    return
+                raise LogCorrupted(f"{path.name} byte {exc.offset}: {exc.reason}") from None
             try:
                 if body[0] == F.TYPE_DATA:
                     yield F.decode_data(memoryview(reader.body(body)))
-                elif body[0] == F.TYPE_CHECKPOINT:
+                elif body[0] == F.TYPE_CHECKPOINT and stream is not None:
                     yield F.decode_checkpoint(body, stream)
             except (RecordUnreadable, ValueError) as exc:
-                raise ExportError(f"{label}: {path.name}: {exc}") from None
+                raise LogCorrupted(f"{path.name}: sequence {F.body_seq(body)} {exc}") from None
 
 
-def _frame(data: bytes, offset: int, last: bool) -> tuple[memoryview, int]:
-    """The frame at ``offset``; StopIteration at a frame still being written."""
+def read_stream(directory: Path, stream: StreamId, key: LogKey | None) -> Iterator[Item]:
+    """:func:`stream_items` for an export: every record and checkpoint.
+
+    Raises:
+        ExportError: as :func:`stream_items` raises, naming the stream.
+    """
+    label = F.stream_label(stream)
     try:
-        return F.read_frame(data, offset)
-    except F.FrameError as exc:
-        if exc.torn and last:  # a running server is writing it, or recovery will cut it
-            raise StopIteration from None
-        raise
+        yield from stream_items(directory, key, stream)
+    except LogCorrupted as exc:
+        raise ExportError(f"{label}: {exc} (`mediate log verify` shows the damage)") from None
+    except (WrongLogKey, LogKeyRequired) as exc:
+        raise ExportError(f"{label}: {exc}") from None
 
 
 @dataclasses.dataclass
