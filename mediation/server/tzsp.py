@@ -37,7 +37,8 @@ from mediation.pdu import taplink as T
 from mediation.protocol.tzsp import TzspReceiver
 from mediation.refusals import Refusals
 from mediation.server.config import TzspConfig
-from mediation.server.tap_ingest import BatchResult, TapGate, TapIngest
+from mediation.server.tap_gate import BuiltGate
+from mediation.server.tap_ingest import BatchResult, TapIngest
 from mediation.server.tzsp_socket import BatchReceiver, kernel_drops
 from mediation.server.udp_listen import bind_udp
 from mediation.server.warrant_table import WarrantTable
@@ -76,7 +77,7 @@ class TzspSource:
 
     address: str
     taps: list[Tap]
-    gate: TapGate
+    gates: list[BuiltGate]  # per tap: its PDUs are its warrant's (tap_gate.BuiltGate)
     feeding: bool = False
     last_seen: float = 0.0  # trio time of its last accepted datagram
     announced: set[str] = dataclasses.field(default_factory=set)  # handles told "feeding"
@@ -163,7 +164,8 @@ class TzspService:
                         continue
                 tap.start, tap.end = warrant.start, warrant.end
                 taps.append(tap)
-            source = TzspSource(address, taps, TapGate(f"tzsp:{address}", warrants))
+            gates = [BuiltGate(f"tzsp:{address}", tap.handle) for tap in taps]
+            source = TzspSource(address, taps, gates)
             previous = self.sources.get(address)
             if previous is not None:
                 source.feeding, source.last_seen = previous.feeding, previous.last_seen
@@ -231,11 +233,16 @@ class TzspService:
                 await trio.lowlevel.checkpoint()  # other tasks run between batches
 
     async def datagrams(self, datagrams: list[tuple[bytes | None, str]]) -> None:
-        """Decode, tap and ingest one receive step's datagrams ``(octets or None, sender)``."""
+        """Decode, tap and ingest one receive step's datagrams ``(octets or None, sender)``.
+
+        One capture time and one trio time for the step; then one ingest
+        batch per warrant fed (no await before every frame is tapped).
+        """
         now = self.clock()
         seen = trio.current_time()
-        out: dict[str, list[T.TapPdu]] = {}
+        out: dict[BuiltGate, list[T.TapPdu]] = {}
         receiver, sources, counters = self.receiver, self.sources, self.counters
+        tap_pdu = T.TapPdu
         for data, sender in datagrams:
             counters["datagrams"] += 1
             if data is None and sender in sources:
@@ -251,21 +258,23 @@ class TzspService:
             source.last_seen = seen
             if not source.feeding or len(source.announced) < len(source.taps):
                 self._started(source, now)
-            parsed = parse_frame(decoded.frame, decoded.linktype)
+            frame, linktype = decoded.frame, decoded.linktype
+            parsed = parse_frame(frame, linktype)
             counters["malformed"] += parsed.malformed
-            pdus = out.get(sender)
-            for tap in source.taps:
-                for pdu in tap.process(decoded.frame, now, parsed, linktype=decoded.linktype):
+            for tap, gate in zip(source.taps, source.gates, strict=True):
+                built = tap.process(frame, now, parsed, linktype=linktype)
+                if built:
+                    pdus = out.get(gate)
                     if pdus is None:
-                        pdus = out[sender] = []
-                    pdus.append(T.TapPdu(pdu.kind, pdu.time, pdu.der))
-        for sender, pdus in out.items():
-            await self._ingest(sources[sender], pdus)
+                        pdus = out[gate] = []
+                    pdus += [tap_pdu(p.kind, p.time, p.der) for p in built]
+        for gate, pdus in out.items():
+            await self._ingest(gate, pdus)
 
-    async def _ingest(self, source: TzspSource, pdus: list[T.TapPdu]) -> BatchResult:
+    async def _ingest(self, gate: BuiltGate, pdus: list[T.TapPdu]) -> BatchResult:
         self._batch_id = self._batch_id + 1 if self._batch_id < T.MAX_BATCH_ID else 1
         batch = T.PduBatch(self._batch_id, tuple(pdus))
-        return await self.ingest.batch(source.gate, batch, durable=False)
+        return await self.ingest.batch(gate, batch, durable=False)
 
     def _started(self, source: TzspSource, now: dt.datetime) -> None:
         """Tell each warrant the source feeds (and was not told) that it feeds now."""
@@ -295,9 +304,10 @@ class TzspService:
             self.drops_check(now)  # before idle_check: a warrant just fed is still told
             self.idle_check(trio.current_time())
             for source in list(self.sources.values()):
-                pdus = [T.TapPdu(p.kind, p.time, p.der) for t in source.taps for p in t.expire(now)]
-                if pdus:
-                    await self._ingest(source, pdus)
+                for tap, gate in zip(source.taps, source.gates, strict=True):
+                    pdus = [T.TapPdu(p.kind, p.time, p.der) for p in tap.expire(now)]
+                    if pdus:
+                        await self._ingest(gate, pdus)
             self.refusals.tick()
 
     def drops_check(self, now: dt.datetime) -> None:
@@ -339,33 +349,31 @@ class TzspService:
                     self._notice(handle, CompletenessEvent.TAP_LOST, source, now, detail)
                 source.announced.clear()
 
-    def accounting(self, payload: bytes, when: dt.datetime) -> dict[str, list[T.TapPdu]]:
+    def accounting(self, payload: bytes, when: dt.datetime) -> dict[BuiltGate, list[T.TapPdu]]:
         """One Accounting-Request from the RADIUS listener, shown to every source's taps.
 
         Returns:
-            The PDUs it caused, by source address (to ingest with :meth:`ingest_pdus`).
+            The PDUs it caused, by the gate of the tap that built them (to
+            ingest with :meth:`ingest_pdus`).
         """
-        out: dict[str, list[T.TapPdu]] = {}
-        for address, source in self.sources.items():
-            pdus = [T.TapPdu(p.kind, p.time, p.der) for t in source.taps
-                    for p in t.accounting(payload, when)]  # fmt: skip
-            if pdus:
-                out[address] = pdus
+        out: dict[BuiltGate, list[T.TapPdu]] = {}
+        for source in self.sources.values():
+            for tap, gate in zip(source.taps, source.gates, strict=True):
+                pdus = [T.TapPdu(p.kind, p.time, p.der) for p in tap.accounting(payload, when)]
+                if pdus:
+                    out[gate] = pdus
         return out
 
-    async def ingest_pdus(self, by_source: dict[str, list[T.TapPdu]]) -> list[Appended] | None:
-        """Ingest PDUs built outside the receive loop (RADIUS accounting), by source address.
+    async def ingest_pdus(self, by_gate: dict[BuiltGate, list[T.TapPdu]]) -> list[Appended] | None:
+        """Ingest PDUs built outside the receive loop (RADIUS accounting), by their tap's gate.
 
         Returns:
             The receipts of the last records appended (await them for durability);
             None if storing stopped part-way (or a PDU was refused).
         """
         receipts: list[Appended] = []
-        for address, pdus in by_source.items():
-            source = self.sources.get(address)
-            if source is None:
-                continue
-            result = await self._ingest(source, pdus)
+        for gate, pdus in by_gate.items():
+            result = await self._ingest(gate, pdus)
             if not result.complete or result.ack.accepted != len(pdus) or result.ack.refused:
                 return None
             receipts += result.receipts

@@ -1,0 +1,99 @@
+"""TZSP in-process: the server's own tap core is believed, a remote tap's PDUs still checked.
+
+The PDUs the TZSP listener's tap core builds for a warrant it matched go
+around the per-PDU gate that exists for remote taps (tap_gate.BuiltGate);
+these tests prove that this changes nothing stored and nothing refused,
+and that a remote tap's out-of-scope PDU is still refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import test_tap_frames as F
+from delivery_agency import UdpAgency
+from delivery_support import TARGET, Site, fast_config, udp_endpoint
+from test_tap_ingest import batch as remote_batch
+from test_tap_ingest import cc, payloads
+
+from mediation.pdu import taplink as T
+from mediation.protocol.tzsp import encode_tzsp
+from mediation.server.config import TzspConfig
+from mediation.server.tap_gate import BuiltGate, TapGate, cc_payload
+from mediation.warrants.model import CaseDetails, ContentLevel, Source, Target, TargetKind
+from mediation.warrants.operations import add_warrant
+
+ROUTER, STRANGER = "192.0.2.200", "192.0.2.201"
+BYSTANDER, PEER = "192.0.2.11", "203.0.113.5"
+TAP = "edge-1"
+
+
+def packet(src: str, dst: str, n: int) -> bytes:
+    return F.ipv4(src, dst, 17, F.udp(40000, 443, n.to_bytes(4, "big")))
+
+
+def frame(src: str, dst: str, n: int) -> bytes:
+    return F.eth(F.GATEWAY_MAC, F.OTHER_MAC, 0x0800, packet(src, dst, n))
+
+
+def tzsp_warrant(site: Site, agency: str) -> str:
+    """A full-content warrant on TARGET fed by the router at ROUTER."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    details = CaseDetails(
+        "CASE-TEST-0002", (Target(TargetKind.ADDRESS, TARGET),), (Source("tzsp", ROUTER),),
+        "IAP-TEST",
+    )  # fmt: skip
+    with site._registry() as registry:
+        warrant = add_warrant(
+            registry, agency, details, ContentLevel.FULL,
+            now - dt.timedelta(minutes=1), now + dt.timedelta(days=1), now,
+        )  # fmt: skip
+    return warrant.handle
+
+
+async def test_tzsp_stores_exactly_the_targets_frames_through_its_own_gate(
+    tmp_path: Path,
+) -> None:
+    site = Site(tmp_path)
+    agency = site.agency("AGENCY-A", udp_endpoint(await UdpAgency().bind()))
+    handle = tzsp_warrant(site, agency)
+    config = dataclasses.replace(fast_config(), tzsp=TzspConfig(listen="127.0.0.1:0"))
+    sent = [  # the target's both ways, a bystander's, a stranger's datagram
+        (frame(TARGET, PEER, 1), ROUTER),
+        (frame(BYSTANDER, PEER, 2), ROUTER),
+        (frame(PEER, TARGET, 3), ROUTER),
+        (frame(TARGET, PEER, 4), STRANGER),
+        (frame(PEER, BYSTANDER, 5), ROUTER),
+    ]
+    async with site.server(config) as server:
+        tzsp = server.tzsp
+        assert tzsp is not None
+        [source] = tzsp.sources.values()
+        assert [type(g) for g in source.gates] == [BuiltGate]  # not the remote taps' gate
+        await tzsp.datagrams([(encode_tzsp(f), sender) for f, sender in sent])
+        stored = [cc_payload(der) for der in await payloads(server, handle)]
+        status = tzsp.status()
+    assert stored == [packet(TARGET, PEER, 1), packet(PEER, TARGET, 3)]
+    assert status["frames"] == 4 and status["refused_datagrams"] == {"unregistered-sender": 1}
+    assert status["pdus"] == {"cmII": 2, "cmCC": 2} and status["refused_pdus"] == {}
+
+
+async def test_a_remote_taps_out_of_scope_pdu_is_still_refused(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    agency = site.agency("AGENCY-A", udp_endpoint(await UdpAgency().bind()))
+    warrant = site.warrant(agency, "CASE-0001")
+    config = dataclasses.replace(fast_config(), tzsp=TzspConfig(listen="127.0.0.1:0"))
+    async with site.server(config) as server:
+        ingest = server.taps.ingest  # type: ignore[union-attr]
+        gate = server.taps.gate(TAP)  # type: ignore[union-attr]
+        assert type(gate) is TapGate
+        outside = T.TapPdu("cmCC", F.T0, cc(9, BYSTANDER, PEER))
+        mixed = T.PduBatch(1, (*remote_batch(1, range(2)).pdus, outside))
+        done = await ingest.batch(gate, mixed)
+        for receipt in done.receipts:
+            await receipt.durable()
+        assert done.ack == T.BatchAck(1, 2, (("not_target", 1),))
+        assert ingest.refused["not_target"] == 1
+        assert await payloads(server, warrant.handle) == [cc(0), cc(1)]
