@@ -15,13 +15,19 @@ from pathlib import Path
 import test_tap_frames as F
 from delivery_agency import UdpAgency
 from delivery_support import TARGET, Site, fast_config, udp_endpoint
+from hypothesis import given
+from hypothesis import strategies as st
 from test_tap_ingest import batch as remote_batch
 from test_tap_ingest import cc, payloads
 
+from mediation.evidence.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from mediation.pdu import taplink as T
 from mediation.protocol.tzsp import encode_tzsp
 from mediation.server.config import TzspConfig
 from mediation.server.tap_gate import BuiltGate, TapGate, cc_payload
+from mediation.server.tzsp import plain_addresses
+from mediation.tap.packet import ipv4_addresses, parse_frame
+from mediation.tap.replay import Tap
 from mediation.warrants.model import CaseDetails, ContentLevel, Source, Target, TargetKind
 from mediation.warrants.operations import add_warrant
 
@@ -78,6 +84,41 @@ async def test_tzsp_stores_exactly_the_targets_frames_through_its_own_gate(
     assert stored == [packet(TARGET, PEER, 1), packet(PEER, TARGET, 3)]
     assert status["frames"] == 4 and status["refused_datagrams"] == {"unregistered-sender": 1}
     assert status["pdus"] == {"cmII": 2, "cmCC": 2} and status["refused_pdus"] == {}
+    assert status["passed_over"] == 2  # the bystander's frames: dropped before parsing
+
+
+def test_the_prefilter_reads_the_addresses_the_parser_reads() -> None:
+    for linktype, data in [
+        (LINKTYPE_ETHERNET, frame(TARGET, PEER, 1)),
+        (LINKTYPE_RAW, packet(PEER, TARGET, 2)),
+        (LINKTYPE_RAW, F.ipv4(TARGET, PEER, 17, b"", total=9)),  # malformed: still its addresses
+    ]:
+        parsed = parse_frame(data, linktype)
+        assert ipv4_addresses(data, linktype) == (parsed.src_raw, parsed.dst_raw)
+    assert ipv4_addresses(frame(TARGET, PEER, 1)[:33]) is None  # short: parse it
+    tagged = F.eth(F.GATEWAY_MAC, F.OTHER_MAC, 0x0800, packet(TARGET, PEER, 1), (0x8100, 7))
+    assert ipv4_addresses(tagged) is None
+    arp = F.eth(F.BROADCAST, F.OTHER_MAC, 0x0806, bytes(28))
+    assert ipv4_addresses(arp) is None
+
+
+@given(st.binary(max_size=80), st.sampled_from([LINKTYPE_ETHERNET, LINKTYPE_RAW]))
+def test_the_prefilter_never_disagrees_with_the_parser(data: bytes, linktype: int) -> None:
+    """Whatever the octets: when the prefilter reads addresses, they are the parser's."""
+    pair = ipv4_addresses(data, linktype)
+    if pair is not None:
+        parsed = parse_frame(data, linktype)
+        assert pair == (parsed.src_raw, parsed.dst_raw)
+
+
+def test_only_exact_unscoped_addresses_are_prefiltered() -> None:
+    def plain(*targets: str) -> frozenset[bytes] | None:
+        return plain_addresses([Tap.for_warrant(F.warrant(*targets))])
+
+    assert plain(TARGET, PEER) == {F.ip(TARGET), F.ip(PEER)}
+    assert plain(TARGET, F.TARGET_MAC) is None  # a MAC: leases are followed
+    assert plain("192.0.2.0/24") is None
+    assert plain(f"{TARGET}@vlan:100") is None
 
 
 async def test_a_remote_taps_out_of_scope_pdu_is_still_refused(tmp_path: Path) -> None:

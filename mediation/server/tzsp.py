@@ -43,7 +43,7 @@ from mediation.server.tzsp_socket import BatchReceiver, kernel_drops
 from mediation.server.udp_listen import bind_udp
 from mediation.server.warrant_table import WarrantTable
 from mediation.tap.builder import FlowCorrelation
-from mediation.tap.packet import parse_frame
+from mediation.tap.packet import ipv4_addresses, parse_frame
 from mediation.tap.replay import Tap
 from mediation.warrants.model import Warrant
 
@@ -78,6 +78,8 @@ class TzspSource:
     address: str
     taps: list[Tap]
     gates: list[BuiltGate]  # per tap: its PDUs are its warrant's (tap_gate.BuiltGate)
+    # Every tap's targets are exact addresses: a frame between others is dropped unparsed.
+    plain: frozenset[bytes] | None = None
     feeding: bool = False
     last_seen: float = 0.0  # trio time of its last accepted datagram
     announced: set[str] = dataclasses.field(default_factory=set)  # handles told "feeding"
@@ -97,6 +99,22 @@ def tzsp_warrants(table: WarrantTable) -> dict[str, list[Warrant]]:
             if source.kind == "tzsp":
                 out[source.value].append(warrant)
     return dict(out)
+
+
+def plain_addresses(taps: list[Tap]) -> frozenset[bytes] | None:
+    """Every tap's target addresses, when all their targets are exact addresses, else None.
+
+    A frame whose IPv4 addresses are none of these is no tap's: the
+    prefilter drops it before it is parsed (a router mirroring a whole
+    access network sends mostly other subscribers' frames).
+    """
+    out: frozenset[bytes] = frozenset()
+    for tap in taps:
+        addresses = tap.matcher.plain_addresses
+        if addresses is None or tap.follower is not None or tap.radius is not None:
+            return None
+        out |= addresses
+    return out
 
 
 class TzspService:
@@ -165,7 +183,7 @@ class TzspService:
                 tap.start, tap.end = warrant.start, warrant.end
                 taps.append(tap)
             gates = [BuiltGate(f"tzsp:{address}", tap.handle) for tap in taps]
-            source = TzspSource(address, taps, gates)
+            source = TzspSource(address, taps, gates, plain_addresses(taps))
             previous = self.sources.get(address)
             if previous is not None:
                 source.feeding, source.last_seen = previous.feeding, previous.last_seen
@@ -192,6 +210,7 @@ class TzspService:
             "frames": self.receiver.accepted,
             "octets": self.receiver.octets,
             "malformed": self.counters["malformed"],
+            "passed_over": self.counters["passed_over"],
             "oversize": self.counters["oversize"],
             "refused_datagrams": {k: n for k, n in sorted(self.receiver.refused.items()) if n},
             "socket_drops": drops,
@@ -259,6 +278,12 @@ class TzspService:
             if not source.feeding or len(source.announced) < len(source.taps):
                 self._started(source, now)
             frame, linktype = decoded.frame, decoded.linktype
+            plain = source.plain
+            if plain is not None:  # the prefilter: another subscriber's frame costs no parse
+                pair = ipv4_addresses(frame, linktype)
+                if pair is not None and pair[0] not in plain and pair[1] not in plain:
+                    counters["passed_over"] += 1
+                    continue
             parsed = parse_frame(frame, linktype)
             counters["malformed"] += parsed.malformed
             for tap, gate in zip(source.taps, source.gates, strict=True):
