@@ -101,6 +101,8 @@ class BatchReceiver:
             hdr.name = names + i * _SOCKADDR
             hdr.iov = ctypes.pointer(self._iovs[i])
             hdr.iovlen = 1
+            hdr.namelen = _SOCKADDR
+        self._used = 0  # headers the last call filled in, whose namelen and flags to reset
         self._view = memoryview(self._buffer).cast("B")
         self._name_view = memoryview(self._names).cast("B")
         self._size = size
@@ -116,23 +118,26 @@ class BatchReceiver:
         if not self.recvmmsg:
             return self._receive_loop()
         msgs = self._msgs
-        for i in range(self.batch):
-            msgs[i].hdr.namelen = _SOCKADDR
-            msgs[i].hdr.flags = 0
+        for i in range(self._used):  # only those the kernel wrote (a quiet socket: few)
+            hdr = msgs[i].hdr
+            hdr.namelen = _SOCKADDR
+            hdr.flags = 0
+        self._used = 0
         count = _RECVMMSG(self.sock.fileno(), msgs, self.batch, MSG_DONTWAIT, None)  # type: ignore[operator]
         if count < 0:
             errno = ctypes.get_errno()
             if errno in (11, 4):  # EAGAIN (EWOULDBLOCK), EINTR
                 return None
             raise OSError(errno, os.strerror(errno))
+        self._used = count
         out = []
         view, names, size = self._view, self._name_view, self._size
         for i in range(count):
             msg = msgs[i]
-            length = msg.len
-            raw = bytes(names[i * _SOCKADDR : i * _SOCKADDR + msg.hdr.namelen])
+            length, hdr = msg.len, msg.hdr
+            raw = bytes(names[i * _SOCKADDR : i * _SOCKADDR + hdr.namelen])
             sender = self._sender(raw)
-            if length > self.max_datagram or msg.hdr.flags & MSG_TRUNC:
+            if length > self.max_datagram or hdr.flags & MSG_TRUNC:
                 out.append((None, sender))
                 continue
             start = i * size
