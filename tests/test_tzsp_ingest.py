@@ -138,3 +138,26 @@ async def test_a_remote_taps_out_of_scope_pdu_is_still_refused(tmp_path: Path) -
         assert done.ack == T.BatchAck(1, 2, (("not_target", 1),))
         assert ingest.refused["not_target"] == 1
         assert await payloads(server, warrant.handle) == [cc(0), cc(1)]
+
+
+def test_a_batch_through_a_tap_builds_what_frame_by_frame_builds() -> None:
+    arp = F.eth(F.BROADCAST, F.OTHER_MAC, 0x0806, bytes.fromhex("0001080006040001") + bytes(20))
+    frames = [
+        frame(TARGET, PEER, 1),
+        frame(BYSTANDER, PEER, 2),
+        arp,
+        F.eth(F.GATEWAY_MAC, F.TARGET_MAC, 0x0800, packet(PEER, TARGET, 3), (0x8100, 7)),
+        frame(TARGET, PEER, 4)[:40],  # cut short: malformed, still the target's
+        frame(PEER, TARGET, 5),
+    ]
+    for targets, when in [
+        ((TARGET,), F.T0),
+        ((TARGET, F.TARGET_MAC), F.T0),  # leases followed: frame by frame inside
+        (("192.0.2.0/28",), F.T0),
+        ((TARGET,), F.WINDOW[1]),  # outside the warrant's window: nothing
+    ]:
+        one, many = (Tap.for_warrant(F.warrant(*targets)) for _ in range(2))
+        want = [p for f in frames for p in one.process(f, when, parse_frame(f))]
+        got = many.process_many([(f, parse_frame(f)) for f in frames], when)
+        assert [(p.kind, p.der) for p in got] == [(p.kind, p.der) for p in want]
+        assert many.counters == one.counters

@@ -43,7 +43,7 @@ from mediation.server.tzsp_socket import BatchReceiver, kernel_drops
 from mediation.server.udp_listen import bind_udp
 from mediation.server.warrant_table import WarrantTable
 from mediation.tap.builder import FlowCorrelation
-from mediation.tap.packet import ipv4_addresses, parse_frame
+from mediation.tap.packet import ParsedFrame, ipv4_addresses, parse_frame
 from mediation.tap.replay import Tap
 from mediation.warrants.model import Warrant
 
@@ -254,16 +254,17 @@ class TzspService:
     async def datagrams(self, datagrams: list[tuple[bytes | None, str]]) -> None:
         """Decode, tap and ingest one receive step's datagrams ``(octets or None, sender)``.
 
-        One capture time and one trio time for the step; then one ingest
-        batch per warrant fed (no await before every frame is tapped).
+        One capture time and one trio time for the step; every frame decoded
+        and parsed first, then each source's through its taps together
+        (:meth:`Tap.process_many`), one ingest batch per warrant fed: no
+        await per frame.
         """
         now = self.clock()
         seen = trio.current_time()
-        out: dict[BuiltGate, list[T.TapPdu]] = {}
+        taken: dict[str, list[tuple[bytes, ParsedFrame]]] = {}
         receiver, sources, counters = self.receiver, self.sources, self.counters
-        tap_pdu = T.TapPdu
+        counters["datagrams"] += len(datagrams)
         for data, sender in datagrams:
-            counters["datagrams"] += 1
             if data is None and sender in sources:
                 counters["oversize"] += 1
                 self.refusals.refuse("oversize", sender)
@@ -273,12 +274,11 @@ class TzspService:
                 reason = receiver.last_refusal
                 self.refusals.refuse(reason.value if reason else "refused", sender)
                 continue
-            source = sources[sender]
-            source.last_seen = seen
-            if not source.feeding or len(source.announced) < len(source.taps):
-                self._started(source, now)
+            frames = taken.get(sender)
+            if frames is None:
+                frames = taken[sender] = []
             frame, linktype = decoded.frame, decoded.linktype
-            plain = source.plain
+            plain = sources[sender].plain
             if plain is not None:  # the prefilter: another subscriber's frame costs no parse
                 pair = ipv4_addresses(frame, linktype)
                 if pair is not None and pair[0] not in plain and pair[1] not in plain:
@@ -286,14 +286,25 @@ class TzspService:
                     continue
             parsed = parse_frame(frame, linktype)
             counters["malformed"] += parsed.malformed
-            for tap, gate in zip(source.taps, source.gates, strict=True):
-                built = tap.process(frame, now, parsed, linktype=linktype)
-                if built:
-                    pdus = out.get(gate)
-                    if pdus is None:
-                        pdus = out[gate] = []
-                    pdus += [tap_pdu(p.kind, p.time, p.der) for p in built]
-        for gate, pdus in out.items():
+            frames.append((frame, parsed))
+        for sender, frames in taken.items():
+            await self._tap(sources[sender], frames, now, seen)
+
+    async def _tap(
+        self, source: TzspSource, frames: list[tuple[bytes, ParsedFrame]], now: dt.datetime,
+        seen: float,
+    ) -> None:  # fmt: skip
+        """One source's frames of a receive step through its taps; one ingest batch per tap."""
+        source.last_seen = seen
+        if not source.feeding or len(source.announced) < len(source.taps):
+            self._started(source, now)
+        tap_pdu = T.TapPdu
+        batches = []
+        for tap, gate in zip(source.taps, source.gates, strict=True):
+            built = tap.process_many(frames, now)
+            if built:
+                batches.append((gate, [tap_pdu(p.kind, p.time, p.der) for p in built]))
+        for gate, pdus in batches:  # every frame tapped before the first await
             await self._ingest(gate, pdus)
 
     async def _ingest(self, gate: BuiltGate, pdus: list[T.TapPdu]) -> BatchResult:
