@@ -170,6 +170,38 @@ def test_segments_roll_and_are_deleted_when_acked(tmp_path: Path) -> None:
         assert spool.used_bytes == STATE_SIZE + sum(p.stat().st_size for p in left)
 
 
+def test_an_ack_that_frees_no_segment_does_not_rewrite_the_state(tmp_path: Path) -> None:
+    """Acks are persisted when a segment is deleted or at close, not each: a busy tap is
+    acknowledged hundreds of times a second, and each state write is two fsyncs."""
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:  # one segment holds all five
+        for n in range(5):
+            spool.append(payload(n), at(n), at(n))
+        before = (tmp_path / "state").stat().st_ino
+        spool.ack(2)
+        spool.ack(3)
+        assert (tmp_path / "state").stat().st_ino == before  # not replaced
+        assert [b for b, _ in spool.pending()] == [4, 5]
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:  # close saved it
+        assert [b for b, _ in spool.pending()] == [4, 5]
+
+
+def test_an_ack_lost_in_a_crash_only_returns_those_batches(tmp_path: Path) -> None:
+    """Killed before the ack was saved: the batches come back (the server's hello names
+    what it stored, and the link acks them again); no id is given twice."""
+    spool = TapSpool.open(tmp_path, KEY, 1 << 20)
+    for n in range(3):
+        spool.append(payload(n), at(n), at(n))
+    spool.ack(2)
+    for fd in (spool._fd, spool._lock_fd):  # a crash: no close(), so the ack is not saved
+        os.close(fd)
+    spool._fd = spool._lock_fd = None
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as again:
+        assert [b for b, _ in again.pending()] == [1, 2, 3]
+        assert again.append(payload(3), at(3), at(3)) == 4
+        again.ack(2)
+        assert [b for b, _ in again.pending()] == [3, 4]
+
+
 def test_wrong_key_is_refused_clearly(tmp_path: Path) -> None:
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
         spool.append(payload(0), at(0), at(0))

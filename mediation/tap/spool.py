@@ -24,6 +24,15 @@ Why batch ids never repeat: the next id is one more than the greatest id
 found in a segment or recorded as acknowledged in the state file; the
 state is written (``write_atomic``) before acknowledged segments are
 deleted, and an id is returned only once its record is ``fdatasync``-ed.
+
+Why an acknowledgement is not written at once: the state file is replaced
+whole (two fsyncs and a rename), and a busy tap is acknowledged hundreds
+of times a second. It is written when acknowledged segments are deleted
+(which needs it, above), when the overflow report changes, and at
+:meth:`TapSpool.close`. An acknowledgement a crash loses costs nothing:
+the segments still hold those batches, so no id is reused, and on
+reconnecting the server's hello names the last batch it stored, which the
+link acknowledges again before sending anything.
 """
 
 from __future__ import annotations
@@ -108,6 +117,7 @@ class TapSpool:
         self._segments: list[_Segment] = []
         self._fd: int | None = None  # the segment this opening appends to
         self._acked = 0
+        self._acked_saved = 0  # what the state file says
         self._overflow: tuple[int, int, int] | None = None
         self._next = 1
         self._segment_target = max(limit_bytes // SEGMENT_FRACTION, MIN_LIMIT // 2)
@@ -248,7 +258,10 @@ class TapSpool:
                     yield batch, record_payload(clear)
 
     def ack(self, upto: int) -> None:
-        """Every batch with id ≤ ``upto`` is acknowledged: persist that, reclaim space.
+        """Every batch with id ≤ ``upto`` is acknowledged: reclaim the space it frees.
+
+        The state file is written only when a segment is wholly acknowledged
+        and so deleted (see the module docstring for why that is enough).
 
         Raises:
             ValueError: ``upto`` is an id this spool never gave.
@@ -260,6 +273,8 @@ class TapSpool:
         if upto <= self._acked:
             return
         previous, self._acked = self._acked, upto
+        if not any(segment.last <= upto for segment in self._segments):
+            return  # nothing to delete: the state can wait
         try:
             self._save_state()
         except BaseException:
@@ -275,7 +290,14 @@ class TapSpool:
             self._save_state()
 
     def close(self) -> None:
-        """Close the segment and release the lock; the spool object is then unusable."""
+        """Save the acknowledged id, close the segment and release the lock.
+
+        The spool object is then unusable. A state that cannot be saved is
+        left as it was: those batches are only acknowledged again.
+        """
+        if self._lock_fd is not None and self._acked != self._acked_saved:
+            with contextlib.suppress(OSError):
+                self._save_state()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -347,6 +369,7 @@ class TapSpool:
         count, first, last = self._overflow or (0, 0, 0)
         raw = seal_state(self._key, self._acked, count, first, last)
         write_atomic(self.directory / "state", raw)
+        self._acked_saved = self._acked
 
     def _load_state(self) -> bool:
         """Read the state file; False if there is none."""
@@ -361,6 +384,7 @@ class TapSpool:
         except ValueError as exc:
             raise SpoolError(self.directory, f"its state file is {exc}; move it away") from None
         self._overflow = (count, first, last) if count else None
+        self._acked_saved = self._acked
         return True
 
     def _wrong_key(self) -> WrongSpoolKey:
