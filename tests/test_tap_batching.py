@@ -113,16 +113,41 @@ async def test_a_full_batch_goes_at_once_whatever_the_link(autojump_clock: Any) 
     await run(tap, body)
 
 
-async def test_unacknowledged_batches_make_the_link_busy(autojump_clock: Any) -> None:
+async def test_a_full_window_makes_the_link_busy(autojump_clock: Any) -> None:
+    """The window is counted in octets unacknowledged (it was two batches): while the
+    open batch would not fit, it grows instead of going."""
+    import types
+
     spool = MemorySpool()
     spool.batches += [b"one", b"two"]  # sent, not yet acknowledged
     tap = client(spool, connected=True)
+    in_flight = {1: tap.window_bytes - 4, 2: 4}  # what the connection's machine holds
+    tap._machine = types.SimpleNamespace(in_flight=in_flight)  # type: ignore[assignment]
 
     async def body() -> None:
         await tap.add("cmCC", WHEN, b"\x04\x01f")
         await trio.sleep(0.05)
-        assert tap.counters.batches == 0  # two in flight: the batch grows instead
-        spool.acked = 2
+        assert tap.counters.batches == 0  # the window is full: the batch grows instead
+        del in_flight[1]  # the server acknowledged the large one
+        spool.acked = 1
+        await trio.sleep(LINGER_SECONDS * 2)
+        assert tap.counters.batches == 1
+
+    await run(tap, body)
+
+
+async def test_small_batches_in_flight_leave_the_link_free(autojump_clock: Any) -> None:
+    """Two batches unacknowledged no longer hold a lone PDU back: it leaves after the
+    linger while the window has room (throughput does not wait on the server's fdatasync)."""
+    import types
+
+    spool = MemorySpool()
+    spool.batches += [b"one", b"two"]
+    tap = client(spool, connected=True)
+    tap._machine = types.SimpleNamespace(in_flight={1: 3, 2: 3})  # type: ignore[assignment]
+
+    async def body() -> None:
+        await tap.add("cmCC", WHEN, b"\x04\x01g")
         await trio.sleep(LINGER_SECONDS * 2)
         assert tap.counters.batches == 1
 

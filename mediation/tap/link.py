@@ -39,7 +39,7 @@ from mediation.pdu import taplink as T
 from mediation.protocol.sealed import MAX_DATAGRAM, OVERHEAD, DatagramSealer, Direction, SealKey
 from mediation.protocol.taplink import MAX_BATCH_BYTES
 from mediation.tap.builder import FlowCorrelation, PDUBuilder
-from mediation.tap.link_session import LinkCounters, LinkSession, Spool, describe
+from mediation.tap.link_session import WINDOW_BYTES, LinkCounters, LinkSession, Spool, describe
 from mediation.tap.packet import LINKTYPE_ETHERNET, parse_frame
 from mediation.tap.replay import Tap
 from mediation.tap.targets import TargetMatcher
@@ -51,10 +51,6 @@ log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
 LINGER_SECONDS = 0.005  # an open batch waits this long for more (docs/tap-link.md)
-# Batches the server has not yet acknowledged beyond which the link counts as
-# busy: each batch costs the server a journal write, so a stream of tiny ones
-# would slow it; while these are in flight the next batch grows instead.
-LINGER_IN_FLIGHT = 2
 UDP_BATCH_BYTES = MAX_DATAGRAM - OVERHEAD - 64
 
 
@@ -175,6 +171,8 @@ class TapClient(LinkSession):
         self._recent_lost = True  # read the spool from disk first
         self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
         self._last_sent = -1
+        self._machine = None
+        self.window_bytes = WINDOW_BYTES
         self._sealer: DatagramSealer | None = None
         self._live: Any = None  # the LiveTap, when capturing in this process
         self._workers: Any = None  # the CaptureWorkers, when capturing with several
@@ -352,11 +350,11 @@ class TapClient(LinkSession):
 
         A batch is due once it has lingered ``linger`` seconds (more PDUs of
         the same burst join it) and the link is free: every spooled batch
-        sent, fewer than ``LINGER_IN_FLIGHT`` unacknowledged. While the link
-        is busy or down the batch keeps filling, up to its count and size
-        limits or ``batch_seconds``, so under load batches stay large and
-        there is no wake-up per PDU: at most one per ``linger`` while a
-        batch is open.
+        sent, and the window (``window_bytes`` unacknowledged) has room for
+        it. While the link is busy or down the batch keeps filling, up to
+        its count and size limits or ``batch_seconds``, so under load
+        batches stay large and there is no wake-up per PDU: at most one per
+        ``linger`` while a batch is open.
         """
         while True:
             await self._opened.wait()
@@ -371,14 +369,13 @@ class TapClient(LinkSession):
 
     def _link_busy(self) -> bool:
         """Whether a new batch would wait: no connection, a spooled batch unsent, or
-        ``LINGER_IN_FLIGHT`` batches not yet acknowledged."""
+        no room in the window for the open batch."""
         if self.udp is not None or self.spool is None:
             return False  # a datagram goes at once
-        spool = self.spool
-        in_flight = spool.last_id - getattr(spool, "acked", 0)
-        return (
-            not self.connected or self._last_sent < spool.last_id or in_flight >= LINGER_IN_FLIGHT
-        )
+        if not self.connected or self._last_sent < self.spool.last_id:
+            return True
+        in_flight = self.in_flight_bytes()
+        return in_flight > 0 and in_flight + self._pending_bytes > self.window_bytes
 
     async def _send_datagram(self, payload: bytes) -> None:
         if self._sealer is None or self._udp_socket is None:
