@@ -30,6 +30,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -192,11 +193,35 @@ class TapClient(LinkSession):
 
         ``interface``: the interface it counts as captured on (the seed form's).
         """
-        self.counters.frames += 1
-        parsed = parse_frame(data, linktype)
-        for tap in self.taps:
-            for pdu in tap.process(data, when, parsed, interface=interface):
-                await self.add(pdu.kind, pdu.time, pdu.der)
+        await self.frames([(data, when)], linktype, interface=interface)
+
+    async def frames(
+        self,
+        frames: Sequence[tuple[bytes, dt.datetime]],
+        linktype: int = LINKTYPE_ETHERNET,
+        *,
+        interface: str | None = None,
+    ) -> None:
+        """Captured frames ``(data, capture time)``, in order: their PDUs into the open batch.
+
+        The PDUs of all of them go into the batch together, so a replay
+        handing over what is due costs one batching step, not one a PDU.
+
+        Args:
+            frames: the frames and their capture times (aware UTC).
+            linktype: their pcap link type.
+            interface: the interface they count as captured on (the seed form's).
+        """
+        self.counters.frames += len(frames)
+        records = []
+        encode = T.encode_pdu
+        for data, when in frames:
+            parsed = parse_frame(data, linktype)
+            for tap in self.taps:
+                for pdu in tap.process(data, when, parsed, interface=interface):
+                    records.append((encode(pdu.kind, pdu.time, pdu.der), pdu.time))
+        if records:
+            await self.add_records(records)
 
     async def add(self, kind: str, when: dt.datetime, der: bytes) -> None:
         """One PDU into the open batch; the batch is sealed when full."""
