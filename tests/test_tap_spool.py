@@ -185,6 +185,24 @@ def test_an_ack_that_frees_no_segment_does_not_rewrite_the_state(tmp_path: Path)
         assert [b for b, _ in spool.pending()] == [4, 5]
 
 
+def test_an_ack_in_memory_is_taken_only_when_it_frees_no_segment(tmp_path: Path) -> None:
+    """The link acks in memory (no worker thread) unless a segment would be deleted."""
+    with TapSpool.open(tmp_path, KEY, 64 * 1024) as spool:  # segments of 8 KiB
+        for n in range(40):
+            spool.append(payload(n, 500), at(n), at(n))
+        segments = sorted(tmp_path.glob("*.seg"))
+        second_starts = int(segments[1].stem)
+        assert spool.ack_in_memory(second_starts - 2)  # inside the first segment
+        assert spool.acked == second_starts - 2
+        assert not spool.ack_in_memory(second_starts - 1)  # the whole first: disk work
+        assert spool.acked == second_starts - 2  # unchanged
+        spool.ack(second_starts - 1)
+        assert sorted(tmp_path.glob("*.seg")) == segments[1:]
+        assert spool.ack_in_memory(1)  # an older ack: nothing to do
+        with pytest.raises(ValueError):
+            spool.ack_in_memory(41)
+
+
 def test_an_ack_lost_in_a_crash_only_returns_those_batches(tmp_path: Path) -> None:
     """Killed before the ack was saved: the batches come back (the server's hello names
     what it stored, and the link acks them again); no id is given twice."""

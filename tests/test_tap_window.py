@@ -43,6 +43,10 @@ class MemorySpool:
     def ack(self, upto: int) -> None:
         self.acked = max(self.acked, upto)
 
+    def ack_in_memory(self, upto: int) -> bool:
+        self.ack(upto)
+        return True
+
     def clear_overflow(self) -> None:
         pass
 

@@ -53,6 +53,7 @@ class Spool(Protocol):
     ) -> int | None: ...
     def pending(self) -> Any: ...
     def ack(self, upto: int) -> None: ...
+    def ack_in_memory(self, upto: int) -> bool: ...
     def clear_overflow(self) -> None: ...
 
 
@@ -218,11 +219,13 @@ class LinkSession:
             raise trio.BrokenResourceError(f"server closed: {message.reason}")
 
     async def _settle(self, upto: int) -> None:
-        """Every batch up to ``upto`` acknowledged: one spool call for all of them."""
+        """Every batch up to ``upto`` acknowledged: one spool call for all of them,
+        in a worker thread only when it has disk work (deleting a segment)."""
         spool = self.spool
         if spool is not None:
             async with self._spool_lock:
-                await trio.to_thread.run_sync(spool.ack, upto)
+                if not spool.ack_in_memory(upto):
+                    await trio.to_thread.run_sync(spool.ack, upto)
         self._acked.set()
 
     async def _ticker(self, stream: trio.SSLStream, machine: TapLinkTap) -> None:

@@ -282,6 +282,24 @@ class TapSpool:
             raise
         self._drop_acked()
 
+    def ack_in_memory(self, upto: int) -> bool:
+        """:meth:`ack` if it frees no segment, so needs no disk work (the common case).
+
+        Returns:
+            True: done. False: nothing changed; call :meth:`ack` (from a
+            worker thread: it deletes segments and writes the state).
+
+        Raises:
+            ValueError: ``upto`` is an id this spool never gave.
+        """
+        self._require_open()
+        if upto >= self._next:
+            raise ValueError(f"batch {upto} was never spooled (the last id is {self._next - 1})")
+        if upto > self._acked and any(segment.last <= upto for segment in self._segments):
+            return False
+        self._acked = max(self._acked, upto)
+        return True
+
     def clear_overflow(self) -> None:
         """Forget the overflow report (the server has been told); persisted."""
         self._require_open()
