@@ -75,9 +75,9 @@ def test_ids_persist_when_everything_was_acked(tmp_path: Path) -> None:
             spool.append(payload(n), at(n), at(n))
         spool.ack(3)
         assert list(spool.pending()) == []
-        assert not list(tmp_path.glob("*.seg"))  # space reclaimed
-        assert spool.used_bytes == STATE_SIZE
+    assert not list(tmp_path.glob("*.seg"))  # space reclaimed (the open segment at close)
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        assert spool.used_bytes == STATE_SIZE
         assert spool.append(payload(3), at(3), at(3)) == 4
 
 
@@ -201,6 +201,25 @@ def test_an_ack_in_memory_is_taken_only_when_it_frees_no_segment(tmp_path: Path)
         assert spool.ack_in_memory(1)  # an older ack: nothing to do
         with pytest.raises(ValueError):
             spool.ack_in_memory(41)
+
+
+def test_light_load_appends_to_one_segment_and_writes_no_state(tmp_path: Path) -> None:
+    """Each batch acknowledged before the next (a quiet tap): the open segment is kept
+    while it has room, so no batch creates a segment, and no ack deletes one or writes
+    the state (the old spool did all three for every batch: five fsyncs)."""
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        spool.append(payload(0), at(0), at(0))
+        state = (tmp_path / "state").stat().st_ino
+        segments = sorted(tmp_path.glob("*.seg"))
+        for n in range(1, 30):
+            spool.ack(spool.append(payload(n), at(n), at(n)))  # type: ignore[arg-type]
+        assert sorted(tmp_path.glob("*.seg")) == segments
+        assert (tmp_path / "state").stat().st_ino == state
+        assert list(spool.pending()) == []
+        assert spool.used_bytes <= spool.limit_bytes // 8 + STATE_SIZE + 600  # one segment
+    assert not list(tmp_path.glob("*.seg"))
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        assert (spool.acked, spool.last_id) == (30, 30)
 
 
 def test_an_ack_lost_in_a_crash_only_returns_those_batches(tmp_path: Path) -> None:

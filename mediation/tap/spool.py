@@ -32,7 +32,11 @@ of times a second. It is written when acknowledged segments are deleted
 :meth:`TapSpool.close`. An acknowledgement a crash loses costs nothing:
 the segments still hold those batches, so no id is reused, and on
 reconnecting the server's hello names the last batch it stored, which the
-link acknowledges again before sending anything.
+link acknowledges again before sending anything. For the same reason the
+segment being appended to is kept while it has room, even once all of it
+is acknowledged (a quiet tap's every batch would otherwise create, and its
+ack delete, a segment); it goes once full or at close, so still at most
+one segment's worth of acknowledged batches holds space.
 """
 
 from __future__ import annotations
@@ -273,7 +277,7 @@ class TapSpool:
         if upto <= self._acked:
             return
         previous, self._acked = self._acked, upto
-        if not any(segment.last <= upto for segment in self._segments):
+        if not self._frees(upto):
             return  # nothing to delete: the state can wait
         try:
             self._save_state()
@@ -295,7 +299,7 @@ class TapSpool:
         self._require_open()
         if upto >= self._next:
             raise ValueError(f"batch {upto} was never spooled (the last id is {self._next - 1})")
-        if upto > self._acked and any(segment.last <= upto for segment in self._segments):
+        if upto > self._acked and self._frees(upto):
             return False
         self._acked = max(self._acked, upto)
         return True
@@ -313,9 +317,11 @@ class TapSpool:
         The spool object is then unusable. A state that cannot be saved is
         left as it was: those batches are only acknowledged again.
         """
-        if self._lock_fd is not None and self._acked != self._acked_saved:
+        if self._lock_fd is not None:
             with contextlib.suppress(OSError):
-                self._save_state()
+                if self._acked != self._acked_saved:
+                    self._save_state()
+                self._drop_acked(everything=True)  # the open segment too, if all acked
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -368,10 +374,24 @@ class TapSpool:
         os.close(self._fd)
         self._fd = None
 
-    def _drop_acked(self) -> None:
-        keep, gone = [], []
-        for segment in self._segments:
-            (gone if segment.last <= self._acked else keep).append(segment)
+    def _frees(self, upto: int) -> list[_Segment]:
+        """The segments an ack up to ``upto`` lets go: wholly acknowledged, but not the
+        one being appended to while it has room. Deleting that one would make the next
+        batch open a new segment (create, fsync, fsync the directory) and its ack write
+        the state and delete it again: at light load, when every batch is acknowledged
+        before the next, that was every batch. It goes once full, or at close."""
+        open_segment = self._segments[-1] if self._fd is not None and self._segments else None
+        return [
+            segment
+            for segment in self._segments
+            if segment.last <= upto
+            and not (segment is open_segment and segment.size < self._segment_target)
+        ]
+
+    def _drop_acked(self, everything: bool = False) -> None:
+        gone = self._segments if everything else self._frees(self._acked)
+        gone = [segment for segment in gone if segment.last <= self._acked]
+        keep = [segment for segment in self._segments if segment not in gone]
         if not gone:
             return
         if self._fd is not None and self._segments[-1] in gone:
