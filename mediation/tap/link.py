@@ -52,6 +52,16 @@ log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
 LINGER_SECONDS = 0.005  # an open batch waits this long for more (docs/tap-link.md)
+# A batch costs the server a fixed ~1-3 ms at light load (its journal write,
+# commit and acks: /work/notes/lightload-profile.md), so one sent while
+# others are in flight should be worth it: with LINGER_IN_FLIGHT batches
+# unacknowledged, an open batch smaller than PIPELINE_BYTES keeps growing
+# (until an ack, its limits or batch_seconds) instead of going at the linger.
+# A lone PDU still goes at the linger (nothing in flight); a busy tap's
+# batches (25 MB/s fills 64 KiB in under 3 ms) go without waiting for acks,
+# up to the window in octets (WINDOW_BYTES).
+LINGER_IN_FLIGHT = 2
+PIPELINE_BYTES = 64 * 1024
 UDP_BATCH_BYTES = MAX_DATAGRAM - OVERHEAD - 64
 
 
@@ -375,8 +385,9 @@ class TapClient(LinkSession):
 
         A batch is due once it has lingered ``linger`` seconds (more PDUs of
         the same burst join it) and the link is free: every spooled batch
-        sent, and the window (``window_bytes`` unacknowledged) has room for
-        it. While the link is busy or down the batch keeps filling, up to
+        sent, the window (``window_bytes`` unacknowledged) has room for it,
+        and, with ``LINGER_IN_FLIGHT`` batches unacknowledged, it is at least
+        ``PIPELINE_BYTES``. While the link is busy or down the batch keeps filling, up to
         its count and size limits or ``batch_seconds``, so under load
         batches stay large and there is no wake-up per PDU: at most one per
         ``linger`` while a batch is open.
@@ -393,14 +404,20 @@ class TapClient(LinkSession):
             await self.flush()
 
     def _link_busy(self) -> bool:
-        """Whether a new batch would wait: no connection, a spooled batch unsent, or
-        no room in the window for the open batch."""
+        """Whether a new batch would wait: no connection, a spooled batch unsent, no
+        room in the window for the open batch, or ``LINGER_IN_FLIGHT`` batches
+        unacknowledged and the open one too small to be worth sending beside them."""
         if self.udp is not None or self.spool is None:
             return False  # a datagram goes at once
         if not self.connected or self._last_sent < self.spool.last_id:
             return True
-        in_flight = self.in_flight_bytes()
-        return in_flight > 0 and in_flight + self._pending_bytes > self.window_bytes
+        machine = self._machine
+        if machine is None or not machine.in_flight:
+            return False
+        in_flight = sum(machine.in_flight.values())
+        if in_flight + self._pending_bytes > self.window_bytes:
+            return True
+        return len(machine.in_flight) >= LINGER_IN_FLIGHT and self._pending_bytes < PIPELINE_BYTES
 
     async def _send_datagram(self, payload: bytes) -> None:
         if self._sealer is None or self._udp_socket is None:
