@@ -165,11 +165,6 @@ class LinkSession:
             nursery.start_soon(self._ticker, stream, machine)
             await self._sender(stream, machine)
 
-    def in_flight_bytes(self) -> int:
-        """Octets of the batches sent on this connection and not yet acknowledged."""
-        machine = self._machine
-        return 0 if machine is None else sum(machine.in_flight.values())
-
     def _window_open(self, machine: TapLinkTap, size: int) -> bool:
         """Whether a batch of ``size`` octets may go now: within the count and the
         octets of the window; one batch always may when none is in flight."""
