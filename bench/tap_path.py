@@ -68,7 +68,8 @@ def one(rig: Rig, checkout: Checkout, rate: int, seconds: float) -> str:
         f"{checkout.root.name:14} {step.offered:7,.0f} PDUs/s offered, {step.achieved:7,.0f} "
         f"achieved, lost {step.lost}; tap {step.per_pdu['tap']:6.1f} us/PDU ({cpu}; "
         f"{switches} switches); serve {step.per_pdu['serve']:5.1f} us/PDU; "
-        f"p50/p99 {lat[0] * 1e3:.0f}/{lat[1] * 1e3:.0f} ms\n    {out[-1] if out else ''}"
+        f"p50/p99 {lat[0] * 1e3:.0f}/{lat[1] * 1e3:.0f} ms; held {step.held}, "
+        f"UDP socket drops {step.socket_drops}\n    " + "\n    ".join(out[-3:])
     )
 
 
