@@ -33,6 +33,7 @@ _SEPARATORS = (",", ":")
 # equal to it makes the text ambiguous (found twice): that shape is not split.
 _MARK = "\x00timestamp\x00"
 _MARK_JSON = json.dumps(_MARK)
+_CLOCK = {status: ',"clockStatus":' + json.dumps(status.value) for status in pdu.ClockStatus}
 
 
 def _dumps(value: Any) -> str:
@@ -66,23 +67,28 @@ class JsonLines:
             TypeError, ValueError: no JSON view can be made of it (as the view raises).
         """
         content = envelope.content
-        split = self._content(content) if isinstance(content, pdu.CmIIMessage) else None
+        split = None
+        if isinstance(content, pdu.CmIIMessage) and isinstance(content.timestamp, dt.datetime):
+            split = self._content(content)
         if split is None:
             out = self.view.to_json(envelope)
             out["retrieved"] = retrieved
             out["receivedTime"] = iso_time(at)
             return _dumps(out).encode() + b"\n"
         before, after = split
-        tail = ""
-        if envelope.clock_status is not None:
-            tail = ',"clockStatus":' + _dumps(envelope.clock_status.value)
+        clock = envelope.clock_status
+        tail = "" if clock is None else _CLOCK[clock]
         if envelope.redelivered is not None:
             tail += ',"redelivered":true' if envelope.redelivered else ',"redelivered":false'
+        mediated = envelope.mediation_time
+        mediated_text = iso_time(mediated)
+        stamp = content.timestamp
+        stamp_text = mediated_text if stamp == mediated else iso_time(stamp)
         return (
             f'{{"type":"pduEnvelope","stream":{self._stream(envelope.stream)},'
             f'"sequenceNumber":{envelope.sequence_number},'
-            f'"mediationTime":"{self._iso(envelope.mediation_time)}",'
-            f'"content":{before}"{self._iso(content.timestamp)}"{after}{tail},'
+            f'"mediationTime":"{mediated_text}",'
+            f'"content":{before}"{stamp_text}"{after}{tail},'
             f'"retrieved":{"true" if retrieved else "false"},'
             f'"receivedTime":"{self._iso(at)}"}}\n'
         ).encode()
@@ -103,7 +109,7 @@ class JsonLines:
 
     def _make(self, message: pdu.CmIIMessage) -> tuple[Any, str, str] | None:
         made = dict(self.view.to_json(message))
-        if not isinstance(message.timestamp, dt.datetime) or "timestamp" not in made:
+        if "timestamp" not in made:
             return None
         made["timestamp"] = _MARK
         text = _dumps(made)
@@ -123,7 +129,7 @@ class JsonLines:
         return text
 
     def _iso(self, when: dt.datetime) -> str:
-        """iso_time, remembering the last one (a line's times are often equal)."""
+        """iso_time, remembering the last one (the arrival time is one per wake-up)."""
         last, text = self._time
         if when is last or (last is not None and when == last):  # equal instants, equal text
             return text
