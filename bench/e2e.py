@@ -223,11 +223,25 @@ def idle(rig: Rig, seconds: float) -> int:
     wait_for(lambda: rig.logged() > logged, 30, every=0.02)  # the tap is up and sending
     time.sleep(1.0)
     a, began = usage(pid), time.monotonic()
+    before = rig.usages()
     time.sleep(seconds)
     load = _load(a, usage(pid), time.monotonic() - began)
     print(f"1,000 PDUs/s: {load} (goal: < 10%)", flush=True)
+    _receivers_load(before, rig.usages(), time.monotonic() - began)
     tap.join(seconds * 4 + 90)
     return 0
+
+
+def _receivers_load(before: dict[str, Usage], after: dict[str, Usage], took: float) -> None:
+    """Each receiver's CPU and wake-ups over the same interval as the server's."""
+    for name in sorted(before):
+        if name.startswith("receive-") and name in after:
+            a, b = before[name], after[name]
+            print(
+                f"  {name}: {100 * (b.cpu - a.cpu) / took:.1f}% of a core, "
+                f"{(b.wakeups - a.wakeups) / took:,.0f} wake-ups/s",
+                flush=True,
+            )
 
 
 def _load(a: Usage, b: Usage, took: float) -> str:

@@ -25,6 +25,11 @@ class StreamKind(enum.Enum):
     CMII = "cmII"
     CMCC = "cmCC"
 
+    # Hashed for every envelope (a StreamId is a dict key on every hot path);
+    # Enum's own __hash__ is Python code. Members are singletons, compared by
+    # identity, so the identity hash is consistent with equality.
+    __hash__ = object.__hash__
+
 
 class ClockStatus(enum.Enum):
     SYNCHRONISED = "synchronised"
