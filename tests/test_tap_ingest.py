@@ -113,6 +113,23 @@ async def test_the_gate_refuses_a_bystander_and_another_case(tmp_path: Path) -> 
         assert gate.warrant_for("cmCC", cc_pdu("CASE-0002")) == (None, "not_served")
 
 
+async def test_a_taps_gate_is_kept_until_the_warrant_table_changes(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    agency = site.agency("AGENCY-A", udp_endpoint(await UdpAgency().bind()))
+    warrant = site.warrant(agency, "CASE-0001")
+    async with site.server() as server:
+        taps = server.taps  # type: ignore[union-attr]
+        gate = taps.gate(TAP)
+        assert taps.gate(TAP) is gate  # one build per change, not per batch
+        server.table.tick(dt.datetime.now(dt.UTC))  # type: ignore[attr-defined]
+        assert taps.gate(TAP) is gate  # a tick that moved no window changes nothing
+        server.table.tick(NOW + dt.timedelta(days=2))  # type: ignore[attr-defined]
+        ended = taps.gate(TAP)  # the warrant's window is over: a new gate refuses its PDUs
+        assert ended is not gate
+        assert ended.warrant_for("cmCC", cc(1)) == (None, "not_served")
+        assert gate.warrant_for("cmCC", cc(1)) == (warrant.handle, "")
+
+
 def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
     tmp_path: Path,
 ) -> None:
