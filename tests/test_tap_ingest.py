@@ -136,7 +136,7 @@ def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
     journal = TapJournal(tmp_path)
     sid = StreamId("w-3f9a1c", StreamKind.CMCC)
     for n in (1, 2, 3):
-        journal.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [])
+        journal.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [])()  # the writer syncs it
     path = tmp_path / JOURNAL_DIR / f"{TAP}.journal"
     lines = path.read_bytes().splitlines(keepends=True)
     assert len(lines) == 3  # appended and synced, not the file replaced per batch
@@ -148,7 +148,7 @@ def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
     again = TapJournal(tmp_path)
     again.COMPACT_BYTES = 400
     for n in range(4, 20):
-        again.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [n - 1])
+        again.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [n - 1])()
         assert path.stat().st_size <= 400
     last, entries = TapJournal(tmp_path).state(TAP)
     assert last == 19 and sorted(entries) == [1, 2, 19]
