@@ -222,11 +222,15 @@ def idle(rig: Rig, seconds: float) -> int:
     logged = rig.logged()
     wait_for(lambda: rig.logged() > logged, 30, every=0.02)  # the tap is up and sending
     time.sleep(1.0)
-    a, began = usage(pid), time.monotonic()
+    a, began, batches = usage(pid), time.monotonic(), _tap_batches(rig)
     before = rig.usages()
     time.sleep(seconds)
-    load = _load(a, usage(pid), time.monotonic() - began)
-    print(f"1,000 PDUs/s: {load} (goal: < 10%)", flush=True)
+    b, took, batches = usage(pid), time.monotonic() - began, _tap_batches(rig) - batches
+    print(f"1,000 PDUs/s: {_load(a, b, took)} (goal: < 10%)", flush=True)
+    if batches > 0:  # the tap's batch size varies with its load: the fixed cost is per batch
+        cpu, woke = 1e6 * (b.cpu - a.cpu) / batches, (b.wakeups - a.wakeups) / batches
+        print(f"  tap batches {batches / took:,.0f}/s; server {cpu:,.0f} us and "
+              f"{woke:.1f} wake-ups per batch", flush=True)  # fmt: skip
     _receivers_load(before, rig.usages(), time.monotonic() - began)
     tap.join(seconds * 4 + 90)
     return 0
@@ -242,6 +246,11 @@ def _receivers_load(before: dict[str, Usage], after: dict[str, Usage], took: flo
                 f"{(b.wakeups - a.wakeups) / took:,.0f} wake-ups/s",
                 flush=True,
             )
+
+
+def _tap_batches(rig: Rig) -> int:
+    """Tap batches the server has taken so far (``mediate status``)."""
+    return int(rig.status().get("taps", {}).get("batches", 0))
 
 
 def _load(a: Usage, b: Usage, took: float) -> str:
