@@ -20,7 +20,7 @@ names only what it changes::
     reconnect_min = 0.1        # backoff after a failed or lost connection ...
     reconnect_max = 10.0       # ... doubling up to this
     batch = 256                # records read from the log per step
-    write_linger = 0.002       # TLS: seconds between writes at light traffic
+    write_linger = 0.002       # TLS: seconds a light-traffic write waits for more
 
     [retrieval]
     listen = "127.0.0.1:37001" # "" turns retrieval off; port 0 picks one
@@ -125,9 +125,10 @@ class DeliveryConfig:
     # a write (and TLS record) over many envelopes, small enough that one
     # stream's batch does not hold up the others on the connection.
     batch: int = 256
-    # TLS: after a write, wait this long before the next, so light traffic
-    # goes out a few envelopes per TLS record instead of one per commit of
-    # the log; it adds at most this to an envelope's delay.
+    # TLS: a write goes this long after its first envelope was queued, so
+    # light traffic goes out a few commits and every stream of the endpoint
+    # per TLS record run instead of one per commit of each stream; it adds
+    # at most this to an envelope's delay.
     write_linger: float = 0.002
 
 

@@ -9,8 +9,14 @@ shared by live TLS delivery (``delivery_tls``) and retrieval
   ``data_to_send()`` -> wake the timer task;
 - **timers**: sleep until ``next_deadline()`` or until woken, ``tick``,
   send what it queued; a keepalive unanswered ends the link;
-- every write is one run of whole messages under one lock (an SSLStream
-  allows one ``send_all`` at a time, and messages must not interleave).
+- **flusher**: every write is one run of whole messages queued on the
+  link (so messages never interleave); one task sends the queue, so one
+  ``send_all`` carries every stream's envelopes, answers and replay
+  results queued meanwhile. ``linger`` holds the first queued octets that
+  long before the send, so light traffic goes a few commits and streams
+  per TLS record run instead of one send per commit of each stream; a
+  queue of ``high_water`` octets goes at once, and writers wait while it
+  is that full (the link holds at most about two queues' worth).
 
 Whatever ends the link (the peer closing, a reset, a protocol error, a
 timeout) is returned as one short reason for logs and the status, never
@@ -36,6 +42,10 @@ from mediation.protocol import (
 )
 
 log = logging.getLogger("mediation.server.delivery")
+# Octets queued before a send goes without its linger and writers wait:
+# a few batches of full-size envelopes, so a catch-up keeps the socket
+# busy while the next batch is read, and the link holds little.
+HIGH_WATER = 1024 * 1024
 AckHandler = Callable[[AckReceived], None]
 
 
@@ -55,14 +65,23 @@ class Link:
         *,
         batch: int = 256,
         on_ack: AckHandler | None = None,
+        linger: float = 0.0,
+        high_water: int = HIGH_WATER,
     ) -> None:
         self.stream = stream
         self.sender = sender
         self.logs = logs
         self.label = label
         self.batch = batch
+        self.linger = linger
+        self.high_water = high_water
         self._on_ack = on_ack
-        self._lock = trio.Lock()
+        self._out = bytearray()  # whole messages queued, in order, for the flusher
+        self._queued = trio.Event()  # the queue went from empty to not
+        self._first_at = 0.0  # when it did
+        self._drained = trio.Event()  # the flusher took the queue
+        self._closed: str | None = None  # why the flusher stopped
+        self.sends = 0  # send_all calls (each one run of TLS records)
         self._changed = trio.Event()
         self._timer_at = -math.inf  # the deadline the timers sleep until
         self.acked: dict[StreamId, trio.Event] = {sid: trio.Event() for sid in sender.streams}
@@ -70,26 +89,59 @@ class Link:
         self._nursery: trio.Nursery | None = None
 
     async def write(self, data: bytes) -> None:
-        """Send whole messages (nothing if empty); one writer at a time."""
-        if not data:
-            return
-        async with self._lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise LinkClosed("connection lost") from None
+        """Queue whole messages (nothing if empty) for the flusher's next send.
+
+        Returns at once unless the queue is full (``high_water``): then when
+        the flusher has taken it.
+
+        Raises:
+            LinkClosed: the connection is lost.
+        """
+        if self._closed is not None:
+            raise LinkClosed(self._closed)
+        self.write_soon(data)
+        while len(self._out) >= self.high_water:
+            await self._drained.wait()
+            if self._closed is not None:
+                raise LinkClosed(self._closed)
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     def write_soon(self, data: bytes) -> None:
-        """Write from synchronous code: a task of this link sends ``data`` next."""
-        if self._nursery is not None:
-            self._nursery.start_soon(self._write_or_end, data)
+        """Queue whole messages from synchronous code (never waits)."""
+        if not data or self._closed is not None:
+            return
+        if not self._out:
+            self._first_at = trio.current_time()
+            self._queued.set()
+        self._out += data
 
-    async def _write_or_end(self, data: bytes) -> None:
+    async def _flusher(self) -> None:
+        """Send the queue: after ``linger`` if small, at once if full; until the link ends."""
         try:
-            await self.write(data)
-        except LinkClosed:
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
+            while True:
+                if not self._out:
+                    await self._queued.wait()
+                    self._queued = trio.Event()
+                    continue
+                # Light traffic: what other streams and commits queue meanwhile
+                # joins this send (a full queue goes at once).
+                if len(self._out) < self.high_water:
+                    await trio.sleep_until(self._first_at + self.linger)
+                data = bytes(self._out)
+                self._out.clear()
+                self._queued = trio.Event()
+                self._drained.set()
+                self._drained = trio.Event()
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise LinkClosed("connection lost") from None
+                self.sends += 1
+        except LinkClosed as exc:
+            self._closed = str(exc)
+            raise
+        finally:
+            self._drained.set()  # writers waiting for room see the link end
 
     async def run(self, *tasks: Callable[[Link], Awaitable[None]]) -> str:
         """Run the reader, the timers and ``tasks`` until any of them ends the link.
@@ -112,7 +164,7 @@ class Link:
                 nursery.cancel_scope.cancel()
 
             self._nursery = nursery
-            for task in (Link._reader, Link._timers, *tasks):
+            for task in (Link._reader, Link._timers, Link._flusher, *tasks):
                 nursery.start_soon(guarded, task)
         return reason
 
