@@ -99,6 +99,8 @@ class Link:
         """
         if self._closed is not None:
             raise LinkClosed(self._closed)
+        if not data:  # the reader's and the timers' usual case: never wait for nothing
+            return
         self.write_soon(data)
         while len(self._out) >= self.high_water:
             await self._drained.wait()
@@ -127,8 +129,7 @@ class Link:
                 # joins this send (a full queue goes at once).
                 if len(self._out) < self.high_water:
                     await trio.sleep_until(self._first_at + self.linger)
-                data = bytes(self._out)
-                self._out.clear()
+                data, self._out = self._out, bytearray()  # no copy of a big queue
                 self._queued = trio.Event()
                 self._drained.set()
                 self._drained = trio.Event()
@@ -188,7 +189,7 @@ class Link:
                     self._ack(event)
                 elif isinstance(event, ReplayWanted) and self._nursery is not None:
                     self._nursery.start_soon(self._replay_guarded, event)
-            await self.write(self.sender.data_to_send())
+            self.write_soon(self.sender.data_to_send())  # small: never waits on the queue
             # Wake the timers only if they now have something sooner to do:
             # data from the peer mostly moves the keepalive deadline later.
             deadline = self.sender.next_deadline()
@@ -211,7 +212,7 @@ class Link:
             self._changed = trio.Event()
             now = trio.current_time()
             events = self.sender.tick(now)
-            await self.write(self.sender.data_to_send())
+            self.write_soon(self.sender.data_to_send())  # small: never waits on the queue
             if any(isinstance(e, PeerTimedOut) for e in events):
                 raise LinkClosed("keepalive unanswered")
         raise LinkClosed("connection finished")
