@@ -77,8 +77,8 @@ class Link:
         self.high_water = high_water
         self._on_ack = on_ack
         self._out = bytearray()  # whole messages queued, in order, for the flusher
-        self._queued = trio.Event()  # the queue went from empty to not
-        self._first_at = 0.0  # when it did
+        self._idle: trio.CancelScope | None = None  # the flusher's wait for its next send
+        self._first_at = 0.0  # when the queue went from empty to not
         self._drained = trio.Event()  # the flusher took the queue
         self._closed: str | None = None  # why the flusher stopped
         self.sends = 0  # send_all calls (each one run of TLS records)
@@ -103,6 +103,7 @@ class Link:
             return
         self.write_soon(data)
         while len(self._out) >= self.high_water:
+            self._wake_flusher(-math.inf)  # a full queue goes at once
             await self._drained.wait()
             if self._closed is not None:
                 raise LinkClosed(self._closed)
@@ -114,23 +115,29 @@ class Link:
             return
         if not self._out:
             self._first_at = trio.current_time()
-            self._queued.set()
+            self._wake_flusher(self._first_at + self.linger)
         self._out += data
 
+    def _wake_flusher(self, at: float) -> None:
+        # The flusher sleeps in a scope whose deadline is its next send:
+        # one wake-up per send, not one for the queue and one for the linger.
+        if self._idle is not None and at < self._idle.deadline:
+            self._idle.deadline = at
+
     async def _flusher(self) -> None:
-        """Send the queue: after ``linger`` if small, at once if full; until the link ends."""
+        """Send the queue: ``linger`` after its first octets, at once if full; until the end."""
         try:
             while True:
-                if not self._out:
-                    await self._queued.wait()
-                    self._queued = trio.Event()
-                    continue
-                # Light traffic: what other streams and commits queue meanwhile
-                # joins this send (a full queue goes at once).
-                if len(self._out) < self.high_water:
-                    await trio.sleep_until(self._first_at + self.linger)
+                if not self._out or len(self._out) < self.high_water:
+                    # Light traffic: what other streams and commits queue
+                    # meanwhile joins this send.
+                    at = self._first_at + self.linger if self._out else math.inf
+                    with trio.CancelScope(deadline=at) as self._idle:
+                        await trio.sleep_forever()
+                    self._idle = None
+                    if not self._out:
+                        continue
                 data, self._out = self._out, bytearray()  # no copy of a big queue
-                self._queued = trio.Event()
                 self._drained.set()
                 self._drained = trio.Event()
                 try:
