@@ -43,9 +43,11 @@ from mediation.protocol import (
 
 log = logging.getLogger("mediation.server.delivery")
 # Octets queued before a send goes without its linger and writers wait:
-# a few batches of full-size envelopes, so a catch-up keeps the socket
-# busy while the next batch is read, and the link holds little.
-HIGH_WATER = 1024 * 1024
+# under one batch of full-size envelopes (256 x ~1.5 KB), so a catch-up's
+# batch goes at once and the next is read while it is sent (at 1 MiB the
+# sends came in bursts that left the agency idle between them), and
+# light traffic (a few KB a linger) never reaches it.
+HIGH_WATER = 256 * 1024
 AckHandler = Callable[[AckReceived], None]
 
 
