@@ -14,10 +14,23 @@ by returning None, so the reference alone decides everything unusual.
 
 from __future__ import annotations
 
-from mediation.pdu.delivery import MAX_SEQUENCE, Acknowledgement, ReceiverReport, SequenceRange
+from mediation.pdu.delivery import (
+    MAX_SEQUENCE,
+    Acknowledgement,
+    ChainCheckpoint,
+    ReceiverReport,
+    SequenceRange,
+)
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import CACHE_LIMIT
-from mediation.pdu.fast_der import expect, integer, read_integer, read_time, tlv
+from mediation.pdu.fast_der import (
+    expect,
+    generalized_time,
+    integer,
+    read_integer,
+    read_time,
+    tlv,
+)
 from mediation.pdu.fast_envelope import _STREAM_RECORDS, _read_stream, _stream_tlv
 
 _MAX_COUNT = 2**64 - 1  # INTEGER (0..18446744073709551615)
@@ -54,6 +67,30 @@ def encode_acknowledgement(ack: Acknowledgement) -> bytes:
         ``[3] { stream [0] { warrantHandle, kind }, nextExpected [1] }``.
     """
     return tlv(b"\xa3", _stream_tlv(ack.stream) + tlv(b"\x81", integer(ack.next_expected)))
+
+
+def encode_checkpoint(checkpoint: ChainCheckpoint) -> bytes:
+    """The DER of a ``chainCheckpoint`` ([7]) DeliveryMessage, as the reference writes it.
+
+    Every endpoint of a stream sends each of its signed checkpoints (one a
+    second or per 1,000 records): about 3 us here against 100 or more.
+
+    Args:
+        checkpoint: a valid record (its fields were checked when it was made).
+    """
+    return tlv(
+        b"\xa7",
+        b"".join(
+            (
+                _stream_tlv(checkpoint.stream),
+                tlv(b"\x81", integer(checkpoint.last_sequence)),
+                tlv(b"\x82", checkpoint.chain_hash),
+                tlv(b"\x83", generalized_time(checkpoint.checkpoint_time)),
+                tlv(b"\x84", checkpoint.signature),
+                tlv(b"\x85", checkpoint.key_id),
+            )
+        ),
+    )
 
 
 def _outer(data: bytes) -> tuple[int, int]:
