@@ -7,10 +7,14 @@ from any other address is counted and dropped before it is read.
 
 Per registered source, the server runs the tap core (:class:`~mediation.tap.replay.Tap`,
 one per warrant the source feeds: matching, DHCP and RADIUS following, PDU
-building at the warrant's content level) on each decoded frame, and hands
-the PDUs of each receive step to :class:`~mediation.server.tap_ingest.TapIngest`
-as one batch, checked exactly as a tap's are (case identity, active
-warrant, content level, target addresses).
+building at the warrant's content level) on each receive step's decoded
+frames, and hands each tap's PDUs of the step to
+:class:`~mediation.server.tap_ingest.TapIngest` as one batch. The server
+built them for the warrant it matched, so they skip the per-PDU gate of
+remote taps (:class:`~mediation.server.tap_gate.BuiltGate`); the warrant
+is still checked (active, content level). When every warrant a source
+feeds names only exact addresses, a prefilter drops other subscribers'
+IPv4 frames before they are parsed.
 
 TZSP has no sequence numbers: loss between the router and the server
 cannot be counted. What can be known is told to the agency: a
