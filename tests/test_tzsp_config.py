@@ -153,3 +153,25 @@ def test_socket_drops_become_an_upstream_gap_for_each_warrant_fed() -> None:
         assert (fields["period_start"], fields["period_end"]) == (now, later)
         service.drops_check(later)  # nothing new: nothing told
         assert len(told) == 1
+
+
+def test_a_receive_step_gathers_calls_while_the_socket_stays_full() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        for n in range(5):
+            client.sendto(bytes([n]), server.getsockname())
+        receiver = BatchReceiver(server, 2, 256)
+        steps = []
+        for _ in range(100):  # loopback delivers at once; bounded all the same
+            step, error = receiver.receive_step(2)
+            assert error is None
+            if step:
+                steps.append([data for data, _ in step])
+            if sum(map(len, steps)) == 5:
+                break
+        assert steps[0] == [b"\x00", b"\x01", b"\x02", b"\x03"]  # two calls' worth
+        assert receiver.receive_step(2) == ([], None)

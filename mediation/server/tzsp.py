@@ -7,10 +7,14 @@ from any other address is counted and dropped before it is read.
 
 Per registered source, the server runs the tap core (:class:`~mediation.tap.replay.Tap`,
 one per warrant the source feeds: matching, DHCP and RADIUS following, PDU
-building at the warrant's content level) on each decoded frame, and hands
-the PDUs of each receive step to :class:`~mediation.server.tap_ingest.TapIngest`
-as one batch, checked exactly as a tap's are (case identity, active
-warrant, content level, target addresses).
+building at the warrant's content level) on each receive step's decoded
+frames, and hands each tap's PDUs of the step to
+:class:`~mediation.server.tap_ingest.TapIngest` as one batch. The server
+built them for the warrant it matched, so they skip the per-PDU gate of
+remote taps (:class:`~mediation.server.tap_gate.BuiltGate`); the warrant
+is still checked (active, content level). When every warrant a source
+feeds names only exact addresses, a prefilter drops other subscribers'
+IPv4 frames before they are parsed.
 
 TZSP has no sequence numbers: loss between the router and the server
 cannot be counted. What can be known is told to the agency: a
@@ -54,8 +58,9 @@ STARTED = (
 )
 IDLE_CHECK = 1.0  # seconds between checks for silent sources and expired leases
 # recvmmsg calls gathered into one receive step when the socket stays full: each
-# step has fixed costs (an ingest batch and log append per warrant: ~0.4 ms),
-# shared by 4 x [tzsp] batch frames instead of one batch's (13% less CPU a frame).
+# step has fixed costs (an ingest batch and log append per warrant, the wake-up:
+# ~0.4 ms), shared by 4 x [tzsp] batch frames instead of one batch's (13% less
+# CPU a frame).
 STEP_CALLS = 4
 
 
@@ -245,32 +250,13 @@ class TzspService:
         while True:
             await trio.lowlevel.wait_readable(sock)
             while True:
-                step = self._drain(receiver)
+                step, error = receiver.receive_step(STEP_CALLS)
+                if error is not None:  # e.g. ECONNREFUSED queued on the socket: not fatal
+                    self.refusals.refuse(f"socket error: {error.strerror}")
                 if not step:
                     break
                 await self.datagrams(step)
                 await trio.lowlevel.checkpoint()  # other tasks run between steps
-
-    def _drain(self, receiver: BatchReceiver) -> list[tuple[bytes | None, str]]:
-        """One receive step: what is queued, up to ``STEP_CALLS`` ``recvmmsg`` calls' worth.
-
-        A busy socket gives steps of up to ``STEP_CALLS * batch`` datagrams,
-        which share the step's fixed costs (time stamps, one ingest batch and
-        append per warrant, the wake-up); a quiet one gives what it has.
-        """
-        step: list[tuple[bytes | None, str]] = []
-        for _ in range(STEP_CALLS):
-            try:
-                got = receiver.receive()
-            except OSError as exc:  # e.g. ECONNREFUSED queued on the socket: not fatal
-                self.refusals.refuse(f"socket error: {exc.strerror}")
-                break
-            if got is None:
-                break
-            step += got
-            if len(got) < receiver.batch:  # the queue is drained
-                break
-        return step
 
     async def datagrams(self, datagrams: list[tuple[bytes | None, str]]) -> None:
         """Decode, tap and ingest one receive step's datagrams ``(octets or None, sender)``.

@@ -155,6 +155,30 @@ class BatchReceiver:
             out.append((view[start : start + length].tobytes(), sender))
         return out
 
+    def receive_step(self, calls: int) -> tuple[list[tuple[bytes | None, str]], OSError | None]:
+        """What is queued, up to ``calls`` receives' worth: one step for the listener.
+
+        A busy socket gives up to ``calls * batch`` datagrams, so a step's
+        fixed costs are shared by more of them; a quiet one gives what it has
+        after one call.
+
+        Returns:
+            The datagrams as :meth:`receive` gives them (empty: nothing
+            queued), and the error that ended the step early, if one did.
+        """
+        step: list[tuple[bytes | None, str]] = []
+        for _ in range(calls):
+            try:
+                got = self.receive()
+            except OSError as exc:
+                return step, exc
+            if got is None:
+                break
+            step += got
+            if len(got) < self.batch:  # the queue is drained
+                break
+        return step, None
+
     def _receive_loop(self) -> list[tuple[bytes | None, str]] | None:
         out: list[tuple[bytes | None, str]] = []
         limit = self.max_datagram + 1
