@@ -113,13 +113,30 @@ async def test_the_gate_refuses_a_bystander_and_another_case(tmp_path: Path) -> 
         assert gate.warrant_for("cmCC", cc_pdu("CASE-0002")) == (None, "not_served")
 
 
+async def test_a_taps_gate_is_kept_until_the_warrant_table_changes(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    agency = site.agency("AGENCY-A", udp_endpoint(await UdpAgency().bind()))
+    warrant = site.warrant(agency, "CASE-0001")
+    async with site.server() as server:
+        taps = server.taps  # type: ignore[union-attr]
+        gate = taps.gate(TAP)
+        assert taps.gate(TAP) is gate  # one build per change, not per batch
+        server.table.tick(dt.datetime.now(dt.UTC))  # type: ignore[attr-defined]
+        assert taps.gate(TAP) is gate  # a tick that moved no window changes nothing
+        server.table.tick(NOW + dt.timedelta(days=2))  # type: ignore[attr-defined]
+        ended = taps.gate(TAP)  # the warrant's window is over: a new gate refuses its PDUs
+        assert ended is not gate
+        assert ended.warrant_for("cmCC", cc(1)) == (None, "not_served")
+        assert gate.warrant_for("cmCC", cc(1)) == (warrant.handle, "")
+
+
 def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
     tmp_path: Path,
 ) -> None:
     journal = TapJournal(tmp_path)
     sid = StreamId("w-3f9a1c", StreamKind.CMCC)
     for n in (1, 2, 3):
-        journal.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [])
+        journal.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [])()  # the writer syncs it
     path = tmp_path / JOURNAL_DIR / f"{TAP}.journal"
     lines = path.read_bytes().splitlines(keepends=True)
     assert len(lines) == 3  # appended and synced, not the file replaced per batch
@@ -131,7 +148,7 @@ def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
     again = TapJournal(tmp_path)
     again.COMPACT_BYTES = 400
     for n in range(4, 20):
-        again.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [n - 1])
+        again.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [n - 1])()
         assert path.stat().st_size <= 400
     last, entries = TapJournal(tmp_path).state(TAP)
     assert last == 19 and sorted(entries) == [1, 2, 19]

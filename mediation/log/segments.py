@@ -10,7 +10,7 @@ import contextlib
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,6 +32,7 @@ class Chunk:
     """
 
     __slots__ = (
+        "barrier",
         "checkpoints",
         "data",
         "header",
@@ -53,6 +54,9 @@ class Chunk:
         self.records = 0
         self.checkpoints: list[F.Checkpoint] = []
         self.sealed = False
+        # Run by the writer thread before any of the chunk's bytes are written
+        # (the tap journal's sync: docs/tap-link.md); raising OSError fails the write.
+        self.barrier: Callable[[], None] | None = None
 
 
 def list_segments(directory: Path) -> list[tuple[int, Path]]:

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -190,6 +190,8 @@ class StreamLog(ReadSide):
         kind: F.ContentKind,
         clock: ClockStatus = ClockStatus.UNKNOWN,
         received: int | dt.datetime | None = None,
+        commit: bool = False,
+        barrier: Callable[[], None] | None = None,
     ) -> tuple[int, Exception | None]:
         """Append records in order, without waiting or yielding: one contiguous run.
 
@@ -201,6 +203,11 @@ class StreamLog(ReadSide):
         Args:
             payloads: the records' payloads (as ``append_nowait``).
             kind, clock, received: shared by every record (as ``append_nowait``).
+            commit: hand them to the writer now, not at the commit deadline
+                (a tap's batch is already a batch: waiting ``commit_interval``
+                for more would only cost a timer wake-up and latency).
+            barrier: with ``commit``, run by the writer thread before it
+                writes any of them (:attr:`Chunk.barrier`).
 
         Returns:
             How many were appended (sequence numbers ``next_seq - count ..
@@ -277,11 +284,14 @@ class StreamLog(ReadSide):
                 self._ring_trim()
             queued = self._queued_records
             self._queued_records = queued + done
-            if queued == 0:
-                self._queued_since = _current_time()
-                self._schedule()
-            if queued + done >= self._commit_records:
-                self._submit()
+            if commit:
+                self._submit(barrier)
+            else:
+                if queued == 0:
+                    self._queued_since = _current_time()
+                    self._schedule()
+                if queued + done >= self._commit_records:
+                    self._submit()
         return done, error
 
     def _schedule(self) -> None:
@@ -393,11 +403,12 @@ class StreamLog(ReadSide):
 
     # -- handing chunks to the writer thread and hearing back ----------------
 
-    def _submit(self) -> None:
-        """Seal every open chunk and queue it for writing, in order."""
+    def _submit(self, barrier: Callable[[], None] | None = None) -> None:
+        """Seal every open chunk and queue it for writing, in order (each after ``barrier``)."""
         for chunk in self._chunks:
             if not chunk.sealed:
                 chunk.sealed = True
+                chunk.barrier = barrier
                 self._thread.submit(chunk)
         self._queued_records = 0
 

@@ -47,7 +47,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -58,6 +58,10 @@ from mediation.log.segments import Chunk, save_index
 from mediation.pdu import StreamId
 
 logger = logging.getLogger(__name__)
+# The longest a pool thread holds back what it has written from the event loop
+# while it writes other streams queued behind (to tell the loop once).
+POST_DELAY = 0.001
+HELD_WRITERS = 2  # ... and at most this many streams (a tap batch's CmII and CmCC)
 
 
 def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
@@ -105,10 +109,15 @@ class SegmentWriter:
     def write(self, chunks: list[Chunk]) -> None:
         """Write chunks of one segment at its end, then one fdatasync.
 
+        Each chunk's ``barrier`` runs first, before any byte is written.
+
         Raises:
-            OSError: the write or sync failed (ENOSPC, EFBIG, EIO, ...); the
-                segment is as it was before the call.
+            OSError: a barrier, the write or the sync failed (ENOSPC, EFBIG,
+                EIO, ...); the segment is as it was before the call.
         """
+        for chunk in chunks:  # e.g. the tap journal: durable before these records are written
+            if chunk.barrier is not None:
+                chunk.barrier()
         first = chunks[0]
         if first.new_segment and first.segment != self.first:
             self._roll(first.segment, first.header)
@@ -184,6 +193,8 @@ class WriterPool:
         self._open: collections.OrderedDict[StreamWriter, None] = collections.OrderedDict()
         self._max_open = open_segments
         self._closing = False
+        self._holding = 0  # inside held(): wake one thread for all of it, at its end
+        self._local = threading.local()  # a pool thread's reports not yet sent
 
     @property
     def threads(self) -> int:
@@ -207,6 +218,24 @@ class WriterPool:
         """A stream's writer on this pool (call from the event loop)."""
         return StreamWriter(self, segment, retry_interval, name, on_done, on_failed, on_restored)
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Writers queued inside are handed to one thread, woken once at the end.
+
+        What a tap batch going to several streams uses (from the event loop):
+        one thread writes them in turn instead of one thread each fighting the
+        event loop for the GIL (docs/evidence-log.md, "Group commit").
+        """
+        with self._cond:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holding -= 1
+                if not self._holding and self._ready:
+                    self._wake()
+
     async def aclose(self) -> None:
         """Stop the threads once every writer has stopped; wait for them."""
         with self._cond:
@@ -219,6 +248,11 @@ class WriterPool:
 
     def _enqueue(self, writer: StreamWriter) -> None:
         self._ready.append(writer)
+        if not self._holding:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake a waiting thread for the ready writers, or start one."""
         if self._idle:
             self._cond.notify()
         elif len(self._threads) < self._max_threads:
@@ -268,18 +302,53 @@ class WriterPool:
     # -- the threads ------------------------------------------------------------
 
     def _run(self) -> None:
+        posts: list[tuple[trio.lowlevel.TrioToken, Callable, tuple]] = []
+        self._local.posts = posts  # what this thread's turns report, sent together
+        done: list[tuple[StreamWriter, list[Chunk]]] = []  # written; not yet reported
+        since = 0.0
         while True:
             with self._cond:
-                writer = self._next()
-                if writer is None:
-                    return
-                chunks, writer.queue = writer.queue, []
-                writer.busy = True
-            left = writer.write_all(chunks)
+                # One wake-up of the event loop for the streams written back to
+                # back (a tap batch's), but none held back more than POST_DELAY.
+                flush = bool(done) and (not self._ready or time.monotonic() - since >= POST_DELAY)
+                if not flush:
+                    writer = self._next()
+                    if writer is None:
+                        break
+                    chunks, writer.queue = writer.queue, []
+                    writer.busy = True
+            if flush:
+                self._release(done, posts)
+                continue
+            if not done:
+                since = time.monotonic()
+            done.append((writer, writer.write_all(chunks)))
             with self._cond:
-                writer.busy = False
                 self._opened(writer)
+                if len(self._open) > self._max_open:  # held back: close it now, not later
+                    writer.segment.release()
+                    self._open.pop(writer, None)
+            if len(done) >= HELD_WRITERS:
+                self._release(done, posts)
+        self._release(done, posts)
+
+    def _release(
+        self,
+        done: list[tuple[StreamWriter, list[Chunk]]],
+        posts: list[tuple[trio.lowlevel.TrioToken, Callable, tuple]],
+    ) -> None:
+        """Report what was written, then let other threads have those writers.
+
+        In that order: a stream's reports must reach the loop in the order its
+        chunks were written, and another thread may take the writer once free.
+        """
+        _post_all(posts)
+        with self._cond:
+            for writer, left in done:
+                writer.busy = False
                 self._after(writer, left)
+        done.clear()
+        _post_all(posts)  # a writer that stopped just now
 
     def _after(self, writer: StreamWriter, left: list[Chunk]) -> None:
         """Where a writer goes after its turn (lock held)."""
@@ -362,6 +431,10 @@ class StreamWriter:
         self._post(self._stopped.set)
 
     def _post(self, fn: Callable, *args: object) -> None:
+        posts = getattr(self.pool._local, "posts", None)
+        if posts is not None:  # a pool thread: sent at the end of its run of turns
+            posts.append((self._token, fn, args))
+            return
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(fn, *args)
 
@@ -384,6 +457,21 @@ class StreamWriter:
             self._post(self._on_done, group)
             done += len(group)
         return []
+
+
+def _post_all(posts: list[tuple[trio.lowlevel.TrioToken, Callable, tuple]]) -> None:
+    """Send a thread's reports to their event loops, in order, one call per loop; clear."""
+    while posts:
+        token = posts[0][0]
+        mine = [(fn, args) for t, fn, args in posts if t is token]
+        posts[:] = [p for p in posts if p[0] is not token]
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(_call_all, mine)
+
+
+def _call_all(calls: list[tuple[Callable, tuple]]) -> None:
+    for fn, args in calls:
+        fn(*args)
 
 
 def _by_segment(chunks: list[Chunk]) -> list[list[Chunk]]:

@@ -65,6 +65,17 @@ class StreamId:
 
     def __post_init__(self) -> None:
         check_visible("warrantHandle", self.warrant_handle, 1, 32)
+        # Hashed at every dict lookup of the hot path (senders, receivers,
+        # trackers, the log): once here, not through the enum's Python-level
+        # __hash__ each time. The value is the generated one's.
+        object.__setattr__(self, "_hash", hash((self.warrant_handle, self.kind)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def __reduce__(self) -> tuple[type[StreamId], tuple[str, StreamKind]]:
+        # Rebuilt, not copied: a string's hash differs between processes.
+        return (StreamId, (self.warrant_handle, self.kind))
 
     def __str__(self) -> str:
         return f"{self.warrant_handle}/{self.kind.value}"

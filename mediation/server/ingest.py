@@ -221,7 +221,11 @@ class Ingest:
                 await self._flush_before(handle, stream)
 
     def append_batch(
-        self, targets: list[StreamId], shares: list[list[bytes]], received: int
+        self,
+        targets: list[StreamId],
+        shares: list[list[bytes]],
+        received: int,
+        barrier: Callable[[], None] | None = None,
     ) -> tuple[list[int], list[Appended | None], BaseException | None]:
         """Append a batch of checked PDUs, each stream's share in one run, without yielding.
 
@@ -236,6 +240,12 @@ class Ingest:
             targets: the streams the batch goes to (open ones).
             shares: per target, the DER of its PDUs in the batch's order.
             received: the receive time of the whole batch, microseconds.
+            barrier: run by the log's writer before it writes any of these
+                records (the tap journal's sync).
+
+        The records go to the log's writer at once, not at its commit
+        deadline, and one writer thread is woken for all the batch's
+        streams (the batch is the group commit: docs/evidence-log.md).
 
         Returns:
             Per target: how many records were appended, and the receipt of
@@ -248,21 +258,24 @@ class Ingest:
         counts = [0] * len(targets)
         last: list[Appended | None] = [None] * len(targets)
         error: BaseException | None = None
-        for index, sid in enumerate(targets):
-            share = shares[index]
-            if not share:
-                continue
-            stream = self.streams[sid]
-            try:
-                count, error = stream.append_many(share, _CONTENT[sid.kind], clock, received)
-            except LogError as exc:  # cannot happen: the kind is the stream's
-                count, error = 0, exc
-            counts[index] = count
-            if count:
-                last[index] = Appended(stream, stream.next_seq - 1)
-                self.table.count(sid.warrant_handle, _COUNTED[sid.kind], count)
-            if error is not None:
-                break
+        with self.evidence.pool.held():
+            for index, sid in enumerate(targets):
+                share = shares[index]
+                if not share:
+                    continue
+                stream = self.streams[sid]
+                try:
+                    count, error = stream.append_many(
+                        share, _CONTENT[sid.kind], clock, received, True, barrier
+                    )
+                except LogError as exc:  # cannot happen: the kind is the stream's
+                    count, error = 0, exc
+                counts[index] = count
+                if count:
+                    last[index] = Appended(stream, stream.next_seq - 1)
+                    self.table.count(sid.warrant_handle, _COUNTED[sid.kind], count)
+                if error is not None:
+                    break
         done = sum(counts)
         self.counters.unable_to_store += sum(map(len, shares)) - done
         self.counters.accepted += done

@@ -8,8 +8,8 @@ content (CmCC) of a warrant whose targets are addresses or prefixes, the
 packet's addresses really are the target's. A refused PDU is counted by
 reason and never stored; it never ends the link.
 
-Exactly once across a crash: before a batch's first record is appended,
-:class:`TapJournal` writes and fsyncs, per tap, the batch id and, per
+Exactly once across a crash: before a batch's first record is written,
+:class:`TapJournal` makes durable, per tap, the batch id and, per
 stream, the first sequence number and the count the batch takes there
 (a batch's share of a stream is contiguous: :meth:`Ingest.append_batch`
 does not yield). After a restart, a stream's sequence number when it
@@ -162,12 +162,13 @@ class TapIngest:
         for sid, share, left in zip(targets, shares, kept, strict=True):
             already = len(share) - len(left)
             spans[sid] = Span(self.intake.streams[sid].next_seq, len(left), already)
-        new = JournalEntry(batch.batch_id, spans)
+        new, barrier = JournalEntry(batch.batch_id, spans), None
         if durable:
             _last, entries = self.journal.state(tap)
             done = [b for b, e in entries.items() if b != batch.batch_id and self._durable(e)]
-            self.journal.begin(tap, new, done)
-        counts, last, error = self.intake.append_batch(targets, kept, time.time_ns() // 1000)
+            barrier = self.journal.begin(tap, new, done)
+        received = time.time_ns() // 1000
+        counts, last, error = self.intake.append_batch(targets, kept, received, barrier)
         self.batches += 1
         if error is not None:
             new.stopped = dict(zip(targets, counts, strict=True))

@@ -1,18 +1,26 @@
 """The per-tap journal of batches being appended: what makes the tap link exactly once.
 
-Before a batch's first record is appended, :class:`TapJournal` writes and
-fdatasyncs, per tap, the batch id and, per stream, the first sequence
-number and the count the batch takes there (docs/tap-link.md). After a
-restart, each stream's next sequence number when it was opened says how
-much of a journalled batch survived (:mod:`mediation.server.tap_ingest`).
+Before a batch's first record is appended, :class:`TapJournal` records,
+per tap, the batch id and, per stream, the first sequence number and the
+count the batch takes there (docs/tap-link.md); the line is written and
+fdatasynced by the log's writer thread before it writes any of the batch's
+records (the chunk's barrier), in the same turn as the log's own commit:
+the event loop never waits for the journal's disk, and while the disk is
+behind, the states of several batches go out as one line and one sync.
+After a restart, each stream's next sequence number when it was opened
+says how much of a journalled batch survived
+(:mod:`mediation.server.tap_ingest`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from mediation.durable import write_atomic
@@ -42,19 +50,21 @@ class JournalEntry:
 
 
 class TapJournal:
-    """Per tap, the batches appended and not yet known durable (fsynced before their records).
+    """Per tap, the batches appended and not yet known durable (durable before their records).
 
     Each state is one JSON line: ``last`` (the highest batch id ever
     begun) and the entries; an entry is dropped once all its records are
     durable, so a line stays small: about one entry per batch in flight.
-    A new state is *appended* and fdatasynced (one sync per batch, in the
-    event loop, which must not yield here); the last whole line is the
-    state, so a line cut by a crash (its batch was never appended) leaves
-    the one before. The first write of a process, and any past
-    ``COMPACT_BYTES``, replaces the file with one line (``write_atomic``);
-    a failed append does too, next time, so nothing is ever glued onto a
-    cut line. A file of one JSON object without a newline (the form
-    before lines) reads the same.
+    :meth:`begin` returns the barrier that makes the new state durable: the
+    log's writer runs it before writing the batch's records, and it appends
+    the tap's *latest* state as a line and fdatasyncs (a state supersedes
+    every one before it, so one line and one sync cover all the batches
+    begun since the last). The last whole line is the state, so a line cut
+    by a crash (none of its batches' records were written) leaves the one
+    before. The first write of a process, and any past ``COMPACT_BYTES``,
+    replaces the file with one line (``write_atomic``); a failed append does
+    too, next time, so nothing is ever glued onto a cut line. A file of one
+    JSON object without a newline (the form before lines) reads the same.
     """
 
     COMPACT_BYTES = 64 * 1024
@@ -62,7 +72,7 @@ class TapJournal:
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / JOURNAL_DIR
         self._taps: dict[str, tuple[int, dict[int, JournalEntry]]] = {}
-        self._files: dict[str, tuple[int, int]] = {}  # tap -> (fd appending, bytes in file)
+        self._files: dict[str, JournalFile] = {}
 
     def _path(self, tap: str) -> Path:
         return self.directory / f"{tap}.journal"
@@ -97,24 +107,27 @@ class TapJournal:
         return int(data["last"]), entries
 
     def reset(self, tap: str) -> None:
-        """Forget the tap's batches (its ids start again)."""
+        """Forget the tap's batches (its ids start again); durable on return."""
         self._taps[tap] = (0, {})
-        self._write(tap)
+        self._set(tap)()
 
-    def begin(self, tap: str, entry: JournalEntry, done: list[int]) -> None:
-        """Record ``entry`` durably, dropping the entries in ``done``.
+    def begin(self, tap: str, entry: JournalEntry, done: list[int]) -> Callable[[], None]:
+        """Record ``entry``, dropping the entries in ``done``; the barrier that makes it durable.
 
-        Blocking on purpose: the caller must not yield between this and
-        appending the batch, or another append could land inside a span.
+        The caller must not yield between this and appending the batch, or
+        another append could land inside a span; and none of the batch's
+        records may be written before the barrier has returned (it blocks:
+        the log's writer thread runs it).
         """
         last, entries = self.state(tap)
         for batch in done:
             entries.pop(batch, None)
         entries[entry.batch] = entry
         self._taps[tap] = (max(last, entry.batch), entries)
-        self._write(tap)
+        return self._set(tap)
 
-    def _write(self, tap: str) -> None:
+    def _set(self, tap: str) -> Callable[[], None]:
+        """Make the tap's state its latest line; the barrier that writes it."""
         last, entries = self._taps[tap]
         data = {
             "last": last,
@@ -128,21 +141,64 @@ class TapJournal:
                 for e in entries.values()
             ],
         }
-        line = json.dumps(data).encode() + b"\n"
-        fd, size = self._files.pop(tap, (None, 0))
-        if fd is not None and size + len(line) <= self.COMPACT_BYTES:
+        file = self._files.get(tap)
+        if file is None:
+            file = self._files[tap] = JournalFile(self._path(tap), self)
+        return file.set(json.dumps(data).encode() + b"\n")
+
+
+class JournalFile:
+    """One tap's journal file: the event loop sets lines, writer threads make them durable."""
+
+    def __init__(self, path: Path, journal: TapJournal) -> None:
+        self.path = path
+        self._journal = journal  # for COMPACT_BYTES
+        self._lock = threading.Lock()  # one writer thread at a time
+        self._fd: int | None = None  # appending; None: the next write replaces the file
+        self._size = 0
+        self._latest: tuple[int, bytes] = (0, b"")  # (version, line): the loop's
+        self._synced = 0  # the version known durable
+
+    def set(self, line: bytes) -> Callable[[], None]:
+        """The tap's new state (from the event loop); the barrier that makes it durable."""
+        version = self._latest[0] + 1
+        self._latest = (version, line)
+        return functools.partial(self.sync_to, version)
+
+    def sync_to(self, version: int) -> None:
+        """Return once the state of ``version`` (or a later one) is durable (blocking).
+
+        Raises:
+            OSError: the write or sync failed; the next attempt replaces the file.
+        """
+        if self._synced >= version:
+            return
+        with self._lock:
+            if self._synced >= version:
+                return
+            latest, line = self._latest
             try:
-                written = os.write(fd, line)
-                if written != len(line):
-                    raise OSError(errno.ENOSPC, "journal: short write")
-                os.fdatasync(fd)
+                self._write(line)
             except OSError:
-                os.close(fd)  # the next state replaces the file: nothing after a cut line
+                fd, self._fd = self._fd, None
+                if fd is not None:
+                    os.close(fd)
                 raise
-            self._files[tap] = (fd, size + len(line))
+            self._synced = latest
+
+    def _write(self, line: bytes) -> None:
+        fd = self._fd
+        if fd is not None and self._size + len(line) <= self._journal.COMPACT_BYTES:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "journal: short write")
+            os.fdatasync(fd)
+            self._size += len(line)
             return
         if fd is not None:
+            self._fd = None
             os.close(fd)
-        self.directory.mkdir(mode=0o700, exist_ok=True)
-        write_atomic(self._path(tap), line)
-        self._files[tap] = (os.open(self._path(tap), os.O_WRONLY | os.O_APPEND), len(line))
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self.path, line)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._size = len(line)

@@ -97,6 +97,7 @@ class TapService:
         self._loss: dict[str, UpstreamLoss] = {}
         self._last_captured: dict[str, dt.datetime] = {}
         self._links: set[TapConnection] = set()
+        self._gates: dict[str, tuple[int, TapGate]] = {}  # tap -> (table version, its gate)
 
     # -- status ------------------------------------------------------------------
 
@@ -242,7 +243,18 @@ class TapService:
         return last, hello
 
     def gate(self, tap: str) -> TapGate:
-        return TapGate(tap, [w for w in served(self.table, tap) if self._active(w)])
+        """The checks for ``tap``'s PDUs: built once per change of the warrant table.
+
+        Kept between batches (keyed on :attr:`WarrantTable.version`): building
+        one walks every warrant of the table, and its cache of address pairs
+        already checked is only worth something if it lives longer than a batch.
+        """
+        cached = self._gates.get(tap)
+        if cached is not None and cached[0] == self.table.version:
+            return cached[1]
+        gate = TapGate(tap, [w for w in served(self.table, tap) if self._active(w)])
+        self._gates[tap] = (self.table.version, gate)
+        return gate
 
     def _active(self, warrant: Warrant) -> bool:
         return self.table.state(warrant.handle) is WarrantState.ACTIVE

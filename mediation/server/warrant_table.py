@@ -85,6 +85,9 @@ class WarrantTable:
 
     def __init__(self) -> None:
         self.generation = -1
+        # Bumped whenever the warrants or their states change (apply, or a tick
+        # that moved a window): what callers caching a view of the table key on.
+        self.version = 0
         self._warrants: dict[str, Warrant] = {}
         self._states: dict[str, WarrantState] = {}
         self._accepted: dict[str, set[str]] = {}
@@ -114,6 +117,7 @@ class WarrantTable:
         self.agencies = {a.handle: a for a in snapshot.agencies}
         self.taps = {t.name: t for t in snapshot.taps}
         self.generation = snapshot.generation
+        self.version += 1
         return dataclasses.replace(
             self._transitions(was_active),
             added=added,
@@ -125,7 +129,10 @@ class WarrantTable:
     def tick(self, now: dt.datetime) -> TableChange:
         """Re-evaluate every window at ``now``: start and end happen on time."""
         was_active = {h for h, s in self._states.items() if s is WarrantState.ACTIVE}
-        self._states = {h: w.state(now) for h, w in self._warrants.items()}
+        states = {h: w.state(now) for h, w in self._warrants.items()}
+        if states != self._states:
+            self._states = states
+            self.version += 1
         return self._transitions(was_active)
 
     def _transitions(self, was_active: set[str]) -> TableChange:
