@@ -223,6 +223,7 @@ def idle(rig: Rig, seconds: float) -> int:
     wait_for(lambda: rig.logged() > logged, 30, every=0.02)  # the tap is up and sending
     time.sleep(1.0)
     a, began, batches = usage(pid), time.monotonic(), _tap_batches(rig)
+    before = rig.usages()
     time.sleep(seconds)
     b, took, batches = usage(pid), time.monotonic() - began, _tap_batches(rig) - batches
     print(f"1,000 PDUs/s: {_load(a, b, took)} (goal: < 10%)", flush=True)
@@ -230,8 +231,21 @@ def idle(rig: Rig, seconds: float) -> int:
         cpu, woke = 1e6 * (b.cpu - a.cpu) / batches, (b.wakeups - a.wakeups) / batches
         print(f"  tap batches {batches / took:,.0f}/s; server {cpu:,.0f} us and "
               f"{woke:.1f} wake-ups per batch", flush=True)  # fmt: skip
+    _receivers_load(before, rig.usages(), time.monotonic() - began)
     tap.join(seconds * 4 + 90)
     return 0
+
+
+def _receivers_load(before: dict[str, Usage], after: dict[str, Usage], took: float) -> None:
+    """Each receiver's CPU and wake-ups over the same interval as the server's."""
+    for name in sorted(before):
+        if name.startswith("receive-") and name in after:
+            a, b = before[name], after[name]
+            print(
+                f"  {name}: {100 * (b.cpu - a.cpu) / took:.1f}% of a core, "
+                f"{(b.wakeups - a.wakeups) / took:,.0f} wake-ups/s",
+                flush=True,
+            )
 
 
 def _tap_batches(rig: Rig) -> int:
@@ -272,9 +286,13 @@ def catchup(rig: Rig, down: float, rate: int) -> int:
     rig.start_receiver("tls")
     wait_for(lambda: counter.count() > start_count, limit, every=0.02)
     began, first_count = time.monotonic(), counter.count()
+    before = rig.usages()
     caught = wait_for(lambda: counter.count() >= target, limit, every=0.05)
-    took = time.monotonic() - began
-    got = counter.count() - first_count
+    ended, held = time.monotonic(), counter.count()
+    took = ended - began
+    # Busy or waiting: each process's share of a core while it caught up.
+    busy = {name: (u.cpu - before[name].cpu) / took for name, u in rig.usages().items()}
+    got = held - first_count
     live = rate * 2
     if not caught:
         print(f"catch-up: not caught up in {limit:g} s ({got:,} PDUs of {target - start_count:,})")
@@ -286,6 +304,13 @@ def catchup(rig: Rig, down: float, rate: int) -> int:
             f"{catch:,.0f} PDUs/s; live rate {live:,} PDUs/s: {catch / live:.2f}x (goal: >= 3x)",
             flush=True,
         )
+        # The agency's view: from its return, the reconnect delay included.
+        whole = (held - start_count) / (ended - restarted)
+        print(f"  from the restart: caught up in {ended - restarted:.1f} s, {whole:,.0f} PDUs/s "
+              f"({whole / live:.2f}x live)", flush=True)  # fmt: skip
+        print("  CPU while catching up: " + ", ".join(
+            f"{name} {100 * share:.0f}% of a core" for name, share in busy.items()
+        ), flush=True)  # fmt: skip
     if rig.tap is not None and rig.tap.poll() is None:
         rig.tap.send_signal(signal.SIGTERM)  # enough: the rest of the capture is not needed
     tap.join((lead + down + limit) * 2 + 90)

@@ -29,6 +29,7 @@ import argparse
 import datetime as dt
 import multiprocessing
 import os
+import resource
 import socket
 import struct
 import sys
@@ -37,6 +38,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--checkout" in sys.argv[:-1]:  # the server of another checkout (old vs new in one run)
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--checkout") + 1]).resolve()))
 
 import trio
 
@@ -129,7 +132,7 @@ def _send(port: int, rate: int, seconds: float) -> multiprocessing.Process:
 async def server_rates(
     data: Path, key: object, handle: str, rates: list[int], seconds: float
 ) -> dict[int, tuple[bool, int, int, int]]:
-    """Per rate: (passed, sent, drops, CmCC durable)."""
+    """Per rate: (passed, sent, drops, CmCC durable, server CPU µs per frame taken)."""
     from mediation.pdu import StreamId, StreamKind
     from mediation.server.app import MediationServer
     from mediation.server.config import RetrievalConfig, ServerConfig, TapsConfig, TzspConfig
@@ -152,6 +155,7 @@ async def server_rates(
         for rate in rates:
             drops0, accepted0 = kernel_drops(sock) or 0, tzsp.receiver.accepted
             stored0 = stream.durable_seq
+            cpu0 = _cpu()
             child = _send(tzsp.listening[1], rate, seconds)
             sent = await trio.to_thread.run_sync(child.queue.get)  # type: ignore[attr-defined]
             await trio.to_thread.run_sync(child.join)
@@ -164,9 +168,16 @@ async def server_rates(
                     await trio.sleep(0.05)
             drops = (kernel_drops(sock) or 0) - drops0
             durable = stream.durable_seq - stored0
-            results[rate] = (drops == 0 and durable == sent, sent, drops, durable)
+            cpu = (_cpu() - cpu0) * 1e6 / max(1, tzsp.receiver.accepted - accepted0)
+            results[rate] = (drops == 0 and durable == sent, sent, drops, durable, cpu)
         nursery.cancel_scope.cancel()
     return results
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process, every thread: the server's."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bare_loop(port_out: multiprocessing.Queue, counts: multiprocessing.Queue) -> None:
@@ -210,21 +221,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="10000,20000,30000,40000,50000")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--dir", type=Path, default=None, help="filesystem to test (default: cwd)")
+    parser.add_argument("--checkout", type=Path, default=None, help="run this checkout's server")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the bare recv loop")
     args = parser.parse_args(argv)
     rates = sorted(int(r) for r in args.rates.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-tzsp-", dir=args.dir or Path.cwd()) as tmp:
         data, key, handle = setup(Path(tmp))
         served = trio.run(server_rates, data, key, handle, rates, args.seconds)
-    bare = baseline_rates(rates, args.seconds)
+    skipped = {r: (False, 0, 0) for r in rates}
+    bare = skipped if args.no_baseline else baseline_rates(rates, args.seconds)
+    import mediation
+
     print(f"tzsp bench: {FRAME_OCTETS}-octet frames, all the target's (full content), "
-          f"{args.seconds:g} s per rate, on {os.cpu_count()} CPUs")  # fmt: skip
+          f"{args.seconds:g} s per rate, on {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+          f"server: {Path(mediation.__file__).parent.parent}")  # fmt: skip
     for rate in rates:
-        ok, sent, drops, durable = served[rate]
+        ok, sent, drops, durable, cpu = served[rate]
         b_ok, _b_sent, b_received = bare[rate]
         print(
             f"  {rate:6d}/s  serve: {'pass' if ok else 'FAIL'} (sent {sent}, socket drops "
-            f"{drops}, CmCC durable {durable})   bare recv: {'pass' if b_ok else 'FAIL'} "
-            f"(received {b_received})"
+            f"{drops}, CmCC durable {durable}, CPU {cpu:.1f} µs/frame)   bare recv: "
+            f"{'pass' if b_ok else 'FAIL'} (received {b_received})"
         )
     best = max((r for r in rates if served[r][0]), default=0)
     best_bare = max((r for r in rates if bare[r][0]), default=0)

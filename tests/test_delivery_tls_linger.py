@@ -44,3 +44,29 @@ async def test_light_traffic_is_written_a_few_envelopes_at_a_time(
         assert worker.writes <= elapsed / linger + 2
     else:  # the contrast: without a linger, about one write per commit
         assert worker.writes > N / 2
+
+
+async def test_streams_of_one_endpoint_share_a_write(tmp_path: Path) -> None:
+    """Two streams committed within one linger go out in one send, not one per stream."""
+    site = Site(tmp_path)
+    cert = make_cert(tmp_path / "certs", "agency receiver")
+    agency = TlsAgency(cert, site.server_ca)
+    rounds, linger = 8, 0.05
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(agency.serve)
+        endpoint = tls_endpoint(port, fingerprint=cert.fingerprint, streams=(Stream.CMCC,))
+        handle = site.agency("AGENCY-A", endpoint)
+        warrants = [site.warrant(handle, case_id=f"CASE-000{i}") for i in (1, 2)]
+        sids = [P.StreamId(w.handle, P.StreamKind.CMCC) for w in warrants]
+        async with site.server(fast_config(write_linger=linger)) as server:
+            await agency.connected.wait()
+            worker = server.delivery.workers[0]
+            before = worker.writes
+            for n in range(rounds):
+                for warrant in warrants:
+                    assert await server.ingest(warrant.handle, "cmCC", cc_pdu(n=n)) is not None
+                await wait_until(lambda n=n: all(len(agency.stored.get(s, ())) > n for s in sids))
+            writes = worker.writes - before
+        nursery.cancel_scope.cancel()
+    assert all(agency.stored[s] == list(range(rounds)) for s in sids)
+    assert writes <= rounds + 1  # one per round (each stream alone would make two)

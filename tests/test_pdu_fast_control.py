@@ -15,8 +15,8 @@ from test_pdu_fast import MUTATIONS, Mutation
 
 from mediation import pdu as P
 from mediation.pdu import codec
-from mediation.pdu.fast_control import decode_control
-from mediation.protocol.envelope import decode_message
+from mediation.pdu.fast_control import decode_control, encode_acknowledgement, encode_checkpoint
+from mediation.protocol.envelope import decode_message, encode_message
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONTROL = (S.CONTROL_STRATEGIES[P.Acknowledgement], S.CONTROL_STRATEGIES[P.ReceiverReport])
@@ -55,3 +55,17 @@ def test_other_messages_are_not_its_business() -> None:
     keepalive = P.encode(P.Keepalive(1, dt.datetime(2026, 11, 23, tzinfo=dt.UTC)))
     assert decode_control(keepalive) is None
     assert decode_control(b"\xa3") is None
+
+
+@PROPERTY
+@given(CONTROL[0])
+def test_every_ack_is_written_as_the_reference_writes_it(ack: P.Acknowledgement) -> None:
+    assert encode_acknowledgement(ack) == codec.encode(ack)
+    assert encode_message(ack) == codec.encode(ack)
+
+
+@PROPERTY
+@given(S.CONTROL_STRATEGIES[P.ChainCheckpoint])
+def test_every_checkpoint_is_written_as_the_reference_writes_it(cp: P.ChainCheckpoint) -> None:
+    assert encode_checkpoint(cp) == codec.encode(cp)
+    assert encode_message(cp) == codec.encode(cp)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import pickle
 
 import pytest
 
@@ -102,3 +104,17 @@ def test_bad_input_names_offset(data: bytes, offset: int) -> None:
     with pytest.raises(P.PDUError) as info:
         P.decode(data)
     assert info.value.offset == offset
+
+
+def test_a_stream_id_hashes_as_its_fields_and_survives_a_pickle() -> None:
+    """Its hash is computed once (the hot path's dict key), equal to the generated one's."""
+    sid = P.StreamId("w-3f9a1c", P.StreamKind.CMCC)
+    assert hash(sid) == hash(("w-3f9a1c", P.StreamKind.CMCC))
+    # Rebuilt on unpickling, not copied (a string's hash differs between processes).
+    assert b"_hash" not in pickle.dumps(sid)
+    again = pickle.loads(pickle.dumps(sid))
+    assert again == sid and hash(again) == hash(sid) and {sid: 1}[again] == 1
+    assert "_hash" not in repr(sid) and dataclasses.asdict(sid) == {
+        "warrant_handle": "w-3f9a1c",
+        "kind": P.StreamKind.CMCC,
+    }

@@ -211,3 +211,23 @@ def test_tshark_decodes_the_sent_datagrams_as_tzsp(tmp_path):
         # tshark reads the encapsulated Ethernet header: its source MAC follows ours.
         inner_src = ":".join(f"{b:02x}" for b in frame[6:12])
         assert macs.split(",") == ["02:00:5e:00:53:fe", inner_src]
+
+
+@given(
+    st.sampled_from([b"\x01\x00\x00\x01\x01", b"\x01\x00\x00\x07\x01", b"\x01\x00\x00\x02\x01"]),
+    st.binary(max_size=40),
+)
+def test_the_fast_path_reads_as_the_general_walk(head: bytes, rest: bytes) -> None:
+    """A datagram with no tag but END (a MikroTik's) decodes as the tag walk decodes it."""
+    from mediation.protocol.tzsp import _decode
+
+    datagram = head + rest
+    try:
+        want: object = _decode(datagram)
+    except TzspError as exc:
+        want = exc.reason
+    try:
+        got: object = decode_tzsp(datagram)
+    except TzspError as exc:
+        got = exc.reason
+    assert got == want

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from mediation.tap.link import BATCH_SECONDS, LINGER_SECONDS, TapClient
+from mediation.tap.link import BATCH_SECONDS, LINGER_SECONDS, PIPELINE_BYTES, TapClient
 
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
@@ -113,16 +113,67 @@ async def test_a_full_batch_goes_at_once_whatever_the_link(autojump_clock: Any) 
     await run(tap, body)
 
 
-async def test_unacknowledged_batches_make_the_link_busy(autojump_clock: Any) -> None:
+async def test_a_full_window_makes_the_link_busy(autojump_clock: Any) -> None:
+    """The window is counted in octets unacknowledged (it was two batches): while the
+    open batch would not fit, it grows instead of going."""
+    import types
+
     spool = MemorySpool()
     spool.batches += [b"one", b"two"]  # sent, not yet acknowledged
     tap = client(spool, connected=True)
+    in_flight = {1: tap.window_bytes - 4, 2: 4}  # what the connection's machine holds
+    tap._machine = types.SimpleNamespace(in_flight=in_flight)  # type: ignore[assignment]
 
     async def body() -> None:
         await tap.add("cmCC", WHEN, b"\x04\x01f")
         await trio.sleep(0.05)
-        assert tap.counters.batches == 0  # two in flight: the batch grows instead
-        spool.acked = 2
+        assert tap.counters.batches == 0  # the window is full: the batch grows instead
+        del in_flight[1]  # the server acknowledged the large one
+        spool.acked = 1
+        await trio.sleep(LINGER_SECONDS * 2)
+        assert tap.counters.batches == 1
+
+    await run(tap, body)
+
+
+async def test_two_in_flight_hold_a_small_batch_back_but_not_a_large_one(
+    autojump_clock: Any,
+) -> None:
+    """With two batches unacknowledged a small open batch grows (each batch costs the
+    server a journal write); one of PIPELINE_BYTES goes at the linger without waiting
+    for their acks (throughput does not wait on the server's fdatasync)."""
+    import types
+
+    spool = MemorySpool()
+    spool.batches += [b"one", b"two"]
+    tap = client(spool, connected=True)
+    in_flight = {1: 3, 2: 3}
+    tap._machine = types.SimpleNamespace(in_flight=in_flight)  # type: ignore[assignment]
+    record = b"\x04\x82\x10\x00" + bytes(0x1000)  # a 4 KiB PDU
+
+    async def body() -> None:
+        await tap.add("cmCC", WHEN, b"\x04\x01g")
+        await trio.sleep(0.05)
+        assert tap.counters.batches == 0  # small: it waits for an ack
+        for _ in range(PIPELINE_BYTES // len(record) + 1):
+            await tap.add("cmCC", WHEN, record)
+        await trio.sleep(LINGER_SECONDS * 2)
+        assert tap.counters.batches == 1  # large enough: it goes, two still in flight
+        assert len(in_flight) == 2
+
+    await run(tap, body)
+
+
+async def test_a_lone_pdu_goes_at_the_linger_with_one_in_flight(autojump_clock: Any) -> None:
+    import types
+
+    spool = MemorySpool()
+    spool.batches += [b"one"]
+    tap = client(spool, connected=True)
+    tap._machine = types.SimpleNamespace(in_flight={1: 3})  # type: ignore[assignment]
+
+    async def body() -> None:
+        await tap.add("cmCC", WHEN, b"\x04\x01h")
         await trio.sleep(LINGER_SECONDS * 2)
         assert tap.counters.batches == 1
 

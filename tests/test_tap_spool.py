@@ -75,9 +75,9 @@ def test_ids_persist_when_everything_was_acked(tmp_path: Path) -> None:
             spool.append(payload(n), at(n), at(n))
         spool.ack(3)
         assert list(spool.pending()) == []
-        assert not list(tmp_path.glob("*.seg"))  # space reclaimed
-        assert spool.used_bytes == STATE_SIZE
+    assert not list(tmp_path.glob("*.seg"))  # space reclaimed (the open segment at close)
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        assert spool.used_bytes == STATE_SIZE
         assert spool.append(payload(3), at(3), at(3)) == 4
 
 
@@ -168,6 +168,75 @@ def test_segments_roll_and_are_deleted_when_acked(tmp_path: Path) -> None:
         assert len(left) < len(segments)
         assert [b for b, _ in spool.pending()] == list(range(31, 61))
         assert spool.used_bytes == STATE_SIZE + sum(p.stat().st_size for p in left)
+
+
+def test_an_ack_that_frees_no_segment_does_not_rewrite_the_state(tmp_path: Path) -> None:
+    """Acks are persisted when a segment is deleted or at close, not each: a busy tap is
+    acknowledged hundreds of times a second, and each state write is two fsyncs."""
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:  # one segment holds all five
+        for n in range(5):
+            spool.append(payload(n), at(n), at(n))
+        before = (tmp_path / "state").stat().st_ino
+        spool.ack(2)
+        spool.ack(3)
+        assert (tmp_path / "state").stat().st_ino == before  # not replaced
+        assert [b for b, _ in spool.pending()] == [4, 5]
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:  # close saved it
+        assert [b for b, _ in spool.pending()] == [4, 5]
+
+
+def test_an_ack_in_memory_is_taken_only_when_it_frees_no_segment(tmp_path: Path) -> None:
+    """The link acks in memory (no worker thread) unless a segment would be deleted."""
+    with TapSpool.open(tmp_path, KEY, 64 * 1024) as spool:  # segments of 8 KiB
+        for n in range(40):
+            spool.append(payload(n, 500), at(n), at(n))
+        segments = sorted(tmp_path.glob("*.seg"))
+        second_starts = int(segments[1].stem)
+        assert spool.ack_in_memory(second_starts - 2)  # inside the first segment
+        assert spool.acked == second_starts - 2
+        assert not spool.ack_in_memory(second_starts - 1)  # the whole first: disk work
+        assert spool.acked == second_starts - 2  # unchanged
+        spool.ack(second_starts - 1)
+        assert sorted(tmp_path.glob("*.seg")) == segments[1:]
+        assert spool.ack_in_memory(1)  # an older ack: nothing to do
+        with pytest.raises(ValueError):
+            spool.ack_in_memory(41)
+
+
+def test_light_load_appends_to_one_segment_and_writes_no_state(tmp_path: Path) -> None:
+    """Each batch acknowledged before the next (a quiet tap): the open segment is kept
+    while it has room, so no batch creates a segment, and no ack deletes one or writes
+    the state (the old spool did all three for every batch: five fsyncs)."""
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        spool.append(payload(0), at(0), at(0))
+        state = (tmp_path / "state").stat().st_ino
+        segments = sorted(tmp_path.glob("*.seg"))
+        for n in range(1, 30):
+            spool.ack(spool.append(payload(n), at(n), at(n)))  # type: ignore[arg-type]
+        assert sorted(tmp_path.glob("*.seg")) == segments
+        assert (tmp_path / "state").stat().st_ino == state
+        assert list(spool.pending()) == []
+        assert spool.used_bytes <= spool.limit_bytes // 8 + STATE_SIZE + 600  # one segment
+    assert not list(tmp_path.glob("*.seg"))
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        assert (spool.acked, spool.last_id) == (30, 30)
+
+
+def test_an_ack_lost_in_a_crash_only_returns_those_batches(tmp_path: Path) -> None:
+    """Killed before the ack was saved: the batches come back (the server's hello names
+    what it stored, and the link acks them again); no id is given twice."""
+    spool = TapSpool.open(tmp_path, KEY, 1 << 20)
+    for n in range(3):
+        spool.append(payload(n), at(n), at(n))
+    spool.ack(2)
+    for fd in (spool._fd, spool._lock_fd):  # a crash: no close(), so the ack is not saved
+        os.close(fd)
+    spool._fd = spool._lock_fd = None
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as again:
+        assert [b for b, _ in again.pending()] == [1, 2, 3]
+        assert again.append(payload(3), at(3), at(3)) == 4
+        again.ack(2)
+        assert [b for b, _ in again.pending()] == [3, 4]
 
 
 def test_wrong_key_is_refused_clearly(tmp_path: Path) -> None:

@@ -73,30 +73,31 @@ async def test_speed_n_paces_the_replay_and_stamps_each_frame_when_it_goes() -> 
     import time
 
     from mediation.evidence.pcap import PcapReader
-    from mediation.tap.runner import AtRate, _replay
+    from mediation.tap.runner import Pace, _replay
 
     class Client:
         fixed = None  # not the seed form
 
         def __init__(self) -> None:
             self.times: list[tuple[dt.datetime, dt.datetime]] = []
+            self.steps = 0
 
-        async def frame(
-            self, data: bytes, when: dt.datetime, *_args: object, **_kw: object
+        async def frames(
+            self, frames: list[tuple[bytes, dt.datetime]], *_args: object, **_kw: object
         ) -> None:
-            self.times.append((when, dt.datetime.now(dt.UTC)))
+            self.steps += 1
+            self.times += [(when, dt.datetime.now(dt.UTC)) for _data, when in frames]
 
     pcap = Path(__file__).resolve().parents[1] / "fixtures" / "sample" / "sample.pcap"
     with PcapReader.open(pcap) as reader:
         recorded = [packet.time for packet in reader]
     client = Client()
-    paced = AtRate(client, 400.0)
-    assert paced.fixed is None  # everything else goes through to the client
     began = time.monotonic()
-    await _replay(paced, pcap, False)
+    await _replay(client, pcap, Pace(rate=400.0))
     took = time.monotonic() - began
     assert len(client.times) == len(recorded) > 20
     assert took >= (len(recorded) - 1) / 400.0 - 0.002  # paced, not as fast as it can
+    assert client.steps < len(recorded)  # frames due together go together
     for (when, seen), old in zip(client.times, recorded, strict=True):
         assert when.tzinfo is dt.UTC and abs((seen - when).total_seconds()) < 0.5
         assert when != old

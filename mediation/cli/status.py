@@ -75,6 +75,7 @@ def _tzsp(status: dict[str, Any]) -> list[str]:
         lines += [
             f"tzsp: udp {tzsp.get('listening') or 'off'}; sources {tzsp['sources']}, "
             f"feeding {tzsp['feeding']}; datagrams {tzsp['datagrams']}, frames {tzsp['frames']}, "
+            f"passed over {tzsp.get('passed_over') or 0}, "
             f"malformed {tzsp['malformed']}, socket drops {tzsp.get('socket_drops') or 0}",
             f"tzsp refused: datagrams: oversize {tzsp['oversize']}, "
             f"{_counts(tzsp.get('refused_datagrams') or {})}; "

@@ -100,8 +100,10 @@ class StreamDriver:
         self._on_events = on_events
         self._capture = RawCapture()
         self._lock = trio.Lock()
-        self._changed = trio.Event()
-        self._output = trio.Event()  # the machine may have something to send
+        self._changed = trio.Event()  # the machine's next deadline moved earlier
+        self._timer_at: float | None = None  # the deadline the timer task waits for
+        self._output = trio.Event()  # the machine queued octets: in _pending
+        self._pending: list[bytes] = []
         self.ended_by: str | None = None  # the first reason the connection ended
 
     async def send(self, data: bytes) -> None:
@@ -110,8 +112,20 @@ class StreamDriver:
             async with self._lock:
                 await self.stream.send_all(data)
 
-    async def _send_machine_output(self) -> None:
+    def _take_output(self) -> None:
+        """Take what the machine queued (acks, keepalive answers) for the writer.
+
+        Called after every ``receive_data`` and ``tick``, so the writer wakes
+        only when there is something to send, not after every read.
+        """
         data = self.machine.data_to_send()
+        if data:
+            self._pending.append(data)
+            self._output.set()
+
+    async def _send_machine_output(self) -> None:
+        data = b"".join(self._pending)
+        self._pending.clear()
         if data:
             await self.state.make_durable()  # it may hold acks: "stored" means on disk
             await self.send(data)
@@ -161,10 +175,14 @@ class StreamDriver:
             events = self.machine.receive_data(data, now)
             self._capture.feed(data)
             self.state.on_events(events, self._capture.take, self.transport, now)
+            self._take_output()
+            # The timer task sleeps until its deadline: wake it only if the
+            # machine now needs it sooner (a later deadline it finds by itself).
+            deadline = self.machine.next_deadline()
+            if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+                self._changed.set()
             if self._on_events is not None:
                 await self._on_events(events)
-            self._output.set()
-            self._changed.set()
 
     async def _writer(self) -> None:
         """Send the machine's output, each time after the fsync that covers it."""
@@ -175,11 +193,12 @@ class StreamDriver:
 
     async def _timers(self) -> None:
         while (deadline := self.machine.next_deadline()) is not None:
+            self._timer_at = deadline
             with trio.move_on_at(deadline):
                 await self._changed.wait()
             self._changed = trio.Event()
             events = self.machine.tick(trio.current_time())
-            self._output.set()
+            self._take_output()
             if any(isinstance(e, PeerTimedOut) for e in events):
                 self.end("peer timed out (no keepalive answer)")
                 return

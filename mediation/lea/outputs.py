@@ -36,8 +36,8 @@ from mediation.lea.files import (
     cut_torn_pcap,
     write_sha256,
 )
+from mediation.lea.jsonline import JsonLines
 from mediation.pdu import fast
-from mediation.pdu.jsonview import SharedPartsView, iso_time
 from mediation.protocol import scte
 
 PCAP_FILE = "cmcc.pcap"
@@ -131,7 +131,7 @@ class CaseOutputs:
         self._last_cc: int | None = None
         self.cc_in_order = True
         self.digests: dict[str, str] = {}
-        self._view = SharedPartsView()  # a flow's header reports share all but their time
+        self._lines = JsonLines()  # a flow's header reports share all but their time
 
     def resume(self) -> dict[pdu.StreamKind, list[int]]:
         """Read back what an earlier run wrote: the sequence numbers held per stream.
@@ -202,7 +202,7 @@ class CaseOutputs:
             if isinstance(content, pdu.CCApdu):
                 self._packet(envelope, content)
                 return
-            line = self._view.to_json(envelope)
+            line = self._lines.line(envelope, retrieved=retrieved, at=at)
         except (TypeError, ValueError) as exc:
             # A view that cannot be made must not stop the receiver: the raw
             # file holds the envelope; the gap report says what is missing.
@@ -210,9 +210,7 @@ class CaseOutputs:
             if len(self.unviewable) < NOT_IP_LISTED:
                 self.unviewable.append({"sequence": envelope.sequence_number, "why": str(exc)})
             return
-        line["retrieved"] = retrieved
-        line["receivedTime"] = iso_time(at)
-        self._jsonl_file().write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        self._jsonl_file().write(line)
 
     def _packet(self, envelope: pdu.Envelope, apdu: pdu.CCApdu) -> None:
         self._cc_packet(envelope.sequence_number, apdu.payload, capture_time(envelope))

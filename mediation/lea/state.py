@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -39,6 +40,8 @@ log = logging.getLogger("mediation.lea")
 
 StreamPair = tuple[SequenceTracker, StreamStats]
 
+MAX_VERDICTS = 4096  # handles whose acceptance is remembered (then it starts afresh)
+
 RawFor = Callable[[Event], bytes]
 """The octets, exactly as received, of the message behind an event."""
 
@@ -52,11 +55,19 @@ class AcceptedStreams:
 
     def __init__(self, handles: Iterable[str] | None = None) -> None:
         self.handles = None if handles is None else frozenset(handles)
+        self._verdicts: dict[str, bool] = {}  # asked for every envelope: remembered per handle
 
     def __contains__(self, stream: object) -> bool:
-        if not isinstance(stream, pdu.StreamId) or not safe_handle(stream.warrant_handle):
+        if not isinstance(stream, pdu.StreamId):
             return False
-        return self.handles is None or stream.warrant_handle in self.handles
+        handle = stream.warrant_handle
+        verdict = self._verdicts.get(handle)
+        if verdict is None:
+            verdict = safe_handle(handle) and (self.handles is None or handle in self.handles)
+            if len(self._verdicts) >= MAX_VERDICTS:  # bounded whatever a peer sends
+                self._verdicts.clear()
+            self._verdicts[handle] = verdict
+        return verdict
 
 
 @dataclasses.dataclass
@@ -95,6 +106,9 @@ class ReceiverState:
         self.counters = Counters()
         self.last_arrival: float | None = None  # trio clock
         self.utc_now = utc_now
+        # The wall clock read once per wake-up (per value of the trio clock):
+        # everything a wake-up takes in arrived by then.
+        self._arrived: tuple[float | None, dt.datetime | None] = (None, None)
         self._sync_lock = trio.Lock()
 
     def tracker(self, stream: pdu.StreamId) -> SequenceTracker:
@@ -176,15 +190,24 @@ class ReceiverState:
 
     def _envelope(self, event: EnvelopeReceived, raw: bytes, transport: str, now: float) -> None:
         envelope = event.envelope
-        stats = self.stream_stats(envelope.stream)
+        stream = envelope.stream
+        stats = self.stats.get(stream)
+        if stats is None:
+            stats = self.stream_stats(stream)
         stats.transports.add(transport)
         stats.last_sequence = envelope.sequence_number
         self.last_arrival = now
         if event.duplicate:
             stats.duplicates += 1
             return
-        case = self.case(envelope.stream.warrant_handle)
-        case.store(envelope, raw, retrieved=event.retrieved, at=self.utc_now())
+        case = self.cases.get(stream.warrant_handle)
+        if case is None:
+            case = self.case(stream.warrant_handle)
+        seen, at = self._arrived
+        if seen != now or at is None:
+            at = self.utc_now()
+            self._arrived = (now, at)
+        case.store(envelope, raw, retrieved=event.retrieved, at=at)
         if event.retrieved:
             stats.retrieved += 1
         else:

@@ -305,19 +305,23 @@ class Cursor:
             n = min(max_records, len(self._buf))
             return [self._buf.popleft() for _ in range(n)]
         side = self._side
+        waited = False  # a wait is a checkpoint: a reader woken by a commit takes one step
         while True:
             items = side._read_memory(self._pos, max_records, self._cp_after)
             if items is None:
                 items, self._hint = await trio.to_thread.run_sync(
                     side._read_disk, self._pos, max_records, self._cp_after, self._hint
                 )
+                waited = True
             if items:
+                if not waited:  # before advancing: a cancel here loses nothing
+                    await trio.lowlevel.checkpoint()
                 self._advance(items)
-                await trio.lowlevel.checkpoint()
                 return items
             if side._closed:
                 raise LogClosed(f"{side.label}: closed")
             await side._durable_event.wait()
+            waited = True
 
     def _advance(self, items: list[Item]) -> None:
         for item in reversed(items):

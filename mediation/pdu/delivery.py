@@ -25,6 +25,11 @@ class StreamKind(enum.Enum):
     CMII = "cmII"
     CMCC = "cmCC"
 
+    # Hashed for every envelope (a StreamId is a dict key on every hot path);
+    # Enum's own __hash__ is Python code. Members are singletons, compared by
+    # identity, so the identity hash is consistent with equality.
+    __hash__ = object.__hash__
+
 
 class ClockStatus(enum.Enum):
     SYNCHRONISED = "synchronised"
@@ -60,6 +65,17 @@ class StreamId:
 
     def __post_init__(self) -> None:
         check_visible("warrantHandle", self.warrant_handle, 1, 32)
+        # Hashed at every dict lookup of the hot path (senders, receivers,
+        # trackers, the log): once here, not through the enum's Python-level
+        # __hash__ each time. The value is the generated one's.
+        object.__setattr__(self, "_hash", hash((self.warrant_handle, self.kind)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def __reduce__(self) -> tuple[type[StreamId], tuple[str, StreamKind]]:
+        # Rebuilt, not copied: a string's hash differs between processes.
+        return (StreamId, (self.warrant_handle, self.kind))
 
     def __str__(self) -> str:
         return f"{self.warrant_handle}/{self.kind.value}"

@@ -5,18 +5,33 @@ Internals of :mod:`mediation.pdu.fast`. An agency sends an
 ``receiverReport`` every second per UDP stream; the reference codec takes
 about 80 us for either, this about 3. Strict DER, like the envelope
 reader: whatever it accepts the reference accepts with an equal record
-(tests/test_pdu_fast_control.py). A field it does not expect (a later
+(tests/test_pdu_fast_control.py). The agency writes an acknowledgement
+here too (:func:`encode_acknowledgement`, about 2 us against some 100-400
+for the reference), byte-identical to the reference. A field it does not expect (a later
 version's extension, say) is not its business: it says "ask the reference"
 by returning None, so the reference alone decides everything unusual.
 """
 
 from __future__ import annotations
 
-from mediation.pdu.delivery import MAX_SEQUENCE, Acknowledgement, ReceiverReport, SequenceRange
+from mediation.pdu.delivery import (
+    MAX_SEQUENCE,
+    Acknowledgement,
+    ChainCheckpoint,
+    ReceiverReport,
+    SequenceRange,
+)
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import CACHE_LIMIT
-from mediation.pdu.fast_der import expect, read_integer, read_time
-from mediation.pdu.fast_envelope import _STREAM_RECORDS, _read_stream
+from mediation.pdu.fast_der import (
+    expect,
+    generalized_time,
+    integer,
+    read_integer,
+    read_time,
+    tlv,
+)
+from mediation.pdu.fast_envelope import _STREAM_RECORDS, _read_stream, _stream_tlv
 
 _MAX_COUNT = 2**64 - 1  # INTEGER (0..18446744073709551615)
 
@@ -40,6 +55,42 @@ def decode_control(data: bytes) -> Acknowledgement | ReceiverReport | None:
     except (PDUError, IndexError):
         return None
     return None
+
+
+def encode_acknowledgement(ack: Acknowledgement) -> bytes:
+    """The DER of an ``acknowledgement`` ([3]) DeliveryMessage, as the reference writes it.
+
+    Args:
+        ack: a valid record (its fields were checked when it was made).
+
+    Returns:
+        ``[3] { stream [0] { warrantHandle, kind }, nextExpected [1] }``.
+    """
+    return tlv(b"\xa3", _stream_tlv(ack.stream) + tlv(b"\x81", integer(ack.next_expected)))
+
+
+def encode_checkpoint(checkpoint: ChainCheckpoint) -> bytes:
+    """The DER of a ``chainCheckpoint`` ([7]) DeliveryMessage, as the reference writes it.
+
+    Every endpoint of a stream sends each of its signed checkpoints (one a
+    second or per 1,000 records): about 3 us here against 100 or more.
+
+    Args:
+        checkpoint: a valid record (its fields were checked when it was made).
+    """
+    return tlv(
+        b"\xa7",
+        b"".join(
+            (
+                _stream_tlv(checkpoint.stream),
+                tlv(b"\x81", integer(checkpoint.last_sequence)),
+                tlv(b"\x82", checkpoint.chain_hash),
+                tlv(b"\x83", generalized_time(checkpoint.checkpoint_time)),
+                tlv(b"\x84", checkpoint.signature),
+                tlv(b"\x85", checkpoint.key_id),
+            )
+        ),
+    )
 
 
 def _outer(data: bytes) -> tuple[int, int]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import math
 import random
 import socket
 import ssl
@@ -85,7 +84,13 @@ class TlsWorker:
         self.last_error: str | None = None
         self.connections = 0
         self.refused = 0
-        self.writes = 0  # runs of envelopes written (each one send on the TLS stream)
+        self._sends = 0  # sends of links that ended
+
+    @property
+    def writes(self) -> int:
+        """Sends on the TLS stream so far, every connection (each one run of envelopes)."""
+        link = self._link
+        return self._sends + (link.sends if link is not None else 0)
 
     # The set of streams ------------------------------------------------------
 
@@ -234,6 +239,7 @@ class TlsWorker:
             self.ref.label,
             batch=self.config.batch,
             on_ack=self._acked,
+            linger=self.config.write_linger,
         )
         self._link = link
         self.state, self.last_error = "connected", None
@@ -245,6 +251,8 @@ class TlsWorker:
         try:
             return await link.run(*writers)
         finally:
+            self._sends += link.sends
+            self._link = None
             for envelopes in shared:
                 envelopes.leave()
 
@@ -265,27 +273,24 @@ class TlsWorker:
         return writer
 
     async def _write_stream(self, link: Link, state: _TlsStream) -> None:
-        """Send the stream's records from the log while the window has room.
+        """Queue the stream's records from the log on the link while the window has room.
 
         A full window waits until a quarter of it is free (or everything
-        is acknowledged), not for every ack: each write then carries many
-        envelopes, one TLS record run, instead of the few one ack freed.
-        Light traffic never fills the window; there, writes are at least
-        ``write_linger`` apart, so one carries whatever several commits of
-        the log made durable (at most that much later).
+        is acknowledged), not for every ack: each read then takes many
+        records instead of the few one ack freed. The link's flusher sends
+        what every stream queued in one write, ``write_linger`` after the
+        first of it (see ``Link``), so light traffic goes out several
+        commits and both streams per TLS record run; a catch-up reads the
+        next batch while the last one is being sent.
         """
         sender, sid, cursor = link.sender, state.sid, state.cursor
         low_water = min(max(1, sender.window // 4), self.config.batch)
-        linger, written = self.config.write_linger, -math.inf
         cursor.seek(sender.next_sequence(sid))
         while True:
             room = sender.window_room(sid)
             if room < low_water and room < sender.window:
                 await link.wait_ack(sid)
                 continue
-            # Light traffic: what the log makes durable meanwhile joins the next write.
-            if (pause := written + linger - trio.current_time()) > 0:
-                await trio.sleep(pause)
             if cursor.position != sender.next_sequence(sid):
                 cursor.seek(sender.next_sequence(sid))  # an ack moved us on
             try:
@@ -298,8 +303,6 @@ class TlsWorker:
             data = self._envelopes(sender, sid, records)
             state.sent_high = max(state.sent_high, sender.next_sequence(sid))
             await link.write(data)
-            self.writes += 1
-            written = trio.current_time()
 
     @staticmethod
     def _envelopes(sender: StreamSender, sid: StreamId, items: list) -> bytes:

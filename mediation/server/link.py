@@ -9,8 +9,14 @@ shared by live TLS delivery (``delivery_tls``) and retrieval
   ``data_to_send()`` -> wake the timer task;
 - **timers**: sleep until ``next_deadline()`` or until woken, ``tick``,
   send what it queued; a keepalive unanswered ends the link;
-- every write is one run of whole messages under one lock (an SSLStream
-  allows one ``send_all`` at a time, and messages must not interleave).
+- **flusher**: every write is one run of whole messages queued on the
+  link (so messages never interleave); one task sends the queue, so one
+  ``send_all`` carries every stream's envelopes, answers and replay
+  results queued meanwhile. ``linger`` holds the first queued octets that
+  long before the send, so light traffic goes a few commits and streams
+  per TLS record run instead of one send per commit of each stream; a
+  queue of ``high_water`` octets goes at once, and writers wait while it
+  is that full (the link holds at most about two queues' worth).
 
 Whatever ends the link (the peer closing, a reset, a protocol error, a
 timeout) is returned as one short reason for logs and the status, never
@@ -36,6 +42,12 @@ from mediation.protocol import (
 )
 
 log = logging.getLogger("mediation.server.delivery")
+# Octets queued before a send goes without its linger and writers wait:
+# under one batch of full-size envelopes (256 x ~1.5 KB), so a catch-up's
+# batch goes at once and the next is read while it is sent (at 1 MiB the
+# sends came in bursts that left the agency idle between them), and
+# light traffic (a few KB a linger) never reaches it.
+HIGH_WATER = 256 * 1024
 AckHandler = Callable[[AckReceived], None]
 
 
@@ -55,14 +67,23 @@ class Link:
         *,
         batch: int = 256,
         on_ack: AckHandler | None = None,
+        linger: float = 0.0,
+        high_water: int = HIGH_WATER,
     ) -> None:
         self.stream = stream
         self.sender = sender
         self.logs = logs
         self.label = label
         self.batch = batch
+        self.linger = linger
+        self.high_water = high_water
         self._on_ack = on_ack
-        self._lock = trio.Lock()
+        self._out = bytearray()  # whole messages queued, in order, for the flusher
+        self._idle: trio.CancelScope | None = None  # the flusher's wait for its next send
+        self._first_at = 0.0  # when the queue went from empty to not
+        self._drained = trio.Event()  # the flusher took the queue
+        self._closed: str | None = None  # why the flusher stopped
+        self.sends = 0  # send_all calls (each one run of TLS records)
         self._changed = trio.Event()
         self._timer_at = -math.inf  # the deadline the timers sleep until
         self.acked: dict[StreamId, trio.Event] = {sid: trio.Event() for sid in sender.streams}
@@ -70,26 +91,67 @@ class Link:
         self._nursery: trio.Nursery | None = None
 
     async def write(self, data: bytes) -> None:
-        """Send whole messages (nothing if empty); one writer at a time."""
-        if not data:
+        """Queue whole messages (nothing if empty) for the flusher's next send.
+
+        Returns at once unless the queue is full (``high_water``): then when
+        the flusher has taken it.
+
+        Raises:
+            LinkClosed: the connection is lost.
+        """
+        if self._closed is not None:
+            raise LinkClosed(self._closed)
+        if not data:  # the reader's and the timers' usual case: never wait for nothing
             return
-        async with self._lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise LinkClosed("connection lost") from None
+        self.write_soon(data)
+        while len(self._out) >= self.high_water:
+            self._wake_flusher(-math.inf)  # a full queue goes at once
+            await self._drained.wait()
+            if self._closed is not None:
+                raise LinkClosed(self._closed)
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     def write_soon(self, data: bytes) -> None:
-        """Write from synchronous code: a task of this link sends ``data`` next."""
-        if self._nursery is not None:
-            self._nursery.start_soon(self._write_or_end, data)
+        """Queue whole messages from synchronous code (never waits)."""
+        if not data or self._closed is not None:
+            return
+        if not self._out:
+            self._first_at = trio.current_time()
+            self._wake_flusher(self._first_at + self.linger)
+        self._out += data
 
-    async def _write_or_end(self, data: bytes) -> None:
+    def _wake_flusher(self, at: float) -> None:
+        # The flusher sleeps in a scope whose deadline is its next send:
+        # one wake-up per send, not one for the queue and one for the linger.
+        if self._idle is not None and at < self._idle.deadline:
+            self._idle.deadline = at
+
+    async def _flusher(self) -> None:
+        """Send the queue: ``linger`` after its first octets, at once if full; until the end."""
         try:
-            await self.write(data)
-        except LinkClosed:
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
+            while True:
+                if not self._out or len(self._out) < self.high_water:
+                    # Light traffic: what other streams and commits queue
+                    # meanwhile joins this send.
+                    at = self._first_at + self.linger if self._out else math.inf
+                    with trio.CancelScope(deadline=at) as self._idle:
+                        await trio.sleep_forever()
+                    self._idle = None
+                    if not self._out:
+                        continue
+                data, self._out = self._out, bytearray()  # no copy of a big queue
+                self._drained.set()
+                self._drained = trio.Event()
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise LinkClosed("connection lost") from None
+                self.sends += 1
+        except LinkClosed as exc:
+            self._closed = str(exc)
+            raise
+        finally:
+            self._drained.set()  # writers waiting for room see the link end
 
     async def run(self, *tasks: Callable[[Link], Awaitable[None]]) -> str:
         """Run the reader, the timers and ``tasks`` until any of them ends the link.
@@ -112,7 +174,7 @@ class Link:
                 nursery.cancel_scope.cancel()
 
             self._nursery = nursery
-            for task in (Link._reader, Link._timers, *tasks):
+            for task in (Link._reader, Link._timers, Link._flusher, *tasks):
                 nursery.start_soon(guarded, task)
         return reason
 
@@ -136,7 +198,7 @@ class Link:
                     self._ack(event)
                 elif isinstance(event, ReplayWanted) and self._nursery is not None:
                     self._nursery.start_soon(self._replay_guarded, event)
-            await self.write(self.sender.data_to_send())
+            self.write_soon(self.sender.data_to_send())  # small: never waits on the queue
             # Wake the timers only if they now have something sooner to do:
             # data from the peer mostly moves the keepalive deadline later.
             deadline = self.sender.next_deadline()
@@ -159,7 +221,7 @@ class Link:
             self._changed = trio.Event()
             now = trio.current_time()
             events = self.sender.tick(now)
-            await self.write(self.sender.data_to_send())
+            self.write_soon(self.sender.data_to_send())  # small: never waits on the queue
             if any(isinstance(e, PeerTimedOut) for e in events):
                 raise LinkClosed("keepalive unanswered")
         raise LinkClosed("connection finished")

@@ -236,6 +236,31 @@ class TapGate:
         return ""
 
 
+class BuiltGate(TapGate):
+    """The gate of PDUs the server's own tap core built (TZSP): one warrant's, believed.
+
+    The gate exists for remote taps, outside parties whose PDUs say which
+    case they are for. PDUs the server built itself, with the tap core of
+    one warrant, after matching the frame against that warrant's targets,
+    are that warrant's: reading each one's case identity and addresses back
+    would only repeat the matcher (it was a third of the TZSP path's time).
+    What :class:`TapIngest` checks per warrant (active now, content level)
+    and per PDU (size, DER framing) still applies.
+
+    Args:
+        name: the source (``tzsp:ADDR``), as refusals and logs name it.
+        handle: the warrant whose tap built every PDU this gate is shown.
+    """
+
+    def __init__(self, name: str, handle: str) -> None:
+        super().__init__(name, [])
+        self.handle = handle
+
+    def warrant_for(self, kind: str, der: bytes) -> tuple[str | None, str]:
+        """``(handle, "")``: every PDU is the one warrant's (see the class)."""
+        return self.handle, ""
+
+
 def _message_tag(der: bytes) -> int | None:
     """The CmIIMessage alternative's tag (the TLV after the module OID)."""
     try:

@@ -37,12 +37,13 @@ from mediation.pdu import taplink as T
 from mediation.protocol.tzsp import TzspReceiver
 from mediation.refusals import Refusals
 from mediation.server.config import TzspConfig
-from mediation.server.tap_ingest import BatchResult, TapGate, TapIngest
+from mediation.server.tap_gate import BuiltGate
+from mediation.server.tap_ingest import BatchResult, TapIngest
 from mediation.server.tzsp_socket import BatchReceiver, kernel_drops
 from mediation.server.udp_listen import bind_udp
 from mediation.server.warrant_table import WarrantTable
 from mediation.tap.builder import FlowCorrelation
-from mediation.tap.packet import parse_frame
+from mediation.tap.packet import ParsedFrame, ipv4_addresses, parse_frame
 from mediation.tap.replay import Tap
 from mediation.warrants.model import Warrant
 
@@ -52,6 +53,10 @@ STARTED = (
     "between the router and the server cannot be counted"
 )
 IDLE_CHECK = 1.0  # seconds between checks for silent sources and expired leases
+# recvmmsg calls gathered into one receive step when the socket stays full: each
+# step has fixed costs (an ingest batch and log append per warrant: ~0.4 ms),
+# shared by 4 x [tzsp] batch frames instead of one batch's (13% less CPU a frame).
+STEP_CALLS = 4
 
 
 class Hooks(Protocol):
@@ -76,7 +81,9 @@ class TzspSource:
 
     address: str
     taps: list[Tap]
-    gate: TapGate
+    gates: list[BuiltGate]  # per tap: its PDUs are its warrant's (tap_gate.BuiltGate)
+    # Every tap's targets are exact addresses: a frame between others is dropped unparsed.
+    plain: frozenset[bytes] | None = None
     feeding: bool = False
     last_seen: float = 0.0  # trio time of its last accepted datagram
     announced: set[str] = dataclasses.field(default_factory=set)  # handles told "feeding"
@@ -96,6 +103,22 @@ def tzsp_warrants(table: WarrantTable) -> dict[str, list[Warrant]]:
             if source.kind == "tzsp":
                 out[source.value].append(warrant)
     return dict(out)
+
+
+def plain_addresses(taps: list[Tap]) -> frozenset[bytes] | None:
+    """Every tap's target addresses, when all their targets are exact addresses, else None.
+
+    A frame whose IPv4 addresses are none of these is no tap's: the
+    prefilter drops it before it is parsed (a router mirroring a whole
+    access network sends mostly other subscribers' frames).
+    """
+    out: frozenset[bytes] = frozenset()
+    for tap in taps:
+        addresses = tap.matcher.plain_addresses
+        if addresses is None or tap.follower is not None or tap.radius is not None:
+            return None
+        out |= addresses
+    return out
 
 
 class TzspService:
@@ -163,7 +186,8 @@ class TzspService:
                         continue
                 tap.start, tap.end = warrant.start, warrant.end
                 taps.append(tap)
-            source = TzspSource(address, taps, TapGate(f"tzsp:{address}", warrants))
+            gates = [BuiltGate(f"tzsp:{address}", tap.handle) for tap in taps]
+            source = TzspSource(address, taps, gates, plain_addresses(taps))
             previous = self.sources.get(address)
             if previous is not None:
                 source.feeding, source.last_seen = previous.feeding, previous.last_seen
@@ -190,6 +214,7 @@ class TzspService:
             "frames": self.receiver.accepted,
             "octets": self.receiver.octets,
             "malformed": self.counters["malformed"],
+            "passed_over": self.counters["passed_over"],
             "oversize": self.counters["oversize"],
             "refused_datagrams": {k: n for k, n in sorted(self.receiver.refused.items()) if n},
             "socket_drops": drops,
@@ -220,24 +245,47 @@ class TzspService:
         while True:
             await trio.lowlevel.wait_readable(sock)
             while True:
-                try:
-                    got = receiver.receive()
-                except OSError as exc:  # e.g. ECONNREFUSED queued on the socket: not fatal
-                    self.refusals.refuse(f"socket error: {exc.strerror}")
+                step = self._drain(receiver)
+                if not step:
                     break
-                if got is None:
-                    break
-                await self.datagrams(got)
-                await trio.lowlevel.checkpoint()  # other tasks run between batches
+                await self.datagrams(step)
+                await trio.lowlevel.checkpoint()  # other tasks run between steps
+
+    def _drain(self, receiver: BatchReceiver) -> list[tuple[bytes | None, str]]:
+        """One receive step: what is queued, up to ``STEP_CALLS`` ``recvmmsg`` calls' worth.
+
+        A busy socket gives steps of up to ``STEP_CALLS * batch`` datagrams,
+        which share the step's fixed costs (time stamps, one ingest batch and
+        append per warrant, the wake-up); a quiet one gives what it has.
+        """
+        step: list[tuple[bytes | None, str]] = []
+        for _ in range(STEP_CALLS):
+            try:
+                got = receiver.receive()
+            except OSError as exc:  # e.g. ECONNREFUSED queued on the socket: not fatal
+                self.refusals.refuse(f"socket error: {exc.strerror}")
+                break
+            if got is None:
+                break
+            step += got
+            if len(got) < receiver.batch:  # the queue is drained
+                break
+        return step
 
     async def datagrams(self, datagrams: list[tuple[bytes | None, str]]) -> None:
-        """Decode, tap and ingest one receive step's datagrams ``(octets or None, sender)``."""
+        """Decode, tap and ingest one receive step's datagrams ``(octets or None, sender)``.
+
+        One capture time and one trio time for the step; every frame decoded
+        and parsed first, then each source's through its taps together
+        (:meth:`Tap.process_many`), one ingest batch per warrant fed: no
+        await per frame.
+        """
         now = self.clock()
         seen = trio.current_time()
-        out: dict[str, list[T.TapPdu]] = {}
+        taken: dict[str, list[tuple[bytes, ParsedFrame]]] = {}
         receiver, sources, counters = self.receiver, self.sources, self.counters
+        counters["datagrams"] += len(datagrams)
         for data, sender in datagrams:
-            counters["datagrams"] += 1
             if data is None and sender in sources:
                 counters["oversize"] += 1
                 self.refusals.refuse("oversize", sender)
@@ -247,25 +295,43 @@ class TzspService:
                 reason = receiver.last_refusal
                 self.refusals.refuse(reason.value if reason else "refused", sender)
                 continue
-            source = sources[sender]
-            source.last_seen = seen
-            if not source.feeding or len(source.announced) < len(source.taps):
-                self._started(source, now)
-            parsed = parse_frame(decoded.frame, decoded.linktype)
+            frames = taken.get(sender)
+            if frames is None:
+                frames = taken[sender] = []
+            frame, linktype = decoded.frame, decoded.linktype
+            plain = sources[sender].plain
+            if plain is not None:  # the prefilter: another subscriber's frame costs no parse
+                pair = ipv4_addresses(frame, linktype)
+                if pair is not None and pair[0] not in plain and pair[1] not in plain:
+                    counters["passed_over"] += 1
+                    continue
+            parsed = parse_frame(frame, linktype)
             counters["malformed"] += parsed.malformed
-            pdus = out.get(sender)
-            for tap in source.taps:
-                for pdu in tap.process(decoded.frame, now, parsed, linktype=decoded.linktype):
-                    if pdus is None:
-                        pdus = out[sender] = []
-                    pdus.append(T.TapPdu(pdu.kind, pdu.time, pdu.der))
-        for sender, pdus in out.items():
-            await self._ingest(sources[sender], pdus)
+            frames.append((frame, parsed))
+        for sender, frames in taken.items():
+            await self._tap(sources[sender], frames, now, seen)
 
-    async def _ingest(self, source: TzspSource, pdus: list[T.TapPdu]) -> BatchResult:
+    async def _tap(
+        self, source: TzspSource, frames: list[tuple[bytes, ParsedFrame]], now: dt.datetime,
+        seen: float,
+    ) -> None:  # fmt: skip
+        """One source's frames of a receive step through its taps; one ingest batch per tap."""
+        source.last_seen = seen
+        if not source.feeding or len(source.announced) < len(source.taps):
+            self._started(source, now)
+        tap_pdu = T.TapPdu
+        batches = []
+        for tap, gate in zip(source.taps, source.gates, strict=True):
+            built = tap.process_many(frames, now)
+            if built:
+                batches.append((gate, [tap_pdu(p.kind, p.time, p.der) for p in built]))
+        for gate, pdus in batches:  # every frame tapped before the first await
+            await self._ingest(gate, pdus)
+
+    async def _ingest(self, gate: BuiltGate, pdus: list[T.TapPdu]) -> BatchResult:
         self._batch_id = self._batch_id + 1 if self._batch_id < T.MAX_BATCH_ID else 1
         batch = T.PduBatch(self._batch_id, tuple(pdus))
-        return await self.ingest.batch(source.gate, batch, durable=False)
+        return await self.ingest.batch(gate, batch, durable=False)
 
     def _started(self, source: TzspSource, now: dt.datetime) -> None:
         """Tell each warrant the source feeds (and was not told) that it feeds now."""
@@ -295,9 +361,10 @@ class TzspService:
             self.drops_check(now)  # before idle_check: a warrant just fed is still told
             self.idle_check(trio.current_time())
             for source in list(self.sources.values()):
-                pdus = [T.TapPdu(p.kind, p.time, p.der) for t in source.taps for p in t.expire(now)]
-                if pdus:
-                    await self._ingest(source, pdus)
+                for tap, gate in zip(source.taps, source.gates, strict=True):
+                    pdus = [T.TapPdu(p.kind, p.time, p.der) for p in tap.expire(now)]
+                    if pdus:
+                        await self._ingest(gate, pdus)
             self.refusals.tick()
 
     def drops_check(self, now: dt.datetime) -> None:
@@ -339,33 +406,31 @@ class TzspService:
                     self._notice(handle, CompletenessEvent.TAP_LOST, source, now, detail)
                 source.announced.clear()
 
-    def accounting(self, payload: bytes, when: dt.datetime) -> dict[str, list[T.TapPdu]]:
+    def accounting(self, payload: bytes, when: dt.datetime) -> dict[BuiltGate, list[T.TapPdu]]:
         """One Accounting-Request from the RADIUS listener, shown to every source's taps.
 
         Returns:
-            The PDUs it caused, by source address (to ingest with :meth:`ingest_pdus`).
+            The PDUs it caused, by the gate of the tap that built them (to
+            ingest with :meth:`ingest_pdus`).
         """
-        out: dict[str, list[T.TapPdu]] = {}
-        for address, source in self.sources.items():
-            pdus = [T.TapPdu(p.kind, p.time, p.der) for t in source.taps
-                    for p in t.accounting(payload, when)]  # fmt: skip
-            if pdus:
-                out[address] = pdus
+        out: dict[BuiltGate, list[T.TapPdu]] = {}
+        for source in self.sources.values():
+            for tap, gate in zip(source.taps, source.gates, strict=True):
+                pdus = [T.TapPdu(p.kind, p.time, p.der) for p in tap.accounting(payload, when)]
+                if pdus:
+                    out[gate] = pdus
         return out
 
-    async def ingest_pdus(self, by_source: dict[str, list[T.TapPdu]]) -> list[Appended] | None:
-        """Ingest PDUs built outside the receive loop (RADIUS accounting), by source address.
+    async def ingest_pdus(self, by_gate: dict[BuiltGate, list[T.TapPdu]]) -> list[Appended] | None:
+        """Ingest PDUs built outside the receive loop (RADIUS accounting), by their tap's gate.
 
         Returns:
             The receipts of the last records appended (await them for durability);
             None if storing stopped part-way (or a PDU was refused).
         """
         receipts: list[Appended] = []
-        for address, pdus in by_source.items():
-            source = self.sources.get(address)
-            if source is None:
-                continue
-            result = await self._ingest(source, pdus)
+        for gate, pdus in by_gate.items():
+            result = await self._ingest(gate, pdus)
             if not result.complete or result.ack.accepted != len(pdus) or result.ack.refused:
                 return None
             receipts += result.receipts

@@ -19,6 +19,7 @@ import ctypes.util
 import ipaddress
 import os
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 
@@ -45,6 +46,16 @@ class _MsgHdr(ctypes.Structure):
 
 class _MMsgHdr(ctypes.Structure):
     _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+_MMSG_SIZE = ctypes.sizeof(_MMsgHdr)
+# What the kernel fills in per message, read for a whole call at once (ctypes
+# attribute access is slow): msg_namelen, msg_flags, msg_len, at their offsets.
+_FILLED = struct.Struct(
+    f"={_MsgHdr.namelen.offset}xI{_MsgHdr.flags.offset - _MsgHdr.namelen.offset - 4}xi"
+    f"{_MMsgHdr.len.offset - _MsgHdr.flags.offset - 4}xI"
+    f"{_MMSG_SIZE - _MMsgHdr.len.offset - 4}x"
+)
 
 
 def _libc_recvmmsg() -> object | None:
@@ -101,6 +112,11 @@ class BatchReceiver:
             hdr.name = names + i * _SOCKADDR
             hdr.iov = ctypes.pointer(self._iovs[i])
             hdr.iovlen = 1
+            hdr.namelen = _SOCKADDR
+        # The headers as set up: the ones a call filled in are copied back from it.
+        self._pristine = bytes(self._msgs)
+        self._used = 0  # headers the last call filled in
+        self._msg_view = memoryview(self._msgs).cast("B")
         self._view = memoryview(self._buffer).cast("B")
         self._name_view = memoryview(self._names).cast("B")
         self._size = size
@@ -116,23 +132,23 @@ class BatchReceiver:
         if not self.recvmmsg:
             return self._receive_loop()
         msgs = self._msgs
-        for i in range(self.batch):
-            msgs[i].hdr.namelen = _SOCKADDR
-            msgs[i].hdr.flags = 0
+        if self._used:  # namelen, flags and len of those the kernel wrote, as set up
+            ctypes.memmove(msgs, self._pristine, self._used * _MMSG_SIZE)
+            self._used = 0
         count = _RECVMMSG(self.sock.fileno(), msgs, self.batch, MSG_DONTWAIT, None)  # type: ignore[operator]
         if count < 0:
             errno = ctypes.get_errno()
             if errno in (11, 4):  # EAGAIN (EWOULDBLOCK), EINTR
                 return None
             raise OSError(errno, os.strerror(errno))
+        self._used = count
         out = []
         view, names, size = self._view, self._name_view, self._size
-        for i in range(count):
-            msg = msgs[i]
-            length = msg.len
-            raw = bytes(names[i * _SOCKADDR : i * _SOCKADDR + msg.hdr.namelen])
+        filled = _FILLED.iter_unpack(self._msg_view[: count * _MMSG_SIZE])
+        for i, (namelen, flags, length) in enumerate(filled):
+            raw = bytes(names[i * _SOCKADDR : i * _SOCKADDR + namelen])
             sender = self._sender(raw)
-            if length > self.max_datagram or msg.hdr.flags & MSG_TRUNC:
+            if length > self.max_datagram or flags & MSG_TRUNC:
                 out.append((None, sender))
                 continue
             start = i * size

@@ -30,6 +30,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -39,7 +40,7 @@ from mediation.pdu import taplink as T
 from mediation.protocol.sealed import MAX_DATAGRAM, OVERHEAD, DatagramSealer, Direction, SealKey
 from mediation.protocol.taplink import MAX_BATCH_BYTES
 from mediation.tap.builder import FlowCorrelation, PDUBuilder
-from mediation.tap.link_session import LinkCounters, LinkSession, Spool, describe
+from mediation.tap.link_session import WINDOW_BYTES, LinkCounters, LinkSession, Spool, describe
 from mediation.tap.packet import LINKTYPE_ETHERNET, parse_frame
 from mediation.tap.replay import Tap
 from mediation.tap.targets import TargetMatcher
@@ -51,10 +52,16 @@ log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
 LINGER_SECONDS = 0.005  # an open batch waits this long for more (docs/tap-link.md)
-# Batches the server has not yet acknowledged beyond which the link counts as
-# busy: each batch costs the server a journal write, so a stream of tiny ones
-# would slow it; while these are in flight the next batch grows instead.
+# A batch costs the server a fixed ~1-3 ms at light load (its journal write,
+# commit and acks: /work/notes/lightload-profile.md), so one sent while
+# others are in flight should be worth it: with LINGER_IN_FLIGHT batches
+# unacknowledged, an open batch smaller than PIPELINE_BYTES keeps growing
+# (until an ack, its limits or batch_seconds) instead of going at the linger.
+# A lone PDU still goes at the linger (nothing in flight); a busy tap's
+# batches (25 MB/s fills 64 KiB in under 3 ms) go without waiting for acks,
+# up to the window in octets (WINDOW_BYTES).
 LINGER_IN_FLIGHT = 2
+PIPELINE_BYTES = 64 * 1024
 UDP_BATCH_BYTES = MAX_DATAGRAM - OVERHEAD - 64
 
 
@@ -175,6 +182,8 @@ class TapClient(LinkSession):
         self._recent_lost = True  # read the spool from disk first
         self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
         self._last_sent = -1
+        self._machine = None
+        self.window_bytes = WINDOW_BYTES
         self._sealer: DatagramSealer | None = None
         self._live: Any = None  # the LiveTap, when capturing in this process
         self._workers: Any = None  # the CaptureWorkers, when capturing with several
@@ -194,11 +203,35 @@ class TapClient(LinkSession):
 
         ``interface``: the interface it counts as captured on (the seed form's).
         """
-        self.counters.frames += 1
-        parsed = parse_frame(data, linktype)
-        for tap in self.taps:
-            for pdu in tap.process(data, when, parsed, interface=interface):
-                await self.add(pdu.kind, pdu.time, pdu.der)
+        await self.frames([(data, when)], linktype, interface=interface)
+
+    async def frames(
+        self,
+        frames: Sequence[tuple[bytes, dt.datetime]],
+        linktype: int = LINKTYPE_ETHERNET,
+        *,
+        interface: str | None = None,
+    ) -> None:
+        """Captured frames ``(data, capture time)``, in order: their PDUs into the open batch.
+
+        The PDUs of all of them go into the batch together, so a replay
+        handing over what is due costs one batching step, not one a PDU.
+
+        Args:
+            frames: the frames and their capture times (aware UTC).
+            linktype: their pcap link type.
+            interface: the interface they count as captured on (the seed form's).
+        """
+        self.counters.frames += len(frames)
+        records = []
+        encode = T.encode_pdu
+        for data, when in frames:
+            parsed = parse_frame(data, linktype)
+            for tap in self.taps:
+                for pdu in tap.process(data, when, parsed, interface=interface):
+                    records.append((encode(pdu.kind, pdu.time, pdu.der), pdu.time))
+        if records:
+            await self.add_records(records)
 
     async def add(self, kind: str, when: dt.datetime, der: bytes) -> None:
         """One PDU into the open batch; the batch is sealed when full."""
@@ -352,11 +385,12 @@ class TapClient(LinkSession):
 
         A batch is due once it has lingered ``linger`` seconds (more PDUs of
         the same burst join it) and the link is free: every spooled batch
-        sent, fewer than ``LINGER_IN_FLIGHT`` unacknowledged. While the link
-        is busy or down the batch keeps filling, up to its count and size
-        limits or ``batch_seconds``, so under load batches stay large and
-        there is no wake-up per PDU: at most one per ``linger`` while a
-        batch is open.
+        sent, the window (``window_bytes`` unacknowledged) has room for it,
+        and, with ``LINGER_IN_FLIGHT`` batches unacknowledged, it is at least
+        ``PIPELINE_BYTES``. While the link is busy or down the batch keeps filling, up to
+        its count and size limits or ``batch_seconds``, so under load
+        batches stay large and there is no wake-up per PDU: at most one per
+        ``linger`` while a batch is open.
         """
         while True:
             await self._opened.wait()
@@ -370,15 +404,20 @@ class TapClient(LinkSession):
             await self.flush()
 
     def _link_busy(self) -> bool:
-        """Whether a new batch would wait: no connection, a spooled batch unsent, or
-        ``LINGER_IN_FLIGHT`` batches not yet acknowledged."""
+        """Whether a new batch would wait: no connection, a spooled batch unsent, no
+        room in the window for the open batch, or ``LINGER_IN_FLIGHT`` batches
+        unacknowledged and the open one too small to be worth sending beside them."""
         if self.udp is not None or self.spool is None:
             return False  # a datagram goes at once
-        spool = self.spool
-        in_flight = spool.last_id - getattr(spool, "acked", 0)
-        return (
-            not self.connected or self._last_sent < spool.last_id or in_flight >= LINGER_IN_FLIGHT
-        )
+        if not self.connected or self._last_sent < self.spool.last_id:
+            return True
+        machine = self._machine
+        if machine is None or not machine.in_flight:
+            return False
+        in_flight = sum(machine.in_flight.values())
+        if in_flight + self._pending_bytes > self.window_bytes:
+            return True
+        return len(machine.in_flight) >= LINGER_IN_FLIGHT and self._pending_bytes < PIPELINE_BYTES
 
     async def _send_datagram(self, payload: bytes) -> None:
         if self._sealer is None or self._udp_socket is None:

@@ -174,6 +174,27 @@ def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> ParsedFrame:
         return _no_ip(frame, linktype, _Link(None, None, (), 0, -1, None, problem), problem)
 
 
+def ipv4_addresses(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> tuple[bytes, bytes] | None:
+    """A prefilter's look at a frame: its IPv4 source and destination, without parsing it.
+
+    Only for the common case, read at fixed offsets: untagged Ethernet II
+    (or raw IP) carrying an IPv4 header that is all there. Any other frame
+    (tagged, IPv6, ARP, short) gives ``None``: parse it.
+
+    Returns:
+        The packed source and destination, or None.
+    """
+    if linktype == LINKTYPE_ETHERNET:
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[14] >> 4 != 4:
+            return None
+        return frame[26:30], frame[30:34]
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
+        if len(frame) < 20 or frame[0] >> 4 != 4:
+            return None
+        return frame[12:16], frame[16:20]
+    return None
+
+
 def _no_ip(frame: bytes, linktype: int, link: _Link, problem: str) -> ParsedFrame:
     return ParsedFrame(
         linktype, len(frame), link.src_mac, link.dst_mac, link.vlans, link.ethertype,

@@ -193,6 +193,41 @@ class Tap:
             out += self._radius(frame, parsed, when)
         return out
 
+    def process_many(
+        self, frames: Sequence[tuple[bytes, ParsedFrame]], when: dt.datetime
+    ) -> list[TapPDU]:
+        """:meth:`process` for frames captured together (one receive step), in order.
+
+        What is the same for every frame (the window, whether leases or
+        RADIUS are followed) is looked at once. Frames come without an
+        interface or direction (TZSP says neither).
+
+        Args:
+            frames: ``(frame, parse_frame(frame))`` pairs, frames as bytes.
+            when: their capture time, aware UTC.
+
+        Returns:
+            The PDUs, in the order :meth:`process` would give them frame by frame.
+        """
+        counters = self.counters
+        if self.follower is not None or self.radius is not None:
+            out: list[TapPDU] = []
+            for frame, parsed in frames:
+                out += self.process(frame, when, parsed)
+            return out
+        counters.frames += len(frames)
+        if (self.start is not None and when < self.start) or (
+            self.end is not None and when >= self.end
+        ):
+            counters.outside_window += len(frames)
+            return []
+        out, match, matched = [], self.matcher.match, self._matched
+        for frame, parsed in frames:
+            direction = match(parsed, None, raw=frame)
+            if direction is not None:
+                out += matched(frame, parsed, direction, when)
+        return out
+
     def expire(self, now: dt.datetime) -> list[TapPDU]:
         """Session ends for leases that ran out by ``now`` (call on a timer when idle)."""
         if self.follower is None:

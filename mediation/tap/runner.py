@@ -195,13 +195,12 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
                 raise UsageError(
                     "--server", f"no warrant set from {address[0]}:{address[1]} in time"
                 )
-            if settings.rate is not None:  # --speed N: the replay goes through the pacer
-                client = AtRate(client, settings.rate)
             if source is None:
                 assert settings.interface is not None
                 await _live(client, settings.interface, settings.workers)
             else:
-                await _replay(client, source, settings.paced, settings.interface)
+                pace = Pace(settings.paced and settings.rate is None, settings.rate)
+                await _replay(client, source, pace, settings.interface)
             with trio.move_on_after(math.inf if source is not None else 5.0):
                 await client.drained()  # a live tap stopping keeps the rest spooled
             nursery.cancel_scope.cancel()
@@ -264,16 +263,52 @@ async def _report_drops(client: Any, interface: str) -> None:
             reported, last_warning = stats.kernel_dropped, time.monotonic()
 
 
+# A paced replay wakes at most this often: the frames due by then go to the tap
+# together (one batching step, one clock read), as a live capture's ring read
+# hands over what arrived; each is stamped when it goes, so this adds nothing
+# to the latency measured from capture.
+PACE_SECONDS = 0.005
+REPLAY_FRAMES = 256  # frames handed to the tap at once at most (a bounded step)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pace:
+    """How a file is replayed (``--speed``).
+
+    Attributes:
+        recorded: at the pace of its recorded time stamps.
+        rate: instead, this many frames a second, frame ``i`` going ``i /
+            rate`` s after the first and stamped with the time it goes (as
+            a live capture would), so latency from capture can be measured.
+        Neither: as fast as the tap takes them.
+    """
+
+    recorded: bool = False
+    rate: float | None = None
+
+    def due(self, index: int, when: dt.datetime, first: dt.datetime) -> float:
+        """Seconds after the replay began when frame ``index`` (recorded at ``when``) goes."""
+        if self.rate is not None:
+            return index / self.rate
+        if self.recorded:
+            return (when - first).total_seconds()
+        return 0.0
+
+
 async def _replay(
     client: Any,
     source: Path,
-    paced: bool,
+    pace: Pace,
     interface: str | None = None,
 ) -> None:
-    """Every frame of a pcap file, at full speed or at the recorded pace.
+    """Every frame of a pcap file, paced by ``pace``, handed to the tap in steps.
 
-    The seed form's file goes through its ``-f`` filter, as the kernel
-    filter would have taken it, and counts as captured on its interface.
+    Each step hands over every frame due by then (at most
+    ``REPLAY_FRAMES``), with one clock read; between steps it sleeps until
+    the next frame is due, but at least ``PACE_SECONDS``: no sleep or
+    scheduler round per frame. The seed form's file goes through its ``-f``
+    filter, as the kernel filter would have taken it, and counts as
+    captured on its interface.
     """
     from mediation.evidence.pcap import PcapError, PcapReader
     from mediation.tap.bpf import OfflineFilter
@@ -282,8 +317,6 @@ async def _replay(
         reader = PcapReader.open(source)
     except (OSError, PcapError) as exc:
         raise UsageError("--read", f"{source}: {exc}") from None
-    first: dt.datetime | None = None
-    began = time.monotonic()
     wanted = None
     with reader, contextlib.ExitStack() as stack:
         expression = None
@@ -295,48 +328,48 @@ async def _replay(
             except (OSError, ValueError) as exc:
                 raise UsageError("-f", f"cannot filter {source}: {exc}") from None
             stack.callback(wanted.close)
-        for packet in reader:
-            if wanted is not None and not wanted.matches(packet.data):
-                continue
-            when = packet.time
-            if paced:
-                first = first or when
-                delay = (when - first).total_seconds() - (time.monotonic() - began)
-                if delay > 0:
-                    await trio.sleep(delay)
-            await client.frame(packet.data, when, reader.linktype, interface=interface)
-            await trio.lowlevel.checkpoint()
+        frames = (p for p in reader if wanted is None or wanted.matches(p.data))
+        await _paced(client, frames, pace, reader.linktype, interface)
 
 
-class AtRate:
-    """``--speed N``: frame ``i`` goes ``i / N`` s after the first, stamped with the time it goes.
+async def _paced(
+    client: Any, frames: Any, pace: Pace, linktype: int, interface: str | None
+) -> None:
+    """``frames`` (pcap packets) to ``client.frames`` in steps, when ``pace`` says."""
+    step: list[tuple[bytes, dt.datetime]] = []
+    first: dt.datetime | None = None
+    began = time.monotonic()
+    elapsed = 0.0
+    for index, packet in enumerate(frames):
+        first = first or packet.time
+        due = pace.due(index, packet.time, first)
+        if due > elapsed:
+            if step:
+                await _hand(client, step, pace, linktype, interface)
+                step = []
+            elapsed = time.monotonic() - began
+            if due > elapsed:
+                await trio.sleep(max(due - elapsed, PACE_SECONDS))
+                elapsed = time.monotonic() - began
+        step.append((packet.data, packet.time))
+        if len(step) >= REPLAY_FRAMES:
+            await _hand(client, step, pace, linktype, interface)
+            step = []
+            elapsed = time.monotonic() - began
+    if step:
+        await _hand(client, step, pace, linktype, interface)
 
-    Wraps the tap client for the replay loop (which then runs as fast as it
-    can) and passes everything else through. A sleep per frame would cost
-    more than the frame at thousands a second: it sleeps only once it is a
-    millisecond ahead, then lets through what is due.
 
-    Args:
-        client: the tap client (:class:`mediation.tap.link.TapClient`).
-        rate: frames a second.
-    """
-
-    def __init__(self, client: Any, rate: float) -> None:
-        self._client = client
-        self._rate = rate
-        self._began: float | None = None
-        self._index = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    async def frame(self, data: bytes, _recorded: dt.datetime, *args: Any, **options: Any) -> None:
-        """One frame of the file, when it is due, with the time it goes as its capture time."""
-        now = time.monotonic()
-        if self._began is None:
-            self._began = now
-        ahead = self._began + self._index / self._rate - now
-        self._index += 1
-        if ahead > 0.001:
-            await trio.sleep(ahead)
-        await self._client.frame(data, dt.datetime.now(dt.UTC), *args, **options)
+async def _hand(
+    client: Any,
+    step: list[tuple[bytes, dt.datetime]],
+    pace: Pace,
+    linktype: int,
+    interface: str | None,
+) -> None:
+    """One step's frames to the tap; at a set rate, each stamped with the time it goes."""
+    if pace.rate is not None:
+        now = dt.datetime.now(dt.UTC)
+        step = [(data, now) for data, _recorded in step]
+    await client.frames(step, linktype, interface=interface)
+    await trio.lowlevel.checkpoint()  # a step, not a frame, between other tasks' turns

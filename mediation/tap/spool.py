@@ -24,6 +24,19 @@ Why batch ids never repeat: the next id is one more than the greatest id
 found in a segment or recorded as acknowledged in the state file; the
 state is written (``write_atomic``) before acknowledged segments are
 deleted, and an id is returned only once its record is ``fdatasync``-ed.
+
+Why an acknowledgement is not written at once: the state file is replaced
+whole (two fsyncs and a rename), and a busy tap is acknowledged hundreds
+of times a second. It is written when acknowledged segments are deleted
+(which needs it, above), when the overflow report changes, and at
+:meth:`TapSpool.close`. An acknowledgement a crash loses costs nothing:
+the segments still hold those batches, so no id is reused, and on
+reconnecting the server's hello names the last batch it stored, which the
+link acknowledges again before sending anything. For the same reason the
+segment being appended to is kept while it has room, even once all of it
+is acknowledged (a quiet tap's every batch would otherwise create, and its
+ack delete, a segment); it goes once full or at close, so still at most
+one segment's worth of acknowledged batches holds space.
 """
 
 from __future__ import annotations
@@ -108,6 +121,7 @@ class TapSpool:
         self._segments: list[_Segment] = []
         self._fd: int | None = None  # the segment this opening appends to
         self._acked = 0
+        self._acked_saved = 0  # what the state file says
         self._overflow: tuple[int, int, int] | None = None
         self._next = 1
         self._segment_target = max(limit_bytes // SEGMENT_FRACTION, MIN_LIMIT // 2)
@@ -248,7 +262,10 @@ class TapSpool:
                     yield batch, record_payload(clear)
 
     def ack(self, upto: int) -> None:
-        """Every batch with id ≤ ``upto`` is acknowledged: persist that, reclaim space.
+        """Every batch with id ≤ ``upto`` is acknowledged: reclaim the space it frees.
+
+        The state file is written only when a segment is wholly acknowledged
+        and so deleted (see the module docstring for why that is enough).
 
         Raises:
             ValueError: ``upto`` is an id this spool never gave.
@@ -260,12 +277,32 @@ class TapSpool:
         if upto <= self._acked:
             return
         previous, self._acked = self._acked, upto
+        if not self._frees(upto):
+            return  # nothing to delete: the state can wait
         try:
             self._save_state()
         except BaseException:
             self._acked = previous
             raise
         self._drop_acked()
+
+    def ack_in_memory(self, upto: int) -> bool:
+        """:meth:`ack` if it frees no segment, so needs no disk work (the common case).
+
+        Returns:
+            True: done. False: nothing changed; call :meth:`ack` (from a
+            worker thread: it deletes segments and writes the state).
+
+        Raises:
+            ValueError: ``upto`` is an id this spool never gave.
+        """
+        self._require_open()
+        if upto >= self._next:
+            raise ValueError(f"batch {upto} was never spooled (the last id is {self._next - 1})")
+        if upto > self._acked and self._frees(upto):
+            return False
+        self._acked = max(self._acked, upto)
+        return True
 
     def clear_overflow(self) -> None:
         """Forget the overflow report (the server has been told); persisted."""
@@ -275,7 +312,16 @@ class TapSpool:
             self._save_state()
 
     def close(self) -> None:
-        """Close the segment and release the lock; the spool object is then unusable."""
+        """Save the acknowledged id, close the segment and release the lock.
+
+        The spool object is then unusable. A state that cannot be saved is
+        left as it was: those batches are only acknowledged again.
+        """
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                if self._acked != self._acked_saved:
+                    self._save_state()
+                self._drop_acked(everything=True)  # the open segment too, if all acked
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -328,10 +374,24 @@ class TapSpool:
         os.close(self._fd)
         self._fd = None
 
-    def _drop_acked(self) -> None:
-        keep, gone = [], []
-        for segment in self._segments:
-            (gone if segment.last <= self._acked else keep).append(segment)
+    def _frees(self, upto: int) -> list[_Segment]:
+        """The segments an ack up to ``upto`` lets go: wholly acknowledged, but not the
+        one being appended to while it has room. Deleting that one would make the next
+        batch open a new segment (create, fsync, fsync the directory) and its ack write
+        the state and delete it again: at light load, when every batch is acknowledged
+        before the next, that was every batch. It goes once full, or at close."""
+        open_segment = self._segments[-1] if self._fd is not None and self._segments else None
+        return [
+            segment
+            for segment in self._segments
+            if segment.last <= upto
+            and not (segment is open_segment and segment.size < self._segment_target)
+        ]
+
+    def _drop_acked(self, everything: bool = False) -> None:
+        gone = self._segments if everything else self._frees(self._acked)
+        gone = [segment for segment in gone if segment.last <= self._acked]
+        keep = [segment for segment in self._segments if segment not in gone]
         if not gone:
             return
         if self._fd is not None and self._segments[-1] in gone:
@@ -347,6 +407,7 @@ class TapSpool:
         count, first, last = self._overflow or (0, 0, 0)
         raw = seal_state(self._key, self._acked, count, first, last)
         write_atomic(self.directory / "state", raw)
+        self._acked_saved = self._acked
 
     def _load_state(self) -> bool:
         """Read the state file; False if there is none."""
@@ -361,6 +422,7 @@ class TapSpool:
         except ValueError as exc:
             raise SpoolError(self.directory, f"its state file is {exc}; move it away") from None
         self._overflow = (count, first, last) if count else None
+        self._acked_saved = self._acked
         return True
 
     def _wrong_key(self) -> WrongSpoolKey:

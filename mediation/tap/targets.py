@@ -268,6 +268,24 @@ class TargetMatcher:
         """Whether the warrant names MACs, whose leases can be followed."""
         return bool(self.macs)
 
+    @property
+    def plain_addresses(self) -> frozenset[bytes] | None:
+        """The packed addresses, when the targets are nothing but unscoped exact addresses.
+
+        Then a frame is the target's exactly when its source or destination
+        address is one of these (an ARP frame aside, which names them
+        elsewhere): what a prefilter may test before parsing the frame
+        (:func:`mediation.tap.packet.ipv4_addresses`). ``None`` for any
+        other target (MAC, prefix, interface, user, scoped), whose matching
+        needs the parsed frame or follows leases.
+        """
+        core = self._core
+        if self._scoped or core.macs or core.prefixes4 or core.prefixes6 or core.interfaces:
+            return None
+        if self.users or self._learned or self._learned6:
+            return None
+        return core.addresses
+
     def _groups_of(self, mac: bytes | None) -> list[_Targets]:
         if mac is None:
             return [self._core]

@@ -1,0 +1,139 @@
+"""The receiver's files are byte for byte what the straightforward way makes of the same input.
+
+The receiver's hot path takes short cuts (lea/jsonline.py's remembered
+JSON text, the wall clock read once per wake-up, the shape caches of the
+decoders). Here the same envelopes go through the UDP reader and through a
+TLS connection's machine, and every file is compared with the one written
+out the plain way: the raw envelopes back to back, each CmII line the
+reference decoder's record as JSON (``json.dumps`` of the view, as
+``CaseOutputs.store`` did before), and each CC packet through ``PcapWriter``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import ipaddress
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from test_lea_support import CMCC, CMII, HANDLE, UDP_KEY, cc_record, cmii_record
+
+from mediation import pdu as P
+from mediation.evidence.pcap import LINKTYPE_RAW, PcapWriter
+from mediation.lea.driver import RawCapture
+from mediation.lea.outputs import capture_time, is_ip_packet
+from mediation.lea.state import ReceiverState
+from mediation.lea.udp import UdpDelivery
+from mediation.pdu.fast import encode_content
+from mediation.pdu.jsonview import iso_time, to_json
+from mediation.protocol import ContentKind, DatagramSender, StoredRecord, StreamReceiver
+from mediation.protocol.sealed import DatagramSealer, Direction
+
+AT = dt.datetime(2026, 11, 23, 0, 11, 0, 250000, tzinfo=dt.UTC)  # the receiver's wall clock
+
+
+def _flow_report(seq: int) -> StoredRecord:
+    """Header reports of one flow: equal but for their time (the decoders' cached shape)."""
+    report = P.HeaderReport(
+        case_id="CASE-0001",
+        iap_system_id="IAP-1",
+        timestamp=AT + dt.timedelta(microseconds=137 * seq),
+        content_identifier=P.ContentIdentifier.correlation(b"\x01"),
+        header_set=P.HeaderSet(
+            stream_id=P.Value.integer(7),
+            source_ip=P.IPAddress(ipaddress.ip_address("192.0.2.10")),
+            destination_ip=P.IPAddress(ipaddress.ip_address("198.51.100.20")),
+            source_port="40000",
+            destination_port="5004",
+        ),
+    )
+    when = (AT - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) + seq
+    return StoredRecord(seq, when, ContentKind.CMII, None, encode_content(report)[1])
+
+
+def _records(stream: P.StreamId, count: int) -> list[StoredRecord]:
+    if stream.kind is P.StreamKind.CMCC:
+        records = [cc_record(seq) for seq in range(count)]
+        records[5] = cc_record(5, b"not an IP packet")  # kept raw, left out of the pcap
+        return records
+    # flow reports, with the support's other reports and notices among them
+    return [cmii_record(seq) if seq % 4 == 3 else _flow_report(seq) for seq in range(count)]
+
+
+def _envelopes(stream: P.StreamId, count: int) -> list[bytes]:
+    sender = DatagramSender(stream)
+    return [sender.envelope(record, 0.0) for record in _records(stream, count)]
+
+
+def _expected(stream: P.StreamId, arrived: list[bytes]) -> dict[str, bytes]:
+    """The files of one stream written the plain way, from the envelopes stored in order."""
+    seen: set[int] = set()
+    raw, lines = b"", b""
+    pcap = io.BytesIO()
+    writer = PcapWriter(pcap, linktype=LINKTYPE_RAW)  # type: ignore[arg-type]
+    for data in arrived:
+        envelope = P.decode_delivery(data)  # the reference codec
+        if envelope.sequence_number in seen:
+            continue
+        seen.add(envelope.sequence_number)
+        raw += data
+        if isinstance(envelope.content, P.CCApdu):
+            if is_ip_packet(envelope.content.payload):
+                writer.write(envelope.content.payload, capture_time(envelope))
+            continue
+        line = to_json(envelope)
+        line["retrieved"] = False
+        line["receivedTime"] = iso_time(AT)
+        lines += json.dumps(line, separators=(",", ":")).encode() + b"\n"
+    writer.flush()
+    if stream.kind is P.StreamKind.CMCC:
+        return {"cmcc.raw": raw, "cmcc.pcap": pcap.getvalue()}
+    return {"cmii.raw": raw, "cmii.jsonl": lines}
+
+
+def _arrival(count: int) -> list[bytes]:
+    """Both streams interleaved, then the first few of each again (duplicates)."""
+    cmii, cmcc = _envelopes(CMII, count), _envelopes(CMCC, count)
+    mixed = [e for pair in zip(cmii, cmcc, strict=True) for e in pair]
+    return mixed + cmii[:3] + cmcc[:3]
+
+
+def _check(out: Path, arrived: list[bytes]) -> None:
+    for stream in (CMII, CMCC):
+        mine = [d for d in arrived if P.decode_delivery(d).stream == stream]
+        for name, content in _expected(stream, mine).items():
+            assert (out / HANDLE / name).read_bytes() == content, name
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_udp_stores_what_the_plain_way_writes(tmp_path: Path, late: bool) -> None:
+    arrived = _arrival(40)
+    if late:  # a datagram overtaken by later ones: a gap, then filled
+        arrived.insert(30, arrived.pop(10))
+    sealer = DatagramSealer(UDP_KEY, Direction.SERVER_TO_AGENCY, 1_000_000)
+    state = ReceiverState(tmp_path, utc_now=lambda: AT)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        delivery = UdpDelivery(sock, state, 1.0, [UDP_KEY])
+        for n, data in enumerate(arrived):
+            delivery.receive(sealer.seal(data), ("192.0.2.1", 9), float(n // 7))  # wake-ups
+    state.close()
+    _check(tmp_path, arrived)
+
+
+def test_tls_stores_what_the_plain_way_writes(tmp_path: Path) -> None:
+    arrived = _arrival(40)
+    state = ReceiverState(tmp_path, utc_now=lambda: AT)
+    machine = StreamReceiver(trackers=state.trackers, streams=state.accepted)
+    machine.connection_made(0.0)
+    capture = RawCapture()
+    data = b"".join(arrived)
+    for n, at in enumerate(range(0, len(data), 1000)):  # reads that split messages
+        part = data[at : at + 1000]
+        events = machine.receive_data(part, float(n // 3))
+        capture.feed(part)
+        state.on_events(events, capture.take, "tls", float(n // 3))
+    state.close()
+    _check(tmp_path, arrived)

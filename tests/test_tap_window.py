@@ -1,0 +1,110 @@
+"""The tap link's window, counted in octets, observed on a real loopback connection.
+
+The tap's connection half (:meth:`LinkSession._speak`) runs over a TCP
+socket on loopback against a server side driven by the protocol machine
+(:class:`TapLinkServer`), which holds its acknowledgements back: the tap
+never has more than ``window_bytes`` sent and unacknowledged, and fills
+the window (it does not wait for one batch's acknowledgement before the
+next). TLS is left out: the window is above it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import types
+from typing import Any
+
+import trio
+import trio.testing
+
+from mediation.pdu import taplink as T
+from mediation.protocol.taplink import TapLinkServer
+from mediation.tap.link import TapClient
+
+BATCH = 10_000  # octets a batch
+WINDOW = 45_000  # four batches fit, not five
+
+
+class MemorySpool:
+    """The spool's interface in memory: batches spooled before the connection."""
+
+    def __init__(self, batches: list[bytes]) -> None:
+        self.batches = batches
+        self.acked = 0
+        self.overflow = None
+
+    @property
+    def last_id(self) -> int:
+        return len(self.batches)
+
+    def pending(self) -> Any:
+        return [(i + 1, b) for i, b in enumerate(self.batches) if i + 1 > self.acked]
+
+    def ack(self, upto: int) -> None:
+        self.acked = max(self.acked, upto)
+
+    def ack_in_memory(self, upto: int) -> bool:
+        self.ack(upto)
+        return True
+
+    def clear_overflow(self) -> None:
+        pass
+
+
+def batch() -> bytes:
+    """About ``BATCH`` octets of encoded PDUs."""
+    record = T.encode_pdu("cmCC", dt.datetime(2026, 1, 2, tzinfo=dt.UTC), b"\x04\x01a")
+    return record * (BATCH // len(record))
+
+
+async def test_the_tap_keeps_at_most_the_window_unacknowledged_and_fills_it() -> None:
+    batches = [batch() for _ in range(12)]
+    size = len(batches[0])
+    spool = MemorySpool(batches)
+    credentials = types.SimpleNamespace(name="edge-test")  # only its name is said
+    tap = TapClient(credentials, spool, ("127.0.0.1", 0), None)  # type: ignore[arg-type]
+    tap.window_bytes = WINDOW
+    fits = WINDOW // size
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    seen: list[int] = []  # octets unacknowledged at the server after each read
+
+    async def server() -> None:
+        stream = await listeners[0].accept()
+        machine = TapLinkServer(trio.current_time())
+        unacked: list[int] = []  # batch ids
+
+        async def reader() -> None:
+            while data := await stream.receive_some(1 << 20):
+                for message in machine.receive_data(data, trio.current_time()):
+                    if isinstance(message, T.TapHello):
+                        machine.accept(0, trio.current_time())
+                    elif isinstance(message, T.PduBatch):
+                        unacked.append(message.batch_id)
+                seen.append(len(unacked) * size)  # every batch is `size` octets
+                await stream.send_all(machine.data_to_send())
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(reader)
+            for acked in range(len(batches)):
+                # Every task blocked: the reader has read all the tap sent, and the tap
+                # waits for the window (or has nothing left).
+                await trio.testing.wait_all_tasks_blocked(0.02)
+                if len(batches) - acked >= fits:  # more to send: the window must be full
+                    assert len(unacked) == fits, unacked
+                oldest = unacked.pop(0)
+                machine.send_ack(T.BatchAck(oldest, 1), trio.current_time())
+                await stream.send_all(machine.data_to_send())
+            await trio.sleep_forever()  # the connection stays up until the test ends
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        nursery.start_soon(tap._speak, stream)
+        with trio.fail_after(30):
+            while spool.acked < len(batches):
+                await tap._acked.wait()
+                tap._acked = trio.Event()
+        nursery.cancel_scope.cancel()
+    assert max(seen) <= WINDOW
+    assert max(seen) == fits * size  # filled, not one batch at a time
