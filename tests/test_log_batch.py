@@ -68,6 +68,37 @@ async def test_a_batch_is_one_fdatasync(tmp_path: Path) -> None:
         assert count == 1000 and stream.stats.batch_sizes == (1000,)
 
 
+async def test_a_committed_batch_goes_at_once_after_its_barrier(tmp_path: Path) -> None:
+    # commit: no waiting for the commit interval; the barrier (the tap
+    # journal's sync) runs in the writer before a byte of the batch is
+    # written, and while it fails nothing is written, then all of it once.
+    config = LogConfig(commit_interval=3600.0, retry_interval=0.01, checkpoint_interval=1000)
+    async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        stream = await log.stream(HANDLE, CMCC)
+        seen: list[int] = []
+        failing = [True]
+
+        def barrier() -> None:
+            seen.append(sum(p.stat().st_size for p in stream.directory.glob("*.seg")))
+            if failing[0]:
+                raise OSError(5, "journal: I/O error")
+
+        state = stream.state
+        count, error = stream.append_many(
+            [b"a" * 50, b"b" * 50], ContentKind.CMCC, SYNC, RECEIVED, True, barrier
+        )
+        assert (count, error) == (2, None)
+        state = await stream.wait_state_change(state)  # unable to store: the barrier failed
+        assert not state.healthy and seen[0] == 0 and stream.durable_seq == -1
+        failing[0] = False
+        await stream.wait_state_change(state)
+        await stream.wait_durable(1)  # within the hour's commit interval: at once
+        assert len(seen) >= 2 and set(seen) == {0}  # never anything written before it
+        records = await stream.cursor(0).read(10)
+        assert [r.payload for r in records] == [b"a" * 50, b"b" * 50]
+        assert stream.stats.batch_sizes == (2,)
+
+
 async def test_a_batch_stops_where_the_disk_is_behind(tmp_path: Path) -> None:
     config = LogConfig(max_pending_bytes=4000, commit_interval=5.0, checkpoint_interval=1000)
     async with EvidenceLog.open(tmp_path, config, key=None) as log:

@@ -110,3 +110,25 @@ async def test_the_rings_of_all_streams_share_one_budget(tmp_path: Path) -> None
         await log.close_stream("w-0002", CMCC)
         busy.append_many([os.urandom(1000) for _ in range(100)], ContentKind.CMCC, SYNC)
         assert 16 * 1024 < busy._ring_bytes <= 32 * 1024  # two streams left: half each
+
+
+async def test_batches_handed_over_at_once_are_reported_in_order_by_any_thread(
+    tmp_path: Path,
+) -> None:
+    # A thread reports the streams it wrote back to back in one go; another
+    # thread must not take one of those streams and report a later chunk first
+    # (the stream would drop the report and never publish those records).
+    config = LogConfig(writer_threads=3)
+    async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        streams = [await log.stream(f"w-{n:04d}", CMCC) for n in range(3)]
+        with trio.fail_after(60):
+            for round_ in range(600):
+                with log.pool.held():  # as a tap batch: two streams, one thread woken
+                    for stream in (streams[round_ % 3], streams[(round_ + 1) % 3]):
+                        stream.append_many([b"r%d" % round_], ContentKind.CMCC, SYNC, None, True)
+                await trio.sleep(0.0005)  # let the threads' turns interleave with new work
+            for stream in streams:
+                await stream.wait_durable(stream.next_seq - 1)
+        for stream in streams:
+            records = await stream.cursor(0).read(1000)
+            assert len(records) == 400 and stream.durable_seq == stream.next_seq - 1

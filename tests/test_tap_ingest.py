@@ -152,3 +152,20 @@ def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
         assert path.stat().st_size <= 400
     last, entries = TapJournal(tmp_path).state(TAP)
     assert last == 19 and sorted(entries) == [1, 2, 19]
+
+
+def test_one_journal_sync_covers_every_batch_begun_before_it(tmp_path: Path) -> None:
+    # The log's writer runs a batch's barrier; states begun meanwhile go out
+    # as one line (the latest supersedes the others) with one sync.
+    journal = TapJournal(tmp_path)
+    sid = StreamId("w-3f9a1c", StreamKind.CMCC)
+    barriers = [journal.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), []) for n in (1, 2, 3)]
+    path = tmp_path / JOURNAL_DIR / f"{TAP}.journal"
+    assert not path.exists()  # nothing written in the event loop
+    barriers[0]()
+    assert len(path.read_bytes().splitlines()) == 1
+    barriers[2]()
+    barriers[1]()
+    assert len(path.read_bytes().splitlines()) == 1  # already durable: no more writes
+    last, entries = TapJournal(tmp_path).state(TAP)
+    assert last == 3 and sorted(entries) == [1, 2, 3]

@@ -1,4 +1,4 @@
-"""The writing side of the log: segment writers and the threads shared by all streams.
+"""The writing side of the log: the threads shared by all streams (``SegmentWriter``: segments).
 
 A :class:`WriterPool` of at most ``writer_threads`` threads writes for
 every stream of the log. A stream hands its :class:`StreamWriter` sealed
@@ -9,6 +9,14 @@ a slow disk gets larger batches), and reports back through the trio
 token. One thread at a time works for a stream, so its chunks are written
 and reported in order; a stream that still has chunks afterwards goes to
 the back of the queue, so a busy stream cannot starve the others.
+
+Several streams queued together (a tap batch's CmII and CmCC, inside
+:meth:`WriterPool.held`) wake one thread, which writes them back to back
+and reports them in one call into the event loop (held at most
+``POST_DELAY``); it frees those streams for other threads only after
+reporting them, so a stream's reports are never overtaken. A chunk's
+``barrier`` (the tap journal's sync) runs before any of its bytes are
+written; if it fails, the write fails.
 
 Why long-lived threads rather than ``trio.to_thread`` per batch: with a
 producer keeping the interpreter busy, every hand-over of the GIL waits for
@@ -39,139 +47,23 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import heapq
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import trio
 
-from mediation.durable import fsync_dir
-from mediation.log import format as F
-from mediation.log.segments import Chunk, save_index
-from mediation.pdu import StreamId
+from mediation.log.segments import Chunk, SegmentWriter
 
 logger = logging.getLogger(__name__)
 # The longest a pool thread holds back what it has written from the event loop
 # while it writes other streams queued behind (to tell the loop once).
 POST_DELAY = 0.001
 HELD_WRITERS = 2  # ... and at most this many streams (a tap batch's CmII and CmCC)
-
-
-def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
-    """Write every byte of ``views`` at ``offset`` (pwritev may write less)."""
-    while views:
-        n = os.pwritev(fd, views, offset)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        offset += n
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if n:
-            views[0] = views[0][n:]
-
-
-class SegmentWriter:
-    """Appends chunks to the active segment and makes them durable.
-
-    Not thread-safe: one pool thread at a time uses it (its stream's).
-    On any OSError the segment is cut back to its last durable size, so a
-    retry writes the same bytes again at the same place. The file is opened
-    on the first write and may be closed between writes (:meth:`release`).
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        stream: StreamId,
-        first: int | None,
-        size: int,
-        index: list[tuple[int, int]],
-    ) -> None:
-        self.directory = directory
-        self.stream = stream
-        self.first = first  # first seq of the active segment; None: no segment yet
-        self.size = size  # durable bytes in the active segment
-        self._index = list(index)
-        self._fd: int | None = None
-        self.syncs = 0
-
-    @property
-    def is_open(self) -> bool:
-        return self._fd is not None
-
-    def write(self, chunks: list[Chunk]) -> None:
-        """Write chunks of one segment at its end, then one fdatasync.
-
-        Each chunk's ``barrier`` runs first, before any byte is written.
-
-        Raises:
-            OSError: a barrier, the write or the sync failed (ENOSPC, EFBIG,
-                EIO, ...); the segment is as it was before the call.
-        """
-        for chunk in chunks:  # e.g. the tap journal: durable before these records are written
-            if chunk.barrier is not None:
-                chunk.barrier()
-        first = chunks[0]
-        if first.new_segment and first.segment != self.first:
-            self._roll(first.segment, first.header)
-        elif self._fd is None:
-            assert self.first is not None, "chunk for a segment that was never created"
-            self._fd = os.open(self.directory / F.segment_name(self.first), os.O_WRONLY)
-        fd = self._fd
-        assert fd is not None
-        total = sum(len(c.data) for c in chunks)
-        try:
-            _pwrite_all(fd, [memoryview(c.data) for c in chunks], self.size)
-            os.fdatasync(fd)
-        except OSError:
-            # Cut what did get written; if even that fails, the next attempt
-            # overwrites it in place, and recovery would cut it as torn.
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, self.size)
-            raise
-        self.syncs += 1
-        self.size += total
-        for c in chunks:
-            self._index.extend(c.index)
-
-    def _roll(self, first: int, header: bytes) -> None:
-        """Seal the active segment (it is already durable) and start ``first`` with ``header``."""
-        self.close()
-        path = self.directory / F.segment_name(first)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            os.write(fd, header)
-            os.fdatasync(fd)
-            fsync_dir(self.directory)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
-        self._fd, self.first, self.size, self._index = fd, first, len(header), []
-
-    def release(self) -> None:
-        """Close the file for now (everything written is durable); the next write reopens it."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def close(self) -> None:
-        """Close the active segment, leaving its sparse index beside it."""
-        self.release()
-        if self.first is not None and self._index:
-            with contextlib.suppress(OSError):
-                save_index(
-                    self.directory / (F.segment_name(self.first)[:20] + F.INDEX_SUFFIX), self._index
-                )
 
 
 class WriterPool:
