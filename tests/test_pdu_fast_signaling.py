@@ -117,3 +117,12 @@ def test_a_long_report_from_the_tap_s_core_is_read_directly() -> None:
     assert text is not None and text.startswith("link-layer frame ")
     assert text == _reference(pdu.der)
     assert dataclasses.is_dataclass(codec.decode(pdu.der))
+
+
+@FUZZ
+@given(st.binary(max_size=60), st.integers(0, 80))
+def test_any_octets_after_the_module_oid_answer_as_the_reference(tail: bytes, size: int) -> None:
+    """Lengths that run short or long of the data included: never an error, never a new answer."""
+    oid = bytes.fromhex("060b2a864886f8490201010000")
+    _same(b"\x30" + bytes((size,)) + oid + tail)
+    _same(b"\x30" + bytes((len(oid) + len(tail),)) + oid + tail)

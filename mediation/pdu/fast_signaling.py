@@ -62,7 +62,7 @@ def _read(der: bytes) -> str | None:
         return None
     try:
         start, end = expect(der, 0, size, 0x30, "IasProtocol")
-        if not der.startswith(_OID, start):
+        if end != size or not der.startswith(_OID, start):
             return None
         body, body_end = expect(der, start + len(_OID), end, _REPORT, "report")
         case, case_end = expect(der, body, body_end, 0x80, "caseId")
@@ -72,7 +72,7 @@ def _read(der: bytes) -> str | None:
         item, item_end = expect(der, group, group_end, 0x30, "InterceptedSignalingMessage")
         kind, kind_end = expect(der, item, item_end, 0x80, "messageType")
         text, text_end = expect(der, kind_end, item_end, 0x81, "message")
-        if not (end == size and body_end == end and group_end == body_end):
+        if body_end != end or group_end != body_end:
             return None
         if item_end != group_end or text_end != item_end:
             return None
