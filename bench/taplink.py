@@ -1,6 +1,6 @@
 """Tap link throughput: PDUs/s into the evidence log over TLS on loopback.
 
-    python bench/taplink.py [--pdus N] [--batch B] [--rounds R]
+    python bench/taplink.py [--pdus N] [--batch B] [--rounds R] [--checkout DIR]
 
 Sets up a data directory (registry, CAs, a tap, a full-content warrant on
 the sample capture's target MAC) in a temporary directory, runs the real
@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--checkout" in sys.argv[:-1]:  # the server of another checkout (old vs new in one run)
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--checkout") + 1]).resolve()))
 
 import trio
 
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="one tap link round under cProfile (server side)"
     )
+    parser.add_argument("--checkout", type=Path, default=None, help="run this checkout's server")
     args = parser.parse_args(argv)
     if args.profile:
         return profile(args)
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             bases.append(trio.run(baseline_round, data, key, handle, args.pdus))
     print(f"tap link bench: {args.pdus} PDUs (sample.pcap's, repeated), batches of {args.batch}, "
           f"best of {args.rounds}, on {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"server from {Path(T.__file__).resolve().parents[2]}")
     print(f"tap link over TLS, durable in the log: {max(links):10.0f} PDUs/s (goal 50,000)")
     print(f"  server CPU per PDU (all threads):      {min(CPU_US):10.1f} µs (best round)")
     print(f"in-process MediationServer.ingest:       {max(bases):10.0f} PDUs/s (baseline)")

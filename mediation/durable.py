@@ -9,6 +9,9 @@ entry are fsynced, so a power cut after the call keeps the file):
 * :func:`write_new` creates a file that must not exist yet (keys,
   certificates, credentials): it refuses to overwrite, and the file appears
   whole or not at all, so nothing is ever half-written or half-read.
+* :func:`create_open` starts a file that is then appended to (log and
+  spool segments): created exclusively, its header durable with its
+  directory entry, the descriptor left open for the writer.
 * :func:`replacing` is :func:`write_atomic` for output too large to hold
   in memory: the caller streams it into a temporary file, which replaces
   the target only if the whole block succeeds.
@@ -86,6 +89,37 @@ def write_new(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o60
         with contextlib.suppress(OSError):
             os.unlink(temp)
     fsync_dir(path.parent)
+
+
+def create_open(path: Path, header: bytes, mode: int = 0o600, *, append: bool = False) -> int:
+    """Create ``path`` holding ``header``, durable, and return it open for writing.
+
+    Args:
+        path: the new file; it must not exist.
+        header: its first bytes, written and fsynced with the directory entry.
+        mode: the file's permissions (set before any byte is written).
+        append: open with ``O_APPEND`` (never with positioned writes).
+
+    Returns:
+        The open descriptor, positioned after the header; the caller closes it.
+
+    Raises:
+        FileExistsError: ``path`` exists (it is left as it was).
+        OSError: the write failed; nothing is left behind.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_APPEND if append else 0)
+    fd = os.open(path, flags, mode)
+    try:
+        os.fchmod(fd, mode)
+        _write_all(fd, header)
+        os.fsync(fd)
+        fsync_dir(path.parent)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return fd
 
 
 @contextlib.contextmanager

@@ -93,3 +93,27 @@ def test_replacing_ignores_a_stray_temp_of_an_earlier_process(tmp_path):
         temp.write_bytes(b"new")
     assert path.read_bytes() == b"new"
     assert not stray.exists()
+
+
+def test_create_open_makes_the_header_durable_and_leaves_the_file_open(tmp_path):
+    old = os.umask(0o000)
+    try:
+        fd = durable.create_open(tmp_path / "seg", b"HEAD", 0o640, append=True)
+    finally:
+        os.umask(old)
+    try:
+        os.pwrite(fd, b"tail", 0)  # O_APPEND: a positioned write still appends
+    finally:
+        os.close(fd)
+    assert (tmp_path / "seg").read_bytes() == b"HEADtail"
+    assert stat.S_IMODE(os.stat(tmp_path / "seg").st_mode) == 0o640
+
+
+def test_create_open_refuses_an_existing_file_and_removes_a_failed_one(tmp_path):
+    (tmp_path / "seg").write_bytes(b"kept")
+    with pytest.raises(FileExistsError):
+        durable.create_open(tmp_path / "seg", b"HEAD")
+    assert (tmp_path / "seg").read_bytes() == b"kept"
+    with pytest.raises(TypeError):  # the header's write fails after the file was made
+        durable.create_open(tmp_path / "new", object())  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg"]

@@ -104,3 +104,22 @@ def test_a_value_out_of_range_is_refused_when_encoding() -> None:
         T.TapWarrant("w-1", "C" * 26, None, "full", NOW, NOW, ())
     with pytest.raises(ValueError, match="batch id"):
         T.batch_message(-1, b"")
+
+
+def test_a_pdu_s_time_is_checked_for_size_and_read_when_asked_for() -> None:
+    """read_batch leaves each time's value to ``captured``; its size is checked at once."""
+    good = T.encode_pdu("cmCC", NOW, b"\x30\x00")
+    stamp = b"20261123001100.25Z"
+    assert stamp in good
+    no_such_day = good.replace(stamp, b"20261323001100.25Z")  # month 13, same size
+    body = b"\x80\x01\x09\xa1" + bytes([2 * len(good)]) + good + no_such_day
+    batch = T.decode(b"\xa3" + bytes([len(body)]) + body)
+    assert isinstance(batch, T.PduBatch)
+    assert batch.pdus[0].captured == NOW and batch.pdus[1].der == b"\x30\x00"
+    with pytest.raises(PDUError, match="captured"):
+        batch.pdus[1].captured  # noqa: B018 (the property reads the time)
+    short = good.replace(b"\x81\x12" + stamp, b"\x81\x0e" + stamp[:14])
+    short = b"\x30" + bytes([len(short) - 2]) + short[2:]
+    body = b"\x80\x01\x09\xa1" + bytes([len(short)]) + short
+    with pytest.raises(PDUError, match="captured: not a DER GeneralizedTime"):
+        T.decode(b"\xa3" + bytes([len(body)]) + body)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from mediation.durable import fsync_dir, write_atomic
+from mediation.durable import create_open, write_atomic
 from mediation.log import format as F
 from mediation.log.crypto import BodyReader, LogKey, RecordUnreadable
 from mediation.log.errors import LogCorrupted
@@ -315,17 +315,7 @@ class SegmentWriter:
     def _roll(self, first: int, header: bytes) -> None:
         """Seal the active segment (it is already durable) and start ``first`` with ``header``."""
         self.close()
-        path = self.directory / F.segment_name(first)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            os.write(fd, header)
-            os.fdatasync(fd)
-            fsync_dir(self.directory)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
+        fd = create_open(self.directory / F.segment_name(first), header, 0o640)
         self._fd, self.first, self.size, self._index = fd, first, len(header), []
 
     def release(self) -> None:

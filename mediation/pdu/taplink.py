@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import asn1tools
 
@@ -32,6 +32,7 @@ MAX_BATCH_ID = 2**64 - 1
 KINDS = ("cmII", "cmCC")  # ENUMERATED order
 _KIND_OCTET = {kind: bytes((0x80, 0x01, n)) for n, kind in enumerate(KINDS)}
 _BATCH = 0xA3  # [3] constructed: pduBatch
+_STAMP_MIN, _STAMP_MAX = 15, 22  # YYYYMMDDHHMMSSZ to YYYYMMDDHHMMSS.ffffffZ (fast_der.read_time)
 
 
 @functools.cache
@@ -102,12 +103,60 @@ class WarrantSet:
     warrants: tuple[TapWarrant, ...]
 
 
-class TapPdu(NamedTuple):
-    """One PDU of a batch (a tuple: a batch holds a thousand of them)."""
+class TapPdu:
+    """One PDU of a batch: its kind (``"cmII"`` or ``"cmCC"``), capture time and DER.
 
-    kind: str  # "cmII" or "cmCC"
-    captured: dt.datetime
-    der: bytes
+    A PDU read off the wire (:func:`read_batch`) keeps its time's octets and
+    reads them when ``captured`` is first asked for: the server asks only
+    for a datagram's first and last, and reading every one was a third of
+    reading a batch. Equal when kind, time and DER are.
+
+    Args:
+        kind: ``"cmII"`` or ``"cmCC"``.
+        captured: when the tap captured it (aware UTC).
+        der: the PDU.
+    """
+
+    __slots__ = ("_captured", "_stamp", "der", "kind")
+
+    def __init__(self, kind: str, captured: dt.datetime, der: bytes) -> None:
+        self.kind = kind
+        self.der = der
+        self._captured: dt.datetime | None = captured
+        self._stamp = b""
+
+    @classmethod
+    def read(cls, kind: str, stamp: bytes, der: bytes) -> TapPdu:
+        """A PDU whose time is the GeneralizedTime contents ``stamp``, read when asked for."""
+        pdu = _new(cls)
+        pdu.kind, pdu.der, pdu._captured, pdu._stamp = kind, der, None, stamp
+        return pdu
+
+    @property
+    def captured(self) -> dt.datetime:
+        """When the tap captured the PDU.
+
+        Raises:
+            PDUError: its octets are not a DER GeneralizedTime (a PDU read off the wire).
+        """
+        if self._captured is None:
+            self._captured = read_time(self._stamp, 0, len(self._stamp), "captured")
+        return self._captured
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TapPdu):
+            return NotImplemented
+        return (self.kind, self.der, self.captured) == (other.kind, other.der, other.captured)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.der, self.captured))
+
+    def __repr__(self) -> str:
+        when = self._captured if self._captured is not None else self._stamp
+        return f"TapPdu({self.kind!r}, {when!r}, <{len(self.der)} octets>)"
+
+
+_new = object.__new__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +232,9 @@ def _integer_contents(n: int) -> bytes:
 def read_batch(data: bytes, start: int, end: int) -> PduBatch:
     """The ``PduBatch`` whose contents are ``data[start:end]``.
 
+    Every header, size and count is checked here; each PDU's time only for
+    its size: its value is read when asked for (:attr:`TapPdu.captured`).
+
     Raises:
         PDUError: anything not strict DER of the type; the offset says where.
     """
@@ -192,7 +244,7 @@ def read_batch(data: bytes, start: int, end: int) -> PduBatch:
         raise PDUError("batchId: out of range", pos)
     pos, seq_end = expect(data, stop, end, 0xA1, "pdus")
     out = []
-    kinds = KINDS
+    kinds, read = KINDS, TapPdu.read
     while pos < seq_end:
         item, item_end = expect(data, pos, seq_end, 0x30, "TapPdu")
         k, k_end = expect(data, item, item_end, 0x80, "kind")
@@ -200,9 +252,10 @@ def read_batch(data: bytes, start: int, end: int) -> PduBatch:
         if not 0 <= kind < 2:
             raise PDUError(f"kind: unknown value {read_integer(data, k, k_end, 'kind')}", k)
         t, t_end = expect(data, k_end, item_end, 0x81, "captured")
-        captured = read_time(data, t, t_end, "captured")
+        if not _STAMP_MIN <= t_end - t <= _STAMP_MAX:  # the time itself is read when asked for
+            raise PDUError("captured: not a DER GeneralizedTime", t)
         p, p_end = expect(data, t_end, item_end, 0x82, "pdu")
-        out.append(TapPdu(kinds[kind], captured, data[p:p_end]))
+        out.append(read(kinds[kind], data[t:t_end], data[p:p_end]))
         pos = item_end  # extensions after pdu are skipped
     return PduBatch(batch_id, tuple(out))
 

@@ -26,8 +26,8 @@ import dataclasses
 import re
 import struct
 
-from mediation.pdu import AccessSignalingMessageReport, decode
 from mediation.pdu.errors import PDUError
+from mediation.pdu.fast_signaling import first_message
 from mediation.pdu.tlv import read_header
 from mediation.tap.packet import LINKTYPE_ETHERNET, LINKTYPE_RAW, parse_frame
 from mediation.tap.targets import TargetMatcher, mac_octets
@@ -137,14 +137,8 @@ def link_frame(der: bytes) -> bytes | None:
     The report's text is the tap's (mediation/tap/builder.py): ``link-layer
     frame src=MAC dst=MAC vlan=N ... ethertype=0x0806 ...``.
     """
-    try:
-        report = decode(der)
-    except PDUError:
-        return None
-    if not isinstance(report, AccessSignalingMessageReport) or not report.signaling_msg:
-        return None
-    text = report.signaling_msg[0].message
-    if not text.startswith(_LINK_FRAME):
+    text = first_message(der)  # the reference's answer, read directly (pdu/fast_signaling.py)
+    if text is None or not text.startswith(_LINK_FRAME):
         return None
     fields = collections.defaultdict(list)
     for name, value in _LINK_TOKEN.findall(text):

@@ -31,7 +31,7 @@ from mediation.pdu import StreamId
 from mediation.pdu import taplink as T
 from mediation.pdu.fast_envelope import FIRST_TAGS
 from mediation.server.ingest import Ingest, well_formed_fast
-from mediation.server.tap_gate import TapGate
+from mediation.server.tap_gate import BuiltGate, TapGate
 from mediation.server.tap_journal import JOURNAL_DIR, JournalEntry, Span, TapJournal
 
 log = logging.getLogger("mediation.server")
@@ -188,6 +188,8 @@ class TapIngest:
         warrant and kind in the batch; per PDU only the gate's checks and
         the DER framing.
         """
+        if isinstance(gate, BuiltGate):
+            return self._check_built(gate.handle, batch)
         targets: list[StreamId] = []
         shares: list[list[bytes]] = []
         where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
@@ -211,6 +213,33 @@ class TapIngest:
                 refused["malformed"] += 1
                 continue
             shares[found].append(der)
+        return targets, shares, refused
+
+    def _check_built(
+        self, handle: str, batch: T.PduBatch
+    ) -> tuple[list[StreamId], list[list[bytes]], collections.Counter[str]]:
+        """:meth:`_check` for PDUs the server built for one warrant (a :class:`BuiltGate`'s).
+
+        Sorted by kind in one pass, each kind's stream looked up once; per
+        PDU only the size and the DER framing, as :meth:`_check` does.
+        """
+        by_kind: dict[str, list[bytes]] = {}
+        for pdu in batch.pdus:
+            by_kind.setdefault(pdu.kind, []).append(pdu.der)
+        targets: list[StreamId] = []
+        shares: list[list[bytes]] = []
+        refused: collections.Counter[str] = collections.Counter()
+        limit = self.intake.evidence.config.max_payload_bytes
+        for kind, ders in by_kind.items():
+            found = self._target(handle, kind, targets)
+            if isinstance(found, str):
+                refused[found] += len(ders)
+                continue
+            first = FIRST_TAGS[kind]
+            good = [der for der in ders if len(der) <= limit and well_formed_fast(der, first)]
+            if len(good) < len(ders):
+                refused["malformed"] += len(ders) - len(good)
+            shares.append(good)
         return targets, shares, refused
 
     def _target(self, handle: str, kind: str, targets: list[StreamId]) -> int | str:

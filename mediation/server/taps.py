@@ -319,18 +319,22 @@ class TapService:
         except SealRefused:
             return  # counted by the opener (status: refused_datagrams)
         tap = self._key_taps.get(opened.key_id)
+        first = last = None
         try:
             message = T.decode(opened.message)
+            if isinstance(message, T.PduBatch) and message.pdus:
+                # The times a gap notice needs (a batch's times are read only when asked for).
+                first, last = message.pdus[0].captured, message.pdus[-1].captured
         except PDUError:
             message = None
         if tap is None or not isinstance(message, T.PduBatch):
             self.refusals.refuse("datagram is not a batch", tap or "")
             return
         lost = self._loss.setdefault(tap, UpstreamLoss()).observe(opened.session, message.batch_id)
-        if lost and message.pdus:
-            self._gap(tap, lost, message.pdus[0].captured)
-        if message.pdus:
-            self._last_captured[tap] = message.pdus[-1].captured
+        if lost and first is not None:
+            self._gap(tap, lost, first)
+        if last is not None:
+            self._last_captured[tap] = last
         await self.ingest.batch(self.gate(tap), message, durable=False)
 
     def _gap(self, tap: str, lost: int, until: dt.datetime) -> None:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mediation.durable import fsync_dir, write_atomic
+from mediation.durable import create_open, fsync_dir, write_atomic
 from mediation.errors import UsageError
 from mediation.tap.atrest import KeyMismatch
 from mediation.tap.spool_format import (
@@ -352,17 +352,7 @@ class TapSpool:
             self._fd = None
         header, cipher = new_segment_header(self._key)
         path = self.directory / f"{self._next:020d}.seg"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            write_all(fd, header)
-            os.fsync(fd)
-            fsync_dir(self.directory)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
+        fd = create_open(path, header, 0o600, append=True)
         self._segments.append(_Segment(path, self._next, self._next - 1, SEGMENT_HEADER, cipher))
         self._fd = fd
 
