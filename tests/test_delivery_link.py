@@ -49,3 +49,40 @@ async def test_a_peer_that_does_not_read_bounds_what_the_link_holds() -> None:
     # In order, every chunk whole, in fewer sends than writes.
     assert bytes(received) == b"".join(bytes([n]) * CHUNK for n in range(TOTAL))
     assert link.sends < TOTAL
+
+
+async def test_a_quiet_link_sends_at_once_and_a_busy_one_a_linger_apart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A send waits only for the rest of a linger since the last send, not a whole one.
+
+    At light load commits are further apart than the linger: waiting one
+    out joined nothing and cost a timer wake-up per commit.
+    """
+    ours, theirs = socket.socketpair()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    peer = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+    sender = StreamSender({CMCC: 0}, keepalive_interval=1e6, keepalive_timeout=1e6)
+    sender.resume(trio.current_time())
+    link = Link(stream, sender, {}, "test", linger=1.0)
+    arrivals: list[tuple[float, bytes]] = []
+
+    async def writer(link: Link) -> None:
+        await link.write(b"a")  # the link was quiet: in the next loop turn
+        await trio.sleep(0.1)
+        await link.write(b"b")  # 0.1 after a send: at 1.0, a linger after it
+        await link.write(b"c")  # joins it
+        await trio.sleep(5.0)
+        await link.write(b"d")  # quiet again: at once
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run, writer)
+        while sum(len(data) for _at, data in arrivals) < 4:
+            data = await peer.receive_some(64)
+            arrivals.append((trio.current_time(), bytes(data)))
+        nursery.cancel_scope.cancel()
+    await peer.aclose()
+    got = [(round(at, 3), data) for at, data in arrivals]
+    assert got == [(0.0, b"a"), (1.0, b"bc"), (5.1, b"d")]
+    assert link.sends == 3

@@ -20,7 +20,7 @@ names only what it changes::
     reconnect_min = 0.1        # backoff after a failed or lost connection ...
     reconnect_max = 2.0        # ... doubling up to this
     batch = 256                # records read from the log per step
-    write_linger = 0.002       # TLS: seconds a light-traffic write waits for more
+    write_linger = 0.002       # TLS: least seconds between two writes (more joins the next)
 
     [retrieval]
     listen = "127.0.0.1:37001" # "" turns retrieval off; port 0 picks one

@@ -278,10 +278,11 @@ class TlsWorker:
         A full window waits until a quarter of it is free (or everything
         is acknowledged), not for every ack: each read then takes many
         records instead of the few one ack freed. The link's flusher sends
-        what every stream queued in one write, ``write_linger`` after the
-        first of it (see ``Link``), so light traffic goes out several
-        commits and both streams per TLS record run; a catch-up reads the
-        next batch while the last one is being sent.
+        what every stream queued in one write, at least ``write_linger``
+        after its last (see ``Link``), so busy traffic goes out several
+        commits and both streams per TLS record run, and a commit at light
+        load goes in the next loop turn; a catch-up reads the next batch
+        while the last one is being sent.
         """
         sender, sid, cursor = link.sender, state.sid, state.cursor
         low_water = min(max(1, sender.window // 4), self.config.batch)

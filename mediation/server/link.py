@@ -12,9 +12,11 @@ shared by live TLS delivery (``delivery_tls``) and retrieval
 - **flusher**: every write is one run of whole messages queued on the
   link (so messages never interleave); one task sends the queue, so one
   ``send_all`` carries every stream's envelopes, answers and replay
-  results queued meanwhile. ``linger`` holds the first queued octets that
-  long before the send, so light traffic goes a few commits and streams
-  per TLS record run instead of one send per commit of each stream; a
+  results queued meanwhile. Sends are at least ``linger`` apart: queued
+  octets wait until ``linger`` after the last send (the next loop turn if
+  that is past, so one commit's streams still share a send), so busy
+  traffic goes a few commits per TLS record run and a quiet link pays no
+  timer wake-up per commit; a
   queue of ``high_water`` octets goes at once, and writers wait while it
   is that full (the link holds at most about two queues' worth).
 
@@ -80,7 +82,8 @@ class Link:
         self._on_ack = on_ack
         self._out = bytearray()  # whole messages queued, in order, for the flusher
         self._idle: trio.CancelScope | None = None  # the flusher's wait for its next send
-        self._first_at = 0.0  # when the queue went from empty to not
+        self._first_at = 0.0  # when the queued octets go (set when the queue fills from empty)
+        self._sent_at = -math.inf  # when the flusher last took the queue
         self._drained = trio.Event()  # the flusher took the queue
         self._closed: str | None = None  # why the flusher stopped
         self.sends = 0  # send_all calls (each one run of TLS records)
@@ -116,8 +119,12 @@ class Link:
         if not data or self._closed is not None:
             return
         if not self._out:
-            self._first_at = trio.current_time()
-            self._wake_flusher(self._first_at + self.linger)
+            # At most one send per linger, but a queue after a quiet linger
+            # goes at once (the next loop turn, with whatever else this
+            # commit queued): at light load a linger joins nothing and
+            # costs a timer wake-up per commit (docs/architecture.md).
+            self._first_at = max(trio.current_time(), self._sent_at + self.linger)
+            self._wake_flusher(self._first_at)
         self._out += data
 
     def _wake_flusher(self, at: float) -> None:
@@ -133,13 +140,14 @@ class Link:
                 if not self._out or len(self._out) < self.high_water:
                     # Light traffic: what other streams and commits queue
                     # meanwhile joins this send.
-                    at = self._first_at + self.linger if self._out else math.inf
+                    at = self._first_at if self._out else math.inf
                     with trio.CancelScope(deadline=at) as self._idle:
                         await trio.sleep_forever()
                     self._idle = None
                     if not self._out:
                         continue
                 data, self._out = self._out, bytearray()  # no copy of a big queue
+                self._sent_at = trio.current_time()
                 self._drained.set()
                 self._drained = trio.Event()
                 try:
