@@ -20,6 +20,7 @@ import pytest
 import strategies as S
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutation_support import altered
 
 from mediation import pdu as P
 from mediation.pdu import codec, fast, fast_cmii
@@ -76,11 +77,7 @@ def test_altered_encodings_decode_as_the_reference_or_fail_alike(
     fast_cmii.forget_shapes()
     der = codec.encode(message)
     _same(der)
-    position = data.draw(st.integers(0, len(der) - 1))
-    octet = data.draw(st.integers(0, 255))
-    changed = der[:position] + bytes((octet,)) + der[position + 1 :]
-    cut = data.draw(st.integers(0, len(der)))
-    for variant in (changed, der[:cut], der + b"\x00", changed + der[cut:]):
+    for variant in altered(der, data):
         _same(variant)
 
 

@@ -13,6 +13,7 @@ import strategies as S
 import test_tap_frames as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutation_support import altered
 
 from mediation import pdu as P
 from mediation.pdu import codec, fast_signaling
@@ -77,11 +78,7 @@ def test_altered_encodings_answer_as_the_reference(
 ) -> None:
     """One octet changed, cut short, one more, spliced: never an answer the reference lacks."""
     der = codec.encode(message)
-    position = data.draw(st.integers(0, len(der) - 1))
-    octet = data.draw(st.integers(0, 255))
-    changed = der[:position] + bytes((octet,)) + der[position + 1 :]
-    cut = data.draw(st.integers(0, len(der)))
-    for variant in (changed, der[:cut], der + b"\x00", changed + der[cut:]):
+    for variant in altered(der, data):
         _same(variant)
 
 
