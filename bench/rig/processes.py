@@ -307,9 +307,9 @@ class AgencyCounter:
         self.offsets[path] = offset + pos
         return found
 
-    def latencies(self) -> tuple[list[float], float | None, float | None]:
-        """New CmII lines: capture-to-agency seconds, first and last arrival (epoch seconds)."""
-        out: list[float] = []
+    def latencies(self) -> tuple[list[tuple[float, float]], float | None, float | None]:
+        """New CmII lines: (capture time, capture-to-agency seconds), first and last arrival."""
+        out: list[tuple[float, float]] = []
         first = last = None
         for path in self.out.glob("*/cmii.jsonl"):
             offset = self.offsets.get(path, 0)
@@ -325,7 +325,7 @@ class AgencyCounter:
                 first = arrived if first is None else min(first, arrived)
                 last = arrived if last is None else max(last, arrived)
                 if captured is not None:
-                    out.append(arrived - captured)
+                    out.append((captured, arrived - captured))
         return out, first, last
 
 
