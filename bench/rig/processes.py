@@ -14,6 +14,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mediation.protocol.framing import MessageBuffer
 
 CASE_ID = "CASE-TEST-0001"
 TAP = "edge-1"
@@ -280,6 +284,7 @@ class AgencyCounter:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.offsets: dict[Path, int] = {}
+        self.buffers: dict[Path, MessageBuffer] = {}  # a raw file may end inside a message
         self.envelopes = 0
 
     def count(self) -> int:
@@ -288,24 +293,17 @@ class AgencyCounter:
         return self.envelopes
 
     def _scan(self, path: Path) -> int:
+        """Envelopes (context tag 0) in what was appended to ``path`` since the last scan."""
+        from mediation.protocol.framing import MessageBuffer  # the project's one BER framer
+
+        buffer = self.buffers.setdefault(path, MessageBuffer())
         offset = self.offsets.get(path, 0)
         with path.open("rb") as handle:
             handle.seek(offset)
             data = handle.read()
-        pos, found, size = 0, 0, len(data)
-        while pos + 2 <= size:
-            first = data[pos + 1]
-            if first < 0x80:
-                start, length = pos + 2, first
-            else:
-                k = first & 0x7F
-                start, length = pos + 2 + k, int.from_bytes(data[pos + 2 : pos + 2 + k], "big")
-            if start + length > size:
-                break
-            found += data[pos] == 0xA0
-            pos = start + length
-        self.offsets[path] = offset + pos
-        return found
+        self.offsets[path] = offset + len(data)
+        buffer.feed(data)
+        return sum(message[0] == 0xA0 for message in buffer.messages())
 
     def latencies(self) -> tuple[list[tuple[float, float]], float | None, float | None]:
         """New CmII lines: (capture time, capture-to-agency seconds), first and last arrival."""
