@@ -118,7 +118,8 @@ def test_socket_drops_become_an_upstream_gap_for_each_warrant_fed() -> None:
 
     from mediation.server.config import TzspConfig
     from mediation.server.tap_ingest import TapGate
-    from mediation.server.tzsp import TzspService, TzspSource
+    from mediation.server.tzsp import TzspService
+    from mediation.server.tzsp_sources import TzspSource
     from mediation.server.warrant_table import WarrantTable
 
     told: list[tuple[str, str, dict]] = []

@@ -25,7 +25,7 @@ from mediation.pdu import taplink as T
 from mediation.protocol.tzsp import encode_tzsp
 from mediation.server.config import TzspConfig
 from mediation.server.tap_gate import BuiltGate, TapGate, cc_payload
-from mediation.server.tzsp import plain_addresses
+from mediation.server.tzsp_sources import plain_addresses
 from mediation.tap.packet import ipv4_addresses, parse_frame
 from mediation.tap.replay import Tap
 from mediation.warrants.model import CaseDetails, ContentLevel, Source, Target, TargetKind

@@ -26,7 +26,6 @@ seconds. Everything is counted for ``mediate status`` (the ``tzsp`` section).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
 import logging
 import socket
@@ -44,12 +43,11 @@ from mediation.server.config import TzspConfig
 from mediation.server.tap_gate import BuiltGate
 from mediation.server.tap_ingest import BatchResult, TapIngest
 from mediation.server.tzsp_socket import BatchReceiver, kernel_drops
+from mediation.server.tzsp_sources import TzspSource, build_sources, tzsp_warrants
 from mediation.server.udp_listen import bind_udp
 from mediation.server.warrant_table import WarrantTable
 from mediation.tap.builder import FlowCorrelation
 from mediation.tap.packet import ParsedFrame, ipv4_addresses, parse_frame
-from mediation.tap.replay import Tap
-from mediation.warrants.model import Warrant
 
 log = logging.getLogger("mediation.server")
 STARTED = (
@@ -72,58 +70,6 @@ class Hooks(Protocol):
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _iap(address: str) -> str:
-    """The IAP identity of a router whose warrant names none (at most 15 characters)."""
-    text = f"tzsp:{address}"
-    return text if len(text) <= 15 else "tzsp-router"
-
-
-@dataclasses.dataclass
-class TzspSource:
-    """One registered router: the taps of the warrants it feeds, and whether it feeds."""
-
-    address: str
-    taps: list[Tap]
-    gates: list[BuiltGate]  # per tap: its PDUs are its warrant's (tap_gate.BuiltGate)
-    # Every tap's targets are exact addresses: a frame between others is dropped unparsed.
-    plain: frozenset[bytes] | None = None
-    feeding: bool = False
-    last_seen: float = 0.0  # trio time of its last accepted datagram
-    announced: set[str] = dataclasses.field(default_factory=set)  # handles told "feeding"
-
-    @property
-    def name(self) -> str:
-        return f"tzsp:{self.address}"
-
-
-def tzsp_warrants(table: WarrantTable) -> dict[str, list[Warrant]]:
-    """Active warrants by the address of each ``tzsp:`` source they name."""
-    out: dict[str, list[Warrant]] = collections.defaultdict(list)
-    for warrant in table.active():
-        if warrant.details is None:
-            continue
-        for source in warrant.details.sources:
-            if source.kind == "tzsp":
-                out[source.value].append(warrant)
-    return dict(out)
-
-
-def plain_addresses(taps: list[Tap]) -> frozenset[bytes] | None:
-    """Every tap's target addresses, when all their targets are exact addresses, else None.
-
-    A frame whose IPv4 addresses are none of these is no tap's: the
-    prefilter drops it before it is parsed (a router mirroring a whole
-    access network sends mostly other subscribers' frames).
-    """
-    out: frozenset[bytes] = frozenset()
-    for tap in taps:
-        addresses = tap.matcher.plain_addresses
-        if addresses is None or tap.follower is not None or tap.radius is not None:
-            return None
-        out |= addresses
-    return out
 
 
 class TzspService:
@@ -170,34 +116,9 @@ class TzspService:
 
     def on_change(self) -> None:
         """Take the active warrants' ``tzsp:`` sources; taps of unchanged warrants keep state."""
-        old = {(s.address, t.handle): t for s in self.sources.values() for t in s.taps}
-        sources: dict[str, TzspSource] = {}
-        for address, warrants in tzsp_warrants(self.table).items():
-            taps = []
-            for warrant in warrants:
-                tap = old.get((address, warrant.handle))
-                details = warrant.details
-                assert details is not None
-                if tap is None or tap.matcher.targets != details.targets:
-                    try:
-                        tap = Tap.for_warrant(
-                            warrant,
-                            iap_system_id=_iap(address),
-                            correlation=self._correlation,
-                            radius_secret=self.radius_secret,
-                        )
-                    except ValueError as exc:
-                        log.error("tzsp: %s: cannot tap it: %s", warrant.handle, exc)
-                        continue
-                tap.start, tap.end = warrant.start, warrant.end
-                taps.append(tap)
-            gates = [BuiltGate(f"tzsp:{address}", tap.handle) for tap in taps]
-            source = TzspSource(address, taps, gates, plain_addresses(taps))
-            previous = self.sources.get(address)
-            if previous is not None:
-                source.feeding, source.last_seen = previous.feeding, previous.last_seen
-                source.announced = previous.announced & {t.handle for t in taps}
-            sources[address] = source
+        sources = build_sources(
+            tzsp_warrants(self.table), self.sources, self._correlation, self.radius_secret
+        )
         self.sources.clear()
         self.sources.update(sources)  # the receiver holds this dict as its registered senders
 
