@@ -220,11 +220,19 @@ class CaseOutputs:
             retrieved: it came by retrieval (the JSON line says so).
             at: when it arrived (wall clock, UTC).
         """
-        self._raw_file(envelope.stream.kind).write(raw)  # first: the evidence itself
+        kind = envelope.stream.kind
+        target = self._raw.get(kind)
+        if target is None:
+            target = self._raw_file(kind)
+        target.write(raw)  # first: the evidence itself
         content = envelope.content
         try:
-            if isinstance(content, pdu.CCApdu):
-                self._packet(envelope, content)
+            if isinstance(content, pdu.CCApdu):  # capture_time(), inline (per packet)
+                header = content.header
+                when = header.time_stamp if header is not None else None
+                self._cc_packet(
+                    envelope.sequence_number, content.payload, when or envelope.mediation_time
+                )
                 return
             line = self._lines.line(envelope, retrieved=retrieved, at=at)
         except (TypeError, ValueError) as exc:
@@ -235,9 +243,6 @@ class CaseOutputs:
                 self.unviewable.append({"sequence": envelope.sequence_number, "why": str(exc)})
             return
         self._jsonl_file().write(line)
-
-    def _packet(self, envelope: pdu.Envelope, apdu: pdu.CCApdu) -> None:
-        self._cc_packet(envelope.sequence_number, apdu.payload, capture_time(envelope))
 
     def store_scte(self, sequence: int, when: dt.datetime, packet: bytes, raw: bytes) -> None:
         """Write one new SCTE datagram (already authenticated): raw, then the pcap record.
