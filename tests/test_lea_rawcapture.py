@@ -54,3 +54,15 @@ def test_raw_capture_keeps_what_the_machines_framing_frames(
         assert kept == [m for m in expected if m[0] == tag]
         assert all(type(m) is bytes for m in kept)  # written to the raw files as is
     assert reference.pending == len(capture._rest)  # the same half message waits
+
+
+def test_a_message_fed_one_octet_at_a_time_is_kept_whole() -> None:
+    """A large message split as finely as a peer can: kept once whole, each read only appended."""
+    message = b"\xa0" + _length(70_000) + bytes(range(256)) * 273 + b"\x00" * 112
+    after = b"\xbf\x1f\x01\x00" + b"\xa7\x01\x07"  # a later version's message, then a checkpoint
+    capture = RawCapture()
+    for octet in message + after:
+        capture.feed(bytes([octet]))
+    assert list(capture._queues[0xA0]) == [message]
+    assert list(capture._queues[0xA7]) == [b"\xa7\x01\x07"]
+    assert not capture._rest
