@@ -188,3 +188,12 @@ def test_a_hashed_file_holds_and_hashes_every_write(
     digest = target.close()
     assert path.read_bytes() == b"earlier run\n" + b"".join(parts)
     assert digest == sha256_of(path)
+
+
+def test_a_hashed_file_dropped_unclosed_hands_its_writes_to_the_kernel(tmp_path: Path) -> None:
+    """As a buffered file would: a run that dies by an exception loses nothing it wrote."""
+    path = tmp_path / "f.raw"
+    target = HashedFile(path)
+    target.write(b"written, never flushed")
+    del target
+    assert path.read_bytes() == b"written, never flushed"

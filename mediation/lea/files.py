@@ -8,6 +8,7 @@ in ``sha256sum`` form (``HEX  NAME``), so ``sha256sum -c`` checks it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -66,6 +67,13 @@ class HashedFile:
         view = memoryview(data)
         while view:  # a regular file takes it all at once; a short write is retried
             view = view[self._file.write(view) :]
+
+    def __del__(self) -> None:
+        # As Python's buffered files do when dropped unclosed (an exception on
+        # the way out of a run): what was written still reaches the kernel.
+        if not getattr(self, "closed", True) and self._parts:
+            with contextlib.suppress(OSError, ValueError):
+                self.flush()
 
     def fileno(self) -> int:
         return self._file.fileno()
