@@ -19,12 +19,15 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_lea_support import CMCC, CMII, HANDLE, UDP_KEY, cc_record, cmii_record
 
 from mediation import pdu as P
-from mediation.evidence.pcap import LINKTYPE_RAW, PcapWriter
+from mediation.evidence.pcap import DEFAULT_SNAPLEN, LINKTYPE_RAW, PcapWriter
 from mediation.lea.driver import RawCapture
-from mediation.lea.outputs import capture_time, is_ip_packet
+from mediation.lea.files import BUFFER, HashedFile, sha256_of
+from mediation.lea.outputs import capture_time, is_ip_packet, pcap_record_header
 from mediation.lea.state import ReceiverState
 from mediation.lea.udp import UdpDelivery
 from mediation.pdu.fast import encode_content
@@ -137,3 +140,60 @@ def test_tls_stores_what_the_plain_way_writes(tmp_path: Path) -> None:
         state.on_events(events, capture.take, "tls", float(n // 3))
     state.close()
     _check(tmp_path, arrived)
+
+
+_ZONES = st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), None])
+
+
+@given(
+    packet=st.one_of(
+        st.binary(max_size=64),
+        st.integers(DEFAULT_SNAPLEN - 2, DEFAULT_SNAPLEN + 2).map(lambda n: b"\x45" * n),
+    ),
+    when=st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1)),
+    zone=_ZONES,
+)
+def test_the_pcap_record_header_is_what_the_writer_writes(
+    packet: bytes, when: dt.datetime, zone: dt.tzinfo | None
+) -> None:
+    """The stored short cut: header + packet, or None where the writer cuts, refuses or converts."""
+    when = when.replace(tzinfo=zone)
+    header = pcap_record_header(packet, when)
+    out = io.BytesIO()
+    writer = PcapWriter(out, linktype=LINKTYPE_RAW)  # type: ignore[arg-type]
+    try:
+        writer.write(packet, when)
+    except ValueError:
+        assert header is None  # the writer refuses it: the receiver asks the writer
+        return
+    if header is not None:
+        assert out.getvalue()[24:] == header + packet
+    else:  # only the cases the writer handles otherwise
+        assert when.tzinfo is None or len(packet) > DEFAULT_SNAPLEN
+
+
+@given(parts=st.lists(st.binary(max_size=3 * BUFFER // 4), max_size=6), flushes=st.integers(0, 63))
+def test_a_hashed_file_holds_and_hashes_every_write(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[bytes], flushes: int
+) -> None:
+    """Writes held in memory (to BUFFER) reach the file in order, and the hash is the file's."""
+    path = tmp_path_factory.mktemp("hashed") / "f.raw"
+    path.write_bytes(b"earlier run\n")
+    target = HashedFile(path)
+    for n, part in enumerate(parts):
+        target.write(part)
+        if flushes >> n & 1:
+            target.flush()
+    assert target.size == len(b"earlier run\n") + sum(map(len, parts))
+    digest = target.close()
+    assert path.read_bytes() == b"earlier run\n" + b"".join(parts)
+    assert digest == sha256_of(path)
+
+
+def test_a_hashed_file_dropped_unclosed_hands_its_writes_to_the_kernel(tmp_path: Path) -> None:
+    """As a buffered file would: a run that dies by an exception loses nothing it wrote."""
+    path = tmp_path / "f.raw"
+    target = HashedFile(path)
+    target.write(b"written, never flushed")
+    del target
+    assert path.read_bytes() == b"written, never flushed"

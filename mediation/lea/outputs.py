@@ -22,13 +22,14 @@ import hashlib
 import json
 import os
 import re
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mediation import pdu
 from mediation.durable import replacing, write_atomic
-from mediation.evidence.pcap import LINKTYPE_RAW, PcapError, PcapWriter
+from mediation.evidence.pcap import DEFAULT_SNAPLEN, LINKTYPE_RAW, PcapError, PcapWriter
 from mediation.lea import rawfile
 from mediation.lea.files import (
     HashedFile,
@@ -51,6 +52,8 @@ NOT_IP_LISTED = 1000  # sequence numbers of non-IP payloads listed in gaps.json
 # out of the output directory, so it is refused before a file is named.
 _PAIR = re.compile(r"\[\s+(\d+),\s+(\d+)\s+\]")
 _HANDLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PCAP_RECORD = struct.Struct("<IIII")  # PcapWriter's record header: little-endian, microseconds
 
 
 def safe_handle(handle: str) -> bool:
@@ -68,6 +71,27 @@ def is_ip_packet(payload: bytes) -> bool:
     if len(payload) >= 20 and payload[0] >> 4 == 4:
         return payload[0] & 0x0F >= 5
     return len(payload) >= 40 and payload[0] >> 4 == 6
+
+
+def pcap_record_header(packet: bytes, when: dt.datetime) -> bytes | None:
+    """The record header ``PcapWriter.write(packet, when)`` writes before ``packet``, or None.
+
+    The receiver's pcap is little-endian with microsecond times and the
+    default snap length (as :meth:`CaseOutputs._pcap_writer` makes it). Its
+    header and the packet go to the file as two parts (no joined copy, no
+    writer layers: a third of the cost of storing a CC packet). None for
+    anything but the common case (no time zone, out of pcap's range, a
+    packet past the snap length, not ``bytes``): the caller then uses the
+    writer, which cuts or refuses it. Proven equal by a property test
+    (tests/test_lea_outputs_same.py).
+    """
+    if when.tzinfo is None or packet.__class__ is not bytes or len(packet) > DEFAULT_SNAPLEN:
+        return None
+    delta = when - _EPOCH
+    seconds = delta.days * 86400 + delta.seconds
+    if not 0 <= seconds <= 0xFFFFFFFF:
+        return None
+    return _PCAP_RECORD.pack(seconds, delta.microseconds, len(packet), len(packet))
 
 
 def capture_time(envelope: pdu.Envelope) -> dt.datetime:
@@ -196,11 +220,19 @@ class CaseOutputs:
             retrieved: it came by retrieval (the JSON line says so).
             at: when it arrived (wall clock, UTC).
         """
-        self._raw_file(envelope.stream.kind).write(raw)  # first: the evidence itself
+        kind = envelope.stream.kind
+        target = self._raw.get(kind)
+        if target is None:
+            target = self._raw_file(kind)
+        target.write(raw)  # first: the evidence itself
         content = envelope.content
         try:
-            if isinstance(content, pdu.CCApdu):
-                self._packet(envelope, content)
+            if isinstance(content, pdu.CCApdu):  # capture_time(), inline (per packet)
+                header = content.header
+                when = header.time_stamp if header is not None else None
+                self._cc_packet(
+                    envelope.sequence_number, content.payload, when or envelope.mediation_time
+                )
                 return
             line = self._lines.line(envelope, retrieved=retrieved, at=at)
         except (TypeError, ValueError) as exc:
@@ -211,9 +243,6 @@ class CaseOutputs:
                 self.unviewable.append({"sequence": envelope.sequence_number, "why": str(exc)})
             return
         self._jsonl_file().write(line)
-
-    def _packet(self, envelope: pdu.Envelope, apdu: pdu.CCApdu) -> None:
-        self._cc_packet(envelope.sequence_number, apdu.payload, capture_time(envelope))
 
     def store_scte(self, sequence: int, when: dt.datetime, packet: bytes, raw: bytes) -> None:
         """Write one new SCTE datagram (already authenticated): raw, then the pcap record.
@@ -239,7 +268,15 @@ class CaseOutputs:
             if len(self.not_ip_sequences) < NOT_IP_LISTED:
                 self.not_ip_sequences.append(seq)
             return
-        self._pcap_writer().write(payload, when)
+        writer = self._pcap if self._pcap is not None else self._pcap_writer()
+        header = pcap_record_header(payload, when)
+        if header is None:
+            writer.write(payload, when)
+            return
+        target = self._pcap_file
+        assert target is not None  # made with the writer
+        target.write(header)
+        target.write(payload)
 
     def store_checkpoint(self, raw: bytes) -> None:
         """Keep a signed checkpoint as received (for verifying the hash chain later)."""

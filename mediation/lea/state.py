@@ -178,7 +178,7 @@ class ReceiverState:
         """
         for event in events:
             if isinstance(event, EnvelopeReceived):
-                self._envelope(event, raw_for(event), transport, now)
+                self.envelope(event, raw_for(event), transport, now)
             elif isinstance(event, CheckpointReceived):
                 self.case(event.checkpoint.stream.warrant_handle).store_checkpoint(raw_for(event))
             elif isinstance(event, GapDetected):
@@ -188,7 +188,15 @@ class ReceiverState:
             elif isinstance(event, UnknownMessage):
                 self.counters.unknown_messages += 1
 
-    def _envelope(self, event: EnvelopeReceived, raw: bytes, transport: str, now: float) -> None:
+    def envelope(self, event: EnvelopeReceived, raw: bytes, transport: str, now: float) -> None:
+        """Store and count one ``EnvelopeReceived`` (what :meth:`on_events` does for each).
+
+        Args:
+            event: the machine's event.
+            raw: the envelope's octets, exactly as received.
+            transport: ``udp``, ``tls`` or ``retrieval``, for the counters.
+            now: the trio clock.
+        """
         envelope = event.envelope
         stream = envelope.stream
         stats = self.stats.get(stream)

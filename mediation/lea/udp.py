@@ -139,6 +139,7 @@ class UdpDelivery:
         sock = self.sock
         recvmsg = sock.recvmsg
         counters = self.state.counters
+        seen: list[tuple[int, int, bytes]] = []  # the last ancillary data read
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = trio.current_time()
@@ -150,34 +151,47 @@ class UdpDelivery:
                 except OSError as exc:  # e.g. ICMP unreachable from an earlier report
                     log.debug("udp: receive: %s", exc)
                     continue
-                if ancillary:
+                if ancillary and ancillary != seen:  # once drops began, every datagram has it
+                    seen = ancillary
                     counters.socket_drops = max(counters.socket_drops, _dropped(ancillary))
                 self.receive(data, source[:2], now)
             await trio.lowlevel.checkpoint()
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
         """One datagram from ``source``: stored if authentic and new, else counted."""
-        counters = self.state.counters
         try:
             opened = self.opener.open(data)
         except SealRefused as exc:  # counted under its reason, shown by the view
             self.refusals.refuse(exc.reason.value, source[0])
             return
+        message = opened.message
         try:
-            events = self.machine.receive_datagram(opened.message, now)
+            events = self.machine.receive_datagram(message, now)
         except ProtocolError as exc:
+            counters = self.state.counters
             counters.bad_datagrams += 1
             if counters.bad_datagrams <= BAD_DATAGRAMS_LOGGED:
                 log.warning("udp: datagram from %s dropped: %s", source[0], exc)
             return
-        for event in events:
-            if isinstance(event, EnvelopeReceived):
-                self.routes[event.envelope.stream] = (opened.key_id, source)
-            elif isinstance(event, CheckpointReceived):
-                self.routes[event.checkpoint.stream] = (opened.key_id, source)
-        self.state.on_events(events, functools.partial(_same, opened.message), "udp", now)
-        if self.machine.next_deadline() is not None:
+        # The machine returns [GapDetected,] EnvelopeReceived, or one other event.
+        last = events[-1]
+        if isinstance(last, EnvelopeReceived):
+            self._route(last.envelope.stream, opened.key_id, source)
+            if len(events) > 1:  # the gap it opens, counted first
+                self.state.on_events(events[:-1], _no_octets, "udp", now)
+            self.state.envelope(last, message, "udp", now)
+        else:
+            if isinstance(last, CheckpointReceived):
+                self._route(last.checkpoint.stream, opened.key_id, source)
+            self.state.on_events(events, functools.partial(_same, message), "udp", now)
+        if not self._known.is_set() and self.machine.next_deadline() is not None:
             self._known.set()
+
+    def _route(self, stream: pdu.StreamId, key_id: int, source: Address) -> None:
+        """Reports for ``stream`` go to where (and under the key) it last came from."""
+        route = self.routes.get(stream)
+        if route is None or route[1] != source or route[0] != key_id:
+            self.routes[stream] = (key_id, source)
 
     async def reporter(self) -> None:
         """Each interval, one sealed receiver report per UDP stream, to where it comes from."""
@@ -246,6 +260,10 @@ def _dropped(ancillary: list[tuple[int, int, bytes]]) -> int:
         if level == stdlib_socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
             return struct.unpack("=I", data[:4])[0]
     return 0
+
+
+def _no_octets(event: object) -> bytes:
+    raise ValueError(f"{type(event).__name__} has no octets of its own")
 
 
 def _same(data: bytes, _event: object) -> bytes:
