@@ -16,6 +16,7 @@ import trio
 from mediation.pdu import taplink as T
 from mediation.protocol.errors import ProtocolError
 from mediation.protocol.taplink import TapLinkServer
+from mediation.server.tls_send import send_all
 from mediation.server.warrant_table import WarrantTable
 from mediation.warrants.model import Tap, Warrant, WarrantState
 
@@ -103,7 +104,7 @@ class TapConnection:
         try:
             data = self.machine.data_to_send()
             if data:
-                await self.stream.send_all(data)
+                await send_all(self.stream, data)  # no loop turn when the socket takes it
         finally:
             self._send_lock.release()
 
