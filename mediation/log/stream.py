@@ -21,6 +21,8 @@ import collections
 import dataclasses
 import datetime as dt
 import hashlib
+import heapq
+import itertools
 import logging
 import math
 import time
@@ -133,6 +135,9 @@ class StreamLog(ReadSide):
             else trio.current_time() + config.checkpoint_interval
         )
         self._batches: collections.deque[int] = collections.deque(maxlen=100_000)
+        # when_durable's callbacks: a heap of (seq, order, callback).
+        self._on_durable: list[tuple[int, int, Callable[[], None]]] = []
+        self._on_durable_order = itertools.count()
         self._state = StorageState(True, dt.datetime.now(dt.UTC))
         self._state_event = trio.Event()
         self._closing = False  # set by aclose: no more appends
@@ -423,6 +428,31 @@ class StreamLog(ReadSide):
             records += chunk.records
             self._publish(chunk)
         self._batches.append(records)
+        if self._on_durable and self._on_durable[0][0] <= self._durable_seq:
+            self._call_durable()
+
+    def when_durable(self, seq: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` in the event loop once record ``seq`` is durable.
+
+        What a waiter that needs no task uses (a tap link's acks): the
+        callback runs in the writer's report, with no turn of the loop of
+        its own. At once if ``seq`` is durable already; never if the stream
+        closes first (nothing may be taken as stored then). A callback
+        must not raise: an exception is logged and the others still run.
+        """
+        if self._durable_seq >= seq:
+            callback()
+            return
+        heapq.heappush(self._on_durable, (seq, next(self._on_durable_order), callback))
+
+    def _call_durable(self) -> None:
+        durable, due = self._durable_seq, self._on_durable
+        while due and due[0][0] <= durable:
+            callback = heapq.heappop(due)[2]
+            try:
+                callback()
+            except Exception:  # one waiter's bug must not stop the log's reports
+                logger.exception("%s: a durability callback failed", self.label)
 
     def _write_failed(self, exc: Exception) -> None:
         reason = getattr(exc, "strerror", None) or repr(exc)
