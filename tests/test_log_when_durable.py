@@ -43,3 +43,26 @@ async def test_callbacks_run_once_durable_in_order_and_at_once_when_already(
         assert "a durability callback failed" in caplog.text  # logged; the others still ran
         first.when_durable(lambda: called.append(("again", first.seq)))
         assert called[-1] == ("again", first.seq)  # already durable: at once
+
+
+async def test_listeners_hear_each_publication_and_read_nowait_never_waits(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    config = LogConfig(commit_records=100, commit_interval=0.002, checkpoint_interval=1000)
+    async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        stream = await log.stream(HANDLE, P.StreamKind.CMII)
+        heard: list[int] = []
+        stop = stream.listen(lambda: heard.append(stream.durable_seq))
+        cursor = stream.cursor(stream.next_seq)
+        assert cursor.read_nowait() == []  # nothing durable yet: an empty list, no wait
+        appended = stream.append_nowait(b"one", ContentKind.CMII)
+        assert cursor.read_nowait() == []  # appended is not durable
+        mock_clock.jump(0.002)
+        await appended.durable()
+        assert heard == [appended.seq]
+        assert [r.payload for r in cursor.read_nowait()] == [b"one"]
+        stop()
+        again = stream.append_nowait(b"two", ContentKind.CMII)
+        mock_clock.jump(0.002)
+        await again.durable()
+        assert heard == [appended.seq]  # stopped

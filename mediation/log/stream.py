@@ -138,6 +138,7 @@ class StreamLog(ReadSide):
         # when_durable's callbacks: a heap of (seq, order, callback).
         self._on_durable: list[tuple[int, int, Callable[[], None]]] = []
         self._on_durable_order = itertools.count()
+        self._listeners: list[Callable[[], None]] = []  # listen(): told whenever readers are
         self._state = StorageState(True, dt.datetime.now(dt.UTC))
         self._state_event = trio.Event()
         self._closing = False  # set by aclose: no more appends
@@ -444,6 +445,25 @@ class StreamLog(ReadSide):
             callback()
             return
         heapq.heappush(self._on_durable, (seq, next(self._on_durable_order), callback))
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` whenever the stream's readers are woken.
+
+        That is: records or checkpoints became durable, storage stopped or
+        resumed, or the stream closed. What one task reading several
+        streams waits with (a UDP endpoint's), instead of a task per stream.
+        The callback must be quick and must not raise.
+
+        Returns:
+            A function that stops the calls.
+        """
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
+
+    def _wake_readers(self) -> None:
+        super()._wake_readers()
+        for callback in self._listeners:
+            callback()
 
     def _call_durable(self) -> None:
         durable, due = self._durable_seq, self._on_durable
