@@ -80,6 +80,7 @@ class TlsWorker:
         self._connection: trio.CancelScope | None = None
         self._changed = trio.Event()  # the set of streams changed: reconnect
         self._more = trio.Event()  # a log has more for the writer, or an ack made room
+        self._want_room: set[StreamId] = set()  # streams whose full window stops the writer
         self._shared: Mapping[StreamId, StreamEnvelopes] = {}
         self.state = "connecting"
         self.last_error: str | None = None
@@ -262,7 +263,9 @@ class TlsWorker:
                 envelopes.leave()
 
     def _acked(self, event: AckReceived) -> None:
-        self._more.set()  # the window has room again
+        if event.stream in self._want_room:  # the writer waits for this window
+            self._want_room.discard(event.stream)
+            self._more.set()
         state = self._streams.get(event.stream)
         if state is None:
             return
@@ -322,7 +325,8 @@ class TlsWorker:
         sender, sid, cursor = link.sender, state.sid, state.cursor
         room = sender.window_room(sid)
         if room < min(max(1, sender.window // 4), self.config.batch) and room < sender.window:
-            return False  # an ack wakes the writer
+            self._want_room.add(sid)  # its next ack wakes the writer
+            return False
         if cursor.position != sender.next_sequence(sid):
             cursor.seek(sender.next_sequence(sid))  # an ack moved us on
         limit = min(room, self.config.batch)
