@@ -66,3 +66,15 @@ async def test_listeners_hear_each_publication_and_read_nowait_never_waits(
         mock_clock.jump(0.002)
         await again.durable()
         assert heard == [appended.seq]  # stopped
+
+
+async def test_a_stream_closed_first_calls_closed_never_the_callback(tmp_path: Path) -> None:
+    config = LogConfig(checkpoint_interval=1000)
+    async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        stream = await log.stream(HANDLE, P.StreamKind.CMII)
+        await stream.aclose()
+        calls: list[str] = []
+        stream.when_durable(
+            stream.next_seq, lambda: calls.append("stored"), lambda: calls.append("closed")
+        )
+        assert calls == ["closed"]

@@ -62,10 +62,12 @@ class Appended:
         """
         await self._stream.wait_durable(self.seq)
 
-    def when_durable(self, callback: Callable[[], None]) -> None:
+    def when_durable(
+        self, callback: Callable[[], None], closed: Callable[[], None] | None = None
+    ) -> None:
         """Call ``callback()`` in the event loop once the record is fdatasynced.
 
-        At once if it is already; never if the stream closes first (see
-        :meth:`StreamLog.when_durable`).
+        At once if it is already; if the stream closes first, ``closed()``
+        instead (see :meth:`StreamLog.when_durable`).
         """
-        self._stream.when_durable(self.seq, callback)
+        self._stream.when_durable(self.seq, callback, closed)

@@ -167,9 +167,15 @@ class TapConnection:
                 self._acks_due()
 
         for receipt in result.receipts:
-            receipt.when_durable(stored)  # at once if it is durable already
+            receipt.when_durable(stored, self._not_stored)  # at once if durable already
         if not result.receipts:
             self._acks_due()
+
+    def _not_stored(self) -> None:
+        """A stream closed before the batch was stored: never acked; end the link."""
+        self.reason = "storage closed before a batch was stored"
+        if self._scope is not None:
+            self._scope.cancel()
 
     def _acks_due(self) -> None:
         """Queue the acks of the oldest batches now stored, in order; wake the acker."""
