@@ -294,6 +294,27 @@ class Cursor:
         self._buf.clear()
         self._cp_after = seq - 1 if self._want_cps else None
 
+    def read_nowait(self, max_records: int = 1024) -> list[Item] | None:
+        """Up to ``max_records`` items durable in memory now, without waiting or yielding.
+
+        Returns:
+            The items (empty: none yet), or None when the next ones are on
+            disk only (``read`` fetches them).
+
+        Raises:
+            RecordsUnavailable: the position was removed by retention.
+            LogClosed: the stream closed and nothing is left to read.
+        """
+        if self._buf:
+            return [self._buf.popleft() for _ in range(min(max_records, len(self._buf)))]
+        side = self._side
+        items = side._read_memory(self._pos, max_records, self._cp_after)
+        if items:
+            self._advance(items)
+        elif items is not None and side._closed:
+            raise LogClosed(f"{side.label}: closed")
+        return items
+
     async def read(self, max_records: int = 1024) -> list[Item]:
         """Up to ``max_records`` items, waiting until there is at least one.
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from mediation.log.recovery import TornTail
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mediation.log.stream import StreamLog
 
 
@@ -59,3 +61,13 @@ class Appended:
             LogClosed: the stream was closed before the record was stored.
         """
         await self._stream.wait_durable(self.seq)
+
+    def when_durable(
+        self, callback: Callable[[], None], closed: Callable[[], None] | None = None
+    ) -> None:
+        """Call ``callback()`` in the event loop once the record is fdatasynced.
+
+        At once if it is already; if the stream closes first, ``closed()``
+        instead (see :meth:`StreamLog.when_durable`).
+        """
+        self._stream.when_durable(self.seq, callback, closed)

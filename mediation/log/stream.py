@@ -21,6 +21,8 @@ import collections
 import dataclasses
 import datetime as dt
 import hashlib
+import heapq
+import itertools
 import logging
 import math
 import time
@@ -133,6 +135,10 @@ class StreamLog(ReadSide):
             else trio.current_time() + config.checkpoint_interval
         )
         self._batches: collections.deque[int] = collections.deque(maxlen=100_000)
+        # when_durable's callbacks: a heap of (seq, order, callback).
+        self._on_durable: list[tuple[int, int, Callable[[], None], Callable[[], None] | None]] = []
+        self._on_durable_order = itertools.count()
+        self._listeners: list[Callable[[], None]] = []  # listen(): told whenever readers are
         self._state = StorageState(True, dt.datetime.now(dt.UTC))
         self._state_event = trio.Event()
         self._closing = False  # set by aclose: no more appends
@@ -423,6 +429,64 @@ class StreamLog(ReadSide):
             records += chunk.records
             self._publish(chunk)
         self._batches.append(records)
+        if self._on_durable and self._on_durable[0][0] <= self._durable_seq:
+            self._call_durable()
+
+    def when_durable(
+        self,
+        seq: int,
+        callback: Callable[[], None],
+        closed: Callable[[], None] | None = None,
+    ) -> None:
+        """Call ``callback()`` in the event loop once record ``seq`` is durable.
+
+        What a waiter that needs no task uses (a tap link's acks): the
+        callback runs in the writer's report, with no turn of the loop of
+        its own. At once if ``seq`` is durable already. If the stream
+        closes first, ``callback`` is never called (nothing may be taken
+        as stored then) and ``closed()`` is, if given (as ``durable()``
+        raises ``LogClosed``). Neither may raise: an exception is logged
+        and the others still run.
+        """
+        if self._durable_seq >= seq:
+            callback()
+        elif self._closed:
+            if closed is not None:
+                closed()
+        else:
+            entry = (seq, next(self._on_durable_order), callback, closed)
+            heapq.heappush(self._on_durable, entry)
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` whenever the stream's readers are woken.
+
+        That is: records or checkpoints became durable, storage stopped or
+        resumed, or the stream closed. What one task reading several
+        streams waits with (a UDP endpoint's), instead of a task per stream.
+        The callback must be quick and must not raise.
+
+        Returns:
+            A function that stops the calls.
+        """
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
+
+    def _wake_readers(self) -> None:
+        super()._wake_readers()
+        for callback in self._listeners:
+            callback()
+
+    def _call_durable(self) -> None:
+        durable, due = self._durable_seq, self._on_durable
+        while due and due[0][0] <= durable:
+            _call(heapq.heappop(due)[2], self.label)
+
+    def _drop_durable(self) -> None:
+        """Closed: what is not durable never will be; tell those who asked to know."""
+        due, self._on_durable = self._on_durable, []
+        for _seq, _order, _callback, closed in sorted(due):
+            if closed is not None:
+                _call(closed, self.label)
 
     def _write_failed(self, exc: Exception) -> None:
         reason = getattr(exc, "strerror", None) or repr(exc)
@@ -500,4 +564,12 @@ class StreamLog(ReadSide):
             await self._thread.stop()
             await self.persist_cursors()
         self._closed = True  # readers and durable() waiters stop waiting
+        self._drop_durable()
         self._wake_readers()
+
+
+def _call(callback: Callable[[], None], label: str) -> None:
+    try:
+        callback()
+    except Exception:  # one waiter's bug must not stop the log's reports
+        logger.exception("%s: a durability callback failed", label)

@@ -61,8 +61,11 @@ from mediation.log.segments import Chunk, SegmentWriter
 
 logger = logging.getLogger(__name__)
 # The longest a pool thread holds back what it has written from the event loop
-# while it writes other streams queued behind (to tell the loop once).
-POST_DELAY = 0.001
+# while it writes other streams queued behind (to tell the loop once). Long
+# enough for the second stream of a tap batch (a journal sync and two segment
+# syncs took over 1 ms a batch in ~60% of batches at light load, and then
+# each stream cost the loop its own wake-up: docs/architecture.md).
+POST_DELAY = 0.005
 HELD_WRITERS = 2  # ... and at most this many streams (a tap batch's CmII and CmCC)
 
 

@@ -23,7 +23,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 import trio
 
@@ -79,6 +79,8 @@ class TlsWorker:
         self._link: Link | None = None
         self._connection: trio.CancelScope | None = None
         self._changed = trio.Event()  # the set of streams changed: reconnect
+        self._more = trio.Event()  # a log has more for the writer, or an ack made room
+        self._want_room: set[StreamId] = set()  # streams whose full window stops the writer
         self._shared: Mapping[StreamId, StreamEnvelopes] = {}
         self.state = "connecting"
         self.last_error: str | None = None
@@ -244,12 +246,16 @@ class TlsWorker:
         self._link = link
         self.state, self.last_error = "connected", None
         log.info("%s: connected", self.ref.label)
-        writers = [self._writer_for(s) for s in streams.values()]
+        states = list(streams.values())
+
+        async def writer(link: Link) -> None:
+            await self._write_streams(link, states)
+
         shared = [self._shared[sid] for sid in streams if sid in self._shared]
         for envelopes in shared:  # while connected, this endpoint takes the stream's envelopes
             envelopes.join()
         try:
-            return await link.run(*writers)
+            return await link.run(writer)
         finally:
             self._sends += link.sends
             self._link = None
@@ -257,6 +263,9 @@ class TlsWorker:
                 envelopes.leave()
 
     def _acked(self, event: AckReceived) -> None:
+        if event.stream in self._want_room:  # the writer waits for this window
+            self._want_room.discard(event.stream)
+            self._more.set()
         state = self._streams.get(event.stream)
         if state is None:
             return
@@ -266,44 +275,76 @@ class TlsWorker:
         # from memory while storage was down); the next ack catches up.
         state.cursor.ack(min(event.next_expected, state.log.durable_seq + 1))
 
-    def _writer_for(self, state: _TlsStream) -> Callable[[Link], Awaitable[None]]:
-        async def writer(link: Link) -> None:
-            await self._write_stream(link, state)
+    async def _write_streams(self, link: Link, states: list[_TlsStream]) -> None:
+        """Queue every stream's records from the log on the link while its window has room.
 
-        return writer
+        One task for all the endpoint's streams, woken by their logs
+        (``StreamLog.listen``) and by acks: a commit of several streams is
+        one turn of the loop, not one per stream. A full window waits
+        until a quarter of it is free (or everything is acknowledged), not
+        for every ack: each read then takes many records instead of the
+        few one ack freed. The link's flusher sends what was queued in one
+        write, at least ``write_linger`` after its last (see ``Link``), so
+        busy traffic goes out several commits and both streams per TLS
+        record run, and a commit at light load goes in the next loop turn;
+        a catch-up reads the next batch while the last one is being sent.
+        """
+        unlisten = [state.log.listen(self._log_has_more) for state in states]
+        for state in states:
+            state.cursor.seek(link.sender.next_sequence(state.sid))
+        live = list(states)  # not stopped by retention
+        sent_last = False
+        try:
+            while True:
+                self._more = trio.Event()  # set by a log or an ack from here on
+                sent = False
+                for state in list(live):
+                    wrote = await self._write_ready(link, state)
+                    if wrote is None:
+                        live.remove(state)
+                    sent = sent or bool(wrote)
+                if not sent:
+                    await self._more.wait()
+                elif sent_last:  # back to back (busy, or catching up): let others run
+                    await trio.lowlevel.checkpoint()
+                sent_last = sent
+        finally:
+            for stop in unlisten:
+                stop()
 
-    async def _write_stream(self, link: Link, state: _TlsStream) -> None:
-        """Queue the stream's records from the log on the link while the window has room.
+    def _log_has_more(self) -> None:
+        self._more.set()
 
-        A full window waits until a quarter of it is free (or everything
-        is acknowledged), not for every ack: each read then takes many
-        records instead of the few one ack freed. The link's flusher sends
-        what every stream queued in one write, at least ``write_linger``
-        after its last (see ``Link``), so busy traffic goes out several
-        commits and both streams per TLS record run, and a commit at light
-        load goes in the next loop turn; a catch-up reads the next batch
-        while the last one is being sent.
+    async def _write_ready(self, link: Link, state: _TlsStream) -> bool | None:
+        """Queue what the stream's log holds for it now, if the window has room.
+
+        Returns:
+            True: queued some; False: nothing now; None: the stream cannot
+            go on (its unacknowledged records were removed by retention).
         """
         sender, sid, cursor = link.sender, state.sid, state.cursor
-        low_water = min(max(1, sender.window // 4), self.config.batch)
-        cursor.seek(sender.next_sequence(sid))
-        while True:
-            room = sender.window_room(sid)
-            if room < low_water and room < sender.window:
-                await link.wait_ack(sid)
-                continue
-            if cursor.position != sender.next_sequence(sid):
-                cursor.seek(sender.next_sequence(sid))  # an ack moved us on
-            try:
-                records = await cursor.read(min(room, self.config.batch))
-            except RecordsUnavailable:
-                # The agency's position is past retention: nothing can bring it back.
-                self.last_error = "unacknowledged records removed by retention"
-                log.error("%s: %s for %s", self.ref.label, self.last_error, sid)
-                await trio.sleep_forever()
-            data = self._envelopes(sender, sid, records)
-            state.sent_high = max(state.sent_high, sender.next_sequence(sid))
-            await link.write(data)
+        room = sender.window_room(sid)
+        if room < min(max(1, sender.window // 4), self.config.batch) and room < sender.window:
+            self._want_room.add(sid)  # its next ack wakes the writer
+            return False
+        if cursor.position != sender.next_sequence(sid):
+            cursor.seek(sender.next_sequence(sid))  # an ack moved us on
+        limit = min(room, self.config.batch)
+        try:
+            records = cursor.read_nowait(limit)
+            if records is None:  # behind the log's memory: from disk (waits)
+                records = await cursor.read(limit)
+        except RecordsUnavailable:
+            # The agency's position is past retention: nothing can bring it back.
+            self.last_error = "unacknowledged records removed by retention"
+            log.error("%s: %s for %s", self.ref.label, self.last_error, sid)
+            return None
+        if not records:
+            return False
+        data = self._envelopes(sender, sid, records)
+        state.sent_high = max(state.sent_high, sender.next_sequence(sid))
+        await link.write(data)
+        return True
 
     @staticmethod
     def _envelopes(sender: StreamSender, sid: StreamId, items: list) -> bytes:

@@ -9,12 +9,15 @@ one opener for the reports. A report that does not open is counted by
 reason and dropped; it never touches the loss figure. An endpoint without
 a key (a registry older than sealing) gets nothing, and says so.
 
-Per stream, a task is a cursor into the log that starts at the stream's
-end when delivery starts (UDP is real time; the history is what retrieval
-is for) and sends each record as one datagram
-through the stream's :class:`DatagramSender`. Reports are routed to their
-stream's sender, which turns them into the loss figure; an endpoint with
-no report for ``silent_after`` intervals is *silent*.
+Per stream, a cursor into the log starts at the stream's end when
+delivery starts (UDP is real time; the history is what retrieval is for);
+each record goes as one datagram through the stream's
+:class:`DatagramSender`. One task reads every stream's cursor, woken by
+the streams' logs (``StreamLog.listen``) when records become durable: a
+commit of several streams costs one turn of the loop, not one per stream.
+Reports are routed to their stream's sender, which turns them into the
+loss figure; an endpoint with no report for ``silent_after`` intervals is
+*silent*.
 
 The hot loop does one trio checkpoint per batch of records, not per
 datagram: the socket is non-blocking and only a full send buffer waits.
@@ -28,12 +31,12 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
 from mediation import pdu
-from mediation.log import Checkpoint, LogRecord, RecordsUnavailable, StreamLog
+from mediation.log import Checkpoint, Cursor, LogRecord, RecordsUnavailable, StreamLog
 from mediation.pdu import StreamId
 from mediation.protocol import (
     DatagramSender,
@@ -69,8 +72,17 @@ class _UdpStream:
     log: StreamLog
     sender: DatagramSender
     start: int
-    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     oversize: int = 0
+    cursor: Cursor | None = None  # while delivered: from ``start`` on
+    unlisten: Callable[[], None] | None = None  # while delivered: stop the log's wake-ups
+
+    def close(self) -> None:
+        """No longer delivered: stop listening, leave the shared envelopes."""
+        if self.unlisten is not None:
+            self.unlisten()
+            self.unlisten = None
+            self.cursor = None
+            self.sender.envelopes.leave()
 
 
 class UdpWorker:
@@ -86,6 +98,7 @@ class UdpWorker:
         self._sock: socket.socket | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._more = trio.Event()  # a stream's log has something new for the reader
         self.state = "waiting"
         self.last_error: str | None = None
         self.send_errors = 0
@@ -121,7 +134,7 @@ class UdpWorker:
         """
         for sid in list(self._streams):
             if sid not in streams:
-                self._streams.pop(sid).scope.cancel()
+                self._streams.pop(sid).close()
         for sid, stream in streams.items():
             if sid not in self._streams:
                 sender = DatagramSender(
@@ -133,10 +146,8 @@ class UdpWorker:
                 # The position is taken now, not when the task first runs: a
                 # notice appended right after this call must not be skipped.
                 start = (start_at or {}).get(sid, stream.next_seq)
-                state = _UdpStream(sid, stream, sender, start)
-                self._streams[sid] = state
-                if self._nursery is not None:
-                    self._nursery.start_soon(self._deliver, state)
+                self._streams[sid] = _UdpStream(sid, stream, sender, start)
+                self._more.set()  # the reader opens it
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the socket, deliver every stream, read reports; until cancelled."""
@@ -150,8 +161,7 @@ class UdpWorker:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for state in self._streams.values():
-                    nursery.start_soon(self._deliver, state)
+                nursery.start_soon(self._deliver)
                 nursery.start_soon(self._reports)
                 if self._scte is None:  # an SCTE receiver sends no reports
                     nursery.start_soon(self._silence)
@@ -187,27 +197,53 @@ class UdpWorker:
                 self._error(exc)
             await trio.sleep(delays(False))
 
-    async def _deliver(self, state: _UdpStream) -> None:
-        state.sender.envelopes.join()  # shared with the stream's other endpoints
+    async def _deliver(self) -> None:
+        """Send every stream's new records, in one task; sleep until a log has more."""
+        sent_last = False
         try:
-            with state.scope:
-                await self._deliver_records(state)
+            while True:
+                self._more = trio.Event()  # set by any stream's log from here on
+                sent = False
+                for state in list(self._streams.values()):
+                    if state.cursor is None:
+                        self._open_stream(state)
+                    sent |= await self._deliver_ready(state)
+                if not sent:
+                    await self._more.wait()
+                elif sent_last:  # back to back (busy, or catching up): let others run
+                    await trio.lowlevel.checkpoint()
+                sent_last = sent
         finally:
-            state.sender.envelopes.leave()
+            for state in self._streams.values():
+                state.close()
 
-    async def _deliver_records(self, state: _UdpStream) -> None:
+    def _open_stream(self, state: _UdpStream) -> None:
+        state.sender.envelopes.join()  # shared with the stream's other endpoints
         # Checkpoints too: the agency can check what it holds against them.
-        cursor = state.log.cursor(state.start, checkpoints=True)
-        while True:
-            try:
+        state.cursor = state.log.cursor(state.start, checkpoints=True)
+        state.unlisten = state.log.listen(self._log_has_more)
+
+    def _log_has_more(self) -> None:
+        self._more.set()
+
+    async def _deliver_ready(self, state: _UdpStream) -> bool:
+        """Send what the stream's log holds for it now; False: nothing yet."""
+        cursor = state.cursor
+        assert cursor is not None
+        try:
+            records = cursor.read_nowait(self.config.batch)
+            if records is None:  # behind the log's memory: from disk (waits)
                 records = await cursor.read(self.config.batch)
-            except RecordsUnavailable as exc:  # retention overtook us: go on from there
-                cursor.seek(exc.first_available)
-                continue
-            first = state.sender.first_sent is None
-            await self._send_batch(state, records)
-            if first:
-                self._wake.set()  # the silence clock starts with the first envelope
+        except RecordsUnavailable as exc:  # retention overtook us: go on from there
+            cursor.seek(exc.first_available)
+            return True
+        if not records or state.cursor is not cursor:  # none, or the stream was dropped
+            return False
+        first = state.sender.first_sent is None
+        await self._send_batch(state, records)
+        if first:
+            self._wake.set()  # the silence clock starts with the first envelope
+        return True
 
     async def _send_batch(self, state: _UdpStream, records: list) -> None:
         sock, sealer = self._sock, self._sealer

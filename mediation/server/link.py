@@ -42,6 +42,7 @@ from mediation.protocol import (
     ReplayWanted,
     StreamSender,
 )
+from mediation.server.tls_send import send_all
 
 log = logging.getLogger("mediation.server.delivery")
 # Octets queued before a send goes without its linger and writers wait:
@@ -151,7 +152,7 @@ class Link:
                 self._drained.set()
                 self._drained = trio.Event()
                 try:
-                    await self.stream.send_all(data)
+                    await send_all(self.stream, data)  # no loop turn when the socket takes it
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     raise LinkClosed("connection lost") from None
                 self.sends += 1

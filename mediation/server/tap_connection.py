@@ -9,6 +9,7 @@ order. One tap's failure ends that link only.
 
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -16,13 +17,17 @@ import trio
 from mediation.pdu import taplink as T
 from mediation.protocol.errors import ProtocolError
 from mediation.protocol.taplink import TapLinkServer
+from mediation.server.tls_send import send_all
 from mediation.server.warrant_table import WarrantTable
 from mediation.warrants.model import Tap, Warrant, WarrantState
 
 if TYPE_CHECKING:
+    from mediation.server.tap_ingest import BatchResult
     from mediation.server.taps import TapService
 
 RECEIVE = 256 * 1024
+# Batches stored but not yet acknowledged before the reader stops reading.
+UNACKED = 16
 
 
 def served(table: WarrantTable, tap: str) -> list[Warrant]:
@@ -67,7 +72,10 @@ class TapConnection:
         self.machine = machine
         self.reason = "closed"
         self._send_lock = trio.Lock()
-        self._acks_in, self._acks_out = trio.open_memory_channel[Any](16)
+        # Batches stored, in order, not yet acknowledged: [result, receipts not yet durable].
+        self._unacked: collections.deque[list[Any]] = collections.deque()
+        self._acks_ready = trio.Event()  # acks are queued in the machine: the acker sends them
+        self._room = trio.Event()  # the reader waits here while UNACKED batches wait
         self._sent_set: T.WarrantSet | None = None
         self.wake = trio.Event()  # set when the warrants changed
         self._scope: trio.CancelScope | None = None
@@ -103,7 +111,7 @@ class TapConnection:
         try:
             data = self.machine.data_to_send()
             if data:
-                await self.stream.send_all(data)
+                await send_all(self.stream, data)  # no loop turn when the socket takes it
         finally:
             self._send_lock.release()
 
@@ -132,27 +140,57 @@ class TapConnection:
             for message in messages:
                 if isinstance(message, T.PduBatch):
                     result = await service.ingest.batch(service.gate(self.tap.name), message)
-                    try:  # room in the queue (the usual case): no turn of the loop
-                        self._acks_in.send_nowait(result)
-                    except trio.WouldBlock:
-                        await self._acks_in.send(result)
-                    if not result.complete:
+                    if not result.complete:  # never acknowledged: the tap sends it again
                         self.reason = "storage stopped part-way through a batch"
                         return
+                    self._ack_when_stored(result)
+                    while len(self._unacked) >= UNACKED:  # bounded, whatever the tap sends
+                        self._room = trio.Event()
+                        await self._room.wait()
                 elif isinstance(message, T.Close):
                     self.reason = f"tap closed: {message.reason}"
                     return
             await self._flush()  # keepalive answers
 
+    def _ack_when_stored(self, result: BatchResult) -> None:
+        """Acknowledge the batch, in order, once all its records are durable.
+
+        The log calls back when each of its streams' records are (no task
+        waits on them): one turn of the loop per batch, the acker's send.
+        """
+        entry: list[Any] = [result, len(result.receipts)]
+        self._unacked.append(entry)
+
+        def stored() -> None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._acks_due()
+
+        for receipt in result.receipts:
+            receipt.when_durable(stored, self._not_stored)  # at once if durable already
+        if not result.receipts:
+            self._acks_due()
+
+    def _not_stored(self) -> None:
+        """A stream closed before the batch was stored: never acked; end the link."""
+        self.reason = "storage closed before a batch was stored"
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _acks_due(self) -> None:
+        """Queue the acks of the oldest batches now stored, in order; wake the acker."""
+        now, unacked = trio.current_time(), self._unacked
+        while unacked and unacked[0][1] == 0:
+            self.machine.send_ack(unacked.popleft()[0].ack, now)
+        self._acks_ready.set()
+        if len(unacked) < UNACKED:
+            self._room.set()
+
     async def _acker(self, scope: trio.CancelScope) -> None:
-        """Acknowledge each batch, in order, once its records are durable."""
-        async for result in self._acks_out:
-            if not result.complete:
-                continue
-            for receipt in result.receipts:
-                if not receipt.is_durable:  # already durable: no extra turn of the loop
-                    await receipt.durable()
-            self.machine.send_ack(result.ack, trio.current_time())
+        """Send the acks the log's callbacks queued (one wake-up for all queued meanwhile)."""
+        while True:
+            await self._acks_ready.wait()
+            self._acks_ready = trio.Event()
             await self._flush()
 
     async def _watch(self, scope: trio.CancelScope) -> None:

@@ -138,8 +138,14 @@ class TapIngest:
             durable: TLS (True): journalled for exactly once; UDP (False):
                 appended as it comes (a datagram is never resent).
         """
-        async with self._lock:
+        if self._lock.locked():  # another link's batch is being stored: wait for it
+            async with self._lock:
+                return await self._batch(gate, batch, durable)
+        self._lock.acquire_nowait()  # free: taken without a turn of the loop (one a batch)
+        try:
             return await self._batch(gate, batch, durable)
+        finally:
+            self._lock.release()
 
     async def _batch(self, gate: TapGate, batch: T.PduBatch, durable: bool) -> BatchResult:
         tap, skip = gate.name, {}

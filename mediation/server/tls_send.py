@@ -1,0 +1,112 @@
+"""Sending on a trio TLS stream without the two loop turns of ``SSLStream.send_all``.
+
+``trio.SSLStream.send_all`` yields to the scheduler twice for every write,
+even when the socket takes everything at once: its inner send lock's
+``acquire`` is a checkpoint, and so is the transport's ``send``. At light
+load the server writes a few times per tap batch (the tap's ack, the
+agency's envelopes), each a short run of TLS records that the kernel takes
+at once, so those turns are pure cost: each is a pass of the event loop
+(docs/architecture.md, "The server at light load").
+
+:func:`send_all` encrypts into the stream's own outgoing buffer and writes
+the octets to the socket directly, holding the stream's send lock, when
+nothing else is sending on it and the handshake is done; what the socket
+does not take at once is sent by the transport's ``send_all`` (which
+waits), still under the lock, so records never interleave with a send the
+stream makes on its own (a TLS 1.3 key update, a session ticket). Anything
+unusual (a stream still handshaking or being closed, a lock held, another
+kind of stream, a trio without these internals) takes ``send_all``
+itself. Errors are trio's: a broken connection raises
+``trio.BrokenResourceError`` and leaves the stream broken.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+import trio
+
+try:  # trio's internals this relies on; without them every send is send_all's
+    from trio._ssl import _State as _SslState
+
+    _OK = _SslState.OK
+    _BROKEN = _SslState.BROKEN
+except (ImportError, AttributeError):  # pragma: no cover - another trio
+    _OK = _BROKEN = None
+
+
+def _direct(stream: trio.SSLStream) -> bool:
+    """Whether ``stream`` can be written directly now (else: ``send_all``)."""
+    if _OK is None or stream.__class__ is not trio.SSLStream:
+        return False
+    try:
+        return (
+            stream._state is _OK
+            and stream._handshook.done
+            and stream._delayed_outgoing is None
+            and not stream._inner_send_lock.locked()
+            and isinstance(stream.transport_stream, trio.SocketStream)
+        )
+    except AttributeError:  # pragma: no cover - another trio
+        return False
+
+
+async def send_all(stream: trio.abc.Stream, data: bytes | bytearray) -> None:
+    """``stream.send_all(data)``, without a turn of the loop when the socket takes it all.
+
+    Args:
+        stream: the connection; a ``trio.SSLStream`` over a socket gets the
+            direct path, anything else its own ``send_all``.
+        data: the octets (nothing is sent for none).
+
+    Raises:
+        trio.BrokenResourceError: the connection is lost (the stream is
+            then broken, as after ``send_all``).
+        trio.ClosedResourceError: the stream was closed.
+    """
+    if not data:
+        return
+    if not _direct(stream):  # type: ignore[arg-type]
+        await stream.send_all(data)
+        return
+    assert isinstance(stream, trio.SSLStream)
+    with stream._outer_send_conflict_detector:
+        try:
+            stream._ssl_object.write(data)
+        except ssl.SSLWantReadError:  # pragma: no cover - TLS 1.2 renegotiation only
+            wrote = False
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            stream._state = _BROKEN
+            raise trio.BrokenResourceError from exc
+        else:
+            wrote = True
+        if wrote:
+            await _send_outgoing(stream)
+            return
+    await stream.send_all(data)  # pragma: no cover - see above
+
+
+async def _send_outgoing(stream: trio.SSLStream) -> None:
+    """Write the stream's encrypted octets to its socket, under its send lock."""
+    out = stream._outgoing.read()
+    lock = stream._inner_send_lock
+    lock.acquire_nowait()  # free: checked by _direct, and nothing yielded since
+    try:
+        transport = stream.transport_stream
+        assert isinstance(transport, trio.SocketStream)
+        try:
+            sent = os.write(transport.socket.fileno(), out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # reset, broken pipe, closed
+            stream._state = _BROKEN
+            raise trio.BrokenResourceError from exc
+        if sent < len(out):  # the socket's buffer is full: wait as send_all does
+            try:
+                await transport.send_all(memoryview(out)[sent:])
+            except BaseException:
+                stream._state = _BROKEN
+                raise
+    finally:
+        lock.release()
