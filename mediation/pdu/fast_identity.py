@@ -56,12 +56,19 @@ def span(der: bytes, pos: int, end: int) -> tuple[int, int] | None:
 
 
 def header(der: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """:func:`mediation.pdu.tlv.read_header` as ``(tag, start, stop)``: common forms read inline.
+    """:func:`mediation.pdu.tlv.read_header` as ``(tag, start, stop)``: short TLVs read inline.
+
+    Args:
+        der, pos, end: as ``read_header`` (the TLV at ``pos``, inside ``end``).
+
+    Returns:
+        The tag octet and where the contents start and stop.
 
     Raises:
-        PDUError: as ``read_header`` (which reads every form :func:`span` does not).
+        PDUError: as ``read_header``, which reads every TLV but a short one
+        with a one-octet tag (the fields a reader skips to find another).
     """
-    if pos + 2 <= end:  # span's forms, inline: this runs for every field a reader skips
+    if pos + 2 <= end:
         tag, size = der[pos], der[pos + 1]
         if size < 0x80 and tag & 0x1F != 0x1F and pos + 2 + size <= end:
             return tag, pos + 2, pos + 2 + size
