@@ -92,8 +92,8 @@ def first_headers(kind: str, der: bytes) -> tuple[bytes, int, int, int] | None:
         and its contents' bounds; for CmCC the header's tag (``0xA0``), the
         offset just after the header and the end of the PDU's contents (where
         its other fields are). None when any of these headers is not in a
-        common form, or the case identity is not the first field: then the
-        reference readers decide.
+        common form, or the case identity is not the first field, or the
+        kind is neither: then the reference readers decide.
     """
     end = len(der)
     if end < 2 or der[0] != _SEQUENCE:
@@ -121,7 +121,7 @@ def first_headers(kind: str, der: bytes) -> tuple[bytes, int, int, int] | None:
         if case is None:
             return None
         return der[case[0] : case[1]], tag, start, body_end
-    if pos >= stop or der[pos] != _CONTEXT_0:
+    if kind != "cmCC" or pos >= stop or der[pos] != _CONTEXT_0:
         return None
     header = span(der, pos, stop)
     if header is None or header[0] >= header[1] or der[header[0]] != _CONTEXT_0:
