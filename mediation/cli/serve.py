@@ -63,7 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key = registry.key
     assert key is not None
     loader = functools.partial(load_config, path)  # SIGHUP re-reads the same file
-    server = MediationServer(data_dir(args), key, config=config, tty=tty, config_loader=loader)
+    server = MediationServer(
+        data_dir(args), key, config=config, tty=tty, config_loader=loader, settle_heap=True
+    )
     holder.append(server)
     # Until the server's own handler is in place (and after it is gone), a
     # SIGHUP must not kill the process: its default action would.

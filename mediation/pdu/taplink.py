@@ -244,8 +244,13 @@ def read_batch(data: bytes, start: int, end: int) -> PduBatch:
         raise PDUError("batchId: out of range", pos)
     pos, seq_end = expect(data, stop, end, 0xA1, "pdus")
     out = []
-    kinds, read = KINDS, TapPdu.read
+    kinds, read, common = KINDS, TapPdu.read, _common_item
     while pos < seq_end:
+        found = common(data, pos, seq_end)
+        if found is not None:
+            out.append(found[0])
+            pos = found[1]
+            continue
         item, item_end = expect(data, pos, seq_end, 0x30, "TapPdu")
         k, k_end = expect(data, item, item_end, 0x80, "kind")
         kind = data[k] if k_end - k == 1 else -1  # 0 or 1, one octet in DER
@@ -258,6 +263,58 @@ def read_batch(data: bytes, start: int, end: int) -> PduBatch:
         out.append(read(kinds[kind], data[t:t_end], data[p:p_end]))
         pos = item_end  # extensions after pdu are skipped
     return PduBatch(batch_id, tuple(out))
+
+
+def _common_item(data: bytes, pos: int, end: int) -> tuple[TapPdu, int] | None:
+    """The ``TapPdu`` at ``pos`` and the offset after it, when in the tap's own layout.
+
+    ``30 L  80 01 kind  81 l time  82 L pdu``: lengths in the short or the
+    minimal one- or two-octet long form, a known kind, a time of a
+    GeneralizedTime's size, the PDU ending the item. Read inline (one call
+    where :func:`read_batch`'s general path makes four); anything else,
+    valid or not, gives None and the general path decides, so the answer is
+    always its (tests/test_taplink_codec.py proves it on altered encodings).
+    """
+    if pos + 3 > end or data[pos] != 0x30:
+        return None
+    size = data[pos + 1]
+    if size == 0x82:
+        if pos + 4 > end or not data[pos + 2]:
+            return None
+        item = pos + 4
+        item_end = item + (data[pos + 2] << 8 | data[pos + 3])
+    elif size == 0x81 and data[pos + 2] >= 0x80:
+        item = pos + 3
+        item_end = item + data[pos + 2]
+    elif size < 0x80:
+        item = pos + 2
+        item_end = item + size
+    else:
+        return None
+    if item_end > end or item + 7 > item_end or data[item] != 0x80 or data[item + 1] != 1:
+        return None
+    kind, stamp = data[item + 2], data[item + 4]
+    if kind > 1 or data[item + 3] != 0x81 or not _STAMP_MIN <= stamp <= _STAMP_MAX:
+        return None
+    t = item + 5
+    at = t + stamp  # the pdu's tag
+    if at + 2 > item_end or data[at] != 0x82:
+        return None
+    size = data[at + 1]
+    if size < 0x80:
+        p = at + 2
+        p_end = p + size
+    elif size == 0x81 and at + 3 <= item_end and data[at + 2] >= 0x80:
+        p = at + 3
+        p_end = p + data[at + 2]
+    elif size == 0x82 and at + 4 <= item_end and data[at + 2]:
+        p = at + 4
+        p_end = p + (data[at + 2] << 8 | data[at + 3])
+    else:
+        return None
+    if p_end != item_end:
+        return None
+    return TapPdu.read(KINDS[kind], data[t:at], data[p:p_end]), item_end
 
 
 # -- every message --------------------------------------------------------------

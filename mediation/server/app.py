@@ -43,6 +43,7 @@ from mediation.clock import ClockReading, read_clock
 from mediation.errors import UsageError
 from mediation.log import LOG_KEY_PURPOSE, Appended, EvidenceLog, LogError, LogKey, StreamLog
 from mediation.pdu import StreamId, StreamKind
+from mediation.server import heap
 from mediation.server.config import ServerConfig, reloaded_config
 from mediation.server.control import ControlError, socket_path
 from mediation.server.control_listener import ControlSocket
@@ -85,8 +86,10 @@ class MediationServer:
         clock_reader: Callable[[], ClockReading] = read_clock,
         tty: bool = False,
         config_loader: Callable[[], ServerConfig] | None = None,
+        settle_heap: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self._settle_heap = settle_heap  # the process is the server's own: server/heap.py
         self.table = WarrantTable()
         self.config = config or ServerConfig()
         self._key = key
@@ -170,6 +173,8 @@ class MediationServer:
             count, active = len(self.table.states()), len(self.table.active())
             log.info("serving: warrants loaded %d, active %d; control socket ready", count, active)
             task_status.started()
+            if self._settle_heap:
+                heap.settle()
 
     def _build(
         self,

@@ -27,6 +27,7 @@ import re
 import struct
 
 from mediation.pdu.errors import PDUError
+from mediation.pdu.fast_identity import cc_packet, first_headers, header, ip_pair
 from mediation.pdu.fast_signaling import first_message
 from mediation.pdu.tlv import read_header
 from mediation.tap.packet import LINKTYPE_ETHERNET, LINKTYPE_RAW, parse_frame
@@ -91,15 +92,21 @@ def header_addresses(der: bytes) -> tuple[bytes, bytes] | None:
         end = pos + size
         _t, oid, oid_size = read_header(der, pos, end)
         tag, body, body_size = read_header(der, oid + oid_size, end)
-        if tag != _HEADER_REPORT:
-            return None
-        start, stop = _find(der, body, body + body_size, _HEADER_SET)
+    except PDUError:
+        return None
+    return _addresses_in(der, body, body + body_size) if tag == _HEADER_REPORT else None
+
+
+def _addresses_in(der: bytes, body: int, body_end: int) -> tuple[bytes, bytes] | None:
+    """:func:`header_addresses` from the data-Header-Report's contents (``der[body:body_end]``)."""
+    try:
+        start, stop = _find(der, body, body_end, _HEADER_SET)
         found = []
         for tag in (_SOURCE, _DESTINATION):
             at, field_end = _find(der, start, stop, tag)
-            _t, inner, inner_size = read_header(der, at, field_end)  # address [0] IpAddress
-            _t, value, value_size = read_header(der, inner, inner + inner_size)
-            found.append(der[value : value + value_size])
+            _t, inner, inner_end = header(der, at, field_end)  # address [0] IpAddress
+            _t, value, value_end = header(der, inner, inner_end)
+            found.append(der[value:value_end])
             start = field_end
         return found[0], found[1]
     except (PDUError, KeyError):
@@ -113,10 +120,10 @@ def _find(der: bytes, pos: int, end: int, want: int) -> tuple[int, int]:
         KeyError: there is none.
     """
     while pos < end:
-        tag, start, size = read_header(der, pos, end)
+        tag, start, stop = header(der, pos, end)
         if tag == want:
-            return start, start + size
-        pos = start + size
+            return start, stop
+        pos = stop
     raise KeyError(want)
 
 
@@ -169,6 +176,13 @@ class TapGate:
             if warrant.details is not None:
                 by_case[warrant.details.case_id].append(warrant)
         self._by_case = dict(by_case)
+        # The served case identities as the PDU carries them (ASCII octets), each
+        # with its one warrant: a case of several warrants is served by none.
+        self._single = {
+            case.encode("ascii"): found[0].handle
+            for case, found in self._by_case.items()
+            if len(found) == 1 and case.isascii()
+        }
         self._matchers: dict[str, TargetMatcher | None] = {}
         self._mac_matchers: dict[str, TargetMatcher | None] = {}
         self._pairs: dict[tuple[int, tuple[bytes, bytes]], bool] = {}
@@ -180,7 +194,48 @@ class TapGate:
             self._mac_matchers[warrant.handle] = _mac_matcher(details.targets)
 
     def warrant_for(self, kind: str, der: bytes) -> tuple[str | None, str]:
-        """``(handle, "")`` for the warrant a PDU belongs to, or ``(None, reason)``."""
+        """``(handle, "")`` for the warrant a PDU belongs to, or ``(None, reason)``.
+
+        The PDU's first headers are read once (``first_headers``); a PDU
+        not in the common forms gets the reference readers' answer
+        (:meth:`_warrant_for_reference`), which this always equals.
+        """
+        head = first_headers(kind, der)
+        if head is None:
+            return self._warrant_for_reference(kind, der)
+        case, tag, start, stop = head
+        handle = self._single.get(case)
+        if handle is None:  # none or several warrants; not ASCII: not a case identity
+            return None, "not_served" if case.isascii() else "malformed"
+        if kind == "cmCC":
+            matcher = self._matchers.get(handle)
+            if matcher is None:
+                return handle, ""
+            packet = cc_packet(der, start, stop)
+            pair = None if packet is None else ip_pair(packet)
+            if pair is None:
+                return self._warrant_for_reference(kind, der)
+            return (handle, "") if self._pair_matches(matcher, pair) else (None, "not_target")
+        matcher = self._matchers.get(handle)
+        if matcher is not None and tag == _HEADER_REPORT:
+            addresses = _addresses_in(der, start, stop)
+            if addresses is not None and not self._pair_matches(matcher, addresses):
+                return None, "not_target"
+        if tag == _SIGNALING_REPORT and self._mac_matchers.get(handle) is not None:
+            return self._link_frame_check(handle, der)
+        return handle, ""
+
+    def _link_frame_check(self, handle: str, der: bytes) -> tuple[str | None, str]:
+        """A signalling report of a MAC warrant: its link-layer frame's MACs, if it has one."""
+        frame, macs = link_frame(der), self._mac_matchers[handle]
+        if frame is None or macs is None:
+            return handle, ""
+        if macs.match(parse_frame(frame, LINKTYPE_ETHERNET)) is None:
+            return None, "not_target"
+        return handle, ""
+
+    def _warrant_for_reference(self, kind: str, der: bytes) -> tuple[str | None, str]:
+        """:meth:`warrant_for` by the reference readers, each walking the PDU from its start."""
         case = case_identity(kind, der)
         if case is None:
             return None, "malformed"
