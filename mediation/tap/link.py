@@ -166,7 +166,8 @@ class TapClient(LinkSession):
         self.linger = linger
         self.epoch = int(time.time()) & 0xFFFFFFFF if epoch is None else epoch
         self.counters = LinkCounters()
-        self.taps: list[Tap] = []
+        # The seed form's tap is known before the link is up: it captures at once.
+        self.taps: list[Tap] = [] if fixed is None else [fixed[0]]
         self.warrants_ready = trio.Event()
         self.connected = False
         self._generation: T.WarrantSet | None = None
@@ -281,10 +282,15 @@ class TapClient(LinkSession):
         (:mod:`mediation.tap.workers`); the seed form's fixed content
         identifier keeps it to one.
 
+        The seed form captures at once (its tap is known; what it captures
+        before the link is up waits in the spool); otherwise the taps come
+        with the first warrant set, so capture waits for it.
+
         Raises:
             OSError: the interface, CAP_NET_RAW or the kernel said no.
         """
-        await self.warrants_ready.wait()
+        if self.fixed is None:
+            await self.warrants_ready.wait()
         if workers > 1 and self.fixed is None:
             await self._run_workers(interface, workers)
             return
@@ -334,6 +340,22 @@ class TapClient(LinkSession):
             nursery.start_soon(started)
             await workers.run(take)
             nursery.cancel_scope.cancel()
+
+    async def prepare(self) -> None:
+        """Compile, in a worker thread, the reference codec the taps' rarer PDUs need.
+
+        Header reports and CC are written by hand (mediation/tap/header_report.py);
+        lease, RADIUS and confirmation reports go through the reference codec,
+        whose compile (asn1tools, ~0.2 s of CPU) would otherwise stall the
+        first such packet and every packet captured behind it. Only when a
+        tap follows DHCP or RADIUS (those reports are routine then): a tap
+        that never builds one never pays for it. A link-layer report (a MAC
+        target's frame without IP, rare) still compiles it when first needed.
+        """
+        if any(tap.follower is not None or tap.radius is not None for tap in self.taps):
+            from mediation.pdu.schema import compiled
+
+            await trio.to_thread.run_sync(compiled)
 
     def capture_stats(self) -> Any:
         """The capture's counters (a :class:`CaptureStats`), or ``None`` before capturing."""
@@ -469,7 +491,6 @@ class TapClient(LinkSession):
             except (OSError, ValueError) as exc:
                 log.error("tap: the capture filter could not be rebuilt: %s", exc)
         log.info("tap link: serving %d warrant(s)", len(taps))
-        self.warrants_ready.set()
 
     def _apply_fixed(self, warrants: T.WarrantSet) -> None:
         """The seed form: its one tap (following the warrant's MACs); warn when not served."""
@@ -489,7 +510,6 @@ class TapClient(LinkSession):
                 self._live.set_expression(tap.matcher.kernel_expression(), [tap])
         self.taps = [tap]
         self._generation = warrants
-        self.warrants_ready.set()
 
 
 __all__ = ["LinkCounters", "TapClient", "build_tap", "chunk_records", "client_context", "describe"]

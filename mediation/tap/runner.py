@@ -189,12 +189,7 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.run_link)
             nursery.start_soon(client.run_timer)
-            with trio.move_on_after(settings.connect_wait) as waited:
-                await client.warrants_ready.wait()
-            if waited.cancelled_caught:
-                raise UsageError(
-                    "--server", f"no warrant set from {address[0]}:{address[1]} in time"
-                )
+            await _ready(client, settings, seed is not None)
             if source is None:
                 assert settings.interface is not None
                 await _live(client, settings.interface, settings.workers)
@@ -222,6 +217,43 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
             flush=True,
         )
     return 0
+
+
+# The seed form replaying a file waits this long for the link before it
+# replays anyway, into the spool (sent once the link is up): its tap is known
+# without the server, and a replay that waits for ever would look hung.
+LINK_WAIT = 5.0
+
+
+async def _ready(client: Any, settings: RunSettings, seeded: bool) -> None:
+    """Wait until capture or replay may begin: compiled, and the link up when it can be.
+
+    Everything a first packet needs is ready before capture or replay
+    begins, so nothing captured waits for a compile (docs/tap.md,
+    "Start-up"). Targets from the server: the first warrant set (it comes
+    once the link is up; the reference codec is compiled meanwhile, when a
+    warrant needs it), within ``connect_wait``. The seed form: its tap is
+    known, so it is compiled for while the link connects; a live capture
+    then begins at once (what it captures waits in the spool), a replay
+    waits for the link up to :data:`LINK_WAIT` seconds and then replays
+    into the spool.
+
+    Raises:
+        UsageError: no warrant set from the server within ``connect_wait``.
+    """
+    if seeded:
+        await client.prepare()
+        if settings.source is not None:
+            with trio.move_on_after(min(LINK_WAIT, settings.connect_wait)) as waited:
+                await client.warrants_ready.wait()
+            if waited.cancelled_caught:
+                log.warning("tap link: not up after %g s; replaying into the spool", LINK_WAIT)
+        return
+    with trio.move_on_after(settings.connect_wait) as waited:
+        await client.warrants_ready.wait()
+    if waited.cancelled_caught:
+        host, port = settings.address
+        raise UsageError("--server", f"no warrant set from {host}:{port} in time")
 
 
 async def _live(client: Any, interface: str, workers: int = 1) -> None:
