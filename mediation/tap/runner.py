@@ -25,14 +25,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from mediation.errors import UsageError
 from mediation.tap.replay import Tap
-from mediation.tap.seed import seed_tap
-from mediation.tap.tapconfig import TapConfig
+
+if TYPE_CHECKING:  # the seed form's modules bring the evidence log's: imported when used
+    from mediation.tap.tapconfig import TapConfig
 
 DEFAULT_SPOOL_LIMIT = 256 * 1024 * 1024
 log = logging.getLogger("mediation.tap")
@@ -110,6 +111,7 @@ def run_tap(
     Raises:
         UsageError: bad credentials, no server, or the capture cannot start.
     """
+    from mediation.tap.seed import seed_tap
     from mediation.warrants.validate import parse_host_port
 
     credentials = read_credentials(credentials_path)
@@ -156,6 +158,8 @@ def run(
     logger.setLevel(logging.WARNING if settings.quiet else logging.INFO)
     seed = None
     if fixed is not None:
+        from mediation.tap.seed import seed_tap
+
         config = seed_config
         rebuild = None if config is None else (lambda macs: seed_tap(config, macs))
         seed = (fixed, expression, rebuild)
