@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from mediation.errors import UsageError
+from mediation.tap.link import LINGER_SECONDS
 from mediation.tap.replay import Tap
 
 if TYPE_CHECKING:  # the seed form's modules bring the evidence log's: imported when used
@@ -57,6 +58,8 @@ class RunSettings:
         epoch: the correlation epoch (None: the start time).
         quiet: warnings only on stderr.
         workers: capture processes for ``interface`` (mediation/tap/workers.py).
+        linger: the most a batch waits for more PDUs on a free link
+            (mediation/tap/link.py, ``LINGER_SECONDS``).
     """
 
     address: tuple[str, int]
@@ -72,6 +75,7 @@ class RunSettings:
     epoch: int | None = None
     quiet: bool = False
     workers: int = 1
+    linger: float = LINGER_SECONDS
 
 
 def read_credentials(path: Path) -> Any:
@@ -189,6 +193,7 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
             batch_pdus=settings.batch,
             epoch=settings.epoch,
             fixed=seed,
+            linger=settings.linger,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.run_link)
