@@ -5,10 +5,10 @@ certificate and checks the server by the bundle's server CA and role;
 it gets its warrants (:class:`WarrantSet`, held in memory only) and builds
 one :class:`Tap` per warrant. Captured frames (a pcap file here; live
 capture drives the same :meth:`TapClient.frame`) become PDUs, cut into
-batches by count and size; a batch is sent once it has lingered a
-millisecond with the link free to take it (so a quiet tap's PDUs go at
-once and a busy tap's fill large batches), or after a short time bound
-(0.2 s) while the link is busy or down. Each batch goes into
+batches by count and size; on a free link a batch is sent when no
+further burst of PDUs is expected within its linger (so a quiet tap's
+PDUs go at once and a busy tap's fill large batches), and after a short
+time bound (0.2 s) while the link is busy or down. Each batch goes into
 the spool (:class:`mediation.tap.spool.TapSpool`, encrypted, bounded)
 before it is sent. The server acknowledges a batch once its PDUs are
 durable; only then is it dropped from the spool. A lost connection is
