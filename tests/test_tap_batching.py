@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from mediation.pdu.taplink import encode_pdu
 from mediation.tap.link import BATCH_SECONDS, LINGER_SECONDS, PIPELINE_BYTES, TapClient
 
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -41,6 +42,12 @@ def client(spool: MemorySpool, *, connected: bool) -> TapClient:
     return tap
 
 
+async def sent(tap: TapClient, spool: MemorySpool, der: bytes) -> None:
+    """One PDU as a burst of its own; whatever it sealed counts as sent (the link is free)."""
+    await tap.add("cmCC", WHEN, der)
+    tap._last_sent = spool.last_id
+
+
 async def run(tap: TapClient, body: Any) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tap.run_timer)
@@ -48,18 +55,72 @@ async def run(tap: TapClient, body: Any) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_quiet_tap_sends_its_pdu_after_the_linger(autojump_clock: Any) -> None:
+async def test_a_lone_burst_goes_at_once(autojump_clock: Any) -> None:
+    """A burst with no other in sight (the last came long ago) is not held: waiting
+    would add nothing to its batch. (It waited a 5 ms linger before.)"""
     spool = MemorySpool()
     tap = client(spool, connected=True)
 
     async def body() -> None:
-        await tap.add("cmCC", WHEN, b"\x04\x01a")
-        await trio.sleep(LINGER_SECONDS / 2)
-        await tap.add("cmCC", WHEN, b"\x04\x01b")
-        assert tap.counters.batches == 0
-        assert tap._pending_count == 2  # the same burst: the same batch
-        await trio.sleep(LINGER_SECONDS * 2)
-        assert tap.counters.batches == 1  # not 0.2 s later, as before
+        await sent(tap, spool, b"\x04\x01a")
+        assert tap.counters.batches == 1 and trio.current_time() == 0.0
+        await trio.sleep(1.0)
+        await sent(tap, spool, b"\x04\x01b")
+        assert tap.counters.batches == 2
+
+    await run(tap, body)
+
+
+async def learn(tap: TapClient, spool: MemorySpool, gap: float) -> None:
+    """Bursts ``gap`` apart until the tap expects the next one ``gap`` away; then
+    nothing open (flushed, sent)."""
+    for _ in range(30):
+        await sent(tap, spool, b"\x04\x01r")
+        await trio.sleep(gap)
+    await tap.flush()
+    tap._last_sent = spool.last_id
+
+
+async def test_bursts_in_a_rhythm_share_a_batch_sealed_by_the_last_that_fits(
+    autojump_clock: Any,
+) -> None:
+    """Bursts every 5 ms (a replay's steps) with a 12 ms linger: the batch waits for
+    the bursts expected within the linger; the one after which the next would come
+    too late seals it at once, so the last burst of a batch never waits."""
+    spool = MemorySpool()
+    tap = client(spool, connected=True)
+    step = 0.005
+    assert 2 * step < LINGER_SECONDS < 3 * step
+
+    async def body() -> None:
+        await learn(tap, spool, step)
+        before = tap.counters.batches
+        await sent(tap, spool, b"\x04\x01d")  # opens a batch; the next burst due in 5 ms
+        await trio.sleep(step)
+        await sent(tap, spool, b"\x04\x01e")  # open 5 ms, + 5 < 12: wait for it
+        assert tap.counters.batches == before and tap._pending_count == 2
+        await trio.sleep(step)
+        await sent(tap, spool, b"\x04\x01f")  # open 10 ms, + 5 > 12: seal now
+        assert tap.counters.batches == before + 1 and tap._pending_count == 0
+
+    await run(tap, body)
+
+
+async def test_a_batch_never_waits_longer_than_the_linger(autojump_clock: Any) -> None:
+    """The bursts stop: the timer seals the open batch at the linger."""
+    spool = MemorySpool()
+    tap = client(spool, connected=True)
+
+    async def body() -> None:
+        await learn(tap, spool, 0.001)
+        opened = trio.current_time()
+        for _ in range(3):
+            await sent(tap, spool, b"\x04\x01g")
+            await trio.sleep(0.001)
+        await trio.sleep(opened + LINGER_SECONDS - 0.0005 - trio.current_time())
+        assert tap._pending_count == 3
+        await trio.sleep(0.001)
+        assert tap._pending_count == 0
 
     await run(tap, body)
 
@@ -198,7 +259,7 @@ async def test_a_flush_returns_only_once_an_earlier_flush_has_spooled_its_batch(
 
     spool = SlowSpool()
     tap = client(spool, connected=True)
-    await tap.add("cmCC", WHEN, b"\x04\x01a")
+    await tap.add_chunk(encode_pdu("cmCC", WHEN, b"\x04\x01a"), 1, WHEN, WHEN)  # no burst
     seen: list[int] = []
 
     async def second_flush() -> None:

@@ -26,6 +26,8 @@ def carrier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Carrier:
             "--spool-limit: must be at least 65536 bytes, got 10",
         ),
         (("--read", "{pcap}", "--server", "nowhere"), "--server"),
+        (("--read", "{pcap}", "--linger", "0"), "--linger: must be 1 to 200 milliseconds, got 0"),
+        (("--read", "{pcap}", "--linger", "nan"), "--linger: must be 1 to 200 milliseconds"),
         (
             ("--read", "{pcap}", "--workers", "2"),
             "--workers: applies to live capture only: give -i IFACE, or drop it",

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from mediation.errors import UsageError
-from mediation.tap.runner import DEFAULT_SPOOL_LIMIT
+from mediation.tap.runner import DEFAULT_SPOOL_LIMIT, LINGER_SECONDS
 
 
 def cmd_tap_run(args: argparse.Namespace) -> int:
@@ -38,6 +38,8 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
     if not 1 <= args.batch <= 65536:
         raise UsageError("--batch", f"must be 1 to 65536 PDUs, got {args.batch}")
     workers = _workers(args)
+    if not 1 <= args.linger <= 200:
+        raise UsageError("--linger", f"must be 1 to 200 milliseconds, got {args.linger:g}")
     if args.spool_limit < 65536:
         raise UsageError("--spool-limit", f"must be at least 65536 bytes, got {args.spool_limit}")
     settings = RunSettings(
@@ -54,6 +56,7 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
         epoch=args.correlation_epoch,
         quiet=args.quiet,
         workers=workers,
+        linger=args.linger / 1000,
     )
     return run(credentials, settings)
 
@@ -107,6 +110,15 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help=f"the most the spool holds (default {DEFAULT_SPOOL_LIMIT})",
     )
     p.add_argument("--batch", type=int, default=1024, metavar="N", help="PDUs per batch at most")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=LINGER_SECONDS * 1000,
+        metavar="MS",
+        help="the most a batch waits for more PDUs on a free link (default "
+        f"{LINGER_SECONDS * 1000:g}): longer sends fewer batches (less server CPU), "
+        "shorter adds less latency",
+    )
     p.add_argument(
         "--workers",
         type=int,

@@ -30,6 +30,7 @@ import collections
 import dataclasses
 import datetime as dt
 from ipaddress import IPv4Address, IPv6Network
+from typing import NamedTuple
 
 from mediation.pdu import (
     AccessAccepted,
@@ -87,9 +88,13 @@ _PACKET_DIRECTION = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TapPDU:
-    """One encoded PDU, as the evidence log takes it."""
+class TapPDU(NamedTuple):
+    """One encoded PDU, as the evidence log takes it.
+
+    A named tuple, not a frozen dataclass: two are made for every target
+    packet, and a frozen dataclass's ``__init__`` (``object.__setattr__`` per
+    field) cost 1.5 us against 0.3 us.
+    """
 
     kind: str  # "cmII" or "cmCC" (mediation.pdu.fast.CMII / CMCC)
     der: bytes

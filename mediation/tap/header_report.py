@@ -3,11 +3,18 @@
 The reference codec (:func:`mediation.pdu.encode`, asn1tools) takes about
 80 microseconds for a header report; the tap sends one for every target
 packet. Within one flow and direction, successive reports differ only in
-their ``timestamp [2]``. So the first report of a flow is encoded by the
-reference codec, cut around its timestamp, and later ones are that
-template with a new GeneralizedTime and recomputed length octets: a few
-microseconds, and byte-identical to the reference (tests/test_tap_builder.py
-checks every report against it).
+their ``timestamp [2]``. So a flow's template is cut around its timestamp,
+and each report is that template with a new GeneralizedTime and
+recomputed length octets: a few microseconds, and byte-identical to the
+reference (tests/test_tap_builder.py checks every report against it).
+
+The template itself is written here by hand for the reports the tap
+builds (a correlation ID, an integer, text or octets stream ID, addresses
+with their allocation), so a tap never compiles the IAS schema for its
+header reports: asn1tools' compile is ~0.2 s of CPU, which a tap paid at
+its first matched packet, while the packets captured meanwhile waited
+(docs/tap.md, "Start-up"). Any other shape goes to the reference codec
+(tests/test_tap_header_report.py proves the two identical).
 
 Layout relied on (``IasProtocol``, IMPLICIT TAGS, DER)::
 
@@ -18,10 +25,19 @@ from __future__ import annotations
 
 import datetime as dt
 
-from mediation.pdu import CCApdu, CCDeliveryHeader, CorrelationInfo, HeaderReport, encode
+from mediation.pdu import (
+    CCApdu,
+    CCDeliveryHeader,
+    CorrelationInfo,
+    HeaderReport,
+    IPAddress,
+    Value,
+    encode,
+)
 from mediation.pdu.cmcc import PacketDirection
 from mediation.pdu.fast import encode_cc
 from mediation.pdu.fast_der import generalized_time, integer, length
+from mediation.pdu.schema import CMII_OID
 from mediation.pdu.tlv import read_header
 
 _SEQUENCE, _OID, _HEADER_REPORT = 0x30, 0x06, 0xAA
@@ -43,21 +59,10 @@ class HeaderReportTemplate:
     __slots__ = ("_head", "_oid", "_tail")
 
     def __init__(self, report: HeaderReport) -> None:
-        der = encode(report)
-        tag, body, _body_len = read_header(der, 0)
-        tag_oid, oid_at, oid_len = read_header(der, body)
-        oid_end = oid_at + oid_len
-        tag_msg, msg_at, msg_len = read_header(der, oid_end)
-        tag_case, case_at, case_len = read_header(der, msg_at)
-        tag_iap, iap_at, iap_len = read_header(der, case_at + case_len)
-        time_start = iap_at + iap_len
-        tag_time, time_at, time_len = read_header(der, time_start)
-        found = (tag, tag_oid, tag_msg, tag_case, tag_iap, tag_time)
-        if found != (_SEQUENCE, _OID, _HEADER_REPORT, _CASE_ID, _IAP, _TIMESTAMP):
-            raise ValueError(f"unexpected data-Header-Report layout: tags {found}")
-        self._oid = der[body:oid_end]
-        self._head = der[msg_at:time_start]
-        self._tail = der[time_at + time_len : msg_at + msg_len]
+        parts = _by_hand(report)
+        if parts is None:
+            parts = _from_reference(report)
+        self._oid, self._head, self._tail = parts
 
     def render(self, when: dt.datetime, gt: bytes | None = None) -> bytes:
         """The report's DER with ``timestamp`` set to ``when`` (aware UTC).
@@ -69,6 +74,99 @@ class HeaderReportTemplate:
         inner = self._head + b"\x82" + length(len(gt)) + gt + self._tail
         body = self._oid + b"\xaa" + length(len(inner)) + inner
         return b"\x30" + length(len(body)) + body
+
+
+def _from_reference(report: HeaderReport) -> tuple[bytes, bytes, bytes]:
+    """(OID TLV, fields before the timestamp, fields after it), cut from the reference.
+
+    Raises:
+        PDUError: the report does not encode.
+        ValueError: the encoding does not have the layout in the module docstring.
+    """
+    der = encode(report)
+    tag, body, _body_len = read_header(der, 0)
+    tag_oid, oid_at, oid_len = read_header(der, body)
+    oid_end = oid_at + oid_len
+    tag_msg, msg_at, msg_len = read_header(der, oid_end)
+    tag_case, case_at, case_len = read_header(der, msg_at)
+    tag_iap, iap_at, iap_len = read_header(der, case_at + case_len)
+    time_start = iap_at + iap_len
+    tag_time, time_at, time_len = read_header(der, time_start)
+    found = (tag, tag_oid, tag_msg, tag_case, tag_iap, tag_time)
+    if found != (_SEQUENCE, _OID, _HEADER_REPORT, _CASE_ID, _IAP, _TIMESTAMP):
+        raise ValueError(f"unexpected data-Header-Report layout: tags {found}")
+    return der[body:oid_end], der[msg_at:time_start], der[time_at + time_len : msg_at + msg_len]
+
+
+def _tlv(tag: int, contents: bytes) -> bytes:
+    return bytes((tag,)) + length(len(contents)) + contents
+
+
+def _oid_der(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER's TLV (base-128 arcs, the first two as 40 * a + b)."""
+    arcs = [int(arc) for arc in dotted.split(".")]
+    out = bytearray()
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        septets = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            septets.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        out += bytes(reversed(septets))
+    return _tlv(_OID, bytes(out))
+
+
+_CMII_OID_DER = _oid_der(CMII_OID)
+# IPAddress.allocationMethod: [1] CHOICE { static [0], dynamic [1], unknown [2], notApplicable [3] }
+_ALLOCATION = {"static": 0x80, "dynamic": 0x81, "unknown": 0x82, "notApplicable": 0x83}
+# Value alternatives written here ([1] UTF8String, [2] INTEGER, [3] OCTET STRING): no
+# constraint of their own to check; VisibleString and NumericString go to the reference.
+
+
+def _value(value: Value) -> bytes | None:
+    """A Value CHOICE's inner TLV, or None to leave it to the reference."""
+    kind, data = value.alternative, value.value
+    if kind == "integer" and type(data) is int:
+        return _tlv(0x82, integer(data))
+    if kind == "stringUTF8" and type(data) is str:
+        return _tlv(0x81, data.encode("utf-8"))
+    if kind == "octets" and type(data) is bytes:
+        return _tlv(0x83, data)
+    return None
+
+
+def _address(address: IPAddress) -> bytes | None:
+    """An IPAddress SEQUENCE's contents, or None to leave it to the reference."""
+    if address.ipv6_flow_label is not None or address.prefix_len is not None:
+        return None
+    ip = address.address
+    choice = _tlv(0x81 if ip.version == 4 else 0x82, ip.packed)
+    allocation = _ALLOCATION[address.allocation.value]
+    return _tlv(0xA0, choice) + _tlv(0xA1, bytes((allocation, 0)))
+
+
+def _by_hand(report: HeaderReport) -> tuple[bytes, bytes, bytes] | None:
+    """The template's parts written directly, or None for a shape not written here.
+
+    Byte-identical to :func:`_from_reference` (tests/test_tap_header_report.py).
+    """
+    cid, headers = report.content_identifier, report.header_set
+    if cid.alternative != "correlationID" or type(cid.value) is not bytes:
+        return None
+    stream = _value(headers.stream_id)
+    source, destination = _address(headers.source_ip), _address(headers.destination_ip)
+    if stream is None or source is None or destination is None:
+        return None
+    fields = _tlv(0xA0, stream) + _tlv(0xA1, source) + _tlv(0xA2, destination)
+    for tag, port in ((0x83, headers.source_port), (0x84, headers.destination_port)):
+        if port is not None:
+            if type(port) is not str:
+                return None
+            fields += _tlv(tag, port.encode("utf-8"))
+    head = _tlv(_CASE_ID, report.case_id.encode("ascii"))
+    head += _tlv(_IAP, report.iap_system_id.encode("ascii"))
+    tail = _tlv(0xA3, _tlv(0x80, cid.value)) + _tlv(0xA4, fields)
+    return _CMII_OID_DER, head, tail
 
 
 class CCTemplate:

@@ -5,10 +5,10 @@ certificate and checks the server by the bundle's server CA and role;
 it gets its warrants (:class:`WarrantSet`, held in memory only) and builds
 one :class:`Tap` per warrant. Captured frames (a pcap file here; live
 capture drives the same :meth:`TapClient.frame`) become PDUs, cut into
-batches by count and size; a batch is sent once it has lingered a
-millisecond with the link free to take it (so a quiet tap's PDUs go at
-once and a busy tap's fill large batches), or after a short time bound
-(0.2 s) while the link is busy or down. Each batch goes into
+batches by count and size; on a free link a batch is sent when no
+further burst of PDUs is expected within its linger (so a quiet tap's
+PDUs go at once and a busy tap's fill large batches), and after a short
+time bound (0.2 s) while the link is busy or down. Each batch goes into
 the spool (:class:`mediation.tap.spool.TapSpool`, encrypted, bounded)
 before it is sent. The server acknowledges a batch once its PDUs are
 durable; only then is it dropped from the spool. A lost connection is
@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
 import socket
 import ssl
@@ -51,7 +52,15 @@ from mediation.warrants.validate import parse_target
 log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
-LINGER_SECONDS = 0.005  # an open batch waits this long for more (docs/tap-link.md)
+# The most an open batch waits for more on a free link (docs/tap-link.md). It
+# waits only for a burst expected within that: frames come in bursts (a
+# capture block, a replay step), and a burst after which the next would come
+# too late (the gaps between bursts, smoothed, say when) seals the batch at
+# once. So the last burst of a batch never waits and a lone burst goes at
+# once (after a pause, until the gaps are learnt again). With a plain 5 ms
+# linger each batch waited 5 ms after its first PDU, whatever came later.
+LINGER_SECONDS = 0.012
+BURST_GAP_MAX = 0.1  # a longer gap counts as this much (the smoothed gap recovers fast)
 # A batch costs the server a fixed ~1-3 ms at light load (its journal write,
 # commit and acks: /work/notes/lightload-profile.md), so one sent while
 # others are in flight should be worth it: with LINGER_IN_FLIGHT batches
@@ -166,7 +175,8 @@ class TapClient(LinkSession):
         self.linger = linger
         self.epoch = int(time.time()) & 0xFFFFFFFF if epoch is None else epoch
         self.counters = LinkCounters()
-        self.taps: list[Tap] = []
+        # The seed form's tap is known before the link is up: it captures at once.
+        self.taps: list[Tap] = [] if fixed is None else [fixed[0]]
         self.warrants_ready = trio.Event()
         self.connected = False
         self._generation: T.WarrantSet | None = None
@@ -174,6 +184,8 @@ class TapClient(LinkSession):
         self._pending_count = self._pending_bytes = 0
         self._pending_first = self._pending_last = dt.datetime.now(dt.UTC)
         self._pending_since = 0.0
+        self._last_burst = -math.inf  # when the last burst of PDUs came (trio time)
+        self._burst_gap = BURST_GAP_MAX  # the gap expected before the next one
         self._opened = trio.Event()  # a batch was opened: the timer's cue
         self._spool_lock = trio.Lock()
         self._new_batch = trio.Event()
@@ -245,6 +257,22 @@ class TapClient(LinkSession):
         """
         for chunk in chunk_records(records, self.batch_pdus, self._limit):
             await self.add_chunk(*chunk)
+        await self.burst_done()
+
+    async def burst_done(self) -> None:
+        """A burst of PDUs is in (one capture block, replay step or worker chunk).
+
+        The open batch is sealed now when the next burst, expected one gap
+        from now (the gaps between bursts, smoothed), would come later than
+        ``linger`` after the batch opened, and the link is free: waiting
+        would add nothing to it. Otherwise the timer seals it, at ``linger`` at the latest.
+        """
+        now = trio.current_time()
+        gap, self._last_burst = min(now - self._last_burst, BURST_GAP_MAX), now
+        self._burst_gap += (gap - self._burst_gap) / 4  # smoothed: steps come unevenly
+        late = now + self._burst_gap > self._pending_since + self.linger
+        if self._pending and late and not self._link_busy():
+            await self.flush()
 
     async def add_chunk(
         self, payload: bytes, count: int, first: dt.datetime, last: dt.datetime
@@ -281,10 +309,15 @@ class TapClient(LinkSession):
         (:mod:`mediation.tap.workers`); the seed form's fixed content
         identifier keeps it to one.
 
+        The seed form captures at once (its tap is known; what it captures
+        before the link is up waits in the spool); otherwise the taps come
+        with the first warrant set, so capture waits for it.
+
         Raises:
             OSError: the interface, CAP_NET_RAW or the kernel said no.
         """
-        await self.warrants_ready.wait()
+        if self.fixed is None:
+            await self.warrants_ready.wait()
         if workers > 1 and self.fixed is None:
             await self._run_workers(interface, workers)
             return
@@ -329,11 +362,28 @@ class TapClient(LinkSession):
         async def take(payload: bytes, n: int, first: dt.datetime, last: dt.datetime) -> None:
             self.counters.frames = workers.stats().frames
             await self.add_chunk(payload, n, first, last)
+            await self.burst_done()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(started)
             await workers.run(take)
             nursery.cancel_scope.cancel()
+
+    async def prepare(self) -> None:
+        """Compile, in a worker thread, the reference codec the taps' rarer PDUs need.
+
+        Header reports and CC are written by hand (mediation/tap/header_report.py);
+        lease, RADIUS and confirmation reports go through the reference codec,
+        whose compile (asn1tools, ~0.2 s of CPU) would otherwise stall the
+        first such packet and every packet captured behind it. Only when a
+        tap follows DHCP or RADIUS (those reports are routine then): a tap
+        that never builds one never pays for it. A link-layer report (a MAC
+        target's frame without IP, rare) still compiles it when first needed.
+        """
+        if any(tap.follower is not None or tap.radius is not None for tap in self.taps):
+            from mediation.pdu.schema import compiled
+
+            await trio.to_thread.run_sync(compiled)
 
     def capture_stats(self) -> Any:
         """The capture's counters (a :class:`CaptureStats`), or ``None`` before capturing."""
@@ -395,13 +445,17 @@ class TapClient(LinkSession):
         while True:
             await self._opened.wait()
             self._opened = trio.Event()
-            await trio.sleep(self.linger)
-            while self._pending and self._link_busy():
-                waited = trio.current_time() - self._pending_since
-                if waited >= self.batch_seconds:
-                    break
-                await trio.sleep(min(self.linger, self.batch_seconds - waited))
-            await self.flush()
+            while self._pending:  # the batch open now (a burst may have sealed the first)
+                due = self._pending_since + self.linger
+                if trio.current_time() < due:
+                    await trio.sleep_until(due)
+                    continue
+                while self._pending and self._link_busy():
+                    waited = trio.current_time() - self._pending_since
+                    if waited >= self.batch_seconds:
+                        break
+                    await trio.sleep(min(self.linger, self.batch_seconds - waited))
+                await self.flush()
 
     def _link_busy(self) -> bool:
         """Whether a new batch would wait: no connection, a spooled batch unsent, no
@@ -469,7 +523,6 @@ class TapClient(LinkSession):
             except (OSError, ValueError) as exc:
                 log.error("tap: the capture filter could not be rebuilt: %s", exc)
         log.info("tap link: serving %d warrant(s)", len(taps))
-        self.warrants_ready.set()
 
     def _apply_fixed(self, warrants: T.WarrantSet) -> None:
         """The seed form: its one tap (following the warrant's MACs); warn when not served."""
@@ -489,7 +542,6 @@ class TapClient(LinkSession):
                 self._live.set_expression(tap.matcher.kernel_expression(), [tap])
         self.taps = [tap]
         self._generation = warrants
-        self.warrants_ready.set()
 
 
 __all__ = ["LinkCounters", "TapClient", "build_tap", "chunk_records", "client_context", "describe"]

@@ -95,8 +95,12 @@ class LinkSession:
     _last_sent: int
     _machine: TapLinkTap | None  # the connection's machine while connected
     window_bytes: int
+    warrants_ready: trio.Event
 
     async def flush(self) -> None:
+        raise NotImplementedError
+
+    async def prepare(self) -> None:
         raise NotImplementedError
 
     def _apply(self, warrants: T.WarrantSet) -> None:
@@ -210,6 +214,8 @@ class LinkSession:
                 self._acked.set()
         elif isinstance(message, T.WarrantSet):
             self._apply(message)
+            await self.prepare()  # before the first capture or replay begins
+            self.warrants_ready.set()
         elif isinstance(message, T.Close):
             raise trio.BrokenResourceError(f"server closed: {message.reason}")
 

@@ -25,14 +25,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from mediation.errors import UsageError
+from mediation.tap.link import LINGER_SECONDS
 from mediation.tap.replay import Tap
-from mediation.tap.seed import seed_tap
-from mediation.tap.tapconfig import TapConfig
+
+if TYPE_CHECKING:  # the seed form's modules bring the evidence log's: imported when used
+    from mediation.tap.tapconfig import TapConfig
 
 DEFAULT_SPOOL_LIMIT = 256 * 1024 * 1024
 log = logging.getLogger("mediation.tap")
@@ -56,6 +58,8 @@ class RunSettings:
         epoch: the correlation epoch (None: the start time).
         quiet: warnings only on stderr.
         workers: capture processes for ``interface`` (mediation/tap/workers.py).
+        linger: the most a batch waits for more PDUs on a free link
+            (mediation/tap/link.py, ``LINGER_SECONDS``).
     """
 
     address: tuple[str, int]
@@ -71,6 +75,7 @@ class RunSettings:
     epoch: int | None = None
     quiet: bool = False
     workers: int = 1
+    linger: float = LINGER_SECONDS
 
 
 def read_credentials(path: Path) -> Any:
@@ -110,6 +115,7 @@ def run_tap(
     Raises:
         UsageError: bad credentials, no server, or the capture cannot start.
     """
+    from mediation.tap.seed import seed_tap
     from mediation.warrants.validate import parse_host_port
 
     credentials = read_credentials(credentials_path)
@@ -156,6 +162,8 @@ def run(
     logger.setLevel(logging.WARNING if settings.quiet else logging.INFO)
     seed = None
     if fixed is not None:
+        from mediation.tap.seed import seed_tap
+
         config = seed_config
         rebuild = None if config is None else (lambda macs: seed_tap(config, macs))
         seed = (fixed, expression, rebuild)
@@ -185,16 +193,12 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
             batch_pdus=settings.batch,
             epoch=settings.epoch,
             fixed=seed,
+            linger=settings.linger,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.run_link)
             nursery.start_soon(client.run_timer)
-            with trio.move_on_after(settings.connect_wait) as waited:
-                await client.warrants_ready.wait()
-            if waited.cancelled_caught:
-                raise UsageError(
-                    "--server", f"no warrant set from {address[0]}:{address[1]} in time"
-                )
+            await _ready(client, settings, seed is not None)
             if source is None:
                 assert settings.interface is not None
                 await _live(client, settings.interface, settings.workers)
@@ -222,6 +226,43 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
             flush=True,
         )
     return 0
+
+
+# The seed form replaying a file waits this long for the link before it
+# replays anyway, into the spool (sent once the link is up): its tap is known
+# without the server, and a replay that waits for ever would look hung.
+LINK_WAIT = 5.0
+
+
+async def _ready(client: Any, settings: RunSettings, seeded: bool) -> None:
+    """Wait until capture or replay may begin: compiled, and the link up when it can be.
+
+    Everything a first packet needs is ready before capture or replay
+    begins, so nothing captured waits for a compile (docs/tap.md,
+    "Start-up"). Targets from the server: the first warrant set (it comes
+    once the link is up; the reference codec is compiled meanwhile, when a
+    warrant needs it), within ``connect_wait``. The seed form: its tap is
+    known, so it is compiled for while the link connects; a live capture
+    then begins at once (what it captures waits in the spool), a replay
+    waits for the link up to :data:`LINK_WAIT` seconds and then replays
+    into the spool.
+
+    Raises:
+        UsageError: no warrant set from the server within ``connect_wait``.
+    """
+    if seeded:
+        await client.prepare()
+        if settings.source is not None:
+            with trio.move_on_after(min(LINK_WAIT, settings.connect_wait)) as waited:
+                await client.warrants_ready.wait()
+            if waited.cancelled_caught:
+                log.warning("tap link: not up after %g s; replaying into the spool", LINK_WAIT)
+        return
+    with trio.move_on_after(settings.connect_wait) as waited:
+        await client.warrants_ready.wait()
+    if waited.cancelled_caught:
+        host, port = settings.address
+        raise UsageError("--server", f"no warrant set from {host}:{port} in time")
 
 
 async def _live(client: Any, interface: str, workers: int = 1) -> None:
