@@ -34,6 +34,7 @@ from mediation.protocol import AckReceived, StreamSender
 from mediation.protocol.envelope import StreamEnvelopes
 from mediation.server.config import DeliveryConfig
 from mediation.server.link import Link, backoff_delays, close_quietly
+from mediation.server.rounds import Rounds
 from mediation.server.status import EndpointRef, StatusRow
 from mediation.server.tls import (
     AgencyTrust,
@@ -79,7 +80,7 @@ class TlsWorker:
         self._link: Link | None = None
         self._connection: trio.CancelScope | None = None
         self._changed = trio.Event()  # the set of streams changed: reconnect
-        self._more = trio.Event()  # a log has more for the writer, or an ack made room
+        self._rounds = Rounds()  # woken by a log with more for the writer, or an ack's room
         self._want_room: set[StreamId] = set()  # streams whose full window stops the writer
         self._shared: Mapping[StreamId, StreamEnvelopes] = {}
         self.state = "connecting"
@@ -265,7 +266,7 @@ class TlsWorker:
     def _acked(self, event: AckReceived) -> None:
         if event.stream in self._want_room:  # the writer waits for this window
             self._want_room.discard(event.stream)
-            self._more.set()
+            self._rounds.wake()
         state = self._streams.get(event.stream)
         if state is None:
             return
@@ -289,31 +290,25 @@ class TlsWorker:
         record run, and a commit at light load goes in the next loop turn;
         a catch-up reads the next batch while the last one is being sent.
         """
-        unlisten = [state.log.listen(self._log_has_more) for state in states]
+        unlisten = [state.log.listen(self._rounds.wake) for state in states]
         for state in states:
             state.cursor.seek(link.sender.next_sequence(state.sid))
         live = list(states)  # not stopped by retention
-        sent_last = False
+
+        async def one_round() -> bool:
+            sent = False
+            for state in list(live):
+                wrote = await self._write_ready(link, state)
+                if wrote is None:
+                    live.remove(state)
+                sent = sent or bool(wrote)
+            return sent
+
         try:
-            while True:
-                self._more = trio.Event()  # set by a log or an ack from here on
-                sent = False
-                for state in list(live):
-                    wrote = await self._write_ready(link, state)
-                    if wrote is None:
-                        live.remove(state)
-                    sent = sent or bool(wrote)
-                if not sent:
-                    await self._more.wait()
-                elif sent_last:  # back to back (busy, or catching up): let others run
-                    await trio.lowlevel.checkpoint()
-                sent_last = sent
+            await self._rounds.run(one_round)
         finally:
             for stop in unlisten:
                 stop()
-
-    def _log_has_more(self) -> None:
-        self._more.set()
 
     async def _write_ready(self, link: Link, state: _TlsStream) -> bool | None:
         """Queue what the stream's log holds for it now, if the window has room.

@@ -58,6 +58,7 @@ from mediation.protocol.sealed import (
 from mediation.refusals import Refusals
 from mediation.server.config import DeliveryConfig
 from mediation.server.link import backoff_delays
+from mediation.server.rounds import Rounds
 from mediation.server.status import EndpointRef, StatusRow
 from mediation.warrants.model import Endpoint
 
@@ -98,7 +99,7 @@ class UdpWorker:
         self._sock: socket.socket | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
-        self._more = trio.Event()  # a stream's log has something new for the reader
+        self._rounds = Rounds()  # woken when a stream's log has something new for the reader
         self.state = "waiting"
         self.last_error: str | None = None
         self.send_errors = 0
@@ -147,7 +148,7 @@ class UdpWorker:
                 # notice appended right after this call must not be skipped.
                 start = (start_at or {}).get(sid, stream.next_seq)
                 self._streams[sid] = _UdpStream(sid, stream, sender, start)
-                self._more.set()  # the reader opens it
+                self._rounds.wake()  # the reader opens it
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the socket, deliver every stream, read reports; until cancelled."""
@@ -199,20 +200,17 @@ class UdpWorker:
 
     async def _deliver(self) -> None:
         """Send every stream's new records, in one task; sleep until a log has more."""
-        sent_last = False
+
+        async def one_round() -> bool:
+            sent = False
+            for state in list(self._streams.values()):
+                if state.cursor is None:
+                    self._open_stream(state)
+                sent |= await self._deliver_ready(state)
+            return sent
+
         try:
-            while True:
-                self._more = trio.Event()  # set by any stream's log from here on
-                sent = False
-                for state in list(self._streams.values()):
-                    if state.cursor is None:
-                        self._open_stream(state)
-                    sent |= await self._deliver_ready(state)
-                if not sent:
-                    await self._more.wait()
-                elif sent_last:  # back to back (busy, or catching up): let others run
-                    await trio.lowlevel.checkpoint()
-                sent_last = sent
+            await self._rounds.run(one_round)
         finally:
             for state in self._streams.values():
                 state.close()
@@ -221,10 +219,7 @@ class UdpWorker:
         state.sender.envelopes.join()  # shared with the stream's other endpoints
         # Checkpoints too: the agency can check what it holds against them.
         state.cursor = state.log.cursor(state.start, checkpoints=True)
-        state.unlisten = state.log.listen(self._log_has_more)
-
-    def _log_has_more(self) -> None:
-        self._more.set()
+        state.unlisten = state.log.listen(self._rounds.wake)
 
     async def _deliver_ready(self, state: _UdpStream) -> bool:
         """Send what the stream's log holds for it now; False: nothing yet."""
