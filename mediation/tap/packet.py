@@ -58,6 +58,10 @@ _PPP_TO_ETHERTYPE = {0x0021: ETH_IPV4, 0x0057: ETH_IPV6}
 
 _U16 = struct.Struct(">H")
 _TWO_U16 = struct.Struct(">HH")
+# The common frame in one read: untagged Ethernet II, an IPv4 header of 20
+# octets, then ports (see _common): dst, src, ethertype, version+IHL, total
+# length, flags+fragment offset, protocol, addresses, ports.
+_COMMON = struct.Struct(">6s6sHBxH2xHxB2x4s4sHH")
 _SLL = struct.Struct(">HHH8sH")  # packet type, ARPHRD type, address length, address, protocol
 _SLL2 = struct.Struct(">HHIHBB8s")  # protocol, reserved, ifindex, ARPHRD, packet type, len, addr
 
@@ -160,6 +164,15 @@ def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> ParsedFrame:
         # Slices of a bytearray or memoryview are not hashable, and the
         # matcher looks addresses up in sets.
         frame = bytes(frame)
+    if linktype == LINKTYPE_ETHERNET:
+        common = _common(frame)
+        if common is not None:
+            return common
+    return _general(frame, linktype)
+
+
+def _general(frame: bytes, linktype: int) -> ParsedFrame:
+    """:func:`parse_frame` for any frame (bytes), field by field."""
     try:
         link = _link(frame, linktype)
         if link.problem:
@@ -172,6 +185,35 @@ def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> ParsedFrame:
     except Exception as exc:  # the parsers check every bound; this is a last guard
         problem = f"internal parser error: {type(exc).__name__}"
         return _no_ip(frame, linktype, _Link(None, None, (), 0, -1, None, problem), problem)
+
+
+def _common(frame: bytes) -> ParsedFrame | None:
+    """The most common frame read in one go, or None to take the general path.
+
+    Untagged Ethernet II carrying a whole 20-octet IPv4 header, not a
+    fragment, then the ports of a port protocol: what nearly every frame of
+    a busy link is. The result is the one the general path gives
+    (tests/test_tap_packet_common.py proves it on any frame), in one
+    unpack instead of four calls and two intermediate records.
+    """
+    n = len(frame)
+    if n < 38:
+        return None
+    dst_mac, src_mac, ethertype, first, total, flags, protocol, src, dst, sport, dport = (
+        _COMMON.unpack_from(frame)
+    )
+    if ethertype != ETH_IPV4 or first != 0x45 or flags & 0x3FFF or protocol not in PORT_PROTOCOLS:
+        return None
+    avail = n - 14
+    if total == 0:
+        total = avail  # sent with TCP segmentation offload: the NIC fills it in
+    ip_length = total if total < avail else avail
+    if ip_length < 24:  # a short total length: no room for the ports (or a malformed header)
+        return None
+    return ParsedFrame(
+        LINKTYPE_ETHERNET, n, src_mac, dst_mac, (), ETH_IPV4, None, 4, 14, ip_length, total,
+        src, dst, protocol, 34, sport, dport, None, None, False, 0, False, "",
+    )  # fmt: skip
 
 
 def ipv4_addresses(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> tuple[bytes, bytes] | None:
