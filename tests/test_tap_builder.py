@@ -218,6 +218,7 @@ def test_template_is_byte_identical_to_the_reference(
     report = decode(pdu.der)
     template = HeaderReportTemplate(report)
     assert template.render(later) == encode(dataclasses.replace(report, timestamp=later))
+    assert template.render(first) == encode(report)  # its prefixes are kept per time length
     assert pdu.der == encode(report)
 
 

@@ -72,6 +72,28 @@ def test_the_batch_fast_path_writes_the_reference_encoding(batch_id: int, pdus: 
     assert T.decode(fast) == T.PduBatch(batch_id, tuple(T.TapPdu(*p) for p in pdus))
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    when=st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2099, 1, 1)).map(
+        lambda d: d.replace(tzinfo=dt.UTC)
+    ),
+    pdus=st.lists(st.tuples(st.sampled_from(T.KINDS), st.binary(max_size=300)), max_size=6),
+)
+def test_pdus_sharing_one_time_object_are_written_as_the_reference_writes_them(
+    when: dt.datetime, pdus: list
+) -> None:
+    """A frame's PDUs (and a replay step's) share one datetime: its encoding is reused."""
+    items = [(kind, when, der) for kind, der in pdus] + [("cmII", NOW, b"\x30\x00")]
+    reference = T.spec().encode(
+        "TapLinkMessage",
+        (
+            "pduBatch",
+            {"batchId": 1, "pdus": [{"kind": k, "captured": t, "pdu": d} for k, t, d in items]},
+        ),
+    )
+    assert T.batch_message(1, T.encode_pdus(items)) == reference
+
+
 def test_a_later_version_s_extra_fields_in_a_pdu_are_skipped() -> None:
     pdu = T.encode_pdu("cmCC", NOW, b"\x30\x00")
     extended = b"\x30" + bytes([pdu[1] + 3]) + pdu[2:] + b"\x83\x01\x07"  # [3] after pdu

@@ -202,13 +202,24 @@ Message = (
 # -- the hot path: batches ----------------------------------------------------
 
 
+# The last capture time encoded and its two heads (kind, time, the pdu's tag) by
+# kind: a frame's PDUs, and a replay step's or a capture block's frames, share
+# one datetime object. One tuple, so a thread switch can only cause a miss.
+_LAST_HEADS: tuple[object, dict[str, bytes]] = (None, {})
+
+
 def encode_pdu(kind: str, captured: dt.datetime, der: bytes) -> bytes:
     """One ``TapPdu`` TLV."""
-    time = generalized_time(captured)
-    body = b"".join(
-        (_KIND_OCTET[kind], b"\x81", length(len(time)), time, b"\x82", length(len(der)), der)
-    )
-    return b"\x30" + length(len(body)) + body
+    global _LAST_HEADS
+    last = _LAST_HEADS
+    if captured is not last[0]:
+        time = generalized_time(captured)
+        stamp = b"\x81" + length(len(time)) + time + b"\x82"
+        last = _LAST_HEADS = (captured, {k: octet + stamp for k, octet in _KIND_OCTET.items()})
+    head = last[1][kind]
+    n = len(der)
+    size = length(n)
+    return b"".join((b"\x30", length(len(head) + len(size) + n), head, size, der))
 
 
 def encode_pdus(pdus: list[tuple[str, dt.datetime, bytes]]) -> bytes:

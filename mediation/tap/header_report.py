@@ -56,13 +56,16 @@ class HeaderReportTemplate:
             of the CmII module would show up here, in tests, first).
     """
 
-    __slots__ = ("_head", "_oid", "_tail")
+    __slots__ = ("_head", "_oid", "_prefixes", "_tail")
 
     def __init__(self, report: HeaderReport) -> None:
         parts = _by_hand(report)
         if parts is None:
             parts = _from_reference(report)
         self._oid, self._head, self._tail = parts
+        # Everything before the time's octets depends only on their number
+        # (15 to 22): built once per length, each report is then two joins.
+        self._prefixes: dict[int, bytes] = {}
 
     def render(self, when: dt.datetime, gt: bytes | None = None) -> bytes:
         """The report's DER with ``timestamp`` set to ``when`` (aware UTC).
@@ -71,9 +74,18 @@ class HeaderReportTemplate:
         """
         if gt is None:
             gt = generalized_time(when)
-        inner = self._head + b"\x82" + length(len(gt)) + gt + self._tail
-        body = self._oid + b"\xaa" + length(len(inner)) + inner
-        return b"\x30" + length(len(body)) + body
+        prefix = self._prefixes.get(len(gt))
+        if prefix is None:
+            prefix = self._prefixes[len(gt)] = self._prefix(len(gt))
+        return prefix + gt + self._tail
+
+    def _prefix(self, size: int) -> bytes:
+        """The octets before a time of ``size`` octets: the headers, caseId, iAPSystemId."""
+        inner = len(self._head) + 1 + len(length(size)) + size + len(self._tail)
+        body = self._oid + b"\xaa" + length(inner)
+        return (
+            b"\x30" + length(len(body) + inner) + body + self._head + b"\x82" + length(size)
+        )
 
 
 def _from_reference(report: HeaderReport) -> tuple[bytes, bytes, bytes]:
@@ -191,7 +203,7 @@ class CCTemplate:
         ValueError: the encoding does not have the layout above.
     """
 
-    __slots__ = ("_direction", "_info")
+    __slots__ = ("_direction", "_fixed", "_info")
 
     def __init__(self, info: CorrelationInfo, direction: PacketDirection | None) -> None:
         epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -208,17 +220,20 @@ class CCTemplate:
         found = (_tag, tag_header, tag_info, tag_time, der[seq_start])
         if found != (0x30, 0xA0, 0xA0, 0x81, 0x83) or at + header_len != len(der) - 2:
             raise ValueError(f"unexpected IAS-CC-APDU layout: tags {found}")
-        self._info = der[at:time_start]
-        self._direction = der[time_at + time_len : seq_start]
+        info, direction = der[at:time_start], der[time_at + time_len : seq_start]
+        self._info = info + b"\x81"  # the time's tag follows the correlation info
+        self._direction = direction + b"\x83"  # the sequence number's tag follows it
+        self._fixed = len(self._info) + len(self._direction)
 
     def render(self, gt: bytes, sequence: int, payload: bytes) -> bytes:
         """The APDU's DER for a packet: ``gt`` is ``generalized_time`` of its time."""
         number = integer(sequence)
-        header = (
-            self._info
-            + b"\x81" + length(len(gt)) + gt
-            + self._direction
-            + b"\x83" + length(len(number)) + number
-        )  # fmt: skip
-        contents = b"\xa0" + length(len(header)) + header + b"\x81" + length(len(payload)) + payload
-        return b"\x30" + length(len(contents)) + contents
+        time_size, number_size = length(len(gt)), length(len(number))
+        header = self._fixed + len(time_size) + len(gt) + len(number_size) + len(number)
+        header_size, payload_size = length(header), length(len(payload))
+        contents = 2 + len(header_size) + header + len(payload_size) + len(payload)
+        return b"".join((
+            b"\x30", length(contents), b"\xa0", header_size,
+            self._info, time_size, gt, self._direction, number_size, number,
+            b"\x81", payload_size, payload,
+        ))  # fmt: skip
