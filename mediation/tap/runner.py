@@ -327,12 +327,16 @@ class Pace:
     recorded: bool = False
     rate: float | None = None
 
-    def due(self, index: int, when: dt.datetime, first: dt.datetime) -> float:
-        """Seconds after the replay began when frame ``index`` (recorded at ``when``) goes."""
+    def due(self, index: int, when_ns: int, first_ns: int) -> float:
+        """Seconds after the replay began when frame ``index`` goes.
+
+        ``when_ns``, ``first_ns``: its and the first frame's recorded times
+        (pcap nanoseconds), used to the microsecond as the capture times are.
+        """
         if self.rate is not None:
             return index / self.rate
         if self.recorded:
-            return (when - first).total_seconds()
+            return (when_ns // 1000 - first_ns // 1000) / 1e6
         return 0.0
 
 
@@ -369,21 +373,24 @@ async def _replay(
             except (OSError, ValueError) as exc:
                 raise UsageError("-f", f"cannot filter {source}: {exc}") from None
             stack.callback(wanted.close)
-        frames = (p for p in reader if wanted is None or wanted.matches(p.data))
+        frames = reader.records()  # no Packet and no datetime per frame
+        if wanted is not None:
+            frames = ((data, ns) for data, ns in frames if wanted.matches(data))
         await _paced(client, frames, pace, reader.linktype, interface)
 
 
 async def _paced(
     client: Any, frames: Any, pace: Pace, linktype: int, interface: str | None
 ) -> None:
-    """``frames`` (pcap packets) to ``client.frames`` in steps, when ``pace`` says."""
-    step: list[tuple[bytes, dt.datetime]] = []
-    first: dt.datetime | None = None
+    """``frames`` (pcap ``(data, time ns)``) to ``client.frames`` in steps, when ``pace`` says."""
+    step: list[tuple[bytes, int]] = []
+    first: int | None = None
     began = time.monotonic()
     elapsed = 0.0
     for index, packet in enumerate(frames):
-        first = first or packet.time
-        due = pace.due(index, packet.time, first)
+        if first is None:
+            first = packet[1]
+        due = pace.due(index, packet[1], first)
         if due > elapsed:
             if step:
                 await _hand(client, step, pace, linktype, interface)
@@ -392,7 +399,7 @@ async def _paced(
             if due > elapsed:
                 await trio.sleep(max(due - elapsed, PACE_SECONDS))
                 elapsed = time.monotonic() - began
-        step.append((packet.data, packet.time))
+        step.append(packet)
         if len(step) >= REPLAY_FRAMES:
             await _hand(client, step, pace, linktype, interface)
             step = []
@@ -403,7 +410,7 @@ async def _paced(
 
 async def _hand(
     client: Any,
-    step: list[tuple[bytes, dt.datetime]],
+    step: list[tuple[bytes, int]],
     pace: Pace,
     linktype: int,
     interface: str | None,
@@ -411,6 +418,10 @@ async def _hand(
     """One step's frames to the tap; at a set rate, each stamped with the time it goes."""
     if pace.rate is not None:
         now = dt.datetime.now(dt.UTC)
-        step = [(data, now) for data, _recorded in step]
-    await client.frames(step, linktype, interface=interface)
+        frames = [(data, now) for data, _recorded in step]
+    else:
+        from mediation.evidence.pcap import capture_time
+
+        frames = [(data, capture_time(ns)) for data, ns in step]
+    await client.frames(frames, linktype, interface=interface)
     await trio.lowlevel.checkpoint()  # a step, not a frame, between other tasks' turns
