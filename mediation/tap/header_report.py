@@ -83,9 +83,7 @@ class HeaderReportTemplate:
         """The octets before a time of ``size`` octets: the headers, caseId, iAPSystemId."""
         inner = len(self._head) + 1 + len(length(size)) + size + len(self._tail)
         body = self._oid + b"\xaa" + length(inner)
-        return (
-            b"\x30" + length(len(body) + inner) + body + self._head + b"\x82" + length(size)
-        )
+        return b"\x30" + length(len(body) + inner) + body + self._head + b"\x82" + length(size)
 
 
 def _from_reference(report: HeaderReport) -> tuple[bytes, bytes, bytes]:
