@@ -24,7 +24,7 @@ from mediation.pdu.convert import check_visible
 from mediation.pdu.delivery import check_range
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_der import expect, generalized_time, length, read_integer, read_time
-from mediation.pdu.schema import asn1_dir
+from mediation.pdu.schema import compile_modules
 from mediation.pdu.tlv import read_header
 
 VERSION = 1
@@ -38,7 +38,7 @@ _STAMP_MIN, _STAMP_MAX = 15, 22  # YYYYMMDDHHMMSSZ to YYYYMMDDHHMMSS.ffffffZ (fa
 @functools.cache
 def spec() -> asn1tools.compiler.Specification:
     """The tap-link module compiled alone (its type names are its own)."""
-    return asn1tools.compile_files([str(asn1_dir() / "Mediation-TapLink.asn")], "der")
+    return compile_modules(("Mediation-TapLink.asn",))
 
 
 @dataclasses.dataclass(frozen=True)
