@@ -43,10 +43,9 @@ import threading
 from collections import OrderedDict
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from mediation.aead import hkdf_sha256, nonce
 from mediation.log import format as F
 from mediation.log.errors import LogError
 from mediation.pdu import StreamId
@@ -56,7 +55,6 @@ LOG_KEY_PURPOSE = "evidence-log"
 KEY_BYTES = 32
 SEGMENT_INFO = b"mediation-log-segment-v2\x00"
 CHECK_INFO = b"mediation-log-key-check-v2\x00"
-_NONCE_PAD = bytes(4)
 _CACHE = 64  # segment ciphers kept per key (a reader walks segments in order)
 
 
@@ -70,20 +68,6 @@ class LogKeyRequired(LogError):
 
 class RecordUnreadable(ValueError):
     """A stored record failed its AES-GCM tag: ciphertext, tag or position altered."""
-
-
-def hkdf_sha256(key: bytes, salt: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-SHA256 of ``key``: the one key derivation of the at-rest encryptions.
-
-    The evidence log and the tap's spool (mediation/tap/spool.py) both derive
-    per-segment keys with it, each under its own ``info`` label.
-    """
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key)
-
-
-def nonce(seq: int) -> bytes:
-    """The AES-GCM nonce of record ``seq`` (unique per segment key: module docstring)."""
-    return _NONCE_PAD + seq.to_bytes(8, "big")
 
 
 class SegmentCipher:

@@ -5,7 +5,7 @@ encrypted tap file (mediation/tap/tapconfig.py). A blob is::
 
     magic(8) salt(32) key-check(16) AES-256-GCM(ciphertext || tag)
 
-under ``HKDF-SHA256(key, salt, info)`` (:func:`mediation.log.crypto.hkdf_sha256`),
+under ``HKDF-SHA256(key, salt, info)`` (:func:`mediation.aead.hkdf_sha256`),
 with ``key-check = HKDF-SHA256(key, salt, check_info)[:16]`` to tell a wrong
 key from damage, and the magic as associated data.
 
@@ -22,7 +22,7 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mediation.log.crypto import hkdf_sha256
+from mediation.aead import hkdf_sha256
 
 KEY_BYTES = 32
 MAGIC_BYTES = 8

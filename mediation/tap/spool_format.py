@@ -24,7 +24,7 @@ fresh random 32-byte salt, and a segment is written by one opening only:
 each opening of the spool puts its first batch into a new segment, never
 after a record an earlier process wrote. Within an opening batch ids only
 grow, and the record nonce is ``0000 || id`` (the evidence log's
-:func:`mediation.log.crypto.nonce`), so each (key, nonce) seals one
+:func:`mediation.aead.nonce`), so each (key, nonce) seals one
 record. When a crash tears a record off, the next opening may give its id
 to another batch, but in a new segment under a new key (and that id was
 never returned, so never sent). A failed write retires its id and its
@@ -45,7 +45,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mediation.log.crypto import nonce
+from mediation.aead import nonce
 from mediation.tap.atrest import (
     HEADER_BYTES,
     TAG_BYTES,
