@@ -63,12 +63,14 @@ def cmd_tap_run(args: argparse.Namespace) -> int:
 
 def _workers(args: argparse.Namespace) -> int:
     """``--workers``, checked; its default for a live capture (mediation/tap/workers.py)."""
+    if not args.interface:  # a file's replay: the workers' module (multiprocessing) not loaded
+        if args.workers is not None:
+            raise UsageError("--workers", "applies to live capture only: give -i IFACE, or drop it")
+        return 1
     from mediation.tap.workers import MAX_WORKERS, default_workers
 
     if args.workers is None:
-        return default_workers() if args.interface else 1
-    if not args.interface:
-        raise UsageError("--workers", "applies to live capture only: give -i IFACE, or drop it")
+        return default_workers()
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UsageError("--workers", f"must be 1 to {MAX_WORKERS}, got {args.workers}")
     return args.workers

@@ -54,8 +54,8 @@ from mediation.pdu import (
 )
 from mediation.pdu.confirmation import FrameEvidence, frame_message
 from mediation.pdu.convert import check_visible
-from mediation.pdu.fast import CMCC, CMII
 from mediation.pdu.fast_der import generalized_time
+from mediation.pdu.fast_envelope import CMCC, CMII
 from mediation.tap.dhcp import AccessEvent, Lease, LeaseChange
 from mediation.tap.header_report import CCTemplate, HeaderReportTemplate
 from mediation.tap.packet import ParsedFrame, format_mac

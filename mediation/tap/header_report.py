@@ -35,7 +35,6 @@ from mediation.pdu import (
     encode,
 )
 from mediation.pdu.cmcc import PacketDirection
-from mediation.pdu.fast import encode_cc
 from mediation.pdu.fast_der import generalized_time, integer, length
 from mediation.pdu.schema import CMII_OID
 from mediation.pdu.tlv import read_header
@@ -204,6 +203,8 @@ class CCTemplate:
     __slots__ = ("_direction", "_fixed", "_info")
 
     def __init__(self, info: CorrelationInfo, direction: PacketDirection | None) -> None:
+        from mediation.pdu.fast import encode_cc  # once a flow: the fast codecs' module
+
         epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
         der = encode_cc(CCApdu(b"", CCDeliveryHeader(info, epoch, direction, 1)))
         _tag, body, _n = read_header(der, 0)

@@ -21,8 +21,7 @@ from typing import NamedTuple
 
 from mediation.evidence.pcap import PcapReader
 from mediation.pdu.confirmation import frame_evidence
-from mediation.pdu.fast import CMCC
-from mediation.tap.builder import DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder, TapPDU
+from mediation.tap.builder import CMCC, DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder, TapPDU
 from mediation.tap.dhcp import (
     AccessEvent,
     DhcpFollower,
