@@ -214,6 +214,7 @@ class PDUBuilder:
         self.flows_evicted = 0
         self._flows: collections.OrderedDict[tuple, _Flow] = collections.OrderedDict()
         self._fixed_counter = _Counter()
+        self._aware: object = None  # the last capture time found timezone-aware
 
     # Packets -------------------------------------------------------------------
 
@@ -243,8 +244,10 @@ class PDUBuilder:
         Raises:
             ValueError: ``when`` is naive.
         """
-        if when.utcoffset() is None:
-            raise ValueError("capture time must be timezone-aware (UTC)")
+        if when is not self._aware:  # checked once per time object (a step's frames share one)
+            if when.utcoffset() is None:
+                raise ValueError("capture time must be timezone-aware (UTC)")
+            self._aware = when
         if parsed.src_raw is None or parsed.dst_raw is None:
             return [self._link_report(frame, parsed, direction, when)]
         flow, forward = self._flow(parsed, direction)
@@ -266,15 +269,21 @@ class PDUBuilder:
 
     def _flow(self, parsed: ParsedFrame, direction: Direction) -> tuple[_Flow, bool]:
         """The frame's flow (made if new) and whether it goes subject -> peer."""
-        src = (parsed.src_raw, -1 if parsed.src_port is None else parsed.src_port)
-        dst = (parsed.dst_raw, -1 if parsed.dst_port is None else parsed.dst_port)
+        src, sport, dst, dport = parsed.src_raw, parsed.src_port, parsed.dst_raw, parsed.dst_port
+        if sport is None:
+            sport = -1
+        if dport is None:
+            dport = -1
         if direction is FROM_SUBJECT:
             forward = True
         elif direction is TO_SUBJECT:
             forward = False
         else:  # no subject side known: order the endpoints so both ways meet
-            forward = src <= dst  # type: ignore[operator]
-        key = (parsed.protocol, *src, *dst) if forward else (parsed.protocol, *dst, *src)
+            forward = (src, sport) <= (dst, dport)  # type: ignore[operator]
+        # (protocol, subject side's address and port, the peer's): -1 for no port
+        key = (parsed.protocol, src, sport, dst, dport) if forward else (
+            parsed.protocol, dst, dport, src, sport
+        )  # fmt: skip
         flows = self._flows
         flow = flows.get(key)
         if flow is not None:

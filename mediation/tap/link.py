@@ -237,11 +237,12 @@ class TapClient(LinkSession):
         self.counters.frames += len(frames)
         records = []
         encode = T.encode_pdu
+        taps, append = self.taps, records.append
         for data, when in frames:
             parsed = parse_frame(data, linktype)
-            for tap in self.taps:
-                for pdu in tap.process(data, when, parsed, interface=interface):
-                    records.append((encode(pdu.kind, pdu.time, pdu.der), pdu.time))
+            for tap in taps:
+                for kind, der, captured in tap.process(data, when, parsed, interface=interface):
+                    append((encode(kind, captured, der), captured))
         if records:
             await self.add_records(records)
 

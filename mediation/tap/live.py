@@ -224,8 +224,10 @@ class LiveTap:
             parsed = parse_frame(data)
             before = len(out)
             for tap in taps:
-                for pdu in tap.process(data, when, parsed, interface=interface, outgoing=outgoing):
-                    append((encode_pdu(pdu.kind, pdu.time, pdu.der), pdu.time))
+                for kind, der, captured in tap.process(
+                    data, when, parsed, interface=interface, outgoing=outgoing
+                ):
+                    append((encode_pdu(kind, captured, der), captured))
             unmatched += len(out) == before
         self.counters.batches += 1
         self.counters.frames += len(batch)

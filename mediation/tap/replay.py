@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from mediation.evidence.pcap import PcapReader
 from mediation.pdu.confirmation import frame_evidence
-from mediation.tap.builder import CMCC, DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder, TapPDU
+from mediation.tap.builder import DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder, TapPDU
 from mediation.tap.dhcp import (
     AccessEvent,
     DhcpFollower,
@@ -242,11 +242,8 @@ class Tap:
         subject = parsed.src_raw if direction is FROM_SUBJECT else parsed.dst_raw
         learned = direction is not Direction.UNKNOWN and self.matcher.is_learned(subject)
         pdus = self.builder.packet(frame, parsed, direction, when, subject_learned=learned)
-        for pdu in pdus:
-            if pdu.kind == CMCC:
-                counters.cmcc += 1
-            else:
-                counters.cmii += 1
+        counters.cmii += 1  # a header or signalling report, then the CC APDU if any
+        counters.cmcc += len(pdus) - 1
         return pdus
 
     def _dhcp(
@@ -266,10 +263,10 @@ class Tap:
         scopes is not read: another VLAN's server and clients, with their
         own reuse of private addresses, say nothing about this target.
         """
-        if not self.matcher.dhcp_in_scope(parsed, interface):
+        payload = dhcp_payload(frame, parsed)  # the ports first: most frames are not DHCP
+        if payload is None or not self.matcher.dhcp_in_scope(parsed, interface):
             return None, [], None
-        payload = dhcp_payload(frame, parsed)
-        message = parse_dhcp(payload) if payload is not None else None
+        message = parse_dhcp(payload)
         if message is None:
             return None, [], None
         assert self.follower is not None
