@@ -94,6 +94,7 @@ class LinkSession:
     _backlog: collections.deque[tuple[int, bytes]]
     _last_sent: int
     _machine: TapLinkTap | None  # the connection's machine while connected
+    _send_lock: trio.Lock  # the connection's: one task sends at a time (_send)
     window_bytes: int
     warrants_ready: trio.Event
 
@@ -162,7 +163,8 @@ class LinkSession:
         hello = await self._hello()
         machine = TapLinkTap(hello, trio.current_time(), window=WINDOW_BATCHES)
         self._machine = machine
-        await stream.send_all(machine.data_to_send())
+        self._send_lock = trio.Lock()
+        await self._send(stream, machine)
         self.counters.connects += 1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receiver, stream, machine, hello, nursery.cancel_scope)
@@ -194,9 +196,7 @@ class LinkSession:
                     await self._on_message(message, hello)
             if acked is not None:
                 await self._settle(acked)
-            out = machine.data_to_send()
-            if out:
-                await stream.send_all(out)
+            await self._send(stream, machine)  # keepalive answers
             self._new_batch.set()  # the window may have opened
 
     async def _on_message(self, message: T.Message, hello: T.TapHello) -> None:
@@ -233,6 +233,17 @@ class LinkSession:
         while True:
             await trio.sleep(1.0)
             machine.tick(trio.current_time())
+            await self._send(stream, machine)
+
+    async def _send(self, stream: trio.SSLStream, machine: TapLinkTap) -> None:
+        """What the machine has queued, sent whole, by one task at a time, in order.
+
+        The sender (batches), the receiver (keepalive answers) and the ticker
+        (keepalives) all send; a stream takes one ``send_all`` at a time
+        (trio raises BusyResourceError for a second, which broke the link),
+        and the sender's can wait long while the server reads slowly.
+        """
+        async with self._send_lock:
             out = machine.data_to_send()
             if out:
                 await stream.send_all(out)
@@ -256,7 +267,7 @@ class LinkSession:
                 machine.send_batch(batch[0], batch[1], trio.current_time())
                 self._last_sent, sent = batch[0], True
             if sent:
-                await stream.send_all(machine.data_to_send())
+                await self._send(stream, machine)
                 continue
             await self._new_batch.wait()
             self._new_batch = trio.Event()
