@@ -365,3 +365,33 @@ def test_frames_without_a_udp_datagram(frame: bytes, linktype: int, reason: str)
     with pytest.raises(pcap.SkippedFrame, match=reason) as info:
         pcap.udp_datagram(frame, linktype)
     assert not info.value.fragment
+
+
+# records(): the replay's reader -------------------------------------------------
+
+
+@pytest.mark.parametrize("nanosecond", [False, True])
+def test_records_give_what_iterating_gives_without_packets(nanosecond: bool) -> None:
+    out = io.BytesIO()
+    with pcap.PcapWriter(out, nanosecond=nanosecond) as writer:
+        writer.write(FRAMES[0], T0)
+        writer.write(FRAMES[1], T0_NS + 789)
+        writer.write(FRAMES[2], T0 + dt.timedelta(seconds=1))
+    _reader, packets = read_all(out.getvalue())
+    records = list(pcap.PcapReader(io.BytesIO(out.getvalue())).records())
+    assert records == [(p.data, p.time_ns) for p in packets]
+    assert [pcap.capture_time(ns) for _data, ns in records] == [p.time for p in packets]
+
+
+def test_records_refuse_what_iterating_refuses_at_the_same_offset() -> None:
+    out = io.BytesIO()
+    with pcap.PcapWriter(out) as writer:
+        writer.write(FRAMES[0], T0)
+    good = out.getvalue()
+    for bad in (good[:-1], good + b"\x00" * 5, good + struct.pack("<IIII", 0, 0, 2**32 - 16, 0)):
+        with pytest.raises(pcap.PcapError) as iterating:
+            read_all(bad)
+        with pytest.raises(pcap.PcapError) as reading:
+            list(pcap.PcapReader(io.BytesIO(bad)).records())
+        assert str(reading.value) == str(iterating.value)
+        assert reading.value.offset == iterating.value.offset
