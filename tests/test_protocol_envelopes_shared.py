@@ -178,3 +178,16 @@ def test_a_length_not_in_its_shortest_form_is_refused_on_both_paths(octets: int)
     record = LogRecord(1, T_US, LogKind.NOTICE, None, stretched)
     assert _outcome(lambda: record_envelope(CMII, record, False)) is ValueError
     assert _outcome(lambda: shared.envelope(record)) is ValueError
+
+
+def test_a_run_is_each_records_envelope_and_shares_like_one_by_one() -> None:
+    records = [LogRecord(i, T_US + i // 3, LogKind.CMCC, None, cc_der(50 + i)) for i in range(20)]
+    shared = StreamEnvelopes(CMCC, consumers=2)
+    first = shared.envelopes(records, redelivered_below=5)  # the first five were sent before
+    assert first == [record_envelope(CMCC, r, r.seq < 5) for r in records]
+    assert shared.held == 15  # redelivered ones are not kept
+    second = shared.envelopes(records[5:])
+    assert all(a is b for a, b in zip(first[5:], second, strict=True))
+    assert shared.held == 0 and shared.encoded == 20
+    alone = StreamEnvelopes(CMCC)
+    assert alone.envelopes(records, redelivered_below=5) == first

@@ -173,20 +173,6 @@ class RecordFramer:
         if (name == CMCC) == self._cmcc:  # a kind this stream carries
             self._kinds[id(kind)] = (bytes((KIND_TAG[name],)), FIRST_TAGS[name])
 
-    def frame(
-        self,
-        seq: int,
-        received_us: int,
-        kind: object,
-        clock: ClockStatus | None,
-        payload: bytes,
-        redelivered: bool = False,
-    ) -> bytes | None:
-        """The envelope, or None: not the common case, use the general splice."""
-        head = self.head(seq, received_us, kind, clock, payload, redelivered)
-        # A slice and a concatenation: cheaper than a join with a memoryview.
-        return None if head is None else head + payload[1:]
-
     def head(
         self,
         seq: int,
@@ -197,6 +183,9 @@ class RecordFramer:
         redelivered: bool = False,
     ) -> bytes | None:
         """The envelope's octets before ``payload[1:]`` (its first octet becomes the kind's tag).
+
+        The envelope is ``head + payload[1:]``: a slice and a concatenation,
+        cheaper than one join with a memoryview of the payload.
 
         Returns:
             None: not the common case, use the general splice.
