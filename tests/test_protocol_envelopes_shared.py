@@ -191,3 +191,13 @@ def test_a_run_is_each_records_envelope_and_shares_like_one_by_one() -> None:
     assert shared.held == 0 and shared.encoded == 20
     alone = StreamEnvelopes(CMCC)
     assert alone.envelopes(records, redelivered_below=5) == first
+
+
+@pytest.mark.parametrize(
+    "micro", [0, 1, 10, 100, 120, 1000, 1200, 5000, 10000, 100000, 100001, 999000, 999999]
+)
+def test_every_form_of_the_fraction_is_the_reference(micro: int) -> None:
+    shared = StreamEnvelopes(CMCC)
+    for seq, received in enumerate((T_US, T_US // 1_000_000 * 1_000_000 + micro)):
+        record = LogRecord(seq, received, LogKind.CMCC, None, cc_der())
+        assert shared.envelope(record) == record_envelope(CMCC, record, False)

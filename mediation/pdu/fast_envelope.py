@@ -158,11 +158,12 @@ class RecordFramer:
         self._stream_tlv = _stream_tlv(stream)
         self._cmcc = stream.kind is StreamKind.CMCC
         self._second = -1
-        self._date = ""
         # The middle octets (time to the content's [5] tag) and what they were built for.
         self._us = -1
         self._clock: object = _UNSET
         self._flag: object = _UNSET
+        self._date = b""
+        self._tail = b""  # the clock status, the redelivered flag, the content's tag
         self._middle = b""
         self._fixed = 0  # inner length but the sequence TLV's, content length's and payload's
         # id(kind enum member) -> (content tag octet, first tags); members are singletons.
@@ -232,27 +233,41 @@ class RecordFramer:
         """Build the octets from the mediation time to the content tag; False: not ours to write."""
         if received_us.__class__ is not int or not 0 <= received_us < _LAST_US:
             return False
-        clock_tlv = _CLOCK_TLV.get(clock)  # type: ignore[arg-type]
-        if clock_tlv is None or redelivered.__class__ is not bool:
-            return False
+        if clock is not self._clock or redelivered != self._flag:
+            clock_tlv = _CLOCK_TLV.get(clock)  # type: ignore[arg-type]
+            if clock_tlv is None or redelivered.__class__ is not bool:
+                return False
+            self._tail = clock_tlv + (_REDELIVERED_TLV if redelivered else b"") + b"\xa5"
+            self._clock, self._flag = clock, redelivered
         second, micro = divmod(received_us, 1_000_000)
         if second != self._second:
-            self._date = (_EPOCH + dt.timedelta(seconds=second)).strftime("%Y%m%d%H%M%S")
+            date = (_EPOCH + dt.timedelta(seconds=second)).strftime("%Y%m%d%H%M%S")
+            self._date = date.encode("ascii")
             self._second = second
-        if micro:  # the fraction without trailing zeros, as generalized_time writes it
-            time = (self._date + "." + ("%06d" % micro).rstrip("0") + "Z").encode("ascii")  # noqa: UP031
+        # The fraction without trailing zeros, as generalized_time writes it.
+        if micro:
+            millis, micros = divmod(micro, 1000)
+            fraction = _MILLIS[millis] + _MICROS[micros] if micros else _MILLIS_ONLY[millis]
         else:
-            time = (self._date + "Z").encode("ascii")
-        flag = _REDELIVERED_TLV if redelivered else b""
-        self._middle = b"".join((b"\x82", _LENGTHS[len(time)], time, clock_tlv, flag, b"\xa5"))
+            fraction = b""
+        self._middle = b"".join(
+            (_TIME_HEAD[len(fraction)], self._date, fraction, b"Z", self._tail)
+        )
         self._fixed = len(self._stream_tlv) + 2 + len(self._middle)  # + the sequence tag and length
-        self._us, self._clock, self._flag = received_us, clock, redelivered
+        self._us = received_us
         return True
 
 
 _UNSET = object()
 # Tag 0x81 and the length octet of a sequence number of n octets, above its n octets.
 _SEQUENCE_TL = tuple((0x81 << 8 | n) << (8 * n) for n in range(10))
+# A time's fraction from two tables of a thousand: ".mmm" then "uuu" less
+# its trailing zeros, or ".mmm" less its own when there are no microseconds.
+_MILLIS = tuple(b".%03d" % n for n in range(1000))
+_MICROS = tuple((b"%03d" % n).rstrip(b"0") for n in range(1000))
+_MILLIS_ONLY = tuple((b".%03d" % n).rstrip(b"0") for n in range(1000))
+# The time's tag and length: 14 digits, the fraction, "Z".
+_TIME_HEAD = tuple(b"\x82" + bytes((15 + n,)) for n in range(8))
 
 
 # Decoding ----------------------------------------------------------------------
