@@ -250,9 +250,7 @@ class RecordFramer:
             fraction = _MILLIS[millis] + _MICROS[micros] if micros else _MILLIS_ONLY[millis]
         else:
             fraction = b""
-        self._middle = b"".join(
-            (_TIME_HEAD[len(fraction)], self._date, fraction, b"Z", self._tail)
-        )
+        self._middle = b"".join((_TIME_HEAD[len(fraction)], self._date, fraction, b"Z", self._tail))
         self._fixed = len(self._stream_tlv) + 2 + len(self._middle)  # + the sequence tag and length
         self._us = received_us
         return True
