@@ -170,6 +170,10 @@ def record_envelope(stream: pdu.StreamId, record: LogRecord, redelivered: bool) 
     )
 
 
+# Generations' worth of envelopes a cache that nobody takes from lets go by unkept.
+PAUSE_GENERATIONS = 4
+
+
 class StreamEnvelopes:
     """The envelopes of one stream, encoded once for every endpoint that delivers it.
 
@@ -183,6 +187,12 @@ class StreamEnvelopes:
     that a lagging endpoint never takes is dropped when the cache turns
     over (at most two generations of ``generation_bytes``), so the cache
     costs memory only while endpoints are apart, and a bounded amount.
+    When a generation turns over with none of its entries taken and older
+    ones dropped untaken, the others are further behind than the cache
+    reaches (a TLS endpoint at saturation, seconds behind a UDP one): it
+    is emptied and keeps nothing for :data:`PAUSE_GENERATIONS`
+    generations' worth of envelopes, then tries again, so the leading
+    endpoint does not pay to keep what nobody takes.
     """
 
     def __init__(
@@ -200,16 +210,20 @@ class StreamEnvelopes:
         self._current: dict[int, list] = {}
         self._previous: dict[int, list] = {}
         self._current_bytes = 0
+        self._hits = 0  # entries taken since the last turnover
+        self._paused = 0  # envelope octets still to go by without keeping them
         self.encoded = 0  # envelopes encoded here (the rest came from the cache)
 
     def join(self) -> None:
         """An endpoint starts delivering the stream."""
         self.consumers += 1
+        self._paused = 0
 
     def leave(self) -> None:
         """An endpoint stops delivering it (what it has not taken is not kept for it)."""
         self.consumers -= 1
         self._current, self._previous, self._current_bytes = {}, {}, 0
+        self._paused = 0
 
     def envelope(self, record: LogRecord, redelivered: bool = False) -> bytes:
         """The envelope of ``record`` (see :func:`envelope_bytes`).
@@ -236,12 +250,14 @@ class StreamEnvelopes:
         head, out = self._framer.head, []
         append = out.append
         shared = self.consumers > 1
+        keep = shared and self._paused <= 0
         for record in records:
             seq = record.seq
             again = seq < redelivered_below
             if shared and not again:
                 entry = self._current.get(seq) or self._previous.get(seq)
                 if entry is not None and entry[1] is record:
+                    self._hits += 1
                     entry[2] -= 1
                     # Every endpoint has it: drop it from whichever generation holds it.
                     if entry[2] <= 0 and self._current.pop(seq, None) is None:
@@ -255,9 +271,11 @@ class StreamEnvelopes:
             else:
                 self.encoded += 1
                 data = start + payload[1:]
-            if shared and not again:
+            if keep and not again:
                 self._keep(seq, record, data)
             append(data)
+        if shared and not keep:
+            self._paused -= sum(map(len, out))
         return out
 
     def _encode(self, record: LogRecord, redelivered: bool) -> bytes:
@@ -271,7 +289,13 @@ class StreamEnvelopes:
 
     def _keep(self, seq: int, record: LogRecord, data: bytes) -> None:
         if self._current_bytes >= self.generation_bytes:
+            if not self._hits and self._previous:  # out of reach: pause (see the class)
+                self._paused = PAUSE_GENERATIONS * self.generation_bytes
+                self._previous, self._current = {}, {}
+            self._hits = 0
             self._previous, self._current, self._current_bytes = self._current, {}, 0
+            if self._paused:
+                return
         self._current[seq] = [data, record, self.consumers - 1]
         self._current_bytes += len(data)
 
