@@ -216,11 +216,12 @@ class RecordFramer:
         n = (seq.bit_length() >> 3) + 1
         sequence = (_SEQUENCE_TL[n] | seq).to_bytes(n + 2, "big")
         content = _LENGTHS[size] if size < 10000 else length(size)
+        inner = self._fixed + n + len(content) + size
         # The content's tag replaces the payload's first octet: the sizes add up.
         return b"".join(
             (
                 b"\xa0",
-                length(self._fixed + n + len(content) + size),
+                _LENGTHS[inner] if inner < 10000 else length(inner),
                 self._stream_tlv,
                 sequence,
                 self._middle,

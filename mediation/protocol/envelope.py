@@ -247,14 +247,17 @@ class StreamEnvelopes:
         Raises:
             ValueError: a record is not a valid envelope (a broken log).
         """
-        head, out = self._framer.head, []
+        head, out, framed = self._framer.head, [], 0
         append = out.append
         shared = self.consumers > 1
         keep = shared and self._paused <= 0
+        # Only other endpoints' entries can be taken here, and they are in
+        # the cache now or never: an empty cache (paused) is not looked in.
+        look = shared and bool(self._current or self._previous)
         for record in records:
             seq = record.seq
             again = seq < redelivered_below
-            if shared and not again:
+            if look and not again:
                 entry = self._current.get(seq) or self._previous.get(seq)
                 if entry is not None and entry[1] is record:
                     self._hits += 1
@@ -269,11 +272,12 @@ class StreamEnvelopes:
             if start is None:
                 data = self._encode(record, again)
             else:
-                self.encoded += 1
+                framed += 1
                 data = start + payload[1:]
             if keep and not again:
                 self._keep(seq, record, data)
             append(data)
+        self.encoded += framed
         if shared and not keep:
             self._paused -= sum(map(len, out))
         return out
