@@ -291,6 +291,10 @@ class _PassThrough:
     def seal(message: bytes) -> bytes:
         return message
 
+    @staticmethod
+    def seal_run(messages: list[bytes]) -> list[bytes]:
+        return messages
+
 
 class _UnsealedWorker(UdpWorker):
     async def _open(self) -> socket.socket:

@@ -160,3 +160,24 @@ def test_framing_is_the_one_header_reader_with_the_buffers_limit(tag: int, rest:
         assert exc.message in str(caught.value)
     else:
         assert buffer.next_message() == data[: content + length]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 70_000), min_size=1, max_size=6), st.integers(1, 50_000))
+def test_large_messages_come_out_whole_and_the_buffer_still_compacts(
+    sizes: list[int], chunk: int
+) -> None:
+    # Large messages are copied out through a memoryview of the buffer:
+    # the view must be gone before the buffer is resized (compacted, fed).
+    big = [
+        record_envelope(CMCC, record(n, payload=size), redelivered=False)
+        for n, size in enumerate(sizes)
+    ]
+    stream = b"".join(m for pair in zip(big, itertools.repeat(ACK)) for m in pair)
+    buffer = MessageBuffer()
+    got = []
+    for at in range(0, len(stream), chunk):
+        buffer.feed(stream[at : at + chunk])
+        got += buffer.messages()
+    assert got == [m for pair in zip(big, itertools.repeat(ACK)) for m in pair]
+    assert all(type(m) is bytes for m in got) and buffer.pending == 0

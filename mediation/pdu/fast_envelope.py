@@ -140,26 +140,32 @@ _LAST_US = 253402300800 * 1_000_000
 class RecordFramer:
     """Envelopes of one stream's stored records, with the constant parts encoded once.
 
-    The delivery hot path: the stream identifier is encoded once, the
-    time's date and seconds once per second, the clock status once per
-    value; the content is checked by its first octets (a SEQUENCE whose
-    length covers exactly the rest, starting like its kind) and spliced.
-    Anything outside that common case (an unusual length form, a time
-    before 1970, a kind seen for the first time) returns None, and the
-    caller uses the general splice (``encode_envelope_raw``), so the bytes
-    are always those of the reference codec (tests/test_fast_envelope_framer.py).
+    The delivery hot path: the stream identifier is encoded once; the
+    octets between the sequence number and the content (mediation time,
+    clock status, redelivered flag, the content's tag) once per receive
+    time, which every record of a log commit shares; the date and seconds
+    once per second. The content is checked by its first octets (a
+    SEQUENCE whose length covers exactly the rest, starting like its kind)
+    and spliced. Anything outside that common case (an unusual length
+    form, a time before 1970, a kind seen for the first time) returns
+    None, and the caller uses the general splice (``encode_envelope_raw``),
+    so the bytes are always those of the reference codec
+    (tests/test_protocol_envelopes_shared.py).
     """
 
     def __init__(self, stream: StreamId) -> None:
         self.stream = stream
         self._stream_tlv = _stream_tlv(stream)
-        # The stream TLV and the one-octet tags and lengths of sequence, time and content.
-        self._stream_size = len(self._stream_tlv) + 5
         self._cmcc = stream.kind is StreamKind.CMCC
         self._second = -1
-        self._date = ""
-        self._clock: object = None
-        self._clock_tlv = b""
+        # The middle octets (time to the content's [5] tag) and what they were built for.
+        self._us = -1
+        self._clock: object = _UNSET
+        self._flag: object = _UNSET
+        self._date = b""
+        self._tail = b""  # the clock status, the redelivered flag, the content's tag
+        self._middle = b""
+        self._fixed = 0  # inner length but the sequence TLV's, content length's and payload's
         # id(kind enum member) -> (content tag octet, first tags); members are singletons.
         self._kinds: dict[int, tuple[bytes, tuple[int, ...]]] = {}
 
@@ -168,7 +174,7 @@ class RecordFramer:
         if (name == CMCC) == self._cmcc:  # a kind this stream carries
             self._kinds[id(kind)] = (bytes((KIND_TAG[name],)), FIRST_TAGS[name])
 
-    def frame(
+    def head(
         self,
         seq: int,
         received_us: int,
@@ -177,9 +183,20 @@ class RecordFramer:
         payload: bytes,
         redelivered: bool = False,
     ) -> bytes | None:
-        """The envelope, or None: not the common case, use the general splice."""
+        """The envelope's octets before ``payload[1:]`` (its first octet becomes the kind's tag).
+
+        The envelope is ``head + payload[1:]``: a slice and a concatenation,
+        cheaper than one join with a memoryview of the payload.
+
+        Returns:
+            None: not the common case, use the general splice.
+        """
+        if (
+            received_us != self._us or clock is not self._clock or redelivered != self._flag
+        ) and not self._new_middle(received_us, clock, redelivered):
+            return None
         found = self._kinds.get(id(kind))
-        if found is None or not 0 <= seq <= MAX_SEQUENCE or not 0 <= received_us < _LAST_US:
+        if found is None or not 0 <= seq <= MAX_SEQUENCE:
             return None
         size = len(payload)
         if size < 3 or payload[0] != 0x30:
@@ -195,49 +212,61 @@ class RecordFramer:
             return None
         if start + body != size or payload[start] not in found[1]:
             return None
-        second, micro = divmod(received_us, 1_000_000)
-        if second != self._second:
-            self._date = (_EPOCH + dt.timedelta(seconds=second)).strftime("%Y%m%d%H%M%S")
-            self._second = second
-        if micro:  # the fraction without trailing zeros, as generalized_time writes it
-            time = (self._date + "." + ("%06d" % micro).rstrip("0") + "Z").encode("ascii")  # noqa: UP031
-        else:
-            time = (self._date + "Z").encode("ascii")
-        if clock is not self._clock:
-            self._clock_tlv = _CLOCK_TLV[clock]
-            self._clock = clock
-        sequence = seq.to_bytes((seq.bit_length() >> 3) + 1, "big")
-        flag = _REDELIVERED_TLV if redelivered else b""
-        content = length(size)
-        # One join, the outer length summed up front: no header object of its own.
-        inner = (
-            self._stream_size
-            + len(sequence)
-            + len(time)
-            + len(self._clock_tlv)
-            + len(flag)
-            + len(content)
-            + size  # the content's tag replaces the payload's first octet
-        )
+        # The sequence number's whole TLV from one int: tag, length, minimal octets.
+        n = (seq.bit_length() >> 3) + 1
+        sequence = (_SEQUENCE_TL[n] | seq).to_bytes(n + 2, "big")
+        content = _LENGTHS[size] if size < 10000 else length(size)
+        inner = self._fixed + n + len(content) + size
+        # The content's tag replaces the payload's first octet: the sizes add up.
         return b"".join(
             (
                 b"\xa0",
-                length(inner),
+                _LENGTHS[inner] if inner < 10000 else length(inner),
                 self._stream_tlv,
-                b"\x81",
-                _LENGTHS[len(sequence)],
                 sequence,
-                b"\x82",
-                _LENGTHS[len(time)],
-                time,
-                self._clock_tlv,
-                flag,
-                b"\xa5",
+                self._middle,
                 content,
                 found[0],
-                memoryview(payload)[1:],
             )
         )
+
+    def _new_middle(self, received_us: int, clock: ClockStatus | None, redelivered: bool) -> bool:
+        """Build the octets from the mediation time to the content tag; False: not ours to write."""
+        if received_us.__class__ is not int or not 0 <= received_us < _LAST_US:
+            return False
+        if clock is not self._clock or redelivered != self._flag:
+            clock_tlv = _CLOCK_TLV.get(clock)  # type: ignore[arg-type]
+            if clock_tlv is None or redelivered.__class__ is not bool:
+                return False
+            self._tail = clock_tlv + (_REDELIVERED_TLV if redelivered else b"") + b"\xa5"
+            self._clock, self._flag = clock, redelivered
+        second, micro = divmod(received_us, 1_000_000)
+        if second != self._second:
+            date = (_EPOCH + dt.timedelta(seconds=second)).strftime("%Y%m%d%H%M%S")
+            self._date = date.encode("ascii")
+            self._second = second
+        # The fraction without trailing zeros, as generalized_time writes it.
+        if micro:
+            millis, micros = divmod(micro, 1000)
+            fraction = _MILLIS[millis] + _MICROS[micros] if micros else _MILLIS_ONLY[millis]
+        else:
+            fraction = b""
+        self._middle = b"".join((_TIME_HEAD[len(fraction)], self._date, fraction, b"Z", self._tail))
+        self._fixed = len(self._stream_tlv) + 2 + len(self._middle)  # + the sequence tag and length
+        self._us = received_us
+        return True
+
+
+_UNSET = object()
+# Tag 0x81 and the length octet of a sequence number of n octets, above its n octets.
+_SEQUENCE_TL = tuple((0x81 << 8 | n) << (8 * n) for n in range(10))
+# A time's fraction from two tables of a thousand: ".mmm" then "uuu" less
+# its trailing zeros, or ".mmm" less its own when there are no microseconds.
+_MILLIS = tuple(b".%03d" % n for n in range(1000))
+_MICROS = tuple((b"%03d" % n).rstrip(b"0") for n in range(1000))
+_MILLIS_ONLY = tuple((b".%03d" % n).rstrip(b"0") for n in range(1000))
+# The time's tag and length: 14 digits, the fraction, "Z".
+_TIME_HEAD = tuple(b"\x82" + bytes((15 + n,)) for n in range(8))
 
 
 # Decoding ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ writes one report per stream that fits one datagram.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 
 from mediation import pdu
 from mediation.protocol.envelope import (
@@ -106,6 +106,58 @@ class DatagramSender:
             self._clock_from = now
         self.next_sequence = seq + 1
         return data
+
+    def envelope_run(
+        self, records: Sequence[LogRecord], now: float
+    ) -> tuple[list[bytes], list[LogRecord]]:
+        """:meth:`envelope` of each record of a run, in one call.
+
+        A record whose :meth:`envelope` would raise is skipped, and the
+        next one is taken as following it (what a sender does with an
+        envelope too large for a datagram: the agency fetches it by
+        retrieval).
+
+        Returns:
+            The envelopes of the records that go, in order; the records
+            skipped.
+        """
+        expected = self.next_sequence
+        seq = records[0].seq if records else 0
+        in_order = expected is None or seq == expected
+        for record in records:
+            if not in_order or record.seq != seq:
+                in_order = False
+                break
+            seq += 1
+        if in_order and records:
+            try:
+                out = self.envelopes.envelopes(records)
+            except ValueError:  # a broken record: one by one, below
+                pass
+            else:
+                if max(map(len, out)) <= MAX_ENVELOPE:
+                    if self.first_sent is None:
+                        self.first_sent = records[0].seq
+                        self._clock_from = now
+                    self.next_sequence = seq
+                    return out, []
+        return self._envelope_each(records, now)
+
+    def _envelope_each(
+        self, records: Sequence[LogRecord], now: float
+    ) -> tuple[list[bytes], list[LogRecord]]:
+        """:meth:`envelope_run` the long way, for a run that has a record to skip."""
+        out: list[bytes] = []
+        skipped: list[LogRecord] = []
+        for record in records:
+            try:
+                out.append(self.envelope(record, now))
+            except ValueError:
+                skipped.append(record)
+                if self.first_sent is None:
+                    self.first_sent = record.seq
+                self.next_sequence = record.seq + 1
+        return out, skipped
 
     def checkpoint(self, checkpoint: pdu.ChainCheckpoint) -> bytes:
         """The datagram carrying a signed chain checkpoint of this stream.

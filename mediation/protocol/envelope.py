@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+from collections.abc import Sequence
 from typing import Protocol
 
 from mediation import pdu
@@ -169,6 +170,10 @@ def record_envelope(stream: pdu.StreamId, record: LogRecord, redelivered: bool) 
     )
 
 
+# Generations' worth of envelopes a cache that nobody takes from lets go by unkept.
+PAUSE_GENERATIONS = 4
+
+
 class StreamEnvelopes:
     """The envelopes of one stream, encoded once for every endpoint that delivers it.
 
@@ -182,6 +187,12 @@ class StreamEnvelopes:
     that a lagging endpoint never takes is dropped when the cache turns
     over (at most two generations of ``generation_bytes``), so the cache
     costs memory only while endpoints are apart, and a bounded amount.
+    When a generation turns over with none of its entries taken and older
+    ones dropped untaken, the others are further behind than the cache
+    reaches (a TLS endpoint at saturation, seconds behind a UDP one): it
+    is emptied and keeps nothing for :data:`PAUSE_GENERATIONS`
+    generations' worth of envelopes, then tries again, so the leading
+    endpoint does not pay to keep what nobody takes.
     """
 
     def __init__(
@@ -199,16 +210,20 @@ class StreamEnvelopes:
         self._current: dict[int, list] = {}
         self._previous: dict[int, list] = {}
         self._current_bytes = 0
+        self._hits = 0  # entries taken since the last turnover
+        self._paused = 0  # envelope octets still to go by without keeping them
         self.encoded = 0  # envelopes encoded here (the rest came from the cache)
 
     def join(self) -> None:
         """An endpoint starts delivering the stream."""
         self.consumers += 1
+        self._paused = 0
 
     def leave(self) -> None:
         """An endpoint stops delivering it (what it has not taken is not kept for it)."""
         self.consumers -= 1
         self._current, self._previous, self._current_bytes = {}, {}, 0
+        self._paused = 0
 
     def envelope(self, record: LogRecord, redelivered: bool = False) -> bytes:
         """The envelope of ``record`` (see :func:`envelope_bytes`).
@@ -216,28 +231,61 @@ class StreamEnvelopes:
         Raises:
             ValueError: the record is not a valid envelope (a broken log).
         """
-        seq = record.seq
-        if self.consumers > 1 and not redelivered:
-            entry = self._current.get(seq) or self._previous.get(seq)
-            if entry is not None and entry[1] is record:
-                entry[2] -= 1
-                # Every endpoint has it: drop it from whichever generation holds it.
-                if entry[2] <= 0 and self._current.pop(seq, None) is None:
-                    del self._previous[seq]
-                return entry[0]
-        data = self._encode(record, redelivered)
-        if self.consumers > 1 and not redelivered:
-            self._keep(seq, record, data)
-        return data
+        return self.envelopes((record,), record.seq + 1 if redelivered else 0)[0]
+
+    def envelopes(self, records: Sequence[LogRecord], redelivered_below: int = 0) -> list[bytes]:
+        """The envelopes of a run of records, in order (:meth:`envelope` of each).
+
+        One loop for the run: per record no call but the framer's (the
+        delivery hot path; a batch of 256 records is typical at saturation).
+
+        Args:
+            records: log records (no checkpoints).
+            redelivered_below: records numbered below this are marked
+                redelivered (never taken from, nor kept in, the cache).
+
+        Raises:
+            ValueError: a record is not a valid envelope (a broken log).
+        """
+        head, out, framed = self._framer.head, [], 0
+        append = out.append
+        shared = self.consumers > 1
+        keep = shared and self._paused <= 0
+        # Only other endpoints' entries can be taken here, and they are in
+        # the cache now or never: an empty cache (paused) is not looked in.
+        look = shared and bool(self._current or self._previous)
+        for record in records:
+            seq = record.seq
+            again = seq < redelivered_below
+            if look and not again:
+                entry = self._current.get(seq) or self._previous.get(seq)
+                if entry is not None and entry[1] is record:
+                    self._hits += 1
+                    entry[2] -= 1
+                    # Every endpoint has it: drop it from whichever generation holds it.
+                    if entry[2] <= 0 and self._current.pop(seq, None) is None:
+                        del self._previous[seq]
+                    append(entry[0])
+                    continue
+            payload = record.payload
+            start = head(seq, record.received_us, record.kind, record.clock, payload, again)
+            if start is None:
+                data = self._encode(record, again)
+            else:
+                framed += 1
+                data = start + payload[1:]
+            if keep and not again:
+                self._keep(seq, record, data)
+            append(data)
+        self.encoded += framed
+        if shared and not keep:
+            self._paused -= sum(map(len, out))
+        return out
 
     def _encode(self, record: LogRecord, redelivered: bool) -> bytes:
+        """The general splice, for what the framer does not write (it learns enum kinds here)."""
         self.encoded += 1
         kind = record.kind
-        data = self._framer.frame(
-            record.seq, record.received_us, kind, record.clock, record.payload, redelivered
-        )
-        if data is not None:
-            return data
         data = record_envelope(self.stream, record, redelivered)
         if isinstance(kind, enum.Enum):  # valid: next time the framer knows this kind
             self._framer.learn_kind(kind, content_kind(kind).value)
@@ -245,7 +293,13 @@ class StreamEnvelopes:
 
     def _keep(self, seq: int, record: LogRecord, data: bytes) -> None:
         if self._current_bytes >= self.generation_bytes:
+            if not self._hits and self._previous:  # out of reach: pause (see the class)
+                self._paused = PAUSE_GENERATIONS * self.generation_bytes
+                self._previous, self._current = {}, {}
+            self._hits = 0
             self._previous, self._current, self._current_bytes = self._current, {}, 0
+            if self._paused:
+                return
         self._current[seq] = [data, record, self.consumers - 1]
         self._current_bytes += len(data)
 

@@ -21,6 +21,9 @@ from mediation.protocol.errors import ProtocolError
 # 64 KiB plus a few hundred octets of headers; 1 MiB leaves ample room and
 # caps what a hostile or broken peer can make us buffer per connection.
 MAX_MESSAGE = 1024 * 1024
+# From this size a message is copied out through a memoryview (one copy);
+# below it a slice and bytes() (two copies) cost less than making the view.
+_VIEW_FROM = 4096
 
 
 class MessageBuffer:
@@ -67,7 +70,13 @@ class MessageBuffer:
             raise
         if end is None:
             return None
-        message = bytes(self._buf[self._start : end])
+        buf, start = self._buf, self._start
+        if end - start < _VIEW_FROM:
+            message = bytes(buf[start:end])
+        else:  # a large message (a tap batch): copied once, not sliced and then copied
+            view = memoryview(buf)
+            message = bytes(view[start:end])
+            view.release()  # the buffer may be resized again
         self._start = end
         # Compact only when the consumed part dominates: amortised O(1) per octet.
         if self._start > len(self._buf) // 2:

@@ -161,16 +161,17 @@ class StreamSender(StreamConnection):
         stream = self._stream(stream)
         seq, high = self._next[stream], self._sent_high[stream]
         room = self.window - (seq - self._acked[stream])
-        envelope = self._envelopes[stream].envelope
-        out = []
+        count = 0  # how many go: in sequence, within the window
         for record in records:
-            if record.seq != seq or room <= 0:
+            if count >= room or record.seq != seq + count:
                 break
-            out.append(envelope(record, seq < high))
-            seq += 1
-            room -= 1
-        self._next[stream] = seq
-        self._sent_high[stream] = max(high, seq)
+            count += 1
+        if not count:
+            return []
+        run = records if count == len(records) else records[:count]
+        out = self._envelopes[stream].envelopes(run, high)  # one call for the run
+        self._next[stream] = seq + count
+        self._sent_high[stream] = max(high, seq + count)
         return out
 
     def checkpoint(self, checkpoint: pdu.ChainCheckpoint) -> bytes:

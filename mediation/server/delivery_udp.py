@@ -243,37 +243,72 @@ class UdpWorker:
     async def _send_batch(self, state: _UdpStream, records: list) -> None:
         sock, sealer = self._sock, self._sealer
         assert sock is not None and sealer is not None
-        envelope, send, seal, scte = state.sender.envelope, sock.send, sealer.seal, self._scte
-        now = trio.current_time()
+        if self._scte is not None:
+            await self._send_scte(state, records)
+            return
+        # Runs of records between checkpoints: each run enveloped and sealed
+        # in one call, so per datagram the loop is the seal and the send.
+        sender, now, start = state.sender, trio.current_time(), 0
+        for i, item in enumerate(records):
+            if item.__class__ is Checkpoint:
+                await self._send_run(state, records[start:i], now)
+                await self._send(sock, sealer.seal(sender.checkpoint(item.to_pdu())))
+                start = i + 1
+        await self._send_run(state, records[start:] if start else records, now)
+
+    async def _send_run(self, state: _UdpStream, records: list, now: float) -> None:
+        """Envelope, seal and send a run of records (no checkpoints)."""
+        if not records:
+            return
+        messages, skipped = state.sender.envelope_run(records, now)  # also the loss count
+        for record in skipped:
+            self._oversize(state, record)
+        sock = self._sock
+        assert sock is not None and self._sealer is not None
+        send = sock.send
+        for data in self._sealer.seal_run(messages):
+            try:
+                send(data)
+            except BlockingIOError:
+                await self._send(sock, data)
+            except OSError as exc:  # e.g. ECONNREFUSED from an earlier datagram
+                self._error(exc)
+
+    async def _send_scte(self, state: _UdpStream, records: list) -> None:
+        """CC as SCTE datagrams (checkpoints are not sent in this format)."""
+        sock, scte, now = self._sock, self._scte, trio.current_time()
+        assert sock is not None and scte is not None
         for record in records:
             if record.__class__ is Checkpoint:
-                if scte is not None:
-                    continue
-                data = seal(state.sender.checkpoint(record.to_pdu()))
-            else:
-                try:
-                    data = envelope(record, now)  # also the sender's count, in either format
-                    data = seal(data) if scte is None else scte(state.sid, record)
-                except ValueError:
-                    self._oversize(state, record)
-                    continue
-            while True:
-                try:
-                    send(data)
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                except OSError as exc:  # e.g. ECONNREFUSED from an earlier datagram
-                    self._error(exc)
-                    break
+                continue
+            _, skipped = state.sender.envelope_run([record], now)  # the sender's count
+            try:
+                if skipped:
+                    raise ValueError
+                data = scte(state.sid, record)
+            except ValueError:
+                self._oversize(state, record)
+                continue
+            await self._send(sock, data)
+
+    async def _send(self, sock: socket.socket, data: bytes) -> None:
+        """One datagram; waits only while the socket's buffer is full."""
+        while True:
+            try:
+                sock.send(data)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+            except OSError as exc:  # e.g. ECONNREFUSED from an earlier datagram
+                self._error(exc)
+                return
 
     def _oversize(self, state: _UdpStream, record: LogRecord) -> None:
-        """A record whose envelope does not fit a datagram: skipped, fetch it by retrieval."""
+        """A record whose envelope does not fit a datagram: skipped, fetch it by retrieval.
+
+        The sender has passed it already (its run goes on after it).
+        """
         state.oversize += 1
-        sender = state.sender
-        if sender.first_sent is None:
-            sender.first_sent = record.seq
-        sender.next_sequence = record.seq + 1
         log.warning("%s: %s %d too large for UDP", self.ref.label, state.sid, record.seq)
 
     def _error(self, exc: OSError) -> None:
