@@ -3,19 +3,26 @@
 A time read again is looked up, not parsed (``fast_der.read_time``'s
 cache): the value must equal a fresh parse, a refused time must stay
 refused however often it comes, and the cache must stay bounded whatever
-a peer sends.
+a peer sends. A header report of a remembered shape is found by its
+octets before and after the time stamp (``fast_cmii``'s prefixes and
+tails): it must decode as the reference decodes it, and a cut or altered
+one must be refused as the reference refuses it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import ipaddress
+from unittest import mock
 
 import pytest
 import strategies as S
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mediation.pdu import fast_der
+from mediation import pdu as P
+from mediation.pdu import codec, fast_cmii, fast_der
 from mediation.pdu.errors import PDUError
 
 PROPERTY = settings(max_examples=200, deadline=None)
@@ -53,3 +60,84 @@ def test_the_time_cache_is_bounded() -> None:
             microseconds=n
         )
         assert len(fast_der._TIMES) <= fast_der.TIMES_KEPT
+
+
+# CmII: a remembered prefix and tail find the shape without reading it --------
+
+
+def _cmii_same(data: bytes) -> None:
+    """fast_cmii decodes what the reference decodes, or refuses alike."""
+    try:
+        expected: object = codec.decode_cmii(data)
+    except PDUError as exc:
+        expected = (exc.message, exc.offset)
+    try:
+        got: object = fast_cmii.decode_cmii(data)
+    except PDUError as exc:
+        got = (exc.message, exc.offset)
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+@PROPERTY
+@given(S.cmii_messages(), st.lists(S.times, min_size=1, max_size=4))
+def test_a_remembered_prefix_and_tail_decode_as_the_reference(
+    message: P.CmIIMessage, times: list[dt.datetime]
+) -> None:
+    fast_cmii.forget_shapes()
+    fast_cmii.decode_cmii(codec.encode(message))  # remembered
+    for when in times:
+        again = codec.encode(dataclasses.replace(message, timestamp=when))
+        shape = fast_cmii._shape(again)
+        assert shape is not None
+        prefix, tail = again[: shape[1]], again[shape[2] :]
+        if (prefix, tail) in fast_cmii._tails:  # same time length: found without _shape
+            with mock.patch.object(fast_cmii, "_shape", side_effect=AssertionError("read")):
+                _cmii_same(again)
+        _cmii_same(again)
+
+
+@PROPERTY
+@given(S.cmii_messages(), st.data())
+def test_cut_messages_of_a_remembered_prefix_are_refused_as_the_reference(
+    message: P.CmIIMessage, data: st.DataObject
+) -> None:
+    fast_cmii.forget_shapes()
+    der = codec.encode(message)
+    fast_cmii.decode_cmii(der)
+    for cut in {data.draw(st.integers(1, len(der) - 1)), len(der) - 1, len(der) - 2}:
+        _cmii_same(der[:cut])
+        _cmii_same(der[:cut] + bytes(len(der) - cut))  # the right length, wrong octets
+
+
+def test_remembered_prefixes_and_tails_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast_cmii.forget_shapes()
+    monkeypatch.setattr(fast_cmii, "MAX_SHAPES", 4)
+    base = codec.encode(_header_report())
+    for n in range(10):
+        report = dataclasses.replace(_header_report(), timestamp=T0 + dt.timedelta(seconds=n))
+        report = dataclasses.replace(report, case_id=f"CASE-TEST-{n:04d}")
+        assert fast_cmii.decode_cmii(codec.encode(report)) == report
+        assert len(fast_cmii._tails) <= 4
+        assert len(fast_cmii._prefixes) <= fast_cmii.RECENT_PREFIXES
+    assert fast_cmii.decode_cmii(base) == _header_report()
+
+
+T0 = dt.datetime(2026, 12, 3, 23, 45, 0, 123456, tzinfo=dt.UTC)
+
+
+def _header_report() -> P.HeaderReport:
+    headers = P.HeaderSet(
+        P.Value.integer(1),
+        P.IPAddress(ipaddress.ip_address("192.0.2.10")),
+        P.IPAddress(ipaddress.ip_address("198.51.100.20")),
+        "5004",
+        "40000",
+    )
+    return P.HeaderReport(
+        case_id="CASE-TEST-0001",
+        iap_system_id="IAP-TEST",
+        timestamp=T0,
+        content_identifier=P.ContentIdentifier.correlation(b"\x01\x02"),
+        header_set=headers,
+    )

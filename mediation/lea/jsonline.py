@@ -54,6 +54,7 @@ class JsonLines:
         self._contents: dict[tuple[Any, ...], tuple[Any, str, str] | None] = {}
         self._streams: dict[int, tuple[pdu.StreamId, str]] = {}
         self._time: tuple[dt.datetime | None, str] = (None, "")
+        self._mediated: tuple[dt.datetime | None, str] = (None, "")
 
     def line(self, envelope: pdu.Envelope, *, retrieved: bool, at: dt.datetime) -> bytes:
         """The line of one envelope, newline included.
@@ -81,7 +82,10 @@ class JsonLines:
         if envelope.redelivered is not None:
             tail += ',"redelivered":true' if envelope.redelivered else ',"redelivered":false'
         mediated = envelope.mediation_time
-        mediated_text = iso_time(mediated)
+        last, mediated_text = self._mediated
+        if mediated is not last:  # a batch's envelopes share one (the reader's cache): by identity
+            mediated_text = iso_time(mediated)
+            self._mediated = (mediated, mediated_text)
         stamp = content.timestamp
         stamp_text = mediated_text if stamp == mediated else iso_time(stamp)
         return (

@@ -85,10 +85,15 @@ class StreamConnection:
             raise ValueError("receive_data before the connection was started")
         events: list[Event] = []
         try:
-            self._buffer.feed(data)
-            while (raw := self._buffer.next_message()) is not None:
-                self._keepalive.heard(now)
-                events.extend(self._dispatch(decode_message(raw), now))
+            buffer = self._buffer
+            buffer.feed(data)
+            raw = buffer.next_message()
+            if raw is not None:
+                self._keepalive.heard(now)  # once per read: all its messages arrived by now
+                dispatch = self._dispatch
+                while raw is not None:
+                    events.extend(dispatch(decode_message(raw), now))
+                    raw = buffer.next_message()
         except ProtocolError as exc:
             # Drop what this input would have made us send, acks above all:
             # the events behind them are not returned, so nothing they

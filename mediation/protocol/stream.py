@@ -302,13 +302,23 @@ class StreamReceiver(StreamConnection):
         self._require_connection()
         return self.retrieval.request_missing(stream, below, now)
 
+    def _dispatch(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
+        # Envelopes, nearly every message, straight to their handling: no
+        # keepalive or unknown message is an Envelope.
+        if message.__class__ is pdu.Envelope:
+            return [self._envelope(message, now)]
+        return super()._dispatch(message, now)
+
+    def _envelope(self, message: pdu.Envelope, now: float) -> EnvelopeReceived:
+        if self._accept is not None and message.stream not in self._accept:
+            raise ProtocolError(f"envelope for {message.stream}, not delivered here")
+        if self.retrieval.claims(message):
+            return self.retrieval.handle_envelope(message)
+        return self._live(message, now)
+
     def _handle(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
         if isinstance(message, pdu.Envelope):
-            if self._accept is not None and message.stream not in self._accept:
-                raise ProtocolError(f"envelope for {message.stream}, not delivered here")
-            if self.retrieval.claims(message):
-                return [self.retrieval.handle_envelope(message)]
-            return [self._live(message, now)]
+            return [self._envelope(message, now)]
         if isinstance(message, pdu.ReplayResult):
             return [self.retrieval.handle_result(message, now)]
         if isinstance(message, pdu.ChainCheckpoint):
@@ -326,7 +336,10 @@ class StreamReceiver(StreamConnection):
             )
         if seq == position:
             self._position[stream] = seq + 1
-            duplicate = not self.tracker(stream).add(seq)
+            tracker = self.retrieval.trackers.get(stream)
+            if tracker is None:
+                tracker = self.tracker(stream)
+            duplicate = not tracker.add(seq)
         else:
             duplicate = True
         self._dirty.add(stream)
