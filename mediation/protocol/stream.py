@@ -339,7 +339,7 @@ class StreamReceiver(StreamConnection):
             tracker = self.retrieval.trackers.get(stream)
             if tracker is None:
                 tracker = self.tracker(stream)
-            duplicate = not tracker.add(seq)
+            duplicate = not tracker.arrive(seq)[1]
         else:
             duplicate = True
         self._dirty.add(stream)
