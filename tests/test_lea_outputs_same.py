@@ -15,6 +15,7 @@ import datetime as dt
 import io
 import ipaddress
 import json
+import operator
 import socket
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from test_lea_support import CMCC, CMII, HANDLE, UDP_KEY, cc_record, cmii_record
 
 from mediation import pdu as P
 from mediation.evidence.pcap import DEFAULT_SNAPLEN, LINKTYPE_RAW, PcapWriter
-from mediation.lea.driver import RawCapture
 from mediation.lea.files import BUFFER, HashedFile, sha256_of
 from mediation.lea.outputs import capture_time, is_ip_packet, pcap_record_header
 from mediation.lea.state import ReceiverState
@@ -131,13 +131,12 @@ def test_tls_stores_what_the_plain_way_writes(tmp_path: Path) -> None:
     state = ReceiverState(tmp_path, utc_now=lambda: AT)
     machine = StreamReceiver(trackers=state.trackers, streams=state.accepted)
     machine.connection_made(0.0)
-    capture = RawCapture()
     data = b"".join(arrived)
     for n, at in enumerate(range(0, len(data), 1000)):  # reads that split messages
         part = data[at : at + 1000]
         events = machine.receive_data(part, float(n // 3))
-        capture.feed(part)
-        state.on_events(events, capture.take, "tls", float(n // 3))
+        # The octets as received, kept on the events by the machine (as the driver takes them).
+        state.on_events(events, operator.attrgetter("raw"), "tls", float(n // 3))
     state.close()
     _check(tmp_path, arrived)
 

@@ -90,9 +90,9 @@ class StreamConnection:
             raw = buffer.next_message()
             if raw is not None:
                 self._keepalive.heard(now)  # once per read: all its messages arrived by now
-                dispatch = self._dispatch
+                message = self._message
                 while raw is not None:
-                    events.extend(dispatch(decode_message(raw), now))
+                    events.extend(message(raw, now))
                     raw = buffer.next_message()
         except ProtocolError as exc:
             # Drop what this input would have made us send, acks above all:
@@ -103,6 +103,10 @@ class StreamConnection:
             self._out.clear()
             raise
         return events
+
+    def _message(self, raw: bytes, now: float) -> list[Event]:
+        """The events of one whole message (a role may keep ``raw`` with them)."""
+        return self._dispatch(decode_message(raw), now)
 
     def _dispatch(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
         if isinstance(message, pdu.KeepaliveAnswer):  # before Keepalive: it subclasses it

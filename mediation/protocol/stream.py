@@ -15,7 +15,12 @@ from collections.abc import Container, Iterable, Mapping, MutableMapping, Sequen
 
 from mediation import pdu
 from mediation.protocol.connection import StreamConnection
-from mediation.protocol.envelope import LogRecord, StreamEnvelopes, encode_message
+from mediation.protocol.envelope import (
+    LogRecord,
+    StreamEnvelopes,
+    decode_message,
+    encode_message,
+)
 from mediation.protocol.errors import ProtocolError
 from mediation.protocol.events import (
     AckReceived,
@@ -302,12 +307,24 @@ class StreamReceiver(StreamConnection):
         self._require_connection()
         return self.retrieval.request_missing(stream, below, now)
 
-    def _dispatch(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
+    def _message(self, raw: bytes, now: float) -> list[Event]:
+        """Each envelope's and checkpoint's event keeps the message's octets (``raw``).
+
+        The owner stores them as received (a later version's extension
+        fields included) without framing the stream a second time.
+        """
+        message = decode_message(raw)
         # Envelopes, nearly every message, straight to their handling: no
         # keepalive or unknown message is an Envelope.
         if message.__class__ is pdu.Envelope:
-            return [self._envelope(message, now)]
-        return super()._dispatch(message, now)
+            event: Event = self._envelope(message, now)
+            event.__dict__["raw"] = raw  # made just now by this machine, not yet shared
+            return [event]
+        events = self._dispatch(message, now)
+        for event in events:
+            if event.__class__ in (CheckpointReceived, EnvelopeReceived):
+                event.__dict__["raw"] = raw
+        return events
 
     def _envelope(self, message: pdu.Envelope, now: float) -> EnvelopeReceived:
         if self._accept is not None and message.stream not in self._accept:
