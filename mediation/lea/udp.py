@@ -175,8 +175,11 @@ class UdpDelivery:
             return
         # The machine returns [GapDetected,] EnvelopeReceived, or one other event.
         last = events[-1]
-        if isinstance(last, EnvelopeReceived):
-            self._route(last.envelope.stream, opened.key_id, source)
+        if last.__class__ is EnvelopeReceived:
+            stream = last.envelope.stream
+            route = self.routes.get(stream)  # _route() inline: per datagram, nearly always equal
+            if route is None or route[1] != source or route[0] != opened.key_id:
+                self.routes[stream] = (opened.key_id, source)
             if len(events) > 1:  # the gap it opens, counted first
                 self.state.on_events(events[:-1], _no_octets, "udp", now)
             self.state.envelope(last, message, "udp", now)
