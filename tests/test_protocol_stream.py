@@ -351,3 +351,18 @@ def test_events_keep_their_message_octets_however_the_reads_split(
     kept = [e.raw for e in events if isinstance(e, EnvelopeReceived | CheckpointReceived)]
     assert kept == [p for p in parts if p != later]
     assert [e.raw for e in events if isinstance(e, UnknownMessage)] == [later]
+
+
+def test_envelopes_before_a_broken_message_are_not_lost() -> None:
+    """Envelopes tracked in a read that then breaks the protocol reach the owner, or come again."""
+    tx = sender()
+    trackers: dict = {}
+    rx = receiver(trackers=trackers)
+    good = send(tx, 0, 1)
+    with pytest.raises(ProtocolError):
+        rx.receive_data(good + b"\x30\x00", 0.0)  # two envelopes, then no delivery message
+    kept = rx.events_before_break()
+    again = receiver(trackers=trackers)  # the next connection; the server resends from 0
+    events = again.receive_data(good, 1.0)
+    stored = received(kept) + [r for r in received(events) if not r[1]]
+    assert sorted(s for s, _dup, _re in stored) == [0, 1]

@@ -138,7 +138,14 @@ class StreamDriver:
             if not data:
                 return
             now = trio.current_time()
-            events = self.machine.receive_data(data, now)
+            try:
+                events = self.machine.receive_data(data, now)
+            except ProtocolError:
+                # The envelopes before the fault count as held (a resent copy
+                # would be a duplicate): store them. None of them was acked.
+                events = self.machine.events_before_break()
+                self.state.on_events(events, _raw_of, self.transport, now)
+                raise
             self.state.on_events(events, _raw_of, self.transport, now)
             self._take_output()
             # The timer task sleeps until its deadline: wake it only if the

@@ -46,6 +46,7 @@ class StreamConnection:
         self._out = bytearray()
         self._connected = False
         self._broken: ProtocolError | None = None
+        self._unreturned: list[Event] = []  # see events_before_break
 
     @property
     def connected(self) -> bool:
@@ -74,9 +75,12 @@ class StreamConnection:
         Raises:
             ProtocolError: the peer broke the protocol; the connection is
             finished (every later call raises it again): close it. Events
-            of earlier messages in the same input are dropped with it, and
-            so is anything queued to send; everything unacknowledged is
-            sent again on the next connection.
+            of earlier messages in the same input are not returned: take
+            them with :meth:`events_before_break` (a receiver has counted
+            their envelopes as held, so it must store them). Anything
+            queued to send is dropped, acks above all, so none of it is
+            acknowledged: everything unacknowledged is sent again on the
+            next connection.
             ValueError: no connection was started.
         """
         if self._broken is not None:
@@ -101,7 +105,17 @@ class StreamConnection:
             self._broken = exc
             self._connected = False
             self._out.clear()
+            self._unreturned = events
             raise
+        return events
+
+    def events_before_break(self) -> list[Event]:
+        """The events before the fault, in the input whose fault ended the connection.
+
+        Returns:
+            Them, in order, once (then an empty list); empty if nothing broke.
+        """
+        events, self._unreturned = self._unreturned, []
         return events
 
     def _message(self, raw: bytes, now: float) -> list[Event]:
