@@ -21,8 +21,11 @@ property test, tests/test_lea_jsonline.py).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from mediation import pdu
@@ -53,6 +56,8 @@ class JsonLines:
         # key of a message's shared parts -> (the message, text before and after its time)
         self._contents: dict[tuple[Any, ...], tuple[Any, str, str] | None] = {}
         self._streams: dict[int, tuple[pdu.StreamId, str]] = {}
+        # Per message class: what reads its fields but the time stamp (the key's parts).
+        self._shared: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
         self._time: tuple[dt.datetime | None, str] = (None, "")
         self._mediated: tuple[dt.datetime | None, str] = (None, "")
 
@@ -99,8 +104,11 @@ class JsonLines:
 
     def _content(self, message: pdu.CmIIMessage) -> tuple[str, str] | None:
         """The message's text before and after its time stamp; None: serialise it whole."""
-        fields = message.__dict__
-        key = (message.__class__, *[id(v) for k, v in fields.items() if k != "timestamp"])
+        cls = message.__class__
+        shared = self._shared.get(cls)
+        if shared is None:
+            shared = self._shared_parts(cls)
+        key = (cls, *map(id, shared(message)))
         seen = self._contents.get(key, False)
         if seen is False:
             seen = self._make(message)
@@ -110,6 +118,17 @@ class JsonLines:
         if seen is None:
             return None
         return seen[1], seen[2]
+
+    def _shared_parts(self, cls: type) -> Callable[[Any], tuple[Any, ...]]:
+        """Reads every field but the time stamp of a message of class ``cls``, in one call."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "timestamp"]
+        getter = (
+            operator.attrgetter(*names) if len(names) > 1 else lambda m: (getattr(m, names[0]),)
+        )
+        if len(self._shared) >= self.limit:
+            self._shared.clear()
+        self._shared[cls] = getter
+        return getter
 
     def _make(self, message: pdu.CmIIMessage) -> tuple[Any, str, str] | None:
         made = dict(self.view.to_json(message))
