@@ -7,8 +7,9 @@ a peer sends. A header report of a remembered shape is found by its
 octets before and after the time stamp (``fast_cmii``'s prefixes and
 tails): it must decode as the reference decodes it, and a cut or altered
 one must be refused as the reference refuses it. An envelope of the usual
-layout is read in one pass (``fast._read_usual``): it must give
-``read_envelope``'s fields or error, or stand aside.
+layout is read in one pass (``fast_usual.read_envelope_usual``), and so is
+its CC (``read_cc_usual``): each must give the full reader's result or
+error, or stand aside.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from mutation_support import altered
 
 from mediation import pdu as P
-from mediation.pdu import codec, fast, fast_cmii, fast_der, fast_envelope
+from mediation.pdu import codec, fast, fast_cc, fast_cmii, fast_der, fast_envelope, fast_usual
 from mediation.pdu.errors import PDUError
 
 PROPERTY = settings(max_examples=200, deadline=None)
@@ -151,13 +152,13 @@ def _header_report() -> P.HeaderReport:
 
 
 def _usual_agrees(data: bytes) -> bool:
-    """fast._read_usual gives read_envelope's fields or its error, or stands aside (None)."""
+    """read_envelope_usual gives read_envelope's fields or error, or stands aside (None)."""
     try:
         expected: object = fast_envelope.read_envelope(data)
     except PDUError as exc:
         expected = (exc.message, exc.offset)
     try:
-        got = fast._read_usual(data)
+        got = fast_usual.read_envelope_usual(data)
     except PDUError as exc:
         got = (exc.message, exc.offset)
     assert got is None or got == expected
@@ -184,3 +185,37 @@ def test_every_sequence_number_size_reads_as_read_envelope(sequence: int) -> Non
 
 
 STREAM = P.StreamId("w-0000", P.StreamKind.CMII)
+
+
+def _cc_usual_agrees(data: bytes, start: int, stop: int) -> bool:
+    """read_cc_usual gives read_cc's record or error, or stands aside (None)."""
+    try:
+        expected: object = fast_cc.read_cc(data, start, stop)
+    except PDUError as exc:
+        expected = (exc.message, exc.offset)
+    try:
+        got = fast_usual.read_cc_usual(data, start, stop)
+    except PDUError as exc:
+        got = (exc.message, exc.offset)
+    assert got is None or got == expected
+    if isinstance(got, P.CCApdu):
+        assert type(got.payload) is bytes and got.header.__class__ is P.CCDeliveryHeader
+    return got is not None
+
+
+@FUZZ
+@given(S.cc_apdus(), st.data())
+def test_the_usual_cc_reads_as_read_cc(apdu: P.CCApdu, data: st.DataObject) -> None:
+    der = fast.encode_cc(apdu)
+    fast.decode_cc(der)  # the correlation information is cached by the first read
+    start = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    took = _cc_usual_agrees(der, start, len(der))
+    sequence = apdu.header.sequence_number if apdu.header else None
+    usual = apdu.header is not None and (sequence is None or 0 <= sequence < 2**63)
+    if usual and der[start + 1] < 0x80:  # a header of under 128 octets: the usual layout
+        assert took
+    for variant in altered(der, data):
+        if len(variant) > start:
+            _cc_usual_agrees(variant, start, len(variant))
+    for cut in {data.draw(st.integers(start, len(der) - 1)), len(der) - 1}:
+        _cc_usual_agrees(der[:cut], start, cut)

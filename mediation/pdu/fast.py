@@ -46,21 +46,18 @@ from mediation.pdu.delivery import (
 from mediation.pdu.errors import PDUError
 from mediation.pdu.fast_cc import cc_contents, read_cc
 from mediation.pdu.fast_control import decode_control
-from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length, read_time
+from mediation.pdu.fast_der import Buffer, as_bytes, expect, guarded, length
 from mediation.pdu.fast_envelope import (
-    _CLOCK_OF,
-    _STREAM_RECORDS,
     CMCC,
     CMII,
     CONTENT_KINDS,
     FIRST_TAGS,
     KIND_TAG,
     NOTICE,
-    TAG_KIND,
-    EnvelopeFields,
     frame,
     read_envelope,
 )
+from mediation.pdu.fast_usual import read_cc_usual, read_envelope_usual
 from mediation.pdu.tlv import read_header
 
 __all__ = [
@@ -270,109 +267,6 @@ def _reference_content(kind: str, der: bytes, base: int) -> EnvelopeContent:
 _NEW = object.__new__
 
 
-def _read_usual(data: bytes) -> EnvelopeFields | None:
-    """:func:`read_envelope` for the usual layout in one pass; None for anything else.
-
-    The usual layout: every length in its short or one- or two-octet long
-    form, a stream seen before (its record cached by ``read_envelope``),
-    a sequence number of up to 8 octets, a clock status of one octet,
-    ``redelivered`` absent or TRUE, no extension fields. Every field is
-    checked as ``read_envelope`` checks it (the time by ``read_time``,
-    which raises what ``read_envelope`` would raise); on any doubt it
-    returns None and ``read_envelope`` reads the envelope and names the
-    fault. A receiver decodes every envelope: inline, a decode saves the
-    seven calls ``read_envelope`` makes (a fifth of it). Proven equal by a
-    property test (tests/test_pdu_fast_reuse.py).
-    """
-    size = len(data)
-    if size < 4 or data[0] != 0xA0:
-        return None
-    first = data[1]
-    if first == 0x82 and data[2] and (data[2] << 8 | data[3]) + 4 == size:
-        pos = 4
-    elif first == 0x81 and data[2] >= 0x80 and data[2] + 3 == size:
-        pos = 3
-    elif first < 0x80 and first + 2 == size:
-        pos = 2
-    else:
-        return None
-    if data[pos] != 0xA0 or (n := data[pos + 1]) >= 0x80:
-        return None
-    start = pos + 2
-    pos = start + n
-    stream = _STREAM_RECORDS.get(data[start:pos])
-    if stream is None or pos + 2 > size or data[pos] != 0x81:
-        return None
-    n = data[pos + 1]
-    start = pos + 2
-    pos = start + n
-    if pos > size or n == 0 or n > 9:
-        return None
-    lead = data[start]
-    if n == 1 and lead < 0x80:
-        sequence = lead
-    elif (n <= 8 and 0 < lead < 0x80) or (lead == 0 and data[start + 1] >= 0x80):
-        sequence = int.from_bytes(data[start:pos], "big")  # under 2**64: in range
-    else:
-        return None
-    if pos + 2 > size or data[pos] != 0x82 or (n := data[pos + 1]) >= 0x80 or pos + 2 + n > size:
-        return None
-    start = pos + 2
-    pos = start + n
-    time = read_time(data, start, pos, "mediationTime")
-    clock = None
-    if pos + 3 <= size and data[pos] == 0x83:
-        if data[pos + 1] != 1 or data[pos + 2] >= 0x80:
-            return None
-        clock = _CLOCK_OF.get(data[pos + 2])
-        pos += 3
-    redelivered = False
-    if pos + 3 <= size and data[pos] == 0x84:
-        if data[pos + 1] != 1 or data[pos + 2] != 0xFF:
-            return None
-        redelivered = True
-        pos += 3
-    return _usual_content(data, pos, size, stream, sequence, time, clock, redelivered)
-
-
-def _usual_content(
-    data: bytes,
-    pos: int,
-    size: int,
-    stream: StreamId,
-    sequence: int,
-    time: dt.datetime,
-    clock: ClockStatus | None,
-    redelivered: bool,
-) -> EnvelopeFields | None:
-    """The rest of :func:`_read_usual`: ``content [5]`` and its alternative, ending the data."""
-    if pos + 2 > size or data[pos] != 0xA5:
-        return None
-    content = _usual_contents(data, pos, size)
-    if content < 0 or content + 2 > size:
-        return None
-    kind = TAG_KIND.get(data[content])
-    start = _usual_contents(data, content, size)
-    if kind is None or start < 0:
-        return None
-    return stream, sequence, time, clock, redelivered, kind, content, start, size
-
-
-def _usual_contents(data: bytes, pos: int, size: int) -> int:
-    """Where the contents of the TLV at ``pos`` start if they end exactly at ``size``; else -1."""
-    first = data[pos + 1]
-    if first < 0x80:
-        start = pos + 2
-        return start if start + first == size else -1
-    if first == 0x81 and pos + 3 <= size and data[pos + 2] >= 0x80:
-        start = pos + 3
-        return start if start + data[pos + 2] == size else -1
-    if first == 0x82 and pos + 4 <= size and data[pos + 2]:
-        start = pos + 4
-        return start if start + (data[pos + 2] << 8 | data[pos + 3]) == size else -1
-    return -1
-
-
 def decode_envelope(data: Buffer) -> Envelope:
     """Decode one DeliveryMessage ``pduEnvelope`` (exactly, no trailing bytes).
 
@@ -389,12 +283,12 @@ def decode_envelope(data: Buffer) -> Envelope:
     try:
         if data.__class__ is not bytes:
             data = as_bytes(data)
-        fields = _read_usual(data) or read_envelope(data)
+        fields = read_envelope_usual(data) or read_envelope(data)
         stream, sequence, time, clock, redelivered, kind, content, start, stop = fields
         if (kind == CMCC) != (stream.kind is StreamKind.CMCC):
             raise PDUError(f"content: {kind} cannot ride in a {stream.kind.value} stream", content)
         if kind == CMCC:
-            record: EnvelopeContent = read_cc(data, start, stop)
+            record: EnvelopeContent = read_cc_usual(data, start, stop) or read_cc(data, start, stop)
         else:
             record = _reference_content(kind, b"\x30" + data[content + 1 : stop], content)
         # read_envelope checked the range, the time (aware UTC) and, above, the
