@@ -120,6 +120,7 @@ class UdpDelivery:
         self.routes: dict[pdu.StreamId, tuple[int, Address]] = {}  # key id, source
         self._sealers: dict[int, DatagramSealer] = {}
         self._known = trio.Event()  # set when a stream's reports become due
+        self._reporting = False  # whether _known is set
         self._saved: dict | None = None
         self.refusals = Refusals(
             log, "udp: datagram refused", counts=state.counters.unauthenticated
@@ -187,7 +188,8 @@ class UdpDelivery:
             if isinstance(last, CheckpointReceived):
                 self._route(last.checkpoint.stream, opened.key_id, source)
             self.state.on_events(events, functools.partial(_same, message), "udp", now)
-        if not self._known.is_set() and self.machine.next_deadline() is not None:
+        if not self._reporting and self.machine.next_deadline() is not None:
+            self._reporting = True  # (not _known.is_set(): a call per datagram)
             self._known.set()
 
     def _route(self, stream: pdu.StreamId, key_id: int, source: Address) -> None:

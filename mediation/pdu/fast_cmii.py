@@ -92,7 +92,8 @@ def decode_cmii(data: Buffer) -> CmIIMessage:
     Raises:
         PDUError: as the reference codec.
     """
-    data = as_bytes(data)
+    if data.__class__ is not bytes:
+        data = as_bytes(data)
     for prefix in _prefixes:
         if data.startswith(prefix):
             time_at = len(prefix)
