@@ -10,8 +10,8 @@ own code without sockets, so the figure is the receiver's CPU alone:
 - UDP: each envelope sealed, then ``UdpDelivery.receive`` (open, decode,
   track, store: raw file, pcap, JSON line);
 - TLS: the envelopes back to back in 256 KiB chunks through a
-  ``StreamReceiver`` and the receiver's ``RawCapture`` and state, as its
-  connection driver does (TLS decryption and the fsync before each ack are
+  ``StreamReceiver`` and the receiver's state, as its connection driver
+  does (TLS decryption and the fsync before each ack are
   not included: the end-to-end bench, bench/e2e.py, has the process's CPU).
 
 CPU time (``process_time``), best of ``--rounds``. ``--checkout DIR``
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import operator
 import os
 import sys
 import tempfile
@@ -93,22 +94,20 @@ def udp_path(envelopes: list[bytes], base: Path) -> float:
 
 def tls_path(envelopes: list[bytes], base: Path) -> float:
     """CPU microseconds per envelope through a StreamReceiver, as the connection driver runs it."""
-    from mediation.lea.driver import RawCapture
     from mediation.lea.state import ReceiverState
     from mediation.protocol import StreamReceiver
 
     state = ReceiverState(Path(tempfile.mkdtemp(dir=base)))
     machine = StreamReceiver(trackers=state.trackers, streams=state.accepted)
     machine.connection_made(0.0)
-    capture = RawCapture()
+    raw_of = operator.attrgetter("raw")  # as the connection driver takes the octets
     data = b"".join(envelopes)
     chunk = 256 * 1024
     started = time.process_time()
     for at in range(0, len(data), chunk):
         part = data[at : at + chunk]
         events = machine.receive_data(part, 0.0)
-        capture.feed(part)
-        state.on_events(events, capture.take, "tls", 0.0)
+        state.on_events(events, raw_of, "tls", 0.0)
         machine.data_to_send()
     state.flush()
     took = time.process_time() - started

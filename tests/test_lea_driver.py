@@ -18,6 +18,7 @@ import trio.testing
 from test_lea_support import CMCC, cc_record
 
 from mediation import pdu as P
+from mediation.lea import rawfile
 from mediation.lea.driver import StreamDriver
 from mediation.lea.state import ReceiverState
 from mediation.protocol import DatagramSender, MessageBuffer, StreamReceiver
@@ -96,3 +97,26 @@ async def test_ack_every_envelopes_are_acknowledged_at_once(
         assert await agency.ack() == ACK_EVERY  # without the clock moving
         nursery.cancel_scope.cancel()
     agency.state.close()
+
+
+async def test_envelopes_before_a_broken_message_are_stored(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """A read of good envelopes then a fault: the envelopes are stored, none acknowledged.
+
+    The machine counts them as held before it meets the fault, so a resent
+    copy on the next connection is a duplicate: dropped with the fault's
+    read, they were lost (regression).
+    """
+    agency = Agency(tmp_path)
+    sender = DatagramSender(CMCC)
+    good = [sender.envelope(cc_record(n), 0.0) for n in range(3)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agency.driver.run)
+        await agency.server_end.send_all(b"".join(good) + b"\x30\x00")  # no delivery message
+    assert agency.driver.ended_by.startswith("protocol error")
+    assert agency.state.stats[CMCC].received == 3
+    assert await agency.nothing_sent()  # no ack: the server sends them again
+    agency.state.close()
+    stored = rawfile.scan(tmp_path / CMCC.warrant_handle / "cmcc.raw")[0]
+    assert [m.sequence for m in stored] == [0, 1, 2]

@@ -15,7 +15,9 @@ import datetime as dt
 import io
 import ipaddress
 import json
+import operator
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,14 @@ from test_lea_support import CMCC, CMII, HANDLE, UDP_KEY, cc_record, cmii_record
 
 from mediation import pdu as P
 from mediation.evidence.pcap import DEFAULT_SNAPLEN, LINKTYPE_RAW, PcapWriter
-from mediation.lea.driver import RawCapture
 from mediation.lea.files import BUFFER, HashedFile, sha256_of
-from mediation.lea.outputs import capture_time, is_ip_packet, pcap_record_header
+from mediation.lea.outputs import (
+    NOT_IP_LISTED,
+    CaseOutputs,
+    capture_time,
+    is_ip_packet,
+    pcap_record_header,
+)
 from mediation.lea.state import ReceiverState
 from mediation.lea.udp import UdpDelivery
 from mediation.pdu.fast import encode_content
@@ -131,13 +138,12 @@ def test_tls_stores_what_the_plain_way_writes(tmp_path: Path) -> None:
     state = ReceiverState(tmp_path, utc_now=lambda: AT)
     machine = StreamReceiver(trackers=state.trackers, streams=state.accepted)
     machine.connection_made(0.0)
-    capture = RawCapture()
     data = b"".join(arrived)
     for n, at in enumerate(range(0, len(data), 1000)):  # reads that split messages
         part = data[at : at + 1000]
         events = machine.receive_data(part, float(n // 3))
-        capture.feed(part)
-        state.on_events(events, capture.take, "tls", float(n // 3))
+        # The octets as received, kept on the events by the machine (as the driver takes them).
+        state.on_events(events, operator.attrgetter("raw"), "tls", float(n // 3))
     state.close()
     _check(tmp_path, arrived)
 
@@ -197,3 +203,15 @@ def test_a_hashed_file_dropped_unclosed_hands_its_writes_to_the_kernel(tmp_path:
     target.write(b"written, never flushed")
     del target
     assert path.read_bytes() == b"written, never flushed"
+
+
+@given(st.lists(st.binary(max_size=48), max_size=12))
+def test_packets_go_to_the_pcap_as_is_ip_packet_says(payloads: list[bytes]) -> None:
+    """The store's inline IP check keeps exactly what is_ip_packet calls a packet."""
+    with tempfile.TemporaryDirectory() as out:
+        case = CaseOutputs(Path(out), HANDLE)
+        for seq, payload in enumerate(payloads):
+            case._cc_packet(seq, payload, AT)
+        kept = [n for n, p in enumerate(payloads) if not is_ip_packet(p)]
+        assert (case.not_ip, case.not_ip_sequences) == (len(kept), kept[:NOT_IP_LISTED])
+        case.close()

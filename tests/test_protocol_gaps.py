@@ -30,6 +30,8 @@ def model_missing(held: set[int]) -> list[tuple[int, int]]:
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(0, 120)),
+        st.tuples(st.just("arrive"), st.integers(0, 120)),
+        st.tuples(st.just("next"), st.integers(0, 2)),  # arrive() in order, or just past
         st.tuples(st.just("range"), st.integers(0, 120), st.integers(0, 15)),
     ),
     max_size=60,
@@ -41,11 +43,18 @@ operations = st.lists(
 def test_tracker_agrees_with_a_set(ops: list[tuple]) -> None:
     tracker, held, duplicates = SequenceTracker(), set(), 0
     for op in ops:
-        if op[0] == "add":
-            new = tracker.add(op[1])
-            assert new == (op[1] not in held)
+        if op[0] in ("add", "arrive", "next"):
+            seq = op[1]
+            if op[0] == "next":
+                seq += max(held) + 1 if held else 0
+            if op[0] == "add":
+                new = tracker.add(seq)
+            else:  # the receiver's hot path: add() and what was next before it
+                expected, new = tracker.arrive(seq)
+                assert expected == (max(held) + 1 if held else 0)
+            assert new == (seq not in held)
             duplicates += not new
-            held.add(op[1])
+            held.add(seq)
         else:
             first, last = op[1], op[1] + op[2]
             assert tracker.add_range(first, last) == len(set(range(first, last + 1)) - held)
@@ -57,7 +66,7 @@ def test_tracker_agrees_with_a_set(ops: list[tuple]) -> None:
         assert tracker.missing() == missing
         assert tracker.missing_count == sum(b - a + 1 for a, b in missing)
         assert tracker.missing_range_count == len(missing)
-        assert all((n in tracker) == (n in held) for n in range(140))
+        assert all((n in tracker) == (n in held) for n in range(200))
         next_contiguous = 0
         while next_contiguous in held:
             next_contiguous += 1
@@ -153,3 +162,14 @@ def test_huge_sequence_numbers_and_late_start() -> None:
         tracker.add(-1)
     with pytest.raises(ValueError):
         tracker.add_range(5, 4)
+
+
+def test_arrive_refuses_what_add_refuses() -> None:
+    from mediation.pdu.delivery import MAX_SEQUENCE
+
+    tracker = SequenceTracker()
+    assert tracker.arrive(MAX_SEQUENCE) == (0, True)
+    for bad in (-1, MAX_SEQUENCE + 1, 2**70, "7"):
+        with pytest.raises(ValueError, match="is not a sequence number"):
+            tracker.arrive(bad)  # type: ignore[arg-type]
+    assert tracker.received_count == 1

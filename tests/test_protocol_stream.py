@@ -327,3 +327,42 @@ def test_every_envelope_arrives_once_in_order_across_disconnects(data) -> None:
         rx.tick(now + 1)
         tx.receive_data(rx.data_to_send(), now)
     assert stored == list(range(total))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 12), st.lists(st.integers(1, 4000), max_size=12), st.integers(0, 12))
+def test_events_keep_their_message_octets_however_the_reads_split(
+    count: int, cuts: list[int], checkpoint_after: int
+) -> None:
+    """The receiver stores what each event's ``raw`` holds: the message exactly as received."""
+    tx, rx = sender(), receiver()
+    later = (
+        b"\xbf\x1f\x03\x02\x01\x07"  # a later version's message: framed, skipped, no octets kept
+    )
+    checkpoint = tx.checkpoint(P.ChainCheckpoint(CMCC, 9, bytes(32), T, b"s" * 64, b"k" * 32))
+    parts = [tx.send(CMCC, record(n)) for n in range(count)]
+    parts.insert(min(checkpoint_after, count), checkpoint)
+    parts.insert(1, later)
+    data = b"".join(parts)
+    events, at = [], 0
+    for cut in [*sorted({c % len(data) for c in cuts}), len(data)]:
+        events += rx.receive_data(data[at:cut], 0.0)
+        at = max(at, cut)
+    kept = [e.raw for e in events if isinstance(e, EnvelopeReceived | CheckpointReceived)]
+    assert kept == [p for p in parts if p != later]
+    assert [e.raw for e in events if isinstance(e, UnknownMessage)] == [later]
+
+
+def test_envelopes_before_a_broken_message_are_not_lost() -> None:
+    """Envelopes tracked in a read that then breaks the protocol reach the owner, or come again."""
+    tx = sender()
+    trackers: dict = {}
+    rx = receiver(trackers=trackers)
+    good = send(tx, 0, 1)
+    with pytest.raises(ProtocolError):
+        rx.receive_data(good + b"\x30\x00", 0.0)  # two envelopes, then no delivery message
+    kept = rx.events_before_break()
+    again = receiver(trackers=trackers)  # the next connection; the server resends from 0
+    events = again.receive_data(good, 1.0)
+    stored = received(kept) + [r for r in received(events) if not r[1]]
+    assert sorted(s for s, _dup, _re in stored) == [0, 1]

@@ -16,17 +16,15 @@ cumulative acks in order.
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
+import operator
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from mediation.lea.state import ReceiverState
 from mediation.protocol import (
-    CheckpointReceived,
-    EnvelopeReceived,
     Event,
     PeerTimedOut,
     ProtocolError,
@@ -36,109 +34,10 @@ from mediation.protocol import (
 log = logging.getLogger("mediation.lea")
 
 RECEIVE_SIZE = 256 * 1024  # a read takes what a wake-up has: ~170 full-size envelopes
-_ENVELOPE_TAG, _CHECKPOINT_TAG = 0xA0, 0xA7  # [0] and [7], constructed
-
-
-class RawCapture:
-    """Frames the same octets as the machine, keeping envelopes and checkpoints as received.
-
-    Each envelope or checkpoint message yields exactly one event, in
-    order, so the n-th ``EnvelopeReceived`` is the n-th envelope message.
-    Re-encoding the record instead would drop any extension fields of a
-    later version: the raw file must hold what arrived.
-
-    It is fed only octets the machine accepted, so every message in them
-    has a valid header (the machine's framing checked it with the project's
-    header reader): here it is only skipped, the common forms inline.
-    Framing again with a :class:`MessageBuffer` cost a tenth of a TLS
-    receiver's CPU. A message that spans reads waits in a buffer that
-    grows by each read and is framed once it is whole, so however finely
-    the peer splits it the work stays in proportion to its size.
-    """
-
-    def __init__(self) -> None:
-        self._rest = bytearray()  # the start of a message a later read completes
-        self._wanted = 0  # that message's whole size, once its header is in
-        self._queues: dict[int, collections.deque[bytes]] = {
-            _ENVELOPE_TAG: collections.deque(),
-            _CHECKPOINT_TAG: collections.deque(),
-        }
-
-    def feed(self, data: bytes) -> None:
-        """Octets the machine accepted (after its ``receive_data`` returned)."""
-        if data.__class__ is not bytes:
-            data = bytes(data)
-        rest = self._rest
-        if rest:
-            need = self._wanted - len(rest)
-            if self._wanted and len(data) < need:
-                rest += data
-                return
-            if self._wanted:  # the waiting message is whole: keep it, frame the rest
-                self._keep(bytes(rest) + data[:need])
-                data = data[need:]
-            else:  # its header was cut: frame it again with this read
-                data = bytes(rest) + data
-            rest.clear()
-            self._wanted = 0
-        queues = self._queues
-        pos, size = 0, len(data)
-        while pos < size:
-            tag, first = data[pos], data[pos + 1] if size - pos > 1 else 0x80
-            if first < 0x80 and tag & 0x1F != 0x1F:
-                end = pos + 2 + first
-            elif tag & 0x1F != 0x1F and 0x81 <= first <= 0x84 and size - pos >= 2 + (first & 0x7F):
-                start = pos + 2 + (first & 0x7F)
-                end = start + int.from_bytes(data[pos + 2 : start], "big")
-            else:  # a later version's high tag number, or a header not all here yet
-                end = _message_end(data, pos, size)
-                if end < 0:
-                    break
-            if end > size:
-                self._wanted = end - pos
-                break
-            queue = queues.get(tag)
-            if queue is not None:
-                queue.append(data[pos:end])
-            pos = end
-        if pos < size:
-            rest += data[pos:]
-
-    def _keep(self, message: bytes) -> None:
-        queue = self._queues.get(message[0])
-        if queue is not None:
-            queue.append(message)
-
-    def take(self, event: Event) -> bytes:
-        """The octets behind an ``EnvelopeReceived`` or ``CheckpointReceived``."""
-        if isinstance(event, EnvelopeReceived):
-            return self._queues[_ENVELOPE_TAG].popleft()
-        if isinstance(event, CheckpointReceived):
-            return self._queues[_CHECKPOINT_TAG].popleft()
-        raise ValueError(f"{type(event).__name__} has no octets of its own")
-
-
-def _message_end(data: bytes, pos: int, size: int) -> int:
-    """Offset just past the message at ``pos``; -1 if its header is not all in ``data``.
-
-    Only for octets whose headers were checked already (DER: a high tag
-    number's octets have the top bit set but the last; a length is one
-    octet, or ``0x8N`` then N octets).
-    """
-    at = pos + 1
-    if data[pos] & 0x1F == 0x1F:
-        while at < size and data[at] & 0x80:
-            at += 1
-        at += 1
-    if at >= size:
-        return -1
-    first = data[at]
-    if first < 0x80:
-        return at + 1 + first
-    start = at + 1 + (first & 0x7F)
-    if start > size:
-        return -1
-    return start + int.from_bytes(data[at + 1 : start], "big")
+# The octets of an envelope's or checkpoint's message, exactly as received:
+# the machine keeps them on the event from its own framing (a later version's
+# extension fields included), so the stream is framed once, not twice.
+_raw_of = operator.attrgetter("raw")
 
 
 class StreamDriver:
@@ -166,7 +65,6 @@ class StreamDriver:
         self.state = state
         self.transport = transport
         self._on_events = on_events
-        self._capture = RawCapture()
         self._lock = trio.Lock()
         self._changed = trio.Event()  # the machine's next deadline moved earlier
         self._timer_at: float | None = None  # the deadline the timer task waits for
@@ -240,9 +138,15 @@ class StreamDriver:
             if not data:
                 return
             now = trio.current_time()
-            events = self.machine.receive_data(data, now)
-            self._capture.feed(data)
-            self.state.on_events(events, self._capture.take, self.transport, now)
+            try:
+                events = self.machine.receive_data(data, now)
+            except ProtocolError:
+                # The envelopes before the fault count as held (a resent copy
+                # would be a duplicate): store them. None of them was acked.
+                events = self.machine.events_before_break()
+                self.state.on_events(events, _raw_of, self.transport, now)
+                raise
+            self.state.on_events(events, _raw_of, self.transport, now)
             self._take_output()
             # The timer task sleeps until its deadline: wake it only if the
             # machine now needs it sooner (a later deadline it finds by itself).

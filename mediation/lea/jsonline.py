@@ -21,8 +21,11 @@ property test, tests/test_lea_jsonline.py).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from mediation import pdu
@@ -53,7 +56,10 @@ class JsonLines:
         # key of a message's shared parts -> (the message, text before and after its time)
         self._contents: dict[tuple[Any, ...], tuple[Any, str, str] | None] = {}
         self._streams: dict[int, tuple[pdu.StreamId, str]] = {}
+        # Per message class: what reads its fields but the time stamp (the key's parts).
+        self._shared: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
         self._time: tuple[dt.datetime | None, str] = (None, "")
+        self._mediated: tuple[dt.datetime | None, str] = (None, "")
 
     def line(self, envelope: pdu.Envelope, *, retrieved: bool, at: dt.datetime) -> bytes:
         """The line of one envelope, newline included.
@@ -81,7 +87,10 @@ class JsonLines:
         if envelope.redelivered is not None:
             tail += ',"redelivered":true' if envelope.redelivered else ',"redelivered":false'
         mediated = envelope.mediation_time
-        mediated_text = iso_time(mediated)
+        last, mediated_text = self._mediated
+        if mediated is not last:  # a batch's envelopes share one (the reader's cache): by identity
+            mediated_text = iso_time(mediated)
+            self._mediated = (mediated, mediated_text)
         stamp = content.timestamp
         stamp_text = mediated_text if stamp == mediated else iso_time(stamp)
         return (
@@ -95,8 +104,11 @@ class JsonLines:
 
     def _content(self, message: pdu.CmIIMessage) -> tuple[str, str] | None:
         """The message's text before and after its time stamp; None: serialise it whole."""
-        fields = message.__dict__
-        key = (message.__class__, *[id(v) for k, v in fields.items() if k != "timestamp"])
+        cls = message.__class__
+        shared = self._shared.get(cls)
+        if shared is None:
+            shared = self._shared_parts(cls)
+        key = (cls, *map(id, shared(message)))
         seen = self._contents.get(key, False)
         if seen is False:
             seen = self._make(message)
@@ -106,6 +118,17 @@ class JsonLines:
         if seen is None:
             return None
         return seen[1], seen[2]
+
+    def _shared_parts(self, cls: type) -> Callable[[Any], tuple[Any, ...]]:
+        """Reads every field but the time stamp of a message of class ``cls``, in one call."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "timestamp"]
+        getter = (
+            operator.attrgetter(*names) if len(names) > 1 else lambda m: (getattr(m, names[0]),)
+        )
+        if len(self._shared) >= self.limit:
+            self._shared.clear()
+        self._shared[cls] = getter
+        return getter
 
     def _make(self, message: pdu.CmIIMessage) -> tuple[Any, str, str] | None:
         made = dict(self.view.to_json(message))

@@ -262,7 +262,11 @@ class CaseOutputs:
         if self._last_cc is not None and seq < self._last_cc:
             self.cc_in_order = False
         self._last_cc = seq if self._last_cc is None else max(seq, self._last_cc)
-        if not is_ip_packet(payload):
+        first = payload[0] if payload else 0  # is_ip_packet(), inline (per packet)
+        if not (
+            (first >> 4 == 4 and len(payload) >= 20 and first & 0x0F >= 5)
+            or (first >> 4 == 6 and len(payload) >= 40)
+        ):
             # The raw file keeps it; a pcap of raw IP must not hold garbage.
             self.not_ip += 1
             if len(self.not_ip_sequences) < NOT_IP_LISTED:

@@ -120,6 +120,7 @@ class UdpDelivery:
         self.routes: dict[pdu.StreamId, tuple[int, Address]] = {}  # key id, source
         self._sealers: dict[int, DatagramSealer] = {}
         self._known = trio.Event()  # set when a stream's reports become due
+        self._reporting = False  # whether _known is set
         self._saved: dict | None = None
         self.refusals = Refusals(
             log, "udp: datagram refused", counts=state.counters.unauthenticated
@@ -175,8 +176,11 @@ class UdpDelivery:
             return
         # The machine returns [GapDetected,] EnvelopeReceived, or one other event.
         last = events[-1]
-        if isinstance(last, EnvelopeReceived):
-            self._route(last.envelope.stream, opened.key_id, source)
+        if last.__class__ is EnvelopeReceived:
+            stream = last.envelope.stream
+            route = self.routes.get(stream)  # _route() inline: per datagram, nearly always equal
+            if route is None or route[1] != source or route[0] != opened.key_id:
+                self.routes[stream] = (opened.key_id, source)
             if len(events) > 1:  # the gap it opens, counted first
                 self.state.on_events(events[:-1], _no_octets, "udp", now)
             self.state.envelope(last, message, "udp", now)
@@ -184,7 +188,8 @@ class UdpDelivery:
             if isinstance(last, CheckpointReceived):
                 self._route(last.checkpoint.stream, opened.key_id, source)
             self.state.on_events(events, functools.partial(_same, message), "udp", now)
-        if not self._known.is_set() and self.machine.next_deadline() is not None:
+        if not self._reporting and self.machine.next_deadline() is not None:
+            self._reporting = True  # (not _known.is_set(): a call per datagram)
             self._known.set()
 
     def _route(self, stream: pdu.StreamId, key_id: int, source: Address) -> None:

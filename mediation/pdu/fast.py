@@ -57,6 +57,7 @@ from mediation.pdu.fast_envelope import (
     frame,
     read_envelope,
 )
+from mediation.pdu.fast_usual import read_cc_usual, read_envelope_usual
 from mediation.pdu.tlv import read_header
 
 __all__ = [
@@ -282,11 +283,12 @@ def decode_envelope(data: Buffer) -> Envelope:
     try:
         if data.__class__ is not bytes:
             data = as_bytes(data)
-        stream, sequence, time, clock, redelivered, kind, content, start, stop = read_envelope(data)
+        fields = read_envelope_usual(data) or read_envelope(data)
+        stream, sequence, time, clock, redelivered, kind, content, start, stop = fields
         if (kind == CMCC) != (stream.kind is StreamKind.CMCC):
             raise PDUError(f"content: {kind} cannot ride in a {stream.kind.value} stream", content)
         if kind == CMCC:
-            record: EnvelopeContent = read_cc(data, start, stop)
+            record: EnvelopeContent = read_cc_usual(data, start, stop) or read_cc(data, start, stop)
         else:
             record = _reference_content(kind, b"\x30" + data[content + 1 : stop], content)
         # read_envelope checked the range, the time (aware UTC) and, above, the
@@ -296,13 +298,13 @@ def decode_envelope(data: Buffer) -> Envelope:
         # would cost 1.2 us of a 5 us decode. Records are plain frozen
         # dataclasses, so filling the instance dict is what __init__ does.
         envelope = _NEW(Envelope)
-        fields = envelope.__dict__
-        fields["stream"] = stream
-        fields["sequence_number"] = sequence
-        fields["mediation_time"] = time
-        fields["content"] = record
-        fields["clock_status"] = clock
-        fields["redelivered"] = redelivered
+        values = envelope.__dict__
+        values["stream"] = stream
+        values["sequence_number"] = sequence
+        values["mediation_time"] = time
+        values["content"] = record
+        values["clock_status"] = clock
+        values["redelivered"] = redelivered
         return envelope
     except PDUError as exc:
         if exc.offset is None:

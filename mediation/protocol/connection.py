@@ -46,6 +46,7 @@ class StreamConnection:
         self._out = bytearray()
         self._connected = False
         self._broken: ProtocolError | None = None
+        self._unreturned: list[Event] = []  # see events_before_break
 
     @property
     def connected(self) -> bool:
@@ -74,9 +75,12 @@ class StreamConnection:
         Raises:
             ProtocolError: the peer broke the protocol; the connection is
             finished (every later call raises it again): close it. Events
-            of earlier messages in the same input are dropped with it, and
-            so is anything queued to send; everything unacknowledged is
-            sent again on the next connection.
+            of earlier messages in the same input are not returned: take
+            them with :meth:`events_before_break` (a receiver has counted
+            their envelopes as held, so it must store them). Anything
+            queued to send is dropped, acks above all, so none of it is
+            acknowledged: everything unacknowledged is sent again on the
+            next connection.
             ValueError: no connection was started.
         """
         if self._broken is not None:
@@ -85,10 +89,15 @@ class StreamConnection:
             raise ValueError("receive_data before the connection was started")
         events: list[Event] = []
         try:
-            self._buffer.feed(data)
-            while (raw := self._buffer.next_message()) is not None:
-                self._keepalive.heard(now)
-                events.extend(self._dispatch(decode_message(raw), now))
+            buffer = self._buffer
+            buffer.feed(data)
+            raw = buffer.next_message()
+            if raw is not None:
+                self._keepalive.heard(now)  # once per read: all its messages arrived by now
+                message = self._message
+                while raw is not None:
+                    events.extend(message(raw, now))
+                    raw = buffer.next_message()
         except ProtocolError as exc:
             # Drop what this input would have made us send, acks above all:
             # the events behind them are not returned, so nothing they
@@ -96,8 +105,22 @@ class StreamConnection:
             self._broken = exc
             self._connected = False
             self._out.clear()
+            self._unreturned = events
             raise
         return events
+
+    def events_before_break(self) -> list[Event]:
+        """The events before the fault, in the input whose fault ended the connection.
+
+        Returns:
+            Them, in order, once (then an empty list); empty if nothing broke.
+        """
+        events, self._unreturned = self._unreturned, []
+        return events
+
+    def _message(self, raw: bytes, now: float) -> list[Event]:
+        """The events of one whole message (a role may keep ``raw`` with them)."""
+        return self._dispatch(decode_message(raw), now)
 
     def _dispatch(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
         if isinstance(message, pdu.KeepaliveAnswer):  # before Keepalive: it subclasses it

@@ -42,6 +42,7 @@ MAX_REPORT_OCTETS = 1400
 MAX_UDP_PAYLOAD = 65507
 # Every datagram is sealed (sealed.py): its header and tag come on top.
 MAX_ENVELOPE = MAX_UDP_PAYLOAD - OVERHEAD
+_NEW = object.__new__
 
 # Worst cases, so the range budget needs no trial encoding: a SequenceRange
 # is at most 2 + 2 * (2 + 9) octets; everything else in a report (stream
@@ -344,8 +345,8 @@ class DatagramReceiver:
             ProtocolError: malformed, not a delivery datagram, or for a
             stream not accepted. Concerns this datagram only.
         """
-        message = parse_datagram(data)
-        if isinstance(message, pdu.Envelope):
+        message = decode_message(data)  # parse_datagram(), one call less per datagram
+        if message.__class__ is pdu.Envelope or isinstance(message, pdu.Envelope):
             return self._envelope(message, now)
         if isinstance(message, pdu.ChainCheckpoint):
             if self._accept is not None and message.stream not in self._accept:
@@ -361,17 +362,23 @@ class DatagramReceiver:
         stream = envelope.stream
         if self._accept is not None and stream not in self._accept:
             raise ProtocolError(f"envelope for {stream}, not delivered to this receiver")
-        tracker = self.tracker(stream)
+        tracker = self.trackers.get(stream)
+        if tracker is None:
+            tracker = self.tracker(stream)
         seq = envelope.sequence_number
-        events: list[Event] = []
-        expected = 0 if tracker.highest is None else tracker.highest + 1
-        if seq > expected:
-            events.append(GapDetected(stream, expected, seq - 1))
-        new = tracker.add(seq)
-        events.append(EnvelopeReceived(envelope, duplicate=not new))
+        expected, new = tracker.arrive(seq)
+        # What EnvelopeReceived(envelope, duplicate=not new) makes, without
+        # the frozen dataclass's __init__ (a tenth of this machine's cost).
+        received = _NEW(EnvelopeReceived)
+        fields = received.__dict__
+        fields["envelope"] = envelope
+        fields["duplicate"] = not new
+        fields["retrieved"] = False
         if self._next_report is None:
             self._next_report = now + self.report_interval
-        return events
+        if seq > expected:
+            return [GapDetected(stream, expected, seq - 1), received]
+        return [received]
 
     def next_deadline(self) -> float | None:
         """When the next reports are due; None before any stream is known."""

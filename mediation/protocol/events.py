@@ -16,11 +16,14 @@ class EnvelopeReceived:
 
     ``duplicate``: its sequence number was already held, so store it no
     second time. ``retrieved``: it answers one of our replay requests.
+    ``raw``: the message's octets exactly as received, where the machine
+    framed them (a stream connection); not part of the event's value.
     """
 
     envelope: Envelope
     duplicate: bool
     retrieved: bool = False
+    raw: bytes | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +45,13 @@ class UnknownMessage:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointReceived:
-    """The server's signed hash-chain checkpoint for a stream."""
+    """The server's signed hash-chain checkpoint for a stream.
+
+    ``raw``: as for :class:`EnvelopeReceived`.
+    """
 
     checkpoint: ChainCheckpoint
+    raw: bytes | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)

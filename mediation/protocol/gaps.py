@@ -155,6 +155,28 @@ class SequenceTracker:
         self._held.add(sequence, sequence)
         return True
 
+    def arrive(self, sequence: int) -> tuple[int, bool]:
+        """:meth:`add`, telling also what was next: one call per envelope on a receiver's hot path.
+
+        Returns:
+            ``(expected, new)``: one past the highest held before this
+            arrival (0 if nothing was), and whether ``sequence`` is new (a
+            duplicate is counted in :attr:`duplicates`).
+
+        Raises:
+            ValueError: not a valid sequence number.
+        """
+        held = self._held
+        lasts = held._lasts  # this module's own set: its top read without two calls
+        if not lasts:
+            return 0, self.add(sequence)
+        expected = lasts[-1] + 1
+        if sequence == expected and sequence.__class__ is int and sequence <= MAX_SEQUENCE:
+            lasts[-1] = sequence  # the next in order extends the top interval
+            held._count += 1
+            return expected, True
+        return expected, self.add(sequence)
+
     def add_range(self, first: int, last: int) -> int:
         """Record ``first``..``last`` as held (filled by retrieval, or known stored).
 

@@ -143,7 +143,7 @@ class RetrievalClient:
 
     def claims(self, envelope: pdu.Envelope) -> bool:
         """Whether the envelope answers one of our open requests."""
-        return self._owner(envelope) is not None
+        return bool(self._open) and self._owner(envelope) is not None
 
     def handle_envelope(self, envelope: pdu.Envelope) -> EnvelopeReceived:
         """Take in an envelope that :meth:`claims` (a duplicate is flagged, not stored)."""

@@ -15,7 +15,12 @@ from collections.abc import Container, Iterable, Mapping, MutableMapping, Sequen
 
 from mediation import pdu
 from mediation.protocol.connection import StreamConnection
-from mediation.protocol.envelope import LogRecord, StreamEnvelopes, encode_message
+from mediation.protocol.envelope import (
+    LogRecord,
+    StreamEnvelopes,
+    decode_message,
+    encode_message,
+)
 from mediation.protocol.errors import ProtocolError
 from mediation.protocol.events import (
     AckReceived,
@@ -42,6 +47,7 @@ WINDOW = 1024
 # waits on an ack, and an idle-ish stream is confirmed promptly.
 ACK_EVERY = 64
 ACK_DELAY = 0.2
+_NEW = object.__new__
 
 
 class StreamSender(StreamConnection):
@@ -302,13 +308,35 @@ class StreamReceiver(StreamConnection):
         self._require_connection()
         return self.retrieval.request_missing(stream, below, now)
 
+    def _message(self, raw: bytes, now: float) -> list[Event]:
+        """Each envelope's and checkpoint's event keeps the message's octets (``raw``).
+
+        The owner stores them as received (a later version's extension
+        fields included) without framing the stream a second time.
+        """
+        message = decode_message(raw)
+        # Envelopes, nearly every message, straight to their handling: no
+        # keepalive or unknown message is an Envelope.
+        if message.__class__ is pdu.Envelope:
+            event: Event = self._envelope(message, now)
+            event.__dict__["raw"] = raw  # made just now by this machine, not yet shared
+            return [event]
+        events = self._dispatch(message, now)
+        for event in events:
+            if event.__class__ in (CheckpointReceived, EnvelopeReceived):
+                event.__dict__["raw"] = raw
+        return events
+
+    def _envelope(self, message: pdu.Envelope, now: float) -> EnvelopeReceived:
+        if self._accept is not None and message.stream not in self._accept:
+            raise ProtocolError(f"envelope for {message.stream}, not delivered here")
+        if self.retrieval.claims(message):
+            return self.retrieval.handle_envelope(message)
+        return self._live(message, now)
+
     def _handle(self, message: pdu.DeliveryMessage, now: float) -> list[Event]:
         if isinstance(message, pdu.Envelope):
-            if self._accept is not None and message.stream not in self._accept:
-                raise ProtocolError(f"envelope for {message.stream}, not delivered here")
-            if self.retrieval.claims(message):
-                return [self.retrieval.handle_envelope(message)]
-            return [self._live(message, now)]
+            return [self._envelope(message, now)]
         if isinstance(message, pdu.ReplayResult):
             return [self.retrieval.handle_result(message, now)]
         if isinstance(message, pdu.ChainCheckpoint):
@@ -326,7 +354,10 @@ class StreamReceiver(StreamConnection):
             )
         if seq == position:
             self._position[stream] = seq + 1
-            duplicate = not self.tracker(stream).add(seq)
+            tracker = self.retrieval.trackers.get(stream)
+            if tracker is None:
+                tracker = self.tracker(stream)
+            duplicate = not tracker.arrive(seq)[1]
         else:
             duplicate = True
         self._dirty.add(stream)
@@ -335,7 +366,14 @@ class StreamReceiver(StreamConnection):
             self._flush_acks()
         elif self._ack_at is None:
             self._ack_at = now + self.ack_delay
-        return EnvelopeReceived(envelope, duplicate)
+        # What EnvelopeReceived(envelope, duplicate) makes, without the frozen
+        # dataclass's __init__ (per envelope: it costs more than this method).
+        received = _NEW(EnvelopeReceived)
+        fields = received.__dict__
+        fields["envelope"] = envelope
+        fields["duplicate"] = duplicate
+        fields["retrieved"] = False
+        return received
 
     def _flush_acks(self) -> None:
         for stream in sorted(self._dirty, key=str):
