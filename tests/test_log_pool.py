@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import trio
@@ -201,3 +202,26 @@ async def test_a_full_disk_in_a_loop_write_is_retried_by_a_thread(tmp_path: Path
             assert stream.state.healthy
             records = await stream.cursor(0).read(100)
             assert [r.payload for r in records] == [b"kept"] * 4
+
+
+async def test_a_write_in_the_loop_never_reports_ahead_of_a_threads_queued_report(
+    tmp_path: Path,
+) -> None:
+    # Regression: a thread wrote a stream's chunk and posted its report; before
+    # the loop ran it, a small held batch of the same stream was written in the
+    # loop and reported at once, out of order: the stream dropped that report
+    # and never published those records (the server stopped acking its tap).
+    # On the old code this test hangs (the log's close waits for those records).
+    async with EvidenceLog.open(tmp_path, LogConfig(), key=KEY) as log:
+        stream = await log.stream("w-0001", CMCC)
+        stream.append_many([b"first"], ContentKind.CMCC, SYNC, None, True)  # to a thread
+        writer, deadline = stream._thread, time.monotonic() + 30
+        while writer.scheduled and time.monotonic() < deadline:  # no yield: report queued
+            time.sleep(0.001)
+        assert not writer.scheduled and stream.durable_seq == -1
+        with log.pool.held():
+            stream.append_many([b"second"], ContentKind.CMCC, SYNC, None, True)
+        with trio.fail_after(30):
+            await stream.wait_durable(1)
+        records = await stream.cursor(0).read(10)
+        assert [r.payload for r in records] == [b"first", b"second"]

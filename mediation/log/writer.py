@@ -18,6 +18,11 @@ reporting them, so a stream's reports are never overtaken. A chunk's
 ``barrier`` (the tap journal's sync) runs before any of its bytes are
 written; if it fails, the write fails.
 
+A held batch small enough (``INLINE_BYTES``) while no thread is at work
+is written by the event loop's thread itself at :meth:`WriterPool.held`'s
+exit, its reports called there: at light load that is cheaper than any
+hand-over (docs/evidence-log.md, "Writing: group commit").
+
 Why long-lived threads rather than ``trio.to_thread`` per batch: with a
 producer keeping the interpreter busy, every hand-over of the GIL waits for
 the producer to yield, and per-batch threads needed about four of them;
@@ -108,6 +113,9 @@ class WriterPool:
         self._local = threading.local()  # a pool thread's reports not yet sent
         self.inline_bytes = INLINE_BYTES  # 0: held batches always go to a thread
         self._inline_after = 0.0  # monotonic: no writing in the loop before then
+        # Threads' reports posted to the loop and not yet run: a write in the loop
+        # reports at once, so it must wait for these (a stream's reports in order).
+        self._reports_queued = 0
 
     @property
     def threads(self) -> int:
@@ -203,6 +211,8 @@ class WriterPool:
     def _take_inline(self) -> list[tuple[StreamWriter, list[Chunk]]] | None:
         """The ready writers' turns, taken for :meth:`_write_inline`; None: for a thread."""
         if self._idle < len(self._threads) or self._retry:  # threads at work: under load
+            return None
+        if self._reports_queued:  # a thread's report still on its way: ours would overtake it
             return None
         if time.monotonic() < self._inline_after:
             return None
@@ -317,13 +327,37 @@ class WriterPool:
         In that order: a stream's reports must reach the loop in the order its
         chunks were written, and another thread may take the writer once free.
         """
-        _post_all(posts)
+        self._post_all(posts)
         with self._cond:
             for writer, left in done:
                 writer.busy = False
                 self._after(writer, left)
         done.clear()
-        _post_all(posts)  # a writer that stopped just now
+        self._post_all(posts)  # a writer that stopped just now
+
+    def _post_all(self, posts: list[tuple[trio.lowlevel.TrioToken, Callable, tuple]]) -> None:
+        """Send a thread's reports to their event loops, in order, one call per loop; clear.
+
+        Counted until they run (:attr:`_reports_queued`), before the writers
+        are freed: a write in the loop must not report ahead of them.
+        """
+        while posts:
+            token = posts[0][0]
+            mine = [(fn, args) for t, fn, args in posts if t is token]
+            posts[:] = [p for p in posts if p[0] is not token]
+            with self._cond:
+                self._reports_queued += 1
+            try:
+                token.run_sync_soon(self._run_reports, mine)
+            except trio.RunFinishedError:
+                with self._cond:
+                    self._reports_queued -= 1
+
+    def _run_reports(self, calls: list[tuple[Callable, tuple]]) -> None:
+        """A thread's reports, in the event loop."""
+        with self._cond:
+            self._reports_queued -= 1
+        _call_all(calls)
 
     def _after(self, writer: StreamWriter, left: list[Chunk]) -> None:
         """Where a writer goes after its turn (lock held)."""
@@ -432,16 +466,6 @@ class StreamWriter:
             self._post(self._on_done, group)
             done += len(group)
         return []
-
-
-def _post_all(posts: list[tuple[trio.lowlevel.TrioToken, Callable, tuple]]) -> None:
-    """Send a thread's reports to their event loops, in order, one call per loop; clear."""
-    while posts:
-        token = posts[0][0]
-        mine = [(fn, args) for t, fn, args in posts if t is token]
-        posts[:] = [p for p in posts if p[0] is not token]
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(_call_all, mine)
 
 
 def _call_all(calls: list[tuple[Callable, tuple]]) -> None:
