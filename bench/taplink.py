@@ -1,6 +1,7 @@
 """Tap link throughput: PDUs/s into the evidence log over TLS on loopback.
 
     python bench/taplink.py [--pdus N] [--batch B] [--rounds R] [--checkout DIR]
+    python bench/taplink.py --pace 70 --batch 15 --pdus 15000   light load: CPU per batch
 
 Sets up a data directory (registry, CAs, a tap, a full-content warrant on
 the sample capture's target MAC) in a temporary directory, runs the real
@@ -17,14 +18,22 @@ Baseline in the same run: ``MediationServer.ingest`` called in-process
 for the same PDUs (what the demo did before the tap link), until all are
 durable. Each figure is the best of ``--rounds``; the goal for the link
 is 50,000 PDUs/s. Bounded: each round stops after 60 s.
+
+``--pace N`` sends a batch every 1/N s instead (light load, as a tap at
+1,000 PDUs/s sends ~50-90 batches of ~15 PDUs a second) and reports the
+server's CPU per batch: the fixed cost of a batch in the ingress and the
+log (no agencies here, so no delivery), compared across checkouts with
+``--checkout``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import multiprocessing
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -91,7 +100,12 @@ def sample_pdus(count: int) -> list[tuple[str, dt.datetime, bytes]]:
 
 
 def sender(
-    credentials: Path, port: int, count: int, batch: int, out: multiprocessing.Queue
+    credentials: Path,
+    port: int,
+    count: int,
+    batch: int,
+    out: multiprocessing.Queue,
+    pace: float = 0.0,
 ) -> None:
     """The child: send ``count`` PDUs in batches; put the seconds to the last ack."""
     from mediation.tap.link import client_context
@@ -110,15 +124,20 @@ def sender(
         while machine.last_stored is None:
             machine.receive_data(await stream.receive_some(1 << 20), trio.current_time())
         next_id, acked, began = machine.last_stored + 1, 0, time.perf_counter()
-        queue = list(payloads)
+        queue, due = list(payloads), trio.current_time()
         with trio.move_on_after(LIMIT):
             while acked < len(payloads):
-                while queue and machine.can_send():
+                while queue and machine.can_send() and trio.current_time() >= due:
                     machine.send_batch(next_id, queue.pop(0), trio.current_time())
                     next_id += 1
-                await stream.send_all(machine.data_to_send())
-                data = await stream.receive_some(1 << 20)
-                for message in machine.receive_data(data, trio.current_time()):
+                    due += 1 / pace if pace else 0.0
+                out_data = machine.data_to_send()
+                if out_data:
+                    await stream.send_all(out_data)
+                data = b""
+                with trio.move_on_at(due if pace and queue else math.inf):
+                    data = await stream.receive_some(1 << 20)
+                for message in machine.receive_data(data, trio.current_time()) if data else ():
                     acked += isinstance(message, T.BatchAck)
         elapsed = time.perf_counter() - began
         await stream.aclose()
@@ -127,7 +146,9 @@ def sender(
     out.put(trio.run(run))  # type: ignore[attr-defined]
 
 
-async def server_round(data: Path, key: object, credentials: Path, count: int, batch: int) -> float:
+async def server_round(
+    data: Path, key: object, credentials: Path, count: int, batch: int, pace: float = 0.0
+) -> float:
     from mediation.server.app import MediationServer
     from mediation.server.config import RetrievalConfig, ServerConfig, TapsConfig
 
@@ -141,7 +162,7 @@ async def server_round(data: Path, key: object, credentials: Path, count: int, b
         port = server.taps.tls_listening[1]
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no trio inherited
         out = spawn.Queue()
-        child = spawn.Process(target=sender, args=(credentials, port, count, batch, out))
+        child = spawn.Process(target=sender, args=(credentials, port, count, batch, out, pace))
         child.start()
         cpu = time.process_time()
         elapsed = await trio.to_thread.run_sync(lambda: out.get(timeout=LIMIT + 60))
@@ -196,6 +217,27 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def paced(args: argparse.Namespace) -> int:
+    """Light load: ``--pace`` batches/s of ``--batch`` PDUs; the server's CPU per batch."""
+    batches = -(-args.pdus // args.batch)
+    with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
+        data, key, _handle, credentials = setup(Path(tmp))
+        for _ in range(args.rounds):
+            vol = _switches()
+            trio.run(server_round, data, key, credentials, args.pdus, args.batch, args.pace)
+            per_batch = CPU_US[-1] * args.pdus / batches
+            woke = (_switches() - vol) / batches
+            print(f"{batches} batches of {args.batch} at {args.pace:g}/s: server {per_batch:,.0f} "
+                  f"us of CPU and {woke:.1f} wake-ups per batch", flush=True)  # fmt: skip
+    print(f"server from {Path(T.__file__).resolve().parents[2]}")
+    return 0
+
+
+def _switches() -> int:
+    """Voluntary context switches of every thread of this process so far (not the sender's)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pdus", type=int, default=200_000)
@@ -206,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="one tap link round under cProfile (server side)"
     )
     parser.add_argument("--checkout", type=Path, default=None, help="run this checkout's server")
+    parser.add_argument("--pace", type=float, default=0.0, help="batches/s (light load)")
     args = parser.parse_args(argv)
     if args.profile:
         return profile(args)
+    if args.pace:
+        return paced(args)
     with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
         data, key, handle, credentials = setup(Path(tmp))
         links, bases = [], []
