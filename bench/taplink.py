@@ -219,6 +219,9 @@ def profile(args: argparse.Namespace) -> int:
 
 def paced(args: argparse.Namespace) -> int:
     """Light load: ``--pace`` batches/s of ``--batch`` PDUs; the server's CPU per batch."""
+    from mediation.pdu import schema
+
+    schema.compiled()  # the server's first notice compiles it: not a batch's cost
     batches = -(-args.pdus // args.batch)
     with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
         data, key, _handle, credentials = setup(Path(tmp))
