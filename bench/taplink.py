@@ -227,7 +227,10 @@ def paced(args: argparse.Namespace) -> int:
         data, key, _handle, credentials = setup(Path(tmp))
         for _ in range(args.rounds):
             vol = _switches()
-            trio.run(server_round, data, key, credentials, args.pdus, args.batch, args.pace)
+            rate = trio.run(server_round, data, key, credentials, args.pdus, args.batch, args.pace)
+            if not rate:
+                print(f"round incomplete (not all acknowledged within {LIMIT:.0f} s)", flush=True)
+                continue
             per_batch = CPU_US[-1] * args.pdus / batches
             woke = (_switches() - vol) / batches
             print(f"{batches} batches of {args.batch} at {args.pace:g}/s: server {per_batch:,.0f} "
