@@ -180,6 +180,23 @@ async def test_a_slow_write_in_the_loop_sends_held_batches_to_the_threads(
         assert log.pool.threads == 1
 
 
+async def test_a_loop_busy_writing_sends_held_batches_to_the_threads(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    monkeypatch.setattr(writer_module, "INLINE_SHARE", 0.0)  # any time spent writing is too much
+    async with EvidenceLog.open(tmp_path, LogConfig(), key=KEY) as log:
+        stream = await log.stream("w-0001", CMCC)
+        with log.pool.held():
+            stream.append_many([b"first"], ContentKind.CMCC, SYNC, None, True)
+        assert stream.durable_seq == 0  # written in the loop: its time counted
+        with log.pool.held():
+            stream.append_many([b"second"], ContentKind.CMCC, SYNC, None, True)
+        assert stream.durable_seq == 0  # the loop's share is used: a thread writes it
+        with trio.fail_after(30):
+            await stream.wait_durable(1)
+        assert log.pool.threads == 1
+
+
 async def test_a_full_disk_in_a_loop_write_is_retried_by_a_thread(tmp_path: Path) -> None:
     config = LogConfig(retry_interval=0.05, segment_bytes=256 * 1024)
     with small_tmpfs(tmp_path, "1m") as disk:

@@ -74,13 +74,19 @@ POST_DELAY = 0.005
 HELD_WRITERS = 2  # ... and at most this many streams (a tap batch's CmII and CmCC)
 # A held batch of at most this many octets, with no pool thread at work, is
 # written by the event loop's thread itself at held()'s exit (light load: a
-# tap batch of ~15 PDUs). Handing it to a thread cost more than the writes:
-# the thread's wake (Condition.notify was ~7% of the loop's GIL-holding time),
-# a GIL hand-over after each of its system calls, and its report's wake-up of
-# the loop (docs/architecture.md, "The server at light load: writing in the
-# loop"). Larger batches (saturation) still go to the threads, so the loop goes
-# on reading while the disk syncs.
-INLINE_BYTES = 128 * 1024
+# tap batch of ~15 PDUs, ~25 KiB). Handing it to a thread cost more than the
+# writes: the thread's wake (Condition.notify was ~7% of the loop's
+# GIL-holding time), a GIL re-take after each of its system calls, and its
+# report's wake-up of the loop (docs/architecture.md, "The server at light
+# load: writing in the loop"). Larger batches (a busy tap's are 64 KiB and
+# more) still go to the threads, so the loop goes on reading while the disk
+# syncs.
+INLINE_BYTES = 48 * 1024
+# ... and while the loop has spent less than INLINE_SHARE of the last
+# INLINE_WINDOW seconds writing: under traffic the loop must read, not wait
+# for the disk (a batch's three synced writes take ~1.3 ms here).
+INLINE_SHARE = 0.1
+INLINE_WINDOW = 1.0
 # A write in the loop that took longer than INLINE_SLOW sends held batches to
 # the threads for INLINE_PAUSE: the loop must not stall behind a disk that has
 # stopped keeping up. Not less: on this project's test VM a batch's three
@@ -113,6 +119,7 @@ class WriterPool:
         self._local = threading.local()  # a pool thread's reports not yet sent
         self.inline_bytes = INLINE_BYTES  # 0: held batches always go to a thread
         self._inline_after = 0.0  # monotonic: no writing in the loop before then
+        self._window = (0.0, 0.0)  # (start, seconds written in the loop since)
         # Threads' reports posted to the loop and not yet run: a write in the loop
         # reports at once, so it must wait for these (a stream's reports in order).
         self._reports_queued = 0
@@ -193,8 +200,11 @@ class WriterPool:
                         self._open.pop(writer, None)
         finally:
             del self._local.posts
-            if time.monotonic() - began > INLINE_SLOW:  # the disk is slow: threads for a while
-                self._inline_after = time.monotonic() + INLINE_PAUSE
+            now = time.monotonic()
+            if now - began > INLINE_SLOW:  # the disk is slow: threads for a while
+                self._inline_after = now + INLINE_PAUSE
+            start, spent = self._window
+            self._window = (start, spent + now - began)
             _call_all([(fn, args) for _token, fn, args in posts])
             with self._cond:
                 for writer, left in done:
@@ -214,7 +224,13 @@ class WriterPool:
             return None
         if self._reports_queued:  # a thread's report still on its way: ours would overtake it
             return None
-        if time.monotonic() < self._inline_after:
+        now = time.monotonic()
+        if now < self._inline_after:
+            return None
+        start, spent = self._window
+        if now - start >= INLINE_WINDOW:
+            self._window = (now, 0.0)
+        elif spent >= INLINE_SHARE * INLINE_WINDOW:  # busy: the loop must read, not wait
             return None
         total = 0
         for writer in self._ready:
