@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import multiprocessing
 import os
 import resource
@@ -124,26 +123,71 @@ def sender(
         while machine.last_stored is None:
             machine.receive_data(await stream.receive_some(1 << 20), trio.current_time())
         next_id, acked, began = machine.last_stored + 1, 0, time.perf_counter()
-        queue, due = list(payloads), trio.current_time()
-        with trio.move_on_after(LIMIT):
-            while acked < len(payloads):
-                while queue and machine.can_send() and trio.current_time() >= due:
-                    machine.send_batch(next_id, queue.pop(0), trio.current_time())
-                    next_id += 1
-                    due += 1 / pace if pace else 0.0
-                out_data = machine.data_to_send()
-                if out_data:
-                    await stream.send_all(out_data)
-                data = b""
-                with trio.move_on_at(due if pace and queue else math.inf):
+        if pace:
+            acked = await _paced(stream, machine, payloads, next_id, pace)
+        else:
+            queue = list(payloads)
+            with trio.move_on_after(LIMIT):
+                while acked < len(payloads):
+                    while queue and machine.can_send():
+                        machine.send_batch(next_id, queue.pop(0), trio.current_time())
+                        next_id += 1
+                    await stream.send_all(machine.data_to_send())
                     data = await stream.receive_some(1 << 20)
-                for message in machine.receive_data(data, trio.current_time()) if data else ():
-                    acked += isinstance(message, T.BatchAck)
+                    for message in machine.receive_data(data, trio.current_time()):
+                        acked += isinstance(message, T.BatchAck)
         elapsed = time.perf_counter() - began
         await stream.aclose()
         return elapsed if acked == len(payloads) else float("inf")
 
     out.put(trio.run(run))  # type: ignore[attr-defined]
+
+
+async def _paced(
+    stream: trio.SSLStream, machine: TapLinkTap, payloads: list[bytes], next_id: int, pace: float
+) -> int:
+    """Send ``payloads`` one every 1/pace s (as the window allows); the acks received.
+
+    A reader task takes the acks (a receive is never cancelled half-way);
+    sends are serialised by a lock.
+    """
+    acked, lock, room = 0, trio.Lock(), trio.Event()
+
+    async def flush() -> None:
+        async with lock:
+            data = machine.data_to_send()
+            if data:
+                await stream.send_all(data)
+
+    async def reader(done: trio.Event) -> None:
+        nonlocal acked, room
+        while acked < len(payloads):
+            data = await stream.receive_some(1 << 20)
+            if not data:
+                return
+            for message in machine.receive_data(data, trio.current_time()):
+                acked += isinstance(message, T.BatchAck)
+            room.set()
+            await flush()  # keepalive answers
+        done.set()
+
+    with trio.move_on_after(LIMIT):
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, done)
+            due = trio.current_time()
+            for payload in payloads:
+                await trio.sleep_until(due)
+                due += 1 / pace
+                while not machine.can_send():
+                    room = trio.Event()
+                    await room.wait()
+                machine.send_batch(next_id, payload, trio.current_time())
+                next_id += 1
+                await flush()
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    return acked
 
 
 async def server_round(
