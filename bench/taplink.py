@@ -266,6 +266,7 @@ def paced(args: argparse.Namespace) -> int:
     from mediation.pdu import schema
 
     schema.compiled()  # the server's first notice compiles it: not a batch's cost
+    T.spec()  # nor the tap link's, at the tap's hello
     batches = -(-args.pdus // args.batch)
     with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
         data, key, _handle, credentials = setup(Path(tmp))

@@ -93,8 +93,10 @@ INLINE_WINDOW = 1.0
 # stopped keeping up. Not less: on this project's test VM a batch's three
 # synced writes take 1.3 ms (median), 6 ms (p90), 13 ms (p99) with other work
 # on the disk, and a pause at every such jitter made the loop write few batches.
+# Writes over 25 ms came a few times a minute there: a short pause, so one of
+# them does not send a second's batches to the threads.
 INLINE_SLOW = 0.025
-INLINE_PAUSE = 1.0
+INLINE_PAUSE = 0.25
 
 
 class WriterPool:
