@@ -1,6 +1,7 @@
 """Tap link throughput: PDUs/s into the evidence log over TLS on loopback.
 
     python bench/taplink.py [--pdus N] [--batch B] [--rounds R] [--checkout DIR]
+    python bench/taplink.py --pace 70 --batch 15 --pdus 15000   light load: CPU per batch
 
 Sets up a data directory (registry, CAs, a tap, a full-content warrant on
 the sample capture's target MAC) in a temporary directory, runs the real
@@ -17,6 +18,12 @@ Baseline in the same run: ``MediationServer.ingest`` called in-process
 for the same PDUs (what the demo did before the tap link), until all are
 durable. Each figure is the best of ``--rounds``; the goal for the link
 is 50,000 PDUs/s. Bounded: each round stops after 60 s.
+
+``--pace N`` sends a batch every 1/N s instead (light load, as a tap at
+1,000 PDUs/s sends ~50-90 batches of ~15 PDUs a second) and reports the
+server's CPU per batch: the fixed cost of a batch in the ingress and the
+log (no agencies here, so no delivery), compared across checkouts with
+``--checkout``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import datetime as dt
 import multiprocessing
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -91,7 +99,12 @@ def sample_pdus(count: int) -> list[tuple[str, dt.datetime, bytes]]:
 
 
 def sender(
-    credentials: Path, port: int, count: int, batch: int, out: multiprocessing.Queue
+    credentials: Path,
+    port: int,
+    count: int,
+    batch: int,
+    out: multiprocessing.Queue,
+    pace: float = 0.0,
 ) -> None:
     """The child: send ``count`` PDUs in batches; put the seconds to the last ack."""
     from mediation.tap.link import client_context
@@ -110,16 +123,19 @@ def sender(
         while machine.last_stored is None:
             machine.receive_data(await stream.receive_some(1 << 20), trio.current_time())
         next_id, acked, began = machine.last_stored + 1, 0, time.perf_counter()
-        queue = list(payloads)
-        with trio.move_on_after(LIMIT):
-            while acked < len(payloads):
-                while queue and machine.can_send():
-                    machine.send_batch(next_id, queue.pop(0), trio.current_time())
-                    next_id += 1
-                await stream.send_all(machine.data_to_send())
-                data = await stream.receive_some(1 << 20)
-                for message in machine.receive_data(data, trio.current_time()):
-                    acked += isinstance(message, T.BatchAck)
+        if pace:
+            acked = await _paced(stream, machine, payloads, next_id, pace)
+        else:
+            queue = list(payloads)
+            with trio.move_on_after(LIMIT):
+                while acked < len(payloads):
+                    while queue and machine.can_send():
+                        machine.send_batch(next_id, queue.pop(0), trio.current_time())
+                        next_id += 1
+                    await stream.send_all(machine.data_to_send())
+                    data = await stream.receive_some(1 << 20)
+                    for message in machine.receive_data(data, trio.current_time()):
+                        acked += isinstance(message, T.BatchAck)
         elapsed = time.perf_counter() - began
         await stream.aclose()
         return elapsed if acked == len(payloads) else float("inf")
@@ -127,7 +143,56 @@ def sender(
     out.put(trio.run(run))  # type: ignore[attr-defined]
 
 
-async def server_round(data: Path, key: object, credentials: Path, count: int, batch: int) -> float:
+async def _paced(
+    stream: trio.SSLStream, machine: TapLinkTap, payloads: list[bytes], next_id: int, pace: float
+) -> int:
+    """Send ``payloads`` one every 1/pace s (as the window allows); the acks received.
+
+    A reader task takes the acks (a receive is never cancelled half-way);
+    sends are serialised by a lock.
+    """
+    acked, lock, room = 0, trio.Lock(), trio.Event()
+
+    async def flush() -> None:
+        async with lock:
+            data = machine.data_to_send()
+            if data:
+                await stream.send_all(data)
+
+    async def reader(done: trio.Event) -> None:
+        nonlocal acked, room
+        while acked < len(payloads):
+            data = await stream.receive_some(1 << 20)
+            if not data:
+                return
+            for message in machine.receive_data(data, trio.current_time()):
+                acked += isinstance(message, T.BatchAck)
+            room.set()
+            await flush()  # keepalive answers
+        done.set()
+
+    with trio.move_on_after(LIMIT):
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, done)
+            due = trio.current_time()
+            for payload in payloads:
+                await trio.sleep_until(due)
+                due += 1 / pace
+                while not machine.can_send():
+                    room = trio.Event()
+                    await room.wait()
+                machine.send_batch(next_id, payload, trio.current_time())
+                next_id += 1
+                await flush()
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    return acked
+
+
+async def server_round(
+    data: Path, key: object, credentials: Path, count: int, batch: int, pace: float = 0.0
+) -> float:
     from mediation.server.app import MediationServer
     from mediation.server.config import RetrievalConfig, ServerConfig, TapsConfig
 
@@ -141,7 +206,7 @@ async def server_round(data: Path, key: object, credentials: Path, count: int, b
         port = server.taps.tls_listening[1]
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no trio inherited
         out = spawn.Queue()
-        child = spawn.Process(target=sender, args=(credentials, port, count, batch, out))
+        child = spawn.Process(target=sender, args=(credentials, port, count, batch, out, pace))
         child.start()
         cpu = time.process_time()
         elapsed = await trio.to_thread.run_sync(lambda: out.get(timeout=LIMIT + 60))
@@ -196,6 +261,34 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def paced(args: argparse.Namespace) -> int:
+    """Light load: ``--pace`` batches/s of ``--batch`` PDUs; the server's CPU per batch."""
+    from mediation.pdu import schema
+
+    schema.compiled()  # the server's first notice compiles it: not a batch's cost
+    T.spec()  # nor the tap link's, at the tap's hello
+    batches = -(-args.pdus // args.batch)
+    with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
+        data, key, _handle, credentials = setup(Path(tmp))
+        for _ in range(args.rounds):
+            vol = _switches()
+            rate = trio.run(server_round, data, key, credentials, args.pdus, args.batch, args.pace)
+            if not rate:
+                print(f"round incomplete (not all acknowledged within {LIMIT:.0f} s)", flush=True)
+                continue
+            per_batch = CPU_US[-1] * args.pdus / batches
+            woke = (_switches() - vol) / batches
+            print(f"{batches} batches of {args.batch} at {args.pace:g}/s: server {per_batch:,.0f} "
+                  f"us of CPU and {woke:.1f} wake-ups per batch", flush=True)  # fmt: skip
+    print(f"server from {Path(T.__file__).resolve().parents[2]}")
+    return 0
+
+
+def _switches() -> int:
+    """Voluntary context switches of every thread of this process so far (not the sender's)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pdus", type=int, default=200_000)
@@ -206,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="one tap link round under cProfile (server side)"
     )
     parser.add_argument("--checkout", type=Path, default=None, help="run this checkout's server")
+    parser.add_argument("--pace", type=float, default=0.0, help="batches/s (light load)")
     args = parser.parse_args(argv)
     if args.profile:
         return profile(args)
+    if args.pace:
+        return paced(args)
     with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
         data, key, handle, credentials = setup(Path(tmp))
         links, bases = [], []

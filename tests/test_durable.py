@@ -117,3 +117,70 @@ def test_create_open_refuses_an_existing_file_and_removes_a_failed_one(tmp_path)
     with pytest.raises(TypeError):  # the header's write fails after the file was made
         durable.create_open(tmp_path / "new", object())  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg"]
+
+
+def _short_pwritev(real, most: int):
+    """``os.pwritev`` that writes at most ``most`` bytes a call (as the kernel may)."""
+
+    def pwritev(fd, views, offset, *flags):
+        data = b"".join(bytes(v) for v in views)[:most]
+        return real(fd, [data], offset, *flags)
+
+    return pwritev
+
+
+@pytest.mark.parametrize("dsync", [True, False])
+def test_write_synced_writes_every_byte_at_the_offset_despite_short_writes(
+    tmp_path, monkeypatch, dsync
+):
+    monkeypatch.setattr(durable, "_DSYNC", durable._DSYNC if dsync else 0)
+    monkeypatch.setattr(durable.os, "pwritev", _short_pwritev(os.pwritev, 3))
+    path = tmp_path / "segment"
+    path.write_bytes(b"HEADER")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        durable.write_synced(fd, [memoryview(b"abcdefg"), memoryview(b"hij")], 6)
+        durable.write_synced(fd, [memoryview(b"KLMNOPQ")], 4)  # over the old bytes
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"HEADKLMNOPQfghij"
+
+
+def test_write_synced_appends_at_the_end_with_offset_minus_one(tmp_path):
+    path = tmp_path / "journal"
+    path.write_bytes(b"one\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        durable.write_synced(fd, [memoryview(b"two\n")], -1)
+        durable.write_synced(fd, [memoryview(b"three\n")], -1)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"one\ntwo\nthree\n"
+
+
+def test_write_synced_falls_back_to_fdatasync_where_rwf_dsync_is_refused(tmp_path, monkeypatch):
+    """A file system without per-write sync: the bytes, then an fdatasync; remembered."""
+    import errno
+
+    monkeypatch.setattr(durable, "_DSYNC", 4)  # whatever the platform offers
+    real, calls, synced = os.pwritev, [], []
+
+    def pwritev(fd, views, offset, *flags):
+        calls.append(flags)
+        if flags:
+            raise OSError(errno.EOPNOTSUPP, "not here")
+        return real(fd, views, offset)
+
+    monkeypatch.setattr(durable.os, "pwritev", pwritev)
+    monkeypatch.setattr(durable.os, "fdatasync", synced.append)
+    path = tmp_path / "segment"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        durable.write_synced(fd, [memoryview(b"abc")], 0)
+        durable.write_synced(fd, [memoryview(b"def")], 3)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"abcdef"
+    assert calls == [(4,), (), ()]  # asked once with the flag, then never again
+    assert synced == [fd, fd]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import trio
@@ -12,6 +14,7 @@ from tmpfs_support import small_tmpfs
 
 from mediation import pdu as P
 from mediation.log import ContentKind, EvidenceLog, LogConfig
+from mediation.log import writer as writer_module
 
 CMCC = P.StreamKind.CMCC
 SYNC = P.ClockStatus.SYNCHRONISED
@@ -120,6 +123,7 @@ async def test_batches_handed_over_at_once_are_reported_in_order_by_any_thread(
     # (the stream would drop the report and never publish those records).
     config = LogConfig(writer_threads=3)
     async with EvidenceLog.open(tmp_path, config, key=KEY) as log:
+        log.pool.inline_bytes = 0  # every held batch to the threads (not written in the loop)
         streams = [await log.stream(f"w-{n:04d}", CMCC) for n in range(3)]
         with trio.fail_after(60):
             for round_ in range(600):
@@ -132,3 +136,109 @@ async def test_batches_handed_over_at_once_are_reported_in_order_by_any_thread(
         for stream in streams:
             records = await stream.cursor(0).read(1000)
             assert len(records) == 400 and stream.durable_seq == stream.next_seq - 1
+
+
+async def test_a_small_held_batch_is_written_in_the_loop_and_a_large_one_by_a_thread(
+    tmp_path: Path,
+) -> None:
+    # Light load: a tap batch's streams are written before held() returns, with
+    # no thread woken and no report waiting for a turn of the loop; a batch over
+    # inline_bytes (saturation) goes to a thread, so the loop does not wait.
+    async with EvidenceLog.open(tmp_path, LogConfig(), key=KEY) as log:
+        streams = [await log.stream(f"w-{n:04d}", CMCC) for n in range(2)]
+        before = _writer_threads()
+        with log.pool.held():
+            for stream in streams:
+                stream.append_many([b"small"] * 3, ContentKind.CMCC, SYNC, None, True)
+        assert [s.durable_seq for s in streams] == [2, 2]  # durable on return
+        assert log.pool.threads == 0 and _writer_threads() == before
+        large = [os.urandom(1000) for _ in range(log.pool.inline_bytes // 1000 + 1)]
+        with log.pool.held():
+            streams[0].append_many(large, ContentKind.CMCC, SYNC, None, True)
+        assert streams[0].durable_seq == 2  # not yet: a thread writes it
+        with trio.fail_after(30):
+            await streams[0].wait_durable(streams[0].next_seq - 1)
+        assert log.pool.threads == 1
+        records = await streams[0].cursor(0).read(1000)
+        assert [r.payload for r in records] == [b"small"] * 3 + large
+
+
+async def test_a_slow_write_in_the_loop_sends_held_batches_to_the_threads(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    monkeypatch.setattr(writer_module, "INLINE_SLOW", -1.0)  # any write is "slow"
+    async with EvidenceLog.open(tmp_path, LogConfig(), key=KEY) as log:
+        stream = await log.stream("w-0001", CMCC)
+        with log.pool.held():
+            stream.append_many([b"first"], ContentKind.CMCC, SYNC, None, True)
+        assert stream.durable_seq == 0  # written in the loop, found slow
+        with log.pool.held():
+            stream.append_many([b"second"], ContentKind.CMCC, SYNC, None, True)
+        assert stream.durable_seq == 0  # so this one went to a thread
+        with trio.fail_after(30):
+            await stream.wait_durable(1)
+        assert log.pool.threads == 1
+
+
+async def test_a_loop_busy_writing_sends_held_batches_to_the_threads(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    monkeypatch.setattr(writer_module, "INLINE_SHARE", 0.0)  # any time spent writing is too much
+    async with EvidenceLog.open(tmp_path, LogConfig(), key=KEY) as log:
+        stream = await log.stream("w-0001", CMCC)
+        with log.pool.held():
+            stream.append_many([b"first"], ContentKind.CMCC, SYNC, None, True)
+        assert stream.durable_seq == 0  # written in the loop: its time counted
+        with log.pool.held():
+            stream.append_many([b"second"], ContentKind.CMCC, SYNC, None, True)
+        assert stream.durable_seq == 0  # the loop's share is used: a thread writes it
+        with trio.fail_after(30):
+            await stream.wait_durable(1)
+        assert log.pool.threads == 1
+
+
+async def test_a_full_disk_in_a_loop_write_is_retried_by_a_thread(tmp_path: Path) -> None:
+    config = LogConfig(retry_interval=0.05, segment_bytes=256 * 1024)
+    with small_tmpfs(tmp_path, "1m") as disk:
+        async with EvidenceLog.open(disk, config, key=KEY) as log:
+            stream = await log.stream("w-0001", CMCC)
+            filler = disk / "filler"
+            with contextlib.suppress(OSError), open(filler, "wb") as f:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            with log.pool.held():  # small: written in the loop, which fails
+                stream.append_many([b"kept"] * 4, ContentKind.CMCC, SYNC, None, True)
+            with trio.fail_after(30):
+                state = stream.state
+                if state.healthy:
+                    state = await stream.wait_state_change(state)
+                assert not state.healthy and state.reason == "No space left on device"
+                filler.unlink()  # the space comes back: a thread retries
+                await stream.wait_durable(3)
+            assert stream.state.healthy
+            records = await stream.cursor(0).read(100)
+            assert [r.payload for r in records] == [b"kept"] * 4
+
+
+async def test_a_write_in_the_loop_never_reports_ahead_of_a_threads_queued_report(
+    tmp_path: Path,
+) -> None:
+    # Regression: a thread wrote a stream's chunk and posted its report; before
+    # the loop ran it, a small held batch of the same stream was written in the
+    # loop and reported at once, out of order: the stream dropped that report
+    # and never published those records (the server stopped acking its tap).
+    # On the old code this test hangs (the log's close waits for those records).
+    async with EvidenceLog.open(tmp_path, LogConfig(), key=KEY) as log:
+        stream = await log.stream("w-0001", CMCC)
+        stream.append_many([b"first"], ContentKind.CMCC, SYNC, None, True)  # to a thread
+        writer, deadline = stream._thread, time.monotonic() + 30
+        while writer.scheduled and time.monotonic() < deadline:  # no yield: report queued
+            time.sleep(0.001)
+        assert not writer.scheduled and stream.durable_seq == -1
+        with log.pool.held():
+            stream.append_many([b"second"], ContentKind.CMCC, SYNC, None, True)
+        with trio.fail_after(30):
+            await stream.wait_durable(1)
+        records = await stream.cursor(0).read(10)
+        assert [r.payload for r in records] == [b"first", b"second"]

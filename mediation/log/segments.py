@@ -8,7 +8,6 @@ directly.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import struct
 import zlib
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from mediation.durable import create_open, write_atomic
+from mediation.durable import create_open, write_atomic, write_synced
 from mediation.log import format as F
 from mediation.log.crypto import BodyReader, LogKey, RecordUnreadable
 from mediation.log.errors import LogCorrupted
@@ -235,19 +234,6 @@ def read_range(
     return DiskRead(items, offset, seq, False)
 
 
-def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> None:
-    """Write every byte of ``views`` at ``offset`` (pwritev may write less)."""
-    while views:
-        n = os.pwritev(fd, views, offset)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        offset += n
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if n:
-            views[0] = views[0][n:]
-
-
 class SegmentWriter:
     """Appends chunks to the active segment and makes them durable.
 
@@ -299,8 +285,7 @@ class SegmentWriter:
         assert fd is not None
         total = sum(len(c.data) for c in chunks)
         try:
-            _pwrite_all(fd, [memoryview(c.data) for c in chunks], self.size)
-            os.fdatasync(fd)
+            write_synced(fd, [memoryview(c.data) for c in chunks], self.size)
         except OSError:
             # Cut what did get written; if even that fails, the next attempt
             # overwrites it in place, and recovery would cut it as torn.

@@ -15,7 +15,6 @@ says how much of a journalled batch survived
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import json
 import os
@@ -23,7 +22,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from mediation.durable import write_atomic
+from mediation.durable import write_atomic, write_synced
 from mediation.pdu import StreamId, StreamKind
 
 JOURNAL_DIR = "taps"
@@ -189,10 +188,7 @@ class JournalFile:
     def _write(self, line: bytes) -> None:
         fd = self._fd
         if fd is not None and self._size + len(line) <= self._journal.COMPACT_BYTES:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(errno.ENOSPC, "journal: short write")
-            os.fdatasync(fd)
+            write_synced(fd, [memoryview(line)], -1)  # at the end: O_APPEND
             self._size += len(line)
             return
         if fd is not None:
