@@ -14,7 +14,7 @@ from tmpfs_support import small_tmpfs
 
 from mediation import pdu as P
 from mediation.log import ContentKind, EvidenceLog, LogConfig
-from mediation.log import writer as writer_module
+from mediation.log import inline as inline_module
 
 CMCC = P.StreamKind.CMCC
 SYNC = P.ClockStatus.SYNCHRONISED
@@ -166,7 +166,7 @@ async def test_a_small_held_batch_is_written_in_the_loop_and_a_large_one_by_a_th
 async def test_a_slow_write_in_the_loop_sends_held_batches_to_the_threads(
     tmp_path: Path, monkeypatch: object
 ) -> None:
-    monkeypatch.setattr(writer_module, "INLINE_SLOW", -1.0)  # any write is "slow"
+    monkeypatch.setattr(inline_module, "INLINE_SLOW", -1.0)  # any write is "slow"
     async with EvidenceLog.open(tmp_path, LogConfig(), key=KEY) as log:
         stream = await log.stream("w-0001", CMCC)
         with log.pool.held():
@@ -183,7 +183,7 @@ async def test_a_slow_write_in_the_loop_sends_held_batches_to_the_threads(
 async def test_a_loop_busy_writing_sends_held_batches_to_the_threads(
     tmp_path: Path, monkeypatch: object
 ) -> None:
-    monkeypatch.setattr(writer_module, "INLINE_SHARE", 0.0)  # any time spent writing is too much
+    monkeypatch.setattr(inline_module, "INLINE_SHARE", 0.0)  # any time spent writing is too much
     async with EvidenceLog.open(tmp_path, LogConfig(), key=KEY) as log:
         stream = await log.stream("w-0001", CMCC)
         with log.pool.held():

@@ -18,10 +18,10 @@ reporting them, so a stream's reports are never overtaken. A chunk's
 ``barrier`` (the tap journal's sync) runs before any of its bytes are
 written; if it fails, the write fails.
 
-A held batch small enough (``INLINE_BYTES``) while no thread is at work
-is written by the event loop's thread itself at :meth:`WriterPool.held`'s
-exit, its reports called there: at light load that is cheaper than any
-hand-over (docs/evidence-log.md, "Writing: group commit").
+A held batch small enough while no thread is at work is written by the
+event loop's thread itself at :meth:`WriterPool.held`'s exit, its reports
+called there: at light load that is cheaper than any hand-over
+(:mod:`mediation.log.inline`; docs/evidence-log.md, "Writing: group commit").
 
 Why long-lived threads rather than ``trio.to_thread`` per batch: with a
 producer keeping the interpreter busy, every hand-over of the GIL waits for
@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterator
 
 import trio
 
+from mediation.log.inline import InlineBudget, take_turns, write_inline
 from mediation.log.segments import Chunk, SegmentWriter
 
 logger = logging.getLogger(__name__)
@@ -72,31 +73,6 @@ logger = logging.getLogger(__name__)
 # each stream cost the loop its own wake-up: docs/architecture.md).
 POST_DELAY = 0.005
 HELD_WRITERS = 2  # ... and at most this many streams (a tap batch's CmII and CmCC)
-# A held batch of at most this many octets, with no pool thread at work, is
-# written by the event loop's thread itself at held()'s exit (light load: a
-# tap batch of ~15 PDUs, ~25 KiB). Handing it to a thread cost more than the
-# writes: the thread's wake (Condition.notify was ~7% of the loop's
-# GIL-holding time), a GIL re-take after each of its system calls, and its
-# report's wake-up of the loop (docs/architecture.md, "The server at light
-# load: writing in the loop"). Larger batches (a busy tap's are 64 KiB and
-# more) still go to the threads, so the loop goes on reading while the disk
-# syncs.
-INLINE_BYTES = 48 * 1024
-# ... and while the loop has spent less than INLINE_SHARE of the last
-# INLINE_WINDOW seconds writing: under traffic the loop must read, not wait
-# for the disk (a batch's three synced writes take ~1.3 ms here, so 70 tap
-# batches a second already take ~0.09 s of each second).
-INLINE_SHARE = 0.2
-INLINE_WINDOW = 1.0
-# A write in the loop that took longer than INLINE_SLOW sends held batches to
-# the threads for INLINE_PAUSE: the loop must not stall behind a disk that has
-# stopped keeping up. Not less: on this project's test VM a batch's three
-# synced writes take 1.3 ms (median), 6 ms (p90), 13 ms (p99) with other work
-# on the disk, and a pause at every such jitter made the loop write few batches.
-# Writes over 25 ms came a few times a minute there: a short pause, so one of
-# them does not send a second's batches to the threads.
-INLINE_SLOW = 0.025
-INLINE_PAUSE = 0.25
 
 
 class WriterPool:
@@ -120,12 +96,19 @@ class WriterPool:
         self._closing = False
         self._holding = 0  # inside held(): wake one thread for all of it, at its end
         self._local = threading.local()  # a pool thread's reports not yet sent
-        self.inline_bytes = INLINE_BYTES  # 0: held batches always go to a thread
-        self._inline_after = 0.0  # monotonic: no writing in the loop before then
-        self._window = (0.0, 0.0)  # (start, seconds written in the loop since)
+        self.inline = InlineBudget()  # when the loop may write held batches itself
         # Threads' reports posted to the loop and not yet run: a write in the loop
         # reports at once, so it must wait for these (a stream's reports in order).
         self._reports_queued = 0
+
+    @property
+    def inline_bytes(self) -> int:
+        """A held batch of at most this many octets may be written in the loop (0: never)."""
+        return self.inline.max_bytes
+
+    @inline_bytes.setter
+    def inline_bytes(self, value: int) -> None:
+        self.inline.max_bytes = value
 
     @property
     def threads(self) -> int:
@@ -173,7 +156,7 @@ class WriterPool:
                     if inline is None:
                         self._wake()
             if inline:
-                self._write_inline(inline)
+                write_inline(self, inline)
 
     async def aclose(self) -> None:
         """Stop the threads once every writer has stopped; wait for them."""
@@ -183,72 +166,17 @@ class WriterPool:
         for thread in list(self._threads):
             await trio.to_thread.run_sync(thread.join, abandon_on_cancel=False)
 
-    def _write_inline(self, turns: list[tuple[StreamWriter, list[Chunk]]]) -> None:
-        """Write ``turns`` in this thread (the event loop's); report at once, in order.
-
-        As a pool thread's turns (:meth:`_run`), then :meth:`_release`, with
-        the reports called here instead of posted to the loop.
-        """
-        posts: list[tuple[trio.lowlevel.TrioToken, Callable, tuple]] = []
-        self._local.posts = posts
-        done: list[tuple[StreamWriter, list[Chunk]]] = []
-        began = time.monotonic()
-        try:
-            for writer, chunks in turns:
-                done.append((writer, writer.write_all(chunks)))
-                with self._cond:
-                    self._opened(writer)
-                    if len(self._open) > self._max_open:  # as a thread's turn does
-                        writer.segment.release()
-                        self._open.pop(writer, None)
-        finally:
-            del self._local.posts
-            now = time.monotonic()
-            if now - began > INLINE_SLOW:  # the disk is slow: threads for a while
-                self._inline_after = now + INLINE_PAUSE
-            start, spent = self._window
-            self._window = (start, spent + now - began)
-            _call_all([(fn, args) for _token, fn, args in posts])
-            with self._cond:
-                for writer, left in done:
-                    writer.busy = False
-                    self._after(writer, left)
-                for writer, chunks in turns[len(done) :]:  # not tried (cannot happen)
-                    writer.busy = False
-                    self._after(writer, chunks)
-                if self._ready or self._retry:  # a retry, or chunks queued by a report
-                    self._wake()
-
     # -- called with the lock held ----------------------------------------------
 
     def _take_inline(self) -> list[tuple[StreamWriter, list[Chunk]]] | None:
-        """The ready writers' turns, taken for :meth:`_write_inline`; None: for a thread."""
+        """The ready writers' turns, for :func:`write_inline`; None: for a thread."""
         if self._idle < len(self._threads) or self._retry:  # threads at work: under load
             return None
         if self._reports_queued:  # a thread's report still on its way: ours would overtake it
             return None
-        now = time.monotonic()
-        if now < self._inline_after:
+        if not self.inline.open():
             return None
-        start, spent = self._window
-        if now - start >= INLINE_WINDOW:
-            self._window = (now, 0.0)
-        elif spent >= INLINE_SHARE * INLINE_WINDOW:  # busy: the loop must read, not wait
-            return None
-        total = 0
-        for writer in self._ready:
-            if writer.stopping or writer.failing:
-                return None
-            total += sum(len(chunk.data) for chunk in writer.queue)
-            if total > self.inline_bytes:
-                return None
-        turns = []
-        for writer in self._ready:
-            chunks, writer.queue = writer.queue, []
-            writer.busy = True
-            turns.append((writer, chunks))
-        self._ready.clear()
-        return turns
+        return take_turns(self._ready, self.inline.max_bytes)
 
     def _enqueue(self, writer: StreamWriter) -> None:
         self._ready.append(writer)
