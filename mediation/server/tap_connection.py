@@ -17,6 +17,7 @@ import trio
 from mediation.pdu import taplink as T
 from mediation.protocol.errors import ProtocolError
 from mediation.protocol.taplink import TapLinkServer
+from mediation.server import tls_receive
 from mediation.server.tls_send import send_all
 from mediation.server.warrant_table import WarrantTable
 from mediation.warrants.model import Tap, Warrant, WarrantState
@@ -218,6 +219,6 @@ def describe(exc: BaseException) -> str:
 
 async def receive_some(stream: trio.SSLStream) -> bytes:
     try:
-        return await stream.receive_some(RECEIVE)
+        return await tls_receive.receive_some(stream, RECEIVE)  # a batch's records at once
     except trio.BrokenResourceError:
         return b""

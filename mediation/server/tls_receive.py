@@ -1,0 +1,140 @@
+"""Receiving on a trio TLS stream with one loop turn, not three, per burst of records.
+
+``trio.SSLStream.receive_some`` returns one TLS record's octets a call
+(a tap batch of ~25 KiB is two records) and yields to the scheduler at
+least once per call even when the record is already buffered; waiting for
+the socket also takes its inner receive lock, one more turn. At light load
+the tap link's reader receives one batch every ~15 ms, so those turns and
+trio's wrappers are a fixed cost per batch (docs/architecture.md, "The
+server's ingress at light load").
+
+:func:`receive_some` decrypts every record already received (up to
+``max_bytes``) in one call; when none is, it reads the socket directly
+(non-blocking) into the stream's own incoming buffer, waiting for the
+socket to be readable when it is empty. Each call yields to the scheduler
+exactly once: the wait, or a checkpoint when the data was there already
+(so a reader fed without pause never starves the other tasks). Anything
+unusual (a stream still handshaking, broken or closed, its receive lock
+held, another kind of stream or transport, a trio without these
+internals) takes ``receive_some`` itself. Octets the TLS object wants to
+send in answer (a TLS 1.3 key update) are sent as trio sends them, under
+the stream's send lock. Errors are trio's: a TLS error or a reset makes
+the stream broken and raises ``trio.BrokenResourceError``.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+import trio
+
+try:  # trio's internals this relies on; without them every receive is receive_some's
+    from trio._ssl import _State as _SslState
+
+    _OK = _SslState.OK
+    _BROKEN = _SslState.BROKEN
+except (ImportError, AttributeError):  # pragma: no cover - another trio
+    _OK = _BROKEN = None
+
+# What one read of the socket asks for (the kernel gives what it has).
+SOCKET_READ = 256 * 1024
+
+
+def _direct(stream: trio.SSLStream) -> bool:
+    """Whether ``stream`` can be read directly now (else: ``receive_some``)."""
+    if _OK is None or stream.__class__ is not trio.SSLStream:
+        return False
+    try:
+        return (
+            stream._state is _OK
+            and stream._handshook.done
+            and not stream._inner_recv_lock.locked()
+            and isinstance(stream.transport_stream, trio.SocketStream)
+        )
+    except AttributeError:  # pragma: no cover - another trio
+        return False
+
+
+async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
+    """``stream.receive_some(max_bytes)``, every buffered record at once, one turn a call.
+
+    Args:
+        stream: the connection; a ``trio.SSLStream`` over a socket gets the
+            direct path, anything else its own ``receive_some``.
+        max_bytes: at most this many octets returned (at least 1).
+
+    Returns:
+        The decrypted octets; ``b""`` when the peer closed the TLS session.
+
+    Raises:
+        trio.BrokenResourceError: a TLS error, a reset, or the connection
+            cut without a TLS close (the stream is then broken).
+        trio.ClosedResourceError: the stream was closed.
+    """
+    if not _direct(stream):  # type: ignore[arg-type]
+        return await stream.receive_some(max_bytes)
+    assert isinstance(stream, trio.SSLStream)
+    with stream._outer_recv_conflict_detector:
+        waited = False
+        while True:
+            data = _decrypt(stream, max_bytes)
+            if stream._outgoing.pending:  # an answer the TLS object owes the peer
+                await _send_owed(stream)
+                waited = True
+            if data is not None:
+                break
+            fd = stream.transport_stream.socket.fileno()  # type: ignore[attr-defined]
+            try:
+                raw = os.read(fd, SOCKET_READ)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                waited = True
+                continue
+            except OSError as exc:  # reset, or closed under us
+                stream._state = _BROKEN
+                raise trio.BrokenResourceError from exc
+            if raw:
+                stream._incoming.write(raw)
+            else:
+                stream._incoming.write_eof()  # the next decrypt says how it ended
+        if not waited:  # it was all there: still one turn a call, as trio's
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+
+def _decrypt(stream: trio.SSLStream, max_bytes: int) -> bytes | None:
+    """Every record buffered now, up to ``max_bytes``; None: none yet (read the socket).
+
+    Raises:
+        trio.BrokenResourceError: a TLS error (the stream is then broken).
+    """
+    ssl_object, out = stream._ssl_object, b""
+    while len(out) < max_bytes:
+        try:
+            chunk = ssl_object.read(max_bytes - len(out))
+        except ssl.SSLWantReadError:
+            break
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            if out:  # what came before the error first; the error on the next call
+                return out
+            stream._state = _BROKEN
+            raise trio.BrokenResourceError from exc
+        if not chunk:  # the peer's close_notify
+            return out
+        out += chunk
+    return out or None
+
+
+async def _send_owed(stream: trio.SSLStream) -> None:
+    """Send what the TLS object wrote while reading, as trio's ``_retry`` does."""
+    to_send = stream._outgoing.read()
+    async with stream._inner_send_lock:
+        try:
+            if stream._delayed_outgoing is not None:
+                to_send = stream._delayed_outgoing + to_send
+                stream._delayed_outgoing = None
+            await stream.transport_stream.send_all(to_send)
+        except BaseException:
+            stream._state = _BROKEN
+            raise
