@@ -76,6 +76,7 @@ class TapConnection:
         # Batches stored, in order, not yet acknowledged: [result, receipts not yet durable].
         self._unacked: collections.deque[list[Any]] = collections.deque()
         self._acks_ready = trio.Event()  # acks are queued in the machine: the acker sends them
+        self._reader_flushes = False  # True: acks queued now are the reader's to send
         self._room = trio.Event()  # the reader waits here while UNACKED batches wait
         self._sent_set: T.WarrantSet | None = None
         self.wake = trio.Event()  # set when the warrants changed
@@ -145,19 +146,24 @@ class TapConnection:
                         self.reason = "storage stopped part-way through a batch"
                         return
                     self._ack_when_stored(result)
+                    if len(self._unacked) >= UNACKED:
+                        await self._flush()  # the acks this reader owes, before it waits
                     while len(self._unacked) >= UNACKED:  # bounded, whatever the tap sends
                         self._room = trio.Event()
                         await self._room.wait()
                 elif isinstance(message, T.Close):
                     self.reason = f"tap closed: {message.reason}"
                     return
-            await self._flush()  # keepalive answers
+            await self._flush()  # keepalive answers, and the acks of batches stored meanwhile
 
     def _ack_when_stored(self, result: BatchResult) -> None:
         """Acknowledge the batch, in order, once all its records are durable.
 
         The log calls back when each of its streams' records are (no task
         waits on them): one turn of the loop per batch, the acker's send.
+        When they are durable already (written in the loop at light load),
+        the callbacks come at once, here: the reader's own flush after the
+        batch sends the ack, and the acker is not woken for it.
         """
         entry: list[Any] = [result, len(result.receipts)]
         self._unacked.append(entry)
@@ -167,10 +173,14 @@ class TapConnection:
             if entry[1] == 0:
                 self._acks_due()
 
-        for receipt in result.receipts:
-            receipt.when_durable(stored, self._not_stored)  # at once if durable already
-        if not result.receipts:
-            self._acks_due()
+        self._reader_flushes = True
+        try:
+            for receipt in result.receipts:
+                receipt.when_durable(stored, self._not_stored)  # at once if durable already
+            if not result.receipts:
+                self._acks_due()
+        finally:
+            self._reader_flushes = False
 
     def _not_stored(self) -> None:
         """A stream closed before the batch was stored: never acked; end the link."""
@@ -183,7 +193,8 @@ class TapConnection:
         now, unacked = trio.current_time(), self._unacked
         while unacked and unacked[0][1] == 0:
             self.machine.send_ack(unacked.popleft()[0].ack, now)
-        self._acks_ready.set()
+        if not self._reader_flushes:
+            self._acks_ready.set()
         if len(unacked) < UNACKED:
             self._room.set()
 
