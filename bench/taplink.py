@@ -271,15 +271,19 @@ def paced(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-taplink-", dir=args.dir or Path.cwd()) as tmp:
         data, key, _handle, credentials = setup(Path(tmp))
         for _ in range(args.rounds):
-            vol = _switches()
+            vol, before = _switches(), resource.getrusage(resource.RUSAGE_SELF)
             rate = trio.run(server_round, data, key, credentials, args.pdus, args.batch, args.pace)
             if not rate:
                 print(f"round incomplete (not all acknowledged within {LIMIT:.0f} s)", flush=True)
                 continue
             per_batch = CPU_US[-1] * args.pdus / batches
             woke = (_switches() - vol) / batches
+            after = resource.getrusage(resource.RUSAGE_SELF)  # the round's, set-up included
+            user = (after.ru_utime - before.ru_utime) / batches * 1e6
+            system = (after.ru_stime - before.ru_stime) / batches * 1e6
             print(f"{batches} batches of {args.batch} at {args.pace:g}/s: server {per_batch:,.0f} "
-                  f"us of CPU and {woke:.1f} wake-ups per batch", flush=True)  # fmt: skip
+                  f"us of CPU and {woke:.1f} wake-ups per batch (user {user:,.0f}, "
+                  f"system {system:,.0f} us)", flush=True)  # fmt: skip
     print(f"server from {Path(T.__file__).resolve().parents[2]}")
     return 0
 
