@@ -15,7 +15,7 @@ from mediation.pdu import StreamId, StreamKind
 from mediation.pdu import taplink as T
 from mediation.server.tap_gate import TapGate, case_identity, cc_payload
 from mediation.server.tap_ingest import JOURNAL_DIR
-from mediation.server.tap_journal import JournalEntry, Span, TapJournal
+from mediation.server.tap_journal import SLOT_BYTES, JournalEntry, Span, TapJournal, newest_slot
 
 TAP = "edge-1"
 NOW = dt.datetime.now(dt.UTC)
@@ -130,7 +130,7 @@ async def test_a_taps_gate_is_kept_until_the_warrant_table_changes(tmp_path: Pat
         assert gate.warrant_for("cmCC", cc(1)) == (warrant.handle, "")
 
 
-def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
+def test_the_journal_overwrites_the_older_slot_in_place_and_a_torn_one_leaves_the_other(
     tmp_path: Path,
 ) -> None:
     journal = TapJournal(tmp_path)
@@ -138,20 +138,47 @@ def test_the_journal_appends_each_state_and_a_cut_line_leaves_the_one_before(
     for n in (1, 2, 3):
         journal.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [])()  # the writer syncs it
     path = tmp_path / JOURNAL_DIR / f"{TAP}.journal"
-    lines = path.read_bytes().splitlines(keepends=True)
-    assert len(lines) == 3  # appended and synced, not the file replaced per batch
-    path.write_bytes(b"".join(lines) + lines[-1][:-9])  # a fourth state cut by a crash
+    made = path.stat()
+    assert made.st_size == 2 * SLOT_BYTES
+    journal.begin(TAP, JournalEntry(4, {sid: Span(40, 10)}), [])()
+    now = path.stat()
+    assert (now.st_ino, now.st_size) == (made.st_ino, made.st_size)  # in place: no new inode
+    assert newest_slot(path.read_bytes())[0] == 4  # one write a state
+    # A fifth state torn by a crash: the slot it went to (state 3's) is damaged.
+    data = bytearray(path.read_bytes())
+    data[SLOT_BYTES + 40] ^= 0xFF  # state 5 goes to slot 5 % 2
+    path.write_bytes(bytes(data))
     last, entries = TapJournal(tmp_path).state(TAP)
-    assert last == 3 and sorted(entries) == [1, 2, 3]
-    assert entries[3].spans == {sid: Span(30, 10)} and entries[3].loaded
-    # Past COMPACT_BYTES (and at a process's first write) the file is one line again.
+    assert last == 4 and sorted(entries) == [1, 2, 3, 4]
+    assert entries[4].spans == {sid: Span(40, 10)} and entries[4].loaded
+    # The next process's first write replaces the file; a state too large for a
+    # slot too (larger slots); either way the newest whole state is read.
     again = TapJournal(tmp_path)
-    again.COMPACT_BYTES = 400
-    for n in range(4, 20):
-        again.begin(TAP, JournalEntry(n, {sid: Span(n * 10, 10)}), [n - 1])()
-        assert path.stat().st_size <= 400
+    many = {StreamId(f"w-{n:06x}", StreamKind.CMCC): Span(n, 1) for n in range(300)}
+    again.begin(TAP, JournalEntry(5, many), [])()
+    assert path.stat().st_size > 2 * SLOT_BYTES
+    again.begin(TAP, JournalEntry(6, {sid: Span(60, 10)}), [5])()
     last, entries = TapJournal(tmp_path).state(TAP)
-    assert last == 19 and sorted(entries) == [1, 2, 19]
+    assert last == 6 and sorted(entries) == [1, 2, 3, 4, 6]
+
+
+def test_a_journal_of_lines_from_before_slots_reads_as_its_last_whole_line(
+    tmp_path: Path,
+) -> None:
+    sid = StreamId("w-3f9a1c", StreamKind.CMCC)
+    path = tmp_path / JOURNAL_DIR / f"{TAP}.journal"
+    path.parent.mkdir()
+    lines = [
+        json.dumps({"last": n, "entries": [{"batch": n, "spans": {str(sid): [n, 1, 0]}}]})
+        for n in (1, 2)
+    ]
+    path.write_text("\n".join(lines) + "\n" + lines[-1][:-9])  # a third cut by a crash
+    journal = TapJournal(tmp_path)
+    last, entries = journal.state(TAP)
+    assert last == 2 and entries[2].spans == {sid: Span(2, 1)}
+    journal.begin(TAP, JournalEntry(3, {sid: Span(3, 1)}), [2])()  # now slots
+    assert newest_slot(path.read_bytes())[0] == 1
+    assert sorted(TapJournal(tmp_path).state(TAP)[1]) == [3]
 
 
 def test_one_journal_sync_covers_every_batch_begun_before_it(tmp_path: Path) -> None:
@@ -163,9 +190,9 @@ def test_one_journal_sync_covers_every_batch_begun_before_it(tmp_path: Path) -> 
     path = tmp_path / JOURNAL_DIR / f"{TAP}.journal"
     assert not path.exists()  # nothing written in the event loop
     barriers[0]()
-    assert len(path.read_bytes().splitlines()) == 1
+    assert newest_slot(path.read_bytes())[0] == 1  # one write, of the latest state
     barriers[2]()
     barriers[1]()
-    assert len(path.read_bytes().splitlines()) == 1  # already durable: no more writes
+    assert newest_slot(path.read_bytes())[0] == 1  # already durable: no more writes
     last, entries = TapJournal(tmp_path).state(TAP)
     assert last == 3 and sorted(entries) == [1, 2, 3]

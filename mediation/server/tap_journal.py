@@ -7,6 +7,10 @@ fdatasynced by the log's writer thread before it writes any of the batch's
 records (the chunk's barrier), in the same turn as the log's own commit:
 the event loop never waits for the journal's disk, and while the disk is
 behind, the states of several batches go out as one line and one sync.
+Each state overwrites the older of two fixed slots of the file in place
+(:class:`JournalFile`): the file's size never changes after it is made,
+so the sync writes the line's block and no inode (one disk write fewer a
+tap batch than appending: docs/tap-link.md, exactly once, step 3).
 After a restart, each stream's next sequence number when it was opened
 says how much of a journalled batch survived
 (:mod:`mediation.server.tap_ingest`).
@@ -18,7 +22,9 @@ import dataclasses
 import functools
 import json
 import os
+import struct
 import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,18 +61,13 @@ class TapJournal:
     begun) and the entries; an entry is dropped once all its records are
     durable, so a line stays small: about one entry per batch in flight.
     :meth:`begin` returns the barrier that makes the new state durable: the
-    log's writer runs it before writing the batch's records, and it appends
-    the tap's *latest* state as a line and fdatasyncs (a state supersedes
-    every one before it, so one line and one sync cover all the batches
-    begun since the last). The last whole line is the state, so a line cut
-    by a crash (none of its batches' records were written) leaves the one
-    before. The first write of a process, and any past ``COMPACT_BYTES``,
-    replaces the file with one line (``write_atomic``); a failed append does
-    too, next time, so nothing is ever glued onto a cut line. A file of one
-    JSON object without a newline (the form before lines) reads the same.
+    log's writer runs it before writing the batch's records, and it writes
+    the tap's *latest* state and syncs it (a state supersedes every one
+    before it, so one write and one sync cover all the batches begun since
+    the last). Where it goes: see :class:`JournalFile` (two slots, the
+    newest whole one is the state). A file of JSON lines, or of one JSON
+    object (the forms before slots), reads as its last whole line.
     """
-
-    COMPACT_BYTES = 64 * 1024
 
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / JOURNAL_DIR
@@ -84,16 +85,22 @@ class TapJournal:
 
     def _load(self, tap: str) -> tuple[int, dict[int, JournalEntry]]:
         try:
-            lines = self._path(tap).read_bytes().splitlines()
+            raw = self._path(tap).read_bytes()
         except FileNotFoundError:
             return 0, {}
-        data = None
-        for line in reversed(lines):
-            try:
-                data = json.loads(line)
-                break
-            except ValueError:
-                continue  # cut by a crash: its batch was never appended
+        version, line = newest_slot(raw)
+        if version:
+            file = self._files[tap] = JournalFile(self._path(tap))
+            file.version = version  # the next write takes the other slot
+            data = json.loads(line)
+        else:  # lines (before slots)
+            data = None
+            for line in reversed(raw.splitlines()):
+                try:
+                    data = json.loads(line)
+                    break
+                except ValueError:
+                    continue  # cut by a crash: its batch was never appended
         if data is None:
             return 0, {}
         entries = {}
@@ -142,19 +149,32 @@ class TapJournal:
         }
         file = self._files.get(tap)
         if file is None:
-            file = self._files[tap] = JournalFile(self._path(tap), self)
+            file = self._files[tap] = JournalFile(self._path(tap))
         return file.set(json.dumps(data).encode() + b"\n")
 
 
 class JournalFile:
-    """One tap's journal file: the event loop sets lines, writer threads make them durable."""
+    """One tap's journal file: the event loop sets states, writer threads make them durable.
 
-    def __init__(self, path: Path, journal: TapJournal) -> None:
+    The file is two slots of ``size`` octets (a multiple of 4 KiB, so a
+    write torn by a power cut damages one slot's blocks only). A state is
+    written, with a header (a magic, its version, its length and CRC-32),
+    over the slot of the one before the newest (version ``n`` goes in slot
+    ``n % 2``), with the write's own sync. The newest slot whose header
+    and CRC hold is the state: a write cut by a crash (none of its
+    batches' records were written yet: the barrier had not returned)
+    leaves the one before, which the other slot still holds. In place, the
+    file's size never changes, so the sync writes no inode. A process's
+    first write, a state too large for a slot, and the write after a
+    failed one replace the file (``write_atomic``, slots sized to fit).
+    """
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._journal = journal  # for COMPACT_BYTES
         self._lock = threading.Lock()  # one writer thread at a time
-        self._fd: int | None = None  # appending; None: the next write replaces the file
-        self._size = 0
+        self._fd: int | None = None  # open in place; None: the next write replaces the file
+        self._size = 0  # of a slot
+        self.version = 0  # of the newest state written (or read at start)
         self._latest: tuple[int, bytes] = (0, b"")  # (version, line): the loop's
         self._synced = 0  # the version known durable
 
@@ -186,15 +206,51 @@ class JournalFile:
             self._synced = latest
 
     def _write(self, line: bytes) -> None:
+        version = self.version + 1
+        slot = _slot(version, line)
         fd = self._fd
-        if fd is not None and self._size + len(line) <= self._journal.COMPACT_BYTES:
-            write_synced(fd, [memoryview(line)], -1)  # at the end: O_APPEND
-            self._size += len(line)
+        if fd is not None and len(slot) <= self._size:
+            write_synced(fd, [memoryview(slot)], (version % 2) * self._size)
+            self.version = version
             return
         if fd is not None:
             self._fd = None
             os.close(fd)
+        size = SLOT_BYTES
+        while size < len(slot):
+            size *= 2
+        image = bytearray(2 * size)  # written zeros: later writes change no block map
+        at = (version % 2) * size
+        image[at : at + len(slot)] = slot
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        write_atomic(self.path, line)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self._size = len(line)
+        write_atomic(self.path, image)
+        self._fd = os.open(self.path, os.O_WRONLY)
+        self._size, self.version = size, version
+
+
+SLOT_BYTES = 4096
+_MAGIC = b"TJS1"
+_HEAD = struct.Struct(">4sQII")  # magic, version, length, CRC-32 of the line
+
+
+def _slot(version: int, line: bytes) -> bytes:
+    return _HEAD.pack(_MAGIC, version, len(line), zlib.crc32(line)) + line
+
+
+def newest_slot(data: bytes) -> tuple[int, bytes]:
+    """The newest whole state of a slotted journal file: (version, line); (0, b"") if none.
+
+    A file of lines (before slots) has no slot: (0, b"").
+    """
+    best = (0, b"")
+    half = len(data) // 2
+    if not half or half % SLOT_BYTES or len(data) != 2 * half:
+        return best
+    for at in (0, half):
+        magic, version, size, crc = _HEAD.unpack_from(data, at)
+        line = data[at + _HEAD.size : at + _HEAD.size + size]
+        if magic != _MAGIC or len(line) != size or zlib.crc32(line) != crc:
+            continue  # torn by a crash, or never written
+        if (version % 2) * half == at and version > best[0]:
+            best = (version, bytes(line))
+    return best
