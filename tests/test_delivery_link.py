@@ -30,7 +30,7 @@ async def test_a_peer_that_does_not_read_bounds_what_the_link_holds(flush: bool)
     async def writer(link: Link) -> None:
         nonlocal queued
         for n in range(TOTAL):
-            await link.write(bytes([n]) * CHUNK)
+            await link.write(bytes([n]) * CHUNK, flush_after=flush)
             if flush:
                 await link.flush()
             queued += 1
@@ -125,17 +125,17 @@ async def test_a_writer_that_flushes_sends_without_waking_the_flusher(
     async def writer(link: Link) -> None:
         await trio.testing.wait_all_tasks_blocked()
         trio.lowlevel.add_instrument(flusher)
-        await link.write([b"a", b"A"])  # the link was quiet: sent by this flush
+        await link.write([b"a", b"A"], flush_after=True)  # quiet link: sent by this flush
         await link.flush()
         assert (link.sends, link.queued) == (1, 0)
         await trio.sleep(0.1)
-        await link.write(b"b")  # 0.1 after a send: the flusher's, at 1.0
+        await link.write(b"b", flush_after=True)  # 0.1 after a send: the flusher's, at 1.0
         await link.flush()
         assert (link.sends, link.queued) == (1, 1)
         await link.write([b"c"])  # joins it
         await trio.sleep(5.0)
         woken.append(flusher.steps)
-        await link.write(b"d")  # quiet again: this flush
+        await link.write(b"d", flush_after=True)  # quiet again: this flush
         await link.flush()
         woken.append(flusher.steps)
         await trio.sleep_forever()

@@ -340,7 +340,7 @@ class TlsWorker:
             return False
         data = self._envelopes(sender, sid, records)
         state.sent_high = max(state.sent_high, sender.next_sequence(sid))
-        await link.write(data)
+        await link.write(data, flush_after=True)  # the round's end flushes
         return True
 
     @staticmethod

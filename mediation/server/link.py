@@ -101,12 +101,14 @@ class Link:
         self.replays = 0
         self._nursery: trio.Nursery | None = None
 
-    async def write(self, data: bytes | Sequence[bytes]) -> None:
+    async def write(self, data: bytes | Sequence[bytes], *, flush_after: bool = False) -> None:
         """Queue whole messages (nothing if empty) for the flusher's next send.
 
         Args:
             data: the octets of whole messages, or a list of them (kept
                 unjoined until sent: one copy, at the send).
+            flush_after: the caller calls :meth:`flush` once it has queued
+                the rest of its round (the flusher is not woken for this).
 
         Returns at once unless the queue is full (``high_water``): then when
         the flusher has taken it.
@@ -118,7 +120,7 @@ class Link:
             raise LinkClosed(self._closed)
         if not data:  # the reader's and the timers' usual case: never wait for nothing
             return
-        self.write_soon(data)
+        self.write_soon(data, flush_after=flush_after)
         while self.queued >= self.high_water:
             self._wake_flusher(-math.inf)  # a full queue goes at once
             await self._drained.wait()
@@ -126,7 +128,7 @@ class Link:
                 raise LinkClosed(self._closed)
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    def write_soon(self, data: bytes | Sequence[bytes]) -> None:
+    def write_soon(self, data: bytes | Sequence[bytes], *, flush_after: bool = False) -> None:
         """Queue whole messages from synchronous code (never waits); as :meth:`write`."""
         if not data or self._closed is not None:
             return
@@ -136,7 +138,8 @@ class Link:
             # commit queued): at light load a linger joins nothing and
             # costs a timer wake-up per commit (docs/architecture.md).
             self._first_at = max(trio.current_time(), self._sent_at + self.linger)
-            self._wake_flusher(self._first_at)
+            if not flush_after:  # else flush() sends it, or wakes the flusher
+                self._wake_flusher(self._first_at)
         if isinstance(data, bytes | bytearray):
             self._out.append(data)
             self.queued += len(data)
@@ -148,22 +151,26 @@ class Link:
         """Send the queue from the calling task if its linger is up and no send is under way.
 
         For a writer that has queued a whole round (every stream of a
-        commit): the send then costs no wake-up of the flusher. Otherwise
-        (a linger to wait out, a send under way, a queue over a quarter of
-        ``high_water``, nothing queued) the flusher sends it as usual.
-        Without a loop turn when the socket takes it all (``tls_send``).
+        commit, ``write(..., flush_after=True)``): the send then costs no
+        wake-up of the flusher. Otherwise (a linger to wait out, a send
+        under way, a queue over a quarter of ``high_water``) the flusher is
+        woken for its usual send. Without a loop turn when the socket takes
+        it all (``tls_send``).
 
         Raises:
             LinkClosed: the connection is lost.
         """
-        if not self._out or self._send_done is not None or self.queued > self.high_water // 4:
-            # A big queue (a catch-up) is the flusher's, so the writer reads
-            # the next batch while it goes.
+        if not self._out:
             return
-        if self._first_at > trio.current_time():
-            return  # the flusher's deadline is set already: it goes a linger after the last
-        if self._idle is not None:
-            # The flusher would wake in the next turn for this queue: not now.
+        if (
+            self._send_done is not None
+            or self.queued > self.high_water // 4  # a catch-up: the writer reads on meanwhile
+            or self._first_at > trio.current_time()  # a linger after the last send
+        ):
+            self._wake_flusher(self._first_at)
+            return
+        if self._idle is not None and self._idle.deadline != math.inf:
+            # Another queued for the flusher's next turn: this send takes it.
             # (A deadline moved back before it expires never fires.)
             self._idle.deadline = math.inf
         await self._send()
