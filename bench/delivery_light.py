@@ -7,8 +7,10 @@ One agency with a TLS and a UDP endpoint, each carrying two CmCC streams
 (about 2,000 PDUs/s), the rounds each their own commits of the log, as a
 tap's batches are at light traffic. Prints, per round: the process's CPU
 (server and both agencies, which run in it), the TLS endpoint's sends,
-and the trio task steps of the delivery tasks (the link's tasks, the UDP
-streams' tasks) and of everything. Wall-clock rates are not the point
+the trio task steps of the delivery tasks (the link's tasks, the UDP
+endpoint's task) and of everything, and the thread's CPU spent in the
+delivery tasks' steps (their sends included; the agencies' and the log's
+excluded: the figure to compare for delivery itself). Wall-clock rates are not the point
 here; steps and sends are load-independent, and CPU is compared between
 checkouts run one after the other (``--code /work/main``, then without).
 The agencies are the tests' (tests/delivery_agency.py).
@@ -47,15 +49,23 @@ SPACING = 0.01  # seconds between rounds
 
 
 class Steps(trio.abc.Instrument):
-    """Task steps by the task's function name, while ``on``."""
+    """Task steps, and the thread's CPU in them, by the task's function name, while ``on``."""
 
     def __init__(self) -> None:
         self.by: collections.Counter[str] = collections.Counter()
+        self.cpu: collections.Counter[str] = collections.Counter()  # ns
         self.on = False
+        self._began = 0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         if self.on:
             self.by[task.name.rsplit(".", 1)[-1]] += 1
+            self._began = time.thread_time_ns()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.on and self._began:
+            self.cpu[task.name.rsplit(".", 1)[-1]] += time.thread_time_ns() - self._began
+            self._began = 0
 
 
 async def measure(tmp: Path, rounds: int) -> None:
@@ -94,11 +104,13 @@ async def measure(tmp: Path, rounds: int) -> None:
             sends = worker.writes - sends
         nursery.cancel_scope.cancel()
     delivery = steps.by["guarded"] + steps.by["_deliver"]
+    link_us, udp_us = steps.cpu["guarded"] / rounds / 1e3, steps.cpu["_deliver"] / rounds / 1e3
     print(f"{CODE}: per round of {2 * PER_ROUND} PDUs: CPU {cpu / rounds * 1e6:,.0f} us "
           f"(server and agencies), TLS sends {sends / rounds:.2f}, delivery task steps "
           f"{delivery / rounds:.1f} (link {steps.by['guarded'] / rounds:.1f}, UDP streams "
           f"{steps.by['_deliver'] / rounds:.1f}), all task steps "
-          f"{sum(steps.by.values()) / rounds:.1f}")  # fmt: skip
+          f"{sum(steps.by.values()) / rounds:.1f}; delivery tasks' CPU {link_us + udp_us:,.0f} us "
+          f"(TLS link {link_us:,.0f}, UDP {udp_us:,.0f})")  # fmt: skip
 
 
 def main() -> int:

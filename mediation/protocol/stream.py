@@ -43,9 +43,14 @@ from mediation.protocol.retrieval import RetrievalClient, RetrievalLimits, Retri
 # bandwidth-delay product of a 100 Mbit/s path at 100 ms RTT, so acks do
 # not throttle a long link; and a resume repeats at most one window.
 WINDOW = 1024
-# Acknowledge every 64 envelopes or 200 ms: at most 1/16 of the window
-# waits on an ack, and an idle-ish stream is confirmed promptly.
-ACK_EVERY = 64
+# Acknowledge every 256 envelopes or 200 ms: a quarter of the window, which
+# is what the server's writer waits for before it writes into a full window
+# again (so more frequent acks freed nothing it would use), and an idle-ish
+# stream is still confirmed promptly. At 1,000 envelopes/s that is ~4 acks a
+# second, not ~16: each cost the server a wake-up and a TLS read (64 was
+# ~0.25 acks per tap batch, ~300 us of the server's CPU each, `bench/e2e.py
+# --idle`; docs/architecture.md, "delivery at light load (dlight)").
+ACK_EVERY = 256
 ACK_DELAY = 0.2
 _NEW = object.__new__
 

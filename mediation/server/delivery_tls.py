@@ -302,6 +302,8 @@ class TlsWorker:
                 if wrote is None:
                     live.remove(state)
                 sent = sent or bool(wrote)
+            if sent:  # the whole round is queued: send it here, not from a woken flusher
+                await link.flush()
             return sent
 
         try:
@@ -338,14 +340,15 @@ class TlsWorker:
             return False
         data = self._envelopes(sender, sid, records)
         state.sent_high = max(state.sent_high, sender.next_sequence(sid))
-        await link.write(data)
+        await link.write(data, flush_after=True)  # the round's end flushes
         return True
 
     @staticmethod
-    def _envelopes(sender: StreamSender, sid: StreamId, items: list) -> bytes:
-        """The octets of a batch: runs of records as envelopes, checkpoints between.
+    def _envelopes(sender: StreamSender, sid: StreamId, items: list) -> list[bytes]:
+        """The messages of a batch: runs of records as envelopes, checkpoints between.
 
-        The stream's state is looked up once per run, not once per record.
+        The stream's state is looked up once per run, not once per record;
+        the link joins the messages once, when it sends them.
         """
         out: list[bytes] = []
         start = 0
@@ -357,7 +360,7 @@ class TlsWorker:
                     out.append(sender.checkpoint(item.to_pdu()))
                 start = i + 1
         out += sender.send_run(sid, items[start:])
-        return b"".join(out)
+        return out
 
     def deliver_from_memory(self, sid: StreamId, record: LogRecord) -> None:
         """A held notice: send it now if it is next in the stream (else the log brings it).

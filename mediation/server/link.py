@@ -19,6 +19,11 @@ shared by live TLS delivery (``delivery_tls``) and retrieval
   timer wake-up per commit; a
   queue of ``high_water`` octets goes at once, and writers wait while it
   is that full (the link holds at most about two queues' worth).
+  A writer that has queued a whole round (every stream of a commit) may
+  send the queue itself with :meth:`Link.flush` when its linger is up and
+  no send is under way: at light load the flusher then never wakes (one
+  loop turn and one cancellation a commit fewer). The queue holds the
+  messages unjoined; a send joins them once (none for a single one).
 
 Whatever ends the link (the peer closing, a reset, a protocol error, a
 timeout) is returned as one short reason for logs and the status, never
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
@@ -81,7 +86,9 @@ class Link:
         self.linger = linger
         self.high_water = high_water
         self._on_ack = on_ack
-        self._out = bytearray()  # whole messages queued, in order, for the flusher
+        self._out: list[bytes] = []  # whole messages queued, in order, unjoined
+        self.queued = 0  # octets in the queue
+        self._send_done: trio.Event | None = None  # set when the send under way ends
         self._idle: trio.CancelScope | None = None  # the flusher's wait for its next send
         self._first_at = 0.0  # when the queued octets go (set when the queue fills from empty)
         self._sent_at = -math.inf  # when the flusher last took the queue
@@ -94,8 +101,14 @@ class Link:
         self.replays = 0
         self._nursery: trio.Nursery | None = None
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | Sequence[bytes], *, flush_after: bool = False) -> None:
         """Queue whole messages (nothing if empty) for the flusher's next send.
+
+        Args:
+            data: the octets of whole messages, or a list of them (kept
+                unjoined until sent: one copy, at the send).
+            flush_after: the caller calls :meth:`flush` once it has queued
+                the rest of its round (the flusher is not woken for this).
 
         Returns at once unless the queue is full (``high_water``): then when
         the flusher has taken it.
@@ -107,16 +120,16 @@ class Link:
             raise LinkClosed(self._closed)
         if not data:  # the reader's and the timers' usual case: never wait for nothing
             return
-        self.write_soon(data)
-        while len(self._out) >= self.high_water:
+        self.write_soon(data, flush_after=flush_after)
+        while self.queued >= self.high_water:
             self._wake_flusher(-math.inf)  # a full queue goes at once
             await self._drained.wait()
             if self._closed is not None:
                 raise LinkClosed(self._closed)
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    def write_soon(self, data: bytes) -> None:
-        """Queue whole messages from synchronous code (never waits)."""
+    def write_soon(self, data: bytes | Sequence[bytes], *, flush_after: bool = False) -> None:
+        """Queue whole messages from synchronous code (never waits); as :meth:`write`."""
         if not data or self._closed is not None:
             return
         if not self._out:
@@ -125,8 +138,42 @@ class Link:
             # commit queued): at light load a linger joins nothing and
             # costs a timer wake-up per commit (docs/architecture.md).
             self._first_at = max(trio.current_time(), self._sent_at + self.linger)
+            if not flush_after:  # else flush() sends it, or wakes the flusher
+                self._wake_flusher(self._first_at)
+        if isinstance(data, bytes | bytearray):
+            self._out.append(data)
+            self.queued += len(data)
+        else:
+            self._out += data
+            self.queued += sum(map(len, data))
+
+    async def flush(self) -> None:
+        """Send the queue from the calling task if its linger is up and no send is under way.
+
+        For a writer that has queued a whole round (every stream of a
+        commit, ``write(..., flush_after=True)``): the send then costs no
+        wake-up of the flusher. Otherwise (a linger to wait out, a send
+        under way, a queue over a quarter of ``high_water``) the flusher is
+        woken for its usual send. Without a loop turn when the socket takes
+        it all (``tls_send``).
+
+        Raises:
+            LinkClosed: the connection is lost.
+        """
+        if not self._out:
+            return
+        if (
+            self._send_done is not None
+            or self.queued > self.high_water // 4  # a catch-up: the writer reads on meanwhile
+            or self._first_at > trio.current_time()  # a linger after the last send
+        ):
             self._wake_flusher(self._first_at)
-        self._out += data
+            return
+        if self._idle is not None and self._idle.deadline != math.inf:
+            # Another queued for the flusher's next turn: this send takes it.
+            # (A deadline moved back before it expires never fires.)
+            self._idle.deadline = math.inf
+        await self._send()
 
     def _wake_flusher(self, at: float) -> None:
         # The flusher sleeps in a scope whose deadline is its next send:
@@ -138,7 +185,7 @@ class Link:
         """Send the queue: ``linger`` after its first octets, at once if full; until the end."""
         try:
             while True:
-                if not self._out or len(self._out) < self.high_water:
+                if not self._out or self.queued < self.high_water:
                     # Light traffic: what other streams and commits queue
                     # meanwhile joins this send.
                     at = self._first_at if self._out else math.inf
@@ -147,20 +194,31 @@ class Link:
                     self._idle = None
                     if not self._out:
                         continue
-                data, self._out = self._out, bytearray()  # no copy of a big queue
-                self._sent_at = trio.current_time()
-                self._drained.set()
-                self._drained = trio.Event()
-                try:
-                    await send_all(self.stream, data)  # no loop turn when the socket takes it
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise LinkClosed("connection lost") from None
-                self.sends += 1
-        except LinkClosed as exc:
-            self._closed = str(exc)
-            raise
+                if self._send_done is not None:  # a writer's flush is sending: after it
+                    await self._send_done.wait()
+                    continue
+                await self._send()
         finally:
             self._drained.set()  # writers waiting for room see the link end
+
+    async def _send(self) -> None:
+        """Take the whole queue and send it (the flusher, or a writer's :meth:`flush`)."""
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out, self.queued = [], 0
+        self._sent_at = trio.current_time()
+        self._drained.set()
+        self._drained = trio.Event()
+        self._send_done = done = trio.Event()
+        try:
+            await send_all(self.stream, data)  # no loop turn when the socket takes it
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._closed = "connection lost"
+            raise LinkClosed(self._closed) from None
+        finally:
+            self._send_done = None
+            done.set()
+        self.sends += 1
 
     async def run(self, *tasks: Callable[[Link], Awaitable[None]]) -> str:
         """Run the reader, the timers and ``tasks`` until any of them ends the link.
@@ -291,7 +349,7 @@ class Link:
                     break
                 out.append(data)
                 position = record.seq + 1
-            await self.write(b"".join(out))
+            await self.write(out)
             if not going:
                 return False
         return True
