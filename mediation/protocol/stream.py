@@ -29,7 +29,7 @@ from mediation.protocol.events import (
     Event,
     Range,
 )
-from mediation.protocol.framing import MAX_MESSAGE
+from mediation.protocol.framing import MAX_MESSAGE, leading_messages
 from mediation.protocol.gaps import SequenceTracker
 from mediation.protocol.keepalive import (
     KEEPALIVE_INTERVAL,
@@ -307,6 +307,39 @@ class StreamReceiver(StreamConnection):
         """See :meth:`RetrievalClient.request_missing`."""
         self._require_connection()
         return self.retrieval.request_missing(stream, below, now)
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """:meth:`StreamConnection.receive_data`, a read's leading whole messages cut from it.
+
+        With nothing buffered from an earlier read, the messages the read
+        holds whole are sliced from it (``framing.leading_messages``); the
+        rest goes through the buffer as before. The events, the errors and
+        what :meth:`events_before_break` returns are the same.
+        """
+        if self._buffer.pending or not self._connected or data.__class__ is not bytes:
+            return super().receive_data(data, now)  # (broken: it raises)
+        whole, rest = leading_messages(data, self._max_message)
+        if not whole:
+            return super().receive_data(data, now)
+        events: list[Event] = []
+        try:
+            self._keepalive.heard(now)  # once per read: all its messages arrived by now
+            message = self._message
+            for raw in whole:
+                events.extend(message(raw, now))
+        except ProtocolError as exc:  # as StreamConnection.receive_data breaks the connection
+            self._broken = exc
+            self._connected = False
+            self._out.clear()
+            self._unreturned = events
+            raise
+        if rest < len(data):
+            try:
+                events.extend(super().receive_data(data[rest:], now))
+            except ProtocolError:
+                self._unreturned = events + self._unreturned  # this read's, in order
+                raise
+        return events
 
     def _message(self, raw: bytes, now: float) -> list[Event]:
         """Each envelope's and checkpoint's event keeps the message's octets (``raw``).
