@@ -62,7 +62,7 @@ def test_the_leading_messages_are_the_buffers_first_ones(
     data: bytes, limit: int, tail: bytes
 ) -> None:
     data += tail
-    whole, rest = leading_messages(data, limit)
+    whole, rest, _need = leading_messages(data, limit)
     assert rest == sum(map(len, whole))
     everything, fault = _buffered(data, limit)
     assert everything[: len(whole)] == whole
@@ -130,3 +130,17 @@ def test_a_read_after_a_break_raises_the_same_error() -> None:
     with pytest.raises(ProtocolError) as again:
         machine.receive_data(good, 0.0)
     assert again.value is first.value
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 100, 333, 1000, 4096])
+def test_reads_of_any_fixed_size_give_the_same_events(size: int) -> None:
+    """Messages cut short by many reads in a row (the octets they lack carried over)."""
+    data = b"".join(_envelopes(12)) + b"\xa0\x81\x85"  # then a message that never ends
+    reads = [data[at : at + size] for at in range(0, len(data), size)]
+    results = []
+    for base in (True, False):
+        machine = StreamReceiver(utc_now=utc_now, ack_every=5)
+        machine.connection_made(0.0)
+        results.append((_comparable(_run(machine, reads, base)), machine.data_to_send()))
+        assert len([e for read in results[-1][0][0] for e in read]) == 12
+    assert results[0] == results[1]

@@ -274,6 +274,7 @@ class StreamReceiver(StreamConnection):
             if stream not in self.retrieval.trackers and position > 0:
                 self.retrieval.tracker(stream).add_range(0, position - 1)
         self._dirty: set[pdu.StreamId] = set()
+        self._carry = 0  # octets the message the buffer holds lacks, when known (receive_data)
         self._unacked = 0
         self._ack_at: float | None = None
 
@@ -284,6 +285,7 @@ class StreamReceiver(StreamConnection):
         send again what is already stored.
         """
         self._start(now)
+        self._carry = 0  # a new buffer
         self.retrieval.connection_lost()
         self._dirty = set(self._position)
         self._flush_acks()
@@ -309,21 +311,29 @@ class StreamReceiver(StreamConnection):
         return self.retrieval.request_missing(stream, below, now)
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:
-        """:meth:`StreamConnection.receive_data`, a read's leading whole messages cut from it.
+        """:meth:`StreamConnection.receive_data`, a read's whole messages cut from it.
 
-        With nothing buffered from an earlier read, the messages the read
-        holds whole are sliced from it (``framing.leading_messages``); the
-        rest goes through the buffer as before. The events, the errors and
-        what :meth:`events_before_break` returns are the same.
+        The messages a read holds whole are sliced from it
+        (``framing.leading_messages``); the buffer takes only the rest: the
+        message a read cuts short, completed by the octets it lacked at the
+        start of the next read, and anything unusual. The events, the errors
+        and what :meth:`events_before_break` returns are the same.
         """
-        if self._buffer.pending or not self._connected or data.__class__ is not bytes:
+        carry, self._carry = self._carry, 0
+        if not self._connected or data.__class__ is not bytes:
             return super().receive_data(data, now)  # (broken: it raises)
-        whole, rest = leading_messages(data, self._max_message)
-        if not whole:
-            return super().receive_data(data, now)
-        events: list[Event] = []
+        head = b""
+        if self._buffer.pending:
+            if not carry or carry > len(data):  # unknown, or still short: the buffer's
+                events = super().receive_data(data, now)
+                self._carry = carry - len(data) if carry > len(data) else 0
+                return events
+            head, data = data[:carry], data[carry:]
+        whole, rest, need = leading_messages(data, self._max_message)
+        events: list[Event] = super().receive_data(head, now) if head else []
         try:
-            self._keepalive.heard(now)  # once per read: all its messages arrived by now
+            if whole:
+                self._keepalive.heard(now)  # once per read: all its messages arrived by now
             message = self._message
             for raw in whole:
                 events.extend(message(raw, now))
@@ -339,6 +349,7 @@ class StreamReceiver(StreamConnection):
             except ProtocolError:
                 self._unreturned = events + self._unreturned  # this read's, in order
                 raise
+            self._carry = need  # the rest was one message cut short: the octets it lacks
         return events
 
     def _message(self, raw: bytes, now: float) -> list[Event]:
