@@ -237,3 +237,13 @@ def test_the_same_session_header_is_checked_for_size_tag_and_replay() -> None:
     assert o.open(second).message == b"two"
     assert o.refused == {Refusal.TOO_SHORT: 1, Refusal.BAD_TAG: 1, Refusal.REPLAYED: 1}
     assert o.opened == 2
+
+
+def test_a_key_dropped_by_a_reload_refuses_its_session_at_once() -> None:
+    """The last session's header is remembered, its key is not taken on trust (tap revoked)."""
+    s, o = sealer(), opener()
+    o.open(s.seal(b"one"))
+    o.keys = {}  # as the server's sync_keys does after a reload that revokes the tap
+    assert refusal(o, s.seal(b"two")) is Refusal.UNKNOWN_KEY
+    o.keys = {KEY.key_id: KEY}
+    assert o.open(s.seal(b"three")).message == b"three"

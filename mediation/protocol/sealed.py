@@ -230,7 +230,7 @@ _NEW = object.__new__
 _WINDOW_MASK = (1 << WINDOW) - 1
 _PAD = b"\0\0\0\0"  # the nonce: the counter in 12 octets
 # Longer than any datagram, so no datagram starts with it: before the first opens.
-_NO_LAST: tuple[bytes, None, int, bytes] = (bytes(MAX_DATAGRAM + 1), None, 0, b"")
+_NO_LAST: tuple[bytes, None, int, bytes, None] = (bytes(MAX_DATAGRAM + 1), None, 0, b"", None)
 
 
 class DatagramOpener:
@@ -261,8 +261,8 @@ class DatagramOpener:
         self.opened = 0
         self._sessions: dict[tuple[int, bytes], _Session] = {}
         # The first 24 octets of the last datagram opened and its session's
-        # (state, key id, session id); emptied whenever sessions change.
-        self._last: tuple[bytes, _Session | None, int, bytes] = _NO_LAST
+        # (state, key id, session id, key); emptied whenever sessions change.
+        self._last: tuple[bytes, _Session | None, int, bytes, SealKey | None] = _NO_LAST
 
     def open(self, datagram: bytes) -> Opened:
         """Check one datagram; count and raise if it is refused.
@@ -272,16 +272,20 @@ class DatagramOpener:
         """
         size = len(datagram)
         last = self._last
-        if OVERHEAD <= size <= MAX_DATAGRAM and datagram.startswith(last[0]):
+        if (
+            OVERHEAD <= size <= MAX_DATAGRAM
+            and datagram.startswith(last[0])
+            and self.keys.get(last[2]) is last[4]  # the key still held (a reload may drop it)
+        ):
             # The usual case: the same session as the datagram before. Its first
             # 24 octets (magic to session start) are those of a datagram whose
             # header was checked, of a session still kept: checked again by
             # one comparison (the tag covers them all the same).
-            _prefix, state, key_id, session = last
+            _prefix, state, key_id, session, _key = last
             fresh = known = False
             counter = int.from_bytes(datagram[24:32], "big")
         else:
-            state, key_id, session, counter, fresh = self._session_of(datagram, size)
+            state, key_id, session, counter, fresh, key = self._session_of(datagram, size)
             known = True  # remembered below once the datagram proves authentic and new
         header = datagram[: HEADER.size]
         try:
@@ -300,7 +304,7 @@ class DatagramOpener:
         else:
             state.mark(counter)
         if known:
-            self._last = (datagram[:24], state, key_id, session)
+            self._last = (datagram[:24], state, key_id, session, key)
         self.opened += 1
         # Built without the frozen dataclass's __init__ (its per-field
         # object.__setattr__ cost a sixth of an open): what it would set.
@@ -317,12 +321,14 @@ class DatagramOpener:
         self.refused[reason] += 1
         return SealRefused(reason)
 
-    def _session_of(self, datagram: bytes, size: int) -> tuple[_Session, int, bytes, int, bool]:
+    def _session_of(
+        self, datagram: bytes, size: int
+    ) -> tuple[_Session, int, bytes, int, bool, SealKey]:
         """Check a datagram's header.
 
         Returns:
             Its session's state (a new one, not yet kept, if ``fresh``), key
-            id, session id, counter, and ``fresh``.
+            id, session id, counter, ``fresh``, and the key.
 
         Raises:
             SealRefused: a header that is not ours (counted).
@@ -343,14 +349,9 @@ class DatagramOpener:
             raise self._refused(Refusal.UNKNOWN_KEY)
         state = self._sessions.get((key_id, session))
         if state is None:
-            return (
-                _Session(start, session_cipher(key, self.direction, session)),
-                key_id,
-                session,
-                counter,
-                True,
-            )
-        return state, key_id, session, counter, False
+            state = _Session(start, session_cipher(key, self.direction, session))
+            return state, key_id, session, counter, True, key
+        return state, key_id, session, counter, False, key
 
     def _admit(self, name: tuple[int, bytes], state: _Session) -> None:
         """Keep a new session, unless it is stale; forget the oldest beyond the limit."""
