@@ -100,3 +100,26 @@ def test_remembered_shapes_are_bounded() -> None:
         envelope = P.Envelope(stream, n, AT, _report(f"CASE-TEST-{n:04d}"))
         assert lines.line(envelope, retrieved=False, at=AT) == _reference(envelope, False, AT)
         assert len(lines._contents) <= 4
+
+
+@PROPERTY
+@given(
+    st.lists(st.booleans(), min_size=1, max_size=6), st.sampled_from([AT, AT.replace(year=2027)])
+)
+def test_lines_of_one_wake_up_say_each_whether_retrieved(
+    retrieved: list[bool], at: dt.datetime
+) -> None:
+    """The text after the content is remembered per arrival time: ``retrieved`` too."""
+    lines = JsonLines()
+    envelope = P.Envelope(
+        P.StreamId("w-3f9a1c", P.StreamKind.CMII), 7, AT, _report("CASE-TEST-0001")
+    )
+    for flag in retrieved:
+        assert lines.line(envelope, retrieved=flag, at=at) == _reference(envelope, flag, at)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.datetimes(min_value=dt.datetime(1000, 1, 1), timezones=st.just(dt.UTC)))
+def test_iso_time_is_strftimes_text(value: dt.datetime) -> None:
+    """The fast form (two-digit fields from a table) against strftime's."""
+    assert iso_time(value) == value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -208,3 +208,42 @@ def test_the_counter_of_a_sealer_is_unique_per_datagram() -> None:
     s = sealer()
     counters = [HEADER.unpack_from(s.seal(b""))[6] for _ in itertools.repeat(None, 50)]
     assert counters == list(range(1, 51))
+
+
+def test_a_restore_takes_effect_for_the_session_opened_just_before() -> None:
+    """The opener remembers the last session's header; a restore must replace that too."""
+    s = sealer()
+    datagrams = [s.seal(bytes([n])) for n in range(6)]
+    o, other = opener(), opener()
+    for datagram in datagrams[:3]:
+        o.open(datagram)
+    for datagram in datagrams[:5]:
+        other.open(datagram)
+    o.restore(other.saved())  # the same session, its highest now 5
+    assert refusal(o, datagrams[3]) is Refusal.REPLAYED
+    assert o.open(datagrams[5]).counter == 6
+
+
+def test_the_same_session_header_is_checked_for_size_tag_and_replay() -> None:
+    """A datagram starting like the last one opened is still sized, authenticated, windowed."""
+    s, o = sealer(), opener()
+    first, second = s.seal(b"one"), s.seal(b"two")
+    o.open(first)
+    assert refusal(o, first[:40]) is Refusal.TOO_SHORT
+    forged = bytearray(second)
+    forged[-1] ^= 1
+    assert refusal(o, bytes(forged)) is Refusal.BAD_TAG
+    assert refusal(o, first) is Refusal.REPLAYED
+    assert o.open(second).message == b"two"
+    assert o.refused == {Refusal.TOO_SHORT: 1, Refusal.BAD_TAG: 1, Refusal.REPLAYED: 1}
+    assert o.opened == 2
+
+
+def test_a_key_dropped_by_a_reload_refuses_its_session_at_once() -> None:
+    """The last session's header is remembered, its key is not taken on trust (tap revoked)."""
+    s, o = sealer(), opener()
+    o.open(s.seal(b"one"))
+    o.keys = {}  # as the server's sync_keys does after a reload that revokes the tap
+    assert refusal(o, s.seal(b"two")) is Refusal.UNKNOWN_KEY
+    o.keys = {KEY.key_id: KEY}
+    assert o.open(s.seal(b"three")).message == b"three"

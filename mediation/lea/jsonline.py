@@ -55,11 +55,12 @@ class JsonLines:
         self.view = SharedPartsView(limit)
         # key of a message's shared parts -> (the message, text before and after its time)
         self._contents: dict[tuple[Any, ...], tuple[Any, str, str] | None] = {}
-        self._streams: dict[int, tuple[pdu.StreamId, str]] = {}
+        self._streams: dict[int, tuple[pdu.StreamId, str]] = {}  # id -> (stream, _head text)
         # Per message class: what reads its fields but the time stamp (the key's parts).
         self._shared: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
-        self._time: tuple[dt.datetime | None, str] = (None, "")
-        self._mediated: tuple[dt.datetime | None, str] = (None, "")
+        self._end_text: tuple[dt.datetime | None, bool | None, str] = (None, None, "")
+        # The last mediationTime, its text, and the line's text from it to the content.
+        self._mediated: tuple[dt.datetime | None, str, str] = (None, "", "")
 
     def line(self, envelope: pdu.Envelope, *, retrieved: bool, at: dt.datetime) -> bytes:
         """The line of one envelope, newline included.
@@ -81,29 +82,30 @@ class JsonLines:
             out["retrieved"] = retrieved
             out["receivedTime"] = iso_time(at)
             return _dumps(out).encode() + b"\n"
-        before, after = split
+        _message, before, after = split
         clock = envelope.clock_status
         tail = "" if clock is None else _CLOCK[clock]
         if envelope.redelivered is not None:
             tail += ',"redelivered":true' if envelope.redelivered else ',"redelivered":false'
         mediated = envelope.mediation_time
-        last, mediated_text = self._mediated
+        last, mediated_text, mediated_part = self._mediated
         if mediated is not last:  # a batch's envelopes share one (the reader's cache): by identity
             mediated_text = iso_time(mediated)
-            self._mediated = (mediated, mediated_text)
+            mediated_part = f',"mediationTime":"{mediated_text}","content":'
+            self._mediated = (mediated, mediated_text, mediated_part)
         stamp = content.timestamp
         stamp_text = mediated_text if stamp == mediated else iso_time(stamp)
         return (
-            f'{{"type":"pduEnvelope","stream":{self._stream(envelope.stream)},'
-            f'"sequenceNumber":{envelope.sequence_number},'
-            f'"mediationTime":"{mediated_text}",'
-            f'"content":{before}"{stamp_text}"{after}{tail},'
-            f'"retrieved":{"true" if retrieved else "false"},'
-            f'"receivedTime":"{self._iso(at)}"}}\n'
+            f"{self._head(envelope.stream)}{envelope.sequence_number}{mediated_part}"
+            f'{before}"{stamp_text}"{after}{tail}{self._end(retrieved, at)}'
         ).encode()
 
-    def _content(self, message: pdu.CmIIMessage) -> tuple[str, str] | None:
-        """The message's text before and after its time stamp; None: serialise it whole."""
+    def _content(self, message: pdu.CmIIMessage) -> tuple[Any, str, str] | None:
+        """The message's text before and after its time stamp; None: serialise it whole.
+
+        Returns:
+            ``(a message of that shape, text before, text after)``, or None.
+        """
         cls = message.__class__
         shared = self._shared.get(cls)
         if shared is None:
@@ -115,9 +117,7 @@ class JsonLines:
             if len(self._contents) >= self.limit:
                 self._contents.clear()
             self._contents[key] = seen  # the message keeps every id in the key alive
-        if seen is None:
-            return None
-        return seen[1], seen[2]
+        return seen
 
     def _shared_parts(self, cls: type) -> Callable[[Any], tuple[Any, ...]]:
         """Reads every field but the time stamp of a message of class ``cls``, in one call."""
@@ -141,21 +141,25 @@ class JsonLines:
         before, after = text.split(_MARK_JSON)
         return message, before, after
 
-    def _stream(self, stream: pdu.StreamId) -> str:
+    def _head(self, stream: pdu.StreamId) -> str:
+        """A line's text up to its sequence number's digits (one per stream)."""
         seen = self._streams.get(id(stream))
         if seen is not None and seen[0] is stream:
             return seen[1]
         text = _dumps({"warrantHandle": stream.warrant_handle, "kind": stream.kind.value})
+        text = f'{{"type":"pduEnvelope","stream":{text},"sequenceNumber":'
         if len(self._streams) >= self.limit:
             self._streams.clear()
         self._streams[id(stream)] = (stream, text)
         return text
 
-    def _iso(self, when: dt.datetime) -> str:
-        """iso_time, remembering the last one (the arrival time is one per wake-up)."""
-        last, text = self._time
-        if when is last or (last is not None and when == last):  # equal instants, equal text
-            return text
-        text = iso_time(when)
-        self._time = (when, text)
+    def _end(self, retrieved: bool, at: dt.datetime) -> str:
+        """A line's text after its content, newline included (one per wake-up: ``at``)."""
+        last, was, text = self._end_text
+        if retrieved is was and (at is last or (last is not None and at == last)):
+            return text  # equal instants, equal text
+        text = (
+            f',"retrieved":{"true" if retrieved else "false"},"receivedTime":"{iso_time(at)}"}}\n'
+        )
+        self._end_text = (at, retrieved, text)
         return text

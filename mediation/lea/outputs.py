@@ -259,9 +259,11 @@ class CaseOutputs:
         self._cc_packet(sequence, packet, when)
 
     def _cc_packet(self, seq: int, payload: bytes, when: dt.datetime) -> None:
-        if self._last_cc is not None and seq < self._last_cc:
+        last = self._last_cc
+        if last is None or seq > last:
+            self._last_cc = seq
+        elif seq < last:
             self.cc_in_order = False
-        self._last_cc = seq if self._last_cc is None else max(seq, self._last_cc)
         first = payload[0] if payload else 0  # is_ip_packet(), inline (per packet)
         if not (
             (first >> 4 == 4 and len(payload) >= 20 and first & 0x0F >= 5)

@@ -176,9 +176,10 @@ class ReceiverState:
             transport: ``udp``, ``tls`` or ``retrieval``, for the counters.
             now: the trio clock.
         """
+        store = self.envelope
         for event in events:
-            if isinstance(event, EnvelopeReceived):
-                self.envelope(event, raw_for(event), transport, now)
+            if event.__class__ is EnvelopeReceived or isinstance(event, EnvelopeReceived):
+                store(event, raw_for(event), transport, now)
             elif isinstance(event, CheckpointReceived):
                 self.case(event.checkpoint.stream.warrant_handle).store_checkpoint(raw_for(event))
             elif isinstance(event, GapDetected):

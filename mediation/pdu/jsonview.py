@@ -105,17 +105,17 @@ def _value(value: Any) -> Any:
     raise TypeError(f"no JSON form for {type(value).__name__}")
 
 
+_TWO = tuple(f"{n:02d}" for n in range(100))
+
+
 def iso_time(value: dt.datetime) -> str:
     """``2026-11-23T00:11:00.500000Z``: UTC, always with microseconds."""
     if value.tzinfo is dt.UTC and value.year >= 1000:  # the usual case, without strftime
-        return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031  (the fast one)
-            value.year,
-            value.month,
-            value.day,
-            value.hour,
-            value.minute,
-            value.second,
-            value.microsecond,
+        # Two-digit fields from a table, not formatted: a third faster than
+        # "%04d-%02d..." (a receiver makes one per header report).
+        return (
+            f"{value.year}-{_TWO[value.month]}-{_TWO[value.day]}T{_TWO[value.hour]}:"
+            f"{_TWO[value.minute]}:{_TWO[value.second]}.{value.microsecond:06d}Z"
         )
     if value.tzinfo is None:
         raise ValueError("naive datetime: its time zone is unknown")

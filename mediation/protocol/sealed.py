@@ -228,6 +228,9 @@ class Opened:
 
 _NEW = object.__new__
 _WINDOW_MASK = (1 << WINDOW) - 1
+_PAD = b"\0\0\0\0"  # the nonce: the counter in 12 octets
+# Longer than any datagram, so no datagram starts with it: before the first opens.
+_NO_LAST: tuple[bytes, None, int, bytes, None] = (bytes(MAX_DATAGRAM + 1), None, 0, b"", None)
 
 
 class DatagramOpener:
@@ -257,6 +260,9 @@ class DatagramOpener:
         self.refused: collections.Counter[Refusal] = collections.Counter()
         self.opened = 0
         self._sessions: dict[tuple[int, bytes], _Session] = {}
+        # The first 24 octets of the last datagram opened and its session's
+        # (state, key id, session id, key); emptied whenever sessions change.
+        self._last: tuple[bytes, _Session | None, int, bytes, SealKey | None] = _NO_LAST
 
     def open(self, datagram: bytes) -> Opened:
         """Check one datagram; count and raise if it is refused.
@@ -264,50 +270,42 @@ class DatagramOpener:
         Raises:
             SealRefused: with the reason; the datagram must be dropped unread.
         """
-        try:
-            opened = self._open(datagram)
-        except SealRefused as exc:
-            self.refused[exc.reason] += 1
-            raise
-        self.opened += 1
-        return opened
-
-    def _open(self, datagram: bytes) -> Opened:
-        if len(datagram) < OVERHEAD:
-            raise SealRefused(Refusal.TOO_SHORT)
-        if len(datagram) > MAX_DATAGRAM:
-            raise SealRefused(Refusal.TOO_LONG)
-        magic, version, direction, key_id, session, start, counter = HEADER.unpack_from(datagram)
-        if magic != MAGIC:
-            raise SealRefused(Refusal.BAD_MAGIC)
-        if version != VERSION:
-            raise SealRefused(Refusal.BAD_VERSION)
-        if direction != self.direction:
-            raise SealRefused(Refusal.WRONG_DIRECTION)
-        key = self.keys.get(key_id)
-        if key is None:
-            raise SealRefused(Refusal.UNKNOWN_KEY)
-        name = (key_id, session)
-        state = self._sessions.get(name)
-        fresh = state is None
-        if state is None:
-            state = _Session(start, session_cipher(key, self.direction, session))
+        size = len(datagram)
+        last = self._last
+        if (
+            OVERHEAD <= size <= MAX_DATAGRAM
+            and datagram.startswith(last[0])
+            and self.keys.get(last[2]) is last[4]  # the key still held (a reload may drop it)
+        ):
+            # The usual case: the same session as the datagram before. Its first
+            # 24 octets (magic to session start) are those of a datagram whose
+            # header was checked, of a session still kept: checked again by
+            # one comparison (the tag covers them all the same).
+            _prefix, state, key_id, session, _key = last
+            fresh = known = False
+            counter = int.from_bytes(datagram[24:32], "big")
+        else:
+            state, key_id, session, counter, fresh, key = self._session_of(datagram, size)
+            known = True  # remembered below once the datagram proves authentic and new
         header = datagram[: HEADER.size]
         try:
-            message = state.aead.decrypt(b"\0\0\0\0" + header[24:], datagram[HEADER.size :], header)
+            message = state.aead.decrypt(_PAD + datagram[24:32], datagram[HEADER.size :], header)
         except InvalidTag:
-            raise SealRefused(Refusal.BAD_TAG) from None
+            raise self._refused(Refusal.BAD_TAG) from None
         # Authentic from here on (the start is under the tag: a known session's
         # datagram with another start fails it).
         if counter == 0 or (counter <= state.highest and not state.check(counter)):
-            raise SealRefused(Refusal.REPLAYED)  # (above the highest, check() says new)
+            raise self._refused(Refusal.REPLAYED)  # (above the highest, check() says new)
         if fresh:
-            self._admit(name, state)
+            self._admit((key_id, session), state)
         if counter == state.highest + 1:  # mark(), inline for the usual next counter
             state.seen = ((state.seen << 1) | 1) & _WINDOW_MASK
             state.highest = counter
         else:
             state.mark(counter)
+        if known:
+            self._last = (datagram[:24], state, key_id, session, key)
+        self.opened += 1
         # Built without the frozen dataclass's __init__ (its per-field
         # object.__setattr__ cost a sixth of an open): what it would set.
         opened = _NEW(Opened)
@@ -318,16 +316,53 @@ class DatagramOpener:
         fields["counter"] = counter
         return opened
 
+    def _refused(self, reason: Refusal) -> SealRefused:
+        """Count a refusal; the error to raise."""
+        self.refused[reason] += 1
+        return SealRefused(reason)
+
+    def _session_of(
+        self, datagram: bytes, size: int
+    ) -> tuple[_Session, int, bytes, int, bool, SealKey]:
+        """Check a datagram's header.
+
+        Returns:
+            Its session's state (a new one, not yet kept, if ``fresh``), key
+            id, session id, counter, ``fresh``, and the key.
+
+        Raises:
+            SealRefused: a header that is not ours (counted).
+        """
+        if size < OVERHEAD:
+            raise self._refused(Refusal.TOO_SHORT)
+        if size > MAX_DATAGRAM:
+            raise self._refused(Refusal.TOO_LONG)
+        magic, version, direction, key_id, session, start, counter = HEADER.unpack_from(datagram)
+        if magic != MAGIC:
+            raise self._refused(Refusal.BAD_MAGIC)
+        if version != VERSION:
+            raise self._refused(Refusal.BAD_VERSION)
+        if direction != self.direction:
+            raise self._refused(Refusal.WRONG_DIRECTION)
+        key = self.keys.get(key_id)
+        if key is None:
+            raise self._refused(Refusal.UNKNOWN_KEY)
+        state = self._sessions.get((key_id, session))
+        if state is None:
+            state = _Session(start, session_cipher(key, self.direction, session))
+            return state, key_id, session, counter, True, key
+        return state, key_id, session, counter, False, key
+
     def _admit(self, name: tuple[int, bytes], state: _Session) -> None:
         """Keep a new session, unless it is stale; forget the oldest beyond the limit."""
         newest = self.newest_start
         too_old = newest is not None and state.start_us < newest - self.grace_us
         if too_old or (self.floor is not None and state.start_us <= self.floor):
-            raise SealRefused(Refusal.STALE_SESSION)
+            raise self._refused(Refusal.STALE_SESSION)
         if len(self._sessions) >= self.max_sessions:
             oldest = min(self._sessions, key=lambda n: self._sessions[n].start_us)
             if self._sessions[oldest].start_us >= state.start_us:
-                raise SealRefused(Refusal.STALE_SESSION)  # it would be forgotten at once
+                raise self._refused(Refusal.STALE_SESSION)  # it would be forgotten at once
             # Its window goes with it: it may never come back (a replay would).
             self.floor = max(self.floor or 0, self._sessions.pop(oldest).start_us)
         self._sessions[name] = state
@@ -366,6 +401,7 @@ class DatagramOpener:
         """
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ValueError("not a saved opener state")
+        self._last = _NO_LAST  # sessions change below
         newest = data.get("newestStart")
         if newest is not None:
             self.newest_start = max(int(newest), self.newest_start or 0)

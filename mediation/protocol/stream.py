@@ -29,7 +29,7 @@ from mediation.protocol.events import (
     Event,
     Range,
 )
-from mediation.protocol.framing import MAX_MESSAGE
+from mediation.protocol.framing import MAX_MESSAGE, leading_messages
 from mediation.protocol.gaps import SequenceTracker
 from mediation.protocol.keepalive import (
     KEEPALIVE_INTERVAL,
@@ -279,6 +279,7 @@ class StreamReceiver(StreamConnection):
             if stream not in self.retrieval.trackers and position > 0:
                 self.retrieval.tracker(stream).add_range(0, position - 1)
         self._dirty: set[pdu.StreamId] = set()
+        self._carry = 0  # octets the message the buffer holds lacks, when known (receive_data)
         self._unacked = 0
         self._ack_at: float | None = None
 
@@ -289,6 +290,7 @@ class StreamReceiver(StreamConnection):
         send again what is already stored.
         """
         self._start(now)
+        self._carry = 0  # a new buffer
         self.retrieval.connection_lost()
         self._dirty = set(self._position)
         self._flush_acks()
@@ -312,6 +314,48 @@ class StreamReceiver(StreamConnection):
         """See :meth:`RetrievalClient.request_missing`."""
         self._require_connection()
         return self.retrieval.request_missing(stream, below, now)
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """:meth:`StreamConnection.receive_data`, a read's whole messages cut from it.
+
+        The messages a read holds whole are sliced from it
+        (``framing.leading_messages``); the buffer takes only the rest: the
+        message a read cuts short, completed by the octets it lacked at the
+        start of the next read, and anything unusual. The events, the errors
+        and what :meth:`events_before_break` returns are the same.
+        """
+        carry, self._carry = self._carry, 0
+        if not self._connected or data.__class__ is not bytes:
+            return super().receive_data(data, now)  # (broken: it raises)
+        head = b""
+        if self._buffer.pending:
+            if not carry or carry > len(data):  # unknown, or still short: the buffer's
+                events = super().receive_data(data, now)
+                self._carry = carry - len(data) if carry > len(data) else 0
+                return events
+            head, data = data[:carry], data[carry:]
+        whole, rest, need = leading_messages(data, self._max_message)
+        events: list[Event] = super().receive_data(head, now) if head else []
+        try:
+            if whole:
+                self._keepalive.heard(now)  # once per read: all its messages arrived by now
+            message = self._message
+            for raw in whole:
+                events.extend(message(raw, now))
+        except ProtocolError as exc:  # as StreamConnection.receive_data breaks the connection
+            self._broken = exc
+            self._connected = False
+            self._out.clear()
+            self._unreturned = events
+            raise
+        if rest < len(data):
+            try:
+                events.extend(super().receive_data(data[rest:], now))
+            except ProtocolError:
+                self._unreturned = events + self._unreturned  # this read's, in order
+                raise
+            self._carry = need  # the rest was one message cut short: the octets it lacks
+        return events
 
     def _message(self, raw: bytes, now: float) -> list[Event]:
         """Each envelope's and checkpoint's event keeps the message's octets (``raw``).
