@@ -162,8 +162,11 @@ class TapClient(LinkSession):
         linger: float = LINGER_SECONDS,
         epoch: int | None = None,
         fixed: tuple[Any, ...] | None = None,
+        trace: Any = None,
     ) -> None:
         self.credentials = credentials
+        # A BatchTrace (mediation/tap/trace.py) while measuring latency; else None.
+        self.trace = trace
         # The seed form's one tap and kernel filter: not rebuilt from warrant sets.
         self.fixed = fixed
         self.spool = spool
@@ -420,11 +423,14 @@ class TapClient(LinkSession):
             if not self._pending:
                 return
             first, last = self._pending_first, self._pending_last
+            count, sealed = self._pending_count, time.time_ns() // 1000
             payload = self._take()
             batch = await trio.to_thread.run_sync(spool.append, payload, first, last)
         if batch is None:
             self.counters.overflow_batches += 1
             return
+        if self.trace is not None:
+            self.trace.sealed(batch, count, first, last, sealed)
         self._recent.append((batch, payload))
         if len(self._recent) > 64:
             self._recent.popleft()
