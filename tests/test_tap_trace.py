@@ -37,6 +37,9 @@ class MemorySpool:
     def last_id(self) -> int:
         return len(self.batches)
 
+    def ahead(self, size: int) -> int | None:
+        return None
+
     def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
         self.batches.append(payload)
         return len(self.batches)

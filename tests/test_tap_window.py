@@ -37,6 +37,9 @@ class MemorySpool:
     def last_id(self) -> int:
         return len(self.batches)
 
+    def ahead(self, size: int) -> int | None:
+        return None  # each batch waits for its append
+
     def pending(self) -> Any:
         return [(i + 1, b) for i, b in enumerate(self.batches) if i + 1 > self.acked]
 

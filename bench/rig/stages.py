@@ -10,8 +10,9 @@ batch holds the PDUs captured from its first to its last time stamp,
 batches in capture order). Stages:
 
     batching    capture -> batch sealed (linger, the replay's step)
-    spool       sealed -> spooled (the spool's thread: AES-GCM, write)
-    to send     spooled -> TLS write returned (window, sender's turn)
+    spool       sealed -> spooled (the spool's thread: AES-GCM, write, fdatasync)
+    to send     sealed -> TLS write returned (the spool's write unless sent ahead
+                of it, the window, the sender's turn)
     to server   sent -> the server's receive time (TCP, the server's read and ingest)
     durable     server -> the tap read its ack (group commit, fdatasync, ack)
     deliver     server -> the agency's arrival, per agency (commit, delivery, receiver)
@@ -95,7 +96,7 @@ def breakdown(
             out["batching"].append(batch.sealed - captured)
             out["spool"].append(batch.spooled - batch.sealed)
             if batch.sent is not None:
-                out["to send"].append(batch.sent - batch.spooled)
+                out["to send"].append(batch.sent - batch.sealed)
                 if server is not None:
                     out["to server"].append(server - batch.sent)
             if batch.acked is not None and server is not None:

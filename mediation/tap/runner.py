@@ -181,7 +181,9 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
     spool = None
     if settings.udp is None:
         spool = await trio.to_thread.run_sync(
-            TapSpool.open, settings.spool_dir, credentials.hmac_key, settings.spool_limit
+            lambda: TapSpool.open(
+                settings.spool_dir, credentials.hmac_key, settings.spool_limit, reserve=True
+            )
         )
     address, source = settings.address, settings.source
     trace = BatchTrace.from_environment()  # latency work only (bench/e2e.py --stages)
