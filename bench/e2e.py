@@ -373,6 +373,7 @@ def main() -> int:
     parser.add_argument("--catchup-rate", type=int, default=1250, metavar="FRAMES")
     parser.add_argument("--all", action="store_true", help="run every step, lossy or not")
     parser.add_argument("--stages", action="store_true", help="latency by stage (rig/stages.py)")
+    parser.add_argument("--linger", type=float, metavar="MS", help="the tap's --linger")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the work directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -387,6 +388,8 @@ def main() -> int:
         rig.tap_env["MEDIATION_TAP_TRACE"] = str(work / "tap-trace.txt")
         for counter in rig.counters.values():
             counter.keep = True
+    if args.linger is not None:
+        rig.tap_args += ["--linger", f"{args.linger:g}"]
     try:
         rig.setup()
         for kind in ("udp", "tls"):

@@ -90,6 +90,7 @@ class Rig:
         self.receivers: dict[str, subprocess.Popen[bytes]] = {}
         self.tap: subprocess.Popen[bytes] | None = None
         self.tap_env: dict[str, str] = {}  # more environment for the tap (e2e.py --stages)
+        self.tap_args: list[str] = []  # more options for `tap run` (e2e.py --linger)
         self.counters = {name: AgencyCounter(self.agency / name) for name in ("udp", "tls")}
 
     def mediate(self, *args: str) -> str:
@@ -174,7 +175,7 @@ class Rig:
         """``mediate tap run --read`` at ``rate`` frames/s; its wall time, usage and output."""
         argv = self.tap_checkout.argv(
             "tap", "run", "--credentials", str(self.work / f"{TAP}.tap"),
-            "--read", str(capture), "--speed", f"{rate:g}", "-q",
+            "--read", str(capture), "--speed", f"{rate:g}", "-q", *self.tap_args,
         )  # fmt: skip
         out = self.work / "tap.out"
         with out.open("wb") as handle:
