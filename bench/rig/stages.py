@@ -41,6 +41,7 @@ class Batch:
 def read_trace(path: Path) -> list[Batch]:
     """The tap's batches in batch order, each with its times (epoch seconds)."""
     batches: dict[int, Batch] = {}
+    sends: dict[int, float] = {}  # the first send of each (a batch sent ahead: before its B)
     acks: list[tuple[int, float]] = []
     try:
         text = path.read_text(encoding="ascii")
@@ -53,12 +54,13 @@ def read_trace(path: Path) -> list[Batch]:
         if fields[0] == "B" and len(fields) == 7:
             first, last, sealed, spooled = (int(f) / 1e6 for f in fields[3:7])
             batches[int(fields[1])] = Batch(first, last, sealed, spooled, int(fields[2]))
-        elif fields[0] == "S" and len(fields) == 3 and int(fields[1]) in batches:
-            batch = batches[int(fields[1])]
-            batch.sent = batch.sent or int(fields[2]) / 1e6  # the first send (not a resend)
+        elif fields[0] == "S" and len(fields) == 3:
+            sends.setdefault(int(fields[1]), int(fields[2]) / 1e6)
         elif fields[0] == "A" and len(fields) == 3:
             acks.append((int(fields[1]), int(fields[2]) / 1e6))
     order = sorted(batches)
+    for number in order:
+        batches[number].sent = sends.get(number)
     acks.sort(key=lambda a: a[1])
     i = 0
     for upto, when in acks:  # each batch: the first ack read that covers it
