@@ -131,7 +131,7 @@ class TapSpool:
         self, directory: Path, key: bytes, limit_bytes: int, lock_fd: int, reserve: bool = False
     ) -> None:
         self.directory = directory
-        self.reserve = reserve  # reserve ids for sending ahead ("Sending ahead" above)
+        self.reserving = reserve  # reserve ids for sending ahead ("Sending ahead" above)
         self.limit_bytes = limit_bytes
         self._key = key
         self._lock_fd: int | None = lock_fd
@@ -258,7 +258,7 @@ class TapSpool:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
         else:
-            if self.reserve and self._reserved - self._next < RESERVE // 2:
+            if self.reserving and self._reserved - self._next < RESERVE // 2:
                 self._reserve()
             return batch
         self._count_overflow(first, last)  # the disk is full before the limit: the same

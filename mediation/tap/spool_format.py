@@ -2,7 +2,7 @@
 
 Files in the directory (mode 0700)::
 
-    state                       acked id and overflow report, encrypted, replaced whole
+    state                       acked id, overflow report, ids reserved; encrypted, replaced whole
     00000000000000000001.seg    a segment: header, then records; named by its first id
     lock                        flock()ed while a process has the spool open
 
