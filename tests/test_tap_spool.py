@@ -90,10 +90,10 @@ def test_a_failed_write_retires_its_id_and_segment(
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
         assert spool.append(payload(0), at(0), at(0)) == 1
 
-        def broken(fd: int) -> None:
+        def broken(fd: int, views: list[memoryview], offset: int) -> None:
             raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr(spool_module.os, "fdatasync", broken)
+        monkeypatch.setattr(spool_module, "write_synced", broken)
         with pytest.raises(OSError):
             spool.append(payload(1), at(1), at(1))
         monkeypatch.undo()
@@ -112,10 +112,10 @@ def test_a_full_disk_is_an_overflow(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
         assert spool.append(payload(0), at(0), at(0)) == 1
 
-        def full(fd: int) -> None:
+        def full(fd: int, views: list[memoryview], offset: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(spool_module.os, "fdatasync", full)
+        monkeypatch.setattr(spool_module, "write_synced", full)
         assert spool.append(payload(1), at(1), at(2)) is None
         monkeypatch.undo()
         assert spool.overflow == (1, at(1), at(2))

@@ -61,7 +61,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mediation.durable import create_open, fsync_dir, write_atomic
+from mediation.durable import create_open, fsync_dir, write_atomic, write_synced
 from mediation.errors import UsageError
 from mediation.tap.atrest import KeyMismatch
 from mediation.tap.spool_format import (
@@ -82,7 +82,6 @@ from mediation.tap.spool_format import (
     seal_state,
     segment_cipher,
     stored_size,
-    write_all,
 )
 
 __all__ = [
@@ -272,8 +271,7 @@ class TapSpool:
         record = seal_record(segment.cipher, batch, first, last, payload)
         self._next += 1  # spent even if the write fails: its nonce may be on disk
         try:
-            write_all(self._fd, record)
-            os.fdatasync(self._fd)
+            write_synced(self._fd, [memoryview(record)], -1)  # one system call, fdatasync's promise
         except OSError:
             self._retire_segment(segment)
             raise

@@ -35,7 +35,6 @@ equal with probability about s²/2^257 after s salts.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -182,10 +181,3 @@ def open_state(key: bytes, raw: bytes) -> tuple[int, int, int, int, int]:
     if len(raw) != STATE_SIZE:
         raise ValueError("damaged (wrong size)")
     return _STATE.unpack(open_blob(key, STATE_MAGIC, STATE_INFO, CHECK_INFO, raw))
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte of ``data`` to ``fd`` (os.write may write less)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
