@@ -58,6 +58,7 @@ sys.path.insert(0, str(HERE / "bench"))
 from rig.capture import write_capture  # noqa: E402  (after the path is set)
 from rig.processes import Checkout, Rig, Usage, udp_drops, usage, wait_for  # noqa: E402
 from rig.relay import relay_baseline  # noqa: E402
+from rig.stages import breakdown, read_trace, report  # noqa: E402
 
 # One step -------------------------------------------------------------------------------
 
@@ -77,6 +78,7 @@ class Step:
     per_pdu: dict[str, float]  # CPU microseconds per PDU
     socket_drops: int = 0  # at the UDP agency's socket (/proc/net/udp)
     note: str = ""
+    stages: str = ""  # --stages: the steady latency by stage (rig/stages.py)
 
     @property
     def lost(self) -> int:
@@ -95,6 +97,7 @@ def run_step(rig: Rig, rate: int, seconds: float) -> Step:
     drops0 = udp_drops(rig.ports["udp"])
     for counter in rig.counters.values():
         counter.latencies()  # skip what earlier steps wrote
+        counter.stamps.clear()
     _elapsed, tap, note = rig.run_tap(capture, rate, seconds * 4 + 60)
     _drain(rig)
     after, held1, logged1 = rig.usages(), _held(rig), rig.logged()
@@ -128,7 +131,20 @@ def run_step(rig: Rig, rate: int, seconds: float) -> Step:
         per_pdu=per_pdu,
         socket_drops=udp_drops(rig.ports["udp"]) - drops0,
         note=note,
+        stages=_stages(rig, lat, seconds),
     )
+
+
+def _stages(rig: Rig, lat: list[tuple[float, float]], seconds: float) -> str:
+    """With --stages: the steady PDUs' latency by stage, from the tap's trace and the lines."""
+    trace = rig.tap_env.get("MEDIATION_TAP_TRACE")
+    if not trace or not lat:
+        return ""
+    batches = read_trace(Path(trace))
+    since = min(captured for captured, _ in lat) + WARM_UP
+    stamps = {name: counter.stamps for name, counter in rig.counters.items()}
+    steady = [b for b in batches if b.first >= since]
+    return report(breakdown(batches, stamps, since), steady, max(seconds - WARM_UP, 0.1))
 
 
 def _held(rig: Rig) -> dict[str, int]:
@@ -194,6 +210,8 @@ def print_step(step: Step) -> None:
     print("    cpu, per PDU, peak RSS: " + "; ".join(cells), flush=True)
     if step.note:
         print(f"    tap: {step.note}", flush=True)
+    if step.stages:
+        print("    stages after the first second:\n" + step.stages, flush=True)
 
 
 def _ms(latency: tuple[float, float] | None) -> str:
@@ -354,6 +372,8 @@ def main() -> int:
     )
     parser.add_argument("--catchup-rate", type=int, default=1250, metavar="FRAMES")
     parser.add_argument("--all", action="store_true", help="run every step, lossy or not")
+    parser.add_argument("--stages", action="store_true", help="latency by stage (rig/stages.py)")
+    parser.add_argument("--linger", type=float, metavar="MS", help="the tap's --linger")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the work directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -364,6 +384,12 @@ def main() -> int:
     rig = Rig(work, Checkout(args.checkout), Checkout(args.tap_checkout))
     print(f"e2e: serve/receive from {rig.checkout.root}, tap from {rig.tap_checkout.root}; "
           f"{os.cpu_count()} CPUs; work in {work}", flush=True)  # fmt: skip
+    if args.stages:  # the tap traces its batches (mediation/tap/trace.py); lines kept
+        rig.tap_env["MEDIATION_TAP_TRACE"] = str(work / "tap-trace.txt")
+        for counter in rig.counters.values():
+            counter.keep = True
+    if args.linger is not None:
+        rig.tap_args += ["--linger", f"{args.linger:g}"]
     try:
         rig.setup()
         for kind in ("udp", "tls"):

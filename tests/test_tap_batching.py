@@ -30,6 +30,9 @@ class MemorySpool:
     def last_id(self) -> int:
         return len(self.batches)
 
+    def ahead(self, size: int) -> int | None:
+        return None  # each batch waits for its append
+
     def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
         self.batches.append(payload)
         return len(self.batches)

@@ -90,10 +90,10 @@ def test_a_failed_write_retires_its_id_and_segment(
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
         assert spool.append(payload(0), at(0), at(0)) == 1
 
-        def broken(fd: int) -> None:
+        def broken(fd: int, views: list[memoryview], offset: int) -> None:
             raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr(spool_module.os, "fdatasync", broken)
+        monkeypatch.setattr(spool_module, "write_synced", broken)
         with pytest.raises(OSError):
             spool.append(payload(1), at(1), at(1))
         monkeypatch.undo()
@@ -112,10 +112,10 @@ def test_a_full_disk_is_an_overflow(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
         assert spool.append(payload(0), at(0), at(0)) == 1
 
-        def full(fd: int) -> None:
+        def full(fd: int, views: list[memoryview], offset: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(spool_module.os, "fdatasync", full)
+        monkeypatch.setattr(spool_module, "write_synced", full)
         assert spool.append(payload(1), at(1), at(2)) is None
         monkeypatch.undo()
         assert spool.overflow == (1, at(1), at(2))
@@ -353,3 +353,62 @@ def test_sigkill_while_appending_leaves_a_prefix(tmp_path: Path) -> None:
             n = batch - before
             assert body == n.to_bytes(4, "big") * (50 + n % 200)
         before = len(ids)
+
+
+def crash(spool: TapSpool) -> None:
+    """The process stops: no close(), nothing more saved."""
+    for fd in (spool._fd, spool._lock_fd):
+        if fd is not None:
+            os.close(fd)
+    spool._fd = spool._lock_fd = None
+
+
+def test_an_id_given_ahead_is_never_given_again(tmp_path: Path) -> None:
+    """The link may send a batch before its append (spool.py, "Sending ahead"): an id
+    ``ahead`` named is reserved durably, so a spool opened after a crash that lost
+    that batch's record starts after it (else the server would take the next new
+    batch for the one it stored)."""
+    spool = TapSpool.open(tmp_path, KEY, 1 << 20, reserve=True)
+    assert spool.ahead(100) is None  # nothing reserved yet: the first append waits
+    assert spool.append(payload(0), at(0), at(0)) == 1
+    assert spool.ahead(100) == 2
+    crash(spool)  # batch 2 was sent ahead; its record never written
+    with TapSpool.open(tmp_path, KEY, 1 << 20, reserve=True) as again:
+        assert [b for b, _ in again.pending()] == [1]
+        assert again.append(payload(1), at(1), at(1)) > 2  # ids jump; never repeat
+        assert again.ahead(100) == again.last_id + 1
+
+
+def test_a_spool_without_reserve_sends_nothing_ahead_and_writes_no_state(tmp_path: Path) -> None:
+    with TapSpool.open(tmp_path, KEY, 1 << 20) as spool:
+        state = (tmp_path / "state").stat().st_mtime_ns
+        for n in range(3):
+            spool.append(payload(n), at(n), at(n))
+            assert spool.ahead(100) is None
+        assert (tmp_path / "state").stat().st_mtime_ns == state
+
+
+def test_ahead_is_none_for_a_batch_the_limit_would_refuse(tmp_path: Path) -> None:
+    size = 2000
+    limit = STATE_SIZE + 2 * (SEGMENT_HEADER + RECORD_OVERHEAD + size)  # two, a segment each
+    too_big = size + SEGMENT_HEADER + 1
+    with TapSpool.open(tmp_path, KEY, limit, reserve=True) as spool:
+        assert spool.append(payload(0, size), at(0), at(0)) == 1
+        assert spool.ahead(size) == 2
+        assert spool.ahead(too_big) is None  # more than the room left
+        assert spool.append(payload(1, too_big), at(1), at(1)) is None  # as the append says
+
+
+def test_a_state_file_from_before_reservations_reads_as_reserving_none() -> None:
+    import struct
+
+    from mediation.tap.spool_format import (
+        CHECK_INFO,
+        STATE_INFO,
+        STATE_MAGIC,
+        open_state,
+        seal_blob,
+    )
+
+    old = seal_blob(KEY, STATE_MAGIC, STATE_INFO, CHECK_INFO, struct.pack(">QQqq", 7, 1, 2, 3))
+    assert open_state(KEY, old) == (7, 1, 2, 3, 0)

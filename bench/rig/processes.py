@@ -89,6 +89,8 @@ class Rig:
         self.server: subprocess.Popen[bytes] | None = None
         self.receivers: dict[str, subprocess.Popen[bytes]] = {}
         self.tap: subprocess.Popen[bytes] | None = None
+        self.tap_env: dict[str, str] = {}  # more environment for the tap (e2e.py --stages)
+        self.tap_args: list[str] = []  # more options for `tap run` (e2e.py --linger)
         self.counters = {name: AgencyCounter(self.agency / name) for name in ("udp", "tls")}
 
     def mediate(self, *args: str) -> str:
@@ -173,14 +175,14 @@ class Rig:
         """``mediate tap run --read`` at ``rate`` frames/s; its wall time, usage and output."""
         argv = self.tap_checkout.argv(
             "tap", "run", "--credentials", str(self.work / f"{TAP}.tap"),
-            "--read", str(capture), "--speed", f"{rate:g}", "-q",
+            "--read", str(capture), "--speed", f"{rate:g}", "-q", *self.tap_args,
         )  # fmt: skip
         out = self.work / "tap.out"
         with out.open("wb") as handle:
             began = time.monotonic()
             process = subprocess.Popen(
                 argv,
-                env=self.tap_checkout.env(self.env),
+                env=self.tap_checkout.env({**self.env, **self.tap_env}),
                 stdout=handle,
                 stderr=handle,
                 cwd=self.tap_checkout.root,  # `python -m` looks in the working directory first
@@ -286,6 +288,10 @@ class AgencyCounter:
         self.offsets: dict[Path, int] = {}
         self.buffers: dict[Path, MessageBuffer] = {}  # a raw file may end inside a message
         self.envelopes = 0
+        # With ``keep``: (capture, the server's mediationTime, arrival) of every line
+        # :meth:`latencies` read, epoch seconds (e2e.py --stages); else not kept.
+        self.keep = False
+        self.stamps: list[tuple[float, float | None, float]] = []
 
     def count(self) -> int:
         for path in self.out.glob("*/cm*.raw"):
@@ -317,9 +323,12 @@ class AgencyCounter:
             end = data.rfind(b"\n") + 1
             self.offsets[path] = offset + end
             for line in data[:end].splitlines():
-                captured, arrived = _times(json.loads(line))
+                parsed = json.loads(line)
+                captured, arrived = _times(parsed)
                 if arrived is None:
                     continue
+                if self.keep and captured is not None:
+                    self.stamps.append((captured, _epoch(parsed.get("mediationTime")), arrived))
                 first = arrived if first is None else min(first, arrived)
                 last = arrived if last is None else max(last, arrived)
                 if captured is not None:

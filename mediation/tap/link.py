@@ -162,8 +162,11 @@ class TapClient(LinkSession):
         linger: float = LINGER_SECONDS,
         epoch: int | None = None,
         fixed: tuple[Any, ...] | None = None,
+        trace: Any = None,
     ) -> None:
         self.credentials = credentials
+        # A BatchTrace (mediation/tap/trace.py) while measuring latency; else None.
+        self.trace = trace
         # The seed form's one tap and kernel filter: not rebuilt from warrant sets.
         self.fixed = fixed
         self.spool = spool
@@ -420,11 +423,25 @@ class TapClient(LinkSession):
             if not self._pending:
                 return
             first, last = self._pending_first, self._pending_last
+            count, sealed = self._pending_count, time.time_ns() // 1000
             payload = self._take()
+            # On a live link the batch goes while the spool writes it (its id reserved:
+            # mediation/tap/spool.py, "Sending ahead"): the fdatasync is off the path.
+            ahead = spool.ahead(len(payload)) if self.connected else None
+            if ahead is not None:
+                self._queue(ahead, payload)
             batch = await trio.to_thread.run_sync(spool.append, payload, first, last)
-        if batch is None:
+        if batch is None:  # sent ahead or not, the spool does not hold it: counted as lost
             self.counters.overflow_batches += 1
             return
+        assert ahead is None or batch == ahead, (batch, ahead)  # one append at a time
+        if self.trace is not None:
+            self.trace.sealed(batch, count, first, last, sealed)
+        if ahead is None:
+            self._queue(batch, payload)
+
+    def _queue(self, batch: int, payload: bytes) -> None:
+        """A batch for the sender, in memory (it reads the spool after a reconnect)."""
         self._recent.append((batch, payload))
         if len(self._recent) > 64:
             self._recent.popleft()

@@ -51,6 +51,7 @@ class Spool(Protocol):
     def append(
         self, payload: bytes, first_time: dt.datetime, last_time: dt.datetime
     ) -> int | None: ...
+    def ahead(self, size: int) -> int | None: ...
     def pending(self) -> Any: ...
     def ack(self, upto: int) -> None: ...
     def ack_in_memory(self, upto: int) -> bool: ...
@@ -97,6 +98,7 @@ class LinkSession:
     _send_lock: trio.Lock  # the connection's: one task sends at a time (_send)
     window_bytes: int
     warrants_ready: trio.Event
+    trace: Any  # a BatchTrace (mediation/tap/trace.py) or None
 
     async def flush(self) -> None:
         raise NotImplementedError
@@ -195,6 +197,8 @@ class LinkSession:
                 else:
                     await self._on_message(message, hello)
             if acked is not None:
+                if self.trace is not None:
+                    self.trace.acked(acked)
                 await self._settle(acked)
             await self._send(stream, machine)  # keepalive answers
             self._new_batch.set()  # the window may have opened
@@ -259,15 +263,18 @@ class LinkSession:
             await self._new_batch.wait()
             self._new_batch = trio.Event()
         while True:
-            sent = False
+            sent: list[int] = []
             while machine.can_send():
                 batch = await self._next_batch()
                 if batch is None or not self._window_open(machine, len(batch[1])):
                     break
                 machine.send_batch(batch[0], batch[1], trio.current_time())
-                self._last_sent, sent = batch[0], True
+                self._last_sent = batch[0]
+                sent.append(batch[0])
             if sent:
                 await self._send(stream, machine)
+                if self.trace is not None:
+                    self.trace.sent(sent)
                 continue
             await self._new_batch.wait()
             self._new_batch = trio.Event()

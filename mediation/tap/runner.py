@@ -176,13 +176,17 @@ def run(
 async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | None) -> int:
     from mediation.tap.link import TapClient, client_context
     from mediation.tap.spool import TapSpool
+    from mediation.tap.trace import BatchTrace
 
     spool = None
     if settings.udp is None:
         spool = await trio.to_thread.run_sync(
-            TapSpool.open, settings.spool_dir, credentials.hmac_key, settings.spool_limit
+            lambda: TapSpool.open(
+                settings.spool_dir, credentials.hmac_key, settings.spool_limit, reserve=True
+            )
         )
     address, source = settings.address, settings.source
+    trace = BatchTrace.from_environment()  # latency work only (bench/e2e.py --stages)
     try:
         client = TapClient(
             credentials,
@@ -194,6 +198,7 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
             epoch=settings.epoch,
             fixed=seed,
             linger=settings.linger,
+            trace=trace,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.run_link)
@@ -211,6 +216,8 @@ async def _run(credentials: Any, settings: RunSettings, seed: tuple[Any, ...] | 
     finally:
         if spool is not None:
             spool.close()
+        if trace is not None:
+            trace.close()
     c = client.counters
     print(
         f"tap {credentials.name}: {c.frames} frames, {c.pdus} PDUs in {c.batches} batches; "

@@ -37,6 +37,15 @@ segment being appended to is kept while it has room, even once all of it
 is acknowledged (a quiet tap's every batch would otherwise create, and its
 ack delete, a segment); it goes once full or at close, so still at most
 one segment's worth of acknowledged batches holds space.
+
+Sending ahead: the link may send a batch while its record is still being
+written (:meth:`TapSpool.ahead`), so the write's ``fdatasync`` is not on
+the path from capture to the server. Such an id must never be given again,
+even if the process or the machine stops before the record is durable (the
+server would take the new batch for the one it stored): ids are reserved
+``RESERVE`` at a time in the state file, durably, before the link may use
+them, and a spool opened again starts after every id reserved. So ids can
+jump at a restart (they are never repeated; the server takes gaps).
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mediation.durable import create_open, fsync_dir, write_atomic
+from mediation.durable import create_open, fsync_dir, write_atomic, write_synced
 from mediation.errors import UsageError
 from mediation.tap.atrest import KeyMismatch
 from mediation.tap.spool_format import (
@@ -73,7 +82,6 @@ from mediation.tap.spool_format import (
     seal_state,
     segment_cipher,
     stored_size,
-    write_all,
 )
 
 __all__ = [
@@ -107,14 +115,22 @@ class _Segment:
     cipher: AESGCM
 
 
+# Ids reserved for sending ahead at a time: a state write per RESERVE / 2
+# batches (about 7 s at 70 batches a second); a restart skips at most this many.
+RESERVE = 1024
+
+
 class TapSpool:
     """A directory of encrypted segments; one process at a time (``flock``).
 
     Not thread-safe: the tap link drives it from one task.
     """
 
-    def __init__(self, directory: Path, key: bytes, limit_bytes: int, lock_fd: int) -> None:
+    def __init__(
+        self, directory: Path, key: bytes, limit_bytes: int, lock_fd: int, reserve: bool = False
+    ) -> None:
         self.directory = directory
+        self.reserving = reserve  # reserve ids for sending ahead ("Sending ahead" above)
         self.limit_bytes = limit_bytes
         self._key = key
         self._lock_fd: int | None = lock_fd
@@ -124,19 +140,24 @@ class TapSpool:
         self._acked_saved = 0  # what the state file says
         self._overflow: tuple[int, int, int] | None = None
         self._next = 1
+        self._reserved = 0  # ids up to this may be sent before their append (the state's)
         self._segment_target = max(limit_bytes // SEGMENT_FRACTION, MIN_LIMIT // 2)
 
     def __repr__(self) -> str:  # never the key
         return f"TapSpool({self.directory}, {self.used_bytes}/{self.limit_bytes} bytes)"
 
     @classmethod
-    def open(cls, directory: Path, key: bytes, limit_bytes: int) -> TapSpool:
+    def open(
+        cls, directory: Path, key: bytes, limit_bytes: int, *, reserve: bool = False
+    ) -> TapSpool:
         """Open (or create, mode 0700) the spool in ``directory``, cutting torn tails.
 
         Args:
             directory: the spool's own directory.
             key: 32 bytes: the tap's credential key.
             limit_bytes: the most the directory may hold, every file counted.
+            reserve: reserve ids so the link may send batches ahead of their
+                append (:meth:`ahead`); without it :meth:`ahead` gives None.
 
         Raises:
             ValueError: ``key`` is not 32 bytes or ``limit_bytes`` < 4096.
@@ -156,7 +177,7 @@ class TapSpool:
         except BlockingIOError:
             os.close(lock_fd)
             raise SpoolError(directory, "in use by another tap process; stop it first") from None
-        spool = cls(directory, bytes(key), limit_bytes, lock_fd)
+        spool = cls(directory, bytes(key), limit_bytes, lock_fd, reserve)
         try:
             spool._recover()
         except BaseException:
@@ -175,6 +196,19 @@ class TapSpool:
     def acked(self) -> int:
         """The greatest batch id acknowledged (0: none yet)."""
         return self._acked
+
+    def ahead(self, size: int) -> int | None:
+        """The id :meth:`append` will give a payload of ``size`` octets, when the link
+        may send it before that append returns ("Sending ahead" above); else None.
+
+        None when the id is not reserved yet or the payload would not fit
+        under the limit (the append would drop it). Only while no append runs.
+        """
+        if self._fd is None or self._next > self._reserved:
+            return None
+        roll = self._segments[-1].size >= self._segment_target
+        need = RECORD_OVERHEAD + size + (SEGMENT_HEADER if roll else 0)
+        return self._next if self.used_bytes + need <= self.limit_bytes else None
 
     @property
     def last_id(self) -> int:
@@ -218,10 +252,14 @@ class TapSpool:
             self._count_overflow(first, last)
             return None
         try:
-            return self._write(payload, first, last, roll)
+            batch = self._write(payload, first, last, roll)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
+        else:
+            if self.reserving and self._reserved - self._next < RESERVE // 2:
+                self._reserve()
+            return batch
         self._count_overflow(first, last)  # the disk is full before the limit: the same
         return None
 
@@ -233,8 +271,7 @@ class TapSpool:
         record = seal_record(segment.cipher, batch, first, last, payload)
         self._next += 1  # spent even if the write fails: its nonce may be on disk
         try:
-            write_all(self._fd, record)
-            os.fdatasync(self._fd)
+            write_synced(self._fd, [memoryview(record)], -1)  # one system call, fdatasync's promise
         except OSError:
             self._retire_segment(segment)
             raise
@@ -393,9 +430,22 @@ class TapSpool:
                 segment.path.unlink()
         fsync_dir(self.directory)
 
+    def _reserve(self) -> None:
+        """Reserve the next ``RESERVE`` ids for sending ahead (the state file, durably).
+
+        A failed write leaves the reservation as it was: the link then
+        waits for each append, as before, until one succeeds.
+        """
+        before = self._reserved
+        self._reserved = self._next + RESERVE
+        try:
+            self._save_state()
+        except OSError:
+            self._reserved = before
+
     def _save_state(self) -> None:
         count, first, last = self._overflow or (0, 0, 0)
-        raw = seal_state(self._key, self._acked, count, first, last)
+        raw = seal_state(self._key, self._acked, count, first, last, self._reserved)
         write_atomic(self.directory / "state", raw)
         self._acked_saved = self._acked
 
@@ -406,7 +456,7 @@ class TapSpool:
         except FileNotFoundError:
             return False
         try:
-            self._acked, count, first, last = open_state(self._key, raw)
+            self._acked, count, first, last, self._reserved = open_state(self._key, raw)
         except KeyMismatch:
             raise self._wrong_key() from None
         except ValueError as exc:
@@ -437,7 +487,8 @@ class TapSpool:
             if segment is not None:
                 self._segments.append(segment)
         last = max((s.last for s in self._segments), default=0)
-        self._next = max(self._acked, last) + 1
+        # An id reserved may have been sent ahead of its record and lost: never reuse one.
+        self._next = max(self._acked, last, self._reserved) + 1
         self._drop_acked()
 
     def _recover_segment(self, path: Path) -> _Segment | None:

@@ -2,7 +2,7 @@
 
 Files in the directory (mode 0700)::
 
-    state                       acked id and overflow report, encrypted, replaced whole
+    state                       acked id, overflow report, ids reserved; encrypted, replaced whole
     00000000000000000001.seg    a segment: header, then records; named by its first id
     lock                        flock()ed while a process has the spool open
 
@@ -35,7 +35,6 @@ equal with probability about s²/2^257 after s salts.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -64,8 +63,12 @@ CHECK_INFO = b"mediation-tap-spool-key-check-v1"
 SEGMENT_HEADER = HEADER_BYTES
 _RECORD = struct.Struct(">IQI")  # ciphertext length, batch id, crc32
 _TIMES = struct.Struct(">qq")
-_STATE = struct.Struct(">QQqq")  # acked, overflow count, first, last
+# acked, overflow count, first, last, ids reserved (the link may send a batch
+# before its record is durable, up to this id: spool.py, "Sending ahead").
+_STATE = struct.Struct(">QQqqQ")
+_STATE_V1 = struct.Struct(">QQqq")  # before the reservation: read as reserving none
 STATE_SIZE = HEADER_BYTES + _STATE.size + TAG_BYTES
+_STATE_V1_SIZE = HEADER_BYTES + _STATE_V1.size + TAG_BYTES
 RECORD_OVERHEAD = _RECORD.size + _TIMES.size + TAG_BYTES
 # Below this a spool holds hardly a batch; a limit this small is a mistake.
 MIN_LIMIT = 4096
@@ -154,26 +157,27 @@ def stored_size(clear: bytes) -> int:
     return _RECORD.size + len(clear) + TAG_BYTES
 
 
-def seal_state(key: bytes, acked: int, count: int, first: int, last: int) -> bytes:
+def seal_state(
+    key: bytes, acked: int, count: int, first: int, last: int, reserved: int = 0
+) -> bytes:
     """The state file's bytes."""
-    clear = _STATE.pack(acked, count, first, last)
+    clear = _STATE.pack(acked, count, first, last, reserved)
     return seal_blob(key, STATE_MAGIC, STATE_INFO, CHECK_INFO, clear)
 
 
-def open_state(key: bytes, raw: bytes) -> tuple[int, int, int, int]:
-    """(acked, overflow count, first, last) from the state file's bytes.
+def open_state(key: bytes, raw: bytes) -> tuple[int, int, int, int, int]:
+    """(acked, overflow count, first, last, ids reserved) from the state file's bytes.
+
+    A state file written before ids were reserved (its size one field
+    shorter) reads as reserving none.
 
     Raises:
         ValueError: damaged or altered.
         KeyMismatch: written under another key.
     """
+    if len(raw) == _STATE_V1_SIZE:
+        clear = open_blob(key, STATE_MAGIC, STATE_INFO, CHECK_INFO, raw)
+        return (*_STATE_V1.unpack(clear), 0)
     if len(raw) != STATE_SIZE:
         raise ValueError("damaged (wrong size)")
     return _STATE.unpack(open_blob(key, STATE_MAGIC, STATE_INFO, CHECK_INFO, raw))
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte of ``data`` to ``fd`` (os.write may write less)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -1,0 +1,106 @@
+"""A batch goes on the link while the spool writes it (mediation/tap/spool.py, "Sending ahead").
+
+The spool's write and its fdatasync (1-4 ms, more on a busy disk) were on
+the path from capture to the server; now a batch whose id the spool has
+reserved is sent at once, and only its acknowledgement waits for the
+write. The connection half runs over a TCP socket on loopback against a
+server side driven by the protocol machine (as in tests/test_tap_window.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import types
+from typing import Any
+
+import trio
+
+from mediation.pdu import taplink as T
+from mediation.protocol.taplink import TapLinkServer
+from mediation.tap.link import TapClient
+
+WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+class SlowSpool:
+    """A spool whose append, once ``slow``, waits until the server has read the batch (10 s
+    at most)."""
+
+    def __init__(self) -> None:
+        self.batches: list[bytes] = []
+        self.acked = 0
+        self.overflow = None
+        self.appending = False
+        self.slow = False
+        self.read_by_server = threading.Event()
+
+    @property
+    def last_id(self) -> int:
+        return len(self.batches)
+
+    def ahead(self, size: int) -> int | None:
+        return len(self.batches) + 1
+
+    def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
+        self.appending = True
+        if self.slow:
+            self.read_by_server.wait(10)
+        self.batches.append(payload)
+        self.appending = False
+        return len(self.batches)
+
+    def pending(self) -> Any:
+        return [(i + 1, b) for i, b in enumerate(self.batches) if i + 1 > self.acked]
+
+    def ack(self, upto: int) -> None:
+        assert upto <= len(self.batches), "acknowledged before it was spooled"
+        self.acked = max(self.acked, upto)
+
+    def ack_in_memory(self, upto: int) -> bool:
+        self.ack(upto)
+        return True
+
+    def clear_overflow(self) -> None:
+        pass
+
+
+async def test_a_batch_is_sent_while_spooled_and_acknowledged_after() -> None:
+    spool = SlowSpool()
+    credentials = types.SimpleNamespace(name="edge-test")
+    tap = TapClient(credentials, spool, ("127.0.0.1", 0), None)  # type: ignore[arg-type]
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    while_appending: list[bool] = []
+
+    async def server() -> None:
+        stream = await listeners[0].accept()
+        machine = TapLinkServer(trio.current_time())
+        while data := await stream.receive_some(1 << 20):
+            for message in machine.receive_data(data, trio.current_time()):
+                if isinstance(message, T.TapHello):
+                    machine.accept(0, trio.current_time())
+                elif isinstance(message, T.PduBatch):
+                    if spool.slow:
+                        while_appending.append(spool.appending)
+                        spool.read_by_server.set()
+                    machine.send_ack(T.BatchAck(message.batch_id, 1), trio.current_time())
+            await stream.send_all(machine.data_to_send())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        nursery.start_soon(tap._speak, stream)
+        with trio.fail_after(30):
+            await tap._acked.wait()  # the server's hello: connected
+            tap._acked = trio.Event()
+            for n, der in enumerate((b"\x04\x01a", b"\x04\x01b"), 1):
+                spool.slow = n == 2  # the first goes as ever: the sender reads the spool first
+                await tap.add("cmCC", WHEN, der)
+                await tap.flush()
+                while spool.acked < n:
+                    await tap._acked.wait()
+                    tap._acked = trio.Event()
+        nursery.cancel_scope.cancel()
+    assert while_appending == [True]  # on the link before its append returned
+    assert len(spool.batches) == 2 and spool.acked == 2
