@@ -71,7 +71,7 @@ async def test_a_batch_is_sent_while_spooled_and_acknowledged_after() -> None:
     tap = TapClient(credentials, spool, ("127.0.0.1", 0), None)  # type: ignore[arg-type]
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
-    while_appending: list[bool] = []
+    while_appending: list[int] = []
 
     async def server() -> None:
         stream = await listeners[0].accept()
@@ -82,7 +82,10 @@ async def test_a_batch_is_sent_while_spooled_and_acknowledged_after() -> None:
                     machine.accept(0, trio.current_time())
                 elif isinstance(message, T.PduBatch):
                     if spool.slow:
-                        while_appending.append(spool.appending)
+                        # The append waits for this read (10 s at most), so a batch
+                        # sent ahead is read with its append still unfinished; a
+                        # batch sent after its append is read with two batches spooled.
+                        while_appending.append(len(spool.batches))
                         spool.read_by_server.set()
                     machine.send_ack(T.BatchAck(message.batch_id, 1), trio.current_time())
             await stream.send_all(machine.data_to_send())
@@ -102,5 +105,5 @@ async def test_a_batch_is_sent_while_spooled_and_acknowledged_after() -> None:
                     await tap._acked.wait()
                     tap._acked = trio.Event()
         nursery.cancel_scope.cancel()
-    assert while_appending == [True]  # on the link before its append returned
+    assert while_appending == [1]  # on the link before its append returned
     assert len(spool.batches) == 2 and spool.acked == 2
