@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import types
-from typing import Any
 
 import trio
+from tapspool_support import MemorySpool
 
 from mediation.pdu import taplink as T
 from mediation.protocol.taplink import TapLinkServer
@@ -23,46 +23,19 @@ from mediation.tap.link import TapClient
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
-class SlowSpool:
-    """A spool whose append, once ``slow``, waits until the server has read the batch (10 s
-    at most)."""
+class SlowSpool(MemorySpool):
+    """A spool that sends ahead, whose append, once ``slow``, waits until the server has
+    read the batch (10 s at most)."""
 
     def __init__(self) -> None:
-        self.batches: list[bytes] = []
-        self.acked = 0
-        self.overflow = None
-        self.appending = False
+        super().__init__(ahead=True)
         self.slow = False
         self.read_by_server = threading.Event()
 
-    @property
-    def last_id(self) -> int:
-        return len(self.batches)
-
-    def ahead(self, size: int) -> int | None:
-        return len(self.batches) + 1
-
     def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
-        self.appending = True
         if self.slow:
             self.read_by_server.wait(10)
-        self.batches.append(payload)
-        self.appending = False
-        return len(self.batches)
-
-    def pending(self) -> Any:
-        return [(i + 1, b) for i, b in enumerate(self.batches) if i + 1 > self.acked]
-
-    def ack(self, upto: int) -> None:
-        assert upto <= len(self.batches), "acknowledged before it was spooled"
-        self.acked = max(self.acked, upto)
-
-    def ack_in_memory(self, upto: int) -> bool:
-        self.ack(upto)
-        return True
-
-    def clear_overflow(self) -> None:
-        pass
+        return super().append(payload, first, last)
 
 
 async def test_a_batch_is_sent_while_spooled_and_acknowledged_after() -> None:

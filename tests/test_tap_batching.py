@@ -12,30 +12,12 @@ import datetime as dt
 from typing import Any
 
 import trio
+from tapspool_support import MemorySpool
 
 from mediation.pdu.taplink import encode_pdu
 from mediation.tap.link import BATCH_SECONDS, LINGER_SECONDS, PIPELINE_BYTES, TapClient
 
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-
-
-class MemorySpool:
-    """What the link needs of a spool, in memory: the batches appended, in order."""
-
-    def __init__(self) -> None:
-        self.batches: list[bytes] = []
-        self.acked = 0
-
-    @property
-    def last_id(self) -> int:
-        return len(self.batches)
-
-    def ahead(self, size: int) -> int | None:
-        return None  # each batch waits for its append
-
-    def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
-        self.batches.append(payload)
-        return len(self.batches)
 
 
 def client(spool: MemorySpool, *, connected: bool) -> TapClient:

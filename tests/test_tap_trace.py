@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from tapspool_support import MemorySpool
 
 from mediation.pdu import taplink as T
 from mediation.protocol.taplink import TapLinkServer
@@ -23,39 +24,6 @@ from mediation.tap.trace import ENVIRONMENT, BatchTrace
 
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 WHEN_US = 1767323045678901
-
-
-class MemorySpool:
-    """The spool's interface in memory."""
-
-    def __init__(self) -> None:
-        self.batches: list[bytes] = []
-        self.acked = 0
-        self.overflow = None
-
-    @property
-    def last_id(self) -> int:
-        return len(self.batches)
-
-    def ahead(self, size: int) -> int | None:
-        return None
-
-    def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
-        self.batches.append(payload)
-        return len(self.batches)
-
-    def pending(self) -> Any:
-        return [(i + 1, b) for i, b in enumerate(self.batches) if i + 1 > self.acked]
-
-    def ack(self, upto: int) -> None:
-        self.acked = max(self.acked, upto)
-
-    def ack_in_memory(self, upto: int) -> bool:
-        self.ack(upto)
-        return True
-
-    def clear_overflow(self) -> None:
-        pass
 
 
 def test_the_trace_is_off_unless_the_environment_names_a_file(

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import types
-from typing import Any
 
 import trio
 import trio.testing
+from tapspool_support import MemorySpool
 
 from mediation.pdu import taplink as T
 from mediation.protocol.taplink import TapLinkServer
@@ -23,35 +23,6 @@ from mediation.tap.link import TapClient
 
 BATCH = 10_000  # octets a batch
 WINDOW = 45_000  # four batches fit, not five
-
-
-class MemorySpool:
-    """The spool's interface in memory: batches spooled before the connection."""
-
-    def __init__(self, batches: list[bytes]) -> None:
-        self.batches = batches
-        self.acked = 0
-        self.overflow = None
-
-    @property
-    def last_id(self) -> int:
-        return len(self.batches)
-
-    def ahead(self, size: int) -> int | None:
-        return None  # each batch waits for its append
-
-    def pending(self) -> Any:
-        return [(i + 1, b) for i, b in enumerate(self.batches) if i + 1 > self.acked]
-
-    def ack(self, upto: int) -> None:
-        self.acked = max(self.acked, upto)
-
-    def ack_in_memory(self, upto: int) -> bool:
-        self.ack(upto)
-        return True
-
-    def clear_overflow(self) -> None:
-        pass
 
 
 def batch() -> bytes:
