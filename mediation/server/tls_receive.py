@@ -29,13 +29,7 @@ import ssl
 
 import trio
 
-try:  # trio's internals this relies on; without them every receive is receive_some's
-    from trio._ssl import _State as _SslState
-
-    _OK = _SslState.OK
-    _BROKEN = _SslState.BROKEN
-except (ImportError, AttributeError):  # pragma: no cover - another trio
-    _OK = _BROKEN = None
+from mediation.server.tls_send import _BROKEN, usable
 
 # What one read of the socket asks for (the kernel gives what it has).
 SOCKET_READ = 256 * 1024
@@ -43,17 +37,7 @@ SOCKET_READ = 256 * 1024
 
 def _direct(stream: trio.SSLStream) -> bool:
     """Whether ``stream`` can be read directly now (else: ``receive_some``)."""
-    if _OK is None or stream.__class__ is not trio.SSLStream:
-        return False
-    try:
-        return (
-            stream._state is _OK
-            and stream._handshook.done
-            and not stream._inner_recv_lock.locked()
-            and isinstance(stream.transport_stream, trio.SocketStream)
-        )
-    except AttributeError:  # pragma: no cover - another trio
-        return False
+    return usable(stream) and not stream._inner_recv_lock.locked()
 
 
 async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:

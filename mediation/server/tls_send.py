@@ -36,20 +36,27 @@ except (ImportError, AttributeError):  # pragma: no cover - another trio
     _OK = _BROKEN = None
 
 
-def _direct(stream: trio.SSLStream) -> bool:
-    """Whether ``stream`` can be written directly now (else: ``send_all``)."""
+def usable(stream: trio.abc.Stream) -> bool:
+    """Whether ``stream`` is a ``trio.SSLStream`` over a socket, handshaken and not
+    broken, on a trio with the internals the direct paths use (here and in
+    :mod:`mediation.server.tls_receive`); else they take trio's own calls."""
     if _OK is None or stream.__class__ is not trio.SSLStream:
         return False
     try:
         return (
-            stream._state is _OK
-            and stream._handshook.done
-            and stream._delayed_outgoing is None
-            and not stream._inner_send_lock.locked()
-            and isinstance(stream.transport_stream, trio.SocketStream)
+            stream._state is _OK  # type: ignore[attr-defined]
+            and stream._handshook.done  # type: ignore[attr-defined]
+            and isinstance(stream.transport_stream, trio.SocketStream)  # type: ignore[attr-defined]
         )
     except AttributeError:  # pragma: no cover - another trio
         return False
+
+
+def _direct(stream: trio.SSLStream) -> bool:
+    """Whether ``stream`` can be written directly now (else: ``send_all``)."""
+    return (
+        usable(stream) and stream._delayed_outgoing is None and not stream._inner_send_lock.locked()
+    )
 
 
 async def send_all(stream: trio.abc.Stream, data: bytes | bytearray) -> None:
