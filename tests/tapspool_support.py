@@ -1,9 +1,15 @@
-"""The tap spool's interface in memory, for the tap link's tests (one fake, not one a file)."""
+"""The tap link's test doubles: the spool in memory, and a server side that acks every batch."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
+
+import trio
+
+from mediation.pdu import taplink as T
+from mediation.protocol.taplink import TapLinkServer
 
 
 class MemorySpool:
@@ -45,3 +51,25 @@ class MemorySpool:
 
     def clear_overflow(self) -> None:
         pass
+
+
+async def acking_server(
+    listener: trio.SocketListener, on_batch: Callable[[T.PduBatch], None] | None = None
+) -> None:
+    """The server's side of a tap link, one connection: accept the hello, ack every batch.
+
+    Args:
+        listener: where the tap connects.
+        on_batch: called with each batch as it is read, before its ack.
+    """
+    stream = await listener.accept()
+    machine = TapLinkServer(trio.current_time())
+    while data := await stream.receive_some(1 << 20):
+        for message in machine.receive_data(data, trio.current_time()):
+            if isinstance(message, T.TapHello):
+                machine.accept(0, trio.current_time())
+            elif isinstance(message, T.PduBatch):
+                if on_batch is not None:
+                    on_batch(message)
+                machine.send_ack(T.BatchAck(message.batch_id, 1), trio.current_time())
+        await stream.send_all(machine.data_to_send())

@@ -14,10 +14,9 @@ import threading
 import types
 
 import trio
-from tapspool_support import MemorySpool
+from tapspool_support import MemorySpool, acking_server
 
 from mediation.pdu import taplink as T
-from mediation.protocol.taplink import TapLinkServer
 from mediation.tap.link import TapClient
 
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -46,25 +45,16 @@ async def test_a_batch_is_sent_while_spooled_and_acknowledged_after() -> None:
     port = listeners[0].socket.getsockname()[1]
     while_appending: list[int] = []
 
-    async def server() -> None:
-        stream = await listeners[0].accept()
-        machine = TapLinkServer(trio.current_time())
-        while data := await stream.receive_some(1 << 20):
-            for message in machine.receive_data(data, trio.current_time()):
-                if isinstance(message, T.TapHello):
-                    machine.accept(0, trio.current_time())
-                elif isinstance(message, T.PduBatch):
-                    if spool.slow:
-                        # The append waits for this read (10 s at most), so a batch
-                        # sent ahead is read with its append still unfinished; a
-                        # batch sent after its append is read with two batches spooled.
-                        while_appending.append(len(spool.batches))
-                        spool.read_by_server.set()
-                    machine.send_ack(T.BatchAck(message.batch_id, 1), trio.current_time())
-            await stream.send_all(machine.data_to_send())
+    def on_batch(batch: T.PduBatch) -> None:
+        if spool.slow:
+            # The append waits for this read (10 s at most), so a batch sent
+            # ahead is read with its append still unfinished; a batch sent
+            # after its append is read with two batches spooled.
+            while_appending.append(len(spool.batches))
+            spool.read_by_server.set()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server)
+        nursery.start_soon(acking_server, listeners[0], on_batch)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         nursery.start_soon(tap._speak, stream)
         with trio.fail_after(30):

@@ -15,10 +15,8 @@ from typing import Any
 
 import pytest
 import trio
-from tapspool_support import MemorySpool
+from tapspool_support import MemorySpool, acking_server
 
-from mediation.pdu import taplink as T
-from mediation.protocol.taplink import TapLinkServer
 from mediation.tap.link import TapClient
 from mediation.tap.trace import ENVIRONMENT, BatchTrace
 
@@ -47,19 +45,8 @@ async def test_each_batch_is_traced_sealed_sent_and_acknowledged() -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
 
-    async def server() -> None:
-        stream = await listeners[0].accept()
-        machine = TapLinkServer(trio.current_time())
-        while data := await stream.receive_some(1 << 20):
-            for message in machine.receive_data(data, trio.current_time()):
-                if isinstance(message, T.TapHello):
-                    machine.accept(0, trio.current_time())
-                elif isinstance(message, T.PduBatch):
-                    machine.send_ack(T.BatchAck(message.batch_id, 1), trio.current_time())
-            await stream.send_all(machine.data_to_send())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server)
+        nursery.start_soon(acking_server, listeners[0])
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         nursery.start_soon(tap._speak, stream)
         for der in (b"\x04\x01a", b"\x04\x01b", b"\x04\x01c"):
