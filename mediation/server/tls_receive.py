@@ -29,7 +29,7 @@ import ssl
 
 import trio
 
-from mediation.server.tls_send import _BROKEN, usable
+from mediation.server.tls_send import mark_broken, usable
 
 # What one read of the socket asks for (the kernel gives what it has).
 SOCKET_READ = 256 * 1024
@@ -76,7 +76,7 @@ async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
                 waited = True
                 continue
             except OSError as exc:  # reset, or closed under us
-                stream._state = _BROKEN
+                mark_broken(stream)
                 raise trio.BrokenResourceError from exc
             if raw:
                 stream._incoming.write(raw)
@@ -102,7 +102,7 @@ def _decrypt(stream: trio.SSLStream, max_bytes: int) -> bytes | None:
         except (ssl.SSLError, ssl.CertificateError) as exc:
             if out:  # what came before the error first; the error on the next call
                 return out
-            stream._state = _BROKEN
+            mark_broken(stream)
             raise trio.BrokenResourceError from exc
         if not chunk:  # the peer's close_notify
             return out
@@ -120,5 +120,5 @@ async def _send_owed(stream: trio.SSLStream) -> None:
                 stream._delayed_outgoing = None
             await stream.transport_stream.send_all(to_send)
         except BaseException:
-            stream._state = _BROKEN
+            mark_broken(stream)
             raise

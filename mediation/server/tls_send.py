@@ -52,6 +52,11 @@ def usable(stream: trio.abc.Stream) -> bool:
         return False
 
 
+def mark_broken(stream: trio.SSLStream) -> None:
+    """Mark ``stream`` broken, as trio does after a TLS error or a reset on its own paths."""
+    stream._state = _BROKEN
+
+
 def _direct(stream: trio.SSLStream) -> bool:
     """Whether ``stream`` can be written directly now (else: ``send_all``)."""
     return (
@@ -84,7 +89,7 @@ async def send_all(stream: trio.abc.Stream, data: bytes | bytearray) -> None:
         except ssl.SSLWantReadError:  # pragma: no cover - TLS 1.2 renegotiation only
             wrote = False
         except (ssl.SSLError, ssl.CertificateError) as exc:
-            stream._state = _BROKEN
+            mark_broken(stream)
             raise trio.BrokenResourceError from exc
         else:
             wrote = True
@@ -107,13 +112,13 @@ async def _send_outgoing(stream: trio.SSLStream) -> None:
         except BlockingIOError:
             sent = 0
         except OSError as exc:  # reset, broken pipe, closed
-            stream._state = _BROKEN
+            mark_broken(stream)
             raise trio.BrokenResourceError from exc
         if sent < len(out):  # the socket's buffer is full: wait as send_all does
             try:
                 await transport.send_all(memoryview(out)[sent:])
             except BaseException:
-                stream._state = _BROKEN
+                mark_broken(stream)
                 raise
     finally:
         lock.release()
