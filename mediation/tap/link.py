@@ -275,7 +275,8 @@ class TapClient(LinkSession):
         gap, self._last_burst = min(now - self._last_burst, BURST_GAP_MAX), now
         self._burst_gap += (gap - self._burst_gap) / 4  # smoothed: steps come unevenly
         late = now + self._burst_gap > self._pending_since + self.linger
-        if self._pending and late and not self._link_busy():
+        worth = self._pending_bytes >= PIPELINE_BYTES and self._few_in_flight()
+        if self._pending and (late or worth) and not self._link_busy():
             await self.flush()
 
     async def add_chunk(
@@ -490,6 +491,12 @@ class TapClient(LinkSession):
         if in_flight + self._pending_bytes > self.window_bytes:
             return True
         return len(machine.in_flight) >= LINGER_IN_FLIGHT and self._pending_bytes < PIPELINE_BYTES
+
+    def _few_in_flight(self) -> bool:
+        """Fewer than ``LINGER_IN_FLIGHT`` batches unacknowledged: a batch of
+        ``PIPELINE_BYTES`` goes at once, not at the linger (latency under load)."""
+        machine = self._machine
+        return machine is None or len(machine.in_flight) < LINGER_IN_FLIGHT
 
     async def _send_datagram(self, payload: bytes) -> None:
         if self._sealer is None or self._udp_socket is None:
