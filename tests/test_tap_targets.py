@@ -142,7 +142,7 @@ def test_frames_in_a_bytearray_match_like_bytes() -> None:
 
 
 def scoped(*texts: str) -> TargetMatcher:
-    from mediation.warrants.validate import parse_target
+    from mediation.warrants.target_text import parse_target
 
     return TargetMatcher([parse_target(t) for t in texts])
 

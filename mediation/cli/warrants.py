@@ -95,12 +95,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     from mediation.warrants.access import KeyNeed
     from mediation.warrants.model import CaseDetails, utc_now
     from mediation.warrants.operations import add_warrant
+    from mediation.warrants.target_text import parse_targets
 
     now, given = utc_now(), gather(args, ADD_FIELDS)
     with given.naming():
         details = CaseDetails(
             case_id=v.parse_case_id(given.get("case_id"), given.name("case_id")),
-            targets=v.parse_targets(given.get("target"), given.name("target")),
+            targets=parse_targets(given.get("target"), given.name("target")),
             sources=_sources(given),
             **_details(given),
         )
@@ -231,7 +232,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _new_targets(given: CaseInput, stored: tuple[Target, ...]) -> tuple[Target, ...] | None:
     """Targets after target (replace), add-target, remove-target; None if untouched."""
     from mediation.errors import UsageError
-    from mediation.warrants.validate import parse_target, parse_targets
+    from mediation.warrants.target_text import parse_target, parse_targets
 
     replace, add, drop = (given.get(k) for k in ("target", "add_target", "remove_target"))
     if not (replace or add or drop):

@@ -47,7 +47,7 @@ from mediation.tap.replay import Tap
 from mediation.tap.targets import TargetMatcher
 from mediation.warrants.authority import TapCredentials
 from mediation.warrants.model import ContentLevel
-from mediation.warrants.validate import parse_target
+from mediation.warrants.target_text import parse_target
 
 log = logging.getLogger("mediation.tap")
 BATCH_PDUS = 1024
