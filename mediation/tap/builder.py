@@ -58,7 +58,8 @@ from mediation.pdu.fast_der import generalized_time
 from mediation.pdu.fast_envelope import CMCC, CMII
 from mediation.tap.dhcp import AccessEvent, Lease, LeaseChange
 from mediation.tap.header_report import CCTemplate, HeaderReportTemplate
-from mediation.tap.packet import ParsedFrame, format_mac
+from mediation.tap.link_layer import format_mac
+from mediation.tap.packet import ParsedFrame
 from mediation.tap.radius_follow import RadiusChange, RadiusEvent
 from mediation.tap.targets import FROM_SUBJECT, TO_SUBJECT, Direction
 from mediation.warrants.model import ContentLevel
