@@ -14,7 +14,8 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from mediation.pdu.confirmation import frame_evidence
-from mediation.tap.builder import PDUBuilder, TapPDU
+from mediation.tap.access_messages import TapPDU
+from mediation.tap.builder import PDUBuilder
 from mediation.tap.dhcp import (
     AccessEvent,
     DhcpFollower,

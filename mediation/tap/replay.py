@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 from mediation.evidence.pcap import PcapReader
 from mediation.tap.access_following import AccessFollowing
-from mediation.tap.builder import DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder, TapPDU
+from mediation.tap.access_messages import TapPDU
+from mediation.tap.builder import DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder
 from mediation.tap.dhcp import AccessEvent, DhcpFollower
 from mediation.tap.packet import LINKTYPE_ETHERNET, PROTO_UDP, ParsedFrame, parse_frame
 from mediation.tap.radius_follow import RadiusFollower
