@@ -15,7 +15,8 @@ import trio
 from tapspool_support import MemorySpool
 
 from mediation.pdu.taplink import encode_pdu
-from mediation.tap.link import BATCH_SECONDS, LINGER_SECONDS, PIPELINE_BYTES, TapClient
+from mediation.tap.batching import BATCH_SECONDS, LINGER_SECONDS, PIPELINE_BYTES
+from mediation.tap.link import TapClient
 
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 

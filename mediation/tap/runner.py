@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from mediation.errors import UsageError
+from mediation.tap.batching import LINGER_SECONDS
 from mediation.tap.file_replay import Pace, replay_file
-from mediation.tap.link import LINGER_SECONDS
 from mediation.tap.replay import Tap
 
 if TYPE_CHECKING:  # the seed form's modules bring the evidence log's: imported when used
