@@ -36,7 +36,7 @@ from mediation.pdu.confirmation import (
 from mediation.tap.replay import Tap
 from mediation.warrants.model import CaseDetails, ContentLevel, Stream
 from mediation.warrants.operations import WarrantChanges, add_warrant, modify_warrant
-from mediation.warrants.validate import parse_target
+from mediation.warrants.target_text import parse_target
 
 
 def _add(site: Site, agency: str, content: ContentLevel) -> P.StreamId:

@@ -9,7 +9,8 @@ import pytest
 from test_warrants_support import AGENCY, Carrier, error_line
 
 from mediation.errors import UsageError
-from mediation.server.config import FilesConfig, parse_config
+from mediation.server.config import FilesConfig
+from mediation.server.config_file import parse_config
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from test_lea_support import (
 
 from mediation import durable
 from mediation import pdu as P
-from mediation.lea.outputs import sort_pcap
+from mediation.lea.cc_pcap import sort_pcap
 from mediation.lea.state import ReceiverState
 from mediation.pdu import fast
 

@@ -27,14 +27,9 @@ from test_lea_support import CMCC, CMII, HANDLE, UDP_KEY, cc_record, cmii_record
 
 from mediation import pdu as P
 from mediation.evidence.pcap import DEFAULT_SNAPLEN, LINKTYPE_RAW, PcapWriter
+from mediation.lea.cc_pcap import capture_time, is_ip_packet, pcap_record_header
 from mediation.lea.files import BUFFER, HashedFile, sha256_of
-from mediation.lea.outputs import (
-    NOT_IP_LISTED,
-    CaseOutputs,
-    capture_time,
-    is_ip_packet,
-    pcap_record_header,
-)
+from mediation.lea.outputs import NOT_IP_LISTED, CaseOutputs
 from mediation.lea.state import ReceiverState
 from mediation.lea.udp import UdpDelivery
 from mediation.pdu.fast import encode_content

@@ -1,4 +1,4 @@
-"""mediation.evidence.pcap: files round-trip, tcpdump reads what we write, and UDP
+"""mediation.evidence.pcap and udp_frames: files round-trip, tcpdump reads what we write, and UDP
 datagrams come out of every frame shape a capture of the delivery network has.
 
 The frame builders here are used by test_decode_cli.py too.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mediation.evidence import pcap
+from mediation.evidence import pcap, udp_frames
 
 TCPDUMP = shutil.which("tcpdump") or (
     "/usr/sbin/tcpdump" if Path("/usr/sbin/tcpdump").exists() else None
@@ -144,7 +144,7 @@ def test_hand_built_big_endian_nanosecond_file_is_read() -> None:
     reader, packets = read_all(head + record)
     assert reader.linktype == pcap.LINKTYPE_LINUX_SLL and reader.nanosecond
     assert packets[0].time_ns == 1795392660_999_999_999
-    assert pcap.udp_datagram(packets[0].data, reader.linktype).payload == b"hi"
+    assert udp_frames.udp_datagram(packets[0].data, reader.linktype).payload == b"hi"
 
 
 def test_snaplen_cuts_frames_and_keeps_original_length() -> None:
@@ -153,7 +153,7 @@ def test_snaplen_cuts_frames_and_keeps_original_length() -> None:
         writer.write(FRAMES[2], T0)
     _reader, (packet,) = read_all(out.getvalue())
     assert packet.data == FRAMES[2][:64] and packet.orig_len == len(FRAMES[2])
-    datagram = pcap.udp_datagram(packet.data, pcap.LINKTYPE_ETHERNET)
+    datagram = udp_frames.udp_datagram(packet.data, pcap.LINKTYPE_ETHERNET)
     assert datagram.truncated and datagram.payload == b"x" * (64 - 14 - 20 - 8)
 
 
@@ -301,7 +301,7 @@ V6 = udp_packet("2001:db8::1", 5000, "2001:db8::2", 6666, b"payload")
     ids=["ethernet", "vlan", "qinq", "sll", "sll2", "raw", "ipv4"],
 )
 def test_udp_datagram_ipv4(frame: bytes, linktype: int, offset: int) -> None:
-    datagram = pcap.udp_datagram(frame, linktype)
+    datagram = udp_frames.udp_datagram(frame, linktype)
     src, sport, dst, dport, payload = datagram
     assert (str(src), sport, str(dst), dport, payload) == (
         "192.0.2.1",
@@ -315,7 +315,7 @@ def test_udp_datagram_ipv4(frame: bytes, linktype: int, offset: int) -> None:
 
 
 def test_udp_datagram_ipv6_and_extension_headers() -> None:
-    src, sport, dst, dport, payload = pcap.udp_datagram(ethernet(V6), 1)
+    src, sport, dst, dport, payload = udp_frames.udp_datagram(ethernet(V6), 1)
     assert (str(src), sport, str(dst), dport, payload) == (
         "2001:db8::1",
         5000,
@@ -326,24 +326,24 @@ def test_udp_datagram_ipv6_and_extension_headers() -> None:
     # hop-by-hop options (8 octets) before the UDP header
     hop = bytes([17, 0]) + bytes(6)
     with_hop = V6[:4] + struct.pack("!H", len(V6) - 40 + 8) + bytes([0]) + V6[7:40] + hop + V6[40:]
-    assert pcap.udp_datagram(with_hop, 101).payload == b"payload"
+    assert udp_frames.udp_datagram(with_hop, 101).payload == b"payload"
 
 
 def test_ethernet_padding_is_not_payload() -> None:
     short = udp_packet("192.0.2.1", 5000, "198.51.100.2", 6666, b"ab")
     frame = ethernet(short) + bytes(60 - 14 - len(short))  # padded to the Ethernet minimum
-    assert pcap.udp_datagram(frame, 1).payload == b"ab"
+    assert udp_frames.udp_datagram(frame, 1).payload == b"ab"
 
 
 def test_ipv4_fragments() -> None:
     first = udp_packet("192.0.2.1", 5000, "198.51.100.2", 6666, b"p" * 100, flags_fragment=0x2000)
     cut = first[: 20 + 8 + 40]  # the first fragment carries the first 48 bytes of UDP
     cut = cut[:2] + struct.pack("!H", len(cut)) + cut[4:]
-    datagram = pcap.udp_datagram(ethernet(cut), 1)
+    datagram = udp_frames.udp_datagram(ethernet(cut), 1)
     assert datagram.truncated and datagram.payload == b"p" * 40
     later = cut[:6] + struct.pack("!H", 6) + cut[8:]  # offset 48
-    with pytest.raises(pcap.SkippedFrame, match="IPv4 fragment at offset 48") as info:
-        pcap.udp_datagram(ethernet(later), 1)
+    with pytest.raises(udp_frames.SkippedFrame, match="IPv4 fragment at offset 48") as info:
+        udp_frames.udp_datagram(ethernet(later), 1)
     assert info.value.fragment
 
 
@@ -362,8 +362,8 @@ def test_ipv4_fragments() -> None:
     ids=["arp", "tcp", "udp-cut", "ip-cut", "empty", "ipv6-cut", "linktype", "vlan-cut"],
 )
 def test_frames_without_a_udp_datagram(frame: bytes, linktype: int, reason: str) -> None:
-    with pytest.raises(pcap.SkippedFrame, match=reason) as info:
-        pcap.udp_datagram(frame, linktype)
+    with pytest.raises(udp_frames.SkippedFrame, match=reason) as info:
+        udp_frames.udp_datagram(frame, linktype)
     assert not info.value.fragment
 
 

@@ -21,7 +21,7 @@ from mediation.log.format import ContentKind
 from mediation.log.segments import list_segments
 from mediation.pdu import StreamKind
 from mediation.server.app import MediationServer
-from mediation.server.config import parse_config
+from mediation.server.config_file import parse_config
 from mediation.server.control import request
 from mediation.warrants.access import KeyNeed, KeyOptions, open_registry
 from mediation.warrants.keys import RegistryKey

@@ -272,7 +272,7 @@ async def test_the_receiver_reconnects_when_the_connection_budget_is_spent(tmp_p
 )
 def test_retrieval_limits_in_the_config_are_read_and_a_bad_one_named(key: str) -> None:
     from mediation.errors import UsageError
-    from mediation.server.config import parse_config
+    from mediation.server.config_file import parse_config
 
     assert getattr(parse_config({"retrieval": {key: 7}}).retrieval, key) == 7
     with pytest.raises(UsageError, match=f"config \\[retrieval\\] {key}: must be a whole number"):

@@ -12,14 +12,8 @@ from test_warrants_support import Carrier
 
 from mediation.errors import UsageError
 from mediation.log import LogConfig
-from mediation.server.config import (
-    RELOADABLE,
-    Limit,
-    ServerConfig,
-    load_config,
-    parse_config,
-    reloaded_config,
-)
+from mediation.server.config import RELOADABLE, ServerConfig, reloaded_config
+from mediation.server.config_file import Limit, load_config, parse_config
 
 
 def test_no_file_means_every_default() -> None:

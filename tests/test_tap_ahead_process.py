@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from delivery_agency import free_port
 from taplink_support import CONFIG, add_tapped_warrant, long_capture, run_tap, tap_command
 from test_control_live import wait_for
 from test_serve_process import Serve
@@ -30,18 +30,12 @@ def carrier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Carrier:
     return carrier
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_tap_killed_mid_stream_goes_on_after_its_reserved_ids(
     carrier: Carrier, tmp_path: Path
 ) -> None:
     add_tapped_warrant(carrier)
     capture = long_capture(tmp_path / "long.pcap", repeat=150)  # 4800 frames over ~2 s
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "ahead.toml"
     config.write_text(
         CONFIG.replace('tls_listen = "127.0.0.1:0"', f'tls_listen = "127.0.0.1:{port}"')

@@ -22,7 +22,7 @@ from mediation.tap.bpf import (
     filter_expressions,
     kernel_filter,
 )
-from mediation.warrants.validate import parse_target
+from mediation.warrants.target_text import parse_target
 
 
 def targets(*texts: str) -> list:

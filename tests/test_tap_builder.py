@@ -22,7 +22,8 @@ from mediation.pdu import (
     decode,
     encode,
 )
-from mediation.tap.builder import SESSION_MESSAGES, FixedCorrelation, FlowCorrelation, PDUBuilder
+from mediation.tap.access_messages import SESSION_MESSAGES
+from mediation.tap.builder import FixedCorrelation, FlowCorrelation, PDUBuilder
 from mediation.tap.dhcp import AccessEvent, EndReason, Lease, LeaseChange
 from mediation.tap.header_report import HeaderReportTemplate
 from mediation.tap.packet import parse_frame

@@ -17,7 +17,7 @@ from scapy.layers.inet6 import IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
 from mediation.warrants.model import CaseDetails, ContentLevel, Target, TargetKind, Warrant
-from mediation.warrants.validate import parse_target
+from mediation.warrants.target_text import parse_target
 
 TARGET_MAC = "02:00:5e:00:53:01"
 OTHER_MAC = "02:00:5e:00:53:02"

@@ -13,16 +13,16 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from mediation.evidence.pcap import PcapReader
-from mediation.tap.packet import (
+from mediation.evidence.pcap import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_RAW,
-    parse_frame,
+    PcapReader,
 )
+from mediation.tap.packet import parse_frame
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "sample" / "sample.pcap"
 LINKTYPES = (

@@ -8,7 +8,8 @@ import ipaddress
 import pytest
 import test_tap_frames as F
 
-from mediation.tap.packet import LINKTYPE_LINUX_SLL, parse_frame
+from mediation.evidence.pcap import LINKTYPE_LINUX_SLL
+from mediation.tap.packet import parse_frame
 from mediation.tap.targets import Direction, TargetMatcher, mac_octets
 from mediation.warrants.model import ContentLevel, Target, TargetKind, Warrant
 
@@ -142,7 +143,7 @@ def test_frames_in_a_bytearray_match_like_bytes() -> None:
 
 
 def scoped(*texts: str) -> TargetMatcher:
-    from mediation.warrants.validate import parse_target
+    from mediation.warrants.target_text import parse_target
 
     return TargetMatcher([parse_target(t) for t in texts])
 

@@ -75,7 +75,7 @@ async def test_speed_n_paces_the_replay_and_stamps_each_frame_when_it_goes() -> 
     import time
 
     from mediation.evidence.pcap import PcapReader
-    from mediation.tap.runner import Pace, _replay
+    from mediation.tap.file_replay import Pace, replay_file
 
     class Client:
         fixed = None  # not the seed form
@@ -95,7 +95,7 @@ async def test_speed_n_paces_the_replay_and_stamps_each_frame_when_it_goes() -> 
         recorded = [packet.time for packet in reader]
     client = Client()
     began = time.monotonic()
-    await _replay(client, pcap, Pace(rate=400.0))
+    await replay_file(client, pcap, Pace(rate=400.0))
     took = time.monotonic() - began
     assert len(client.times) == len(recorded) > 20
     assert took >= (len(recorded) - 1) / 400.0 - 0.002  # paced, not as fast as it can

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from delivery_agency import free_port
 from taplink_support import (
     CONFIG,
     add_tapped_warrant,
@@ -53,12 +53,6 @@ def test_sample_through_the_tap_link_is_what_in_process_ingest_stores(carrier: C
     assert spooled and not any(b"CASE-TEST" in p.read_bytes() for p in spooled)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _batches(server: Serve) -> int:
     status = server.status() or {}
     return status.get("taps", {}).get("batches", 0)
@@ -70,7 +64,7 @@ def test_server_sigkilled_mid_stream_stores_every_pdu_exactly_once(
     """Three SIGKILLs while the tap streams: nothing lost, nothing twice (TLS, spool, journal)."""
     handle = add_tapped_warrant(carrier)
     capture = long_capture(tmp_path / "long.pcap", repeat=150)  # 4800 frames over ~2 s
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "killed.toml"
     config.write_text(
         CONFIG.replace('tls_listen = "127.0.0.1:0"', f'tls_listen = "127.0.0.1:{port}"')

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mediation.errors import UsageError
-from mediation.server.config import RadiusConfig, ServerConfig, parse_config
+from mediation.server.config import RadiusConfig, ServerConfig
+from mediation.server.config_file import parse_config
 from mediation.server.radius import read_secret
 from mediation.server.tzsp_socket import BatchReceiver, kernel_drops, normal_address
 

@@ -6,7 +6,7 @@ import pytest
 
 from mediation.errors import UsageError
 from mediation.tap.targets import TargetMatcher
-from mediation.warrants import validate as v
+from mediation.warrants import target_text as tt
 from mediation.warrants.model import CaseDetails, Target, TargetKind
 from mediation.warrants.rows import case_from_json, case_to_json
 
@@ -21,10 +21,10 @@ from mediation.warrants.rows import case_from_json, case_to_json
     ],
 )
 def test_user_targets_are_kept_as_given(text: str, value: str) -> None:
-    target = v.parse_target(text)
+    target = tt.parse_target(text)
     assert target == Target(TargetKind.USER, value)
     assert str(target) == f"user:{value}"
-    assert v.parse_target(str(target)) == target
+    assert tt.parse_target(str(target)) == target
 
 
 @pytest.mark.parametrize(
@@ -33,17 +33,17 @@ def test_user_targets_are_kept_as_given(text: str, value: str) -> None:
 )
 def test_bad_user_names_are_refused_by_position(text: str) -> None:
     with pytest.raises(UsageError) as info:
-        v.parse_target(text, 2)
+        tt.parse_target(text, 2)
     assert info.value.field == "--target #3"
     assert "user name must be 1 to 253 octets" in info.value.problem
     assert text[5:].strip() not in str(info.value) or not text[5:].strip()
 
 
 def test_other_targets_still_parse_and_the_help_names_user_targets() -> None:
-    assert v.parse_target("192.0.2.10").kind is TargetKind.ADDRESS
+    assert tt.parse_target("192.0.2.10").kind is TargetKind.ADDRESS
     with pytest.raises(UsageError, match="iface:NAME or user:NAME"):
-        v.parse_target("target.example")
-    assert [str(t) for t in v.parse_targets(["user:u1", "user:u1", "02-00-5e-00-53-01"])] == [
+        tt.parse_target("target.example")
+    assert [str(t) for t in tt.parse_targets(["user:u1", "user:u1", "02-00-5e-00-53-01"])] == [
         "user:u1",
         "02:00:5e:00:53:01",
     ]

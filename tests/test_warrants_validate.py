@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from mediation.errors import UsageError
+from mediation.warrants import target_text as tt
 from mediation.warrants import validate as v
 from mediation.warrants.model import ContentLevel, Stream, Target, TargetKind
 
@@ -48,7 +49,7 @@ def test_case_identity_refuses_others_without_repeating_them(case_id: str | None
     ],
 )
 def test_targets_are_normalised(text: str, kind: TargetKind, value: str) -> None:
-    assert v.parse_target(text) == Target(kind, value)
+    assert tt.parse_target(text) == Target(kind, value)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_targets_are_normalised(text: str, kind: TargetKind, value: str) -> None
     ],
 )
 def test_bad_targets_are_refused_by_position(text: str, words: str) -> None:
-    error = refused(v.parse_target, text, 1)
+    error = refused(tt.parse_target, text, 1)
     assert error.field == "--target #2"
     assert words in error.problem
     if text != "iface:":  # the bare prefix is in the message's own example
@@ -75,8 +76,8 @@ def test_bad_targets_are_refused_by_position(text: str, words: str) -> None:
 
 
 def test_targets_need_one_and_drop_duplicates() -> None:
-    assert refused(v.parse_targets, []).field == "--target"
-    targets = v.parse_targets(["192.0.2.10", "192.0.2.10/32", "02-00-5e-00-53-01"])
+    assert refused(tt.parse_targets, []).field == "--target"
+    targets = tt.parse_targets(["192.0.2.10", "192.0.2.10/32", "02-00-5e-00-53-01"])
     assert [str(t) for t in targets] == ["192.0.2.10", "02:00:5e:00:53:01"]
 
 
@@ -197,9 +198,9 @@ def test_names_handles_and_sources() -> None:
     ],
 )
 def test_targets_may_be_scoped_to_a_vlan_and_an_interface(text: str, target: Target) -> None:
-    parsed = v.parse_target(text)
+    parsed = tt.parse_target(text)
     assert parsed == target
-    assert v.parse_target(str(parsed)) == parsed  # what `mediate show` prints reads back
+    assert tt.parse_target(str(parsed)) == parsed  # what `mediate show` prints reads back
 
 
 @pytest.mark.parametrize(
@@ -216,12 +217,12 @@ def test_targets_may_be_scoped_to_a_vlan_and_an_interface(text: str, target: Tar
     ],
 )
 def test_bad_scopes_are_refused_by_position(text: str, words: str) -> None:
-    error = refused(v.parse_target, text, 2)
+    error = refused(tt.parse_target, text, 2)
     assert error.field == "--target #3"
     assert words in error.problem
     assert "192.0.2" not in str(error)
 
 
 def test_a_scoped_target_is_another_target() -> None:
-    targets = v.parse_targets(["192.0.2.10", "192.0.2.10@vlan:100", "192.0.2.10@vlan:100"])
+    targets = tt.parse_targets(["192.0.2.10", "192.0.2.10@vlan:100", "192.0.2.10@vlan:100"])
     assert [str(t) for t in targets] == ["192.0.2.10", "192.0.2.10@vlan:100"]

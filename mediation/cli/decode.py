@@ -309,18 +309,18 @@ def _decode_pcap(
     stream: BinaryIO, label: str, port: int | None, emit: Emit, live: bool = False
 ) -> None:
     """UDP datagrams of a pcap; ``live``: from a pipe, so each packet's PDUs go out at once."""
-    from mediation.evidence import pcap
+    from mediation.evidence import pcap, udp_frames
     from mediation.pdu.jsonview import iso_time
 
     try:
         reader = pcap.PcapReader(stream)
-        if reader.linktype not in pcap.UDP_LINKTYPES:
+        if reader.linktype not in udp_frames.UDP_LINKTYPES:
             raise InputError(20, f"link type {reader.linktype} is not supported")
         fragments = 0
         for packet in reader:
             try:
-                datagram = pcap.udp_datagram(packet.data, reader.linktype)
-            except pcap.SkippedFrame as exc:
+                datagram = udp_frames.udp_datagram(packet.data, reader.linktype)
+            except udp_frames.SkippedFrame as exc:
                 fragments += exc.fragment
                 continue  # ARP, TCP and the like: not a PDU stream
             if port is not None and port not in (datagram.sport, datagram.dport):

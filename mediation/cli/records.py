@@ -30,7 +30,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     import os
 
     from mediation.cli.serve import CONFIG_ENV
-    from mediation.server.config import load_config
+    from mediation.server.config_file import load_config
 
     path = args.config or os.environ.get(CONFIG_ENV)
     return load_config(Path(path) if path else None)

@@ -48,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mediation.datadir import ENV_VAR
     from mediation.errors import UsageError
     from mediation.server.app import MediationServer
-    from mediation.server.config import load_config
+    from mediation.server.config_file import load_config
     from mediation.server.control import ControlError
     from mediation.warrants.access import KeyNeed
 

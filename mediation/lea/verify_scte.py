@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mediation.lea.outputs import SCTE_FILE, scan_scte
+from mediation.lea.cc_pcap import scan_scte
+from mediation.lea.outputs import SCTE_FILE
 from mediation.protocol import scte
 
 

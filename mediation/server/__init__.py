@@ -7,7 +7,8 @@ Public surface::
       .notice(handle, event, **fields)                a completeness notice -> sequence
       .tap_lost / .tap_restored / .upstream_gap       what tap links report
       .delivery_rows()                                per warrant stream and endpoint
-    ServerConfig, load_config                         the TOML configuration (``config.py``)
+    ServerConfig                                      the configuration (``config.py``)
+    load_config                                       reading its TOML file (``config_file.py``)
     WarrantTable, TableChange                         warrants and states (``warrant_table.py``)
     request / socket_path                             the control socket's client (``control.py``)
     ControlSocket / serve_control                     its server side (``control_listener.py``)

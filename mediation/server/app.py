@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,19 +38,18 @@ from typing import Any
 import trio
 
 from mediation.clock import ClockReading, read_clock
-from mediation.errors import UsageError
 from mediation.log import LOG_KEY_PURPOSE, Appended, EvidenceLog, LogError, LogKey, StreamLog
-from mediation.pdu import StreamId, StreamKind
+from mediation.pdu import StreamId
 from mediation.server import heap
-from mediation.server.config import ServerConfig, reloaded_config
-from mediation.server.control import ControlError, socket_path
+from mediation.server.config import ServerConfig
+from mediation.server.control import socket_path
 from mediation.server.control_listener import ControlSocket
+from mediation.server.control_requests import ControlRequests
 from mediation.server.delivery import DeliveryManager
 from mediation.server.ingest import ClockCache, Ingest
 from mediation.server.lock import ServerLock
 from mediation.server.notices import Notices
 from mediation.server.radius import RadiusService, read_secret
-from mediation.server.retention import InsideRetention, purge_due, purge_request
 from mediation.server.retrieval import RetrievalService
 from mediation.server.status import StatusReporter, StatusRow
 from mediation.server.tap_ingest import TapIngest, TapJournal
@@ -60,13 +57,13 @@ from mediation.server.taps import TapService
 from mediation.server.targets_record import TargetsRecord
 from mediation.server.tls import AgencyTrust, IdentityFiles, ensure_identity
 from mediation.server.tzsp import TzspService
+from mediation.server.upkeep import Upkeep
 from mediation.server.warrant_table import TableChange, WarrantTable
 from mediation.warrants.keys import RegistryKey
-from mediation.warrants.model import WarrantState, format_time, utc_now
-from mediation.warrants.registry import REGISTRY_DB, load_snapshot, read_generation
+from mediation.warrants.model import WarrantState, utc_now
+from mediation.warrants.registry import load_snapshot
 
 log = logging.getLogger("mediation.server")
-TICK_SECONDS = 1.0
 Clock = Callable[[], dt.datetime]
 
 
@@ -74,8 +71,13 @@ class NotRunning(RuntimeError):
     """Ingest or a notice was asked of a server that is not running (yet)."""
 
 
-class MediationServer:
-    """Owns the warrant table, the evidence log, ingest and delivery."""
+class MediationServer(Upkeep, ControlRequests):
+    """Owns the warrant table, the evidence log, ingest and delivery.
+
+    Its upkeep (window ticks, registry poll, retention, signals) is
+    :class:`~mediation.server.upkeep.Upkeep`; its control socket's answers
+    :class:`~mediation.server.control_requests.ControlRequests`.
+    """
 
     def __init__(
         self,
@@ -383,205 +385,3 @@ class MediationServer:
 
     def delivery_rows(self) -> list[StatusRow]:
         return self.delivery.rows() if self.delivery is not None else []
-
-    async def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer one control request (see ``control.py`` for the protocol)."""
-        op = request["op"]
-        if op == "reload":
-            change = await self.reload()
-            return {"ok": True, "op": op, "changes": change.to_json(), **self._status()}
-        if op == "status":
-            return {"ok": True, "op": op, **self._status()}
-        if op == "purge":
-            return await self._purge(request)
-        raise ControlError(f"unknown op {op!r} (allowed: reload, status, purge)")
-
-    async def _purge(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``mediate purge`` through us: one warrant, only if past retention."""
-        assert self.intake is not None
-        try:
-            report = await purge_request(
-                self.intake.evidence,
-                self._key,
-                request,
-                self._clock(),
-                self.config.retention.years,
-                self._detach,
-            )
-        except InsideRetention as exc:
-            return {"ok": False, "op": "purge", "error": str(exc), "inside_retention": True}
-        except UsageError as exc:
-            raise ControlError(str(exc)) from None
-        return {"ok": True, "op": "purge", "purge": report.to_json()}
-
-    def _status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "pid": os.getpid(),
-            "started": format_time(self.started),
-            "generation": self.table.generation,
-            "warrants": self.table.statuses(),
-            "taps_connected": sorted(self.taps_connected),
-            "delivery": [row.to_json() for row in self.delivery_rows()],
-            "reloads": self.reloads,
-            "udp_refused": self.delivery.udp_refused() if self.delivery is not None else {},
-        }
-        if self.control is not None:
-            out["control"] = self.control.counters.to_json()
-        if self.intake is not None:
-            out["ingest"] = self.intake.counters.to_json()
-            out["clock"] = self.intake.clock.reading.status.value
-            out["storage"] = {
-                str(sid): "ok" if s.state.healthy else f"unable to store: {s.state.reason}"
-                for sid, s in self.intake.streams.items()
-            }
-        if self.retrieval is not None:
-            out["retrieval"] = self.retrieval.status()
-        if self.taps is not None:
-            out["taps"] = self.taps.status()
-        if self.tzsp is not None:
-            out["tzsp"] = self.tzsp.status()
-        if self.radius is not None:
-            out["radius"] = self.radius.status()
-        return out
-
-    # Timers -------------------------------------------------------------------------
-
-    async def _tick_windows(self) -> None:
-        """Each second, re-check every window: warrants start and end on time.
-
-        Kept apart from :meth:`_poll_registry` (which waits on a thread) so
-        that the timing of windows depends on the clock alone.
-        """
-        while True:
-            await trio.sleep(TICK_SECONDS)
-            async with self._reload_lock:
-                await self.on_change(self.table.tick(self._clock()), full=False)
-            self.ticks += 1
-            self._ticked.set()
-            self._ticked = trio.Event()
-
-    async def _run_retention(self) -> None:
-        """At start, then every ``[retention] check_interval``: purge what is past retention."""
-        while True:
-            await self.retention_pass()
-            await trio.sleep(self.config.retention.check_interval)
-
-    async def retention_pass(self) -> None:
-        """One retention pass (never raises: the next one tries again)."""
-        assert self.intake is not None
-        try:
-            await purge_due(
-                self.intake.evidence,
-                self._key,
-                self._clock(),
-                self.config.retention.years,
-                self._detach,
-            )
-        except Exception:
-            log.exception("retention pass failed; the next one tries again")
-        self.retention_passes += 1
-
-    async def _watch_storage(self, scope: trio.CancelScope, handle: str, stream: StreamLog) -> None:
-        assert self.notices is not None
-        with scope:
-            await self.notices.watch_storage(handle, stream)
-
-    async def _detach(self, handle: str) -> None:
-        """Stop delivering a warrant's streams before retention removes them."""
-        assert self.intake is not None and self.delivery is not None
-        for kind in StreamKind:
-            sid = StreamId(handle, kind)
-            self.intake.streams.pop(sid, None)
-            watcher = self._watchers.pop(sid, None)
-            if watcher is not None:
-                watcher.cancel()  # its stream is gone: nothing left to announce
-        self.delivery.sync(self._owners, self.table, self.intake.streams)
-
-    async def wait_ticks(self, count: int) -> None:
-        """Return once ``count`` window checks have completed (and applied)."""
-        while self.ticks < count:
-            await self._ticked.wait()
-
-    async def _poll_registry(self) -> None:
-        """Each second, reload if the registry changed and nobody told us.
-
-        The file's identity, size and modification time are looked at in
-        the event loop (one stat); the generation is read (in a worker
-        thread) only when they moved, or were written in the last two
-        seconds (a file system's time stamps are coarser than a second
-        write), so an idle server's poll is one system call a second, not
-        a thread hand-over.
-        """
-        seen: tuple[int, int, int] | None = None
-        while True:
-            await trio.sleep(TICK_SECONDS)
-            try:
-                now = _file_stamp(self.data_dir / REGISTRY_DB)
-                settled = now is not None and time.time_ns() - now[2] > 2_000_000_000
-                if settled and now == seen:
-                    continue
-                generation = await trio.to_thread.run_sync(read_generation, self.data_dir)
-                if generation != self.table.generation:
-                    await self.reload()
-                seen = now
-            except Exception:  # a registry being replaced or damaged must not stop the server
-                log.exception("registry poll failed; keeping the warrants loaded before")
-
-    async def _watch_signals(self, signals: Any, scope: trio.CancelScope) -> None:
-        """SIGHUP reloads; SIGTERM or SIGINT cancels ``scope`` (the log then closes)."""
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: reloading the registry and the configuration")
-                if self._nursery is not None:
-                    self._nursery.start_soon(self.reload_all)
-                continue
-            log.info("%s: stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return
-
-    async def reload_all(self) -> None:
-        """What SIGHUP does: re-read the configuration's reloadable keys and the registry.
-
-        Never raises: a configuration or registry that cannot be read now is
-        logged, and the server keeps what it had.
-        """
-        async with self._hangup_lock:  # two SIGHUPs in a row: one after the other
-            self.reloads += 1
-            try:
-                await self._reload_config()
-                await self.reload()
-            except Exception:
-                log.exception("reload failed; keeping the configuration and warrants loaded before")
-
-    async def _reload_config(self) -> None:
-        if self._config_loader is None:
-            return
-        try:
-            new = await trio.to_thread.run_sync(self._config_loader)
-        except UsageError as exc:
-            log.error("reload: %s; keeping the configuration loaded before", exc)
-            return
-        merged, applied, kept = reloaded_config(self.config, new)
-        for key, old_value, new_value in kept:
-            log.warning(
-                "reload: %s changed (%r to %r) but applies only at a restart; still %r",
-                key,
-                old_value,
-                new_value,
-                old_value,
-            )
-        for key, old_value, new_value in applied:
-            log.info("reload: %s now %r (was %r)", key, new_value, old_value)
-        self.config = merged
-        if applied and self._timers is not None and self._nursery is not None:
-            self._timers.cancel()
-            await self._nursery.start(self._run_timers)
-
-
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when a file is written or replaced (None: cannot stat it)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns

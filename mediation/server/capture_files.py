@@ -34,8 +34,8 @@ from typing import Any
 from mediation.durable import fsync_dir
 from mediation.evidence.manifest import MANIFEST, ManifestWriter, Signer
 from mediation.evidence.pcap import LINKTYPE_RAW, PcapWriter
+from mediation.lea.cc_pcap import is_ip_packet
 from mediation.lea.files import HashedFile, sha256_of, write_sha256
-from mediation.lea.outputs import is_ip_packet
 from mediation.log import LogRecord
 from mediation.log.format import from_us
 from mediation.pdu import PDUError, StreamId, StreamKind, fast

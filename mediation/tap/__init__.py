@@ -20,14 +20,8 @@ Public surface::
     bpf.kernel_filter(targets, interface) -> KernelFilter (libpcap, chained)
 """
 
-from mediation.tap.builder import (
-    RADIUS_MESSAGES,
-    SESSION_MESSAGES,
-    FixedCorrelation,
-    FlowCorrelation,
-    PDUBuilder,
-    TapPDU,
-)
+from mediation.tap.access_messages import RADIUS_MESSAGES, SESSION_MESSAGES, TapPDU
+from mediation.tap.builder import FixedCorrelation, FlowCorrelation, PDUBuilder
 from mediation.tap.dhcp import (
     AccessEvent,
     DhcpFollower,

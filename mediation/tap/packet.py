@@ -1,4 +1,4 @@
-"""A fast, forgiving frame parser: link layer, IP and transport headers.
+"""A fast, forgiving frame parser: link layer (``link_layer.py``), IP and transport headers.
 
 Written with :mod:`struct` and slicing, not scapy (which parses some
 10,000 packets a second): the tap parses every frame on the wire, target
@@ -24,18 +24,9 @@ from typing import NamedTuple
 from mediation.evidence.pcap import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
     LINKTYPE_RAW,
 )
-
-ETH_IPV4 = 0x0800
-ETH_IPV6 = 0x86DD
-ETH_ARP = 0x0806
-ETH_PPPOE_SESSION = 0x8864
-VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100))
-MAX_VLAN_TAGS = 8  # more than any real network stacks; bounds the loop on junk
+from mediation.tap.link_layer import ETH_IPV4, ETH_IPV6, TWO_U16, U16, Link, read_link
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -53,17 +44,10 @@ _IPV6_FRAGMENT = 44
 _IPV6_AH = 51
 _MAX_IPV6_EXTENSIONS = 8
 
-# PPP protocol numbers inside a PPPoE session frame -> the Ethernet type.
-_PPP_TO_ETHERTYPE = {0x0021: ETH_IPV4, 0x0057: ETH_IPV6}
-
-_U16 = struct.Struct(">H")
-_TWO_U16 = struct.Struct(">HH")
 # The common frame in one read: untagged Ethernet II, an IPv4 header of 20
 # octets, then ports (see _common): dst, src, ethertype, version+IHL, total
 # length, flags+fragment offset, protocol, addresses, ports.
 _COMMON = struct.Struct(">6s6sHBxH2xHxB2x4s4sHH")
-_SLL = struct.Struct(">HHH8sH")  # packet type, ARPHRD type, address length, address, protocol
-_SLL2 = struct.Struct(">HHIHBB8s")  # protocol, reserved, ifindex, ARPHRD, packet type, len, addr
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -135,18 +119,6 @@ def _address(raw: bytes | None) -> IPAddr | None:
     return ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw)
 
 
-class _Link(NamedTuple):
-    """The link layer's result: where the network layer starts and what it is."""
-
-    src_mac: bytes | None
-    dst_mac: bytes | None
-    vlans: tuple[int, ...]
-    ethertype: int
-    offset: int
-    sll_packet_type: int | None
-    problem: str
-
-
 def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> ParsedFrame:
     """Parse one captured frame. Never raises.
 
@@ -174,7 +146,7 @@ def parse_frame(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> ParsedFrame:
 def _general(frame: bytes, linktype: int) -> ParsedFrame:
     """:func:`parse_frame` for any frame (bytes), field by field."""
     try:
-        link = _link(frame, linktype)
+        link = read_link(frame, linktype)
         if link.problem:
             return _no_ip(frame, linktype, link, link.problem)
         if link.ethertype == ETH_IPV4:
@@ -184,7 +156,7 @@ def _general(frame: bytes, linktype: int) -> ParsedFrame:
         return _no_ip(frame, linktype, link, "")
     except Exception as exc:  # the parsers check every bound; this is a last guard
         problem = f"internal parser error: {type(exc).__name__}"
-        return _no_ip(frame, linktype, _Link(None, None, (), 0, -1, None, problem), problem)
+        return _no_ip(frame, linktype, Link(None, None, (), 0, -1, None, problem), problem)
 
 
 def _common(frame: bytes) -> ParsedFrame | None:
@@ -237,7 +209,7 @@ def ipv4_addresses(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> tuple[byt
     return None
 
 
-def _no_ip(frame: bytes, linktype: int, link: _Link, problem: str) -> ParsedFrame:
+def _no_ip(frame: bytes, linktype: int, link: Link, problem: str) -> ParsedFrame:
     return ParsedFrame(
         linktype, len(frame), link.src_mac, link.dst_mac, link.vlans, link.ethertype,
         link.sll_packet_type, 0, -1, 0, 0, None, None, -1, -1, None, None, None, None,
@@ -245,66 +217,7 @@ def _no_ip(frame: bytes, linktype: int, link: _Link, problem: str) -> ParsedFram
     )  # fmt: skip
 
 
-def _link(frame: bytes, linktype: int) -> _Link:
-    """Dispatch on the link type."""
-    if linktype == LINKTYPE_ETHERNET:
-        if len(frame) < 14:
-            return _Link(None, None, (), 0, -1, None, "truncated Ethernet header")
-        ethertype = _U16.unpack_from(frame, 12)[0]
-        return _tags(frame, frame[6:12], frame[0:6], ethertype, 14, None)
-    if linktype == LINKTYPE_LINUX_SLL:
-        if len(frame) < 16:
-            return _Link(None, None, (), 0, -1, None, "truncated Linux SLL header")
-        packet_type, _hatype, halen, address, ethertype = _SLL.unpack_from(frame, 0)
-        src = address[:6] if halen == 6 else None
-        return _tags(frame, src, None, ethertype, 16, packet_type)
-    if linktype == LINKTYPE_LINUX_SLL2:
-        if len(frame) < 20:
-            return _Link(None, None, (), 0, -1, None, "truncated Linux SLL2 header")
-        ethertype, _r, _ifindex, _hatype, packet_type, halen, address = _SLL2.unpack_from(frame)
-        src = address[:6] if halen == 6 else None
-        return _tags(frame, src, None, ethertype, 20, packet_type)
-    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
-        if not frame:
-            return _Link(None, None, (), 0, -1, None, "empty frame")
-        ethertype = {4: ETH_IPV4, 6: ETH_IPV6}.get(frame[0] >> 4, 0)
-        problem = "" if ethertype else f"raw frame of IP version {frame[0] >> 4}"
-        return _Link(None, None, (), ethertype, 0, None, problem)
-    return _Link(None, None, (), 0, -1, None, f"link type {linktype} is not supported")
-
-
-def _tags(
-    frame: bytes,
-    src: bytes | None,
-    dst: bytes | None,
-    ethertype: int,
-    pos: int,
-    packet_type: int | None,
-) -> _Link:
-    """Step over VLAN tags and a PPPoE session header to the network layer."""
-    vlans: list[int] = []
-    n = len(frame)
-    while ethertype in VLAN_TYPES:
-        if len(vlans) == MAX_VLAN_TAGS:
-            return _Link(src, dst, tuple(vlans), ethertype, -1, packet_type, "too many VLAN tags")
-        if n < pos + 4:
-            return _Link(src, dst, tuple(vlans), ethertype, -1, packet_type, "truncated VLAN tag")
-        tci, ethertype = _TWO_U16.unpack_from(frame, pos)
-        vlans.append(tci & 0x0FFF)
-        pos += 4
-    if ethertype == ETH_PPPOE_SESSION:
-        # version/type, code, session id, length, then the PPP protocol.
-        if n < pos + 8:
-            problem = "truncated PPPoE session header"
-            return _Link(src, dst, tuple(vlans), ethertype, -1, packet_type, problem)
-        ppp = _U16.unpack_from(frame, pos + 6)[0]
-        inner = _PPP_TO_ETHERTYPE.get(ppp)
-        if inner is not None:
-            return _Link(src, dst, tuple(vlans), inner, pos + 8, packet_type, "")
-    return _Link(src, dst, tuple(vlans), ethertype, pos, packet_type, "")
-
-
-def _ipv4(frame: bytes, linktype: int, link: _Link) -> ParsedFrame:
+def _ipv4(frame: bytes, linktype: int, link: Link) -> ParsedFrame:
     pos, n = link.offset, len(frame)
     avail = n - pos
     if avail < 20:
@@ -313,10 +226,10 @@ def _ipv4(frame: bytes, linktype: int, link: _Link) -> ParsedFrame:
     if first >> 4 != 4:
         return _no_ip(frame, linktype, link, f"IP version {first >> 4} in an IPv4 frame")
     header_len = (first & 0x0F) * 4
-    total = _U16.unpack_from(frame, pos + 2)[0]
+    total = U16.unpack_from(frame, pos + 2)[0]
     if total == 0:
         total = avail  # sent with TCP segmentation offload: the NIC fills it in
-    flags = _U16.unpack_from(frame, pos + 6)[0]
+    flags = U16.unpack_from(frame, pos + 6)[0]
     frag_offset = (flags & 0x1FFF) * 8
     fragment = bool(frag_offset or flags & 0x2000)
     protocol = frame[pos + 9]
@@ -341,14 +254,14 @@ def _ipv4(frame: bytes, linktype: int, link: _Link) -> ParsedFrame:
     )  # fmt: skip
 
 
-def _ipv6(frame: bytes, linktype: int, link: _Link) -> ParsedFrame:
+def _ipv6(frame: bytes, linktype: int, link: Link) -> ParsedFrame:
     pos, n = link.offset, len(frame)
     avail = n - pos
     if avail < 40:
         return _no_ip(frame, linktype, link, "truncated IPv6 header")
     if frame[pos] >> 4 != 6:
         return _no_ip(frame, linktype, link, f"IP version {frame[pos] >> 4} in an IPv6 frame")
-    payload_len = _U16.unpack_from(frame, pos + 4)[0]
+    payload_len = U16.unpack_from(frame, pos + 4)[0]
     header = frame[pos + 6]
     total = 40 + payload_len
     if payload_len == 0 and header == 0:
@@ -367,7 +280,7 @@ def _ipv6(frame: bytes, linktype: int, link: _Link) -> ParsedFrame:
             if end < at + 8:
                 problem = "truncated IPv6 fragment header"
                 break
-            field = _U16.unpack_from(frame, at + 2)[0]
+            field = U16.unpack_from(frame, at + 2)[0]
             frag_offset, fragment, size = field & 0xFFF8, True, 8
         else:
             break
@@ -384,7 +297,7 @@ def _ipv6(frame: bytes, linktype: int, link: _Link) -> ParsedFrame:
 def _transport(
     frame: bytes,
     linktype: int,
-    link: _Link,
+    link: Link,
     version: int,
     ip_length: int,
     total: int,
@@ -406,7 +319,7 @@ def _transport(
         pass  # a later fragment: its first octets are data, not a header
     elif protocol in PORT_PROTOCOLS:
         if end >= at + 4:
-            sport, dport = _TWO_U16.unpack_from(frame, at)
+            sport, dport = TWO_U16.unpack_from(frame, at)
         else:
             problem = "truncated transport header"
     elif protocol in ICMP_PROTOCOLS:
@@ -419,30 +332,3 @@ def _transport(
         link.sll_packet_type, version, link.offset, ip_length, total, src, dst, protocol,
         at, sport, dport, itype, icode, fragment, frag_offset, bool(problem), problem,
     )  # fmt: skip
-
-
-_LINK_HEADER = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_LINUX_SLL2: 20}
-_ARP_IPV4 = b"\x00\x01\x08\x00\x06\x04"  # Ethernet hardware, IPv4 protocol, 6 and 4 octets
-
-
-def arp_addresses(frame: bytes, parsed: ParsedFrame) -> tuple[bytes, bytes] | None:
-    """The sender and target IPv4 addresses of an ARP frame (packed), or ``None``.
-
-    Args:
-        frame: the frame ``parsed`` was read from.
-        parsed: its :func:`parse_frame` result; ARP only if its ethertype says so.
-    """
-    if parsed.ethertype != ETH_ARP:
-        return None
-    header = _LINK_HEADER.get(parsed.linktype)
-    if header is None:
-        return None
-    at = header + 4 * len(parsed.vlans)
-    if len(frame) < at + 28 or frame[at : at + 6] != _ARP_IPV4:
-        return None
-    return bytes(frame[at + 14 : at + 18]), bytes(frame[at + 24 : at + 28])
-
-
-def format_mac(raw: bytes) -> str:
-    """``02:00:5e:00:53:01`` for six octets."""
-    return raw.hex(":")

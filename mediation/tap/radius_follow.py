@@ -4,7 +4,7 @@ The follower reads every Accounting-Request seen (:mod:`mediation.tap.radius`)
 and keeps, per accounting session of a target user, the IPv4 address and
 IPv6 prefix the NAS reported. The tap matches those for as long as the
 session holds them, and reports the changes as CmII (the mapping is in
-:mod:`mediation.tap.builder`, ``RADIUS_MESSAGES``; docs/tap.md explains it).
+:mod:`mediation.tap.access_messages`, ``RADIUS_MESSAGES``; docs/tap.md explains it).
 
 A session is keyed by its NAS and Acct-Session-Id. The state is bounded:
 only target users' sessions are kept, at most :data:`MAX_SESSIONS` of them.

@@ -29,7 +29,7 @@ from mediation.tap.replay import Tap
 from mediation.tap.tapconfig import TapConfig
 from mediation.tap.targets import Direction, TargetMatcher
 from mediation.warrants.model import Target, TargetKind
-from mediation.warrants.validate import parse_target
+from mediation.warrants.target_text import parse_target
 
 SEED_HANDLE = "seed"  # the seed tap's only tap; never leaves the process
 _DHCP = "udp port 67 or udp port 68"

@@ -15,7 +15,8 @@ drains them, oldest first, when it returns; the server's acknowledgement
 * **encrypted**: a batch holds PDUs, and a PDU the case identity and the
   target's addresses; nothing of them is on disk in clear;
 * **crash safe**: a tail torn by a crash (or ``SIGKILL``) is found by its
-  CRC and AES-GCM tag when the spool is opened, and cut.
+  CRC and AES-GCM tag when the spool is opened, and cut
+  (:mod:`mediation.tap.spool_recovery`).
 
 The on-disk format, the keys and why a nonce never repeats:
 :mod:`mediation.tap.spool_format`.
@@ -55,15 +56,10 @@ import errno
 import fcntl
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from mediation.durable import create_open, fsync_dir, write_atomic, write_synced
-from mediation.errors import UsageError
-from mediation.tap.atrest import KeyMismatch
 from mediation.tap.spool_format import (
     KEY_BYTES,
     MAX_PAYLOAD,
@@ -75,14 +71,12 @@ from mediation.tap.spool_format import (
     from_micros,
     micros,
     new_segment_header,
-    open_state,
     read_records,
     record_payload,
     seal_record,
     seal_state,
-    segment_cipher,
-    stored_size,
 )
+from mediation.tap.spool_recovery import Segment, SpoolError, SpoolRecovery, WrongSpoolKey
 
 __all__ = [
     "MIN_LIMIT",
@@ -95,32 +89,12 @@ __all__ = [
 ]
 
 
-class SpoolError(UsageError):
-    """The spool cannot be used as it is: says which directory and what to do."""
-
-    def __init__(self, directory: Path, problem: str) -> None:
-        super().__init__(f"spool {directory}", problem)
-
-
-class WrongSpoolKey(SpoolError):
-    """The spool was written under another key than the one given."""
-
-
-@dataclass
-class _Segment:
-    path: Path
-    first: int  # first batch id in it
-    last: int  # last batch id in it
-    size: int  # bytes, header included
-    cipher: AESGCM
-
-
 # Ids reserved for sending ahead at a time: a state write per RESERVE / 2
 # batches (about 7 s at 70 batches a second); a restart skips at most this many.
 RESERVE = 1024
 
 
-class TapSpool:
+class TapSpool(SpoolRecovery):
     """A directory of encrypted segments; one process at a time (``flock``).
 
     Not thread-safe: the tap link drives it from one task.
@@ -134,7 +108,7 @@ class TapSpool:
         self.limit_bytes = limit_bytes
         self._key = key
         self._lock_fd: int | None = lock_fd
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._fd: int | None = None  # the segment this opening appends to
         self._acked = 0
         self._acked_saved = 0  # what the state file says
@@ -390,10 +364,10 @@ class TapSpool:
         header, cipher = new_segment_header(self._key)
         path = self.directory / f"{self._next:020d}.seg"
         fd = create_open(path, header, 0o600, append=True)
-        self._segments.append(_Segment(path, self._next, self._next - 1, SEGMENT_HEADER, cipher))
+        self._segments.append(Segment(path, self._next, self._next - 1, SEGMENT_HEADER, cipher))
         self._fd = fd
 
-    def _retire_segment(self, segment: _Segment) -> None:
+    def _retire_segment(self, segment: Segment) -> None:
         """After a failed write: cut what it may have left, append elsewhere from now on."""
         assert self._fd is not None
         with contextlib.suppress(OSError):
@@ -401,7 +375,7 @@ class TapSpool:
         os.close(self._fd)
         self._fd = None
 
-    def _frees(self, upto: int) -> list[_Segment]:
+    def _frees(self, upto: int) -> list[Segment]:
         """The segments an ack up to ``upto`` lets go: wholly acknowledged, but not the
         one being appended to while it has room. Deleting that one would make the next
         batch open a new segment (create, fsync, fsync the directory) and its ack write
@@ -448,74 +422,3 @@ class TapSpool:
         raw = seal_state(self._key, self._acked, count, first, last, self._reserved)
         write_atomic(self.directory / "state", raw)
         self._acked_saved = self._acked
-
-    def _load_state(self) -> bool:
-        """Read the state file; False if there is none."""
-        try:
-            raw = (self.directory / "state").read_bytes()
-        except FileNotFoundError:
-            return False
-        try:
-            self._acked, count, first, last, self._reserved = open_state(self._key, raw)
-        except KeyMismatch:
-            raise self._wrong_key() from None
-        except ValueError as exc:
-            raise SpoolError(self.directory, f"its state file is {exc}; move it away") from None
-        self._overflow = (count, first, last) if count else None
-        self._acked_saved = self._acked
-        return True
-
-    def _wrong_key(self) -> WrongSpoolKey:
-        return WrongSpoolKey(
-            self.directory,
-            "written under another tap key (other credentials); use the credentials that "
-            "wrote it, or move the directory away to start an empty spool",
-        )
-
-    def _recover(self) -> None:
-        for stray in self.directory.glob(".state.*.tmp"):
-            stray.unlink()  # a state write a crash interrupted
-        segments = sorted(self.directory.glob("*.seg"))
-        if not self._load_state():
-            if segments:
-                raise SpoolError(
-                    self.directory, "segments without a state file; move the spool away"
-                )
-            self._save_state()
-        for path in segments:
-            segment = self._recover_segment(path)
-            if segment is not None:
-                self._segments.append(segment)
-        last = max((s.last for s in self._segments), default=0)
-        # An id reserved may have been sent ahead of its record and lost: never reuse one.
-        self._next = max(self._acked, last, self._reserved) + 1
-        self._drop_acked()
-
-    def _recover_segment(self, path: Path) -> _Segment | None:
-        """The segment in ``path`` with a torn or damaged tail cut; None if it was removed."""
-        with path.open("rb") as stream:
-            header = stream.read(SEGMENT_HEADER)
-        if len(header) < SEGMENT_HEADER:  # torn while it was being created
-            path.unlink()
-            return None
-        try:
-            cipher = segment_cipher(self._key, header)
-        except KeyMismatch:
-            raise self._wrong_key() from None
-        except ValueError:
-            problem = f"{path.name} is not a spool segment; move it away"
-            raise SpoolError(self.directory, problem) from None
-        size, first, last = SEGMENT_HEADER, 0, 0
-        for batch, clear in read_records(path, cipher, path.stat().st_size):
-            if clear is None or batch <= last:
-                break
-            first, last = first or batch, batch
-            size += stored_size(clear)
-        if last == 0:
-            path.unlink()
-            return None
-        if size != path.stat().st_size:
-            with path.open("r+b") as stream:
-                stream.truncate(size)
-                os.fsync(stream.fileno())
-        return _Segment(path, first, last, size, cipher)

@@ -23,7 +23,8 @@ import enum
 import ipaddress
 from collections.abc import Iterable
 
-from mediation.tap.packet import ETH_ARP, ParsedFrame, arp_addresses
+from mediation.tap.link_layer import ETH_ARP, arp_addresses
+from mediation.tap.packet import ParsedFrame
 from mediation.warrants.model import Target, TargetKind, Warrant
 
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address

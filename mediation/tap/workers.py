@@ -159,7 +159,7 @@ class _Worker:
                     return
 
     def _send(self, records: Records) -> None:
-        from mediation.tap.link import chunk_records
+        from mediation.tap.batching import chunk_records
 
         setup = self.setup
         for chunk in chunk_records(records, setup.chunk_pdus, setup.chunk_bytes):

@@ -58,7 +58,7 @@ _PREFIXES = {TargetKind.INTERFACE: "iface:", TargetKind.USER: "user:"}
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Target:
-    """One thing to intercept, in normalised text form (see ``validate.parse_target``).
+    """One thing to intercept, in normalised text form (see ``target_text.parse_target``).
 
     ``vlan`` and ``interface`` narrow it (AND): a target scoped to VLAN 100
     matches only frames whose outermost 802.1Q/802.1ad tag is 100, one

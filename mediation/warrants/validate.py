@@ -8,16 +8,14 @@ log collectors); they say which value was wrong by its position instead.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import ipaddress
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 from mediation.errors import UsageError
-from mediation.warrants.model import ContentLevel, Source, Stream, Target, TargetKind
+from mediation.warrants.model import ContentLevel, Source, Stream
 from mediation.warrants.retention import LEGAL_FLOOR_YEARS, MAX_YEARS
 
 # T1.IAS caseId is a VisibleString (SIZE (1..25)); the CmCC iapId (SIZE (1..15))
@@ -25,22 +23,13 @@ from mediation.warrants.retention import LEGAL_FLOOR_YEARS, MAX_YEARS
 CASE_ID_MAX = 25
 IAP_ID_MAX = 15
 TEXT_MAX = 200
-USER_NAME_MAX = 253  # the longest RADIUS attribute value (RFC 2865 section 5)
 NOTE_MAX = 1000
 
 _HANDLE = {"w": re.compile(r"w-[0-9a-f]{6}"), "a": re.compile(r"a-[0-9a-f]{6}")}
 _TAP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # Linux IFNAMSIZ is 16 including the NUL; '/' and whitespace are never allowed.
-_IFACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,14}")
+INTERFACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,14}")
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_MAC_FORMS = (
-    re.compile(
-        r"([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})"
-    ),
-    re.compile(
-        r"([0-9a-f]{2})([0-9a-f]{2})\.([0-9a-f]{2})([0-9a-f]{2})\.([0-9a-f]{2})([0-9a-f]{2})"
-    ),
-)
 _TIME_HELP = "use ISO 8601 with a zone, e.g. 2026-11-23T00:00:00Z, or a date, e.g. 2026-11-23"
 
 
@@ -48,7 +37,8 @@ def _visible(text: str) -> bool:
     return all(0x20 <= ord(c) <= 0x7E for c in text)
 
 
-def _printable(text: str) -> bool:
+def is_printable(text: str) -> bool:
+    """No control or other unprintable characters (what free text and names allow)."""
     return text.isprintable()
 
 
@@ -88,7 +78,7 @@ def parse_free_text(text: str | None, field: str, limit: int = TEXT_MAX) -> str 
     """A court reference or a note: printable text on one line, up to ``limit`` characters."""
     if text is None:
         return None
-    if not text.strip() or len(text) > limit or not _printable(text):
+    if not text.strip() or len(text) > limit or not is_printable(text):
         raise UsageError(field, f"must be 1 to {limit} printable characters on one line")
     return text
 
@@ -99,140 +89,6 @@ def parse_content(text: str | None, field: str = "--content") -> ContentLevel:
         if text == level.value:
             return level
     raise UsageError(field, "must be headers (CmII only, a pen register) or full (CmII and CmCC)")
-
-
-def parse_target(text: str, index: int = 0, field: str = "--target") -> Target:
-    """An address or prefix, a MAC address or ``iface:NAME``, maybe scoped; or ``user:NAME``.
-
-    Addresses and prefixes are normalised by :mod:`ipaddress` (a ``/32`` or
-    ``/128`` prefix is an address); MACs become lower-case colon form. A
-    scope may follow, narrowing the target (AND): ``@vlan:N`` (the frame's
-    outermost VLAN id, 0 to 4095) and/or ``@iface:NAME`` (the capture
-    interface), e.g. ``192.0.2.10@vlan:100`` or ``192.0.2.10@vlan:100@iface:eth1``.
-    A user name is kept exactly as given, never scoped (RADIUS compares it
-    octet for octet, and its ``@`` may be a realm's).
-    """
-    name = f"{field} {ordinal(index)}"
-    if text.strip().startswith("user:"):
-        return _parse_user(text.strip()[len("user:") :], name)
-    text, vlan, interface = _split_scope(text.strip(), name)
-    target = _parse_unscoped(text, name)
-    if interface is not None and target.kind is TargetKind.INTERFACE:
-        raise UsageError(name, "iface:NAME cannot also be scoped @iface:; give one interface")
-    return dataclasses.replace(target, vlan=vlan, interface=interface)
-
-
-# A scope is the last one or two @key:value suffixes; an interface name may
-# itself hold '@', but never "@vlan:" or "@iface:".
-_SCOPE = re.compile(r"(.*?)@(vlan|iface):([^@]*)")
-
-
-def _split_scope(text: str, name: str) -> tuple[str, int | None, str | None]:
-    """``(target text, vlan, interface)`` with any ``@vlan:N`` / ``@iface:NAME`` removed."""
-    vlan: int | None = None
-    interface: str | None = None
-    seen: set[str] = set()
-    while match := _SCOPE.fullmatch(text):
-        text, key, value = match.groups()
-        if key in seen:
-            raise UsageError(name, f"gives @{key}: twice; a target has one of each at most")
-        seen.add(key)
-        if key == "vlan":
-            if not re.fullmatch(r"\d{1,4}", value) or int(value) > 4095:
-                raise UsageError(name, "@vlan: must be a VLAN id from 0 to 4095 (@vlan:100)")
-            vlan = int(value)
-        else:
-            if not _IFACE.fullmatch(value):
-                raise UsageError(
-                    name, "@iface: needs 1 to 15 letters, digits or ._@:- (@iface:eth1)"
-                )
-            interface = value
-    return text, vlan, interface
-
-
-def _parse_unscoped(text: str, name: str) -> Target:
-    if text.startswith("iface:"):
-        iface = text[len("iface:") :]
-        if not _IFACE.fullmatch(iface):
-            raise UsageError(
-                name, "interface name must be 1 to 15 letters, digits or ._@:- (iface:eth0)"
-            )
-        return Target(TargetKind.INTERFACE, iface)
-    mac = _parse_mac(text)
-    if mac is not None:
-        return Target(TargetKind.MAC, mac)
-    if "%" in text:
-        raise UsageError(
-            name, "IPv6 zone identifiers (%eth0) are not allowed; use iface:NAME for an interface"
-        )
-    if "/" in text:
-        return _parse_prefix(text, name)
-    try:
-        return Target(TargetKind.ADDRESS, str(ipaddress.ip_address(text)))
-    except ValueError:
-        raise UsageError(
-            name,
-            "is not an IPv4/IPv6 address, a prefix (198.51.100.0/24, 2001:db8::/48), "
-            "a MAC address (02:00:5e:00:53:01), iface:NAME or user:NAME",
-        ) from None
-
-
-def _parse_user(user: str, name: str) -> Target:
-    """``user:NAME``: a RADIUS User-Name, 1 to 253 octets of printable text, unpadded."""
-    if (
-        not user
-        or len(user.encode("utf-8")) > USER_NAME_MAX
-        or not _printable(user)
-        or user != user.strip()
-    ):
-        raise UsageError(
-            name,
-            f"user name must be 1 to {USER_NAME_MAX} octets of printable text, "
-            "as the NAS sends it in RADIUS User-Name (user:alice@example.net)",
-        )
-    return Target(TargetKind.USER, user)
-
-
-def _parse_prefix(text: str, name: str) -> Target:
-    try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise UsageError(
-            name, "is not a prefix: give ADDRESS/LENGTH, e.g. 198.51.100.0/24 or 2001:db8::/48"
-        ) from None
-    # strict=False above so that host bits get their own, clearer message.
-    if network.network_address != ipaddress.ip_address(text.split("/", 1)[0]):
-        raise UsageError(
-            name,
-            "prefix has host bits set; give the network address "
-            "(198.51.100.0/24, not 198.51.100.7/24)",
-        )
-    if network.num_addresses == 1:
-        return Target(TargetKind.ADDRESS, str(network.network_address))
-    return Target(TargetKind.PREFIX, str(network))
-
-
-def _parse_mac(text: str) -> str | None:
-    lowered = text.lower()
-    for form in _MAC_FORMS:
-        match = form.fullmatch(lowered)
-        if match:
-            return ":".join(match.groups())
-    return None
-
-
-def parse_targets(texts: Iterable[str] | None, field: str = "--target") -> tuple[Target, ...]:
-    """At least one target; duplicates (after normalising) are dropped, order is kept."""
-    targets: list[Target] = []
-    for index, text in enumerate(texts or ()):
-        target = parse_target(text, index, field)
-        if target not in targets:
-            targets.append(target)
-    if not targets:
-        raise UsageError(
-            field, "required: at least one address, prefix, MAC address, iface:NAME or user:NAME"
-        )
-    return tuple(targets)
 
 
 def parse_time(text: str, field: str, now: dt.datetime) -> dt.datetime:
@@ -303,7 +159,7 @@ def parse_tap_name(text: str | None, field: str = "NAME") -> str:
 
 def parse_agency_name(text: str | None, field: str = "NAME") -> str:
     """An agency's name as the carrier knows it: 1 to 64 printable characters."""
-    if text is None or not text.strip() or len(text) > 64 or not _printable(text):
+    if text is None or not text.strip() or len(text) > 64 or not is_printable(text):
         raise UsageError(field, "must be 1 to 64 printable characters (e.g. FBI-NYFO)")
     return text
 
@@ -360,7 +216,7 @@ def parse_host(text: str | None, field: str, name_allowed: bool = True) -> str:
 
 def parse_interface(text: str | None, field: str) -> str:
     """A Linux network interface name (IFNAMSIZ: at most 15 characters)."""
-    if text is None or not _IFACE.fullmatch(text):
+    if text is None or not INTERFACE_NAME.fullmatch(text):
         raise UsageError(field, "interface name must be 1 to 15 letters, digits or ._@:- (eth0)")
     return text
 

@@ -25,7 +25,7 @@ import trio
 
 from mediation.evidence.pcap import PcapReader
 from mediation.server.app import MediationServer
-from mediation.server.config import load_config
+from mediation.server.config_file import load_config
 from mediation.tap.replay import Tap
 from mediation.warrants.keys import read_key_file
 from mediation.warrants.registry import load_snapshot
