@@ -39,8 +39,9 @@ def stream_items(
     in plaintext: the one offline reader (``mediate export``, ``mediate confirm``).
 
     Reads the files only (no lock: a running server may be appending). A
-    segment header or a frame cut short at the end of the last segment ends
-    the read (a server writing it, or a crash recovery will cut).
+    segment header or a frame cut short at the end of the last segment, or
+    its zero fill, ends the read (a server writing it, or a crash recovery
+    will cut).
 
     Raises:
         LogCorrupted: a bad segment header or damaged frame before the end, a
@@ -66,7 +67,7 @@ def stream_items(
             try:
                 body, offset = F.read_frame(data, offset)
             except F.FrameError as exc:
-                if exc.torn and last:
+                if last and (exc.torn or F.in_fill(data, exc.offset)):  # or its zero fill
                     return
                 raise LogCorrupted(f"{path.name} byte {exc.offset}: {exc.reason}") from None
             try:

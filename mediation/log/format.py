@@ -20,12 +20,18 @@ Segment file (``<first sequence, 20 digits>.seg``)::
     116  16  key check: proves which log key the segment was written with
     132   4  CRC-32 of bytes 0..131
     frames, back to back
+    zero fill: while a segment is open, zero bytes may follow its last
+      frame (space its writer made ahead: ``segments.SegmentWriter``);
+      a closed segment ends with its last frame
 
 Frame::
 
      0   4  body length L
      4   4  CRC-32 (ISO-HDLC, as zlib.crc32) of the body
      8   L  body
+
+L is at least 1 (a body starts with its type), so a frame header is never
+eight zero bytes: zeros where a frame would start are the fill, not a frame.
 
 Data record body (type 1)::
 
@@ -343,6 +349,42 @@ def read_frame(data: bytes | memoryview, offset: int) -> tuple[memoryview, int]:
     if zlib.crc32(body) != crc:
         raise FrameError(offset, "checksum mismatch", torn=False)
     return body, stop
+
+
+def fill_start(data: bytes, floor: int = 0) -> int:
+    """Where the run of zero bytes that ends ``data`` begins (not before ``floor``).
+
+    ``len(data)``: it does not end in zeros. Reads back from the end in
+    growing steps, so its cost is the length of the run, not of ``data``.
+    """
+    end, step = len(data), 4096
+    while end > floor:
+        start = max(floor, end - step)
+        kept = len(data[start:end].rstrip(b"\x00"))
+        if kept:
+            return start + kept
+        end, step = start, min(step * 2, 1 << 20)
+    return floor
+
+
+def in_fill(data: bytes, offset: int) -> bool:
+    """Whether the frame that fails to read at ``offset`` is an open segment's zero fill.
+
+    True when only zeros follow from ``offset`` (the fill itself: no frame
+    starts with eight zero bytes) or from somewhere inside the frame its
+    header announces (a frame being written, or cut by a crash while it was
+    written, over the fill). A reader of an open segment stops there, as at
+    a frame cut short by the end of the file.
+    """
+    start = fill_start(data, offset)
+    if start == offset:
+        return True
+    if start == len(data):
+        return False
+    if start < offset + FRAME_SIZE:
+        return True
+    length, _crc = FRAME.unpack_from(data, offset)
+    return start < offset + FRAME_SIZE + length
 
 
 def body_type(body: memoryview) -> int:

@@ -8,6 +8,13 @@ moved to ``quarantine/``, the cut is recorded in ``recovery.jsonl`` and
 reported to the caller, and the sequence continues after the last good
 record. A record reported durable was fdatasynced, so it is before the cut.
 
+The last segment may also end in zeros: its writer keeps zeros ahead of
+the records while it is open (``segments.SegmentWriter``), cut only when
+the segment is rolled or closed. Zeros alone after the last good frame are
+that fill, not damage: they are cut without a word. A frame torn over the
+fill is a torn tail as above; the quarantine keeps its bytes up to the
+fill (the zeros after the last nonzero byte are not kept).
+
 An encrypted stream never appends to a segment an earlier opening wrote
 records to (the nonce argument in ``crypto``): if the last segment holds
 data records, the next record starts a new segment; if it holds none (only
@@ -68,12 +75,13 @@ class Recovered:
 def _quarantine(
     directory: Path, label: str, path: Path, offset: int, first_seq: int, reason: str
 ) -> TornTail:
-    """Move ``path``'s bytes from ``offset`` on aside and cut them off."""
+    """Move ``path``'s bytes from ``offset`` on aside (up to a zero fill) and cut them off."""
     qdir = directory / QUARANTINE
     qdir.mkdir(exist_ok=True)
     with open(path, "rb") as f:
         f.seek(offset)
         tail = f.read()
+    tail = tail[: F.fill_start(tail)]
     target = qdir / f"{path.name}.{offset}.{time.time_ns()}.torn"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
@@ -90,12 +98,7 @@ def _quarantine(
     if offset == 0:
         path.unlink()
     else:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _cut(path, offset)
     fsync_dir(directory)
     logger.warning(
         "%s: torn tail cut at %s byte %d (%d bytes, from sequence %d): %s",
@@ -107,6 +110,16 @@ def _quarantine(
         reason,
     )
     return torn
+
+
+def _cut(path: Path, offset: int) -> None:
+    """Cut ``path`` to ``offset`` octets, durably."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _finish_retention(directory: Path, removed_through: int) -> list[tuple[int, Path]]:
@@ -166,6 +179,8 @@ def recover_stream(
             torn.append(
                 _quarantine(directory, label, path, scan.good_end, scan.next_seq, scan.fault)
             )
+        elif scan.good_end < scan.size:  # the open segment's zero fill: ours, not damage
+            _cut(path, scan.good_end)
         since = scan.since_checkpoint
         if scan.records == 0 and len(segments) > 1:
             # Killed just after a roll: the tail to sign may end the previous segment.

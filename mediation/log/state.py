@@ -1,11 +1,15 @@
-"""What a stream reports: storage health, counters, and an append's receipt."""
+"""What a stream reports: storage health (and who waits for it), counters, an append's receipt."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from typing import TYPE_CHECKING
 
+import trio
+
+from mediation.log.errors import StorageUnavailable
 from mediation.log.recovery import TornTail
 
 if TYPE_CHECKING:
@@ -30,6 +34,45 @@ class StorageState:
     since: dt.datetime
     reason: str | None = None
     refused: int = 0
+
+
+logger = logging.getLogger(__name__)
+
+
+class StorageWatch:
+    """A stream's storage state, as its writer reports it, and the tasks waiting for a change."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.state = StorageState(True, dt.datetime.now(dt.UTC))
+        self._changed = trio.Event()
+
+    def refuse(self) -> StorageUnavailable:
+        """A record refused while storing fails: counted; the error for its appender."""
+        state = self.state = dataclasses.replace(self.state, refused=self.state.refused + 1)
+        return StorageUnavailable(self.label, state.since, state.reason or "")
+
+    def failed(self, exc: Exception) -> None:
+        """Storing stopped (the writer's ``OSError``, or a bug's exception)."""
+        reason = getattr(exc, "strerror", None) or repr(exc)
+        self._set(StorageState(False, dt.datetime.now(dt.UTC), reason))
+        logger.error("%s: unable to store: %s", self.label, reason)
+
+    def restored(self) -> None:
+        """Storing works again (the outage's refused count is kept)."""
+        self._set(StorageState(True, dt.datetime.now(dt.UTC), None, self.state.refused))
+        logger.warning("%s: storing again", self.label)
+
+    def _set(self, state: StorageState) -> None:
+        self.state = state
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_change(self, seen: StorageState) -> StorageState:
+        """Return the storage state once it differs from ``seen`` in health."""
+        while self.state.healthy == seen.healthy:
+            await self._changed.wait()
+        return self.state
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,12 +18,8 @@ real-time delivery never decrypts. The chain is over the plaintext body.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
 import hashlib
-import heapq
-import itertools
-import logging
 import math
 import time
 import zlib
@@ -36,12 +32,13 @@ from mediation.log import format as F
 from mediation.log.config import LogConfig
 from mediation.log.crypto import LogKey
 from mediation.log.cursor import RING_OVERHEAD, ReadSide, RingShare
-from mediation.log.errors import LogClosed, LogError, StorageUnavailable
+from mediation.log.errors import LogClosed, LogError
 from mediation.log.keys import LogSigner
 from mediation.log.recovery import Recovered
 from mediation.log.segments import Chunk
-from mediation.log.state import Appended, StorageState, StreamStats
+from mediation.log.state import Appended, StorageState, StorageWatch, StreamStats
 from mediation.log.timer import StreamTimer
+from mediation.log.waiters import DurableWaiters
 from mediation.log.writer import SegmentWriter, WriterPool
 from mediation.pdu import ClockStatus, StreamId, StreamKind
 
@@ -62,11 +59,6 @@ _Record = F.LogRecord
 _new_tuple = tuple.__new__  # builds a LogRecord without NamedTuple's Python __new__
 _time_ns = time.time_ns
 _current_time = trio.current_time
-logger = logging.getLogger(__name__)
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class StreamLog(ReadSide):
@@ -101,21 +93,10 @@ class StreamLog(ReadSide):
         self._encrypt = recovered.cipher.encrypt if recovered.cipher is not None else None
         self._extra = F.FRAME_SIZE + (_SEALED_META if key is not None else _META_SIZE)
         self._allowed = _ALLOWED[stream.kind]
-        writer = SegmentWriter(
-            directory,
-            stream,
-            recovered.active_first,
-            recovered.active_size,
-            list(recovered.active_index),
-        )
-        self._thread = pool.writer(
-            writer,
-            config.retry_interval,
-            self.label,
-            self._written,
-            self._write_failed,
-            self._write_restored,
-        )
+        active = (recovered.active_first, recovered.active_size, list(recovered.active_index))
+        writer = SegmentWriter(directory, stream, *active)
+        reports = (self._written, self._write_failed, self._write_restored)
+        self._thread = pool.writer(writer, config.retry_interval, self.label, *reports)
         self._torn = recovered.torn
         self._next_seq = recovered.next_seq
         self._opened_at = recovered.next_seq
@@ -135,12 +116,8 @@ class StreamLog(ReadSide):
             else trio.current_time() + config.checkpoint_interval
         )
         self._batches: collections.deque[int] = collections.deque(maxlen=100_000)
-        # when_durable's callbacks: a heap of (seq, order, callback).
-        self._on_durable: list[tuple[int, int, Callable[[], None], Callable[[], None] | None]] = []
-        self._on_durable_order = itertools.count()
-        self._listeners: list[Callable[[], None]] = []  # listen(): told whenever readers are
-        self._state = StorageState(True, dt.datetime.now(dt.UTC))
-        self._state_event = trio.Event()
+        self._waiters = DurableWaiters(self.label, self._durable_seq)  # when_durable(), listen()
+        self._storage = StorageWatch(self.label)
         self._closing = False  # set by aclose: no more appends
         self._accepting = True  # healthy and not closing
         self._timer = timer
@@ -157,7 +134,7 @@ class StreamLog(ReadSide):
 
     @property
     def state(self) -> StorageState:
-        return self._state
+        return self._storage.state
 
     def append_nowait(
         self,
@@ -311,9 +288,8 @@ class StreamLog(ReadSide):
         """Why no record can be appended now (the slow path of append)."""
         if self._closing:
             return LogClosed(f"{self.label}: closed")
-        if not self._state.healthy:
-            self._state = dataclasses.replace(self._state, refused=self._state.refused + 1)
-            return StorageUnavailable(self.label, self._state.since, self._state.reason or "")
+        if not self._storage.state.healthy:
+            return self._storage.refuse()
         return trio.WouldBlock()
 
     async def append(
@@ -333,7 +309,7 @@ class StreamLog(ReadSide):
             StorageUnavailable, LogClosed, LogError: as ``append_nowait``.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self._pending_bytes >= self._cfg.max_pending_bytes and self._state.healthy:
+        while self._pending_bytes >= self._cfg.max_pending_bytes and self._storage.state.healthy:
             await self._durable_event.wait()
         appended = self.append_nowait(payload, kind, clock, received)
         if self._queued_records == 0:  # a batch just went to the writer: let others run
@@ -342,9 +318,7 @@ class StreamLog(ReadSide):
 
     async def wait_state_change(self, seen: StorageState) -> StorageState:
         """Return the storage state once it differs from ``seen`` in health."""
-        while self._state.healthy == seen.healthy:
-            await self._state_event.wait()
-        return self._state
+        return await self._storage.wait_change(seen)
 
     @property
     def stats(self) -> StreamStats:
@@ -390,7 +364,7 @@ class StreamLog(ReadSide):
 
     def _add_checkpoint(self) -> None:
         """Sign the chain after the last appended record and queue the checkpoint."""
-        last, now = self._next_seq - 1, _now_us()
+        last, now = self._next_seq - 1, _time_ns() // 1000
         message = F.checkpoint_message(self.id, last, now, self._chain)
         cp = F.Checkpoint(
             self.id, last, now, self._chain, self._signer.key_id, self._signer.sign(message)
@@ -429,79 +403,34 @@ class StreamLog(ReadSide):
             records += chunk.records
             self._publish(chunk)
         self._batches.append(records)
-        if self._on_durable and self._on_durable[0][0] <= self._durable_seq:
-            self._call_durable()
+        self._waiters.due(self._durable_seq)
 
     def when_durable(
-        self,
-        seq: int,
-        callback: Callable[[], None],
-        closed: Callable[[], None] | None = None,
+        self, seq: int, callback: Callable[[], None], closed: Callable[[], None] | None = None
     ) -> None:
-        """Call ``callback()`` in the event loop once record ``seq`` is durable.
-
-        What a waiter that needs no task uses (a tap link's acks): the
-        callback runs in the writer's report, with no turn of the loop of
-        its own. At once if ``seq`` is durable already. If the stream
-        closes first, ``callback`` is never called (nothing may be taken
-        as stored then) and ``closed()`` is, if given (as ``durable()``
-        raises ``LogClosed``). Neither may raise: an exception is logged
-        and the others still run.
-        """
-        if self._durable_seq >= seq:
-            callback()
-        elif self._closed:
-            if closed is not None:
-                closed()
-        else:
-            entry = (seq, next(self._on_durable_order), callback, closed)
-            heapq.heappush(self._on_durable, entry)
+        """Call ``callback()`` once record ``seq`` is durable; ``closed()`` if the stream
+        closes first (:meth:`DurableWaiters.add <mediation.log.waiters.DurableWaiters.add>`)."""
+        self._waiters.add(seq, callback, closed)
 
     def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback()`` whenever the stream's readers are woken.
-
-        That is: records or checkpoints became durable, storage stopped or
-        resumed, or the stream closed. What one task reading several
-        streams waits with (a UDP endpoint's), instead of a task per stream.
-        The callback must be quick and must not raise.
-
-        Returns:
-            A function that stops the calls.
-        """
-        self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback)
+        """Call ``callback()`` whenever the stream's readers are woken; returns the way to stop
+        (:meth:`DurableWaiters.listen <mediation.log.waiters.DurableWaiters.listen>`)."""
+        return self._waiters.listen(callback)
 
     def _wake_readers(self) -> None:
         super()._wake_readers()
-        for callback in self._listeners:
-            callback()
-
-    def _call_durable(self) -> None:
-        durable, due = self._durable_seq, self._on_durable
-        while due and due[0][0] <= durable:
-            _call(heapq.heappop(due)[2], self.label)
-
-    def _drop_durable(self) -> None:
-        """Closed: what is not durable never will be; tell those who asked to know."""
-        due, self._on_durable = self._on_durable, []
-        for _seq, _order, _callback, closed in sorted(due):
-            if closed is not None:
-                _call(closed, self.label)
+        self._waiters.notify()
 
     def _write_failed(self, exc: Exception) -> None:
-        reason = getattr(exc, "strerror", None) or repr(exc)
-        self._set_state(StorageState(False, dt.datetime.now(dt.UTC), reason))
-        logger.error("%s: unable to store: %s", self.label, reason)
+        self._storage.failed(exc)
+        self._state_changed()
 
     def _write_restored(self) -> None:
-        self._set_state(StorageState(True, dt.datetime.now(dt.UTC), None, self._state.refused))
-        logger.warning("%s: storing again", self.label)
+        self._storage.restored()
+        self._state_changed()
 
-    def _set_state(self, state: StorageState) -> None:
-        self._state = state
-        self._accepting = state.healthy and not self._closing
-        self._state_event.set()
-        self._state_event = trio.Event()
+    def _state_changed(self) -> None:
+        self._accepting = self._storage.state.healthy and not self._closing
         self._timer.at(self, trio.current_time())  # a checkpoint may be due again
         self._wake_readers()
 
@@ -522,7 +451,7 @@ class StreamLog(ReadSide):
                     self._submit()
                     continue
                 deadline = due
-            if self._since_checkpoint and self._state.healthy:
+            if self._since_checkpoint and self._storage.state.healthy:
                 if now >= self._checkpoint_at:
                     self._add_checkpoint()
                     continue
@@ -556,20 +485,13 @@ class StreamLog(ReadSide):
         self._closing = True
         self._accepting = False
         with trio.CancelScope(shield=True):
-            if self._since_checkpoint and self._state.healthy:
+            if self._since_checkpoint and self._storage.state.healthy:
                 self._add_checkpoint()
             self._submit()
-            while self._chunks and self._state.healthy:
+            while self._chunks and self._storage.state.healthy:
                 await self._durable_event.wait()
             await self._thread.stop()
             await self.persist_cursors()
         self._closed = True  # readers and durable() waiters stop waiting
-        self._drop_durable()
+        self._waiters.drop()
         self._wake_readers()
-
-
-def _call(callback: Callable[[], None], label: str) -> None:
-    try:
-        callback()
-    except Exception:  # one waiter's bug must not stop the log's reports
-        logger.exception("%s: a durability callback failed", label)

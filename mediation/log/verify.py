@@ -13,6 +13,10 @@ sequence number it makes untrustworthy:
 - a deleted or inserted segment: the next segment does not start where the
   last ended, or its starting chain value does not match;
 - a truncated record: the frame is cut short;
+- zeros after the last frame of the last segment are its writer's fill
+  (the segment is open, or a crash left it: recovery cuts it), not a
+  fault; in any other segment they are (a sealed segment ends with its
+  last frame);
 - in an encrypted segment, a changed ciphertext with a recomputed CRC: the
   record does not decrypt (its AES-GCM tag fails) at that record.
 
@@ -250,7 +254,12 @@ class _Verifier:
             try:
                 body, stop = F.read_frame(data, offset)
             except F.FrameError as exc:
-                note = " (a torn tail: recovery cuts it)" if exc.torn and last else ""
+                fill = F.in_fill(data, offset)
+                if fill and last and F.fill_start(data, offset) == offset:
+                    return True  # the open segment's zero fill: the end of its frames
+                note = " (a torn tail: recovery cuts it)" if (exc.torn or fill) and last else ""
+                if fill and not last:
+                    note = " (zero fill in a sealed segment)"
                 return self._fail(self.expected, exc.reason + note, path.name, offset)
             if body[0] == F.TYPE_DATA:
                 ok = self._data(body, path.name, offset)
