@@ -1,6 +1,8 @@
 """Evidence log throughput against a bare write + fdatasync loop, in the same run.
 
     python bench/log.py [--records N] [--size BYTES] [--dir DIR] [--rounds R] [--sweep]
+    python bench/log.py --tap-batches N [--against CHECKOUT] [--rounds R] [--dir DIR]
+                        [--fill-max BYTES]
 
 1. Appends ``--records`` records of ``--size`` bytes to a fresh log with
    the default group commit (``await stream.append`` flat out, then waits
@@ -24,28 +26,47 @@
 ``--sweep`` also tries other commit sizes and intervals, and measures the
 append-to-durable latency of a paced stream (1000 records/s) for each
 interval: the figures behind the defaults in ``mediation/log/config.py``.
+
+``--tap-batches N`` measures only the light-load path instead: N tap
+batches, one every 1/72 s (1,000 PDUs/s), each a ~1.1 KB CmII share and a
+~11 KB CmCC share appended with ``append_many(commit=True)`` inside the
+pool's ``held()`` behind a tap journal's barrier (an in-place overwrite),
+as the server's ingest does; so three synced writes a batch, which the
+loop makes itself at this load. Prints the CPU (all threads) and the wall
+time from the first append to durable, per batch (means over batches, so
+the rare writes that grow a file count; best of ``--rounds``), for this
+checkout and ``--against`` (default ``/tmp/cmp/base``, the session's
+pristine base) run alternately as subprocesses with this interpreter,
+and their ratio. ``--fill-max`` caps this checkout's zero fill
+(``segments.FILL_MAX``) instead of 256 KiB: ``--against`` this same
+checkout then compares two caps.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
 
-import trio
+HERE = Path(__file__).resolve().parent.parent
+# --code DIR: import that checkout's mediation package (the --tap-batches workers).
+CODE = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv[:-1] else str(HERE)
+sys.path.insert(0, CODE)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import trio  # noqa: E402  (after the path is set)
 
-from mediation.log import ContentKind, EvidenceLog, LogConfig, LogKey
-from mediation.pdu import ClockStatus, StreamKind
+from mediation.log import ContentKind, EvidenceLog, LogConfig, LogKey  # noqa: E402
+from mediation.pdu import ClockStatus, StreamKind  # noqa: E402
 
 HANDLE = "w-bench1"
 KEY = LogKey(os.urandom(32))
@@ -249,6 +270,64 @@ async def sweep(base: Path, records: int, size: int) -> None:
         print(f"  T={t * 1000:4.1f} ms: p50 {p50:6.2f}  p99 {p99:6.2f}")
 
 
+TAP_SPACING = 1 / 72  # tap batches a second at 1,000 PDUs/s (docs/architecture.md)
+TAP_WARMUP = 20  # batches not counted: the journal's first write replaces its file
+CMII_SHARE = [bytes([0x30]) * 220] * 5  # ~1.1 KB of IRI
+CMCC_SHARE = [bytes([0x31]) * 790] * 14  # ~11 KB of content
+
+
+async def tap_batch_costs(base: Path, batches: int) -> tuple[list[float], list[float]]:
+    """CPU and wall µs of each light-load tap batch (see the module docstring)."""
+    from mediation.server.tap_journal import JournalFile
+
+    directory = Path(tempfile.mkdtemp(dir=base))
+    journal = JournalFile(directory / "bench.journal")
+    cpu, wall = [], []
+    clock = ClockStatus.SYNCHRONISED
+    try:
+        async with EvidenceLog.open(directory, LogConfig(), key=KEY) as log:
+            cmii = await log.stream(HANDLE, StreamKind.CMII)
+            cmcc = await log.stream(HANDLE, StreamKind.CMCC)
+            for n in range(TAP_WARMUP + batches):
+                await trio.sleep(TAP_SPACING)
+                c0, w0 = time.process_time(), time.perf_counter()
+                barrier = journal.set(b'{"last": %d, "entries": []}\n' % n)
+                with log.pool.held():
+                    cmii.append_many(CMII_SHARE, ContentKind.CMII, clock, None, True, barrier)
+                    cmcc.append_many(CMCC_SHARE, ContentKind.CMCC, clock, None, True, barrier)
+                await cmii.wait_durable(cmii.next_seq - 1)
+                await cmcc.wait_durable(cmcc.next_seq - 1)
+                if n >= TAP_WARMUP:
+                    cpu.append((time.process_time() - c0) * 1e6)
+                    wall.append((time.perf_counter() - w0) * 1e6)
+    finally:
+        shutil.rmtree(directory)
+    return cpu, wall
+
+
+def tap_compare(base: Path, batches: int, rounds: int, against: Path, fill_max: int | None) -> None:
+    """Run this checkout and ``against`` alternately as workers; print per batch and ratios."""
+    this = [str(HERE)] + ([] if fill_max is None else ["--fill-max", str(fill_max)])
+    workers = {f"this {' '.join(this)}": this, f"against {against}": [str(against)]}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in workers}
+    for _ in range(rounds):
+        for name, code in workers.items():
+            out = subprocess.run(
+                [sys.executable, __file__, "--tap-worker", str(batches), "--dir", str(base),
+                 "--code", *code],
+                capture_output=True, text=True, check=True, timeout=600,
+            )  # fmt: skip
+            runs[name].append(tuple(json.loads(out.stdout.splitlines()[-1])))
+    best = {name: (min(c for c, _ in r), min(w for _, w in r)) for name, r in runs.items()}
+    for name, (cpu, wall) in best.items():
+        print(f"{name}: a tap batch {cpu:6.0f} us CPU, {wall:6.0f} us wall (best of {rounds})")
+        print(
+            "  rounds (mean CPU/wall us): " + ", ".join(f"{c:.0f}/{w:.0f}" for c, w in runs[name])
+        )
+    (new_cpu, new_wall), (old_cpu, old_wall) = best.values()
+    print(f"ratio this/against: CPU {new_cpu / old_cpu:.2f}x, wall {new_wall / old_wall:.2f}x")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
@@ -256,8 +335,27 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="filesystem to test (default: cwd)")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--tap-batches", type=int, help="only the light-load tap batch path")
+    parser.add_argument("--against", type=Path, default=Path("/tmp/cmp/base"))
+    parser.add_argument("--fill-max", type=int, help="this checkout's zero fill cap, bytes")
+    parser.add_argument("--tap-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--code", help=argparse.SUPPRESS)  # read before the imports
     args = parser.parse_args()
+    if args.tap_worker:
+        if args.fill_max:
+            from mediation.log import segments
+
+            segments.FILL_MAX = args.fill_max
+        cpu, wall = await tap_batch_costs(args.dir, args.tap_worker)
+        print(json.dumps([statistics.fmean(cpu), statistics.fmean(wall)]))
+        return
     base = Path(tempfile.mkdtemp(prefix="bench-log-", dir=args.dir or Path.cwd()))
+    if args.tap_batches:
+        try:
+            tap_compare(base, args.tap_batches, args.rounds, args.against, args.fill_max)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        return
     try:
         logs, sealed, bares, floors, ceilings, all_batches = [], [], [], [], [], []
         cpu_plain, cpu_sealed = [], []
