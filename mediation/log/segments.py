@@ -243,10 +243,11 @@ def read_range(
 # Zero fill ahead (docs/evidence-log.md, "Segment file: zero fill"): a synced
 # write that grows the file also writes its inode (the size) and commits the
 # file system's journal; one over blocks already written does neither.
-# Measured here: a synced append of a tap batch's records 130-153 us of CPU
-# and 306-357 us of wall time, a synced overwrite 78-96 us and 185-216 us.
-# fallocate does not help: an unwritten extent still needs its metadata
-# changed at the first write. So a write that passes the zero-filled end
+# Measured on the project's VM, 11 KB synced: an append 130-153 us of CPU and
+# 306-357 us of wall time against 78-96 and 185-216 for an overwrite one day,
+# 94-101 and 339-426 against 88-95 and 291-318 another (docs/architecture.md,
+# "Segments zero-filled ahead"). fallocate does not help: an unwritten extent
+# still needs its metadata changed at the first write. So a write that passes the zero-filled end
 # carries zeros after its records, FILL_FIRST the first time in a segment,
 # doubling up to FILL_MAX, ending on a 4 KiB block.
 FILL_FIRST = 16 * 1024

@@ -45,7 +45,8 @@ least-recently-used set of at most ``open_segments``; past that, the
 descriptor of the stream written longest ago is closed (it is reopened on
 its next write), so open files do not grow with the number of streams
 (a file being written is not closed: at most ``open_segments`` plus one
-per thread are open at any moment).
+per thread are open at any moment). Closing one keeps its segment's zero
+fill (``SegmentWriter``): the next write there is still an overwrite.
 """
 
 from __future__ import annotations
