@@ -304,7 +304,9 @@ class TlsWorker:
                 sent = sent or bool(wrote)
             if sent:  # the whole round is queued: send it here, not from a woken flusher
                 await link.flush()
-            return sent
+            # Another round at once only if one may find more; every cursor
+            # caught up, the logs' wake-ups start the next (no empty round).
+            return sent and not all(state.cursor.caught_up for state in live)
 
         try:
             await self._rounds.run(one_round)

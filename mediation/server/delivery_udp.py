@@ -207,7 +207,11 @@ class UdpWorker:
                 if state.cursor is None:
                     self._open_stream(state)
                 sent |= await self._deliver_ready(state)
-            return sent
+            # Another round at once only if one may find more: every cursor
+            # caught up, the logs' wake-ups start the next (no empty round).
+            return sent and not all(
+                s.cursor is None or s.cursor.caught_up for s in self._streams.values()
+            )
 
         try:
             await self._rounds.run(one_round)
