@@ -38,6 +38,8 @@ log = logging.getLogger("mediation.server")
 # A well-formed stand-in per kind, to ask ingest which stream (the PDU itself
 # is checked by well_formed after).
 _SEQUENCE = {"cmII": b"\x30\x03\x06\x01\x00", "cmCC": b"\x30\x03\x81\x01\x00"}
+# StreamIds kept for reuse (one per warrant and kind served): past this, forgotten at once.
+_SHARED_IDS = 4096
 
 # Why a PDU from a tap was refused (the keys of `mediate status`'s tap rows).
 REASONS = (
@@ -68,6 +70,7 @@ class TapIngest:
         self.refused: collections.Counter[str] = collections.Counter()
         self.batches = 0
         self._lock = trio.Lock()  # one batch at a time: each stream's share stays contiguous
+        self._sids: dict[tuple[str, str], StreamId] = {}  # (handle, tap's kind): shared ids
 
     async def hello(self, tap: str, next_batch: int) -> int:
         """The ``lastStored`` to answer a tap's hello with.
@@ -210,9 +213,9 @@ class TapIngest:
             found = where.get((handle, kind))
             if found is None:
                 found = where[handle, kind] = self._target(handle, kind, targets)
-                if not isinstance(found, str):
+                if found.__class__ is not str:
                     shares.append([])
-            if isinstance(found, str):
+            if found.__class__ is str:  # no isinstance call a PDU: an int or a str
                 refused[found] += 1
                 continue
             if len(der) > limit or not well_formed_fast(der, FIRST_TAGS[kind]):
@@ -253,7 +256,11 @@ class TapIngest:
         found = self.intake.check(handle, kind, _SEQUENCE[kind])
         if isinstance(found, str):
             return found
-        sid = StreamId(handle, found)
+        sid = self._sids.get((handle, kind))
+        if sid is None or sid.kind is not found:  # made once per warrant and kind, then shared
+            if len(self._sids) >= _SHARED_IDS:
+                self._sids.clear()
+            sid = self._sids[handle, kind] = StreamId(handle, found)
         if sid not in self.intake.streams:
             return "inactive_warrant"
         targets.append(sid)
