@@ -203,7 +203,7 @@ class ReadSide:
         durable = self._durable_seq
         if pos <= durable and pos < self._ring_base:
             return None
-        end = min(durable + 1, pos + limit)
+        end = durable + 1 if durable < pos + limit else pos + limit  # min(), without the call
         items: list[Item] = (
             self._ring[pos - self._ring_base : end - self._ring_base] if pos < end else []
         )

@@ -209,9 +209,11 @@ class UdpWorker:
                 sent |= await self._deliver_ready(state)
             # Another round at once only if one may find more: every cursor
             # caught up, the logs' wake-ups start the next (no empty round).
-            return sent and not all(
-                s.cursor is None or s.cursor.caught_up for s in self._streams.values()
-            )
+            if sent:
+                for state in self._streams.values():
+                    if state.cursor is not None and not state.cursor.caught_up:
+                        return True
+            return False
 
         try:
             await self._rounds.run(one_round)
