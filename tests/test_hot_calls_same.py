@@ -25,7 +25,9 @@ from mediation.log import ContentKind, EvidenceLog, LogConfig
 from mediation.pdu import PDUError, StreamId, StreamKind
 from mediation.pdu import taplink as T
 from mediation.pdu.convert import check_visible
+from mediation.pdu.fast_envelope import FIRST_TAGS
 from mediation.pdu.fast_identity import _CASE, _CONTEXT_0, _OID, _SEQUENCE, first_headers, span
+from mediation.server.ingest import well_formed_fast, well_formed_of
 from mediation.server.tap_journal import JournalEntry, Span, TapJournal, newest_slot, state_line
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -236,3 +238,33 @@ async def test_a_checkpoint_alone_is_not_caught_up(
         assert not cursor.caught_up and plain.caught_up  # only the checkpoint's reader has more
         assert [type(i).__name__ for i in cursor.read_nowait()] == ["Checkpoint"]
         assert cursor.caught_up and plain.read_nowait() == []
+
+
+SIZES = st.sampled_from([0, 3, 64, 1500, 2**20])
+FIRSTS = st.sampled_from(list(FIRST_TAGS.values()))
+
+
+@FUZZ
+@given(
+    st.lists(st.one_of(tap_pdus().map(lambda pdus: pdus[-1][1]), encoded().map(lambda p: p[1]))),
+    st.lists(st.binary(max_size=8).map(lambda tail: b"\x30" + tail), max_size=4),
+    FIRSTS,
+    SIZES,
+    st.data(),
+)
+def test_a_share_s_framing_is_checked_as_each_pdu_s(
+    ders: list[bytes],
+    short: list[bytes],
+    first: tuple[int, ...],
+    size: int,
+    data: st.DataObject,
+) -> None:
+    """``well_formed_of`` keeps exactly the PDUs ``well_formed_fast`` passes, in order."""
+    mixed = ders + short + [v for der in ders[:2] for v in altered(der, data)]
+    mixed = data.draw(st.permutations(mixed))
+    expected = [der for der in mixed if len(der) <= size and well_formed_fast(der, first)]
+    assert well_formed_of(mixed, first, size) == expected
+    long_form = [b"\x30\x83\x00\x00\x03\x06\x01\x00", b"\x30\x84\x00\x00\x00\x03\x06\x01\x00"]
+    assert well_formed_of(long_form, (0x06,), 64) == [
+        der for der in long_form if well_formed_fast(der, (0x06,))
+    ]

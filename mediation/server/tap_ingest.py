@@ -30,7 +30,7 @@ from mediation.log import Appended, StorageUnavailable
 from mediation.pdu import StreamId
 from mediation.pdu import taplink as T
 from mediation.pdu.fast_envelope import FIRST_TAGS
-from mediation.server.ingest import Ingest, well_formed_fast
+from mediation.server.ingest import Ingest, well_formed_of
 from mediation.server.tap_gate import BuiltGate, TapGate
 from mediation.server.tap_journal import JOURNAL_DIR, JournalEntry, Span, TapJournal
 
@@ -201,9 +201,9 @@ class TapIngest:
             return self._check_built(gate.handle, batch)
         targets: list[StreamId] = []
         shares: list[list[bytes]] = []
+        firsts: list[tuple[int, ...]] = []  # each share's first tags
         where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
         refused: collections.Counter[str] = collections.Counter()
-        limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
         for pdu in batch.pdus:
             kind, der = pdu.kind, pdu.der
             handle, reason = gate.warrant_for(kind, der)
@@ -215,13 +215,17 @@ class TapIngest:
                 found = where[handle, kind] = self._target(handle, kind, targets)
                 if found.__class__ is not str:
                     shares.append([])
+                    firsts.append(FIRST_TAGS[kind])
             if found.__class__ is str:  # no isinstance call a PDU: an int or a str
                 refused[found] += 1
                 continue
-            if len(der) > limit or not well_formed_fast(der, FIRST_TAGS[kind]):
-                refused["malformed"] += 1
-                continue
             shares[found].append(der)
+        limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
+        for i, share in enumerate(shares):  # the DER framing: one call a share
+            good = well_formed_of(share, firsts[i], limit)
+            if len(good) < len(share):
+                refused["malformed"] += len(share) - len(good)
+                shares[i] = good
         return targets, shares, refused
 
     def _check_built(
@@ -244,8 +248,7 @@ class TapIngest:
             if isinstance(found, str):
                 refused[found] += len(ders)
                 continue
-            first = FIRST_TAGS[kind]
-            good = [der for der in ders if len(der) <= limit and well_formed_fast(der, first)]
+            good = well_formed_of(ders, FIRST_TAGS[kind], limit)
             if len(good) < len(ders):
                 refused["malformed"] += len(ders) - len(good)
             shares.append(good)
