@@ -223,7 +223,7 @@ class TapIngest:
         limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
         for i, share in enumerate(shares):  # the DER framing: one call a share
             good = well_formed_of(share, firsts[i], limit)
-            if len(good) < len(share):
+            if good is not share and len(good) < len(share):  # some refused
                 refused["malformed"] += len(share) - len(good)
                 shares[i] = good
         return targets, shares, refused
