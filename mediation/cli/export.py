@@ -41,6 +41,7 @@ but with gaps (listed), 1 altered (the file and record named), 2 usage.
 """
 
 
+
 def _time(text: str | None, field: str) -> dt.datetime | None:
     from mediation.warrants.validate import parse_time
 
