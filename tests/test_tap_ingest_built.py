@@ -69,8 +69,22 @@ def test_a_built_batch_is_checked_as_the_generic_path_checks_it(
 ) -> None:
     ingest = TapIngest.__new__(TapIngest)
     ingest.intake = Intake(closed)  # type: ignore[assignment]
+    ingest._sids = {}  # the StreamIds it shares (made by __init__, skipped here)
     batch = T.PduBatch(1, tuple(T.TapPdu(kind, NOW, der) for kind, der in pdus))
     built = ingest._check(BuiltGate("tzsp:192.0.2.1", HANDLE), batch)
     generic = ingest._check(Believing(), batch)
     assert built == generic
     assert sorted(built[2].items()) == sorted(generic[2].items())  # as the ack lists them
+
+
+def test_a_stream_id_is_made_once_per_warrant_and_kind_then_shared() -> None:
+    ingest = TapIngest.__new__(TapIngest)
+    ingest.intake = Intake({})  # type: ignore[assignment]
+    ingest._sids = {}
+    pdus = (T.TapPdu("cmII", NOW, b"\x30\x03\x06\x01\x00"), T.TapPdu("cmCC", NOW, bytes(3)))
+    first = ingest._check(Believing(), T.PduBatch(1, pdus))[0]
+    again = ingest._check(Believing(), T.PduBatch(2, pdus))[0]
+    assert first == [StreamId(HANDLE, StreamKind.CMII), StreamId(HANDLE, StreamKind.CMCC)]
+    assert all(a is b for a, b in zip(first, again, strict=True))  # no StreamId a batch
+    ingest.intake.closed = {"cmII": "inactive_warrant"}  # type: ignore[attr-defined]
+    assert ingest._check(Believing(), T.PduBatch(3, pdus))[0] == first[1:]

@@ -203,7 +203,7 @@ class ReadSide:
         durable = self._durable_seq
         if pos <= durable and pos < self._ring_base:
             return None
-        end = min(durable + 1, pos + limit)
+        end = durable + 1 if durable < pos + limit else pos + limit  # min(), without the call
         items: list[Item] = (
             self._ring[pos - self._ring_base : end - self._ring_base] if pos < end else []
         )
@@ -288,6 +288,22 @@ class Cursor:
                 return item.seq
         return self._pos
 
+    @property
+    def caught_up(self) -> bool:
+        """Nothing durable is left to read now (a cheap test: no read, no allocation).
+
+        True until the log publishes more: a delivery round that finds it so
+        can sleep on the log's wake-up instead of running a round that reads
+        nothing.
+        """
+        if self._buf:
+            return False
+        side = self._side
+        if self._pos <= side._durable_seq:
+            return False
+        cp_after, checkpoints = self._cp_after, side._checkpoints
+        return cp_after is None or not checkpoints or checkpoints[-1].last_seq <= cp_after
+
     def seek(self, seq: int) -> None:
         """Read from ``seq`` next (an agency's replay, or a resume)."""
         self._pos, self._hint = seq, None
@@ -345,6 +361,14 @@ class Cursor:
             waited = True
 
     def _advance(self, items: list[Item]) -> None:
+        first, last = items[0], items[-1]
+        if (
+            last.__class__ is F.LogRecord
+            and first.__class__ is F.LogRecord
+            and last.seq - first.seq + 1 == len(items)
+        ):  # consecutive records only (the usual read): no checkpoint among them
+            self._pos = last.seq + 1
+            return
         for item in reversed(items):
             if isinstance(item, F.LogRecord):
                 self._pos = item.seq + 1

@@ -54,7 +54,8 @@ def check_visible(field: str, text: str, low: int, high: int | None) -> None:
     if len(text) < low or (high is not None and len(text) > high):
         bound = f"{low} to {high}" if high is not None else f"at least {low}"
         raise PDUError(f"{field}: must be {bound} characters, got {len(text)}")
-    if any(not (0x20 <= ord(c) <= 0x7E) for c in text):
+    # The same test in two C calls: among ASCII characters exactly 0x20..0x7E are printable.
+    if not (text.isascii() and text.isprintable()):
         raise PDUError(f"{field}: only visible ASCII characters are allowed")
 
 

@@ -95,44 +95,62 @@ def first_headers(kind: str, der: bytes) -> tuple[bytes, int, int, int] | None:
         common form, or the case identity is not the first field, or the
         kind is neither: then the reference readers decide.
     """
-    end = len(der)
-    if end < 2 or der[0] != _SEQUENCE:
-        return None
-    outer = span(der, 0, end)
-    if outer is None:
-        return None
-    pos, stop = outer
     if kind == "cmII":
-        if pos >= stop or der[pos] != _OID:
-            return None
-        oid = span(der, pos, stop)
-        if oid is None or oid[1] >= stop:
-            return None
-        tag = der[oid[1]]
-        if tag & 0x1F == 0x1F:
-            return None
-        body = span(der, oid[1], stop)
-        if body is None:
-            return None
-        start, body_end = body
-        if start >= body_end or der[start] != _CASE:
-            return None
-        case = span(der, start, body_end)
-        if case is None:
-            return None
-        return der[case[0] : case[1]], tag, start, body_end
-    if kind != "cmCC" or pos >= stop or der[pos] != _CONTEXT_0:
+        steps = _CMII_STEPS
+    elif kind == "cmCC":
+        steps = _CMCC_STEPS
+    else:
         return None
-    header = span(der, pos, stop)
-    if header is None or header[0] >= header[1] or der[header[0]] != _CONTEXT_0:
-        return None
-    info = span(der, header[0], header[1])
-    if info is None or info[0] >= info[1] or der[info[0]] != _CASE:
-        return None
-    case = span(der, info[0], info[1])
-    if case is None:
-        return None
-    return der[case[0] : case[1]], _CONTEXT_0, header[1], stop
+    # :func:`span` inline, once per header in a loop (no call a header): each
+    # step checks the tag, reads the length and enters the value or steps
+    # over it; any other form, or a bound crossed, answers None.
+    pos, stop, kept = 0, len(der), (0, 0, 0, 0)
+    for want, enter, keep in steps:
+        if pos + 2 > stop:
+            return None
+        tag, size = der[pos], der[pos + 1]
+        if (tag & 0x1F == 0x1F) if want is None else (tag != want):
+            return None
+        if size < 0x80:
+            start = pos + 2
+        elif size == 0x81:
+            if pos + 3 > stop or der[pos + 2] < 0x80:
+                return None
+            size, start = der[pos + 2], pos + 3
+        elif size == 0x82:
+            if pos + 4 > stop or not der[pos + 2]:
+                return None
+            size, start = der[pos + 2] << 8 | der[pos + 3], pos + 4
+        else:
+            return None
+        end = start + size
+        if end > stop:
+            return None
+        if keep:
+            kept = (tag, start, end, stop)
+        if enter:
+            pos, stop = start, end
+        else:
+            pos = end
+    tag, start, end, outer = kept
+    if kind == "cmII":  # the message alternative's tag and contents
+        return der[pos:stop], tag, start, end
+    return der[pos:stop], _CONTEXT_0, end, outer  # after the header, to the PDU's end
+
+
+# (tag, or None: any one-octet tag; enter its value, else step over it; keep its bounds)
+_CMII_STEPS = (
+    (_SEQUENCE, True, False),
+    (_OID, False, False),
+    (None, True, True),  # the message alternative
+    (_CASE, True, False),
+)
+_CMCC_STEPS = (
+    (_SEQUENCE, True, False),
+    (_CONTEXT_0, True, True),  # the header
+    (_CONTEXT_0, True, False),  # correlationInfo
+    (_CASE, True, False),
+)
 
 
 def cc_packet(der: bytes, after_header: int, stop: int) -> bytes | None:

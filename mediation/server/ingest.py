@@ -23,7 +23,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 import trio
 
@@ -101,6 +101,37 @@ def well_formed_fast(der: bytes, first: frozenset[int] | bytes, limit: int = MAX
         except PDUError:
             return False
     return start + length == n and length > 0 and start + length <= limit and der[start] in first
+
+
+def well_formed_of(ders: list[bytes], first: Container[int], size: int) -> list[bytes]:
+    """The PDUs of ``ders`` of at most ``size`` octets that :func:`well_formed_fast` passes.
+
+    A tap batch's share in one call, not one a PDU: the common lengths are
+    read inline as :func:`well_formed_fast` reads them; a share with any
+    other form, or any PDU refused, goes through it PDU by PDU
+    (tests/test_hot_calls_same.py proves the answers the same).
+
+    Returns:
+        Those PDUs, in their order (``ders`` itself when all pass).
+    """
+    for der in ders:
+        n = len(der)
+        if n > size or n < 3 or der[0] != 0x30:
+            break
+        octet = der[1]
+        if octet < 0x80:
+            start, length = 2, octet
+        elif octet == 0x81 and der[2] >= 0x80:
+            start, length = 3, der[2]
+        elif octet == 0x82 and n > 3 and der[2]:
+            start, length = 4, der[2] << 8 | der[3]
+        else:
+            break
+        if start + length != n or not length or n > MAX_PDU or der[start] not in first:
+            break
+    else:
+        return ders  # all in a common form and well formed: the usual share
+    return [der for der in ders if len(der) <= size and well_formed_fast(der, first)]  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ class Rounds:
         self._more.set()
 
     async def run(self, one_round: Callable[[], Awaitable[bool]]) -> NoReturn:
-        """Call ``one_round`` (True: it sent something) forever; sleep when it sent nothing.
+        """Call ``one_round`` (True: run another now) forever; else sleep until a wake.
 
         Args:
             one_round: offers every stream's ready records once.

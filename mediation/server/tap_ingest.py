@@ -30,7 +30,7 @@ from mediation.log import Appended, StorageUnavailable
 from mediation.pdu import StreamId
 from mediation.pdu import taplink as T
 from mediation.pdu.fast_envelope import FIRST_TAGS
-from mediation.server.ingest import Ingest, well_formed_fast
+from mediation.server.ingest import Ingest, well_formed_of
 from mediation.server.tap_gate import BuiltGate, TapGate
 from mediation.server.tap_journal import JOURNAL_DIR, JournalEntry, Span, TapJournal
 
@@ -38,6 +38,8 @@ log = logging.getLogger("mediation.server")
 # A well-formed stand-in per kind, to ask ingest which stream (the PDU itself
 # is checked by well_formed after).
 _SEQUENCE = {"cmII": b"\x30\x03\x06\x01\x00", "cmCC": b"\x30\x03\x81\x01\x00"}
+# StreamIds kept for reuse (one per warrant and kind served): past this, forgotten at once.
+_SHARED_IDS = 4096
 
 # Why a PDU from a tap was refused (the keys of `mediate status`'s tap rows).
 REASONS = (
@@ -68,6 +70,7 @@ class TapIngest:
         self.refused: collections.Counter[str] = collections.Counter()
         self.batches = 0
         self._lock = trio.Lock()  # one batch at a time: each stream's share stays contiguous
+        self._sids: dict[tuple[str, str], StreamId] = {}  # (handle, tap's kind): shared ids
 
     async def hello(self, tap: str, next_batch: int) -> int:
         """The ``lastStored`` to answer a tap's hello with.
@@ -198,9 +201,9 @@ class TapIngest:
             return self._check_built(gate.handle, batch)
         targets: list[StreamId] = []
         shares: list[list[bytes]] = []
+        firsts: list[tuple[int, ...]] = []  # each share's first tags
         where: dict[tuple[str, str], int | str] = {}  # (handle, kind) -> index, or why not
         refused: collections.Counter[str] = collections.Counter()
-        limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
         for pdu in batch.pdus:
             kind, der = pdu.kind, pdu.der
             handle, reason = gate.warrant_for(kind, der)
@@ -210,15 +213,19 @@ class TapIngest:
             found = where.get((handle, kind))
             if found is None:
                 found = where[handle, kind] = self._target(handle, kind, targets)
-                if not isinstance(found, str):
+                if found.__class__ is not str:
                     shares.append([])
-            if isinstance(found, str):
+                    firsts.append(FIRST_TAGS[kind])
+            if found.__class__ is str:  # no isinstance call a PDU: an int or a str
                 refused[found] += 1
                 continue
-            if len(der) > limit or not well_formed_fast(der, FIRST_TAGS[kind]):
-                refused["malformed"] += 1
-                continue
             shares[found].append(der)
+        limit = self.intake.evidence.config.max_payload_bytes  # the log refuses larger
+        for i, share in enumerate(shares):  # the DER framing: one call a share
+            good = well_formed_of(share, firsts[i], limit)
+            if good is not share and len(good) < len(share):  # some refused
+                refused["malformed"] += len(share) - len(good)
+                shares[i] = good
         return targets, shares, refused
 
     def _check_built(
@@ -241,8 +248,7 @@ class TapIngest:
             if isinstance(found, str):
                 refused[found] += len(ders)
                 continue
-            first = FIRST_TAGS[kind]
-            good = [der for der in ders if len(der) <= limit and well_formed_fast(der, first)]
+            good = well_formed_of(ders, FIRST_TAGS[kind], limit)
             if len(good) < len(ders):
                 refused["malformed"] += len(ders) - len(good)
             shares.append(good)
@@ -253,7 +259,11 @@ class TapIngest:
         found = self.intake.check(handle, kind, _SEQUENCE[kind])
         if isinstance(found, str):
             return found
-        sid = StreamId(handle, found)
+        sid = self._sids.get((handle, kind))
+        if sid is None or sid.kind is not found:  # made once per warrant and kind, then shared
+            if len(self._sids) >= _SHARED_IDS:
+                self._sids.clear()
+            sid = self._sids[handle, kind] = StreamId(handle, found)
         if sid not in self.intake.streams:
             return "inactive_warrant"
         targets.append(sid)

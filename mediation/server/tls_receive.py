@@ -60,24 +60,28 @@ async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
         return await stream.receive_some(max_bytes)
     assert isinstance(stream, trio.SSLStream)
     with stream._outer_recv_conflict_detector:
-        waited = False
+        waited, fresh = False, True  # fresh: octets came in since the last decrypt
         while True:
-            data = _decrypt(stream, max_bytes)
-            if stream._outgoing.pending:  # an answer the TLS object owes the peer
-                await _send_owed(stream)
-                waited = True
-            if data is not None:
-                break
+            if fresh:
+                data = _decrypt(stream, max_bytes)
+                if stream._outgoing.pending:  # an answer the TLS object owes the peer
+                    await _send_owed(stream)
+                    waited = True
+                if data is not None:
+                    break
             fd = stream.transport_stream.socket.fileno()  # type: ignore[attr-defined]
             try:
                 raw = os.read(fd, SOCKET_READ)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
-                waited = True
+                # Nothing new for the TLS object (unless trio's own send put some in
+                # its buffer meanwhile): read the socket first, not the TLS.
+                waited, fresh = True, stream._incoming.pending != 0
                 continue
             except OSError as exc:  # reset, or closed under us
                 mark_broken(stream)
                 raise trio.BrokenResourceError from exc
+            fresh = True
             if raw:
                 stream._incoming.write(raw)
             else:
@@ -93,7 +97,7 @@ def _decrypt(stream: trio.SSLStream, max_bytes: int) -> bytes | None:
     Raises:
         trio.BrokenResourceError: a TLS error (the stream is then broken).
     """
-    ssl_object, out = stream._ssl_object, b""
+    ssl_object, incoming, out = stream._ssl_object, stream._incoming, b""
     while len(out) < max_bytes:
         try:
             chunk = ssl_object.read(max_bytes - len(out))
@@ -107,6 +111,8 @@ def _decrypt(stream: trio.SSLStream, max_bytes: int) -> bytes | None:
         if not chunk:  # the peer's close_notify
             return out
         out += chunk
+        if not incoming.pending and not ssl_object.pending():
+            break  # all taken: another read would only raise SSLWantReadError
     return out or None
 
 

@@ -100,25 +100,28 @@ async def send_all(stream: trio.abc.Stream, data: bytes | bytearray) -> None:
 
 
 async def _send_outgoing(stream: trio.SSLStream) -> None:
-    """Write the stream's encrypted octets to its socket, under its send lock."""
+    """Write the stream's encrypted octets to its socket, under its send lock while it waits.
+
+    The lock is free (checked by ``_direct``, nothing yielded since); it is
+    taken only for a wait: until then no other task runs, so none could see it.
+    """
     out = stream._outgoing.read()
-    lock = stream._inner_send_lock
-    lock.acquire_nowait()  # free: checked by _direct, and nothing yielded since
+    transport = stream.transport_stream
+    assert isinstance(transport, trio.SocketStream)
     try:
-        transport = stream.transport_stream
-        assert isinstance(transport, trio.SocketStream)
+        sent = os.write(transport.socket.fileno(), out)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:  # reset, broken pipe, closed
+        mark_broken(stream)
+        raise trio.BrokenResourceError from exc
+    if sent < len(out):  # the socket's buffer is full: wait as send_all does
+        lock = stream._inner_send_lock
+        lock.acquire_nowait()
         try:
-            sent = os.write(transport.socket.fileno(), out)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:  # reset, broken pipe, closed
+            await transport.send_all(memoryview(out)[sent:])
+        except BaseException:
             mark_broken(stream)
-            raise trio.BrokenResourceError from exc
-        if sent < len(out):  # the socket's buffer is full: wait as send_all does
-            try:
-                await transport.send_all(memoryview(out)[sent:])
-            except BaseException:
-                mark_broken(stream)
-                raise
-    finally:
-        lock.release()
+            raise
+        finally:
+            lock.release()
