@@ -272,7 +272,7 @@ def idle(rig: Rig, seconds: float) -> int:
         print(f"  capture-to-agency median {lat[0] * 1e3:.1f} ms, p99 {lat[1] * 1e3:.1f} ms "
               "(goal: p99 < 20 ms)", flush=True)  # fmt: skip
     if batches > 0:  # the tap's batch size varies with its load: the fixed cost is per batch
-        cpu, woke = 1e6 * (b.cpu - a.cpu) / batches, (b.wakeups - a.wakeups) / batches
+        cpu, woke = 1e6 * (b.cpu - a.cpu) / batches, b.woke_since(a) / batches
         print(f"  tap batches {batches / took:,.0f}/s; server {cpu:,.0f} us and "
               f"{woke:.1f} wake-ups per batch", flush=True)  # fmt: skip
     _receivers_load(before, rig.usages(), time.monotonic() - began)
@@ -287,7 +287,7 @@ def _receivers_load(before: dict[str, Usage], after: dict[str, Usage], took: flo
             a, b = before[name], after[name]
             print(
                 f"  {name}: {100 * (b.cpu - a.cpu) / took:.1f}% of a core, "
-                f"{(b.wakeups - a.wakeups) / took:,.0f} wake-ups/s",
+                f"{b.woke_since(a) / took:,.0f} wake-ups/s",
                 flush=True,
             )
 
@@ -300,7 +300,7 @@ def _tap_batches(rig: Rig) -> int:
 def _load(a: Usage, b: Usage, took: float) -> str:
     return (
         f"server {100 * (b.cpu - a.cpu) / took:.1f}% of a core, "
-        f"{(b.wakeups - a.wakeups) / took:,.0f} wake-ups/s (voluntary context switches)"
+        f"{b.woke_since(a) / took:,.0f} wake-ups/s (voluntary context switches)"
     )
 
 

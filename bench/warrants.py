@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
+from rig.processes import usage
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = 0.01
@@ -62,20 +63,6 @@ def setup(base: Path, warrants: int) -> tuple[Path, object, list[str]]:
             )  # fmt: skip
             handles.append(warrant.handle)
     return b.data, b.key, handles
-
-
-def switches() -> int:
-    """Context switches so far of every thread of this process: its wake-ups."""
-    total = 0
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/status") as f:
-                for line in f:
-                    if "ctxt_switches" in line:
-                        total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
 
 
 def status_kib(field: str) -> int:
@@ -114,7 +101,7 @@ async def run(data: Path, key: object, handles: list[str], args: argparse.Namesp
         await trio.sleep(2)  # start-up notices stored
         out["after_start"] = counts()
         syncs0 = sum(s.stats.syncs for s in intake.streams.values())
-        sw0, cpu0, t0 = switches(), time.process_time(), time.perf_counter()
+        sw0, cpu0, t0 = usage(os.getpid()), time.process_time(), time.perf_counter()
         per_tick, sent, refused, i = args.rate * TICK, 0, 0, 0
         next_tick = trio.current_time()
         last = {}
@@ -140,7 +127,7 @@ async def run(data: Path, key: object, handles: list[str], args: argparse.Namesp
         out["rate"] = sent / elapsed
         out["durable_s"] = durable_elapsed - elapsed
         out["cpu_load"] = (time.process_time() - cpu0) / elapsed
-        out["wakeups_load"] = (switches() - sw0) / elapsed
+        out["wakeups_load"] = usage(os.getpid()).woke_since(sw0) / elapsed
         syncs = sum(s.stats.syncs for s in intake.streams.values())
         out["syncs_load"] = (syncs - syncs0) / elapsed
         stored = sum(s.next_seq - base.get(sid, 0) for sid, s in intake.streams.items())
@@ -148,9 +135,9 @@ async def run(data: Path, key: object, handles: list[str], args: argparse.Namesp
             s.durable_seq == s.next_seq - 1 for s in intake.streams.values()
         )
         await trio.sleep(3)  # commits and checkpoints of the tail done
-        sw1, cpu1 = switches(), time.process_time()
+        sw1, cpu1 = usage(os.getpid()), time.process_time()
         await trio.sleep(args.idle)
-        out["wakeups_idle"] = (switches() - sw1) / args.idle
+        out["wakeups_idle"] = usage(os.getpid()).woke_since(sw1) / args.idle
         out["cpu_idle"] = (time.process_time() - cpu1) / args.idle
         out["idle"] = counts()
         out["streams"] = len(intake.streams)

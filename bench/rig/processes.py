@@ -30,7 +30,13 @@ class Usage:
 
     cpu: float
     peak_rss: int  # bytes
-    wakeups: int = 0  # voluntary context switches, all threads
+    threads: dict[int, int] = dataclasses.field(default_factory=dict)  # thread: wake-ups
+
+    def woke_since(self, earlier: Usage) -> int:
+        """Voluntary context switches since ``earlier``, every thread: per thread, so a
+        thread that ended in between (trio's idle worker threads do) takes nothing
+        away; what it did after ``earlier`` is not counted (a slight undercount)."""
+        return sum(n - earlier.threads.get(tid, 0) for tid, n in self.threads.items())
 
 
 def usage(pid: int) -> Usage:
@@ -43,13 +49,13 @@ def usage(pid: int) -> Usage:
         for line in handle:
             if line.startswith("VmHWM:"):
                 peak = int(line.split()[1]) * 1024
-    wakeups = 0
+    threads = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as handle:
             for line in handle:
                 if line.startswith("voluntary_ctxt_switches:"):
-                    wakeups += int(line.split()[1])
-    return Usage(cpu, peak, wakeups)
+                    threads[int(task)] = int(line.split()[1])
+    return Usage(cpu, peak, threads)
 
 
 class Checkout:
