@@ -141,6 +141,14 @@ def test_no_frame_is_zeros_and_a_frame_cut_by_the_fill_is_told_from_damage() -> 
     assert not F.in_fill(damaged + zeros, 0)  # written whole: damage, not the fill
     assert not F.in_fill(frame[:30] + zeros + b"\x01", 0)  # not zeros to the end
     assert F.fill_start(frame + zeros) == len(frame) and F.fill_start(frame) == len(frame)
+    # A closed segment's last frame, whole, damaged, its payload ending in zeros:
+    # no fill after it, so damage (export must not stop before it in silence).
+    record = F.LogRecord(8, 0, ContentKind.CMCC, P.ClockStatus.UNKNOWN, b"y" * 9 + bytes(40))
+    padded = F.encode_data(record)
+    hurt = padded[:20] + b"?" + padded[21:]
+    with pytest.raises(F.FrameError):
+        F.read_frame(hurt, 0)
+    assert not F.in_fill(hurt, 0) and F.in_fill(hurt[:30] + zeros, 0)
 
 
 async def test_recovery_cuts_a_crash_images_zero_fill_silently_and_goes_on(

@@ -373,8 +373,10 @@ def in_fill(data: bytes, offset: int) -> bool:
     True when only zeros follow from ``offset`` (the fill itself: no frame
     starts with eight zero bytes) or from somewhere inside the frame its
     header announces (a frame being written, or cut by a crash while it was
-    written, over the fill). A reader of an open segment stops there, as at
-    a frame cut short by the end of the file.
+    written, over the fill), unless that frame ends exactly where the file
+    does (a whole frame whose payload ends in zeros, in a segment with no
+    fill: damage). A reader of an open segment stops there, as at a frame
+    cut short by the end of the file.
     """
     start = fill_start(data, offset)
     if start == offset:
@@ -384,7 +386,10 @@ def in_fill(data: bytes, offset: int) -> bool:
     if start < offset + FRAME_SIZE:
         return True
     length, _crc = FRAME.unpack_from(data, offset)
-    return start < offset + FRAME_SIZE + length
+    end = offset + FRAME_SIZE + length
+    # A frame whose end is the file's end was written whole: a closed segment
+    # (its fill cut) has none, so its zeros are the payload's, and a failure is damage.
+    return start < end != len(data)
 
 
 def body_type(body: memoryview) -> int:
