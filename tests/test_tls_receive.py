@@ -1,4 +1,4 @@
-"""server/tls_receive.receive_some: the same octets as SSLStream.receive_some, fewer turns."""
+"""tls_io.receive_some: the same octets as SSLStream.receive_some, fewer turns."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import trio
 import trio.testing
 from test_tls_send import _pair, _Steps
 
-from mediation.server.tls_receive import receive_some
+from mediation.tls_io import receive_some
 
 
 async def _receive(stream: trio.SSLStream, size: int) -> tuple[bytes, int]:
-    """``size`` octets by tls_receive; and how many calls it took."""
+    """``size`` octets by tls_io; and how many calls it took."""
     out, calls = bytearray(), 0
     while len(out) < size:
         data = await receive_some(stream, 256 * 1024)

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from mediation import tls_io
 from mediation.lea.state import ReceiverState
 from mediation.protocol import (
     Event,
@@ -134,7 +135,8 @@ class StreamDriver:
 
     async def _reader(self) -> None:
         while self.machine.connected:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            # Every TLS record already received, in one call (trio's: one a call).
+            data = await tls_io.receive_some(self.stream, RECEIVE_SIZE)
             if not data:
                 return
             now = trio.current_time()

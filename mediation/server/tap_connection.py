@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from mediation import tls_io
 from mediation.pdu import taplink as T
 from mediation.protocol.errors import ProtocolError
 from mediation.protocol.taplink import TapLinkServer
-from mediation.server import tls_receive
 from mediation.server.tls_send import send_all
 from mediation.server.warrant_table import WarrantTable
 from mediation.warrants.model import Tap, Warrant, WarrantState
@@ -230,6 +230,6 @@ def describe(exc: BaseException) -> str:
 
 async def receive_some(stream: trio.SSLStream) -> bytes:
     try:
-        return await tls_receive.receive_some(stream, RECEIVE)  # a batch's records at once
+        return await tls_io.receive_some(stream, RECEIVE)  # a batch's records at once
     except trio.BrokenResourceError:
         return b""

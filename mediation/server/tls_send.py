@@ -27,34 +27,7 @@ import ssl
 
 import trio
 
-try:  # trio's internals this relies on; without them every send is send_all's
-    from trio._ssl import _State as _SslState
-
-    _OK = _SslState.OK
-    _BROKEN = _SslState.BROKEN
-except (ImportError, AttributeError):  # pragma: no cover - another trio
-    _OK = _BROKEN = None
-
-
-def usable(stream: trio.abc.Stream) -> bool:
-    """Whether ``stream`` is a ``trio.SSLStream`` over a socket, handshaken and not
-    broken, on a trio with the internals the direct paths use (here and in
-    :mod:`mediation.server.tls_receive`); else they take trio's own calls."""
-    if _OK is None or stream.__class__ is not trio.SSLStream:
-        return False
-    try:
-        return (
-            stream._state is _OK  # type: ignore[attr-defined]
-            and stream._handshook.done  # type: ignore[attr-defined]
-            and isinstance(stream.transport_stream, trio.SocketStream)  # type: ignore[attr-defined]
-        )
-    except AttributeError:  # pragma: no cover - another trio
-        return False
-
-
-def mark_broken(stream: trio.SSLStream) -> None:
-    """Mark ``stream`` broken, as trio does after a TLS error or a reset on its own paths."""
-    stream._state = _BROKEN
+from mediation.tls_io import mark_broken, usable
 
 
 def _direct(stream: trio.SSLStream) -> bool:

@@ -1,5 +1,10 @@
 """Receiving on a trio TLS stream with one loop turn, not three, per burst of records.
 
+Below both ``server/`` and ``lea/``: the server's tap ingress
+(``server/tap_connection.py``) and the agency's connection driver
+(``lea/driver.py``) read with it, and ``server/tls_send.py`` shares its
+checks of trio's internals (:func:`usable`, :func:`mark_broken`).
+
 ``trio.SSLStream.receive_some`` returns one TLS record's octets a call
 (a tap batch of ~25 KiB is two records) and yields to the scheduler at
 least once per call even when the record is already buffered; waiting for
@@ -29,10 +34,37 @@ import ssl
 
 import trio
 
-from mediation.server.tls_send import mark_broken, usable
+try:  # trio's internals the direct paths rely on; without them every call is trio's own
+    from trio._ssl import _State as _SslState
+
+    _OK = _SslState.OK
+    _BROKEN = _SslState.BROKEN
+except (ImportError, AttributeError):  # pragma: no cover - another trio
+    _OK = _BROKEN = None
 
 # What one read of the socket asks for (the kernel gives what it has).
 SOCKET_READ = 256 * 1024
+
+
+def usable(stream: trio.abc.Stream) -> bool:
+    """Whether ``stream`` is a ``trio.SSLStream`` over a socket, handshaken and not
+    broken, on a trio with the internals the direct paths use (here and in
+    :mod:`mediation.server.tls_send`); else they take trio's own calls."""
+    if _OK is None or stream.__class__ is not trio.SSLStream:
+        return False
+    try:
+        return (
+            stream._state is _OK  # type: ignore[attr-defined]
+            and stream._handshook.done  # type: ignore[attr-defined]
+            and isinstance(stream.transport_stream, trio.SocketStream)  # type: ignore[attr-defined]
+        )
+    except AttributeError:  # pragma: no cover - another trio
+        return False
+
+
+def mark_broken(stream: trio.SSLStream) -> None:
+    """Mark ``stream`` broken, as trio does after a TLS error or a reset on its own paths."""
+    stream._state = _BROKEN
 
 
 def _direct(stream: trio.SSLStream) -> bool:
@@ -79,8 +111,8 @@ async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
                 waited, fresh = True, stream._incoming.pending != 0
                 continue
             except OSError as exc:  # reset, or closed under us
-                mark_broken(stream)
-                raise trio.BrokenResourceError from exc
+                mark_broken(stream)  # and trio's words (the agency logs them)
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             fresh = True
             if raw:
                 stream._incoming.write(raw)
