@@ -1,6 +1,6 @@
 """The agency's receiver alone: CPU per PDU of its UDP and TLS paths, in process.
 
-    python bench/receive.py [--pdus N] [--checkout DIR]
+    python bench/receive.py [--pdus N] [--checkout DIR] [--tls-socket]
 
 Builds ``--pdus`` PDUs as a full-content tap does (1500-octet frames to
 and from a documentation-address target: a header report and a CC APDU
@@ -12,7 +12,12 @@ own code without sockets, so the figure is the receiver's CPU alone:
 - TLS: the envelopes back to back in 256 KiB chunks through a
   ``StreamReceiver`` and the receiver's state, as its connection driver
   does (TLS decryption and the fsync before each ack are
-  not included: the end-to-end bench, bench/e2e.py, has the process's CPU).
+  not included: the end-to-end bench, bench/e2e.py, has the process's CPU);
+- TLS socket (``--tls-socket``): the same envelopes sent at once over a
+  loopback TLS connection by a child process and taken by the receiver's
+  connection driver (``lea/driver.StreamDriver``, as ``mediate receive``
+  runs it): the TLS decryption, the driver's reads, its acks and the
+  fsync before each are included (the child's CPU is not).
 
 CPU time (``process_time``), best of ``--rounds``. ``--checkout DIR``
 imports the receiver from another checkout: run this file with that
@@ -115,12 +120,96 @@ def tls_path(envelopes: list[bytes], base: Path) -> float:
     return took / len(envelopes) * 1e6
 
 
+def _tls_sender(port: int, data_file: str, count: int, checkout: str) -> None:
+    """The server's end (a child process): send the envelopes at once, wait for the
+    acks of all ``count``, then close TLS (closing before would reset the connection)."""
+    import contextlib
+    import socket
+    import ssl
+
+    sys.path.insert(0, checkout)
+    from mediation import pdu as P
+    from mediation.protocol import MessageBuffer
+    from mediation.protocol.envelope import decode_message
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # a bench on loopback
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        tls = context.wrap_socket(raw)
+        tls.sendall(Path(data_file).read_bytes())
+        acked: dict[object, int] = {}
+        buffer = MessageBuffer()
+        while sum(acked.values()) < count:
+            data = tls.recv(65536)
+            assert data, "the agency closed first"
+            buffer.feed(data)
+            for message in map(decode_message, buffer.messages()):
+                if isinstance(message, P.Acknowledgement):
+                    acked[message.stream] = message.next_expected
+        tls.settimeout(30)
+        with contextlib.suppress(OSError, ssl.SSLError):  # the agency closed first
+            tls.unwrap()  # close_notify; the agency then closes the connection
+
+
+def tls_socket_path(envelopes: list[bytes], base: Path, checkout: Path) -> float:
+    """CPU microseconds per envelope through TLS on loopback and the connection driver."""
+    import multiprocessing
+    import ssl
+
+    import trio
+
+    from mediation.lea.driver import StreamDriver
+    from mediation.lea.state import ReceiverState
+    from mediation.lea.tls import make_agency_certificate
+    from mediation.protocol import StreamReceiver
+
+    work = Path(tempfile.mkdtemp(dir=base))
+    agency = make_agency_certificate(work / "agency", "bench agency")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(agency.cert_path, agency.key_path)
+    data_file = work / "envelopes"
+    data_file.write_bytes(b"".join(envelopes))
+    state = ReceiverState(work / "out")
+
+    async def receive() -> float:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        child = multiprocessing.get_context("spawn").Process(
+            target=_tls_sender,
+            args=(port, str(data_file), len(envelopes), str(checkout)),
+            daemon=True,
+        )
+        child.start()
+        stream = trio.SSLStream(await listeners[0].accept(), context, server_side=True)
+        await stream.do_handshake()
+        machine = StreamReceiver(trackers=state.trackers, streams=state.accepted)
+        machine.connection_made(trio.current_time())
+        started = time.process_time()
+        driver = StreamDriver(machine, stream, state, "tls")
+        await driver.run()
+        state.flush()
+        took = time.process_time() - started
+        await listeners[0].aclose()
+        child.join(30)
+        assert driver.ended_by == "closed by peer", driver.ended_by
+        return took
+
+    took = trio.run(receive)
+    got = sum(stats.received for stats in state.stats.values())
+    state.close()
+    assert got == len(envelopes), f"{got} of {len(envelopes)} envelopes"
+    return took / len(envelopes) * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pdus", type=int, default=20_000, help="per stream kind")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--checkout", type=Path, default=HERE)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument(
+        "--tls-socket", action="store_true", help="also TLS on loopback through the driver"
+    )
     args = parser.parse_args()
     if not 100 <= args.pdus <= 1_000_000 or not 1 <= args.rounds <= 10:
         parser.error("--pdus: 100 to 1,000,000; --rounds: 1 to 10")
@@ -132,6 +221,11 @@ def main() -> int:
         tls_path(mixed[:200], base)  # warm-up: the reference codec compiles its schema once
         udp = min(udp_path(mixed, base) for _ in range(args.rounds))
         tls = min(tls_path(mixed, base) for _ in range(args.rounds))
+        sock = 0.0
+        if args.tls_socket:
+            sock = min(
+                tls_socket_path(mixed, base, args.checkout.resolve()) for _ in range(args.rounds)
+            )
     finally:
         import shutil
 
@@ -140,6 +234,8 @@ def main() -> int:
           f"receiver from {args.checkout.resolve()}")  # fmt: skip
     print(f"UDP path {udp:6.1f} us CPU per PDU ({1e6 / udp:,.0f} PDUs/s on one core)")
     print(f"TLS path {tls:6.1f} us CPU per PDU ({1e6 / tls:,.0f} PDUs/s on one core)")
+    if args.tls_socket:
+        print(f"TLS socket {sock:4.1f} us CPU per PDU ({1e6 / sock:,.0f} PDUs/s on one core)")
     return 0
 
 
