@@ -34,7 +34,12 @@ from mediation.protocol import (
 
 log = logging.getLogger("mediation.lea")
 
-RECEIVE_SIZE = 256 * 1024  # a read takes what a wake-up has: ~170 full-size envelopes
+# At most four TLS records (~45 full-size envelopes) a read. trio's own read
+# gave one record a call whatever it was asked; tls_io gives every record
+# received, and 256 KiB a call (what this was) doubled the TLS agency's p99
+# at 16,000 PDUs/s (12 -> 20-24 ms: docs/architecture.md, tlsread), while
+# 64 KiB keeps it and the CPU saved (17 -> 15 us a PDU).
+RECEIVE_SIZE = 64 * 1024
 # The octets of an envelope's or checkpoint's message, exactly as received:
 # the machine keeps them on the event from its own framing (a later version's
 # extension fields included), so the stream is framed once, not twice.
