@@ -161,7 +161,7 @@ async def test_a_reset_is_a_lost_connection_as_before_and_what_came_before_is_st
 
 
 async def test_a_cut_without_a_tls_close_ends_as_before(tmp_path: Path) -> None:
-    """As trio's own read takes it (with Python 3.11's OpenSSL options: as a close)."""
+    """As trio's own read takes it (a close: Python 3.11 sets OP_IGNORE_UNEXPECTED_EOF)."""
     before = await _as_trio_ends(tmp_path / "trio", _cut_without_tls_close)
     link = await _link(tmp_path)
     async with trio.open_nursery() as nursery:

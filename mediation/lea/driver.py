@@ -34,7 +34,7 @@ from mediation.protocol import (
 
 log = logging.getLogger("mediation.lea")
 
-# At most four TLS records (~45 full-size envelopes) a read. trio's own read
+# At most four TLS records (~40 full-size envelopes) a read. trio's own read
 # gave one record a call whatever it was asked; tls_io gives every record
 # received, and 256 KiB a call (what this was) doubled the TLS agency's p99
 # at 16,000 PDUs/s (12 -> 20-24 ms: docs/architecture.md, tlsread), while
