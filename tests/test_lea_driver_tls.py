@@ -14,6 +14,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 from test_lea_support import CMCC, cc_record
@@ -145,29 +146,27 @@ async def _as_trio_ends(tmp_path: Path, cut: Callable[[trio.SSLStream], Awaitabl
     raise AssertionError("data after the cut")
 
 
-async def test_a_reset_is_a_lost_connection_as_before_and_what_came_before_is_stored(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("cut", "count", "said"),
+    [
+        # a reset: a lost connection, with its errno
+        (_cut_by_reset, 400, "connection lost: socket connection broken: "),
+        # a cut without a TLS close, as trio's own read takes it (a close:
+        # Python 3.11 sets OP_IGNORE_UNEXPECTED_EOF)
+        (_cut_without_tls_close, 20, ""),
+    ],
+    ids=["reset", "cut-without-close"],
+)
+async def test_a_connection_that_ends_badly_ends_as_before_and_what_came_before_is_stored(
+    tmp_path: Path, cut: Callable[[trio.SSLStream], Awaitable[None]], count: int, said: str
 ) -> None:
-    before = await _as_trio_ends(tmp_path / "trio", _cut_by_reset)
-    assert before.startswith("connection lost: socket connection broken: ")  # its errno
+    before = await _as_trio_ends(tmp_path / "trio", cut)
+    assert before.startswith(said)
     link = await _link(tmp_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(link.driver.run)
-        await link.send(400)
-        await link.acked(400)
-        await _cut_by_reset(link.server_end)
+        await link.send(count)
+        await link.acked(count)
+        await cut(link.server_end)
     assert link.driver.ended_by == before
-    assert link.stored() == list(range(400))
-
-
-async def test_a_cut_without_a_tls_close_ends_as_before(tmp_path: Path) -> None:
-    """As trio's own read takes it (a close: Python 3.11 sets OP_IGNORE_UNEXPECTED_EOF)."""
-    before = await _as_trio_ends(tmp_path / "trio", _cut_without_tls_close)
-    link = await _link(tmp_path)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.driver.run)
-        await link.send(20)
-        await link.acked(20)
-        await _cut_without_tls_close(link.server_end)
-    assert link.driver.ended_by == before
-    assert link.stored() == list(range(20))
+    assert link.stored() == list(range(count))
