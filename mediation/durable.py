@@ -90,6 +90,24 @@ def write_synced(fd: int, views: list[memoryview], offset: int) -> None:
         os.fdatasync(fd)
 
 
+def truncate_synced(path: Path, size: int, fd: int | None = None) -> None:
+    """Cut ``path`` to ``size`` octets, durably (fdatasync: the size is data's metadata).
+
+    Args:
+        fd: the file already open for writing (kept open), or None: opened and closed here.
+    """
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_WRONLY)
+    assert fd is not None
+    try:
+        os.ftruncate(fd, size)
+        os.fdatasync(fd)
+    finally:
+        if own:
+            os.close(fd)
+
+
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 

@@ -151,17 +151,23 @@ def test_no_frame_is_zeros_and_a_frame_cut_by_the_fill_is_told_from_damage() -> 
     assert not F.in_fill(hurt, 0) and F.in_fill(hurt[:30] + zeros, 0)
 
 
-async def test_recovery_cuts_a_crash_images_zero_fill_silently_and_goes_on(
-    tmp_path: Path,
-) -> None:
+async def crash_image(tmp_path: Path, payloads: list[bytes]) -> tuple[Path, Path, int]:
+    """A stream with ``payloads`` durable, copied while open (its files as a power
+    cut would leave them): the copy's directory, its one segment, its frames' end."""
     live, image = tmp_path / "live", tmp_path / "image"
     async with EvidenceLog.open(live, CONFIG, key=None) as log:
         stream = await log.stream(HANDLE, P.StreamKind.CMCC)
-        for n in range(10):
-            await stream.append_nowait(b"before %d" % n, ContentKind.CMCC).durable()
-        shutil.copytree(live, image)  # the files as a power cut would leave them
+        for payload in payloads:
+            await stream.append_nowait(payload, ContentKind.CMCC).durable()
+        shutil.copytree(live, image)
     [(_first, path)] = list_segments(stream_dir(image))
-    end = frames_end(path)
+    return image, path, frames_end(path)
+
+
+async def test_recovery_cuts_a_crash_images_zero_fill_silently_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    image, path, end = await crash_image(tmp_path, [b"before %d" % n for n in range(10)])
     assert path.stat().st_size == FILL_FIRST > end
     async with EvidenceLog.open(image, CONFIG, key=None) as log:
         stream = await log.stream(HANDLE, P.StreamKind.CMCC)
@@ -177,14 +183,7 @@ async def test_recovery_cuts_a_crash_images_zero_fill_silently_and_goes_on(
 async def test_a_record_torn_over_the_fill_is_quarantined_as_a_torn_tail(
     tmp_path: Path,
 ) -> None:
-    live, image = tmp_path / "live", tmp_path / "image"
-    async with EvidenceLog.open(live, CONFIG, key=None) as log:
-        stream = await log.stream(HANDLE, P.StreamKind.CMCC)
-        for n in range(5):
-            await stream.append_nowait(b"kept %d" % n, ContentKind.CMCC).durable()
-        shutil.copytree(live, image)
-    [(_first, path)] = list_segments(stream_dir(image))
-    end = frames_end(path)
+    image, path, end = await crash_image(tmp_path, [b"kept %d" % n for n in range(5)])
     record = F.LogRecord(5, 0, ContentKind.CMCC, P.ClockStatus.UNKNOWN, b"torn" * 100)
     torn_bytes = F.encode_data(record)[:200]  # the crash came 200 bytes into the write
     with open(path, "r+b") as f:

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
@@ -303,6 +303,13 @@ class Cursor:
             return False
         cp_after, checkpoints = self._cp_after, side._checkpoints
         return cp_after is None or not checkpoints or checkpoints[-1].last_seq <= cp_after
+
+    @staticmethod
+    def any_behind(cursors: Iterable[Cursor | None]) -> bool:
+        """Whether one of ``cursors`` (None: a stream not yet opened) is not :attr:`caught_up`:
+        a delivery round that sent runs another at once only then, else the
+        log's wake-up starts the next (no empty round)."""
+        return any(cursor is not None and not cursor.caught_up for cursor in cursors)
 
     def seek(self, seq: int) -> None:
         """Read from ``seq`` next (an agency's replay, or a resume)."""

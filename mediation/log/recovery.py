@@ -31,7 +31,7 @@ import os
 import time
 from pathlib import Path
 
-from mediation.durable import fsync_dir, write_atomic
+from mediation.durable import fsync_dir, truncate_synced, write_atomic
 from mediation.log import format as F
 from mediation.log.crypto import LogKey, LogKeyRequired, SegmentCipher
 from mediation.log.errors import LogCorrupted, LogError
@@ -98,7 +98,7 @@ def _quarantine(
     if offset == 0:
         path.unlink()
     else:
-        _cut(path, offset)
+        truncate_synced(path, offset)
     fsync_dir(directory)
     logger.warning(
         "%s: torn tail cut at %s byte %d (%d bytes, from sequence %d): %s",
@@ -110,16 +110,6 @@ def _quarantine(
         reason,
     )
     return torn
-
-
-def _cut(path: Path, offset: int) -> None:
-    """Cut ``path`` to ``offset`` octets, durably."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.ftruncate(fd, offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _finish_retention(directory: Path, removed_through: int) -> list[tuple[int, Path]]:
@@ -180,7 +170,7 @@ def recover_stream(
                 _quarantine(directory, label, path, scan.good_end, scan.next_seq, scan.fault)
             )
         elif scan.good_end < scan.size:  # the open segment's zero fill: ours, not damage
-            _cut(path, scan.good_end)
+            truncate_synced(path, scan.good_end)
         since = scan.since_checkpoint
         if scan.records == 0 and len(segments) > 1:
             # Killed just after a roll: the tail to sign may end the previous segment.

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from mediation.durable import create_open, write_atomic, write_synced
+from mediation.durable import create_open, truncate_synced, write_atomic, write_synced
 from mediation.log import format as F
 from mediation.log.crypto import BodyReader, LogKey, RecordUnreadable
 from mediation.log.errors import LogCorrupted
@@ -361,15 +361,7 @@ class SegmentWriter:
         """Cut the zero fill off the active segment, durably: it ends with its last frame."""
         if self.first is None or self.filled <= self.size:
             return
-        fd = self._fd
-        if fd is None:
-            fd = os.open(self.directory / F.segment_name(self.first), os.O_WRONLY)
-        try:
-            os.ftruncate(fd, self.size)
-            os.fdatasync(fd)
-        finally:
-            if fd != self._fd:
-                os.close(fd)
+        truncate_synced(self.directory / F.segment_name(self.first), self.size, self._fd)
         self.filled = self.size
 
     def _roll(self, first: int, header: bytes) -> None:

@@ -254,9 +254,9 @@ class _Verifier:
             try:
                 body, stop = F.read_frame(data, offset)
             except F.FrameError as exc:
-                fill = F.in_fill(data, offset)
-                if fill and last and F.fill_start(data, offset) == offset:
+                if last and F.fill_start(data, offset) == offset:
                     return True  # the open segment's zero fill: the end of its frames
+                fill = F.in_fill(data, offset)
                 note = " (a torn tail: recovery cuts it)" if (exc.torn or fill) and last else ""
                 if fill and not last:
                     note = " (zero fill in a sealed segment)"

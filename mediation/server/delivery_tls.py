@@ -304,13 +304,7 @@ class TlsWorker:
                 sent = sent or bool(wrote)
             if sent:  # the whole round is queued: send it here, not from a woken flusher
                 await link.flush()
-            # Another round at once only if one may find more; every cursor
-            # caught up, the logs' wake-ups start the next (no empty round).
-            if sent:
-                for state in live:
-                    if not state.cursor.caught_up:
-                        return True
-            return False
+            return sent and Cursor.any_behind(state.cursor for state in live)
 
         try:
             await self._rounds.run(one_round)
@@ -326,16 +320,13 @@ class TlsWorker:
             go on (its unacknowledged records were removed by retention).
         """
         sender, sid, cursor = link.sender, state.sid, state.cursor
-        room, batch = sender.window_room(sid), self.config.batch
-        wanted = sender.window // 4  # min(max(1, window // 4), batch), without the calls
-        if wanted < 1:
-            wanted = 1
-        if room < (wanted if wanted < batch else batch) and room < sender.window:
+        room = sender.window_room(sid)
+        if room < min(max(1, sender.window // 4), self.config.batch) and room < sender.window:
             self._want_room.add(sid)  # its next ack wakes the writer
             return False
         if cursor.position != sender.next_sequence(sid):
             cursor.seek(sender.next_sequence(sid))  # an ack moved us on
-        limit = room if room < batch else batch
+        limit = min(room, self.config.batch)
         try:
             records = cursor.read_nowait(limit)
             if records is None:  # behind the log's memory: from disk (waits)
@@ -348,9 +339,7 @@ class TlsWorker:
         if not records:
             return False
         data = self._envelopes(sender, sid, records)
-        sent = sender.next_sequence(sid)
-        if sent > state.sent_high:
-            state.sent_high = sent
+        state.sent_high = max(state.sent_high, sender.next_sequence(sid))
         await link.write(data, flush_after=True)  # the round's end flushes
         return True
 

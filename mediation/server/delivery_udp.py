@@ -207,13 +207,7 @@ class UdpWorker:
                 if state.cursor is None:
                     self._open_stream(state)
                 sent |= await self._deliver_ready(state)
-            # Another round at once only if one may find more: every cursor
-            # caught up, the logs' wake-ups start the next (no empty round).
-            if sent:
-                for state in self._streams.values():
-                    if state.cursor is not None and not state.cursor.caught_up:
-                        return True
-            return False
+            return sent and Cursor.any_behind(state.cursor for state in self._streams.values())
 
         try:
             await self._rounds.run(one_round)
