@@ -76,6 +76,7 @@ class Step:
     cpu: dict[str, float]
     peak: dict[str, int]
     per_pdu: dict[str, float]  # CPU microseconds per PDU
+    waited: dict[str, float]  # seconds runnable but waiting for a core (run queue)
     socket_drops: int = 0  # at the UDP agency's socket (/proc/net/udp)
     note: str = ""
     stages: str = ""  # --stages: the steady latency by stage (rig/stages.py)
@@ -114,6 +115,8 @@ def run_step(rig: Rig, rate: int, seconds: float) -> Step:
     cpu["tap"] = tap.cpu
     peak = {name: u.peak_rss for name in after for u in (after[name],)}
     peak["tap"] = tap.peak_rss
+    waited = {name: after[name].waited_since(before[name]) for name in after}
+    waited["tap"] = tap.waited_since(Usage(0.0, 0))
     per_pdu = {k: cpu[k] / max(held.get(k.removeprefix("receive-"), logged), 1) * 1e6 for k in cpu}
     if "acknowledged" not in note and note:
         note = note.splitlines()[-1]
@@ -129,6 +132,7 @@ def run_step(rig: Rig, rate: int, seconds: float) -> Step:
         cpu=cpu,
         peak=peak,
         per_pdu=per_pdu,
+        waited=waited,
         socket_drops=udp_drops(rig.ports["udp"]) - drops0,
         note=note,
         stages=_stages(rig, lat, seconds),
@@ -208,6 +212,12 @@ def print_step(step: Step) -> None:
         for name in PROCESSES
     ]
     print("    cpu, per PDU, peak RSS: " + "; ".join(cells), flush=True)
+    queued = [
+        f"{name} {step.waited.get(name, 0):.2f}s "
+        f"({step.waited.get(name, 0) / max(step.cpu.get(name, 0), 1e-9):.2f} per CPU s)"
+        for name in PROCESSES
+    ]
+    print("    waited for a core (run queue): " + "; ".join(queued), flush=True)
     if step.note:
         print(f"    tap: {step.note}", flush=True)
     if step.stages:

@@ -31,6 +31,12 @@ class Usage:
     cpu: float
     peak_rss: int  # bytes
     threads: dict[int, int] = dataclasses.field(default_factory=dict)  # thread: wake-ups
+    queued: dict[int, int] = dataclasses.field(default_factory=dict)  # thread: run-queue ns
+
+    def waited_since(self, earlier: Usage) -> float:
+        """Seconds its threads spent runnable but waiting for a core since ``earlier``
+        (``/proc/PID/task/TID/schedstat``, second field), counted as ``woke_since``."""
+        return sum(n - earlier.queued.get(tid, 0) for tid, n in self.queued.items()) / 1e9
 
     def woke_since(self, earlier: Usage) -> int:
         """Voluntary context switches since ``earlier``, every thread: per thread, so a
@@ -55,7 +61,19 @@ def usage(pid: int) -> Usage:
             for line in handle:
                 if line.startswith("voluntary_ctxt_switches:"):
                     threads[int(task)] = int(line.split()[1])
-    return Usage(cpu, peak, threads)
+    return Usage(cpu, peak, threads, run_queue(pid))
+
+
+def run_queue(pid: int, into: dict[int, int] | None = None) -> dict[int, int]:
+    """Each thread's nanoseconds runnable but not running (the kernel's run-queue
+    delay), added to ``into``: a thread that ended keeps its last reading."""
+    queued = {} if into is None else into
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            path = f"/proc/{pid}/task/{task}/schedstat"
+            with contextlib.suppress(OSError, IndexError, ValueError), open(path) as handle:
+                queued[int(task)] = int(handle.read().split()[1])
+    return queued
 
 
 class Checkout:
@@ -200,7 +218,9 @@ class Rig:
         self, process: subprocess.Popen[bytes], began: float, limit: float, out: Path
     ) -> tuple[float, Usage, str]:
         deadline = began + limit
+        queued: dict[int, int] = {}  # read while it runs: /proc forgets it at exit
         while True:
+            run_queue(process.pid, queued)
             pid, status, rusage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -214,7 +234,8 @@ class Rig:
         text = out.read_text(errors="replace").strip()
         if process.returncode != 0:
             text = f"tap exit {process.returncode}: {text}"
-        return elapsed, Usage(rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss * 1024), text
+        cpu = rusage.ru_utime + rusage.ru_stime
+        return elapsed, Usage(cpu, rusage.ru_maxrss * 1024, queued=queued), text
 
     def status(self) -> dict:
         from mediation.server.control import ControlError, request, socket_path
