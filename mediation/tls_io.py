@@ -16,7 +16,11 @@ server's ingress at light load").
 :func:`receive_some` decrypts every record already received (up to
 ``max_bytes``) in one call; when none is, it reads the socket directly
 (non-blocking) into the stream's own incoming buffer, waiting for the
-socket to be readable when it is empty. Each call yields to the scheduler
+socket to be readable when it is empty. It reads the socket under the
+stream's inner receive lock (taken without a turn when free) and counts the
+read as trio's own paths do, so a send of trio's that must read first (a
+TLS 1.2 renegotiation) waits for this read and uses it, never waiting on
+the same socket beside it. Each call yields to the scheduler
 exactly once: the wait, or a checkpoint when the data was there already
 (so a reader fed without pause never starves the other tasks). Anything
 unusual (a stream still handshaking, broken or closed, its receive lock
@@ -101,26 +105,52 @@ async def receive_some(stream: trio.abc.ReceiveStream, max_bytes: int) -> bytes:
                     waited = True
                 if data is not None:
                     break
-            fd = stream.transport_stream.socket.fileno()  # type: ignore[attr-defined]
-            try:
-                raw = os.read(fd, SOCKET_READ)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                # Nothing new for the TLS object (unless trio's own send put some in
-                # its buffer meanwhile): read the socket first, not the TLS.
-                waited, fresh = True, stream._incoming.pending != 0
+            lock = stream._inner_recv_lock
+            try:  # the socket is read under trio's lock, as its own paths do
+                lock.acquire_nowait()
+            except trio.WouldBlock:  # a send that must read first (a renegotiation)
+                count = stream._inner_recv_count
+                async with lock:  # its read feeds the TLS object: decrypt that
+                    pass
+                waited, fresh = True, stream._inner_recv_count != count
                 continue
-            except OSError as exc:  # reset, or closed under us
-                mark_broken(stream)  # and trio's words (the agency logs them)
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            try:
+                waited |= await _read_socket(stream)
+            finally:
+                lock.release()
             fresh = True
-            if raw:
-                stream._incoming.write(raw)
-            else:
-                stream._incoming.write_eof()  # the next decrypt says how it ended
         if not waited:  # it was all there: still one turn a call, as trio's
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
+
+
+async def _read_socket(stream: trio.SSLStream) -> bool:
+    """Read the socket into the TLS object's buffer, waiting for it when it is empty
+    (under the stream's inner receive lock, which the caller holds); counted as
+    trio's ``_retry`` counts its reads, so a send waiting for the lock reads nothing
+    more. Returns whether it waited.
+
+    Raises:
+        trio.BrokenResourceError: a reset, or the socket closed under us.
+    """
+    fd = stream.transport_stream.socket.fileno()  # type: ignore[attr-defined]
+    waited = False
+    while True:
+        try:
+            raw = os.read(fd, SOCKET_READ)
+            break
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            waited = True
+        except OSError as exc:  # reset, or closed under us
+            mark_broken(stream)  # and trio's words (the agency logs them)
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+    if raw:
+        stream._incoming.write(raw)
+    else:
+        stream._incoming.write_eof()  # the next decrypt says how it ended
+    stream._inner_recv_count += 1
+    return waited
 
 
 def _decrypt(stream: trio.SSLStream, max_bytes: int) -> bytes | None:

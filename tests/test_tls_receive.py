@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import struct
 from pathlib import Path
 
@@ -97,6 +98,39 @@ async def test_a_reset_is_a_broken_stream_as_with_receive_some(tmp_path: Path) -
     with pytest.raises(trio.BrokenResourceError):
         await server.receive_some(1000)  # broken for trio too
     await trio.aclose_forcefully(server)
+
+
+async def test_a_send_that_must_read_waits_for_the_readers_read(tmp_path: Path) -> None:
+    """A send that meets a TLS 1.2 renegotiation must read before it can write:
+    trio's own ``_retry`` takes the stream's inner receive lock and counts reads,
+    so it never waits on the socket beside a reader. tls_io's reader does the
+    same: the sender waits for the reader's read and goes on (before, both
+    waited on one socket and trio refused the second: BusyResourceError)."""
+    client, server = await _pair(tmp_path)
+    owed = [True]
+
+    def write_that_needs_a_read() -> str:  # what SSL_write does mid-renegotiation
+        if owed.pop() if owed else False:
+            raise ssl.SSLWantReadError
+        return "written"
+
+    got: dict[str, object] = {}
+    async with trio.open_nursery() as nursery:
+
+        async def reader() -> None:
+            got["reader"] = await receive_some(server, 1000)
+
+        async def sender() -> None:
+            got["sender"] = await server._retry(write_that_needs_a_read)  # trio's own path
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()  # the reader waits on the socket
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()  # the sender waits for the reader's read
+        await client.send_all(b"renegotiated")
+    assert got == {"reader": b"renegotiated", "sender": "written"}
+    await client.send_all(b"after")
+    assert await receive_some(server, 1000) == b"after"
 
 
 async def test_a_cancelled_wait_leaves_the_stream_usable(tmp_path: Path) -> None:
