@@ -370,16 +370,21 @@ class StreamReceiver(StreamConnection):
         accept = self._accept
         retrieval = self.retrieval
         live = self._live
+        accepted = None  # the stream last found in ``accept`` (a read's are nearly all one or two)
         for raw in whole:
             if raw[0] != 0xA0:
                 events += self._message(raw, now)
+                accepted = None  # (a message other than an envelope may change what is asked)
                 continue
             try:
                 envelope = decode_envelope(raw)
             except PDUError as exc:  # as decode_message says it
                 raise ProtocolError(f"malformed delivery message: {exc}") from None
-            if accept is not None and envelope.stream not in accept:
-                raise ProtocolError(f"envelope for {envelope.stream}, not delivered here")
+            stream = envelope.stream
+            if stream is not accepted and accept is not None:
+                if stream not in accept:
+                    raise ProtocolError(f"envelope for {stream}, not delivered here")
+                accepted = stream
             if retrieval.claims(envelope):
                 event = retrieval.handle_envelope(envelope)
             else:
