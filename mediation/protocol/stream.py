@@ -364,7 +364,7 @@ class StreamReceiver(StreamConnection):
         ``decode_message`` decodes it (the same record, the same error),
         then :meth:`_envelope`'s steps, without a call chain and a list per
         envelope; anything else goes through :meth:`_message`. Proven equal
-        by tests/test_protocol_stream_messages.py.
+        by tests/test_protocol_framing_cut.py.
         """
         append = events.append
         accept = self._accept
