@@ -1,14 +1,16 @@
 """The agency's receiver alone: CPU per PDU of its UDP and TLS paths, in process.
 
-    python bench/receive.py [--pdus N] [--checkout DIR] [--tls-socket]
+    python bench/receive.py [--pdus N] [--checkout DIR] [--batch N] [--tls-socket]
 
 Builds ``--pdus`` PDUs as a full-content tap does (1500-octet frames to
 and from a documentation-address target: a header report and a CC APDU
 each), numbers them as the server does, and feeds them to the receiver's
 own code without sockets, so the figure is the receiver's CPU alone:
 
-- UDP: each envelope sealed, then ``UdpDelivery.receive`` (open, decode,
-  track, store: raw file, pcap, JSON line);
+- UDP: each envelope sealed, then ``UdpDelivery.receive_all`` of
+  ``--batch`` datagrams at a time, as the reader takes a wake-up's (open,
+  decode, track, store: raw file, pcap, JSON line); ``--batch 1``, or a
+  checkout without ``receive_all``: ``UdpDelivery.receive`` of each;
 - TLS: the envelopes back to back in 256 KiB chunks through a
   ``StreamReceiver`` and the receiver's state, as its connection driver
   does (TLS decryption and the fsync before each ack are
