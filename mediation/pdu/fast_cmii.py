@@ -29,7 +29,7 @@ from __future__ import annotations
 from mediation.pdu import codec
 from mediation.pdu.cmii import CmIIMessage
 from mediation.pdu.errors import PDUError
-from mediation.pdu.fast_der import _TIMES, Buffer, as_bytes, expect, read_time
+from mediation.pdu.fast_der import Buffer, as_bytes, expect, read_time
 
 MAX_SHAPES = 1024  # then the cache starts afresh: bounded whatever a peer sends
 _SEQUENCE, _OID, _CASE_ID, _IAP, _TIMESTAMP = 0x30, 0x06, 0x80, 0x81, 0x82
@@ -136,9 +136,7 @@ def _remember(data: bytes, time_at: int, time_end: int, template: CmIIMessage) -
 def _with_time(template: CmIIMessage, data: bytes, time_at: int, time_end: int) -> CmIIMessage:
     """``template`` with the time stamp whose contents are ``data[time_at:time_end]``."""
     try:
-        when = _TIMES.get(data[time_at:time_end]) or read_time(
-            data, time_at, time_end, "timestamp"
-        )  # read_time()'s cache inline
+        when = read_time(data, time_at, time_end, "timestamp")
     except PDUError:
         return codec.decode_cmii(data)  # the reference says what is wrong
     # A copy of the remembered record with the new time: what __init__ would

@@ -19,7 +19,7 @@ import datetime as dt
 from mediation.pdu.cmcc import CCApdu, CCDeliveryHeader
 from mediation.pdu.delivery import ClockStatus, StreamId
 from mediation.pdu.fast_cc import _DIRECTION_OF, _INFO_RECORDS
-from mediation.pdu.fast_der import _TIMES, read_time
+from mediation.pdu.fast_der import read_time
 from mediation.pdu.fast_envelope import _CLOCK_OF, _STREAM_RECORDS, TAG_KIND, EnvelopeFields
 
 _NEW = object.__new__
@@ -74,8 +74,7 @@ def read_envelope_usual(data: bytes) -> EnvelopeFields | None:
         return None
     start = pos + 2
     pos = start + n
-    # read_time()'s cache looked up inline (a batch's envelopes share their time)
-    time = _TIMES.get(data[start:pos]) or read_time(data, start, pos, "mediationTime")
+    time = read_time(data, start, pos, "mediationTime")
     clock = None
     if pos + 3 <= size and data[pos] == 0x83:
         if data[pos + 1] != 1 or data[pos + 2] >= 0x80:
@@ -150,9 +149,7 @@ def read_cc_usual(data: bytes, pos: int, end: int) -> CCApdu | None:
     if pos < stop and data[pos] == 0x81:
         if (n := data[pos + 1]) >= 0x80 or pos + 2 + n > stop:
             return None
-        time_stamp = _TIMES.get(data[pos + 2 : pos + 2 + n]) or read_time(
-            data, pos + 2, pos + 2 + n, "timeStamp"
-        )  # read_time()'s cache inline: a frame's header report read it first
+        time_stamp = read_time(data, pos + 2, pos + 2 + n, "timeStamp")
         pos += 2 + n
     if pos < stop and data[pos] == 0x82:
         if pos + 3 > stop or data[pos + 1] != 1:
