@@ -19,7 +19,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_lea_outputs_same import AT, _expected, _flow_report
 from test_lea_support import CMCC, CMII, HANDLE, UDP_KEY, cc_record, cmii_record
@@ -75,7 +75,11 @@ def _check_plain(out: Path, arrived: list[bytes]) -> None:
         if not mine:
             continue
         for name, content in _expected(stream, mine).items():
-            assert (out / HANDLE / name).read_bytes() == content, name
+            path = out / HANDLE / name
+            if not path.exists():  # no IP packet among them: no pcap made (the plain way: header)
+                assert name == "cmcc.pcap" and len(content) == 24
+                continue
+            assert path.read_bytes() == content, name
 
 
 def _udp(out: Path, datagrams: list[bytes], cuts: list[int]) -> tuple:
@@ -103,6 +107,7 @@ def _udp(out: Path, datagrams: list[bytes], cuts: list[int]) -> tuple:
     picks=st.lists(st.integers(0, len(MESSAGES) + 1), min_size=1, max_size=80),
     cuts=st.lists(st.integers(1, 20), min_size=1, max_size=6),
 )
+@example(picks=[COUNT + 5], cuts=[1])  # only a CC packet that is not IP: no pcap at all
 def test_udp_wake_ups_store_what_one_datagram_a_call_stores(
     picks: list[int], cuts: list[int]
 ) -> None:
