@@ -1,14 +1,16 @@
 """The agency's receiver alone: CPU per PDU of its UDP and TLS paths, in process.
 
-    python bench/receive.py [--pdus N] [--checkout DIR] [--tls-socket]
+    python bench/receive.py [--pdus N] [--checkout DIR] [--batch N] [--tls-socket]
 
 Builds ``--pdus`` PDUs as a full-content tap does (1500-octet frames to
 and from a documentation-address target: a header report and a CC APDU
 each), numbers them as the server does, and feeds them to the receiver's
 own code without sockets, so the figure is the receiver's CPU alone:
 
-- UDP: each envelope sealed, then ``UdpDelivery.receive`` (open, decode,
-  track, store: raw file, pcap, JSON line);
+- UDP: each envelope sealed, then ``UdpDelivery.receive_all`` of
+  ``--batch`` datagrams at a time, as the reader takes a wake-up's (open,
+  decode, track, store: raw file, pcap, JSON line); ``--batch 1``, or a
+  checkout without ``receive_all``: ``UdpDelivery.receive`` of each;
 - TLS: the envelopes back to back in 256 KiB chunks through a
   ``StreamReceiver`` and the receiver's state, as its connection driver
   does (TLS decryption and the fsync before each ack are
@@ -72,8 +74,8 @@ def build(count: int) -> tuple[list[bytes], list[bytes]]:
     return out[P.StreamKind.CMII][:count], out[P.StreamKind.CMCC][:count]
 
 
-def udp_path(envelopes: list[bytes], base: Path) -> float:
-    """CPU microseconds per envelope through ``UdpDelivery.receive``."""
+def udp_path(envelopes: list[bytes], base: Path, batch: int = 1) -> float:
+    """CPU microseconds per envelope through ``UdpDelivery``, ``batch`` datagrams a wake-up."""
     import socket
 
     from mediation.lea.state import ReceiverState
@@ -84,12 +86,18 @@ def udp_path(envelopes: list[bytes], base: Path) -> float:
     sealer = DatagramSealer(key, Direction.SERVER_TO_AGENCY, time.time_ns() // 1000)
     datagrams = [sealer.seal(e) for e in envelopes]
     state = ReceiverState(Path(tempfile.mkdtemp(dir=base)))
+    source = ("127.0.0.1", 9)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         delivery = UdpDelivery(sock, state, 1.0, [key])
+        receive_all = getattr(delivery, "receive_all", None)  # (not in older checkouts)
         started = time.process_time()
-        for n, datagram in enumerate(datagrams):
-            delivery.receive(datagram, ("127.0.0.1", 9), 0.0)
-            if n % 4096 == 0:
+        for at in range(0, len(datagrams), batch):
+            if receive_all is None or batch == 1:  # a datagram a call, as older readers did
+                for datagram in datagrams[at : at + batch]:
+                    delivery.receive(datagram, source, 0.0)
+            else:  # a wake-up's datagrams in one call, as the reader does
+                receive_all([(d, source) for d in datagrams[at : at + batch]], 0.0)
+            if at % 4096 < batch:
                 state.flush()
         state.flush()
         took = time.process_time() - started
@@ -208,18 +216,23 @@ def main() -> int:
     parser.add_argument("--checkout", type=Path, default=HERE)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument(
+        "--batch", type=int, default=64, help="UDP datagrams a wake-up (1: one a call)"
+    )
+    parser.add_argument(
         "--tls-socket", action="store_true", help="also TLS on loopback through the driver"
     )
     args = parser.parse_args()
     if not 100 <= args.pdus <= 1_000_000 or not 1 <= args.rounds <= 10:
         parser.error("--pdus: 100 to 1,000,000; --rounds: 1 to 10")
+    if not 1 <= args.batch <= 256:
+        parser.error("--batch: 1 to 256 (the reader takes at most 256 a wake-up)")
     sys.path.insert(0, str(args.checkout.resolve()))
     cmii, cmcc = build(args.pdus)
     mixed = [e for pair in zip(cmii, cmcc, strict=True) for e in pair]
     base = Path(tempfile.mkdtemp(prefix="receive-", dir=args.dir))
     try:
         tls_path(mixed[:200], base)  # warm-up: the reference codec compiles its schema once
-        udp = min(udp_path(mixed, base) for _ in range(args.rounds))
+        udp = min(udp_path(mixed, base, args.batch) for _ in range(args.rounds))
         tls = min(tls_path(mixed, base) for _ in range(args.rounds))
         sock = 0.0
         if args.tls_socket:
@@ -232,7 +245,8 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     print(f"receive: {len(mixed):,} PDUs (header report + CC per 1500-octet frame), "
           f"receiver from {args.checkout.resolve()}")  # fmt: skip
-    print(f"UDP path {udp:6.1f} us CPU per PDU ({1e6 / udp:,.0f} PDUs/s on one core)")
+    print(f"UDP path {udp:6.1f} us CPU per PDU ({1e6 / udp:,.0f} PDUs/s on one core), "
+          f"{args.batch} a wake-up")  # fmt: skip
     print(f"TLS path {tls:6.1f} us CPU per PDU ({1e6 / tls:,.0f} PDUs/s on one core)")
     if args.tls_socket:
         print(f"TLS socket {sock:4.1f} us CPU per PDU ({1e6 / sock:,.0f} PDUs/s on one core)")

@@ -206,7 +206,7 @@ def test_packets_go_to_the_pcap_as_is_ip_packet_says(payloads: list[bytes]) -> N
     with tempfile.TemporaryDirectory() as out:
         case = CaseOutputs(Path(out), HANDLE)
         for seq, payload in enumerate(payloads):
-            case._cc_packet(seq, payload, AT)
+            case._cc_packet(seq, payload, AT, [])
         kept = [n for n, p in enumerate(payloads) if not is_ip_packet(p)]
         assert (case.not_ip, case.not_ip_sequences) == (len(kept), kept[:NOT_IP_LISTED])
         case.close()

@@ -89,9 +89,10 @@ def _run(machine: StreamReceiver, reads: list[bytes], base: bool) -> tuple[list,
 
 
 def _comparable(result: tuple[list, object, list]) -> tuple:
+    """Each event (its value: envelope, duplicate, ...) with its octets, per read."""
     events, error, before = result
-    raw = [[(type(e).__name__, getattr(e, "raw", None)) for e in read] for read in events]
-    return raw, error, [(type(e).__name__, getattr(e, "raw", None)) for e in before]
+    raw = [[(e, getattr(e, "raw", None)) for e in read] for read in events]
+    return raw, error, [(e, getattr(e, "raw", None)) for e in before]
 
 
 @PROPERTY
@@ -100,11 +101,15 @@ def _comparable(result: tuple[list, object, list]) -> tuple:
     st.lists(st.integers(min_value=0, max_value=10_000), max_size=6),
     st.sampled_from([b"", b"\x30\x00", b"\x9f\x1f\x00", b"\xa0\x83\x00\x00\x01\x00"]),
     st.booleans(),
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6)), max_size=3),
 )
 def test_the_receiver_gives_the_same_events_and_errors_for_any_reads(
-    count: int, cuts: list[int], bad: bytes, foreign: bool
+    count: int, cuts: list[int], bad: bytes, foreign: bool, again: list[tuple[int, int]]
 ) -> None:
     parts = _envelopes(count)
+    for which, where in again:  # an envelope sent again later: a duplicate
+        if which < where <= len(parts) and which < count:
+            parts.insert(where, parts[which])
     if foreign:  # an envelope of a stream not accepted: the machine breaks the connection
         tx = StreamSender({OTHER: 0}, utc_now=utc_now)
         tx.resume(0.0)

@@ -56,6 +56,22 @@ class HashedFile:
             self.flush()
         return size
 
+    def write_all(self, parts: list[bytes]) -> None:
+        """Append each of ``parts`` in order: :meth:`write` of each, in one call.
+
+        The receiver stores a wake-up's envelopes at once and appends to each
+        file once (not a call per record and per file).
+        """
+        if not parts:
+            return
+        self._parts.extend(parts)
+        size = sum(map(len, parts))
+        self.size += size
+        self._held += size
+        self.dirty = True
+        if self._held >= BUFFER:
+            self.flush()
+
     def flush(self) -> None:
         """Hand everything written to the kernel (and to the hash)."""
         if not self._parts:

@@ -164,9 +164,12 @@ class CaseOutputs:
             if isinstance(content, pdu.CCApdu):  # capture_time(), inline (per packet)
                 header = content.header
                 when = header.time_stamp if header is not None else None
+                held: list[bytes] = []
                 self._cc_packet(
-                    envelope.sequence_number, content.payload, when or envelope.mediation_time
+                    envelope.sequence_number, content.payload, when or envelope.mediation_time, held
                 )
+                if held:
+                    self._pcap_file.write_all(held)  # type: ignore[union-attr]
                 return
             line = self._lines.line(envelope, retrieved=retrieved, at=at)
         except (TypeError, ValueError) as exc:
@@ -190,9 +193,68 @@ class CaseOutputs:
         if self._scte is None:
             self._scte = HashedFile(self.dir / SCTE_FILE)
         self._scte.write(len(raw).to_bytes(4, "big") + raw)  # first: the evidence itself
-        self._cc_packet(sequence, packet, when)
+        held: list[bytes] = []
+        self._cc_packet(sequence, packet, when, held)
+        if held:
+            self._pcap_file.write_all(held)  # type: ignore[union-attr]
 
-    def _cc_packet(self, seq: int, payload: bytes, when: dt.datetime) -> None:
+    def store_all(self, items: list[tuple[pdu.Envelope, bytes, bool]], at: dt.datetime) -> None:
+        """:meth:`store` of each ``(envelope, raw, retrieved)`` in order; each file appended once.
+
+        A wake-up's new envelopes of one handle, stored in one call: each
+        file ends up holding what :meth:`store` of each in turn writes
+        (files are independent; within each the order is kept), at a call
+        per file, not per record and file (tests/test_lea_store_all.py).
+
+        Args:
+            items: the new envelopes, with their octets as received and
+                whether each came by retrieval.
+            at: when they arrived (wall clock, UTC).
+        """
+        raws: dict[pdu.StreamKind, list[bytes]] = {}
+        pcap: list[bytes] = []  # record headers and packets, in order
+        lines: list[bytes] = []
+        line = self._lines.line
+        cc_packet = self._cc_packet
+        kind = parts = None
+        for envelope, raw, retrieved in items:
+            if envelope.stream.kind is not kind:
+                kind = envelope.stream.kind
+                parts = raws.setdefault(kind, [])
+            parts.append(raw)  # type: ignore[union-attr]  # first: the evidence itself
+            content = envelope.content
+            try:
+                if content.__class__ is pdu.CCApdu or isinstance(content, pdu.CCApdu):
+                    header = content.header
+                    when = header.time_stamp if header is not None else None
+                    cc_packet(
+                        envelope.sequence_number,
+                        content.payload,
+                        when or envelope.mediation_time,
+                        pcap,
+                    )
+                    continue
+                lines.append(line(envelope, retrieved=retrieved, at=at))
+            except (TypeError, ValueError) as exc:  # as store() keeps it: raw only
+                self.unviewable_count += 1
+                if len(self.unviewable) < NOT_IP_LISTED:
+                    self.unviewable.append({"sequence": envelope.sequence_number, "why": str(exc)})
+        for kind, parts in raws.items():
+            target = self._raw.get(kind)
+            if target is None:
+                target = self._raw_file(kind)
+            target.write_all(parts)
+        if pcap:
+            self._pcap_file.write_all(pcap)  # type: ignore[union-attr]  # made with the writer
+        if lines:
+            self._jsonl_file().write_all(lines)
+
+    def _cc_packet(self, seq: int, payload: bytes, when: dt.datetime, held: list[bytes]) -> None:
+        """A CC packet's pcap record: its header and the packet appended to ``held``.
+
+        ``held`` is for the pcap file, written by the caller; what the
+        writer itself must write (a packet it cuts) goes after it, in order.
+        """
         last = self._last_cc
         if last is None or seq > last:
             self._last_cc = seq
@@ -210,13 +272,15 @@ class CaseOutputs:
             return
         writer = self._pcap if self._pcap is not None else self._pcap_writer()
         header = pcap_record_header(payload, when)
-        if header is None:
-            writer.write(payload, when)
+        if header is not None:
+            held.append(header)
+            held.append(payload)
             return
         target = self._pcap_file
         assert target is not None  # made with the writer
-        target.write(header)
-        target.write(payload)
+        target.write_all(held)  # what came before it, first
+        held.clear()
+        writer.write(payload, when)
 
     def store_checkpoint(self, raw: bytes) -> None:
         """Keep a signed checkpoint as received (for verifying the hash chain later)."""

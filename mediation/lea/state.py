@@ -176,10 +176,10 @@ class ReceiverState:
             transport: ``udp``, ``tls`` or ``retrieval``, for the counters.
             now: the trio clock.
         """
-        store = self.envelope
+        received: list[EnvelopeReceived] = []  # stored together, below
         for event in events:
             if event.__class__ is EnvelopeReceived or isinstance(event, EnvelopeReceived):
-                store(event, raw_for(event), transport, now)
+                received.append(event)
             elif isinstance(event, CheckpointReceived):
                 self.case(event.checkpoint.stream.warrant_handle).store_checkpoint(raw_for(event))
             elif isinstance(event, GapDetected):
@@ -188,41 +188,62 @@ class ReceiverState:
                 self._replay_finished(event)
             elif isinstance(event, UnknownMessage):
                 self.counters.unknown_messages += 1
+        if received:  # (the checkpoints' file and the envelopes' are not the same)
+            self.envelopes(received, raw_for, transport, now)
 
-    def envelope(self, event: EnvelopeReceived, raw: bytes, transport: str, now: float) -> None:
-        """Store and count one ``EnvelopeReceived`` (what :meth:`on_events` does for each).
+    def envelopes(
+        self, received: list[EnvelopeReceived], raw_for: RawFor, transport: str, now: float
+    ) -> None:
+        """Count each ``EnvelopeReceived`` and store the new ones, a handle's in one call.
+
+        What a read or a wake-up brings is stored together
+        (``CaseOutputs.store_all``): each file appended once, in order.
 
         Args:
-            event: the machine's event.
-            raw: the envelope's octets, exactly as received.
+            received: the machine's envelope events, in order.
+            raw_for: an envelope's octets, exactly as received.
             transport: ``udp``, ``tls`` or ``retrieval``, for the counters.
             now: the trio clock.
         """
-        envelope = event.envelope
-        stream = envelope.stream
-        stats = self.stats.get(stream)
-        if stats is None:
-            stats = self.stream_stats(stream)
-        stats.transports.add(transport)
-        stats.last_sequence = envelope.sequence_number
         self.last_arrival = now
-        if event.duplicate:
-            stats.duplicates += 1
-            return
-        case = self.cases.get(stream.warrant_handle)
-        if case is None:
-            case = self.case(stream.warrant_handle)
-        seen, at = self._arrived
-        if seen != now or at is None:
-            at = self.utc_now()
-            self._arrived = (now, at)
-        case.store(envelope, raw, retrieved=event.retrieved, at=at)
-        if event.retrieved:
-            stats.retrieved += 1
-        else:
-            stats.received += 1
-        stats.redelivered += envelope.redelivered
-        stats.octets += len(raw)
+        new: dict[str, list[tuple[pdu.Envelope, bytes, bool]]] = {}
+        stats_of = self.stats
+        stream = stats = items = None
+        for event in received:
+            envelope = event.envelope
+            if envelope.stream is not stream:
+                stream = envelope.stream
+                stats = stats_of.get(stream)
+                if stats is None:
+                    stats = self.stream_stats(stream)
+                stats.transports.add(transport)
+                items = new.setdefault(stream.warrant_handle, [])
+            stats.last_sequence = envelope.sequence_number
+            if event.duplicate:
+                stats.duplicates += 1
+                continue
+            retrieved = event.retrieved
+            raw = raw_for(event)
+            items.append((envelope, raw, retrieved))
+            if retrieved:
+                stats.retrieved += 1
+            else:
+                stats.received += 1
+            stats.redelivered += envelope.redelivered
+            stats.octets += len(raw)
+        at = None
+        for handle, items in new.items():
+            if not items:
+                continue  # duplicates only: nothing written, no directory made
+            if at is None:
+                seen, at = self._arrived
+                if seen != now or at is None:
+                    at = self.utc_now()
+                    self._arrived = (now, at)
+            case = self.cases.get(handle)
+            if case is None:
+                case = self.case(handle)
+            case.store_all(items, at)
 
     def _replay_finished(self, event: ReplayFinished) -> None:
         for first, last in event.unavailable:

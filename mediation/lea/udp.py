@@ -25,9 +25,9 @@ counters, so a drop at the socket is never mistaken for loss upstream.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import operator
 import socket as stdlib_socket
 import struct
 import time
@@ -43,6 +43,7 @@ from mediation.protocol import (
     CheckpointReceived,
     DatagramReceiver,
     EnvelopeReceived,
+    Event,
     ProtocolError,
     parse_datagram,
 )
@@ -144,6 +145,7 @@ class UdpDelivery:
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = trio.current_time()
+            batch: list[tuple[bytes, Address]] = []
             for _ in range(BATCH):
                 try:
                     data, ancillary, _flags, source = recvmsg(MAX_DATAGRAM, _ANCILLARY)
@@ -155,39 +157,52 @@ class UdpDelivery:
                 if ancillary and ancillary != seen:  # once drops began, every datagram has it
                     seen = ancillary
                     counters.socket_drops = max(counters.socket_drops, _dropped(ancillary))
-                self.receive(data, source[:2], now)
+                batch.append((data, source[:2]))
+            if batch:
+                self.receive_all(batch, now)
             await trio.lowlevel.checkpoint()
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
         """One datagram from ``source``: stored if authentic and new, else counted."""
-        try:
-            opened = self.opener.open(data)
-        except SealRefused as exc:  # counted under its reason, shown by the view
-            self.refusals.refuse(exc.reason.value, source[0])
-            return
-        message = opened.message
-        try:
-            events = self.machine.receive_datagram(message, now)
-        except ProtocolError as exc:
-            counters = self.state.counters
-            counters.bad_datagrams += 1
-            if counters.bad_datagrams <= BAD_DATAGRAMS_LOGGED:
-                log.warning("udp: datagram from %s dropped: %s", source[0], exc)
-            return
-        # The machine returns [GapDetected,] EnvelopeReceived, or one other event.
-        last = events[-1]
-        if last.__class__ is EnvelopeReceived:
-            stream = last.envelope.stream
-            route = self.routes.get(stream)  # _route() inline: per datagram, nearly always equal
-            if route is None or route[1] != source or route[0] != opened.key_id:
-                self.routes[stream] = (opened.key_id, source)
-            if len(events) > 1:  # the gap it opens, counted first
-                self.state.on_events(events[:-1], _no_octets, "udp", now)
-            self.state.envelope(last, message, "udp", now)
-        else:
-            if isinstance(last, CheckpointReceived):
+        self.receive_all([(data, source)], now)
+
+    def receive_all(self, datagrams: list[tuple[bytes, Address]], now: float) -> None:
+        """A wake-up's datagrams, each with its source: the authentic and new stored, in order.
+
+        Each is opened, checked and tracked in turn (a refused or malformed
+        one is counted and dropped alone); what they bring is then stored
+        in one call (``ReceiverState.on_events``), each file appended once.
+        """
+        open_datagram = self.opener.open
+        receive = self.machine.receive_datagram
+        routes = self.routes
+        events: list[Event] = []
+        for data, source in datagrams:
+            try:
+                opened = open_datagram(data)
+            except SealRefused as exc:  # counted under its reason, shown by the view
+                self.refusals.refuse(exc.reason.value, source[0])
+                continue
+            try:
+                got = receive(opened.message, now)
+            except ProtocolError as exc:
+                counters = self.state.counters
+                counters.bad_datagrams += 1
+                if counters.bad_datagrams <= BAD_DATAGRAMS_LOGGED:
+                    log.warning("udp: datagram from %s dropped: %s", source[0], exc)
+                continue
+            # The machine returns [GapDetected,] EnvelopeReceived, or one other event.
+            last = got[-1]
+            if last.__class__ is EnvelopeReceived:
+                stream = last.envelope.stream
+                route = routes.get(stream)  # _route() inline: per datagram, nearly always equal
+                if route is None or route[1] != source or route[0] != opened.key_id:
+                    routes[stream] = (opened.key_id, source)
+            elif isinstance(last, CheckpointReceived):
                 self._route(last.checkpoint.stream, opened.key_id, source)
-            self.state.on_events(events, functools.partial(_same, message), "udp", now)
+            events += got
+        if events:
+            self.state.on_events(events, _raw_of, "udp", now)
         if not self._reporting and self.machine.next_deadline() is not None:
             self._reporting = True  # (not _known.is_set(): a call per datagram)
             self._known.set()
@@ -267,10 +282,4 @@ def _dropped(ancillary: list[tuple[int, int, bytes]]) -> int:
     return 0
 
 
-def _no_octets(event: object) -> bytes:
-    raise ValueError(f"{type(event).__name__} has no octets of its own")
-
-
-def _same(data: bytes, _event: object) -> bytes:
-    """A datagram is one message: its octets are the octets of its event."""
-    return data
+_raw_of = operator.attrgetter("raw")  # an envelope's or checkpoint's datagram, as received

@@ -339,7 +339,8 @@ class DatagramReceiver:
         Returns:
             ``GapDetected`` (if it jumps past the highest so far) then
             ``EnvelopeReceived``; or ``CheckpointReceived``; or
-            ``UnknownMessage`` for a later version's message.
+            ``UnknownMessage`` for a later version's message. An
+            envelope's and a checkpoint's event keeps the datagram (``raw``).
 
         Raises:
             ProtocolError: malformed, not a delivery datagram, or for a
@@ -347,18 +348,18 @@ class DatagramReceiver:
         """
         message = decode_message(data)  # parse_datagram(), one call less per datagram
         if message.__class__ is pdu.Envelope or isinstance(message, pdu.Envelope):
-            return self._envelope(message, now)
+            return self._envelope(message, now, data)
         if isinstance(message, pdu.ChainCheckpoint):
             if self._accept is not None and message.stream not in self._accept:
                 raise ProtocolError(
                     f"checkpoint for {message.stream}, not delivered to this receiver"
                 )
-            return [CheckpointReceived(message)]
+            return [CheckpointReceived(message, raw=data)]
         if isinstance(message, pdu.UnknownDeliveryMessage):
             return [UnknownMessage(message.tag, message.raw)]
         raise ProtocolError(f"unexpected {type(message).__name__} in a delivery datagram")
 
-    def _envelope(self, envelope: pdu.Envelope, now: float) -> list[Event]:
+    def _envelope(self, envelope: pdu.Envelope, now: float, data: bytes) -> list[Event]:
         stream = envelope.stream
         if self._accept is not None and stream not in self._accept:
             raise ProtocolError(f"envelope for {stream}, not delivered to this receiver")
@@ -374,6 +375,7 @@ class DatagramReceiver:
         fields["envelope"] = envelope
         fields["duplicate"] = not new
         fields["retrieved"] = False
+        fields["raw"] = data  # the datagram is the message: its octets, kept for the owner
         if self._next_report is None:
             self._next_report = now + self.report_interval
         if seq > expected:
