@@ -213,7 +213,9 @@ async def test_retrieval_refuses_a_tap_and_the_servers_own_certificate(tmp_path:
     warrants = {h: site.warrant(h, f"CASE-TEST-000{n}") for n, h in enumerate(agencies)}
     async with site.server() as server:
         for n, warrant in enumerate(warrants.values()):
-            await server.ingest(warrant.handle, "cmCC", cc_pdu(f"CASE-TEST-000{n}", n=0))
+            appended = await server.ingest(warrant.handle, "cmCC", cc_pdu(f"CASE-TEST-000{n}", n=0))
+            assert appended is not None
+            await appended.durable()  # retrieval serves durable records only
         address = site.retrieval_address(server)
 
         async def fetch(cert: Cert, agency: str):
