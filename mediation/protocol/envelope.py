@@ -236,8 +236,9 @@ class StreamEnvelopes:
     def envelopes(self, records: Sequence[LogRecord], redelivered_below: int = 0) -> list[bytes]:
         """The envelopes of a run of records, in order (:meth:`envelope` of each).
 
-        One loop for the run: per record no call but the framer's (the
-        delivery hot path; a batch of 256 records is typical at saturation).
+        The framer frames the run in one call, no call a record (the
+        delivery hot path; a batch of 256 records is typical at saturation);
+        with other endpoints' envelopes in the cache, those are taken first.
 
         Args:
             records: log records (no checkpoints).
@@ -247,40 +248,68 @@ class StreamEnvelopes:
         Raises:
             ValueError: a record is not a valid envelope (a broken log).
         """
-        head, out, framed = self._framer.head, [], 0
-        append = out.append
         shared = self.consumers > 1
         keep = shared and self._paused <= 0
         # Only other endpoints' entries can be taken here, and they are in
         # the cache now or never: an empty cache (paused) is not looked in.
-        look = shared and bool(self._current or self._previous)
-        for record in records:
+        if shared and (self._current or self._previous):
+            out = self._taken(records, redelivered_below, keep)
+        else:  # nothing to take: the framer's run, one call (the usual case)
+            out = self._framed(records, redelivered_below)
+            if keep:
+                self._keep_run(records, out, redelivered_below)
+        if shared and not keep:
+            self._paused -= sum(map(len, out))
+        return out
+
+    def _taken(self, records: Sequence[LogRecord], redelivered_below: int, keep: bool) -> list:
+        """:meth:`envelopes` while the cache holds entries: each taken from it, or framed."""
+        out: list = []
+        append, missed = out.append, []  # missed: the records to frame here, by index
+        current, previous = self._current, self._previous
+        for i, record in enumerate(records):
             seq = record.seq
-            again = seq < redelivered_below
-            if look and not again:
-                entry = self._current.get(seq) or self._previous.get(seq)
+            if seq >= redelivered_below:
+                entry = current.get(seq) or previous.get(seq)
                 if entry is not None and entry[1] is record:
                     self._hits += 1
                     entry[2] -= 1
                     # Every endpoint has it: drop it from whichever generation holds it.
-                    if entry[2] <= 0 and self._current.pop(seq, None) is None:
-                        del self._previous[seq]
+                    if entry[2] <= 0 and current.pop(seq, None) is None:
+                        del previous[seq]
                     append(entry[0])
                     continue
-            payload = record.payload
-            start = head(seq, record.received_us, record.kind, record.clock, payload, again)
-            if start is None:
-                data = self._encode(record, again)
-            else:
-                framed += 1
-                data = start + payload[1:]
-            if keep and not again:
-                self._keep(seq, record, data)
-            append(data)
-        self.encoded += framed
-        if shared and not keep:
-            self._paused -= sum(map(len, out))
+            missed.append(i)
+            append(None)
+        if missed:
+            run = records if len(missed) == len(records) else [records[i] for i in missed]
+            framed = self._framed(run, redelivered_below)
+            for i, data in zip(missed, framed, strict=True):
+                out[i] = data
+            if keep:
+                self._keep_run(run, framed, redelivered_below)
         return out
+
+    def _framed(self, records: Sequence[LogRecord], redelivered_below: int) -> list[bytes]:
+        """Each record's envelope: the framer's run, the general splice where it says None."""
+        out = self._framer.frame_run(records, redelivered_below)
+        general = 0
+        if None in out:
+            for i, data in enumerate(out):
+                if data is None:
+                    record = records[i]
+                    out[i] = self._encode(record, record.seq < redelivered_below)
+                    general += 1
+        self.encoded += len(out) - general  # _encode counts its own
+        return out  # type: ignore[return-value]  # no None left
+
+    def _keep_run(
+        self, records: Sequence[LogRecord], envelopes: list[bytes], redelivered_below: int
+    ) -> None:
+        """Keep each envelope for the other endpoints (not a redelivered one)."""
+        for record, data in zip(records, envelopes, strict=True):
+            if record.seq >= redelivered_below:
+                self._keep(record.seq, record, data)
 
     def _encode(self, record: LogRecord, redelivered: bool) -> bytes:
         """The general splice, for what the framer does not write (it learns enum kinds here)."""
