@@ -256,3 +256,18 @@ def test_a_run_of_records_is_each_records_reference_envelope(
         return
     for _ in range(2):  # the second run meets the cache (consumers > 1) and the framer's state
         assert shared.envelopes(records, below) == expected
+
+
+def test_a_run_longer_than_a_generation_is_shared_whole() -> None:
+    # At saturation a log read is 256 records, longer than a generation of
+    # 1500-byte envelopes: the endpoint that comes second must find all of
+    # them, run after run (turning over inside a run paused the cache).
+    shared = StreamEnvelopes(CMCC, consumers=2, generation_bytes=16 * 1024)
+    seq, der = 0, cc_der(1400)  # 40 a run: 60 KB, nearly four generations
+    for run in range(6):
+        records = [LogRecord(i, T_US + run, LogKind.CMCC, None, der) for i in range(seq, seq + 40)]
+        seq += 40
+        first = shared.envelopes(records)  # the UDP endpoint, say
+        second = shared.envelopes(records)  # the TLS endpoint, just behind
+        assert all(a is b for a, b in zip(first, second, strict=True))
+    assert shared.encoded == seq and shared.held == 0

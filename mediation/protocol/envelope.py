@@ -185,8 +185,10 @@ class StreamEnvelopes:
     while connected) and :meth:`leave` after; with fewer than two nothing
     is kept. An entry is dropped once every endpoint has taken it; one
     that a lagging endpoint never takes is dropped when the cache turns
-    over (at most two generations of ``generation_bytes``), so the cache
-    costs memory only while endpoints are apart, and a bounded amount.
+    over (at most two generations of ``generation_bytes`` each, plus the
+    last run kept: a generation turns over between runs, never inside one),
+    so the cache costs memory only while endpoints are apart, and a
+    bounded amount.
     When a generation turns over with none of its entries taken and older
     ones dropped untaken, the others are further behind than the cache
     reaches (a TLS endpoint at saturation, seconds behind a UDP one): it
@@ -306,10 +308,32 @@ class StreamEnvelopes:
     def _keep_run(
         self, records: Sequence[LogRecord], envelopes: list[bytes], redelivered_below: int
     ) -> None:
-        """Keep each envelope for the other endpoints (not a redelivered one)."""
+        """Keep each envelope for the other endpoints (not a redelivered one).
+
+        The generation turns over before a run, never inside one: a run (up
+        to a log read's 256 records) longer than a generation is kept whole,
+        so the endpoint that takes it next finds all of it, and only a
+        generation the others had a turn to take from can tell that they are
+        out of reach.
+        """
+        if self._current_bytes >= self.generation_bytes and self._turn_over():
+            return
+        others, current, size = self.consumers - 1, self._current, 0
         for record, data in zip(records, envelopes, strict=True):
-            if record.seq >= redelivered_below:
-                self._keep(record.seq, record, data)
+            seq = record.seq
+            if seq >= redelivered_below:
+                current[seq] = [data, record, others]
+                size += len(data)
+        self._current_bytes += size
+
+    def _turn_over(self) -> bool:
+        """A full generation becomes the previous one; True: paused (see the class)."""
+        if not self._hits and self._previous:  # out of reach: pause
+            self._paused = PAUSE_GENERATIONS * self.generation_bytes
+            self._previous, self._current = {}, {}
+        self._hits = 0
+        self._previous, self._current, self._current_bytes = self._current, {}, 0
+        return self._paused > 0
 
     def _encode(self, record: LogRecord, redelivered: bool) -> bytes:
         """The general splice, for what the framer does not write (it learns enum kinds here)."""
@@ -319,18 +343,6 @@ class StreamEnvelopes:
         if isinstance(kind, enum.Enum):  # valid: next time the framer knows this kind
             self._framer.learn_kind(kind, content_kind(kind).value)
         return data
-
-    def _keep(self, seq: int, record: LogRecord, data: bytes) -> None:
-        if self._current_bytes >= self.generation_bytes:
-            if not self._hits and self._previous:  # out of reach: pause (see the class)
-                self._paused = PAUSE_GENERATIONS * self.generation_bytes
-                self._previous, self._current = {}, {}
-            self._hits = 0
-            self._previous, self._current, self._current_bytes = self._current, {}, 0
-            if self._paused:
-                return
-        self._current[seq] = [data, record, self.consumers - 1]
-        self._current_bytes += len(data)
 
     @property
     def held(self) -> int:
