@@ -21,6 +21,7 @@ import collections
 import datetime as dt
 import hashlib
 import math
+import struct
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -53,7 +54,7 @@ _pack_frame = F.FRAME.pack
 _META_SIZE = F.META_SIZE
 _CLEAR = F.CLEAR_META_SIZE
 _SEALED_META = F.META_SIZE + F.TAG_SIZE  # stored body beyond the payload: metadata and tag
-_NONCE_PAD = bytes(4)
+_pack_nonce = struct.Struct(">4xQ").pack  # 4 zero octets, the sequence number: the record's nonce
 _CLOCK_CODES = F.CLOCK_CODES
 _Record = F.LogRecord
 _new_tuple = tuple.__new__  # builds a LogRecord without NamedTuple's Python __new__
@@ -213,6 +214,9 @@ class StreamLog(ReadSide):
         # call is about 0.1 µs.
         clock_code = _CLOCK_CODES[clock]
         kind_code = int(kind)
+        # What a sealed record encrypts before its payload (the metadata after
+        # the type and sequence number) is the same for the whole run.
+        tail = _pack_meta(1, 0, received, kind_code, clock_code)[_CLEAR:]
         max_pending, max_payload = self._max_pending, self._max_payload
         segment_bytes, index_interval = self._segment_bytes, self._index_interval
         checkpoints = self._checkpoint_records
@@ -256,7 +260,7 @@ class StreamLog(ReadSide):
                 data += payload
             else:
                 clear = meta[:_CLEAR]
-                sealed = encrypt(_NONCE_PAD + meta[1:_CLEAR], meta[_CLEAR:] + payload, clear)
+                sealed = encrypt(_pack_nonce(seq), tail + payload, clear)
                 data += _pack_frame(_CLEAR + len(sealed), _crc32(sealed, _crc32(clear)))
                 data += clear
                 data += sealed
