@@ -150,7 +150,7 @@ def test_sighup_reloads_and_sigterm_still_stops_cleanly(server: Serve) -> None:
     assert server.logged("SIGHUP: reloading the registry and the configuration")
     assert server.logged("reload: config [status] log_interval now 0.5 (was 30.0)")
     assert server.logged(
-        "reload: config [delivery] window changed (4096 to 5) but applies only at a restart"
+        "reload: config [delivery] window changed (1024 to 5) but applies only at a restart"
     )
     # The new status interval runs: structured status lines every half second.
     wait_for(lambda: server.logged("INFO mediation.server.status: "), "a status log line")

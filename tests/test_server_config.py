@@ -23,7 +23,7 @@ def test_no_file_means_every_default() -> None:
     assert config.retrieval.address() == ("127.0.0.1", 37001)
     assert (config.delivery.report_interval, config.delivery.silent_after) == (1.0, 3)
     assert (config.delivery.keepalive_interval, config.delivery.keepalive_timeout) == (10.0, 30.0)
-    assert config.delivery.window == 4096
+    assert config.delivery.window == 1024
 
 
 def test_a_file_changes_only_what_it_names(tmp_path: Path) -> None:

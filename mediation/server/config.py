@@ -13,7 +13,7 @@ names only what it changes::
     [delivery]
     report_interval = 1.0      # UDP receiver reports expected this often
     silent_after = 3           # ... an endpoint without one for 3 is silent
-    window = 4096              # TLS: unacknowledged envelopes per stream
+    window = 1024              # TLS: unacknowledged envelopes per stream
     keepalive_interval = 10.0
     keepalive_timeout = 30.0
     connect_timeout = 10.0
@@ -95,7 +95,7 @@ class DeliveryConfig:
 
     report_interval: float = 1.0
     silent_after: int = 3
-    window: int = 4096
+    window: int = 1024
     keepalive_interval: float = 10.0
     keepalive_timeout: float = 30.0
     connect_timeout: float = 10.0
