@@ -20,7 +20,12 @@ from mediation import pdu as P
 from mediation.log.format import ContentKind as LogKind
 from mediation.log.format import LogRecord
 from mediation.pdu.fast import encode_content
-from mediation.protocol.envelope import PAUSE_GENERATIONS, StreamEnvelopes, record_envelope
+from mediation.protocol.envelope import (
+    PAUSE_GENERATIONS,
+    StoredRecord,
+    StreamEnvelopes,
+    record_envelope,
+)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _LOG_KIND = {"cmII": LogKind.CMII, "cmCC": LogKind.CMCC, "notice": LogKind.NOTICE}
@@ -222,3 +227,47 @@ def test_endpoints_in_step_never_pause_the_cache() -> None:
         run = [LogRecord(i, T_US, LogKind.CMCC, None, cc_der(100))]
         assert shared.envelopes(run)[0] is shared.envelopes(run)[0]
     assert shared.encoded == 800 and shared.held == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(_RECORD_FIELDS, min_size=1, max_size=40),
+    st.integers(0, 2**32),
+    st.booleans(),
+    st.integers(1, 3),
+)
+def test_a_run_of_records_is_each_records_reference_envelope(
+    fields: list, below: int, stored: bool, consumers: int
+) -> None:
+    # envelopes() frames a whole run in one call (RecordFramer.frame_run):
+    # each record of the run must still be the reference's, or refused as it.
+    make = StoredRecord if stored else LogRecord
+    records = [
+        make(seq, received, LogKind.CMCC, clock, cc_der(size))
+        for seq, received, clock, _flag, size in fields
+    ]
+    expected = [
+        _outcome(lambda r=record: record_envelope(CMCC, r, r.seq < below)) for record in records
+    ]
+    shared = StreamEnvelopes(CMCC, consumers=consumers)
+    if ValueError in expected:  # a run with a broken record raises, as the reference
+        with pytest.raises(ValueError):
+            shared.envelopes(records, below)
+        return
+    for _ in range(2):  # the second run meets the cache (consumers > 1) and the framer's state
+        assert shared.envelopes(records, below) == expected
+
+
+def test_a_run_longer_than_a_generation_is_shared_whole() -> None:
+    # At saturation a log read is 256 records, longer than a generation of
+    # 1500-byte envelopes: the endpoint that comes second must find all of
+    # them, run after run (turning over inside a run paused the cache).
+    shared = StreamEnvelopes(CMCC, consumers=2, generation_bytes=16 * 1024)
+    seq, der = 0, cc_der(1400)  # 40 a run: 60 KB, nearly four generations
+    for run in range(6):
+        records = [LogRecord(i, T_US + run, LogKind.CMCC, None, der) for i in range(seq, seq + 40)]
+        seq += 40
+        first = shared.envelopes(records)  # the UDP endpoint, say
+        second = shared.envelopes(records)  # the TLS endpoint, just behind
+        assert all(a is b for a, b in zip(first, second, strict=True))
+    assert shared.encoded == seq and shared.held == 0

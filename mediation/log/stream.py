@@ -21,6 +21,7 @@ import collections
 import datetime as dt
 import hashlib
 import math
+import struct
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -53,7 +54,7 @@ _pack_frame = F.FRAME.pack
 _META_SIZE = F.META_SIZE
 _CLEAR = F.CLEAR_META_SIZE
 _SEALED_META = F.META_SIZE + F.TAG_SIZE  # stored body beyond the payload: metadata and tag
-_NONCE_PAD = bytes(4)
+_pack_nonce = struct.Struct(">4xQ").pack  # 4 zero octets, the sequence number: the record's nonce
 _CLOCK_CODES = F.CLOCK_CODES
 _Record = F.LogRecord
 _new_tuple = tuple.__new__  # builds a LogRecord without NamedTuple's Python __new__
@@ -213,54 +214,81 @@ class StreamLog(ReadSide):
         # call is about 0.1 µs.
         clock_code = _CLOCK_CODES[clock]
         kind_code = int(kind)
+        # What a sealed record encrypts before its payload (the metadata after
+        # the type and sequence number) is the same for the whole run.
+        tail = _pack_meta(1, 0, received, kind_code, clock_code)[_CLEAR:]
         max_pending, max_payload = self._max_pending, self._max_payload
         segment_bytes, index_interval = self._segment_bytes, self._index_interval
-        extra, ring = self._extra, self._ring
+        checkpoints = self._checkpoint_records
+        extra, ring_append = self._extra, self._ring.append
+        # The stream's counters live in locals through the loop (an attribute
+        # read or write is ~25 ns, and a record took ten): written back before
+        # any call that reads them (_chunk_for, _add_checkpoint) and at the end.
+        seq, seg_bytes, pending = self._next_seq, self._seg_bytes, self._pending_bytes
+        chain, since, accepting = self._chain, self._since_checkpoint, self._accepting
+        first = seq
         chunk = self._chunks[-1] if self._chunks else None
-        done, added, error = 0, 0, None
+        fresh = chunk is None or chunk.sealed  # the next record needs _chunk_for
+        data, encrypt = (None, None) if fresh else (chunk.data, self._encrypt)
+        counted = seq  # records before this one are counted in chunk.records
+        added, error = 0, None
         for payload in payloads:
             n = len(payload)
-            if not self._accepting or self._pending_bytes >= max_pending:
+            if not accepting or pending >= max_pending:
                 error = self._refusal()
                 break
             if n > max_payload:
                 error = LogError(f"{self.label}: refused {kind!r} record of {n} bytes")
                 break
-            seq = self._next_seq
             meta = _pack_meta(1, seq, received, kind_code, clock_code)
             size = extra + n
-            if chunk is None or chunk.sealed or self._seg_bytes + size > segment_bytes:
+            if fresh or seg_bytes + size > segment_bytes:
+                if seq > counted:
+                    chunk.records += seq - counted
+                    chunk.last_seq = seq - 1
+                self._next_seq, self._seg_bytes, self._pending_bytes = seq, seg_bytes, pending
+                self._chain = chain
                 chunk = self._chunk_for(size)
+                seg_bytes, pending = self._seg_bytes, self._pending_bytes
+                fresh, counted = False, seq
+                data, encrypt = chunk.data, self._encrypt  # a new segment has a new key
             if seq % index_interval == 0:
-                chunk.index.append((seq, self._seg_bytes))
-            data = chunk.data
-            encrypt = self._encrypt  # after _chunk_for: a new segment has a new key
+                chunk.index.append((seq, seg_bytes))
             if encrypt is None:
                 data += _pack_frame(_META_SIZE + n, _crc32(payload, _crc32(meta)))
                 data += meta
                 data += payload
             else:
                 clear = meta[:_CLEAR]
-                sealed = encrypt(_NONCE_PAD + meta[1:_CLEAR], meta[_CLEAR:] + payload, clear)
+                sealed = encrypt(_pack_nonce(seq), tail + payload, clear)
                 data += _pack_frame(_CLEAR + len(sealed), _crc32(sealed, _crc32(clear)))
                 data += clear
                 data += sealed
-            h = _sha256(self._chain)
+            h = _sha256(chain)
             h.update(meta)
             h.update(payload)
-            self._chain = h.digest()
-            chunk.last_seq = seq
-            chunk.records += 1
-            self._next_seq = seq + 1
-            self._seg_bytes += size
-            self._pending_bytes += size
-            ring.append(_new_tuple(_Record, (seq, received, kind, clock, payload)))
+            chain = h.digest()
+            ring_append(_new_tuple(_Record, (seq, received, kind, clock, payload)))
+            seq += 1
+            seg_bytes += size
+            pending += size
             added += n
-            done += 1
-            self._since_checkpoint += 1
-            if self._since_checkpoint >= self._checkpoint_records:
+            since += 1
+            if since >= checkpoints:
+                chunk.records += seq - counted
+                chunk.last_seq = seq - 1
+                self._next_seq, self._seg_bytes, self._pending_bytes = seq, seg_bytes, pending
+                self._chain, counted = chain, seq
                 self._add_checkpoint()
+                seg_bytes, pending, since = self._seg_bytes, self._pending_bytes, 0
                 chunk = self._chunks[-1]
+                data, encrypt = chunk.data, self._encrypt
+        if seq > counted:
+            chunk.records += seq - counted
+            chunk.last_seq = seq - 1
+        self._next_seq, self._seg_bytes, self._pending_bytes = seq, seg_bytes, pending
+        self._chain, self._since_checkpoint = chain, since
+        done = seq - first
         if done:
             self._ring_bytes += added + done * RING_OVERHEAD
             if self._ring_bytes > self._rings.limit:

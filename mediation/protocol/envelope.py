@@ -185,8 +185,10 @@ class StreamEnvelopes:
     while connected) and :meth:`leave` after; with fewer than two nothing
     is kept. An entry is dropped once every endpoint has taken it; one
     that a lagging endpoint never takes is dropped when the cache turns
-    over (at most two generations of ``generation_bytes``), so the cache
-    costs memory only while endpoints are apart, and a bounded amount.
+    over (at most two generations of ``generation_bytes`` each, plus the
+    last run kept: a generation turns over between runs, never inside one),
+    so the cache costs memory only while endpoints are apart, and a
+    bounded amount.
     When a generation turns over with none of its entries taken and older
     ones dropped untaken, the others are further behind than the cache
     reaches (a TLS endpoint at saturation, seconds behind a UDP one): it
@@ -236,8 +238,9 @@ class StreamEnvelopes:
     def envelopes(self, records: Sequence[LogRecord], redelivered_below: int = 0) -> list[bytes]:
         """The envelopes of a run of records, in order (:meth:`envelope` of each).
 
-        One loop for the run: per record no call but the framer's (the
-        delivery hot path; a batch of 256 records is typical at saturation).
+        The framer frames the run in one call, no call a record (the
+        delivery hot path; a batch of 256 records is typical at saturation);
+        with other endpoints' envelopes in the cache, those are taken first.
 
         Args:
             records: log records (no checkpoints).
@@ -247,40 +250,90 @@ class StreamEnvelopes:
         Raises:
             ValueError: a record is not a valid envelope (a broken log).
         """
-        head, out, framed = self._framer.head, [], 0
-        append = out.append
         shared = self.consumers > 1
         keep = shared and self._paused <= 0
         # Only other endpoints' entries can be taken here, and they are in
         # the cache now or never: an empty cache (paused) is not looked in.
-        look = shared and bool(self._current or self._previous)
-        for record in records:
+        if shared and (self._current or self._previous):
+            out = self._taken(records, redelivered_below, keep)
+        else:  # nothing to take: the framer's run, one call (the usual case)
+            out = self._framed(records, redelivered_below)
+            if keep:
+                self._keep_run(records, out, redelivered_below)
+        if shared and not keep:
+            self._paused -= sum(map(len, out))
+        return out
+
+    def _taken(self, records: Sequence[LogRecord], redelivered_below: int, keep: bool) -> list:
+        """:meth:`envelopes` while the cache holds entries: each taken from it, or framed."""
+        out: list = []
+        append, missed = out.append, []  # missed: the records to frame here, by index
+        current, previous = self._current, self._previous
+        for i, record in enumerate(records):
             seq = record.seq
-            again = seq < redelivered_below
-            if look and not again:
-                entry = self._current.get(seq) or self._previous.get(seq)
+            if seq >= redelivered_below:
+                entry = current.get(seq) or previous.get(seq)
                 if entry is not None and entry[1] is record:
                     self._hits += 1
                     entry[2] -= 1
                     # Every endpoint has it: drop it from whichever generation holds it.
-                    if entry[2] <= 0 and self._current.pop(seq, None) is None:
-                        del self._previous[seq]
+                    if entry[2] <= 0 and current.pop(seq, None) is None:
+                        del previous[seq]
                     append(entry[0])
                     continue
-            payload = record.payload
-            start = head(seq, record.received_us, record.kind, record.clock, payload, again)
-            if start is None:
-                data = self._encode(record, again)
-            else:
-                framed += 1
-                data = start + payload[1:]
-            if keep and not again:
-                self._keep(seq, record, data)
-            append(data)
-        self.encoded += framed
-        if shared and not keep:
-            self._paused -= sum(map(len, out))
+            missed.append(i)
+            append(None)
+        if missed:
+            run = records if len(missed) == len(records) else [records[i] for i in missed]
+            framed = self._framed(run, redelivered_below)
+            for i, data in zip(missed, framed, strict=True):
+                out[i] = data
+            if keep:
+                self._keep_run(run, framed, redelivered_below)
         return out
+
+    def _framed(self, records: Sequence[LogRecord], redelivered_below: int) -> list[bytes]:
+        """Each record's envelope: the framer's run, the general splice where it says None."""
+        out = self._framer.frame_run(records, redelivered_below)
+        general = 0
+        if None in out:
+            for i, data in enumerate(out):
+                if data is None:
+                    record = records[i]
+                    out[i] = self._encode(record, record.seq < redelivered_below)
+                    general += 1
+        self.encoded += len(out) - general  # _encode counts its own
+        return out  # type: ignore[return-value]  # no None left
+
+    def _keep_run(
+        self, records: Sequence[LogRecord], envelopes: list[bytes], redelivered_below: int
+    ) -> None:
+        """Keep each envelope for the other endpoints (not a redelivered one).
+
+        The generation turns over before a run, never inside one: a run (up
+        to a log read's 256 records) longer than a generation is kept whole,
+        so the endpoint that takes it next finds all of it, and only a
+        generation the others had a turn to take from can tell that they are
+        out of reach.
+        """
+        if self._current_bytes >= self.generation_bytes and self._turn_over():
+            return
+        others, current, size = self.consumers - 1, self._current, 0
+        for record, data in zip(records, envelopes, strict=True):
+            seq = record.seq
+            if seq >= redelivered_below:
+                current[seq] = [data, record, others]
+                size += len(data)
+        self._current_bytes += size
+
+    def _turn_over(self) -> bool:
+        """A full generation becomes the previous one; True: paused (see the class)."""
+        if not self._hits and self._previous:  # out of reach: pause
+            self._paused = PAUSE_GENERATIONS * self.generation_bytes
+            self._previous, self._current = {}, {}
+        self._hits = 0
+        self._previous, self._current, self._current_bytes = self._current, {}, 0
+        return self._paused > 0
 
     def _encode(self, record: LogRecord, redelivered: bool) -> bytes:
         """The general splice, for what the framer does not write (it learns enum kinds here)."""
@@ -290,18 +343,6 @@ class StreamEnvelopes:
         if isinstance(kind, enum.Enum):  # valid: next time the framer knows this kind
             self._framer.learn_kind(kind, content_kind(kind).value)
         return data
-
-    def _keep(self, seq: int, record: LogRecord, data: bytes) -> None:
-        if self._current_bytes >= self.generation_bytes:
-            if not self._hits and self._previous:  # out of reach: pause (see the class)
-                self._paused = PAUSE_GENERATIONS * self.generation_bytes
-                self._previous, self._current = {}, {}
-            self._hits = 0
-            self._previous, self._current, self._current_bytes = self._current, {}, 0
-            if self._paused:
-                return
-        self._current[seq] = [data, record, self.consumers - 1]
-        self._current_bytes += len(data)
 
     @property
     def held(self) -> int:
