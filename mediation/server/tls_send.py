@@ -86,8 +86,8 @@ async def _send_outgoing(stream: trio.SSLStream) -> None:
     except BlockingIOError:
         sent = 0
     except OSError as exc:  # reset, broken pipe, closed
-        mark_broken(stream)
-        raise trio.BrokenResourceError from exc
+        mark_broken(stream)  # and trio's words (the worker logs them), as tls_io's reads
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
     if sent < len(out):  # the socket's buffer is full: wait as send_all does
         lock = stream._inner_send_lock
         lock.acquire_nowait()
