@@ -208,15 +208,24 @@ Message = (
 _LAST_HEADS: tuple[object, dict[str, bytes]] = (None, {})
 
 
-def encode_pdu(kind: str, captured: dt.datetime, der: bytes) -> bytes:
-    """One ``TapPdu`` TLV."""
+def pdu_head(kind: str, captured: dt.datetime) -> bytes:
+    """A ``TapPdu``'s contents before the length of its ``pdu``: kind, time, the pdu's tag.
+
+    For a builder that writes the ``pdu`` itself (the tap's CC records:
+    mediation/tap/header_report.py); :func:`encode_pdu` is the general form.
+    """
     global _LAST_HEADS
     last = _LAST_HEADS
     if captured is not last[0]:
         time = generalized_time(captured)
         stamp = b"\x81" + length(len(time)) + time + b"\x82"
         last = _LAST_HEADS = (captured, {k: octet + stamp for k, octet in _KIND_OCTET.items()})
-    head = last[1][kind]
+    return last[1][kind]
+
+
+def encode_pdu(kind: str, captured: dt.datetime, der: bytes) -> bytes:
+    """One ``TapPdu`` TLV."""
+    head = pdu_head(kind, captured)
     n = len(der)
     size = length(n)
     return b"".join((b"\x30", length(len(head) + len(size) + n), head, size, der))
