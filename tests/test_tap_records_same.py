@@ -144,23 +144,27 @@ times = st.datetimes(
 )
 
 
+sequences = st.one_of(st.integers(1, 300), st.integers(1, 2**63))
+sizes = st.sampled_from([0, 1, 60, 127, 128, 255, 256, 1480, 9000, 9999, 10000, 70000])
+
+
 @settings(max_examples=200, deadline=None)
 @given(
-    when=times,
-    sequence=st.one_of(st.integers(1, 300), st.integers(1, 2**63)),
-    size=st.sampled_from([0, 1, 60, 127, 128, 255, 256, 1480, 9000, 9999, 10000, 70000]),
+    packets=st.lists(st.tuples(times, sequences, sizes), min_size=1, max_size=4),
     direction=st.sampled_from(list(Direction)),
     long=st.booleans(),
 )
 def test_cc_record_equals_the_apdu_encoded(
-    when: dt.datetime, sequence: int, size: int, direction: Direction, long: bool
+    packets: list[tuple[dt.datetime, int, int]], direction: Direction, long: bool
 ) -> None:
-    """Every length form: short and long times, sequence numbers, payloads and records."""
+    """Every length form (short and long times, sequence numbers, payloads and
+    records), one template for several packets (its parts kept by size)."""
     info = CorrelationInfo(
         ContentIdentifier.correlation(bytes(12)), "C" * 25 if long else "X", "I" * 15
     )
     cc = CCTemplate(info, _PACKET_DIRECTION[direction])
-    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    der = cc.render(generalized_time(when), sequence, payload)
-    assert cc.record(when, sequence, payload) == T.encode_pdu(CMCC, when, der)
-    assert T.pdu_head(CMII, when) != T.pdu_head(CMCC, when)
+    for when, sequence, size in packets:
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        der = cc.render(generalized_time(when), sequence, payload)
+        assert cc.record(when, sequence, payload) == T.encode_pdu(CMCC, when, der)
+        assert T.pdu_head(CMII, when) != T.pdu_head(CMCC, when)

@@ -218,7 +218,7 @@ class CCTemplate:
         ValueError: the encoding does not have the layout above.
     """
 
-    __slots__ = ("_direction", "_fixed", "_info")
+    __slots__ = ("_direction", "_fixed", "_info", "_sizes")
 
     def __init__(self, info: CorrelationInfo, direction: PacketDirection | None) -> None:
         from mediation.pdu.fast import encode_cc  # once a flow: the fast codecs' module
@@ -241,6 +241,9 @@ class CCTemplate:
         self._info = info + b"\x81"  # the time's tag follows the correlation info
         self._direction = direction + b"\x83"  # the sequence number's tag follows it
         self._fixed = len(self._info) + len(self._direction)
+        # The last record's octets around its time, sequence number and payload,
+        # by their sizes (a flow's packets are mostly of one size): (sizes, parts).
+        self._sizes: tuple[tuple[int, int, int], tuple[bytes, ...]] = ((0, 0, -1), ())
 
     def record(self, when: dt.datetime, sequence: int, payload: bytes) -> bytes:
         """The APDU for a packet as a tap-link ``TapPdu`` record, in one join.
@@ -248,21 +251,34 @@ class CCTemplate:
         Byte-identical to ``encode_pdu(CMCC, when, self.render(generalized_time(when),
         sequence, payload))`` (tests/test_tap_records_same.py), without the DER's copy.
         """
-        gt, head = generalized_time(when), pdu_head(CMCC, when)
-        number = integer(sequence)
-        time_size, number_size = length(len(gt)), length(len(number))
-        header = self._fixed + len(time_size) + len(gt) + len(number_size) + len(number)
-        header_size, payload_size = length(header), length(len(payload))
-        contents = 2 + len(header_size) + header + len(payload_size) + len(payload)
+        gt, number = generalized_time(when), integer(sequence)
+        sizes = (len(gt), len(number), len(payload))
+        last = self._sizes
+        if sizes != last[0]:
+            last = self._sizes = (sizes, self._record_parts(*sizes))
+        before_head, before_time, before_number, before_payload = last[1]
+        return b"".join((
+            before_head, pdu_head(CMCC, when), before_time, gt,
+            before_number, number, before_payload, payload,
+        ))  # fmt: skip
+
+    def _record_parts(self, time: int, number: int, payload: int) -> tuple[bytes, ...]:
+        """A record's octets before the TapPdu's head, the time, the sequence number and
+        the payload, for those sizes (the head's own size depends on the time's alone)."""
+        head = 3 + 1 + len(length(time)) + time + 1  # kind, time, the pdu's tag: pdu_head
+        time_size, number_size = length(time), length(number)
+        header = self._fixed + len(time_size) + time + len(number_size) + number
+        header_size, payload_size = length(header), length(payload)
+        contents = 2 + len(header_size) + header + len(payload_size) + payload
         apdu_size = length(contents)
         der = 1 + len(apdu_size) + contents
         der_size = length(der)
-        return b"".join((
-            b"\x30", length(len(head) + len(der_size) + der), head, der_size,
-            b"\x30", apdu_size, b"\xa0", header_size,
-            self._info, time_size, gt, self._direction, number_size, number,
-            b"\x81", payload_size, payload,
-        ))  # fmt: skip
+        return (
+            b"\x30" + length(head + len(der_size) + der),
+            der_size + b"\x30" + apdu_size + b"\xa0" + header_size + self._info + time_size,
+            self._direction + number_size,
+            b"\x81" + payload_size,
+        )
 
     def render(self, gt: bytes, sequence: int, payload: bytes) -> bytes:
         """The APDU's DER for a packet: ``gt`` is ``generalized_time`` of its time."""
