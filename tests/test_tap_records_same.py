@@ -22,6 +22,7 @@ from mediation.pdu import ContentIdentifier, CorrelationInfo
 from mediation.pdu import taplink as T
 from mediation.pdu.fast_der import generalized_time
 from mediation.pdu.fast_envelope import CMCC, CMII
+from mediation.tap.batching import chunk_bounds, chunk_records
 from mediation.tap.builder import _PACKET_DIRECTION, FlowCorrelation
 from mediation.tap.header_report import CCTemplate
 from mediation.tap.packet import parse_frame
@@ -168,3 +169,41 @@ def test_cc_record_equals_the_apdu_encoded(
         der = cc.render(generalized_time(when), sequence, payload)
         assert cc.record(when, sequence, payload) == T.encode_pdu(CMCC, when, der)
         assert T.pdu_head(CMII, when) != T.pdu_head(CMCC, when)
+
+
+def _chunk_records_before(
+    records: list[tuple[bytes, dt.datetime]], most: int, size: int
+) -> list[tuple[bytes, int, dt.datetime, dt.datetime]]:
+    """mediation/tap/batching.chunk_records before session 11, verbatim."""
+    out, start, octets = [], 0, 0
+    for i, (record, _when) in enumerate(records):
+        if i > start and (i - start >= most or octets + len(record) + 8 > size):
+            part = records[start:i]
+            out.append((b"".join([r for r, _ in part]), len(part), part[0][1], part[-1][1]))
+            start, octets = i, 0
+        octets += len(record) + 8
+    if start < len(records):
+        part = records[start:]
+        out.append((b"".join([r for r, _ in part]), len(part), part[0][1], part[-1][1]))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=60),
+    most=st.integers(1, 70),
+    size=st.integers(1, 4000),
+)
+def test_records_are_chunked_as_before(sizes: list[int], most: int, size: int) -> None:
+    """The same chunks (one counted in C when all fit), and bounds whose octets
+    are what add_chunk counts for them."""
+    records = [
+        (bytes([i % 251]) * n, F.T0 + dt.timedelta(seconds=i)) for i, n in enumerate(sizes)
+    ]
+    chunks = chunk_records(records, most, size)
+    assert chunks == _chunk_records_before(records, most, size)
+    bounds = chunk_bounds(records, most, size)
+    assert [(p, n) for p, n, _f, _l in chunks] == [
+        (b"".join(r for r, _ in records[a:b]), b - a) for a, b, _o in bounds
+    ]
+    assert [o for _a, _b, o in bounds] == [len(p) + 8 * n for p, n, _f, _l in chunks]
