@@ -7,7 +7,9 @@ the replay's and the live capture's hot path, ``Tap.process`` followed by
 frames and times, each through its own tap built alike: the same records,
 octet for octet, and the same counters and flows, for any sequence of
 target, peer, DHCP, RADIUS-port, non-IP, tagged and IPv6 frames, times
-shared or not, inside the window and out, and both content levels.
+shared or not, inside the window and out, and both content levels. And
+``chunk_records`` (now on ``chunk_bounds``, which the batching uses without
+joining) cuts records as it did before, kept verbatim below.
 """
 
 from __future__ import annotations
