@@ -12,6 +12,8 @@ is down. So it is the tap's CPU a PDU without the TLS link, the acks and
 start-up: the part of ``bench/tap_path.py``'s figure that grows with the
 rate. CPU is the process's (both threads), best of ``--rounds``.
 
+``--batch-pdus 80``: batches as small as a busy tap's whose server keeps up
+(sealed at 64 KiB, docs/tap-link.md), so the cost a batch shows.
 ``--build-only``: the records only (parse, match, build, encode), no batches.
 ``--checkout DIR`` measures another checkout's code (an export of the
 base, say) with this interpreter: run it once per checkout and compare.
@@ -33,6 +35,9 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=60_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--step", type=int, default=120)
+    parser.add_argument(
+        "--batch-pdus", type=int, default=1024, help="at most this many PDUs a batch"
+    )
     parser.add_argument(
         "--build-only", action="store_true", help="frames to tap-link records only: no batches"
     )
@@ -62,6 +67,7 @@ def main() -> int:
         spool = TapSpool.open(directory, bytes(32), 1 << 30, reserve=True)
         client = TapClient(None, spool, ("192.0.2.1", 1), None, epoch=1)  # type: ignore[arg-type]
         client.taps = [build_tap(warrant, 1)]
+        client.batch_pdus = args.batch_pdus  # 80: the batches of a link that keeps up
         if args.build_only:  # parse, match, build and encode; the records dropped
 
             async def add_records(records: list) -> None:  # type: ignore[type-arg]
