@@ -32,6 +32,7 @@ MAX_BATCH_ID = 2**64 - 1
 KINDS = ("cmII", "cmCC")  # ENUMERATED order
 _KIND_OCTET = {kind: bytes((0x80, 0x01, n)) for n, kind in enumerate(KINDS)}
 _BATCH = 0xA3  # [3] constructed: pduBatch
+_ACK = 0xA4  # [4] constructed: batchAck
 _STAMP_MIN, _STAMP_MAX = 15, 22  # YYYYMMDDHHMMSSZ to YYYYMMDDHHMMSS.ffffffZ (fast_der.read_time)
 
 
@@ -208,15 +209,24 @@ Message = (
 _LAST_HEADS: tuple[object, dict[str, bytes]] = (None, {})
 
 
-def encode_pdu(kind: str, captured: dt.datetime, der: bytes) -> bytes:
-    """One ``TapPdu`` TLV."""
+def pdu_head(kind: str, captured: dt.datetime) -> bytes:
+    """A ``TapPdu``'s contents before the length of its ``pdu``: kind, time, the pdu's tag.
+
+    For a builder that writes the ``pdu`` itself (the tap's CC records:
+    mediation/tap/header_report.py); :func:`encode_pdu` is the general form.
+    """
     global _LAST_HEADS
     last = _LAST_HEADS
     if captured is not last[0]:
         time = generalized_time(captured)
         stamp = b"\x81" + length(len(time)) + time + b"\x82"
         last = _LAST_HEADS = (captured, {k: octet + stamp for k, octet in _KIND_OCTET.items()})
-    head = last[1][kind]
+    return last[1][kind]
+
+
+def encode_pdu(kind: str, captured: dt.datetime, der: bytes) -> bytes:
+    """One ``TapPdu`` TLV."""
+    head = pdu_head(kind, captured)
     n = len(der)
     size = length(n)
     return b"".join((b"\x30", length(len(head) + len(size) + n), head, size, der))
@@ -231,8 +241,8 @@ def batch_message(batch_id: int, pdus: bytes) -> bytes:
     """A whole ``TapLinkMessage`` (pduBatch) around contents from :func:`encode_pdus`."""
     if not 0 <= batch_id <= MAX_BATCH_ID:
         raise ValueError(f"batch id {batch_id} out of range")
-    body = b"\x80" + _integer_contents(batch_id) + b"\xa1" + length(len(pdus)) + pdus
-    return bytes((_BATCH,)) + length(len(body)) + body
+    head = b"\x80" + _integer_contents(batch_id) + b"\xa1" + length(len(pdus))
+    return b"".join((bytes((_BATCH,)), length(len(head) + len(pdus)), head, pdus))  # one copy
 
 
 def ack_message(ack: BatchAck) -> bytes:
@@ -252,6 +262,26 @@ def ack_message(ack: BatchAck) -> bytes:
         seq = b"".join(items)
         body += b"\xa2" + length(len(seq)) + seq
     return b"\xa4" + length(len(body)) + body
+
+
+def _read_plain_ack(data: bytes, at: int) -> BatchAck | None:
+    """A batchAck of ``80 L id 81 L accepted`` from ``at`` (its contents) to the end,
+    each INTEGER minimal and in range; None for anything else: the reference decides
+    (tests/test_taplink_ack_fast.py proves the two agree)."""
+    values = []
+    for tag in (0x80, 0x81):
+        if at + 2 > len(data) or data[at] != tag or not 1 <= data[at + 1] <= 9:
+            return None
+        size, at = data[at + 1], at + 2
+        raw = data[at : at + size]
+        if len(raw) < size or raw[0] >= 0x80 or (size > 1 and raw[0] == 0 and raw[1] < 0x80):
+            return None
+        values.append(int.from_bytes(raw, "big"))
+        at += size
+    batch_id, accepted = values
+    if at != len(data) or batch_id > MAX_BATCH_ID or accepted > 2**32 - 1:
+        return None
+    return BatchAck(batch_id, accepted)
 
 
 def _integer_contents(n: int) -> bytes:
@@ -381,6 +411,10 @@ def decode(data: bytes) -> Message:
         raise PDUError("trailing octets after the message", start + size)
     if tag == _BATCH:
         return read_batch(data, start, start + size)
+    if tag == _ACK:  # the tap reads one a batch: by hand when plain (no refusals)
+        ack = _read_plain_ack(data, start)
+        if ack is not None:
+            return ack
     try:
         name, value = spec().decode("TapLinkMessage", data)
         return _from_asn1(name, value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import time
+from operator import itemgetter
 from typing import Any
 
 import trio
@@ -47,24 +48,38 @@ PIPELINE_BYTES = 64 * 1024
 UDP_BATCH_BYTES = MAX_DATAGRAM - OVERHEAD - 64
 
 
-def chunk_records(
+def chunk_bounds(
     records: list[tuple[bytes, dt.datetime]], most: int, size: int
-) -> list[tuple[bytes, int, dt.datetime, dt.datetime]]:
-    """Encoded records cut into ``(payload, count, first time, last time)`` within the limits.
+) -> list[tuple[int, int, int]]:
+    """Where encoded records are cut into chunks within the limits: ``(start, stop, octets)``.
 
     Each chunk holds at most ``most`` records and, unless one record alone
     is larger, at most ``size`` octets counting 8 of framing per record
-    (what :meth:`TapClient.add_chunk` counts).
+    (what :meth:`Batching.add_chunk` counts); ``octets`` is that count.
     """
+    lengths = list(map(len, map(itemgetter(0), records)))
+    total = sum(lengths) + 8 * len(lengths)
+    if len(lengths) <= most and total <= size:  # the common case: one chunk, counted in C
+        return [(0, len(lengths), total)] if lengths else []
     out, start, octets = [], 0, 0
-    for i, (record, _when) in enumerate(records):
-        if i > start and (i - start >= most or octets + len(record) + 8 > size):
-            part = records[start:i]
-            out.append((b"".join([r for r, _ in part]), len(part), part[0][1], part[-1][1]))
+    for i, n in enumerate(lengths):
+        if i > start and (i - start >= most or octets + n + 8 > size):
+            out.append((start, i, octets))
             start, octets = i, 0
-        octets += len(record) + 8
-    if start < len(records):
-        part = records[start:]
+        octets += n + 8
+    if start < len(lengths):
+        out.append((start, len(lengths), octets))
+    return out
+
+
+def chunk_records(
+    records: list[tuple[bytes, dt.datetime]], most: int, size: int
+) -> list[tuple[bytes, int, dt.datetime, dt.datetime]]:
+    """Encoded records cut into ``(payload, count, first time, last time)`` within the limits
+    (:func:`chunk_bounds`): a capture worker's chunks."""
+    out = []
+    for start, stop, _octets in chunk_bounds(records, most, size):
+        part = records[start:stop]
         out.append((b"".join([r for r, _ in part]), len(part), part[0][1], part[-1][1]))
     return out
 
@@ -112,8 +127,10 @@ class Batching:
         Batches are sealed as they fill (by count and size), so a long list
         becomes several batches, never one too large.
         """
-        for chunk in chunk_records(records, self.batch_pdus, self._limit):
-            await self.add_chunk(*chunk)
+        for start, stop, octets in chunk_bounds(records, self.batch_pdus, self._limit):
+            part = records[start:stop]  # joined once, with the rest of its batch (_take)
+            parts = [record for record, _when in part]
+            await self._add_parts(parts, octets, len(part), part[0][1], part[-1][1])
         await self.burst_done()
 
     async def burst_done(self) -> None:
@@ -140,7 +157,12 @@ class Batching:
         The batch is sealed first if the chunk would overfill it, and after
         if it is then full; a chunk is never split (workers cut them small).
         """
-        size = len(payload) + 8 * count  # the batch's own framing, generously
+        await self._add_parts([payload], len(payload) + 8 * count, count, first, last)
+
+    async def _add_parts(
+        self, parts: list[bytes], size: int, count: int, first: dt.datetime, last: dt.datetime
+    ) -> None:
+        """:meth:`add_chunk` of ``b"".join(parts)``, ``size`` counting 8 octets a record."""
         if self._pending and (
             self._pending_count + count > self.batch_pdus
             or self._pending_bytes + size > self._limit
@@ -150,7 +172,7 @@ class Batching:
             self._pending_since = trio.current_time()
             self._pending_first = first
             self._opened.set()
-        self._pending.append(payload)
+        self._pending += parts
         self._pending_count += count
         self._pending_bytes += size
         self._pending_last = last

@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,9 @@ async def _paced(
     client: Any, frames: Any, pace: Pace, linktype: int, interface: str | None
 ) -> None:
     """``frames`` (pcap ``(data, time ns)``) to ``client.frames`` in steps, when ``pace`` says."""
+    if pace.rate is not None:
+        await _at_rate(client, iter(frames), pace, linktype, interface)
+        return
     step: list[tuple[bytes, int]] = []
     first: int | None = None
     began = time.monotonic()
@@ -120,6 +125,32 @@ async def _paced(
             step = []
             elapsed = time.monotonic() - began
     if step:
+        await _hand(client, step, pace, linktype, interface)
+
+
+async def _at_rate(
+    client: Any, frames: Iterator[tuple[bytes, int]], pace: Pace, linktype: int,
+    interface: str | None,
+) -> None:
+    """:func:`_paced` at a set rate: each step's frames counted from the clock, not
+    looked at one by one (the same steps: frame ``i`` goes once ``pace.due(i)`` has
+    passed, at most ``REPLAY_FRAMES`` at a time; ~0.2 us a frame less)."""
+    assert pace.rate is not None
+    rate, began, index = pace.rate, time.monotonic(), 0
+    while True:
+        elapsed = time.monotonic() - began
+        last = int(elapsed * rate)  # the last frame due, give or take the rounding
+        while (last + 1) / rate <= elapsed:
+            last += 1
+        while last >= index and last / rate > elapsed:
+            last -= 1
+        if last < index:  # the next frame is not due yet
+            await trio.sleep(max(index / rate - elapsed, PACE_SECONDS))
+            continue
+        step = list(islice(frames, min(last + 1 - index, REPLAY_FRAMES)))
+        if not step:
+            return
+        index += len(step)
         await _hand(client, step, pace, linktype, interface)
 
 

@@ -36,7 +36,9 @@ from mediation.pdu import (
 )
 from mediation.pdu.cmcc import PacketDirection
 from mediation.pdu.fast_der import generalized_time, integer, length
+from mediation.pdu.fast_envelope import CMCC, CMII
 from mediation.pdu.schema import CMII_OID
+from mediation.pdu.taplink import encode_pdu, pdu_head
 from mediation.pdu.tlv import read_header
 
 _SEQUENCE, _OID, _HEADER_REPORT = 0x30, 0x06, 0xAA
@@ -55,7 +57,7 @@ class HeaderReportTemplate:
             of the CmII module would show up here, in tests, first).
     """
 
-    __slots__ = ("_head", "_oid", "_prefixes", "_tail")
+    __slots__ = ("_head", "_oid", "_prefixes", "_record", "_tail")
 
     def __init__(self, report: HeaderReport) -> None:
         parts = _by_hand(report)
@@ -65,6 +67,22 @@ class HeaderReportTemplate:
         # Everything before the time's octets depends only on their number
         # (15 to 22): built once per length, each report is then two joins.
         self._prefixes: dict[int, bytes] = {}
+        # The last time's tap-link record: a flow's frames of one replay step or
+        # capture block share one time object, so the same record (held: the
+        # object's id cannot be reused while it is).
+        self._record: tuple[object, bytes] = (None, b"")
+
+    def record(self, when: dt.datetime) -> bytes:
+        """The report as a tap-link ``TapPdu`` record (``encode_pdu(CMII, when, ...)``).
+
+        Byte-identical to encoding :meth:`render`'s DER (tests/test_tap_records_same.py).
+        """
+        last = self._record
+        if when is last[0]:
+            return last[1]
+        record = encode_pdu(CMII, when, self.render(when))
+        self._record = (when, record)
+        return record
 
     def render(self, when: dt.datetime, gt: bytes | None = None) -> bytes:
         """The report's DER with ``timestamp`` set to ``when`` (aware UTC).
@@ -200,7 +218,7 @@ class CCTemplate:
         ValueError: the encoding does not have the layout above.
     """
 
-    __slots__ = ("_direction", "_fixed", "_info")
+    __slots__ = ("_direction", "_fixed", "_info", "_sizes")
 
     def __init__(self, info: CorrelationInfo, direction: PacketDirection | None) -> None:
         from mediation.pdu.fast import encode_cc  # once a flow: the fast codecs' module
@@ -223,6 +241,44 @@ class CCTemplate:
         self._info = info + b"\x81"  # the time's tag follows the correlation info
         self._direction = direction + b"\x83"  # the sequence number's tag follows it
         self._fixed = len(self._info) + len(self._direction)
+        # The last record's octets around its time, sequence number and payload,
+        # by their sizes (a flow's packets are mostly of one size): (sizes, parts).
+        self._sizes: tuple[tuple[int, int, int], tuple[bytes, ...]] = ((0, 0, -1), ())
+
+    def record(self, when: dt.datetime, sequence: int, payload: bytes) -> bytes:
+        """The APDU for a packet as a tap-link ``TapPdu`` record, in one join.
+
+        Byte-identical to ``encode_pdu(CMCC, when, self.render(generalized_time(when),
+        sequence, payload))`` (tests/test_tap_records_same.py), without the DER's copy.
+        """
+        gt, number = generalized_time(when), integer(sequence)
+        sizes = (len(gt), len(number), len(payload))
+        last = self._sizes
+        if sizes != last[0]:
+            last = self._sizes = (sizes, self._record_parts(*sizes))
+        before_head, before_time, before_number, before_payload = last[1]
+        return b"".join((
+            before_head, pdu_head(CMCC, when), before_time, gt,
+            before_number, number, before_payload, payload,
+        ))  # fmt: skip
+
+    def _record_parts(self, time: int, number: int, payload: int) -> tuple[bytes, ...]:
+        """A record's octets before the TapPdu's head, the time, the sequence number and
+        the payload, for those sizes (the head's own size depends on the time's alone)."""
+        head = 3 + 1 + len(length(time)) + time + 1  # kind, time, the pdu's tag: pdu_head
+        time_size, number_size = length(time), length(number)
+        header = self._fixed + len(time_size) + time + len(number_size) + number
+        header_size, payload_size = length(header), length(payload)
+        contents = 2 + len(header_size) + header + len(payload_size) + payload
+        apdu_size = length(contents)
+        der = 1 + len(apdu_size) + contents
+        der_size = length(der)
+        return (
+            b"\x30" + length(head + len(der_size) + der),
+            der_size + b"\x30" + apdu_size + b"\xa0" + header_size + self._info + time_size,
+            self._direction + number_size,
+            b"\x81" + payload_size,
+        )
 
     def render(self, gt: bytes, sequence: int, payload: bytes) -> bytes:
         """The APDU's DER for a packet: ``gt`` is ``generalized_time`` of its time."""

@@ -199,14 +199,12 @@ class TapClient(Batching, LinkSession):
             interface: the interface they count as captured on (the seed form's).
         """
         self.counters.frames += len(frames)
-        records = []
-        encode = T.encode_pdu
+        records: list[tuple[bytes, dt.datetime]] = []
         taps, append = self.taps, records.append
         for data, when in frames:
             parsed = parse_frame(data, linktype)
             for tap in taps:
-                for kind, der, captured in tap.process(data, when, parsed, interface=interface):
-                    append((encode(kind, captured, der), captured))
+                tap.records(data, when, parsed, append, interface=interface)
         if records:
             await self.add_records(records)
 

@@ -224,10 +224,7 @@ class LiveTap:
             parsed = parse_frame(data)
             before = len(out)
             for tap in taps:
-                for kind, der, captured in tap.process(
-                    data, when, parsed, interface=interface, outgoing=outgoing
-                ):
-                    append((encode_pdu(kind, captured, der), captured))
+                tap.records(data, when, parsed, append, interface=interface, outgoing=outgoing)
             unmatched += len(out) == before
         self.counters.batches += 1
         self.counters.frames += len(batch)

@@ -182,10 +182,13 @@ def _common(frame: bytes) -> ParsedFrame | None:
     ip_length = total if total < avail else avail
     if ip_length < 24:  # a short total length: no room for the ports (or a malformed header)
         return None
-    return ParsedFrame(
+    return _new_tuple(ParsedFrame, (  # ParsedFrame(...) without its Python-level __new__
         LINKTYPE_ETHERNET, n, src_mac, dst_mac, (), ETH_IPV4, None, 4, 14, ip_length, total,
         src, dst, protocol, 34, sport, dport, None, None, False, 0, False, "",
-    )  # fmt: skip
+    ))  # fmt: skip
+
+
+_new_tuple = tuple.__new__
 
 
 def ipv4_addresses(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> tuple[bytes, bytes] | None:

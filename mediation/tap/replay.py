@@ -15,17 +15,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from mediation.evidence.pcap import PcapReader
+from mediation.pdu.taplink import encode_pdu
 from mediation.tap.access_following import AccessFollowing
 from mediation.tap.access_messages import TapPDU
 from mediation.tap.builder import DEFAULT_MAX_FLOWS, CorrelationScheme, PDUBuilder
-from mediation.tap.dhcp import AccessEvent, DhcpFollower
+from mediation.tap.dhcp import DHCP_PORTS, AccessEvent, DhcpFollower
 from mediation.tap.packet import LINKTYPE_ETHERNET, PROTO_UDP, ParsedFrame, parse_frame
 from mediation.tap.radius_follow import RadiusFollower
-from mediation.tap.targets import FROM_SUBJECT, Direction, TargetMatcher
+from mediation.tap.targets import FROM_SUBJECT, UNKNOWN, Direction, TargetMatcher
 from mediation.warrants.model import Warrant
 
 
@@ -187,6 +188,58 @@ class Tap(AccessFollowing):
             out += self._radius(frame, parsed, when)
         return out
 
+    def records(
+        self,
+        frame: bytes,
+        when: dt.datetime,
+        parsed: ParsedFrame,
+        append: Callable[[tuple[bytes, dt.datetime]], None],
+        *,
+        interface: str | None = None,
+        outgoing: bool | None = None,
+    ) -> None:
+        """:meth:`process`, each PDU handed to ``append`` as a tap-link record.
+
+        A record is ``(encode_pdu(kind, time, der), time)``. The hot path of
+        a replay and of a live capture: a frame inside the window, as bytes,
+        with no lease due, not to or from a DHCP port and no RADIUS
+        followed, is matched and goes to :meth:`PDUBuilder.records` (no
+        TapPDU and no list per frame); any other goes through
+        :meth:`process`. The same records and counters either way
+        (tests/test_tap_records_same.py).
+
+        Args:
+            parsed: ``parse_frame(frame, linktype)``; the rest as :meth:`process`.
+        """
+        follower = self.follower
+        if (
+            self.radius is not None
+            or frame.__class__ is not bytes
+            or (self.start is not None and when < self.start)
+            or (self.end is not None and when >= self.end)
+            or (
+                follower is not None
+                and (
+                    follower.next_expiry is not None
+                    or parsed.src_port in DHCP_PORTS
+                    or parsed.dst_port in DHCP_PORTS
+                )
+            )
+        ):
+            for kind, der, captured in self.process(
+                frame, when, parsed, interface=interface, outgoing=outgoing
+            ):
+                append((encode_pdu(kind, captured, der), captured))
+            return
+        counters = self.counters
+        counters.frames += 1
+        direction = self.matcher.match(parsed, interface, raw=frame, outgoing=outgoing)
+        if direction is not None:
+            learned = self._count_matched(parsed, direction)
+            made = self.builder.records(frame, parsed, direction, when, learned, append)
+            counters.cmii += 1
+            counters.cmcc += made - 1
+
     def process_many(
         self, frames: Sequence[tuple[bytes, ParsedFrame]], when: dt.datetime
     ) -> list[TapPDU]:
@@ -228,14 +281,19 @@ class Tap(AccessFollowing):
             return []
         return self._apply(self.follower.expire(now))
 
-    def _matched(
-        self, frame: bytes, parsed: ParsedFrame, direction: Direction, when: dt.datetime
-    ) -> list[TapPDU]:
+    def _count_matched(self, parsed: ParsedFrame, direction: Direction) -> bool:
+        """A matched frame counted; whether its subject's address was learned (DHCP)."""
         counters = self.counters
         counters.matched += 1
         counters.malformed += parsed.malformed
         subject = parsed.src_raw if direction is FROM_SUBJECT else parsed.dst_raw
-        learned = direction is not Direction.UNKNOWN and self.matcher.is_learned(subject)
+        return direction is not UNKNOWN and self.matcher.is_learned(subject)
+
+    def _matched(
+        self, frame: bytes, parsed: ParsedFrame, direction: Direction, when: dt.datetime
+    ) -> list[TapPDU]:
+        counters = self.counters
+        learned = self._count_matched(parsed, direction)
         pdus = self.builder.packet(frame, parsed, direction, when, subject_learned=learned)
         counters.cmii += 1  # a header or signalling report, then the CC APDU if any
         counters.cmcc += len(pdus) - 1

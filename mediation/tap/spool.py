@@ -242,14 +242,14 @@ class TapSpool(SpoolRecovery):
             self._new_segment()
         segment, batch = self._segments[-1], self._next
         assert self._fd is not None
-        record = seal_record(segment.cipher, batch, first, last, payload)
+        head, sealed = seal_record(segment.cipher, batch, first, last, payload)
         self._next += 1  # spent even if the write fails: its nonce may be on disk
-        try:
-            write_synced(self._fd, [memoryview(record)], -1)  # one system call, fdatasync's promise
+        try:  # one system call, fdatasync's promise
+            write_synced(self._fd, [memoryview(head), memoryview(sealed)], -1)
         except OSError:
             self._retire_segment(segment)
             raise
-        segment.size += len(record)
+        segment.size += len(head) + len(sealed)
         segment.last = batch
         return batch
 

@@ -140,11 +140,14 @@ def segment_cipher(key: bytes, header: bytes) -> AESGCM:
     return derive_cipher(key, check_header(key, header, SEGMENT_MAGIC, CHECK_INFO), SEGMENT_INFO)
 
 
-def seal_record(cipher: AESGCM, batch: int, first: int, last: int, payload: bytes) -> bytes:
-    """One record as stored: clear head, CRC, then the sealed times and payload."""
+def seal_record(
+    cipher: AESGCM, batch: int, first: int, last: int, payload: bytes
+) -> tuple[bytes, bytes]:
+    """One record as stored, in two parts written together: the clear head with its
+    CRC, then the sealed times and payload (not joined: a batch is ~100 KiB-1 MiB)."""
     head = struct.pack(">IQ", RECORD_OVERHEAD - _RECORD.size + len(payload), batch)
     sealed = cipher.encrypt(nonce(batch), _TIMES.pack(first, last) + payload, head)
-    return head + struct.pack(">I", zlib.crc32(sealed, zlib.crc32(head))) + sealed
+    return head + struct.pack(">I", zlib.crc32(sealed, zlib.crc32(head))), sealed
 
 
 def record_payload(clear: bytes) -> bytes:

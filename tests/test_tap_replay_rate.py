@@ -1,0 +1,49 @@
+"""mediation/tap/file_replay.py: a replay at a set rate, its steps counted from the clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import test_tap_frames as F
+import trio
+
+from mediation.evidence.pcap import PcapWriter
+from mediation.tap.file_replay import REPLAY_FRAMES, Pace, replay_file
+
+
+class _Client:
+    """Records each step: when it came, its frames and their stamps."""
+
+    fixed = None
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, list[bytes], set[dt.datetime]]] = []
+
+    async def frames(self, frames, linktype, *, interface=None) -> None:  # type: ignore[no-untyped-def]
+        stamps = {when for _data, when in frames}
+        self.steps.append((time.monotonic(), [data for data, _when in frames], stamps))
+
+
+def test_every_frame_goes_in_order_no_step_before_its_last_frame_is_due(tmp_path: Path) -> None:
+    frames = [
+        F.eth(F.OTHER_MAC, F.TARGET_MAC, 0x0800, F.ipv4("192.0.2.10", "198.51.100.20", 17,
+              F.udp(40000, 5004, i.to_bytes(4, "big"))))
+        for i in range(1500)
+    ]  # fmt: skip
+    path = tmp_path / "frames.pcap"
+    with PcapWriter.open(path) as writer:
+        for data in frames:
+            writer.write(data, F.T0)
+    client, rate = _Client(), 30_000.0
+    began = time.monotonic()
+    trio.run(replay_file, client, path, Pace(rate=rate))
+    assert [data for _at, step, _stamps in client.steps for data in step] == frames
+    handed = 0
+    for at, step, stamps in client.steps:
+        assert 1 <= len(step) <= REPLAY_FRAMES
+        assert len(stamps) == 1  # a step's frames stamped with one time, when it goes
+        handed += len(step)
+        assert at - began >= (handed - 1) / rate  # its last frame was due
+    assert len(client.steps) < len(frames) / 4  # frames went in steps, not one by one
