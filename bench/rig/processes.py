@@ -50,11 +50,7 @@ def usage(pid: int) -> Usage:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / TICK
-    peak = 0
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) * 1024
+    peak = peak_rss(pid)
     threads = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as handle:
@@ -62,6 +58,20 @@ def usage(pid: int) -> Usage:
                 if line.startswith("voluntary_ctxt_switches:"):
                     threads[int(task)] = int(line.split()[1])
     return Usage(cpu, peak, threads, run_queue(pid))
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak RSS in bytes (``VmHWM``, its own since its exec; 0 once gone).
+
+    Not ``wait4``'s ``ru_maxrss``: Linux keeps the larger of the process's and
+    the image it replaced at exec, which is this bench's own fork, so a tap's
+    figure was the bench's RSS (66 MiB, then 230-360 MiB as its lists grew).
+    """
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def run_queue(pid: int, into: dict[int, int] | None = None) -> dict[int, int]:
@@ -219,8 +229,10 @@ class Rig:
     ) -> tuple[float, Usage, str]:
         deadline = began + limit
         queued: dict[int, int] = {}  # read while it runs: /proc forgets it at exit
+        peak = 0
         while True:
             run_queue(process.pid, queued)
+            peak = max(peak, peak_rss(process.pid))
             pid, status, rusage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -235,7 +247,7 @@ class Rig:
         if process.returncode != 0:
             text = f"tap exit {process.returncode}: {text}"
         cpu = rusage.ru_utime + rusage.ru_stime
-        return elapsed, Usage(cpu, rusage.ru_maxrss * 1024, queued=queued), text
+        return elapsed, Usage(cpu, peak, queued=queued), text
 
     def status(self) -> dict:
         from mediation.server.control import ControlError, request, socket_path
