@@ -250,7 +250,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     logger.propagate = False
-    receiver = Receiver(config)
+    receiver = Receiver(config, settle_heap=True)
     extra = () if args.quiet else (view.run,)
     try:
         result = trio.run(_run, receiver, extra)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import trio
 
+from mediation import heap
 from mediation.errors import UsageError
 from mediation.lea import udp
 from mediation.lea.driver import StreamDriver
@@ -101,8 +102,17 @@ class RunResult:
 class Receiver:
     """One run of the agency's receiver over one output directory."""
 
-    def __init__(self, config: ReceiverConfig, state: ReceiverState | None = None) -> None:
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        state: ReceiverState | None = None,
+        *,
+        settle_heap: bool = False,
+    ) -> None:
+        """``settle_heap``: the process is the receiver's own (``mediate receive``): once
+        listening, freeze what start-up built and collect less often (mediation/heap.py)."""
         self.config = config
+        self._settle_heap = settle_heap
         self.state = state or ReceiverState(config.out_dir, handles=config.handles)
         self.retriever: Retriever | None = None
         self.started_at: float | None = None
@@ -152,6 +162,8 @@ class Receiver:
                 async with trio.open_nursery() as nursery:
                     self._start_tasks(nursery, udp_sock, tls_listeners, extra, signals)
                     task_status.started(bound)
+                    if self._settle_heap:
+                        heap.settle()
         finally:
             if udp_sock is not None:
                 udp_sock.close()

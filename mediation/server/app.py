@@ -37,10 +37,10 @@ from typing import Any
 
 import trio
 
+from mediation import heap
 from mediation.clock import ClockReading, read_clock
 from mediation.log import LOG_KEY_PURPOSE, Appended, EvidenceLog, LogError, LogKey, StreamLog
 from mediation.pdu import StreamId
-from mediation.server import heap
 from mediation.server.config import ServerConfig
 from mediation.server.control import socket_path
 from mediation.server.control_listener import ControlSocket
@@ -91,7 +91,7 @@ class MediationServer(Upkeep, ControlRequests):
         settle_heap: bool = False,
     ) -> None:
         self.data_dir = data_dir
-        self._settle_heap = settle_heap  # the process is the server's own: server/heap.py
+        self._settle_heap = settle_heap  # the process is the server's own: mediation/heap.py
         self.table = WarrantTable()
         self.config = config or ServerConfig()
         self._key = key
