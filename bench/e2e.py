@@ -34,7 +34,10 @@ same frames from memory, appending each to a file with fdatasync every
 ``--checkout DIR`` runs ``mediate serve`` and ``mediate receive`` from
 another checkout (its ``.venv``), so the same bench measures any branch;
 the tap runs from ``--tap-checkout`` (default: this one, which has
-``--speed N``). Every wait is bounded in time; every step in count.
+``--speed N``). ``--apart DIR`` puts the agencies' directories and the
+tap's spool under DIR (a tmpfs, say), so only the server's log writes to
+the work directory's disk, as when each is its own machine. Every wait is
+bounded in time; every step in count.
 """
 
 from __future__ import annotations
@@ -392,14 +395,23 @@ def main() -> int:
     parser.add_argument("--linger", type=float, metavar="MS", help="the tap's --linger")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the work directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--apart",
+        type=Path,
+        metavar="DIR",
+        help="the agencies' directories and the tap's spool under DIR (say a tmpfs, "
+        "/dev/shm): off the server's disk, as on separate machines",
+    )
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     if not rates or min(rates) < 1 or len(rates) > 20 or not 0.5 <= args.seconds <= 60:
         parser.error("--rates: 1 to 20 positive rates; --seconds: 0.5 to 60")
     work = Path(tempfile.mkdtemp(prefix="e2e-", dir=args.dir)).resolve()
-    rig = Rig(work, Checkout(args.checkout), Checkout(args.tap_checkout))
+    apart = None if args.apart is None else Path(tempfile.mkdtemp(prefix="e2e-", dir=args.apart))
+    rig = Rig(work, Checkout(args.checkout), Checkout(args.tap_checkout), apart)
     print(f"e2e: serve/receive from {rig.checkout.root}, tap from {rig.tap_checkout.root}; "
-          f"{os.cpu_count()} CPUs; work in {work}", flush=True)  # fmt: skip
+          f"{os.cpu_count()} CPUs; work in {work}"
+          f"{'' if apart is None else f'; agencies and spool in {apart}'}", flush=True)  # fmt: skip
     if args.stages:  # the tap traces its batches (mediation/tap/trace.py); lines kept
         rig.tap_env["MEDIATION_TAP_TRACE"] = str(work / "tap-trace.txt")
         for counter in rig.counters.values():
@@ -420,6 +432,8 @@ def main() -> int:
         rig.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+            if apart is not None:
+                shutil.rmtree(apart, ignore_errors=True)
 
 
 if __name__ == "__main__":

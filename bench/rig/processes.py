@@ -105,7 +105,11 @@ class Checkout:
 class Rig:
     """One data directory, its agencies' directories, and the processes on them."""
 
-    def __init__(self, work: Path, checkout: Checkout, tap_checkout: Checkout) -> None:
+    def __init__(
+        self, work: Path, checkout: Checkout, tap_checkout: Checkout, apart: Path | None = None
+    ) -> None:
+        """``apart``: where the agencies' directories and the tap's spool go instead of
+        ``work`` (e2e.py --apart: each on a disk of its own, as on a deployment)."""
         self.work = work
         self.checkout = checkout
         self.tap_checkout = tap_checkout
@@ -119,12 +123,14 @@ class Rig:
             "taps": free_port(socket.SOCK_STREAM),
             "retrieval": free_port(socket.SOCK_STREAM),
         }
-        self.agency = work / "agency"
+        self.agency = (apart or work) / "agency"
         self.server: subprocess.Popen[bytes] | None = None
         self.receivers: dict[str, subprocess.Popen[bytes]] = {}
         self.tap: subprocess.Popen[bytes] | None = None
         self.tap_env: dict[str, str] = {}  # more environment for the tap (e2e.py --stages)
         self.tap_args: list[str] = []  # more options for `tap run` (e2e.py --linger)
+        if apart is not None:
+            self.tap_args += ["--spool", str(apart / f"{TAP}.tap.spool")]
         self.counters = {name: AgencyCounter(self.agency / name) for name in ("udp", "tls")}
 
     def mediate(self, *args: str) -> str:
