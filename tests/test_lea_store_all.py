@@ -1,8 +1,8 @@
 """A wake-up's or a read's envelopes stored together write what one at a time writes.
 
 The receiver stores what a UDP wake-up or a TLS read brings in one call
-(``UdpDelivery.receive_all``, ``StreamReceiver._messages``,
-``ReceiverState.envelopes``, ``CaseOutputs.store_all``: each file
+(``UdpDelivery.receive_all``, ``ReceiverState.envelopes``,
+``StreamReceiver``'s read at a time,, ``CaseOutputs.store_all``: each file
 appended once). Here the same arrivals (both stream kinds, gaps, late
 fills, duplicates, checkpoints, refused and malformed datagrams, a packet
 past the pcap's snap length) go through the receiver one message a call

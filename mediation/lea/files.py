@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from mediation.durable import write_atomic
@@ -47,17 +48,11 @@ class HashedFile:
 
     def write(self, data: bytes) -> int:
         """Append ``data`` (held; :meth:`flush` hands it to the kernel)."""
-        self._parts.append(data)
-        size = len(data)
-        self.size += size
-        self._held += size
-        self.dirty = True
-        if self._held >= BUFFER:
-            self.flush()
-        return size
+        self.write_all((data,))
+        return len(data)
 
-    def write_all(self, parts: list[bytes]) -> None:
-        """Append each of ``parts`` in order: :meth:`write` of each, in one call.
+    def write_all(self, parts: Sequence[bytes]) -> None:
+        """Append each of ``parts`` in order (held; :meth:`flush` hands them to the kernel).
 
         The receiver stores a wake-up's envelopes at once and appends to each
         file once (not a call per record and per file).

@@ -154,32 +154,7 @@ class CaseOutputs:
             retrieved: it came by retrieval (the JSON line says so).
             at: when it arrived (wall clock, UTC).
         """
-        kind = envelope.stream.kind
-        target = self._raw.get(kind)
-        if target is None:
-            target = self._raw_file(kind)
-        target.write(raw)  # first: the evidence itself
-        content = envelope.content
-        try:
-            if isinstance(content, pdu.CCApdu):  # capture_time(), inline (per packet)
-                header = content.header
-                when = header.time_stamp if header is not None else None
-                held: list[bytes] = []
-                self._cc_packet(
-                    envelope.sequence_number, content.payload, when or envelope.mediation_time, held
-                )
-                if held:
-                    self._pcap_file.write_all(held)  # type: ignore[union-attr]
-                return
-            line = self._lines.line(envelope, retrieved=retrieved, at=at)
-        except (TypeError, ValueError) as exc:
-            # A view that cannot be made must not stop the receiver: the raw
-            # file holds the envelope; the gap report says what is missing.
-            self.unviewable_count += 1
-            if len(self.unviewable) < NOT_IP_LISTED:
-                self.unviewable.append({"sequence": envelope.sequence_number, "why": str(exc)})
-            return
-        self._jsonl_file().write(line)
+        self.store_all([(envelope, raw, retrieved)], at)
 
     def store_scte(self, sequence: int, when: dt.datetime, packet: bytes, raw: bytes) -> None:
         """Write one new SCTE datagram (already authenticated): raw, then the pcap record.

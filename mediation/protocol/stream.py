@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Mapping, MutableMapping, Sequence
 
 from mediation import pdu
-from mediation.pdu.errors import PDUError
-from mediation.pdu.fast import decode_envelope
 from mediation.protocol.connection import StreamConnection
 from mediation.protocol.envelope import (
     LogRecord,
@@ -341,7 +339,9 @@ class StreamReceiver(StreamConnection):
         try:
             if whole:
                 self._keepalive.heard(now)  # once per read: all its messages arrived by now
-                self._messages(whole, now, events)
+            message = self._message
+            for raw in whole:
+                events.extend(message(raw, now))
         except ProtocolError as exc:  # as StreamConnection.receive_data breaks the connection
             self._broken = exc
             self._connected = False
@@ -356,41 +356,6 @@ class StreamReceiver(StreamConnection):
                 raise
             self._carry = need  # the rest was one message cut short: the octets it lacks
         return events
-
-    def _messages(self, whole: list[bytes], now: float, events: list[Event]) -> None:
-        """:meth:`_message` of each of a read's whole messages, its events appended to ``events``.
-
-        An envelope (nearly every message) is taken inline: decoded as
-        ``decode_message`` decodes it (the same record, the same error),
-        then :meth:`_envelope`'s steps, without a call chain and a list per
-        envelope; anything else goes through :meth:`_message`. Proven equal
-        by tests/test_protocol_framing_cut.py.
-        """
-        append = events.append
-        accept = self._accept
-        retrieval = self.retrieval
-        live = self._live
-        accepted = None  # the stream last found in ``accept`` (a read's are nearly all one or two)
-        for raw in whole:
-            if raw[0] != 0xA0:
-                events += self._message(raw, now)
-                accepted = None  # (a message other than an envelope may change what is asked)
-                continue
-            try:
-                envelope = decode_envelope(raw)
-            except PDUError as exc:  # as decode_message says it
-                raise ProtocolError(f"malformed delivery message: {exc}") from None
-            stream = envelope.stream
-            if stream is not accepted and accept is not None:
-                if stream not in accept:
-                    raise ProtocolError(f"envelope for {stream}, not delivered here")
-                accepted = stream
-            if retrieval.claims(envelope):
-                event = retrieval.handle_envelope(envelope)
-            else:
-                event = live(envelope, now)
-            event.__dict__["raw"] = raw  # made just now by this machine, not yet shared
-            append(event)
 
     def _message(self, raw: bytes, now: float) -> list[Event]:
         """Each envelope's and checkpoint's event keeps the message's octets (``raw``).

@@ -212,26 +212,14 @@ class PDUBuilder(AccessMessages):
             ValueError: ``when`` is naive.
         """
         if when is not self._aware:  # checked once per time object (a step's frames share one)
-            if when.utcoffset() is None:
-                raise ValueError("capture time must be timezone-aware (UTC)")
-            self._aware = when
+            self._check_aware(when)
         if parsed.src_raw is None or parsed.dst_raw is None:
             return [self._link_report(frame, parsed, direction, when)]
-        flow, forward = self._flow(parsed, direction)
-        template = flow.templates.get((forward, subject_learned))
-        if template is None:
-            template = self._template(flow, parsed, direction, subject_learned, when)
-            flow.templates[forward, subject_learned] = template
+        template, cc, sequence = self._templates(parsed, direction, when, subject_learned)
         gt = generalized_time(when)
         out = [TapPDU(CMII, template.render(when, gt), when)]
-        if self.full:
-            flow.counter.value += 1
-            cc = flow.cc.get(direction)
-            if cc is None:
-                assert flow.info is not None
-                cc = flow.cc[direction] = CCTemplate(flow.info, _PACKET_DIRECTION[direction])
-            der = cc.render(gt, flow.counter.value, parsed.ip_packet(frame))
-            out.append(TapPDU(CMCC, der, when))
+        if cc is not None:
+            out.append(TapPDU(CMCC, cc.render(gt, sequence, parsed.ip_packet(frame)), when))
         return out
 
     def records(
@@ -260,29 +248,43 @@ class PDUBuilder(AccessMessages):
             ValueError: ``when`` is naive.
         """
         if when is not self._aware:
-            if when.utcoffset() is None:
-                raise ValueError("capture time must be timezone-aware (UTC)")
-            self._aware = when
+            self._check_aware(when)
         if parsed.src_raw is None or parsed.dst_raw is None:
             pdu = self._link_report(frame, parsed, direction, when)
             append((encode_pdu(CMII, when, pdu.der), when))
             return 1
+        template, cc, sequence = self._templates(parsed, direction, when, subject_learned)
+        append((template.record(when), when))
+        if cc is None:
+            return 1
+        append((cc.record(when, sequence, parsed.ip_packet(frame)), when))
+        return 2
+
+    def _check_aware(self, when: dt.datetime) -> None:
+        """Refuse a naive capture time; remember an aware one (its frames share it)."""
+        if when.utcoffset() is None:
+            raise ValueError("capture time must be timezone-aware (UTC)")
+        self._aware = when
+
+    def _templates(
+        self, parsed: ParsedFrame, direction: Direction, when: dt.datetime, subject_learned: bool
+    ) -> tuple[HeaderReportTemplate, CCTemplate | None, int]:
+        """A frame's header-report template and, for full content, its CC template and
+        the packet's sequence number (counted here): :meth:`packet`'s and :meth:`records`'."""
         flow, forward = self._flow(parsed, direction)
         template = flow.templates.get((forward, subject_learned))
         if template is None:
             template = self._template(flow, parsed, direction, subject_learned, when)
             flow.templates[forward, subject_learned] = template
-        append((template.record(when), when))
         if not self.full:
-            return 1
+            return template, None, 0
         counter = flow.counter
         counter.value += 1
         cc = flow.cc.get(direction)
         if cc is None:
             assert flow.info is not None
             cc = flow.cc[direction] = CCTemplate(flow.info, _PACKET_DIRECTION[direction])
-        append((cc.record(when, counter.value, parsed.ip_packet(frame)), when))
-        return 2
+        return template, cc, counter.value
 
     def _flow(self, parsed: ParsedFrame, direction: Direction) -> tuple[_Flow, bool]:
         """The frame's flow (made if new) and whether it goes subject -> peer."""
