@@ -112,6 +112,37 @@ async def test_a_late_datagram_closes_its_gap_and_a_duplicate_is_not_stored(
     assert raw_sequences(out / HANDLE / "cmcc.raw") == [0, 2, 3, 1]  # arrival order
 
 
+@pytest.mark.parametrize("by_volume", [True, False])
+async def test_a_busy_receiver_fsyncs_at_the_flush_not_only_every_sync_interval(
+    tmp_path: Path, by_volume: bool
+) -> None:
+    # The time bound never comes in this test (an hour): only the volume
+    # written brings the fsync forward. Under the threshold, a flush hands
+    # the octets to the kernel and the files stay unsynced; over it, the
+    # same flush syncs them. (The housekeeping flushes, then decides, with
+    # no wait between: once the raw file holds everything, it has decided.)
+    out = tmp_path / "intercepts"
+    sync_octets = 1024 if by_volume else 1 << 40
+    options = {"udp": ("127.0.0.1", 0), "sync_interval": 3600.0, "sync_octets": sync_octets}
+    async with trio.open_nursery() as nursery:
+        running = await start(nursery, Receiver(config(out, **options)))
+        state = running.receiver.state
+        server = UdpServer(running.bound.udp)
+        await server.send(CMCC, 40)
+        raw = out / HANDLE / "cmcc.raw"
+        await wait_until(lambda: state.stream_stats(CMCC).received == 40, "40 stored")
+        total = state.case(HANDLE).files[0].size
+        await wait_until(lambda: raw.stat().st_size == total, "the raw file flushed")
+        if by_volume:
+            await wait_until(lambda: state.unsynced() == 0, "the fsync by volume")
+        else:
+            assert state.unsynced() >= total  # flushed, not synced: the interval is an hour
+            assert all(f.dirty for f in state.case(HANDLE).files)
+        await running.stop()
+        nursery.cancel_scope.cancel()
+    assert raw_sequences(raw) == list(range(40))
+
+
 async def test_garbage_and_foreign_handles_are_dropped_and_counted(tmp_path: Path) -> None:
     out = tmp_path / "intercepts"
     receiver = Receiver(config(out, udp=("127.0.0.1", 0), handles=frozenset({HANDLE})))

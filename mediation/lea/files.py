@@ -44,6 +44,7 @@ class HashedFile:
         self._parts: list[bytes] = []
         self._held = 0
         self.dirty = False  # written since the last sync
+        self.synced_size = self.size  # the size the last sync (begun) covers
         self.closed = False
 
     def write(self, data: bytes) -> int:
@@ -101,6 +102,7 @@ class HashedFile:
         """
         self.flush()
         self.dirty = False
+        self.synced_size = self.size
         return self._file.fileno()
 
     def sync(self) -> None:
@@ -108,6 +110,7 @@ class HashedFile:
         self.flush()
         os.fsync(self._file.fileno())
         self.dirty = False
+        self.synced_size = self.size
 
     def close(self, *, hash_file: bool = True) -> str:
         """Sync, close, and (unless told not to) write ``NAME.sha256`` next to the file.

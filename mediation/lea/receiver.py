@@ -47,6 +47,11 @@ from mediation.refusals import BUSY, ConnectionLimit, Refusals
 
 log = logging.getLogger("mediation.lea")
 
+# Written since the last fsync, the size that brings the next one forward
+# to the next flush (ReceiverConfig.sync_octets): at 8 MB/s or more the
+# files are synced at every flush, at most half a second's writes a sync.
+SYNC_OCTETS = 4 << 20
+
 Address = tuple[str, int]
 
 
@@ -73,7 +78,8 @@ class ReceiverConfig:
     retrieval_interval: float = 1.0
     settle: float = 2.0
     flush_interval: float = 0.5
-    sync_interval: float = 5.0
+    sync_interval: float = 5.0  # fsync at least this often while written to
+    sync_octets: int = SYNC_OCTETS  # and at the flush after this much was written
     gaps_interval: float = 10.0
     handshake_timeout: float = 10.0
 
@@ -318,7 +324,15 @@ class Receiver:
         self.stop("; ".join(["fetch complete", *notes]))
 
     async def _housekeeping(self) -> None:
-        """Flush often (a crash loses nothing written), fsync and report less often."""
+        """Flush often (a crash loses nothing written), fsync and report less often.
+
+        The fsync comes every ``sync_interval``, or at the first flush after
+        ``sync_octets`` were written, whichever is first: a busy receiver
+        syncs at every flush, so the disk takes its files as a steady stream
+        and never a burst of five seconds' writes at once (that burst
+        stalled every other writer of the disk, this receiver's own acks
+        included, for tens of milliseconds: docs/architecture.md).
+        """
         config = self.config
         now = trio.current_time()
         next_sync, next_gaps = now + config.sync_interval, now + config.gaps_interval
@@ -327,8 +341,9 @@ class Receiver:
             self.state.flush()
             self.refusals.tick()
             now = trio.current_time()
-            if now >= next_sync:
+            if now >= next_sync or self.state.unsynced() >= config.sync_octets:
                 await self.state.make_durable()
+            if now >= next_sync:
                 self._save_udp()
                 next_sync = now + config.sync_interval
             if now >= next_gaps:

@@ -286,6 +286,10 @@ class ReceiverState:
             fds = [f.begin_sync() for f in dirty]
             await trio.to_thread.run_sync(_fsync_all, fds)
 
+    def unsynced(self) -> int:
+        """Octets written since the last sync began, over every file."""
+        return sum(f.size - f.synced_size for case in self.cases.values() for f in case.files)
+
     def _files(self) -> list[HashedFile]:
         return [f for case in self.cases.values() for f in case.files]
 
