@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from pathlib import Path
@@ -45,4 +46,8 @@ def write_capture(path: Path, count: int) -> Path:
             out.write(struct.pack("<IIII", start + index // 1000, index % 1000 * 1000,
                                   len(data), len(data)))  # fmt: skip
             out.write(data)
+        # On disk before the step: written back during it, it would be a burst
+        # of the bench's own in the disk the processes measured share.
+        out.flush()
+        os.fsync(out.fileno())
     return path
