@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -21,9 +22,10 @@ from mediation import pdu as P
 from mediation.evidence.manifest import MANIFEST, ManifestWriter, verify_manifest
 from mediation.evidence.pcap import LINKTYPE_RAW, PcapReader, PcapWriter
 from mediation.lea import rawfile
+from mediation.log.format import ContentKind, LogRecord
 from mediation.log.keys import load_or_create_signer, load_public_key, public_key_path
 from mediation.server.app import MediationServer
-from mediation.server.capture_files import WarrantFiles, part_name
+from mediation.server.capture_files import OpenSet, WarrantFiles, part_name
 from mediation.server.capture_recover import enter_incomplete
 from mediation.server.config import FilesConfig
 from mediation.tap.replay import Tap
@@ -278,6 +280,31 @@ def test_an_open_file_the_log_lost_is_kept_marked_incomplete(tmp_path: Path) -> 
     files = WarrantFiles(tmp_path / "capture", "w-00abcd", signer)
     assert enter_incomplete(files, empty) is None and not empty.exists()
     assert ManifestWriter(files.directory / MANIFEST, signer).files.keys() == {entry["file"]}
+
+
+@pytest.mark.parametrize("sync_over", [4096, math.inf])
+def test_an_open_set_is_synced_as_it_grows_past_the_threshold(
+    tmp_path: Path, sync_over: float
+) -> None:
+    # The server writes a set's files from the log a batch at a time and
+    # flushes after each: past the threshold that flush fsyncs too, so the
+    # 64 MiB of a set reach the disk as they come, not in one burst at its
+    # close (which held up the log's own syncs on the same disk).
+    directory = tmp_path / "capture" / "w-00abcd"
+    directory.mkdir(parents=True)
+    sid = P.StreamId("w-00abcd", P.StreamKind.CMCC)
+    files = OpenSet(directory, sid, 0)
+    for n in range(40):
+        when = 1_790_000_000_000_000 + n
+        der = cc_pdu(n=n, payload=200)
+        files.write(LogRecord(n, when, ContentKind.CMCC, P.ClockStatus.SYNCHRONISED, der))
+    hashed = files.files[0].hashed
+    assert hashed.size > 40 * 200 and hashed.unsynced == hashed.size  # nothing synced yet
+    files.flush(sync_over)
+    part = directory / part_name("cmcc-00000000000000000000.pcap")
+    assert part.stat().st_size == hashed.size  # handed to the kernel either way
+    assert hashed.unsynced == (0 if sync_over == 4096 else hashed.size)
+    files.abandon()
 
 
 async def test_a_removed_endpoint_closes_its_open_files(tmp_path: Path) -> None:

@@ -19,6 +19,12 @@ from mediation.evidence.pcap import PcapError, PcapReader
 
 _CHUNK = 1 << 20
 BUFFER = 256 * 1024
+# Written since the last fsync, the size that brings the next one forward to
+# the next flush (the receiver's housekeeping, the server's capture files): a
+# busy writer syncs as it goes, so the disk takes its files as a steady stream,
+# never a burst of seconds' worth at once that holds up every other writer of
+# that disk (docs/architecture.md, "The state after session 12").
+SYNC_OCTETS = 4 << 20
 
 
 class HashedFile:
@@ -94,6 +100,11 @@ class HashedFile:
         """SHA-256 of everything in the file, as written so far."""
         self.flush()
         return self._hash.hexdigest()
+
+    @property
+    def unsynced(self) -> int:
+        """Octets written since the last sync began (held, flushed or not)."""
+        return self.size - self.synced_size
 
     def begin_sync(self) -> int:
         """Flush, mark clean, and return the descriptor to fsync (e.g. in a thread).

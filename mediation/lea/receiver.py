@@ -32,6 +32,7 @@ from mediation import heap
 from mediation.errors import UsageError
 from mediation.lea import udp
 from mediation.lea.driver import StreamDriver
+from mediation.lea.files import SYNC_OCTETS
 from mediation.lea.retrieve import ConnectError, FetchRange, Retriever, fetch
 from mediation.lea.scte import ScteDelivery
 from mediation.lea.state import ReceiverState
@@ -46,11 +47,6 @@ from mediation.protocol.sealed import SealKey
 from mediation.refusals import BUSY, ConnectionLimit, Refusals
 
 log = logging.getLogger("mediation.lea")
-
-# Written since the last fsync, the size that brings the next one forward
-# to the next flush (ReceiverConfig.sync_octets): at 8 MB/s or more the
-# files are synced at every flush, at most half a second's writes a sync.
-SYNC_OCTETS = 4 << 20
 
 Address = tuple[str, int]
 

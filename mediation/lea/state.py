@@ -288,7 +288,7 @@ class ReceiverState:
 
     def unsynced(self) -> int:
         """Octets written since the last sync began, over every file."""
-        return sum(f.size - f.synced_size for case in self.cases.values() for f in case.files)
+        return sum(f.unsynced for case in self.cases.values() for f in case.files)
 
     def _files(self) -> list[HashedFile]:
         return [f for case in self.cases.values() for f in case.files]

@@ -28,6 +28,7 @@ from pathlib import Path
 import trio
 
 from mediation.evidence.manifest import ManifestError, Signer
+from mediation.lea.files import SYNC_OCTETS
 from mediation.log import Checkpoint, Cursor, LogRecord, RecordsUnavailable, StreamLog
 from mediation.pdu import StreamId
 from mediation.server.capture_files import OpenSet, WarrantFiles, parse_name
@@ -227,9 +228,9 @@ class FilesWorker:
             current.write(record)
             state.written = record.seq + 1
             if current.size >= self.config.rotate_bytes or record.seq == target:
-                current.flush()
+                current.flush(SYNC_OCTETS)
                 return index + 1
-        current.flush()
+        current.flush(SYNC_OCTETS)
         return len(records)
 
     async def _rotate(self, state: _FileStream, files: WarrantFiles) -> None:
