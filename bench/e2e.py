@@ -36,7 +36,9 @@ another checkout (its ``.venv``), so the same bench measures any branch;
 the tap runs from ``--tap-checkout`` (default: this one, which has
 ``--speed N``). ``--apart DIR`` puts the agencies' directories and the
 tap's spool under DIR (a tmpfs, say), so only the server's log writes to
-the work directory's disk, as when each is its own machine. Every wait is
+the work directory's disk, as when each is its own machine. ``--files``
+adds a files endpoint for the CC stream (``cmcc-*.pcap`` under the work
+directory: capture to disk on the server's own disk). Every wait is
 bounded in time; every step in count.
 """
 
@@ -402,6 +404,11 @@ def main() -> int:
         help="the agencies' directories and the tap's spool under DIR (say a tmpfs, "
         "/dev/shm): off the server's disk, as on separate machines",
     )
+    parser.add_argument(
+        "--files",
+        action="store_true",
+        help="a files endpoint for the CC stream too (pcap files on the server's disk)",
+    )
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     if not rates or min(rates) < 1 or len(rates) > 20 or not 0.5 <= args.seconds <= 60:
@@ -416,6 +423,7 @@ def main() -> int:
         rig.tap_env["MEDIATION_TAP_TRACE"] = str(work / "tap-trace.txt")
         for counter in rig.counters.values():
             counter.keep = True
+    rig.files = args.files
     if args.linger is not None:
         rig.tap_args += ["--linger", f"{args.linger:g}"]
     try:

@@ -131,6 +131,7 @@ class Rig:
         self.tap_args: list[str] = []  # more options for `tap run` (e2e.py --linger)
         if apart is not None:
             self.tap_args += ["--spool", str(apart / f"{TAP}.tap.spool")]
+        self.files = False  # a files endpoint for CmCC too (e2e.py --files)
         self.counters = {name: AgencyCounter(self.agency / name) for name in ("udp", "tls")}
 
     def mediate(self, *args: str) -> str:
@@ -168,6 +169,12 @@ class Rig:
         self.mediate("agency", "add", "--from", str(cases / "udp.toml"),
                      "--udp-key-out", str(self.agency / "udp-key.toml"))  # fmt: skip
         self.mediate("agency", "add", "--from", str(cases / "tls.toml"))
+        if self.files:  # capture to disk: the server writes pcap files beside its log
+            path = cases / "files.toml"
+            files = self.work / "files"
+            path.write_text(f'name = "TEST-LEA"\nfiles = "{files}"\nstreams = "cmcc"\n')
+            path.chmod(0o600)
+            self.mediate("agency", "add", "--from", str(path))
         return self.mediate("add", "--from", str(cases / "warrant.toml")).split()[0]
 
     def start_server(self) -> None:
