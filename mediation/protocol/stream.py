@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Mapping, MutableMapping, Sequence
 
 from mediation import pdu
+from mediation.pdu.errors import PDUError
+from mediation.pdu.fast import decode_envelope
 from mediation.protocol.connection import StreamConnection
 from mediation.protocol.envelope import (
     LogRecord,
@@ -279,6 +281,11 @@ class StreamReceiver(StreamConnection):
             if stream not in self.retrieval.trackers and position > 0:
                 self.retrieval.tracker(stream).add_range(0, position - 1)
         self._dirty: set[pdu.StreamId] = set()
+        # The last live envelope's stream (accepted), its tracker once known and
+        # its position (only _live writes _position): envelopes come a stream at
+        # a time, and a StreamId hashes in Python. And the last stream put in _dirty.
+        self._run: list = [None, None, 0]
+        self._dirty_last: pdu.StreamId | None = None
         self._carry = 0  # octets the message the buffer holds lacks, when known (receive_data)
         self._unacked = 0
         self._ack_at: float | None = None
@@ -293,6 +300,7 @@ class StreamReceiver(StreamConnection):
         self._carry = 0  # a new buffer
         self.retrieval.connection_lost()
         self._dirty = set(self._position)
+        self._dirty_last = None
         self._flush_acks()
 
     def connection_lost(self) -> None:
@@ -363,7 +371,13 @@ class StreamReceiver(StreamConnection):
         The owner stores them as received (a later version's extension
         fields included) without framing the stream a second time.
         """
-        message = decode_message(raw)
+        if raw[0] == 0xA0:  # decode_message() of an envelope, inline (raw: whole, bytes)
+            try:
+                message: pdu.DeliveryMessage = decode_envelope(raw)
+            except PDUError as exc:
+                raise ProtocolError(f"malformed delivery message: {exc}") from None
+        else:
+            message = decode_message(raw)
         # Envelopes, nearly every message, straight to their handling: no
         # keepalive or unknown message is an Envelope.
         if message.__class__ is pdu.Envelope:
@@ -377,8 +391,9 @@ class StreamReceiver(StreamConnection):
         return events
 
     def _envelope(self, message: pdu.Envelope, now: float) -> EnvelopeReceived:
-        if self._accept is not None and message.stream not in self._accept:
-            raise ProtocolError(f"envelope for {message.stream}, not delivered here")
+        stream = message.stream
+        if stream is not self._run[0] and self._accept is not None and stream not in self._accept:
+            raise ProtocolError(f"envelope for {stream}, not delivered here")
         if self.retrieval.claims(message):
             return self.retrieval.handle_envelope(message)
         return self._live(message, now)
@@ -396,20 +411,30 @@ class StreamReceiver(StreamConnection):
 
     def _live(self, envelope: pdu.Envelope, now: float) -> EnvelopeReceived:
         stream, seq = envelope.stream, envelope.sequence_number
-        position = self._position.setdefault(stream, seq)
+        run = self._run
+        if stream is run[0]:
+            position = run[2]
+        else:  # (accepted: _envelope checked it)
+            position = self._position.setdefault(stream, seq)
+            run = self._run = [stream, None, position]
         if seq > position:
             raise ProtocolError(
                 f"envelope {seq} of {stream} skips from {position}: a stream loses nothing"
             )
         if seq == position:
-            self._position[stream] = seq + 1
-            tracker = self.retrieval.trackers.get(stream)
+            self._position[stream] = run[2] = seq + 1
+            tracker = run[1]
             if tracker is None:
-                tracker = self.tracker(stream)
+                tracker = self.retrieval.trackers.get(stream)
+                if tracker is None:
+                    tracker = self.tracker(stream)
+                run[1] = tracker
             duplicate = not tracker.arrive(seq)[1]
         else:
             duplicate = True
-        self._dirty.add(stream)
+        if stream is not self._dirty_last:
+            self._dirty.add(stream)
+            self._dirty_last = stream
         self._unacked += 1
         if self._unacked >= self.ack_every:
             self._flush_acks()
@@ -429,6 +454,7 @@ class StreamReceiver(StreamConnection):
             ack = pdu.Acknowledgement(stream, self._position[stream])
             self._out += encode_message(ack)
         self._dirty.clear()
+        self._dirty_last = None
         self._unacked = 0
         self._ack_at = None
 
