@@ -328,9 +328,11 @@ class DatagramReceiver:
         self._utc_now = utc_now
         self._trackers: dict[pdu.StreamId, SequenceTracker] = {}
         self._next_report: float | None = None
-        # The last envelope's stream (accepted) and its tracker: a sender's
-        # datagrams come a stream at a time, and a StreamId hashes in Python.
+        # The last envelope's stream (accepted) and its tracker, and the one
+        # before: a sender's datagrams come a stream (or a warrant's two) at
+        # a time, and a StreamId hashes in Python.
         self._last: tuple[pdu.StreamId | None, SequenceTracker | None] = (None, None)
+        self._other = self._last
 
     @property
     def trackers(self) -> dict[pdu.StreamId, SequenceTracker]:
@@ -340,7 +342,7 @@ class DatagramReceiver:
     @trackers.setter
     def trackers(self, trackers: dict[pdu.StreamId, SequenceTracker]) -> None:
         self._trackers = trackers
-        self._last = (None, None)
+        self._last = self._other = (None, None)
 
     def tracker(self, stream: pdu.StreamId) -> SequenceTracker:
         """The stream's tracker, made empty on first use."""
@@ -384,13 +386,16 @@ class DatagramReceiver:
         last = self._last
         if stream is last[0]:  # the stream of the datagram before: accepted, its tracker known
             tracker = last[1]
+        elif stream is (other := self._other)[0]:  # the one before it (two streams interleaved)
+            tracker = other[1]
+            self._last, self._other = other, last
         else:
             if self._accept is not None and stream not in self._accept:
                 raise ProtocolError(f"envelope for {stream}, not delivered to this receiver")
             tracker = self.trackers.get(stream)
             if tracker is None:
                 tracker = self.tracker(stream)
-            self._last = (stream, tracker)
+            self._last, self._other = (stream, tracker), last
         seq = envelope.sequence_number
         expected, new = tracker.arrive(seq)
         # What EnvelopeReceived(envelope, duplicate=not new) makes, without

@@ -281,11 +281,12 @@ class StreamReceiver(StreamConnection):
             if stream not in self.retrieval.trackers and position > 0:
                 self.retrieval.tracker(stream).add_range(0, position - 1)
         self._dirty: set[pdu.StreamId] = set()
-        # The last live envelope's stream (accepted), its tracker once known and
-        # its position (only _live writes _position): envelopes come a stream at
-        # a time, and a StreamId hashes in Python. And the last stream put in _dirty.
-        self._run: list = [None, None, 0]
-        self._dirty_last: pdu.StreamId | None = None
+        # The last live envelope's stream (accepted), its tracker once known,
+        # its position (only _live writes _position) and whether it is in
+        # _dirty; and the same of the stream before it: envelopes come a
+        # stream (or a warrant's two) at a time, and a StreamId hashes in Python.
+        self._run: list = [None, None, 0, False]
+        self._other: list = [None, None, 0, False]
         self._carry = 0  # octets the message the buffer holds lacks, when known (receive_data)
         self._unacked = 0
         self._ack_at: float | None = None
@@ -300,7 +301,7 @@ class StreamReceiver(StreamConnection):
         self._carry = 0  # a new buffer
         self.retrieval.connection_lost()
         self._dirty = set(self._position)
-        self._dirty_last = None
+        self._run[3] = self._other[3] = False  # (both in it, if known: not marked, re-added)
         self._flush_acks()
 
     def connection_lost(self) -> None:
@@ -392,7 +393,12 @@ class StreamReceiver(StreamConnection):
 
     def _envelope(self, message: pdu.Envelope, now: float) -> EnvelopeReceived:
         stream = message.stream
-        if stream is not self._run[0] and self._accept is not None and stream not in self._accept:
+        if (
+            stream is not self._run[0]
+            and stream is not self._other[0]
+            and self._accept is not None
+            and stream not in self._accept
+        ):
             raise ProtocolError(f"envelope for {stream}, not delivered here")
         if self.retrieval.claims(message):
             return self.retrieval.handle_envelope(message)
@@ -412,11 +418,14 @@ class StreamReceiver(StreamConnection):
     def _live(self, envelope: pdu.Envelope, now: float) -> EnvelopeReceived:
         stream, seq = envelope.stream, envelope.sequence_number
         run = self._run
-        if stream is run[0]:
-            position = run[2]
-        else:  # (accepted: _envelope checked it)
-            position = self._position.setdefault(stream, seq)
-            run = self._run = [stream, None, position]
+        if stream is not run[0]:
+            if stream is self._other[0]:  # the stream before it (two streams interleaved)
+                self._run, self._other = self._other, run
+            else:  # (accepted: _envelope checked it)
+                position = self._position.setdefault(stream, seq)
+                self._run, self._other = [stream, None, position, False], run
+            run = self._run
+        position = run[2]
         if seq > position:
             raise ProtocolError(
                 f"envelope {seq} of {stream} skips from {position}: a stream loses nothing"
@@ -432,9 +441,9 @@ class StreamReceiver(StreamConnection):
             duplicate = not tracker.arrive(seq)[1]
         else:
             duplicate = True
-        if stream is not self._dirty_last:
+        if not run[3]:  # in _dirty already? (set.add hashes the stream)
             self._dirty.add(stream)
-            self._dirty_last = stream
+            run[3] = True
         self._unacked += 1
         if self._unacked >= self.ack_every:
             self._flush_acks()
@@ -454,7 +463,7 @@ class StreamReceiver(StreamConnection):
             ack = pdu.Acknowledgement(stream, self._position[stream])
             self._out += encode_message(ack)
         self._dirty.clear()
-        self._dirty_last = None
+        self._run[3] = self._other[3] = False
         self._unacked = 0
         self._ack_at = None
 
