@@ -1,11 +1,13 @@
 """The agency's receiver alone: CPU per PDU of its UDP and TLS paths, in process.
 
-    python bench/receive.py [--pdus N] [--checkout DIR] [--batch N] [--tls-socket]
+    python bench/receive.py [--pdus N] [--checkout DIR] [--batch N] [--tls-socket] [--run N]
 
 Builds ``--pdus`` PDUs as a full-content tap does (1500-octet frames to
 and from a documentation-address target: a header report and a CC APDU
 each), numbers them as the server does, and feeds them to the receiver's
-own code without sockets, so the figure is the receiver's CPU alone:
+own code without sockets, so the figure is the receiver's CPU alone. The
+two streams alternate envelope by envelope, or with ``--run N`` come in
+runs of N envelopes of one stream, as the server sends a stream's batch:
 
 - UDP: each envelope sealed, then ``UdpDelivery.receive_all`` of
   ``--batch`` datagrams at a time, as the reader takes a wake-up's (open,
@@ -221,14 +223,23 @@ def main() -> int:
     parser.add_argument(
         "--tls-socket", action="store_true", help="also TLS on loopback through the driver"
     )
+    parser.add_argument(
+        "--run",
+        type=int,
+        default=1,
+        help="a stream's envelopes in runs of N, as the server sends a batch (1: alternating)",
+    )
     args = parser.parse_args()
     if not 100 <= args.pdus <= 1_000_000 or not 1 <= args.rounds <= 10:
         parser.error("--pdus: 100 to 1,000,000; --rounds: 1 to 10")
+    if not 1 <= args.run <= args.pdus:
+        parser.error("--run: 1 to --pdus")
     if not 1 <= args.batch <= 256:
         parser.error("--batch: 1 to 256 (the reader takes at most 256 a wake-up)")
     sys.path.insert(0, str(args.checkout.resolve()))
     cmii, cmcc = build(args.pdus)
-    mixed = [e for pair in zip(cmii, cmcc, strict=True) for e in pair]
+    n = args.run
+    mixed = [e for at in range(0, args.pdus, n) for e in cmii[at : at + n] + cmcc[at : at + n]]
     base = Path(tempfile.mkdtemp(prefix="receive-", dir=args.dir))
     try:
         tls_path(mixed[:200], base)  # warm-up: the reference codec compiles its schema once

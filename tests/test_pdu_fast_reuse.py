@@ -82,6 +82,14 @@ def _cmii_same(data: bytes) -> None:
         got = (exc.message, exc.offset)
     assert got == expected
     assert type(got) is type(expected)
+    if data[:1] == b"\x30":  # inside an envelope: another tag, octets around it
+        try:
+            embedded = b"\x01\xa0" + data[1:] + b"\xff"
+            inside: object = fast_cmii.decode_cmii_in(embedded, 1, len(data) + 1)
+        except PDUError as exc:
+            inside = (exc.message, exc.offset)
+        assert inside == expected
+        assert type(inside) is type(expected)
 
 
 @PROPERTY

@@ -268,3 +268,34 @@ def test_a_report_listing_a_range_wider_than_sys_maxsize_is_weighed_not_a_crash(
     )
     [event] = sender.receive_datagram(P.encode(report), 1.0)
     assert event.loss.lost == 3 and event.loss.sent == 3
+
+
+THIRD = P.StreamId("w-000000", P.StreamKind.CMCC)  # OTHER's warrant: refused below
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([CMII, CMCC, OTHER, THIRD]), st.integers(0, 9))))
+def test_streams_interleaved_any_way_are_tracked_as_each_alone(
+    arrivals: list[tuple[P.StreamId, int]],
+) -> None:
+    """The machine remembers the last two streams' trackers (not hashed per datagram):
+    any order of any streams gives the events a plain model gives, and a refused
+    stream stays refused however it is interleaved."""
+    machine = DatagramReceiver(streams={CMII, CMCC, OTHER})
+    held: dict[P.StreamId, set[int]] = {}
+    for stream, seq in arrivals:
+        if stream == THIRD:
+            with pytest.raises(ProtocolError, match="not delivered to this receiver"):
+                machine.receive_datagram(datagram(seq, stream), 0.0)
+            continue
+        events = machine.receive_datagram(datagram(seq, stream), 0.0)
+        seen = held.setdefault(stream, set())
+        expected = max(seen) + 1 if seen else 0
+        gap = [GapDetected(stream, expected, seq - 1)] if seq > expected else []
+        assert events[:-1] == gap
+        assert events[-1].envelope.sequence_number == seq
+        assert events[-1].duplicate == (seq in seen)
+        seen.add(seq)
+    assert set(machine.trackers) == set(held)
+    for stream, seen in held.items():
+        assert machine.trackers[stream].received_count == len(seen)

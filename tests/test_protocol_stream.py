@@ -366,3 +366,38 @@ def test_envelopes_before_a_broken_message_are_not_lost() -> None:
     events = again.receive_data(good, 1.0)
     stored = received(kept) + [r for r in received(events) if not r[1]]
     assert sorted(s for s, _dup, _re in stored) == [0, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([CMII, CMCC, OTHER]), st.booleans()), max_size=60),
+    st.integers(1, 4),
+)
+def test_streams_interleaved_any_way_are_acked_as_each_alone(
+    picks: list[tuple[P.StreamId, bool]], ack_every: int
+) -> None:
+    """The machine keeps the last two streams' position, tracker and whether each is
+    due an ack (not hashed per envelope): any interleaving of three streams, with
+    envelopes sent again, gives the events and the acks of a plain model."""
+    from mediation.protocol.envelope import record_envelope
+
+    rx = receiver(ack_every=ack_every)
+    position: dict[P.StreamId, int] = {}
+    due: set[P.StreamId] = set()
+    unacked = 0
+    for stream, again in picks:
+        top = position.get(stream, 0)
+        seq = top - 1 if again and top else top
+        data = record_envelope(stream, record(seq, stream=stream), redelivered=again)
+        assert received(rx.receive_data(data, 0.0)) == [(seq, seq < top, again)]
+        position[stream] = max(top, seq + 1)
+        due.add(stream)
+        unacked += 1
+        acks = []
+        if unacked >= ack_every:
+            acks = [P.Acknowledgement(s, position[s]) for s in sorted(due, key=str)]
+            due, unacked = set(), 0
+        assert messages(rx.data_to_send()) == acks
+    for stream, top in position.items():
+        assert rx.position(stream) == top
+        assert rx.tracker(stream).received_count == top

@@ -208,29 +208,42 @@ class ReceiverState:
         self.last_arrival = now
         new: dict[str, list[tuple[pdu.Envelope, bytes, bool]]] = {}
         stats_of = self.stats
-        stream = stats = items = None
+        stream = stats = items = last = None
+        # A run of one stream's envelopes counted here, added to its stats at the run's end.
+        live = fetched = duplicates = redelivered = octets = 0
         for event in received:
             envelope = event.envelope
             if envelope.stream is not stream:
+                if stats is not None:  # _count(), inline (two streams may alternate)
+                    stats.last_sequence = last.sequence_number  # type: ignore[union-attr]
+                    stats.received += live
+                    stats.retrieved += fetched
+                    stats.duplicates += duplicates
+                    stats.redelivered += redelivered
+                    stats.octets += octets
+                    live = fetched = duplicates = redelivered = octets = 0
                 stream = envelope.stream
                 stats = stats_of.get(stream)
                 if stats is None:
                     stats = self.stream_stats(stream)
                 stats.transports.add(transport)
                 items = new.setdefault(stream.warrant_handle, [])
-            stats.last_sequence = envelope.sequence_number
+            last = envelope
             if event.duplicate:
-                stats.duplicates += 1
+                duplicates += 1
                 continue
             retrieved = event.retrieved
             raw = raw_for(event)
-            items.append((envelope, raw, retrieved))
+            items.append((envelope, raw, retrieved))  # type: ignore[union-attr]
             if retrieved:
-                stats.retrieved += 1
+                fetched += 1
             else:
-                stats.received += 1
-            stats.redelivered += envelope.redelivered
-            stats.octets += len(raw)
+                live += 1
+            redelivered += envelope.redelivered
+            octets += len(raw)
+        if stats is not None:
+            stats.last_sequence = last.sequence_number  # type: ignore[union-attr]
+            _count(stats, live, fetched, duplicates, redelivered, octets)
         at = None
         for handle, items in new.items():
             if not items:
@@ -326,6 +339,17 @@ class ReceiverState:
         for handle, case in self.cases.items():
             digests[handle] = dict(case.digests)
         return digests
+
+
+def _count(
+    stats: StreamStats, live: int, fetched: int, duplicates: int, redelivered: int, octets: int
+) -> None:
+    """Add a run's counts to its stream's stats (:meth:`ReceiverState.envelopes`)."""
+    stats.received += live
+    stats.retrieved += fetched
+    stats.duplicates += duplicates
+    stats.redelivered += redelivered
+    stats.octets += octets
 
 
 def _fsync_all(fds: list[int]) -> None:

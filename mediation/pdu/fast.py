@@ -289,6 +289,11 @@ def decode_envelope(data: Buffer) -> Envelope:
             raise PDUError(f"content: {kind} cannot ride in a {stream.kind.value} stream", content)
         if kind == CMCC:
             record: EnvelopeContent = read_cc_usual(data, start, stop) or read_cc(data, start, stop)
+        elif kind == CMII:  # a header report of a remembered shape: without the DER's copy
+            try:
+                record = fast_cmii.decode_cmii_in(data, content, stop)
+            except PDUError as exc:
+                raise PDUError(exc.message, content + (exc.offset or 0)) from None
         else:
             record = _reference_content(kind, b"\x30" + data[content + 1 : stop], content)
         # read_envelope checked the range, the time (aware UTC) and, above, the

@@ -26,6 +26,8 @@ property tests (tests/test_pdu_fast_cmii.py).
 
 from __future__ import annotations
 
+import datetime as dt
+
 from mediation.pdu import codec
 from mediation.pdu.cmii import CmIIMessage
 from mediation.pdu.errors import PDUError
@@ -47,7 +49,7 @@ _NEW = object.__new__
 # is of that shape (the argument above), found by a comparison and a lookup
 # instead of five TLV reads. Filled only from messages of a known shape.
 RECENT_PREFIXES = 4
-_prefixes: list[bytes] = []  # most recent first
+_prefixes: list[tuple[bytes, bytes]] = []  # most recent first; each without its first octet too
 _tails: dict[tuple[bytes, bytes], CmIIMessage] = {}
 
 
@@ -94,7 +96,7 @@ def decode_cmii(data: Buffer) -> CmIIMessage:
     """
     if data.__class__ is not bytes:
         data = as_bytes(data)
-    for prefix in _prefixes:
+    for prefix, _rest in _prefixes:
         if data.startswith(prefix):
             time_at = len(prefix)
             time_end = time_at + data[time_at - 1]
@@ -120,17 +122,44 @@ def decode_cmii(data: Buffer) -> CmIIMessage:
     return record
 
 
+def decode_cmii_in(data: bytes, start: int, stop: int) -> CmIIMessage:
+    """:func:`decode_cmii` of ``b"\\x30" + data[start + 1 : stop]``, made only when needed.
+
+    An envelope's content alternative is a CmII PDU but for its tag (the
+    envelope's octets from ``start`` to ``stop``). A message of a remembered
+    prefix and tail is found in ``data`` itself (the prefix's first octet,
+    ``0x30``, stands for the tag at ``start``): the copy of the message with
+    its own tag is made only for :func:`decode_cmii`. The same record, or
+    error (offsets from the copy's start), as :func:`decode_cmii` of the copy
+    (tests/test_pdu_fast_reuse.py).
+    """
+    for prefix, rest in _prefixes:
+        if data.startswith(rest, start + 1, stop):
+            time_at = start + len(prefix)  # the time stamp's contents, in data
+            time_end = time_at + data[time_at - 1]
+            template = _tails.get((prefix, data[time_end:stop])) if time_end <= stop else None
+            if template is not None:
+                try:
+                    when = read_time(data, time_at, time_end, "timestamp")
+                except PDUError:
+                    break  # the reference says what is wrong
+                return _copy(template, when)
+            break
+    return decode_cmii(b"\x30" + data[start + 1 : stop])
+
+
 def _remember(data: bytes, time_at: int, time_end: int, template: CmIIMessage) -> None:
     """Keep a message of a known shape's prefix and tail (see :data:`_tails`)."""
     prefix = data[:time_at]
     if len(_tails) >= MAX_SHAPES:
         _tails.clear()
     _tails[(prefix, data[time_end:])] = template
-    if prefix in _prefixes:
-        _prefixes.remove(prefix)
+    entry = (prefix, prefix[1:])  # (and without its tag, for decode_cmii_in)
+    if entry in _prefixes:
+        _prefixes.remove(entry)
     elif len(_prefixes) >= RECENT_PREFIXES:
         _prefixes.pop()
-    _prefixes.insert(0, prefix)
+    _prefixes.insert(0, entry)
 
 
 def _with_time(template: CmIIMessage, data: bytes, time_at: int, time_end: int) -> CmIIMessage:
@@ -139,6 +168,11 @@ def _with_time(template: CmIIMessage, data: bytes, time_at: int, time_end: int) 
         when = read_time(data, time_at, time_end, "timestamp")
     except PDUError:
         return codec.decode_cmii(data)  # the reference says what is wrong
+    return _copy(template, when)
+
+
+def _copy(template: CmIIMessage, when: dt.datetime) -> CmIIMessage:
+    """``template`` with the time stamp ``when``."""
     # A copy of the remembered record with the new time: what __init__ would
     # build (its checks held for the shape; the time is aware UTC).
     record = _NEW(template.__class__)

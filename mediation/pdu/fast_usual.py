@@ -14,12 +14,9 @@ raise there): proven by property tests (tests/test_pdu_fast_reuse.py).
 
 from __future__ import annotations
 
-import datetime as dt
-
 from mediation.pdu.cmcc import CCApdu, CCDeliveryHeader
-from mediation.pdu.delivery import ClockStatus, StreamId
 from mediation.pdu.fast_cc import _DIRECTION_OF, _INFO_RECORDS
-from mediation.pdu.fast_der import read_time
+from mediation.pdu.fast_der import _TIMES, read_time
 from mediation.pdu.fast_envelope import _CLOCK_OF, _STREAM_RECORDS, TAG_KIND, EnvelopeFields
 
 _NEW = object.__new__
@@ -74,7 +71,7 @@ def read_envelope_usual(data: bytes) -> EnvelopeFields | None:
         return None
     start = pos + 2
     pos = start + n
-    time = read_time(data, start, pos, "mediationTime")
+    time = _TIMES.get(data[start:pos]) or read_time(data, start, pos, "mediationTime")
     clock = None
     if pos + 3 <= size and data[pos] == 0x83:
         if data[pos + 1] != 1 or data[pos + 2] >= 0x80:
@@ -87,45 +84,36 @@ def read_envelope_usual(data: bytes) -> EnvelopeFields | None:
             return None
         redelivered = True
         pos += 3
-    return _content(data, pos, size, stream, sequence, time, clock, redelivered)
-
-
-def _content(
-    data: bytes,
-    pos: int,
-    size: int,
-    stream: StreamId,
-    sequence: int,
-    time: dt.datetime,
-    clock: ClockStatus | None,
-    redelivered: bool,
-) -> EnvelopeFields | None:
-    """The rest of :func:`read_envelope_usual`: ``content [5]`` and its alternative, to the end."""
+    # content [5], then its alternative, each ending where the envelope ends
+    # (_content() and its two _contents(), inline: per envelope).
     if pos + 2 > size or data[pos] != 0xA5:
         return None
-    content = _contents(data, pos, size)
-    if content < 0 or content + 2 > size:
+    n = data[pos + 1]
+    if n < 0x80:
+        content = pos + 2
+    elif n == 0x81 and pos + 3 <= size and data[pos + 2] >= 0x80:
+        content, n = pos + 3, data[pos + 2]
+    elif n == 0x82 and pos + 4 <= size and data[pos + 2]:
+        content, n = pos + 4, data[pos + 2] << 8 | data[pos + 3]
+    else:
+        return None
+    if content + n != size or content + 2 > size:
         return None
     kind = TAG_KIND.get(data[content])
-    start = _contents(data, content, size)
-    if kind is None or start < 0:
+    if kind is None:
+        return None
+    n = data[content + 1]
+    if n < 0x80:
+        start = content + 2
+    elif n == 0x81 and content + 3 <= size and data[content + 2] >= 0x80:
+        start, n = content + 3, data[content + 2]
+    elif n == 0x82 and content + 4 <= size and data[content + 2]:
+        start, n = content + 4, data[content + 2] << 8 | data[content + 3]
+    else:
+        return None
+    if start + n != size:
         return None
     return stream, sequence, time, clock, redelivered, kind, content, start, size
-
-
-def _contents(data: bytes, pos: int, size: int) -> int:
-    """Where the contents of the TLV at ``pos`` start if they end exactly at ``size``; else -1."""
-    first = data[pos + 1]
-    if first < 0x80:
-        start = pos + 2
-        return start if start + first == size else -1
-    if first == 0x81 and pos + 3 <= size and data[pos + 2] >= 0x80:
-        start = pos + 3
-        return start if start + data[pos + 2] == size else -1
-    if first == 0x82 and pos + 4 <= size and data[pos + 2]:
-        start = pos + 4
-        return start if start + (data[pos + 2] << 8 | data[pos + 3]) == size else -1
-    return -1
 
 
 def read_cc_usual(data: bytes, pos: int, end: int) -> CCApdu | None:
@@ -149,7 +137,9 @@ def read_cc_usual(data: bytes, pos: int, end: int) -> CCApdu | None:
     if pos < stop and data[pos] == 0x81:
         if (n := data[pos + 1]) >= 0x80 or pos + 2 + n > stop:
             return None
-        time_stamp = read_time(data, pos + 2, pos + 2 + n, "timeStamp")
+        time_stamp = _TIMES.get(data[pos + 2 : pos + 2 + n]) or read_time(
+            data, pos + 2, pos + 2 + n, "timeStamp"
+        )
         pos += 2 + n
     if pos < stop and data[pos] == 0x82:
         if pos + 3 > stop or data[pos + 1] != 1:
@@ -158,15 +148,31 @@ def read_cc_usual(data: bytes, pos: int, end: int) -> CCApdu | None:
         if direction is None:
             return None
         pos += 3
-    if pos < stop and data[pos] == 0x83:
-        sequence = _positive(data, pos + 2, pos + 2 + data[pos + 1], stop)
-        if sequence is None:
+    if pos < stop and data[pos] == 0x83:  # non-negative, 1 to 8 octets, DER (inline: per CC)
+        n = data[pos + 1]
+        start = pos + 2
+        pos = start + n
+        if n < 1 or n > 8 or pos > stop:
             return None
-        pos += 2 + data[pos + 1]
+        lead = data[start]
+        if n == 1 and lead < 0x80:
+            sequence = lead
+        elif n > 1 and (0 < lead < 0x80 or (lead == 0 and data[start + 1] >= 0x80)):
+            sequence = int.from_bytes(data[start:pos], "big")
+        else:
+            return None
     if pos != stop or data[pos] != 0x81:
         return None
-    start = _contents(data, pos, end)
-    if start < 0:
+    n = data[pos + 1]  # the payload's length, ending where the CC ends (_contents(), inline)
+    if n < 0x80:
+        start = pos + 2
+    elif n == 0x81 and pos + 3 <= end and data[pos + 2] >= 0x80:
+        start, n = pos + 3, data[pos + 2]
+    elif n == 0x82 and pos + 4 <= end and data[pos + 2]:
+        start, n = pos + 4, data[pos + 2] << 8 | data[pos + 3]
+    else:
+        return None
+    if start + n != end:
         return None
     header = _NEW(CCDeliveryHeader)  # what fast_cc.read_cc builds, as it builds it
     fields = header.__dict__
@@ -179,16 +185,3 @@ def read_cc_usual(data: bytes, pos: int, end: int) -> CCApdu | None:
     fields["payload"] = data[start:end]
     fields["header"] = header
     return apdu
-
-
-def _positive(data: bytes, start: int, stop: int, end: int) -> int | None:
-    """A non-negative INTEGER of 1 to 8 contents octets in its DER form, else None."""
-    n = stop - start
-    if n < 1 or n > 8 or stop > end:
-        return None
-    lead = data[start]
-    if n == 1:
-        return lead if lead < 0x80 else None
-    if 0 < lead < 0x80 or (lead == 0 and data[start + 1] >= 0x80):
-        return int.from_bytes(data[start:stop], "big")
-    return None

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 
 from mediation import pdu
+from mediation.pdu.errors import PDUError
+from mediation.pdu.fast import decode_envelope
 from mediation.protocol.envelope import (
     LogRecord,
     StreamEnvelopes,
@@ -324,8 +326,23 @@ class DatagramReceiver:
         if self._max_ranges < 1:
             raise ValueError(f"{max_report_octets} octets cannot hold a report")
         self._utc_now = utc_now
-        self.trackers: dict[pdu.StreamId, SequenceTracker] = {}
+        self._trackers: dict[pdu.StreamId, SequenceTracker] = {}
         self._next_report: float | None = None
+        # The last envelope's stream (accepted) and its tracker, and the one
+        # before: a sender's datagrams come a stream (or a warrant's two) at
+        # a time, and a StreamId hashes in Python.
+        self._last: tuple[pdu.StreamId | None, SequenceTracker | None] = (None, None)
+        self._other = self._last
+
+    @property
+    def trackers(self) -> dict[pdu.StreamId, SequenceTracker]:
+        """Every stream's tracker (settable: a receiver shares its own among machines)."""
+        return self._trackers
+
+    @trackers.setter
+    def trackers(self, trackers: dict[pdu.StreamId, SequenceTracker]) -> None:
+        self._trackers = trackers
+        self._last = self._other = (None, None)
 
     def tracker(self, stream: pdu.StreamId) -> SequenceTracker:
         """The stream's tracker, made empty on first use."""
@@ -346,6 +363,11 @@ class DatagramReceiver:
             ProtocolError: malformed, not a delivery datagram, or for a
             stream not accepted. Concerns this datagram only.
         """
+        if data and data[0] == 0xA0 and data.__class__ is bytes:  # decode_message(), inline
+            try:  # for an envelope, nearly every datagram: one call less each
+                return self._envelope(decode_envelope(data), now, data)
+            except PDUError as exc:
+                raise ProtocolError(f"malformed delivery message: {exc}") from None
         message = decode_message(data)  # parse_datagram(), one call less per datagram
         if message.__class__ is pdu.Envelope or isinstance(message, pdu.Envelope):
             return self._envelope(message, now, data)
@@ -361,11 +383,19 @@ class DatagramReceiver:
 
     def _envelope(self, envelope: pdu.Envelope, now: float, data: bytes) -> list[Event]:
         stream = envelope.stream
-        if self._accept is not None and stream not in self._accept:
-            raise ProtocolError(f"envelope for {stream}, not delivered to this receiver")
-        tracker = self.trackers.get(stream)
-        if tracker is None:
-            tracker = self.tracker(stream)
+        last = self._last
+        if stream is last[0]:  # the stream of the datagram before: accepted, its tracker known
+            tracker = last[1]
+        elif stream is (other := self._other)[0]:  # the one before it (two streams interleaved)
+            tracker = other[1]
+            self._last, self._other = other, last
+        else:
+            if self._accept is not None and stream not in self._accept:
+                raise ProtocolError(f"envelope for {stream}, not delivered to this receiver")
+            tracker = self.trackers.get(stream)
+            if tracker is None:
+                tracker = self.tracker(stream)
+            self._last, self._other = (stream, tracker), last
         seq = envelope.sequence_number
         expected, new = tracker.arrive(seq)
         # What EnvelopeReceived(envelope, duplicate=not new) makes, without

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Mapping, MutableMapping, Sequence
 
 from mediation import pdu
+from mediation.pdu.errors import PDUError
+from mediation.pdu.fast import decode_envelope
 from mediation.protocol.connection import StreamConnection
 from mediation.protocol.envelope import (
     LogRecord,
@@ -279,6 +281,12 @@ class StreamReceiver(StreamConnection):
             if stream not in self.retrieval.trackers and position > 0:
                 self.retrieval.tracker(stream).add_range(0, position - 1)
         self._dirty: set[pdu.StreamId] = set()
+        # The last live envelope's stream (accepted), its tracker once known,
+        # its position (only _live writes _position) and whether it is in
+        # _dirty; and the same of the stream before it: envelopes come a
+        # stream (or a warrant's two) at a time, and a StreamId hashes in Python.
+        self._run: list = [None, None, 0, False]
+        self._other: list = [None, None, 0, False]
         self._carry = 0  # octets the message the buffer holds lacks, when known (receive_data)
         self._unacked = 0
         self._ack_at: float | None = None
@@ -293,6 +301,7 @@ class StreamReceiver(StreamConnection):
         self._carry = 0  # a new buffer
         self.retrieval.connection_lost()
         self._dirty = set(self._position)
+        self._run[3] = self._other[3] = False  # (both in it, if known: not marked, re-added)
         self._flush_acks()
 
     def connection_lost(self) -> None:
@@ -363,7 +372,13 @@ class StreamReceiver(StreamConnection):
         The owner stores them as received (a later version's extension
         fields included) without framing the stream a second time.
         """
-        message = decode_message(raw)
+        if raw[0] == 0xA0:  # decode_message() of an envelope, inline (raw: whole, bytes)
+            try:
+                message: pdu.DeliveryMessage = decode_envelope(raw)
+            except PDUError as exc:
+                raise ProtocolError(f"malformed delivery message: {exc}") from None
+        else:
+            message = decode_message(raw)
         # Envelopes, nearly every message, straight to their handling: no
         # keepalive or unknown message is an Envelope.
         if message.__class__ is pdu.Envelope:
@@ -377,8 +392,14 @@ class StreamReceiver(StreamConnection):
         return events
 
     def _envelope(self, message: pdu.Envelope, now: float) -> EnvelopeReceived:
-        if self._accept is not None and message.stream not in self._accept:
-            raise ProtocolError(f"envelope for {message.stream}, not delivered here")
+        stream = message.stream
+        if (
+            stream is not self._run[0]
+            and stream is not self._other[0]
+            and self._accept is not None
+            and stream not in self._accept
+        ):
+            raise ProtocolError(f"envelope for {stream}, not delivered here")
         if self.retrieval.claims(message):
             return self.retrieval.handle_envelope(message)
         return self._live(message, now)
@@ -396,20 +417,33 @@ class StreamReceiver(StreamConnection):
 
     def _live(self, envelope: pdu.Envelope, now: float) -> EnvelopeReceived:
         stream, seq = envelope.stream, envelope.sequence_number
-        position = self._position.setdefault(stream, seq)
+        run = self._run
+        if stream is not run[0]:
+            if stream is self._other[0]:  # the stream before it (two streams interleaved)
+                self._run, self._other = self._other, run
+            else:  # (accepted: _envelope checked it)
+                position = self._position.setdefault(stream, seq)
+                self._run, self._other = [stream, None, position, False], run
+            run = self._run
+        position = run[2]
         if seq > position:
             raise ProtocolError(
                 f"envelope {seq} of {stream} skips from {position}: a stream loses nothing"
             )
         if seq == position:
-            self._position[stream] = seq + 1
-            tracker = self.retrieval.trackers.get(stream)
+            self._position[stream] = run[2] = seq + 1
+            tracker = run[1]
             if tracker is None:
-                tracker = self.tracker(stream)
+                tracker = self.retrieval.trackers.get(stream)
+                if tracker is None:
+                    tracker = self.tracker(stream)
+                run[1] = tracker
             duplicate = not tracker.arrive(seq)[1]
         else:
             duplicate = True
-        self._dirty.add(stream)
+        if not run[3]:  # in _dirty already? (set.add hashes the stream)
+            self._dirty.add(stream)
+            run[3] = True
         self._unacked += 1
         if self._unacked >= self.ack_every:
             self._flush_acks()
@@ -429,6 +463,7 @@ class StreamReceiver(StreamConnection):
             ack = pdu.Acknowledgement(stream, self._position[stream])
             self._out += encode_message(ack)
         self._dirty.clear()
+        self._run[3] = self._other[3] = False
         self._unacked = 0
         self._ack_at = None
 
