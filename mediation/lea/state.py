@@ -214,13 +214,9 @@ class ReceiverState:
         for event in received:
             envelope = event.envelope
             if envelope.stream is not stream:
-                if stats is not None:  # _count(), inline (two streams may alternate)
+                if stats is not None:  # the run before ends (two streams may alternate)
                     stats.last_sequence = last.sequence_number  # type: ignore[union-attr]
-                    stats.received += live
-                    stats.retrieved += fetched
-                    stats.duplicates += duplicates
-                    stats.redelivered += redelivered
-                    stats.octets += octets
+                    _count(stats, live, fetched, duplicates, redelivered, octets)
                     live = fetched = duplicates = redelivered = octets = 0
                 stream = envelope.stream
                 stats = stats_of.get(stream)
