@@ -268,13 +268,13 @@ class StreamEnvelopes:
         """:meth:`envelopes` while the cache holds entries: each taken from it, or framed."""
         out: list = []
         append, missed = out.append, []  # missed: the records to frame here, by index
-        current, previous = self._current, self._previous
+        current, previous, hits = self._current, self._previous, 0
         for i, record in enumerate(records):
             seq = record.seq
             if seq >= redelivered_below:
                 entry = current.get(seq) or previous.get(seq)
                 if entry is not None and entry[1] is record:
-                    self._hits += 1
+                    hits += 1
                     entry[2] -= 1
                     # Every endpoint has it: drop it from whichever generation holds it.
                     if entry[2] <= 0 and current.pop(seq, None) is None:
@@ -283,6 +283,7 @@ class StreamEnvelopes:
                     continue
             missed.append(i)
             append(None)
+        self._hits += hits
         if missed:
             run = records if len(missed) == len(records) else [records[i] for i in missed]
             framed = self._framed(run, redelivered_below)
