@@ -268,7 +268,8 @@ class StreamLog(ReadSide):
                 crc = _crc32(sealed, _crc32(clear))
                 data += _pack_sealed_head(_SEALED_META + n, crc, 1, seq)
                 data += sealed
-            h = _sha256(chain + meta)  # one call fewer than update(meta): 51 octets copied
+            h = _sha256(chain)
+            h.update(meta)
             h.update(payload)
             chain = h.digest()
             ring_append(_new_tuple(_Record, (seq, received, kind, clock, payload)))
