@@ -17,6 +17,7 @@ from delivery_support import (
 )
 
 from mediation import pdu as P
+from mediation.server.delivery import MAX_GENERATION
 from mediation.warrants.model import Stream
 
 N = 300
@@ -49,6 +50,7 @@ async def test_udp_and_tls_endpoints_of_a_stream_share_each_envelope(tmp_path: P
             await wait_until(lambda: len([e for e in udp.envelopes if e.stream == sid]) == N)
             shared = server.delivery.shared_envelopes[sid]
             assert shared.consumers == 2
+            assert shared.generation_bytes == MAX_GENERATION  # two streams: far below the budget
             # Both endpoints were live at the same records: each encoded once
             # (a few at the edges may be encoded twice, never every one).
             assert shared.encoded < N * 1.2

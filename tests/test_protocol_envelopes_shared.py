@@ -229,6 +229,19 @@ def test_endpoints_in_step_never_pause_the_cache() -> None:
     assert shared.encoded == 800 and shared.held == 0
 
 
+def test_an_endpoint_a_window_behind_takes_every_envelope_from_the_cache() -> None:
+    """The leader frames and keeps each run; the follower, 1,024 behind, frames nothing."""
+    shared = StreamEnvelopes(CMCC, consumers=2, generation_bytes=2 * 1024 * 1024)
+    records = [LogRecord(i, T_US + i // 100, LogKind.CMCC, None, cc_der(1400)) for i in range(6000)]
+    for start in range(0, len(records), 256):
+        led = shared.envelopes(records[start : start + 256])
+        assert led == [record_envelope(CMCC, r, False) for r in records[start : start + 256]]
+        if start >= 1024:
+            behind = records[start - 1024 : start - 768]
+            assert shared.envelopes(behind) == [record_envelope(CMCC, r, False) for r in behind]
+    assert shared.encoded == len(records)  # each framed once, by the leader
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     st.lists(_RECORD_FIELDS, min_size=1, max_size=40),
