@@ -55,9 +55,6 @@ _META_SIZE = F.META_SIZE
 _CLEAR = F.CLEAR_META_SIZE
 _SEALED_META = F.META_SIZE + F.TAG_SIZE  # stored body beyond the payload: metadata and tag
 _pack_nonce = struct.Struct(">4xQ").pack  # 4 zero octets, the sequence number: the record's nonce
-# A sealed record's frame header and what it stores in clear (type 1, sequence
-# number), in one call: the octets of FRAME.pack and DATA_META's first two fields.
-_pack_sealed_head = struct.Struct(">IIBQ").pack
 _CLOCK_CODES = F.CLOCK_CODES
 _Record = F.LogRecord
 _new_tuple = tuple.__new__  # builds a LogRecord without NamedTuple's Python __new__
@@ -264,9 +261,8 @@ class StreamLog(ReadSide):
             else:
                 clear = meta[:_CLEAR]
                 sealed = encrypt(_pack_nonce(seq), tail + payload, clear)
-                # The body: the clear part, then the ciphertext and tag (n + _SEALED_META in all).
-                crc = _crc32(sealed, _crc32(clear))
-                data += _pack_sealed_head(_SEALED_META + n, crc, 1, seq)
+                data += _pack_frame(_CLEAR + len(sealed), _crc32(sealed, _crc32(clear)))
+                data += clear
                 data += sealed
             h = _sha256(chain)
             h.update(meta)
