@@ -47,7 +47,7 @@ ENVELOPE_BUDGET = 64 * 1024 * 1024
 # (1,024 envelopes of ~1.5 KB and a log read of 256): at saturation it runs
 # that far behind, waiting for a quarter of its window, and with generations
 # of 256 KiB the cache paused and kept nothing, so each envelope was framed
-# twice (docs/architecture.md, "The server's CPU per PDU (serve, session 12)").
+# twice (docs/architecture.md, "The server's CPU per PDU: one framing a PDU").
 MAX_GENERATION = 2 * 1024 * 1024
 
 
