@@ -17,6 +17,7 @@ from delivery_support import (
 )
 
 from mediation import pdu as P
+from mediation.server.delivery import ENVELOPE_BUDGET, MAX_GENERATION, DeliveryManager
 from mediation.warrants.model import Stream
 
 N = 300
@@ -49,6 +50,7 @@ async def test_udp_and_tls_endpoints_of_a_stream_share_each_envelope(tmp_path: P
             await wait_until(lambda: len([e for e in udp.envelopes if e.stream == sid]) == N)
             shared = server.delivery.shared_envelopes[sid]
             assert shared.consumers == 2
+            assert shared.generation_bytes == MAX_GENERATION  # two streams: far below the budget
             # Both endpoints were live at the same records: each encoded once
             # (a few at the edges may be encoded twice, never every one).
             assert shared.encoded < N * 1.2
@@ -58,3 +60,21 @@ async def test_udp_and_tls_endpoints_of_a_stream_share_each_envelope(tmp_path: P
             )
             assert udp_got == tls.contents[sid]  # the same envelopes, field for field
             agency.cancel_scope.cancel()
+
+
+def test_the_envelope_caches_of_all_streams_share_one_budget() -> None:
+    """Two generations a stream, each its share of the budget: memory does not grow with
+    warrants (the manager's bookkeeping alone: it needs no worker for this)."""
+    manager = DeliveryManager.__new__(DeliveryManager)
+    manager._envelopes = {}
+
+    def streams(count: int) -> dict:
+        return {P.StreamId(f"w-{i:06d}", P.StreamKind.CMCC): None for i in range(count)}
+
+    few = manager._share_envelopes([streams(2)])
+    assert [e.generation_bytes for e in few.values()] == [MAX_GENERATION] * 2
+    many = manager._share_envelopes([streams(2000)])
+    assert len(many) == 2000
+    assert sum(2 * e.generation_bytes for e in many.values()) <= ENVELOPE_BUDGET
+    again = manager._share_envelopes([streams(2)])  # the others' streams closed
+    assert [e.generation_bytes for e in again.values()] == [MAX_GENERATION] * 2

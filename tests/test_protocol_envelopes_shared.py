@@ -229,6 +229,35 @@ def test_endpoints_in_step_never_pause_the_cache() -> None:
     assert shared.encoded == 800 and shared.held == 0
 
 
+def test_runs_across_every_size_of_sequence_number_are_the_reference() -> None:
+    """The framer keeps a number's size while numbers stay in its range: at every edge,
+    up, down and back, each envelope is the reference's."""
+    edges = [0, 1, 127, 128, 255, 256, 32767, 32768, 2**23 - 1, 2**23, 2**31 - 1, 2**31]
+    edges += [2**39, 2**47 - 1, 2**47, 2**55, 2**63 - 1, 2**63, 2**64 - 1]
+    seqs = [s for edge in edges for s in (edge - 1, edge, edge + 1) if 0 <= s < 2**64]
+    mixed = [s for pair in zip(seqs, seqs[::-1], strict=True) for s in pair]
+    for order in (seqs, seqs[::-1], mixed):
+        records = [LogRecord(s, T_US, LogKind.CMCC, None, cc_der(40)) for s in order]
+        shared = StreamEnvelopes(CMCC)
+        shared.envelope(records[0])  # the framer learns the kind: the run is its own
+        got = shared.envelopes(records)
+        assert shared.encoded == len(records) + 1
+        assert got == [record_envelope(CMCC, r, False) for r in records]
+
+
+def test_an_endpoint_a_window_behind_takes_every_envelope_from_the_cache() -> None:
+    """The leader frames and keeps each run; the follower, 1,024 behind, frames nothing."""
+    shared = StreamEnvelopes(CMCC, consumers=2, generation_bytes=2 * 1024 * 1024)
+    records = [LogRecord(i, T_US + i // 100, LogKind.CMCC, None, cc_der(1400)) for i in range(6000)]
+    for start in range(0, len(records), 256):
+        led = shared.envelopes(records[start : start + 256])
+        assert led == [record_envelope(CMCC, r, False) for r in records[start : start + 256]]
+        if start >= 1024:
+            behind = records[start - 1024 : start - 768]
+            assert shared.envelopes(behind) == [record_envelope(CMCC, r, False) for r in behind]
+    assert shared.encoded == len(records)  # each framed once, by the leader
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     st.lists(_RECORD_FIELDS, min_size=1, max_size=40),

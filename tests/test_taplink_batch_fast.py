@@ -1,7 +1,7 @@
 """pdu/taplink.py: items in the tap's layout are read inline, as the general path reads them.
 
-``read_batch`` tries ``_common_item`` first on each item and falls back to
-its general path (one ``expect`` per field). On batches of every PDU size
+``read_batch`` reads a run of items with ``_common_items`` and falls back to
+its general path (one ``expect`` per field) for an item it leaves. On batches of every PDU size
 across the length forms, and on altered encodings of them, a decode with
 the inline reader and one without it give the same batch, or the same
 refusal (message and offset).
@@ -43,7 +43,7 @@ def _outcome(data: bytes) -> object:
 def _same(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     fast = _outcome(data)
     with monkeypatch.context() as patch:
-        patch.setattr(T, "_common_item", lambda data, pos, end: None)
+        patch.setattr(T, "_common_items", lambda data, pos, end, out: pos)
         assert _outcome(data) == fast
 
 
@@ -107,10 +107,6 @@ def test_the_tap_s_items_are_read_inline() -> None:
         for n in (0, 127, 128, 300, 65000)
     ]
     contents = T.encode_pdus(pdus)
-    pos, found = 0, []
-    while pos < len(contents):
-        item = T._common_item(contents, pos, len(contents))
-        assert item is not None
-        found.append(item[0].der)
-        pos = item[1]
-    assert found == [der for _k, _t, der in pdus]
+    found: list[T.TapPdu] = []
+    assert T._common_items(contents, 0, len(contents), found) == len(contents)
+    assert [p.der for p in found] == [der for _k, _t, der in pdus]

@@ -206,6 +206,10 @@ class RecordFramer:
         append, kinds, stream_tlv, join = out.append, self._kinds, self._stream_tlv, b"".join
         us, clock_now, flag = self._us, self._clock, self._flag
         middle, fixed = self._middle, self._fixed
+        # The kind's entry and the sequence number's size are looked up again only
+        # when they change: a run is of one kind, its numbers of one size.
+        last_kind, found = _UNSET, None
+        low, high, octets, tl = 0, -1, 0, 0  # numbers low..high take `octets`; tag and length
         for seq, received_us, kind, clock, payload in records:
             again = seq < redelivered_below
             if received_us != us or clock is not clock_now or again != flag:
@@ -215,7 +219,8 @@ class RecordFramer:
                 us, clock_now, flag, middle, fixed = (
                     received_us, clock, again, self._middle, self._fixed
                 )  # fmt: skip
-            found = kinds.get(id(kind))
+            if kind is not last_kind:
+                found, last_kind = kinds.get(id(kind)), kind
             if found is None or not 0 <= seq <= MAX_SEQUENCE:
                 append(None)
                 continue
@@ -237,10 +242,13 @@ class RecordFramer:
                 append(None)
                 continue
             # The sequence number's whole TLV from one int: tag, length, minimal octets.
-            n = (seq.bit_length() >> 3) + 1
-            sequence = (_SEQUENCE_TL[n] | seq).to_bytes(n + 2, "big")
+            if not low <= seq <= high:
+                octets = (seq.bit_length() >> 3) + 1
+                low = 1 << (8 * octets - 9) if octets > 1 else 0
+                high, tl = (1 << (8 * octets - 1)) - 1, _SEQUENCE_TL[octets]
+            sequence = (tl | seq).to_bytes(octets + 2, "big")
             content = _LENGTHS[size] if size < 10000 else length(size)
-            inner = fixed + n + len(content) + size
+            inner = fixed + octets + len(content) + size
             # The content's tag replaces the payload's first octet: the sizes add up.
             head = join(
                 (

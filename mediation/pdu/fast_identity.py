@@ -17,9 +17,12 @@ valid and altered encodings).
 
 from __future__ import annotations
 
+import struct
+
 from mediation.pdu.tlv import read_header
 
 _SEQUENCE, _OID, _CONTEXT_0, _CASE, _PAYLOAD = 0x30, 0x06, 0xA0, 0x80, 0x81
+_TWO, _FIVE, _SIX = (struct.Struct(f">{n}B").unpack_from for n in (2, 5, 6))
 
 
 def span(der: bytes, pos: int, end: int) -> tuple[int, int] | None:
@@ -95,6 +98,56 @@ def first_headers(kind: str, der: bytes) -> tuple[bytes, int, int, int] | None:
         common form, or the case identity is not the first field, or the
         kind is neither: then the reference readers decide.
     """
+    # The tap's own layout first, read with one struct call a PDU and no
+    # Python loop (the loop below cost ~0.5 µs a PDU of every tap batch):
+    # the outer SEQUENCE's length in any of its three forms, each header
+    # inside in the short form (a CmII message alternative also in the
+    # one-octet long form). Any other form, and any check that fails, takes
+    # the loop, whose answer this always is.
+    size = len(der)
+    if size < 12 or der[0] != _SEQUENCE:
+        return _first_headers_loop(kind, der)
+    n = der[1]
+    if n < 0x80:
+        pos, stop = 2, 2 + n
+    elif n == 0x82 and der[2]:
+        pos, stop = 4, 4 + (der[2] << 8 | der[3])
+    elif n == 0x81 and der[2] >= 0x80:
+        pos, stop = 3, 3 + der[2]
+    else:
+        return _first_headers_loop(kind, der)
+    if stop > size:
+        return None  # the loop's answer too: the outer value overruns the PDU
+    if kind == "cmCC" and pos + 6 <= stop:  # [0] header { [0] correlationInfo { [0] caseId
+        header, h, info, i, case, c = _SIX(der, pos)
+        after, info_end, end = pos + 2 + h, pos + 4 + i, pos + 6 + c
+        if (
+            header == _CONTEXT_0 == info
+            and case == _CASE
+            and h < 0x80 > i
+            and c < 0x80
+            and end <= info_end <= after <= stop
+        ):
+            return der[pos + 6 : end], _CONTEXT_0, after, stop
+    elif kind == "cmII" and pos + 2 <= stop:  # OID, [n] { [0] caseId
+        oid, o = _TWO(der, pos)
+        at = pos + 2 + o  # the message alternative
+        if oid == _OID and o < 0x80 and at + 5 <= stop:
+            tag, n, b2, b3, b4 = _FIVE(der, at)
+            if n < 0x80:
+                start, case, c = at + 2, b2, b3
+            elif n == 0x81 and b2 >= 0x80:  # its length in the one-octet long form
+                start, n, case, c = at + 3, b2, b3, b4
+            else:
+                start, case, c = 0, -1, 0  # another form: the loop
+            end = start + n
+            if tag & 0x1F != 0x1F and case == _CASE and c < 0x80 and start + 2 + c <= end <= stop:
+                return der[start + 2 : start + 2 + c], tag, start, end
+    return _first_headers_loop(kind, der)
+
+
+def _first_headers_loop(kind: str, der: bytes) -> tuple[bytes, int, int, int] | None:
+    """:func:`first_headers` for every form, one header a turn."""
     if kind == "cmII":
         steps = _CMII_STEPS
     elif kind == "cmCC":

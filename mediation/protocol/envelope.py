@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import operator
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -172,6 +173,7 @@ def record_envelope(stream: pdu.StreamId, record: LogRecord, redelivered: bool) 
 
 # Generations' worth of envelopes a cache that nobody takes from lets go by unkept.
 PAUSE_GENERATIONS = 4
+_SEQ = operator.attrgetter("seq")
 
 
 class StreamEnvelopes:
@@ -214,6 +216,7 @@ class StreamEnvelopes:
         self._current_bytes = 0
         self._hits = 0  # entries taken since the last turnover
         self._paused = 0  # envelope octets still to go by without keeping them
+        self._high = -1  # no entry kept has a higher sequence number
         self.encoded = 0  # envelopes encoded here (the rest came from the cache)
 
     def join(self) -> None:
@@ -253,8 +256,15 @@ class StreamEnvelopes:
         shared = self.consumers > 1
         keep = shared and self._paused <= 0
         # Only other endpoints' entries can be taken here, and they are in
-        # the cache now or never: an empty cache (paused) is not looked in.
-        if shared and (self._current or self._previous):
+        # the cache now or never: an empty cache (paused) is not looked in,
+        # nor is it for a run entirely above every number it holds (the
+        # leading endpoint's, while a lagging one's entries wait there).
+        if (
+            shared
+            and (self._current or self._previous)
+            and records
+            and min(map(_SEQ, records)) <= self._high
+        ):
             out = self._taken(records, redelivered_below, keep)
         else:  # nothing to take: the framer's run, one call (the usual case)
             out = self._framed(records, redelivered_below)
@@ -268,13 +278,13 @@ class StreamEnvelopes:
         """:meth:`envelopes` while the cache holds entries: each taken from it, or framed."""
         out: list = []
         append, missed = out.append, []  # missed: the records to frame here, by index
-        current, previous = self._current, self._previous
+        current, previous, hits = self._current, self._previous, 0
         for i, record in enumerate(records):
             seq = record.seq
             if seq >= redelivered_below:
                 entry = current.get(seq) or previous.get(seq)
                 if entry is not None and entry[1] is record:
-                    self._hits += 1
+                    hits += 1
                     entry[2] -= 1
                     # Every endpoint has it: drop it from whichever generation holds it.
                     if entry[2] <= 0 and current.pop(seq, None) is None:
@@ -283,6 +293,7 @@ class StreamEnvelopes:
                     continue
             missed.append(i)
             append(None)
+        self._hits += hits
         if missed:
             run = records if len(missed) == len(records) else [records[i] for i in missed]
             framed = self._framed(run, redelivered_below)
@@ -318,13 +329,16 @@ class StreamEnvelopes:
         """
         if self._current_bytes >= self.generation_bytes and self._turn_over():
             return
-        others, current, size = self.consumers - 1, self._current, 0
+        others, current, size, high = self.consumers - 1, self._current, 0, self._high
         for record, data in zip(records, envelopes, strict=True):
             seq = record.seq
             if seq >= redelivered_below:
                 current[seq] = [data, record, others]
                 size += len(data)
+                if seq > high:
+                    high = seq
         self._current_bytes += size
+        self._high = high
 
     def _turn_over(self) -> bool:
         """A full generation becomes the previous one; True: paused (see the class)."""

@@ -38,6 +38,17 @@ from mediation.warrants.model import Endpoint, Stream
 log = logging.getLogger("mediation.server.delivery")
 _KIND = {Stream.CMII: StreamKind.CMII, Stream.CMCC: StreamKind.CMCC}
 Worker = UdpWorker | TlsWorker | FilesWorker
+# The shared envelopes of all delivered streams together keep at most this
+# (two generations a stream, plus its last run), as the log's rings share
+# ``ring_budget``: each stream's generation is its share, up to
+# MAX_GENERATION.
+ENVELOPE_BUDGET = 64 * 1024 * 1024
+# Two generations cover a TLS endpoint a whole window behind the UDP one
+# (1,024 envelopes of ~1.5 KB and a log read of 256): at saturation it runs
+# that far behind, waiting for a quarter of its window, and with generations
+# of 256 KiB the cache paused and kept nothing, so each envelope was framed
+# twice (docs/architecture.md, "The server's CPU per PDU: one framing a PDU").
+MAX_GENERATION = 2 * 1024 * 1024
 
 
 def endpoint_ident(secret: bytes, agency: str, endpoint: Endpoint) -> str:
@@ -115,6 +126,9 @@ class DeliveryManager:
         for sid in delivered:
             if sid not in self._envelopes:
                 self._envelopes[sid] = StreamEnvelopes(sid)
+        generation = min(MAX_GENERATION, ENVELOPE_BUDGET // (2 * max(1, len(self._envelopes))))
+        for envelopes in self._envelopes.values():
+            envelopes.generation_bytes = generation
         return self._envelopes
 
     def _wanted(
