@@ -176,3 +176,32 @@ async def test_an_ack_is_trusted_only_once_its_batch_is_durable(tmp_path: Path) 
             nursery.cancel_scope.cancel()
     finally:
         spool.close()
+
+
+class _FailingSpool(TapSpool):
+    """A real spool whose syncs fail (the disk said no)."""
+
+    def sync_written(self) -> int:
+        raise OSError(errno.EIO, "the spool's disk said no")
+
+
+async def test_a_failed_sync_stops_the_next_flush_as_a_failed_append_does(tmp_path: Path) -> None:
+    spool = _FailingSpool.open(tmp_path, KEY, 1 << 20, reserve=True)
+    credentials = types.SimpleNamespace(name="edge-test")
+    tap = TapClient(credentials, spool, ("127.0.0.1", 0), None)  # type: ignore[arg-type]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tap.run_timer)
+            await trio.testing.wait_all_tasks_blocked()
+            for der in (b"\x04\x01a", b"\x04\x01b"):  # a new segment (synced), then written
+                await tap.add("cmCC", WHEN, der)
+                await tap.flush()
+            assert tap._syncer is not None
+            with trio.fail_after(10), pytest.raises(OSError, match="said no"):
+                await tap._syncer.until(2)
+            await tap.add("cmCC", WHEN, b"\x04\x01c")
+            with pytest.raises(OSError, match="said no"):
+                await tap.flush()
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()

@@ -210,6 +210,8 @@ class Batching:
         async with self._spool_lock:
             if not self._pending:
                 return
+            if self._syncer is not None and self._syncer.error is not None:
+                raise self._syncer.error  # the spool's disk failed: as a failed append does
             first, last = self._pending_first, self._pending_last
             count, sealed = self._pending_count, time.time_ns() // 1000
             payload = self._take()
