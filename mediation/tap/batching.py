@@ -224,6 +224,8 @@ class Batching:
             if syncer is not None and spool.quick(len(payload)):
                 # A page-cache write here, its sync in the syncer's thread (spool_sync.py):
                 # no thread hand-off, and the next seal does not wait for this sync.
+                if ahead is not None:  # the sender's turn first: the batch goes ahead of its write
+                    await trio.lowlevel.checkpoint()
                 batch = spool.append(payload, first, last, sync=False)
                 syncer.written()
             else:  # a segment roll or an id reservation: their syncs off the event loop
