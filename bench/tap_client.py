@@ -15,6 +15,8 @@ rate. CPU is the process's (both threads), best of ``--rounds``.
 ``--batch-pdus 80``: batches as small as a busy tap's whose server keeps up
 (sealed at 64 KiB, docs/tap-link.md), so the cost a batch shows.
 ``--build-only``: the records only (parse, match, build, encode), no batches.
+Also printed: how long each step's ``frames`` call held the loop (the
+seal and spool write of a batch included), the capture's wait.
 ``--checkout DIR`` measures another checkout's code (an export of the
 base, say) with this interpreter: run it once per checkout and compare.
 """
@@ -51,6 +53,11 @@ def main() -> int:
     from mediation.tap.link import TapClient, build_tap
     from mediation.tap.spool import TapSpool
 
+    try:
+        from mediation.tap.spool_sync import SpoolSyncer
+    except ImportError:  # a checkout before the sync thread: each append synced in a worker
+        SpoolSyncer = None  # type: ignore[assignment,misc]
+
     now = dt.datetime.now(dt.UTC)
     warrant = T.TapWarrant(
         handle="w-0a0001",
@@ -74,17 +81,27 @@ def main() -> int:
                 client.counters.pdus += len(records)
 
             client.add_records = add_records  # type: ignore[method-assign]
+        syncer = None
+        if SpoolSyncer is not None:  # as while the link's timer runs (run_timer)
+            syncer = SpoolSyncer(spool, trio.lowlevel.current_trio_token())
+            client._syncer = syncer
         started = time.process_time()
         for i in range(0, args.frames, args.step):
             when = dt.datetime.now(dt.UTC)
             step = [(frames[(i + k) % len(frames)], when) for k in range(args.step)]
+            began = time.perf_counter()
             await client.frames(step)
+            steps.append(time.perf_counter() - began)
         await client.flush()
+        if syncer is not None:
+            await trio.to_thread.run_sync(spool.sync_written)
+            syncer.stop()
         cpu = time.process_time() - started
         spool.close()
         return cpu, client.counters.pdus, client.counters.batches
 
     results = []
+    steps: list[float] = []  # wall time of each step's frames() call: the capture loop held
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="tap-client-") as work:
             results.append(trio.run(one_round, Path(work)))
@@ -92,6 +109,11 @@ def main() -> int:
     print(
         f"{root.name}: {cpu / pdus * 1e6:.2f} us/PDU ({pdus:,} PDUs in {batches} batches; "
         f"CPU {cpu:.2f} s, best of {args.rounds})"
+    )
+    steps.sort()
+    print(
+        f"    a step's frames() held the loop: median {steps[len(steps) // 2] * 1e3:.2f} ms, "
+        f"p99 {steps[int(len(steps) * 0.99)] * 1e3:.2f}, max {steps[-1] * 1e3:.2f} ms"
     )
     return 0
 

@@ -34,6 +34,16 @@ class MemorySpool:
     def ahead(self, size: int) -> int | None:
         return len(self.batches) + 1 if self.sends_ahead else None
 
+    @property
+    def durable(self) -> int:
+        return len(self.batches)  # appended whole, in a worker thread: durable at once
+
+    def quick(self, size: int) -> bool:
+        return False  # every append in a worker thread, as the tests expect
+
+    def sync_written(self) -> int:
+        return len(self.batches)
+
     def append(self, payload: bytes, first: dt.datetime, last: dt.datetime) -> int:
         self.batches.append(payload)
         return len(self.batches)

@@ -23,6 +23,7 @@ from mediation.pdu import taplink as T
 from mediation.protocol.sealed import MAX_DATAGRAM, OVERHEAD
 from mediation.protocol.taplink import MAX_BATCH_BYTES
 from mediation.tap.link_session import LinkCounters, Spool
+from mediation.tap.spool_sync import SpoolSyncer
 
 BATCH_PDUS = 1024
 BATCH_SECONDS = 0.2  # the most an open batch waits while the link is busy or down
@@ -116,6 +117,7 @@ class Batching:
     _recent_lost: bool
     _last_sent: int
     _machine: Any
+    _syncer: SpoolSyncer | None
 
     async def add(self, kind: str, when: dt.datetime, der: bytes) -> None:
         """One PDU into the open batch; the batch is sealed when full."""
@@ -208,6 +210,8 @@ class Batching:
         async with self._spool_lock:
             if not self._pending:
                 return
+            if self._syncer is not None and self._syncer.error is not None:
+                raise self._syncer.error  # the spool's disk failed: as a failed append does
             first, last = self._pending_first, self._pending_last
             count, sealed = self._pending_count, time.time_ns() // 1000
             payload = self._take()
@@ -216,7 +220,16 @@ class Batching:
             ahead = spool.ahead(len(payload)) if self.connected else None
             if ahead is not None:
                 self._queue(ahead, payload)
-            batch = await trio.to_thread.run_sync(spool.append, payload, first, last)
+            syncer = self._syncer
+            if syncer is not None and spool.quick(len(payload)):
+                # A page-cache write here, its sync in the syncer's thread (spool_sync.py):
+                # no thread hand-off, and the next seal does not wait for this sync.
+                if ahead is not None:  # the sender's turn first: the batch goes ahead of its write
+                    await trio.lowlevel.checkpoint()
+                batch = spool.append(payload, first, last, sync=False)
+                syncer.written()
+            else:  # a segment roll or an id reservation: their syncs off the event loop
+                batch = await trio.to_thread.run_sync(spool.append, payload, first, last)
         if batch is None:  # sent ahead or not, the spool does not hold it: counted as lost
             self.counters.overflow_batches += 1
             return
@@ -245,7 +258,22 @@ class Batching:
         its count and size limits or ``batch_seconds``, so under load
         batches stay large and there is no wake-up per PDU: at most one per
         ``linger`` while a batch is open.
+
+        While it runs, spool records are written in the event loop and synced
+        by a :class:`~mediation.tap.spool_sync.SpoolSyncer` (TLS only).
         """
+        if self.udp is not None or self.spool is None:
+            await self._run_timer()
+            return
+        syncer = SpoolSyncer(self.spool, trio.lowlevel.current_trio_token())
+        self._syncer = syncer
+        try:
+            await self._run_timer()
+        finally:
+            self._syncer = None
+            syncer.stop()
+
+    async def _run_timer(self) -> None:
         while True:
             await self._opened.wait()
             self._opened = trio.Event()

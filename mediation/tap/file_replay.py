@@ -134,9 +134,18 @@ async def _at_rate(
 ) -> None:
     """:func:`_paced` at a set rate: each step's frames counted from the clock, not
     looked at one by one (the same steps: frame ``i`` goes once ``pace.due(i)`` has
-    passed, at most ``REPLAY_FRAMES`` at a time; ~0.2 us a frame less)."""
+    passed, at most ``REPLAY_FRAMES`` at a time; ~0.2 us a frame less).
+
+    A step that caught up is followed by a sleep to ``PACE_SECONDS`` after the
+    step's wake-up: the frames that came due while it was handed over wait for
+    the next step. Without it a busy tap handed 60 frames, then the 15 due
+    meanwhile, then 4, ...: three to four steps (batching turns, scheduler
+    rounds) per ``PACE_SECONDS`` instead of one (docs/architecture.md, "The
+    replay's steps").
+    """
     assert pace.rate is not None
     rate, began, index = pace.rate, time.monotonic(), 0
+    woke = began
     while True:
         elapsed = time.monotonic() - began
         last = int(elapsed * rate)  # the last frame due, give or take the rounding
@@ -146,12 +155,18 @@ async def _at_rate(
             last -= 1
         if last < index:  # the next frame is not due yet
             await trio.sleep(max(index / rate - elapsed, PACE_SECONDS))
+            woke = time.monotonic()
             continue
         step = list(islice(frames, min(last + 1 - index, REPLAY_FRAMES)))
         if not step:
             return
         index += len(step)
         await _hand(client, step, pace, linktype, interface)
+        if len(step) < REPLAY_FRAMES:  # caught up: the next step one PACE_SECONDS after this one
+            rest = woke + PACE_SECONDS - time.monotonic()
+            if rest > 0:
+                await trio.sleep(rest)
+            woke = time.monotonic()
 
 
 async def _hand(

@@ -159,6 +159,7 @@ class TapClient(Batching, LinkSession):
         self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
         self._last_sent = -1
         self._machine = None
+        self._syncer = None  # the spool's sync thread while the timer runs
         self.window_bytes = WINDOW_BYTES
         self._sealer: DatagramSealer | None = None
         self._live: Any = None  # the LiveTap, when capturing in this process

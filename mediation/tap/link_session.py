@@ -47,11 +47,15 @@ class Spool(Protocol):
     @property
     def last_id(self) -> int: ...
     @property
+    def durable(self) -> int: ...
+    @property
     def overflow(self) -> tuple[int, dt.datetime, dt.datetime] | None: ...
     def append(
-        self, payload: bytes, first_time: dt.datetime, last_time: dt.datetime
+        self, payload: bytes, first_time: dt.datetime, last_time: dt.datetime, sync: bool = True
     ) -> int | None: ...
     def ahead(self, size: int) -> int | None: ...
+    def quick(self, size: int) -> bool: ...
+    def sync_written(self) -> int: ...
     def pending(self) -> Any: ...
     def ack(self, upto: int) -> None: ...
     def ack_in_memory(self, upto: int) -> bool: ...
@@ -96,6 +100,7 @@ class LinkSession:
     _last_sent: int
     _machine: TapLinkTap | None  # the connection's machine while connected
     _send_lock: trio.Lock  # the connection's: one task sends at a time (_send)
+    _syncer: Any  # the spool's SpoolSyncer while the timer runs (mediation/tap/spool_sync.py)
     window_bytes: int
     warrants_ready: trio.Event
     trace: Any  # a BatchTrace (mediation/tap/trace.py) or None
@@ -211,6 +216,7 @@ class LinkSession:
             if spool is not None:
                 upto = min(message.last_stored, spool.last_id)
                 async with self._spool_lock:
+                    await trio.to_thread.run_sync(spool.sync_written)  # trusted once durable
                     await trio.to_thread.run_sync(spool.ack, upto)
                     if hello.overflow is not None:
                         await trio.to_thread.run_sync(spool.clear_overflow)
@@ -228,10 +234,27 @@ class LinkSession:
         in a worker thread only when it has disk work (deleting a segment)."""
         spool = self.spool
         if spool is not None:
+            await self._durable_upto(upto)
             async with self._spool_lock:
                 if not spool.ack_in_memory(upto):
                     await trio.to_thread.run_sync(spool.ack, upto)
         self._acked.set()
+
+    async def _durable_upto(self, upto: int) -> None:
+        """Return once the spool holds every batch up to ``upto`` durably: an
+        acknowledgement is trusted only then. Usually at once (the server's own
+        sync takes longer than the spool's)."""
+        spool = self.spool
+        assert spool is not None
+        if spool.durable >= upto:
+            return
+        async with self._spool_lock:
+            pass  # an append in a worker thread (sent ahead of it) ends first
+        syncer = self._syncer
+        if syncer is not None:
+            await syncer.until(upto)
+        elif spool.durable < upto:
+            await trio.to_thread.run_sync(spool.sync_written)
 
     async def _ticker(self, stream: trio.SSLStream, machine: TapLinkTap) -> None:
         while True:

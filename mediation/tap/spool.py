@@ -39,6 +39,16 @@ is acknowledged (a quiet tap's every batch would otherwise create, and its
 ack delete, a segment); it goes once full or at close, so still at most
 one segment's worth of acknowledged batches holds space.
 
+Written now, synced later: ``append(..., sync=False)`` writes the record
+without its ``fdatasync`` (the tap link does so in its event loop when
+:meth:`TapSpool.quick` says no segment roll or id reservation is due), and
+:meth:`TapSpool.sync_written` (the link's sync thread) makes every record
+written so far durable at once: :attr:`TapSpool.durable`. The link trusts an
+acknowledgement only up to ``durable``. So sealing the next batch never
+waits for the last one's sync, and a slow disk's syncs cover several
+batches each. A segment is synced before it is closed, and a spool opened
+again syncs the segments it finds (a stopped process's records).
+
 Sending ahead: the link may send a batch while its record is still being
 written (:meth:`TapSpool.ahead`), so the write's ``fdatasync`` is not on
 the path from capture to the server. Such an id must never be given again,
@@ -55,6 +65,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -97,7 +108,8 @@ RESERVE = 1024
 class TapSpool(SpoolRecovery):
     """A directory of encrypted segments; one process at a time (``flock``).
 
-    Not thread-safe: the tap link drives it from one task.
+    Not thread-safe: the tap link drives it from one task, bar
+    :meth:`sync_written`, which may run in another thread meanwhile.
     """
 
     def __init__(
@@ -116,6 +128,9 @@ class TapSpool(SpoolRecovery):
         self._next = 1
         self._reserved = 0  # ids up to this may be sent before their append (the state's)
         self._segment_target = max(limit_bytes // SEGMENT_FRACTION, MIN_LIMIT // 2)
+        self._written = 0  # the last id whose record is wholly written (synced or not)
+        self._durable = 0  # the last id durable: every record up to it synced
+        self._fd_lock = threading.Lock()  # sync_written's fd is not closed under it
 
     def __repr__(self) -> str:  # never the key
         return f"TapSpool({self.directory}, {self.used_bytes}/{self.limit_bytes} bytes)"
@@ -157,6 +172,7 @@ class TapSpool(SpoolRecovery):
         except BaseException:
             spool.close()
             raise
+        spool._written = spool._durable = spool.last_id  # recovered segments are synced
         return spool
 
     # -- the interface -------------------------------------------------------
@@ -185,6 +201,38 @@ class TapSpool(SpoolRecovery):
         return self._next if self.used_bytes + need <= self.limit_bytes else None
 
     @property
+    def durable(self) -> int:
+        """The greatest batch id whose record, and every earlier one, is synced."""
+        return self._durable
+
+    def quick(self, size: int) -> bool:
+        """Whether ``append(payload, ..., sync=False)`` of ``size`` octets makes no
+        sync of its own (no segment roll, no id reservation) and fits: cheap
+        enough for the event loop (a page-cache write)."""
+        if self._fd is None or self._segments[-1].size >= self._segment_target:
+            return False
+        if self.reserving and self._reserved - self._next < RESERVE // 2 + 1:
+            return False
+        return self.used_bytes + RECORD_OVERHEAD + size <= self.limit_bytes
+
+    def sync_written(self) -> int:
+        """Make every record written so far durable (one ``fdatasync``); the new :attr:`durable`.
+
+        May run in another thread while the owner appends (the records
+        written before it began are covered; a segment being closed is
+        synced first, under the same lock).
+
+        Raises:
+            OSError: the sync failed (EIO, ...): nothing more is durable.
+        """
+        with self._fd_lock:
+            upto = self._written
+            if self._fd is not None and upto > self._durable:
+                os.fdatasync(self._fd)
+                self._durable = upto
+            return self._durable
+
+    @property
     def last_id(self) -> int:
         """The greatest batch id given so far, acknowledged or not (0: none yet)."""
         return self._next - 1
@@ -197,12 +245,16 @@ class TapSpool(SpoolRecovery):
         count, first, last = self._overflow
         return count, from_micros(first), from_micros(last)
 
-    def append(self, payload: bytes, first_time: datetime, last_time: datetime) -> int | None:
+    def append(
+        self, payload: bytes, first_time: datetime, last_time: datetime, sync: bool = True
+    ) -> int | None:
         """Store one batch durably (``fdatasync``) and give it the next batch id.
 
         Args:
             payload: the batch as the link sends it.
             first_time, last_time: the capture-time span of its PDUs (aware).
+            sync: False: written, not synced; durable once :meth:`sync_written`
+                has run (see "Written now, synced later" above).
 
         Returns:
             The batch id, or None when it does not fit under the limit or
@@ -226,7 +278,7 @@ class TapSpool(SpoolRecovery):
             self._count_overflow(first, last)
             return None
         try:
-            batch = self._write(payload, first, last, roll)
+            batch = self._write(payload, first, last, roll, sync)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -237,20 +289,30 @@ class TapSpool(SpoolRecovery):
         self._count_overflow(first, last)  # the disk is full before the limit: the same
         return None
 
-    def _write(self, payload: bytes, first: int, last: int, roll: bool) -> int:
+    def _write(self, payload: bytes, first: int, last: int, roll: bool, sync: bool) -> int:
         if roll:
             self._new_segment()
-        segment, batch = self._segments[-1], self._next
-        assert self._fd is not None
+        segment, batch, fd = self._segments[-1], self._next, self._fd
+        assert fd is not None
         head, sealed = seal_record(segment.cipher, batch, first, last, payload)
         self._next += 1  # spent even if the write fails: its nonce may be on disk
-        try:  # one system call, fdatasync's promise
-            write_synced(self._fd, [memoryview(head), memoryview(sealed)], -1)
+        views = [memoryview(head), memoryview(sealed)]
+        try:
+            if not sync:
+                _write_views(fd, views)
+            elif self._written > self._durable:  # earlier records unsynced: the whole file
+                _write_views(fd, views)
+                os.fdatasync(fd)
+            else:  # one system call, fdatasync's promise
+                write_synced(fd, views, -1)
         except OSError:
             self._retire_segment(segment)
             raise
         segment.size += len(head) + len(sealed)
         segment.last = batch
+        self._written = batch
+        if sync:
+            self._durable = batch
         return batch
 
     def pending(self) -> Iterator[tuple[int, bytes]]:
@@ -334,8 +396,8 @@ class TapSpool(SpoolRecovery):
                     self._save_state()
                 self._drop_acked(everything=True)  # the open segment too, if all acked
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            with contextlib.suppress(OSError):
+                self._close_segment()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -357,10 +419,21 @@ class TapSpool(SpoolRecovery):
         self._overflow = (count + 1, min(low, first), max(high, last))
         self._save_state()
 
+    def _close_segment(self) -> None:
+        """Close the segment appended to, its unsynced records synced first."""
+        assert self._fd is not None
+        with self._fd_lock:
+            fd, self._fd = self._fd, None
+            try:
+                if self._written > self._durable:
+                    os.fdatasync(fd)
+                    self._durable = self._written
+            finally:
+                os.close(fd)
+
     def _new_segment(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            self._close_segment()
         header, cipher = new_segment_header(self._key)
         path = self.directory / f"{self._next:020d}.seg"
         fd = create_open(path, header, 0o600, append=True)
@@ -370,10 +443,16 @@ class TapSpool(SpoolRecovery):
     def _retire_segment(self, segment: Segment) -> None:
         """After a failed write: cut what it may have left, append elsewhere from now on."""
         assert self._fd is not None
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, segment.size)
-        os.close(self._fd)
-        self._fd = None
+        with self._fd_lock:
+            synced = False
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, segment.size)
+                os.fdatasync(self._fd)  # the records before it, which stay
+                synced = True
+            os.close(self._fd)
+            self._fd = None
+            if synced:  # the failed id has no record: nothing up to it is unsynced
+                self._written = self._durable = self._next - 1
 
     def _frees(self, upto: int) -> list[Segment]:
         """The segments an ack up to ``upto`` lets go: wholly acknowledged, but not the
@@ -396,8 +475,7 @@ class TapSpool(SpoolRecovery):
         if not gone:
             return
         if self._fd is not None and self._segments[-1] in gone:
-            os.close(self._fd)
-            self._fd = None
+            self._close_segment()
         self._segments = keep
         for segment in gone:
             with contextlib.suppress(FileNotFoundError):
@@ -422,3 +500,15 @@ class TapSpool(SpoolRecovery):
         raw = seal_state(self._key, self._acked, count, first, last, self._reserved)
         write_atomic(self.directory / "state", raw)
         self._acked_saved = self._acked
+
+
+def _write_views(fd: int, views: list[memoryview]) -> None:
+    """Every byte of ``views`` at the file's position (its end: ``O_APPEND``), unsynced."""
+    while views:
+        n = os.writev(fd, views)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if n:
+            views[0] = views[0][n:]

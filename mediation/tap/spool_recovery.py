@@ -133,4 +133,7 @@ class SpoolRecovery:
             with path.open("r+b") as stream:
                 stream.truncate(size)
                 os.fsync(stream.fileno())
+        else:  # records a stopped process wrote and had not yet synced (TapSpool.sync_written)
+            with path.open("rb") as stream:
+                os.fdatasync(stream.fileno())
         return Segment(path, first, last, size, cipher)

@@ -6,6 +6,8 @@ times in microseconds since 1970 (the clock the PDUs' capture time stamps
 and the agency's arrival times use)::
 
     B <batch> <pdus> <first capture> <last capture> <sealed> <spooled>
+                    (spooled: its record written; its sync may follow, in
+                    the spool's sync thread: mediation/tap/spool_sync.py)
     S <batch> <sent>        (its TLS write returned)
     A <batch> <acked>       (an acknowledgement up to and including it read)
 
