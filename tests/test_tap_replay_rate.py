@@ -26,16 +26,22 @@ class _Client:
         self.steps.append((time.monotonic(), [data for data, _when in frames], stamps))
 
 
-def test_every_frame_goes_in_order_no_step_before_its_last_frame_is_due(tmp_path: Path) -> None:
+def _capture(tmp_path: Path, count: int) -> tuple[Path, list[bytes]]:
+    """A capture of ``count`` distinct frames to the target, and the frames."""
     frames = [
         F.eth(F.OTHER_MAC, F.TARGET_MAC, 0x0800, F.ipv4("192.0.2.10", "198.51.100.20", 17,
               F.udp(40000, 5004, i.to_bytes(4, "big"))))
-        for i in range(1500)
+        for i in range(count)
     ]  # fmt: skip
     path = tmp_path / "frames.pcap"
     with PcapWriter.open(path) as writer:
         for data in frames:
             writer.write(data, F.T0)
+    return path, frames
+
+
+def test_every_frame_goes_in_order_no_step_before_its_last_frame_is_due(tmp_path: Path) -> None:
+    path, frames = _capture(tmp_path, 1500)
     client, rate = _Client(), 30_000.0
     began = time.monotonic()
     trio.run(replay_file, client, path, Pace(rate=rate))
@@ -52,15 +58,7 @@ def test_every_frame_goes_in_order_no_step_before_its_last_frame_is_due(tmp_path
 def test_a_step_that_caught_up_waits_for_the_next_pace(tmp_path: Path) -> None:
     """Frames due while a step is handed over wait for the next step, one
     ``PACE_SECONDS`` after it woke: no trickle of small steps in between."""
-    frames = [
-        F.eth(F.OTHER_MAC, F.TARGET_MAC, 0x0800, F.ipv4("192.0.2.10", "198.51.100.20", 17,
-              F.udp(40000, 5004, i.to_bytes(4, "big"))))
-        for i in range(600)
-    ]  # fmt: skip
-    path = tmp_path / "frames.pcap"
-    with PcapWriter.open(path) as writer:
-        for data in frames:
-            writer.write(data, F.T0)
+    path, frames = _capture(tmp_path, 600)
 
     class _Slow(_Client):
         async def frames(self, frames, linktype, *, interface=None) -> None:  # type: ignore[no-untyped-def]
