@@ -68,8 +68,18 @@ def write_synced(fd: int, views: list[memoryview], offset: int) -> None:
         OSError: the write or the sync failed (ENOSPC, EIO, ...); some bytes may
             be written, none promised durable.
     """
+    write_views(fd, views, offset, synced=True)
+
+
+def write_views(fd: int, views: list[memoryview], offset: int, *, synced: bool = False) -> None:
+    """Write every byte of ``views`` at ``offset`` (-1: the file's position), a short
+    write continued; with ``synced``, as :func:`write_synced` (the list is consumed).
+
+    Without ``synced`` the bytes are in the page cache only (the tap's spool
+    syncs them later, several records at once: mediation/tap/spool.py).
+    """
     global _DSYNC
-    flags = _DSYNC
+    flags = _DSYNC if synced else 0
     while views:
         try:
             n = os.pwritev(fd, views, offset, flags) if flags else os.pwritev(fd, views, offset)
@@ -86,7 +96,7 @@ def write_synced(fd: int, views: list[memoryview], offset: int) -> None:
             n -= len(views.pop(0))
         if n:
             views[0] = views[0][n:]
-    if not flags:
+    if synced and not flags:
         os.fdatasync(fd)
 
 

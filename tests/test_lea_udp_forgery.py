@@ -9,7 +9,6 @@ delivery was sealed.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -54,7 +53,7 @@ def files(out: Path) -> dict[str, bytes]:
 
 def _renumbered(stream: P.StreamId, seq: int) -> bytes:
     """A well-formed envelope with a number the forger guessed, carrying other content."""
-    record = dataclasses.replace(record_for(stream, seq + 8), seq=seq)
+    record = record_for(stream, seq + 8)._replace(seq=seq)
     return DatagramSender(stream).envelope(record, 0.0)
 
 

@@ -187,21 +187,14 @@ class RecordFramer:
 
         Args:
             records: in any order; each is framed on its own. Tuples of the
-                five fields (the log's records) are unpacked; others are read
-                by attribute.
+                five fields, unpacked (the log's ``LogRecord`` and
+                ``protocol.StoredRecord`` are NamedTuples).
             redelivered_below: records numbered below this are marked redelivered.
 
         Returns:
             Per record its envelope, or None: not the common case, use the
             general splice (``encode_envelope_raw``) for that one.
         """
-        try:
-            return self._frame_run(records, redelivered_below)
-        except TypeError:  # records that are not tuples (e.g. a dataclass): their fields
-            fields = [(r.seq, r.received_us, r.kind, r.clock, r.payload) for r in records]
-            return self._frame_run(fields, redelivered_below)
-
-    def _frame_run(self, records: Sequence, redelivered_below: int) -> list[bytes | None]:
         out: list[bytes | None] = []
         append, kinds, stream_tlv, join = out.append, self._kinds, self._stream_tlv, b"".join
         us, clock_now, flag = self._us, self._clock, self._flag

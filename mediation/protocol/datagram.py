@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 
 from mediation import pdu
-from mediation.pdu.errors import PDUError
-from mediation.pdu.fast import decode_envelope
 from mediation.protocol.envelope import (
     LogRecord,
     StreamEnvelopes,
@@ -363,11 +361,6 @@ class DatagramReceiver:
             ProtocolError: malformed, not a delivery datagram, or for a
             stream not accepted. Concerns this datagram only.
         """
-        if data and data[0] == 0xA0 and data.__class__ is bytes:  # decode_message(), inline
-            try:  # for an envelope, nearly every datagram: one call less each
-                return self._envelope(decode_envelope(data), now, data)
-            except PDUError as exc:
-                raise ProtocolError(f"malformed delivery message: {exc}") from None
         message = decode_message(data)  # parse_datagram(), one call less per datagram
         if message.__class__ is pdu.Envelope or isinstance(message, pdu.Envelope):
             return self._envelope(message, now, data)

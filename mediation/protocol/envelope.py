@@ -8,12 +8,11 @@ already use it.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import enum
 import operator
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mediation import pdu
 from mediation.pdu import fast
@@ -74,9 +73,11 @@ class LogRecord(Protocol):
     def payload(self) -> bytes: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class StoredRecord:
+class StoredRecord(NamedTuple):
     """A plain :class:`LogRecord`, for tests and for owners without the log's type.
+
+    A NamedTuple, as the log's record is: the framer unpacks records as
+    tuples of these five fields (``RecordFramer.frame_run``).
 
     Attributes:
         seq: the record's sequence number in its stream.

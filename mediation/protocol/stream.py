@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Mapping, MutableMapping, Sequence
 
 from mediation import pdu
-from mediation.pdu.errors import PDUError
-from mediation.pdu.fast import decode_envelope
 from mediation.protocol.connection import StreamConnection
 from mediation.protocol.envelope import (
     LogRecord,
@@ -372,13 +370,7 @@ class StreamReceiver(StreamConnection):
         The owner stores them as received (a later version's extension
         fields included) without framing the stream a second time.
         """
-        if raw[0] == 0xA0:  # decode_message() of an envelope, inline (raw: whole, bytes)
-            try:
-                message: pdu.DeliveryMessage = decode_envelope(raw)
-            except PDUError as exc:
-                raise ProtocolError(f"malformed delivery message: {exc}") from None
-        else:
-            message = decode_message(raw)
+        message = decode_message(raw)
         # Envelopes, nearly every message, straight to their handling: no
         # keepalive or unknown message is an Envelope.
         if message.__class__ is pdu.Envelope:

@@ -70,7 +70,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from mediation.durable import create_open, fsync_dir, write_atomic, write_synced
+from mediation.durable import create_open, fsync_dir, write_atomic, write_synced, write_views
 from mediation.tap.spool_format import (
     KEY_BYTES,
     MAX_PAYLOAD,
@@ -299,9 +299,9 @@ class TapSpool(SpoolRecovery):
         views = [memoryview(head), memoryview(sealed)]
         try:
             if not sync:
-                _write_views(fd, views)
+                write_views(fd, views, -1)
             elif self._written > self._durable:  # earlier records unsynced: the whole file
-                _write_views(fd, views)
+                write_views(fd, views, -1)
                 os.fdatasync(fd)
             else:  # one system call, fdatasync's promise
                 write_synced(fd, views, -1)
@@ -500,15 +500,3 @@ class TapSpool(SpoolRecovery):
         raw = seal_state(self._key, self._acked, count, first, last, self._reserved)
         write_atomic(self.directory / "state", raw)
         self._acked_saved = self._acked
-
-
-def _write_views(fd: int, views: list[memoryview]) -> None:
-    """Every byte of ``views`` at the file's position (its end: ``O_APPEND``), unsynced."""
-    while views:
-        n = os.writev(fd, views)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if n:
-            views[0] = views[0][n:]
