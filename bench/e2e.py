@@ -63,7 +63,7 @@ sys.path.insert(0, str(HERE / "bench"))
 from rig.capture import write_capture  # noqa: E402  (after the path is set)
 from rig.processes import Checkout, Rig, Usage, udp_drops, usage, wait_for  # noqa: E402
 from rig.relay import relay_baseline  # noqa: E402
-from rig.stages import breakdown, read_trace, report  # noqa: E402
+from rig.stages import breakdown, read_trace, report, report_slowest, slowest  # noqa: E402
 
 # One step -------------------------------------------------------------------------------
 
@@ -153,7 +153,9 @@ def _stages(rig: Rig, lat: list[tuple[float, float]], seconds: float) -> str:
     since = min(captured for captured, _ in lat) + WARM_UP
     stamps = {name: counter.stamps for name, counter in rig.counters.items()}
     steady = [b for b in batches if b.first >= since]
-    return report(breakdown(batches, stamps, since), steady, max(seconds - WARM_UP, 0.1))
+    lines = report(breakdown(batches, stamps, since), steady, max(seconds - WARM_UP, 0.1))
+    tails = report_slowest(slowest(batches, stamps, since))
+    return f"{lines}\n{tails}" if tails else lines
 
 
 def _held(rig: Rig) -> dict[str, int]:

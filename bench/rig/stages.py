@@ -16,6 +16,9 @@ batches in capture order). Stages:
     to server   sent -> the server's receive time (TCP, the server's read and ingest)
     durable     server -> the tap read its ack (group commit, fdatasync, ack)
     deliver     server -> the agency's arrival, per agency (commit, delivery, receiver)
+
+The slowest 1% (each agency's PDUs at or over its p99) are broken down
+too (:func:`slowest`): where the tail's milliseconds are, on average.
 """
 
 from __future__ import annotations
@@ -104,6 +107,52 @@ def breakdown(
             if batch.acked is not None and server is not None:
                 out["durable"].append(batch.acked - server)
     return out
+
+
+TAIL_PARTS = ("batching", "to send", "to server", "deliver", "durable")
+
+
+def slowest(
+    batches: list[Batch], stamps: dict[str, list[tuple[float, float | None, float]]], since: float
+) -> dict[str, tuple[int, float, dict[str, float]]]:
+    """Per agency, its PDUs at or over its p99: (count, mean total, mean of each part), in s.
+
+    The parts follow one PDU: batching, to send and to server (the tap and
+    the link, up to the server's time stamp), then deliver (server ->
+    agency) and, beside it, durable (server -> the tap read the ack). A PDU
+    whose batch is not in the trace is left out.
+    """
+    firsts = [b.first for b in batches]
+    out: dict[str, tuple[int, float, dict[str, float]]] = {}
+    for agency, rows in stamps.items():
+        parts: list[tuple[float, ...]] = []
+        for captured, server, arrived in rows:
+            if captured < since or server is None:
+                continue
+            i = bisect.bisect_right(firsts, captured + 1e-6) - 1
+            if i < 0 or captured > batches[i].last + 1e-6:
+                continue
+            b = batches[i]
+            if b.sent is None or b.acked is None:
+                continue
+            parts.append((arrived - captured, b.sealed - captured, b.sent - b.sealed,
+                          server - b.sent, arrived - server, b.acked - server))  # fmt: skip
+        if not parts:
+            continue
+        parts.sort()
+        tail = parts[min(len(parts) - 1, int(len(parts) * 0.99)) :]
+        means = [sum(p[k] for p in tail) / len(tail) for k in range(len(TAIL_PARTS) + 1)]
+        out[agency] = (len(tail), means[0], dict(zip(TAIL_PARTS, means[1:], strict=True)))
+    return out
+
+
+def report_slowest(tails: dict[str, tuple[int, float, dict[str, float]]]) -> str:
+    """One line per agency: the slowest 1%'s mean total and parts, in ms."""
+    lines = []
+    for agency, (count, total, parts) in tails.items():
+        shown = "  ".join(f"{name} {value * 1e3:.1f}" for name, value in parts.items())
+        lines.append(f"      slowest 1% ({agency}, n={count}): mean {total * 1e3:.1f} ms = {shown}")
+    return "\n".join(lines)
 
 
 def report(stages: dict[str, list[float]], batches: list[Batch], seconds: float) -> str:
