@@ -53,6 +53,7 @@ TARGET_MAC = "02:00:5e:00:53:01"
 CASE = "CASE-TEST-0001"
 LIMIT = 60.0
 CPU_US: list[float] = []  # server CPU (all its threads) per PDU, per link round
+ACK_MS: list[float] = []  # paced: each batch's time from its send to its ack, ms
 WINDOW = 8  # batches in flight, as `mediate tap run` (protocol.taplink.WINDOW)
 
 
@@ -106,13 +107,15 @@ def sender(
     out: multiprocessing.Queue,
     pace: float = 0.0,
 ) -> None:
-    """The child: send ``count`` PDUs in batches; put the seconds to the last ack."""
+    """The child: send ``count`` PDUs in batches; put the seconds to the last ack (and,
+    paced, each batch's milliseconds from its send to its ack)."""
     from mediation.tap.link import client_context
     from mediation.warrants.authority import read_bundle
 
     pdus = sample_pdus(count)
     payloads = [T.encode_pdus(pdus[i : i + batch]) for i in range(0, count, batch)]
     creds = read_bundle(credentials)
+    lags: list[float] = []
 
     async def run() -> float:
         context = client_context(creds)
@@ -124,7 +127,7 @@ def sender(
             machine.receive_data(await stream.receive_some(1 << 20), trio.current_time())
         next_id, acked, began = machine.last_stored + 1, 0, time.perf_counter()
         if pace:
-            acked = await _paced(stream, machine, payloads, next_id, pace)
+            acked = await _paced(stream, machine, payloads, next_id, pace, lags)
         else:
             queue = list(payloads)
             with trio.move_on_after(LIMIT):
@@ -140,18 +143,26 @@ def sender(
         await stream.aclose()
         return elapsed if acked == len(payloads) else float("inf")
 
-    out.put(trio.run(run))  # type: ignore[attr-defined]
+    out.put((trio.run(run), lags))  # type: ignore[attr-defined]
 
 
 async def _paced(
-    stream: trio.SSLStream, machine: TapLinkTap, payloads: list[bytes], next_id: int, pace: float
+    stream: trio.SSLStream,
+    machine: TapLinkTap,
+    payloads: list[bytes],
+    next_id: int,
+    pace: float,
+    lags: list[float],
 ) -> int:
     """Send ``payloads`` one every 1/pace s (as the window allows); the acks received.
+
+    Each batch's time from its send to its ack goes to ``lags`` (ms).
 
     A reader task takes the acks (a receive is never cancelled half-way);
     sends are serialised by a lock.
     """
     acked, lock, room = 0, trio.Lock(), trio.Event()
+    sent: dict[int, float] = {}
 
     async def flush() -> None:
         async with lock:
@@ -165,8 +176,11 @@ async def _paced(
             data = await stream.receive_some(1 << 20)
             if not data:
                 return
+            now = time.perf_counter()
             for message in machine.receive_data(data, trio.current_time()):
-                acked += isinstance(message, T.BatchAck)
+                if isinstance(message, T.BatchAck):
+                    acked += 1
+                    lags.append((now - sent.pop(message.batch_id, now)) * 1e3)
             room.set()
             await flush()  # keepalive answers
         done.set()
@@ -183,6 +197,7 @@ async def _paced(
                     room = trio.Event()
                     await room.wait()
                 machine.send_batch(next_id, payload, trio.current_time())
+                sent[next_id] = time.perf_counter()
                 next_id += 1
                 await flush()
             await done.wait()
@@ -209,7 +224,8 @@ async def server_round(
         child = spawn.Process(target=sender, args=(credentials, port, count, batch, out, pace))
         child.start()
         cpu = time.process_time()
-        elapsed = await trio.to_thread.run_sync(lambda: out.get(timeout=LIMIT + 60))
+        elapsed, lags = await trio.to_thread.run_sync(lambda: out.get(timeout=LIMIT + 60))
+        ACK_MS[:] = lags
         CPU_US.append((time.process_time() - cpu) / count * 1e6)
         await trio.to_thread.run_sync(child.join)
         refused = dict(server.taps.ingest.refused)
@@ -281,9 +297,12 @@ def paced(args: argparse.Namespace) -> int:
             after = resource.getrusage(resource.RUSAGE_SELF)  # the round's, set-up included
             user = (after.ru_utime - before.ru_utime) / batches * 1e6
             system = (after.ru_stime - before.ru_stime) / batches * 1e6
+            lags = sorted(ACK_MS)
             print(f"{batches} batches of {args.batch} at {args.pace:g}/s: server {per_batch:,.0f} "
                   f"us of CPU and {woke:.1f} wake-ups per batch (user {user:,.0f}, "
-                  f"system {system:,.0f} us)", flush=True)  # fmt: skip
+                  f"system {system:,.0f} us); send to ack med {lags[len(lags) // 2]:.2f} "
+                  f"p90 {lags[len(lags) * 9 // 10]:.2f} p99 {lags[len(lags) * 99 // 100]:.2f} ms",
+                  flush=True)  # fmt: skip
     print(f"server from {Path(T.__file__).resolve().parents[2]}")
     return 0
 
