@@ -2,7 +2,7 @@
 
     python bench/log.py [--records N] [--size BYTES] [--dir DIR] [--rounds R] [--sweep]
     python bench/log.py --tap-batches N [--against CHECKOUT] [--rounds R] [--dir DIR]
-                        [--fill-max BYTES]
+                        [--fill-max BYTES] [--tap-scale K]
 
 1. Appends ``--records`` records of ``--size`` bytes to a fresh log with
    the default group commit (``await stream.append`` flat out, then waits
@@ -37,7 +37,9 @@ time from the first append to durable, per batch (means over batches, so
 the rare writes that grow a file count; best of ``--rounds``), for this
 checkout and ``--against`` (default ``/tmp/cmp/base``, the session's
 pristine base) run alternately as subprocesses with this interpreter,
-and their ratio. ``--fill-max`` caps this checkout's zero fill
+and their ratio. ``--tap-scale K`` makes each share K times as many
+records (K=20: ~240 KB a batch, over ``INLINE_BYTES``: the writer
+threads write it, as at saturation). ``--fill-max`` caps this checkout's zero fill
 (``segments.FILL_MAX``) instead of 256 KiB: ``--against`` this same
 checkout then compares two caps.
 """
@@ -276,8 +278,10 @@ CMII_SHARE = [bytes([0x30]) * 220] * 5  # ~1.1 KB of IRI
 CMCC_SHARE = [bytes([0x31]) * 790] * 14  # ~11 KB of content
 
 
-async def tap_batch_costs(base: Path, batches: int) -> tuple[list[float], list[float]]:
-    """CPU and wall µs of each light-load tap batch (see the module docstring)."""
+async def tap_batch_costs(
+    base: Path, batches: int, scale: int = 1
+) -> tuple[list[float], list[float]]:
+    """CPU and wall µs of each tap batch, light load at ``scale`` 1 (the module docstring)."""
     from mediation.server.tap_journal import JournalFile
 
     directory = Path(tempfile.mkdtemp(dir=base))
@@ -293,8 +297,12 @@ async def tap_batch_costs(base: Path, batches: int) -> tuple[list[float], list[f
                 c0, w0 = time.process_time(), time.perf_counter()
                 barrier = journal.set(b'{"last": %d, "entries": []}\n' % n)
                 with log.pool.held():
-                    cmii.append_many(CMII_SHARE, ContentKind.CMII, clock, None, True, barrier)
-                    cmcc.append_many(CMCC_SHARE, ContentKind.CMCC, clock, None, True, barrier)
+                    cmii.append_many(
+                        CMII_SHARE * scale, ContentKind.CMII, clock, None, True, barrier
+                    )
+                    cmcc.append_many(
+                        CMCC_SHARE * scale, ContentKind.CMCC, clock, None, True, barrier
+                    )
                 await cmii.wait_durable(cmii.next_seq - 1)
                 await cmcc.wait_durable(cmcc.next_seq - 1)
                 if n >= TAP_WARMUP:
@@ -305,24 +313,28 @@ async def tap_batch_costs(base: Path, batches: int) -> tuple[list[float], list[f
     return cpu, wall
 
 
-def tap_compare(base: Path, batches: int, rounds: int, against: Path, fill_max: int | None) -> None:
+def tap_compare(
+    base: Path, batches: int, rounds: int, against: Path, fill_max: int | None, scale: int = 1
+) -> None:
     """Run this checkout and ``against`` alternately as workers; print per batch and ratios."""
     this = [str(HERE)] + ([] if fill_max is None else ["--fill-max", str(fill_max)])
     workers = {f"this {' '.join(this)}": this, f"against {against}": [str(against)]}
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in workers}
+    scaled = ["--tap-scale", str(scale)]
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in workers}
     for _ in range(rounds):
         for name, code in workers.items():
             out = subprocess.run(
                 [sys.executable, __file__, "--tap-worker", str(batches), "--dir", str(base),
-                 "--code", *code],
+                 *scaled, "--code", *code],
                 capture_output=True, text=True, check=True, timeout=600,
             )  # fmt: skip
             runs[name].append(tuple(json.loads(out.stdout.splitlines()[-1])))
-    best = {name: (min(c for c, _ in r), min(w for _, w in r)) for name, r in runs.items()}
+    best = {name: (min(c for c, _, _ in r), min(w for _, w, _ in r)) for name, r in runs.items()}
     for name, (cpu, wall) in best.items():
         print(f"{name}: a tap batch {cpu:6.0f} us CPU, {wall:6.0f} us wall (best of {rounds})")
         print(
-            "  rounds (mean CPU/wall us): " + ", ".join(f"{c:.0f}/{w:.0f}" for c, w in runs[name])
+            "  rounds (mean CPU/wall, median wall us): "
+            + ", ".join(f"{c:.0f}/{w:.0f}, {m:.0f}" for c, w, m in runs[name])
         )
     (new_cpu, new_wall), (old_cpu, old_wall) = best.values()
     print(f"ratio this/against: CPU {new_cpu / old_cpu:.2f}x, wall {new_wall / old_wall:.2f}x")
@@ -338,6 +350,7 @@ async def main() -> None:
     parser.add_argument("--tap-batches", type=int, help="only the light-load tap batch path")
     parser.add_argument("--against", type=Path, default=Path("/tmp/cmp/base"))
     parser.add_argument("--fill-max", type=int, help="this checkout's zero fill cap, bytes")
+    parser.add_argument("--tap-scale", type=int, default=1, help="records a tap share, times")
     parser.add_argument("--tap-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--code", help=argparse.SUPPRESS)  # read before the imports
     args = parser.parse_args()
@@ -346,13 +359,15 @@ async def main() -> None:
             from mediation.log import segments
 
             segments.FILL_MAX = args.fill_max
-        cpu, wall = await tap_batch_costs(args.dir, args.tap_worker)
-        print(json.dumps([statistics.fmean(cpu), statistics.fmean(wall)]))
+        cpu, wall = await tap_batch_costs(args.dir, args.tap_worker, args.tap_scale)
+        print(json.dumps([statistics.fmean(cpu), statistics.fmean(wall), statistics.median(wall)]))
         return
     base = Path(tempfile.mkdtemp(prefix="bench-log-", dir=args.dir or Path.cwd()))
     if args.tap_batches:
         try:
-            tap_compare(base, args.tap_batches, args.rounds, args.against, args.fill_max)
+            tap_compare(
+                base, args.tap_batches, args.rounds, args.against, args.fill_max, args.tap_scale
+            )
         finally:
             shutil.rmtree(base, ignore_errors=True)
         return
