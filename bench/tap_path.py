@@ -61,7 +61,7 @@ def one(rig: Rig, checkout: Checkout, rate: int, seconds: float) -> str:
     step = e2e.run_step(rig, rate, seconds)
     ru = _rusage.get("tap")
     switches = f"{ru.ru_nvcsw} vol, {ru.ru_nivcsw} invol" if ru else "?"
-    cpu = f"{ru.ru_utime + ru.ru_stime:.2f} s" if ru else "?"
+    cpu = f"{ru.ru_utime + ru.ru_stime:.2f} s: {ru.ru_stime:.2f} s system" if ru else "?"
     lat = step.latency or (0.0, 0.0)
     out = (rig.work / "tap.out").read_text(errors="replace").strip().splitlines()
     return (
