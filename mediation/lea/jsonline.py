@@ -56,7 +56,6 @@ class JsonLines:
         # key of a message's shared parts -> (the message, text before and after its time)
         self._contents: dict[tuple[Any, ...], tuple[Any, str, str] | None] = {}
         self._streams: dict[int, tuple[pdu.StreamId, str]] = {}  # id -> (stream, _head text)
-        self._last_head: tuple[pdu.StreamId | None, str] = (None, "")  # the last _head()
         # Per message class: what reads its fields but the time stamp (the key's parts).
         self._shared: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
         self._end_text: tuple[dt.datetime | None, bool | None, str] = (None, None, "")
@@ -77,11 +76,7 @@ class JsonLines:
         content = envelope.content
         split = None
         if isinstance(content, pdu.CmIIMessage) and isinstance(content.timestamp, dt.datetime):
-            shared = self._shared.get(content.__class__)  # _content()'s usual case, inline
-            if shared is not None:
-                split = self._contents.get((content.__class__, *map(id, shared(content))), False)
-            if split is False or shared is None:
-                split = self._content(content)
+            split = self._content(content)
         if split is None:
             out = self.view.to_json(envelope)
             out["retrieved"] = retrieved
@@ -100,15 +95,9 @@ class JsonLines:
             self._mediated = (mediated, mediated_text, mediated_part)
         stamp = content.timestamp
         stamp_text = mediated_text if stamp == mediated else iso_time(stamp)
-        stream = envelope.stream
-        head = self._last_head  # _head(), inline for the stream of the line before
-        head = head[1] if head[0] is stream else self._head(stream)
-        last, was, end = self._end_text  # _end(), inline for the same wake-up
-        if retrieved is not was or (at is not last and (last is None or at != last)):
-            end = self._end(retrieved, at)
         return (
-            f"{head}{envelope.sequence_number}{mediated_part}"
-            f'{before}"{stamp_text}"{after}{tail}{end}'
+            f"{self._head(envelope.stream)}{envelope.sequence_number}{mediated_part}"
+            f'{before}"{stamp_text}"{after}{tail}{self._end(retrieved, at)}'
         ).encode()
 
     def _content(self, message: pdu.CmIIMessage) -> tuple[Any, str, str] | None:
@@ -156,14 +145,12 @@ class JsonLines:
         """A line's text up to its sequence number's digits (one per stream)."""
         seen = self._streams.get(id(stream))
         if seen is not None and seen[0] is stream:
-            self._last_head = seen
             return seen[1]
         text = _dumps({"warrantHandle": stream.warrant_handle, "kind": stream.kind.value})
         text = f'{{"type":"pduEnvelope","stream":{text},"sequenceNumber":'
         if len(self._streams) >= self.limit:
             self._streams.clear()
         self._streams[id(stream)] = (stream, text)
-        self._last_head = (stream, text)
         return text
 
     def _end(self, retrieved: bool, at: dt.datetime) -> str:

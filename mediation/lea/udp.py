@@ -176,7 +176,6 @@ class UdpDelivery:
         open_datagram = self.opener.open
         receive = self.machine.receive_datagram
         routes = self.routes
-        routed: tuple[pdu.StreamId | None, int, Address | None] = (None, 0, None)  # the last
         events: list[Event] = []
         for data, source in datagrams:
             try:
@@ -195,17 +194,12 @@ class UdpDelivery:
             # The machine returns [GapDetected,] EnvelopeReceived, or one other event.
             last = got[-1]
             if last.__class__ is EnvelopeReceived:
-                # _route() inline: per datagram, nearly always the route of the one before
                 stream = last.envelope.stream
-                key_id = opened.key_id
-                if stream is not routed[0] or key_id != routed[1] or source != routed[2]:
-                    route = routes.get(stream)
-                    if route is None or route[1] != source or route[0] != key_id:
-                        routes[stream] = (key_id, source)
-                    routed = (stream, key_id, source)
+                route = routes.get(stream)  # _route() inline: per datagram, nearly always equal
+                if route is None or route[1] != source or route[0] != opened.key_id:
+                    routes[stream] = (opened.key_id, source)
             elif isinstance(last, CheckpointReceived):
                 self._route(last.checkpoint.stream, opened.key_id, source)
-                routed = (None, 0, None)
             events += got
         if events:
             self.state.on_events(events, _raw_of, "udp", now)
